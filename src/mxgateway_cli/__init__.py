@@ -1,0 +1,1 @@
+"""``mxgw-py``: the command-line client of the MXAccess Gateway."""

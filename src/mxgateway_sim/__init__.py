@@ -1,0 +1,1 @@
+"""``mxgw-sim``: a real gRPC MXAccess Gateway with a simulated MXAccess runtime."""

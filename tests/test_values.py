@@ -1,0 +1,67 @@
+"""Value conversion, driven by the shared fixtures in ``fixtures/values``."""
+
+from __future__ import annotations
+
+import json
+import math
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+from google.protobuf import json_format
+
+from fixtureio import FIXTURES, decode
+from mxgateway import from_mx_value, to_mx_value
+from mxgateway.generated import mxaccess_gateway_pb2 as pb
+
+CASES: list[dict[str, Any]] = json.loads(
+    (FIXTURES / "values" / "value-conversion-cases.json").read_text(encoding="utf-8")
+)["cases"]
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, float) and isinstance(b, float):
+        return a == b or (math.isnan(a) and math.isnan(b))
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    return type(a) is type(b) and a == b
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c["name"] for c in CASES])
+def test_value_case(case: dict[str, Any]) -> None:
+    value = decode(case["input"])
+    if "error" in case:
+        with pytest.raises(ValueError, match=case["error"]):
+            to_mx_value(value, case.get("type"))
+        return
+    mx = to_mx_value(value, case.get("type"))
+    assert json_format.MessageToDict(mx) == case["expect"]
+    # The wire form survives serialisation unchanged.
+    assert pb.MxValue.FromString(mx.SerializeToString()) == mx
+    expected = decode(case["roundTrip"]) if "roundTrip" in case else value
+    if isinstance(expected, datetime):
+        expected = expected.astimezone(timezone.utc)
+    assert _same(from_mx_value(mx), expected)
+
+
+def test_every_scalar_kind_is_covered_by_a_fixture() -> None:
+    kinds = set()
+    for case in CASES:
+        if "expect" in case:
+            mx = json_format.ParseDict(case["expect"], pb.MxValue())
+            kinds.add(mx.WhichOneof("kind") or "null")
+    expected = {f.name for f in pb.MxValue.DESCRIPTOR.oneofs_by_name["kind"].fields} | {"null"}
+    assert kinds == expected
+
+
+def test_times_come_back_aware_utc() -> None:
+    local = datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=timezone(timedelta(hours=-5)))
+    back = from_mx_value(to_mx_value(local))
+    assert isinstance(back, datetime)
+    assert back.tzinfo is timezone.utc
+    assert back == local
+
+
+def test_error_names_offending_array_element() -> None:
+    with pytest.raises(ValueError, match=r"element 2: str 'x'"):
+        to_mx_value([1, 2, "x"])
