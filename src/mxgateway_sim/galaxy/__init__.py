@@ -1,0 +1,25 @@
+"""The simulator's Galaxy Repository: SQLite with the ZB table shapes, served over gRPC.
+
+``GalaxyService.open(...)`` creates/seeds the database when missing, loads the hierarchy
+cache and polls ``galaxy.time_of_last_deploy``; ``svc.servicer`` is the ``GalaxyRepository``
+servicer and ``svc.catalog`` the runtime's tag namespace. ``deploy(...)`` simulates a redeploy
+from another process.
+"""
+
+from mxgateway_sim.galaxy._schema import create_galaxy, default_db_path, deploy
+from mxgateway_sim.galaxy._service import (
+    DEFAULT_PAGE_SIZE,
+    MAX_PAGE_SIZE,
+    GalaxyRepositoryServicer,
+    GalaxyService,
+)
+
+__all__ = [
+    "DEFAULT_PAGE_SIZE",
+    "MAX_PAGE_SIZE",
+    "GalaxyRepositoryServicer",
+    "GalaxyService",
+    "create_galaxy",
+    "default_db_path",
+    "deploy",
+]

@@ -1,0 +1,400 @@
+"""The simulator's ``GalaxyRepository`` service: hierarchy cache, deploy poller, servicer.
+
+:class:`GalaxyService` owns the SQLite database path, the current
+:class:`~mxgateway_sim.galaxy._cache.HierarchySnapshot` (rebuilt whenever
+``galaxy.time_of_last_deploy`` changes), the deploy watchers and the gRPC servicer. Auth is
+not handled here: the gateway's interceptor checks the ``metadata:read`` scope.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import hashlib
+import json
+import logging
+import secrets
+from collections import deque
+from collections.abc import AsyncIterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from mxgateway._values import datetime_to_timestamp, timestamp_to_datetime
+from mxgateway.generated import galaxy_repository_pb2 as gr
+from mxgateway.generated import galaxy_repository_pb2_grpc as gr_grpc
+from mxgateway_sim._catalog import TagCatalog, TagInfo
+from mxgateway_sim.galaxy._cache import (
+    Filters,
+    GalaxyObjectRecord,
+    HierarchySnapshot,
+    connect_ro,
+    load_snapshot,
+    read_deploy_time,
+)
+from mxgateway_sim.galaxy._schema import create_galaxy, default_db_path
+
+__all__ = ["DEFAULT_PAGE_SIZE", "MAX_PAGE_SIZE", "GalaxyService"]
+
+log = logging.getLogger("mxgateway_sim.galaxy")
+
+DEFAULT_PAGE_SIZE = 500
+MAX_PAGE_SIZE = 5000
+WATCH_BUFFER = 64
+"""Deploy events a slow watcher may have queued; older ones are dropped (a sequence gap)."""
+
+_Ctx = grpc.aio.ServicerContext[Any, Any]
+
+
+class _SnapshotCatalog:
+    """:class:`TagCatalog` over the service's current snapshot (follows redeploys)."""
+
+    def __init__(self, service: GalaxyService) -> None:
+        self._service = service
+        self._all: tuple[int, list[TagInfo]] | None = None
+
+    @property
+    def version(self) -> int:
+        return self._service.snapshot.version
+
+    def lookup(self, full_tag_reference: str) -> TagInfo | None:
+        return self._service.snapshot.lookup(full_tag_reference)
+
+    def all_tags(self) -> list[TagInfo]:
+        snap = self._service.snapshot
+        if self._all is None or self._all[0] != snap.version:
+            self._all = (snap.version, list(snap.iter_tags()))
+        return list(self._all[1])
+
+
+class _Watcher:
+    """One WatchDeployEvents subscriber: a bounded buffer that drops the oldest event."""
+
+    def __init__(self, size: int) -> None:
+        self.events: deque[gr.DeployEvent] = deque(maxlen=size)
+        self.closed = False
+        self.wakeup = asyncio.Event()
+
+    def push(self, event: gr.DeployEvent) -> None:
+        self.events.append(event)
+        self.wakeup.set()
+
+    def close(self) -> None:
+        self.closed = True
+        self.wakeup.set()
+
+    async def next(self) -> gr.DeployEvent | None:
+        while not self.events:
+            if self.closed:
+                return None
+            self.wakeup.clear()
+            await self.wakeup.wait()
+        return self.events.popleft()
+
+
+class GalaxyService:
+    """The Galaxy Repository of the simulator (open with :meth:`open`, end with :meth:`close`)."""
+
+    def __init__(
+        self, db_path: Path, snapshot: HierarchySnapshot, poll_interval: float, watch_buffer: int
+    ) -> None:
+        self.db_path = db_path
+        self.poll_interval = poll_interval
+        self._snapshot = snapshot
+        self._sequence = 1  # the state loaded at start is event #1
+        self._nonce = secrets.token_hex(4)
+        self._watchers: set[_Watcher] = set()
+        self._watch_buffer = watch_buffer
+        self._refresh_lock = asyncio.Lock()
+        self._poller: asyncio.Task[None] | None = None
+        self._closed = False
+        self.catalog: TagCatalog = _SnapshotCatalog(self)
+        self.servicer = GalaxyRepositoryServicer(self)
+
+    @classmethod
+    async def open(
+        cls,
+        db_path: Path | None = None,
+        *,
+        objects: int | None = None,
+        seed: int = 0,
+        poll_interval: float = 2.0,
+        watch_buffer: int = WATCH_BUFFER,
+    ) -> GalaxyService:
+        """Open (creating and seeding when missing) the Galaxy at ``db_path`` and start polling.
+
+        ``db_path=None`` uses :func:`default_db_path`. ``objects=N`` seeds a synthetic galaxy of
+        N objects instead of the default plant; it only matters when the file is created.
+        """
+        if poll_interval <= 0:
+            raise ValueError("poll_interval must be positive")
+        path = Path(db_path) if db_path is not None else default_db_path(objects, seed)
+        if not path.exists():
+            await asyncio.to_thread(create_galaxy, path, objects=objects, seed=seed)
+        snapshot = await asyncio.to_thread(load_snapshot, path, 1)
+        svc = cls(path, snapshot, poll_interval, watch_buffer)
+        svc._poller = asyncio.get_running_loop().create_task(svc._poll_loop())
+        return svc
+
+    @property
+    def snapshot(self) -> HierarchySnapshot:
+        """The current hierarchy cache."""
+        return self._snapshot
+
+    @property
+    def sequence(self) -> int:
+        """Sequence of the current deploy state (1 for the state loaded at start)."""
+        return self._sequence
+
+    async def close(self) -> None:
+        """Stop the poller and end every deploy watch stream (idempotent)."""
+        self._closed = True
+        if self._poller is not None:
+            self._poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._poller
+            self._poller = None
+        for w in list(self._watchers):
+            w.close()
+
+    async def refresh(self) -> bool:
+        """Check ``time_of_last_deploy`` now; reload the cache when it changed.
+
+        Returns True when a new deploy was detected. Raises when the database is unreachable.
+        """
+        async with self._refresh_lock:
+            present, when = await asyncio.to_thread(read_deploy_time, self.db_path)
+            current = self._snapshot.time_of_last_deploy
+            if (when if present else None) == current:
+                return False
+            snap = await asyncio.to_thread(load_snapshot, self.db_path, self._snapshot.version + 1)
+            self._snapshot = snap
+            self._sequence += 1
+            event = self.state_event()
+            log.info(
+                "galaxy redeploy detected: %d objects, %d attributes (cache version %d)",
+                snap.object_count,
+                snap.attribute_count,
+                snap.version,
+            )
+            for w in list(self._watchers):
+                w.push(event)
+            return True
+
+    async def _poll_loop(self) -> None:
+        failing = False
+        while not self._closed:
+            await asyncio.sleep(self.poll_interval)
+            try:
+                await self.refresh()
+                failing = False
+            except Exception as exc:  # the database may be locked, missing or corrupt
+                if not failing:
+                    log.warning("galaxy poll failed (cache kept): %s", exc)
+                failing = True
+
+    def state_event(self) -> gr.DeployEvent:
+        """The current deploy state as a DeployEvent."""
+        snap = self._snapshot
+        event = gr.DeployEvent(
+            sequence=self._sequence,
+            object_count=snap.object_count,
+            attribute_count=snap.attribute_count,
+        )
+        if snap.time_of_last_deploy is not None:
+            event.time_of_last_deploy.CopyFrom(datetime_to_timestamp(snap.time_of_last_deploy))
+            event.time_of_last_deploy_present = True
+        return event
+
+    def subscribe(self) -> tuple[_Watcher, gr.DeployEvent]:
+        """Register a watcher and return it with the current state (atomically)."""
+        w = _Watcher(self._watch_buffer)
+        if self._closed:
+            w.close()
+        else:
+            self._watchers.add(w)
+        return w, self.state_event()
+
+    def unsubscribe(self, watcher: _Watcher) -> None:
+        self._watchers.discard(watcher)
+
+    def test_connection(self) -> bool:
+        """``SELECT 1`` against the repository (blocking); False when unreachable."""
+        try:
+            conn = connect_ro(self.db_path, timeout=0.5)
+        except Exception:
+            return False
+        try:
+            # Touching a table makes SQLite actually read the file (a bare SELECT 1 does not).
+            conn.execute("SELECT 1 FROM galaxy LIMIT 1").fetchall()
+            return True
+        except Exception:
+            return False
+        finally:
+            conn.close()
+
+    # ----- page tokens ------------------------------------------------------------------
+    def make_token(self, kind: str, version: int, signature: str, offset: int) -> str:
+        raw = json.dumps([kind, self._nonce, version, signature, offset], separators=(",", ":"))
+        return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+    def parse_token(self, token: str, kind: str, version: int, signature: str) -> int:
+        """Offset encoded in ``token``; ValueError with the reason when it does not apply."""
+        try:
+            padded = token + "=" * (-len(token) % 4)
+            data = json.loads(base64.urlsafe_b64decode(padded.encode()))
+            t_kind, nonce, t_version, t_sig, offset = data
+        except (ValueError, TypeError, binascii.Error) as exc:
+            raise ValueError("page_token is malformed") from exc
+        if t_kind != kind or nonce != self._nonce or not isinstance(offset, int) or offset < 0:
+            raise ValueError("page_token was not issued for this call by this server")
+        if t_version != version:
+            raise ValueError(
+                f"page_token is stale: the Galaxy was redeployed (cache sequence {t_version} "
+                f"-> {version}); restart the walk"
+            )
+        if t_sig != signature:
+            raise ValueError("page_token does not match the request: filters changed between pages")
+        return offset
+
+
+def _signature(*parts: object) -> str:
+    return hashlib.blake2b(repr(parts).encode(), digest_size=8).hexdigest()
+
+
+def _filters(request: gr.DiscoverHierarchyRequest | gr.BrowseChildrenRequest) -> Filters:
+    return Filters(
+        category_ids=frozenset(request.category_ids),
+        template_chain_contains=frozenset(t.casefold() for t in request.template_chain_contains),
+        tag_name_glob=request.tag_name_glob,
+        alarm_bearing_only=request.alarm_bearing_only,
+        historized_only=request.historized_only,
+    )
+
+
+async def _page_size(requested: int, context: _Ctx) -> int:
+    if requested < 0:
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "page_size must not be negative")
+    return min(requested or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+
+
+async def _resolve(
+    snap: HierarchySnapshot, which: str | None, value: object, what: str, context: _Ctx
+) -> GalaxyObjectRecord | None:
+    if which is None:
+        return None
+    rec: GalaxyObjectRecord | None
+    if which.endswith("gobject_id"):
+        rec = snap.by_id.get(int(value))  # type: ignore[call-overload]
+    elif which.endswith("tag_name"):
+        rec = snap.by_tag.get(str(value).casefold())
+    else:
+        rec = snap.resolve_path(str(value))
+    if rec is None:
+        await context.abort(grpc.StatusCode.NOT_FOUND, f"{what} {value!r} is not a deployed object")
+    return rec
+
+
+class GalaxyRepositoryServicer(gr_grpc.GalaxyRepositoryServicer):
+    """Translates GalaxyRepository RPCs to the service's snapshot (no auth here)."""
+
+    def __init__(self, service: GalaxyService) -> None:
+        self._svc = service
+
+    async def TestConnection(
+        self, request: gr.TestConnectionRequest, context: _Ctx
+    ) -> gr.TestConnectionReply:
+        ok = await asyncio.to_thread(self._svc.test_connection)
+        return gr.TestConnectionReply(ok=ok)
+
+    async def GetLastDeployTime(
+        self, request: gr.GetLastDeployTimeRequest, context: _Ctx
+    ) -> gr.GetLastDeployTimeReply:
+        when = self._svc.snapshot.time_of_last_deploy
+        reply = gr.GetLastDeployTimeReply()
+        if when is not None:
+            reply.time_of_last_deploy.CopyFrom(datetime_to_timestamp(when))
+            reply.time_of_last_deploy_present = True
+        return reply
+
+    async def DiscoverHierarchy(
+        self, request: gr.DiscoverHierarchyRequest, context: _Ctx
+    ) -> gr.DiscoverHierarchyReply:
+        snap = self._svc.snapshot
+        size = await _page_size(request.page_size, context)
+        which = request.WhichOneof("root")
+        root = await _resolve(
+            snap, which, getattr(request, which) if which else None, "root", context
+        )
+        max_depth = request.max_depth if request.HasField("max_depth") else None
+        if max_depth is not None and max_depth < 0:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "max_depth must not be negative")
+        include = request.include_attributes if request.HasField("include_attributes") else True
+        f = _filters(request)
+        sig = _signature(root.gobject_id if root else 0, max_depth, f, include)
+        offset = 0
+        if request.page_token:
+            try:
+                offset = self._svc.parse_token(request.page_token, "d", snap.version, sig)
+            except ValueError as exc:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        walk = snap.walk(root, max_depth, f)
+        page = walk[offset : offset + size]
+        reply = gr.DiscoverHierarchyReply(total_object_count=len(walk), cache_sequence=snap.version)
+        reply.objects.extend(
+            snap.to_proto(snap.dfs[i], include_attributes=include, f=f) for i in page
+        )
+        if offset + size < len(walk):
+            reply.next_page_token = self._svc.make_token("d", snap.version, sig, offset + size)
+        return reply
+
+    async def BrowseChildren(
+        self, request: gr.BrowseChildrenRequest, context: _Ctx
+    ) -> gr.BrowseChildrenReply:
+        snap = self._svc.snapshot
+        size = await _page_size(request.page_size, context)
+        which = request.WhichOneof("parent")
+        parent = await _resolve(
+            snap, which, getattr(request, which) if which else None, "parent", context
+        )
+        include = request.include_attributes if request.HasField("include_attributes") else True
+        f = _filters(request)
+        sig = _signature(parent.gobject_id if parent else 0, f, include)
+        offset = 0
+        if request.page_token:
+            try:
+                offset = self._svc.parse_token(request.page_token, "b", snap.version, sig)
+            except ValueError as exc:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        ids = snap.children_of(parent, f)
+        reply = gr.BrowseChildrenReply(total_child_count=len(ids))
+        for cid in ids[offset : offset + size]:
+            rec = snap.by_id[cid]
+            reply.children.append(snap.to_proto(rec, include_attributes=include, f=None))
+            reply.child_has_children.append(bool(rec.children))
+        if offset + size < len(ids):
+            reply.next_page_token = self._svc.make_token("b", snap.version, sig, offset + size)
+        return reply
+
+    async def WatchDeployEvents(
+        self, request: gr.WatchDeployEventsRequest, context: _Ctx
+    ) -> AsyncIterator[gr.DeployEvent]:
+        watcher, current = self._svc.subscribe()
+        try:
+            skip = False
+            if request.HasField("last_seen_deploy_time") and current.time_of_last_deploy_present:
+                seen: datetime = timestamp_to_datetime(request.last_seen_deploy_time)
+                skip = seen == timestamp_to_datetime(current.time_of_last_deploy)
+            if not skip:
+                yield current
+            while True:
+                event = await watcher.next()
+                if event is None:
+                    return
+                yield event
+        finally:
+            self._svc.unsubscribe(watcher)

@@ -1,0 +1,54 @@
+"""Helpers for the Galaxy tests: a real grpc.aio server on loopback and deadline polling."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+from mxgateway.generated import galaxy_repository_pb2_grpc as gr_grpc
+from mxgateway_sim.galaxy import GalaxyService
+
+
+@dataclass
+class GalaxyServer:
+    """A running Galaxy servicer (no auth) and a stub bound to it."""
+
+    service: GalaxyService
+    address: str
+    stub: gr_grpc.GalaxyRepositoryStub
+    db_path: Path
+
+
+async def wait_for(
+    predicate: Callable[[], Awaitable[bool]], *, timeout: float = 20.0, what: str = "condition"
+) -> None:
+    """Poll ``predicate`` until it is true; fail after ``timeout`` seconds (no fixed sleeps)."""
+    deadline = time.monotonic() + timeout
+    while not await predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+async def start_server(
+    db_path: Path,
+    *,
+    objects: int | None = None,
+    poll_interval: float = 0.05,
+    interceptors: list[grpc.aio.ServerInterceptor] | None = None,
+    servicer: object | None = None,
+) -> tuple[grpc.aio.Server, GalaxyService, str]:
+    svc = await GalaxyService.open(db_path, objects=objects, poll_interval=poll_interval)
+    server = grpc.aio.server(interceptors=interceptors or [])
+    gr_grpc.add_GalaxyRepositoryServicer_to_server(
+        servicer or svc.servicer,  # type: ignore[arg-type]
+        server,
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    return server, svc, f"127.0.0.1:{port}"
