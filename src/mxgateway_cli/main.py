@@ -1,30 +1,79 @@
-"""Entry point of ``mxgw-py``."""
+"""Entry point of ``mxgw-py``: parse, run one command, map any failure to an exit code.
+
+:func:`main` is the only place with error handling. Commands (``_commands``) raise; the
+exception goes through :func:`mxgateway_cli._errors.classify`, which picks the exit code from
+one table and redacts the message. stdout carries results only; errors go to stderr (a JSON
+document under ``--json``).
+"""
 
 from __future__ import annotations
 
-import argparse
-import json
+import asyncio
+import os
 import sys
-from collections.abc import Sequence
+import traceback
+from collections.abc import Mapping, Sequence
+from typing import IO
 
-import mxgateway
+from mxgateway_cli._commands import COMMANDS
+from mxgateway_cli._context import Context
+from mxgateway_cli._errors import classify
+from mxgateway_cli._exit_codes import ExitCode
+from mxgateway_cli._output import Output
+from mxgateway_cli._parser import HelpRequested, _Parser, build_parser
+
+__all__ = ["ExitCode", "main", "run"]
+
+_SECRET_FLAGS = ("--api-key",)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI with ``argv`` and return the exit code."""
-    parser = argparse.ArgumentParser(prog="mxgw-py", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    version = sub.add_parser("version", help="print package and protocol versions")
-    version.add_argument("--json", action="store_true", help="deterministic JSON output")
-    args = parser.parse_args(argv)
-    if args.command == "version":
-        info = mxgateway.version_info()
-        if args.json:
-            print(json.dumps(info, indent=2))
-        else:
-            for key, value in info.items():
-                print(f"{key}: {value}")
-    return 0
+def _argv_secrets(argv: Sequence[str]) -> list[str]:
+    """Secrets given on the command line, known before parsing so nothing can echo them."""
+    found: list[str] = []
+    for index, arg in enumerate(argv):
+        for flag in _SECRET_FLAGS:
+            if arg == flag and index + 1 < len(argv):
+                found.append(argv[index + 1])
+            elif arg.startswith(flag + "="):
+                found.append(arg[len(flag) + 1 :])
+    return found
+
+
+def main(
+    argv: Sequence[str] | None = None,
+    *,
+    stdout: IO[str] | None = None,
+    stderr: IO[str] | None = None,
+    env: Mapping[str, str] | None = None,
+) -> int:
+    """Run ``mxgw-py`` with ``argv`` (default ``sys.argv[1:]``) and return the exit code."""
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    out = Output(
+        sys.stdout if stdout is None else stdout,
+        sys.stderr if stderr is None else stderr,
+        json_mode="--json" in args_list,
+    )
+    for secret in _argv_secrets(args_list):
+        out.add_secret(secret)
+    debug = "--debug" in args_list
+    _Parser.out_stream = out.stdout
+    try:
+        parser = build_parser()
+        args = parser.parse_args(args_list)
+        out.json_mode = bool(getattr(args, "json", False))
+        out.ndjson = bool(getattr(args, "ndjson", False))
+        ctx = Context(args=args, out=out, env=os.environ if env is None else env)
+        return int(asyncio.run(COMMANDS[args.command](ctx)))
+    except HelpRequested:
+        return int(ExitCode.OK)
+    except (Exception, KeyboardInterrupt, asyncio.CancelledError) as exc:
+        report = classify(exc, out.secrets)
+        if debug:
+            out.write("".join(traceback.format_exception(exc)), stream=out.stderr)
+        out.error(report)
+        return int(report.exit_code)
+    finally:
+        _Parser.out_stream = None
 
 
 def run() -> None:

@@ -1,0 +1,145 @@
+"""The one place where exceptions become exit codes and error documents.
+
+Commands contain no error handling of their own: whatever they raise reaches
+:func:`classify`, which looks the exception's class up in :data:`EXIT_CODES` (walking the MRO,
+so the most specific class wins) and builds the ``{"error": {...}}`` document. The ``code``
+field names what the gateway said (the gRPC status or protocol status name the library
+attached), else the exit category. Messages are redacted before anyone sees them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import mxgateway
+from mxgateway.generated import mxaccess_gateway_pb2 as pb
+from mxgateway_cli._exit_codes import ExitCode
+
+__all__ = [
+    "EXIT_CODES",
+    "CliUsageError",
+    "CommandFailed",
+    "ErrorReport",
+    "classify",
+    "redact",
+]
+
+REDACTED = "***"
+
+
+class CliUsageError(Exception):
+    """Bad command line or input value: explained in one line, exit code ``USAGE``."""
+
+
+class CommandFailed(Exception):
+    """A command ran but its own check failed (for example ``smoke`` saw no event)."""
+
+    def __init__(self, message: str, exit_code: ExitCode) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+EXIT_CODES: dict[type[BaseException], ExitCode] = {
+    # The CLI's own failures.
+    CliUsageError: ExitCode.USAGE,
+    KeyboardInterrupt: ExitCode.INTERRUPTED,
+    asyncio.CancelledError: ExitCode.INTERRUPTED,
+    TimeoutError: ExitCode.TIMEOUT,
+    asyncio.TimeoutError: ExitCode.TIMEOUT,  # a distinct class on Python 3.10
+    # The library's tree (mxgateway._errors), most specific first for readability.
+    mxgateway.MxGatewayAuthenticationError: ExitCode.AUTH,
+    mxgateway.MxGatewayPermissionError: ExitCode.PERMISSION,
+    mxgateway.MxGatewayNotFoundError: ExitCode.NOT_FOUND,
+    mxgateway.MxGatewayUnavailableError: ExitCode.UNAVAILABLE,
+    mxgateway.MxGatewayOverloadedError: ExitCode.UNAVAILABLE,
+    mxgateway.MxGatewayTimeoutError: ExitCode.TIMEOUT,
+    mxgateway.MxAccessError: ExitCode.MXACCESS,
+    mxgateway.MxGatewayInvalidRequestError: ExitCode.PROTOCOL,
+    mxgateway.MxGatewaySessionStateError: ExitCode.PROTOCOL,
+    mxgateway.MxGatewayAbortedError: ExitCode.PROTOCOL,
+    mxgateway.MxGatewayProtocolError: ExitCode.PROTOCOL,
+    mxgateway.MxGatewayCancelledError: ExitCode.ERROR,
+    mxgateway.ClientClosedError: ExitCode.ERROR,
+    mxgateway.MxGatewayError: ExitCode.ERROR,
+}
+"""Exception class -> exit code. Anything not listed (a bug) exits ``ERROR``."""
+
+
+@dataclass(frozen=True)
+class ErrorReport:
+    """What the user sees of a failure: exit code plus the error document fields."""
+
+    exit_code: ExitCode
+    type: str
+    code: str
+    message: str
+
+    def to_json(self) -> dict[str, object]:
+        """The ``{"error": {...}}`` document, keys in a fixed order."""
+        return {
+            "error": {
+                "type": self.type,
+                "message": self.message,
+                "code": self.code,
+                "exitCode": int(self.exit_code),
+            }
+        }
+
+
+def redact(text: str, secrets: Iterable[str]) -> str:
+    """Replace every occurrence of every secret (longest first) with ``***``."""
+    for secret in sorted((s for s in secrets if s), key=len, reverse=True):
+        text = text.replace(secret, REDACTED)
+    return text
+
+
+def exit_code_for(exc: BaseException) -> ExitCode:
+    """The exit code of ``exc``: its class's entry in :data:`EXIT_CODES`, via the MRO."""
+    if isinstance(exc, CommandFailed):
+        return exc.exit_code
+    for klass in type(exc).__mro__:
+        code = EXIT_CODES.get(klass)
+        if code is not None:
+            return code
+    return ExitCode.ERROR
+
+
+def _code(exc: BaseException, exit_code: ExitCode) -> str:
+    """The gateway's name for the failure (gRPC or protocol status), else the category."""
+    if isinstance(exc, mxgateway.MxGatewayError):
+        if exc.grpc_code is not None:
+            return str(exc.grpc_code.name)
+        if exc.protocol_code is not None:
+            try:
+                name = pb.ProtocolStatusCode.Name(exc.protocol_code)  # type: ignore[arg-type]
+            except ValueError:
+                return f"PROTOCOL_STATUS_{exc.protocol_code}"
+            return name.removeprefix("PROTOCOL_STATUS_CODE_")
+    return exit_code.name
+
+
+def _message(exc: BaseException) -> str:
+    if isinstance(exc, (KeyboardInterrupt, asyncio.CancelledError)):
+        return "interrupted"
+    text = str(exc).strip()
+    if not text:
+        return (
+            "timed out"
+            if isinstance(exc, (TimeoutError, asyncio.TimeoutError))
+            else (type(exc).__name__)
+        )
+    return text.splitlines()[0]
+
+
+def classify(exc: BaseException, secrets: Iterable[str] = ()) -> ErrorReport:
+    """Map an exception to its :class:`ErrorReport` (exit code, type, code, redacted message)."""
+    exit_code = exit_code_for(exc)
+    type_name = "UsageError" if isinstance(exc, CliUsageError) else type(exc).__name__
+    return ErrorReport(
+        exit_code=exit_code,
+        type=type_name,
+        code=_code(exc, exit_code),
+        message=redact(_message(exc), list(secrets)),
+    )

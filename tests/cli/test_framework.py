@@ -1,0 +1,388 @@
+"""The CLI framework without a gateway: parsing, exit codes, error documents, redaction."""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import grpc
+import pytest
+
+import mxgateway
+from mxgateway.generated import mxaccess_gateway_pb2 as pb
+from mxgateway_cli._errors import EXIT_CODES, CliUsageError, CommandFailed, classify, redact
+from mxgateway_cli._exit_codes import ExitCode
+from mxgateway_cli._parser import build_parser
+from mxgateway_cli._parsing import ConnectionSettings, parse_endpoint, parse_value
+
+from .clirunner import run
+
+KEY = "mxgw_clitest_SECRETsecret0123456789"
+
+
+# --- exit codes and the error table ---------------------------------------------------
+
+
+def test_exit_codes_are_stable() -> None:
+    assert {c.name: c.value for c in ExitCode} == {
+        "OK": 0,
+        "ERROR": 1,
+        "USAGE": 2,
+        "NOT_FOUND": 3,
+        "AUTH": 4,
+        "PERMISSION": 5,
+        "UNAVAILABLE": 6,
+        "TIMEOUT": 7,
+        "MXACCESS": 8,
+        "PROTOCOL": 9,
+        "INTERRUPTED": 130,
+    }
+
+
+def test_every_exit_code_is_reachable_from_the_table() -> None:
+    reachable = set(EXIT_CODES.values()) | {ExitCode.OK}
+    assert reachable == set(ExitCode)
+
+
+def test_every_library_error_class_is_mapped_deliberately() -> None:
+    # A new class in the library's tree must get a conscious entry (not just inherit ERROR).
+    exported = {
+        getattr(mxgateway, name)
+        for name in mxgateway.__all__
+        if isinstance(getattr(mxgateway, name), type)
+        and issubclass(getattr(mxgateway, name), mxgateway.MxGatewayError)
+    }
+    unmapped = {
+        cls
+        for cls in exported
+        if cls not in EXIT_CODES and cls.__mro__[1] in (mxgateway.MxGatewayError, Exception)
+    }
+    assert not unmapped
+
+
+@pytest.mark.parametrize(
+    ("status", "exit_code"),
+    [
+        (grpc.StatusCode.UNAUTHENTICATED, ExitCode.AUTH),
+        (grpc.StatusCode.PERMISSION_DENIED, ExitCode.PERMISSION),
+        (grpc.StatusCode.NOT_FOUND, ExitCode.NOT_FOUND),
+        (grpc.StatusCode.UNAVAILABLE, ExitCode.UNAVAILABLE),
+        (grpc.StatusCode.DEADLINE_EXCEEDED, ExitCode.TIMEOUT),
+        (grpc.StatusCode.INVALID_ARGUMENT, ExitCode.PROTOCOL),
+        (grpc.StatusCode.RESOURCE_EXHAUSTED, ExitCode.UNAVAILABLE),
+        (grpc.StatusCode.INTERNAL, ExitCode.PROTOCOL),
+    ],
+)
+def test_library_grpc_errors_map_to_exit_codes(
+    status: grpc.StatusCode, exit_code: ExitCode
+) -> None:
+    from mxgateway._errors import GRPC_STATUS_ERRORS
+
+    cls = GRPC_STATUS_ERRORS[status]
+    assert cls is not None
+    report = classify(cls("failed", grpc_code=status))
+    assert report.exit_code is exit_code
+    assert report.code == status.name
+
+
+def test_every_protocol_status_maps_to_a_specific_exit_code() -> None:
+    from mxgateway._errors import PROTOCOL_STATUS_ERRORS
+
+    for code, cls in PROTOCOL_STATUS_ERRORS.items():
+        if cls is None or cls is mxgateway.MxAccessError:
+            continue
+        report = classify(cls("failed", protocol_code=code))
+        assert report.exit_code is not ExitCode.ERROR or cls is mxgateway.MxGatewayCancelledError
+        assert report.code == pb.ProtocolStatusCode.Name(code).removeprefix("PROTOCOL_STATUS_CODE_")
+
+
+def test_mxaccess_failure_maps_to_mxaccess() -> None:
+    reply = pb.MxCommandReply(
+        kind=pb.MX_COMMAND_KIND_WRITE,
+        hresult=-2147467259,
+        protocol_status=pb.ProtocolStatus(code=pb.PROTOCOL_STATUS_CODE_MXACCESS_FAILURE),
+    )
+    report = classify(mxgateway.MxAccessError(reply))
+    assert report.exit_code is ExitCode.MXACCESS
+    assert report.code == "MXACCESS_FAILURE"
+
+
+def test_classify_fallbacks() -> None:
+    assert classify(RuntimeError("boom")).exit_code is ExitCode.ERROR
+    assert classify(RuntimeError("boom")).code == "ERROR"
+    assert classify(KeyboardInterrupt()).exit_code is ExitCode.INTERRUPTED
+    assert classify(TimeoutError()).exit_code is ExitCode.TIMEOUT
+    assert classify(CliUsageError("bad")).exit_code is ExitCode.USAGE
+    assert classify(CommandFailed("no events", ExitCode.TIMEOUT)).exit_code is ExitCode.TIMEOUT
+
+
+def test_classify_redacts_and_keeps_one_line() -> None:
+    report = classify(RuntimeError(f"key {KEY} rejected\nsecond line"), [KEY])
+    assert report.message == "key *** rejected"
+    assert KEY not in str(report.to_json())
+
+
+def test_redact_longest_secret_first() -> None:
+    assert redact("abcdef abc", ["abc", "abcdef"]) == "*** ***"
+
+
+# --- usage errors ---------------------------------------------------------------------
+
+
+def test_missing_required_flag_is_usage_error_json() -> None:
+    result = run(["register", "--json"])
+    assert result.code == ExitCode.USAGE
+    assert result.out == ""
+    error = result.error()
+    assert list(error) == ["type", "message", "code", "exitCode"]
+    assert error["code"] == "USAGE"
+    assert error["exitCode"] == 2
+    assert "--session-id" in error["message"]
+
+
+def test_usage_error_without_json_is_one_line() -> None:
+    result = run(["register"])
+    assert result.code == ExitCode.USAGE
+    assert result.err.count("\n") == 1
+    assert result.err.startswith("mxgw-py: error: register:")
+    assert "Traceback" not in result.err
+
+
+def test_unknown_command_is_usage_error() -> None:
+    assert run(["frobnicate"]).code == ExitCode.USAGE
+
+
+def test_help_exits_zero() -> None:
+    result = run(["--help"])
+    assert result.code == 0
+    assert "exit codes:" in result.out
+    for command in ("galaxy-discover", "bench-stream-events", "demo", "smoke"):
+        assert command in result.out
+
+
+def test_unknown_type_is_usage_error() -> None:
+    result = run(
+        [
+            "write",
+            "--session-id",
+            "s",
+            "--server-handle",
+            "1",
+            "--item-handle",
+            "2",
+            "--type",
+            "quaternion",
+            "--value",
+            "1",
+            "--json",
+        ]
+    )
+    assert result.code == ExitCode.USAGE
+    assert "quaternion" in result.error()["message"]
+
+
+@pytest.mark.parametrize(
+    ("flags", "fragment"),
+    [
+        (["--tls", "--plaintext"], "cannot be combined"),
+        (["--endpoint", "no-port"], "malformed --endpoint"),
+        (["--endpoint", "host:99999"], "port"),
+        (["--endpoint", "http://host:5000"], "malformed --endpoint"),
+        (["--ca-file", "/nonexistent/ca.pem"], "cannot read --ca-file"),
+        (["--api-key-env", "MXGW_TEST_UNSET_VAR"], "MXGW_TEST_UNSET_VAR"),
+        (["--timeout", "0"], "positive"),
+        (["--timeout", "nan"], "positive"),
+    ],
+)
+def test_bad_connection_flags_are_usage_errors(flags: list[str], fragment: str) -> None:
+    result = run(["galaxy-test-connection", *flags, "--json"])
+    assert result.code == ExitCode.USAGE, result.err
+    assert fragment in result.error()["message"]
+    assert "Traceback" not in result.err
+
+
+# --- value parsing ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("type_name", "text", "expected"),
+    [
+        ("bool", "true", True),
+        ("bool", "0", False),
+        ("int32", "123", 123),
+        ("int32", "-2147483648", -(2**31)),
+        ("int64", "9007199254740993", 9007199254740993),
+        ("double", "1.5", 1.5),
+        ("float", "0.25", 0.25),
+        ("string", " padded ", " padded "),
+        ("datetime", "2026-01-02T03:04:05Z", datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)),
+        ("elapsed", "1.5", timedelta(seconds=1.5)),
+        ("bytes", "AAEC", b"\x00\x01\x02"),
+    ],
+)
+def test_parse_value_delegates_to_the_library(type_name: str, text: str, expected: object) -> None:
+    assert parse_value(type_name, text) == mxgateway.to_mx_value(expected, type_name)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("type_name", "text"),
+    [
+        ("int32", "2147483648"),
+        ("int32", "12.5"),
+        ("int64", "abc"),
+        ("double", "nan"),
+        ("double", "inf"),
+        ("float", "1e39"),
+        ("bool", "maybe"),
+        ("datetime", "2026-01-02T03:04:05"),
+        ("datetime", "yesterday"),
+        ("bytes", "not base64!"),
+        ("elapsed", "soon"),
+    ],
+)
+def test_bad_values_are_usage_errors(type_name: str, text: str) -> None:
+    with pytest.raises(CliUsageError) as info:
+        parse_value(type_name, text)
+    assert repr(text) in str(info.value)
+
+
+def test_non_finite_write_via_cli_is_usage_error() -> None:
+    result = run(
+        [
+            "write",
+            "--session-id",
+            "s",
+            "--server-handle",
+            "1",
+            "--item-handle",
+            "2",
+            "--type",
+            "double",
+            "--value",
+            "nan",
+            "--endpoint",
+            "127.0.0.1:1",
+            "--plaintext",
+            "--json",
+        ]
+    )
+    assert result.code == ExitCode.USAGE
+    assert "not finite" in result.error()["message"]
+
+
+def test_every_library_value_type_is_a_type_choice() -> None:
+    parser = build_parser()
+    args = parser.parse_args(
+        [
+            "write",
+            "--session-id",
+            "s",
+            "--server-handle",
+            "1",
+            "--item-handle",
+            "2",
+            "--type",
+            "elapsed",
+            "--value",
+            "1",
+        ]
+    )
+    assert args.type == "elapsed"
+    for type_name in mxgateway.VALUE_TYPES:
+        parser.parse_args(
+            [
+                "write",
+                "--session-id",
+                "s",
+                "--server-handle",
+                "1",
+                "--item-handle",
+                "2",
+                "--type",
+                type_name,
+                "--value",
+                "1",
+            ]
+        )
+
+
+# --- endpoints and connection settings ----------------------------------------------------
+
+
+@pytest.mark.parametrize("endpoint", ["localhost:5000", "127.0.0.1:1", "[::1]:5001", "gw-1.x:443"])
+def test_good_endpoints(endpoint: str) -> None:
+    assert parse_endpoint(endpoint) == endpoint
+
+
+def _settings(**overrides: object) -> ConnectionSettings:
+    flags: dict[str, object] = {
+        "endpoint": None,
+        "plaintext": False,
+        "tls": False,
+        "ca_file": None,
+        "server_name_override": None,
+        "api_key": None,
+        "api_key_env": None,
+        "timeout": None,
+        "env": {},
+    }
+    flags.update(overrides)
+    return ConnectionSettings.from_flags(**flags)  # type: ignore[arg-type]
+
+
+def test_defaults_are_tls_to_localhost_5000() -> None:
+    settings = _settings()
+    assert settings.endpoint == "localhost:5000"
+    assert settings.plaintext is False
+    assert settings.api_key is None
+
+
+def test_no_implicit_plaintext_for_localhost() -> None:
+    assert _settings(endpoint="127.0.0.1:5000").plaintext is False
+
+
+def test_environment_defaults() -> None:
+    settings = _settings(
+        env={
+            "MXGATEWAY_ENDPOINT": "gw:7000",
+            "MXGATEWAY_PLAINTEXT": "1",
+            "MXGATEWAY_API_KEY": KEY,
+        }
+    )
+    assert (settings.endpoint, settings.plaintext, settings.api_key) == ("gw:7000", True, KEY)
+    # Flags win over the environment; --tls overrides MXGATEWAY_PLAINTEXT.
+    assert _settings(tls=True, env={"MXGATEWAY_PLAINTEXT": "1"}).plaintext is False
+
+
+def test_api_key_env_and_repr_redaction() -> None:
+    settings = _settings(api_key_env="MY_KEY", env={"MY_KEY": KEY})
+    assert settings.api_key == KEY
+    assert KEY not in repr(settings)
+
+
+def test_ca_file_readable(tmp_path: Path) -> None:
+    ca = tmp_path / "ca.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\n")
+    assert _settings(ca_file=str(ca)).ca_file == str(ca)
+    with pytest.raises(CliUsageError):
+        _settings(ca_file=str(tmp_path))
+
+
+def test_api_key_never_printed_on_errors() -> None:
+    # Unreachable endpoint (port 1) so the command fails after the key was parsed.
+    for argv in (
+        ["galaxy-test-connection", "--api-key", KEY, "--endpoint", "bad endpoint", "--json"],
+        ["galaxy-test-connection", f"--api-key={KEY}", "--tls", "--plaintext"],
+        ["register", "--api-key", KEY, "--json"],
+    ):
+        result = run(argv)
+        assert result.code != 0
+        assert KEY not in result.out + result.err
+        assert "SECRET" not in result.out + result.err
+
+
+def test_float_help_text_lists_types() -> None:
+    assert not math.isnan(0.0)
+    help_text = run(["write", "--help"]).out
+    assert "|".join(mxgateway.VALUE_TYPES) in help_text.replace("\n", "").replace(" ", "")
