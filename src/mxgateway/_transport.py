@@ -1,0 +1,374 @@
+"""The single gRPC seam: channel, credentials, API key metadata, deadlines, error mapping.
+
+Every client (``GatewayClient``, ``GalaxyRepositoryClient``) talks to the network only
+through a :class:`Transport`::
+
+    transport = await Transport.open(options)
+    stub = mxaccess_gateway_pb2_grpc.MxAccessGatewayStub(transport.channel)
+    reply = await transport.unary(stub.OpenSession, request)          # default deadline
+    async with transport.stream(stub.StreamEvents, request) as events:  # no deadline
+        async for event in events:
+            ...
+    await transport.close()
+
+``unary`` and ``stream`` attach ``authorization: Bearer <key>`` (plus the extra metadata of
+the options) in one place, apply the default deadline to unary calls, and turn
+``grpc.aio.AioRpcError`` into the ``MxGateway*`` exception of the error table, raised
+``from`` the original. A :class:`Stream` cancels its call when the loop breaks (the
+iterator is dropped), on ``aclose()``, on leaving ``async with`` and when the task reading
+it is cancelled, so the server always sees the cancellation.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from types import TracebackType
+from typing import Any, Generic, TypeVar
+
+import grpc
+import grpc.aio
+
+from mxgateway._errors import (
+    ClientClosedError,
+    MxGatewayError,
+    error_from_rpc_error,
+)
+from mxgateway._options import ClientOptions
+
+__all__ = ["DEFAULT", "Stream", "Transport"]
+
+_log = logging.getLogger(__name__)
+_log.addHandler(logging.NullHandler())
+
+ReqT = TypeVar("ReqT")
+RespT = TypeVar("RespT")
+
+
+class _Default:
+    """Sentinel type: "use the options' default deadline"."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "DEFAULT"
+
+
+DEFAULT: Any = _Default()
+
+_HEALTH_CHECK = "/grpc.health.v1.Health/Check"
+
+
+def _empty_request(_: object) -> bytes:
+    # An empty HealthCheckRequest (service "") serializes to no bytes.
+    return b""
+
+
+def _raw_bytes(data: bytes) -> bytes:
+    return data
+
+
+"""Pass as ``timeout`` to use ``ClientOptions.timeout`` (the default of ``unary``)."""
+
+
+def _channel_arguments(options: ClientOptions) -> list[tuple[str, Any]]:
+    args: list[tuple[str, Any]] = [
+        ("grpc.max_send_message_length", options.max_message_bytes),
+        ("grpc.max_receive_message_length", options.max_message_bytes),
+    ]
+    if options.keepalive_time is not None:
+        args += [
+            ("grpc.keepalive_time_ms", int(options.keepalive_time * 1000)),
+            ("grpc.keepalive_timeout_ms", int(options.keepalive_timeout * 1000)),
+            ("grpc.keepalive_permit_without_calls", int(options.keepalive_permit_without_calls)),
+            ("grpc.http2.max_pings_without_data", 0),
+        ]
+    if options.server_name_override:
+        args += [
+            ("grpc.ssl_target_name_override", options.server_name_override),
+            ("grpc.default_authority", options.server_name_override),
+        ]
+    args += list(options.channel_options)
+    return args
+
+
+def create_channel(options: ClientOptions) -> grpc.aio.Channel:
+    """Build the ``grpc.aio`` channel the options describe (no network activity yet).
+
+    Plaintext only when ``options.plaintext``; otherwise TLS with ``ca_file`` or the system
+    roots. There is no fallback from TLS to plaintext.
+    """
+    args = _channel_arguments(options)
+    if options.plaintext:
+        return grpc.aio.insecure_channel(options.endpoint, options=args)
+    root: bytes | None = None
+    if options.ca_file is not None:
+        with open(options.ca_file, "rb") as fh:
+            root = fh.read()
+    credentials = grpc.ssl_channel_credentials(root_certificates=root)
+    return grpc.aio.secure_channel(options.endpoint, credentials, options=args)
+
+
+class Transport:
+    """Owns one ``grpc.aio`` channel and performs every call of a client.
+
+    Create with :meth:`open` (or ``Transport(options, channel=...)`` to inject a channel).
+    Safe to share between a client and its sessions; :meth:`close` is idempotent.
+    """
+
+    def __init__(self, options: ClientOptions, *, channel: grpc.aio.Channel | None = None) -> None:
+        self._options = options
+        self._channel = channel if channel is not None else create_channel(options)
+        metadata: list[tuple[str, str]] = []
+        if options.api_key:
+            metadata.append(("authorization", f"Bearer {options.api_key}"))
+        metadata.extend(options.metadata)
+        self._metadata: tuple[tuple[str, str], ...] = tuple(metadata)
+        self._secrets: tuple[str | None, ...] = (options.api_key,)
+        self._closed = False
+
+    @classmethod
+    async def open(cls, options: ClientOptions) -> Transport:
+        """Create the channel and, unless ``options.connect_timeout`` is ``None``, wait
+        until it is connected.
+
+        Raises:
+            MxGatewayUnavailableError: The gateway could not be reached (refused, DNS, TLS
+                handshake failure...).
+            MxGatewayTimeoutError: The channel was not ready within ``connect_timeout``.
+        """
+        transport = cls(options)
+        if options.connect_timeout is not None:
+            try:
+                await transport.wait_ready(options.connect_timeout)
+            except BaseException:
+                await transport.close()
+                raise
+        return transport
+
+    @property
+    def options(self) -> ClientOptions:
+        """The options this transport was built from."""
+        return self._options
+
+    @property
+    def channel(self) -> grpc.aio.Channel:
+        """The underlying channel, for building stubs (raises once closed)."""
+        self.check_open()
+        return self._channel
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` was called."""
+        return self._closed
+
+    @property
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        """The metadata sent with every call (includes the API key: do not log it)."""
+        return self._metadata
+
+    def check_open(self) -> None:
+        """Raise :class:`ClientClosedError` if the transport was closed."""
+        if self._closed:
+            raise ClientClosedError(
+                f"the connection to {self._options.endpoint} is closed; connect again"
+            )
+
+    async def wait_ready(self, timeout: float) -> None:
+        """Check that the gateway answers, within ``timeout`` seconds.
+
+        Sends one ``grpc.health.v1.Health/Check`` probe without ``wait_for_ready``, so a
+        refused connection or a failed TLS handshake fails fast with gRPC's own reason.
+        Any answer other than UNAVAILABLE or DEADLINE_EXCEEDED (including UNIMPLEMENTED
+        from a gateway without a health service) proves the channel works.
+
+        Raises:
+            MxGatewayUnavailableError: The gateway could not be reached.
+            MxGatewayTimeoutError: No answer within ``timeout``.
+        """
+        self.check_open()
+        probe = self._channel.unary_unary(
+            _HEALTH_CHECK, request_serializer=_empty_request, response_deserializer=_raw_bytes
+        )
+        try:
+            await probe(b"", timeout=timeout, metadata=self._metadata)
+        except grpc.aio.AioRpcError as exc:
+            code = exc.code()
+            if code not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                _log.debug("connect probe answered %s: channel is up", code)
+                return
+            mode = "plaintext" if self._options.plaintext else "TLS"
+            raise self.map_error(
+                exc, what=f"connecting to {self._options.endpoint} ({mode})"
+            ) from exc
+
+    def map_error(
+        self, exc: grpc.aio.AioRpcError, *, session_id: str | None = None, what: str = "call"
+    ) -> MxGatewayError:
+        """Map a gRPC error to the ``MxGateway*`` error (caller raises it ``from exc``)."""
+        if self._closed and exc.code() is grpc.StatusCode.CANCELLED:
+            return ClientClosedError(f"{what} was cancelled because the client was closed")
+        return error_from_rpc_error(exc, session_id=session_id, secrets=self._secrets, what=what)
+
+    async def unary(
+        self,
+        method: grpc.aio.UnaryUnaryMultiCallable[ReqT, RespT],
+        request: ReqT,
+        *,
+        timeout: float | None = DEFAULT,
+        session_id: str | None = None,
+        what: str | None = None,
+    ) -> RespT:
+        """Run a unary call with the API key metadata and a deadline; map its errors.
+
+        Args:
+            method: A stub attribute, e.g. ``stub.Invoke``.
+            request: The request message.
+            timeout: Deadline in seconds; ``DEFAULT`` uses ``options.timeout``, ``None``
+                means no deadline.
+            session_id: Set for session-scoped RPCs (NOT_FOUND then maps to
+                ``MxGatewaySessionNotFoundError``; the id appears in messages).
+            what: Name of the call used in error messages (default: the request type).
+
+        Cancelling the awaiting task cancels the gRPC call.
+        """
+        self.check_open()
+        if timeout is DEFAULT:
+            timeout = self._options.timeout
+        try:
+            return await method(request, timeout=timeout, metadata=self._metadata)
+        except grpc.aio.AioRpcError as exc:
+            label = what or type(request).__name__.removesuffix("Request")
+            raise self.map_error(exc, session_id=session_id, what=label) from exc
+
+    def stream(
+        self,
+        method: grpc.aio.UnaryStreamMultiCallable[ReqT, RespT],
+        request: ReqT,
+        *,
+        timeout: float | None = None,
+        session_id: str | None = None,
+        what: str | None = None,
+    ) -> Stream[RespT]:
+        """Start a server-streaming call; returns a :class:`Stream` (an async iterator).
+
+        The call starts immediately; errors surface (mapped) while iterating. ``timeout``
+        defaults to ``None`` (streams normally run until closed).
+        """
+        self.check_open()
+        call = method(request, timeout=timeout, metadata=self._metadata)
+        label = what or type(request).__name__.removesuffix("Request")
+        return Stream(self, call, session_id=session_id, what=label)
+
+    async def close(self) -> None:
+        """Close the channel (cancelling any call still running). Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        await self._channel.close(None)
+        _log.debug("transport to %s closed", self._options.endpoint)
+
+    async def __aenter__(self) -> Transport:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return f"<Transport {self._options.endpoint} {state}>"
+
+
+class Stream(Generic[RespT]):
+    """Async iterator over one server-streaming call, with mapped errors.
+
+    Ends normally when the server completes the stream. Breaking out of ``async for``
+    (dropping the iterator), :meth:`aclose`, leaving ``async with`` or cancelling the
+    reading task cancels the call.
+    """
+
+    __slots__ = ("_call", "_done", "_it", "_session_id", "_transport", "_what")
+
+    def __init__(
+        self,
+        transport: Transport,
+        call: grpc.aio.UnaryStreamCall[Any, RespT],
+        *,
+        session_id: str | None,
+        what: str,
+    ) -> None:
+        self._transport = transport
+        self._call = call
+        self._it: AsyncIterator[RespT] = call.__aiter__()
+        self._session_id = session_id
+        self._what = what
+        self._done = False
+
+    @property
+    def call(self) -> grpc.aio.UnaryStreamCall[Any, RespT]:
+        """The underlying ``grpc.aio`` call."""
+        return self._call
+
+    @property
+    def done(self) -> bool:
+        """True once the stream ended, failed or was closed."""
+        return self._done
+
+    def __aiter__(self) -> Stream[RespT]:
+        return self
+
+    async def __anext__(self) -> RespT:
+        if self._done:
+            raise StopAsyncIteration
+        try:
+            return await self._it.__anext__()
+        except StopAsyncIteration:
+            self._done = True
+            raise
+        except grpc.aio.AioRpcError as exc:
+            self._done = True
+            raise self._transport.map_error(
+                exc, session_id=self._session_id, what=self._what
+            ) from exc
+        except BaseException:
+            # Cancellation of the reading task (or anything unexpected): end the call.
+            self._close_call()
+            raise
+
+    def _close_call(self) -> None:
+        if not self._done:
+            self._done = True
+            self._call.cancel()
+
+    async def aclose(self) -> None:
+        """Cancel the call if it is still running. Idempotent."""
+        self._close_call()
+
+    def cancel(self) -> None:
+        """Cancel the call (synchronous form of :meth:`aclose`)."""
+        self._close_call()
+
+    async def __aenter__(self) -> Stream[RespT]:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._close_call()
+
+    def __del__(self) -> None:
+        # Dropped without being exhausted (e.g. `break` out of `async for`): end the call.
+        if not self._done:
+            self._done = True
+            try:
+                self._call.cancel()
+            except Exception:  # pragma: no cover - interpreter/loop teardown
+                _log.debug("could not cancel a dropped stream", exc_info=True)

@@ -1,0 +1,193 @@
+"""The gRPC seam: API key metadata, deadlines, error mapping, stream closing, cancellation."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import socket
+
+import grpc
+import pytest
+from client_fakes import SESSION_ID, FakeServer, StreamAbort, data_change
+
+from mxgateway import (
+    ClientClosedError,
+    ClientOptions,
+    MxGatewayAuthenticationError,
+    MxGatewaySessionNotFoundError,
+    MxGatewayTimeoutError,
+    MxGatewayUnavailableError,
+)
+from mxgateway._transport import Transport
+from mxgateway.generated import mxaccess_gateway_pb2 as pb
+from mxgateway.generated import mxaccess_gateway_pb2_grpc as pbg
+
+KEY = "mxgw_k1_transportSecret"
+
+
+async def _wait_for(predicate: object, timeout: float = 5.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():  # type: ignore[operator]
+        if loop.time() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.01)
+
+
+def _opts(endpoint: str, **kw: object) -> ClientOptions:
+    return ClientOptions(endpoint=endpoint, plaintext=True, api_key=KEY, **kw)  # type: ignore[arg-type]
+
+
+async def test_api_key_and_extra_metadata_on_unary_and_stream(fake: FakeServer) -> None:
+    async def plan(req: pb.StreamEventsRequest, attempt: int):  # type: ignore[no-untyped-def]
+        yield data_change(1)
+
+    fake.servicer.events_plan = plan
+    opts = _opts(fake.endpoint, metadata=(("x-client", "tests"),))
+    async with await Transport.open(opts) as t:
+        stub = pbg.MxAccessGatewayStub(t.channel)
+        await t.unary(stub.OpenSession, pb.OpenSessionRequest(client_session_name="a"))
+        stream = t.stream(stub.StreamEvents, pb.StreamEventsRequest(session_id=SESSION_ID))
+        events = [ev async for ev in stream]
+        assert [e.worker_sequence for e in events] == [1]
+    for method in ("OpenSession", "StreamEvents"):
+        (md,) = fake.servicer.rec.metadata[method]
+        assert md["authorization"] == f"Bearer {KEY}"
+        assert md["x-client"] == "tests"
+
+
+async def test_no_api_key_sends_no_authorization(fake: FakeServer) -> None:
+    opts = ClientOptions(endpoint=fake.endpoint, plaintext=True)
+    async with await Transport.open(opts) as t:
+        stub = pbg.MxAccessGatewayStub(t.channel)
+        await t.unary(stub.OpenSession, pb.OpenSessionRequest())
+    (md,) = fake.servicer.rec.metadata["OpenSession"]
+    assert "authorization" not in md
+
+
+async def test_unary_error_is_mapped_and_chained(fake: FakeServer) -> None:
+    fake.servicer.abort["OpenSession"] = (grpc.StatusCode.UNAUTHENTICATED, f"bad key {KEY}")
+    async with await Transport.open(_opts(fake.endpoint)) as t:
+        stub = pbg.MxAccessGatewayStub(t.channel)
+        with pytest.raises(MxGatewayAuthenticationError) as info:
+            await t.unary(stub.OpenSession, pb.OpenSessionRequest())
+    assert isinstance(info.value.__cause__, grpc.aio.AioRpcError)
+    assert KEY not in str(info.value)
+    assert "OpenSession" in str(info.value)
+
+
+async def test_stream_error_is_mapped_inside_iteration(fake: FakeServer) -> None:
+    async def plan(req: pb.StreamEventsRequest, attempt: int):  # type: ignore[no-untyped-def]
+        yield data_change(1)
+        yield StreamAbort(grpc.StatusCode.NOT_FOUND, "unknown session")
+
+    fake.servicer.events_plan = plan
+    async with await Transport.open(_opts(fake.endpoint)) as t:
+        stub = pbg.MxAccessGatewayStub(t.channel)
+        stream = t.stream(
+            stub.StreamEvents, pb.StreamEventsRequest(session_id=SESSION_ID), session_id=SESSION_ID
+        )
+        first = await stream.__anext__()
+        assert first.worker_sequence == 1
+        with pytest.raises(MxGatewaySessionNotFoundError) as info:
+            await stream.__anext__()
+        assert isinstance(info.value.__cause__, grpc.aio.AioRpcError)
+        assert stream.done
+        with pytest.raises(StopAsyncIteration):
+            await stream.__anext__()
+
+
+async def test_default_deadline_applies(fake: FakeServer) -> None:
+    fake.servicer.hang.add("OpenSession")
+    async with await Transport.open(_opts(fake.endpoint, timeout=0.2)) as t:
+        stub = pbg.MxAccessGatewayStub(t.channel)
+        with pytest.raises(MxGatewayTimeoutError):
+            await t.unary(stub.OpenSession, pb.OpenSessionRequest())
+        await _wait_for(lambda: fake.servicer.rec.cancelled.get("OpenSession"))
+
+
+async def test_cancelling_a_unary_call_cancels_it_on_the_server(fake: FakeServer) -> None:
+    fake.servicer.hang.add("OpenSession")
+    async with await Transport.open(_opts(fake.endpoint, timeout=None)) as t:
+        stub = pbg.MxAccessGatewayStub(t.channel)
+        task = asyncio.ensure_future(t.unary(stub.OpenSession, pb.OpenSessionRequest()))
+        await asyncio.wait_for(fake.servicer.rec.started.wait(), 5)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await asyncio.wait_for(fake.servicer.rec.cancel_event.wait(), 5)
+    assert fake.servicer.rec.cancelled["OpenSession"] == 1
+
+
+@pytest.mark.parametrize("how", ["aclose", "break", "cancel-task", "context"])
+async def test_stream_is_cancelled_on_the_server(fake: FakeServer, how: str) -> None:
+    async def plan(req: pb.StreamEventsRequest, attempt: int):  # type: ignore[no-untyped-def]
+        yield data_change(1)
+        await asyncio.Event().wait()
+
+    fake.servicer.events_plan = plan
+    async with await Transport.open(_opts(fake.endpoint)) as t:
+        stub = pbg.MxAccessGatewayStub(t.channel)
+        req = pb.StreamEventsRequest(session_id=SESSION_ID)
+        if how == "aclose":
+            stream = t.stream(stub.StreamEvents, req)
+            await stream.__anext__()
+            await stream.aclose()
+            assert stream.done
+        elif how == "break":
+
+            async def consume() -> None:
+                async for _ in t.stream(stub.StreamEvents, req):
+                    break
+
+            await consume()
+            gc.collect()
+        elif how == "context":
+            async with t.stream(stub.StreamEvents, req) as stream:
+                await stream.__anext__()
+        else:
+            stream = t.stream(stub.StreamEvents, req)
+
+            async def read_all() -> None:
+                async for _ in stream:
+                    pass
+
+            task = asyncio.ensure_future(read_all())
+            await _wait_for(lambda: fake.servicer.attempts.get("StreamEvents"))
+            await asyncio.sleep(0.05)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        await asyncio.wait_for(fake.servicer.rec.cancel_event.wait(), 5)
+    assert fake.servicer.rec.cancelled["StreamEvents"] == 1
+
+
+async def test_use_after_close_is_a_clear_error(fake: FakeServer) -> None:
+    t = await Transport.open(_opts(fake.endpoint))
+    stub = pbg.MxAccessGatewayStub(t.channel)
+    await t.close()
+    await t.close()  # idempotent
+    assert t.closed
+    with pytest.raises(ClientClosedError, match="closed"):
+        await t.unary(stub.OpenSession, pb.OpenSessionRequest())
+    with pytest.raises(ClientClosedError):
+        t.stream(stub.StreamEvents, pb.StreamEventsRequest())
+    with pytest.raises(ClientClosedError):
+        _ = t.channel
+
+
+async def test_connect_to_nothing_fails_fast_as_unavailable() -> None:
+    # Bind and release a port so nothing listens there.
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with pytest.raises(MxGatewayUnavailableError) as info:
+        await Transport.open(_opts(f"127.0.0.1:{port}", connect_timeout=30.0))
+    assert f"127.0.0.1:{port}" in str(info.value)
+    assert isinstance(info.value.__cause__, grpc.aio.AioRpcError)
+
+
+async def test_repr_hides_the_key(fake: FakeServer) -> None:
+    async with await Transport.open(_opts(fake.endpoint)) as t:
+        assert KEY not in repr(t)
+        assert fake.endpoint in repr(t)
