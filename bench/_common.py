@@ -1,0 +1,284 @@
+"""Shared plumbing for the benchmarks: machine info, statistics, subprocess servers.
+
+Every benchmark starts what it needs in a subprocess on 127.0.0.1 (so the server's CPU is
+not charged to the client), runs a bounded workload and returns a JSON-able dict.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as _dt
+import json
+import os
+import platform
+import shutil
+import statistics
+import sys
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+from google.protobuf import __version__ as protobuf_version
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+API_KEY = "mxgw_bench_" + "b3nch" * 6
+"""The key every bench server is started with (admin scope on the simulator)."""
+METADATA = (("authorization", f"Bearer {API_KEY}"),)
+
+JSON = dict[str, Any]
+
+
+def machine_info() -> JSON:
+    """Cores, Python, grpcio/protobuf versions and the date: the context of every figure."""
+    try:
+        from google.protobuf.internal import api_implementation
+
+        pb_impl = api_implementation.Type()
+    except Exception:  # pragma: no cover - private API moved
+        pb_impl = "unknown"
+    info: JSON = {
+        "date_utc": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "cores": os.cpu_count(),
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "python": platform.python_version(),
+        "python_implementation": platform.python_implementation(),
+        "grpcio": grpc.__version__,
+        "protobuf": protobuf_version,
+        "protobuf_implementation": pb_impl,
+    }
+    with contextlib.suppress(Exception), open("/proc/cpuinfo", encoding="utf-8") as fh:
+        for line in fh:
+            if line.startswith("model name"):
+                info["cpu_model"] = line.split(":", 1)[1].strip()
+                break
+    return info
+
+
+def pct(values: Sequence[float], p: float) -> float:
+    """The p-th percentile (0..100) of ``values`` by nearest rank."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    k = max(0, min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1))))
+    return ordered[k]
+
+
+def median(values: Sequence[float]) -> float:
+    """Median, NaN for no values."""
+    return statistics.median(values) if values else float("nan")
+
+
+def ratio(a: float, b: float) -> float | None:
+    """``a / b`` rounded, or None when ``b`` is 0 or not a number."""
+    if not b or b != b:
+        return None
+    return round(a / b, 3)
+
+
+def rnd(x: float, digits: int = 1) -> float:
+    """Round for the JSON report."""
+    return round(float(x), digits)
+
+
+@dataclass
+class Report:
+    """One benchmark's JSON document: results, targets (met or missed) and what was skipped."""
+
+    name: str
+    quick: bool
+    results: JSON = field(default_factory=dict)
+    targets: list[JSON] = field(default_factory=list)
+    skipped: list[JSON] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    started: float = field(default_factory=time.perf_counter)
+
+    def target(self, name: str, goal: str, measured: float | None, met: bool | None) -> None:
+        """Record a target with its measured figure; ``met`` None means not measurable."""
+        self.targets.append({"name": name, "goal": goal, "measured": measured, "met": met})
+
+    def skip(self, what: str, why: str) -> None:
+        """Record something that could not be measured, and why."""
+        self.skipped.append({"what": what, "why": why})
+
+    def to_json(self) -> JSON:
+        """The document printed by ``python -m bench <name>``."""
+        return {
+            "benchmark": self.name,
+            "quick": self.quick,
+            "machine": machine_info(),
+            "elapsed_s": rnd(time.perf_counter() - self.started, 2),
+            "results": self.results,
+            "targets": self.targets,
+            "skipped": self.skipped,
+            "notes": self.notes,
+        }
+
+
+class ServerProcess:
+    """A gRPC server in a subprocess that prints one JSON line with its address on stdout.
+
+    Used for the replay server and for ``mxgw-sim serve --json``. The process is killed on
+    exit from the ``async with`` block, whatever happened inside it.
+    """
+
+    def __init__(self, argv: Sequence[str], *, ready_timeout: float = 60.0) -> None:
+        self.argv = list(argv)
+        self.ready_timeout = ready_timeout
+        self.proc: asyncio.subprocess.Process | None = None
+        self.info: JSON = {}
+        self.address = ""
+
+    async def __aenter__(self) -> ServerProcess:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p
+        )
+        self.proc = await asyncio.create_subprocess_exec(
+            *self.argv,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            cwd=str(REPO_ROOT),
+            env=env,
+        )
+        try:
+            assert self.proc.stdout is not None
+            line = await asyncio.wait_for(self.proc.stdout.readline(), self.ready_timeout)
+            if not line:
+                err = b""
+                if self.proc.stderr is not None:
+                    err = await asyncio.wait_for(self.proc.stderr.read(), 5)
+                raise RuntimeError(
+                    f"{self.argv[0]} exited before it was ready: {err.decode()[-2000:]}"
+                )
+            self.info = json.loads(line)
+            self.address = str(
+                self.info.get("address") or self.info.get("listen") or self.info.get("endpoint")
+            )
+        except BaseException:
+            await self.stop()
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def stop(self) -> None:
+        """Terminate (then kill) the process and reap it."""
+        proc = self.proc
+        if proc is None or proc.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            proc.terminate()
+        try:
+            await asyncio.wait_for(proc.wait(), 5)
+        except asyncio.TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+
+    def cpu_seconds(self) -> float | None:
+        """CPU time (user + system) the server process has used so far, if psutil can say."""
+        if self.proc is None:
+            return None
+        try:
+            import psutil
+
+            t = psutil.Process(self.proc.pid).cpu_times()
+            return float(t.user + t.system)
+        except Exception:
+            return None
+
+
+def replay_server(events: int, batch: int, *, values: str = "double") -> ServerProcess:
+    """The bench replay server (``bench/replay_server.py``) in a subprocess."""
+    return ServerProcess(
+        [
+            sys.executable,
+            "-m",
+            "bench.replay_server",
+            "--listen",
+            "127.0.0.1:0",
+            "--events",
+            str(events),
+            "--batch",
+            str(batch),
+            "--values",
+            values,
+        ]
+    )
+
+
+def sim_argv() -> list[str] | None:
+    """How to start ``mxgw-sim serve`` on loopback, or None when the simulator has not landed."""
+    try:
+        import mxgateway_sim  # noqa: F401
+    except ImportError:
+        return None
+    base: list[str]
+    exe = shutil.which("mxgw-sim") or str(Path(sys.executable).parent / "mxgw-sim")
+    if Path(exe).exists():
+        base = [exe]
+    else:
+        try:
+            import importlib.util
+
+            if importlib.util.find_spec("mxgateway_sim.__main__") is None:
+                return None
+        except ImportError:
+            return None
+        base = [sys.executable, "-m", "mxgateway_sim"]
+    return [
+        *base,
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--plaintext",
+        "--api-key",
+        API_KEY,
+        "--json",
+    ]
+
+
+def simulator(extra: Sequence[str] = ()) -> ServerProcess | None:
+    """``mxgw-sim serve`` in a subprocess, or None when it is not available yet."""
+    argv = sim_argv()
+    if argv is None:
+        return None
+    return ServerProcess([*argv, *extra])
+
+
+@contextlib.asynccontextmanager
+async def aio_channel(address: str) -> AsyncIterator[grpc.aio.Channel]:
+    """A plaintext grpc.aio channel to ``address``, closed on exit."""
+    channel = grpc.aio.insecure_channel(
+        address,
+        options=[
+            ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+            ("grpc.max_send_message_length", 64 * 1024 * 1024),
+        ],
+    )
+    try:
+        await asyncio.wait_for(channel.channel_ready(), 30)
+        yield channel
+    finally:
+        await channel.close()
+
+
+class CpuClock:
+    """Wall and process-CPU time of a code region (CPU includes gRPC's C-core threads)."""
+
+    def __enter__(self) -> CpuClock:
+        self.wall0 = time.perf_counter()
+        self.cpu0 = time.process_time()
+        self.wall = 0.0
+        self.cpu = 0.0
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.wall = time.perf_counter() - self.wall0
+        self.cpu = time.process_time() - self.cpu0

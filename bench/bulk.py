@@ -1,0 +1,235 @@
+"""Bulk vs single calls: ``read_bulk`` / ``write_bulk`` of 1, 100, 1,000, 10,000 tags.
+
+For each size N: tags/s of one bulk call of N tags, against N single calls (a one-tag read,
+a ``WRITE``). For N = 10,000 the singles are sampled (1,000 calls) and extrapolated; the
+report says so. Reads are of advised tags (``was_cached`` rows, the gateway answers from its
+cache). Flavours: the bare generated stub, and the client library when it has landed.
+Servers: the simulator (the real figure) and the replay server (canned replies: what the
+client side alone costs).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+from bench import _client
+from bench._common import METADATA, Report, aio_channel, ratio, replay_server, rnd, simulator
+from bench._events import SESSION_ID
+from mxgateway._values import to_mx_value
+from mxgateway.generated import mxaccess_gateway_pb2 as pb
+from mxgateway.generated import mxaccess_gateway_pb2_grpc as pb_grpc
+
+SIZES = (1, 100, 1_000, 10_000)
+SINGLES_SAMPLE = 1_000
+
+
+@dataclass
+class BulkOps:
+    """One flavour's operations (all return when the reply has been checked)."""
+
+    read_bulk: Callable[[Sequence[str]], Awaitable[int]]
+    write_bulk: Callable[[Sequence[int], Sequence[float]], Awaitable[int]]
+    read_one: Callable[[str], Awaitable[object]]
+    write_one: Callable[[int, float], Awaitable[object]]
+
+
+class BareGateway:
+    """The generated stub, doing by hand what the library's helpers do."""
+
+    def __init__(self, channel: grpc.aio.Channel, session_id: str = "") -> None:
+        self.stub = pb_grpc.MxAccessGatewayStub(channel)
+        self.session_id = session_id
+        self.server_handle = 0
+
+    async def invoke(self, cmd: pb.MxCommand) -> pb.MxCommandReply:
+        """One Invoke; raises on a protocol status other than OK."""
+        req = pb.MxCommandRequest(session_id=self.session_id, command=cmd)
+        reply: pb.MxCommandReply = await self.stub.Invoke(req, metadata=METADATA, timeout=120)
+        if reply.protocol_status.code != pb.PROTOCOL_STATUS_CODE_OK:
+            raise RuntimeError(
+                f"{pb.MxCommandKind.Name(cmd.kind)}: "
+                f"{pb.ProtocolStatusCode.Name(reply.protocol_status.code)} "
+                f"{reply.protocol_status.message}"
+            )
+        return reply
+
+    async def open(self) -> None:
+        """OpenSession (when no session id was given) and REGISTER."""
+        if not self.session_id:
+            reply = await self.stub.OpenSession(
+                pb.OpenSessionRequest(client_session_name="bench"), metadata=METADATA, timeout=30
+            )
+            self.session_id = reply.session_id
+        cmd = pb.MxCommand(kind=pb.MX_COMMAND_KIND_REGISTER)
+        cmd.register.client_name = "bench-bulk"
+        self.server_handle = (await self.invoke(cmd)).register.server_handle
+
+    async def close(self) -> None:
+        """CloseSession."""
+        await self.stub.CloseSession(
+            pb.CloseSessionRequest(session_id=self.session_id), metadata=METADATA, timeout=30
+        )
+
+    async def subscribe(self, tags: Sequence[str]) -> list[int]:
+        """SUBSCRIBE_BULK (add + advise); returns the item handles, in order."""
+        cmd = pb.MxCommand(kind=pb.MX_COMMAND_KIND_SUBSCRIBE_BULK)
+        cmd.subscribe_bulk.server_handle = self.server_handle
+        cmd.subscribe_bulk.tag_addresses.extend(tags)
+        reply = await self.invoke(cmd)
+        bad = [r.error_message for r in reply.bulk_subscribe.results if not r.was_successful]
+        if bad:
+            raise RuntimeError(f"subscribe: {len(bad)} rows failed, first: {bad[0]}")
+        return [r.item_handle for r in reply.bulk_subscribe.results]
+
+    async def read_bulk(self, tags: Sequence[str]) -> int:
+        """READ_BULK; returns the number of successful rows."""
+        cmd = pb.MxCommand(kind=pb.MX_COMMAND_KIND_READ_BULK)
+        cmd.read_bulk.server_handle = self.server_handle
+        cmd.read_bulk.tag_addresses.extend(tags)
+        reply = await self.invoke(cmd)
+        return sum(1 for r in reply.bulk_read.results if r.was_successful)
+
+    async def write_bulk(self, handles: Sequence[int], values: Sequence[float]) -> int:
+        """WRITE_BULK; returns the number of successful rows."""
+        cmd = pb.MxCommand(kind=pb.MX_COMMAND_KIND_WRITE_BULK)
+        cmd.write_bulk.server_handle = self.server_handle
+        entries = cmd.write_bulk.entries
+        for h, v in zip(handles, values, strict=True):
+            entries.add(item_handle=h, value=to_mx_value(v))
+        reply = await self.invoke(cmd)
+        return sum(1 for r in reply.bulk_write.results if r.was_successful)
+
+    async def read_one(self, tag: str) -> int:
+        """A single read: READ_BULK of one tag (the protocol has no one-tag read)."""
+        return await self.read_bulk((tag,))
+
+    async def write_one(self, handle: int, value: float) -> int:
+        """A single WRITE."""
+        cmd = pb.MxCommand(kind=pb.MX_COMMAND_KIND_WRITE)
+        cmd.write.server_handle = self.server_handle
+        cmd.write.item_handle = handle
+        cmd.write.value.CopyFrom(to_mx_value(value))
+        await self.invoke(cmd)
+        return 1
+
+    def ops(self) -> BulkOps:
+        """This flavour's operations."""
+        return BulkOps(self.read_bulk, self.write_bulk, self.read_one, self.write_one)
+
+
+async def _timed(coro: Awaitable[Any]) -> float:
+    t0 = time.perf_counter()
+    await coro
+    return time.perf_counter() - t0
+
+
+async def measure(ops: BulkOps, tags: Sequence[str], handles: Sequence[int], quick: bool) -> Any:
+    """Bulk vs singles for every size; returns rows per size and operation."""
+    sizes = [s for s in SIZES if s <= len(tags)]
+    sample_cap = 50 if quick else SINGLES_SAMPLE
+    out: dict[str, Any] = {"read": {}, "write": {}}
+    for n in sizes:
+        values = [float(i % 1000) / 4 for i in range(n)]
+        reps = 2 if quick else (5 if n >= 1000 else 10)
+        # Bulk: one untimed warm-up call, then the best of reps (one call each).
+        await ops.read_bulk(tags[:n])
+        await ops.write_bulk(handles[:n], values)
+        read_t = min([await _timed(ops.read_bulk(tags[:n])) for _ in range(reps)])
+        write_t = min([await _timed(ops.write_bulk(handles[:n], values)) for _ in range(reps)])
+        k = min(n, sample_cap)
+        t0 = time.perf_counter()
+        for i in range(k):
+            await ops.read_one(tags[i])
+        read_single_t = (time.perf_counter() - t0) / k * n
+        t0 = time.perf_counter()
+        for i in range(k):
+            await ops.write_one(handles[i], values[i])
+        write_single_t = (time.perf_counter() - t0) / k * n
+        for op, bulk_t, single_t in (
+            ("read", read_t, read_single_t),
+            ("write", write_t, write_single_t),
+        ):
+            out[op][str(n)] = {
+                "bulk_call_ms": rnd(bulk_t * 1000, 3),
+                "bulk_tags_per_s": rnd(n / bulk_t, 0),
+                "singles_total_ms": rnd(single_t * 1000, 1),
+                "singles_tags_per_s": rnd(n / single_t, 0),
+                "singles_sampled": k,
+                "singles_extrapolated": k < n,
+                "speedup": ratio(single_t, bulk_t),
+            }
+    return out
+
+
+def add_targets(report: Report, results: dict[str, Any], where: str) -> None:
+    """Target: 10,000 tags in one call at least 500x faster than 10,000 single calls."""
+    for op in ("read", "write"):
+        row = results.get(op, {}).get("10000")
+        sp = row.get("speedup") if row else None
+        report.target(
+            f"{where}: {op}_bulk of 10,000 tags vs 10,000 single calls",
+            "speedup >= 500",
+            sp,
+            None if sp is None else sp >= 500,
+        )
+
+
+async def run_flavours(
+    report: Report, where: str, address: str, tags: list[str], quick: bool
+) -> None:
+    """Bare stub and library against one server."""
+    results: dict[str, Any] = {}
+    async with aio_channel(address) as channel:
+        bare = BareGateway(channel, SESSION_ID if where == "replay" else "")
+        await bare.open()
+        try:
+            handles = await bare.subscribe(tags)
+            results["bare_stub"] = await measure(bare.ops(), tags, handles, quick)
+        finally:
+            if where != "replay":
+                await bare.close()
+    lib_ops, why = await _client.bulk_ops(address, tags)
+    if lib_ops is None:
+        report.skip(f"{where}: library read_bulk/write_bulk", why)
+    else:
+        async with lib_ops as (ops, handles):
+            results["library"] = await measure(ops, tags, handles, quick)
+    report.results[where] = results
+    for flavour, r in results.items():
+        add_targets(report, r, f"{where} {flavour}")
+
+
+async def run_async(quick: bool) -> dict[str, Any]:
+    """Replay server, then simulator; returns the JSON document."""
+    report = Report("bulk", quick)
+    max_n = 100 if quick else max(SIZES)
+    async with replay_server(10, 10) as server:
+        tags = [f"Bench{i:05d}.Value" for i in range(max_n)]
+        await run_flavours(report, "replay", server.address, tags, quick)
+    sim = simulator(_client.sim_bulk_args(max_n))
+    if sim is None:
+        report.skip("simulator", "mxgateway_sim (mxgw-sim serve) has not landed yet")
+    else:
+        try:
+            async with sim:
+                tags = await _client.sim_tags(sim, max_n)
+                await run_flavours(report, "simulator", sim.address, tags, quick)
+        except Exception as exc:
+            report.skip("simulator", f"{type(exc).__name__}: {exc}"[:500])
+    report.notes.append(
+        f"Singles are sampled ({SINGLES_SAMPLE} calls) and extrapolated for N = 10,000; "
+        "bulk figures are the best of 10 (N < 1,000) or 5 calls after one warm-up call. "
+        "A single read is READ_BULK of one tag (the protocol has no one-tag read)."
+    )
+    return report.to_json()
+
+
+def run(quick: bool = False) -> dict[str, Any]:
+    """Entry point used by ``python -m bench bulk``."""
+    return asyncio.run(run_async(quick))

@@ -1,0 +1,183 @@
+"""Unary round trip: library helper vs ``invoke_raw`` vs the bare generated stub.
+
+All three use the same gRPC channel (the library's own), against the same server, and run
+interleaved in blocks so that drift hits them equally. Reported: median and p99 latency over
+sequential calls, and throughput with 16 concurrent callers. The command is REGISTER (a
+``Session.register``-style helper: build the command, Invoke, check the status, return the
+handle). Servers: the replay server (canned replies: the client's cost dominates) and the
+simulator (when it has landed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+
+from bench import _client
+from bench._common import (
+    METADATA,
+    Report,
+    aio_channel,
+    median,
+    pct,
+    ratio,
+    replay_server,
+    rnd,
+    simulator,
+)
+from bench._events import SESSION_ID
+from mxgateway.generated import mxaccess_gateway_pb2 as pb
+from mxgateway.generated import mxaccess_gateway_pb2_grpc as pb_grpc
+
+Call = Callable[[int], Awaitable[int]]
+_names = itertools.count()
+
+
+def bare_register(channel: grpc.aio.Channel, session_id: str) -> Call:
+    """The generated stub doing what a register helper does: build, Invoke, check, extract."""
+    stub = pb_grpc.MxAccessGatewayStub(channel)
+    invoke = stub.Invoke
+
+    async def call(i: int) -> int:
+        req = pb.MxCommandRequest(session_id=session_id)
+        cmd = req.command
+        cmd.kind = pb.MX_COMMAND_KIND_REGISTER
+        cmd.register.client_name = f"bench-{next(_names)}"
+        reply = await invoke(req, metadata=METADATA, timeout=30)
+        if reply.protocol_status.code != pb.PROTOCOL_STATUS_CODE_OK:
+            raise RuntimeError(f"register failed: {reply.protocol_status}")
+        return reply.register.server_handle
+
+    return call
+
+
+async def sequential(call: Call, n: int) -> list[float]:
+    """Latencies (µs) of ``n`` sequential calls."""
+    out = []
+    for i in range(n):
+        t0 = time.perf_counter_ns()
+        await call(i)
+        out.append((time.perf_counter_ns() - t0) / 1000)
+    return out
+
+
+async def concurrent(call: Call, callers: int, per_caller: int) -> float:
+    """Calls per second with ``callers`` tasks each making ``per_caller`` sequential calls."""
+
+    async def worker() -> None:
+        for i in range(per_caller):
+            await call(i)
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(callers)))
+    return callers * per_caller / (time.perf_counter() - t0)
+
+
+async def compare(calls: dict[str, Call], quick: bool) -> dict[str, Any]:
+    """Interleaved latency blocks, then interleaved throughput runs, per mode."""
+    blocks = 2 if quick else 6
+    per_block = 50 if quick else 600
+    tp_rounds = 1 if quick else 3
+    per_caller = 10 if quick else 150
+    for call in calls.values():  # warm-up
+        await sequential(call, 20 if quick else 200)
+    lat: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(blocks):
+        for name, call in calls.items():
+            lat[name].extend(await sequential(call, per_block))
+    tp: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(tp_rounds):
+        for name, call in calls.items():
+            tp[name].append(await concurrent(call, 16, per_caller))
+    out: dict[str, Any] = {}
+    for name in calls:
+        out[name] = {
+            "calls": len(lat[name]),
+            "median_us": rnd(median(lat[name])),
+            "p99_us": rnd(pct(lat[name], 99)),
+            "throughput_16_callers_per_s": rnd(median(tp[name]), 0),
+        }
+    base = out.get("bare_stub")
+    if base:
+        for r in out.values():
+            r["median_vs_bare"] = ratio(r["median_us"], base["median_us"])
+            r["p99_vs_bare"] = ratio(r["p99_us"], base["p99_us"])
+            r["throughput_vs_bare"] = ratio(
+                r["throughput_16_callers_per_s"], base["throughput_16_callers_per_s"]
+            )
+    return out
+
+
+def add_targets(report: Report, results: dict[str, Any], where: str) -> None:
+    """Target: the helper within 10% of the bare stub (median latency and throughput)."""
+    helper = results.get("helper_register")
+    if not helper:
+        report.target(
+            f"{where}: helper within 10% of bare stub", "median ratio <= 1.10", None, None
+        )
+        return
+    r = helper.get("median_vs_bare")
+    report.target(
+        f"{where}: helper median latency within 10% of bare stub",
+        "median ratio <= 1.10",
+        r,
+        None if r is None else r <= 1.10,
+    )
+    t = helper.get("throughput_vs_bare")
+    report.target(
+        f"{where}: helper 16-caller throughput within 10% of bare stub",
+        "throughput ratio >= 0.90",
+        t,
+        None if t is None else t >= 0.90,
+    )
+
+
+async def run_server(report: Report, where: str, address: str, quick: bool) -> None:
+    """Measure every available mode against one server."""
+    async with _client.library_session(address) as lib:
+        if lib is None:
+            report.skip(f"{where}: helper and invoke_raw", _client.event_modes()[1])
+            async with aio_channel(address) as channel:
+                session_id = SESSION_ID
+                if where == "simulator":
+                    session_id = await _client.bare_open_session(channel)
+                calls: dict[str, Call] = {"bare_stub": bare_register(channel, session_id)}
+                results = await compare(calls, quick)
+        else:
+            channel = _client.session_channel(lib)
+            calls = {"bare_stub": bare_register(channel, _client.session_id(lib))}
+            calls.update(_client.unary_calls(lib))
+            results = await compare(calls, quick)
+    report.results[where] = results
+    add_targets(report, results, where)
+
+
+async def run_async(quick: bool) -> dict[str, Any]:
+    """Replay server, then simulator; returns the JSON document."""
+    report = Report("unary", quick)
+    async with replay_server(10, 10) as server:
+        await run_server(report, "replay", server.address, quick)
+    sim = simulator()
+    if sim is None:
+        report.skip("simulator", "mxgateway_sim (mxgw-sim serve) has not landed yet")
+    else:
+        try:
+            async with sim:
+                await run_server(report, "simulator", sim.address, quick)
+        except Exception as exc:
+            report.skip("simulator", f"{type(exc).__name__}: {exc}"[:500])
+    report.notes.append(
+        "Latency: sequential calls in interleaved blocks, per-call perf_counter_ns. "
+        "Throughput: 16 asyncio tasks on one channel, median of rounds."
+    )
+    return report.to_json()
+
+
+def run(quick: bool = False) -> dict[str, Any]:
+    """Entry point used by ``python -m bench unary``."""
+    return asyncio.run(run_async(quick))

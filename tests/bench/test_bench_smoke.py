@@ -1,0 +1,61 @@
+"""Each benchmark runs end-to-end in ``--quick`` mode and prints one valid JSON document.
+
+No timing is asserted here (speed is measured in bench/, never in tests): only that every
+script starts its servers, runs, cleans up and reports the documented keys.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+# benchmark -> a key path that must exist in "results" of its quick run.
+EXPECTED: dict[str, tuple[str, ...]] = {
+    "parse": ("single_parse", "events_per_s"),
+    "unary": ("replay", "bare_stub", "median_us"),
+    "events": ("replay", "bare_stream_events", "events_per_s"),
+    "bulk": ("replay", "bare_stub", "read", "100", "speedup"),
+    "capacity": (),
+    "profile": ("bare_stream_events", "top_by_tottime"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_benchmark_quick_run_prints_json(name: str) -> None:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", name, "--quick"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=100,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc = json.loads(proc.stdout)
+    assert "error" not in doc, doc.get("error")
+    assert doc["benchmark"] == name
+    assert doc["quick"] is True
+    machine = doc["machine"]
+    for key in ("cores", "python", "grpcio", "protobuf", "date_utc"):
+        assert machine[key], key
+    for key in ("results", "targets", "skipped"):
+        assert key in doc, key
+    node = doc["results"]
+    for key in EXPECTED[name]:
+        assert key in node, f"{name}: missing {key!r} in {sorted(node)}"
+        node = node[key]
+    if name == "capacity":
+        # Either the ladder ran or the reason it could not is reported.
+        assert doc["results"] or doc["skipped"]
+    for target in doc["targets"]:
+        assert set(target) == {"name", "goal", "measured", "met"}
