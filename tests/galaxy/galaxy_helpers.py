@@ -52,3 +52,47 @@ async def start_server(
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     return server, svc, f"127.0.0.1:{port}"
+
+
+FULL_KEY = "mxgw_galaxytest_s3cretFull"
+NO_SCOPE_KEY = "mxgw_noscope_s3cretNone"
+_SCOPES = {FULL_KEY: {"metadata:read"}, NO_SCOPE_KEY: {"invoke:read"}}
+
+
+class ScopeInterceptor(grpc.aio.ServerInterceptor):
+    """A tiny stand-in for the gateway's auth: Bearer key -> scopes; Galaxy needs metadata:read."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        metadata = dict(handler_call_details.invocation_metadata or ())
+        auth = str(metadata.get("authorization", ""))
+        key = auth.removeprefix("Bearer ") if auth.startswith("Bearer ") else None
+        if key is None or key not in _SCOPES:
+            code, msg = grpc.StatusCode.UNAUTHENTICATED, "missing or invalid API key"
+        elif "metadata:read" not in _SCOPES[key]:
+            code, msg = grpc.StatusCode.PERMISSION_DENIED, "API key lacks scope metadata:read"
+        else:
+            return handler
+
+        async def deny_unary(request: object, context: grpc.aio.ServicerContext) -> None:  # type: ignore[type-arg]
+            await context.abort(code, msg)
+
+        async def deny_stream(request: object, context: grpc.aio.ServicerContext):  # type: ignore[no-untyped-def, type-arg]
+            await context.abort(code, msg)
+            yield  # pragma: no cover
+
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(
+                deny_stream,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return grpc.unary_unary_rpc_method_handler(
+            deny_unary,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )

@@ -219,6 +219,11 @@ class GalaxyService:
             self._watchers.add(w)
         return w, self.state_event()
 
+    @property
+    def watcher_count(self) -> int:
+        """Number of open WatchDeployEvents streams."""
+        return len(self._watchers)
+
     def unsubscribe(self, watcher: _Watcher) -> None:
         self._watchers.discard(watcher)
 
