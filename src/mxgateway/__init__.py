@@ -20,6 +20,7 @@ from mxgateway._errors import (
     MxGatewayUnavailableError,
     MxGatewayUnimplementedError,
 )
+from mxgateway._galaxy import DeployEvent, GalaxyAttribute, GalaxyObject, GalaxyRepositoryClient
 from mxgateway._options import ClientOptions
 from mxgateway._values import VALUE_TYPES, ValueType, from_mx_value, to_mx_value
 from mxgateway._version import (
@@ -35,6 +36,10 @@ __all__ = [
     "WORKER_PROTOCOL_VERSION",
     "ClientClosedError",
     "ClientOptions",
+    "DeployEvent",
+    "GalaxyAttribute",
+    "GalaxyObject",
+    "GalaxyRepositoryClient",
     "MxAccessError",
     "MxGatewayAbortedError",
     "MxGatewayAuthenticationError",
