@@ -82,22 +82,16 @@ class Env:
 
 @pytest.fixture
 async def env(tmp_path: Path) -> AsyncIterator[Env]:
+    """The seeded plant behind a counting wrapper and a scope-checking interceptor."""
     db = tmp_path / "galaxy.db"
-    svc = await GalaxyService.open(db, poll_interval=0.05)
-    await svc.close()  # only used to seed; the server below owns its own service
-    counter_holder: list[CountingServicer] = []
-
-    server, service, endpoint = None, None, ""
-    svc2 = await GalaxyService.open(db, poll_interval=0.05)
-    counter = CountingServicer(svc2.servicer)
-    counter_holder.append(counter)
+    service = await GalaxyService.open(db, poll_interval=0.05)
+    counter = CountingServicer(service.servicer)
     server = grpc.aio.server(interceptors=[ScopeInterceptor()])
     gr_grpc.add_GalaxyRepositoryServicer_to_server(counter, server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
-    service, endpoint = svc2, f"127.0.0.1:{port}"
     try:
-        yield Env(service, counter, endpoint, db)
+        yield Env(service, counter, f"127.0.0.1:{port}", db)
     finally:
         await server.stop(None)
         await service.close()
@@ -550,7 +544,7 @@ async def test_connect_options_and_repr(env: Env) -> None:
         await GalaxyRepositoryClient.connect()
 
 
-async def test_unused_start_server_helper_still_works(tmp_path: Path) -> None:
+async def test_root_only_walk_through_the_interceptor(tmp_path: Path) -> None:
     server, svc, address = await start_server(tmp_path / "h.db", interceptors=[ScopeInterceptor()])
     try:
         async with await GalaxyRepositoryClient.connect(

@@ -461,3 +461,20 @@ async def test_open_creates_default_and_synthetic(tmp_path: Path) -> None:
         await svc.close()
     with pytest.raises(ValueError):
         await GalaxyService.open(tmp_path / "x.db", poll_interval=0)
+
+
+def test_glob_wildcards_are_only_star_and_question_mark() -> None:
+    from mxgateway_sim.galaxy._cache import compile_glob
+
+    assert compile_glob("l?_TANK*").match("L1_Tank01")
+    assert not compile_glob("Tank*").match("L1_Tank01")  # anchored at the start
+    assert not compile_glob("L1_Tank0").match("L1_Tank01")  # and at the end
+    assert compile_glob("A[1]*").match("A[1]x")  # brackets are literal
+    assert not compile_glob("A[1]*").match("A1x")
+
+
+async def test_open_rejects_a_file_that_is_not_a_galaxy(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.db"
+    bad.write_bytes(b"garbage" * 100)
+    with pytest.raises(ValueError, match="not a readable Galaxy database"):
+        await GalaxyService.open(bad)

@@ -7,7 +7,6 @@ caller asks for, so a 50,000-object Galaxy pages without materialising every att
 
 from __future__ import annotations
 
-import fnmatch
 import re
 import sqlite3
 from collections import OrderedDict
@@ -126,7 +125,7 @@ class Filters:
     def compile(self) -> re.Pattern[str] | None:
         if not self.tag_name_glob:
             return None
-        return re.compile(fnmatch.translate(self.tag_name_glob), re.IGNORECASE)
+        return compile_glob(self.tag_name_glob)
 
     def restricts_attributes(self) -> bool:
         return self.alarm_bearing_only or self.historized_only
@@ -135,6 +134,13 @@ class Filters:
         if self.alarm_bearing_only and not row[7]:
             return False
         return not (self.historized_only and not row[6])
+
+
+def compile_glob(glob: str) -> re.Pattern[str]:
+    """Anchored, case-insensitive pattern for a tag-name glob: only ``*`` and ``?`` are
+    wildcards (``[`` and every other character match literally)."""
+    body = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in glob)
+    return re.compile(f"(?s:{body})\\Z", re.IGNORECASE)
 
 
 def _sort_key(rec: GalaxyObjectRecord) -> tuple[int, str, int]:

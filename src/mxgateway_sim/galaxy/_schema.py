@@ -8,6 +8,7 @@ queries in :mod:`mxgateway_sim.galaxy._cache` port to SQL Server with little cha
 
 from __future__ import annotations
 
+import os
 import random
 import sqlite3
 import tempfile
@@ -496,7 +497,7 @@ def create_galaxy(
 ) -> None:
     """Create and seed a Galaxy database at ``db_path`` (which must not exist yet)."""
     db_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = db_path.with_name(db_path.name + ".creating")
+    tmp = db_path.with_name(f"{db_path.name}.{os.getpid()}.creating")
     tmp.unlink(missing_ok=True)
     rng = random.Random(seed)
     conn = sqlite3.connect(tmp)

@@ -16,6 +16,7 @@ import hashlib
 import json
 import logging
 import secrets
+import sqlite3
 from collections import deque
 from collections.abc import AsyncIterator
 from datetime import datetime
@@ -135,7 +136,10 @@ class GalaxyService:
         path = Path(db_path) if db_path is not None else default_db_path(objects, seed)
         if not path.exists():
             await asyncio.to_thread(create_galaxy, path, objects=objects, seed=seed)
-        snapshot = await asyncio.to_thread(load_snapshot, path, 1)
+        try:
+            snapshot = await asyncio.to_thread(load_snapshot, path, 1)
+        except sqlite3.Error as exc:
+            raise ValueError(f"{path} is not a readable Galaxy database: {exc}") from exc
         svc = cls(path, snapshot, poll_interval, watch_buffer)
         svc._poller = asyncio.get_running_loop().create_task(svc._poll_loop())
         return svc
