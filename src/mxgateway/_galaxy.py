@@ -17,6 +17,7 @@ instead of silently mixing two versions; the caller restarts the iteration if it
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import AsyncGenerator, Iterable
 from datetime import datetime
 from types import TracebackType
@@ -180,35 +181,48 @@ class GalaxyRepositoryClient:
         *,
         api_key: str | None = None,
         plaintext: bool | None = None,
-        ca_file: str | None = None,
+        ca_file: str | os.PathLike[str] | None = None,
         server_name_override: str | None = None,
+        timeout: float | None = DEFAULT,
         options: ClientOptions | None = None,
     ) -> GalaxyRepositoryClient:
         """Open a channel to the gateway and return a connected client.
 
-        Either pass ``options`` (a :class:`ClientOptions`), or the endpoint and friends;
-        arguments given next to ``options`` override its fields. Plaintext only when
-        ``plaintext=True``.
+        Same arguments and rules as ``GatewayClient.connect``: either ``options`` (a
+        :class:`ClientOptions`) or the endpoint and friends; arguments given next to
+        ``options`` override its fields. Plaintext only with ``plaintext=True``;
+        ``timeout`` is the default deadline of the unary calls.
+
+        Raises:
+            ValueError: Invalid options.
+            MxGatewayUnavailableError: The gateway could not be reached.
         """
-        overrides: dict[str, Any] = {
-            k: v
-            for k, v in {
-                "endpoint": endpoint,
-                "api_key": api_key,
-                "plaintext": plaintext,
-                "ca_file": ca_file,
-                "server_name_override": server_name_override,
-            }.items()
-            if v is not None
-        }
+        changes: dict[str, Any] = {}
+        if endpoint is not None:
+            changes["endpoint"] = endpoint
+        if api_key is not None:
+            changes["api_key"] = api_key
+        if plaintext is not None:
+            changes["plaintext"] = plaintext
+        if ca_file is not None:
+            changes["ca_file"] = os.fspath(ca_file)
+        if server_name_override is not None:
+            changes["server_name_override"] = server_name_override
+        if timeout is not DEFAULT:
+            changes["timeout"] = timeout
         if options is None:
             if endpoint is None:
                 raise ValueError("endpoint is required (or pass options=ClientOptions(...))")
-            opts = ClientOptions(**overrides)
+            opts = ClientOptions(**changes)
         else:
-            opts = options.replace(**overrides) if overrides else options
+            opts = options.replace(**changes) if changes else options
         transport = await Transport.open(opts)
         return cls(transport)
+
+    @property
+    def transport(self) -> Transport:
+        """The gRPC seam this client calls through."""
+        return self._transport
 
     @property
     def options(self) -> ClientOptions:

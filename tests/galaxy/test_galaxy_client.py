@@ -537,8 +537,9 @@ async def test_connect_options_and_repr(env: Env) -> None:
     from mxgateway._options import ClientOptions
 
     opts = ClientOptions(endpoint=env.endpoint, api_key=FULL_KEY, plaintext=True)
-    async with await GalaxyRepositoryClient.connect(options=opts) as galaxy:
+    async with await GalaxyRepositoryClient.connect(options=opts, timeout=5.0) as galaxy:
         assert await galaxy.test_connection()
+        assert galaxy.options.timeout == 5.0 and galaxy.options.endpoint == env.endpoint
         assert FULL_KEY not in repr(galaxy) and FULL_KEY not in repr(galaxy.options)
     with pytest.raises(ValueError):
         await GalaxyRepositoryClient.connect()
