@@ -1,5 +1,6 @@
 """Async Python client for the MXAccess Gateway (AVEVA System Platform over gRPC)."""
 
+from mxgateway._client import GatewayClient
 from mxgateway._errors import (
     ClientClosedError,
     MxAccessError,
@@ -20,8 +21,21 @@ from mxgateway._errors import (
     MxGatewayUnavailableError,
     MxGatewayUnimplementedError,
 )
+from mxgateway._events import (
+    AlarmTransition,
+    BufferedDataChange,
+    BufferedValue,
+    DataChange,
+    Event,
+    EventGap,
+    EventStream,
+    OperationComplete,
+    StreamFault,
+    WriteComplete,
+)
 from mxgateway._galaxy import DeployEvent, GalaxyAttribute, GalaxyObject, GalaxyRepositoryClient
 from mxgateway._options import ClientOptions
+from mxgateway._session import Session
 from mxgateway._values import VALUE_TYPES, ValueType, from_mx_value, to_mx_value
 from mxgateway._version import (
     GATEWAY_PROTOCOL_VERSION,
@@ -34,12 +48,20 @@ __all__ = [
     "GATEWAY_PROTOCOL_VERSION",
     "VALUE_TYPES",
     "WORKER_PROTOCOL_VERSION",
+    "AlarmTransition",
+    "BufferedDataChange",
+    "BufferedValue",
     "ClientClosedError",
     "ClientOptions",
+    "DataChange",
     "DeployEvent",
+    "Event",
+    "EventGap",
+    "EventStream",
     "GalaxyAttribute",
     "GalaxyObject",
     "GalaxyRepositoryClient",
+    "GatewayClient",
     "MxAccessError",
     "MxGatewayAbortedError",
     "MxGatewayAuthenticationError",
@@ -57,7 +79,11 @@ __all__ = [
     "MxGatewayTimeoutError",
     "MxGatewayUnavailableError",
     "MxGatewayUnimplementedError",
+    "OperationComplete",
+    "Session",
+    "StreamFault",
     "ValueType",
+    "WriteComplete",
     "__version__",
     "from_mx_value",
     "to_mx_value",

@@ -84,6 +84,8 @@ class FakeGateway(pbg.MxAccessGatewayServicer):
         self.events_plan: StreamPlan | None = None
         self.batches_plan: StreamPlan | None = None
         self.batches_unimplemented = False
+        # OpenSession: a scripted reply instead of the default OK one.
+        self.open_session_reply: pb.OpenSessionReply | None = None
         self.attempts: dict[str, int] = {}
 
     async def _common(self, name: str, context: grpc.aio.ServicerContext[Any, Any]) -> None:
@@ -102,6 +104,8 @@ class FakeGateway(pbg.MxAccessGatewayServicer):
     async def OpenSession(self, request: Any, context: Any) -> pb.OpenSessionReply:
         await self._common("OpenSession", context)
         self.rec.requests.append(request)
+        if self.open_session_reply is not None:
+            return self.open_session_reply
         return pb.OpenSessionReply(
             session_id=SESSION_ID,
             backend_name="fake",

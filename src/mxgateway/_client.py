@@ -1,0 +1,335 @@
+"""``GatewayClient``: the connection to one gateway, sessions and the raw RPCs."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from mxgateway._errors import (
+    ClientClosedError,
+    MxGatewayError,
+    MxGatewayProtocolError,
+    check_mxaccess,
+    error_from_protocol_status,
+)
+from mxgateway._options import ClientOptions
+from mxgateway._transport import DEFAULT, Stream, Transport
+from mxgateway.generated import mxaccess_gateway_pb2 as pb
+from mxgateway.generated import mxaccess_gateway_pb2_grpc as pbg
+
+if TYPE_CHECKING:
+    from mxgateway._session import Session
+
+__all__ = ["GatewayClient"]
+
+_log = logging.getLogger(__name__)
+_log.addHandler(logging.NullHandler())
+
+_OK = pb.PROTOCOL_STATUS_CODE_OK
+_MXACCESS_FAILURE = pb.PROTOCOL_STATUS_CODE_MXACCESS_FAILURE
+_SESSION_CLOSE_TIMEOUT = 5.0
+
+
+def _kind_name(kind: int) -> str:
+    try:
+        return pb.MxCommandKind.Name(kind).removeprefix("MX_COMMAND_KIND_")  # type: ignore[arg-type]
+    except ValueError:
+        return str(kind)
+
+
+class GatewayClient:
+    """An async connection to an MXAccess Gateway.
+
+    Create with :meth:`connect` and use as an async context manager::
+
+        async with await GatewayClient.connect(endpoint="gw:5001", api_key=key) as client:
+            async with await client.open_session(client_session_name="app") as session:
+                handle = await session.register("app")
+
+    ``close()``/``aclose()`` are idempotent; closing also closes the sessions this client
+    opened with :meth:`open_session` that are still open. Any call after closing raises
+    :class:`~mxgateway.ClientClosedError`.
+    """
+
+    def __init__(self, transport: Transport) -> None:
+        """Wrap an open :class:`~mxgateway._transport.Transport` (prefer :meth:`connect`)."""
+        self._transport = transport
+        self._stub = pbg.MxAccessGatewayStub(transport.channel)
+        self._sessions: dict[str, Session] = {}
+        self._correlation = itertools.count(1)
+        self._correlation_prefix = f"py-{os.getpid()}-{id(self) & 0xFFFF:04x}-"
+        self._batches_supported = True
+
+    @classmethod
+    async def connect(
+        cls,
+        endpoint: str | None = None,
+        *,
+        api_key: str | None = None,
+        plaintext: bool | None = None,
+        ca_file: str | os.PathLike[str] | None = None,
+        server_name_override: str | None = None,
+        timeout: float | None = DEFAULT,
+        options: ClientOptions | None = None,
+    ) -> GatewayClient:
+        """Connect to a gateway and return the client.
+
+        Args:
+            endpoint: ``host:port`` of the gateway (required unless ``options`` has it).
+            api_key: API key sent as ``authorization: Bearer`` metadata on every call.
+            plaintext: Use an unencrypted channel; TLS is the default.
+            ca_file: PEM CA bundle to trust instead of the system roots.
+            server_name_override: TLS name to verify (test certificates).
+            timeout: Default deadline of unary calls, in seconds.
+            options: A full :class:`ClientOptions`; the other arguments, when given,
+                override its fields.
+
+        Raises:
+            ValueError: Invalid options.
+            MxGatewayUnavailableError: The gateway could not be reached (unless
+                ``options.connect_timeout`` is ``None``, which connects lazily).
+        """
+        changes: dict[str, Any] = {}
+        if endpoint is not None:
+            changes["endpoint"] = endpoint
+        if api_key is not None:
+            changes["api_key"] = api_key
+        if plaintext is not None:
+            changes["plaintext"] = plaintext
+        if ca_file is not None:
+            changes["ca_file"] = os.fspath(ca_file)
+        if server_name_override is not None:
+            changes["server_name_override"] = server_name_override
+        if timeout is not DEFAULT:
+            changes["timeout"] = timeout
+        if options is None:
+            if endpoint is None:
+                raise ValueError("endpoint is required (or pass options=ClientOptions(...))")
+            opts = ClientOptions(**changes)
+        else:
+            opts = options.replace(**changes) if changes else options
+        transport = await Transport.open(opts)
+        _log.debug("connected to %s", opts.endpoint)
+        return cls(transport)
+
+    # -- properties -------------------------------------------------------------------
+    @property
+    def options(self) -> ClientOptions:
+        """The options of this connection."""
+        return self._transport.options
+
+    @property
+    def transport(self) -> Transport:
+        """The gRPC seam this client calls through."""
+        return self._transport
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` was called."""
+        return self._transport.closed
+
+    def _next_correlation_id(self) -> str:
+        return f"{self._correlation_prefix}{next(self._correlation)}"
+
+    # -- sessions ---------------------------------------------------------------------
+    async def open_session_raw(
+        self, client_session_name: str = "", *, timeout: float | None = DEFAULT
+    ) -> pb.OpenSessionReply:
+        """``OpenSession``; returns the generated reply.
+
+        Raises the typed error of a non-OK ``protocol_status`` (and of gRPC failures, e.g.
+        ``MxGatewayOverloadedError`` at the session limit).
+        """
+        reply = await self._transport.unary(
+            self._stub.OpenSession,
+            pb.OpenSessionRequest(client_session_name=client_session_name),
+            timeout=timeout,
+            what="OpenSession",
+        )
+        if reply.HasField("protocol_status"):
+            err = error_from_protocol_status(reply, reply.protocol_status, what="OpenSession")
+            if err is not None:
+                raise err
+        if not reply.session_id:
+            raise MxGatewayProtocolError("OpenSession reply carries no session id", reply=reply)
+        return reply
+
+    async def open_session(
+        self, client_session_name: str = "", *, timeout: float | None = DEFAULT
+    ) -> Session:
+        """Open a session and return it as a :class:`Session` (an async context manager
+        that closes the session)."""
+        from mxgateway._session import Session
+
+        reply = await self.open_session_raw(client_session_name, timeout=timeout)
+        session = Session(self, reply.session_id, open_reply=reply)
+        self._sessions[reply.session_id] = session
+        _log.debug("opened session %s", reply.session_id)
+        return session
+
+    def attach_session(self, session_id: str) -> Session:
+        """A :class:`Session` for an existing session id (not closed by :meth:`close`)."""
+        from mxgateway._session import Session
+
+        if not session_id:
+            raise ValueError("session_id is required")
+        self._transport.check_open()
+        return Session(self, session_id)
+
+    async def close_session(
+        self, session_id: str, *, timeout: float | None = DEFAULT
+    ) -> pb.CloseSessionReply:
+        """``CloseSession``; returns the generated reply.
+
+        Raises:
+            MxGatewaySessionNotFoundError: The session does not exist (any more).
+        """
+        reply = await self._transport.unary(
+            self._stub.CloseSession,
+            pb.CloseSessionRequest(session_id=session_id),
+            timeout=timeout,
+            session_id=session_id,
+            what="CloseSession",
+        )
+        self._sessions.pop(session_id, None)
+        if reply.HasField("protocol_status"):
+            err = error_from_protocol_status(
+                reply, reply.protocol_status, session_id=session_id, what="CloseSession"
+            )
+            if err is not None:
+                raise err
+        return reply
+
+    def _forget(self, session_id: str) -> None:
+        self._sessions.pop(session_id, None)
+
+    # -- commands ---------------------------------------------------------------------
+    async def invoke_raw(
+        self,
+        session_id: str,
+        command: pb.MxCommand,
+        *,
+        timeout: float | None = DEFAULT,
+        client_correlation_id: str | None = None,
+    ) -> pb.MxCommandReply:
+        """``Invoke`` one command; returns the generated reply.
+
+        Raises the typed ``MxGateway*`` error of gRPC failures and of protocol statuses
+        other than OK and MXACCESS_FAILURE. MXAccess failures (that code, a negative
+        ``hresult`` or a status with ``success == 0``) stay in the returned reply.
+        """
+        kind = _kind_name(command.kind)
+        request = pb.MxCommandRequest(
+            session_id=session_id,
+            client_correlation_id=client_correlation_id or self._next_correlation_id(),
+            command=command,
+        )
+        reply = await self._transport.unary(
+            self._stub.Invoke,
+            request,
+            timeout=timeout,
+            session_id=session_id,
+            what=f"Invoke {kind}",
+        )
+        code = reply.protocol_status.code
+        if code != _OK and code != _MXACCESS_FAILURE:
+            err = error_from_protocol_status(
+                reply, reply.protocol_status, session_id=session_id, what=f"Invoke {kind}"
+            )
+            if err is not None:
+                raise err
+        return reply
+
+    async def invoke(
+        self,
+        session_id: str,
+        command: pb.MxCommand,
+        *,
+        timeout: float | None = DEFAULT,
+        client_correlation_id: str | None = None,
+    ) -> pb.MxCommandReply:
+        """Like :meth:`invoke_raw`, and also raise :class:`MxAccessError` for MXAccess
+        failures (the raw reply is kept on the exception)."""
+        reply = await self.invoke_raw(
+            session_id, command, timeout=timeout, client_correlation_id=client_correlation_id
+        )
+        return check_mxaccess(reply)
+
+    # -- events -----------------------------------------------------------------------
+    def stream_events_raw(
+        self, session_id: str, after_worker_sequence: int | None = None
+    ) -> Stream[pb.MxEvent]:
+        """``StreamEvents``: an async iterator of generated ``MxEvent`` messages.
+
+        ``after_worker_sequence`` replays events with a greater sequence first; ``None``
+        delivers only new events. Close it with ``aclose()``/``async with``/``break``.
+        """
+        return self._transport.stream(
+            self._stub.StreamEvents,
+            _stream_request(session_id, after_worker_sequence),
+            session_id=session_id,
+            what="StreamEvents",
+        )
+
+    def stream_event_batches_raw(
+        self, session_id: str, after_worker_sequence: int | None = None
+    ) -> Stream[pb.MxEventBatch]:
+        """``StreamEventBatches``: an async iterator of generated ``MxEventBatch``."""
+        return self._transport.stream(
+            self._stub.StreamEventBatches,
+            _stream_request(session_id, after_worker_sequence),
+            session_id=session_id,
+            what="StreamEventBatches",
+        )
+
+    # -- lifecycle --------------------------------------------------------------------
+    async def close(self) -> None:
+        """Close the sessions opened by this client, then the channel. Idempotent."""
+        if self._transport.closed:
+            return
+        sessions = list(self._sessions.values())
+        self._sessions.clear()
+        for session in sessions:
+            try:
+                await session.close(timeout=_SESSION_CLOSE_TIMEOUT)
+            except MxGatewayError as exc:
+                _log.warning(
+                    "could not close session %s while closing the client: %s",
+                    session.session_id,
+                    exc,
+                )
+        await self._transport.close()
+
+    aclose = close
+
+    def _check_open(self) -> None:
+        if self._transport.closed:
+            raise ClientClosedError("the client is closed")
+
+    async def __aenter__(self) -> GatewayClient:
+        self._check_open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else "open"
+        return f"<GatewayClient {self.options.endpoint} {state}>"
+
+
+def _stream_request(session_id: str, after: int | None) -> pb.StreamEventsRequest:
+    request = pb.StreamEventsRequest(session_id=session_id)
+    if after is not None:
+        if after < 0:
+            raise ValueError("after_worker_sequence must be >= 0")
+        request.after_worker_sequence = after
+    return request

@@ -1,0 +1,577 @@
+"""Typed session events and the resuming event iterator behind ``Session.events()``.
+
+The iterator reads ``StreamEventBatches`` (``StreamEvents`` when the gateway answers
+UNIMPLEMENTED), decodes each batch in one tight loop into slotted event objects, and hands
+them out one by one without any per-event queue. It tracks ``worker_sequence``: duplicates
+(after a resume) are dropped, holes become an :class:`EventGap` (with a warning and a
+counter), and when the stream drops (UNAVAILABLE, or the gateway disconnecting a slow
+subscriber) it re-subscribes with ``after_worker_sequence`` so nothing is lost silently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, TypeAlias
+
+from mxgateway._errors import (
+    MxGatewayError,
+    MxGatewayOverloadedError,
+    MxGatewaySessionFaultedError,
+    MxGatewayUnavailableError,
+    MxGatewayUnimplementedError,
+)
+from mxgateway._values import MxPythonValue, from_mx_value
+from mxgateway.generated import mxaccess_gateway_pb2 as pb
+
+if TYPE_CHECKING:
+    from mxgateway._client import GatewayClient
+    from mxgateway._transport import Stream
+
+__all__ = [
+    "AlarmTransition",
+    "BufferedDataChange",
+    "BufferedValue",
+    "DataChange",
+    "Event",
+    "EventGap",
+    "EventStream",
+    "OperationComplete",
+    "StreamFault",
+    "WriteComplete",
+    "decode_events",
+]
+
+_log = logging.getLogger(__name__)
+_log.addHandler(logging.NullHandler())
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_timedelta = timedelta
+
+
+_fromtimestamp = datetime.fromtimestamp
+_UTC = timezone.utc
+# Below this many seconds a float holds microseconds exactly enough for fromtimestamp's
+# rounding to give the same instant as the exact path (2**53 us is ~285 years).
+_FAST_TS_LIMIT = 8_000_000_000
+
+
+def _ts(ts: Any) -> datetime:
+    """``Timestamp`` -> aware UTC ``datetime`` (same result as ``timestamp_to_datetime``)."""
+    s = ts.seconds
+    if 0 <= s < _FAST_TS_LIMIT:
+        return _fromtimestamp(s + (ts.nanos // 1000) / 1e6, _UTC)
+    return _EPOCH + _timedelta(seconds=s, microseconds=ts.nanos // 1000)
+
+
+class DataChange:
+    """An ``OnDataChange``: a new value, quality and timestamp of an advised item.
+
+    Attributes:
+        worker_sequence: Position in the session's event sequence.
+        server_handle: The registration (hLMX) the item belongs to.
+        item_handle: The item (hItem).
+        value: The value as a Python object (see :func:`mxgateway.from_mx_value`).
+        quality: OPC-style 16-bit quality (192 = Good).
+        timestamp: Source timestamp, an aware UTC ``datetime``.
+        raw: The ``MxEvent`` this was decoded from.
+
+    :attr:`statuses` (the MXAccess status records; ``success == 0`` means the event
+    reports an error rather than a value) is read from ``raw`` on access.
+    """
+
+    __slots__ = (
+        "item_handle",
+        "quality",
+        "raw",
+        "server_handle",
+        "timestamp",
+        "value",
+        "worker_sequence",
+    )
+
+    def __init__(
+        self,
+        worker_sequence: int,
+        server_handle: int,
+        item_handle: int,
+        value: MxPythonValue,
+        quality: int,
+        timestamp: datetime,
+        raw: pb.MxEvent,
+    ) -> None:
+        self.worker_sequence = worker_sequence
+        self.server_handle = server_handle
+        self.item_handle = item_handle
+        self.value = value
+        self.quality = quality
+        self.timestamp = timestamp
+        self.raw = raw
+
+    @property
+    def statuses(self) -> Sequence[pb.MxStatusProxy]:
+        """The event's ``MxStatusProxy`` records (normally one)."""
+        return self.raw.on_data_change.statuses
+
+    @property
+    def is_good(self) -> bool:
+        """True when the OPC quality is Good (the top two bits set, e.g. 192)."""
+        return self.quality & 0xC0 == 0xC0
+
+    def __repr__(self) -> str:
+        return (
+            f"DataChange(worker_sequence={self.worker_sequence}, "
+            f"server_handle={self.server_handle}, item_handle={self.item_handle}, "
+            f"value={self.value!r}, quality={self.quality}, "
+            f"timestamp={self.timestamp.isoformat()})"
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, DataChange):
+            return NotImplemented
+        return (
+            self.worker_sequence == other.worker_sequence
+            and self.server_handle == other.server_handle
+            and self.item_handle == other.item_handle
+            and self.value == other.value
+            and self.quality == other.quality
+            and self.timestamp == other.timestamp
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+@dataclass(slots=True, repr=True, eq=True)
+class WriteComplete:
+    """An ``OnWriteComplete``: the outcome of an earlier write (see ``statuses``)."""
+
+    worker_sequence: int
+    server_handle: int
+    item_handle: int
+    statuses: Sequence[pb.MxStatusProxy]
+    raw: pb.MxEvent
+
+
+@dataclass(slots=True, repr=True, eq=True)
+class OperationComplete:
+    """An ``OperationComplete``: the outcome of an earlier operation."""
+
+    worker_sequence: int
+    server_handle: int
+    item_handle: int
+    statuses: Sequence[pb.MxStatusProxy]
+    raw: pb.MxEvent
+
+
+@dataclass(slots=True, repr=True, eq=True)
+class BufferedValue:
+    """One sample of a :class:`BufferedDataChange`."""
+
+    value: MxPythonValue
+    quality: int
+    timestamp: datetime
+
+
+@dataclass(slots=True, repr=True, eq=True)
+class BufferedDataChange:
+    """An ``OnBufferedDataChange``: the samples collected since the last delivery."""
+
+    worker_sequence: int
+    server_handle: int
+    item_handle: int
+    data_type: int
+    samples: list[BufferedValue]
+    statuses: Sequence[pb.MxStatusProxy]
+    raw: pb.MxEvent
+
+
+@dataclass(slots=True, repr=True, eq=True)
+class AlarmTransition:
+    """An alarm transition delivered on the session stream (see ``raw.on_alarm_transition``)."""
+
+    worker_sequence: int
+    alarm_full_reference: str
+    transition_kind: int
+    raw: pb.MxEvent
+
+
+@dataclass(slots=True, repr=True, eq=True)
+class StreamFault:
+    """A notice about the stream itself: overflow, session faulted/closed, server shutdown.
+
+    ``kind`` is a ``StreamFaultKind`` value; :attr:`kind_name` its short name.
+    """
+
+    kind: int
+    message: str
+    first_missing_sequence: int
+    missing_count: int
+    raw: pb.MxEvent
+
+    @property
+    def kind_name(self) -> str:
+        """``EVENT_QUEUE_OVERFLOW``, ``SESSION_CLOSED``, ..."""
+        try:
+            return pb.StreamFaultKind.Name(self.kind).removeprefix("STREAM_FAULT_KIND_")  # type: ignore[arg-type]
+        except ValueError:
+            return str(self.kind)
+
+
+@dataclass(slots=True, repr=True, eq=True)
+class EventGap:
+    """Events this subscriber will never see: ``missing_count`` events from
+    ``first_missing_sequence`` on.
+
+    ``reason`` is ``"replay-gap"`` (the gateway's replay buffer no longer held them) or
+    ``"sequence-gap"`` (the sequence jumped). ``raw`` is the gateway's notice, if any.
+    """
+
+    first_missing_sequence: int
+    missing_count: int
+    reason: str
+    raw: pb.MxEvent | None = None
+
+
+Event: TypeAlias = (
+    DataChange
+    | WriteComplete
+    | OperationComplete
+    | BufferedDataChange
+    | AlarmTransition
+    | StreamFault
+    | EventGap
+)
+"""Anything :meth:`Session.events` yields."""
+
+_DATA = pb.MX_EVENT_FAMILY_ON_DATA_CHANGE
+_FAULT_REPLAY_GAP = pb.STREAM_FAULT_KIND_REPLAY_GAP
+
+
+class _Tracker:
+    """Sequence bookkeeping shared by the decoder and the iterator."""
+
+    __slots__ = ("duplicates", "gaps", "last", "missed", "tracking")
+
+    def __init__(self, after: int | None) -> None:
+        self.last = after or 0
+        self.tracking = after is not None
+        self.gaps = 0
+        self.missed = 0
+        self.duplicates = 0
+
+
+def _decode_other(ev: pb.MxEvent, out: list[Event], tr: _Tracker) -> None:
+    body = ev.WhichOneof("body")
+    seq = ev.worker_sequence
+    if body == "on_write_complete":
+        b = ev.on_write_complete
+        out.append(WriteComplete(seq, b.server_handle, b.item_handle, b.statuses, ev))
+    elif body == "operation_complete":
+        c = ev.operation_complete
+        out.append(OperationComplete(seq, c.server_handle, c.item_handle, c.statuses, ev))
+    elif body == "on_buffered_data_change":
+        d = ev.on_buffered_data_change
+        samples = [
+            BufferedValue(from_mx_value(s.value), s.quality, _ts(s.timestamp)) for s in d.samples
+        ]
+        out.append(
+            BufferedDataChange(
+                seq, d.server_handle, d.item_handle, d.data_type, samples, d.statuses, ev
+            )
+        )
+    elif body == "stream_fault":
+        f = ev.stream_fault
+        if f.kind == _FAULT_REPLAY_GAP:
+            first, count = f.first_missing_sequence, f.missing_count
+            tr.gaps += 1
+            tr.missed += count
+            end = first + count - 1
+            if end > tr.last:
+                tr.last = end
+            tr.tracking = True
+            _log.warning(
+                "event stream of %s lost %d events from sequence %d (replay gap)",
+                ev.session_id,
+                count,
+                first,
+            )
+            out.append(EventGap(first, count, "replay-gap", ev))
+        else:
+            out.append(
+                StreamFault(f.kind, f.message, f.first_missing_sequence, f.missing_count, ev)
+            )
+    elif body == "on_alarm_transition":
+        a = ev.on_alarm_transition
+        out.append(AlarmTransition(seq, a.alarm_full_reference, a.transition_kind, ev))
+    elif body == "on_data_change":  # pragma: no cover - handled by the fast path
+        raise AssertionError("unreachable")
+    else:
+        _log.debug("ignoring event %d without a known body", seq)
+
+
+def decode_events(events: Sequence[pb.MxEvent], out: list[Event], tr: _Tracker) -> None:
+    """Decode ``events`` into ``out``, dropping duplicates and inserting gap notices."""
+    last = tr.last
+    tracking = tr.tracking
+    for ev in events:
+        seq = ev.worker_sequence
+        if seq:
+            if tracking:
+                if seq <= last:
+                    tr.duplicates += 1
+                    continue
+                if seq != last + 1:
+                    missing = seq - last - 1
+                    tr.gaps += 1
+                    tr.missed += missing
+                    _log.warning(
+                        "event stream of %s skipped %d events from sequence %d",
+                        ev.session_id,
+                        missing,
+                        last + 1,
+                    )
+                    out.append(EventGap(last + 1, missing, "sequence-gap"))
+            else:
+                tracking = True
+            last = seq
+        if ev.family == _DATA:
+            d = ev.on_data_change
+            v = d.value
+            kind = v.WhichOneof("kind")
+            if kind == "int32_value":
+                value: MxPythonValue = v.int32_value
+            elif kind == "double_value":
+                value = v.double_value
+            else:
+                value = from_mx_value(v)
+            t = d.timestamp
+            ts_s = t.seconds
+            if 0 <= ts_s < _FAST_TS_LIMIT:
+                when = _fromtimestamp(ts_s + (t.nanos // 1000) / 1e6, _UTC)
+            else:
+                when = _EPOCH + _timedelta(seconds=ts_s, microseconds=t.nanos // 1000)
+            out.append(DataChange(seq, d.server_handle, d.item_handle, value, d.quality, when, ev))
+        else:
+            tr.last, tr.tracking = last, tracking
+            _decode_other(ev, out, tr)
+            last, tracking = tr.last, tr.tracking
+    tr.last, tr.tracking = last, tracking
+
+
+_TERMINAL_FAULTS = {
+    pb.STREAM_FAULT_KIND_SESSION_CLOSED,
+    pb.STREAM_FAULT_KIND_SESSION_FAULTED,
+}
+
+
+class EventStream:
+    """Async iterator of typed events of one session (what ``Session.events()`` returns).
+
+    Use ``async for event in session.events(): ...``; breaking out of the loop, ``aclose()``
+    or leaving ``async with`` closes the underlying gRPC stream.
+
+    Attributes (read-only counters):
+        last_worker_sequence: The last real event's sequence (0 before any).
+        gap_count: How many :class:`EventGap` notices were produced.
+        missed_events: How many events those gaps cover in total.
+        duplicates_dropped: Replayed events dropped because they were already delivered.
+        resume_count: How many times the stream was re-opened after a drop.
+    """
+
+    def __init__(
+        self,
+        client: GatewayClient,
+        session_id: str,
+        *,
+        after_worker_sequence: int | None = None,
+        resume: bool = True,
+        max_resume_attempts: int = 5,
+        resume_backoff: float = 0.05,
+        use_batches: bool = True,
+    ) -> None:
+        if after_worker_sequence is not None and after_worker_sequence < 0:
+            raise ValueError("after_worker_sequence must be >= 0")
+        if max_resume_attempts < 0:
+            raise ValueError("max_resume_attempts must be >= 0")
+        self._client = client
+        self._session_id = session_id
+        self._tracker = _Tracker(after_worker_sequence)
+        self._resume = resume
+        self._max_attempts = max_resume_attempts
+        self._backoff = resume_backoff
+        self._batches = use_batches and client._batches_supported
+        self._stream: Stream[Any] | None = None
+        self._buf: list[Event] = []
+        self._pos = 0
+        self._closed = False
+        self._ended_by: int | None = None
+        self._overflowed = False
+        self.resume_count = 0
+
+    # -- counters ---------------------------------------------------------------------
+    @property
+    def session_id(self) -> str:
+        """The session whose events this iterator delivers."""
+        return self._session_id
+
+    @property
+    def last_worker_sequence(self) -> int:
+        return self._tracker.last
+
+    @property
+    def gap_count(self) -> int:
+        return self._tracker.gaps
+
+    @property
+    def missed_events(self) -> int:
+        return self._tracker.missed
+
+    @property
+    def duplicates_dropped(self) -> int:
+        return self._tracker.duplicates
+
+    @property
+    def uses_batches(self) -> bool:
+        """True while reading ``StreamEventBatches`` (False after the fallback)."""
+        return self._batches
+
+    # -- iteration --------------------------------------------------------------------
+    def __aiter__(self) -> EventStream:
+        return self
+
+    async def __anext__(self) -> Event:
+        pos = self._pos
+        buf = self._buf
+        if pos < len(buf):
+            self._pos = pos + 1
+            return buf[pos]
+        return await self._fill()
+
+    def _open(self) -> Stream[Any]:
+        tr = self._tracker
+        after = tr.last if tr.tracking else None
+        if self.resume_count and after is None:
+            # Dropped before the first event: replay whatever the ring holds rather than
+            # risk losing events produced while we were away.
+            after = 0
+        if self._batches:
+            return self._client.stream_event_batches_raw(
+                self._session_id, after_worker_sequence=after
+            )
+        return self._client.stream_events_raw(self._session_id, after_worker_sequence=after)
+
+    async def _fill(self) -> Event:
+        attempts = 0
+        while True:
+            if self._closed:
+                raise StopAsyncIteration
+            stream = self._stream
+            if stream is None:
+                stream = self._stream = self._open()
+            try:
+                msg = await stream.__anext__()
+            except StopAsyncIteration:
+                self._stream = None
+                if self._ended_by == pb.STREAM_FAULT_KIND_SESSION_FAULTED:
+                    self._closed = True
+                    raise MxGatewaySessionFaultedError(
+                        f"session {self._session_id} faulted; close it",
+                        session_id=self._session_id,
+                    ) from None
+                self._closed = True
+                raise
+            except MxGatewayUnimplementedError:
+                self._stream = None
+                if not self._batches:
+                    self._closed = True
+                    raise
+                _log.info("gateway has no StreamEventBatches; falling back to StreamEvents")
+                self._client._batches_supported = False
+                self._batches = False
+                continue
+            except MxGatewayError as exc:
+                self._stream = None
+                if not self._resumable(exc) or attempts >= self._max_attempts:
+                    self._closed = True
+                    raise
+                delay = min(self._backoff * (2**attempts), 2.0)
+                attempts += 1
+                self.resume_count += 1
+                self._overflowed = False
+                _log.warning(
+                    "event stream of %s dropped (%s); resuming after sequence %d in %.2f s "
+                    "(attempt %d of %d)",
+                    self._session_id,
+                    type(exc).__name__,
+                    self._tracker.last,
+                    delay,
+                    attempts,
+                    self._max_attempts,
+                )
+                await asyncio.sleep(delay)
+                continue
+            except BaseException:
+                self._stream = None
+                self._closed = True
+                stream.cancel()
+                raise
+            attempts = 0
+            buf: list[Event] = []
+            if self._batches:
+                decode_events(msg.events, buf, self._tracker)
+            else:
+                decode_events((msg,), buf, self._tracker)
+            if not buf:
+                continue
+            for event in buf:
+                if type(event) is StreamFault:
+                    self._note_fault(event)
+            self._buf = buf
+            self._pos = 1
+            return buf[0]
+
+    def _note_fault(self, fault: StreamFault) -> None:
+        if fault.kind in _TERMINAL_FAULTS:
+            self._ended_by = fault.kind
+        elif fault.kind == pb.STREAM_FAULT_KIND_EVENT_QUEUE_OVERFLOW:
+            self._overflowed = True
+        _log.warning("event stream of %s: %s %s", self._session_id, fault.kind_name, fault.message)
+
+    def _resumable(self, exc: MxGatewayError) -> bool:
+        if not self._resume or self._ended_by is not None:
+            return False
+        if isinstance(exc, MxGatewayUnavailableError):
+            return True
+        # The gateway disconnects a slow subscriber after an overflow notice.
+        return isinstance(exc, MxGatewayOverloadedError) and self._overflowed
+
+    # -- closing ----------------------------------------------------------------------
+    async def aclose(self) -> None:
+        """Close the underlying stream; further iteration ends. Idempotent."""
+        self._closed = True
+        self._buf = []
+        self._pos = 0
+        stream, self._stream = self._stream, None
+        if stream is not None:
+            await stream.aclose()
+
+    async def __aenter__(self) -> EventStream:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    def __repr__(self) -> str:
+        return (
+            f"<EventStream {self._session_id} last={self._tracker.last} "
+            f"gaps={self._tracker.gaps} resumes={self.resume_count}>"
+        )

@@ -1,0 +1,765 @@
+"""``Session``: one gateway session and a helper per MXAccess command.
+
+Helpers take Python values, build the generated command, run it through
+``GatewayClient.invoke`` (which raises :class:`MxAccessError` for MXAccess failures) and
+return plain results (handles, user ids) or the generated bulk result rows. Values are
+converted with :func:`mxgateway.to_mx_value` before anything is sent, so a bad value is a
+``ValueError`` and no call is made.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from datetime import datetime
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from mxgateway._errors import (
+    ClientClosedError,
+    MxGatewayProtocolError,
+    MxGatewaySessionNotFoundError,
+)
+from mxgateway._events import EventStream
+from mxgateway._transport import DEFAULT, Stream
+from mxgateway._values import ValueType, datetime_to_timestamp, to_mx_value
+from mxgateway.generated import mxaccess_gateway_pb2 as pb
+
+if TYPE_CHECKING:
+    from google.protobuf.timestamp_pb2 import Timestamp
+
+    from mxgateway._client import GatewayClient
+
+__all__ = ["Session"]
+
+_log = logging.getLogger(__name__)
+_log.addHandler(logging.NullHandler())
+
+_T = TypeVar("_T")
+
+_INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
+
+
+def _value(value: object, value_type: ValueType | None, where: str = "") -> pb.MxValue:
+    if isinstance(value, pb.MxValue):
+        if value_type is not None:
+            raise ValueError(f"{where}value_type cannot be combined with an MxValue")
+        return value
+    try:
+        return to_mx_value(value, value_type)
+    except ValueError as exc:
+        if where:
+            raise ValueError(f"{where}{exc}") from None
+        raise
+
+
+def _time(value: datetime, where: str = "timestamp") -> Timestamp:
+    if not isinstance(value, datetime):
+        raise ValueError(f"{where} must be an aware datetime, not {type(value).__name__}")
+    return datetime_to_timestamp(value, what=where)
+
+
+def _int32(value: int, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name} must be an int, not {type(value).__name__}")
+    if not _INT32_MIN <= value <= _INT32_MAX:
+        raise ValueError(f"{name} {value} is out of the int32 range")
+    return value
+
+
+def _handles(values: Iterable[int], name: str = "item_handles") -> list[int]:
+    if isinstance(values, (str, bytes)):
+        raise ValueError(f"{name} must be a sequence of ints")
+    return [_int32(v, f"{name}[{i}]") for i, v in enumerate(values)]
+
+
+def _strings(values: Iterable[str], name: str = "tag_addresses") -> list[str]:
+    if isinstance(values, (str, bytes)):
+        raise ValueError(f"{name} must be a sequence of strings, not a single string")
+    out = list(values)
+    for i, v in enumerate(out):
+        if not isinstance(v, str):
+            raise ValueError(f"{name}[{i}] must be a string, not {type(v).__name__}")
+    return out
+
+
+def _pairs(entries: Mapping[int, object] | Iterable[Any]) -> list[Any]:
+    if isinstance(entries, Mapping):
+        return list(entries.items())
+    return list(entries)
+
+
+class Session:
+    """One gateway session: MXAccess command helpers, raw invoke and events.
+
+    Obtain with :meth:`GatewayClient.open_session` (or ``attach_session``). Use as an async
+    context manager to close the session on exit; :meth:`close` is idempotent.
+    """
+
+    def __init__(
+        self,
+        client: GatewayClient,
+        session_id: str,
+        *,
+        open_reply: pb.OpenSessionReply | None = None,
+    ) -> None:
+        self._client = client
+        self._session_id = session_id
+        self._open_reply = open_reply
+        self._closed = False
+
+    @property
+    def session_id(self) -> str:
+        """The gateway's session id (``session-`` + 32 hex digits)."""
+        return self._session_id
+
+    @property
+    def client(self) -> GatewayClient:
+        """The client this session runs on."""
+        return self._client
+
+    @property
+    def open_reply(self) -> pb.OpenSessionReply | None:
+        """The ``OpenSessionReply`` (``None`` for attached sessions)."""
+        return self._open_reply
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` was called."""
+        return self._closed
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClientClosedError(f"session {self._session_id} is closed")
+
+    # -- invoke -----------------------------------------------------------------------
+    async def invoke_raw(
+        self, command: pb.MxCommand, *, timeout: float | None = DEFAULT
+    ) -> pb.MxCommandReply:
+        """Run a command; protocol/transport failures raise, MXAccess failures stay in
+        the returned reply (check ``protocol_status``, ``hresult`` and ``statuses``)."""
+        self._check_open()
+        return await self._client.invoke_raw(self._session_id, command, timeout=timeout)
+
+    async def invoke(
+        self, command: pb.MxCommand, *, timeout: float | None = DEFAULT
+    ) -> pb.MxCommandReply:
+        """Run a command; MXAccess failures also raise :class:`MxAccessError`."""
+        self._check_open()
+        return await self._client.invoke(self._session_id, command, timeout=timeout)
+
+    @staticmethod
+    def _result(reply: pb.MxCommandReply, field: str, cls: type[_T]) -> _T:
+        if reply.WhichOneof("result") != field:
+            raise MxGatewayProtocolError(
+                f"the reply to {pb.MxCommandKind.Name(reply.kind)} carries no {field} result",
+                reply=reply,
+                session_id=reply.session_id or None,
+            )
+        result = getattr(reply, field)
+        assert isinstance(result, cls)
+        return result
+
+    # -- registration and items -------------------------------------------------------
+    async def register(self, client_name: str) -> int:
+        """``Register``: returns the server handle (hLMX)."""
+        cmd = pb.MxCommand(
+            kind=pb.MX_COMMAND_KIND_REGISTER,
+            register=pb.RegisterCommand(client_name=client_name),
+        )
+        reply = await self.invoke(cmd)
+        return self._result(reply, "register", pb.RegisterReply).server_handle
+
+    async def unregister(self, server_handle: int) -> None:
+        """``Unregister``."""
+        await self.invoke(
+            pb.MxCommand(
+                kind=pb.MX_COMMAND_KIND_UNREGISTER,
+                unregister=pb.UnregisterCommand(server_handle=server_handle),
+            )
+        )
+
+    async def add_item(self, server_handle: int, item_definition: str) -> int:
+        """``AddItem``: returns the item handle."""
+        cmd = pb.MxCommand(
+            kind=pb.MX_COMMAND_KIND_ADD_ITEM,
+            add_item=pb.AddItemCommand(
+                server_handle=server_handle, item_definition=item_definition
+            ),
+        )
+        reply = await self.invoke(cmd)
+        return self._result(reply, "add_item", pb.AddItemReply).item_handle
+
+    async def add_item2(self, server_handle: int, item_definition: str, item_context: str) -> int:
+        """``AddItem2`` (a reference relative to ``item_context``): returns the item handle."""
+        cmd = pb.MxCommand(
+            kind=pb.MX_COMMAND_KIND_ADD_ITEM2,
+            add_item2=pb.AddItem2Command(
+                server_handle=server_handle,
+                item_definition=item_definition,
+                item_context=item_context,
+            ),
+        )
+        reply = await self.invoke(cmd)
+        return self._result(reply, "add_item2", pb.AddItemReply).item_handle
+
+    async def remove_item(self, server_handle: int, item_handle: int) -> None:
+        """``RemoveItem``."""
+        await self.invoke(
+            pb.MxCommand(
+                kind=pb.MX_COMMAND_KIND_REMOVE_ITEM,
+                remove_item=pb.RemoveItemCommand(
+                    server_handle=server_handle, item_handle=item_handle
+                ),
+            )
+        )
+
+    async def advise(self, server_handle: int, item_handle: int) -> None:
+        """``Advise``: data changes of the item arrive as events."""
+        await self.invoke(
+            pb.MxCommand(
+                kind=pb.MX_COMMAND_KIND_ADVISE,
+                advise=pb.AdviseCommand(server_handle=server_handle, item_handle=item_handle),
+            )
+        )
+
+    async def advise_supervisory(self, server_handle: int, item_handle: int) -> None:
+        """``AdviseSupervisory``: a supervisory (system) subscription."""
+        await self.invoke(
+            pb.MxCommand(
+                kind=pb.MX_COMMAND_KIND_ADVISE_SUPERVISORY,
+                advise_supervisory=pb.AdviseSupervisoryCommand(
+                    server_handle=server_handle, item_handle=item_handle
+                ),
+            )
+        )
+
+    async def unadvise(self, server_handle: int, item_handle: int) -> None:
+        """``UnAdvise``."""
+        await self.invoke(
+            pb.MxCommand(
+                kind=pb.MX_COMMAND_KIND_UN_ADVISE,
+                un_advise=pb.UnAdviseCommand(server_handle=server_handle, item_handle=item_handle),
+            )
+        )
+
+    async def suspend(self, server_handle: int, item_handle: int) -> None:
+        """``Suspend``: pause updates of an advised item."""
+        await self.invoke(
+            pb.MxCommand(
+                kind=pb.MX_COMMAND_KIND_SUSPEND,
+                suspend=pb.SuspendCommand(server_handle=server_handle, item_handle=item_handle),
+            )
+        )
+
+    async def activate(self, server_handle: int, item_handle: int) -> None:
+        """``Activate``: resume a suspended item."""
+        await self.invoke(
+            pb.MxCommand(
+                kind=pb.MX_COMMAND_KIND_ACTIVATE,
+                activate=pb.ActivateCommand(server_handle=server_handle, item_handle=item_handle),
+            )
+        )
+
+    async def add_buffered_item(
+        self, server_handle: int, item_definition: str, item_context: str = ""
+    ) -> int:
+        """``AddBufferedItem``: returns the item handle (events: ``BufferedDataChange``)."""
+        cmd = pb.MxCommand(
+            kind=pb.MX_COMMAND_KIND_ADD_BUFFERED_ITEM,
+            add_buffered_item=pb.AddBufferedItemCommand(
+                server_handle=server_handle,
+                item_definition=item_definition,
+                item_context=item_context,
+            ),
+        )
+        reply = await self.invoke(cmd)
+        return self._result(reply, "add_buffered_item", pb.AddItemReply).item_handle
+
+    async def set_buffered_update_interval(
+        self, server_handle: int, update_interval_ms: int
+    ) -> None:
+        """``SetBufferedUpdateInterval`` (milliseconds between buffered deliveries)."""
+        await self.invoke(
+            pb.MxCommand(
+                kind=pb.MX_COMMAND_KIND_SET_BUFFERED_UPDATE_INTERVAL,
+                set_buffered_update_interval=pb.SetBufferedUpdateIntervalCommand(
+                    server_handle=server_handle,
+                    update_interval_ms=_int32(update_interval_ms, "update_interval_ms"),
+                ),
+            )
+        )
+
+    # -- writes -----------------------------------------------------------------------
+    async def write(
+        self,
+        server_handle: int,
+        item_handle: int,
+        value: object,
+        *,
+        user_id: int = 0,
+        value_type: ValueType | None = None,
+    ) -> None:
+        """``Write``: ``value`` is a Python value (or an ``MxValue``); ``value_type``
+        forces the MXAccess type (e.g. ``"float"``). The outcome may also arrive later
+        as a ``WriteComplete`` event."""
+        cmd = pb.MxCommand(
+            kind=pb.MX_COMMAND_KIND_WRITE,
+            write=pb.WriteCommand(
+                server_handle=server_handle,
+                item_handle=item_handle,
+                value=_value(value, value_type),
+                user_id=user_id,
+            ),
+        )
+        await self.invoke(cmd)
+
+    async def write2(
+        self,
+        server_handle: int,
+        item_handle: int,
+        value: object,
+        timestamp: datetime,
+        *,
+        user_id: int = 0,
+        value_type: ValueType | None = None,
+    ) -> None:
+        """``Write2``: a write with a source timestamp (an aware ``datetime``)."""
+        cmd = pb.MxCommand(
+            kind=pb.MX_COMMAND_KIND_WRITE2,
+            write2=pb.Write2Command(
+                server_handle=server_handle,
+                item_handle=item_handle,
+                value=_value(value, value_type),
+                timestamp_value=_time(timestamp),
+                user_id=user_id,
+            ),
+        )
+        await self.invoke(cmd)
+
+    async def write_secured(
+        self,
+        server_handle: int,
+        item_handle: int,
+        value: object,
+        *,
+        current_user_id: int,
+        verifier_user_id: int | None = None,
+        value_type: ValueType | None = None,
+    ) -> None:
+        """``WriteSecured``: user ids come from :meth:`authenticate_user`; the verifier
+        defaults to the current user (a secured rather than verified write)."""
+        cmd = pb.MxCommand(
+            kind=pb.MX_COMMAND_KIND_WRITE_SECURED,
+            write_secured=pb.WriteSecuredCommand(
+                server_handle=server_handle,
+                item_handle=item_handle,
+                current_user_id=current_user_id,
+                verifier_user_id=(
+                    current_user_id if verifier_user_id is None else verifier_user_id
+                ),
+                value=_value(value, value_type),
+            ),
+        )
+        await self.invoke(cmd)
+
+    async def write_secured2(
+        self,
+        server_handle: int,
+        item_handle: int,
+        value: object,
+        timestamp: datetime,
+        *,
+        current_user_id: int,
+        verifier_user_id: int | None = None,
+        value_type: ValueType | None = None,
+    ) -> None:
+        """``WriteSecured2``: a secured write with a source timestamp."""
+        cmd = pb.MxCommand(
+            kind=pb.MX_COMMAND_KIND_WRITE_SECURED2,
+            write_secured2=pb.WriteSecured2Command(
+                server_handle=server_handle,
+                item_handle=item_handle,
+                current_user_id=current_user_id,
+                verifier_user_id=(
+                    current_user_id if verifier_user_id is None else verifier_user_id
+                ),
+                value=_value(value, value_type),
+                timestamp_value=_time(timestamp),
+            ),
+        )
+        await self.invoke(cmd)
+
+    # -- users ------------------------------------------------------------------------
+    async def authenticate_user(self, server_handle: int, user: str, password: str) -> int:
+        """``AuthenticateUser``: returns the user id (0 means authentication failed).
+
+        The password is sent once and never logged or put into an error message.
+        """
+        cmd = pb.MxCommand(
+            kind=pb.MX_COMMAND_KIND_AUTHENTICATE_USER,
+            authenticate_user=pb.AuthenticateUserCommand(
+                server_handle=server_handle, verify_user=user, verify_user_password=password
+            ),
+        )
+        reply = await self.invoke(cmd)
+        return self._result(reply, "authenticate_user", pb.UserIdReply).user_id
+
+    async def archestra_user_to_id(self, server_handle: int, user_id_guid: str) -> int:
+        """``ArchestrAUserToId``: the user id of an ArchestrA user GUID."""
+        cmd = pb.MxCommand(
+            kind=pb.MX_COMMAND_KIND_ARCHESTRA_USER_TO_ID,
+            archestra_user_to_id=pb.ArchestrAUserToIdCommand(
+                server_handle=server_handle, user_id_guid=user_id_guid
+            ),
+        )
+        reply = await self.invoke(cmd)
+        return self._result(reply, "archestra_user_to_id", pb.UserIdReply).user_id
+
+    # -- diagnostics ------------------------------------------------------------------
+    async def ping(self) -> None:
+        """``Ping``: checks that the session's worker answers."""
+        await self.invoke(pb.MxCommand(kind=pb.MX_COMMAND_KIND_PING, ping=pb.PingCommand()))
+
+    async def get_session_state(self) -> pb.SessionState.ValueType:
+        """``GetSessionState``: the ``SessionState`` value."""
+        cmd = pb.MxCommand(
+            kind=pb.MX_COMMAND_KIND_GET_SESSION_STATE,
+            get_session_state=pb.GetSessionStateCommand(),
+        )
+        reply = await self.invoke(cmd)
+        return self._result(reply, "session_state", pb.GetSessionStateReply).state
+
+    async def get_worker_info(self) -> pb.GetWorkerInfoReply:
+        """``GetWorkerInfo``: backend name, versions and process id of the worker."""
+        cmd = pb.MxCommand(
+            kind=pb.MX_COMMAND_KIND_GET_WORKER_INFO,
+            get_worker_info=pb.GetWorkerInfoCommand(),
+        )
+        reply = await self.invoke(cmd)
+        return self._result(reply, "worker_info", pb.GetWorkerInfoReply)
+
+    # -- bulk -------------------------------------------------------------------------
+    async def _bulk_subscribe(self, cmd: pb.MxCommand) -> list[pb.SubscribeResult]:
+        reply = await self.invoke(cmd)
+        return list(self._result(reply, "bulk_subscribe", pb.BulkSubscribeReply).results)
+
+    async def _bulk_write(self, cmd: pb.MxCommand) -> list[pb.BulkWriteResult]:
+        reply = await self.invoke(cmd)
+        return list(self._result(reply, "bulk_write", pb.BulkWriteReply).results)
+
+    async def add_item_bulk(
+        self, server_handle: int, tag_addresses: Iterable[str]
+    ) -> list[pb.SubscribeResult]:
+        """``AddItemBulk``: one ``SubscribeResult`` per reference, in order. Rows that
+        failed have ``was_successful = False``; they never raise."""
+        return await self._bulk_subscribe(
+            pb.MxCommand(
+                kind=pb.MX_COMMAND_KIND_ADD_ITEM_BULK,
+                add_item_bulk=pb.AddItemBulkCommand(
+                    server_handle=server_handle, tag_addresses=_strings(tag_addresses)
+                ),
+            )
+        )
+
+    async def advise_item_bulk(
+        self, server_handle: int, item_handles: Iterable[int], *, supervisory: bool = False
+    ) -> list[pb.SubscribeResult]:
+        """``AdviseItemBulk`` (``supervisory`` uses AdviseSupervisory)."""
+        return await self._bulk_subscribe(
+            pb.MxCommand(
+                kind=pb.MX_COMMAND_KIND_ADVISE_ITEM_BULK,
+                advise_item_bulk=pb.AdviseItemBulkCommand(
+                    server_handle=server_handle,
+                    item_handles=_handles(item_handles),
+                    supervisory=supervisory,
+                ),
+            )
+        )
+
+    async def remove_item_bulk(
+        self, server_handle: int, item_handles: Iterable[int]
+    ) -> list[pb.SubscribeResult]:
+        """``RemoveItemBulk``."""
+        return await self._bulk_subscribe(
+            pb.MxCommand(
+                kind=pb.MX_COMMAND_KIND_REMOVE_ITEM_BULK,
+                remove_item_bulk=pb.RemoveItemBulkCommand(
+                    server_handle=server_handle, item_handles=_handles(item_handles)
+                ),
+            )
+        )
+
+    async def unadvise_item_bulk(
+        self, server_handle: int, item_handles: Iterable[int]
+    ) -> list[pb.SubscribeResult]:
+        """``UnAdviseItemBulk``."""
+        return await self._bulk_subscribe(
+            pb.MxCommand(
+                kind=pb.MX_COMMAND_KIND_UN_ADVISE_ITEM_BULK,
+                un_advise_item_bulk=pb.UnAdviseItemBulkCommand(
+                    server_handle=server_handle, item_handles=_handles(item_handles)
+                ),
+            )
+        )
+
+    async def subscribe_bulk(
+        self,
+        server_handle: int,
+        tag_addresses: Iterable[str],
+        *,
+        buffered_update_interval_ms: int = 0,
+        supervisory: bool = False,
+    ) -> list[pb.SubscribeResult]:
+        """``SubscribeBulk``: AddItem + Advise per reference (buffered items when
+        ``buffered_update_interval_ms > 0``)."""
+        return await self._bulk_subscribe(
+            pb.MxCommand(
+                kind=pb.MX_COMMAND_KIND_SUBSCRIBE_BULK,
+                subscribe_bulk=pb.SubscribeBulkCommand(
+                    server_handle=server_handle,
+                    tag_addresses=_strings(tag_addresses),
+                    buffered_update_interval_ms=_int32(
+                        buffered_update_interval_ms, "buffered_update_interval_ms"
+                    ),
+                    supervisory=supervisory,
+                ),
+            )
+        )
+
+    async def unsubscribe_bulk(
+        self, server_handle: int, item_handles: Iterable[int]
+    ) -> list[pb.SubscribeResult]:
+        """``UnsubscribeBulk``: UnAdvise + RemoveItem per item."""
+        return await self._bulk_subscribe(
+            pb.MxCommand(
+                kind=pb.MX_COMMAND_KIND_UNSUBSCRIBE_BULK,
+                unsubscribe_bulk=pb.UnsubscribeBulkCommand(
+                    server_handle=server_handle, item_handles=_handles(item_handles)
+                ),
+            )
+        )
+
+    async def write_bulk(
+        self,
+        server_handle: int,
+        entries: Mapping[int, object] | Iterable[tuple[int, object] | pb.WriteBulkEntry],
+        *,
+        user_id: int = 0,
+        value_type: ValueType | None = None,
+    ) -> list[pb.BulkWriteResult]:
+        """``WriteBulk``: ``entries`` maps item handles to values (a mapping or
+        ``(item_handle, value)`` pairs, or ready ``WriteBulkEntry`` rows)."""
+        rows: list[pb.WriteBulkEntry] = []
+        for i, entry in enumerate(_pairs(entries)):
+            if isinstance(entry, pb.WriteBulkEntry):
+                rows.append(entry)
+                continue
+            handle, value = entry
+            rows.append(
+                pb.WriteBulkEntry(
+                    item_handle=_int32(handle, f"entry {i} item_handle"),
+                    value=_value(value, value_type, f"entry {i} (item {handle}): "),
+                    user_id=user_id,
+                )
+            )
+        return await self._bulk_write(
+            pb.MxCommand(
+                kind=pb.MX_COMMAND_KIND_WRITE_BULK,
+                write_bulk=pb.WriteBulkCommand(server_handle=server_handle, entries=rows),
+            )
+        )
+
+    async def write2_bulk(
+        self,
+        server_handle: int,
+        entries: Iterable[tuple[int, object, datetime] | pb.Write2BulkEntry],
+        *,
+        user_id: int = 0,
+        value_type: ValueType | None = None,
+    ) -> list[pb.BulkWriteResult]:
+        """``Write2Bulk``: ``(item_handle, value, timestamp)`` rows."""
+        rows: list[pb.Write2BulkEntry] = []
+        for i, entry in enumerate(entries):
+            if isinstance(entry, pb.Write2BulkEntry):
+                rows.append(entry)
+                continue
+            handle, value, ts = entry
+            rows.append(
+                pb.Write2BulkEntry(
+                    item_handle=_int32(handle, f"entry {i} item_handle"),
+                    value=_value(value, value_type, f"entry {i} (item {handle}): "),
+                    timestamp_value=_time(ts, f"entry {i} timestamp"),
+                    user_id=user_id,
+                )
+            )
+        return await self._bulk_write(
+            pb.MxCommand(
+                kind=pb.MX_COMMAND_KIND_WRITE2_BULK,
+                write2_bulk=pb.Write2BulkCommand(server_handle=server_handle, entries=rows),
+            )
+        )
+
+    async def write_secured_bulk(
+        self,
+        server_handle: int,
+        entries: Mapping[int, object] | Iterable[tuple[int, object] | pb.WriteSecuredBulkEntry],
+        *,
+        current_user_id: int = 0,
+        verifier_user_id: int | None = None,
+        value_type: ValueType | None = None,
+    ) -> list[pb.BulkWriteResult]:
+        """``WriteSecuredBulk``: ``(item_handle, value)`` rows written as
+        ``current_user_id``/``verifier_user_id`` (pass ``WriteSecuredBulkEntry`` rows for
+        per-row users)."""
+        verifier = current_user_id if verifier_user_id is None else verifier_user_id
+        rows: list[pb.WriteSecuredBulkEntry] = []
+        for i, entry in enumerate(_pairs(entries)):
+            if isinstance(entry, pb.WriteSecuredBulkEntry):
+                rows.append(entry)
+                continue
+            handle, value = entry
+            rows.append(
+                pb.WriteSecuredBulkEntry(
+                    item_handle=_int32(handle, f"entry {i} item_handle"),
+                    current_user_id=current_user_id,
+                    verifier_user_id=verifier,
+                    value=_value(value, value_type, f"entry {i} (item {handle}): "),
+                )
+            )
+        return await self._bulk_write(
+            pb.MxCommand(
+                kind=pb.MX_COMMAND_KIND_WRITE_SECURED_BULK,
+                write_secured_bulk=pb.WriteSecuredBulkCommand(
+                    server_handle=server_handle, entries=rows
+                ),
+            )
+        )
+
+    async def write_secured2_bulk(
+        self,
+        server_handle: int,
+        entries: Iterable[tuple[int, object, datetime] | pb.WriteSecured2BulkEntry],
+        *,
+        current_user_id: int = 0,
+        verifier_user_id: int | None = None,
+        value_type: ValueType | None = None,
+    ) -> list[pb.BulkWriteResult]:
+        """``WriteSecured2Bulk``: ``(item_handle, value, timestamp)`` rows."""
+        verifier = current_user_id if verifier_user_id is None else verifier_user_id
+        rows: list[pb.WriteSecured2BulkEntry] = []
+        for i, entry in enumerate(entries):
+            if isinstance(entry, pb.WriteSecured2BulkEntry):
+                rows.append(entry)
+                continue
+            handle, value, ts = entry
+            rows.append(
+                pb.WriteSecured2BulkEntry(
+                    item_handle=_int32(handle, f"entry {i} item_handle"),
+                    current_user_id=current_user_id,
+                    verifier_user_id=verifier,
+                    value=_value(value, value_type, f"entry {i} (item {handle}): "),
+                    timestamp_value=_time(ts, f"entry {i} timestamp"),
+                )
+            )
+        return await self._bulk_write(
+            pb.MxCommand(
+                kind=pb.MX_COMMAND_KIND_WRITE_SECURED2_BULK,
+                write_secured2_bulk=pb.WriteSecured2BulkCommand(
+                    server_handle=server_handle, entries=rows
+                ),
+            )
+        )
+
+    async def read_bulk(
+        self,
+        server_handle: int,
+        tag_addresses: Iterable[str],
+        *,
+        timeout_ms: int = 0,
+        timeout: float | None = DEFAULT,
+    ) -> list[pb.BulkReadResult]:
+        """``ReadBulk``: the current value of each reference, in order.
+
+        ``timeout_ms`` is how long the worker waits for each tag's first value (0: the
+        worker's default). Already advised tags answer from the cache (``was_cached``).
+        The call deadline defaults to the client timeout plus ``timeout_ms`` per tag.
+        """
+        tags = _strings(tag_addresses)
+        _int32(timeout_ms, "timeout_ms")
+        if timeout_ms < 0:
+            raise ValueError("timeout_ms must be >= 0")
+        if timeout is DEFAULT:
+            base = self._client.options.timeout
+            timeout = None if base is None else base + len(tags) * timeout_ms / 1000
+        cmd = pb.MxCommand(
+            kind=pb.MX_COMMAND_KIND_READ_BULK,
+            read_bulk=pb.ReadBulkCommand(
+                server_handle=server_handle, tag_addresses=tags, timeout_ms=timeout_ms
+            ),
+        )
+        self._check_open()
+        reply = await self._client.invoke(self._session_id, cmd, timeout=timeout)
+        return list(self._result(reply, "bulk_read", pb.BulkReadReply).results)
+
+    # -- events -----------------------------------------------------------------------
+    def events(
+        self,
+        after_worker_sequence: int | None = None,
+        *,
+        resume: bool = True,
+        max_resume_attempts: int = 5,
+    ) -> EventStream:
+        """Typed events of this session (``DataChange``, ``WriteComplete``, ...).
+
+        Reads ``StreamEventBatches`` (``StreamEvents`` on older gateways), reports gaps
+        as :class:`EventGap` and, when ``resume`` is on, re-subscribes after a dropped
+        stream from the last delivered sequence. ``after_worker_sequence`` replays
+        events after that sequence first; ``None`` starts with new events.
+        """
+        self._check_open()
+        return EventStream(
+            self._client,
+            self._session_id,
+            after_worker_sequence=after_worker_sequence,
+            resume=resume,
+            max_resume_attempts=max_resume_attempts,
+        )
+
+    def events_raw(self, after_worker_sequence: int | None = None) -> Stream[pb.MxEvent]:
+        """The generated ``MxEvent`` messages of ``StreamEvents``, untouched."""
+        self._check_open()
+        return self._client.stream_events_raw(self._session_id, after_worker_sequence)
+
+    # -- lifecycle --------------------------------------------------------------------
+    async def close(self, *, timeout: float | None = DEFAULT) -> pb.CloseSessionReply | None:
+        """Close the session (releases its advises, items and registrations).
+
+        Idempotent: later calls return ``None``; a session the gateway no longer knows
+        counts as closed.
+        """
+        if self._closed:
+            return None
+        self._closed = True
+        try:
+            return await self._client.close_session(self._session_id, timeout=timeout)
+        except MxGatewaySessionNotFoundError:
+            _log.debug("session %s was already gone", self._session_id)
+            return None
+        finally:
+            self._client._forget(self._session_id)
+
+    async def __aenter__(self) -> Session:
+        self._check_open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    def __repr__(self) -> str:
+        return f"<Session {self._session_id}{' closed' if self._closed else ''}>"

@@ -1,0 +1,343 @@
+"""Session.events(): typed decoding, gaps, resume after drops, fallback, closing."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+from collections.abc import AsyncIterator
+from datetime import datetime, timezone
+
+import grpc
+import pytest
+from client_fakes import SESSION_ID, FakeServer, StreamAbort, data_change
+
+from mxgateway import (
+    BufferedDataChange,
+    DataChange,
+    Event,
+    EventGap,
+    GatewayClient,
+    MxGatewaySessionFaultedError,
+    MxGatewaySessionNotFoundError,
+    MxGatewayUnavailableError,
+    OperationComplete,
+    StreamFault,
+    WriteComplete,
+)
+from mxgateway.generated import mxaccess_gateway_pb2 as pb
+
+KEY = "mxgw_ev_eventsSecret"
+
+
+def fault(kind: int, first: int = 0, count: int = 0) -> pb.MxEvent:
+    ev = pb.MxEvent(
+        session_id=SESSION_ID, worker_sequence=0, family=pb.MX_EVENT_FAMILY_STREAM_FAULT
+    )
+    ev.stream_fault.kind = kind  # type: ignore[assignment]
+    ev.stream_fault.message = "notice"
+    ev.stream_fault.first_missing_sequence = first
+    ev.stream_fault.missing_count = count
+    return ev
+
+
+def batch(*events: pb.MxEvent) -> pb.MxEventBatch:
+    return pb.MxEventBatch(events=events)
+
+
+async def _client(fake: FakeServer) -> GatewayClient:
+    return await GatewayClient.connect(endpoint=fake.endpoint, api_key=KEY, plaintext=True)
+
+
+async def _take(it: AsyncIterator[Event], n: int) -> list[Event]:
+    out: list[Event] = []
+    async for ev in it:
+        out.append(ev)
+        if len(out) == n:
+            break
+    return out
+
+
+async def test_typed_events_of_every_family(fake: FakeServer) -> None:
+    wc = pb.MxEvent(
+        session_id=SESSION_ID, worker_sequence=2, family=pb.MX_EVENT_FAMILY_ON_WRITE_COMPLETE
+    )
+    wc.on_write_complete.server_handle = 1
+    wc.on_write_complete.item_handle = 2
+    wc.on_write_complete.statuses.add(success=1)
+    oc = pb.MxEvent(
+        session_id=SESSION_ID, worker_sequence=3, family=pb.MX_EVENT_FAMILY_OPERATION_COMPLETE
+    )
+    oc.operation_complete.item_handle = 9
+    bd = pb.MxEvent(
+        session_id=SESSION_ID, worker_sequence=4, family=pb.MX_EVENT_FAMILY_ON_BUFFERED_DATA_CHANGE
+    )
+    b = bd.on_buffered_data_change
+    b.item_handle = 5
+    b.data_type = pb.MX_DATA_TYPE_DOUBLE
+    for i in range(3):
+        smp = b.samples.add(quality=192)
+        smp.value.double_value = i + 0.5
+        smp.timestamp.seconds = 1_700_000_000 + i
+    strdc = data_change(5)
+    strdc.on_data_change.value.string_value = "hello"
+
+    async def plan(req: pb.StreamEventsRequest, attempt: int):  # type: ignore[no-untyped-def]
+        yield batch(data_change(1, 42), wc, oc)
+        yield batch(bd, strdc)
+        await asyncio.Event().wait()
+
+    fake.servicer.batches_plan = plan
+    async with await _client(fake) as client:
+        session = client.attach_session(SESSION_ID)
+        async with session.events() as events:
+            got = await _take(events, 5)
+            assert events.uses_batches
+            assert events.last_worker_sequence == 5
+    d1, w, o, buf, d5 = got
+    assert isinstance(d1, DataChange)
+    assert (d1.worker_sequence, d1.server_handle, d1.item_handle, d1.value, d1.quality) == (
+        1,
+        1,
+        2,
+        42,
+        192,
+    )
+    assert d1.timestamp == datetime(2023, 11, 14, 22, 13, 21, 123456, tzinfo=timezone.utc)
+    assert d1.timestamp.tzinfo is timezone.utc
+    assert d1.is_good and d1.statuses[0].success == 1
+    assert d1.raw.worker_sequence == 1
+    assert isinstance(w, WriteComplete) and w.item_handle == 2 and w.statuses[0].success == 1
+    assert isinstance(o, OperationComplete) and o.item_handle == 9
+    assert isinstance(buf, BufferedDataChange)
+    assert [s.value for s in buf.samples] == [0.5, 1.5, 2.5]
+    assert buf.samples[2].timestamp == datetime.fromtimestamp(1_700_000_002, timezone.utc)
+    assert isinstance(d5, DataChange) and d5.value == "hello"
+    assert "DataChange(" in repr(d1)
+    assert fake.servicer.rec.metadata["StreamEventBatches"][0]["authorization"] == f"Bearer {KEY}"
+
+
+async def test_sequence_gap_is_reported_once_with_a_warning(
+    fake: FakeServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def plan(req: pb.StreamEventsRequest, attempt: int):  # type: ignore[no-untyped-def]
+        yield batch(data_change(1), data_change(2), data_change(6), data_change(7))
+        await asyncio.Event().wait()
+
+    fake.servicer.batches_plan = plan
+    caplog.set_level(logging.WARNING, logger="mxgateway")
+    async with await _client(fake) as client, client.attach_session(SESSION_ID).events() as events:
+        got = await _take(events, 5)
+        assert events.gap_count == 1 and events.missed_events == 3
+    assert [type(e).__name__ for e in got] == [
+        "DataChange",
+        "DataChange",
+        "EventGap",
+        "DataChange",
+        "DataChange",
+    ]
+    gap = got[2]
+    assert isinstance(gap, EventGap)
+    assert (gap.first_missing_sequence, gap.missing_count, gap.reason) == (3, 3, "sequence-gap")
+    assert any("skipped 3 events" in r.getMessage() for r in caplog.records)
+
+
+async def test_replay_gap_notice_becomes_an_event_gap(fake: FakeServer) -> None:
+    async def plan(req: pb.StreamEventsRequest, attempt: int):  # type: ignore[no-untyped-def]
+        assert req.HasField("after_worker_sequence") and req.after_worker_sequence == 10
+        yield batch(fault(pb.STREAM_FAULT_KIND_REPLAY_GAP, first=11, count=5), data_change(16))
+        await asyncio.Event().wait()
+
+    fake.servicer.batches_plan = plan
+    async with await _client(fake) as client:
+        events = client.attach_session(SESSION_ID).events(after_worker_sequence=10)
+        async with events:
+            gap, ev = await _take(events, 2)
+            assert events.gap_count == 1 and events.missed_events == 5
+    assert isinstance(gap, EventGap) and gap.reason == "replay-gap"
+    assert (gap.first_missing_sequence, gap.missing_count) == (11, 5)
+    assert isinstance(ev, DataChange) and ev.worker_sequence == 16
+
+
+@pytest.mark.parametrize("code", [grpc.StatusCode.UNAVAILABLE, "overflow"])
+async def test_resume_after_a_dropped_stream_without_duplicates_or_loss(
+    fake: FakeServer, code: object
+) -> None:
+    log = [data_change(i, i * 10) for i in range(1, 31)]
+
+    async def plan(req: pb.StreamEventsRequest, attempt: int):  # type: ignore[no-untyped-def]
+        if attempt == 0:
+            assert not req.HasField("after_worker_sequence")
+            yield batch(*log[0:5])
+            yield batch(*log[5:12])
+            if code == "overflow":
+                yield batch(fault(pb.STREAM_FAULT_KIND_EVENT_QUEUE_OVERFLOW))
+                yield StreamAbort(grpc.StatusCode.RESOURCE_EXHAUSTED, "slow subscriber")
+            yield StreamAbort(grpc.StatusCode.UNAVAILABLE, "connection dropped")
+        assert req.after_worker_sequence == 12
+        # Replay overlaps what the client already has: it must drop the duplicates.
+        start = req.after_worker_sequence - 3
+        for i in range(start, len(log), 4):
+            yield batch(*log[i : i + 4])
+        await asyncio.Event().wait()
+
+    fake.servicer.batches_plan = plan
+    async with await _client(fake) as client, client.attach_session(SESSION_ID).events() as events:
+        got = await _take(events, 30 + (1 if code == "overflow" else 0))
+        assert events.resume_count == 1
+        assert events.duplicates_dropped == 3
+        assert events.gap_count == 0
+    data = [e for e in got if isinstance(e, DataChange)]
+    assert [e.worker_sequence for e in data] == list(range(1, 31))
+    assert [e.value for e in data] == [i * 10 for i in range(1, 31)]
+    if code == "overflow":
+        faults = [e for e in got if isinstance(e, StreamFault)]
+        assert [f.kind_name for f in faults] == ["EVENT_QUEUE_OVERFLOW"]
+    assert fake.servicer.attempts["StreamEventBatches"] == 2
+
+
+async def test_resume_gives_up_after_the_attempt_limit(fake: FakeServer) -> None:
+    async def plan(req: pb.StreamEventsRequest, attempt: int):  # type: ignore[no-untyped-def]
+        if attempt == 0:
+            yield batch(data_change(1))
+        yield StreamAbort(grpc.StatusCode.UNAVAILABLE, "down")
+
+    fake.servicer.batches_plan = plan
+    async with await _client(fake) as client:
+        events = client.attach_session(SESSION_ID).events(max_resume_attempts=2)
+        first = await events.__anext__()
+        assert isinstance(first, DataChange)
+        with pytest.raises(MxGatewayUnavailableError):
+            await events.__anext__()
+        assert events.resume_count == 2
+        with pytest.raises(StopAsyncIteration):
+            await events.__anext__()
+    assert fake.servicer.attempts["StreamEventBatches"] == 3
+
+
+async def test_no_resume_when_disabled_and_not_for_other_errors(fake: FakeServer) -> None:
+    async def plan(req: pb.StreamEventsRequest, attempt: int):  # type: ignore[no-untyped-def]
+        yield StreamAbort(grpc.StatusCode.NOT_FOUND, "unknown session")
+
+    fake.servicer.batches_plan = plan
+    async with await _client(fake) as client:
+        with pytest.raises(MxGatewaySessionNotFoundError):
+            await client.attach_session(SESSION_ID).events().__anext__()
+    assert fake.servicer.attempts["StreamEventBatches"] == 1
+
+
+async def test_falls_back_to_stream_events_on_unimplemented(fake: FakeServer) -> None:
+    async def plan(req: pb.StreamEventsRequest, attempt: int):  # type: ignore[no-untyped-def]
+        yield data_change(1)
+        yield data_change(2)
+        await asyncio.Event().wait()
+
+    fake.servicer.batches_unimplemented = True
+    fake.servicer.events_plan = plan
+    async with await _client(fake) as client:
+        session = client.attach_session(SESSION_ID)
+        async with session.events() as events:
+            got = await _take(events, 2)
+            assert not events.uses_batches
+        assert [e.worker_sequence for e in got] == [1, 2]  # type: ignore[union-attr]
+        # The client remembers: the next iterator starts on StreamEvents directly.
+        async with session.events() as events2:
+            await _take(events2, 1)
+    assert len(fake.servicer.rec.metadata["StreamEventBatches"]) == 1
+    assert fake.servicer.attempts["StreamEvents"] == 2
+
+
+async def test_session_closed_notice_ends_iteration(fake: FakeServer) -> None:
+    async def plan(req: pb.StreamEventsRequest, attempt: int):  # type: ignore[no-untyped-def]
+        yield batch(data_change(1), fault(pb.STREAM_FAULT_KIND_SESSION_CLOSED))
+
+    fake.servicer.batches_plan = plan
+    async with await _client(fake) as client:
+        got = [e async for e in client.attach_session(SESSION_ID).events()]
+    assert isinstance(got[0], DataChange)
+    assert isinstance(got[1], StreamFault) and got[1].kind_name == "SESSION_CLOSED"
+    assert len(got) == 2
+
+
+async def test_session_faulted_notice_then_error(fake: FakeServer) -> None:
+    async def plan(req: pb.StreamEventsRequest, attempt: int):  # type: ignore[no-untyped-def]
+        yield batch(fault(pb.STREAM_FAULT_KIND_SESSION_FAULTED))
+
+    fake.servicer.batches_plan = plan
+    async with await _client(fake) as client:
+        events = client.attach_session(SESSION_ID).events()
+        notice = await events.__anext__()
+        assert (
+            isinstance(notice, StreamFault) and notice.kind == pb.STREAM_FAULT_KIND_SESSION_FAULTED
+        )
+        with pytest.raises(MxGatewaySessionFaultedError):
+            await events.__anext__()
+
+
+@pytest.mark.parametrize("how", ["break", "aclose", "cancel"])
+async def test_events_iterator_closes_the_stream(fake: FakeServer, how: str) -> None:
+    async def plan(req: pb.StreamEventsRequest, attempt: int):  # type: ignore[no-untyped-def]
+        yield batch(data_change(1), data_change(2))
+        await asyncio.Event().wait()
+
+    fake.servicer.batches_plan = plan
+    async with await _client(fake) as client:
+        session = client.attach_session(SESSION_ID)
+        if how == "break":
+
+            async def consume() -> None:
+                async for _ in session.events():
+                    break
+
+            await consume()
+            gc.collect()
+        elif how == "aclose":
+            events = session.events()
+            await events.__anext__()
+            await events.aclose()
+            await events.aclose()
+            with pytest.raises(StopAsyncIteration):
+                await events.__anext__()
+        else:
+            events = session.events()
+
+            async def read() -> None:
+                async for _ in events:
+                    pass
+
+            task = asyncio.ensure_future(read())
+            await asyncio.wait_for(fake.servicer.rec.started.wait(), 5)
+            await asyncio.sleep(0.05)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        await asyncio.wait_for(fake.servicer.rec.cancel_event.wait(), 5)
+    assert fake.servicer.rec.cancelled["StreamEventBatches"] == 1
+
+
+async def test_events_raw_and_batches_raw_are_untouched(fake: FakeServer) -> None:
+    async def events_plan(req: pb.StreamEventsRequest, attempt: int):  # type: ignore[no-untyped-def]
+        yield data_change(3)
+        yield data_change(3)  # duplicates are passed through as-is
+
+    async def batches_plan(req: pb.StreamEventsRequest, attempt: int):  # type: ignore[no-untyped-def]
+        yield batch(data_change(1), data_change(5))
+
+    fake.servicer.events_plan = events_plan
+    fake.servicer.batches_plan = batches_plan
+    async with await _client(fake) as client:
+        session = client.attach_session(SESSION_ID)
+        raw = [e async for e in session.events_raw(after_worker_sequence=2)]
+        assert [e.worker_sequence for e in raw] == [3, 3]
+        assert all(isinstance(e, pb.MxEvent) for e in raw)
+        batches = [b async for b in client.stream_event_batches_raw(SESSION_ID)]
+        assert [len(b.events) for b in batches] == [2]
+    assert fake.servicer.rec.stream_requests[0].after_worker_sequence == 2
+    assert not fake.servicer.rec.stream_requests[1].HasField("after_worker_sequence")
+
+
+def test_negative_resume_point_is_rejected() -> None:
+    from mxgateway._client import _stream_request
+
+    with pytest.raises(ValueError):
+        _stream_request(SESSION_ID, -1)
