@@ -478,3 +478,9 @@ async def test_open_rejects_a_file_that_is_not_a_galaxy(tmp_path: Path) -> None:
     bad.write_bytes(b"garbage" * 100)
     with pytest.raises(ValueError, match="not a readable Galaxy database"):
         await GalaxyService.open(bad)
+
+
+async def test_catalog_object_tag_names(galaxy: GalaxyServer) -> None:
+    names = galaxy.service.catalog.object_tag_names()
+    assert set(names) == deployed_tags(galaxy.db_path)
+    assert {t.tag_name for t in galaxy.service.catalog.all_tags()} <= set(names)

@@ -10,6 +10,7 @@ from mxgateway_sim.galaxy._schema import create_galaxy, default_db_path, deploy
 from mxgateway_sim.galaxy._service import (
     DEFAULT_PAGE_SIZE,
     MAX_PAGE_SIZE,
+    GalaxyCatalog,
     GalaxyRepositoryServicer,
     GalaxyService,
 )
@@ -17,6 +18,7 @@ from mxgateway_sim.galaxy._service import (
 __all__ = [
     "DEFAULT_PAGE_SIZE",
     "MAX_PAGE_SIZE",
+    "GalaxyCatalog",
     "GalaxyRepositoryServicer",
     "GalaxyService",
     "create_galaxy",

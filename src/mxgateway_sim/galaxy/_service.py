@@ -39,7 +39,7 @@ from mxgateway_sim.galaxy._cache import (
 )
 from mxgateway_sim.galaxy._schema import create_galaxy, default_db_path
 
-__all__ = ["DEFAULT_PAGE_SIZE", "MAX_PAGE_SIZE", "GalaxyService"]
+__all__ = ["DEFAULT_PAGE_SIZE", "MAX_PAGE_SIZE", "GalaxyCatalog", "GalaxyService"]
 
 log = logging.getLogger("mxgateway_sim.galaxy")
 
@@ -51,12 +51,11 @@ WATCH_BUFFER = 64
 _Ctx = grpc.aio.ServicerContext[Any, Any]
 
 
-class _SnapshotCatalog:
+class GalaxyCatalog:
     """:class:`TagCatalog` over the service's current snapshot (follows redeploys)."""
 
     def __init__(self, service: GalaxyService) -> None:
         self._service = service
-        self._all: tuple[int, list[TagInfo]] | None = None
 
     @property
     def version(self) -> int:
@@ -66,10 +65,18 @@ class _SnapshotCatalog:
         return self._service.snapshot.lookup(full_tag_reference)
 
     def all_tags(self) -> list[TagInfo]:
-        snap = self._service.snapshot
-        if self._all is None or self._all[0] != snap.version:
-            self._all = (snap.version, list(snap.iter_tags()))
-        return list(self._all[1])
+        # Built on demand, not cached: a 50,000-object galaxy has ~700,000 attributes, and
+        # the snapshot already holds them compactly (shared per template package chain).
+        return list(self._service.snapshot.iter_tags())
+
+    def object_tag_names(self) -> list[str]:
+        """Tag names of the deployed objects (cheaper than deriving them from all_tags)."""
+        return [rec.tag_name for rec in self._service.snapshot.dfs]
+
+
+def _conforms(catalog: GalaxyCatalog) -> TagCatalog:
+    """Static check (mypy): GalaxyCatalog satisfies the runtime's TagCatalog protocol."""
+    return catalog
 
 
 class _Watcher:
@@ -113,7 +120,7 @@ class GalaxyService:
         self._refresh_lock = asyncio.Lock()
         self._poller: asyncio.Task[None] | None = None
         self._closed = False
-        self.catalog: TagCatalog = _SnapshotCatalog(self)
+        self.catalog = GalaxyCatalog(self)
         self.servicer = GalaxyRepositoryServicer(self)
 
     @classmethod
