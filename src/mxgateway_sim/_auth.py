@@ -1,0 +1,335 @@
+"""API keys, scopes and the authorization interceptor.
+
+Keys look like ``mxgw_<keyId>_<secret>``. The store keeps, per key id, a random salt and the
+SHA-256 of salt + secret, never the secret itself; verification is a constant-time compare.
+Every RPC needs ``authorization: Bearer <key>``; the interceptor answers UNAUTHENTICATED for
+a missing or unknown key and PERMISSION_DENIED for a missing scope. ``Invoke`` is authorized
+per command kind by :func:`scope_for_command` (in the servicer, which sees the request).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import hashlib
+import hmac
+import json
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc import aio
+
+from mxgateway.generated import mxaccess_gateway_pb2 as pb
+
+SCOPES: tuple[str, ...] = (
+    "session:open",
+    "session:close",
+    "invoke:read",
+    "invoke:write",
+    "invoke:secure",
+    "events:read",
+    "metadata:read",
+    "admin",
+)
+ALL_SCOPES = frozenset(SCOPES)
+
+_GATEWAY = "/mxaccess_gateway.v1.MxAccessGateway/"
+_GALAXY = "/galaxy_repository.v1.GalaxyRepository/"
+METHOD_SCOPES: dict[str, str | None] = {
+    _GATEWAY + "OpenSession": "session:open",
+    _GATEWAY + "CloseSession": "session:close",
+    _GATEWAY + "Invoke": None,  # per command kind, in the servicer
+    _GATEWAY + "StreamEvents": "events:read",
+    _GATEWAY + "StreamEventBatches": "events:read",
+    _GATEWAY + "StreamAlarms": "events:read",
+    _GATEWAY + "QueryActiveAlarms": "events:read",
+    _GATEWAY + "AcknowledgeAlarm": "invoke:write",
+}
+UNAUTHENTICATED_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.v1")
+"""Health checks and reflection carry no plant data and are served without a key."""
+
+_WRITE_KINDS = frozenset(
+    {
+        pb.MX_COMMAND_KIND_WRITE,
+        pb.MX_COMMAND_KIND_WRITE2,
+        pb.MX_COMMAND_KIND_WRITE_BULK,
+        pb.MX_COMMAND_KIND_WRITE2_BULK,
+        pb.MX_COMMAND_KIND_ACKNOWLEDGE_ALARM,
+    }
+)
+_SECURE_KINDS = frozenset(
+    {
+        pb.MX_COMMAND_KIND_WRITE_SECURED,
+        pb.MX_COMMAND_KIND_WRITE_SECURED2,
+        pb.MX_COMMAND_KIND_WRITE_SECURED_BULK,
+        pb.MX_COMMAND_KIND_WRITE_SECURED2_BULK,
+    }
+)
+_KNOWN_KINDS = frozenset(pb.MxCommandKind.values())
+
+
+def scope_for_method(method: str) -> str | None:
+    """Scope an RPC needs (None: decided per command); unknown methods need ``admin``."""
+    if method.startswith(_GALAXY):
+        return "metadata:read"
+    return METHOD_SCOPES.get(method, "admin")
+
+
+def scope_for_command(kind: int) -> str:
+    """Scope a command kind needs; kinds this server does not know need ``admin``."""
+    if kind in _WRITE_KINDS:
+        return "invoke:write"
+    if kind in _SECURE_KINDS:
+        return "invoke:secure"
+    if kind == pb.MX_COMMAND_KIND_DRAIN_EVENTS:
+        return "events:read"
+    if kind == pb.MX_COMMAND_KIND_SHUTDOWN_WORKER or kind not in _KNOWN_KINDS:
+        return "admin"
+    return "invoke:read"
+
+
+class KeyFormatError(ValueError):
+    """A key string is not ``mxgw_<keyId>_<secret>`` (the message never contains the key)."""
+
+
+def split_key(key: str) -> tuple[str, str]:
+    """(key id, secret) of a key; the ``mxgw_`` prefix is case-insensitive."""
+    if key[:5].lower() != "mxgw_":
+        raise KeyFormatError("an API key must start with mxgw_")
+    key_id, sep, secret = key[5:].partition("_")
+    if not sep or not key_id or not secret:
+        raise KeyFormatError("an API key must look like mxgw_<keyId>_<secret>")
+    return key_id, secret
+
+
+def new_key() -> str:
+    """A fresh random key."""
+    return f"mxgw_{secrets.token_hex(6)}_{secrets.token_urlsafe(24)}"
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling: the key id, its name and its scopes (never the secret)."""
+
+    key_id: str
+    name: str
+    scopes: frozenset[str]
+
+    def allows(self, scope: str) -> bool:
+        """True when the key has ``scope`` or ``admin``."""
+        return scope in self.scopes or "admin" in self.scopes
+
+
+@dataclass(frozen=True, slots=True)
+class _StoredKey:
+    principal: Principal
+    salt: bytes
+    digest: bytes
+
+    def __repr__(self) -> str:
+        return f"_StoredKey({self.principal!r})"
+
+
+ANONYMOUS = Principal("anonymous", "anonymous", ALL_SCOPES)
+
+
+def _digest(salt: bytes, secret: str) -> bytes:
+    return hashlib.sha256(salt + secret.encode()).digest()
+
+
+class ApiKeyStore:
+    """Salted hashes of the configured keys, by key id."""
+
+    def __init__(self, *, allow_anonymous: bool = False) -> None:
+        self._keys: dict[str, _StoredKey] = {}
+        self.allow_anonymous = allow_anonymous
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def add(self, key: str, scopes: Iterable[str] = SCOPES, name: str = "") -> Principal:
+        """Add a key (only its salted hash is kept).
+
+        Raises:
+            KeyFormatError: malformed key, unknown scope, or a duplicate key id.
+        """
+        key_id, secret = split_key(key)
+        scope_set = frozenset(scopes)
+        unknown = sorted(scope_set - ALL_SCOPES)
+        if unknown:
+            raise KeyFormatError(
+                f"unknown scope(s) {', '.join(unknown)}; valid scopes: {', '.join(SCOPES)}"
+            )
+        if key_id.lower() in self._keys:
+            raise KeyFormatError(f"key id {key_id} is configured twice")
+        salt = secrets.token_bytes(16)
+        principal = Principal(key_id, name or key_id, scope_set)
+        self._keys[key_id.lower()] = _StoredKey(principal, salt, _digest(salt, secret))
+        return principal
+
+    def authenticate(self, authorization: str | None) -> Principal | None:
+        """The caller behind an ``authorization`` header value, or None."""
+        if not authorization:
+            return ANONYMOUS if self.allow_anonymous else None
+        if authorization[:7].lower() != "bearer ":
+            return None
+        try:
+            key_id, secret = split_key(authorization[7:].strip())
+        except KeyFormatError:
+            return None
+        stored = self._keys.get(key_id.lower())
+        if stored is None or not hmac.compare_digest(stored.digest, _digest(stored.salt, secret)):
+            return None
+        return stored.principal
+
+
+def load_keys_file(path: Path, store: ApiKeyStore) -> int:
+    """Add the keys of a JSON or line-based file; returns how many.
+
+    JSON: a list (or ``{"keys": [...]}``) of ``{"key": ..., "scopes": [...], "name": ...}``.
+    Lines: ``KEY SCOPE[,SCOPE...] [NAME]``; blank lines and ``#`` comments are skipped.
+
+    Raises:
+        KeyFormatError: a malformed entry (the message names the entry, never the key).
+    """
+    text = path.read_text(encoding="utf-8")
+    count = 0
+    if text.lstrip().startswith(("[", "{")):
+        try:
+            data: Any = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise KeyFormatError(
+                f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})"
+            ) from None
+        entries = data.get("keys") if isinstance(data, dict) else data
+        if not isinstance(entries, list):
+            raise KeyFormatError(f"{path}: expected a list of keys")
+        for i, entry in enumerate(entries, 1):
+            if not isinstance(entry, dict) or not isinstance(entry.get("key"), str):
+                raise KeyFormatError(f"{path}: entry {i} needs a string 'key'")
+            scopes = entry.get("scopes", list(SCOPES))
+            if isinstance(scopes, str):
+                scopes = scopes.split(",")
+            try:
+                store.add(entry["key"], [s.strip() for s in scopes], str(entry.get("name", "")))
+            except KeyFormatError as exc:
+                raise KeyFormatError(f"{path}: entry {i}: {exc}") from None
+            count += 1
+        return count
+    for lineno, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        parts = line.split(None, 2)
+        if len(parts) < 2:
+            raise KeyFormatError(f"{path}:{lineno}: expected 'KEY SCOPES [NAME]'")
+        try:
+            store.add(
+                parts[0],
+                [s.strip() for s in parts[1].split(",")],
+                parts[2] if len(parts) > 2 else "",
+            )
+        except KeyFormatError as exc:
+            raise KeyFormatError(f"{path}:{lineno}: {exc}") from None
+        count += 1
+    return count
+
+
+current_principal: contextvars.ContextVar[Principal | None] = contextvars.ContextVar(
+    "mxgw_sim_principal", default=None
+)
+"""The authenticated caller of the RPC being served (set by :class:`AuthInterceptor`)."""
+
+
+def _metadata_value(details: grpc.HandlerCallDetails, name: str) -> str | None:
+    for key, value in details.invocation_metadata or ():
+        if key == name:
+            return value if isinstance(value, str) else value.decode("latin-1")
+    return None
+
+
+class AuthInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
+    """Authenticates every call and checks the method's scope before the handler runs."""
+
+    def __init__(self, store: ApiKeyStore) -> None:
+        self._store = store
+
+    async def intercept_service(
+        self,
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]
+        ],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        method = handler_call_details.method
+        handler = await continuation(handler_call_details)
+        if handler is None or method.startswith(UNAUTHENTICATED_PREFIXES):
+            return handler
+        principal = self._store.authenticate(_metadata_value(handler_call_details, "authorization"))
+        if principal is None:
+            return _deny(handler, grpc.StatusCode.UNAUTHENTICATED, "missing or invalid API key")
+        scope = scope_for_method(method)
+        if scope is not None and not principal.allows(scope):
+            return _deny(
+                handler,
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"the API key lacks the {scope} scope needed by {method.rsplit('/', 1)[-1]}",
+            )
+        return _with_principal(handler, principal) if scope is None else handler
+
+
+def _deny(
+    handler: grpc.RpcMethodHandler[Any, Any], code: grpc.StatusCode, message: str
+) -> grpc.RpcMethodHandler[Any, Any]:
+    async def unary(request: object, context: aio.ServicerContext[Any, Any]) -> None:
+        await context.abort(code, message)
+
+    async def stream(request: object, context: aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+        await context.abort(code, message)
+        yield None  # pragma: no cover - abort raises
+
+    if handler.response_streaming:
+        return grpc.unary_stream_rpc_method_handler(
+            stream,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+    return grpc.unary_unary_rpc_method_handler(
+        unary,
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )
+
+
+def _with_principal(
+    handler: grpc.RpcMethodHandler[Any, Any], principal: Principal
+) -> grpc.RpcMethodHandler[Any, Any]:
+    """Run a unary handler with :data:`current_principal` set (Invoke checks it per kind)."""
+    inner = handler.unary_unary
+    if inner is None:
+        return handler
+
+    async def unary(request: object, context: aio.ServicerContext[Any, Any]) -> Any:
+        current_principal.set(principal)
+        return await inner(request, context)  # type: ignore[arg-type]
+
+    return grpc.unary_unary_rpc_method_handler(
+        unary,
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )
+
+
+def parse_scopes(text: str | Sequence[str]) -> list[str]:
+    """Scopes from ``"a,b"`` or a list; raises KeyFormatError on an unknown one."""
+    items = text.split(",") if isinstance(text, str) else list(text)
+    scopes = [s.strip() for s in items if s.strip()]
+    unknown = sorted(set(scopes) - ALL_SCOPES)
+    if unknown:
+        raise KeyFormatError(
+            f"unknown scope(s) {', '.join(unknown)}; valid scopes: {', '.join(SCOPES)}"
+        )
+    return scopes

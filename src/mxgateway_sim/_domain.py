@@ -1,0 +1,261 @@
+"""Domain objects shared by the gateway layer and any MXAccess runtime (no gRPC, no protobuf).
+
+Statuses, categories and sources carry the **COM** values MXAccess uses (category 6 is
+``MxCategorySecurityError``); the wire layer adds the proto offset. Values are plain Python
+values in the :mod:`mxgateway._values` table, tagged with the COM ``MxDataType``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Final
+
+from mxgateway._values import MxPythonValue
+
+# ---------------------------------------------------------------------------------------
+# COM enums (only the values the simulator uses)
+# ---------------------------------------------------------------------------------------
+
+CAT_OK: Final = 0
+CAT_PENDING: Final = 1
+CAT_WARNING: Final = 2
+CAT_COMMUNICATION_ERROR: Final = 3
+CAT_CONFIGURATION_ERROR: Final = 4
+CAT_OPERATIONAL_ERROR: Final = 5
+CAT_SECURITY_ERROR: Final = 6
+CAT_SOFTWARE_ERROR: Final = 7
+
+SRC_REQUESTING_LMX: Final = 0
+SRC_RESPONDING_LMX: Final = 1
+SRC_REQUESTING_NMX: Final = 2
+SRC_RESPONDING_NMX: Final = 3
+SRC_RESPONDING_AUTOMATION_OBJECT: Final = 5
+
+# MxStatusDetail codes.
+DETAIL_SUCCESS: Final = 0
+DETAIL_REQUEST_TIMED_OUT: Final = 1
+DETAIL_PLATFORM_COMMUNICATION_ERROR: Final = 2
+DETAIL_INVALID_REFERENCE: Final = 6
+DETAIL_RESOLVING_ATTRIBUTE: Final = 11
+DETAIL_RESOLVING_OBJECT: Final = 12
+DETAIL_WRONG_DATA_TYPE: Final = 13
+DETAIL_CONVERSION_NOT_SUPPORTED: Final = 18
+DETAIL_UNABLE_TO_CONVERT_STRING: Final = 19
+DETAIL_OVERFLOW: Final = 20
+DETAIL_INDEX_OUT_OF_RANGE: Final = 1003
+DETAIL_DATA_OUT_OF_RANGE: Final = 1004
+DETAIL_INCORRECT_DATA_TYPE: Final = 1005
+DETAIL_NOT_WRITEABLE: Final = 1007
+DETAIL_WRITE_ACCESS_DENIED: Final = 1008
+DETAIL_SECURED_WRITE: Final = 1012
+DETAIL_VERIFIED_WRITE: Final = 1013
+DETAIL_USER_NOT_HAVING_ACCESS_RIGHTS: Final = 1016
+DETAIL_VERIFIER_NOT_HAVING_VERIFY_RIGHTS: Final = 1017
+
+# COM MxDataType.
+MX_NO_DATA: Final = 0
+MX_BOOLEAN: Final = 1
+MX_INTEGER: Final = 2
+MX_FLOAT: Final = 3
+MX_DOUBLE: Final = 4
+MX_STRING: Final = 5
+MX_TIME: Final = 6
+MX_ELAPSED_TIME: Final = 7
+MX_REFERENCE: Final = 8
+MX_STATUS: Final = 9
+MX_ENUM: Final = 10
+MX_SECURITY_CLASSIFICATION_ENUM: Final = 11
+MX_DATA_QUALITY: Final = 12
+MX_QUALIFIED_ENUM: Final = 13
+MX_QUALIFIED_STRUCT: Final = 14
+MX_INTERNATIONALIZED_STRING: Final = 15
+MX_BIG_STRING: Final = 16
+
+# OPC-style qualities.
+QUALITY_GOOD: Final = 192
+QUALITY_BAD: Final = 0
+QUALITY_BAD_CONFIG_ERROR: Final = 4
+QUALITY_BAD_COMM_FAILURE: Final = 24
+QUALITY_UNCERTAIN: Final = 64
+QUALITY_UNCERTAIN_LAST_USABLE: Final = 68
+
+# HRESULTs as signed 32-bit integers (what the wire's int32 carries).
+S_OK: Final = 0
+E_INVALIDARG: Final = -2147024809  # 0x80070057
+E_FAIL: Final = -2147467259  # 0x80004005
+E_MX_OPERATION_FAILED: Final = -2147220992  # 0x80040200, the contract fixture's failure HRESULT
+
+
+@dataclass(frozen=True, slots=True)
+class MxStatus:
+    """One MXSTATUS_PROXY record (COM values)."""
+
+    success: int
+    category: int
+    detected_by: int
+    detail: int
+    text: str = ""
+
+    @property
+    def ok(self) -> bool:
+        """True when MXAccess would call this a success (``success != 0``)."""
+        return self.success != 0
+
+
+STATUS_OK: Final = MxStatus(1, CAT_OK, SRC_RESPONDING_LMX, DETAIL_SUCCESS)
+
+
+def failure(category: int, detail: int, text: str, source: int = SRC_RESPONDING_LMX) -> MxStatus:
+    """A failed MXSTATUS_PROXY record."""
+    return MxStatus(0, category, source, detail, text)
+
+
+class MxAccessError(Exception):
+    """An MXAccess call failed: the COM HRESULT and the statuses MXAccess reported.
+
+    Runtimes raise this the way the COM interop raises a ``COMException``; the gateway
+    turns it into a normal reply with ``MXACCESS_FAILURE``.
+    """
+
+    def __init__(self, hresult: int, message: str, statuses: tuple[MxStatus, ...] = ()) -> None:
+        super().__init__(message)
+        self.hresult = hresult
+        self.message = message
+        self.statuses = statuses
+
+
+def invalid_arg(message: str) -> MxAccessError:
+    """The E_INVALIDARG failure MXAccess raises for bad handles and malformed references."""
+    return MxAccessError(E_INVALIDARG, message)
+
+
+# ---------------------------------------------------------------------------------------
+# Events
+# ---------------------------------------------------------------------------------------
+
+
+class TagSample:
+    """One value/quality/timestamp of an attribute, shared by every item that watches it.
+
+    ``wire`` is an opaque cache slot for the gateway's encoder: a sample delivered to many
+    items is encoded once.
+    """
+
+    __slots__ = ("data_type", "quality", "status", "timestamp", "value", "wire")
+
+    def __init__(
+        self,
+        value: MxPythonValue,
+        data_type: int,
+        quality: int,
+        timestamp: float,
+        status: MxStatus = STATUS_OK,
+    ) -> None:
+        self.value = value
+        self.data_type = data_type
+        self.quality = quality
+        self.timestamp = timestamp  # seconds since the Unix epoch, UTC
+        self.status = status
+        self.wire: bytes | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"TagSample(value={self.value!r}, data_type={self.data_type}, "
+            f"quality={self.quality}, timestamp={self.timestamp})"
+        )
+
+
+class DataChange:
+    """OnDataChange(hLMX, hItem, value, quality, timestamp, status[])."""
+
+    __slots__ = ("item_handle", "sample", "server_handle")
+
+    def __init__(self, server_handle: int, item_handle: int, sample: TagSample) -> None:
+        self.server_handle = server_handle
+        self.item_handle = item_handle
+        self.sample = sample
+
+
+@dataclass(frozen=True, slots=True)
+class WriteComplete:
+    """OnWriteComplete(hLMX, hItem, status[])."""
+
+    server_handle: int
+    item_handle: int
+    status: MxStatus
+
+
+@dataclass(frozen=True, slots=True)
+class OperationComplete:
+    """OperationComplete(hLMX, hItem, status[])."""
+
+    server_handle: int
+    item_handle: int
+    status: MxStatus
+
+
+@dataclass(frozen=True, slots=True)
+class BufferedDataChange:
+    """OnBufferedDataChange(hLMX, hItem, dataType, values, qualities, timestamps, status[])."""
+
+    server_handle: int
+    item_handle: int
+    data_type: int
+    samples: tuple[TagSample, ...]
+    status: MxStatus = STATUS_OK
+
+
+MxRuntimeEvent = DataChange | WriteComplete | OperationComplete | BufferedDataChange
+"""Everything a runtime can report through its event sink."""
+
+
+# ---------------------------------------------------------------------------------------
+# Results
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ReadResult:
+    """One row of ReadBulk, before it goes on the wire."""
+
+    reference: str
+    sample: TagSample | None
+    was_cached: bool
+    error: str = ""
+    statuses: tuple[MxStatus, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        """True when the row delivered a good OnDataChange."""
+        return self.sample is not None and not self.error
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseCounts:
+    """What a teardown released (UnAdvise, RemoveItem, Unregister calls)."""
+
+    advises: int = 0
+    items: int = 0
+    registrations: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerInfo:
+    """GetWorkerInfo answer."""
+
+    backend_name: str
+    worker_protocol_version: int
+    process_id: int
+    backend_version: str
+
+
+@dataclass(slots=True)
+class WriteRequest:
+    """Arguments shared by the Write family (user ids are 0 when unused)."""
+
+    value: MxPythonValue
+    timestamp: datetime | None = None
+    user_id: int = 0
+    verifier_user_id: int = 0
+    secured: bool = False

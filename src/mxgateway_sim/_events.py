@@ -1,0 +1,222 @@
+"""A session's event log: sequence numbers, the replay ring and the bounded subscriber queues.
+
+Events arrive from the runtime a list at a time (one scan tick's worth), are encoded once,
+appended to the replay ring and to every subscriber's queue, and each subscriber is woken
+once per list, so the cost per event is a few list operations.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import itertools
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from mxgateway_sim._domain import MxRuntimeEvent
+from mxgateway_sim._wire import EventEncoder, unframe
+
+
+class OverflowPolicy(str, enum.Enum):
+    """What happens when a subscriber's queue is full."""
+
+    DISCONNECT_SUBSCRIBER = "disconnect-subscriber"
+    """The slow subscriber gets an EVENT_QUEUE_OVERFLOW notice and its stream ends."""
+    FAIL_FAST = "fail-fast"
+    """The session faults (single-subscriber mode; with several subscribers, disconnect)."""
+
+
+class EndReason(enum.Enum):
+    """Why a subscriber's stream stops."""
+
+    OVERFLOW = "overflow"
+    SESSION_CLOSED = "session-closed"
+    SESSION_FAULTED = "session-faulted"
+    SERVER_SHUTDOWN = "server-shutdown"
+
+
+@dataclass(frozen=True, slots=True)
+class StreamEnd:
+    """The end of one subscriber's stream and what it missed."""
+
+    reason: EndReason
+    message: str
+    first_missing: int = 0
+    missing: int = 0
+
+
+class SubscriberRefused(Exception):
+    """A new subscriber is not allowed (``limit`` True: the subscriber limit is reached)."""
+
+    def __init__(self, message: str, *, limit: bool) -> None:
+        super().__init__(message)
+        self.limit = limit
+
+
+class Subscriber:
+    """One attached stream: its queue of framed events and the next sequence it will get."""
+
+    __slots__ = ("end", "gap", "limit", "next_seq", "queue", "wake")
+
+    def __init__(self, limit: int, next_seq: int) -> None:
+        self.queue: deque[bytes] = deque()
+        self.limit = limit
+        self.next_seq = next_seq
+        self.wake = asyncio.Event()
+        self.end: StreamEnd | None = None
+        self.gap: tuple[int, int] | None = None
+
+    def take(self, max_events: int, max_bytes: int) -> list[bytes]:
+        """Pop up to ``max_events`` framed events (at least one) within ``max_bytes``."""
+        queue = self.queue
+        out: list[bytes] = []
+        size = 0
+        while queue and len(out) < max_events:
+            item = queue[0]
+            if out and size + len(item) > max_bytes:
+                break
+            out.append(queue.popleft())
+            size += len(item)
+        self.next_seq += len(out)
+        return out
+
+
+class EventLog:
+    """Sequence numbering, replay ring and fan-out for one session."""
+
+    def __init__(
+        self,
+        session_id: str,
+        *,
+        ring_size: int,
+        ring_age_s: float,
+        queue_limit: int,
+        policy: OverflowPolicy,
+        multiple_subscribers: bool,
+        max_subscribers: int,
+        on_fail_fast: Callable[[str], None],
+    ) -> None:
+        self.encoder = EventEncoder(session_id)
+        self.next_seq = 1
+        self._ring: deque[bytes] = deque(maxlen=max(ring_size, 1))
+        self._chunks: deque[tuple[float, int]] = deque()  # (monotonic time, last seq)
+        self._ring_age_s = ring_age_s
+        self._queue_limit = queue_limit
+        self._policy = policy
+        self._multiple = multiple_subscribers
+        self._max_subscribers = max_subscribers
+        self._on_fail_fast = on_fail_fast
+        self.subscribers: list[Subscriber] = []
+        self._drain_seq = 1
+        self.closed: StreamEnd | None = None
+
+    @property
+    def ring_first_seq(self) -> int:
+        """Oldest sequence still in the replay ring (``next_seq`` when it is empty)."""
+        return self.next_seq - len(self._ring)
+
+    def publish(self, events: Sequence[MxRuntimeEvent]) -> None:
+        """Number, encode, retain and fan out a list of runtime events (the runtime's sink)."""
+        if not events or self.closed is not None:
+            return
+        framed = self.encoder.encode(events, self.next_seq, time.time())
+        self.next_seq += len(framed)
+        self._ring.extend(framed)
+        now = time.monotonic()
+        chunks = self._chunks
+        chunks.append((now, self.next_seq - 1))
+        cutoff = now - self._ring_age_s
+        while chunks and chunks[0][0] < cutoff:
+            _, last = chunks.popleft()
+            for _ in range(min(last - self.ring_first_seq + 1, len(self._ring))):
+                self._ring.popleft()
+        first = self.ring_first_seq
+        while chunks and chunks[0][1] < first:  # evicted by the ring's size limit
+            chunks.popleft()
+        for sub in list(self.subscribers):
+            sub.queue.extend(framed)
+            if len(sub.queue) > sub.limit:
+                self._overflow(sub)
+            else:
+                sub.wake.set()
+
+    def _overflow(self, sub: Subscriber) -> None:
+        missing = len(sub.queue)
+        first = sub.next_seq
+        sub.queue.clear()
+        if self._policy is OverflowPolicy.FAIL_FAST and not self._multiple:
+            self._on_fail_fast(
+                f"event queue overflow ({self._queue_limit} events); session faulted (fail-fast)"
+            )
+            return
+        self._finish(
+            sub,
+            StreamEnd(
+                EndReason.OVERFLOW,
+                f"subscriber fell more than {self._queue_limit} events behind and was "
+                "disconnected; resume with after_worker_sequence",
+                first,
+                missing,
+            ),
+        )
+
+    def _finish(self, sub: Subscriber, end: StreamEnd) -> None:
+        if sub.end is None:
+            sub.end = end
+        if sub in self.subscribers:
+            self.subscribers.remove(sub)
+        sub.wake.set()
+
+    def attach(self, after: int | None) -> Subscriber:
+        """Add a subscriber; with ``after`` set, queue the retained events after it.
+
+        Raises:
+            SubscriberRefused: a second subscriber without multi-subscriber mode, or the
+                subscriber limit.
+        """
+        if self.subscribers and not self._multiple:
+            raise SubscriberRefused(
+                "the session already has an event subscriber and this gateway allows one",
+                limit=False,
+            )
+        if len(self.subscribers) >= self._max_subscribers:
+            raise SubscriberRefused(
+                f"the session has {self._max_subscribers} event subscribers (the limit)",
+                limit=True,
+            )
+        sub = Subscriber(self._queue_limit, self.next_seq)
+        if after is not None and after + 1 < self.next_seq:
+            base = self.ring_first_seq
+            start = max(after + 1, base)
+            if start > after + 1:
+                sub.gap = (after + 1, start - (after + 1))
+            sub.queue.extend(itertools.islice(self._ring, start - base, None))
+            sub.next_seq = start
+        self.subscribers.append(sub)
+        return sub
+
+    def detach(self, sub: Subscriber) -> None:
+        """Remove a subscriber whose stream ended."""
+        if sub in self.subscribers:
+            self.subscribers.remove(sub)
+
+    def end_all(self, end: StreamEnd) -> None:
+        """End every subscriber's stream (session closed or faulted, server shutdown)."""
+        for sub in list(self.subscribers):
+            self._finish(sub, end)
+
+    def close(self, end: StreamEnd) -> None:
+        """No more events: end every stream."""
+        self.closed = end
+        self.end_all(end)
+
+    def drain(self, max_events: int) -> list[bytes]:
+        """DrainEvents: retained events not drained before (bare ``MxEvent`` bytes)."""
+        base = self.ring_first_seq
+        start = max(self._drain_seq, base)
+        stop = self.next_seq if max_events <= 0 else min(self.next_seq, start + max_events)
+        events = [unframe(b) for b in itertools.islice(self._ring, start - base, stop - base)]
+        self._drain_seq = stop
+        return events

@@ -1,0 +1,369 @@
+"""The simulated plant: one value model per deployed attribute, shared by every session.
+
+Each attribute gets a generator chosen deterministically from its reference, its data type
+and the seed (sine, ramp, random walk, counter, toggling bool, cycling strings, clock,
+static). Values are closed-form functions of the scan tick number, so the same seed gives the
+same value sequence. Some attributes are "flaky": now and then their quality goes Uncertain
+or Bad for a window of ticks. A write pins the attribute to the written value.
+
+Only attributes that some item advises are computed on a tick, and a tick's changes are
+fanned out to every advising item across all sessions in one pass, so the per-event cost is
+a few attribute reads and one list append.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import math
+import time
+from collections.abc import Callable
+from datetime import datetime, timedelta, timezone
+from typing import TYPE_CHECKING
+
+from mxgateway._values import MxPythonValue
+from mxgateway_sim._catalog import TagCatalog, TagInfo
+from mxgateway_sim._domain import (
+    CAT_COMMUNICATION_ERROR,
+    DETAIL_PLATFORM_COMMUNICATION_ERROR,
+    MX_BIG_STRING,
+    MX_BOOLEAN,
+    MX_DOUBLE,
+    MX_ELAPSED_TIME,
+    MX_FLOAT,
+    MX_INTEGER,
+    MX_INTERNATIONALIZED_STRING,
+    MX_REFERENCE,
+    MX_STRING,
+    MX_TIME,
+    QUALITY_BAD_COMM_FAILURE,
+    QUALITY_GOOD,
+    QUALITY_UNCERTAIN,
+    SRC_RESPONDING_NMX,
+    STATUS_OK,
+    MxStatus,
+    TagSample,
+    failure,
+)
+
+if TYPE_CHECKING:
+    from mxgateway_sim._simruntime import Item, SimulatedRuntime
+
+_MASK64 = (1 << 64) - 1
+CLOCK_EPOCH = datetime(2025, 1, 1, tzinfo=timezone.utc)
+"""Time attributes driven by the "clock" generator count from here, one scan per tick."""
+FLAKY_WINDOW_TICKS = 50
+"""Length of a quality window of a flaky attribute, in ticks."""
+_BAD_STATUS = failure(
+    CAT_COMMUNICATION_ERROR,
+    DETAIL_PLATFORM_COMMUNICATION_ERROR,
+    "simulated communication failure",
+    SRC_RESPONDING_NMX,
+)
+_WORDS = ("Idle", "Starting", "Running", "Holding", "Stopping", "Cleaning", "Fault")
+STRING_TYPES = frozenset({MX_STRING, MX_BIG_STRING, MX_INTERNATIONALIZED_STRING, MX_REFERENCE})
+_STATIC_HINTS = ("setpoint", "limit", "desc", "name", "serial", "config", "recipe", "mode")
+
+
+def _mix(x: int) -> int:
+    """splitmix64 finaliser: a cheap, well-spread integer hash."""
+    x = (x + 0x9E3779B97F4A7C15) & _MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return x ^ (x >> 31)
+
+
+def tag_hash(seed: int, reference: str) -> int:
+    """Stable 64-bit hash of (seed, reference) that does not depend on PYTHONHASHSEED."""
+    digest = hashlib.blake2b(f"{seed}:{reference.lower()}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little")
+
+
+def _unit(h: int, i: int) -> float:
+    """Deterministic pseudo-random number in [0, 1) for lattice point ``i``."""
+    return _mix(h ^ (i & _MASK64)) / 2.0**64
+
+
+Generator = Callable[[int], MxPythonValue]
+"""Value at tick n."""
+
+
+def _walk(h: int, lo: float, hi: float, stride: int) -> Generator:
+    """Smoothed value noise: looks like a bounded random walk, closed-form in n."""
+    span = hi - lo
+
+    def gen(n: int) -> MxPythonValue:
+        i, frac = divmod(n, stride)
+        a, b = _unit(h, i), _unit(h, i + 1)
+        t = (1 - math.cos(math.pi * frac / stride)) / 2
+        return round(lo + span * (a + (b - a) * t), 3)
+
+    return gen
+
+
+def choose_generator(info: TagInfo, seed: int, scan_s: float) -> tuple[str, Generator, int]:
+    """Pick (kind, generator, period in ticks) for an attribute, deterministically."""
+    h = tag_hash(seed, info.full_tag_reference)
+    t = info.mx_data_type
+    name = info.attribute_name.lower()
+    base = (h >> 16) % 1000
+    if info.is_array:
+        return _array_generator(info, h)
+    static = any(hint in name for hint in _STATIC_HINTS)
+    if t == MX_BOOLEAN:
+        period = (5, 10, 25)[h % 3]
+        phase = (h >> 8) & 1
+        if static:
+            return "static", (lambda n: bool(phase)), 0
+        return "toggle", (lambda n: (n // period + phase) % 2 == 1), period
+    if t == MX_INTEGER:
+        kinds = ("counter", "ramp", "walk")
+        kind = "static" if static else kinds[h % 3]
+        if kind == "counter":
+            return kind, (lambda n: (base + n) % 2**31), 1
+        if kind == "ramp":
+            return kind, (lambda n: (base + n) % 100), 1
+        if kind == "walk":
+            walk = _walk(h, 0, 1000, 10)
+            return kind, (lambda n: int(walk(n))), 1  # type: ignore[arg-type]
+        return kind, (lambda n: base), 0
+    if t in (MX_FLOAT, MX_DOUBLE):
+        kinds_f = ("sine", "ramp", "walk")
+        kind = "static" if static else kinds_f[h % 3]
+        amp = 10.0 + (h >> 20) % 90
+        if kind == "sine":
+            period_ticks = 20 + (h >> 28) % 180
+            phase_f = ((h >> 36) % 628) / 100.0
+            return (
+                kind,
+                (
+                    lambda n: round(
+                        amp * (1 + math.sin(2 * math.pi * n / period_ticks + phase_f)), 3
+                    )
+                ),
+                1,
+            )
+        if kind == "ramp":
+            step = 0.5 + (h >> 28) % 5
+            return kind, (lambda n: round((n * step) % amp, 3)), 1
+        if kind == "walk":
+            return kind, _walk(h, 0.0, amp, 8), 1
+        return kind, (lambda n: round(base / 10.0, 1)), 0
+    if t in STRING_TYPES:
+        if static or t == MX_REFERENCE:
+            text = f"{info.tag_name} {info.attribute_name}"
+            return "static", (lambda n: text), 0
+        period = (5, 10, 25)[h % 3]
+        offset = (h >> 8) % len(_WORDS)
+        return "cycle", (lambda n: _WORDS[(n // period + offset) % len(_WORDS)]), period
+    if t == MX_TIME:
+        if static or h % 2:
+            fixed = CLOCK_EPOCH + timedelta(seconds=base * 3600)
+            return "static", (lambda n: fixed), 0
+        return "clock", (lambda n: CLOCK_EPOCH + timedelta(seconds=n * scan_s)), 5
+    if t == MX_ELAPSED_TIME:
+        return "elapsed", (lambda n: timedelta(seconds=round(n * scan_s, 3))), 5
+    return "static", (lambda n: None), 0
+
+
+def _array_generator(info: TagInfo, h: int) -> tuple[str, Generator, int]:
+    size = max(info.array_dimension, 1)
+    t = info.mx_data_type
+    period = 10
+    if t == MX_BOOLEAN:
+        return "array", (lambda n: [(i + n // period) % 2 == 0 for i in range(size)]), period
+    if t == MX_INTEGER:
+        return "array", (lambda n: [(i * 10 + n // period) % 1000 for i in range(size)]), period
+    if t in (MX_FLOAT, MX_DOUBLE):
+        return (
+            "array",
+            (lambda n: [round(i + (n // period % 100) / 10.0, 2) for i in range(size)]),
+            period,
+        )
+    if t in STRING_TYPES:
+        return "static", (lambda n: [f"{info.attribute_name}{i + 1}" for i in range(size)]), 0
+    return "static", (lambda n: [0] * size), 0
+
+
+class TagState:
+    """The live value model of one deployed attribute."""
+
+    __slots__ = (
+        "dirty",
+        "flaky",
+        "gen",
+        "hash",
+        "info",
+        "key",
+        "kind",
+        "override",
+        "override_ts",
+        "period",
+        "sample",
+        "subs",
+    )
+
+    def __init__(self, info: TagInfo, seed: int, scan_s: float, flaky_one_in: int) -> None:
+        self.info = info
+        self.key = info.full_tag_reference.lower()
+        self.kind, self.gen, self.period = choose_generator(info, seed, scan_s)
+        self.hash = tag_hash(seed ^ 0x5A5A, info.full_tag_reference)
+        self.flaky = (
+            flaky_one_in > 0 and self.kind != "static" and (self.hash >> 8) % flaky_one_in == 0
+        )
+        self.override: MxPythonValue = None
+        self.override_ts: float | None = None
+        self.dirty = False
+        self.subs: list[Item] = []
+        self.sample = TagSample(None, info.mx_data_type, QUALITY_GOOD, 0.0)
+
+    def quality_at(self, n: int) -> tuple[int, MxStatus]:
+        """Quality and status of the attribute during tick ``n``."""
+        if not self.flaky:
+            return QUALITY_GOOD, STATUS_OK
+        r = _mix(self.hash ^ (n // FLAKY_WINDOW_TICKS)) % 10
+        if r == 0:
+            return QUALITY_BAD_COMM_FAILURE, _BAD_STATUS
+        if r == 1:
+            return QUALITY_UNCERTAIN, STATUS_OK
+        return QUALITY_GOOD, STATUS_OK
+
+    def changes_at(self, n: int) -> bool:
+        """True when tick ``n`` gives the attribute a new value or quality."""
+        if self.dirty:
+            return True
+        if self.override_ts is not None:  # pinned by a write
+            return False
+        if self.period and n % self.period == 0:
+            return True
+        return self.flaky and n % FLAKY_WINDOW_TICKS == 0
+
+    def compute(self, n: int, now: float) -> TagSample:
+        """Build (and keep) the sample for tick ``n``."""
+        quality, status = self.quality_at(n)
+        if self.override_ts is not None:
+            value, ts = self.override, self.override_ts
+        else:
+            value, ts = self.gen(n), now
+        self.dirty = False
+        sample = TagSample(value, self.info.mx_data_type, quality, ts, status)
+        self.sample = sample
+        return sample
+
+
+class Plant:
+    """All attribute models, the scan clock, and the fan-out of changes to advised items."""
+
+    def __init__(
+        self,
+        catalog: TagCatalog,
+        *,
+        seed: int = 0,
+        scan_interval_ms: int = 200,
+        flaky_one_in: int = 8,
+    ) -> None:
+        if scan_interval_ms <= 0:
+            raise ValueError("scan_interval_ms must be positive")
+        self.catalog = catalog
+        self.seed = seed
+        self.scan_s = scan_interval_ms / 1000.0
+        self.flaky_one_in = flaky_one_in
+        self.tick = 0
+        self._states: dict[str, TagState] = {}
+        self._active: dict[str, TagState] = {}
+        self._runtimes: list[SimulatedRuntime] = []
+        self._task: asyncio.Task[None] | None = None
+        self._objects: set[str] | None = None
+        self._objects_version = -1
+
+    # -- catalog -------------------------------------------------------------------------
+
+    def state(self, reference: str) -> TagState | None:
+        """The model of a deployed attribute (created on first use), or None if unknown."""
+        key = reference.lower()
+        st = self._states.get(key)
+        if st is None:
+            info = self.catalog.lookup(reference)
+            if info is None:
+                return None
+            st = TagState(info, self.seed, self.scan_s, self.flaky_one_in)
+            st.compute(self.tick, time.time())
+            self._states[key] = st
+        return st
+
+    def object_exists(self, tag_name: str) -> bool:
+        """True when some deployed attribute belongs to ``tag_name``."""
+        if self._objects is None or self._objects_version != self.catalog.version:
+            self._objects = {t.tag_name.lower() for t in self.catalog.all_tags()}
+            self._objects_version = self.catalog.version
+        return tag_name.lower() in self._objects
+
+    # -- subscriptions -------------------------------------------------------------------
+
+    def attach(self, runtime: SimulatedRuntime) -> None:
+        """Let ``runtime`` receive tick flushes."""
+        self._runtimes.append(runtime)
+
+    def detach(self, runtime: SimulatedRuntime) -> None:
+        """Stop tick flushes to ``runtime``."""
+        with contextlib.suppress(ValueError):
+            self._runtimes.remove(runtime)
+
+    def subscribe(self, state: TagState, item: Item) -> None:
+        """Deliver the attribute's changes to ``item``."""
+        state.subs.append(item)
+        self._active[state.key] = state
+
+    def unsubscribe(self, state: TagState, item: Item) -> None:
+        """Stop delivering to ``item``."""
+        with contextlib.suppress(ValueError):
+            state.subs.remove(item)
+        if not state.subs:
+            self._active.pop(state.key, None)
+
+    def write(self, state: TagState, value: MxPythonValue, timestamp: float | None) -> None:
+        """Pin the attribute to a written value; subscribers see it on the next tick."""
+        state.override = value
+        state.override_ts = timestamp if timestamp is not None else time.time()
+        state.dirty = True
+
+    # -- clock ---------------------------------------------------------------------------
+
+    def step(self, now: float | None = None) -> None:
+        """Advance one scan tick: compute changed attributes and flush every runtime."""
+        n = self.tick = self.tick + 1
+        now = time.time() if now is None else now
+        for state in self._active.values():
+            if not state.changes_at(n):
+                continue
+            sample = state.compute(n, now)
+            for item in state.subs:
+                item.deliver(sample)
+        for runtime in self._runtimes:
+            runtime.flush(now)
+
+    def start(self) -> None:
+        """Start the scan clock on the running loop."""
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="mxgw-sim-scan")
+
+    async def stop(self) -> None:
+        """Stop the scan clock."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time()
+        while True:
+            deadline += self.scan_s
+            delay = deadline - loop.time()
+            if delay < 0:  # fell behind: do not try to catch up with a burst
+                deadline = loop.time()
+                delay = 0
+            await asyncio.sleep(delay)
+            self.step()

@@ -1,0 +1,92 @@
+"""MXAccess item reference grammar (AVEVA Application Server reference strings).
+
+Only the syntax is checked here; whether the reference exists is the runtime's business.
+A malformed reference makes AddItem fail with E_INVALIDARG; a well-formed but unknown one
+gets a handle and fails later, through the item's first OnDataChange.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+MAX_REFERENCE_LENGTH = 329
+MAX_IDENTIFIER_LENGTH = 32
+RELATIVE_NAMES = frozenset({"me", "mycontainer", "myarea", "myhost", "myengine", "myplatform"})
+PROPERTIES = frozenset(
+    {"value", "type", "quality", "dimension1", "securityclassification", "locked", "category"}
+)
+
+_IDENT = r"[A-Za-z0-9_$#@!%&'\-]{1,32}"
+_INDEX = r"(?:-1|[1-9][0-9]{0,4})"
+_REFERENCE = re.compile(
+    rf"^(?P<path>{_IDENT}(?:\.{_IDENT})*)"
+    rf"(?P<index>\[(?P<first>{_INDEX})?\](?:\[{_INDEX}\]){{0,2}})?$"
+)
+
+
+class ReferenceSyntaxError(ValueError):
+    """The string is not a reference MXAccess can parse."""
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedReference:
+    """A syntactically valid reference, split into what the runtime resolves."""
+
+    text: str
+    """The reference as given."""
+    path: str
+    """Object and attribute path without the array suffix (``Tank01.Level``)."""
+    whole_array: bool
+    """True for ``Obj.Arr[]``."""
+    index: int | None
+    """1-based element for ``Obj.Arr[N]`` (``-1`` kept as given), else None."""
+    dimensions: int
+    """Number of bracket groups (0 = none)."""
+
+    @property
+    def key(self) -> str:
+        """Case-insensitive identity of what the reference reads."""
+        suffix = "[]" if self.whole_array else f"[{self.index}]" if self.index is not None else ""
+        return self.path.lower() + suffix
+
+
+def parse_reference(text: str, context: str = "") -> ParsedReference:
+    """Check ``text`` against the reference grammar; resolve ``Me.`` against ``context``.
+
+    Raises:
+        ReferenceSyntaxError: empty, too long, bad characters, empty identifiers, a
+            misplaced or out-of-range array index.
+    """
+    if not text or not text.strip():
+        raise ReferenceSyntaxError("the item reference is empty")
+    if len(text) > MAX_REFERENCE_LENGTH:
+        raise ReferenceSyntaxError(
+            f"the item reference is {len(text)} characters long; the limit is "
+            f"{MAX_REFERENCE_LENGTH}"
+        )
+    match = _REFERENCE.match(text)
+    if match is None:
+        raise ReferenceSyntaxError(f"{text!r} is not a valid MXAccess item reference")
+    path = match.group("path")
+    index_text = match.group("index") or ""
+    indices = re.findall(r"\[(-?[0-9]*)\]", index_text)
+    for raw in indices:
+        if raw and raw != "-1" and not 1 <= int(raw) <= 32767:
+            raise ReferenceSyntaxError(f"array index {raw} in {text!r} is outside 1..32767")
+    head, _, rest = path.partition(".")
+    if head.lower() == "me":
+        if not context:
+            raise ReferenceSyntaxError(f"{text!r} is relative (Me.) but no item context is given")
+        path = f"{context}.{rest}" if rest else context
+    elif not rest:
+        # A bare tag name reads its PV (AVEVA: ".PV is assumed").
+        path = f"{path}.PV"
+    first = match.group("first")
+    return ParsedReference(
+        text=text,
+        path=path,
+        whole_array=bool(indices) and first is None,
+        index=int(first) if first is not None else None,
+        dimensions=len(indices),
+    )

@@ -1,0 +1,248 @@
+"""GatewaySimulator: the whole simulated gateway as an async context manager.
+
+It assembles the pieces (key store and interceptor, Galaxy service or an in-memory catalog,
+the plant, the session manager, the servicers, health and reflection), binds the address and
+exposes what a client needs: ``endpoint``, ``api_key`` and ``ca_file``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import grpc
+from grpc import aio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
+from grpc_reflection.v1alpha import reflection
+
+from mxgateway.generated import mxaccess_gateway_pb2 as pb
+from mxgateway_sim._auth import ApiKeyStore, AuthInterceptor, new_key
+from mxgateway_sim._builtin import builtin_catalog
+from mxgateway_sim._catalog import TagCatalog
+from mxgateway_sim._plant import Plant
+from mxgateway_sim._runtime import MxAccessRuntime
+from mxgateway_sim._servicer import GatewayServicer, add_gateway_servicer
+from mxgateway_sim._sessions import SessionManager, SessionOptions
+from mxgateway_sim._simruntime import DEFAULT_USERS, SimulatedRuntime, SimUser
+from mxgateway_sim._tls import TlsFiles, ensure_self_signed
+
+log = logging.getLogger("mxgateway_sim")
+
+TlsMode = Literal["self-signed"] | tuple[str | Path, str | Path] | None
+"""None = plaintext, ``"self-signed"`` = generated CA + cert in ``tls_dir``, or (cert, key)."""
+
+GATEWAY_SERVICE = "mxaccess_gateway.v1.MxAccessGateway"
+GALAXY_SERVICE = "galaxy_repository.v1.GalaxyRepository"
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+
+
+class GatewaySimulator:
+    """A real ``grpc.aio`` MXAccess Gateway whose MXAccess runtime is simulated.
+
+    ``async with GatewaySimulator() as sim:`` binds ``127.0.0.1`` on a free port; connect to
+    ``sim.endpoint`` with ``authorization: Bearer {sim.api_key}`` (and ``sim.ca_file`` as the
+    root certificate when TLS is on).
+    """
+
+    def __init__(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        api_keys: Sequence[str] | None = None,
+        key_store: ApiKeyStore | None = None,
+        allow_anonymous: bool = False,
+        tls: TlsMode = None,
+        tls_dir: Path | None = None,
+        catalog: TagCatalog | None = None,
+        galaxy_db: Path | None = None,
+        galaxy_objects: int | None = None,
+        galaxy_poll_interval: float = 2.0,
+        seed: int = 0,
+        scan_interval_ms: int = 200,
+        max_sessions: int = 64,
+        session_options: SessionOptions | None = None,
+        flaky_one_in: int = 8,
+        users: Sequence[SimUser] = DEFAULT_USERS,
+        runtime_factory: Callable[[Plant], MxAccessRuntime] | None = None,
+    ) -> None:
+        self._host = host
+        self._port = port
+        self._store = key_store or ApiKeyStore(allow_anonymous=allow_anonymous)
+        if allow_anonymous:
+            self._store.allow_anonymous = True
+        keys = list(api_keys) if api_keys is not None else []
+        if api_keys is None and key_store is None and not allow_anonymous:
+            keys = [new_key()]
+        for key in keys:
+            self._store.add(key)
+        self._keys = keys
+        self._tls = tls
+        self._tls_dir = tls_dir
+        self._catalog = catalog
+        self._galaxy_db = galaxy_db
+        self._galaxy_objects = galaxy_objects
+        self._galaxy_poll = galaxy_poll_interval
+        self._seed = seed
+        self._scan_ms = scan_interval_ms
+        self._flaky = flaky_one_in
+        self._users = tuple(users)
+        self._runtime_factory = runtime_factory
+        if session_options is None:
+            session_options = SessionOptions(max_sessions=max_sessions)
+        self._options = session_options
+        self._server: aio.Server | None = None
+        self._galaxy: Any = None
+        self._health: health_aio.HealthServicer | None = None
+        self._bound_port = 0
+        self._tls_files: TlsFiles | None = None
+        self.plant: Plant | None = None
+        self.sessions: SessionManager | None = None
+        self.galaxy_available = False
+
+    # -- what clients need ----------------------------------------------------------------
+
+    @property
+    def endpoint(self) -> str:
+        """``host:port`` actually bound (``[::1]:port`` for IPv6 hosts)."""
+        host = f"[{self._host}]" if ":" in self._host else self._host
+        return f"{host}:{self._bound_port}"
+
+    @property
+    def api_key(self) -> str | None:
+        """The first configured all-scopes key (None when only a key store or anonymous)."""
+        return self._keys[0] if self._keys else None
+
+    @property
+    def ca_file(self) -> Path | None:
+        """CA certificate to trust (self-signed TLS only)."""
+        return self._tls_files.ca if self._tls_files else None
+
+    @property
+    def tls_mode(self) -> str:
+        """``plaintext``, ``self-signed`` or ``files``."""
+        if self._tls is None:
+            return "plaintext"
+        return "self-signed" if self._tls == "self-signed" else "files"
+
+    # -- life cycle ------------------------------------------------------------------------
+
+    async def __aenter__(self) -> GatewaySimulator:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def _open_catalog(self) -> TagCatalog:
+        if self._catalog is not None:
+            return self._catalog
+        try:
+            galaxy: Any = importlib.import_module("mxgateway_sim.galaxy")
+            service = galaxy.GalaxyService
+        except (ImportError, AttributeError):
+            log.info("mxgateway_sim.galaxy is not available; using the built-in demo catalog")
+            return builtin_catalog()
+        self._galaxy = await service.open(
+            self._galaxy_db,
+            objects=self._galaxy_objects,
+            seed=self._seed,
+            poll_interval=self._galaxy_poll,
+        )
+        self.galaxy_available = True
+        catalog: TagCatalog = self._galaxy.catalog
+        return catalog
+
+    async def start(self) -> None:
+        """Bind, start serving and start the scan clock."""
+        if self._server is not None:
+            return
+        if not len(self._store) and not self._store.allow_anonymous:
+            raise ValueError("no API key configured; pass api_keys or allow_anonymous=True")
+        catalog = await self._open_catalog()
+        plant = self.plant = Plant(
+            catalog, seed=self._seed, scan_interval_ms=self._scan_ms, flaky_one_in=self._flaky
+        )
+        factory = self._runtime_factory
+        users = self._users
+
+        def make_runtime() -> MxAccessRuntime:
+            if factory is not None:
+                return factory(plant)
+            return SimulatedRuntime(plant, users)
+
+        self.sessions = SessionManager(make_runtime, self._options)
+        server = aio.server(
+            interceptors=[AuthInterceptor(self._store)],
+            options=[
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ],
+        )
+        add_gateway_servicer(GatewayServicer(self.sessions), server)
+        services = [GATEWAY_SERVICE]
+        if self._galaxy is not None:
+            from mxgateway.generated import galaxy_repository_pb2_grpc
+
+            galaxy_repository_pb2_grpc.add_GalaxyRepositoryServicer_to_server(
+                self._galaxy.servicer, server
+            )
+            services.append(GALAXY_SERVICE)
+        self._health = health_aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        reflection.enable_server_reflection(
+            [
+                pb.DESCRIPTOR.services_by_name["MxAccessGateway"].full_name,
+                *services[1:],
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ],
+            server,
+        )
+        address = f"{self._host}:{self._port}"
+        if self._tls is None:
+            self._bound_port = server.add_insecure_port(address)
+        else:
+            if self._tls == "self-signed":
+                directory = self._tls_dir or Path(tempfile.mkdtemp(prefix="mxgw-sim-tls-"))
+                self._tls_files = ensure_self_signed(directory)
+            else:
+                cert, key = self._tls
+                self._tls_files = TlsFiles(Path(cert), Path(key))
+            credentials = grpc.ssl_server_credentials([self._tls_files.read()])
+            self._bound_port = server.add_secure_port(address, credentials)
+        if not self._bound_port:
+            raise OSError(f"could not bind {address}")
+        await server.start()
+        self._server = server
+        for name in ("", *services):
+            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        plant.start()
+        self.sessions.start()
+        log.info("mxgw-sim listening on %s (%s)", self.endpoint, self.tls_mode)
+
+    async def stop(self, grace: float | None = 2.0) -> None:
+        """Graceful stop: streams get SERVER_SHUTDOWN, sessions close, then the server stops."""
+        server, self._server = self._server, None
+        if server is None:
+            return
+        if self._health is not None:
+            await self._health.enter_graceful_shutdown()
+        assert self.sessions is not None and self.plant is not None
+        await self.sessions.shutdown()
+        await server.stop(grace)
+        await self.sessions.shutdown()  # anything opened during the grace period
+        await self.plant.stop()
+        if self._galaxy is not None:
+            galaxy, self._galaxy = self._galaxy, None
+            await galaxy.close()
+
+    async def wait_closed(self) -> None:
+        """Wait until the server terminates (after :meth:`stop` from elsewhere)."""
+        if self._server is not None:
+            await self._server.wait_for_termination()

@@ -1,0 +1,736 @@
+"""The MxAccessGateway servicer: protobuf in, domain calls, protobuf out.
+
+Nothing here knows how MXAccess is simulated: sessions come from the
+:class:`~mxgateway_sim._sessions.SessionManager` and commands run against the session's
+:class:`~mxgateway_sim._runtime.MxAccessRuntime`. Event streams send the bytes the session's
+event log already encoded (the stream methods are registered with a pass-through serializer).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import itertools
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+from google.protobuf.duration_pb2 import Duration
+from grpc import aio
+
+from mxgateway._values import from_mx_value, timestamp_to_datetime, to_mx_value
+from mxgateway._version import GATEWAY_PROTOCOL_VERSION, WORKER_PROTOCOL_VERSION
+from mxgateway.generated import mxaccess_gateway_pb2 as pb
+from mxgateway_sim import _commands as bulk
+from mxgateway_sim._auth import current_principal, scope_for_command
+from mxgateway_sim._commands import BulkRow
+from mxgateway_sim._domain import MxAccessError, MxStatus, ReadResult, WriteRequest
+from mxgateway_sim._events import EndReason, Subscriber, SubscriberRefused
+from mxgateway_sim._sessions import Session, SessionLimitError, SessionManager, SessionState
+from mxgateway_sim._wire import (
+    fault_event,
+    status_to_pb,
+    to_timestamp,
+    unframe,
+    value_to_pb,
+    varint,
+)
+
+log = logging.getLogger("mxgateway_sim.gateway")
+Context = aio.ServicerContext[Any, Any]
+BACKEND_NAME = "mxgw-sim"
+
+_KIND_PREFIX = "MX_COMMAND_KIND_"
+PAYLOAD_OF_KIND: dict[int, str] = {
+    number: name[len(_KIND_PREFIX) :].lower()
+    for name, number in pb.MxCommandKind.items()
+    if number != pb.MX_COMMAND_KIND_UNSPECIFIED
+}
+"""Oneof member of ``MxCommand.payload`` that each kind requires."""
+DISABLED_KINDS = frozenset(
+    {
+        pb.MX_COMMAND_KIND_SUBSCRIBE_ALARMS,
+        pb.MX_COMMAND_KIND_UNSUBSCRIBE_ALARMS,
+        pb.MX_COMMAND_KIND_ACKNOWLEDGE_ALARM,
+        pb.MX_COMMAND_KIND_QUERY_ACTIVE_ALARMS,
+    }
+)
+"""Worker-side alarm commands: the simulator has no alarm monitor (UNAUTHORIZED_COMMAND)."""
+
+_END_KIND = {
+    EndReason.OVERFLOW: pb.STREAM_FAULT_KIND_EVENT_QUEUE_OVERFLOW,
+    EndReason.SESSION_CLOSED: pb.STREAM_FAULT_KIND_SESSION_CLOSED,
+    EndReason.SESSION_FAULTED: pb.STREAM_FAULT_KIND_SESSION_FAULTED,
+    EndReason.SERVER_SHUTDOWN: pb.STREAM_FAULT_KIND_SERVER_SHUTDOWN,
+}
+_END_CODE: dict[EndReason, grpc.StatusCode | None] = {
+    EndReason.OVERFLOW: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    EndReason.SESSION_CLOSED: None,
+    EndReason.SESSION_FAULTED: grpc.StatusCode.ABORTED,
+    EndReason.SERVER_SHUTDOWN: grpc.StatusCode.UNAVAILABLE,
+}
+
+
+class _BadRequest(Exception):
+    """A command argument the gateway rejects before MXAccess sees it (INVALID_REQUEST)."""
+
+
+def _status(code: int, message: str) -> pb.ProtocolStatus:
+    return pb.ProtocolStatus(code=code, message=message)  # type: ignore[arg-type]
+
+
+def _statuses(target: Any, statuses: tuple[MxStatus, ...]) -> None:
+    target.extend(status_to_pb(s) for s in statuses)
+
+
+def _subscribe_rows(rows: list[BulkRow]) -> pb.BulkSubscribeReply:
+    reply = pb.BulkSubscribeReply()
+    for row in rows:
+        r = reply.results.add(
+            server_handle=row.server_handle,
+            tag_address=row.reference,
+            item_handle=row.item_handle,
+            was_successful=row.ok,
+            error_message=row.error,
+            hresult=row.hresult,
+        )
+        _statuses(r.statuses, row.statuses)
+    return reply
+
+
+def _write_rows(rows: list[BulkRow]) -> pb.BulkWriteReply:
+    reply = pb.BulkWriteReply()
+    for row in rows:
+        r = reply.results.add(
+            item_handle=row.item_handle,
+            was_successful=row.ok,
+            error_message=row.error,
+            hresult=row.hresult,
+        )
+        _statuses(r.statuses, row.statuses)
+    return reply
+
+
+def _read_rows(rows: list[ReadResult]) -> pb.BulkReadReply:
+    reply = pb.BulkReadReply()
+    for row in rows:
+        r = reply.results.add(
+            tag_address=row.reference,
+            was_successful=row.ok,
+            was_cached=row.was_cached,
+            error_message=row.error,
+        )
+        if row.sample is not None:
+            r.value.CopyFrom(value_to_pb(row.sample.value, row.sample.data_type))
+            r.quality = row.sample.quality
+            r.timestamp.CopyFrom(to_timestamp(row.sample.timestamp))
+        _statuses(r.statuses, row.statuses)
+    return reply
+
+
+def _write_request(
+    value: pb.MxValue, *, ts: Any = None, user: int = 0, verifier: int = 0, secured: bool = False
+) -> WriteRequest:
+    return WriteRequest(
+        value=from_mx_value(value),
+        timestamp=timestamp_to_datetime(ts) if ts is not None else None,
+        user_id=user,
+        verifier_user_id=verifier,
+        secured=secured,
+    )
+
+
+def _ts(msg: Any) -> Any:
+    return msg.timestamp_value if msg.HasField("timestamp_value") else None
+
+
+class GatewayServicer:
+    """Implements ``mxaccess_gateway.v1.MxAccessGateway``."""
+
+    def __init__(self, sessions: SessionManager) -> None:
+        self.sessions = sessions
+        self._correlation = itertools.count(1)
+        self._handlers: dict[str, Callable[[Session, Any, pb.MxCommandReply], Awaitable[None]]] = {
+            "register": self._register,
+            "unregister": self._unregister,
+            "add_item": self._add_item,
+            "add_item2": self._add_item2,
+            "add_buffered_item": self._add_buffered_item,
+            "remove_item": self._remove_item,
+            "advise": self._advise,
+            "advise_supervisory": self._advise_supervisory,
+            "un_advise": self._unadvise,
+            "write": self._write,
+            "write2": self._write2,
+            "write_secured": self._write_secured,
+            "write_secured2": self._write_secured2,
+            "authenticate_user": self._authenticate_user,
+            "archestra_user_to_id": self._archestra_user_to_id,
+            "suspend": self._suspend,
+            "activate": self._activate,
+            "set_buffered_update_interval": self._set_buffered_update_interval,
+            "add_item_bulk": self._add_item_bulk,
+            "advise_item_bulk": self._advise_item_bulk,
+            "remove_item_bulk": self._remove_item_bulk,
+            "un_advise_item_bulk": self._unadvise_item_bulk,
+            "subscribe_bulk": self._subscribe_bulk,
+            "unsubscribe_bulk": self._unsubscribe_bulk,
+            "write_bulk": self._write_bulk,
+            "write2_bulk": self._write2_bulk,
+            "write_secured_bulk": self._write_secured_bulk,
+            "write_secured2_bulk": self._write_secured2_bulk,
+            "read_bulk": self._read_bulk,
+            "ping": self._ping,
+            "get_session_state": self._get_session_state,
+            "get_worker_info": self._get_worker_info,
+            "drain_events": self._drain_events,
+            "shutdown_worker": self._shutdown_worker,
+        }
+
+    # -- sessions ------------------------------------------------------------------------
+
+    async def OpenSession(
+        self, request: pb.OpenSessionRequest, context: Context
+    ) -> pb.OpenSessionReply:
+        try:
+            session = await self.sessions.open(request.client_session_name)
+        except SessionLimitError as exc:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+        lease = Duration()
+        lease.FromMilliseconds(int(self.sessions.options.lease_s * 1000))
+        return pb.OpenSessionReply(
+            session_id=session.id,
+            backend_name=BACKEND_NAME,
+            gateway_protocol_version=GATEWAY_PROTOCOL_VERSION,
+            worker_protocol_version=WORKER_PROTOCOL_VERSION,
+            protocol_status=_status(pb.PROTOCOL_STATUS_CODE_OK, "OK"),
+            lease_duration=lease,
+        )
+
+    async def CloseSession(
+        self, request: pb.CloseSessionRequest, context: Context
+    ) -> pb.CloseSessionReply:
+        result = await self.sessions.close(request.session_id)
+        if result is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, "no session with that id")
+        assert result is not None
+        return pb.CloseSessionReply(
+            session_id=request.session_id,
+            final_state=int(result.session.state),  # type: ignore[arg-type]
+            protocol_status=_status(pb.PROTOCOL_STATUS_CODE_OK, "OK"),
+            released_advise_count=result.released.advises,
+            released_item_count=result.released.items,
+            released_registration_count=result.released.registrations,
+        )
+
+    # -- commands ------------------------------------------------------------------------
+
+    async def Invoke(self, request: pb.MxCommandRequest, context: Context) -> pb.MxCommandReply:
+        command = request.command
+        kind = command.kind
+        scope = scope_for_command(kind)
+        principal = current_principal.get()
+        if principal is None or not principal.allows(scope):
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"the API key lacks the {scope} scope needed by this command",
+            )
+        name = pb.MxCommandKind.Name(kind) if kind in PAYLOAD_OF_KIND or kind == 0 else str(kind)
+        reply = pb.MxCommandReply(
+            session_id=request.session_id,
+            correlation_id=(
+                f"gateway-correlation-{name.removeprefix(_KIND_PREFIX).lower()}"
+                f"-{next(self._correlation)}"
+            ),
+            kind=kind,
+        )
+        payload = command.WhichOneof("payload")
+        expected = PAYLOAD_OF_KIND.get(kind)
+        if expected is None or payload != expected:
+            why = (
+                "the command kind is unspecified"
+                if kind == 0
+                else "the command has no payload"
+                if payload is None
+                else f"kind {name} does not match payload {payload}"
+            )
+            reply.protocol_status.CopyFrom(_status(pb.PROTOCOL_STATUS_CODE_INVALID_REQUEST, why))
+            return reply
+        if kind in DISABLED_KINDS:
+            reply.protocol_status.CopyFrom(
+                _status(
+                    pb.PROTOCOL_STATUS_CODE_UNAUTHORIZED_COMMAND,
+                    f"{name} is disabled: the simulator has no alarm monitor",
+                )
+            )
+            return reply
+        session = self.sessions.get(request.session_id)
+        problem = self._session_problem(session)
+        if problem is not None:
+            reply.protocol_status.CopyFrom(problem)
+            return reply
+        assert session is not None
+        session.touch()
+        options = self.sessions.options
+        if session.pending >= options.max_pending_commands:
+            reply.protocol_status.CopyFrom(
+                _status(
+                    pb.PROTOCOL_STATUS_CODE_OVERLOADED,
+                    f"the session has {options.max_pending_commands} commands in flight",
+                )
+            )
+            return reply
+        session.pending += 1
+        handler = self._handlers[payload]
+        try:
+            await asyncio.wait_for(
+                handler(session, getattr(command, payload), reply), options.command_timeout_s
+            )
+        except asyncio.TimeoutError:
+            reply.protocol_status.CopyFrom(
+                _status(
+                    pb.PROTOCOL_STATUS_CODE_TIMEOUT,
+                    f"the command did not finish within {options.command_timeout_s:g} s",
+                )
+            )
+            return reply
+        except MxAccessError as exc:
+            reply.protocol_status.CopyFrom(
+                _status(pb.PROTOCOL_STATUS_CODE_MXACCESS_FAILURE, "MXAccess reported a failure")
+            )
+            reply.hresult = exc.hresult
+            reply.diagnostic_message = exc.message
+            _statuses(reply.statuses, exc.statuses)
+            return reply
+        except _BadRequest as exc:
+            reply.protocol_status.CopyFrom(
+                _status(pb.PROTOCOL_STATUS_CODE_INVALID_REQUEST, str(exc))
+            )
+            return reply
+        finally:
+            session.pending -= 1
+            session.touch()
+        if not reply.HasField("protocol_status"):
+            reply.protocol_status.CopyFrom(_status(pb.PROTOCOL_STATUS_CODE_OK, "OK"))
+        return reply
+
+    @staticmethod
+    def _session_problem(session: Session | None) -> pb.ProtocolStatus | None:
+        if session is None:
+            return _status(pb.PROTOCOL_STATUS_CODE_SESSION_NOT_FOUND, "no session with that id")
+        if session.state is SessionState.FAULTED:
+            return _status(
+                pb.PROTOCOL_STATUS_CODE_SESSION_FAULTED,
+                f"the session faulted ({session.fault_message}); close it",
+            )
+        if session.state is not SessionState.READY:
+            return _status(
+                pb.PROTOCOL_STATUS_CODE_SESSION_NOT_READY,
+                f"the session is {session.state.name.lower()}",
+            )
+        return None
+
+    # single MXAccess calls
+
+    async def _register(self, s: Session, p: pb.RegisterCommand, r: pb.MxCommandReply) -> None:
+        handle = await s.runtime.register(p.client_name)
+        r.register.server_handle = handle
+        r.return_value.CopyFrom(to_mx_value(handle))
+
+    async def _unregister(self, s: Session, p: pb.UnregisterCommand, r: pb.MxCommandReply) -> None:
+        await s.runtime.unregister(p.server_handle)
+
+    async def _add(
+        self,
+        s: Session,
+        sh: int,
+        ref: str,
+        ctx: str,
+        buffered: bool,
+        out: pb.AddItemReply,
+        r: pb.MxCommandReply,
+    ) -> None:
+        handle = await s.runtime.add_item(sh, ref, ctx, buffered=buffered)
+        out.item_handle = handle
+        r.return_value.CopyFrom(to_mx_value(handle))
+
+    async def _add_item(self, s: Session, p: pb.AddItemCommand, r: pb.MxCommandReply) -> None:
+        await self._add(s, p.server_handle, p.item_definition, "", False, r.add_item, r)
+
+    async def _add_item2(self, s: Session, p: pb.AddItem2Command, r: pb.MxCommandReply) -> None:
+        await self._add(
+            s, p.server_handle, p.item_definition, p.item_context, False, r.add_item2, r
+        )
+
+    async def _add_buffered_item(
+        self, s: Session, p: pb.AddBufferedItemCommand, r: pb.MxCommandReply
+    ) -> None:
+        await self._add(
+            s, p.server_handle, p.item_definition, p.item_context, True, r.add_buffered_item, r
+        )
+
+    async def _remove_item(self, s: Session, p: pb.RemoveItemCommand, r: pb.MxCommandReply) -> None:
+        await s.runtime.remove_item(p.server_handle, p.item_handle)
+
+    async def _advise(self, s: Session, p: pb.AdviseCommand, r: pb.MxCommandReply) -> None:
+        await s.runtime.advise(p.server_handle, p.item_handle, supervisory=False)
+
+    async def _advise_supervisory(
+        self, s: Session, p: pb.AdviseSupervisoryCommand, r: pb.MxCommandReply
+    ) -> None:
+        await s.runtime.advise(p.server_handle, p.item_handle, supervisory=True)
+
+    async def _unadvise(self, s: Session, p: pb.UnAdviseCommand, r: pb.MxCommandReply) -> None:
+        await s.runtime.unadvise(p.server_handle, p.item_handle)
+
+    async def _write(self, s: Session, p: pb.WriteCommand, r: pb.MxCommandReply) -> None:
+        await s.runtime.write(
+            p.server_handle, p.item_handle, _write_request(p.value, user=p.user_id)
+        )
+
+    async def _write2(self, s: Session, p: pb.Write2Command, r: pb.MxCommandReply) -> None:
+        request = _write_request(p.value, ts=_ts(p), user=p.user_id)
+        await s.runtime.write(p.server_handle, p.item_handle, request)
+
+    async def _write_secured(
+        self, s: Session, p: pb.WriteSecuredCommand, r: pb.MxCommandReply
+    ) -> None:
+        request = _write_request(
+            p.value, user=p.current_user_id, verifier=p.verifier_user_id, secured=True
+        )
+        await s.runtime.write(p.server_handle, p.item_handle, request)
+
+    async def _write_secured2(
+        self, s: Session, p: pb.WriteSecured2Command, r: pb.MxCommandReply
+    ) -> None:
+        request = _write_request(
+            p.value, ts=_ts(p), user=p.current_user_id, verifier=p.verifier_user_id, secured=True
+        )
+        await s.runtime.write(p.server_handle, p.item_handle, request)
+
+    async def _authenticate_user(
+        self, s: Session, p: pb.AuthenticateUserCommand, r: pb.MxCommandReply
+    ) -> None:
+        user_id = await s.runtime.authenticate_user(
+            p.server_handle, p.verify_user, p.verify_user_password
+        )
+        r.authenticate_user.user_id = user_id
+        r.return_value.CopyFrom(to_mx_value(user_id))
+
+    async def _archestra_user_to_id(
+        self, s: Session, p: pb.ArchestrAUserToIdCommand, r: pb.MxCommandReply
+    ) -> None:
+        user_id = await s.runtime.archestra_user_to_id(p.server_handle, p.user_id_guid)
+        r.archestra_user_to_id.user_id = user_id
+        r.return_value.CopyFrom(to_mx_value(user_id))
+
+    async def _suspend(self, s: Session, p: pb.SuspendCommand, r: pb.MxCommandReply) -> None:
+        status = await s.runtime.suspend(p.server_handle, p.item_handle)
+        r.statuses.append(status_to_pb(status))
+
+    async def _activate(self, s: Session, p: pb.ActivateCommand, r: pb.MxCommandReply) -> None:
+        status = await s.runtime.activate(p.server_handle, p.item_handle)
+        r.statuses.append(status_to_pb(status))
+
+    async def _set_buffered_update_interval(
+        self, s: Session, p: pb.SetBufferedUpdateIntervalCommand, r: pb.MxCommandReply
+    ) -> None:
+        await s.runtime.set_buffered_update_interval(p.server_handle, p.update_interval_ms)
+
+    # bulk
+
+    async def _add_item_bulk(
+        self, s: Session, p: pb.AddItemBulkCommand, r: pb.MxCommandReply
+    ) -> None:
+        rows = await bulk.add_items(s.runtime, p.server_handle, list(p.tag_addresses))
+        r.bulk_subscribe.CopyFrom(_subscribe_rows(rows))
+
+    async def _advise_item_bulk(
+        self, s: Session, p: pb.AdviseItemBulkCommand, r: pb.MxCommandReply
+    ) -> None:
+        rows = await bulk.advise_items(
+            s.runtime, p.server_handle, list(p.item_handles), supervisory=p.supervisory
+        )
+        r.bulk_subscribe.CopyFrom(_subscribe_rows(rows))
+
+    async def _remove_item_bulk(
+        self, s: Session, p: pb.RemoveItemBulkCommand, r: pb.MxCommandReply
+    ) -> None:
+        rows = await bulk.remove_items(s.runtime, p.server_handle, list(p.item_handles))
+        r.bulk_subscribe.CopyFrom(_subscribe_rows(rows))
+
+    async def _unadvise_item_bulk(
+        self, s: Session, p: pb.UnAdviseItemBulkCommand, r: pb.MxCommandReply
+    ) -> None:
+        rows = await bulk.unadvise_items(s.runtime, p.server_handle, list(p.item_handles))
+        r.bulk_subscribe.CopyFrom(_subscribe_rows(rows))
+
+    async def _subscribe_bulk(
+        self, s: Session, p: pb.SubscribeBulkCommand, r: pb.MxCommandReply
+    ) -> None:
+        if p.buffered_update_interval_ms < 0:
+            raise _BadRequest("buffered_update_interval_ms cannot be negative")
+        rows = await bulk.subscribe(
+            s.runtime,
+            p.server_handle,
+            list(p.tag_addresses),
+            buffered_interval_ms=p.buffered_update_interval_ms,
+            supervisory=p.supervisory,
+        )
+        r.bulk_subscribe.CopyFrom(_subscribe_rows(rows))
+
+    async def _unsubscribe_bulk(
+        self, s: Session, p: pb.UnsubscribeBulkCommand, r: pb.MxCommandReply
+    ) -> None:
+        rows = await bulk.unsubscribe(s.runtime, p.server_handle, list(p.item_handles))
+        r.bulk_subscribe.CopyFrom(_subscribe_rows(rows))
+
+    async def _write_bulk(self, s: Session, p: pb.WriteBulkCommand, r: pb.MxCommandReply) -> None:
+        entries = [(e.item_handle, _write_request(e.value, user=e.user_id)) for e in p.entries]
+        r.bulk_write.CopyFrom(
+            _write_rows(await bulk.write_items(s.runtime, p.server_handle, entries))
+        )
+
+    async def _write2_bulk(self, s: Session, p: pb.Write2BulkCommand, r: pb.MxCommandReply) -> None:
+        entries = [
+            (e.item_handle, _write_request(e.value, ts=_ts(e), user=e.user_id)) for e in p.entries
+        ]
+        r.bulk_write.CopyFrom(
+            _write_rows(await bulk.write_items(s.runtime, p.server_handle, entries))
+        )
+
+    async def _write_secured_bulk(
+        self, s: Session, p: pb.WriteSecuredBulkCommand, r: pb.MxCommandReply
+    ) -> None:
+        entries = [
+            (
+                e.item_handle,
+                _write_request(
+                    e.value, user=e.current_user_id, verifier=e.verifier_user_id, secured=True
+                ),
+            )
+            for e in p.entries
+        ]
+        r.bulk_write.CopyFrom(
+            _write_rows(await bulk.write_items(s.runtime, p.server_handle, entries))
+        )
+
+    async def _write_secured2_bulk(
+        self, s: Session, p: pb.WriteSecured2BulkCommand, r: pb.MxCommandReply
+    ) -> None:
+        entries = [
+            (
+                e.item_handle,
+                _write_request(
+                    e.value,
+                    ts=_ts(e),
+                    user=e.current_user_id,
+                    verifier=e.verifier_user_id,
+                    secured=True,
+                ),
+            )
+            for e in p.entries
+        ]
+        r.bulk_write.CopyFrom(
+            _write_rows(await bulk.write_items(s.runtime, p.server_handle, entries))
+        )
+
+    async def _read_bulk(self, s: Session, p: pb.ReadBulkCommand, r: pb.MxCommandReply) -> None:
+        if p.timeout_ms < 0:
+            raise _BadRequest("timeout_ms cannot be negative")
+        timeout_s = (p.timeout_ms or 5000) / 1000.0
+        rows = await s.runtime.read(p.server_handle, list(p.tag_addresses), timeout_s)
+        r.bulk_read.CopyFrom(_read_rows(rows))
+
+    # control
+
+    async def _ping(self, s: Session, p: pb.PingCommand, r: pb.MxCommandReply) -> None:
+        await s.runtime.ping()
+
+    async def _get_session_state(
+        self, s: Session, p: pb.GetSessionStateCommand, r: pb.MxCommandReply
+    ) -> None:
+        r.session_state.state = int(s.state)  # type: ignore[assignment]
+
+    async def _get_worker_info(
+        self, s: Session, p: pb.GetWorkerInfoCommand, r: pb.MxCommandReply
+    ) -> None:
+        info = s.runtime.worker_info()
+        r.worker_info.backend_name = info.backend_name
+        r.worker_info.worker_protocol_version = info.worker_protocol_version
+        r.worker_info.process_id = info.process_id
+        r.worker_info.backend_version = info.backend_version
+
+    async def _drain_events(
+        self, s: Session, p: pb.DrainEventsCommand, r: pb.MxCommandReply
+    ) -> None:
+        if p.max_events < 0:
+            raise _BadRequest("max_events cannot be negative")
+        for data in s.events.drain(p.max_events):
+            r.drain_events.events.add().MergeFromString(data)
+        r.drain_events.SetInParent()
+
+    async def _shutdown_worker(
+        self, s: Session, p: pb.ShutdownWorkerCommand, r: pb.MxCommandReply
+    ) -> None:
+        # Reply first, then close: the session ends right after this command.
+        asyncio.get_running_loop().call_soon(
+            lambda: asyncio.ensure_future(self.sessions.close(s.id, message="worker shut down"))
+        )
+
+    # -- events --------------------------------------------------------------------------
+
+    async def _attach(
+        self, request: pb.StreamEventsRequest, context: Context
+    ) -> tuple[Session, Subscriber]:
+        session = self.sessions.get(request.session_id)
+        if session is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, "no session with that id")
+        assert session is not None
+        if session.state is not SessionState.READY:
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION, f"the session is {session.state.name.lower()}"
+            )
+        after = request.after_worker_sequence if request.HasField("after_worker_sequence") else None
+        try:
+            sub = session.events.attach(after)
+        except SubscriberRefused as exc:
+            code = (
+                grpc.StatusCode.RESOURCE_EXHAUSTED
+                if exc.limit
+                else grpc.StatusCode.FAILED_PRECONDITION
+            )
+            await context.abort(code, str(exc))
+        session.touch()
+        return session, sub
+
+    async def _events(
+        self, request: pb.StreamEventsRequest, context: Context, *, batched: bool
+    ) -> AsyncIterator[bytes]:
+        session, sub = await self._attach(request, context)
+        options = self.sessions.options
+        max_events = options.batch_max_events if batched else 256
+        try:
+            if sub.gap is not None:
+                first, missing = sub.gap
+                notice = fault_event(
+                    session.id,
+                    pb.STREAM_FAULT_KIND_REPLAY_GAP,
+                    f"events {first}..{first + missing - 1} are no longer in the replay buffer",
+                    first,
+                    missing,
+                    now=time.time(),
+                ).SerializeToString()
+                yield _frame(notice) if batched else notice
+            while True:
+                if sub.queue:
+                    items = sub.take(max_events, options.batch_max_bytes)
+                    if batched:
+                        yield b"".join(items)
+                    else:
+                        for item in items:
+                            yield unframe(item)
+                    continue
+                end = sub.end
+                if end is not None:
+                    notice = fault_event(
+                        session.id,
+                        _END_KIND[end.reason],
+                        end.message,
+                        end.first_missing,
+                        end.missing,
+                        now=time.time(),
+                    ).SerializeToString()
+                    yield _frame(notice) if batched else notice
+                    code = _END_CODE[end.reason]
+                    if code is not None:
+                        await context.abort(code, end.message)
+                    return
+                sub.wake.clear()
+                await sub.wake.wait()
+        finally:
+            session.events.detach(sub)
+            session.touch()
+
+    def stream_handler(self, *, batched: bool) -> Callable[..., AsyncIterator[bytes]]:
+        """StreamEvents (``batched=False``) or StreamEventBatches as an async generator."""
+        return functools.partial(self._events, batched=batched)
+
+    # -- alarms --------------------------------------------------------------------------
+
+    async def AcknowledgeAlarm(
+        self, request: pb.AcknowledgeAlarmRequest, context: Context
+    ) -> pb.AcknowledgeAlarmReply:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "the simulator has no alarm monitor")
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def StreamAlarms(
+        self, request: pb.StreamAlarmsRequest, context: Context
+    ) -> AsyncIterator[pb.AlarmFeedMessage]:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "the simulator has no alarm monitor")
+        yield pb.AlarmFeedMessage()  # pragma: no cover
+
+    async def QueryActiveAlarms(
+        self, request: pb.QueryActiveAlarmsRequest, context: Context
+    ) -> AsyncIterator[pb.ActiveAlarmSnapshot]:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "the simulator has no alarm monitor")
+        yield pb.ActiveAlarmSnapshot()  # pragma: no cover
+
+
+def _frame(event: bytes) -> bytes:
+    return b"\x0a" + varint(len(event)) + event
+
+
+def _raw(data: bytes) -> bytes:
+    return data
+
+
+def add_gateway_servicer(servicer: GatewayServicer, server: aio.Server) -> None:
+    """Register the servicer; the event streams send pre-encoded bytes."""
+    handlers = {
+        "OpenSession": grpc.unary_unary_rpc_method_handler(
+            servicer.OpenSession,
+            request_deserializer=pb.OpenSessionRequest.FromString,
+            response_serializer=pb.OpenSessionReply.SerializeToString,
+        ),
+        "CloseSession": grpc.unary_unary_rpc_method_handler(
+            servicer.CloseSession,
+            request_deserializer=pb.CloseSessionRequest.FromString,
+            response_serializer=pb.CloseSessionReply.SerializeToString,
+        ),
+        "Invoke": grpc.unary_unary_rpc_method_handler(
+            servicer.Invoke,
+            request_deserializer=pb.MxCommandRequest.FromString,
+            response_serializer=pb.MxCommandReply.SerializeToString,
+        ),
+        "StreamEvents": grpc.unary_stream_rpc_method_handler(
+            servicer.stream_handler(batched=False),
+            request_deserializer=pb.StreamEventsRequest.FromString,
+            response_serializer=_raw,
+        ),
+        "StreamEventBatches": grpc.unary_stream_rpc_method_handler(
+            servicer.stream_handler(batched=True),
+            request_deserializer=pb.StreamEventsRequest.FromString,
+            response_serializer=_raw,
+        ),
+        "AcknowledgeAlarm": grpc.unary_unary_rpc_method_handler(
+            servicer.AcknowledgeAlarm,
+            request_deserializer=pb.AcknowledgeAlarmRequest.FromString,
+            response_serializer=pb.AcknowledgeAlarmReply.SerializeToString,
+        ),
+        "StreamAlarms": grpc.unary_stream_rpc_method_handler(
+            servicer.StreamAlarms,
+            request_deserializer=pb.StreamAlarmsRequest.FromString,
+            response_serializer=pb.AlarmFeedMessage.SerializeToString,
+        ),
+        "QueryActiveAlarms": grpc.unary_stream_rpc_method_handler(
+            servicer.QueryActiveAlarms,
+            request_deserializer=pb.QueryActiveAlarmsRequest.FromString,
+            response_serializer=pb.ActiveAlarmSnapshot.SerializeToString,
+        ),
+    }
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler("mxaccess_gateway.v1.MxAccessGateway", handlers),)
+    )

@@ -1,0 +1,522 @@
+"""SimulatedRuntime: an MXAccess (LMXProxyServer) client per session, over the shared Plant.
+
+Semantics follow the domain reference: handles are small sequential integers (server handles
+per runtime, item handles per session), malformed references fail AddItem with E_INVALIDARG,
+well-formed but unknown references get a handle and report a configuration error through
+their single OnDataChange, writes need an advise first and finish with an OnWriteComplete.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from mxgateway import __version__
+from mxgateway._values import MxPythonValue
+from mxgateway_sim._coerce import ConversionError, coerce
+from mxgateway_sim._domain import (
+    CAT_COMMUNICATION_ERROR,
+    CAT_CONFIGURATION_ERROR,
+    CAT_OPERATIONAL_ERROR,
+    CAT_SECURITY_ERROR,
+    DETAIL_INDEX_OUT_OF_RANGE,
+    DETAIL_NOT_WRITEABLE,
+    DETAIL_RESOLVING_ATTRIBUTE,
+    DETAIL_RESOLVING_OBJECT,
+    DETAIL_SECURED_WRITE,
+    DETAIL_USER_NOT_HAVING_ACCESS_RIGHTS,
+    DETAIL_VERIFIED_WRITE,
+    DETAIL_VERIFIER_NOT_HAVING_VERIFY_RIGHTS,
+    E_MX_OPERATION_FAILED,
+    MX_NO_DATA,
+    QUALITY_BAD_CONFIG_ERROR,
+    SRC_REQUESTING_LMX,
+    SRC_RESPONDING_AUTOMATION_OBJECT,
+    STATUS_OK,
+    BufferedDataChange,
+    DataChange,
+    MxAccessError,
+    MxRuntimeEvent,
+    MxStatus,
+    ReadResult,
+    ReleaseCounts,
+    TagSample,
+    WorkerInfo,
+    WriteComplete,
+    WriteRequest,
+    failure,
+    invalid_arg,
+)
+from mxgateway_sim._plant import Plant, TagState
+from mxgateway_sim._references import ParsedReference, ReferenceSyntaxError, parse_reference
+from mxgateway_sim._runtime import EventSink
+
+WRITEABLE_CATEGORIES = frozenset({-1, 4, 5, 6, 7, 8, 9, 10, 11, 14})
+"""MxAttributeCategory values a client may write at run time (Writeable_*, SystemWriteable)."""
+DEFAULT_BUFFERED_INTERVAL_MS = 1000
+BACKEND_NAME = "mxgw-sim"
+
+
+@dataclass(frozen=True, slots=True)
+class SimUser:
+    """A user of the simulated galaxy's security (AuthenticateUser / ArchestrAUserToId)."""
+
+    name: str
+    password: str
+    user_id: int
+    guid: str
+    can_verify: bool
+
+    def __repr__(self) -> str:  # never show the password
+        return f"SimUser(name={self.name!r}, user_id={self.user_id}, can_verify={self.can_verify})"
+
+
+DEFAULT_USERS: tuple[SimUser, ...] = (
+    SimUser("operator", "operator", 101, "6f0b3b1e-0000-4000-8000-000000000101", False),
+    SimUser("verifier", "verifier", 102, "6f0b3b1e-0000-4000-8000-000000000102", True),
+    SimUser("engineer", "engineer", 103, "6f0b3b1e-0000-4000-8000-000000000103", True),
+)
+
+
+class Item:
+    """An added item: its reference, what it resolved to, and its advise state."""
+
+    __slots__ = (
+        "advised",
+        "buffer",
+        "buffered",
+        "error",
+        "item_handle",
+        "last",
+        "next_flush",
+        "ref",
+        "runtime",
+        "server_handle",
+        "state",
+        "supervisory",
+        "suspended",
+    )
+
+    def __init__(
+        self,
+        runtime: SimulatedRuntime,
+        server_handle: int,
+        item_handle: int,
+        ref: ParsedReference,
+        state: TagState | None,
+        error: MxStatus | None,
+        buffered: bool,
+    ) -> None:
+        self.runtime = runtime
+        self.server_handle = server_handle
+        self.item_handle = item_handle
+        self.ref = ref
+        self.state = state
+        self.error = error
+        self.buffered = buffered
+        self.advised = False
+        self.supervisory = False
+        self.suspended = False
+        self.buffer: list[TagSample] = []
+        self.next_flush = 0.0
+        self.last: TagSample | None = None
+
+    def view(self, sample: TagSample) -> TagSample:
+        """The sample as this item sees it (one element for ``Arr[N]``)."""
+        index = self.ref.index
+        if index is None:
+            return sample
+        value = sample.value
+        element = value[index - 1] if isinstance(value, list) and index <= len(value) else None
+        return TagSample(element, sample.data_type, sample.quality, sample.timestamp, sample.status)
+
+    def deliver(self, sample: TagSample) -> None:
+        """Queue an OnDataChange (or a buffered sample) for this item; called per tick."""
+        if self.suspended:
+            return
+        if self.ref.index is not None:
+            sample = self.view(sample)
+        self.last = sample
+        if self.buffered:
+            self.buffer.append(sample)
+        else:
+            self.runtime.pending.append(DataChange(self.server_handle, self.item_handle, sample))
+
+
+class SimulatedRuntime:
+    """:class:`~mxgateway_sim._runtime.MxAccessRuntime` over the simulated :class:`Plant`."""
+
+    def __init__(self, plant: Plant, users: Sequence[SimUser] = DEFAULT_USERS) -> None:
+        self._plant = plant
+        self._users_by_name = {u.name.lower(): u for u in users}
+        self._users_by_id = {u.user_id: u for u in users}
+        self._users_by_guid = {u.guid.lower(): u for u in users}
+        self._sink: EventSink | None = None
+        self._registrations: dict[int, int] = {}  # hLMX -> buffered update interval (ms)
+        self._items: dict[int, Item] = {}
+        self._advised_by_key: dict[str, Item] = {}
+        self._buffered: list[Item] = []
+        self._next_server_handle = 1
+        self._next_item_handle = 1
+        self.pending: list[MxRuntimeEvent] = []
+
+    # -- life cycle ----------------------------------------------------------------------
+
+    async def start(self, sink: EventSink) -> None:
+        """Attach to the plant's scan clock."""
+        self._sink = sink
+        self._plant.attach(self)
+
+    async def close(self) -> None:
+        """Detach from the plant; nothing is raised afterwards."""
+        await self.release_all()
+        self._plant.detach(self)
+        self._sink = None
+
+    def flush(self, now: float) -> None:
+        """Hand this tick's events (and due buffered batches) to the sink."""
+        events = self.pending
+        if self._buffered:
+            for item in self._buffered:
+                if item.buffer and now >= item.next_flush:
+                    samples = tuple(item.buffer)
+                    item.buffer.clear()
+                    interval = self._registrations.get(item.server_handle, 0)
+                    item.next_flush = now + interval / 1000.0
+                    events.append(
+                        BufferedDataChange(
+                            item.server_handle, item.item_handle, samples[0].data_type, samples
+                        )
+                    )
+        if events:
+            self.pending = []
+            if self._sink is not None:
+                self._sink(events)
+
+    def _emit(self, event: MxRuntimeEvent) -> None:
+        self.pending.append(event)
+        self.flush(time.time())
+
+    # -- registrations and items ---------------------------------------------------------
+
+    def _check_server(self, server_handle: int) -> None:
+        if server_handle not in self._registrations:
+            raise invalid_arg(f"unknown server handle {server_handle}")
+
+    def _item(self, server_handle: int, item_handle: int) -> Item:
+        self._check_server(server_handle)
+        item = self._items.get(item_handle)
+        if item is None or item.server_handle != server_handle:
+            raise invalid_arg(
+                f"unknown item handle {item_handle} for server handle {server_handle}"
+            )
+        return item
+
+    async def register(self, client_name: str) -> int:
+        """Register -> hLMX (1, 2, ...)."""
+        handle = self._next_server_handle
+        self._next_server_handle += 1
+        self._registrations[handle] = DEFAULT_BUFFERED_INTERVAL_MS
+        return handle
+
+    async def unregister(self, server_handle: int) -> None:
+        """Unregister, removing the registration's items first."""
+        self._check_server(server_handle)
+        for item in [i for i in self._items.values() if i.server_handle == server_handle]:
+            self._remove(item)
+        del self._registrations[server_handle]
+
+    def _resolve(self, ref: ParsedReference) -> tuple[TagState | None, MxStatus | None]:
+        state = self._plant.state(ref.path)
+        if state is None and ref.path.lower().endswith(".value"):
+            state = self._plant.state(ref.path[: -len(".value")])
+        if state is None:
+            obj = ref.path.split(".", 1)[0]
+            if self._plant.object_exists(obj):
+                return None, failure(
+                    CAT_CONFIGURATION_ERROR,
+                    DETAIL_RESOLVING_ATTRIBUTE,
+                    "unknown attribute",
+                )
+            return None, failure(CAT_CONFIGURATION_ERROR, DETAIL_RESOLVING_OBJECT, "unknown object")
+        info = state.info
+        if info.is_array:
+            if ref.dimensions == 0:
+                # Observed on a real galaxy: a bare array reference fails with 3/1003.
+                return None, failure(
+                    CAT_COMMUNICATION_ERROR,
+                    DETAIL_INDEX_OUT_OF_RANGE,
+                    "array attribute referenced without [] or [N]",
+                )
+            size = max(info.array_dimension, 1)
+            if ref.dimensions > 1 or (ref.index is not None and not 1 <= ref.index <= size):
+                return None, failure(
+                    CAT_CONFIGURATION_ERROR, DETAIL_INDEX_OUT_OF_RANGE, "array index out of range"
+                )
+        elif ref.dimensions:
+            return None, failure(
+                CAT_CONFIGURATION_ERROR, DETAIL_INDEX_OUT_OF_RANGE, "attribute is not an array"
+            )
+        return state, None
+
+    async def add_item(
+        self,
+        server_handle: int,
+        item_definition: str,
+        item_context: str = "",
+        *,
+        buffered: bool = False,
+    ) -> int:
+        """AddItem/AddItem2/AddBufferedItem: syntax is checked now, existence on Advise."""
+        self._check_server(server_handle)
+        try:
+            ref = parse_reference(item_definition, item_context)
+        except ReferenceSyntaxError as exc:
+            raise invalid_arg(str(exc)) from None
+        state, error = self._resolve(ref)
+        handle = self._next_item_handle
+        self._next_item_handle += 1
+        self._items[handle] = Item(self, server_handle, handle, ref, state, error, buffered)
+        return handle
+
+    async def remove_item(self, server_handle: int, item_handle: int) -> None:
+        """RemoveItem (an advised item is unadvised first)."""
+        self._remove(self._item(server_handle, item_handle))
+
+    def _remove(self, item: Item) -> None:
+        self._unadvise(item)
+        del self._items[item.item_handle]
+
+    async def advise(self, server_handle: int, item_handle: int, *, supervisory: bool) -> None:
+        """Advise/AdviseSupervisory; a second advise of the same item is a no-op."""
+        item = self._item(server_handle, item_handle)
+        if item.advised:
+            return
+        item.advised = True
+        item.supervisory = supervisory
+        if item.state is None:
+            status = item.error or failure(CAT_CONFIGURATION_ERROR, DETAIL_RESOLVING_OBJECT, "")
+            sample = TagSample(None, MX_NO_DATA, QUALITY_BAD_CONFIG_ERROR, time.time(), status)
+            item.last = sample
+            self._emit(DataChange(server_handle, item_handle, sample))
+            return
+        self._advised_by_key.setdefault(item.ref.key, item)
+        self._plant.subscribe(item.state, item)
+        if item.buffered:
+            interval = self._registrations[server_handle]
+            item.next_flush = time.time() + interval / 1000.0
+            self._buffered.append(item)
+        item.deliver(item.state.sample)
+        self.flush(time.time())
+
+    async def unadvise(self, server_handle: int, item_handle: int) -> None:
+        """UnAdvise; unadvising an item that is not advised is a no-op."""
+        self._unadvise(self._item(server_handle, item_handle))
+
+    def _unadvise(self, item: Item) -> None:
+        if not item.advised:
+            return
+        item.advised = False
+        item.suspended = False
+        if item.state is not None:
+            self._plant.unsubscribe(item.state, item)
+            if self._advised_by_key.get(item.ref.key) is item:
+                del self._advised_by_key[item.ref.key]
+                for other in self._items.values():
+                    if other.advised and other.state is not None and other.ref.key == item.ref.key:
+                        self._advised_by_key[item.ref.key] = other
+                        break
+        if item.buffered and item in self._buffered:
+            self._buffered.remove(item)
+            item.buffer.clear()
+
+    async def suspend(self, server_handle: int, item_handle: int) -> MxStatus:
+        """Pause an item's updates without removing it."""
+        item = self._item(server_handle, item_handle)
+        item.suspended = True
+        return STATUS_OK
+
+    async def activate(self, server_handle: int, item_handle: int) -> MxStatus:
+        """Resume a suspended item; it gets the current value at once."""
+        item = self._item(server_handle, item_handle)
+        if item.suspended:
+            item.suspended = False
+            if item.advised and item.state is not None:
+                item.deliver(item.state.sample)
+                self.flush(time.time())
+        return STATUS_OK
+
+    async def set_buffered_update_interval(self, server_handle: int, interval_ms: int) -> None:
+        """Interval of OnBufferedDataChange deliveries for the registration's buffered items."""
+        self._check_server(server_handle)
+        if interval_ms < 0:
+            raise invalid_arg("the buffered update interval cannot be negative")
+        self._registrations[server_handle] = interval_ms
+
+    # -- writes and security -------------------------------------------------------------
+
+    async def authenticate_user(self, server_handle: int, user: str, password: str) -> int:
+        """User id of a known user with the right password, else 0."""
+        self._check_server(server_handle)
+        name = user.rsplit("\\", 1)[-1].lower()
+        found = self._users_by_name.get(name)
+        if found is None or found.password != password:
+            return 0
+        return found.user_id
+
+    async def archestra_user_to_id(self, server_handle: int, user_guid: str) -> int:
+        """User id of the user with this GUID, else 0."""
+        self._check_server(server_handle)
+        found = self._users_by_guid.get(user_guid.strip("{}").lower())
+        return found.user_id if found else 0
+
+    def _security(self, item: Item, request: WriteRequest) -> MxStatus | None:
+        assert item.state is not None
+        info = item.state.info
+        classification = info.security_classification
+        if classification == 6 or info.mx_attribute_category not in WRITEABLE_CATEGORIES:
+            return failure(
+                CAT_OPERATIONAL_ERROR,
+                DETAIL_NOT_WRITEABLE,
+                "attribute is not writeable",
+                SRC_RESPONDING_AUTOMATION_OBJECT,
+            )
+        if not request.secured:
+            if classification == 2 and not item.supervisory:
+                return failure(CAT_SECURITY_ERROR, DETAIL_SECURED_WRITE, "SecuredWrite attribute")
+            if classification == 3 and not item.supervisory:
+                return failure(CAT_SECURITY_ERROR, DETAIL_VERIFIED_WRITE, "VerifiedWrite attribute")
+            return None
+        if request.user_id not in self._users_by_id:
+            return failure(
+                CAT_SECURITY_ERROR,
+                DETAIL_USER_NOT_HAVING_ACCESS_RIGHTS,
+                "current user is not authenticated",
+            )
+        if classification == 3:
+            verifier = self._users_by_id.get(request.verifier_user_id)
+            if verifier is None or request.verifier_user_id == request.user_id:
+                return failure(
+                    CAT_SECURITY_ERROR,
+                    DETAIL_VERIFIED_WRITE,
+                    "VerifiedWrite needs a second, different authenticated user",
+                )
+            if not verifier.can_verify:
+                return failure(
+                    CAT_SECURITY_ERROR,
+                    DETAIL_VERIFIER_NOT_HAVING_VERIFY_RIGHTS,
+                    "verifier lacks verify rights",
+                )
+        return None
+
+    def _target_value(self, item: Item, value: MxPythonValue) -> MxPythonValue:
+        assert item.state is not None
+        info = item.state.info
+        index = item.ref.index
+        if index is None:
+            coerced = coerce(value, info.mx_data_type, array=info.is_array)
+            current = item.state.sample.value
+            if (
+                isinstance(coerced, list)
+                and isinstance(current, list)
+                and len(coerced) != len(current)
+            ):
+                raise ConversionError(
+                    1004, f"the array has {len(current)} elements, not {len(coerced)}"
+                )
+            return coerced
+        element = coerce(value, info.mx_data_type, array=False)
+        current_list = item.state.sample.value
+        updated: list[object] = list(current_list) if isinstance(current_list, list) else []
+        updated[index - 1] = element
+        return updated  # type: ignore[return-value]
+
+    async def write(self, server_handle: int, item_handle: int, request: WriteRequest) -> None:
+        """Any Write variant: checks, updates the plant, raises OnWriteComplete."""
+        item = self._item(server_handle, item_handle)
+        if not item.advised:
+            raise invalid_arg(
+                "Value does not fall within the expected range: advise the item before writing"
+            )
+        status: MxStatus | None = item.error if item.state is None else None
+        value: MxPythonValue = None
+        if status is None:
+            status = self._security(item, request)
+        if status is None:
+            try:
+                value = self._target_value(item, request.value)
+            except ConversionError as exc:
+                status = failure(CAT_OPERATIONAL_ERROR, exc.detail, str(exc), SRC_REQUESTING_LMX)
+        if status is not None:
+            self._emit(WriteComplete(server_handle, item_handle, status))
+            raise MxAccessError(E_MX_OPERATION_FAILED, f"write failed: {status.text}", (status,))
+        assert item.state is not None
+        ts = request.timestamp.timestamp() if request.timestamp is not None else None
+        self._plant.write(item.state, value, ts)
+        self._emit(WriteComplete(server_handle, item_handle, STATUS_OK))
+
+    # -- reads ---------------------------------------------------------------------------
+
+    async def read(
+        self, server_handle: int, references: Sequence[str], timeout_s: float
+    ) -> list[ReadResult]:
+        """ReadBulk: the plant always has a current value, so no row waits."""
+        if server_handle not in self._registrations:
+            return [
+                ReadResult(r, None, False, f"unknown server handle {server_handle}")
+                for r in references
+            ]
+        results: list[ReadResult] = []
+        for reference in references:
+            try:
+                ref = parse_reference(reference)
+            except ReferenceSyntaxError as exc:
+                results.append(ReadResult(reference, None, False, str(exc)))
+                continue
+            advised = self._advised_by_key.get(ref.key)
+            if advised is not None and advised.last is not None:
+                results.append(_read_row(reference, advised.last, cached=True))
+                continue
+            state, error = self._resolve(ref)
+            if state is None:
+                status = error or failure(CAT_CONFIGURATION_ERROR, DETAIL_RESOLVING_OBJECT, "")
+                results.append(ReadResult(reference, None, False, status.text, (status,)))
+                continue
+            sample = state.sample
+            if ref.index is not None:
+                sample = Item(self, 0, 0, ref, state, None, False).view(sample)
+            results.append(_read_row(reference, sample, cached=False))
+        return results
+
+    # -- control -------------------------------------------------------------------------
+
+    async def ping(self) -> None:
+        """The simulated worker is always alive."""
+
+    def worker_info(self) -> WorkerInfo:
+        """In-process simulated worker."""
+        return WorkerInfo(BACKEND_NAME, 1, 0, f"mxgw-sim {__version__} (simulated MXAccess)")
+
+    async def release_all(self) -> ReleaseCounts:
+        """UnAdvise all, RemoveItem all, Unregister all; returns the counts."""
+        advises = 0
+        for item in list(self._items.values()):
+            if item.advised:
+                self._unadvise(item)
+                advises += 1
+        items = len(self._items)
+        self._items.clear()
+        registrations = len(self._registrations)
+        self._registrations.clear()
+        self._advised_by_key.clear()
+        self._buffered.clear()
+        self.pending = []
+        return ReleaseCounts(advises, items, registrations)
+
+
+def _read_row(reference: str, sample: TagSample, *, cached: bool) -> ReadResult:
+    status = sample.status
+    return ReadResult(
+        reference, sample, cached, "" if status.ok else status.text or "read failed", (status,)
+    )
