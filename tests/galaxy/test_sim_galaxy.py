@@ -251,6 +251,8 @@ async def test_page_tokens_are_bound_to_filters_and_version(galaxy: GalaxyServer
         )
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "stale" in (err.value.details() or "")
+    trailers = dict(err.value.trailing_metadata() or ())
+    assert trailers.get("cache-sequence") == str(version + 1)
     fresh = await galaxy.stub.DiscoverHierarchy(gr.DiscoverHierarchyRequest(page_size=3))
     assert fresh.cache_sequence == version + 1
 

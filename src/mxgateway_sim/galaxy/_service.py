@@ -357,7 +357,11 @@ class GalaxyRepositoryServicer(gr_grpc.GalaxyRepositoryServicer):
             try:
                 offset = self._svc.parse_token(request.page_token, "d", snap.version, sig)
             except ValueError as exc:
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+                await context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    str(exc),
+                    trailing_metadata=(("cache-sequence", str(snap.version)),),
+                )
         walk = snap.walk(root, max_depth, f)
         page = walk[offset : offset + size]
         reply = gr.DiscoverHierarchyReply(total_object_count=len(walk), cache_sequence=snap.version)
@@ -385,7 +389,11 @@ class GalaxyRepositoryServicer(gr_grpc.GalaxyRepositoryServicer):
             try:
                 offset = self._svc.parse_token(request.page_token, "b", snap.version, sig)
             except ValueError as exc:
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+                await context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    str(exc),
+                    trailing_metadata=(("cache-sequence", str(snap.version)),),
+                )
         ids = snap.children_of(parent, f)
         reply = gr.BrowseChildrenReply(total_child_count=len(ids))
         for cid in ids[offset : offset + size]:
