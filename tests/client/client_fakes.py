@@ -180,11 +180,21 @@ class StreamAbort:
 class FakeServer:
     """A grpc.aio server on 127.0.0.1:0 running a :class:`FakeGateway`."""
 
-    def __init__(self, servicer: FakeGateway | None = None) -> None:
+    def __init__(
+        self,
+        servicer: FakeGateway | None = None,
+        *,
+        tls: tuple[bytes, bytes] | None = None,
+    ) -> None:
+        """``tls`` is (certificate chain PEM, private key PEM) to serve TLS."""
         self.servicer = servicer or FakeGateway()
         self.server = grpc.aio.server()
         pbg.add_MxAccessGatewayServicer_to_server(self.servicer, self.server)
-        port = self.server.add_insecure_port("127.0.0.1:0")
+        if tls is None:
+            port = self.server.add_insecure_port("127.0.0.1:0")
+        else:
+            creds = grpc.ssl_server_credentials([(tls[1], tls[0])])
+            port = self.server.add_secure_port("127.0.0.1:0", creds)
         self.endpoint = f"127.0.0.1:{port}"
 
     async def __aenter__(self) -> FakeServer:

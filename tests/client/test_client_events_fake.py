@@ -341,3 +341,28 @@ def test_negative_resume_point_is_rejected() -> None:
 
     with pytest.raises(ValueError):
         _stream_request(SESSION_ID, -1)
+
+
+async def test_no_task_left_behind(fake: FakeServer) -> None:
+    async def plan(req: pb.StreamEventsRequest, attempt: int):  # type: ignore[no-untyped-def]
+        if attempt == 0:
+            yield batch(data_change(1))
+            yield StreamAbort(grpc.StatusCode.UNAVAILABLE, "drop")
+        yield batch(data_change(2))
+        await asyncio.Event().wait()
+
+    fake.servicer.batches_plan = plan
+    before = asyncio.all_tasks()
+    client = await _client(fake)
+    session = await client.open_session("leak")
+    events = session.events()
+    assert len(await _take(events, 2)) == 2
+    await events.aclose()
+    await session.close()
+    await client.close()
+    await asyncio.wait_for(fake.servicer.rec.cancel_event.wait(), 5)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 5
+    while asyncio.all_tasks() - before - {asyncio.current_task()}:
+        assert loop.time() < deadline, asyncio.all_tasks() - before
+        await asyncio.sleep(0.01)

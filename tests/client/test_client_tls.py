@@ -1,0 +1,65 @@
+"""TLS: custom CA, server name override, and no silent downgrade either way."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from client_fakes import FakeServer
+from client_tls import make_tls
+
+from mxgateway import GatewayClient, MxGatewayUnavailableError
+
+KEY = "mxgw_tls_tlsSecret"
+
+
+async def _roundtrip(client: GatewayClient) -> str:
+    return (await client.open_session_raw("tls")).session_id
+
+
+async def test_tls_with_ca_file(tmp_path: Path) -> None:
+    tls = make_tls(tmp_path, dns_names=("localhost",), ips=("127.0.0.1",))
+    async with FakeServer(tls=(tls.cert_pem, tls.key_pem)) as server:
+        async with await GatewayClient.connect(
+            endpoint=server.endpoint, api_key=KEY, ca_file=tls.ca_file
+        ) as client:
+            assert await _roundtrip(client)
+        (md,) = server.servicer.rec.metadata["OpenSession"]
+        assert md["authorization"] == f"Bearer {KEY}"
+
+
+async def test_tls_without_the_ca_fails(tmp_path: Path) -> None:
+    tls = make_tls(tmp_path, dns_names=("localhost",), ips=("127.0.0.1",))
+    async with FakeServer(tls=(tls.cert_pem, tls.key_pem)) as server:
+        with pytest.raises(MxGatewayUnavailableError) as info:
+            await GatewayClient.connect(endpoint=server.endpoint, api_key=KEY)
+        assert KEY not in str(info.value)
+        assert "OpenSession" not in server.servicer.rec.metadata
+
+
+async def test_server_name_override(tmp_path: Path) -> None:
+    tls = make_tls(tmp_path, dns_names=("gateway.test",), ips=())
+    async with FakeServer(tls=(tls.cert_pem, tls.key_pem)) as server:
+        with pytest.raises(MxGatewayUnavailableError):
+            await GatewayClient.connect(endpoint=server.endpoint, ca_file=tls.ca_file)
+        async with await GatewayClient.connect(
+            endpoint=server.endpoint,
+            ca_file=tls.ca_file,
+            server_name_override="gateway.test",
+        ) as client:
+            assert await _roundtrip(client)
+
+
+async def test_plaintext_client_does_not_talk_to_a_tls_server(tmp_path: Path) -> None:
+    tls = make_tls(tmp_path, dns_names=("localhost",), ips=("127.0.0.1",))
+    async with FakeServer(tls=(tls.cert_pem, tls.key_pem)) as server:
+        with pytest.raises(MxGatewayUnavailableError):
+            await GatewayClient.connect(endpoint=server.endpoint, plaintext=True)
+
+
+async def test_tls_client_does_not_downgrade_to_plaintext(tmp_path: Path) -> None:
+    tls = make_tls(tmp_path, dns_names=("localhost",), ips=("127.0.0.1",))
+    async with FakeServer() as server:
+        with pytest.raises(MxGatewayUnavailableError):
+            await GatewayClient.connect(endpoint=server.endpoint, ca_file=tls.ca_file)
+        assert "OpenSession" not in server.servicer.rec.metadata
