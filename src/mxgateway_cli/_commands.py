@@ -10,8 +10,9 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 import mxgateway
+from mxgateway_cli._cmd_galaxy import GALAXY_COMMANDS
+from mxgateway_cli._cmd_session import SESSION_COMMANDS
 from mxgateway_cli._context import Context
-from mxgateway_cli._errors import CommandFailed
 from mxgateway_cli._exit_codes import ExitCode
 from mxgateway_cli._output import dumps
 
@@ -33,44 +34,6 @@ async def cmd_version(ctx: Context) -> ExitCode:
 
 COMMANDS: dict[str, Command] = {
     "version": cmd_version,
+    **SESSION_COMMANDS,
+    **GALAXY_COMMANDS,
 }
-
-
-async def _pending(ctx: Context) -> ExitCode:
-    """Placeholder while the client library lands: validates input, then stops."""
-    ctx.connection()
-    if getattr(ctx.args, "type", None) is not None:
-        from mxgateway_cli._parsing import parse_value
-
-        values = ctx.args.value if isinstance(ctx.args.value, list) else [ctx.args.value]
-        for text in values:
-            parse_value(ctx.args.type, text)
-    raise CommandFailed(f"{ctx.args.command} is not available yet", ExitCode.ERROR)
-
-
-for _name in (
-    "open-session",
-    "close-session",
-    "register",
-    "unregister",
-    "add-item",
-    "remove-item",
-    "advise",
-    "advise-supervisory",
-    "unadvise",
-    "write",
-    "write2",
-    "write-secured",
-    "authenticate-user",
-    "stream-events",
-    "read-bulk",
-    "write-bulk",
-    "smoke",
-    "galaxy-test-connection",
-    "galaxy-last-deploy",
-    "galaxy-discover",
-    "galaxy-watch",
-    "bench-stream-events",
-    "demo",
-):
-    COMMANDS[_name] = _pending

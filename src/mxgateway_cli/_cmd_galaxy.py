@@ -1,0 +1,171 @@
+"""Galaxy Repository commands: ``galaxy-test-connection``, ``-last-deploy``, ``-discover``,
+``-watch``.
+
+``galaxy-discover`` walks the hierarchy with ``iter_hierarchy``, which fetches one page at a
+time, and writes each object as it arrives, so memory stays bounded by one page whatever
+the size of the Galaxy.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from google.protobuf.timestamp_pb2 import Timestamp
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+from mxgateway.generated import galaxy_repository_pb2 as gr
+from mxgateway_cli._context import Context
+from mxgateway_cli._errors import CommandFailed
+from mxgateway_cli._exit_codes import ExitCode
+from mxgateway_cli._gateway import galaxy_client
+from mxgateway_cli._output import message_json
+from mxgateway_cli._parsing import parse_python_value
+from mxgateway_cli._streaming import JsonStream, consume
+
+__all__ = ["GALAXY_COMMANDS", "rfc3339"]
+
+
+def rfc3339(value: datetime | None) -> str | None:
+    """An aware datetime as protobuf-JSON timestamp text (``...Z``), None stays None."""
+    if value is None:
+        return None
+    ts = Timestamp()
+    ts.FromDatetime(value.astimezone(timezone.utc))
+    return ts.ToJsonString()
+
+
+async def cmd_test_connection(ctx: Context) -> ExitCode:
+    """``TestConnection``: exit 0 when the gateway reaches the Galaxy DB, else UNAVAILABLE."""
+    async with galaxy_client(ctx) as galaxy:
+        ok = await galaxy.test_connection()
+    if ctx.json:
+        ctx.out.emit({"ok": ok})
+    else:
+        ctx.out.write(f"galaxy repository: {'reachable' if ok else 'NOT reachable'}\n")
+    if not ok:
+        raise CommandFailed(
+            "the gateway cannot reach the Galaxy Repository database", ExitCode.UNAVAILABLE
+        )
+    return ExitCode.OK
+
+
+async def cmd_last_deploy(ctx: Context) -> ExitCode:
+    """``GetLastDeployTime``: ``timeOfLastDeploy`` is null when never deployed."""
+    async with galaxy_client(ctx) as galaxy:
+        when = await galaxy.get_last_deploy_time()
+    text = rfc3339(when)
+    if ctx.json:
+        ctx.out.emit({"timeOfLastDeploy": text})
+    else:
+        ctx.out.write(f"last deploy: {text or 'never'}\n")
+    return ExitCode.OK
+
+
+def _object_line(obj: gr.GalaxyObject) -> str:
+    kind = "area" if obj.is_area else (obj.template_chain[0] if obj.template_chain else "")
+    path = obj.hierarchical_name or obj.tag_name
+    return f"{obj.tag_name}  [{kind}]  {path}  ({len(obj.attributes)} attributes)"
+
+
+async def cmd_discover(ctx: Context) -> ExitCode:
+    """``DiscoverHierarchy`` page by page; one JSON document, NDJSON, or lines."""
+    a = ctx.args
+    writer = JsonStream(ctx.out, "objects")
+    objects = attributes = 0
+    show_progress = ctx.out.stderr_is_tty and not ctx.out.ndjson
+    progress = Progress(
+        SpinnerColumn(),
+        TextColumn("discovering: {task.completed} objects"),
+        TimeElapsedColumn(),
+        console=ctx.out.err_console,
+        transient=True,
+        disable=not show_progress,
+    )
+    try:
+        async with galaxy_client(ctx) as galaxy:
+            with progress:
+                task = progress.add_task("discover", total=None)
+                async for obj in galaxy.iter_hierarchy(
+                    root_gobject_id=a.root_id,
+                    root_tag_name=a.root_tag_name,
+                    root_contained_path=a.root_path,
+                    max_depth=a.max_depth,
+                    category_ids=a.category_id,
+                    template_chain_contains=a.template,
+                    tag_name_glob=a.tag_glob,
+                    include_attributes=False if a.no_attributes else None,
+                    alarm_bearing_only=a.alarm_only,
+                    historized_only=a.historized_only,
+                    page_size=a.page_size,
+                ):
+                    objects += 1
+                    attributes += len(obj.attributes)
+                    if ctx.json:
+                        writer.add(message_json(obj))
+                    else:
+                        ctx.out.write(_object_line(obj) + "\n")
+                        for attr in obj.attributes:
+                            ctx.out.write(f"    {attr.full_tag_reference}  {attr.data_type_name}\n")
+                    progress.advance(task)
+    except BaseException:
+        if ctx.json and writer.count:
+            writer.close()
+        raise
+    if ctx.json:
+        writer.close({"objectCount": objects, "attributeCount": attributes})
+    else:
+        ctx.out.write(f"{objects} objects, {attributes} attributes\n")
+    return ExitCode.OK
+
+
+async def cmd_watch(ctx: Context) -> ExitCode:
+    """``WatchDeployEvents`` until ``--max-events`` or ``--timeout`` (exit 0)."""
+    a = ctx.args
+    last_seen: datetime | None = None
+    if a.last_seen is not None:
+        parsed = parse_python_value("datetime", a.last_seen)
+        assert isinstance(parsed, datetime)
+        if parsed.tzinfo is None:
+            from mxgateway_cli._errors import CliUsageError
+
+            raise CliUsageError(f"--last-seen {a.last_seen!r} has no time zone; add Z or +HH:MM")
+        last_seen = parsed
+    writer = JsonStream(ctx.out, "events")
+
+    def on_event(event: gr.DeployEvent) -> int:
+        if ctx.json:
+            writer.add(message_json(event))
+        else:
+            when = (
+                event.time_of_last_deploy.ToJsonString()
+                if event.time_of_last_deploy_present
+                else "never"
+            )
+            ctx.out.write(
+                f"#{event.sequence} deploy={when} objects={event.object_count} "
+                f"attributes={event.attribute_count}\n"
+            )
+        return 1
+
+    try:
+        async with galaxy_client(ctx) as galaxy:
+            watch = galaxy.watch_deploy_events(last_seen_deploy_time=last_seen)
+            try:
+                await consume(watch, on_event, max_items=a.max_events, timeout=a.timeout)
+            finally:
+                await watch.aclose()
+    except BaseException:
+        if ctx.json and writer.count:
+            writer.close()
+        raise
+    if ctx.json:
+        writer.close()
+    return ExitCode.OK
+
+
+GALAXY_COMMANDS = {
+    "galaxy-test-connection": cmd_test_connection,
+    "galaxy-last-deploy": cmd_last_deploy,
+    "galaxy-discover": cmd_discover,
+    "galaxy-watch": cmd_watch,
+}

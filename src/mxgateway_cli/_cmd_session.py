@@ -1,0 +1,450 @@
+"""Session, item, write, event and bulk commands (``open-session`` ... ``smoke``).
+
+Single MXAccess commands print the whole ``MxCommandReply`` as protobuf-JSON (handles,
+HRESULT, statuses and the typed result), after the library's MXAccess check: a failed
+command raises ``MxAccessError`` and exits with the MXACCESS code. A session opened by
+``open-session`` belongs to the gateway, not to this process: later commands attach to it
+by ``--session-id`` from any process.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+import mxgateway
+from mxgateway.generated import mxaccess_gateway_pb2 as pb
+from mxgateway_cli import _human
+from mxgateway_cli._context import Context
+from mxgateway_cli._errors import CliUsageError, CommandFailed
+from mxgateway_cli._exit_codes import ExitCode
+from mxgateway_cli._gateway import gateway_client
+from mxgateway_cli._output import message_json
+from mxgateway_cli._parsing import parse_python_value, parse_value
+from mxgateway_cli._streaming import JsonStream, consume
+
+__all__ = ["SESSION_COMMANDS", "event_line"]
+
+
+def _show(ctx: Context, document: dict[str, Any], title: str | None = None) -> None:
+    if ctx.json:
+        ctx.out.emit(document)
+    else:
+        _human.print_mapping(ctx.out.console, document, title=title)
+
+
+async def _invoke(ctx: Context, command: pb.MxCommand) -> ExitCode:
+    """Run one command on ``--session-id`` and print its reply."""
+    async with gateway_client(ctx) as client:
+        session = client.attach_session(ctx.args.session_id)
+        reply = await session.invoke(command)
+    _show(ctx, message_json(reply), title=pb.MxCommandKind.Name(reply.kind))
+    return ExitCode.OK
+
+
+def _timestamp(text: str, flag: str) -> datetime:
+    value = parse_python_value("datetime", text)
+    assert isinstance(value, datetime)
+    if value.tzinfo is None:
+        raise CliUsageError(f"{flag} {text!r} has no time zone; add Z or +HH:MM")
+    return value
+
+
+def _ts_message(value: datetime) -> Any:
+    from google.protobuf.timestamp_pb2 import Timestamp
+
+    ts = Timestamp()
+    ts.FromDatetime(value.astimezone(timezone.utc))
+    return ts
+
+
+async def cmd_open_session(ctx: Context) -> ExitCode:
+    """``OpenSession``: prints the reply (``sessionId`` first)."""
+    async with gateway_client(ctx) as client:
+        # The raw form does not tie the session to this client, so it outlives the process.
+        reply = await client.open_session_raw(ctx.args.client_name)
+    if ctx.json:
+        ctx.out.emit(message_json(reply))
+    else:
+        ctx.out.write(f"{reply.session_id}\n")
+    return ExitCode.OK
+
+
+async def cmd_close_session(ctx: Context) -> ExitCode:
+    """``CloseSession``: prints the released counts and final state."""
+    async with gateway_client(ctx) as client:
+        reply = await client.close_session(ctx.args.session_id)
+    _show(ctx, message_json(reply), title="CloseSession")
+    return ExitCode.OK
+
+
+async def cmd_register(ctx: Context) -> ExitCode:
+    """``Register``."""
+    return await _invoke(
+        ctx,
+        pb.MxCommand(
+            kind=pb.MX_COMMAND_KIND_REGISTER,
+            register=pb.RegisterCommand(client_name=ctx.args.client_name),
+        ),
+    )
+
+
+async def cmd_unregister(ctx: Context) -> ExitCode:
+    """``Unregister``."""
+    return await _invoke(
+        ctx,
+        pb.MxCommand(
+            kind=pb.MX_COMMAND_KIND_UNREGISTER,
+            unregister=pb.UnregisterCommand(server_handle=ctx.args.server_handle),
+        ),
+    )
+
+
+async def cmd_add_item(ctx: Context) -> ExitCode:
+    """``AddItem``."""
+    return await _invoke(
+        ctx,
+        pb.MxCommand(
+            kind=pb.MX_COMMAND_KIND_ADD_ITEM,
+            add_item=pb.AddItemCommand(
+                server_handle=ctx.args.server_handle, item_definition=ctx.args.item
+            ),
+        ),
+    )
+
+
+async def cmd_remove_item(ctx: Context) -> ExitCode:
+    """``RemoveItem``."""
+    a = ctx.args
+    return await _invoke(
+        ctx,
+        pb.MxCommand(
+            kind=pb.MX_COMMAND_KIND_REMOVE_ITEM,
+            remove_item=pb.RemoveItemCommand(
+                server_handle=a.server_handle, item_handle=a.item_handle
+            ),
+        ),
+    )
+
+
+async def cmd_advise(ctx: Context) -> ExitCode:
+    """``Advise``."""
+    a = ctx.args
+    return await _invoke(
+        ctx,
+        pb.MxCommand(
+            kind=pb.MX_COMMAND_KIND_ADVISE,
+            advise=pb.AdviseCommand(server_handle=a.server_handle, item_handle=a.item_handle),
+        ),
+    )
+
+
+async def cmd_advise_supervisory(ctx: Context) -> ExitCode:
+    """``AdviseSupervisory``."""
+    a = ctx.args
+    return await _invoke(
+        ctx,
+        pb.MxCommand(
+            kind=pb.MX_COMMAND_KIND_ADVISE_SUPERVISORY,
+            advise_supervisory=pb.AdviseSupervisoryCommand(
+                server_handle=a.server_handle, item_handle=a.item_handle
+            ),
+        ),
+    )
+
+
+async def cmd_unadvise(ctx: Context) -> ExitCode:
+    """``UnAdvise``."""
+    a = ctx.args
+    return await _invoke(
+        ctx,
+        pb.MxCommand(
+            kind=pb.MX_COMMAND_KIND_UN_ADVISE,
+            un_advise=pb.UnAdviseCommand(server_handle=a.server_handle, item_handle=a.item_handle),
+        ),
+    )
+
+
+async def cmd_write(ctx: Context) -> ExitCode:
+    """``Write``: the value is parsed per ``--type`` before anything is sent."""
+    a = ctx.args
+    value = parse_value(a.type, a.value)
+    return await _invoke(
+        ctx,
+        pb.MxCommand(
+            kind=pb.MX_COMMAND_KIND_WRITE,
+            write=pb.WriteCommand(
+                server_handle=a.server_handle,
+                item_handle=a.item_handle,
+                value=value,
+                user_id=a.user_id,
+            ),
+        ),
+    )
+
+
+async def cmd_write2(ctx: Context) -> ExitCode:
+    """``Write2``: value plus timestamp (``--timestamp``, default now)."""
+    a = ctx.args
+    value = parse_value(a.type, a.value)
+    when = (
+        _timestamp(a.timestamp, "--timestamp")
+        if a.timestamp is not None
+        else datetime.now(timezone.utc)
+    )
+    return await _invoke(
+        ctx,
+        pb.MxCommand(
+            kind=pb.MX_COMMAND_KIND_WRITE2,
+            write2=pb.Write2Command(
+                server_handle=a.server_handle,
+                item_handle=a.item_handle,
+                value=value,
+                timestamp_value=_ts_message(when),
+                user_id=a.user_id,
+            ),
+        ),
+    )
+
+
+async def cmd_write_secured(ctx: Context) -> ExitCode:
+    """``WriteSecured``: operator and verifier ids from ``authenticate-user``."""
+    a = ctx.args
+    value = parse_value(a.type, a.value)
+    verifier = a.verifier_user_id if a.verifier_user_id is not None else a.current_user_id
+    return await _invoke(
+        ctx,
+        pb.MxCommand(
+            kind=pb.MX_COMMAND_KIND_WRITE_SECURED,
+            write_secured=pb.WriteSecuredCommand(
+                server_handle=a.server_handle,
+                item_handle=a.item_handle,
+                current_user_id=a.current_user_id,
+                verifier_user_id=verifier,
+                value=value,
+            ),
+        ),
+    )
+
+
+async def cmd_authenticate_user(ctx: Context) -> ExitCode:
+    """``AuthenticateUser``: the password comes from an environment variable only."""
+    a = ctx.args
+    password = ctx.secret_from_env("--password-env", a.password_env)
+    return await _invoke(
+        ctx,
+        pb.MxCommand(
+            kind=pb.MX_COMMAND_KIND_AUTHENTICATE_USER,
+            authenticate_user=pb.AuthenticateUserCommand(
+                server_handle=a.server_handle, verify_user=a.user, verify_user_password=password
+            ),
+        ),
+    )
+
+
+async def cmd_read_bulk(ctx: Context) -> ExitCode:
+    """``ReadBulk``: one row per ``--item``, in order."""
+    a = ctx.args
+    async with gateway_client(ctx) as client:
+        session = client.attach_session(a.session_id)
+        results = await session.read_bulk(
+            a.server_handle, list(a.item), timeout_ms=a.read_timeout_ms
+        )
+    rows = [message_json(r) for r in results]
+    if ctx.json:
+        ctx.out.emit({"results": rows})
+    else:
+        _human.print_rows(
+            ctx.out.console,
+            [_read_row(r) for r in results],
+            [
+                ("tag", "tag"),
+                ("ok", "ok"),
+                ("value", "value"),
+                ("quality", "quality"),
+                ("cached", "cached"),
+                ("error", "error"),
+            ],
+            title="ReadBulk",
+        )
+    return ExitCode.OK
+
+
+def _read_row(result: pb.BulkReadResult) -> dict[str, Any]:
+    return {
+        "tag": result.tag_address,
+        "ok": result.was_successful,
+        "value": _value_text(result.value) if result.HasField("value") else "",
+        "quality": result.quality,
+        "cached": result.was_cached,
+        "error": result.error_message,
+    }
+
+
+def _value_text(value: pb.MxValue) -> str:
+    python = mxgateway.from_mx_value(value)
+    if isinstance(python, datetime):
+        return python.isoformat()
+    return repr(python) if isinstance(python, (str, bytes)) else str(python)
+
+
+async def cmd_write_bulk(ctx: Context) -> ExitCode:
+    """``WriteBulk``: ``--item-handle`` and ``--value`` pair up by position."""
+    a = ctx.args
+    handles: list[int] = list(a.item_handle)
+    texts: list[str] = list(a.value)
+    if len(handles) != len(texts):
+        raise CliUsageError(
+            f"write-bulk needs one --value per --item-handle ({len(handles)} handles, "
+            f"{len(texts)} values)"
+        )
+    entries = [(h, parse_value(a.type, t)) for h, t in zip(handles, texts, strict=True)]
+    async with gateway_client(ctx) as client:
+        session = client.attach_session(a.session_id)
+        results = await session.write_bulk(a.server_handle, entries, user_id=a.user_id)
+    if ctx.json:
+        ctx.out.emit({"results": [message_json(r) for r in results]})
+    else:
+        _human.print_rows(
+            ctx.out.console,
+            [
+                {
+                    "item": r.item_handle,
+                    "ok": r.was_successful,
+                    "hresult": r.hresult,
+                    "error": r.error_message,
+                }
+                for r in results
+            ],
+            [("item", "item handle"), ("ok", "ok"), ("hresult", "hresult"), ("error", "error")],
+            title="WriteBulk",
+        )
+    return ExitCode.OK
+
+
+def event_line(event: pb.MxEvent) -> str:
+    """One readable line per event (sequence, family, handles, value, quality)."""
+    family = pb.MxEventFamily.Name(event.family).removeprefix("MX_EVENT_FAMILY_")
+    body = event.WhichOneof("body")
+    head = f"#{event.worker_sequence} {family}"
+    if body == "on_data_change":
+        dc = event.on_data_change
+        return (
+            f"{head} server={dc.server_handle} item={dc.item_handle} "
+            f"value={_value_text(dc.value)} quality={dc.quality}"
+        )
+    if body in ("on_write_complete", "operation_complete"):
+        done = getattr(event, body)
+        ok = all(s.success != 0 for s in done.statuses)
+        return f"{head} server={done.server_handle} item={done.item_handle} ok={ok}"
+    if body == "stream_fault":
+        fault = event.stream_fault
+        kind = pb.StreamFaultKind.Name(fault.kind).removeprefix("STREAM_FAULT_KIND_")
+        return f"{head} {kind} {fault.message}".rstrip()
+    return head
+
+
+async def cmd_stream_events(ctx: Context) -> ExitCode:
+    """``StreamEvents``: print events until ``--max-events`` or ``--timeout`` (exit 0)."""
+    a = ctx.args
+    if a.max_events is None and a.timeout is None and ctx.json and not ctx.out.ndjson:
+        ctx.out.info("mxgw-py: streaming until interrupted; the document ends on Ctrl+C")
+    writer = JsonStream(ctx.out, "events")
+
+    def on_event(event: pb.MxEvent) -> int:
+        if ctx.json:
+            writer.add(message_json(event))
+        else:
+            ctx.out.write(event_line(event) + "\n")
+        return 1
+
+    try:
+        async with gateway_client(ctx) as client:
+            session = client.attach_session(a.session_id)
+            stream = session.events_raw(a.after_sequence)
+            try:
+                await consume(stream, on_event, max_items=a.max_events, timeout=a.timeout)
+            finally:
+                await stream.aclose()
+    except BaseException:
+        # Keep stdout valid JSON when events were already written; the error goes to stderr.
+        if ctx.json and writer.count:
+            writer.close()
+        raise
+    if ctx.json:
+        writer.close()
+    return ExitCode.OK
+
+
+async def cmd_smoke(ctx: Context) -> ExitCode:
+    """Open, register, add, advise, read a bounded number of events, close in ``finally``."""
+    a = ctx.args
+    timeout = a.timeout or 30.0
+    events: list[dict[str, Any]] = []
+    async with gateway_client(ctx) as client:
+        opened = await client.open_session_raw(a.client_name)
+        session = client.attach_session(opened.session_id)
+        close_reply: pb.CloseSessionReply | None = None
+        try:
+            server_handle = await session.register(a.client_name)
+            item_handle = await session.add_item(server_handle, a.item)
+            await session.advise(server_handle, item_handle)
+            # Replay from the start of the session: the first value may precede the stream.
+            stream = session.events_raw(0)
+
+            def on_event(event: pb.MxEvent) -> int:
+                events.append(message_json(event))
+                if not ctx.json:
+                    ctx.out.write(event_line(event) + "\n")
+                return 1 if event.WhichOneof("body") != "stream_fault" else 0
+
+            try:
+                await consume(stream, on_event, max_items=a.max_events, timeout=timeout)
+            finally:
+                await stream.aclose()
+        finally:
+            close_reply = await session.close()
+    received = sum(1 for e in events if "streamFault" not in e)
+    document: dict[str, Any] = {
+        "sessionId": opened.session_id,
+        "serverHandle": server_handle,
+        "itemHandle": item_handle,
+        "item": a.item,
+        "eventCount": received,
+        "events": events,
+        "closeSession": message_json(close_reply) if close_reply is not None else None,
+    }
+    if ctx.json:
+        ctx.out.emit(document)
+    else:
+        ctx.out.write(
+            f"smoke: session {opened.session_id} server={server_handle} item={item_handle} "
+            f"events={received} closed\n"
+        )
+    if received < a.max_events:
+        raise CommandFailed(
+            f"smoke: only {received} of {a.max_events} event(s) for {a.item} within {timeout}s",
+            ExitCode.TIMEOUT,
+        )
+    return ExitCode.OK
+
+
+SESSION_COMMANDS = {
+    "open-session": cmd_open_session,
+    "close-session": cmd_close_session,
+    "register": cmd_register,
+    "unregister": cmd_unregister,
+    "add-item": cmd_add_item,
+    "remove-item": cmd_remove_item,
+    "advise": cmd_advise,
+    "advise-supervisory": cmd_advise_supervisory,
+    "unadvise": cmd_unadvise,
+    "write": cmd_write,
+    "write2": cmd_write2,
+    "write-secured": cmd_write_secured,
+    "authenticate-user": cmd_authenticate_user,
+    "stream-events": cmd_stream_events,
+    "read-bulk": cmd_read_bulk,
+    "write-bulk": cmd_write_bulk,
+    "smoke": cmd_smoke,
+}

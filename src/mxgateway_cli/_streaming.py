@@ -1,0 +1,102 @@
+"""Streams on stdout: one JSON document written incrementally, or NDJSON lines.
+
+A stream can be long (a big Galaxy, an open-ended event stream), so items are written as
+they arrive and never collected: memory stays flat. The single-document form produces
+exactly the bytes ``json.dumps({key: [...items], **extra}, indent=2)`` would, so output is
+deterministic whichever way it was produced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any, TypeVar
+
+from mxgateway_cli._output import Output
+
+__all__ = ["JsonStream", "consume"]
+
+T = TypeVar("T")
+
+
+def _indented(document: object, prefix: str) -> str:
+    text = json.dumps(document, indent=2, ensure_ascii=False)
+    return "\n".join(prefix + line for line in text.splitlines())
+
+
+class JsonStream:
+    """Writes ``{"<key>": [item, ...], <extra>...}`` or NDJSON, one item at a time."""
+
+    def __init__(self, out: Output, key: str) -> None:
+        self._out = out
+        self._key = key
+        self._count = 0
+        self._open = False
+        self._closed = False
+
+    @property
+    def count(self) -> int:
+        """Items written so far."""
+        return self._count
+
+    def _start(self) -> None:
+        if not self._open and not self._out.ndjson:
+            self._out.write("{\n" + f"  {json.dumps(self._key)}: [")
+        self._open = True
+
+    def add(self, item: Mapping[str, Any]) -> None:
+        """Write one item."""
+        self._start()
+        if self._out.ndjson:
+            self._out.emit_line(item)
+        else:
+            separator = "," if self._count else ""
+            self._out.write(separator + "\n" + _indented(item, "    "))
+        self._count += 1
+
+    def close(self, extra: Mapping[str, Any] | None = None) -> None:
+        """Finish the document (idempotent); ``extra`` keys follow the list."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._out.ndjson:
+            return
+        self._start()
+        tail = "\n  ]" if self._count else "]"
+        for key, value in (extra or {}).items():
+            tail += ",\n" + f"  {json.dumps(key)}: " + _indented(value, "  ").lstrip()
+        self._out.write(tail + "\n}\n")
+
+
+async def consume(
+    stream: AsyncIterator[T],
+    on_item: Callable[[T], int],
+    *,
+    max_items: int | None,
+    timeout: float | None,
+) -> bool:
+    """Feed ``stream`` to ``on_item`` until ``max_items`` were counted or ``timeout`` passed.
+
+    ``on_item`` returns how many items the element counted for (a batch counts its events).
+    Returns True when the window ended by timeout. The caller owns closing ``stream``.
+    """
+    counted = 0
+
+    async def _run() -> None:
+        nonlocal counted
+        if max_items is not None and counted >= max_items:
+            return
+        async for element in stream:
+            counted += on_item(element)
+            if max_items is not None and counted >= max_items:
+                return
+
+    if timeout is None:
+        await _run()
+        return False
+    try:
+        await asyncio.wait_for(_run(), timeout)
+    except asyncio.TimeoutError:
+        return True
+    return False
