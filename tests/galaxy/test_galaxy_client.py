@@ -19,7 +19,16 @@ from typing import Any
 
 import grpc
 import pytest
-from galaxy_helpers import FULL_KEY, NO_SCOPE_KEY, ScopeInterceptor, start_server, wait_for
+from galaxy_helpers import (
+    EXAMPLE_BROWSE,
+    EXAMPLE_ITER,
+    EXAMPLE_WATCH,
+    FULL_KEY,
+    NO_SCOPE_KEY,
+    ScopeInterceptor,
+    start_server,
+    wait_for,
+)
 
 from mxgateway._errors import (
     MxGatewayAuthenticationError,
@@ -122,57 +131,6 @@ def db_objects(db: Path) -> dict[str, set[str]]:
 
 
 # ----- the three Galaxy examples of the client spec, verbatim -------------------------------
-
-EXAMPLE_BROWSE = """
-from mxgateway import GalaxyRepositoryClient
-
-async with await GalaxyRepositoryClient.connect(
-    endpoint="localhost:5000",
-    api_key="<key>",
-    plaintext=True,
-) as galaxy:
-    if not await galaxy.test_connection():
-        raise RuntimeError("gateway cannot reach the Galaxy Repository DB")
-
-    last_deploy = await galaxy.get_last_deploy_time()
-    print(f"last deploy: {last_deploy}")
-
-    for obj in await galaxy.discover_hierarchy():
-        print(obj.tag_name, obj.contained_name)
-        for attr in obj.attributes:
-            print("  ", attr.attribute_name, "->", attr.full_tag_reference)
-"""
-
-EXAMPLE_ITER = """
-async with await GalaxyRepositoryClient.connect(
-    endpoint="localhost:5000",
-    api_key="<key>",
-    plaintext=True,
-) as galaxy:
-    async for obj in galaxy.iter_hierarchy():
-        print(obj.tag_name, obj.contained_name)
-"""
-
-EXAMPLE_WATCH = """
-from datetime import datetime, timezone
-
-from mxgateway import DeployEvent, GalaxyRepositoryClient
-
-async with await GalaxyRepositoryClient.connect(
-    endpoint="localhost:5000",
-    api_key="<key>",
-    plaintext=True,
-) as galaxy:
-    last_seen: datetime | None = None
-    async for event in galaxy.watch_deploy_events(last_seen_deploy_time=last_seen):
-        assert isinstance(event, DeployEvent)
-        print(
-            f"#{event.sequence} deploy={event.time_of_last_deploy.ToDatetime(tzinfo=timezone.utc)} "
-            f"objects={event.object_count} attributes={event.attribute_count}"
-        )
-        if event.time_of_last_deploy_present:
-            last_seen = event.time_of_last_deploy.ToDatetime(tzinfo=timezone.utc)
-"""
 
 
 def _compile_example(source: str, endpoint: str, namespace: dict[str, Any]) -> Any:
