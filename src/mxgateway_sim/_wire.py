@@ -56,6 +56,12 @@ def varint(n: int) -> bytes:
     """Protobuf varint of ``n`` (negative numbers as 64-bit two's complement)."""
     if 0 <= n < 16384:
         return _VARINTS[n]
+    if 0 < n < 1 << 21:
+        return bytes(((n & 0x7F) | 0x80, ((n >> 7) & 0x7F) | 0x80, n >> 14))
+    if 0 < n < 1 << 28:
+        return bytes(
+            ((n & 0x7F) | 0x80, ((n >> 7) & 0x7F) | 0x80, ((n >> 14) & 0x7F) | 0x80, n >> 21)
+        )
     return _encode_varint(n)
 
 
@@ -169,17 +175,30 @@ def value_bytes(value: object, data_type: int) -> bytes:
     return value_to_pb(value, data_type).SerializeToString()
 
 
+class _TailCache:
+    """The quality/timestamp/status fields shared by every sample of one scan tick."""
+
+    key: tuple[float, int, MxStatus] | None = None
+    value = b""
+
+
 def sample_body(sample: TagSample) -> bytes:
     """value/quality/timestamp/statuses fields of an OnDataChangeEvent (cached per sample)."""
     body = sample.wire
     if body is None:
-        body = (
-            _ld(b"\x1a", value_bytes(sample.value, sample.data_type))
-            + b"\x20"
-            + varint(sample.quality)
-            + _ld(b"\x2a", timestamp_bytes(sample.timestamp))
-            + _ld(b"\x32", _status_bytes(sample.status))
-        )
+        key = (sample.timestamp, sample.quality, sample.status)
+        if key == _TailCache.key:
+            tail = _TailCache.value
+        else:
+            tail = (
+                b"\x20"
+                + varint(sample.quality)
+                + _ld(b"\x2a", timestamp_bytes(sample.timestamp))
+                + _ld(b"\x32", _status_bytes(sample.status))
+            )
+            _TailCache.key, _TailCache.value = key, tail
+        vb = value_bytes(sample.value, sample.data_type)
+        body = b"\x1a" + varint(len(vb)) + vb + tail
         sample.wire = body
     return body
 
@@ -256,6 +275,7 @@ class EventEncoder:
         out: list[bytes] = []
         append = out.append
         seq = first_sequence
+        fixed = len(head) + 1 + 2 + len(stamps) + 1  # session, seq tag, family, stamps, body tag
         for event in events:
             if type(event) is DataChange:
                 sample = event.sample
@@ -267,22 +287,30 @@ class EventEncoder:
                     if len(items) > 200_000:
                         items.clear()
                     items[key] = handles
-                body = handles + body
-                data = b"".join(
-                    (
-                        head,
-                        b"\x10",
-                        varint(seq),
-                        b"\x18\x01",
-                        stamps,
-                        b"\x32",
-                        varint(len(body)),
-                        body,
+                body_len = len(handles) + len(body)
+                seq_bytes = varint(seq)
+                body_len_bytes = varint(body_len)
+                size = fixed + len(seq_bytes) + len(body_len_bytes) + body_len
+                append(
+                    b"".join(
+                        (
+                            b"\x0a",
+                            varint(size),
+                            head,
+                            b"\x10",
+                            seq_bytes,
+                            b"\x18\x01",
+                            stamps,
+                            b"\x32",
+                            body_len_bytes,
+                            handles,
+                            body,
+                        )
                     )
                 )
             else:
                 data = event_to_pb(event, self.session_id, seq, now).SerializeToString()
-            append(b"\x0a" + varint(len(data)) + data)
+                append(b"\x0a" + varint(len(data)) + data)
             seq += 1
         return out
 

@@ -1,0 +1,319 @@
+"""``mxgw-sim``: run the simulated gateway, create API keys, simulate a Galaxy redeploy.
+
+``serve`` prints exactly one line once it is listening (JSON with ``--json``) and flushes, so
+scripts can wait for it; SIGINT/SIGTERM stop it gracefully (streams get SERVER_SHUTDOWN,
+sessions are closed) and it exits 0. Bad input is one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import importlib
+import json
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+from mxgateway_sim._auth import SCOPES, ApiKeyStore, KeyFormatError, load_keys_file, new_key
+from mxgateway_sim._auth import parse_scopes as _parse_scopes
+from mxgateway_sim._events import OverflowPolicy
+from mxgateway_sim._server import GatewaySimulator, TlsMode
+from mxgateway_sim._sessions import SessionOptions
+from mxgateway_sim._tls import TlsSetupError
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+
+
+class UsageError(Exception):
+    """Bad command-line input (exit code 2)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (no usage dump) and exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text} must be positive")
+    return value
+
+
+def _non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} cannot be negative")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text} must be positive")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``mxgw-sim`` argument parser."""
+    parser = _Parser(prog="mxgw-sim", description=__doc__.split("\n\n")[0] if __doc__ else None)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    serve = sub.add_parser("serve", help="run the simulated gateway")
+    serve.add_argument("--listen", default="127.0.0.1:5000", help="HOST:PORT (port 0 = any)")
+    tls = serve.add_argument_group("transport (choose one)")
+    tls.add_argument("--plaintext", action="store_true", help="serve without TLS")
+    tls.add_argument("--tls-cert", type=Path, metavar="PEM", help="server certificate chain")
+    tls.add_argument("--tls-key", type=Path, metavar="PEM", help="server private key")
+    tls.add_argument(
+        "--tls-self-signed",
+        type=Path,
+        metavar="DIR",
+        help="create (or reuse) a CA and a localhost certificate in DIR",
+    )
+    keys = serve.add_argument_group("API keys")
+    keys.add_argument(
+        "--api-key", action="append", default=[], metavar="KEY", help="all-scopes key (repeatable)"
+    )
+    keys.add_argument("--api-keys-file", type=Path, metavar="PATH", help="keys with scopes")
+    keys.add_argument(
+        "--allow-anonymous", action="store_true", help="accept calls without a key (all scopes)"
+    )
+    galaxy = serve.add_argument_group("plant")
+    galaxy.add_argument("--galaxy-db", type=Path, metavar="PATH", help="SQLite Galaxy Repository")
+    galaxy.add_argument("--galaxy-objects", type=_positive, metavar="N", help="synthetic galaxy")
+    galaxy.add_argument("--seed", type=int, default=0, help="value generation seed (default 0)")
+    galaxy.add_argument(
+        "--scan-interval-ms", type=_positive, default=200, metavar="MS", help="scan period"
+    )
+    galaxy.add_argument(
+        "--no-quality-faults",
+        action="store_true",
+        help="keep every attribute at Good quality",
+    )
+    limits = serve.add_argument_group("sessions and events")
+    limits.add_argument("--max-sessions", type=_positive, default=64, metavar="N")
+    limits.add_argument("--lease-seconds", type=_seconds, default=1800.0, metavar="S")
+    limits.add_argument("--max-pending-commands", type=_positive, default=128, metavar="N")
+    limits.add_argument("--command-timeout-seconds", type=_seconds, default=30.0, metavar="S")
+    limits.add_argument("--replay-ring-size", type=_positive, default=1024, metavar="N")
+    limits.add_argument("--replay-ring-seconds", type=_seconds, default=300.0, metavar="S")
+    limits.add_argument("--event-queue-size", type=_positive, default=10_000, metavar="N")
+    limits.add_argument(
+        "--overflow-policy",
+        choices=[p.value for p in OverflowPolicy],
+        default=OverflowPolicy.DISCONNECT_SUBSCRIBER.value,
+    )
+    limits.add_argument(
+        "--multiple-subscribers", action="store_true", help="allow several streams per session"
+    )
+    limits.add_argument("--max-subscribers", type=_positive, default=8, metavar="N")
+    serve.add_argument("--json", action="store_true", help="print the start line as JSON")
+    serve.add_argument(
+        "--log-level", default="warning", choices=["debug", "info", "warning", "error"]
+    )
+
+    keys_cmd = sub.add_parser("keys", help="API key tools")
+    keys_sub = keys_cmd.add_subparsers(dest="keys_command", required=True, parser_class=_Parser)
+    create = keys_sub.add_parser("create", help="print a new API key")
+    create.add_argument(
+        "--scopes",
+        default=",".join(SCOPES),
+        help=f"comma-separated scopes (default: all of {', '.join(SCOPES)})",
+    )
+    create.add_argument("--name", default="", help="name shown in diagnostics")
+    create.add_argument("--json", action="store_true", help="print a keys-file JSON entry")
+
+    deploy = sub.add_parser("deploy", help="simulate a Galaxy redeploy from another process")
+    deploy.add_argument("--galaxy-db", type=Path, required=True, metavar="PATH")
+    deploy.add_argument("--add", type=_non_negative, default=0, metavar="N", help="objects to add")
+    deploy.add_argument("--remove", type=_non_negative, default=0, metavar="N")
+    deploy.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def _split_listen(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise UsageError(f"--listen {text!r}: expected HOST:PORT")
+    return host.strip("[]"), int(port)
+
+
+def _tls_mode(args: argparse.Namespace) -> TlsMode:
+    chosen = sum(
+        [bool(args.plaintext), bool(args.tls_self_signed), bool(args.tls_cert or args.tls_key)]
+    )
+    if chosen != 1:
+        raise UsageError(
+            "choose exactly one transport: --plaintext, --tls-self-signed DIR, "
+            "or --tls-cert PEM --tls-key PEM"
+        )
+    if args.plaintext:
+        return None
+    if args.tls_self_signed:
+        return "self-signed"
+    if not (args.tls_cert and args.tls_key):
+        raise UsageError("--tls-cert and --tls-key go together")
+    for path in (args.tls_cert, args.tls_key):
+        if not path.is_file():
+            raise UsageError(f"TLS file {path} does not exist")
+    return (args.tls_cert, args.tls_key)
+
+
+def _key_store(args: argparse.Namespace) -> ApiKeyStore:
+    store = ApiKeyStore(allow_anonymous=args.allow_anonymous)
+    for i, key in enumerate(args.api_key, 1):
+        try:
+            store.add(key)
+        except KeyFormatError as exc:
+            raise UsageError(f"--api-key #{i}: {exc}") from None
+    if args.api_keys_file is not None:
+        try:
+            load_keys_file(args.api_keys_file, store)
+        except OSError as exc:
+            raise UsageError(
+                f"--api-keys-file: cannot read {args.api_keys_file}: {exc.strerror}"
+            ) from None
+        except KeyFormatError as exc:
+            raise UsageError(f"--api-keys-file: {exc}") from None
+    if not len(store) and not args.allow_anonymous:
+        raise UsageError(
+            "no API key configured: pass --api-key KEY, --api-keys-file PATH or --allow-anonymous"
+        )
+    return store
+
+
+async def _serve(args: argparse.Namespace) -> int:
+    host, port = _split_listen(args.listen)
+    tls = _tls_mode(args)
+    store = _key_store(args)
+    options = SessionOptions(
+        max_sessions=args.max_sessions,
+        lease_s=args.lease_seconds,
+        max_pending_commands=args.max_pending_commands,
+        command_timeout_s=args.command_timeout_seconds,
+        replay_ring_size=args.replay_ring_size,
+        replay_ring_age_s=args.replay_ring_seconds,
+        event_queue_limit=args.event_queue_size,
+        overflow_policy=OverflowPolicy(args.overflow_policy),
+        multiple_subscribers=args.multiple_subscribers,
+        max_subscribers=args.max_subscribers,
+    )
+    sim = GatewaySimulator(
+        host=host,
+        port=port,
+        key_store=store,
+        allow_anonymous=args.allow_anonymous,
+        tls=tls,
+        tls_dir=args.tls_self_signed,
+        galaxy_db=args.galaxy_db,
+        galaxy_objects=args.galaxy_objects,
+        seed=args.seed,
+        scan_interval_ms=args.scan_interval_ms,
+        session_options=options,
+        flaky_one_in=0 if args.no_quality_faults else 8,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):  # Windows
+            loop.add_signal_handler(sig, stop.set)
+    try:
+        await sim.start()
+    except (TlsSetupError, ValueError) as exc:
+        raise UsageError(str(exc)) from None
+    except RuntimeError as exc:  # grpc: failed to bind
+        raise UsageError(f"cannot listen on {args.listen}: {exc}") from None
+    try:
+        ca = str(sim.ca_file) if sim.ca_file else None
+        if args.json:
+            line = json.dumps(
+                {
+                    "event": "listening",
+                    "address": sim.endpoint,
+                    "tls": sim.tls_mode,
+                    "caFile": ca,
+                    "galaxy": sim.galaxy_available,
+                }
+            )
+        else:
+            line = f"mxgw-sim listening on {sim.endpoint} tls={sim.tls_mode}" + (
+                f" ca={ca}" if ca else ""
+            )
+        print(line, flush=True)
+        await stop.wait()
+    finally:
+        await sim.stop(grace=2.0)
+    return EXIT_OK
+
+
+def _keys_create(args: argparse.Namespace) -> int:
+    try:
+        scopes = _parse_scopes(args.scopes)
+    except KeyFormatError as exc:
+        raise UsageError(f"--scopes: {exc}") from None
+    if not scopes:
+        raise UsageError("--scopes: give at least one scope")
+    key = new_key()
+    if args.json:
+        entry: dict[str, Any] = {"key": key, "scopes": scopes}
+        if args.name:
+            entry["name"] = args.name
+        print(json.dumps(entry))
+    else:
+        print(key)
+    return EXIT_OK
+
+
+def _deploy(args: argparse.Namespace) -> int:
+    try:
+        galaxy: Any = importlib.import_module("mxgateway_sim.galaxy")
+        deploy = galaxy.deploy
+    except (ImportError, AttributeError):
+        raise UsageError("this build has no Galaxy support (mxgateway_sim.galaxy)") from None
+    result = deploy(args.galaxy_db, add=args.add, remove=args.remove, seed=args.seed)
+    print(json.dumps(result, default=str))
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``mxgw-sim`` with ``argv``; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "serve":
+            logging.basicConfig(
+                level=args.log_level.upper(),
+                format="%(asctime)s %(levelname)s %(name)s %(message)s",
+            )
+            return asyncio.run(_serve(args))
+        if args.command == "keys":
+            return _keys_create(args)
+        return _deploy(args)
+    except UsageError as exc:
+        print(f"mxgw-sim: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+def run() -> NoReturn:
+    """Console-script entry point."""
+    sys.exit(main())
