@@ -10,9 +10,11 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 import mxgateway
+from mxgateway_cli._cmd_bench import BENCH_COMMANDS
 from mxgateway_cli._cmd_galaxy import GALAXY_COMMANDS
 from mxgateway_cli._cmd_session import SESSION_COMMANDS
 from mxgateway_cli._context import Context
+from mxgateway_cli._demo import DEMO_COMMANDS
 from mxgateway_cli._exit_codes import ExitCode
 from mxgateway_cli._output import dumps
 
@@ -36,4 +38,6 @@ COMMANDS: dict[str, Command] = {
     "version": cmd_version,
     **SESSION_COMMANDS,
     **GALAXY_COMMANDS,
+    **BENCH_COMMANDS,
+    **DEMO_COMMANDS,
 }

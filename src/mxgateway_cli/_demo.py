@@ -1,0 +1,272 @@
+"""``mxgw-py demo``: a guided tour on an embedded simulator, with no gateway and no flags.
+
+It starts :class:`mxgateway_sim.GatewaySimulator` in this process on a free loopback port
+with a freshly generated API key, then uses only the public client API against it: Galaxy
+summary, open a session, add and advise a few tags found in the Galaxy, live data changes,
+a write and its OnWriteComplete, a bulk read, close.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.rule import Rule
+
+import mxgateway
+from mxgateway.generated import galaxy_repository_pb2 as gr
+from mxgateway.generated import mxaccess_gateway_pb2 as pb
+from mxgateway_cli import _human
+from mxgateway_cli._cmd_galaxy import rfc3339
+from mxgateway_cli._cmd_session import event_line
+from mxgateway_cli._context import Context
+from mxgateway_cli._errors import CommandFailed
+from mxgateway_cli._exit_codes import ExitCode
+from mxgateway_cli._output import message_json
+from mxgateway_cli._streaming import consume
+
+__all__ = ["DEMO_COMMANDS"]
+
+_TAGS = 3
+_WAIT = 10.0
+_WRITABLE_CATEGORIES = range(4, 12)
+_FREE_ACCESS = (0, 1)  # FreeAccess, Operate: writable without AuthenticateUser
+
+
+def _is_scalar_number(attr: gr.GalaxyAttribute) -> bool:
+    return attr.mx_data_type in (2, 3, 4) and not attr.is_array
+
+
+def _is_writable(attr: gr.GalaxyAttribute) -> bool:
+    return (
+        _is_scalar_number(attr)
+        and attr.mx_attribute_category in _WRITABLE_CATEGORIES
+        and attr.security_classification in _FREE_ACCESS
+    )
+
+
+def _write_value(attr: gr.GalaxyAttribute) -> tuple[object, mxgateway.ValueType]:
+    if attr.mx_data_type == 2:
+        return 42, "int32"
+    if attr.mx_data_type == 3:
+        return 42.5, "float"
+    return 42.5, "double"
+
+
+class _Tour:
+    """Prints the tour for people, or collects it into one JSON document."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.doc: dict[str, Any] = {}
+
+    def section(self, title: str) -> None:
+        if not self.ctx.json:
+            self.ctx.out.console.print(Rule(title, align="left"))
+
+    def say(self, text: str) -> None:
+        if not self.ctx.json:
+            self.ctx.out.console.print(text, soft_wrap=True, markup=False)
+
+
+async def cmd_demo(ctx: Context) -> ExitCode:
+    """Run the tour against an embedded simulator."""
+    from mxgateway_sim import GatewaySimulator
+
+    tour = _Tour(ctx)
+    async with GatewaySimulator() as sim:
+        tour.section("mxgw-sim")
+        tour.say(f"embedded simulator listening on {sim.endpoint} (plaintext, generated API key)")
+        ctx.out.add_secret(sim.api_key)
+        options = mxgateway.ClientOptions(
+            endpoint=sim.endpoint, api_key=sim.api_key, plaintext=True
+        )
+        async with await mxgateway.GalaxyRepositoryClient.connect(options=options) as galaxy:
+            watched, writable = await _galaxy_tour(tour, galaxy)
+        async with await mxgateway.GatewayClient.connect(options=options) as client:
+            await _session_tour(tour, client, watched, writable)
+    tour.section("done")
+    tour.say("the session is closed and the simulator stopped; see docs/cli.md for every command")
+    if ctx.json:
+        ctx.out.emit(tour.doc)
+    return ExitCode.OK
+
+
+async def _galaxy_tour(
+    tour: _Tour, galaxy: mxgateway.GalaxyRepositoryClient
+) -> tuple[list[str], gr.GalaxyAttribute | None]:
+    tour.section("1. Galaxy Repository")
+    ok = await galaxy.test_connection()
+    last_deploy = rfc3339(await galaxy.get_last_deploy_time())
+    objects = areas = attributes = 0
+    rows: list[dict[str, Any]] = []
+    watched: list[str] = []
+    writable: gr.GalaxyAttribute | None = None
+    async for obj in galaxy.iter_hierarchy():
+        objects += 1
+        areas += obj.is_area
+        attributes += len(obj.attributes)
+        if obj.is_area:
+            continue
+        numbers = [a for a in obj.attributes if _is_scalar_number(a)]
+        if numbers and len(watched) < _TAGS:
+            watched.append(numbers[0].full_tag_reference)
+            rows.append(
+                {
+                    "object": obj.tag_name,
+                    "template": obj.template_chain[0] if obj.template_chain else "",
+                    "attributes": len(obj.attributes),
+                    "tag": numbers[0].full_tag_reference,
+                }
+            )
+        if writable is None:
+            writable = next((a for a in obj.attributes if _is_writable(a)), None)
+    tour.say(
+        f"reachable={ok}  last deploy={last_deploy}  objects={objects}  areas={areas}  "
+        f"attributes={attributes}"
+    )
+    if not tour.ctx.json:
+        _human.print_rows(
+            tour.ctx.out.console,
+            rows,
+            [
+                ("object", "object"),
+                ("template", "template"),
+                ("attributes", "attributes"),
+                ("tag", "tag to watch"),
+            ],
+            title="some deployed objects",
+        )
+    tour.doc["galaxy"] = {
+        "ok": ok,
+        "timeOfLastDeploy": last_deploy,
+        "objectCount": objects,
+        "areaCount": areas,
+        "attributeCount": attributes,
+    }
+    if not watched:
+        raise CommandFailed("the Galaxy has no numeric attribute to watch", ExitCode.ERROR)
+    tour.doc["tags"] = watched
+    return watched, writable
+
+
+async def _session_tour(
+    tour: _Tour,
+    client: mxgateway.GatewayClient,
+    watched: list[str],
+    writable: gr.GalaxyAttribute | None,
+) -> None:
+    ctx = tour.ctx
+    tour.section("2. Session")
+    async with await client.open_session(client_session_name="mxgw-py-demo") as session:
+        tour.say(f"opened {session.session_id}")
+        server_handle = await session.register("mxgw-py-demo")
+        tags = list(watched)
+        if writable is not None and writable.full_tag_reference not in tags:
+            tags.append(writable.full_tag_reference)
+        results = await session.subscribe_bulk(server_handle, tags)
+        handles = {r.tag_address: r.item_handle for r in results if r.was_successful}
+        for r in results:
+            tour.say(
+                f"  add+advise {r.tag_address}: "
+                + (f"item handle {r.item_handle}" if r.was_successful else r.error_message)
+            )
+        tour.doc["session"] = {
+            "registered": server_handle != 0,
+            "advised": [r.tag_address for r in results if r.was_successful],
+        }
+
+        tour.section("3. Live data changes")
+        changes: list[dict[str, Any]] = []
+        last_sequence = 0
+
+        def on_change(event: pb.MxEvent) -> int:
+            nonlocal last_sequence
+            last_sequence = max(last_sequence, event.worker_sequence)
+            if event.WhichOneof("body") != "on_data_change":
+                return 0
+            changes.append(message_json(event))
+            tour.say("  " + event_line(event))
+            return 1
+
+        stream = session.events_raw(0)  # replay from the start: the first values come first
+        try:
+            await consume(stream, on_change, max_items=ctx.args.events, timeout=_WAIT)
+        finally:
+            await stream.aclose()
+        tour.doc["dataChanges"] = len(changes)
+        if not changes:
+            raise CommandFailed("no data change arrived from the simulator", ExitCode.TIMEOUT)
+
+        if writable is not None and writable.full_tag_reference in handles:
+            await _write_tour(tour, session, server_handle, handles, writable, last_sequence)
+
+        tour.section("5. Bulk read")
+        reads = await session.read_bulk(server_handle, tags)
+        for row in reads:
+            value = mxgateway.from_mx_value(row.value) if row.HasField("value") else None
+            tour.say(
+                f"  {row.tag_address} = {value!r} quality={row.quality} cached={row.was_cached}"
+            )
+        tour.doc["readBulk"] = [
+            {"tagAddress": row.tag_address, "wasSuccessful": row.was_successful} for row in reads
+        ]
+
+        tour.section("6. Close")
+        reply = await session.close()
+        if reply is not None:
+            tour.say(
+                f"closed: released {reply.released_advise_count} advises, "
+                f"{reply.released_item_count} items, "
+                f"{reply.released_registration_count} registrations"
+            )
+            tour.doc["closeSession"] = {
+                "finalState": pb.SessionState.Name(reply.final_state),
+                "releasedAdviseCount": reply.released_advise_count,
+                "releasedItemCount": reply.released_item_count,
+                "releasedRegistrationCount": reply.released_registration_count,
+            }
+
+
+async def _write_tour(
+    tour: _Tour,
+    session: mxgateway.Session,
+    server_handle: int,
+    handles: dict[str, int],
+    writable: gr.GalaxyAttribute,
+    after_sequence: int,
+) -> None:
+    tour.section("4. Write and its completion")
+    reference = writable.full_tag_reference
+    item_handle = handles[reference]
+    value, value_type = _write_value(writable)
+    await session.write(server_handle, item_handle, value, value_type=value_type)
+    tour.say(f"  wrote {value!r} ({value_type}) to {reference}")
+    completed: list[pb.MxEvent] = []
+
+    def on_event(event: pb.MxEvent) -> int:
+        if (
+            event.WhichOneof("body") == "on_write_complete"
+            and event.on_write_complete.item_handle == item_handle
+        ):
+            completed.append(event)
+            tour.say("  " + event_line(event))
+            return 1
+        return 0
+
+    stream = session.events_raw(after_sequence)
+    try:
+        await consume(stream, on_event, max_items=1, timeout=_WAIT)
+    finally:
+        await stream.aclose()
+    ok = bool(completed) and all(s.success != 0 for s in completed[0].on_write_complete.statuses)
+    tour.doc["write"] = {
+        "tag": reference,
+        "type": value_type,
+        "writeCompleteReceived": bool(completed),
+        "succeeded": ok,
+    }
+    if not completed:
+        raise CommandFailed(f"no OnWriteComplete for {reference}", ExitCode.TIMEOUT)
+
+
+DEMO_COMMANDS = {"demo": cmd_demo}
