@@ -1,4 +1,4 @@
-"""``python -m bench [all|unary|events|parse|bulk|capacity|profile] [--quick] [--out FILE]``.
+"""``python -m bench [all|parse|unary|events|bulk|galaxy|capacity|profile] [--quick] [--out F]``.
 
 Prints one JSON document. ``all`` runs every benchmark in turn (under 10 minutes on a
 2-core machine) and wraps their documents with the machine info.
@@ -16,7 +16,9 @@ from typing import Any
 
 from bench._common import machine_info, rnd
 
-BENCHMARKS = ("parse", "unary", "events", "bulk", "capacity", "profile")
+BENCHMARKS = ("parse", "unary", "events", "bulk", "galaxy", "capacity", "profile")
+# Benchmark name -> module (galaxy_memory.py belongs to the Galaxy helpers).
+MODULES = {"galaxy": "galaxy_memory"}
 
 
 def clean(value: Any) -> Any:
@@ -33,7 +35,7 @@ def clean(value: Any) -> Any:
 def run_one(name: str, quick: bool) -> dict[str, Any]:
     """Import ``bench.<name>`` and run it; a crash becomes an ``error`` entry, not an exit."""
     try:
-        module = importlib.import_module(f"bench.{name}")
+        module = importlib.import_module(f"bench.{MODULES.get(name, name)}")
         result: dict[str, Any] = module.run(quick=quick)
         return result
     except Exception as exc:

@@ -213,6 +213,53 @@ def replay_server(events: int, batch: int, *, values: str = "double") -> ServerP
     )
 
 
+def sim_server(
+    *,
+    galaxy_objects: int = 0,
+    scan_ms: int = 200,
+    tags_out: str = "",
+    max_sessions: int = 64,
+    event_queue_limit: int = 10_000,
+) -> ServerProcess | None:
+    """The simulator in a subprocess via ``bench/sim_server.py``, or None if it is missing."""
+    try:
+        from mxgateway_sim import GatewaySimulator  # noqa: F401
+    except ImportError:
+        return None
+    argv = [
+        sys.executable,
+        "-m",
+        "bench.sim_server",
+        "--galaxy-objects",
+        str(galaxy_objects),
+        "--scan-ms",
+        str(scan_ms),
+        "--max-sessions",
+        str(max_sessions),
+        "--event-queue-limit",
+        str(event_queue_limit),
+    ]
+    if tags_out:
+        argv += ["--tags-out", tags_out]
+    return ServerProcess(argv, ready_timeout=180.0)
+
+
+def load_tags(path: str, n: int) -> tuple[list[str], list[object]]:
+    """The first ``n`` tags of a ``--tags-out`` file and a value of the right type for each."""
+    tags: list[str] = []
+    values: list[object] = []
+    with open(path, encoding="utf-8") as fh:
+        for i, line in enumerate(fh):
+            if len(tags) >= n:
+                break
+            ref, _, dtype = line.rstrip("\n").partition("\t")
+            if not ref:
+                continue
+            tags.append(ref)
+            values.append({"1": i % 2 == 0, "2": i, "4": i * 0.25}.get(dtype, f"bench-{i}"))
+    return tags, values
+
+
 def sim_argv() -> list[str] | None:
     """How to start ``mxgw-sim serve`` on loopback, or None when the simulator has not landed."""
     try:

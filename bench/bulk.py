@@ -11,6 +11,8 @@ client side alone costs).
 from __future__ import annotations
 
 import asyncio
+import os
+import tempfile
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -19,7 +21,16 @@ from typing import Any
 import grpc
 
 from bench import _client
-from bench._common import METADATA, Report, aio_channel, ratio, replay_server, rnd, simulator
+from bench._common import (
+    METADATA,
+    Report,
+    aio_channel,
+    load_tags,
+    ratio,
+    replay_server,
+    rnd,
+    sim_server,
+)
 from bench._events import SESSION_ID
 from mxgateway._values import to_mx_value
 from mxgateway.generated import mxaccess_gateway_pb2 as pb
@@ -34,9 +45,9 @@ class BulkOps:
     """One flavour's operations (all return when the reply has been checked)."""
 
     read_bulk: Callable[[Sequence[str]], Awaitable[int]]
-    write_bulk: Callable[[Sequence[int], Sequence[float]], Awaitable[int]]
+    write_bulk: Callable[[Sequence[int], Sequence[object]], Awaitable[int]]
     read_one: Callable[[str], Awaitable[object]]
-    write_one: Callable[[int, float], Awaitable[object]]
+    write_one: Callable[[int, object], Awaitable[object]]
 
 
 class BareGateway:
@@ -95,7 +106,7 @@ class BareGateway:
         reply = await self.invoke(cmd)
         return sum(1 for r in reply.bulk_read.results if r.was_successful)
 
-    async def write_bulk(self, handles: Sequence[int], values: Sequence[float]) -> int:
+    async def write_bulk(self, handles: Sequence[int], values: Sequence[object]) -> int:
         """WRITE_BULK; returns the number of successful rows."""
         cmd = pb.MxCommand(kind=pb.MX_COMMAND_KIND_WRITE_BULK)
         cmd.write_bulk.server_handle = self.server_handle
@@ -109,7 +120,7 @@ class BareGateway:
         """A single read: READ_BULK of one tag (the protocol has no one-tag read)."""
         return await self.read_bulk((tag,))
 
-    async def write_one(self, handle: int, value: float) -> int:
+    async def write_one(self, handle: int, value: object) -> int:
         """A single WRITE."""
         cmd = pb.MxCommand(kind=pb.MX_COMMAND_KIND_WRITE)
         cmd.write.server_handle = self.server_handle
@@ -129,17 +140,27 @@ async def _timed(coro: Awaitable[Any]) -> float:
     return time.perf_counter() - t0
 
 
-async def measure(ops: BulkOps, tags: Sequence[str], handles: Sequence[int], quick: bool) -> Any:
+async def measure(
+    ops: BulkOps,
+    tags: Sequence[str],
+    handles: Sequence[int],
+    all_values: Sequence[object],
+    quick: bool,
+) -> Any:
     """Bulk vs singles for every size; returns rows per size and operation."""
     sizes = [s for s in SIZES if s <= len(tags)]
     sample_cap = 50 if quick else SINGLES_SAMPLE
     out: dict[str, Any] = {"read": {}, "write": {}}
     for n in sizes:
-        values = [float(i % 1000) / 4 for i in range(n)]
+        values = all_values[:n]
+        ok = await ops.read_bulk(tags[:n])
+        if ok != n:
+            raise RuntimeError(f"read_bulk of {n} tags: only {ok} rows succeeded")
+        ok = await ops.write_bulk(handles[:n], values)
+        if ok != n:
+            raise RuntimeError(f"write_bulk of {n} tags: only {ok} rows succeeded")
         reps = 2 if quick else (5 if n >= 1000 else 10)
-        # Bulk: one untimed warm-up call, then the best of reps (one call each).
-        await ops.read_bulk(tags[:n])
-        await ops.write_bulk(handles[:n], values)
+        # Bulk: the checked warm-up calls above, then the best of reps (one call each).
         read_t = min([await _timed(ops.read_bulk(tags[:n])) for _ in range(reps)])
         write_t = min([await _timed(ops.write_bulk(handles[:n], values)) for _ in range(reps)])
         k = min(n, sample_cap)
@@ -181,7 +202,7 @@ def add_targets(report: Report, results: dict[str, Any], where: str) -> None:
 
 
 async def run_flavours(
-    report: Report, where: str, address: str, tags: list[str], quick: bool
+    report: Report, where: str, address: str, tags: list[str], values: list[object], quick: bool
 ) -> None:
     """Bare stub and library against one server."""
     results: dict[str, Any] = {}
@@ -190,7 +211,7 @@ async def run_flavours(
         await bare.open()
         try:
             handles = await bare.subscribe(tags)
-            results["bare_stub"] = await measure(bare.ops(), tags, handles, quick)
+            results["bare_stub"] = await measure(bare.ops(), tags, handles, values, quick)
         finally:
             if where != "replay":
                 await bare.close()
@@ -199,7 +220,7 @@ async def run_flavours(
         report.skip(f"{where}: library read_bulk/write_bulk", why)
     else:
         async with lib_ops as (ops, handles):
-            results["library"] = await measure(ops, tags, handles, quick)
+            results["library"] = await measure(ops, tags, handles, values, quick)
     report.results[where] = results
     for flavour, r in results.items():
         add_targets(report, r, f"{where} {flavour}")
@@ -211,21 +232,29 @@ async def run_async(quick: bool) -> dict[str, Any]:
     max_n = 100 if quick else max(SIZES)
     async with replay_server(10, 10) as server:
         tags = [f"Bench{i:05d}.Value" for i in range(max_n)]
-        await run_flavours(report, "replay", server.address, tags, quick)
-    sim = simulator(_client.sim_bulk_args(max_n))
-    if sim is None:
-        report.skip("simulator", "mxgateway_sim (mxgw-sim serve) has not landed yet")
-    else:
-        try:
-            async with sim:
-                tags = await _client.sim_tags(sim, max_n)
-                await run_flavours(report, "simulator", sim.address, tags, quick)
-        except Exception as exc:
-            report.skip("simulator", f"{type(exc).__name__}: {exc}"[:500])
+        values: list[object] = [i * 0.25 for i in range(max_n)]
+        await run_flavours(report, "replay", server.address, tags, values, quick)
+    with tempfile.TemporaryDirectory(prefix="mxgw-bench-") as tmp:
+        tags_file = os.path.join(tmp, "tags.txt")
+        # ~4.6 writeable Boolean/Integer/Double/String scalars per synthetic object.
+        objects = 300 if quick else 2_600
+        sim = sim_server(galaxy_objects=objects, tags_out=tags_file)
+        if sim is None:
+            report.skip("simulator", "mxgateway_sim.GatewaySimulator has not landed yet")
+        else:
+            try:
+                async with sim:
+                    tags, values = load_tags(tags_file, max_n)
+                    report.results["simulator_tags"] = len(tags)
+                    await run_flavours(report, "simulator", sim.address, tags, values, quick)
+            except Exception as exc:
+                report.skip("simulator", f"{type(exc).__name__}: {exc}"[:500])
     report.notes.append(
         f"Singles are sampled ({SINGLES_SAMPLE} calls) and extrapolated for N = 10,000; "
-        "bulk figures are the best of 10 (N < 1,000) or 5 calls after one warm-up call. "
-        "A single read is READ_BULK of one tag (the protocol has no one-tag read)."
+        "bulk figures are the best of 10 (N < 1,000) or 5 calls after one checked "
+        "warm-up call. A single read is READ_BULK of one tag (the protocol has no one-tag "
+        "read); reads are of advised tags. Simulator tags: writeable Boolean/Integer/"
+        "Double/String scalars of a synthetic galaxy, written with values of their type."
     )
     return report.to_json()
 

@@ -66,34 +66,49 @@ async def sequential(call: Call, n: int) -> list[float]:
     return out
 
 
-async def concurrent(call: Call, callers: int, per_caller: int) -> float:
-    """Calls per second with ``callers`` tasks each making ``per_caller`` sequential calls."""
+async def concurrent(call: Call, callers: int, per_caller: int) -> tuple[float, float]:
+    """(calls/s, client CPU µs per call) with ``callers`` tasks of ``per_caller`` calls."""
 
     async def worker() -> None:
         for i in range(per_caller):
             await call(i)
 
+    cpu0 = time.process_time()
     t0 = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(callers)))
-    return callers * per_caller / (time.perf_counter() - t0)
+    wall = time.perf_counter() - t0
+    cpu = time.process_time() - cpu0
+    total = callers * per_caller
+    return total / wall, cpu / total * 1e6
 
 
 async def compare(calls: dict[str, Call], quick: bool) -> dict[str, Any]:
-    """Interleaved latency blocks, then interleaved throughput runs, per mode."""
-    blocks = 2 if quick else 6
-    per_block = 50 if quick else 600
-    tp_rounds = 1 if quick else 3
-    per_caller = 10 if quick else 150
+    """Interleaved latency blocks, then interleaved throughput rounds, per mode.
+
+    Besides the pooled figures, every round yields a ratio to the bare stub measured
+    right next to it; the median of those paired ratios is what the targets use, because
+    it cancels the drift of a shared 2-core machine.
+    """
+    blocks = 2 if quick else 8
+    per_block = 50 if quick else 500
+    tp_rounds = 1 if quick else 9
+    per_caller = 10 if quick else 100
     for call in calls.values():  # warm-up
         await sequential(call, 20 if quick else 200)
     lat: dict[str, list[float]] = {name: [] for name in calls}
+    block_medians: dict[str, list[float]] = {name: [] for name in calls}
     for _ in range(blocks):
         for name, call in calls.items():
-            lat[name].extend(await sequential(call, per_block))
+            block = await sequential(call, per_block)
+            lat[name].extend(block)
+            block_medians[name].append(median(block))
     tp: dict[str, list[float]] = {name: [] for name in calls}
+    cpu: dict[str, list[float]] = {name: [] for name in calls}
     for _ in range(tp_rounds):
         for name, call in calls.items():
-            tp[name].append(await concurrent(call, 16, per_caller))
+            rate, us = await concurrent(call, 16, per_caller)
+            tp[name].append(rate)
+            cpu[name].append(us)
     out: dict[str, Any] = {}
     for name in calls:
         out[name] = {
@@ -101,15 +116,19 @@ async def compare(calls: dict[str, Call], quick: bool) -> dict[str, Any]:
             "median_us": rnd(median(lat[name])),
             "p99_us": rnd(pct(lat[name], 99)),
             "throughput_16_callers_per_s": rnd(median(tp[name]), 0),
+            "cpu_us_per_call_16_callers": rnd(median(cpu[name])),
         }
-    base = out.get("bare_stub")
-    if base:
-        for r in out.values():
-            r["median_vs_bare"] = ratio(r["median_us"], base["median_us"])
-            r["p99_vs_bare"] = ratio(r["p99_us"], base["p99_us"])
-            r["throughput_vs_bare"] = ratio(
-                r["throughput_16_callers_per_s"], base["throughput_16_callers_per_s"]
-            )
+    if "bare_stub" in calls:
+
+        def paired(series: dict[str, list[float]], name: str) -> float | None:
+            rs = [a / b for a, b in zip(series[name], series["bare_stub"], strict=True) if b]
+            return round(median(rs), 3) if rs else None
+
+        for name, r in out.items():
+            r["median_vs_bare"] = paired(block_medians, name)
+            r["p99_vs_bare"] = ratio(r["p99_us"], out["bare_stub"]["p99_us"])
+            r["throughput_vs_bare"] = paired(tp, name)
+            r["cpu_per_call_vs_bare"] = paired(cpu, name)
     return out
 
 
@@ -173,7 +192,10 @@ async def run_async(quick: bool) -> dict[str, Any]:
             report.skip("simulator", f"{type(exc).__name__}: {exc}"[:500])
     report.notes.append(
         "Latency: sequential calls in interleaved blocks, per-call perf_counter_ns. "
-        "Throughput: 16 asyncio tasks on one channel, median of rounds."
+        "*_vs_bare ratios are medians of per-block / per-round ratios to the bare stub "
+        "measured next to it (p99_vs_bare is pooled). "
+        "Throughput: 16 asyncio tasks on one channel, median of interleaved rounds; "
+        "cpu_us_per_call is this process's CPU (gRPC threads included) per call."
     )
     return report.to_json()
 
