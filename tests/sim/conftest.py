@@ -1,0 +1,25 @@
+"""Fixtures for the simulator tests: a running GatewaySimulator and a raw-stub client."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import grpc
+import pytest
+from simhelpers import SCAN_MS, Gw
+
+from mxgateway_sim import GatewaySimulator, builtin_catalog
+
+
+@pytest.fixture
+async def sim() -> AsyncIterator[GatewaySimulator]:
+    async with GatewaySimulator(
+        catalog=builtin_catalog(), scan_interval_ms=SCAN_MS, flaky_one_in=0
+    ) as s:
+        yield s
+
+
+@pytest.fixture
+async def gw(sim: GatewaySimulator) -> AsyncIterator[Gw]:
+    async with grpc.aio.insecure_channel(sim.endpoint) as channel:
+        yield Gw(channel, sim.api_key)

@@ -1,0 +1,93 @@
+"""Helpers for the simulator tests: a thin client over the raw generated stubs."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+
+from mxgateway.generated import mxaccess_gateway_pb2 as pb
+from mxgateway.generated import mxaccess_gateway_pb2_grpc as rpc
+
+SCAN_MS = 40
+
+
+def command(payload: str, **fields: Any) -> pb.MxCommand:
+    """An MxCommand whose kind matches ``payload`` (the oneof member name)."""
+    kind = pb.MxCommandKind.Value("MX_COMMAND_KIND_" + payload.upper())
+    message_type = pb.MxCommand.DESCRIPTOR.fields_by_name[payload].message_type
+    body = getattr(pb, message_type.name)(**fields)
+    return pb.MxCommand(kind=kind, **{payload: body})
+
+
+class Gw:
+    """Raw generated stubs plus the key, for one channel."""
+
+    def __init__(self, channel: grpc.aio.Channel, key: str | None) -> None:
+        self.channel = channel
+        self.stub = rpc.MxAccessGatewayStub(channel)
+        self.md: tuple[tuple[str, str], ...] = (("authorization", f"Bearer {key}"),) if key else ()
+
+    async def open(self, name: str = "test") -> str:
+        reply = await self.stub.OpenSession(
+            pb.OpenSessionRequest(client_session_name=name), metadata=self.md
+        )
+        return reply.session_id
+
+    async def invoke(self, sid: str, payload: str, **fields: Any) -> pb.MxCommandReply:
+        request = pb.MxCommandRequest(session_id=sid, command=command(payload, **fields))
+        return await self.stub.Invoke(request, metadata=self.md)
+
+    async def ok(self, sid: str, payload: str, **fields: Any) -> pb.MxCommandReply:
+        reply = await self.invoke(sid, payload, **fields)
+        assert reply.protocol_status.code == pb.PROTOCOL_STATUS_CODE_OK, reply
+        return reply
+
+    async def register(self, sid: str) -> int:
+        return (await self.ok(sid, "register", client_name="t")).register.server_handle
+
+    async def add(self, sid: str, sh: int, ref: str) -> int:
+        reply = await self.ok(sid, "add_item", server_handle=sh, item_definition=ref)
+        return reply.add_item.item_handle
+
+    async def subscribe(self, sid: str, sh: int, ref: str, *, supervisory: bool = False) -> int:
+        ih = await self.add(sid, sh, ref)
+        kind = "advise_supervisory" if supervisory else "advise"
+        await self.ok(sid, kind, server_handle=sh, item_handle=ih)
+        return ih
+
+    async def drain(self, sid: str) -> list[pb.MxEvent]:
+        return list((await self.ok(sid, "drain_events")).drain_events.events)
+
+    async def drain_until(
+        self, sid: str, done: Callable[[list[pb.MxEvent]], bool], timeout: float = 10.0
+    ) -> list[pb.MxEvent]:
+        """DrainEvents repeatedly until ``done(all events so far)``; fails at the deadline."""
+        events: list[pb.MxEvent] = []
+        deadline = time.monotonic() + timeout
+        while True:
+            events.extend(await self.drain(sid))
+            if done(events):
+                return events
+            assert time.monotonic() < deadline, f"condition not met; got {len(events)} events"
+            await asyncio.sleep(0.02)
+
+
+def changes(events: list[pb.MxEvent], item_handle: int) -> list[pb.OnDataChangeEvent]:
+    """The OnDataChange bodies of one item."""
+    return [
+        e.on_data_change
+        for e in events
+        if e.HasField("on_data_change") and e.on_data_change.item_handle == item_handle
+    ]
+
+
+async def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Poll ``predicate`` until true; fails at the deadline."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
