@@ -8,6 +8,8 @@ a write and its OnWriteComplete, a bulk read, close.
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
 from typing import Any
 
 from rich.rule import Rule
@@ -23,6 +25,7 @@ from mxgateway_cli._errors import CommandFailed
 from mxgateway_cli._exit_codes import ExitCode
 from mxgateway_cli._output import message_json
 from mxgateway_cli._streaming import consume
+from mxgateway_sim import GatewaySimulator
 
 __all__ = ["DEMO_COMMANDS"]
 
@@ -70,10 +73,19 @@ class _Tour:
 
 async def cmd_demo(ctx: Context) -> ExitCode:
     """Run the tour against an embedded simulator."""
-    from mxgateway_sim import GatewaySimulator
-
     tour = _Tour(ctx)
-    async with GatewaySimulator() as sim:
+    # A private Galaxy database: the tour never depends on (or changes) a shared one.
+    with tempfile.TemporaryDirectory(prefix="mxgw-py-demo-") as scratch:
+        await _tour(ctx, tour, GatewaySimulator(galaxy_db=Path(scratch) / "galaxy.db"))
+    tour.section("done")
+    tour.say("the session is closed and the simulator stopped; see docs/cli.md for every command")
+    if ctx.json:
+        ctx.out.emit(tour.doc)
+    return ExitCode.OK
+
+
+async def _tour(ctx: Context, tour: _Tour, simulator: GatewaySimulator) -> None:
+    async with simulator as sim:
         tour.section("mxgw-sim")
         tour.say(f"embedded simulator listening on {sim.endpoint} (plaintext, generated API key)")
         ctx.out.add_secret(sim.api_key)
@@ -84,11 +96,6 @@ async def cmd_demo(ctx: Context) -> ExitCode:
             watched, writable = await _galaxy_tour(tour, galaxy)
         async with await mxgateway.GatewayClient.connect(options=options) as client:
             await _session_tour(tour, client, watched, writable)
-    tour.section("done")
-    tour.say("the session is closed and the simulator stopped; see docs/cli.md for every command")
-    if ctx.json:
-        ctx.out.emit(tour.doc)
-    return ExitCode.OK
 
 
 async def _galaxy_tour(
