@@ -266,10 +266,12 @@ class MxAccessError(MxGatewayError):
         parts = [f"MXAccess {self.kind} failed: hresult 0x{reply.hresult & 0xFFFFFFFF:08X}"]
         if self.status_descriptions:
             parts.append("; ".join(self.status_descriptions))
-        if reply.diagnostic_message:
-            parts.append(reply.diagnostic_message)
-        elif reply.protocol_status.message:
-            parts.append(reply.protocol_status.message)
+        extra = reply.diagnostic_message or reply.protocol_status.message
+        # Skip text that only repeats a status's diagnostic text.
+        if extra and not any(
+            s.diagnostic_text and s.diagnostic_text in extra for s in self.failed_statuses
+        ):
+            parts.append(extra)
         super().__init__(
             " - ".join(parts),
             protocol_code=reply.protocol_status.code,
