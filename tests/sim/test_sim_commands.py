@@ -159,7 +159,7 @@ async def test_write2_carries_the_timestamp(gw: Gw) -> None:
     events = await gw.drain_until(
         sid, lambda ev: any(from_mx_value(c.value) == "R-77" for c in changes(ev, ih))
     )
-    written = [c for c in changes(events, ih) if from_mx_value(c.value) == "R-77"][0]
+    written = next(c for c in changes(events, ih) if from_mx_value(c.value) == "R-77")
     assert timestamp_to_datetime(written.timestamp) == when
 
 
