@@ -119,6 +119,9 @@ async def stream_events_raw(ctx: Any, n: int) -> int:
                 count += 1
                 if count >= n:
                     break
+    except mxgateway.MxGatewayError as exc:
+        if not ctx.overflowed(exc):
+            raise
     finally:
         await stream.aclose()
     return count
@@ -135,13 +138,20 @@ async def stream_event_batches_raw(ctx: Any, n: int) -> int:
                     count += 1
             if count >= n:
                 break
+    except mxgateway.MxGatewayError as exc:
+        if not ctx.overflowed(exc):
+            raise
     finally:
         await stream.aclose()
     return count
 
 
 async def typed_events(ctx: Any, n: int) -> int:
-    """``Session.events()``: count ``n`` typed ``DataChange`` events."""
+    """``Session.events()``: count ``n`` typed ``DataChange`` events.
+
+    The typed stream resumes by itself after a disconnect; its resumes and the events its
+    ``EventGap`` notices say were lost are added to the context's counters.
+    """
     data_change = mxgateway.DataChange
     stream = ctx.lib.session.events()
     count = 0
@@ -153,6 +163,8 @@ async def typed_events(ctx: Any, n: int) -> int:
                     break
     finally:
         await stream.aclose()
+        ctx.disconnects += int(getattr(stream, "resume_count", 0))
+        ctx.gaps += int(getattr(stream, "missed_events", 0))
     return count
 
 
