@@ -21,6 +21,7 @@ it is cancelled, so the server always sees the cancellation.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from types import TracebackType
@@ -107,6 +108,14 @@ def create_channel(options: ClientOptions) -> grpc.aio.Channel:
             root = fh.read()
     credentials = grpc.ssl_channel_credentials(root_certificates=root)
     return grpc.aio.secure_channel(options.endpoint, credentials, options=args)
+
+
+def _task_cancelling() -> bool:
+    """True when the current task has a pending cancellation request (Python >= 3.11;
+    on 3.10 this cannot be known and is assumed False)."""
+    task = asyncio.current_task()
+    cancelling = getattr(task, "cancelling", None)
+    return bool(cancelling()) if cancelling is not None else False
 
 
 class Transport:
@@ -240,6 +249,15 @@ class Transport:
         except grpc.aio.AioRpcError as exc:
             label = what or type(request).__name__.removesuffix("Request")
             raise self.map_error(exc, session_id=session_id, what=label) from exc
+        except asyncio.CancelledError:
+            # grpc.aio raises CancelledError in the awaiting task when the channel was
+            # closed under the call; that is not a cancellation of this task.
+            if self._closed and not _task_cancelling():
+                label = what or type(request).__name__.removesuffix("Request")
+                raise ClientClosedError(
+                    f"{label} was cancelled because the client was closed"
+                ) from None
+            raise
 
     def stream(
         self,
@@ -335,8 +353,21 @@ class Stream(Generic[RespT]):
             raise self._transport.map_error(
                 exc, session_id=self._session_id, what=self._what
             ) from exc
+        except asyncio.CancelledError:
+            # grpc.aio raises CancelledError when the call was cancelled locally: by
+            # aclose() from another task, or by closing the client. Neither cancels the
+            # reading task, so end the iteration instead (unless this task is cancelled).
+            closed_by_us = self._done or self._transport.closed
+            self._close_call()
+            if closed_by_us and not _task_cancelling():
+                if self._transport.closed:
+                    raise ClientClosedError(
+                        f"{self._what} was cancelled because the client was closed"
+                    ) from None
+                raise StopAsyncIteration from None
+            raise
         except BaseException:
-            # Cancellation of the reading task (or anything unexpected): end the call.
+            # Anything unexpected: end the call.
             self._close_call()
             raise
 

@@ -14,6 +14,7 @@ from client_fakes import SESSION_ID, FakeServer, StreamAbort, data_change
 
 from mxgateway import (
     BufferedDataChange,
+    ClientClosedError,
     DataChange,
     Event,
     EventGap,
@@ -372,3 +373,21 @@ def _client_tasks(tasks: set[asyncio.Task[object]]) -> list[str]:
     """Names of tasks that are not the fake server's own (its accept loop and handlers)."""
     names = [getattr(t.get_coro(), "__qualname__", repr(t)) for t in tasks]
     return [n for n in names if not n.startswith(("AioServer", "_handle", "FakeGateway"))]
+
+
+async def test_closing_the_client_ends_a_running_event_stream(fake: FakeServer) -> None:
+    async def plan(req: pb.StreamEventsRequest, attempt: int):  # type: ignore[no-untyped-def]
+        yield batch(data_change(1))
+        await asyncio.Event().wait()
+
+    fake.servicer.batches_plan = plan
+    client = await _client(fake)
+    events = client.attach_session(SESSION_ID).events()
+    assert isinstance(await events.__anext__(), DataChange)
+    reader = asyncio.ensure_future(events.__anext__())
+    await asyncio.sleep(0.05)
+    await client.close()
+    with pytest.raises(ClientClosedError):
+        await asyncio.wait_for(reader, 5)
+    assert fake.servicer.attempts["StreamEventBatches"] == 1
+    await asyncio.wait_for(fake.servicer.rec.cancel_event.wait(), 5)

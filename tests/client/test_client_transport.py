@@ -191,3 +191,42 @@ async def test_repr_hides_the_key(fake: FakeServer) -> None:
     async with await Transport.open(_opts(fake.endpoint)) as t:
         assert KEY not in repr(t)
         assert fake.endpoint in repr(t)
+
+
+async def test_closing_under_a_running_unary_call_is_client_closed(fake: FakeServer) -> None:
+    fake.servicer.hang.add("OpenSession")
+    t = await Transport.open(_opts(fake.endpoint, timeout=None))
+    stub = pbg.MxAccessGatewayStub(t.channel)
+    task = asyncio.ensure_future(t.unary(stub.OpenSession, pb.OpenSessionRequest()))
+    await asyncio.wait_for(fake.servicer.rec.started.wait(), 5)
+    await t.close()
+    with pytest.raises(ClientClosedError):
+        await asyncio.wait_for(task, 5)
+    assert not task.cancelled()
+
+
+async def test_aclose_from_another_task_ends_the_reader_cleanly(fake: FakeServer) -> None:
+    async def plan(req: pb.StreamEventsRequest, attempt: int):  # type: ignore[no-untyped-def]
+        yield data_change(1)
+        await asyncio.Event().wait()
+
+    fake.servicer.events_plan = plan
+    async with await Transport.open(_opts(fake.endpoint)) as t:
+        stub = pbg.MxAccessGatewayStub(t.channel)
+        stream = t.stream(stub.StreamEvents, pb.StreamEventsRequest(session_id=SESSION_ID))
+
+        got_one = asyncio.Event()
+
+        async def read_all() -> int:
+            count = 0
+            async for _ in stream:
+                count += 1
+                got_one.set()
+            return count
+
+        reader = asyncio.ensure_future(read_all())
+        await asyncio.wait_for(got_one.wait(), 5)
+        await asyncio.sleep(0)  # let the reader block on the next message
+        await stream.aclose()
+        assert await asyncio.wait_for(reader, 5) == 1
+        await asyncio.wait_for(fake.servicer.rec.cancel_event.wait(), 5)
