@@ -1,0 +1,276 @@
+"""Exit codes and error documents from a real gateway, and that keys never leak."""
+
+from __future__ import annotations
+
+import pytest
+
+from mxgateway_cli._exit_codes import ExitCode
+
+from .clirunner import Result, run
+from .conftest import KEY, READ_ONLY_KEY, SimServer
+
+UNKNOWN_SESSION = "session-00000000000000000000000000000000"
+
+
+def _no_secrets(result: Result) -> None:
+    text = result.out + result.err
+    for secret in (KEY, READ_ONLY_KEY, "RecognisableSecret", "AnotherRecognisable"):
+        assert secret not in text
+
+
+def _error(result: Result, exit_code: ExitCode, code: str) -> dict[str, object]:
+    assert result.code == exit_code, result.err
+    assert result.out == ""
+    error = result.error()
+    assert error["exitCode"] == int(exit_code)
+    assert error["code"] == code
+    assert "Traceback" not in result.err
+    _no_secrets(result)
+    return error
+
+
+def test_unknown_session_on_invoke_is_not_found(sim: SimServer) -> None:
+    result = run(
+        ["register", "--session-id", UNKNOWN_SESSION, "--client-name", "x", "--json", *sim.flags]
+    )
+    error = _error(result, ExitCode.NOT_FOUND, "SESSION_NOT_FOUND")
+    assert error["type"] == "MxGatewaySessionNotFoundError"
+
+
+def test_unknown_session_on_close_is_not_found(sim: SimServer) -> None:
+    result = run(["close-session", "--session-id", UNKNOWN_SESSION, "--json", *sim.flags])
+    _error(result, ExitCode.NOT_FOUND, "NOT_FOUND")
+
+
+def test_unknown_session_on_stream_is_not_found(sim: SimServer) -> None:
+    result = run(
+        ["stream-events", "--session-id", UNKNOWN_SESSION, "--timeout", "30", "--json", *sim.flags]
+    )
+    _error(result, ExitCode.NOT_FOUND, "NOT_FOUND")
+
+
+def test_unknown_key_is_auth_error_and_never_printed(sim: SimServer) -> None:
+    bad = "mxgw_clitest_WrongSecretThatMustNotAppear42"
+    result = run(
+        [
+            "galaxy-test-connection",
+            "--endpoint",
+            sim.endpoint,
+            "--plaintext",
+            "--api-key",
+            bad,
+            "--json",
+        ]
+    )
+    _error(result, ExitCode.AUTH, "UNAUTHENTICATED")
+    assert "WrongSecretThatMustNotAppear42" not in result.out + result.err
+
+
+def test_missing_key_is_auth_error(sim: SimServer) -> None:
+    result = run(["galaxy-last-deploy", "--endpoint", sim.endpoint, "--plaintext", "--json"])
+    _error(result, ExitCode.AUTH, "UNAUTHENTICATED")
+
+
+def test_key_from_environment_variable(sim: SimServer) -> None:
+    result = run(
+        [
+            "galaxy-test-connection",
+            "--endpoint",
+            sim.endpoint,
+            "--plaintext",
+            "--api-key-env",
+            "MY_GATEWAY_KEY",
+            "--json",
+        ],
+        env={"MY_GATEWAY_KEY": KEY},
+    )
+    assert result.code == 0, result.err
+    assert result.json() == {"ok": True}
+    _no_secrets(result)
+
+
+def test_missing_scope_is_permission_error(sim: SimServer) -> None:
+    reader = ["--endpoint", sim.endpoint, "--plaintext", "--api-key", READ_ONLY_KEY]
+    opened = run(["open-session", "--json", *reader]).json()
+    session = opened["sessionId"]
+    try:
+        handle = run(
+            ["register", "--session-id", session, "--client-name", "r", "--json", *reader]
+        ).json()["register"]["serverHandle"]
+        result = run(
+            [
+                "write",
+                "--session-id",
+                session,
+                "--server-handle",
+                str(handle),
+                "--item-handle",
+                "1",
+                "--type",
+                "int32",
+                "--value",
+                "1",
+                "--json",
+                *reader,
+            ]
+        )
+        _error(result, ExitCode.PERMISSION, "PERMISSION_DENIED")
+    finally:
+        assert run(["close-session", "--session-id", session, *reader]).code == 0
+
+
+def test_mxaccess_failure_exit_code(sim: SimServer) -> None:
+    session = run(["open-session", "--json", *sim.flags]).json()["sessionId"]
+    try:
+        base = ["--session-id", session, "--json", *sim.flags]
+        hlmx = run(["register", "--client-name", "m", *base]).json()["register"]["serverHandle"]
+        item = run(
+            ["add-item", "--server-handle", str(hlmx), "--item", "L1_Mixer.RunHours", *base]
+        ).json()["addItem"]["itemHandle"]
+        run(["advise", "--server-handle", str(hlmx), "--item-handle", str(item), *base])
+        # RunHours is calculated (not writeable): MXAccess refuses the write.
+        result = run(
+            [
+                "write",
+                "--server-handle",
+                str(hlmx),
+                "--item-handle",
+                str(item),
+                "--type",
+                "double",
+                "--value",
+                "1.5",
+                *base,
+            ]
+        )
+        error = _error(result, ExitCode.MXACCESS, "MXACCESS_FAILURE")
+        assert error["type"] == "MxAccessError"
+        assert "not writeable" in str(error["message"])
+    finally:
+        run(["close-session", "--session-id", session, *sim.flags])
+
+
+def test_unreachable_gateway_is_unavailable() -> None:
+    result = run(
+        [
+            "galaxy-test-connection",
+            "--endpoint",
+            "127.0.0.1:1",
+            "--plaintext",
+            "--timeout",
+            "2",
+            "--api-key",
+            KEY,
+            "--json",
+        ]
+    )
+    _error(result, ExitCode.UNAVAILABLE, "UNAVAILABLE")
+
+
+def test_tls_to_a_plaintext_gateway_is_unavailable(sim: SimServer) -> None:
+    result = run(
+        [
+            "galaxy-test-connection",
+            "--endpoint",
+            sim.endpoint,
+            "--tls",
+            "--timeout",
+            "2",
+            "--api-key",
+            KEY,
+            "--json",
+        ]
+    )
+    _error(result, ExitCode.UNAVAILABLE, "UNAVAILABLE")
+
+
+def test_human_error_is_one_line_without_key(sim: SimServer) -> None:
+    result = run(["close-session", "--session-id", UNKNOWN_SESSION, *sim.flags])
+    assert result.code == ExitCode.NOT_FOUND
+    assert result.out == ""
+    assert result.err.startswith("mxgw-py: error: ")
+    assert result.err.count("\n") == 1
+    _no_secrets(result)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["write", "--type", "int32", "--value", "99999999999"],
+        ["write", "--type", "double", "--value", "inf"],
+        ["write", "--type", "bool", "--value", "perhaps"],
+        ["write2", "--type", "int32", "--value", "1", "--timestamp", "2026-01-01T00:00:00"],
+    ],
+)
+def test_bad_values_never_reach_the_gateway(sim: SimServer, argv: list[str]) -> None:
+    result = run(
+        [
+            *argv[:1],
+            "--session-id",
+            UNKNOWN_SESSION,
+            "--server-handle",
+            "1",
+            "--item-handle",
+            "1",
+            *argv[1:],
+            "--json",
+            *sim.flags,
+        ]
+    )
+    # A usage error, not SESSION_NOT_FOUND: nothing was sent.
+    _error(result, ExitCode.USAGE, "USAGE")
+
+
+def test_write_bulk_needs_pairs(sim: SimServer) -> None:
+    result = run(
+        [
+            "write-bulk",
+            "--session-id",
+            UNKNOWN_SESSION,
+            "--server-handle",
+            "1",
+            "--item-handle",
+            "1",
+            "--item-handle",
+            "2",
+            "--value",
+            "1",
+            "--type",
+            "int32",
+            "--json",
+            *sim.flags,
+        ]
+    )
+    _error(result, ExitCode.USAGE, "USAGE")
+
+
+def test_password_env_missing_is_usage_error(sim: SimServer) -> None:
+    result = run(
+        [
+            "authenticate-user",
+            "--session-id",
+            UNKNOWN_SESSION,
+            "--server-handle",
+            "1",
+            "--user",
+            "operator",
+            "--password-env",
+            "MXGW_NO_SUCH_VAR",
+            "--json",
+            *sim.flags,
+        ]
+    )
+    _error(result, ExitCode.USAGE, "USAGE")
+
+
+def test_stream_events_timeout_ends_with_exit_zero(sim: SimServer) -> None:
+    session = run(["open-session", "--json", *sim.flags]).json()["sessionId"]
+    try:
+        # Nothing is advised: no event arrives, the window ends, exit 0 with an empty list.
+        result = run(
+            ["stream-events", "--session-id", session, "--timeout", "0.5", "--json", *sim.flags]
+        )
+        assert result.code == 0, result.err
+        assert result.json() == {"events": []}
+    finally:
+        run(["close-session", "--session-id", session, *sim.flags])

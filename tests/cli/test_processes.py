@@ -1,0 +1,223 @@
+"""The spec's CLI commands run verbatim, each in its own process, sharing one session.
+
+Connection defaults come from ``MXGATEWAY_ENDPOINT`` / ``MXGATEWAY_PLAINTEXT`` /
+``MXGATEWAY_API_KEY`` (the spec's commands after ``open-session`` carry no connection flags),
+ids are the real ones the previous process printed. Also: the TLS smoke line of the spec,
+Ctrl+C (exit 130) and ``mxgw-py demo`` with no flags.
+"""
+
+from __future__ import annotations
+
+import json
+import selectors
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from mxgateway_cli._exit_codes import ExitCode
+
+from .conftest import CLI, KEY, SimServer, start_sim, stop_sim
+
+ITEM = "L1_Tank01_InletValve.Cmd"
+"""The spec's ``Object.Attribute``: an Integer that changes on its own and can be written."""
+PROCESS_TIMEOUT = 60
+
+
+def mxgw_py(sim: SimServer, *argv: str, env: dict[str, str] | None = None) -> dict[str, object]:
+    """Run ``mxgw-py ARGV`` in a new process; it must succeed and print one JSON document."""
+    result = subprocess.run(
+        [*CLI, *argv],
+        capture_output=True,
+        text=True,
+        env=env or sim.env(),
+        timeout=PROCESS_TIMEOUT,
+        check=False,
+    )
+    assert result.returncode == 0, f"{argv}: {result.returncode}: {result.stderr}"
+    assert KEY not in result.stdout + result.stderr
+    document = json.loads(result.stdout)
+    assert isinstance(document, dict)
+    return document
+
+
+def test_spec_cli_section_in_separate_processes(sim: SimServer) -> None:
+    assert "package" in mxgw_py(sim, "version", "--json")
+    opened = mxgw_py(sim, "open-session", "--endpoint", sim.endpoint, "--plaintext", "--json")
+    session_id = str(opened["sessionId"])
+    assert session_id.startswith("session-")
+    try:
+        reg = mxgw_py(
+            sim, "register", "--session-id", session_id, "--client-name", "python-client", "--json"
+        )
+        server_handle = str(reg["register"]["serverHandle"])  # type: ignore[index]
+        added = mxgw_py(
+            sim,
+            "add-item",
+            "--session-id",
+            session_id,
+            "--server-handle",
+            server_handle,
+            "--item",
+            ITEM,
+            "--json",
+        )
+        item_handle = str(added["addItem"]["itemHandle"])  # type: ignore[index]
+        mxgw_py(
+            sim,
+            "advise",
+            "--session-id",
+            session_id,
+            "--server-handle",
+            server_handle,
+            "--item-handle",
+            item_handle,
+            "--json",
+        )
+        events = mxgw_py(
+            sim, "stream-events", "--session-id", session_id, "--max-events", "1", "--json"
+        )["events"]
+        assert isinstance(events, list) and len(events) == 1
+        assert events[0]["sessionId"] == session_id
+        assert events[0]["onDataChange"]["itemHandle"] == int(item_handle)
+        written = mxgw_py(
+            sim,
+            "write",
+            "--session-id",
+            session_id,
+            "--server-handle",
+            server_handle,
+            "--item-handle",
+            item_handle,
+            "--type",
+            "int32",
+            "--value",
+            "123",
+            "--json",
+        )
+        assert written["kind"] == "MX_COMMAND_KIND_WRITE"
+        assert written["sessionId"] == session_id
+    finally:
+        closed = mxgw_py(sim, "close-session", "--session-id", session_id, "--json")
+    assert closed["releasedAdviseCount"] == 1
+    assert closed["finalState"] == "SESSION_STATE_CLOSED"
+
+
+def test_integration_check_smoke_line(sim: SimServer) -> None:
+    env = sim.env()
+    env["MXGATEWAY_TEST_ITEM"] = ITEM
+    document = mxgw_py(
+        sim,
+        "smoke",
+        "--endpoint",
+        sim.endpoint,
+        "--plaintext",
+        "--api-key-env",
+        "MXGATEWAY_API_KEY",
+        "--item",
+        env["MXGATEWAY_TEST_ITEM"],
+        "--json",
+        env=env,
+    )
+    assert document["eventCount"] == 1
+    assert document["closeSession"]["finalState"] == "SESSION_STATE_CLOSED"  # type: ignore[index]
+
+
+def test_tls_smoke_line(tmp_path: Path, sim: SimServer) -> None:
+    tls_sim = start_sim(
+        [
+            "--tls-self-signed",
+            str(tmp_path / "tls"),
+            "--api-key",
+            KEY,
+            "--no-quality-faults",
+            "--galaxy-db",
+            str(tmp_path / "galaxy.db"),
+        ],
+        tmp_path / "tls-sim.log",
+    )
+    try:
+        assert tls_sim.ca_file is not None
+        port = tls_sim.endpoint.rsplit(":", 1)[1]
+        env = sim.env()
+        for name in ("MXGATEWAY_ENDPOINT", "MXGATEWAY_PLAINTEXT"):
+            env.pop(name)
+        document = mxgw_py(
+            tls_sim,
+            "smoke",
+            "--endpoint",
+            f"127.0.0.1:{port}",
+            "--tls",
+            "--ca-file",
+            tls_sim.ca_file,
+            "--server-name-override",
+            "localhost",
+            "--api-key-env",
+            "MXGATEWAY_API_KEY",
+            "--item",
+            ITEM,
+            "--json",
+            env=env,
+        )
+        assert document["eventCount"] == 1
+    finally:
+        stop_sim(tls_sim.process)
+
+
+def test_ctrl_c_exits_130(sim: SimServer) -> None:
+    session_id = str(
+        mxgw_py(sim, "open-session", "--endpoint", sim.endpoint, "--plaintext", "--json")[
+            "sessionId"
+        ]
+    )
+    process = subprocess.Popen(
+        [*CLI, "stream-events", "--session-id", session_id, "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=sim.env(),
+    )
+    try:
+        assert process.stderr is not None
+        # The command announces on stderr that it streams until interrupted; wait for it.
+        selector = selectors.DefaultSelector()
+        selector.register(process.stderr, selectors.EVENT_READ)
+        deadline = time.monotonic() + PROCESS_TIMEOUT
+        line = ""
+        while "interrupted" not in line and time.monotonic() < deadline:
+            if selector.select(deadline - time.monotonic()):
+                line = process.stderr.readline()
+        selector.close()
+        assert "interrupted" in line
+        process.send_signal(signal.SIGINT)
+        _out, err = process.communicate(timeout=PROCESS_TIMEOUT)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+        mxgw_py(sim, "close-session", "--session-id", session_id, "--json")
+    assert process.returncode == ExitCode.INTERRUPTED, err
+    assert json.loads(err)["error"]["code"] == "INTERRUPTED"
+
+
+@pytest.mark.parametrize("flags", [[], ["--json"]])
+def test_demo_runs_with_no_flags(flags: list[str]) -> None:
+    result = subprocess.run(
+        [*CLI, "demo", *flags],
+        capture_output=True,
+        text=True,
+        timeout=PROCESS_TIMEOUT,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    if flags:
+        document = json.loads(result.stdout)
+        assert document["dataChanges"] == 6
+        assert document["write"]["writeCompleteReceived"] is True
+        assert document["closeSession"]["finalState"] == "SESSION_STATE_CLOSED"
+    else:
+        for step in ("Galaxy Repository", "Live data changes", "Write", "Bulk read", "Close"):
+            assert step in result.stdout
+        assert "ON_WRITE_COMPLETE" in result.stdout
