@@ -1,0 +1,81 @@
+"""The event decoder's fast paths agree with the reference conversions in _values."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+from google.protobuf.timestamp_pb2 import Timestamp
+from hypothesis import given
+from hypothesis import strategies as st
+
+from mxgateway import DataChange, EventGap, to_mx_value
+from mxgateway._events import _Tracker, _ts, decode_events
+from mxgateway._values import from_mx_value, timestamp_to_datetime
+from mxgateway.generated import mxaccess_gateway_pb2 as pb
+
+
+@given(
+    seconds=st.one_of(
+        st.integers(min_value=-62135596800, max_value=253402300799),
+        st.integers(min_value=1_500_000_000, max_value=2_100_000_000),
+        st.sampled_from([0, 7_999_999_999, 8_000_000_000]),
+    ),
+    nanos=st.one_of(st.integers(0, 999_999_999), st.sampled_from([0, 999, 999_999_999, 500_000])),
+)
+def test_timestamp_fast_path_matches_reference(seconds: int, nanos: int) -> None:
+    ts = Timestamp(seconds=seconds, nanos=nanos)
+    assert _ts(ts) == timestamp_to_datetime(ts)
+    ev = pb.MxEvent(worker_sequence=1, family=pb.MX_EVENT_FAMILY_ON_DATA_CHANGE)
+    ev.on_data_change.timestamp.CopyFrom(ts)
+    out: list[object] = []
+    decode_events([ev], out, _Tracker(None))  # type: ignore[arg-type]
+    (dc,) = out
+    assert isinstance(dc, DataChange)
+    assert dc.timestamp == timestamp_to_datetime(ts)
+    assert dc.timestamp.tzinfo is not None
+
+
+VALUES = [
+    7,
+    -(2**40),
+    2.5,
+    True,
+    "text",
+    b"\x00\x01",
+    datetime(2024, 1, 2, 3, 4, 5, 678000, tzinfo=timezone.utc),
+    timedelta(seconds=90),
+    [1, 2, 3],
+    ["a", "b"],
+    None,
+]
+
+
+def test_data_change_values_match_from_mx_value() -> None:
+    events = []
+    for i, value in enumerate(VALUES, start=1):
+        ev = pb.MxEvent(worker_sequence=i, family=pb.MX_EVENT_FAMILY_ON_DATA_CHANGE)
+        ev.on_data_change.value.CopyFrom(to_mx_value(value))
+        events.append(ev)
+    out: list[object] = []
+    decode_events(events, out, _Tracker(None))  # type: ignore[arg-type]
+    assert [e.value for e in out] == [from_mx_value(ev.on_data_change.value) for ev in events]  # type: ignore[attr-defined]
+    assert [e.value for e in out] == VALUES  # type: ignore[attr-defined]
+
+
+def test_tracker_drops_duplicates_and_reports_holes() -> None:
+    def ev(seq: int) -> pb.MxEvent:
+        return pb.MxEvent(worker_sequence=seq, family=pb.MX_EVENT_FAMILY_ON_DATA_CHANGE)
+
+    tracker = _Tracker(3)
+    out: list[object] = []
+    decode_events([ev(2), ev(3), ev(4), ev(4), ev(7), ev(8)], out, tracker)  # type: ignore[arg-type]
+    kinds = [(type(e).__name__, getattr(e, "worker_sequence", None)) for e in out]
+    assert kinds == [
+        ("DataChange", 4),
+        ("EventGap", None),
+        ("DataChange", 7),
+        ("DataChange", 8),
+    ]
+    gap = out[1]
+    assert isinstance(gap, EventGap) and (gap.first_missing_sequence, gap.missing_count) == (5, 2)
+    assert (tracker.last, tracker.duplicates, tracker.gaps, tracker.missed) == (8, 3, 1, 2)
