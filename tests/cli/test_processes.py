@@ -21,8 +21,13 @@ from mxgateway_cli._exit_codes import ExitCode
 
 from .conftest import CLI, KEY, SimServer, start_sim, stop_sim
 
-ITEM = "L1_Tank01_InletValve.Cmd"
-"""The spec's ``Object.Attribute``: an Integer that changes on its own and can be written."""
+ITEM = "L2_Valve01.Cmd"
+"""The spec's ``Object.Attribute``: an Integer that changes on its own and can be written.
+
+A write pins a simulated attribute for every session of the shared simulator, so each test
+here uses its own attribute and no other test writes to them."""
+SMOKE_ITEM = "L3_Valve01.Cmd"
+"""Changes on its own; only advised (never written) by the smoke tests."""
 PROCESS_TIMEOUT = 60
 
 
@@ -107,7 +112,7 @@ def test_spec_cli_section_in_separate_processes(sim: SimServer) -> None:
 
 def test_integration_check_smoke_line(sim: SimServer) -> None:
     env = sim.env()
-    env["MXGATEWAY_TEST_ITEM"] = ITEM
+    env["MXGATEWAY_TEST_ITEM"] = SMOKE_ITEM
     document = mxgw_py(
         sim,
         "smoke",
@@ -157,7 +162,7 @@ def test_tls_smoke_line(tmp_path: Path, sim: SimServer) -> None:
             "--api-key-env",
             "MXGATEWAY_API_KEY",
             "--item",
-            ITEM,
+            SMOKE_ITEM,
             "--json",
             env=env,
         )
