@@ -157,7 +157,8 @@ class Session:
                 session_id=reply.session_id or None,
             )
         result = getattr(reply, field)
-        assert isinstance(result, cls)
+        if not isinstance(result, cls):  # pragma: no cover - the oneof fixes the type
+            raise MxGatewayProtocolError(f"unexpected {field} result type", reply=reply)
         return result
 
     # -- registration and items -------------------------------------------------------

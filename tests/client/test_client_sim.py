@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from mxgateway import (
+    BufferedDataChange,
     DataChange,
     GatewayClient,
     MxAccessError,
@@ -343,3 +344,22 @@ async def test_events_raw_parity(session: Session) -> None:
     async with session.client.stream_event_batches_raw(session.session_id) as batches:
         batch = await asyncio.wait_for(batches.__anext__(), 30)
     assert isinstance(batch, pb.MxEventBatch) and batch.events
+
+
+async def test_buffered_data_change_events(session: Session) -> None:
+    h = await session.register("buffered")
+    await session.set_buffered_update_interval(h, 50)
+    item = await session.add_buffered_item(h, "Tank01.Level")
+    async with session.events(after_worker_sequence=0) as events:
+        await session.advise(h, item)
+
+        async def first_buffered() -> BufferedDataChange:
+            async for ev in events:
+                if isinstance(ev, BufferedDataChange) and ev.samples:
+                    return ev
+            raise AssertionError("stream ended")
+
+        ev = await asyncio.wait_for(first_buffered(), 30)
+    assert ev.item_handle == item and ev.server_handle == h
+    assert all(isinstance(s.value, float) for s in ev.samples)
+    assert all(s.timestamp.tzinfo is not None for s in ev.samples)
