@@ -36,9 +36,10 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import grpc
+from google.protobuf import descriptor_pool, message_factory
 
 from mxgateway.generated import mxaccess_gateway_pb2 as pb
 
@@ -116,6 +117,34 @@ class MxGatewayError(Exception):
         self.reply = reply
         self.session_id = session_id
         super().__init__(self.message)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Picklable (e.g. across process pools) whatever the subclass's __init__ takes.
+        # Generated messages are carried as bytes: their classes cannot be pickled by name.
+        state = dict(self.__dict__)
+        reply = state.pop("reply", None)
+        for derived in ("statuses", "failed_statuses"):
+            state.pop(derived, None)
+        packed = None
+        if reply is not None:
+            packed = (reply.DESCRIPTOR.full_name, reply.SerializeToString())
+        return (_rebuild, (type(self), self.message, packed), state)
+
+
+def _rebuild(
+    cls: type[MxGatewayError], message: str, packed: tuple[str, bytes] | None
+) -> MxGatewayError:
+    err = cls.__new__(cls)
+    Exception.__init__(err, message)
+    reply = None
+    if packed is not None:
+        descriptor = descriptor_pool.Default().FindMessageTypeByName(packed[0])
+        reply = message_factory.GetMessageClass(descriptor).FromString(packed[1])
+    err.reply = reply
+    if isinstance(err, MxAccessError) and isinstance(reply, pb.MxCommandReply):
+        err.statuses = tuple(reply.statuses)
+        err.failed_statuses = tuple(s for s in err.statuses if s.success == 0)
+    return err
 
 
 class MxGatewayUnavailableError(MxGatewayError):

@@ -145,3 +145,27 @@ def test_redact_removes_keys() -> None:
 def test_client_closed_error_is_a_runtime_error() -> None:
     assert issubclass(mxgateway.ClientClosedError, RuntimeError)
     assert issubclass(mxgateway.ClientClosedError, MxGatewayError)
+
+
+def test_errors_pickle_round_trip() -> None:
+    import pickle
+
+    reply = pb.MxCommandReply(
+        session_id="session-1",
+        kind=pb.MX_COMMAND_KIND_WRITE,
+        protocol_status=pb.ProtocolStatus(code=pb.PROTOCOL_STATUS_CODE_MXACCESS_FAILURE),
+        hresult=-1,
+    )
+    samples: list[MxGatewayError] = [
+        MxAccessError(reply),
+        error_from_rpc_error(_rpc_error(grpc.StatusCode.UNAVAILABLE, "down"), session_id="s"),
+        mxgateway.ClientClosedError("closed"),
+    ]
+    for err in samples:
+        copy = pickle.loads(pickle.dumps(err))
+        assert type(copy) is type(err)
+        assert str(copy) == str(err)
+        assert copy.grpc_code == err.grpc_code and copy.session_id == err.session_id
+    restored = pickle.loads(pickle.dumps(samples[0]))
+    assert restored.reply == reply
+    assert restored.statuses == () and restored.hresult == -1
