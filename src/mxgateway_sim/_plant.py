@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -46,6 +47,8 @@ from mxgateway_sim._domain import (
     TagSample,
     failure,
 )
+
+log = logging.getLogger("mxgateway_sim.plant")
 
 if TYPE_CHECKING:
     from mxgateway_sim._simruntime import Item, SimulatedRuntime
@@ -366,4 +369,7 @@ class Plant:
                 deadline = loop.time()
                 delay = 0
             await asyncio.sleep(delay)
-            self.step()
+            try:
+                self.step()
+            except Exception:  # one bad value must not stop the clock for every session
+                log.exception("scan tick %d failed", self.tick)
