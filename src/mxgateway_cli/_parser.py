@@ -109,7 +109,9 @@ def _output_flags(parser: argparse.ArgumentParser, *, ndjson: bool = False) -> N
     )
     if ndjson:
         group.add_argument(
-            "--ndjson", action="store_true", help="one JSON object per line as items arrive"
+            "--ndjson",
+            action="store_true",
+            help="one JSON object per line as items arrive (implies --json)",
         )
     group.add_argument(
         "--debug", action="store_true", help="show the traceback of unexpected errors"

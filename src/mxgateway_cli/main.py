@@ -51,7 +51,7 @@ def main(
     out = Output(
         sys.stdout if stdout is None else stdout,
         sys.stderr if stderr is None else stderr,
-        json_mode="--json" in args_list,
+        json_mode="--json" in args_list or "--ndjson" in args_list,
     )
     for secret in _argv_secrets(args_list):
         out.add_secret(secret)
@@ -60,8 +60,10 @@ def main(
     try:
         parser = build_parser()
         args = parser.parse_args(args_list)
-        out.json_mode = bool(getattr(args, "json", False))
         out.ndjson = bool(getattr(args, "ndjson", False))
+        if out.ndjson:
+            args.json = True  # --ndjson is a JSON mode
+        out.json_mode = bool(getattr(args, "json", False))
         ctx = Context(args=args, out=out, env=os.environ if env is None else env)
         return int(asyncio.run(COMMANDS[args.command](ctx)))
     except HelpRequested:

@@ -271,3 +271,27 @@ def test_version_golden() -> None:
         "grpcio",
         "protobuf",
     ]
+
+
+def test_stream_events_ndjson_and_human_lines(sim: SimServer) -> None:
+    session = run(["open-session", "--json", *sim.flags]).json()["sessionId"]
+    base = ["--session-id", session, *sim.flags]
+    try:
+        hlmx = str(run(["register", "--json", *base]).json()["register"]["serverHandle"])
+        item = str(
+            run(["add-item", "--server-handle", hlmx, "--item", LIVE, "--json", *base]).json()[
+                "addItem"
+            ]["itemHandle"]
+        )
+        assert run(["advise", "--server-handle", hlmx, "--item-handle", item, *base]).code == 0
+        window = ["--max-events", "2", "--after-sequence", "0", "--timeout", "30"]
+        lines = run(["stream-events", *window, "--ndjson", *base])
+        assert lines.code == 0, lines.err
+        events = [json.loads(line) for line in lines.out.splitlines()]
+        assert [e["workerSequence"] for e in events] == ["1", "2"]
+        assert all(e["onDataChange"]["itemHandle"] == int(item) for e in events)
+        human = run(["stream-events", *window, *base])
+        assert human.code == 0, human.err
+        assert human.out.splitlines()[0].startswith(f"#1 ON_DATA_CHANGE server={hlmx} item={item}")
+    finally:
+        assert run(["close-session", *base]).code == 0
