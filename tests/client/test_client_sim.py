@@ -8,10 +8,12 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+from client_proxy import TcpProxy
 
 from mxgateway import (
     BufferedDataChange,
     DataChange,
+    EventGap,
     GatewayClient,
     MxAccessError,
     MxGatewayAuthenticationError,
@@ -363,3 +365,35 @@ async def test_buffered_data_change_events(session: Session) -> None:
     assert ev.item_handle == item and ev.server_handle == h
     assert all(isinstance(s.value, float) for s in ev.samples)
     assert all(s.timestamp.tzinfo is not None for s in ev.samples)
+
+
+async def test_events_resume_after_a_real_connection_drop(sim: GatewaySimulator) -> None:
+    async with (
+        TcpProxy(sim.endpoint) as proxy,
+        await GatewayClient.connect(
+            endpoint=proxy.endpoint, api_key=sim.api_key, plaintext=True
+        ) as client,
+        await client.open_session("drop") as session,
+    ):
+        h = await session.register("drop")
+        await session.subscribe_bulk(h, ["Tank01.Level", "Pump01.Speed", "Line01.Counter"])
+        got: list[int] = []
+        async with session.events() as events:
+
+            async def take(n: int) -> None:
+                async for ev in events:
+                    assert not isinstance(ev, EventGap), ev
+                    if isinstance(ev, DataChange):
+                        got.append(ev.worker_sequence)
+                        if len(got) >= n:
+                            return
+
+            await asyncio.wait_for(take(10), 30)
+            connections = proxy.connections
+            proxy.drop_all()
+            await asyncio.wait_for(take(40), 30)
+            assert events.resume_count >= 1
+            assert events.gap_count == 0
+        assert proxy.connections > connections
+    # Every event exactly once, in order, across the drop.
+    assert got == list(range(got[0], got[0] + len(got)))
