@@ -254,7 +254,7 @@ _FAULT_REPLAY_GAP = pb.STREAM_FAULT_KIND_REPLAY_GAP
 class _Tracker:
     """Sequence bookkeeping shared by the decoder and the iterator."""
 
-    __slots__ = ("duplicates", "gaps", "last", "missed", "tracking")
+    __slots__ = ("duplicates", "faults", "gaps", "last", "missed", "tracking")
 
     def __init__(self, after: int | None) -> None:
         self.last = after or 0
@@ -262,6 +262,7 @@ class _Tracker:
         self.gaps = 0
         self.missed = 0
         self.duplicates = 0
+        self.faults: list[StreamFault] = []
 
 
 def _decode_other(ev: pb.MxEvent, out: list[Event], tr: _Tracker) -> None:
@@ -301,14 +302,26 @@ def _decode_other(ev: pb.MxEvent, out: list[Event], tr: _Tracker) -> None:
             )
             out.append(EventGap(first, count, "replay-gap", ev))
         else:
-            out.append(
-                StreamFault(f.kind, f.message, f.first_missing_sequence, f.missing_count, ev)
-            )
+            fault = StreamFault(f.kind, f.message, f.first_missing_sequence, f.missing_count, ev)
+            tr.faults.append(fault)
+            out.append(fault)
     elif body == "on_alarm_transition":
         a = ev.on_alarm_transition
         out.append(AlarmTransition(seq, a.alarm_full_reference, a.transition_kind, ev))
-    elif body == "on_data_change":  # pragma: no cover - handled by the fast path
-        raise AssertionError("unreachable")
+    elif body == "on_data_change":
+        # A data change whose family field was not set (the fast path keys on family).
+        dc = ev.on_data_change
+        out.append(
+            DataChange(
+                seq,
+                dc.server_handle,
+                dc.item_handle,
+                from_mx_value(dc.value),
+                dc.quality,
+                _ts(dc.timestamp),
+                ev,
+            )
+        )
     else:
         _log.debug("ignoring event %d without a known body", seq)
 
@@ -525,11 +538,13 @@ class EventStream:
                 decode_events(msg.events, buf, self._tracker)
             else:
                 decode_events((msg,), buf, self._tracker)
+            faults = self._tracker.faults
+            if faults:
+                for fault in faults:
+                    self._note_fault(fault)
+                faults.clear()
             if not buf:
                 continue
-            for event in buf:
-                if type(event) is StreamFault:
-                    self._note_fault(event)
             self._buf = buf
             self._pos = 1
             return buf[0]

@@ -79,3 +79,13 @@ def test_tracker_drops_duplicates_and_reports_holes() -> None:
     gap = out[1]
     assert isinstance(gap, EventGap) and (gap.first_missing_sequence, gap.missing_count) == (5, 2)
     assert (tracker.last, tracker.duplicates, tracker.gaps, tracker.missed) == (8, 3, 1, 2)
+
+
+def test_data_change_without_family_is_still_decoded() -> None:
+    ev = pb.MxEvent(worker_sequence=1)  # family left UNSPECIFIED by a sloppy server
+    ev.on_data_change.item_handle = 4
+    ev.on_data_change.value.string_value = "x"
+    out: list[object] = []
+    decode_events([ev], out, _Tracker(None))  # type: ignore[arg-type]
+    (dc,) = out
+    assert isinstance(dc, DataChange) and (dc.item_handle, dc.value) == (4, "x")
