@@ -45,6 +45,10 @@ class InMemoryCatalog:
         """Every attribute in definition order."""
         return list(self._tags)
 
+    def object_tag_names(self) -> list[str]:
+        """Tag names of the objects that own the attributes."""
+        return list(dict.fromkeys(t.tag_name for t in self._tags))
+
 
 def tag(
     tag_name: str,

@@ -27,7 +27,9 @@ from mxgateway._values import MxPythonValue
 from mxgateway_sim._catalog import TagCatalog, TagInfo
 from mxgateway_sim._domain import (
     CAT_COMMUNICATION_ERROR,
+    CAT_CONFIGURATION_ERROR,
     DETAIL_PLATFORM_COMMUNICATION_ERROR,
+    DETAIL_RESOLVING_OBJECT,
     MX_BIG_STRING,
     MX_BOOLEAN,
     MX_DOUBLE,
@@ -35,10 +37,12 @@ from mxgateway_sim._domain import (
     MX_FLOAT,
     MX_INTEGER,
     MX_INTERNATIONALIZED_STRING,
+    MX_NO_DATA,
     MX_REFERENCE,
     MX_STRING,
     MX_TIME,
     QUALITY_BAD_COMM_FAILURE,
+    QUALITY_BAD_CONFIG_ERROR,
     QUALITY_GOOD,
     QUALITY_UNCERTAIN,
     SRC_RESPONDING_NMX,
@@ -64,6 +68,7 @@ _BAD_STATUS = failure(
     "simulated communication failure",
     SRC_RESPONDING_NMX,
 )
+_UNDEPLOYED = failure(CAT_CONFIGURATION_ERROR, DETAIL_RESOLVING_OBJECT, "attribute undeployed")
 _WORDS = ("Idle", "Starting", "Running", "Holding", "Stopping", "Cleaning", "Fault")
 STRING_TYPES = frozenset({MX_STRING, MX_BIG_STRING, MX_INTERNATIONALIZED_STRING, MX_REFERENCE})
 _STATIC_HINTS = ("setpoint", "limit", "desc", "name", "serial", "config", "recipe", "mode")
@@ -279,6 +284,7 @@ class Plant:
         self._task: asyncio.Task[None] | None = None
         self._objects: set[str] | None = None
         self._objects_version = -1
+        self._version = catalog.version
 
     # -- catalog -------------------------------------------------------------------------
 
@@ -298,9 +304,28 @@ class Plant:
     def object_exists(self, tag_name: str) -> bool:
         """True when some deployed attribute belongs to ``tag_name``."""
         if self._objects is None or self._objects_version != self.catalog.version:
-            self._objects = {t.tag_name.lower() for t in self.catalog.all_tags()}
+            names = getattr(self.catalog, "object_tag_names", None)
+            if callable(names):
+                self._objects = {str(n).lower() for n in names()}
+            else:
+                self._objects = {t.tag_name.lower() for t in self.catalog.all_tags()}
             self._objects_version = self.catalog.version
         return tag_name.lower() in self._objects
+
+    def _redeploy(self, now: float) -> None:
+        """The deployed namespace changed: undeployed attributes go Bad, the rest re-resolve."""
+        self._version = self.catalog.version
+        for key, state in list(self._states.items()):
+            info = self.catalog.lookup(state.info.full_tag_reference)
+            if info == state.info:
+                continue
+            del self._states[key]
+            if self._active.get(key) is state:
+                del self._active[key]
+            if info is None and state.subs:
+                gone = TagSample(None, MX_NO_DATA, QUALITY_BAD_CONFIG_ERROR, now, _UNDEPLOYED)
+                for item in state.subs:
+                    item.deliver(gone)
 
     # -- subscriptions -------------------------------------------------------------------
 
@@ -322,8 +347,8 @@ class Plant:
         """Stop delivering to ``item``."""
         with contextlib.suppress(ValueError):
             state.subs.remove(item)
-        if not state.subs:
-            self._active.pop(state.key, None)
+        if not state.subs and self._active.get(state.key) is state:
+            del self._active[state.key]
 
     def write(self, state: TagState, value: MxPythonValue, timestamp: float | None) -> None:
         """Pin the attribute to a written value; subscribers see it on the next tick."""
@@ -337,6 +362,8 @@ class Plant:
         """Advance one scan tick: compute changed attributes and flush every runtime."""
         n = self.tick = self.tick + 1
         now = time.time() if now is None else now
+        if self.catalog.version != self._version:
+            self._redeploy(now)
         for state in self._active.values():
             if not state.changes_at(n):
                 continue

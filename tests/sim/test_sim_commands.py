@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from simhelpers import Gw, changes
+import grpc
+from simhelpers import SCAN_MS, Gw, changes
 
 from mxgateway._values import from_mx_value, timestamp_to_datetime, to_mx_value
 from mxgateway.generated import mxaccess_gateway_pb2 as pb
+from mxgateway_sim import GatewaySimulator, InMemoryCatalog, TagInfo, builtin_catalog
+from mxgateway_sim._builtin import tag
 
 E_INVALIDARG = -2147024809
 OK = pb.PROTOCOL_STATUS_CODE_OK
@@ -368,3 +371,34 @@ async def test_invalid_requests(gw: Gw) -> None:
         assert reply.protocol_status.message
     negative = await gw.invoke(sid, "drain_events", max_events=-1)
     assert negative.protocol_status.code == pb.PROTOCOL_STATUS_CODE_INVALID_REQUEST
+
+
+class _Redeployable(InMemoryCatalog):
+    """A catalog whose namespace a test can redeploy."""
+
+    def redeploy(self, tags: list[TagInfo]) -> None:
+        self.__init__(tags, self.version + 1)  # type: ignore[misc]
+
+
+async def test_redeploy_makes_undeployed_items_bad_and_new_ones_resolvable() -> None:
+    base = builtin_catalog().all_tags()
+    catalog = _Redeployable(base)
+    async with (
+        GatewaySimulator(catalog=catalog, scan_interval_ms=SCAN_MS, flaky_one_in=0) as sim,
+        grpc.aio.insecure_channel(sim.endpoint) as channel,
+    ):
+        gw = Gw(channel, sim.api_key)
+        sid = await gw.open()
+        sh = await gw.register(sid)
+        level = await gw.subscribe(sid, sh, "Tank01.Level")
+        await gw.drain_until(sid, lambda ev: bool(changes(ev, level)))
+        extra = tag("Tank02", "Level", 4)
+        catalog.redeploy([t for t in base if t.tag_name != "Tank01"] + [extra])
+        events = await gw.drain_until(
+            sid, lambda ev: any(c.quality == 4 for c in changes(ev, level))
+        )
+        gone = next(c for c in changes(events, level) if c.quality == 4)
+        assert (gone.statuses[0].success, gone.statuses[0].detail) == (0, 12)
+        fresh = await gw.subscribe(sid, sh, "Tank02.Level")
+        events = await gw.drain_until(sid, lambda ev: bool(changes(ev, fresh)))
+        assert changes(events, fresh)[0].quality == 192
