@@ -6,6 +6,7 @@ import argparse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from mxgateway_cli._errors import CliUsageError
 from mxgateway_cli._output import Output
 from mxgateway_cli._parsing import ConnectionSettings
 
@@ -47,8 +48,6 @@ class Context:
 
     def secret_from_env(self, flag: str, name: str) -> str:
         """Read a secret (password) from environment variable ``name``; never echoed."""
-        from mxgateway_cli._errors import CliUsageError
-
         value = self.env.get(name)
         if not value:
             raise CliUsageError(f"{flag} {name}: environment variable is not set or empty")

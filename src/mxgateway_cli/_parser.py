@@ -29,6 +29,7 @@ class _Parser(argparse.ArgumentParser):
     """An ArgumentParser that raises instead of exiting and prints to our streams."""
 
     out_stream: IO[str] | None = None
+    """Where help text goes (set by :func:`build_parser` on every parser of the tree)."""
 
     def error(self, message: str) -> NoReturn:
         command = self.prog.removeprefix("mxgw-py").strip()
@@ -43,7 +44,7 @@ class _Parser(argparse.ArgumentParser):
 
     def _print_message(self, message: str, file: SupportsWrite[str] | None = None) -> None:
         if message:
-            stream = _Parser.out_stream
+            stream = self.out_stream
             if stream is None:
                 return super()._print_message(message, file)
             stream.write(message)
@@ -189,17 +190,21 @@ def _value_flags(parser: argparse.ArgumentParser, *, repeat: bool = False) -> No
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The complete ``mxgw-py`` parser."""
+def build_parser(out_stream: IO[str] | None = None) -> argparse.ArgumentParser:
+    """The complete ``mxgw-py`` parser; help text goes to ``out_stream`` (default stdout)."""
     parser = _Parser(
         prog="mxgw-py",
         description="Command-line client of the MXAccess Gateway (AVEVA System Platform).",
         epilog=_EPILOG,
     )
+    parser.out_stream = out_stream
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, help_text: str) -> argparse.ArgumentParser:
-        return sub.add_parser(name, help=help_text, description=help_text, epilog=_EPILOG)
+        command = sub.add_parser(name, help=help_text, description=help_text, epilog=_EPILOG)
+        assert isinstance(command, _Parser)
+        command.out_stream = out_stream
+        return command
 
     p = add("version", "print package and protocol versions")
     _output_flags(p)

@@ -20,7 +20,7 @@ from mxgateway_cli._context import Context
 from mxgateway_cli._errors import classify
 from mxgateway_cli._exit_codes import ExitCode
 from mxgateway_cli._output import Output
-from mxgateway_cli._parser import HelpRequested, _Parser, build_parser
+from mxgateway_cli._parser import HelpRequested, build_parser
 
 __all__ = ["ExitCode", "main", "run"]
 
@@ -56,9 +56,8 @@ def main(
     for secret in _argv_secrets(args_list):
         out.add_secret(secret)
     debug = "--debug" in args_list
-    _Parser.out_stream = out.stdout
     try:
-        parser = build_parser()
+        parser = build_parser(out.stdout)
         args = parser.parse_args(args_list)
         out.ndjson = bool(getattr(args, "ndjson", False))
         if out.ndjson:
@@ -74,8 +73,6 @@ def main(
             out.write("".join(traceback.format_exception(exc)), stream=out.stderr)
         out.error(report)
         return int(report.exit_code)
-    finally:
-        _Parser.out_stream = None
 
 
 def run() -> None:

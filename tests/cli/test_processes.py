@@ -12,6 +12,7 @@ import json
 import selectors
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -207,10 +208,16 @@ def test_ctrl_c_exits_130(sim: SimServer) -> None:
     assert json.loads(err)["error"]["code"] == "INTERRUPTED"
 
 
+def _console_script() -> list[str]:
+    """The installed ``mxgw-py`` script next to this interpreter, else ``python -m``."""
+    script = Path(sys.executable).with_name("mxgw-py")
+    return [str(script)] if script.exists() else CLI
+
+
 @pytest.mark.parametrize("flags", [[], ["--json"]])
 def test_demo_runs_with_no_flags(flags: list[str]) -> None:
     result = subprocess.run(
-        [*CLI, "demo", *flags],
+        [*_console_script(), "demo", *flags],
         capture_output=True,
         text=True,
         timeout=PROCESS_TIMEOUT,
