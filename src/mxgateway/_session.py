@@ -440,6 +440,16 @@ class Session:
         reply = await self.invoke(cmd)
         return self._result(reply, "worker_info", pb.GetWorkerInfoReply)
 
+    async def drain_events(self, max_events: int = 0) -> list[pb.MxEvent]:
+        """``DrainEvents``: queued events returned in the reply instead of a stream
+        (``max_events`` 0: all queued), as generated ``MxEvent`` messages."""
+        cmd = pb.MxCommand(
+            kind=pb.MX_COMMAND_KIND_DRAIN_EVENTS,
+            drain_events=pb.DrainEventsCommand(max_events=_int32(max_events, "max_events")),
+        )
+        reply = await self.invoke(cmd)
+        return list(self._result(reply, "drain_events", pb.DrainEventsReply).events)
+
     # -- bulk -------------------------------------------------------------------------
     async def _bulk_subscribe(self, cmd: pb.MxCommand) -> list[pb.SubscribeResult]:
         reply = await self.invoke(cmd)

@@ -118,6 +118,10 @@ async def test_every_single_command_helper(session: Session) -> None:
     buffered = await session.add_buffered_item(h, "Tank01.Level")
     assert buffered > 0
     await session.ping()
+    drained = await session.drain_events()
+    assert drained and all(isinstance(e, pb.MxEvent) for e in drained)
+    seqs = [e.worker_sequence for e in drained]
+    assert seqs == sorted(seqs)
     assert await session.get_session_state() == pb.SESSION_STATE_READY
     info = await session.get_worker_info()
     assert info.backend_name
