@@ -394,7 +394,13 @@ def build_parser(out_stream: IO[str] | None = None) -> argparse.ArgumentParser:
 
     p = add("bench-stream-events", "measure event throughput and latency")
     p.add_argument(
-        "--sessions", type=_positive_int, default=1, metavar="N", help="sessions (default 1)"
+        "--sessions",
+        "--session-count",
+        dest="sessions",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="sessions (default 1)",
     )
     p.add_argument("--items", type=_positive_int, default=10, metavar="M", help="items per session")
     p.add_argument(

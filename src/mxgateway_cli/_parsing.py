@@ -187,7 +187,9 @@ class ConnectionSettings:
             except OSError as exc:
                 reason = exc.strerror or type(exc).__name__
                 raise CliUsageError(f"cannot read --ca-file {ca!r}: {reason}") from None
-        name_override = server_name_override or environ.get(ENV_SERVER_NAME) or None
+        name_override = server_name_override or (
+            None if plaintext else environ.get(ENV_SERVER_NAME) or None
+        )
         if api_key is not None and api_key_env is not None:
             raise CliUsageError("--api-key and --api-key-env cannot be combined")
         key = api_key

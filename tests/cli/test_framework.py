@@ -386,3 +386,81 @@ def test_float_help_text_lists_types() -> None:
     assert not math.isnan(0.0)
     help_text = run(["write", "--help"]).out
     assert "|".join(mxgateway.VALUE_TYPES) in help_text.replace("\n", "").replace(" ", "")
+
+
+# --- streaming writer and benchmark statistics --------------------------------------------
+
+
+@pytest.mark.parametrize("count", [0, 1, 3])
+def test_json_stream_writes_exactly_what_json_dumps_would(count: int) -> None:
+    import io
+    import json
+
+    from mxgateway_cli._output import Output
+    from mxgateway_cli._streaming import JsonStream
+
+    items = [{"n": i, "nested": {"list": [i, "x"], "empty": []}} for i in range(count)]
+    extra = {"objectCount": count, "meta": {"a": [1, 2]}}
+    buffer = io.StringIO()
+    writer = JsonStream(Output(buffer, io.StringIO(), json_mode=True), "objects")
+    for item in items:
+        writer.add(item)
+    writer.close(extra)
+    writer.close(extra)  # idempotent
+    assert buffer.getvalue() == json.dumps({"objects": items, **extra}, indent=2) + "\n"
+
+
+def test_json_stream_ndjson_lines() -> None:
+    import io
+    import json
+
+    from mxgateway_cli._output import Output
+    from mxgateway_cli._streaming import JsonStream
+
+    buffer = io.StringIO()
+    writer = JsonStream(Output(buffer, io.StringIO(), json_mode=True, ndjson=True), "events")
+    writer.add({"a": 1})
+    writer.add({"b": [2]})
+    writer.close({"ignored": True})
+    assert [json.loads(line) for line in buffer.getvalue().splitlines()] == [
+        {"a": 1},
+        {"b": [2]},
+    ]
+
+
+def test_latency_summary_nearest_rank() -> None:
+    from mxgateway_cli._cmd_bench import latency_summary
+
+    samples = [float(x) for x in range(1, 101)]  # 1..100 ms
+    assert latency_summary(samples) == {
+        "p50": 50.0,
+        "p95": 95.0,
+        "p99": 99.0,
+        "max": 100.0,
+        "mean": 50.5,
+    }
+    assert latency_summary([]) == dict.fromkeys(("p50", "p95", "p99", "max", "mean"))
+    assert latency_summary([3.0])["p99"] == 3.0
+
+
+def test_output_redacts_every_path() -> None:
+    import io
+
+    from mxgateway_cli._output import Output
+
+    out, err = io.StringIO(), io.StringIO()
+    output = Output(out, err)
+    output.add_secret(KEY)
+    output.write(f"stdout {KEY}\n")
+    output.info(f"stderr {KEY}")
+    output.console.print(f"rich {KEY}")
+    assert KEY not in out.getvalue() + err.getvalue()
+    assert out.getvalue().count("***") == 2
+
+
+def test_plaintext_ignores_tls_environment_defaults() -> None:
+    settings = _settings(
+        plaintext=True,
+        env={"MXGATEWAY_CA_FILE": "/nonexistent", "MXGATEWAY_SERVER_NAME_OVERRIDE": "gw"},
+    )
+    assert (settings.ca_file, settings.server_name_override) == (None, None)
