@@ -48,6 +48,9 @@ EXIT_CODES: dict[type[BaseException], ExitCode] = {
     asyncio.CancelledError: ExitCode.INTERRUPTED,
     TimeoutError: ExitCode.TIMEOUT,
     asyncio.TimeoutError: ExitCode.TIMEOUT,  # a distinct class on Python 3.10
+    # The library (and protobuf) reject bad arguments with ValueError; every argument
+    # comes from the command line, so it is bad input.
+    ValueError: ExitCode.USAGE,
     # The library's tree (mxgateway._errors), most specific first for readability.
     mxgateway.MxGatewayAuthenticationError: ExitCode.AUTH,
     mxgateway.MxGatewayPermissionError: ExitCode.PERMISSION,

@@ -80,14 +80,17 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
-def _handle(text: str) -> int:
+def _int32(text: str) -> int:
     try:
         value = int(text, 10)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a handle (an integer)") from None
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
     if not -(2**31) <= value < 2**31:
-        raise argparse.ArgumentTypeError(f"{text!r} is out of range for a 32-bit handle")
+        raise argparse.ArgumentTypeError(f"{text!r} is out of range for a 32-bit integer")
     return value
+
+
+_handle = _int32
 
 
 _EXIT_CODES_HELP = "exit codes: " + ", ".join(
@@ -262,7 +265,7 @@ def build_parser(out_stream: IO[str] | None = None) -> argparse.ArgumentParser:
     _server_handle(p)
     _item_handle(p)
     _value_flags(p)
-    p.add_argument("--user-id", type=int, default=0, metavar="N", help="user id (0 = none)")
+    p.add_argument("--user-id", type=_int32, default=0, metavar="N", help="user id (0 = none)")
     _connection_flags(p)
     _output_flags(p)
 
@@ -274,7 +277,7 @@ def build_parser(out_stream: IO[str] | None = None) -> argparse.ArgumentParser:
     p.add_argument(
         "--timestamp", metavar="ISO", help="value timestamp, ISO 8601 with zone (default now)"
     )
-    p.add_argument("--user-id", type=int, default=0, metavar="N", help="user id (0 = none)")
+    p.add_argument("--user-id", type=_int32, default=0, metavar="N", help="user id (0 = none)")
     _connection_flags(p)
     _output_flags(p)
 
@@ -284,11 +287,11 @@ def build_parser(out_stream: IO[str] | None = None) -> argparse.ArgumentParser:
     _item_handle(p)
     _value_flags(p)
     p.add_argument(
-        "--current-user-id", type=int, required=True, metavar="N", help="authenticated operator"
+        "--current-user-id", type=_int32, required=True, metavar="N", help="authenticated operator"
     )
     p.add_argument(
         "--verifier-user-id",
-        type=int,
+        type=_int32,
         metavar="N",
         help="authenticated verifier (default: the current user)",
     )
@@ -341,7 +344,7 @@ def build_parser(out_stream: IO[str] | None = None) -> argparse.ArgumentParser:
     _server_handle(p)
     _item_handle(p, repeat=True)
     _value_flags(p, repeat=True)
-    p.add_argument("--user-id", type=int, default=0, metavar="N", help="user id (0 = none)")
+    p.add_argument("--user-id", type=_int32, default=0, metavar="N", help="user id (0 = none)")
     _connection_flags(p)
     _output_flags(p)
 
@@ -366,10 +369,14 @@ def build_parser(out_stream: IO[str] | None = None) -> argparse.ArgumentParser:
     root = p.add_mutually_exclusive_group()
     root.add_argument("--root-tag-name", metavar="TAG", help="walk only this subtree")
     root.add_argument("--root-path", metavar="PATH", help="subtree by contained path (A/B/C)")
-    root.add_argument("--root-id", type=int, metavar="ID", help="subtree by gobject id")
+    root.add_argument("--root-id", type=_int32, metavar="ID", help="subtree by gobject id")
     p.add_argument("--max-depth", type=_non_negative_int, metavar="N", help="levels below the root")
     p.add_argument(
-        "--category-id", type=int, action="append", metavar="ID", help="template category (repeat)"
+        "--category-id",
+        type=_int32,
+        action="append",
+        metavar="ID",
+        help="template category (repeat)",
     )
     p.add_argument(
         "--template", action="append", metavar="TAG", help="template in the chain (repeat)"

@@ -114,6 +114,7 @@ def test_classify_fallbacks() -> None:
     assert classify(KeyboardInterrupt()).exit_code is ExitCode.INTERRUPTED
     assert classify(TimeoutError()).exit_code is ExitCode.TIMEOUT
     assert classify(CliUsageError("bad")).exit_code is ExitCode.USAGE
+    assert classify(ValueError("Value out of range: 99999999999")).exit_code is ExitCode.USAGE
     assert classify(CommandFailed("no events", ExitCode.TIMEOUT)).exit_code is ExitCode.TIMEOUT
 
 
@@ -464,3 +465,30 @@ def test_plaintext_ignores_tls_environment_defaults() -> None:
         env={"MXGATEWAY_CA_FILE": "/nonexistent", "MXGATEWAY_SERVER_NAME_OVERRIDE": "gw"},
     )
     assert (settings.ca_file, settings.server_name_override) == (None, None)
+
+
+def test_out_of_range_user_id_is_usage_error() -> None:
+    result = run(
+        [
+            "write",
+            "--session-id",
+            "s",
+            "--server-handle",
+            "1",
+            "--item-handle",
+            "2",
+            "--type",
+            "int32",
+            "--value",
+            "1",
+            "--user-id",
+            "99999999999",
+            "--endpoint",
+            "127.0.0.1:1",
+            "--plaintext",
+            "--timeout",
+            "2",
+            "--json",
+        ]
+    )
+    assert result.code == ExitCode.USAGE, result.err
