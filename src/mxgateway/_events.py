@@ -22,6 +22,7 @@ from mxgateway._errors import (
     MxGatewayError,
     MxGatewayOverloadedError,
     MxGatewaySessionFaultedError,
+    MxGatewaySessionStateError,
     MxGatewayUnavailableError,
     MxGatewayUnimplementedError,
 )
@@ -385,7 +386,9 @@ class EventStream:
     """Async iterator of typed events of one session (what ``Session.events()`` returns).
 
     Use ``async for event in session.events(): ...``; breaking out of the loop, ``aclose()``
-    or leaving ``async with`` closes the underlying gRPC stream.
+    or leaving ``async with`` closes the underlying gRPC stream. A cancelled read (e.g.
+    ``asyncio.wait_for(events.__anext__(), 1)`` timing out) cancels the gRPC call but not
+    the iterator: the next read re-subscribes after the last delivered event.
 
     Attributes (read-only counters):
         last_worker_sequence: The last real event's sequence (0 before any).
@@ -423,6 +426,8 @@ class EventStream:
         self._closed = False
         self._ended_by: int | None = None
         self._overflowed = False
+        self._opened = False
+        self._reopening = False
         self.resume_count = 0
 
     # -- counters ---------------------------------------------------------------------
@@ -467,10 +472,12 @@ class EventStream:
     def _open(self) -> Stream[Any]:
         tr = self._tracker
         after = tr.last if tr.tracking else None
-        if self.resume_count and after is None:
-            # Dropped before the first event: replay whatever the ring holds rather than
-            # risk losing events produced while we were away.
+        self._reopening = self._opened
+        if self._opened and after is None:
+            # Re-opened before the first event: replay whatever the ring holds rather
+            # than risk losing events produced while we were away.
             after = 0
+        self._opened = True
         if self._batches:
             return self._client.stream_event_batches_raw(
                 self._session_id, after_worker_sequence=after
@@ -527,6 +534,13 @@ class EventStream:
                 )
                 await asyncio.sleep(delay)
                 continue
+            except asyncio.CancelledError:
+                # The read was cancelled (the task was, e.g. by asyncio.wait_for timing
+                # out). End this gRPC call but not the iterator: the next __anext__
+                # re-subscribes after the last delivered event, so nothing is lost.
+                self._stream = None
+                stream.cancel()
+                raise
             except BaseException:
                 self._stream = None
                 self._closed = True
@@ -560,6 +574,10 @@ class EventStream:
         if not self._resume or self._ended_by is not None:
             return False
         if isinstance(exc, MxGatewayUnavailableError):
+            return True
+        if self._reopening and type(exc) is MxGatewaySessionStateError:
+            # FAILED_PRECONDITION on a re-subscription: the gateway has not yet let go of
+            # our previous subscription (single-subscriber sessions). Try again shortly.
             return True
         # The gateway disconnects a slow subscriber after an overflow notice.
         return isinstance(exc, MxGatewayOverloadedError) and self._overflowed

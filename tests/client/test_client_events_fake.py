@@ -21,6 +21,7 @@ from mxgateway import (
     GatewayClient,
     MxGatewaySessionFaultedError,
     MxGatewaySessionNotFoundError,
+    MxGatewaySessionStateError,
     MxGatewayUnavailableError,
     OperationComplete,
     StreamFault,
@@ -391,3 +392,60 @@ async def test_closing_the_client_ends_a_running_event_stream(fake: FakeServer) 
         await asyncio.wait_for(reader, 5)
     assert fake.servicer.attempts["StreamEventBatches"] == 1
     await asyncio.wait_for(fake.servicer.rec.cancel_event.wait(), 5)
+
+
+async def test_a_timed_out_read_loses_nothing(fake: FakeServer) -> None:
+    gate = asyncio.Event()
+
+    async def plan(req: pb.StreamEventsRequest, attempt: int):  # type: ignore[no-untyped-def]
+        if attempt == 0:
+            assert not req.HasField("after_worker_sequence")
+            yield batch(data_change(1), data_change(2))
+            await asyncio.Event().wait()
+        assert req.after_worker_sequence == 2
+        await gate.wait()
+        yield batch(data_change(3), data_change(4))
+        await asyncio.Event().wait()
+
+    fake.servicer.batches_plan = plan
+    async with await _client(fake) as client, client.attach_session(SESSION_ID).events() as events:
+        first = [await events.__anext__(), await events.__anext__()]
+        # Poll with a timeout while nothing comes: the read is cancelled...
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(events.__anext__(), 0.2)
+        await asyncio.wait_for(fake.servicer.rec.cancel_event.wait(), 5)
+        # ...and the next read re-subscribes after the last delivered event.
+        gate.set()
+        rest = [await asyncio.wait_for(events.__anext__(), 5) for _ in range(2)]
+    got = [e.worker_sequence for e in first + rest]  # type: ignore[union-attr]
+    assert got == [1, 2, 3, 4]
+    assert fake.servicer.attempts["StreamEventBatches"] == 2
+
+
+async def test_resubscription_retries_while_the_old_subscriber_lingers(fake: FakeServer) -> None:
+    async def plan(req: pb.StreamEventsRequest, attempt: int):  # type: ignore[no-untyped-def]
+        if attempt == 0:
+            yield batch(data_change(1))
+            yield StreamAbort(grpc.StatusCode.UNAVAILABLE, "drop")
+        if attempt == 1:
+            yield StreamAbort(grpc.StatusCode.FAILED_PRECONDITION, "already has a subscriber")
+        assert req.after_worker_sequence == 1
+        yield batch(data_change(2))
+        await asyncio.Event().wait()
+
+    fake.servicer.batches_plan = plan
+    async with await _client(fake) as client, client.attach_session(SESSION_ID).events() as events:
+        got = await _take(events, 2)
+        assert events.resume_count == 2
+    assert [e.worker_sequence for e in got] == [1, 2]  # type: ignore[union-attr]
+
+
+async def test_first_subscription_failed_precondition_is_not_retried(fake: FakeServer) -> None:
+    async def plan(req: pb.StreamEventsRequest, attempt: int):  # type: ignore[no-untyped-def]
+        yield StreamAbort(grpc.StatusCode.FAILED_PRECONDITION, "already has a subscriber")
+
+    fake.servicer.batches_plan = plan
+    async with await _client(fake) as client:
+        with pytest.raises(MxGatewaySessionStateError):
+            await client.attach_session(SESSION_ID).events().__anext__()
+    assert fake.servicer.attempts["StreamEventBatches"] == 1

@@ -401,3 +401,21 @@ async def test_events_resume_after_a_real_connection_drop(sim: GatewaySimulator)
         assert proxy.connections > connections
     # Every event exactly once, in order, across the drop.
     assert got == list(range(got[0], got[0] + len(got)))
+
+
+async def test_polling_events_with_a_timeout_loses_nothing(session: Session) -> None:
+    h = await session.register("poll")
+    item = await session.add_item(h, "Tank01.LevelSetpoint")  # changes only when written
+    await session.advise(h, item)
+    seen: list[int] = []
+    async with session.events(after_worker_sequence=0) as events:
+        seen.append((await asyncio.wait_for(events.__anext__(), 30)).worker_sequence)  # type: ignore[union-attr]
+        for _ in range(3):  # quiet: each poll times out and cancels the read
+            with pytest.raises(asyncio.TimeoutError):
+                await asyncio.wait_for(events.__anext__(), 0.1)
+        await session.write(h, item, 21.0)
+        while len(seen) < 3:  # the write's WriteComplete and DataChange, via a new stream
+            ev = await asyncio.wait_for(events.__anext__(), 30)
+            seen.append(ev.worker_sequence)  # type: ignore[union-attr]
+        assert events.gap_count == 0 and events.duplicates_dropped == 0
+    assert seen == [1, 2, 3]
