@@ -148,7 +148,7 @@ async def cmd_watch(ctx: Context) -> ExitCode:
         return 1
 
     try:
-        async with galaxy_client(ctx) as galaxy:
+        async with galaxy_client(ctx, window=True) as galaxy:
             watch = galaxy.watch_deploy_events(last_seen_deploy_time=last_seen)
             try:
                 await consume(watch, on_event, max_items=a.max_events, timeout=a.timeout)

@@ -359,7 +359,7 @@ async def cmd_stream_events(ctx: Context) -> ExitCode:
         return 1
 
     try:
-        async with gateway_client(ctx) as client:
+        async with gateway_client(ctx, window=True) as client:
             session = client.attach_session(a.session_id)
             stream = session.events_raw(a.after_sequence)
             try:

@@ -18,8 +18,15 @@ CONNECT_TIMEOUT = 10.0
 """How long connecting may take when ``--timeout`` is not given, in seconds."""
 
 
-def client_options(settings: ConnectionSettings) -> mxgateway.ClientOptions:
-    """The library options for ``settings``; the library's own validation is a usage error."""
+def client_options(
+    settings: ConnectionSettings, *, window: bool = False
+) -> mxgateway.ClientOptions:
+    """The library options for ``settings``; the library's own validation is a usage error.
+
+    ``window``: ``--timeout`` is the command's listening window (``stream-events``,
+    ``galaxy-watch``), not a call deadline, so calls and connecting keep their defaults.
+    """
+    timeout = None if window else settings.timeout
     try:
         return mxgateway.ClientOptions(
             endpoint=settings.endpoint,
@@ -27,8 +34,8 @@ def client_options(settings: ConnectionSettings) -> mxgateway.ClientOptions:
             plaintext=settings.plaintext,
             ca_file=settings.ca_file,
             server_name_override=settings.server_name_override,
-            timeout=settings.timeout or DEFAULT_TIMEOUT,
-            connect_timeout=settings.timeout or CONNECT_TIMEOUT,
+            timeout=timeout or DEFAULT_TIMEOUT,
+            connect_timeout=timeout or CONNECT_TIMEOUT,
         )
     except ValueError as exc:
         secrets = [settings.api_key] if settings.api_key else []
@@ -36,9 +43,11 @@ def client_options(settings: ConnectionSettings) -> mxgateway.ClientOptions:
 
 
 @asynccontextmanager
-async def gateway_client(ctx: Context) -> AsyncIterator[mxgateway.GatewayClient]:
+async def gateway_client(
+    ctx: Context, *, window: bool = False
+) -> AsyncIterator[mxgateway.GatewayClient]:
     """A connected :class:`mxgateway.GatewayClient`, closed on exit."""
-    options = client_options(ctx.connection())
+    options = client_options(ctx.connection(), window=window)
     client = await mxgateway.GatewayClient.connect(options=options)
     try:
         yield client
@@ -47,9 +56,11 @@ async def gateway_client(ctx: Context) -> AsyncIterator[mxgateway.GatewayClient]
 
 
 @asynccontextmanager
-async def galaxy_client(ctx: Context) -> AsyncIterator[mxgateway.GalaxyRepositoryClient]:
+async def galaxy_client(
+    ctx: Context, *, window: bool = False
+) -> AsyncIterator[mxgateway.GalaxyRepositoryClient]:
     """A connected :class:`mxgateway.GalaxyRepositoryClient`, closed on exit."""
-    options = client_options(ctx.connection())
+    options = client_options(ctx.connection(), window=window)
     client = await mxgateway.GalaxyRepositoryClient.connect(options=options)
     try:
         yield client
