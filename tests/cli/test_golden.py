@@ -295,3 +295,19 @@ def test_stream_events_ndjson_and_human_lines(sim: SimServer) -> None:
         assert human.out.splitlines()[0].startswith(f"#1 ON_DATA_CHANGE server={hlmx} item={item}")
     finally:
         assert run(["close-session", *base]).code == 0
+
+
+def test_discover_pages_through_small_pages(sim: SimServer) -> None:
+    whole = run(["galaxy-discover", "--json", *sim.flags])
+    paged = run(["galaxy-discover", "--page-size", "3", "--json", *sim.flags])
+    assert whole.code == paged.code == 0, paged.err
+    # Many pages of three give exactly the objects of the default (one-page) walk.
+    assert paged.out == whole.out
+    assert whole.json()["objectCount"] > 3
+
+
+def test_discover_unknown_root_is_not_found(sim: SimServer) -> None:
+    result = run(["galaxy-discover", "--root-tag-name", "NoSuchArea", "--json", *sim.flags])
+    assert result.code == 3, result.err
+    assert result.out == ""
+    assert result.error()["code"] == "NOT_FOUND"
