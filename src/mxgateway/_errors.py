@@ -2,7 +2,8 @@
 
 ::
 
-    MxGatewayError                          root; .message, .grpc_code, .protocol_code, .reply
+    MxGatewayError                          root; .message, .grpc_code, .protocol_code, .reply,
+    │                                       .details, .trailing_metadata, .session_id
     ├── MxGatewayUnavailableError           UNAVAILABLE; WORKER_UNAVAILABLE
     ├── MxGatewayTimeoutError               DEADLINE_EXCEEDED; TIMEOUT
     ├── MxGatewayCancelledError             CANCELLED; CANCELED
@@ -100,7 +101,12 @@ class MxGatewayError(Exception):
         protocol_code: The ``ProtocolStatusCode`` value, when the gateway reported one.
         reply: The reply message that carried the failure, when there was one.
         session_id: The session the call was for, when known.
+        details: The gRPC status details (redacted), for gRPC failures.
+        trailing_metadata: The gRPC trailing metadata as ``(key, value)`` pairs.
     """
+
+    details: str = ""
+    trailing_metadata: tuple[tuple[str, str | bytes], ...] = ()
 
     def __init__(
         self,
@@ -378,7 +384,14 @@ def error_from_rpc_error(
         message += f": {details}"
     if session_id is not None:
         message += f" (session {session_id})"
-    return cls(redact(message, secrets), grpc_code=code, session_id=session_id)
+    err = cls(redact(message, secrets), grpc_code=code, session_id=session_id)
+    err.details = redact(details, secrets)
+    try:
+        trailers: Any = exc.trailing_metadata() or ()
+        err.trailing_metadata = tuple((str(k), v) for k, v in trailers)
+    except Exception:  # pragma: no cover - a call object without trailers
+        err.trailing_metadata = ()
+    return err
 
 
 def error_from_protocol_status(

@@ -169,3 +169,16 @@ def test_errors_pickle_round_trip() -> None:
     restored = pickle.loads(pickle.dumps(samples[0]))
     assert restored.reply == reply
     assert restored.statuses == () and restored.hresult == -1
+
+
+def test_rpc_error_keeps_details_and_trailers() -> None:
+    exc = grpc.aio.AioRpcError(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.aio.Metadata(),
+        grpc.aio.Metadata(("cache-sequence", "42")),
+        f"stale page token (key {KEY})",
+        None,
+    )
+    err = error_from_rpc_error(exc, secrets=(KEY,))
+    assert err.details.startswith("stale page token") and KEY not in err.details
+    assert ("cache-sequence", "42") in err.trailing_metadata
