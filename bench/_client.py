@@ -185,16 +185,6 @@ def event_modes() -> tuple[dict[str, Callable[[Any, int], Awaitable[int]]], str]
 # -- simulator ----------------------------------------------------------------------------
 
 
-async def sim_event_source_available() -> tuple[bool, str]:
-    """Whether the simulator can be driven to produce events as fast as it can."""
-    return False, "mxgateway_sim serve has not landed yet"
-
-
-async def run_against_sim(body: Callable[[Any], Awaitable[Any]], ctx_factory: Any) -> Any:
-    """Run ``body`` against a simulator producing events (not available yet)."""
-    raise NotImplementedError
-
-
 async def bulk_ops(address: str, tags: list[str]) -> tuple[Any, str]:
     """An async context manager yielding (BulkOps, handles) for the library, or (None, why)."""
     why = missing_reason()
@@ -228,8 +218,3 @@ async def _lib_bulk(address: str, tags: list[str]) -> AsyncIterator[tuple[Any, l
             await session.write(hlmx, h, v)
 
         yield BulkOps(read_bulk, write_bulk, read_one, write_one), handles
-
-
-async def capacity_ladder(quick: bool) -> dict[str, Any]:
-    """The capacity ladder against the simulator (not available yet)."""
-    raise NotImplementedError
