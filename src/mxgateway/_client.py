@@ -292,16 +292,19 @@ class GatewayClient:
             return
         sessions = list(self._sessions.values())
         self._sessions.clear()
-        for session in sessions:
-            try:
-                await session.close(timeout=_SESSION_CLOSE_TIMEOUT)
-            except MxGatewayError as exc:
-                _log.warning(
-                    "could not close session %s while closing the client: %s",
-                    session.session_id,
-                    exc,
-                )
-        await self._transport.close()
+        try:
+            for session in sessions:
+                try:
+                    await session.close(timeout=_SESSION_CLOSE_TIMEOUT)
+                except MxGatewayError as exc:
+                    _log.warning(
+                        "could not close session %s while closing the client: %s",
+                        session.session_id,
+                        exc,
+                    )
+        finally:
+            # Even when cancelled while closing sessions: never leak the channel.
+            await self._transport.close()
 
     aclose = close
 

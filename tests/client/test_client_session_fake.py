@@ -285,3 +285,14 @@ async def test_write_helpers_build_the_right_commands(fake: FakeServer) -> None:
     assert cmds[3].write_secured.verifier_user_id == 5
     assert list(cmds[4].write_secured2.value.array_value.int32_values) == [1, 2]
     assert cmds[4].write_secured2.verifier_user_id == 6
+
+
+async def test_client_close_still_closes_the_channel_when_a_session_close_fails(
+    fake: FakeServer,
+) -> None:
+    fake.servicer.abort["CloseSession"] = (grpc.StatusCode.UNAVAILABLE, "worker gone")
+    client = await _connect(fake)
+    await client.open_session("s")
+    await client.close()  # the failed session close is logged, not raised
+    assert client.closed
+    assert client.transport.closed
