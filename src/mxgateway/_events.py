@@ -78,19 +78,20 @@ class DataChange:
         item_handle: The item (hItem).
         value: The value as a Python object (see :func:`mxgateway.from_mx_value`).
         quality: OPC-style 16-bit quality (192 = Good).
-        timestamp: Source timestamp, an aware UTC ``datetime``.
         raw: The ``MxEvent`` this was decoded from.
 
-    :attr:`statuses` (the MXAccess status records; ``success == 0`` means the event
-    reports an error rather than a value) is read from ``raw`` on access.
+    :attr:`timestamp` (the source timestamp, an aware UTC ``datetime``) is decoded from
+    ``raw`` on first access, and :attr:`statuses` (the MXAccess status records;
+    ``success == 0`` means the event reports an error rather than a value) on each access:
+    iterating events costs nothing for fields a consumer does not read.
     """
 
     __slots__ = (
+        "_timestamp",
         "item_handle",
         "quality",
         "raw",
         "server_handle",
-        "timestamp",
         "value",
         "worker_sequence",
     )
@@ -102,7 +103,7 @@ class DataChange:
         item_handle: int,
         value: MxPythonValue,
         quality: int,
-        timestamp: datetime,
+        timestamp: datetime | None,
         raw: pb.MxEvent,
     ) -> None:
         self.worker_sequence = worker_sequence
@@ -110,8 +111,16 @@ class DataChange:
         self.item_handle = item_handle
         self.value = value
         self.quality = quality
-        self.timestamp = timestamp
+        self._timestamp = timestamp
         self.raw = raw
+
+    @property
+    def timestamp(self) -> datetime:
+        """Source timestamp of the value, an aware UTC ``datetime``."""
+        t = self._timestamp
+        if t is None:
+            t = self._timestamp = _ts(self.raw.on_data_change.timestamp)
+        return t
 
     @property
     def statuses(self) -> Sequence[pb.MxStatusProxy]:
@@ -319,7 +328,7 @@ def _decode_other(ev: pb.MxEvent, out: list[Event], tr: _Tracker) -> None:
                 dc.item_handle,
                 from_mx_value(dc.value),
                 dc.quality,
-                _ts(dc.timestamp),
+                None,
                 ev,
             )
         )
@@ -362,13 +371,7 @@ def decode_events(events: Sequence[pb.MxEvent], out: list[Event], tr: _Tracker) 
                 value = v.double_value
             else:
                 value = from_mx_value(v)
-            t = d.timestamp
-            ts_s = t.seconds
-            if 0 <= ts_s < _FAST_TS_LIMIT:
-                when = _fromtimestamp(ts_s + (t.nanos // 1000) / 1e6, _UTC)
-            else:
-                when = _EPOCH + _timedelta(seconds=ts_s, microseconds=t.nanos // 1000)
-            out.append(DataChange(seq, d.server_handle, d.item_handle, value, d.quality, when, ev))
+            out.append(DataChange(seq, d.server_handle, d.item_handle, value, d.quality, None, ev))
         else:
             tr.last, tr.tracking = last, tracking
             _decode_other(ev, out, tr)
