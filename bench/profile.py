@@ -4,7 +4,11 @@ Profiles, against the replay server (so only client code runs in this process):
 
 * ``bare_stream_events``: one event per message, the slowest way to receive events,
 * ``typed_events``: the library's typed ``Session.events()`` (when it has landed),
-* ``bulk_write_10000``: building and sending a 10,000-entry WRITE_BULK with the bare stub.
+* ``bare_write_bulk_10000`` / ``library_write_bulk_10000``: building and sending a
+  10,000-entry WRITE_BULK with the bare stub and with ``Session.write_bulk``,
+* ``simulator_read_bulk_10000`` / ``simulator_write_bulk_10000``: the simulator serving
+  10,000-tag bulk calls (in this process, so its side can be profiled): the slowest path
+  measured (the bulk targets are missed because of it).
 
 Each profile is summarised as the top functions by own time (tottime) and by cumulative
 time, with the share of the profiled total.
@@ -15,14 +19,17 @@ from __future__ import annotations
 import asyncio
 import cProfile
 import pstats
+import tempfile
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 from bench import _client
-from bench._common import Report, aio_channel, replay_server, rnd
+from bench._common import API_KEY, Report, aio_channel, load_tags, replay_server, rnd
 from bench._events import SESSION_ID
 from bench.bulk import BareGateway
 from bench.events import StreamContext, bare_stream_events
+from bench.sim_server import select_tags
 
 TOP = 12
 
@@ -74,11 +81,13 @@ async def profile_call(fn: Callable[[], Awaitable[int]]) -> dict[str, Any]:
     return summarize(prof, max(1, n))
 
 
-async def run_async(quick: bool) -> dict[str, Any]:
-    """Profile the paths against the replay server; returns the JSON document."""
-    report = Report("profile", quick)
+async def profile_replay(report: Report, quick: bool) -> None:
+    """Client-side profiles against the replay server."""
     single_n = 300 if quick else 5_000
     batch_n = 2_000 if quick else 100_000
+    n = 100 if quick else 10_000
+    handles = list(range(1, n + 1))
+    values: list[object] = [i * 0.25 for i in range(n)]
     async with replay_server(batch_n, 500) as server:
         async with aio_channel(server.address) as channel:
             ctx = StreamContext(channel, SESSION_ID)
@@ -88,9 +97,6 @@ async def run_async(quick: bool) -> dict[str, Any]:
             )
             bare = BareGateway(channel, SESSION_ID)
             await bare.open()
-            n = 100 if quick else 10_000
-            handles = list(range(1, n + 1))
-            values = [i * 0.25 for i in range(n)]
             await bare.write_bulk(handles, values)
 
             async def write_bulk() -> int:
@@ -98,21 +104,88 @@ async def run_async(quick: bool) -> dict[str, Any]:
                     await bare.write_bulk(handles, values)
                 return 3 * n
 
-            report.results["bulk_write_10000"] = await profile_call(write_bulk)
+            report.results["bare_write_bulk_10000"] = await profile_call(write_bulk)
         modes, why = _client.event_modes()
         typed = modes.get("typed_events")
         async with _client.library_session(server.address) as lib:
             if typed is None or lib is None:
-                report.skip("typed_events profile", why or "typed events not available")
-            else:
-                async with aio_channel(server.address) as channel:
-                    ctx = StreamContext(channel, SESSION_ID, lib)
-                    await typed(ctx, min(2_000, batch_n))
-                    report.results["typed_events"] = await profile_call(lambda: typed(ctx, batch_n))
+                report.skip("library profiles", why or "typed events not available")
+                return
+            ctx = StreamContext(_client.session_channel(lib), SESSION_ID, lib)
+            await typed(ctx, min(2_000, batch_n))
+            report.results["typed_events"] = await profile_call(lambda: typed(ctx, batch_n))
+            session = lib.session
+            pairs = list(zip(handles, values, strict=True))
+            await session.write_bulk(1, pairs)
+
+            async def lib_write_bulk() -> int:
+                for _ in range(3):
+                    await session.write_bulk(1, pairs)
+                return 3 * n
+
+            report.results["library_write_bulk_10000"] = await profile_call(lib_write_bulk)
+
+
+async def profile_simulator(report: Report, quick: bool) -> None:
+    """The slowest measured path: READ_BULK / WRITE_BULK of 10,000 tags in the simulator.
+
+    The simulator runs in this process (the only way to profile its side), so each
+    profile holds client and server; the simulator's own functions dominate.
+    """
+    try:
+        from mxgateway_sim import GatewaySimulator
+    except ImportError:
+        report.skip("simulator bulk profile", "mxgateway_sim has not landed yet")
+        return
+    n = 100 if quick else 10_000
+    objects = 300 if quick else 2_600
+    with tempfile.TemporaryDirectory(prefix="mxgw-bench-") as tmp:
+        sim = GatewaySimulator(
+            api_keys=[API_KEY],
+            galaxy_objects=objects,
+            galaxy_db=Path(tmp) / "galaxy.db",
+            flaky_one_in=0,
+            galaxy_poll_interval=3600.0,
+        )
+        async with sim:
+            assert sim.plant is not None
+            lines = select_tags(sim.plant.catalog)[:n]
+            tags_file = Path(tmp) / "tags.txt"
+            tags_file.write_text("\n".join(lines) + "\n", encoding="utf-8")
+            tags, values = load_tags(str(tags_file), n)
+            async with aio_channel(sim.endpoint) as channel:
+                bare = BareGateway(channel)
+                await bare.open()
+                try:
+                    handles = await bare.subscribe(tags)
+                    await bare.read_bulk(tags)
+                    await bare.write_bulk(handles, values)
+
+                    async def read() -> int:
+                        for _ in range(2):
+                            await bare.read_bulk(tags)
+                        return 2 * n
+
+                    async def write() -> int:
+                        for _ in range(2):
+                            await bare.write_bulk(handles, values)
+                        return 2 * n
+
+                    report.results["simulator_read_bulk_10000"] = await profile_call(read)
+                    report.results["simulator_write_bulk_10000"] = await profile_call(write)
+                finally:
+                    await bare.close()
+
+
+async def run_async(quick: bool) -> dict[str, Any]:
+    """Every profile; returns the JSON document (per-event figures are per tag for bulk)."""
+    report = Report("profile", quick)
+    await profile_replay(report, quick)
+    await profile_simulator(report, quick)
     report.notes.append(
         "cProfile inflates pure-Python frames (roughly 2x); read the shares, not the "
         "absolute µs. Time inside gRPC's Cython/C core shows up as the Python frame that "
-        "awaited it."
+        "awaited it. For bulk profiles 'per event' means per tag."
     )
     return report.to_json()
 

@@ -18,12 +18,25 @@ import signal
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from bench._common import API_KEY
 
 _WRITEABLE = frozenset({-1, 4, 5, 6, 7, 8, 9, 10, 11, 14})
 # COM MxDataType of the scalars the bench writes: Boolean, Integer, Double, String.
 _BENCH_TYPES = frozenset({1, 2, 4, 5})
+
+
+def select_tags(catalog: Any) -> list[str]:
+    """``reference<TAB>COM data type`` of every writeable scalar the bench can write."""
+    return [
+        f"{t.full_tag_reference}\t{t.mx_data_type}"
+        for t in catalog.all_tags()
+        if not t.is_array
+        and t.mx_data_type in _BENCH_TYPES
+        and t.mx_attribute_category in _WRITEABLE
+        and t.security_classification not in (2, 3, 6)
+    ]
 
 
 async def serve(args: argparse.Namespace) -> None:
@@ -51,14 +64,7 @@ async def serve(args: argparse.Namespace) -> None:
     try:
         assert sim.plant is not None
         catalog = sim.plant.catalog
-        tags = [
-            f"{t.full_tag_reference}\t{t.mx_data_type}"
-            for t in catalog.all_tags()
-            if not t.is_array
-            and t.mx_data_type in _BENCH_TYPES
-            and t.mx_attribute_category in _WRITEABLE
-            and t.security_classification not in (2, 3, 6)
-        ]
+        tags = select_tags(catalog)
         if args.tags_out:
             text = "\n".join(tags) + "\n"
             await asyncio.to_thread(Path(args.tags_out).write_text, text, encoding="utf-8")
