@@ -115,3 +115,28 @@ def test_metadata_mapping_is_normalized_and_replace_revalidates() -> None:
     assert other.timeout == 5.0 and other.metadata == opts.metadata
     with pytest.raises(ValueError):
         opts.replace(endpoint="nope")
+
+
+def test_channel_arguments_follow_the_options() -> None:
+    from mxgateway._transport import _channel_arguments
+
+    args = dict(_channel_arguments(ClientOptions(endpoint="gw:1", max_message_bytes=1234)))
+    assert args["grpc.max_send_message_length"] == 1234
+    assert args["grpc.max_receive_message_length"] == 1234
+    assert args["grpc.keepalive_time_ms"] == 30_000
+    assert args["grpc.keepalive_timeout_ms"] == 10_000
+    assert args["grpc.keepalive_permit_without_calls"] == 1
+    assert "grpc.ssl_target_name_override" not in args
+    off = dict(
+        _channel_arguments(
+            ClientOptions(
+                endpoint="gw:1",
+                keepalive_time=None,
+                server_name_override="gw.test",
+                channel_options=(("grpc.primary_user_agent", "tests"),),
+            )
+        )
+    )
+    assert not any(k.startswith("grpc.keepalive") for k in off)
+    assert off["grpc.ssl_target_name_override"] == "gw.test"
+    assert off["grpc.primary_user_agent"] == "tests"
