@@ -441,18 +441,22 @@ class EventStream:
 
     @property
     def last_worker_sequence(self) -> int:
+        """The last real event's sequence (0 before any)."""
         return self._tracker.last
 
     @property
     def gap_count(self) -> int:
+        """How many EventGap notices were produced."""
         return self._tracker.gaps
 
     @property
     def missed_events(self) -> int:
+        """How many events those gaps cover in total."""
         return self._tracker.missed
 
     @property
     def duplicates_dropped(self) -> int:
+        """Replayed events dropped because they were already delivered."""
         return self._tracker.duplicates
 
     @property
