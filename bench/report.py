@@ -1,0 +1,284 @@
+"""Render the JSON of ``python -m bench all --out FILE`` as the Markdown tables of
+``docs/benchmarks.md``: ``python -m bench.report FILE``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "n/a"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, float):
+        if abs(v) >= 1000:
+            return f"{v:,.0f}"
+        return f"{v:.3f}".rstrip("0").rstrip(".") or "0"
+    if isinstance(v, int):
+        return f"{v:,}"
+    return str(v)
+
+
+def table(headers: list[str], rows: list[list[Any]]) -> str:
+    """A Markdown table."""
+    out = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    out += ["| " + " | ".join(_fmt(c) for c in row) + " |" for row in rows]
+    return "\n".join(out)
+
+
+def targets(doc: dict[str, Any]) -> str:
+    """Every target of every benchmark: met, missed, or not measurable."""
+    rows = []
+    for name, b in doc["benchmarks"].items():
+        for t in b.get("targets", []):
+            met = {True: "**met**", False: "**missed**", None: "n/a"}[t["met"]]
+            rows.append([name, t["name"], t["goal"], t["measured"], met])
+        if name == "galaxy":
+            row = galaxy_target(b)
+            if row:
+                rows.append(row)
+    return table(["bench", "target", "goal", "measured", "result"], rows)
+
+
+def unary(b: dict[str, Any]) -> str:
+    """Unary latency and throughput per server and mode."""
+    rows = []
+    for where, modes in b["results"].items():
+        for mode, r in modes.items():
+            rows.append(
+                [
+                    where,
+                    mode,
+                    r["median_us"],
+                    r["p99_us"],
+                    r["throughput_16_callers_per_s"],
+                    r["cpu_us_per_call_16_callers"],
+                    r.get("median_vs_bare"),
+                    r.get("throughput_vs_bare"),
+                    r.get("cpu_per_call_vs_bare"),
+                ]
+            )
+    return table(
+        [
+            "server",
+            "mode",
+            "median µs",
+            "p99 µs",
+            "calls/s (16 callers)",
+            "CPU µs/call",
+            "median vs bare",
+            "calls/s vs bare",
+            "CPU vs bare",
+        ],
+        rows,
+    )
+
+
+def events(b: dict[str, Any]) -> str:
+    """Event throughput and CPU per event per server and mode."""
+    rows = []
+    for where, modes in b["results"].items():
+        for mode, r in modes.items():
+            if not isinstance(r, dict):
+                continue
+            rows.append(
+                [
+                    where,
+                    mode,
+                    r.get("events_per_s"),
+                    r.get("cpu_us_per_event"),
+                    r.get("events_per_s_vs_bare"),
+                    r.get("cpu_per_event_vs_bare"),
+                    r.get("disconnected_runs"),
+                    r.get("error", ""),
+                ]
+            )
+    return table(
+        [
+            "server",
+            "mode",
+            "events/s",
+            "CPU µs/event",
+            "events/s vs bare",
+            "CPU vs bare",
+            "disconnected runs",
+            "error",
+        ],
+        rows,
+    )
+
+
+def parse(b: dict[str, Any]) -> str:
+    """Parse ceilings."""
+    rows = [
+        [k, v["events_per_s"], v["cpu_us_per_event"]]
+        for k, v in b["results"].items()
+        if isinstance(v, dict)
+    ]
+    return table(["ceiling", "events/s", "CPU µs/event"], rows)
+
+
+def bulk(b: dict[str, Any]) -> str:
+    """Bulk vs singles."""
+    rows = []
+    for where, flavours in b["results"].items():
+        if not isinstance(flavours, dict):
+            continue
+        for flavour, ops in flavours.items():
+            for op, sizes in ops.items():
+                for n, r in sizes.items():
+                    rows.append(
+                        [
+                            where,
+                            flavour,
+                            op,
+                            int(n),
+                            r["bulk_call_ms"],
+                            r["bulk_tags_per_s"],
+                            r["singles_tags_per_s"],
+                            ("yes" if r["singles_extrapolated"] else "no"),
+                            r["speedup"],
+                        ]
+                    )
+    return table(
+        [
+            "server",
+            "client",
+            "op",
+            "tags",
+            "one call ms",
+            "bulk tags/s",
+            "singles tags/s",
+            "singles extrapolated",
+            "speedup",
+        ],
+        rows,
+    )
+
+
+def capacity(b: dict[str, Any]) -> str:
+    """Capacity ladders."""
+    rows = []
+    for ladder, r in b["results"].items():
+        for s in r["steps"]:
+            rows.append(
+                [
+                    ladder,
+                    s["sessions"],
+                    s["items_per_session"],
+                    s["subscribe_chunk"],
+                    s["events_per_s"],
+                    s["events_per_item_s"],
+                    s["gaps"],
+                    s["overflow_notices"],
+                    s["disconnected_subscribers"],
+                    "DROP" if s["dropped"] else "ok",
+                    s["server_cpu_share"],
+                ]
+            )
+    return table(
+        [
+            "ladder",
+            "sessions",
+            "items/session",
+            "advised per call",
+            "events/s",
+            "events/item/s",
+            "holes",
+            "overflow notices",
+            "disconnects",
+            "result",
+            "sim CPU share",
+        ],
+        rows,
+    )
+
+
+def profile(b: dict[str, Any], top: int = 6) -> str:
+    """Top functions by own time, per profile."""
+    parts = []
+    for name, r in b["results"].items():
+        rows = [
+            [x["function"], x["calls"], x["tottime_pct"], x["tottime_us_per_event"]]
+            for x in r["top_by_tottime"][:top]
+        ]
+        parts.append(
+            f"**{name}** (profiled {r['profiled_total_us_per_event']} µs per event/tag)\n\n"
+            + table(["function", "calls", "% own time", "own µs/event"], rows)
+        )
+    return "\n\n".join(parts)
+
+
+def galaxy(b: dict[str, Any]) -> str:
+    """``bench/galaxy_memory.py`` (the Galaxy helpers' script): objects/s and peaks."""
+    rows = []
+    for mode, r in (b.get("modes") or {}).items():
+        rows.append(
+            [
+                mode,
+                r.get("objects"),
+                r.get("objects_per_s"),
+                r.get("rss_peak_growth_bytes", 0) / 1e6,
+                r.get("tracemalloc_peak_bytes", 0) / 1e6,
+            ]
+        )
+    return table(["mode", "objects", "objects/s", "RSS growth MB", "tracemalloc peak MB"], rows)
+
+
+def galaxy_target(b: dict[str, Any]) -> list[Any] | None:
+    """Issue target 4 computed from the galaxy document (it reports no targets itself)."""
+    modes = b.get("modes") or {}
+    it, disc = modes.get("iter_hierarchy"), modes.get("discover_hierarchy")
+    if not it or not disc or not disc.get("tracemalloc_peak_bytes"):
+        return None
+    r = it["tracemalloc_peak_bytes"] / disc["tracemalloc_peak_bytes"]
+    return [
+        "galaxy",
+        "iter_hierarchy peak under 10% of discover_hierarchy's (tracemalloc)",
+        "ratio < 0.10",
+        round(r, 3),
+        "**met**" if r < 0.10 else "**missed**",
+    ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Print every section."""
+    args = sys.argv[1:] if argv is None else argv
+    with open(args[0], encoding="utf-8") as fh:
+        doc = json.load(fh)
+    m = doc["machine"]
+    print(
+        f"Machine: {m['cores']} cores ({m.get('cpu_model', '?')}), Python {m['python']}, "
+        f"grpcio {m['grpcio']}, protobuf {m['protobuf']} ({m['protobuf_implementation']}), "
+        f"{m['date_utc']}; total {doc.get('elapsed_s')} s.\n"
+    )
+    print("### Targets\n\n" + targets(doc) + "\n")
+    renderers = {
+        "unary": unary,
+        "events": events,
+        "parse": parse,
+        "bulk": bulk,
+        "capacity": capacity,
+        "profile": profile,
+        "galaxy": galaxy,
+    }
+    for name, b in doc["benchmarks"].items():
+        print(f"### {name} ({b.get('elapsed_s', '?')} s)\n")
+        if "error" in b:
+            print(f"ERROR: {b['error']}\n")
+            continue
+        fn = renderers.get(name)
+        if fn is not None:
+            print(fn(b) + "\n")
+        for s in b.get("skipped", []):
+            print(f"- skipped: {s['what']}: {s['why']}")
+        print()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
