@@ -165,6 +165,15 @@ class GatewaySimulator:
         if not len(self._store) and not self._store.allow_anonymous:
             raise ValueError("no API key configured; pass api_keys or allow_anonymous=True")
         catalog = await self._open_catalog()
+        try:
+            await self._serve(catalog)
+        except BaseException:
+            if self._galaxy is not None:
+                galaxy, self._galaxy = self._galaxy, None
+                await galaxy.close()
+            raise
+
+    async def _serve(self, catalog: TagCatalog) -> None:
         plant = self.plant = Plant(
             catalog, seed=self._seed, scan_interval_ms=self._scan_ms, flaky_one_in=self._flaky
         )

@@ -152,6 +152,7 @@ class GatewayServicer:
     def __init__(self, sessions: SessionManager) -> None:
         self.sessions = sessions
         self._correlation = itertools.count(1)
+        self._background: set[asyncio.Task[None]] = set()
         self._handlers: dict[str, Callable[[Session, Any, pb.MxCommandReply], Awaitable[None]]] = {
             "register": self._register,
             "unregister": self._unregister,
@@ -576,9 +577,13 @@ class GatewayServicer:
         self, s: Session, p: pb.ShutdownWorkerCommand, r: pb.MxCommandReply
     ) -> None:
         # Reply first, then close: the session ends right after this command.
-        asyncio.get_running_loop().call_soon(
-            lambda: asyncio.ensure_future(self.sessions.close(s.id, message="worker shut down"))
-        )
+        task = asyncio.get_running_loop().create_task(self._close_later(s.id))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _close_later(self, session_id: str) -> None:
+        await asyncio.sleep(0)
+        await self.sessions.close(session_id, message="the worker was shut down")
 
     # -- events --------------------------------------------------------------------------
 

@@ -159,15 +159,16 @@ class SessionManager:
         self, session_id: str, reason: EndReason = EndReason.SESSION_CLOSED, message: str = ""
     ) -> CloseResult | None:
         """Release everything and close; None when there is no such session."""
-        session = self._sessions.pop(session_id, None)
-        if session is None:
+        session = self._sessions.get(session_id)
+        if session is None or session.state is SessionState.CLOSING:
             return None
-        session.state = SessionState.CLOSING
+        session.state = SessionState.CLOSING  # Invoke answers SESSION_NOT_READY meanwhile
         try:
             released = await session.runtime.release_all()
             await session.runtime.close()
         finally:
             session.state = SessionState.CLOSED
+            self._sessions.pop(session_id, None)
             session.events.close(StreamEnd(reason, message or f"session {reason.value}"))
         log.info(
             "session %s closed: %d advises, %d items, %d registrations released",
