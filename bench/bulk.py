@@ -5,7 +5,9 @@ a ``WRITE``). For N = 10,000 the singles are sampled (1,000 calls) and extrapola
 report says so. Reads are of advised tags (``was_cached`` rows, the gateway answers from its
 cache). Flavours: the bare generated stub, and the client library when it has landed.
 Servers: the simulator (the real figure) and the replay server (canned replies: what the
-client side alone costs).
+client side alone costs). ``bare_stub_prebuilt`` writes values converted to ``MxValue``
+before the clock starts, with the rows built in place in the request: the floor of what
+any client can do.
 """
 
 from __future__ import annotations
@@ -60,15 +62,43 @@ class BareGateway:
 
     async def invoke(self, cmd: pb.MxCommand) -> pb.MxCommandReply:
         """One Invoke; raises on a protocol status other than OK."""
-        req = pb.MxCommandRequest(session_id=self.session_id, command=cmd)
+        return await self.send(pb.MxCommandRequest(session_id=self.session_id, command=cmd))
+
+    async def send(self, req: pb.MxCommandRequest) -> pb.MxCommandReply:
+        """Send a ready request; raises on a protocol status other than OK."""
         reply: pb.MxCommandReply = await self.stub.Invoke(req, metadata=METADATA, timeout=120)
         if reply.protocol_status.code != pb.PROTOCOL_STATUS_CODE_OK:
             raise RuntimeError(
-                f"{pb.MxCommandKind.Name(cmd.kind)}: "
+                f"{pb.MxCommandKind.Name(req.command.kind)}: "
                 f"{pb.ProtocolStatusCode.Name(reply.protocol_status.code)} "
                 f"{reply.protocol_status.message}"
             )
         return reply
+
+    async def write_bulk_prebuilt(self, handles: Sequence[int], values: Sequence[object]) -> int:
+        """WRITE_BULK of ready ``MxValue``s, rows built in place in the request (no copies)."""
+        req = pb.MxCommandRequest(session_id=self.session_id)
+        cmd = req.command
+        cmd.kind = pb.MX_COMMAND_KIND_WRITE_BULK
+        wb = cmd.write_bulk
+        wb.server_handle = self.server_handle
+        add = wb.entries.add
+        for h, v in zip(handles, values, strict=True):
+            add(item_handle=h).value.CopyFrom(v)  # type: ignore[arg-type]
+        reply = await self.send(req)
+        return sum(1 for r in reply.bulk_write.results if r.was_successful)
+
+    async def write_one_prebuilt(self, handle: int, value: object) -> int:
+        """A single WRITE of a ready ``MxValue``, built in place."""
+        req = pb.MxCommandRequest(session_id=self.session_id)
+        cmd = req.command
+        cmd.kind = pb.MX_COMMAND_KIND_WRITE
+        w = cmd.write
+        w.server_handle = self.server_handle
+        w.item_handle = handle
+        w.value.CopyFrom(value)  # type: ignore[arg-type]
+        await self.send(req)
+        return 1
 
     async def open(self) -> None:
         """OpenSession (when no session id was given) and REGISTER."""
@@ -133,6 +163,12 @@ class BareGateway:
         """This flavour's operations."""
         return BulkOps(self.read_bulk, self.write_bulk, self.read_one, self.write_one)
 
+    def prebuilt_ops(self) -> BulkOps:
+        """Writes of values already converted to ``MxValue`` (the protocol's floor)."""
+        return BulkOps(
+            self.read_bulk, self.write_bulk_prebuilt, self.read_one, self.write_one_prebuilt
+        )
+
 
 async def _timed(coro: Awaitable[Any]) -> float:
     t0 = time.perf_counter()
@@ -146,36 +182,41 @@ async def measure(
     handles: Sequence[int],
     all_values: Sequence[object],
     quick: bool,
+    ops_to_run: tuple[str, ...] = ("read", "write"),
 ) -> Any:
     """Bulk vs singles for every size; returns rows per size and operation."""
     sizes = [s for s in SIZES if s <= len(tags)]
     sample_cap = 50 if quick else SINGLES_SAMPLE
-    out: dict[str, Any] = {"read": {}, "write": {}}
+    out: dict[str, Any] = {op: {} for op in ops_to_run}
     for n in sizes:
         values = all_values[:n]
-        ok = await ops.read_bulk(tags[:n])
-        if ok != n:
-            raise RuntimeError(f"read_bulk of {n} tags: only {ok} rows succeeded")
-        ok = await ops.write_bulk(handles[:n], values)
-        if ok != n:
-            raise RuntimeError(f"write_bulk of {n} tags: only {ok} rows succeeded")
         reps = 2 if quick else (5 if n >= 1000 else 10)
-        # Bulk: the checked warm-up calls above, then the best of reps (one call each).
-        read_t = min([await _timed(ops.read_bulk(tags[:n])) for _ in range(reps)])
-        write_t = min([await _timed(ops.write_bulk(handles[:n], values)) for _ in range(reps)])
         k = min(n, sample_cap)
-        t0 = time.perf_counter()
-        for i in range(k):
-            await ops.read_one(tags[i])
-        read_single_t = (time.perf_counter() - t0) / k * n
-        t0 = time.perf_counter()
-        for i in range(k):
-            await ops.write_one(handles[i], values[i])
-        write_single_t = (time.perf_counter() - t0) / k * n
-        for op, bulk_t, single_t in (
-            ("read", read_t, read_single_t),
-            ("write", write_t, write_single_t),
-        ):
+        for op in ops_to_run:
+            if op == "read":
+
+                def bulk(n: int = n) -> Awaitable[int]:
+                    return ops.read_bulk(tags[:n])
+
+                def one(i: int) -> Awaitable[object]:
+                    return ops.read_one(tags[i])
+
+            else:
+
+                def bulk(n: int = n, values: Sequence[object] = values) -> Awaitable[int]:
+                    return ops.write_bulk(handles[:n], values)
+
+                def one(i: int, values: Sequence[object] = values) -> Awaitable[object]:
+                    return ops.write_one(handles[i], values[i])
+
+            ok = await bulk()  # checked warm-up call
+            if ok != n:
+                raise RuntimeError(f"{op}_bulk of {n} tags: only {ok} rows succeeded")
+            bulk_t = min([await _timed(bulk()) for _ in range(reps)])
+            t0 = time.perf_counter()
+            for i in range(k):
+                await one(i)
+            single_t = (time.perf_counter() - t0) / k * n
             out[op][str(n)] = {
                 "bulk_call_ms": rnd(bulk_t * 1000, 3),
                 "bulk_tags_per_s": rnd(n / bulk_t, 0),
@@ -191,7 +232,9 @@ async def measure(
 def add_targets(report: Report, results: dict[str, Any], where: str) -> None:
     """Target: 10,000 tags in one call at least 500x faster than 10,000 single calls."""
     for op in ("read", "write"):
-        row = results.get(op, {}).get("10000")
+        if op not in results:
+            continue
+        row = results[op].get("10000")
         sp = row.get("speedup") if row else None
         report.target(
             f"{where}: {op}_bulk of 10,000 tags vs 10,000 single calls",
@@ -212,6 +255,11 @@ async def run_flavours(
         try:
             handles = await bare.subscribe(tags)
             results["bare_stub"] = await measure(bare.ops(), tags, handles, values, quick)
+            # The floor: values converted beforehand, rows built in place (no copies).
+            mx_values: list[object] = [to_mx_value(v) for v in values]
+            results["bare_stub_prebuilt"] = await measure(
+                bare.prebuilt_ops(), tags, handles, mx_values, quick, ("write",)
+            )
         finally:
             if where != "replay":
                 await bare.close()
