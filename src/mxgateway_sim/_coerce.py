@@ -46,7 +46,8 @@ class ConversionError(ValueError):
         self.detail = detail
 
 
-def _wire_type(mx_data_type: int) -> ValueType:
+def wire_type(mx_data_type: int) -> ValueType:
+    """The :mod:`mxgateway._values` type that carries values of a COM MxDataType."""
     if mx_data_type == MX_BOOLEAN:
         return "bool"
     if mx_data_type in _INT_TYPES:
@@ -149,7 +150,7 @@ def coerce(value: MxPythonValue, mx_data_type: int, *, array: bool) -> MxPythonV
             if array
             else "a scalar attribute cannot take an array value",
         )
-    kind = _wire_type(mx_data_type)
+    kind = wire_type(mx_data_type)
     if isinstance(value, list):
         items = [_scalar(v, mx_data_type) for v in value]
         _check(items, kind)

@@ -12,10 +12,6 @@ from dataclasses import dataclass
 
 MAX_REFERENCE_LENGTH = 329
 MAX_IDENTIFIER_LENGTH = 32
-RELATIVE_NAMES = frozenset({"me", "mycontainer", "myarea", "myhost", "myengine", "myplatform"})
-PROPERTIES = frozenset(
-    {"value", "type", "quality", "dimension1", "securityclassification", "locked", "category"}
-)
 
 _IDENT = r"[A-Za-z0-9_$#@!%&'\-]{1,32}"
 _INDEX = r"(?:-1|[1-9][0-9]{0,4})"

@@ -79,6 +79,13 @@ DEFAULT_USERS: tuple[SimUser, ...] = (
 )
 
 
+def element_of(sample: TagSample, index: int) -> TagSample:
+    """The sample of element ``index`` (1-based) of an array sample."""
+    value = sample.value
+    element = value[index - 1] if isinstance(value, list) and index <= len(value) else None
+    return TagSample(element, sample.data_type, sample.quality, sample.timestamp, sample.status)
+
+
 class Item:
     """An added item: its reference, what it resolved to, and its advise state."""
 
@@ -122,21 +129,12 @@ class Item:
         self.next_flush = 0.0
         self.last: TagSample | None = None
 
-    def view(self, sample: TagSample) -> TagSample:
-        """The sample as this item sees it (one element for ``Arr[N]``)."""
-        index = self.ref.index
-        if index is None:
-            return sample
-        value = sample.value
-        element = value[index - 1] if isinstance(value, list) and index <= len(value) else None
-        return TagSample(element, sample.data_type, sample.quality, sample.timestamp, sample.status)
-
     def deliver(self, sample: TagSample) -> None:
         """Queue an OnDataChange (or a buffered sample) for this item; called per tick."""
         if self.suspended:
             return
         if self.ref.index is not None:
-            sample = self.view(sample)
+            sample = element_of(sample, self.ref.index)
         self.last = sample
         if self.buffered:
             self.buffer.append(sample)
@@ -485,7 +483,7 @@ class SimulatedRuntime:
                 continue
             sample = state.sample
             if ref.index is not None:
-                sample = Item(self, 0, 0, ref, state, None, False).view(sample)
+                sample = element_of(sample, ref.index)
             results.append(_read_row(reference, sample, cached=False))
         return results
 

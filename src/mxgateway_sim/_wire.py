@@ -19,7 +19,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from mxgateway._values import to_mx_value
 from mxgateway.generated import mxaccess_gateway_pb2 as pb
-from mxgateway_sim._coerce import _wire_type
+from mxgateway_sim._coerce import wire_type
 from mxgateway_sim._domain import (
     MX_BOOLEAN,
     MX_DOUBLE,
@@ -126,7 +126,7 @@ def value_to_pb(value: object, data_type: int) -> pb.MxValue:
     if value is None:
         return to_mx_value(None)
     try:
-        mx = to_mx_value(value, _wire_type(data_type))
+        mx = to_mx_value(value, wire_type(data_type))
     except ValueError:
         mx = to_mx_value(value)
     if data_type > 0:
