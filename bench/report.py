@@ -82,6 +82,8 @@ def events(b: dict[str, Any]) -> str:
     """Event throughput and CPU per event per server and mode."""
     rows = []
     for where, modes in b["results"].items():
+        if where == "raw_wrapper_overhead":
+            continue
         for mode, r in modes.items():
             if not isinstance(r, dict):
                 continue
@@ -97,18 +99,29 @@ def events(b: dict[str, Any]) -> str:
                     r.get("error", ""),
                 ]
             )
-    return table(
-        [
-            "server",
-            "mode",
-            "events/s",
-            "CPU µs/event",
-            "events/s vs bare",
-            "CPU vs bare",
-            "disconnected runs",
-            "error",
-        ],
-        rows,
+    w = b["results"].get("raw_wrapper_overhead")
+    extra = ""
+    if w:
+        extra = (
+            f"\n\nRaw wrapper (`Stream`) cost without gRPC: {w['added_us_per_message']} µs "
+            f"added per message ({w['direct_us_per_message']} µs iterating a fake call "
+            f"directly, {w['wrapped_us_per_message']} µs through the wrapper)."
+        )
+    return (
+        table(
+            [
+                "server",
+                "mode",
+                "events/s",
+                "CPU µs/event",
+                "events/s vs bare",
+                "CPU vs bare",
+                "disconnected runs",
+                "error",
+            ],
+            rows,
+        )
+        + extra
     )
 
 
