@@ -206,8 +206,39 @@ class BufferedDataChange:
     status: MxStatus = STATUS_OK
 
 
-MxRuntimeEvent = DataChange | WriteComplete | OperationComplete | BufferedDataChange
-"""Everything a runtime can report through its event sink."""
+@dataclass(frozen=True, slots=True)
+class AlarmSnapshot:
+    """One alarm of the active set (and the state carried by a transition)."""
+
+    alarm_guid: str
+    full_reference: str
+    source_object: str
+    type_name: str
+    state: int
+    severity: int
+    raise_time: float
+    last_transition_time: float
+    category: str
+    description: str
+    value: MxPythonValue
+    limit: MxPythonValue
+    data_type: int
+    operator_user: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class AlarmTransition:
+    """One change of an alarm (the body of ``OnAlarmTransitionEvent``)."""
+
+    alarm: AlarmSnapshot
+    kind: int
+    comment: str = ""
+
+
+MxRuntimeEvent = (
+    DataChange | WriteComplete | OperationComplete | BufferedDataChange | AlarmTransition
+)
+"""Everything a runtime (or the alarm monitor) can report through an event sink."""
 
 
 # ---------------------------------------------------------------------------------------

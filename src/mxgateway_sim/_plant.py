@@ -21,7 +21,7 @@ import math
 import time
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from mxgateway._values import MxPythonValue
 from mxgateway_sim._catalog import TagCatalog, TagInfo
@@ -54,8 +54,22 @@ from mxgateway_sim._domain import (
 
 log = logging.getLogger("mxgateway_sim.plant")
 
-if TYPE_CHECKING:
-    from mxgateway_sim._simruntime import Item, SimulatedRuntime
+
+class SampleSink(Protocol):
+    """Something that watches an attribute (an advised item, an alarm)."""
+
+    def deliver(self, sample: TagSample) -> None:
+        """Take the attribute's new sample (called during a tick)."""
+        ...
+
+
+class TickListener(Protocol):
+    """Something that wants a call after each tick (a runtime flushing its events)."""
+
+    def flush(self, now: float) -> None:
+        """The tick is complete."""
+        ...
+
 
 _MASK64 = (1 << 64) - 1
 CLOCK_EPOCH = datetime(2025, 1, 1, tzinfo=timezone.utc)
@@ -223,7 +237,7 @@ class TagState:
         self.override: MxPythonValue = None
         self.override_ts: float | None = None
         self.dirty = False
-        self.subs: list[Item] = []
+        self.subs: list[SampleSink] = []
         self.sample = TagSample(None, info.mx_data_type, QUALITY_GOOD, 0.0)
 
     def quality_at(self, n: int) -> tuple[int, MxStatus]:
@@ -280,7 +294,7 @@ class Plant:
         self.tick = 0
         self._states: dict[str, TagState] = {}
         self._active: dict[str, TagState] = {}
-        self._runtimes: list[SimulatedRuntime] = []
+        self._runtimes: list[TickListener] = []
         self._task: asyncio.Task[None] | None = None
         self._objects: set[str] | None = None
         self._objects_version = -1
@@ -329,21 +343,21 @@ class Plant:
 
     # -- subscriptions -------------------------------------------------------------------
 
-    def attach(self, runtime: SimulatedRuntime) -> None:
+    def attach(self, runtime: TickListener) -> None:
         """Let ``runtime`` receive tick flushes."""
         self._runtimes.append(runtime)
 
-    def detach(self, runtime: SimulatedRuntime) -> None:
+    def detach(self, runtime: TickListener) -> None:
         """Stop tick flushes to ``runtime``."""
         with contextlib.suppress(ValueError):
             self._runtimes.remove(runtime)
 
-    def subscribe(self, state: TagState, item: Item) -> None:
+    def subscribe(self, state: TagState, item: SampleSink) -> None:
         """Deliver the attribute's changes to ``item``."""
         state.subs.append(item)
         self._active[state.key] = state
 
-    def unsubscribe(self, state: TagState, item: Item) -> None:
+    def unsubscribe(self, state: TagState, item: SampleSink) -> None:
         """Stop delivering to ``item``."""
         with contextlib.suppress(ValueError):
             state.subs.remove(item)

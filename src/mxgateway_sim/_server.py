@@ -21,6 +21,7 @@ from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined
 from grpc_reflection.v1alpha import reflection
 
 from mxgateway.generated import mxaccess_gateway_pb2 as pb
+from mxgateway_sim._alarms import AlarmMonitor
 from mxgateway_sim._auth import ApiKeyStore, AuthInterceptor, new_key
 from mxgateway_sim._builtin import builtin_catalog
 from mxgateway_sim._catalog import TagCatalog
@@ -103,6 +104,7 @@ class GatewaySimulator:
         self._tls_files: TlsFiles | None = None
         self.plant: Plant | None = None
         self.sessions: SessionManager | None = None
+        self.alarms: AlarmMonitor | None = None
         self.galaxy_available = False
 
     # -- what clients need ----------------------------------------------------------------
@@ -193,7 +195,8 @@ class GatewaySimulator:
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ],
         )
-        add_gateway_servicer(GatewayServicer(self.sessions), server)
+        self.alarms = AlarmMonitor(plant)
+        add_gateway_servicer(GatewayServicer(self.sessions, self.alarms), server)
         services = [GATEWAY_SERVICE]
         if self._galaxy is not None:
             from mxgateway.generated import galaxy_repository_pb2_grpc
@@ -244,6 +247,8 @@ class GatewaySimulator:
             await self._health.enter_graceful_shutdown()
         assert self.sessions is not None and self.plant is not None
         await self.sessions.shutdown()
+        if self.alarms is not None:
+            self.alarms.close()
         await server.stop(grace)
         await self.sessions.shutdown()  # anything opened during the grace period
         await self.plant.stop()

@@ -13,6 +13,7 @@ import functools
 import itertools
 import logging
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -24,12 +25,22 @@ from mxgateway._values import from_mx_value, timestamp_to_datetime, to_mx_value
 from mxgateway._version import GATEWAY_PROTOCOL_VERSION, WORKER_PROTOCOL_VERSION
 from mxgateway.generated import mxaccess_gateway_pb2 as pb
 from mxgateway_sim import _commands as bulk
+from mxgateway_sim._alarms import AlarmMonitor
 from mxgateway_sim._auth import current_principal, scope_for_command
 from mxgateway_sim._commands import BulkRow
-from mxgateway_sim._domain import MxAccessError, MxStatus, ReadResult, WriteRequest
+from mxgateway_sim._domain import (
+    E_MX_OPERATION_FAILED,
+    AlarmTransition,
+    MxAccessError,
+    MxStatus,
+    ReadResult,
+    WriteRequest,
+)
 from mxgateway_sim._events import EndReason, Subscriber, SubscriberRefused
 from mxgateway_sim._sessions import Session, SessionLimitError, SessionManager, SessionState
 from mxgateway_sim._wire import (
+    alarm_snapshot_to_pb,
+    alarm_transition_to_pb,
     fault_event,
     status_to_pb,
     to_timestamp,
@@ -41,6 +52,8 @@ from mxgateway_sim._wire import (
 log = logging.getLogger("mxgateway_sim.gateway")
 Context = aio.ServicerContext[Any, Any]
 BACKEND_NAME = "mxgw-sim"
+ALARM_FEED_QUEUE = 10_000
+"""Transition batches a StreamAlarms subscriber may have queued before it is disconnected."""
 
 _KIND_PREFIX = "MX_COMMAND_KIND_"
 PAYLOAD_OF_KIND: dict[int, str] = {
@@ -49,15 +62,7 @@ PAYLOAD_OF_KIND: dict[int, str] = {
     if number != pb.MX_COMMAND_KIND_UNSPECIFIED
 }
 """Oneof member of ``MxCommand.payload`` that each kind requires."""
-DISABLED_KINDS = frozenset(
-    {
-        pb.MX_COMMAND_KIND_SUBSCRIBE_ALARMS,
-        pb.MX_COMMAND_KIND_UNSUBSCRIBE_ALARMS,
-        pb.MX_COMMAND_KIND_ACKNOWLEDGE_ALARM,
-        pb.MX_COMMAND_KIND_QUERY_ACTIVE_ALARMS,
-    }
-)
-"""Worker-side alarm commands: the simulator has no alarm monitor (UNAUTHORIZED_COMMAND)."""
+
 
 _END_KIND = {
     EndReason.OVERFLOW: pb.STREAM_FAULT_KIND_EVENT_QUEUE_OVERFLOW,
@@ -149,8 +154,9 @@ def _ts(msg: Any) -> Any:
 class GatewayServicer:
     """Implements ``mxaccess_gateway.v1.MxAccessGateway``."""
 
-    def __init__(self, sessions: SessionManager) -> None:
+    def __init__(self, sessions: SessionManager, alarms: AlarmMonitor) -> None:
         self.sessions = sessions
+        self.alarms = alarms
         self._correlation = itertools.count(1)
         self._background: set[asyncio.Task[None]] = set()
         self._handlers: dict[str, Callable[[Session, Any, pb.MxCommandReply], Awaitable[None]]] = {
@@ -188,7 +194,12 @@ class GatewayServicer:
             "get_worker_info": self._get_worker_info,
             "drain_events": self._drain_events,
             "shutdown_worker": self._shutdown_worker,
+            "subscribe_alarms": self._subscribe_alarms,
+            "unsubscribe_alarms": self._unsubscribe_alarms,
+            "acknowledge_alarm": self._acknowledge_alarm,
+            "query_active_alarms": self._query_active_alarms,
         }
+        self._alarm_listeners: dict[str, Callable[[list[AlarmTransition]], None]] = {}
 
     # -- sessions ------------------------------------------------------------------------
 
@@ -258,14 +269,6 @@ class GatewayServicer:
                 else f"kind {name} does not match payload {payload}"
             )
             reply.protocol_status.CopyFrom(_status(pb.PROTOCOL_STATUS_CODE_INVALID_REQUEST, why))
-            return reply
-        if kind in DISABLED_KINDS:
-            reply.protocol_status.CopyFrom(
-                _status(
-                    pb.PROTOCOL_STATUS_CODE_UNAUTHORIZED_COMMAND,
-                    f"{name} is disabled: the simulator has no alarm monitor",
-                )
-            )
             return reply
         session = self.sessions.get(request.session_id)
         problem = self._session_problem(session)
@@ -665,23 +668,138 @@ class GatewayServicer:
 
     # -- alarms --------------------------------------------------------------------------
 
+    async def _subscribe_alarms(
+        self, s: Session, p: pb.SubscribeAlarmsCommand, r: pb.MxCommandReply
+    ) -> None:
+        prefix = p.subscription_expression.lower()
+        log_ = s.events
+        monitor = self.alarms
+
+        def listener(batch: list[AlarmTransition]) -> None:
+            if log_.closed is not None:
+                monitor.remove_listener(listener)
+                return
+            wanted = [t for t in batch if t.alarm.full_reference.lower().startswith(prefix)]
+            if wanted:
+                log_.publish(wanted)
+
+        await self._unsubscribe_alarms(s, pb.UnsubscribeAlarmsCommand(), r)
+        self.alarms.start()
+        self.alarms.add_listener(listener)
+        self._alarm_listeners[s.id] = listener
+
+    async def _unsubscribe_alarms(
+        self, s: Session, p: pb.UnsubscribeAlarmsCommand, r: pb.MxCommandReply
+    ) -> None:
+        listener = self._alarm_listeners.pop(s.id, None)
+        if listener is not None:
+            self.alarms.remove_listener(listener)
+
+    async def _acknowledge_alarm(
+        self, s: Session, p: pb.AcknowledgeAlarmCommand, r: pb.MxCommandReply
+    ) -> None:
+        if not _valid_guid(p.alarm_guid):
+            raise _BadRequest("alarm_guid is not a GUID")
+        status = self.alarms.acknowledge(p.alarm_guid, "", p.operator_user, p.comment)
+        if not status.ok:
+            raise MxAccessError(E_MX_OPERATION_FAILED, status.text, (status,))
+        r.acknowledge_alarm.native_status = 0
+        r.statuses.append(status_to_pb(status))
+
+    async def _query_active_alarms(
+        self, s: Session, p: pb.QueryActiveAlarmsCommand, r: pb.MxCommandReply
+    ) -> None:
+        snapshots = self.alarms.active(p.alarm_filter_prefix)
+        r.query_active_alarms.snapshots.extend(alarm_snapshot_to_pb(a) for a in snapshots)
+        r.query_active_alarms.SetInParent()
+
     async def AcknowledgeAlarm(
         self, request: pb.AcknowledgeAlarmRequest, context: Context
     ) -> pb.AcknowledgeAlarmReply:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "the simulator has no alarm monitor")
-        raise AssertionError("unreachable")  # pragma: no cover
+        reply = pb.AcknowledgeAlarmReply(
+            session_id=request.session_id,
+            correlation_id=f"gateway-correlation-acknowledge_alarm-{next(self._correlation)}",
+        )
+        if not (request.alarm_guid or request.alarm_full_reference) or (
+            request.alarm_guid and not _valid_guid(request.alarm_guid)
+        ):
+            reply.protocol_status.CopyFrom(
+                _status(
+                    pb.PROTOCOL_STATUS_CODE_INVALID_REQUEST,
+                    "give alarm_guid (a GUID) or alarm_full_reference",
+                )
+            )
+            return reply
+        status = self.alarms.acknowledge(
+            request.alarm_guid, request.alarm_full_reference, request.operator_user, request.comment
+        )
+        reply.status.CopyFrom(status_to_pb(status))
+        if status.ok:
+            reply.protocol_status.CopyFrom(_status(pb.PROTOCOL_STATUS_CODE_OK, "OK"))
+        else:
+            reply.protocol_status.CopyFrom(
+                _status(pb.PROTOCOL_STATUS_CODE_MXACCESS_FAILURE, status.text)
+            )
+            reply.hresult = E_MX_OPERATION_FAILED
+        return reply
 
     async def StreamAlarms(
         self, request: pb.StreamAlarmsRequest, context: Context
     ) -> AsyncIterator[pb.AlarmFeedMessage]:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "the simulator has no alarm monitor")
-        yield pb.AlarmFeedMessage()  # pragma: no cover
+        prefix = request.alarm_filter_prefix.lower()
+        queue: asyncio.Queue[list[AlarmTransition] | None] = asyncio.Queue(ALARM_FEED_QUEUE)
+
+        def end() -> None:
+            while queue.full():  # make room for the end marker
+                queue.get_nowait()
+            queue.put_nowait(None)
+
+        def listener(batch: list[AlarmTransition]) -> None:
+            if not batch:  # the monitor closed (shutdown)
+                end()
+                return
+            wanted = [t for t in batch if t.alarm.full_reference.lower().startswith(prefix)]
+            if not wanted:
+                return
+            if queue.full():  # a subscriber this slow is disconnected, never silently thinned
+                self.alarms.remove_listener(listener)
+                end()
+                return
+            queue.put_nowait(wanted)
+
+        active = self.alarms.active(request.alarm_filter_prefix)
+        self.alarms.add_listener(listener)
+        try:
+            for snapshot in active:
+                yield pb.AlarmFeedMessage(active_alarm=alarm_snapshot_to_pb(snapshot))
+            yield pb.AlarmFeedMessage(
+                snapshot_complete=pb.AlarmSnapshotComplete(active_alarm_count=len(active))
+            )
+            while True:
+                batch = await queue.get()
+                if batch is None:
+                    await context.abort(
+                        grpc.StatusCode.UNAVAILABLE, "the alarm feed ended (shutdown or overflow)"
+                    )
+                    return
+                for transition in batch:
+                    yield pb.AlarmFeedMessage(transition=alarm_transition_to_pb(transition))
+        finally:
+            self.alarms.remove_listener(listener)
 
     async def QueryActiveAlarms(
         self, request: pb.QueryActiveAlarmsRequest, context: Context
     ) -> AsyncIterator[pb.ActiveAlarmSnapshot]:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "the simulator has no alarm monitor")
-        yield pb.ActiveAlarmSnapshot()  # pragma: no cover
+        for snapshot in self.alarms.active(request.alarm_filter_prefix):
+            yield alarm_snapshot_to_pb(snapshot)
+
+
+def _valid_guid(text: str) -> bool:
+    try:
+        uuid.UUID(text.strip("{}"))
+    except ValueError:
+        return False
+    return True
 
 
 def _frame(event: bytes) -> bytes:

@@ -25,6 +25,8 @@ from mxgateway_sim._domain import (
     MX_DOUBLE,
     MX_FLOAT,
     MX_INTEGER,
+    AlarmSnapshot,
+    AlarmTransition,
     BufferedDataChange,
     DataChange,
     MxRuntimeEvent,
@@ -247,9 +249,53 @@ def event_to_pb(event: MxRuntimeEvent, session_id: str, sequence: int, now: floa
         b.data_type = event.data_type + _COM_OFFSET  # type: ignore[assignment]
         b.samples.extend(_sample_pb(s) for s in event.samples)
         b.statuses.append(status_to_pb(event.status))
+    elif isinstance(event, AlarmTransition):
+        msg.family = pb.MX_EVENT_FAMILY_ON_ALARM_TRANSITION
+        msg.on_alarm_transition.CopyFrom(alarm_transition_to_pb(event))
     else:  # pragma: no cover - the union is closed
         raise TypeError(f"unknown event {type(event).__name__}")
     return msg
+
+
+def alarm_snapshot_to_pb(alarm: AlarmSnapshot) -> pb.ActiveAlarmSnapshot:
+    """``ActiveAlarmSnapshot`` of one alarm of the active set."""
+    return pb.ActiveAlarmSnapshot(
+        alarm_guid=alarm.alarm_guid,
+        alarm_full_reference=alarm.full_reference,
+        source_object_reference=alarm.source_object,
+        alarm_type_name=alarm.type_name,
+        state=alarm.state,  # type: ignore[arg-type]
+        raw_severity=alarm.severity,
+        original_raise_time=to_timestamp(alarm.raise_time),
+        last_transition_time=to_timestamp(alarm.last_transition_time),
+        category=alarm.category,
+        description=alarm.description,
+        current_value=value_to_pb(alarm.value, alarm.data_type),
+        limit_value=value_to_pb(alarm.limit, alarm.data_type),
+        operator_user=alarm.operator_user,
+    )
+
+
+def alarm_transition_to_pb(transition: AlarmTransition) -> pb.OnAlarmTransitionEvent:
+    """``OnAlarmTransitionEvent`` of one alarm change."""
+    alarm = transition.alarm
+    return pb.OnAlarmTransitionEvent(
+        alarm_guid=alarm.alarm_guid,
+        alarm_full_reference=alarm.full_reference,
+        source_object_reference=alarm.source_object,
+        alarm_type_name=alarm.type_name,
+        transition_kind=transition.kind,  # type: ignore[arg-type]
+        state=alarm.state,  # type: ignore[arg-type]
+        raw_severity=alarm.severity,
+        original_raise_time=to_timestamp(alarm.raise_time),
+        transition_time=to_timestamp(alarm.last_transition_time),
+        operator_user=alarm.operator_user,
+        operator_comment=transition.comment,
+        category=alarm.category,
+        description=alarm.description,
+        current_value=value_to_pb(alarm.value, alarm.data_type),
+        limit_value=value_to_pb(alarm.limit, alarm.data_type),
+    )
 
 
 class EventEncoder:

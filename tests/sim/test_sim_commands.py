@@ -351,13 +351,6 @@ async def test_control_commands(gw: Gw) -> None:
     assert reply.protocol_status.code == pb.PROTOCOL_STATUS_CODE_SESSION_NOT_FOUND
 
 
-async def test_alarm_commands_are_disabled_by_policy(gw: Gw) -> None:
-    sid = await gw.open()
-    reply = await gw.invoke(sid, "query_active_alarms")
-    assert reply.protocol_status.code == pb.PROTOCOL_STATUS_CODE_UNAUTHORIZED_COMMAND
-    assert "alarm" in reply.protocol_status.message
-
-
 async def test_invalid_requests(gw: Gw) -> None:
     sid = await gw.open()
     mismatch = pb.MxCommand(kind=pb.MX_COMMAND_KIND_PING, register=pb.RegisterCommand())

@@ -270,16 +270,6 @@ async def test_health_and_reflection_without_a_key(sim: GatewaySimulator, gw: Gw
     assert "mxaccess_gateway.v1.MxAccessGateway" in names
 
 
-async def test_alarm_rpcs_are_unimplemented(gw: Gw) -> None:
-    with pytest.raises(grpc.aio.AioRpcError) as err:
-        await gw.stub.AcknowledgeAlarm(pb.AcknowledgeAlarmRequest(), metadata=gw.md)
-    assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    call = gw.stub.StreamAlarms(pb.StreamAlarmsRequest(), metadata=gw.md)
-    with pytest.raises(grpc.aio.AioRpcError) as err:
-        await call.read()
-    assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
-
-
 async def test_anonymous_mode_accepts_calls_without_a_key() -> None:
     async with gateway(allow_anonymous=True, api_keys=[]) as (sim, channel):
         assert sim.api_key is None
