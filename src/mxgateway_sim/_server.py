@@ -7,6 +7,7 @@ exposes what a client needs: ``endpoint``, ``api_key`` and ``ca_file``.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import logging
 import tempfile
@@ -96,6 +97,8 @@ class GatewaySimulator:
         self._runtime_factory = runtime_factory
         if session_options is None:
             session_options = SessionOptions(max_sessions=max_sessions)
+        elif max_sessions != SessionOptions.max_sessions:
+            session_options = dataclasses.replace(session_options, max_sessions=max_sessions)
         self._options = session_options
         self._server: aio.Server | None = None
         self._galaxy: Any = None

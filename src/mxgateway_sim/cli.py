@@ -242,6 +242,11 @@ async def _serve(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from None
     except RuntimeError as exc:  # grpc: failed to bind
         raise UsageError(f"cannot listen on {args.listen}: {exc}") from None
+    if (args.galaxy_db or args.galaxy_objects) and not sim.galaxy_available:
+        print(
+            "mxgw-sim: warning: Galaxy support is not available; serving the built-in demo plant",
+            file=sys.stderr,
+        )
     try:
         ca = str(sim.ca_file) if sim.ca_file else None
         if args.json:
