@@ -41,6 +41,7 @@ TlsMode = Literal["self-signed"] | tuple[str | Path, str | Path] | None
 GATEWAY_SERVICE = "mxaccess_gateway.v1.MxAccessGateway"
 GALAXY_SERVICE = "galaxy_repository.v1.GalaxyRepository"
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+DEFAULT_MAX_SESSIONS = 64
 
 
 class GatewaySimulator:
@@ -67,7 +68,7 @@ class GatewaySimulator:
         galaxy_poll_interval: float = 2.0,
         seed: int = 0,
         scan_interval_ms: int = 200,
-        max_sessions: int = 64,
+        max_sessions: int = DEFAULT_MAX_SESSIONS,
         session_options: SessionOptions | None = None,
         flaky_one_in: int = 8,
         users: Sequence[SimUser] = DEFAULT_USERS,
@@ -97,7 +98,7 @@ class GatewaySimulator:
         self._runtime_factory = runtime_factory
         if session_options is None:
             session_options = SessionOptions(max_sessions=max_sessions)
-        elif max_sessions != SessionOptions.max_sessions:
+        elif max_sessions != DEFAULT_MAX_SESSIONS:
             session_options = dataclasses.replace(session_options, max_sessions=max_sessions)
         self._options = session_options
         self._server: aio.Server | None = None
