@@ -97,6 +97,8 @@ class Item:
         "item_handle",
         "last",
         "next_flush",
+        "out",
+        "plain",
         "ref",
         "runtime",
         "server_handle",
@@ -128,10 +130,16 @@ class Item:
         self.buffer: list[TagSample] = []
         self.next_flush = 0.0
         self.last: TagSample | None = None
+        self.plain = not buffered and ref.index is None
+        self.out = runtime.pending
 
     def deliver(self, sample: TagSample) -> None:
         """Queue an OnDataChange (or a buffered sample) for this item; called per tick."""
         if self.suspended:
+            return
+        if self.plain:  # the hot path: a scalar or whole-array item, not buffered
+            self.last = sample
+            self.out.append(DataChange(self.server_handle, self.item_handle, sample))
             return
         if self.ref.index is not None:
             sample = element_of(sample, self.ref.index)
@@ -139,7 +147,7 @@ class Item:
         if self.buffered:
             self.buffer.append(sample)
         else:
-            self.runtime.pending.append(DataChange(self.server_handle, self.item_handle, sample))
+            self.out.append(DataChange(self.server_handle, self.item_handle, sample))
 
 
 class SimulatedRuntime:
@@ -188,9 +196,10 @@ class SimulatedRuntime:
                         )
                     )
         if events:
-            self.pending = []
+            batch = list(events)
+            events.clear()  # the same list object: items append to it directly
             if self._sink is not None:
-                self._sink(events)
+                self._sink(batch)
 
     def _emit(self, event: MxRuntimeEvent) -> None:
         self.pending.append(event)
@@ -509,7 +518,7 @@ class SimulatedRuntime:
         self._registrations.clear()
         self._advised_by_key.clear()
         self._buffered.clear()
-        self.pending = []
+        self.pending.clear()
         return ReleaseCounts(advises, items, registrations)
 
 
