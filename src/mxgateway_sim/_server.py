@@ -293,8 +293,3 @@ class GatewaySimulator:
         if self._galaxy is not None:
             galaxy, self._galaxy = self._galaxy, None
             await galaxy.close()
-
-    async def wait_closed(self) -> None:
-        """Wait until the server terminates (after :meth:`stop` from elsewhere)."""
-        if self._server is not None:
-            await self._server.wait_for_termination()

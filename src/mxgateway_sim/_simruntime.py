@@ -50,7 +50,7 @@ from mxgateway_sim._domain import (
 )
 from mxgateway_sim._plant import Plant, TagState
 from mxgateway_sim._references import ParsedReference, ReferenceSyntaxError, parse_reference
-from mxgateway_sim._runtime import EventSink
+from mxgateway_sim._runtime import EventSink, MxAccessRuntime
 
 WRITEABLE_CATEGORIES = frozenset({-1, 4, 5, 6, 7, 8, 9, 10, 11, 14})
 """MxAttributeCategory values a client may write at run time (Writeable_*, SystemWriteable)."""
@@ -527,3 +527,8 @@ def _read_row(reference: str, sample: TagSample, *, cached: bool) -> ReadResult:
     return ReadResult(
         reference, sample, cached, "" if status.ok else status.text or "read failed", (status,)
     )
+
+
+def _conforms(runtime: SimulatedRuntime) -> MxAccessRuntime:
+    """Static check (mypy): SimulatedRuntime implements the MxAccessRuntime protocol."""
+    return runtime
