@@ -49,7 +49,10 @@ async def serve(args: argparse.Namespace) -> None:
         multiple_subscribers=True,
         max_subscribers=8,
     )
-    db = Path(args.db_dir) / f"galaxy-{args.galaxy_objects}.db" if args.db_dir else None
+    db = None
+    if args.galaxy_objects and args.db_dir:
+        # Synthetic galaxies are cached between runs (creating 2,600 objects takes seconds).
+        db = Path(args.db_dir) / f"galaxy-{args.galaxy_objects}-seed0.db"
     sim = GatewaySimulator(
         api_keys=[API_KEY],
         galaxy_objects=args.galaxy_objects or None,
@@ -87,13 +90,19 @@ def main(argv: list[str] | None = None) -> int:
     """Command line entry point."""
     parser = argparse.ArgumentParser(prog="python -m bench.sim_server")
     parser.add_argument("--galaxy-objects", type=int, default=0, help="0 = default plant")
-    parser.add_argument("--db-dir", default=tempfile.gettempdir())
+    parser.add_argument(
+        "--db-dir",
+        default=str(Path(tempfile.gettempdir()) / "mxgw-bench-galaxy"),
+        help="where synthetic galaxy databases are cached ('' = the simulator's default)",
+    )
     parser.add_argument("--scan-ms", type=int, default=200)
     parser.add_argument("--max-sessions", type=int, default=64)
     parser.add_argument("--event-queue-limit", type=int, default=10_000)
     parser.add_argument("--tags-out", default="")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    if args.db_dir:
+        Path(args.db_dir).mkdir(parents=True, exist_ok=True)
     asyncio.run(serve(args))
     return 0
 
