@@ -395,3 +395,22 @@ async def test_redeploy_makes_undeployed_items_bad_and_new_ones_resolvable() -> 
         fresh = await gw.subscribe(sid, sh, "Tank02.Level")
         events = await gw.drain_until(sid, lambda ev: bool(changes(ev, fresh)))
         assert changes(events, fresh)[0].quality == 192
+
+
+async def test_remove_item_and_unregister_release_handles(gw: Gw) -> None:
+    sid = await gw.open()
+    sh = await gw.register(sid)
+    first = await gw.subscribe(sid, sh, "Line01.Counter")
+    second = await gw.add(sid, sh, "Tank01.Level")
+    await gw.ok(sid, "remove_item", server_handle=sh, item_handle=first)
+    gone = await gw.invoke(sid, "advise", server_handle=sh, item_handle=first)
+    assert gone.hresult == E_INVALIDARG
+    await gw.ok(sid, "unregister", server_handle=sh)
+    for payload, fields in (
+        ("advise", {"item_handle": second}),
+        ("add_item", {"item_definition": "Tank01.Level"}),
+    ):
+        reply = await gw.invoke(sid, payload, server_handle=sh, **fields)
+        assert (reply.protocol_status.code, reply.hresult) == (MXFAIL, E_INVALIDARG), payload
+    closed = await gw.stub.CloseSession(pb.CloseSessionRequest(session_id=sid), metadata=gw.md)
+    assert (closed.released_item_count, closed.released_registration_count) == (0, 0)
