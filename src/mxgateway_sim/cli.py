@@ -14,6 +14,7 @@ import importlib
 import json
 import logging
 import signal
+import sqlite3
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -238,8 +239,10 @@ async def _serve(args: argparse.Namespace) -> int:
             loop.add_signal_handler(sig, stop.set)
     try:
         await sim.start()
-    except (TlsSetupError, ValueError) as exc:
+    except (TlsSetupError, ValueError, sqlite3.Error) as exc:
         raise UsageError(str(exc)) from None
+    except OSError as exc:
+        raise UsageError(f"cannot start: {exc}") from None
     except RuntimeError as exc:  # grpc: failed to bind
         raise UsageError(f"cannot listen on {args.listen}: {exc}") from None
     if (args.galaxy_db or args.galaxy_objects) and not sim.galaxy_available:
@@ -294,7 +297,10 @@ def _deploy(args: argparse.Namespace) -> int:
         deploy = galaxy.deploy
     except (ImportError, AttributeError):
         raise UsageError("this build has no Galaxy support (mxgateway_sim.galaxy)") from None
-    result = deploy(args.galaxy_db, add=args.add, remove=args.remove, seed=args.seed)
+    try:
+        result = deploy(args.galaxy_db, add=args.add, remove=args.remove, seed=args.seed)
+    except (OSError, ValueError, sqlite3.Error) as exc:
+        raise UsageError(f"deploy: {exc}") from None
     print(json.dumps(result, default=str))
     return EXIT_OK
 

@@ -187,3 +187,13 @@ async def test_default_simulator_serves_the_galaxy_namespace() -> None:
             handles = [await gw.subscribe(sid, sh, t.full_tag_reference) for t in tags]
             events = await gw.drain_until(sid, lambda ev: all(changes(ev, h) for h in handles))
             assert all(changes(events, h)[0].statuses[0].detail not in (11, 12) for h in handles)
+
+
+def test_cli_deploy_on_a_bad_database_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.db"
+    junk.write_text("not a database")
+    for path in (junk, tmp_path / "missing.db"):
+        result = _run_cli("deploy", "--galaxy-db", str(path), "--add", "1")
+        assert result.returncode == 2, result.stderr
+        assert "Traceback" not in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
