@@ -172,9 +172,9 @@ def test_fast_event_encoding_matches_the_generated_classes() -> None:
     assert [e.worker_sequence for e in batch.events] == list(range(40_000, 40_009))
 
 
-async def test_default_simulator_serves_the_galaxy_namespace() -> None:
+async def test_default_simulator_serves_the_galaxy_namespace(tmp_path: Path) -> None:
     pytest.importorskip("mxgateway_sim.galaxy")
-    async with GatewaySimulator() as sim:
+    async with GatewaySimulator(galaxy_db=tmp_path / "galaxy.db") as sim:
         if not sim.galaxy_available:
             pytest.skip("the Galaxy layer is not available in this build")
         assert sim.plant is not None
