@@ -35,6 +35,7 @@ from mxgateway._events import (
 )
 from mxgateway._galaxy import DeployEvent, GalaxyAttribute, GalaxyObject, GalaxyRepositoryClient
 from mxgateway._options import ClientOptions
+from mxgateway._retry import RetryPolicy
 from mxgateway._session import Session
 from mxgateway._values import VALUE_TYPES, ValueType, from_mx_value, to_mx_value
 from mxgateway._version import (
@@ -80,6 +81,7 @@ __all__ = [
     "MxGatewayUnavailableError",
     "MxGatewayUnimplementedError",
     "OperationComplete",
+    "RetryPolicy",
     "Session",
     "StreamFault",
     "ValueType",

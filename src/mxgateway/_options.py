@@ -16,6 +16,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from mxgateway._retry import RetryPolicy
+
 __all__ = ["DEFAULT_MAX_MESSAGE_BYTES", "ClientOptions"]
 
 _log = logging.getLogger(__name__)
@@ -89,6 +91,9 @@ class ClientOptions:
         max_message_bytes: Largest message sent or received.
         metadata: Extra metadata sent with every call (lowercase ASCII keys).
         channel_options: Extra raw gRPC channel arguments (escape hatch), appended last.
+        retry: How unary calls that are safe to repeat (read-only queries, see
+            ``docs/reliability.md``) are retried after UNAVAILABLE; ``None`` or
+            ``RetryPolicy.disabled()`` turns retries off. Writes are never retried.
     """
 
     endpoint: str
@@ -104,6 +109,7 @@ class ClientOptions:
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     metadata: tuple[tuple[str, str], ...] = field(default=())
     channel_options: tuple[tuple[str, Any], ...] = field(default=())
+    retry: RetryPolicy | None = field(default_factory=RetryPolicy)
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -188,6 +194,8 @@ class ClientOptions:
             if not (isinstance(opt, tuple) and len(opt) == 2 and isinstance(opt[0], str)):
                 raise ValueError("channel_options entries must be (name, value) pairs")
         set_(self, "channel_options", opts)
+        if self.retry is not None and not isinstance(self.retry, RetryPolicy):
+            raise ValueError("retry must be a RetryPolicy or None")
 
     def replace(self, **changes: Any) -> ClientOptions:
         """Return a copy with ``changes`` applied (validated again)."""

@@ -14,9 +14,12 @@ through a :class:`Transport`::
 ``unary`` and ``stream`` attach ``authorization: Bearer <key>`` (plus the extra metadata of
 the options) in one place, apply the default deadline to unary calls, and turn
 ``grpc.aio.AioRpcError`` into the ``MxGateway*`` exception of the error table, raised
-``from`` the original. A :class:`Stream` cancels its call when the loop breaks (the
-iterator is dropped), on ``aclose()``, on leaving ``async with`` and when the task reading
-it is cancelled, so the server always sees the cancellation.
+``from`` the original. It is also the one place that retries: unary calls that are safe to
+repeat, after UNAVAILABLE, as ``options.retry`` says (see ``mxgateway._retry``).
+
+A :class:`Stream` cancels its call when the loop breaks (the iterator is dropped), on
+``aclose()``, on leaving ``async with`` and when the task reading it is cancelled, so the
+server always sees the cancellation.
 """
 
 from __future__ import annotations
@@ -33,9 +36,11 @@ import grpc.aio
 from mxgateway._errors import (
     ClientClosedError,
     MxGatewayError,
+    MxGatewayUnavailableError,
     error_from_rpc_error,
 )
 from mxgateway._options import ClientOptions
+from mxgateway._retry import is_idempotent
 
 __all__ = ["DEFAULT", "Stream", "Transport"]
 
@@ -135,6 +140,8 @@ class Transport:
         self._metadata: tuple[tuple[str, str], ...] = tuple(metadata)
         self._secrets: tuple[str | None, ...] = (options.api_key,)
         self._closed = False
+        self.retry_count = 0
+        """How many times a unary call was retried after UNAVAILABLE (all calls)."""
 
     @classmethod
     async def open(cls, options: ClientOptions) -> Transport:
@@ -227,8 +234,15 @@ class Transport:
         timeout: float | None = DEFAULT,
         session_id: str | None = None,
         what: str | None = None,
+        idempotent: bool | None = None,
     ) -> RespT:
         """Run a unary call with the API key metadata and a deadline; map its errors.
+
+        A call that is safe to repeat (see :func:`mxgateway._retry.is_idempotent`) and fails
+        with gRPC UNAVAILABLE is retried according to ``options.retry`` (jittered
+        exponential backoff, bounded attempts and elapsed time). ``timeout`` is the
+        deadline of the whole call, retries and their delays included. No other status
+        and no other call is ever retried.
 
         Args:
             method: A stub attribute, e.g. ``stub.Invoke``.
@@ -238,22 +252,61 @@ class Transport:
             session_id: Set for session-scoped RPCs (NOT_FOUND then maps to
                 ``MxGatewaySessionNotFoundError``; the id appears in messages).
             what: Name of the call used in error messages (default: the request type).
+            idempotent: Overrides the table that decides whether the call may be retried
+                (``None``: decide from the request).
 
-        Cancelling the awaiting task cancels the gRPC call.
+        Cancelling the awaiting task cancels the gRPC call (and any pending retry).
         """
         self.check_open()
         if timeout is DEFAULT:
             timeout = self._options.timeout
+        label = what or type(request).__name__.removesuffix("Request")
+        policy = self._options.retry
+        if (
+            policy is None
+            or not policy.enabled
+            or not (is_idempotent(request) if idempotent is None else idempotent)
+        ):
+            return await self._unary_once(method, request, timeout, session_id, label)
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        deadline = None if timeout is None else start + timeout
+        attempt = 1
+        while True:
+            remaining = None if deadline is None else max(deadline - loop.time(), 0.001)
+            try:
+                return await self._unary_once(method, request, remaining, session_id, label)
+            except MxGatewayUnavailableError as exc:
+                if exc.grpc_code is not grpc.StatusCode.UNAVAILABLE:
+                    raise
+                now = loop.time()
+                if not policy.allows(attempt, now - start):
+                    raise
+                delay = policy.backoff(attempt)
+                if deadline is not None and now + delay >= deadline:
+                    raise
+                _log.info("%s failed with UNAVAILABLE; retry %d in %.3f s", label, attempt, delay)
+                self.retry_count += 1
+                await asyncio.sleep(delay)
+                self.check_open()
+                attempt += 1
+
+    async def _unary_once(
+        self,
+        method: grpc.aio.UnaryUnaryMultiCallable[ReqT, RespT],
+        request: ReqT,
+        timeout: float | None,
+        session_id: str | None,
+        label: str,
+    ) -> RespT:
         try:
             return await method(request, timeout=timeout, metadata=self._metadata)
         except grpc.aio.AioRpcError as exc:
-            label = what or type(request).__name__.removesuffix("Request")
             raise self.map_error(exc, session_id=session_id, what=label) from exc
         except asyncio.CancelledError:
             # grpc.aio raises CancelledError in the awaiting task when the channel was
             # closed under the call; that is not a cancellation of this task.
             if self._closed and not _task_cancelling():
-                label = what or type(request).__name__.removesuffix("Request")
                 raise ClientClosedError(
                     f"{label} was cancelled because the client was closed"
                 ) from None

@@ -8,6 +8,7 @@ EXPECTED = {
     # client
     "ClientOptions",
     "GatewayClient",
+    "RetryPolicy",
     "Session",
     # events
     "AlarmTransition",
