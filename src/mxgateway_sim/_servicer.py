@@ -673,11 +673,13 @@ class GatewayServicer:
     ) -> None:
         prefix = p.subscription_expression.lower()
         log_ = s.events
+        session_id = s.id
         monitor = self.alarms
 
         def listener(batch: list[AlarmTransition]) -> None:
-            if log_.closed is not None:
+            if log_.closed is not None:  # the session is gone
                 monitor.remove_listener(listener)
+                self._alarm_listeners.pop(session_id, None)
                 return
             wanted = [t for t in batch if t.alarm.full_reference.lower().startswith(prefix)]
             if wanted:
