@@ -37,6 +37,14 @@ from mxgateway._galaxy import DeployEvent, GalaxyAttribute, GalaxyObject, Galaxy
 from mxgateway._options import ClientOptions
 from mxgateway._retry import RetryPolicy
 from mxgateway._session import Session
+from mxgateway._subscription import (
+    ItemFailure,
+    StateChange,
+    Subscription,
+    SubscriptionEvent,
+    SubscriptionState,
+    TagValue,
+)
 from mxgateway._values import VALUE_TYPES, ValueType, from_mx_value, to_mx_value
 from mxgateway._version import (
     GATEWAY_PROTOCOL_VERSION,
@@ -63,6 +71,7 @@ __all__ = [
     "GalaxyObject",
     "GalaxyRepositoryClient",
     "GatewayClient",
+    "ItemFailure",
     "MxAccessError",
     "MxGatewayAbortedError",
     "MxGatewayAuthenticationError",
@@ -83,7 +92,12 @@ __all__ = [
     "OperationComplete",
     "RetryPolicy",
     "Session",
+    "StateChange",
     "StreamFault",
+    "Subscription",
+    "SubscriptionEvent",
+    "SubscriptionState",
+    "TagValue",
     "ValueType",
     "WriteComplete",
     "__version__",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -16,12 +17,14 @@ from mxgateway._errors import (
     error_from_protocol_status,
 )
 from mxgateway._options import ClientOptions
+from mxgateway._retry import RetryPolicy
 from mxgateway._transport import DEFAULT, Stream, Transport
 from mxgateway.generated import mxaccess_gateway_pb2 as pb
 from mxgateway.generated import mxaccess_gateway_pb2_grpc as pbg
 
 if TYPE_CHECKING:
     from mxgateway._session import Session
+    from mxgateway._subscription import StateChange, Subscription
 
 __all__ = ["GatewayClient"]
 
@@ -59,6 +62,7 @@ class GatewayClient:
         self._transport = transport
         self._stub = pbg.MxAccessGatewayStub(transport.channel)
         self._sessions: dict[str, Session] = {}
+        self._subscriptions: set[Subscription] = set()
         self._correlation = itertools.count(1)
         self._correlation_prefix = f"py-{os.getpid()}-{id(self) & 0xFFFF:04x}-"
         self._batches_supported = True
@@ -285,11 +289,73 @@ class GatewayClient:
             what="StreamEventBatches",
         )
 
+    # -- recovering subscriptions -------------------------------------------------------
+    def subscribe(
+        self,
+        items: Iterable[str],
+        *,
+        client_name: str = "mxgateway-py",
+        session_name: str = "",
+        supervisory: bool = False,
+        queue_size: int = 10_000,
+        reconnect: RetryPolicy | Any | None = DEFAULT,
+        on_state_change: Callable[[StateChange], None] | None = None,
+        chunk_size: int = 1000,
+    ) -> Subscription:
+        """A :class:`~mxgateway.Subscription` of ``items`` that survives gateway restarts.
+
+        It opens its own session, registers as ``client_name``, subscribes the items with
+        ``SubscribeBulk`` (``chunk_size`` per call) and yields their values; when the
+        session is lost it opens a new one, subscribes again and marks the values that
+        follow ``resynchronized``. Nothing happens until ``async with``, the first read or
+        ``start()``; closing the client closes it.
+
+        Args:
+            items: Tag references (duplicates are ignored).
+            client_name: The ``Register`` client name.
+            session_name: The ``OpenSession`` client session name.
+            supervisory: Advise supervisory (AdviseSupervisory).
+            queue_size: Values buffered between the stream and the consumer; a full queue
+                holds the stream back (back-pressure), it never drops values.
+            reconnect: Backoff between attempts to get a session back (default: for ever,
+                0.25 s doubling to 10 s, jittered); ``None`` gives up after the first loss.
+            on_state_change: Called (synchronously, in the loop) with each
+                :class:`~mxgateway.StateChange`.
+            chunk_size: Items per ``SubscribeBulk`` call.
+        """
+        from mxgateway._subscription import DEFAULT_RECONNECT, Subscription
+
+        self._check_open()
+        subscription = Subscription(
+            self,
+            items,
+            client_name=client_name,
+            session_name=session_name,
+            supervisory=supervisory,
+            queue_size=queue_size,
+            reconnect=DEFAULT_RECONNECT if reconnect is DEFAULT else reconnect,
+            on_state_change=on_state_change,
+            chunk_size=chunk_size,
+        )
+        self._subscriptions.add(subscription)
+        return subscription
+
+    def _forget_subscription(self, subscription: Subscription) -> None:
+        self._subscriptions.discard(subscription)
+
     # -- lifecycle --------------------------------------------------------------------
     async def close(self) -> None:
-        """Close the sessions opened by this client, then the channel. Idempotent."""
+        """Close the subscriptions and the sessions opened by this client, then the
+        channel. Idempotent."""
         if self._transport.closed:
             return
+        try:
+            for subscription in list(self._subscriptions):
+                await subscription.aclose()
+        finally:
+            await self._close_sessions()
+
+    async def _close_sessions(self) -> None:
         sessions = list(self._sessions.values())
         self._sessions.clear()
         try:

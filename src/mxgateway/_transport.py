@@ -77,6 +77,10 @@ def _raw_bytes(data: bytes) -> bytes:
 """Pass as ``timeout`` to use ``ClientOptions.timeout`` (the default of ``unary``)."""
 
 
+_MAX_RECONNECT_BACKOFF = "grpc.max_reconnect_backoff_ms"
+_MAX_RECONNECT_BACKOFF_MS = 10_000
+
+
 def _channel_arguments(options: ClientOptions) -> list[tuple[str, Any]]:
     args: list[tuple[str, Any]] = [
         ("grpc.max_send_message_length", options.max_message_bytes),
@@ -89,6 +93,10 @@ def _channel_arguments(options: ClientOptions) -> list[tuple[str, Any]]:
             ("grpc.keepalive_permit_without_calls", int(options.keepalive_permit_without_calls)),
             ("grpc.http2.max_pings_without_data", 0),
         ]
+    if not any(name == _MAX_RECONNECT_BACKOFF for name, _ in options.channel_options):
+        # gRPC's own reconnect backoff grows to 120 s: after a long gateway outage the
+        # channel could stay down for two minutes after the gateway is back. Cap it.
+        args.append((_MAX_RECONNECT_BACKOFF, _MAX_RECONNECT_BACKOFF_MS))
     if options.server_name_override:
         args += [
             ("grpc.ssl_target_name_override", options.server_name_override),

@@ -10,6 +10,13 @@ EXPECTED = {
     "GatewayClient",
     "RetryPolicy",
     "Session",
+    # recovering subscriptions
+    "ItemFailure",
+    "StateChange",
+    "Subscription",
+    "SubscriptionEvent",
+    "SubscriptionState",
+    "TagValue",
     # events
     "AlarmTransition",
     "BufferedDataChange",

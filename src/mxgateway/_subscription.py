@@ -1,0 +1,709 @@
+"""``Subscription``: advised tags whose values keep coming across gateway restarts.
+
+``GatewayClient.subscribe(items)`` returns a :class:`Subscription`, an async iterator (and
+async context manager) of :class:`TagValue` objects. One supervisor task owns everything:
+
+1. open a session, ``Register``, start the session's event stream (replaying from the start
+   of the session, so no initial value can be missed), ``SubscribeBulk`` the items in
+   chunks (per-item failures become :class:`ItemFailure` entries of the iterator);
+2. pump the typed events into a bounded queue (a slow consumer blocks the pump, and so the
+   gRPC stream: back-pressure, never an unbounded buffer);
+3. when the stream cannot be resumed (the session is gone: the gateway restarted, the
+   session was closed or faulted, the gateway stayed unreachable), close what is left of
+   the old session, wait a jittered exponential backoff and go back to 1 with a new
+   session. Values that arrive after such a recovery are marked ``resynchronized``.
+
+A dropped connection that the session survives (a network blip, a keepalive timeout) is
+handled one level below, by the event stream's own resume from the last
+``worker_sequence``: no new session, nothing lost, nothing marked.
+
+States (:class:`SubscriptionState`): ``CONNECTING`` -> ``CONNECTED`` -> (``RECONNECTING``
+-> ``RESYNCHRONIZED``)* -> ``CLOSED``; observable as :attr:`Subscription.state`, through
+:meth:`Subscription.state_changes`, :meth:`Subscription.wait_for_state` and an
+``on_state_change`` callback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from types import MappingProxyType, TracebackType
+from typing import TYPE_CHECKING, NoReturn, TypeAlias
+
+from mxgateway._errors import (
+    ClientClosedError,
+    MxGatewayAuthenticationError,
+    MxGatewayError,
+    MxGatewayInvalidRequestError,
+    MxGatewayPermissionError,
+    MxGatewayProtocolError,
+    MxGatewaySessionNotFoundError,
+    MxGatewayUnavailableError,
+    MxGatewayUnimplementedError,
+)
+from mxgateway._events import DataChange, EventGap, EventStream, StreamFault
+from mxgateway._retry import RetryPolicy
+from mxgateway._values import MxPythonValue
+from mxgateway.generated import mxaccess_gateway_pb2 as pb
+
+if TYPE_CHECKING:
+    from mxgateway._client import GatewayClient
+    from mxgateway._session import Session
+
+__all__ = [
+    "DEFAULT_RECONNECT",
+    "ItemFailure",
+    "StateChange",
+    "Subscription",
+    "SubscriptionEvent",
+    "SubscriptionState",
+    "TagValue",
+]
+
+_log = logging.getLogger(__name__)
+_log.addHandler(logging.NullHandler())
+
+DEFAULT_RECONNECT = RetryPolicy(
+    max_attempts=None, initial_backoff=0.25, max_backoff=10.0, multiplier=2.0, max_elapsed=None
+)
+"""Reconnect for ever, 0.25 s doubling up to 10 s between attempts, 50 % jitter."""
+
+_CLOSE_OLD_SESSION_TIMEOUT = 2.0
+_STATE_QUEUE_SIZE = 256
+
+# Errors after which reconnecting cannot help: the key, its scopes or the request itself
+# are wrong, or the client was closed. Everything else is worth another session.
+_FATAL = (
+    MxGatewayAuthenticationError,
+    MxGatewayPermissionError,
+    MxGatewayInvalidRequestError,
+    MxGatewayUnimplementedError,
+    ClientClosedError,
+)
+
+
+class SubscriptionState(enum.Enum):
+    """Where a :class:`Subscription` is in its life."""
+
+    CONNECTING = "connecting"
+    """Opening the first session and subscribing (also while retrying that)."""
+    CONNECTED = "connected"
+    """The first session is open and every item was added and advised."""
+    RECONNECTING = "reconnecting"
+    """The session was lost; opening a new one (with backoff between attempts)."""
+    RESYNCHRONIZED = "resynchronized"
+    """A new session is open and the items were added and advised again; values marked
+    ``resynchronized`` follow."""
+    CLOSED = "closed"
+    """Closed by the application, or failed for good (the iterator raises the error)."""
+
+
+@dataclass(frozen=True, slots=True)
+class StateChange:
+    """One transition of a :class:`Subscription`.
+
+    Attributes:
+        state: The new state.
+        previous: The state before (``None`` for the first).
+        session_id: The session in use in the new state, if any.
+        error: Why the session was lost (``RECONNECTING``), why the last attempt failed
+            (repeated ``RECONNECTING``), or why the subscription failed (``CLOSED``).
+        attempt: Connection attempts made since the last loss (1 for the first).
+    """
+
+    state: SubscriptionState
+    previous: SubscriptionState | None
+    session_id: str | None = None
+    error: BaseException | None = None
+    attempt: int = 0
+
+
+class TagValue:
+    """A value of a subscribed tag.
+
+    Attributes:
+        tag: The reference as given to ``subscribe``.
+        value: The value as a Python object.
+        quality: OPC-style 16-bit quality (192 = Good).
+        initial: The first value of this item in the current session (the value MXAccess
+            reports on advise).
+        resynchronized: The first value of this item after a recovery: changes while the
+            gateway was unreachable are not replayed, this is the current value again.
+        session_id: The session that delivered it.
+        item_handle: The item handle in that session.
+        worker_sequence: The position in that session's event sequence.
+        change: The underlying :class:`~mxgateway.DataChange`.
+    """
+
+    __slots__ = (
+        "change",
+        "initial",
+        "item_handle",
+        "quality",
+        "resynchronized",
+        "session_id",
+        "tag",
+        "value",
+        "worker_sequence",
+    )
+
+    def __init__(
+        self,
+        tag: str,
+        change: DataChange,
+        session_id: str,
+        *,
+        initial: bool = False,
+        resynchronized: bool = False,
+    ) -> None:
+        self.tag = tag
+        self.change = change
+        self.value: MxPythonValue = change.value
+        self.quality = change.quality
+        self.item_handle = change.item_handle
+        self.worker_sequence = change.worker_sequence
+        self.session_id = session_id
+        self.initial = initial
+        self.resynchronized = resynchronized
+
+    @property
+    def timestamp(self) -> datetime:
+        """Source timestamp, an aware UTC ``datetime``."""
+        return self.change.timestamp
+
+    @property
+    def is_good(self) -> bool:
+        """True when the quality is Good."""
+        return self.change.is_good
+
+    @property
+    def statuses(self) -> Sequence[pb.MxStatusProxy]:
+        """The MXAccess status records of the data change."""
+        return self.change.statuses
+
+    def __repr__(self) -> str:
+        flags = "".join(f" {name}" for name in ("initial", "resynchronized") if getattr(self, name))
+        return (
+            f"TagValue({self.tag!r}, value={self.value!r}, quality={self.quality}, "
+            f"timestamp={self.timestamp.isoformat()}{flags})"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ItemFailure:
+    """An item the gateway would not add or advise (in the first or a later session).
+
+    Attributes:
+        tag: The reference as given to ``subscribe``.
+        message: The gateway's error message.
+        hresult: The HRESULT of the failed step.
+        resynchronized: Reported while resubscribing after a recovery.
+        session_id: The session that reported it.
+        result: The raw ``SubscribeResult`` row.
+    """
+
+    tag: str
+    message: str
+    hresult: int
+    resynchronized: bool
+    session_id: str
+    result: pb.SubscribeResult
+
+
+SubscriptionEvent: TypeAlias = TagValue | ItemFailure | EventGap
+"""What iterating a :class:`Subscription` yields."""
+
+
+class _End:
+    __slots__ = ()
+
+
+_END = _End()
+
+
+def _dedupe(items: Iterable[str]) -> tuple[str, ...]:
+    if isinstance(items, (str, bytes)):
+        raise ValueError("items must be a sequence of tag references, not a single string")
+    out: dict[str, None] = {}
+    for i, item in enumerate(items):
+        if not isinstance(item, str) or not item.strip():
+            raise ValueError(f"items[{i}] must be a non-empty string")
+        out.setdefault(item, None)
+    if not out:
+        raise ValueError("items is empty: subscribe to at least one tag")
+    return tuple(out)
+
+
+class _SessionEnded(Exception):
+    """Internal: the pump saw the session end (closed by the gateway, server shutdown)."""
+
+    def __init__(self, error: MxGatewayError) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
+class Subscription:
+    """Tags advised on a gateway, delivered as one iterator that survives restarts.
+
+    Obtain with :meth:`GatewayClient.subscribe` and use as an async context manager::
+
+        async with client.subscribe(["Tank01.Level", "Pump01.Speed"]) as sub:
+            async for update in sub:
+                if isinstance(update, TagValue):
+                    print(update.tag, update.value, update.resynchronized)
+
+    The iteration yields :class:`TagValue` for values, :class:`ItemFailure` for items the
+    gateway refused (in the first or a new session) and :class:`~mxgateway.EventGap` when
+    events of a session were lost. It ends when the subscription is closed
+    (:meth:`aclose`, leaving ``async with``, closing the client) and raises the error when
+    recovery gives up (an error that reconnecting cannot fix, such as a rejected API key,
+    or the reconnect policy running out).
+
+    Breaking out of ``async for`` does not close the subscription (use ``async with``).
+    """
+
+    def __init__(
+        self,
+        client: GatewayClient,
+        items: Iterable[str],
+        *,
+        client_name: str = "mxgateway-py",
+        session_name: str = "",
+        supervisory: bool = False,
+        queue_size: int = 10_000,
+        reconnect: RetryPolicy | None = DEFAULT_RECONNECT,
+        on_state_change: Callable[[StateChange], None] | None = None,
+        chunk_size: int = 1000,
+        resume_attempts: int = 3,
+    ) -> None:
+        self._items = _dedupe(items)
+        if not isinstance(queue_size, int) or isinstance(queue_size, bool) or queue_size < 1:
+            raise ValueError("queue_size must be an int >= 1")
+        if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1:
+            raise ValueError("chunk_size must be an int >= 1")
+        if reconnect is not None and not isinstance(reconnect, RetryPolicy):
+            raise ValueError("reconnect must be a RetryPolicy or None")
+        if resume_attempts < 0:
+            raise ValueError("resume_attempts must be >= 0")
+        self._client = client
+        self._client_name = client_name
+        self._session_name = session_name
+        self._supervisory = supervisory
+        self._chunk = chunk_size
+        self._reconnect = reconnect if reconnect is not None else RetryPolicy.disabled()
+        self._resume_attempts = resume_attempts
+        self._callback = on_state_change
+        self._queue: asyncio.Queue[SubscriptionEvent | _End] = asyncio.Queue(queue_size)
+        self._task: asyncio.Task[None] | None = None
+        self._state = SubscriptionState.CONNECTING
+        self._last_change = StateChange(SubscriptionState.CONNECTING, None)
+        self._changed = asyncio.Event()
+        self._listeners: list[asyncio.Queue[StateChange]] = []
+        self._session: Session | None = None
+        self._failed: dict[str, ItemFailure] = {}
+        self._pending: set[int] = set()
+        self._error: BaseException | None = None
+        self._finished = False
+        self._closing = False
+        self._established = False
+        self._end_reported = False
+        self.recoveries = 0
+        """How many times the subscription came back on a new session."""
+
+    # -- what the application sees ------------------------------------------------------
+    @property
+    def items(self) -> tuple[str, ...]:
+        """The subscribed references (duplicates removed, in order)."""
+        return self._items
+
+    @property
+    def state(self) -> SubscriptionState:
+        """The current state."""
+        return self._state
+
+    @property
+    def last_state_change(self) -> StateChange:
+        """The most recent transition (with its error, if any)."""
+        return self._last_change
+
+    @property
+    def session_id(self) -> str | None:
+        """The session in use, ``None`` while there is none."""
+        return self._session.session_id if self._session is not None else None
+
+    @property
+    def failed_items(self) -> Mapping[str, ItemFailure]:
+        """Items the current session could not add or advise (tag -> failure)."""
+        return MappingProxyType(self._failed)
+
+    @property
+    def awaiting_first_value(self) -> int:
+        """Items of the current session that have not delivered a value yet."""
+        return len(self._pending)
+
+    @property
+    def error(self) -> BaseException | None:
+        """The error the subscription failed with, once ``CLOSED`` by a failure."""
+        return self._error
+
+    @property
+    def closed(self) -> bool:
+        """True once the subscription is ``CLOSED``."""
+        return self._state is SubscriptionState.CLOSED
+
+    def state_changes(self) -> AsyncIterator[StateChange]:
+        """An async iterator of the transitions from now on, ending after ``CLOSED``.
+
+        It first yields the current state (as the last :class:`StateChange`), so nothing
+        is missed between creating it and reading it. It buffers up to 256 changes
+        (the oldest are dropped beyond that).
+        """
+        queue: asyncio.Queue[StateChange] = asyncio.Queue(_STATE_QUEUE_SIZE)
+        queue.put_nowait(self._last_change)
+        if self._state is not SubscriptionState.CLOSED:
+            self._listeners.append(queue)
+        return _StateIterator(queue, self._listeners)
+
+    async def wait_for_state(
+        self, *states: SubscriptionState, timeout: float | None = None
+    ) -> StateChange:
+        """Wait until the state is one of ``states``; returns that transition.
+
+        Raises:
+            asyncio.TimeoutError: ``timeout`` seconds passed first.
+            MxGatewayError: The subscription closed with an error before that.
+        """
+        if not states:
+            raise ValueError("name at least one state")
+        self.start()
+
+        async def wait() -> StateChange:
+            while self._state not in states:
+                if self._state is SubscriptionState.CLOSED:
+                    if self._error is not None:
+                        raise self._error
+                    raise ClientClosedError("the subscription is closed")
+                await self._changed.wait()
+            return self._last_change
+
+        return await asyncio.wait_for(wait(), timeout)
+
+    # -- life cycle ---------------------------------------------------------------------
+    def start(self) -> None:
+        """Start the supervisor task (done by ``async with`` or the first read)."""
+        if self._task is None and not self._closing:
+            self._task = asyncio.ensure_future(self._run())
+            self._notify(self._last_change)  # the initial CONNECTING
+
+    async def aclose(self) -> None:
+        """Stop: cancel the supervisor, close the session, state ``CLOSED``. Idempotent."""
+        self._closing = True
+        task = self._task
+        if task is not None and not task.done():
+            task.cancel()
+            await asyncio.wait({task})
+        self._finish(None)
+        self._client._forget_subscription(self)
+
+    close = aclose
+
+    async def __aenter__(self) -> Subscription:
+        self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    def __aiter__(self) -> Subscription:
+        return self
+
+    async def __anext__(self) -> SubscriptionEvent:
+        queue = self._queue
+        if queue.empty():
+            if self._finished:
+                self._raise_end()
+            self.start()
+            item = await queue.get()
+        else:
+            item = queue.get_nowait()
+        if isinstance(item, _End):
+            self._raise_end()
+        return item
+
+    def _raise_end(self) -> NoReturn:
+        error = self._error
+        if error is not None and not self._end_reported:
+            self._end_reported = True
+            raise error
+        raise StopAsyncIteration
+
+    def __repr__(self) -> str:
+        return (
+            f"<Subscription {len(self._items)} items {self._state.name} "
+            f"session={self.session_id} recoveries={self.recoveries}>"
+        )
+
+    # -- state ----------------------------------------------------------------------------
+    def _set_state(
+        self,
+        state: SubscriptionState,
+        *,
+        error: BaseException | None = None,
+        attempt: int = 0,
+    ) -> None:
+        if self._state is SubscriptionState.CLOSED:
+            return
+        if state is self._state:
+            return
+        change = StateChange(state, self._state, self.session_id, error, attempt)
+        self._state = state
+        self._last_change = change
+        level = logging.WARNING if state is SubscriptionState.RECONNECTING else logging.INFO
+        _log.log(
+            level,
+            "subscription of %d items: %s%s",
+            len(self._items),
+            state.name,
+            f" ({type(error).__name__}: {error})" if error is not None else "",
+        )
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+        for queue in self._listeners:
+            if queue.full():
+                queue.get_nowait()
+            queue.put_nowait(change)
+        if state is SubscriptionState.CLOSED:
+            self._listeners.clear()
+        self._notify(change)
+
+    def _notify(self, change: StateChange) -> None:
+        if self._callback is not None:
+            try:
+                self._callback(change)
+            except Exception:
+                _log.exception("on_state_change callback failed")
+
+    def _finish(self, error: BaseException | None) -> None:
+        if self._finished:
+            return
+        self._finished = True
+        if error is not None:
+            self._error = error
+        self._set_state(SubscriptionState.CLOSED, error=error)
+        if not self._queue.full():
+            self._queue.put_nowait(_END)
+
+    # -- the supervisor -------------------------------------------------------------------
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        recovering = False
+        attempt = 0
+        lost_at = loop.time()
+        failure: BaseException | None = None
+        try:
+            while True:
+                attempt += 1
+                self._set_state(
+                    SubscriptionState.RECONNECTING if recovering else SubscriptionState.CONNECTING,
+                    error=failure,
+                    attempt=attempt,
+                )
+                self._established = False
+                try:
+                    await self._connect_and_pump(recovering)
+                except _SessionEnded as ended:
+                    failure = ended.error
+                except _FATAL:
+                    raise
+                except MxGatewayError as exc:
+                    failure = exc
+                finally:
+                    await self._drop_session()
+                if self._established:
+                    # A working session was lost: a new recovery begins now.
+                    recovering = True
+                    attempt = 0
+                    lost_at = loop.time()
+                    self._set_state(SubscriptionState.RECONNECTING, error=failure)
+                    continue  # the first reconnect attempt goes out at once
+                if not self._reconnect.allows(attempt, loop.time() - lost_at):
+                    assert failure is not None
+                    raise failure
+                delay = self._reconnect.backoff(attempt)
+                _log.info(
+                    "subscription: connection attempt %d failed (%s); next in %.2f s",
+                    attempt,
+                    type(failure).__name__,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+        except asyncio.CancelledError:
+            self._finish(None)
+            raise
+        except Exception as exc:
+            self._finish(exc)
+        except BaseException as exc:
+            self._finish(exc)
+            raise
+
+    async def _drop_session(self) -> None:
+        session, self._session = self._session, None
+        self._pending = set()
+        if session is None or session.closed:
+            return
+        try:
+            await session.close(timeout=_CLOSE_OLD_SESSION_TIMEOUT)
+        except MxGatewayError as exc:
+            _log.debug("could not close session %s: %s", session.session_id, exc)
+
+    async def _connect_and_pump(self, recovering: bool) -> None:
+        """One session's life; always ends by raising (``_established`` tells whether the
+        session was up before it was lost)."""
+        client = self._client
+        session = self._session = await client.open_session(self._session_name)
+        session_id = session.session_id
+        handle = await session.register(self._client_name)
+        events = EventStream(
+            client,
+            session_id,
+            after_worker_sequence=0,  # from the session's start: no initial value missed
+            resume=True,
+            max_resume_attempts=self._resume_attempts,
+        )
+        ready = asyncio.Event()
+        tags: dict[int, str] = {}
+        pump = asyncio.ensure_future(self._pump(events, ready, tags, session_id, recovering))
+        try:
+            failures: dict[str, ItemFailure] = {}
+            items = self._items
+            for start in range(0, len(items), self._chunk):
+                if pump.done():
+                    break  # the stream failed already: ``await pump`` raises its error
+                chunk = items[start : start + self._chunk]
+                rows = await session.subscribe_bulk(handle, chunk, supervisory=self._supervisory)
+                if len(rows) != len(chunk):
+                    raise MxGatewayProtocolError(
+                        f"SubscribeBulk answered {len(rows)} rows for {len(chunk)} items",
+                        session_id=session_id,
+                    )
+                for tag, row in zip(chunk, rows, strict=True):
+                    if row.was_successful:
+                        tags[row.item_handle] = tag
+                    else:
+                        failures[tag] = ItemFailure(
+                            tag, row.error_message, row.hresult, recovering, session_id, row
+                        )
+            if not pump.done():
+                self._failed = failures
+                self._pending = set(tags)
+                for failure in failures.values():
+                    _log.warning(
+                        "subscription: %s could not be subscribed: %s",
+                        failure.tag,
+                        failure.message,
+                    )
+                    await self._queue.put(failure)
+                ready.set()
+                self._established = True
+                if recovering:
+                    self.recoveries += 1
+                self._set_state(
+                    SubscriptionState.RESYNCHRONIZED if recovering else SubscriptionState.CONNECTED
+                )
+            await pump  # the pump only ever ends by raising: the session's stream is over
+        finally:
+            if not pump.done():
+                pump.cancel()
+            await asyncio.wait({pump})
+            if not pump.cancelled():
+                pump.exception()  # retrieved: never "exception was never retrieved"
+            await events.aclose()
+
+    async def _pump(
+        self,
+        events: EventStream,
+        ready: asyncio.Event,
+        tags: dict[int, str],
+        session_id: str,
+        recovering: bool,
+    ) -> None:
+        queue = self._queue
+        pending: set[int] = set()
+        started = False
+        async for event in events:
+            if type(event) is DataChange:
+                if not started:
+                    await ready.wait()
+                    pending = self._pending
+                    started = True
+                tag = tags.get(event.item_handle)
+                if tag is None:
+                    continue
+                initial = False
+                if pending and event.item_handle in pending:
+                    pending.discard(event.item_handle)
+                    initial = True
+                await queue.put(
+                    TagValue(
+                        tag,
+                        event,
+                        session_id,
+                        initial=initial,
+                        resynchronized=initial and recovering,
+                    )
+                )
+            elif isinstance(event, EventGap):
+                await queue.put(event)
+            elif (
+                isinstance(event, StreamFault)
+                and event.kind == pb.STREAM_FAULT_KIND_SERVER_SHUTDOWN
+            ):
+                raise _SessionEnded(
+                    MxGatewayUnavailableError(
+                        event.message or "the gateway is shutting down",
+                        session_id=session_id,
+                    )
+                )
+        raise _SessionEnded(
+            MxGatewaySessionNotFoundError(
+                f"the gateway closed session {session_id}", session_id=session_id
+            )
+        )
+
+
+class _StateIterator:
+    __slots__ = ("_done", "_listeners", "_queue")
+
+    def __init__(
+        self, queue: asyncio.Queue[StateChange], listeners: list[asyncio.Queue[StateChange]]
+    ) -> None:
+        self._queue = queue
+        self._listeners = listeners
+        self._done = False
+
+    def __aiter__(self) -> _StateIterator:
+        return self
+
+    async def __anext__(self) -> StateChange:
+        if self._done:
+            raise StopAsyncIteration
+        change = await self._queue.get()
+        if change.state is SubscriptionState.CLOSED:
+            self._done = True
+            if self._queue in self._listeners:
+                self._listeners.remove(self._queue)
+        return change
+
+    async def aclose(self) -> None:
+        self._done = True
+        if self._queue in self._listeners:
+            self._listeners.remove(self._queue)
