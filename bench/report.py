@@ -1,5 +1,6 @@
 """Render the JSON of ``python -m bench all --out FILE`` as the Markdown tables of
-``docs/benchmarks.md``: ``python -m bench.report FILE``.
+``docs/benchmarks.md``: ``python -m bench.report LATEST [EARLIER ...]`` (with earlier runs,
+also a table of every target's value per run).
 """
 
 from __future__ import annotations
@@ -48,6 +49,8 @@ def unary(b: dict[str, Any]) -> str:
     """Unary latency and throughput per server and mode."""
     rows = []
     for where, modes in b["results"].items():
+        if where == "library_overhead_without_grpc":
+            continue
         for mode, r in modes.items():
             rows.append(
                 [
@@ -62,19 +65,32 @@ def unary(b: dict[str, Any]) -> str:
                     r.get("cpu_per_call_vs_bare"),
                 ]
             )
-    return table(
-        [
-            "server",
-            "mode",
-            "median µs",
-            "p99 µs",
-            "calls/s (16 callers)",
-            "CPU µs/call",
-            "median vs bare",
-            "calls/s vs bare",
-            "CPU vs bare",
-        ],
-        rows,
+    o = b["results"].get("library_overhead_without_grpc")
+    extra = ""
+    if o:
+        extra = (
+            "\n\nLibrary cost per call without gRPC (stub.Invoke replaced by a canned reply): "
+            + ", ".join(
+                f"{k} {v['cpu_us_per_call']} µs (+{v['added_vs_bare_us']})" for k, v in o.items()
+            )
+            + "."
+        )
+    return (
+        table(
+            [
+                "server",
+                "mode",
+                "median µs",
+                "p99 µs",
+                "calls/s (16 callers)",
+                "CPU µs/call",
+                "median vs bare",
+                "calls/s vs bare",
+                "CPU vs bare",
+            ],
+            rows,
+        )
+        + extra
     )
 
 
@@ -258,11 +274,34 @@ def galaxy_target(b: dict[str, Any]) -> list[Any] | None:
     ]
 
 
+def _target_values(doc: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, b in doc["benchmarks"].items():
+        for t in b.get("targets", []):
+            out[f"{name}: {t['name']}"] = t["measured"]
+        if name == "galaxy":
+            row = galaxy_target(b)
+            if row:
+                out[f"galaxy: {row[1]}"] = row[3]
+    return out
+
+
+def spread(docs: list[dict[str, Any]]) -> str:
+    """Each target's measured value in every run given (latest first): the run-to-run spread."""
+    values = [_target_values(d) for d in docs]
+    heads = ["target"] + [d["machine"]["date_utc"][11:16] + " UTC" for d in docs]
+    rows = [[key] + [v.get(key) for v in values] for key in values[0]]
+    return table(heads, rows)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Print every section."""
+    """Print every section of the first file; with more files, also the spread table."""
     args = sys.argv[1:] if argv is None else argv
-    with open(args[0], encoding="utf-8") as fh:
-        doc = json.load(fh)
+    docs = []
+    for path in args:
+        with open(path, encoding="utf-8") as fh:
+            docs.append(json.load(fh))
+    doc = docs[0]
     m = doc["machine"]
     print(
         f"Machine: {m['cores']} cores ({m.get('cpu_model', '?')}), Python {m['python']}, "
@@ -270,6 +309,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{m['date_utc']}; total {doc.get('elapsed_s')} s.\n"
     )
     print("### Targets\n\n" + targets(doc) + "\n")
+    if len(docs) > 1:
+        print("### Run-to-run spread (same command, same machine)\n\n" + spread(docs) + "\n")
     renderers = {
         "unary": unary,
         "events": events,

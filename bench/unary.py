@@ -176,9 +176,70 @@ async def run_server(report: Report, where: str, address: str, quick: bool) -> N
     add_targets(report, results, where)
 
 
+class _FakeInvoke:
+    """Stands in for ``stub.Invoke``: answers a canned reply at once, no network."""
+
+    def __init__(self, reply: pb.MxCommandReply) -> None:
+        self.reply = reply
+
+    async def __call__(self, request: Any, *, timeout: Any = None, metadata: Any = None) -> Any:
+        return self.reply
+
+
+async def library_overhead(report: Report, address: str, quick: bool) -> None:
+    """The library's own CPU per call, without gRPC: the same three modes with the
+    generated stub's ``Invoke`` replaced by a coroutine that answers a canned reply
+    (the bare mode awaits the same coroutine). Deterministic, unlike round trips."""
+    reply = pb.MxCommandReply(kind=pb.MX_COMMAND_KIND_REGISTER)
+    reply.protocol_status.code = pb.PROTOCOL_STATUS_CODE_OK
+    reply.register.server_handle = 1
+    fake = _FakeInvoke(reply)
+    async with _client.library_session(address) as lib:
+        if lib is None or not hasattr(lib.client, "_stub"):
+            report.skip("library overhead", "no library client (or its stub) to instrument")
+            return
+        real_stub = lib.client._stub
+
+        class _Stub:
+            Invoke = fake
+
+        session_id = _client.session_id(lib)
+
+        async def bare(i: int) -> int:
+            req = pb.MxCommandRequest(session_id=session_id)
+            cmd = req.command
+            cmd.kind = pb.MX_COMMAND_KIND_REGISTER
+            cmd.register.client_name = f"bench-{next(_names)}"
+            r = await fake(req, metadata=METADATA, timeout=30)
+            if r.protocol_status.code != pb.PROTOCOL_STATUS_CODE_OK:
+                raise RuntimeError("register failed")
+            return int(r.register.server_handle)
+
+        calls: dict[str, Call] = {"bare_stub": bare, **_client.unary_calls(lib)}
+        n = 2_000 if quick else 50_000
+        best: dict[str, float] = {}
+        lib.client._stub = _Stub()
+        try:
+            for _ in range(3 if quick else 5):
+                for name, call in calls.items():
+                    c0 = time.process_time()
+                    for i in range(n):
+                        await call(i)
+                    us = (time.process_time() - c0) / n * 1e6
+                    best[name] = min(best.get(name, us), us)
+        finally:
+            lib.client._stub = real_stub
+    report.results["library_overhead_without_grpc"] = {
+        name: {"cpu_us_per_call": rnd(us, 2), "added_vs_bare_us": rnd(us - best["bare_stub"], 2)}
+        for name, us in best.items()
+    }
+
+
 async def run_async(quick: bool) -> dict[str, Any]:
     """Replay server, then simulator; returns the JSON document."""
     report = Report("unary", quick)
+    async with replay_server(10, 10) as server:
+        await library_overhead(report, server.address, quick)
     async with replay_server(10, 10) as server:
         await run_server(report, "replay", server.address, quick)
     sim = simulator()
