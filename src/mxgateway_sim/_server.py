@@ -69,6 +69,10 @@ class _GcTuning:
             gc.set_threshold(*cls.saved)
 
 
+# Shortest client ping interval the server tolerates on a stream with no data.
+KEEPALIVE_MIN_PING_MS = 5_000
+
+
 class GatewaySimulator:
     """A real ``grpc.aio`` MXAccess Gateway whose MXAccess runtime is simulated.
 
@@ -225,6 +229,12 @@ class GatewaySimulator:
             options=[
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                # Accept client keepalive pings on quiet streams (the client pings every
+                # 30 s by default); gRPC's server default would answer "too many pings"
+                # and drop a quiet event stream after a couple of minutes.
+                ("grpc.http2.min_ping_interval_without_data_ms", KEEPALIVE_MIN_PING_MS),
+                ("grpc.keepalive_permit_without_calls", 1),
+                ("grpc.http2.max_ping_strikes", 0),
             ],
         )
         self.alarms = AlarmMonitor(plant)
