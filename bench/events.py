@@ -5,12 +5,16 @@ Modes, each run against the same server in the same process, interleaved over ro
 * ``bare_stream_events``: the generated stub on ``StreamEvents`` (one event per message),
 * ``bare_stream_event_batches``: the generated stub on ``StreamEventBatches``,
 * ``stream_events_raw`` / ``stream_event_batches_raw``: the client library's raw wrappers,
-* ``typed_events``: the client library's typed ``Session.events()``.
+* ``typed_events``: the client library's typed ``Session.events()``, counting events,
+* ``typed_events_read_fields``: the same, reading every documented ``DataChange`` field.
 
-Two servers: (a) the replay server (``bench/replay_server.py``, a subprocess sending
-pre-serialized events, so the client is the bottleneck) and (b) the simulator producing
-events as fast as it can, when it has landed. Client CPU is ``time.process_time()`` of this
-process (it includes gRPC's C-core threads; the server runs in another process).
+Servers: the replay server (``bench/replay_server.py``, a subprocess sending pre-serialized
+events, so the client is the bottleneck), and the simulator at 1 ms scan, once with as many
+advised tags as one subscriber stream can carry (``simulator_max``) and once paced so that
+every mode keeps up (``simulator_paced``). Client CPU is ``time.process_time()`` of this
+process (it includes gRPC's C-core threads; the server runs in another process). Also
+reported: the raw wrapper's own cost per message without gRPC. The parse ceilings are
+``python -m bench parse``.
 """
 
 from __future__ import annotations
