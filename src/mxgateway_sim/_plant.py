@@ -369,6 +369,17 @@ class Plant:
         state.override = value
         state.override_ts = timestamp if timestamp is not None else time.time()
         state.dirty = True
+        # Reads see the write at once, even if the item is removed before the next tick.
+        last = state.sample
+        state.sample = TagSample(
+            value, state.info.mx_data_type, last.quality, state.override_ts, last.status
+        )
+
+    def current(self, state: TagState) -> TagSample:
+        """The attribute's value now (advised attributes are kept current by the scan)."""
+        if not state.subs:
+            state.compute(self.tick, time.time())
+        return state.sample
 
     # -- clock ---------------------------------------------------------------------------
 

@@ -490,7 +490,7 @@ class SimulatedRuntime:
                 status = error or failure(CAT_CONFIGURATION_ERROR, DETAIL_RESOLVING_OBJECT, "")
                 results.append(ReadResult(reference, None, False, status.text, (status,)))
                 continue
-            sample = state.sample
+            sample = self._plant.current(state)
             if ref.index is not None:
                 sample = element_of(sample, ref.index)
             results.append(_read_row(reference, sample, cached=False))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime, timezone
 
 import grpc
@@ -414,3 +415,33 @@ async def test_remove_item_and_unregister_release_handles(gw: Gw) -> None:
         assert (reply.protocol_status.code, reply.hresult) == (MXFAIL, E_INVALIDARG), payload
     closed = await gw.stub.CloseSession(pb.CloseSessionRequest(session_id=sid), metadata=gw.md)
     assert (closed.released_item_count, closed.released_registration_count) == (0, 0)
+
+
+async def test_written_value_is_read_back_after_the_item_is_removed(gw: Gw) -> None:
+    sid = await gw.open()
+    sh = await gw.register(sid)
+    ih = await gw.subscribe(sid, sh, "Line01.BatchCount")
+    assert (await _write(gw, sid, sh, ih, 31337)).protocol_status.code == OK
+    # Removed before any scan tick could deliver the written value.
+    await gw.ok(sid, "un_advise", server_handle=sh, item_handle=ih)
+    await gw.ok(sid, "remove_item", server_handle=sh, item_handle=ih)
+    reply = await gw.ok(sid, "read_bulk", server_handle=sh, tag_addresses=["Line01.BatchCount"])
+    (row,) = reply.bulk_read.results
+    assert (row.was_successful, row.was_cached) == (True, False)
+    assert from_mx_value(row.value) == 31337
+
+
+async def test_uncached_reads_of_a_moving_attribute_are_current(gw: Gw) -> None:
+    sid = await gw.open()
+    sh = await gw.register(sid)
+    ref = "Tank01.Level"  # a generator-driven value that is never advised here
+
+    async def read() -> object:
+        reply = await gw.ok(sid, "read_bulk", server_handle=sh, tag_addresses=[ref])
+        return from_mx_value(reply.bulk_read.results[0].value)
+
+    first = await read()
+    deadline = asyncio.get_running_loop().time() + 10
+    while await read() == first:
+        assert asyncio.get_running_loop().time() < deadline, "value never moved"
+        await asyncio.sleep(0.05)
