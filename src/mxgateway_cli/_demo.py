@@ -249,20 +249,29 @@ async def _write_tour(
     await session.write(server_handle, item_handle, value, value_type=value_type)
     tour.say(f"  wrote {value!r} ({value_type}) to {reference}")
     completed: list[pb.MxEvent] = []
+    arrived: list[pb.MxEvent] = []
 
+    # Wait for the completion and for the data change carrying the written value, so the
+    # bulk read that follows (served from the advise cache) shows it.
     def on_event(event: pb.MxEvent) -> int:
-        if (
-            event.WhichOneof("body") == "on_write_complete"
-            and event.on_write_complete.item_handle == item_handle
-        ):
+        body = event.WhichOneof("body")
+        if body == "on_write_complete" and event.on_write_complete.item_handle == item_handle:
             completed.append(event)
-            tour.say("  " + event_line(event))
-            return 1
-        return 0
+        elif (
+            body == "on_data_change"
+            and not arrived
+            and event.on_data_change.item_handle == item_handle
+            and mxgateway.from_mx_value(event.on_data_change.value) == value
+        ):
+            arrived.append(event)
+        else:
+            return 0
+        tour.say("  " + event_line(event))
+        return 1
 
     stream = session.events_raw(after_sequence)
     try:
-        await consume(stream, on_event, max_items=1, timeout=_WAIT)
+        await consume(stream, on_event, max_items=2, timeout=_WAIT)
     finally:
         await stream.aclose()
     ok = bool(completed) and all(s.success != 0 for s in completed[0].on_write_complete.statuses)
@@ -270,6 +279,7 @@ async def _write_tour(
         "tag": reference,
         "type": value_type,
         "writeCompleteReceived": bool(completed),
+        "writtenValueArrived": bool(arrived),
         "succeeded": ok,
     }
     if not completed:
