@@ -39,3 +39,6 @@ class ExitCode(IntEnum):
     overloaded, command disabled by policy)."""
     INTERRUPTED = 130
     """Interrupted by Ctrl+C (SIGINT)."""
+    BROKEN_PIPE = 141
+    """The reader of stdout went away (``mxgw-py ... | head``): 128 + SIGPIPE, as Unix
+    tools do; nothing more is printed."""

@@ -9,6 +9,7 @@ document under ``--json``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sys
 import traceback
@@ -67,6 +68,13 @@ def main(
         return int(asyncio.run(COMMANDS[args.command](ctx)))
     except HelpRequested:
         return int(ExitCode.OK)
+    except BrokenPipeError:
+        # The reader closed the pipe: stop quietly. Point the real stdout at devnull so the
+        # interpreter's final flush does not fail a second time.
+        if stdout is None:
+            with contextlib.suppress(OSError, ValueError):
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return int(ExitCode.BROKEN_PIPE)
     except (Exception, KeyboardInterrupt, asyncio.CancelledError) as exc:
         report = classify(exc, out.secrets)
         if debug:

@@ -234,3 +234,21 @@ def test_demo_runs_with_no_flags(flags: list[str]) -> None:
         for step in ("Galaxy Repository", "Live data changes", "Write", "Bulk read", "Close"):
             assert step in result.stdout
         assert "ON_WRITE_COMPLETE" in result.stdout
+
+
+def test_closed_stdout_pipe_ends_quietly_with_141(sim: SimServer) -> None:
+    # `mxgw-py galaxy-discover --json | head -c 100`: the reader leaves early.
+    process = subprocess.Popen(
+        [*CLI, "galaxy-discover", "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=sim.env(),
+    )
+    assert process.stdout is not None and process.stderr is not None
+    head = process.stdout.read(100)
+    process.stdout.close()
+    with process.stderr:
+        stderr = process.stderr.read().decode()
+    assert process.wait(timeout=PROCESS_TIMEOUT) == ExitCode.BROKEN_PIPE
+    assert head.startswith(b"{")
+    assert stderr == ""
