@@ -406,6 +406,11 @@ class Subscription:
         if task is not None and not task.done():
             task.cancel()
             await asyncio.wait({task})
+        if self._error is None:
+            # Closed by the application: what is still queued is dropped, the iteration
+            # ends now. (After a failure the consumer still drains it, then gets the error.)
+            while not self._queue.empty():
+                self._queue.get_nowait()
         self._finish(None)
         self._client._forget_subscription(self)
 
@@ -500,7 +505,7 @@ class Subscription:
             self._error = error
         self._set_state(SubscriptionState.CLOSED, error=error)
         if not self._queue.full():
-            self._queue.put_nowait(_END)
+            self._queue.put_nowait(_END)  # wakes a consumer waiting on an empty queue
 
     # -- the supervisor -------------------------------------------------------------------
     async def _run(self) -> None:

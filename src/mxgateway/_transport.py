@@ -92,6 +92,11 @@ def _channel_arguments(options: ClientOptions) -> list[tuple[str, Any]]:
             ("grpc.keepalive_timeout_ms", int(options.keepalive_timeout * 1000)),
             ("grpc.keepalive_permit_without_calls", int(options.keepalive_permit_without_calls)),
             ("grpc.http2.max_pings_without_data", 0),
+            # gRPC core waits for the ack of *any* outstanding ping (a keepalive ping is
+            # skipped while another ping is in flight) for ping_timeout, 1 minute by
+            # default: without this, a half-open connection is noticed after about
+            # keepalive_time + 60 s instead of keepalive_time + keepalive_timeout.
+            ("grpc.http2.ping_timeout_ms", int(options.keepalive_timeout * 1000)),
         ]
     if not any(name == _MAX_RECONNECT_BACKOFF for name, _ in options.channel_options):
         # gRPC's own reconnect backoff grows to 120 s: after a long gateway outage the

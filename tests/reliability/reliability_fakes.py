@@ -56,6 +56,7 @@ class FlakyGateway(pbg.MxAccessGatewayServicer):
         self.open_session_calls = 0
         self.stream_requests: list[pb.StreamEventsRequest] = []
         self.event_interval = 0.01
+        self.subscribed: list[str] = []
 
     async def OpenSession(self, request: Any, context: Any) -> pb.OpenSessionReply:
         self.open_session_calls += 1
@@ -80,6 +81,18 @@ class FlakyGateway(pbg.MxAccessGatewayServicer):
         )
         if kind == pb.MX_COMMAND_KIND_GET_SESSION_STATE:
             reply.session_state.state = pb.SESSION_STATE_READY
+        elif kind == pb.MX_COMMAND_KIND_REGISTER:
+            reply.register.server_handle = 1
+        elif kind == pb.MX_COMMAND_KIND_SUBSCRIBE_BULK:
+            tags = request.command.subscribe_bulk.tag_addresses
+            for tag in tags:
+                self.subscribed.append(tag)
+                reply.bulk_subscribe.results.add(
+                    server_handle=1,
+                    tag_address=tag,
+                    item_handle=len(self.subscribed),
+                    was_successful=True,
+                )
         return reply
 
     async def StreamEventBatches(
@@ -90,7 +103,8 @@ class FlakyGateway(pbg.MxAccessGatewayServicer):
         seq = request.after_worker_sequence if request.HasField("after_worker_sequence") else 0
         while True:
             seq += 1
-            yield pb.MxEventBatch(events=[data_change(seq)])
+            item = (seq - 1) % max(len(self.subscribed), 1) + 1
+            yield pb.MxEventBatch(events=[data_change(seq, item)])
             await asyncio.sleep(self.event_interval)
 
 
@@ -148,9 +162,6 @@ class FreezingProxy:
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)  # type: ignore[arg-type]
         try:
             up_reader, up_writer = await asyncio.open_connection(*self._target)
         except OSError:
@@ -164,8 +175,11 @@ class FreezingProxy:
         ]
         self._tasks.update(pumps)
         try:
-            await asyncio.gather(*pumps, return_exceptions=True)
+            await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
         finally:
+            for pump in pumps:
+                pump.cancel()
+            await asyncio.wait(pumps)
             self._tasks.difference_update(pumps)
             for w in (writer, up_writer):
                 w.transport.abort()
