@@ -7,6 +7,7 @@ exposes what a client needs: ``endpoint``, ``api_key`` and ``ca_file``.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import gc
 import importlib
@@ -27,6 +28,12 @@ from mxgateway_sim._alarms import AlarmMonitor
 from mxgateway_sim._auth import ApiKeyStore, AuthInterceptor, new_key
 from mxgateway_sim._builtin import builtin_catalog
 from mxgateway_sim._catalog import TagCatalog
+from mxgateway_sim._faults import (
+    WORKER_CRASH_MESSAGE,
+    FaultInjector,
+    FaultInterceptor,
+    FaultPlan,
+)
 from mxgateway_sim._plant import Plant
 from mxgateway_sim._runtime import MxAccessRuntime
 from mxgateway_sim._servicer import GatewayServicer, add_gateway_servicer
@@ -99,7 +106,8 @@ class GatewaySimulator:
         scan_interval_ms: int = 200,
         max_sessions: int = DEFAULT_MAX_SESSIONS,
         session_options: SessionOptions | None = None,
-        flaky_one_in: int = 8,
+        flaky_one_in: int | None = None,
+        faults: FaultPlan | None = None,
         users: Sequence[SimUser] = DEFAULT_USERS,
         runtime_factory: Callable[[Plant], MxAccessRuntime] | None = None,
         tune_gc: bool = True,
@@ -123,7 +131,11 @@ class GatewaySimulator:
         self._galaxy_poll = galaxy_poll_interval
         self._seed = seed
         self._scan_ms = scan_interval_ms
-        self._flaky = flaky_one_in
+        plan = faults or FaultPlan()
+        if flaky_one_in is not None:  # the older keyword: the plan's quality faults
+            plan = dataclasses.replace(plan, quality_flaky_one_in=flaky_one_in)
+        self.faults = FaultInjector(plan)
+        """The fault plan in force and its counters (``sim.faults.replace(plan)`` switches)."""
         self._users = tuple(users)
         self._runtime_factory = runtime_factory
         self._tune_gc = tune_gc
@@ -213,7 +225,10 @@ class GatewaySimulator:
 
     async def _serve(self, catalog: TagCatalog) -> None:
         plant = self.plant = Plant(
-            catalog, seed=self._seed, scan_interval_ms=self._scan_ms, flaky_one_in=self._flaky
+            catalog,
+            seed=self._seed,
+            scan_interval_ms=self._scan_ms,
+            flaky_one_in=self.faults.plan.quality_flaky_one_in,
         )
         factory = self._runtime_factory
         users = self._users
@@ -224,8 +239,9 @@ class GatewaySimulator:
             return SimulatedRuntime(plant, users)
 
         self.sessions = SessionManager(make_runtime, self._options)
+        self.faults.sessions = self.sessions
         server = aio.server(
-            interceptors=[AuthInterceptor(self._store)],
+            interceptors=[AuthInterceptor(self._store), FaultInterceptor(self.faults)],
             options=[
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -238,7 +254,7 @@ class GatewaySimulator:
             ],
         )
         self.alarms = AlarmMonitor(plant)
-        add_gateway_servicer(GatewayServicer(self.sessions, self.alarms), server)
+        add_gateway_servicer(GatewayServicer(self.sessions, self.alarms, self.faults), server)
         services = [GATEWAY_SERVICE]
         if self._galaxy is not None:
             from mxgateway.generated import galaxy_repository_pb2_grpc
@@ -282,6 +298,26 @@ class GatewaySimulator:
             _GcTuning.acquire()
             self._gc_tuned = True
         log.info("mxgw-sim listening on %s (%s)", self.endpoint, self.tls_mode)
+
+    async def restart(self, grace: float | None = 0.5, downtime_s: float = 0.0) -> None:
+        """Stop gracefully and start again on the same port, as a real gateway restart does.
+
+        Sessions, their handles and event logs are lost (streams get SERVER_SHUTDOWN, then
+        UNAVAILABLE); keys, TLS material, the plant seed and the fault plan are kept.
+        """
+        port = self._bound_port
+        await self.stop(grace)
+        if downtime_s > 0:
+            await asyncio.sleep(downtime_s)
+        self._port = port
+        await self.start()
+
+    def fault_session(self, session_id: str, message: str = WORKER_CRASH_MESSAGE) -> bool:
+        """Fault a session as if its worker crashed (FAULTED; streams get SESSION_FAULTED).
+
+        Returns False when there is no such session.
+        """
+        return self.faults.crash(session_id, message)
 
     async def stop(self, grace: float | None = 2.0) -> None:
         """Graceful stop: streams get SERVER_SHUTDOWN, sessions close, then the server stops."""

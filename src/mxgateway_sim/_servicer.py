@@ -37,6 +37,7 @@ from mxgateway_sim._domain import (
     WriteRequest,
 )
 from mxgateway_sim._events import EndReason, Subscriber, SubscriberRefused
+from mxgateway_sim._faults import FaultInjector
 from mxgateway_sim._sessions import Session, SessionLimitError, SessionManager, SessionState
 from mxgateway_sim._wire import (
     alarm_snapshot_to_pb,
@@ -154,9 +155,12 @@ def _ts(msg: Any) -> Any:
 class GatewayServicer:
     """Implements ``mxaccess_gateway.v1.MxAccessGateway``."""
 
-    def __init__(self, sessions: SessionManager, alarms: AlarmMonitor) -> None:
+    def __init__(
+        self, sessions: SessionManager, alarms: AlarmMonitor, faults: FaultInjector | None = None
+    ) -> None:
         self.sessions = sessions
         self.alarms = alarms
+        self.faults = faults
         self._correlation = itertools.count(1)
         self._background: set[asyncio.Task[None]] = set()
         self._handlers: dict[str, Callable[[Session, Any, pb.MxCommandReply], Awaitable[None]]] = {
@@ -620,6 +624,7 @@ class GatewayServicer:
         session, sub = await self._attach(request, context)
         options = self.sessions.options
         max_events = options.batch_max_events if batched else 256
+        budget = self.faults.open_stream() if self.faults is not None else None
         try:
             if sub.gap is not None:
                 first, missing = sub.gap
@@ -633,8 +638,17 @@ class GatewayServicer:
                 ).SerializeToString()
                 yield _frame(notice) if batched else notice
             while True:
+                if budget is not None and budget.remaining <= 0:  # fault injection
+                    if sub.end is None:
+                        await budget.trip(sub, context)  # drop (raises) or stall
+                        continue
+                    sub.queue.clear()  # the stream ends: send nothing past the budget
                 if sub.queue:
-                    items = sub.take(max_events, options.batch_max_bytes)
+                    if budget is None:
+                        items = sub.take(max_events, options.batch_max_bytes)
+                    else:
+                        items = sub.take(min(max_events, budget.remaining), options.batch_max_bytes)
+                        budget.remaining -= len(items)
                     if batched:
                         yield b"".join(items)
                     else:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import importlib
 import json
 import logging
@@ -23,6 +24,7 @@ from typing import Any, NoReturn
 from mxgateway_sim._auth import SCOPES, ApiKeyStore, KeyFormatError, load_keys_file, new_key
 from mxgateway_sim._auth import parse_scopes as _parse_scopes
 from mxgateway_sim._events import OverflowPolicy
+from mxgateway_sim._faults import FaultPlan, FaultPlanError
 from mxgateway_sim._server import GatewaySimulator, TlsMode
 from mxgateway_sim._sessions import SessionOptions
 from mxgateway_sim._tls import TlsSetupError
@@ -109,6 +111,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-quality-faults",
         action="store_true",
         help="keep every attribute at Good quality",
+    )
+    galaxy.add_argument(
+        "--faults",
+        type=Path,
+        metavar="FILE",
+        help="JSON fault plan: delays, UNAVAILABLE, dropped/stalled streams, worker crashes",
     )
     limits = serve.add_argument_group("sessions and events")
     limits.add_argument("--max-sessions", type=_positive, default=64, metavar="N")
@@ -218,6 +226,16 @@ async def _serve(args: argparse.Namespace) -> int:
         multiple_subscribers=args.multiple_subscribers,
         max_subscribers=args.max_subscribers,
     )
+    plan = FaultPlan()
+    if args.faults is not None:
+        try:
+            plan = FaultPlan.load(args.faults)
+        except OSError as exc:
+            raise UsageError(f"--faults: cannot read {args.faults}: {exc.strerror}") from None
+        except FaultPlanError as exc:
+            raise UsageError(f"--faults: {exc}") from None
+    if args.no_quality_faults:
+        plan = dataclasses.replace(plan, quality_flaky_one_in=0)
     sim = GatewaySimulator(
         host=host,
         port=port,
@@ -230,7 +248,7 @@ async def _serve(args: argparse.Namespace) -> int:
         seed=args.seed,
         scan_interval_ms=args.scan_interval_ms,
         session_options=options,
-        flaky_one_in=0 if args.no_quality_faults else 8,
+        faults=plan,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
