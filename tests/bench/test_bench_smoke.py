@@ -1,7 +1,8 @@
 """Each benchmark runs end-to-end in ``--quick`` mode and prints one valid JSON document.
 
 No timing is asserted here (speed is measured in bench/, never in tests): only that every
-script starts its servers, runs, cleans up and reports the documented keys.
+script starts its servers, runs, cleans up and reports the documented keys, and that
+``python -m bench all`` output renders through ``python -m bench.report``.
 """
 
 from __future__ import annotations
@@ -59,3 +60,36 @@ def test_benchmark_quick_run_prints_json(name: str) -> None:
         assert doc["results"] or doc["skipped"]
     for target in doc["targets"]:
         assert set(target) == {"name", "goal", "measured", "met"}
+
+
+def test_all_quick_renders_as_markdown(tmp_path: Path) -> None:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
+    out = tmp_path / "all.json"
+    run = subprocess.run(
+        [sys.executable, "-m", "bench", "all", "--quick", "--out", str(out)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=110,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    doc = json.loads(out.read_text(encoding="utf-8"))
+    assert set(EXPECTED) <= set(doc["benchmarks"])
+    for name, bench in doc["benchmarks"].items():
+        assert "error" not in bench, (name, bench.get("error"))
+    report = subprocess.run(
+        [sys.executable, "-m", "bench.report", str(out)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert report.returncode == 0, report.stderr[-3000:]
+    assert "### Targets" in report.stdout
+    for name in EXPECTED:
+        assert f"### {name} (" in report.stdout, name
