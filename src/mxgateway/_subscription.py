@@ -10,8 +10,9 @@ async context manager) of :class:`TagValue` objects. One supervisor task owns ev
    gRPC stream: back-pressure, never an unbounded buffer);
 3. when the stream cannot be resumed (the session is gone: the gateway restarted, the
    session was closed or faulted, the gateway stayed unreachable), close what is left of
-   the old session, wait a jittered exponential backoff and go back to 1 with a new
-   session. Values that arrive after such a recovery are marked ``resynchronized``.
+   the old session and go back to 1 with a new session: at once after a loss, then after
+   a jittered exponential backoff between failed attempts, cut short as soon as the
+   channel reconnects. Values that arrive after such a recovery are marked ``resynchronized``.
 
 A dropped connection that the session survives (a network blip, a keepalive timeout) is
 handled one level below, by the event stream's own resume from the last
@@ -33,6 +34,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from types import MappingProxyType, TracebackType
 from typing import TYPE_CHECKING, NoReturn, TypeAlias
+
+import grpc
 
 from mxgateway._errors import (
     ClientClosedError,
@@ -550,7 +553,7 @@ class Subscription:
                     type(failure).__name__,
                     delay,
                 )
-                await asyncio.sleep(delay)
+                await self._pause(delay)
         except asyncio.CancelledError:
             self._finish(None)
             raise
@@ -559,6 +562,27 @@ class Subscription:
         except BaseException as exc:
             self._finish(exc)
             raise
+
+    async def _pause(self, delay: float) -> None:
+        """Wait ``delay`` seconds, or less: until the channel (re)connects, when it is
+        down now. The next attempt then goes out as soon as the gateway listens again
+        instead of at the end of a backoff that grew while it was away."""
+        channel = self._client.transport.channel
+        state = channel.get_state(try_to_connect=True)
+        if state is grpc.ChannelConnectivity.READY:
+            await asyncio.sleep(delay)
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + delay
+        while state is not grpc.ChannelConnectivity.READY:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return
+            try:
+                await asyncio.wait_for(channel.wait_for_state_change(state), remaining)
+            except asyncio.TimeoutError:
+                return
+            state = channel.get_state(try_to_connect=True)
 
     async def _drop_session(self) -> None:
         session, self._session = self._session, None
