@@ -113,9 +113,10 @@ class StateChange:
         state: The new state.
         previous: The state before (``None`` for the first).
         session_id: The session in use in the new state, if any.
-        error: Why the session was lost (``RECONNECTING``), why the last attempt failed
-            (repeated ``RECONNECTING``), or why the subscription failed (``CLOSED``).
-        attempt: Connection attempts made since the last loss (1 for the first).
+        error: Why the session was lost (``RECONNECTING``) or why the subscription failed
+            (``CLOSED``); ``None`` otherwise.
+        attempt: For ``CONNECTED`` and ``RESYNCHRONIZED``: how many attempts it took
+            (1 = the first one worked); 0 otherwise.
     """
 
     state: SubscriptionState
@@ -313,6 +314,7 @@ class Subscription:
         self._finished = False
         self._closing = False
         self._established = False
+        self._attempt = 0
         self._end_reported = False
         self.recoveries = 0
         """How many times the subscription came back on a new session."""
@@ -523,9 +525,9 @@ class Subscription:
                 self._set_state(
                     SubscriptionState.RECONNECTING if recovering else SubscriptionState.CONNECTING,
                     error=failure,
-                    attempt=attempt,
                 )
                 self._established = False
+                self._attempt = attempt
                 try:
                     await self._connect_and_pump(recovering)
                 except _SessionEnded as ended:
@@ -646,7 +648,8 @@ class Subscription:
                 if recovering:
                     self.recoveries += 1
                 self._set_state(
-                    SubscriptionState.RESYNCHRONIZED if recovering else SubscriptionState.CONNECTED
+                    SubscriptionState.RESYNCHRONIZED if recovering else SubscriptionState.CONNECTED,
+                    attempt=self._attempt,
                 )
             await pump  # the pump only ever ends by raising: the session's stream is over
         finally:

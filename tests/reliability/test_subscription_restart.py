@@ -102,6 +102,8 @@ async def test_subscription_survives_a_gateway_restart_on_the_same_port() -> Non
     assert [c.state for c in seen_by_iterator] == expected
     reconnecting = seen_by_callback[2]
     assert reconnecting.error is not None  # why the session was lost
+    assert seen_by_callback[1].attempt == 1  # the gateway was there: first attempt
+    assert seen_by_callback[3].attempt >= 1
     assert seen_by_callback[3].session_id == new_session
     assert seen_by_callback[-1].error is None  # closed by us, not failed
     assert sub.closed and sub.session_id is None
