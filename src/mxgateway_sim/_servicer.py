@@ -139,9 +139,14 @@ def _read_rows(rows: list[ReadResult]) -> pb.BulkReadReply:
 def _write_request(
     value: pb.MxValue, *, ts: Any = None, user: int = 0, verifier: int = 0, secured: bool = False
 ) -> WriteRequest:
+    try:
+        converted = from_mx_value(value)
+        when = timestamp_to_datetime(ts) if ts is not None else None
+    except (OverflowError, ValueError) as exc:  # a time or duration no datetime can hold
+        raise _BadRequest(f"the value or timestamp is out of range: {exc}") from None
     return WriteRequest(
-        value=from_mx_value(value),
-        timestamp=timestamp_to_datetime(ts) if ts is not None else None,
+        value=converted,
+        timestamp=when,
         user_id=user,
         verifier_user_id=verifier,
         secured=secured,
