@@ -9,6 +9,7 @@ import pytest
 from reliability_sim import client_options, fast_reconnect, free_port, plant_catalog, references
 
 from mxgateway import (
+    EventGap,
     GatewayClient,
     ItemFailure,
     MxGatewayAuthenticationError,
@@ -19,7 +20,7 @@ from mxgateway import (
     SubscriptionState,
     TagValue,
 )
-from mxgateway_sim import GatewaySimulator
+from mxgateway_sim import GatewaySimulator, SessionOptions
 
 DEADLINE = 20.0
 ITEMS = 50
@@ -235,3 +236,48 @@ async def test_the_queue_is_bounded_and_a_slow_consumer_loses_nothing(
             sequences.append(update.worker_sequence)
         assert sequences == sorted(sequences)
         assert len(set(sequences)) == len(sequences)
+
+
+async def test_a_stalled_consumer_gets_a_gap_and_keeps_its_session() -> None:
+    """The consumer stops reading: the bounded queue fills, the stream backs up, the
+    gateway disconnects the subscriber (overflow), and the subscription resumes on the same
+    session with the loss reported as an EventGap."""
+    items = 500
+    options = SessionOptions(event_queue_limit=500, replay_ring_size=100)
+    async with (
+        GatewaySimulator(
+            catalog=plant_catalog(items), scan_interval_ms=50, session_options=options
+        ) as sim,
+        await GatewayClient.connect(options=client_options(sim.endpoint, sim.api_key)) as client,
+        client.subscribe(references(items), queue_size=10) as sub,
+    ):
+        assert sim.sessions is not None
+        await _take(sub, 10)
+        sid = sub.session_id
+        assert sid is not None
+        gateway_session = sim.sessions.get(sid)
+        assert gateway_session is not None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 45.0
+        # Stall until the gateway has dropped our subscriber.
+        while gateway_session.events.subscribers:
+            assert loop.time() < deadline, "the gateway never disconnected the stalled subscriber"
+            await asyncio.sleep(0.05)
+        gap = None
+        after_gap = 0
+
+        async def resume() -> None:
+            nonlocal gap, after_gap
+            async for update in sub:
+                if isinstance(update, EventGap):
+                    gap = update
+                elif gap is not None:
+                    after_gap += 1
+                    if after_gap >= 100:
+                        return
+
+        await asyncio.wait_for(resume(), DEADLINE)
+        assert gap is not None and gap.missing_count > 0
+        assert sub.session_id == sid  # the session survived: no recovery needed
+        assert sub.state is SubscriptionState.CONNECTED
+        assert sub.recoveries == 0
