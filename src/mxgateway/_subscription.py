@@ -40,11 +40,17 @@ import grpc
 from mxgateway._errors import (
     ClientClosedError,
     MxGatewayAuthenticationError,
+    MxGatewayCancelledError,
     MxGatewayError,
     MxGatewayInvalidRequestError,
+    MxGatewayOverloadedError,
     MxGatewayPermissionError,
     MxGatewayProtocolError,
+    MxGatewaySessionFaultedError,
     MxGatewaySessionNotFoundError,
+    MxGatewaySessionNotReadyError,
+    MxGatewaySessionStateError,
+    MxGatewayTimeoutError,
     MxGatewayUnavailableError,
     MxGatewayUnimplementedError,
 )
@@ -307,7 +313,7 @@ class Subscription:
         self._last_change = StateChange(SubscriptionState.CONNECTING, None)
         self._changed = asyncio.Event()
         self._listeners: list[asyncio.Queue[StateChange]] = []
-        self._session: Session | None = None
+        self._live: _Live | None = None
         self._failed: dict[str, ItemFailure] = {}
         self._pending: set[int] = set()
         self._error: BaseException | None = None
@@ -318,6 +324,8 @@ class Subscription:
         self._end_reported = False
         self.recoveries = 0
         """How many times the subscription came back on a new session."""
+        self.reattachments = 0
+        """How many times it came back to the same session after losing the connection."""
 
     # -- what the application sees ------------------------------------------------------
     @property
@@ -338,7 +346,7 @@ class Subscription:
     @property
     def session_id(self) -> str | None:
         """The session in use, ``None`` while there is none."""
-        return self._session.session_id if self._session is not None else None
+        return self._live.session.session_id if self._live is not None else None
 
     @property
     def failed_items(self) -> Mapping[str, ItemFailure]:
@@ -528,15 +536,27 @@ class Subscription:
                 )
                 self._established = False
                 self._attempt = attempt
+                gone = False
                 try:
-                    await self._connect_and_pump(recovering)
-                except _SessionEnded as ended:
+                    live = self._live
+                    if live is not None and not await self._still_there(live):
+                        live = None
+                    if live is not None:
+                        await self._run_session(live, fresh=False)
+                    else:
+                        live = self._live = await self._open(recovering)
+                        await self._run_session(live, fresh=True)
+                except _SessionEnded as ended:  # closed by the gateway, or shutting down
                     failure = ended.error
+                    gone = True
                 except _FATAL:
                     raise
                 except MxGatewayError as exc:
                     failure = exc
-                finally:
+                live = self._live
+                if gone or live is None or not (live.established and _may_still_exist(failure)):
+                    # The session is gone (or half made): close what is left of it. A
+                    # session lost to the network is kept: the next attempt re-attaches.
                     await self._drop_session()
                 if self._established:
                     # A working session was lost: a new recovery begins now.
@@ -544,7 +564,7 @@ class Subscription:
                     attempt = 0
                     lost_at = loop.time()
                     self._set_state(SubscriptionState.RECONNECTING, error=failure)
-                    continue  # the first reconnect attempt goes out at once
+                    continue  # the first attempt goes out at once
                 if not self._reconnect.allows(attempt, loop.time() - lost_at):
                     assert failure is not None
                     raise failure
@@ -557,9 +577,11 @@ class Subscription:
                 )
                 await self._pause(delay)
         except asyncio.CancelledError:
+            await self._drop_session()
             self._finish(None)
             raise
         except Exception as exc:
+            await self._drop_session()
             self._finish(exc)
         except BaseException as exc:
             self._finish(exc)
@@ -587,70 +609,101 @@ class Subscription:
             state = channel.get_state(try_to_connect=True)
 
     async def _drop_session(self) -> None:
-        session, self._session = self._session, None
+        live, self._live = self._live, None
         self._pending = set()
-        if session is None or session.closed:
+        if live is None or live.session.closed:
             return
         try:
-            await session.close(timeout=_CLOSE_OLD_SESSION_TIMEOUT)
+            await live.session.close(timeout=_CLOSE_OLD_SESSION_TIMEOUT)
         except MxGatewayError as exc:
-            _log.debug("could not close session %s: %s", session.session_id, exc)
+            _log.debug("could not close session %s: %s", live.session.session_id, exc)
 
-    async def _connect_and_pump(self, recovering: bool) -> None:
-        """One session's life; always ends by raising (``_established`` tells whether the
-        session was up before it was lost)."""
-        client = self._client
-        session = self._session = await client.open_session(self._session_name)
-        session_id = session.session_id
-        handle = await session.register(self._client_name)
+    async def _still_there(self, live: _Live) -> bool:
+        """Does the gateway still have the session we lost the stream of? (Errors other
+        than "no such session" propagate: the attempt failed, try again later.)"""
+        try:
+            state = await live.session.get_session_state()
+        except (MxGatewaySessionNotFoundError, MxGatewaySessionStateError) as exc:
+            _log.info("session %s is gone (%s): opening a new one", live.session.session_id, exc)
+            await self._drop_session()
+            return False
+        if state == pb.SESSION_STATE_READY:
+            return True
+        _log.info("session %s is no longer ready: opening a new one", live.session.session_id)
+        await self._drop_session()
+        return False
+
+    async def _open(self, recovering: bool) -> _Live:
+        session = await self._client.open_session(self._session_name)
+        live = _Live(session, recovering)
+        self._live = live  # from here on a failure closes it
+        live.handle = await session.register(self._client_name)
+        return live
+
+    async def _subscribe_items(self, live: _Live, pump: asyncio.Future[None]) -> bool:
+        """``SubscribeBulk`` every item; False if the stream failed meanwhile."""
+        session, session_id = live.session, live.session.session_id
+        failures: dict[str, ItemFailure] = {}
+        items = self._items
+        for start in range(0, len(items), self._chunk):
+            if pump.done():
+                return False  # the stream failed already: awaiting the pump raises why
+            chunk = items[start : start + self._chunk]
+            rows = await session.subscribe_bulk(live.handle, chunk, supervisory=self._supervisory)
+            if len(rows) != len(chunk):
+                raise MxGatewayProtocolError(
+                    f"SubscribeBulk answered {len(rows)} rows for {len(chunk)} items",
+                    session_id=session_id,
+                )
+            for tag, row in zip(chunk, rows, strict=True):
+                if row.was_successful:
+                    live.tags[row.item_handle] = tag
+                else:
+                    failures[tag] = ItemFailure(
+                        tag, row.error_message, row.hresult, live.recovered, session_id, row
+                    )
+        if pump.done():
+            return False
+        self._failed = failures
+        self._pending = set(live.tags)
+        for failure in failures.values():
+            _log.warning(
+                "subscription: %s could not be subscribed: %s", failure.tag, failure.message
+            )
+            await self._queue.put(failure)
+        return True
+
+    async def _run_session(self, live: _Live, *, fresh: bool) -> None:
+        """Stream one session's events into the queue; always ends by raising
+        (``_established`` tells whether the session was up before it was lost).
+
+        ``fresh``: a new session whose items are still to be subscribed; otherwise the
+        stream of a session we lost the connection to is resumed after its last event.
+        """
+        session_id = live.session.session_id
         events = EventStream(
-            client,
+            self._client,
             session_id,
-            after_worker_sequence=0,  # from the session's start: no initial value missed
+            # A fresh session replays from its start (no initial value can be missed); a
+            # resumed one from its last delivered event (nothing lost, nothing repeated).
+            after_worker_sequence=0 if fresh else live.last_seq,
             resume=True,
             max_resume_attempts=self._resume_attempts,
         )
         ready = asyncio.Event()
-        tags: dict[int, str] = {}
-        pump = asyncio.ensure_future(self._pump(events, ready, tags, session_id, recovering))
+        pump = asyncio.ensure_future(self._pump(events, ready, live))
         try:
-            failures: dict[str, ItemFailure] = {}
-            items = self._items
-            for start in range(0, len(items), self._chunk):
-                if pump.done():
-                    break  # the stream failed already: ``await pump`` raises its error
-                chunk = items[start : start + self._chunk]
-                rows = await session.subscribe_bulk(handle, chunk, supervisory=self._supervisory)
-                if len(rows) != len(chunk):
-                    raise MxGatewayProtocolError(
-                        f"SubscribeBulk answered {len(rows)} rows for {len(chunk)} items",
-                        session_id=session_id,
-                    )
-                for tag, row in zip(chunk, rows, strict=True):
-                    if row.was_successful:
-                        tags[row.item_handle] = tag
-                    else:
-                        failures[tag] = ItemFailure(
-                            tag, row.error_message, row.hresult, recovering, session_id, row
-                        )
-            if not pump.done():
-                self._failed = failures
-                self._pending = set(tags)
-                for failure in failures.values():
-                    _log.warning(
-                        "subscription: %s could not be subscribed: %s",
-                        failure.tag,
-                        failure.message,
-                    )
-                    await self._queue.put(failure)
+            if not fresh or await self._subscribe_items(live, pump):
                 ready.set()
-                self._established = True
-                if recovering:
+                self._established = live.established = True
+                if fresh and live.recovered:
                     self.recoveries += 1
-                self._set_state(
-                    SubscriptionState.RESYNCHRONIZED if recovering else SubscriptionState.CONNECTED,
-                    attempt=self._attempt,
-                )
+                    state = SubscriptionState.RESYNCHRONIZED
+                else:
+                    if not fresh:
+                        self.reattachments += 1
+                    state = SubscriptionState.CONNECTED
+                self._set_state(state, attempt=self._attempt)
             await pump  # the pump only ever ends by raising: the session's stream is over
         finally:
             if not pump.done():
@@ -658,17 +711,14 @@ class Subscription:
             await asyncio.wait({pump})
             if not pump.cancelled():
                 pump.exception()  # retrieved: never "exception was never retrieved"
+            live.last_seq = max(live.last_seq, events.last_worker_sequence)
             await events.aclose()
 
-    async def _pump(
-        self,
-        events: EventStream,
-        ready: asyncio.Event,
-        tags: dict[int, str],
-        session_id: str,
-        recovering: bool,
-    ) -> None:
+    async def _pump(self, events: EventStream, ready: asyncio.Event, live: _Live) -> None:
         queue = self._queue
+        tags = live.tags
+        session_id = live.session.session_id
+        recovered = live.recovered
         pending: set[int] = set()
         started = False
         async for event in events:
@@ -690,7 +740,7 @@ class Subscription:
                         event,
                         session_id,
                         initial=initial,
-                        resynchronized=initial and recovering,
+                        resynchronized=initial and recovered,
                     )
                 )
             elif isinstance(event, EventGap):
@@ -710,6 +760,40 @@ class Subscription:
                 f"the gateway closed session {session_id}", session_id=session_id
             )
         )
+
+
+class _Live:
+    """The session a subscription runs on: its handles and where its stream got to."""
+
+    __slots__ = ("established", "handle", "last_seq", "recovered", "session", "tags")
+
+    def __init__(self, session: Session, recovered: bool) -> None:
+        self.session = session
+        self.recovered = recovered  # opened by a recovery: first values are resynchronised
+        self.handle = 0
+        self.tags: dict[int, str] = {}
+        self.last_seq = 0
+        self.established = False  # items subscribed, values flowing (at least once)
+
+
+def _may_still_exist(error: BaseException | None) -> bool:
+    """After losing an established session's stream with ``error``: may the session still
+    exist on the gateway (so re-attaching is worth a try)? Only for transport trouble; a
+    session reported missing, closing, faulted or shut down is gone."""
+    if isinstance(error, (MxGatewaySessionNotFoundError, MxGatewaySessionNotReadyError)):
+        return False
+    if isinstance(error, MxGatewaySessionFaultedError):
+        return False
+    return isinstance(
+        error,
+        (
+            MxGatewayUnavailableError,
+            MxGatewayTimeoutError,
+            MxGatewayCancelledError,
+            MxGatewayOverloadedError,
+            MxGatewaySessionStateError,  # FAILED_PRECONDITION: our old stream still counts
+        ),
+    )
 
 
 class _StateIterator:

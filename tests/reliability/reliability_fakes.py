@@ -127,7 +127,9 @@ class FakeGatewayServer:
 
 
 class FreezingProxy:
-    """TCP proxy on 127.0.0.1:0; :meth:`freeze` makes the open connections half-open.
+    """TCP proxy on 127.0.0.1:0; :meth:`freeze` makes the open connections half-open,
+    :meth:`drop_all` resets them, and ``refusing = True`` resets new ones at once (the
+    network is down).
 
     A frozen connection stays open on both sides but forwards nothing any more (a cable
     pulled behind a router, a NAT entry dropped): only keepalive can notice it. Connections
@@ -141,6 +143,7 @@ class FreezingProxy:
         self._conns: list[tuple[asyncio.Event, list[asyncio.StreamWriter]]] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self.connections = 0
+        self.refusing = False
         self.endpoint = ""
 
     async def __aenter__(self) -> FreezingProxy:
@@ -161,6 +164,9 @@ class FreezingProxy:
         await self._server.wait_closed()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.refusing:
+            writer.transport.abort()
+            return
         self.connections += 1
         try:
             up_reader, up_writer = await asyncio.open_connection(*self._target)
@@ -193,6 +199,13 @@ class FreezingProxy:
                     await asyncio.Event().wait()  # swallow everything, never close
                 writer.write(data)
                 await writer.drain()
+
+    def drop_all(self) -> None:
+        """Reset every open connection (both sides see the reset)."""
+        for _, writers in self._conns:
+            for w in writers:
+                w.transport.abort()
+        self._conns.clear()
 
     def freeze(self) -> int:
         """Freeze every connection open now; returns how many."""
