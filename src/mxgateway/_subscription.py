@@ -8,20 +8,22 @@ async context manager) of :class:`TagValue` objects. One supervisor task owns ev
    chunks (per-item failures become :class:`ItemFailure` entries of the iterator);
 2. pump the typed events into a bounded queue (a slow consumer blocks the pump, and so the
    gRPC stream: back-pressure, never an unbounded buffer);
-3. when the stream cannot be resumed (the session is gone: the gateway restarted, the
-   session was closed or faulted, the gateway stayed unreachable), close what is left of
-   the old session and go back to 1 with a new session: at once after a loss, then after
-   a jittered exponential backoff between failed attempts, cut short as soon as the
-   channel reconnects. Values that arrive after such a recovery are marked ``resynchronized``.
+3. when the stream ends for good, get a session back: at once after a loss, then after a
+   jittered exponential backoff between failed attempts (cut short as soon as the channel
+   reconnects). If the session may still exist (the connection was lost, not the session)
+   and the gateway says it is READY, re-attach to it: its stream resumes after the last
+   delivered event. Otherwise (the gateway restarted, closed, faulted or forgot the
+   session) close what is left of it and go back to 1 with a new session. Values that
+   arrive after such a recovery are marked ``resynchronized``.
 
-A dropped connection that the session survives (a network blip, a keepalive timeout) is
-handled one level below, by the event stream's own resume from the last
-``worker_sequence``: no new session, nothing lost, nothing marked.
+A short drop of the connection (a network blip, a keepalive timeout) is handled one level
+below, by the event stream's own resume from the last ``worker_sequence``; a longer one by
+the re-attach of step 3. Neither opens a new session, loses or marks anything.
 
 States (:class:`SubscriptionState`): ``CONNECTING`` -> ``CONNECTED`` -> (``RECONNECTING``
--> ``RESYNCHRONIZED``)* -> ``CLOSED``; observable as :attr:`Subscription.state`, through
-:meth:`Subscription.state_changes`, :meth:`Subscription.wait_for_state` and an
-``on_state_change`` callback.
+-> ``RESYNCHRONIZED`` (new session) or ``CONNECTED`` (same session))* -> ``CLOSED``;
+observable as :attr:`Subscription.state`, through :meth:`Subscription.state_changes`,
+:meth:`Subscription.wait_for_state` and an ``on_state_change`` callback.
 """
 
 from __future__ import annotations
@@ -101,9 +103,11 @@ class SubscriptionState(enum.Enum):
     CONNECTING = "connecting"
     """Opening the first session and subscribing (also while retrying that)."""
     CONNECTED = "connected"
-    """The first session is open and every item was added and advised."""
+    """The first session is open and every item was added and advised; or, after
+    ``RECONNECTING``, the subscription got its session back (nothing to resynchronise)."""
     RECONNECTING = "reconnecting"
-    """The session was lost; opening a new one (with backoff between attempts)."""
+    """The stream was lost; getting the session, or a new one, back (with backoff between
+    failed attempts)."""
     RESYNCHRONIZED = "resynchronized"
     """A new session is open and the items were added and advised again; values marked
     ``resynchronized`` follow."""
@@ -345,7 +349,7 @@ class Subscription:
 
     @property
     def session_id(self) -> str | None:
-        """The session in use, ``None`` while there is none."""
+        """The session in use (or being re-attached), ``None`` while there is none."""
         return self._live.session.session_id if self._live is not None else None
 
     @property
