@@ -51,3 +51,49 @@ async def test_after_a_network_outage_the_subscription_reattaches_to_its_session
         assert not any(v.resynchronized for v in values)
         sequences = [v.worker_sequence for v in values]
         assert sequences == list(range(sequences[0], sequences[0] + len(sequences)))
+
+
+async def test_a_gateway_that_vanished_without_notice_is_resubscribed_on_a_new_session() -> None:
+    """The gateway dies while the network is down (no SERVER_SHUTDOWN reaches us): the
+    re-attach finds the session unknown to the new gateway and opens a new one."""
+    catalog = plant_catalog(ITEMS)
+    first = GatewaySimulator(catalog=catalog, scan_interval_ms=100)
+    await first.start()
+    key = first.api_key
+    assert key is not None
+    port = int(first.endpoint.rpartition(":")[2])
+    second: GatewaySimulator | None = None
+    try:
+        async with (
+            FreezingProxy(first.endpoint) as proxy,
+            await GatewayClient.connect(options=client_options(proxy.endpoint, key)) as client,
+            client.subscribe(references(ITEMS), reconnect=fast_reconnect()) as sub,
+        ):
+            await sub.wait_for_state(SubscriptionState.CONNECTED, timeout=DEADLINE)
+            old = sub.session_id
+            proxy.refusing = True
+            proxy.drop_all()
+            await sub.wait_for_state(SubscriptionState.RECONNECTING, timeout=DEADLINE)
+            await first.stop()
+            second = GatewaySimulator(
+                catalog=catalog, scan_interval_ms=100, port=port, api_keys=[key]
+            )
+            await second.start()
+            proxy.refusing = False
+            await sub.wait_for_state(SubscriptionState.RESYNCHRONIZED, timeout=DEADLINE)
+            assert sub.session_id != old
+            assert sub.recoveries == 1 and sub.reattachments == 0
+            seen: set[str] = set()
+
+            async def read() -> None:
+                async for update in sub:
+                    if isinstance(update, TagValue) and update.resynchronized:
+                        seen.add(update.tag)
+                        if len(seen) == ITEMS:
+                            return
+
+            await asyncio.wait_for(read(), DEADLINE)
+    finally:
+        await first.stop()
+        if second is not None:
+            await second.stop()
