@@ -16,6 +16,8 @@ from typing import Any
 import grpc
 import grpc.aio
 
+from mxgateway.generated import galaxy_repository_pb2 as gr
+from mxgateway.generated import galaxy_repository_pb2_grpc as gr_grpc
 from mxgateway.generated import mxaccess_gateway_pb2 as pb
 from mxgateway.generated import mxaccess_gateway_pb2_grpc as pbg
 
@@ -108,13 +110,30 @@ class FlakyGateway(pbg.MxAccessGatewayServicer):
             await asyncio.sleep(self.event_interval)
 
 
+class FlakyGalaxy(gr_grpc.GalaxyRepositoryServicer):
+    """``TestConnection`` fails with UNAVAILABLE ``fail_times`` times, then answers ok."""
+
+    def __init__(self) -> None:
+        self.fail_times = 0
+        self.calls = 0
+
+    async def TestConnection(self, request: Any, context: Any) -> gr.TestConnectionReply:
+        self.calls += 1
+        if self.fail_times:
+            self.fail_times -= 1
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "scripted failure")
+        return gr.TestConnectionReply(ok=True)
+
+
 class FakeGatewayServer:
     """A grpc.aio server on 127.0.0.1:0 with permissive keepalive settings."""
 
     def __init__(self, servicer: FlakyGateway | None = None) -> None:
         self.servicer = servicer or FlakyGateway()
+        self.galaxy = FlakyGalaxy()
         self.server = grpc.aio.server(options=PERMISSIVE_KEEPALIVE)
         pbg.add_MxAccessGatewayServicer_to_server(self.servicer, self.server)
+        gr_grpc.add_GalaxyRepositoryServicer_to_server(self.galaxy, self.server)
         port = self.server.add_insecure_port("127.0.0.1:0")
         self.endpoint = f"127.0.0.1:{port}"
 

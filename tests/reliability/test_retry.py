@@ -11,6 +11,7 @@ from reliability_fakes import SESSION_ID, FakeGatewayServer
 
 from mxgateway import (
     ClientOptions,
+    GalaxyRepositoryClient,
     GatewayClient,
     MxGatewayProtocolError,
     MxGatewayUnavailableError,
@@ -187,3 +188,12 @@ async def test_retries_can_be_turned_off(
         with pytest.raises(MxGatewayUnavailableError):
             await client.attach_session(SESSION_ID).ping()
         assert fake.calls[pb.MX_COMMAND_KIND_PING] == 1
+
+
+async def test_galaxy_reads_are_retried_through_the_same_seam(server: FakeGatewayServer) -> None:
+    server.galaxy.fail_times = 2
+    options = ClientOptions(endpoint=server.endpoint, plaintext=True, retry=FAST)
+    async with await GalaxyRepositoryClient.connect(options=options) as galaxy:
+        assert await galaxy.test_connection() is True
+        assert server.galaxy.calls == 3
+        assert galaxy.transport.retry_count == 2
