@@ -41,6 +41,7 @@ import grpc
 
 from mxgateway._errors import (
     ClientClosedError,
+    MxAccessError,
     MxGatewayAuthenticationError,
     MxGatewayCancelledError,
     MxGatewayError,
@@ -627,7 +628,7 @@ class Subscription:
         than "no such session" propagate: the attempt failed, try again later.)"""
         try:
             state = await live.session.get_session_state()
-        except (MxGatewaySessionNotFoundError, MxGatewaySessionStateError) as exc:
+        except (MxGatewaySessionNotFoundError, MxGatewaySessionStateError, MxAccessError) as exc:
             _log.info("session %s is gone (%s): opening a new one", live.session.session_id, exc)
             await self._drop_session()
             return False
