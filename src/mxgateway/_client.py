@@ -305,10 +305,11 @@ class GatewayClient:
         """A :class:`~mxgateway.Subscription` of ``items`` that survives gateway restarts.
 
         It opens its own session, registers as ``client_name``, subscribes the items with
-        ``SubscribeBulk`` (``chunk_size`` per call) and yields their values; when the
-        session is lost it opens a new one, subscribes again and marks the values that
-        follow ``resynchronized``. Nothing happens until ``async with``, the first read or
-        ``start()``; closing the client closes it.
+        ``SubscribeBulk`` (``chunk_size`` per call) and yields their values. When the
+        connection is lost it re-attaches to its session; when the session is gone it
+        opens a new one, subscribes again and marks the values that follow
+        ``resynchronized`` (see ``docs/reliability.md``). Nothing happens until
+        ``async with``, the first read or ``start()``; closing the client closes it.
 
         Args:
             items: Tag references (duplicates are ignored).
@@ -318,7 +319,8 @@ class GatewayClient:
             queue_size: Values buffered between the stream and the consumer; a full queue
                 holds the stream back (back-pressure), it never drops values.
             reconnect: Backoff between attempts to get a session back (default: for ever,
-                0.25 s doubling to 10 s, jittered); ``None`` gives up after the first loss.
+                0.25 s doubling to 10 s, jittered); ``None`` gives up when the first
+                attempt after a loss fails.
             on_state_change: Called (synchronously, in the loop) with each
                 :class:`~mxgateway.StateChange`.
             chunk_size: Items per ``SubscribeBulk`` call.
