@@ -522,6 +522,14 @@ class EventStream:
                 continue
             except MxGatewayError as exc:
                 self._stream = None
+                if self._ended_by == pb.STREAM_FAULT_KIND_SESSION_FAULTED:
+                    # The SESSION_FAULTED notice said why the stream ends, whatever status
+                    # the gateway closes it with (e.g. ABORTED): raise the documented error.
+                    self._closed = True
+                    raise MxGatewaySessionFaultedError(
+                        f"session {self._session_id} faulted; close it",
+                        session_id=self._session_id,
+                    ) from exc
                 if not self._resumable(exc) or attempts >= self._max_attempts:
                     self._closed = True
                     raise

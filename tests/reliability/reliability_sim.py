@@ -33,9 +33,6 @@ def client_options(endpoint: str, key: str | None, **changes: object) -> ClientO
         api_key=key,
         plaintext=True,
         timeout=10.0,
-        # mxgw-sim (gRPC's server defaults) refuses client pings more often than every
-        # 5 minutes; the keepalive tests use a fake gateway configured to accept them.
-        keepalive_time=None,
         # Reconnect quickly once the gateway listens again (gRPC waits 1 s at first).
         channel_options=(
             ("grpc.initial_reconnect_backoff_ms", 100),

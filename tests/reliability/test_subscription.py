@@ -13,6 +13,7 @@ from mxgateway import (
     GatewayClient,
     ItemFailure,
     MxGatewayAuthenticationError,
+    MxGatewaySessionFaultedError,
     MxGatewayUnavailableError,
     StateChange,
     Subscription,
@@ -281,3 +282,23 @@ async def test_a_stalled_consumer_gets_a_gap_and_keeps_its_session() -> None:
         assert sub.session_id == sid  # the session survived: no recovery needed
         assert sub.state is SubscriptionState.CONNECTED
         assert sub.recoveries == 0
+
+
+async def test_a_worker_crash_is_recovered_on_a_new_session(
+    client: GatewayClient, sim: GatewaySimulator
+) -> None:
+    """The session's worker crashes (the session faults): a new session, resynchronised."""
+    changes: list[StateChange] = []
+    tags = set(references(ITEMS))
+    async with client.subscribe(
+        references(ITEMS), reconnect=fast_reconnect(), on_state_change=changes.append
+    ) as sub:
+        await _until_every_item(sub, tags, resync=False)
+        old = sub.session_id
+        assert old is not None
+        assert sim.fault_session(old)
+        await _until_every_item(sub, tags, resync=True)
+        assert sub.state is SubscriptionState.RESYNCHRONIZED
+        assert sub.session_id != old and sub.recoveries == 1
+    lost = next(c for c in changes if c.state is SubscriptionState.RECONNECTING)
+    assert isinstance(lost.error, MxGatewaySessionFaultedError)
