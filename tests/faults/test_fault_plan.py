@@ -15,7 +15,6 @@ from mxgateway import (
     DataChange,
     EventGap,
     GalaxyRepositoryClient,
-    MxGatewayAbortedError,
     MxGatewaySessionFaultedError,
     MxGatewaySessionNotFoundError,
     MxGatewayUnavailableError,
@@ -203,9 +202,7 @@ async def test_worker_crash_after_n_commands_faults_the_session() -> None:
         with pytest.raises(MxGatewaySessionFaultedError):
             await session.ping()  # command 4: the worker "crashes"
         seen: list[object] = []
-        # docs/client.md promises MxGatewaySessionFaultedError here; the client raises the
-        # ABORTED status the gateway ends the stream with (see the xfail test below).
-        with pytest.raises((MxGatewaySessionFaultedError, MxGatewayAbortedError)):
+        with pytest.raises(MxGatewaySessionFaultedError):
             async for event in events:
                 seen.append(event)
         faults = [e for e in seen if isinstance(e, StreamFault)]
@@ -223,11 +220,6 @@ async def test_worker_crash_after_n_commands_faults_the_session() -> None:
         await other.close()
 
 
-@pytest.mark.xfail(
-    reason="client bug: EventStream raises MxGatewayAbortedError, not the documented "
-    "MxGatewaySessionFaultedError, when a SESSION_FAULTED notice is followed by ABORTED",
-    strict=False,
-)
 async def test_faulted_stream_raises_the_documented_error(sim: GatewaySimulator) -> None:
     async with await connect(sim) as client, await client.open_session() as session:
         h = await session.register("x")

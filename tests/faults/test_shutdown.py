@@ -116,8 +116,7 @@ def _serve(args: list[str]) -> tuple[subprocess.Popen[str], dict[str, object]]:
 
 
 def _finish(server: subprocess.Popen[str]) -> tuple[str, str]:
-    if server.poll() is None:
-        server.send_signal(signal.SIGTERM)
+    """Wait for a server already sent SIGTERM (a second one would force-kill it)."""
     try:
         return server.communicate(timeout=20)
     except subprocess.TimeoutExpired:
