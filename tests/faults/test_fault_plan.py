@@ -17,7 +17,9 @@ from mxgateway import (
     GalaxyRepositoryClient,
     MxGatewaySessionFaultedError,
     MxGatewaySessionNotFoundError,
+    MxGatewayTimeoutError,
     MxGatewayUnavailableError,
+    RetryPolicy,
     StreamFault,
 )
 from mxgateway.generated import mxaccess_gateway_pb2 as pb
@@ -308,3 +310,94 @@ async def test_slow_galaxy_and_failing_test_connection(galaxy_db: Path) -> None:
             assert await galaxy.test_connection() is False
             sim.faults.replace(FaultPlan())
             assert await galaxy.test_connection() is True
+
+
+# -- the public client under injected faults ---------------------------------------------
+
+FAST_RETRY = RetryPolicy(max_attempts=5, initial_backoff=0.01, max_backoff=0.02, jitter=0.0)
+
+
+async def test_client_retries_reads_exactly_as_the_seed_predicts(sim: GatewaySimulator) -> None:
+    plan = FaultPlan(seed=11, rpc={"Invoke": RpcFault(unavailable_fraction=0.3)})
+    # Predict, from the plan alone, what 80 PINGs with 5 attempts each will see.
+    k, expected_failures, expected_errors = 0, 0, 0
+    for _ in range(80):
+        for attempt in range(1, 6):
+            failed = plan.fails("Invoke", k)
+            k += 1
+            expected_failures += failed
+            if not failed:
+                break
+            if attempt == 5:
+                expected_errors += 1
+    assert expected_failures > 10  # the plan really injects
+    async with await connect(sim, retry=FAST_RETRY) as client:
+        session = await client.open_session()
+        sim.faults.replace(plan)
+        errors = 0
+        for _ in range(80):
+            try:
+                await session.ping()
+            except MxGatewayUnavailableError:
+                errors += 1
+        injected = sim.faults.failed.get("Invoke", 0)
+        sim.faults.replace(FaultPlan())
+        await session.close()
+    assert errors == expected_errors
+    assert injected == expected_failures  # every failure was retried, as predicted
+
+
+async def test_client_never_retries_writes_and_times_out_delays(sim: GatewaySimulator) -> None:
+    async with await connect(sim, retry=FAST_RETRY) as client:
+        session = await client.open_session()
+        h = await session.register("w")
+        item = await session.add_item(h, "Tank01.LevelSetpoint")
+        await session.advise(h, item)
+        sim.faults.replace(FaultPlan(rpc={"Invoke": RpcFault(unavailable_fraction=1.0)}))
+        with pytest.raises(MxGatewayUnavailableError):
+            await session.write(h, item, 1.0)
+        assert sim.faults.failed == {"Invoke": 1}  # sent once: a write is never repeated
+        with pytest.raises(MxGatewayUnavailableError):
+            await session.ping()
+        assert sim.faults.failed == {"Invoke": 1 + FAST_RETRY.max_attempts}  # type: ignore[operator]
+        sim.faults.replace(FaultPlan(rpc={"Invoke": RpcFault(delay_s=2.0)}))
+        with pytest.raises(MxGatewayTimeoutError):
+            await session.invoke_raw(
+                pb.MxCommand(kind=pb.MX_COMMAND_KIND_PING, ping=pb.PingCommand()), timeout=0.3
+            )
+        sim.faults.replace(FaultPlan())
+        await session.ping()
+        await session.close()
+
+
+@pytest.mark.parametrize("batched", [False, True])
+async def test_stream_drop_is_exact_and_only_hits_the_counted_streams(
+    sim: GatewaySimulator, raw: Raw, batched: bool
+) -> None:
+    sid = await raw.open()
+    h = (await raw.ok(sid, "register", client_name="d")).register.server_handle
+    tags = ["Tank01.Level", "Pump01.Speed", "Tank01.Temperature", "Line01.Counter"]
+    await raw.ok(sid, "subscribe_bulk", server_handle=h, tag_addresses=tags)
+    sim.faults.replace(FaultPlan(stream_drop_after_events=7, stream_fault_count=2))
+    method = raw.stub.StreamEventBatches if batched else raw.stub.StreamEvents
+    last = 0
+    for stream_index in range(3):
+        request = pb.StreamEventsRequest(session_id=sid, after_worker_sequence=last)
+        call = method(request, metadata=raw.md)
+        got: list[int] = []
+        try:
+            while len(got) < 20 and (message := await call.read()) is not grpc.aio.EOF:
+                events = message.events if batched else [message]
+                got += [e.worker_sequence for e in events]
+            code = grpc.StatusCode.OK
+        except grpc.aio.AioRpcError as exc:
+            code = exc.code()
+        finally:
+            call.cancel()
+        assert got == list(range(last + 1, last + 1 + len(got)))  # contiguous, resumed
+        if stream_index < 2:  # the first two streams: exactly 7 events, then UNAVAILABLE
+            assert len(got) == 7 and code is grpc.StatusCode.UNAVAILABLE
+        else:  # the third is not counted: it runs on
+            assert len(got) >= 20 and code is grpc.StatusCode.OK
+        last = got[-1]
+    assert sim.faults.streams_dropped == 2 and sim.faults.streams_opened == 3
