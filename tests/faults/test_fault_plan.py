@@ -83,6 +83,23 @@ async def test_delay_per_rpc(sim: GatewaySimulator, raw: Raw) -> None:
     assert time.monotonic() - started >= 0.3
     # Only Invoke is delayed: the plan names it alone (no "*").
     assert sim.faults.plan.fault_for("OpenSession") is None
+    # Streams are delayed before their first message; "*" covers every other method.
+    sim.faults.replace(FaultPlan(rpc={"*": RpcFault(delay_s=0.3)}))
+    started = time.monotonic()
+    await raw.open()
+    assert time.monotonic() - started >= 0.3
+    started = time.monotonic()
+    call = raw.stub.StreamEvents(
+        pb.StreamEventsRequest(session_id=sid, after_worker_sequence=0), metadata=raw.md
+    )
+    try:
+        h = (await raw.ok(sid, "register", client_name="d")).register.server_handle
+        await raw.ok(sid, "subscribe_bulk", server_handle=h, tag_addresses=["Tank01.Level"])
+        first = await asyncio.wait_for(call.read(), DEADLINE)
+        assert first is not grpc.aio.EOF and first.worker_sequence == 1
+        assert time.monotonic() - started >= 0.3
+    finally:
+        call.cancel()
 
 
 async def _ping_outcomes(plan: FaultPlan, calls: int) -> list[bool]:
