@@ -9,6 +9,7 @@ from mxgateway_sim._auth import SCOPES, ApiKeyStore, new_key
 from mxgateway_sim._builtin import InMemoryCatalog, builtin_catalog
 from mxgateway_sim._catalog import TagCatalog, TagInfo
 from mxgateway_sim._events import OverflowPolicy
+from mxgateway_sim._faults import FaultPlan, FaultPlanError, RpcFault
 from mxgateway_sim._plant import Plant
 from mxgateway_sim._runtime import EventSink, MxAccessRuntime
 from mxgateway_sim._server import GatewaySimulator, TlsMode
@@ -20,11 +21,14 @@ __all__ = [
     "SCOPES",
     "ApiKeyStore",
     "EventSink",
+    "FaultPlan",
+    "FaultPlanError",
     "GatewaySimulator",
     "InMemoryCatalog",
     "MxAccessRuntime",
     "OverflowPolicy",
     "Plant",
+    "RpcFault",
     "SessionManager",
     "SessionOptions",
     "SimUser",

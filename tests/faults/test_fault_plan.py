@@ -23,8 +23,14 @@ from mxgateway import (
     StreamFault,
 )
 from mxgateway.generated import mxaccess_gateway_pb2 as pb
-from mxgateway_sim import GatewaySimulator, SessionOptions, builtin_catalog
-from mxgateway_sim._faults import FaultPlan, FaultPlanError, RpcFault
+from mxgateway_sim import (
+    FaultPlan,
+    FaultPlanError,
+    GatewaySimulator,
+    RpcFault,
+    SessionOptions,
+    builtin_catalog,
+)
 
 
 def test_plan_json_round_trip_and_validation(tmp_path: Path) -> None:
