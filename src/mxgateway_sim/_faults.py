@@ -26,6 +26,7 @@ from grpc import aio
 
 from mxgateway.generated import galaxy_repository_pb2 as gr
 from mxgateway.generated import mxaccess_gateway_pb2 as pb
+from mxgateway_sim._sessions import SessionState
 
 if TYPE_CHECKING:
     from mxgateway_sim._events import Subscriber
@@ -64,7 +65,7 @@ class RpcFault:
 
 
 def _check_count(name: str, value: int | None) -> None:
-    if value is not None and (not isinstance(value, int) or value < 0):
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
         raise FaultPlanError(f"{name} must be a non-negative integer or null, not {value!r}")
 
 
@@ -120,7 +121,8 @@ class FaultPlan:
         _check_count("stream_fault_count", self.stream_fault_count)
         _check_count("quality_flaky_one_in", self.quality_flaky_one_in)
         if self.worker_crash_after_commands is not None and (
-            not isinstance(self.worker_crash_after_commands, int)
+            isinstance(self.worker_crash_after_commands, bool)
+            or not isinstance(self.worker_crash_after_commands, int)
             or self.worker_crash_after_commands < 1
         ):
             raise FaultPlanError("worker_crash_after_commands must be a positive integer or null")
@@ -277,6 +279,7 @@ class FaultInjector:
         self._commands.clear()
         self.failed.clear()
         self.streams_opened = self.streams_dropped = self.streams_stalled = 0
+        self.crashed_sessions.clear()
 
     def open_stream(self) -> StreamBudget | None:
         """Called when an event stream starts: its drop/stall budget, or None."""
@@ -325,6 +328,8 @@ class FaultInjector:
         if session is None:
             return False
         session.fault(message)
+        if session.state is not SessionState.FAULTED:  # closing or closed already
+            return False
         self.crashed_sessions.append(session_id)
         return True
 

@@ -58,6 +58,8 @@ def test_plan_json_round_trip_and_validation(tmp_path: Path) -> None:
         {"stream_drop_after_events": -1},
         {"stream_drop_after_events": 1, "stream_stall_after_events": 1},
         {"worker_crash_after_commands": 0},
+        {"worker_crash_after_commands": True},
+        {"stream_stall_after_events": 2.5},
         {"test_connection_fails": "yes"},
         {"no_such_knob": 1},
     ]
