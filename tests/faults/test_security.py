@@ -36,7 +36,9 @@ from mxgateway.generated import mxaccess_gateway_pb2_grpc as rpc
 from mxgateway_sim import SCOPES, ApiKeyStore, GatewaySimulator, builtin_catalog, new_key
 from mxgateway_sim.cli import main as sim_main
 
-BIN = Path(sys.executable).parent
+MXGW_SIM = (sys.executable, "-c", "from mxgateway_sim.cli import run; run()")
+MXGW_PY = (sys.executable, "-c", "from mxgateway_cli.main import run; run()")
+"""The CLI(s) as this interpreter runs them (no console script needed)."""
 """The console scripts (mxgw-sim, mxgw-py) of this environment."""
 
 # The scope table of docs/protocol.md, written out independently of the server's code.
@@ -316,7 +318,7 @@ def test_keys_never_in_cli_output(tmp_path: Path) -> None:
     """``mxgw-sim serve`` (debug logs) and ``mxgw-py --json`` (success and failure)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     server = subprocess.Popen(
-        [str(BIN / "mxgw-sim"), "serve", "--listen", "127.0.0.1:0",
+        [*MXGW_SIM, "serve", "--listen", "127.0.0.1:0",
          "--plaintext", "--api-key", LEAK_KEY, "--json", "--log-level", "debug"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
     )  # fmt: skip
@@ -324,7 +326,7 @@ def test_keys_never_in_cli_output(tmp_path: Path) -> None:
         assert server.stdout is not None
         line = server.stdout.readline()
         endpoint = json.loads(line)["address"]
-        cli = [str(BIN / "mxgw-py")]
+        cli = list(MXGW_PY)
         common = ["--endpoint", endpoint, "--plaintext", "--json"]
         outputs: list[str] = [line]
         ok = _run([*cli, "open-session", *common, "--api-key", LEAK_KEY], env)

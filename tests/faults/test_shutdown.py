@@ -19,7 +19,8 @@ from mxgateway import DataChange, MxGatewayUnavailableError, StreamFault
 from mxgateway.generated import mxaccess_gateway_pb2 as pb
 from mxgateway_sim import GatewaySimulator, builtin_catalog, new_key
 
-BIN = Path(sys.executable).parent
+MXGW_SIM = (sys.executable, "-c", "from mxgateway_sim.cli import run; run()")
+"""The CLI(s) as this interpreter runs them (no console script needed)."""
 
 
 async def _raw_until_end(
@@ -102,7 +103,7 @@ async def test_in_process_stop_with_open_streams(caplog: pytest.LogCaptureFixtur
 
 def _serve(args: list[str]) -> tuple[subprocess.Popen[str], dict[str, object]]:
     server = subprocess.Popen(
-        [str(BIN / "mxgw-sim"), "serve", "--listen", "127.0.0.1:0", "--json", *args],
+        [*MXGW_SIM, "serve", "--listen", "127.0.0.1:0", "--json", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -172,7 +173,7 @@ def test_bad_fault_plan_is_a_one_line_usage_error(
     plan = tmp_path / "faults.json"
     plan.write_text(content)
     result = subprocess.run(
-        [str(BIN / "mxgw-sim"), "serve", "--plaintext", "--allow-anonymous", "--faults", str(plan)],
+        [*MXGW_SIM, "serve", "--plaintext", "--allow-anonymous", "--faults", str(plan)],
         capture_output=True,
         text=True,
         timeout=60,
@@ -183,7 +184,7 @@ def test_bad_fault_plan_is_a_one_line_usage_error(
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("mxgw-sim: error: --faults:"), result.stderr
     assert message in lines[0]
-    serve = [str(BIN / "mxgw-sim"), "serve", "--plaintext", "--allow-anonymous"]
+    serve = [*MXGW_SIM, "serve", "--plaintext", "--allow-anonymous"]
     missing = subprocess.run(
         [*serve, "--faults", "/nonexistent/plan.json"],
         capture_output=True,
