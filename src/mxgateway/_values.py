@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta, timezone
-from typing import Literal
+from typing import Literal, cast
 
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -250,6 +250,38 @@ def to_mx_value(value: object, type: ValueType | None = None) -> pb.MxValue:
             out-of-range int, mixed-type array...); the message names the culprit.
     """
     mx = pb.MxValue()
+    if type is None:
+        # Fast path for the common scalars (bulk writes convert one value per row); anything
+        # unusual, including non-finite floats and 64-bit ints, takes the general path below.
+        cls = value.__class__
+        if cls is float:
+            number = cast(float, value)
+            if number - number == 0.0:  # false for nan and +/-inf
+                mx.data_type = pb.MX_DATA_TYPE_DOUBLE
+                mx.variant_type = pb.VT_R8
+                mx.raw_data_type = pb.MX_DATA_TYPE_DOUBLE - _COM_OFFSET
+                mx.double_value = number
+                return mx
+        elif cls is int:
+            integer = cast(int, value)
+            if INT32_MIN <= integer <= INT32_MAX:
+                mx.data_type = pb.MX_DATA_TYPE_INTEGER
+                mx.variant_type = pb.VT_I4
+                mx.raw_data_type = pb.MX_DATA_TYPE_INTEGER - _COM_OFFSET
+                mx.int32_value = integer
+                return mx
+        elif cls is bool:
+            mx.data_type = pb.MX_DATA_TYPE_BOOLEAN
+            mx.variant_type = pb.VT_BOOL
+            mx.raw_data_type = pb.MX_DATA_TYPE_BOOLEAN - _COM_OFFSET
+            mx.bool_value = cast(bool, value)
+            return mx
+        elif cls is str:
+            mx.data_type = pb.MX_DATA_TYPE_STRING
+            mx.variant_type = pb.VT_BSTR
+            mx.raw_data_type = pb.MX_DATA_TYPE_STRING - _COM_OFFSET
+            mx.string_value = cast(str, value)
+            return mx
     if value is None:
         mx.is_null = True
         mx.data_type = pb.MX_DATA_TYPE_NO_DATA
