@@ -197,26 +197,15 @@ class GalaxyRepositoryClient:
             ValueError: Invalid options.
             MxGatewayUnavailableError: The gateway could not be reached.
         """
-        changes: dict[str, Any] = {}
-        if endpoint is not None:
-            changes["endpoint"] = endpoint
-        if api_key is not None:
-            changes["api_key"] = api_key
-        if plaintext is not None:
-            changes["plaintext"] = plaintext
-        if ca_file is not None:
-            changes["ca_file"] = os.fspath(ca_file)
-        if server_name_override is not None:
-            changes["server_name_override"] = server_name_override
-        if timeout is not DEFAULT:
-            changes["timeout"] = timeout
-        if options is None:
-            if endpoint is None:
-                raise ValueError("endpoint is required (or pass options=ClientOptions(...))")
-            opts = ClientOptions(**changes)
-        else:
-            opts = options.replace(**changes) if changes else options
-        transport = await Transport.open(opts)
+        transport = await Transport.connect(
+            endpoint,
+            api_key=api_key,
+            plaintext=plaintext,
+            ca_file=ca_file,
+            server_name_override=server_name_override,
+            timeout=timeout,
+            options=options,
+        )
         return cls(transport)
 
     @property

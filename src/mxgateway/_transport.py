@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import AsyncIterator
 from types import TracebackType
 from typing import Any, Generic, TypeVar
@@ -175,6 +176,48 @@ class Transport:
                 await transport.close()
                 raise
         return transport
+
+    @classmethod
+    async def connect(
+        cls,
+        endpoint: str | None = None,
+        *,
+        api_key: str | None = None,
+        plaintext: bool | None = None,
+        ca_file: str | os.PathLike[str] | None = None,
+        server_name_override: str | None = None,
+        timeout: float | None = DEFAULT,
+        options: ClientOptions | None = None,
+    ) -> Transport:
+        """Build options from the ``connect(...)`` keywords of the clients, then :meth:`open`.
+
+        Keywords that are given override the matching fields of ``options``; without
+        ``options`` they build a new :class:`ClientOptions` (``endpoint`` is then required).
+
+        Raises:
+            ValueError: Invalid options.
+            MxGatewayUnavailableError: The gateway could not be reached.
+        """
+        changes: dict[str, Any] = {}
+        if endpoint is not None:
+            changes["endpoint"] = endpoint
+        if api_key is not None:
+            changes["api_key"] = api_key
+        if plaintext is not None:
+            changes["plaintext"] = plaintext
+        if ca_file is not None:
+            changes["ca_file"] = os.fspath(ca_file)
+        if server_name_override is not None:
+            changes["server_name_override"] = server_name_override
+        if timeout is not DEFAULT:
+            changes["timeout"] = timeout
+        if options is None:
+            if endpoint is None:
+                raise ValueError("endpoint is required (or pass options=ClientOptions(...))")
+            opts = ClientOptions(**changes)
+        else:
+            opts = options.replace(**changes) if changes else options
+        return await cls.open(opts)
 
     @property
     def options(self) -> ClientOptions:
