@@ -15,6 +15,7 @@ from datetime import datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from mxgateway._chunking import split_bulk_command
 from mxgateway._errors import (
     ClientClosedError,
     MxGatewayProtocolError,
@@ -36,6 +37,12 @@ _log = logging.getLogger(__name__)
 _log.addHandler(logging.NullHandler())
 
 _T = TypeVar("_T")
+_B = TypeVar("_B", pb.BulkSubscribeReply, pb.BulkWriteReply, pb.BulkReadReply)
+
+# Bulk requests are split to stay within a quarter of the message limit: the reply echoes
+# each row's reference and adds a value or an error message and statuses, so it can be
+# several times larger than the request that caused it.
+_BULK_REQUEST_SHARE = 4
 
 _INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
 
@@ -451,13 +458,24 @@ class Session:
         return list(self._result(reply, "drain_events", pb.DrainEventsReply).events)
 
     # -- bulk -------------------------------------------------------------------------
+    async def _bulk(
+        self, cmd: pb.MxCommand, field: str, cls: type[_B], *, timeout: float | None = DEFAULT
+    ) -> list[Any]:
+        """Run a bulk command, split into several requests when it would not fit in one
+        message (or has more rows than one reply should carry); results keep input order."""
+        self._check_open()
+        budget = self._client.options.max_message_bytes // _BULK_REQUEST_SHARE
+        results: list[Any] = []
+        for part in split_bulk_command(cmd, budget):
+            reply = await self._client.invoke(self._session_id, part, timeout=timeout)
+            results.extend(self._result(reply, field, cls).results)
+        return results
+
     async def _bulk_subscribe(self, cmd: pb.MxCommand) -> list[pb.SubscribeResult]:
-        reply = await self.invoke(cmd)
-        return list(self._result(reply, "bulk_subscribe", pb.BulkSubscribeReply).results)
+        return await self._bulk(cmd, "bulk_subscribe", pb.BulkSubscribeReply)
 
     async def _bulk_write(self, cmd: pb.MxCommand) -> list[pb.BulkWriteResult]:
-        reply = await self.invoke(cmd)
-        return list(self._result(reply, "bulk_write", pb.BulkWriteReply).results)
+        return await self._bulk(cmd, "bulk_write", pb.BulkWriteReply)
 
     async def add_item_bulk(
         self, server_handle: int, tag_addresses: Iterable[str]
@@ -709,9 +727,7 @@ class Session:
                 server_handle=server_handle, tag_addresses=tags, timeout_ms=timeout_ms
             ),
         )
-        self._check_open()
-        reply = await self._client.invoke(self._session_id, cmd, timeout=timeout)
-        return list(self._result(reply, "bulk_read", pb.BulkReadReply).results)
+        return await self._bulk(cmd, "bulk_read", pb.BulkReadReply, timeout=timeout)
 
     # -- events -----------------------------------------------------------------------
     def events(

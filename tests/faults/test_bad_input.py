@@ -21,7 +21,6 @@ from mxgateway import (
     GatewayClient,
     MxAccessError,
     MxGatewayNotFoundError,
-    MxGatewayOverloadedError,
     MxGatewaySessionNotFoundError,
     Session,
     from_mx_value,
@@ -110,13 +109,13 @@ async def test_wrong_session_ids(sim: GatewaySimulator, raw: Raw) -> None:
         assert reply.protocol_status.message
 
 
-async def test_oversized_bulk_request_is_rejected_clearly(sim: GatewaySimulator) -> None:
+async def test_oversized_bulk_request_is_split_by_the_client(sim: GatewaySimulator) -> None:
     async with await connect(sim) as client, await client.open_session() as session:
         h, item = await _setpoint(session)
         refs = [f"{'A' * 240}.{i}" for i in range(70_000)]  # ~17 MiB, over the 16 MiB limit
-        with pytest.raises(MxGatewayOverloadedError) as raised:
-            await session.subscribe_bulk(h, refs)
-        assert "larger than max" in str(raised.value)
+        # The client splits the call into requests that fit; one row per reference, in order.
+        results = await session.add_item_bulk(h, refs)
+        assert [r.tag_address for r in results] == refs
         assert sim.sessions is not None
         assert len(sim.sessions.sessions()) == 1
         await _still_healthy(session, h, item)
