@@ -23,7 +23,7 @@ from mxgateway._errors import (
 )
 from mxgateway._events import EventStream
 from mxgateway._transport import DEFAULT, Stream
-from mxgateway._values import ValueType, datetime_to_timestamp, to_mx_value
+from mxgateway._values import ValueType, datetime_to_timestamp, fill_mx_value, to_mx_value
 from mxgateway.generated import mxaccess_gateway_pb2 as pb
 
 if TYPE_CHECKING:
@@ -38,6 +38,7 @@ _log.addHandler(logging.NullHandler())
 
 _T = TypeVar("_T")
 _B = TypeVar("_B", pb.BulkSubscribeReply, pb.BulkWriteReply, pb.BulkReadReply)
+_Row = pb.WriteBulkEntry | pb.Write2BulkEntry | pb.WriteSecuredBulkEntry | pb.WriteSecured2BulkEntry
 
 # Bulk requests are split to stay within a quarter of the message limit: the reply echoes
 # each row's reference and adds a value or an error message and statuses, so it can be
@@ -58,6 +59,23 @@ def _value(value: object, value_type: ValueType | None, where: str = "") -> pb.M
         if where:
             raise ValueError(f"{where}{exc}") from None
         raise
+
+
+def _fill_row(
+    row: _Row, index: int, handle: object, value: object, value_type: ValueType | None
+) -> None:
+    """Fill a bulk write row's handle and value in place (no copy of the value); an error
+    names the row. Messages are only built on failure: this runs once per row."""
+    try:
+        row.item_handle = _int32(handle, "item_handle")  # type: ignore[arg-type]
+        if isinstance(value, pb.MxValue):
+            if value_type is not None:
+                raise ValueError("value_type cannot be combined with an MxValue")
+            row.value.CopyFrom(value)
+        else:
+            fill_mx_value(row.value, value, value_type)
+    except ValueError as exc:
+        raise ValueError(f"entry {index} (item {handle!r}): {exc}") from None
 
 
 def _time(value: datetime, where: str = "timestamp") -> Timestamp:
@@ -579,25 +597,17 @@ class Session:
     ) -> list[pb.BulkWriteResult]:
         """``WriteBulk``: ``entries`` maps item handles to values (a mapping or
         ``(item_handle, value)`` pairs, or ready ``WriteBulkEntry`` rows)."""
-        rows: list[pb.WriteBulkEntry] = []
+        cmd = pb.MxCommand(kind=pb.MX_COMMAND_KIND_WRITE_BULK)
+        cmd.write_bulk.server_handle = server_handle
+        rows = cmd.write_bulk.entries
         for i, entry in enumerate(_pairs(entries)):
             if isinstance(entry, pb.WriteBulkEntry):
                 rows.append(entry)
                 continue
             handle, value = entry
-            rows.append(
-                pb.WriteBulkEntry(
-                    item_handle=_int32(handle, f"entry {i} item_handle"),
-                    value=_value(value, value_type, f"entry {i} (item {handle}): "),
-                    user_id=user_id,
-                )
-            )
-        return await self._bulk_write(
-            pb.MxCommand(
-                kind=pb.MX_COMMAND_KIND_WRITE_BULK,
-                write_bulk=pb.WriteBulkCommand(server_handle=server_handle, entries=rows),
-            )
-        )
+            row = rows.add(user_id=user_id)
+            _fill_row(row, i, handle, value, value_type)
+        return await self._bulk_write(cmd)
 
     async def write2_bulk(
         self,
@@ -608,26 +618,17 @@ class Session:
         value_type: ValueType | None = None,
     ) -> list[pb.BulkWriteResult]:
         """``Write2Bulk``: ``(item_handle, value, timestamp)`` rows."""
-        rows: list[pb.Write2BulkEntry] = []
+        cmd = pb.MxCommand(kind=pb.MX_COMMAND_KIND_WRITE2_BULK)
+        cmd.write2_bulk.server_handle = server_handle
+        rows = cmd.write2_bulk.entries
         for i, entry in enumerate(entries):
             if isinstance(entry, pb.Write2BulkEntry):
                 rows.append(entry)
                 continue
             handle, value, ts = entry
-            rows.append(
-                pb.Write2BulkEntry(
-                    item_handle=_int32(handle, f"entry {i} item_handle"),
-                    value=_value(value, value_type, f"entry {i} (item {handle}): "),
-                    timestamp_value=_time(ts, f"entry {i} timestamp"),
-                    user_id=user_id,
-                )
-            )
-        return await self._bulk_write(
-            pb.MxCommand(
-                kind=pb.MX_COMMAND_KIND_WRITE2_BULK,
-                write2_bulk=pb.Write2BulkCommand(server_handle=server_handle, entries=rows),
-            )
-        )
+            row = rows.add(user_id=user_id, timestamp_value=_time(ts, f"entry {i} timestamp"))
+            _fill_row(row, i, handle, value, value_type)
+        return await self._bulk_write(cmd)
 
     async def write_secured_bulk(
         self,
@@ -642,28 +643,17 @@ class Session:
         ``current_user_id``/``verifier_user_id`` (pass ``WriteSecuredBulkEntry`` rows for
         per-row users)."""
         verifier = current_user_id if verifier_user_id is None else verifier_user_id
-        rows: list[pb.WriteSecuredBulkEntry] = []
+        cmd = pb.MxCommand(kind=pb.MX_COMMAND_KIND_WRITE_SECURED_BULK)
+        cmd.write_secured_bulk.server_handle = server_handle
+        rows = cmd.write_secured_bulk.entries
         for i, entry in enumerate(_pairs(entries)):
             if isinstance(entry, pb.WriteSecuredBulkEntry):
                 rows.append(entry)
                 continue
             handle, value = entry
-            rows.append(
-                pb.WriteSecuredBulkEntry(
-                    item_handle=_int32(handle, f"entry {i} item_handle"),
-                    current_user_id=current_user_id,
-                    verifier_user_id=verifier,
-                    value=_value(value, value_type, f"entry {i} (item {handle}): "),
-                )
-            )
-        return await self._bulk_write(
-            pb.MxCommand(
-                kind=pb.MX_COMMAND_KIND_WRITE_SECURED_BULK,
-                write_secured_bulk=pb.WriteSecuredBulkCommand(
-                    server_handle=server_handle, entries=rows
-                ),
-            )
-        )
+            row = rows.add(current_user_id=current_user_id, verifier_user_id=verifier)
+            _fill_row(row, i, handle, value, value_type)
+        return await self._bulk_write(cmd)
 
     async def write_secured2_bulk(
         self,
@@ -676,29 +666,21 @@ class Session:
     ) -> list[pb.BulkWriteResult]:
         """``WriteSecured2Bulk``: ``(item_handle, value, timestamp)`` rows."""
         verifier = current_user_id if verifier_user_id is None else verifier_user_id
-        rows: list[pb.WriteSecured2BulkEntry] = []
+        cmd = pb.MxCommand(kind=pb.MX_COMMAND_KIND_WRITE_SECURED2_BULK)
+        cmd.write_secured2_bulk.server_handle = server_handle
+        rows = cmd.write_secured2_bulk.entries
         for i, entry in enumerate(entries):
             if isinstance(entry, pb.WriteSecured2BulkEntry):
                 rows.append(entry)
                 continue
             handle, value, ts = entry
-            rows.append(
-                pb.WriteSecured2BulkEntry(
-                    item_handle=_int32(handle, f"entry {i} item_handle"),
-                    current_user_id=current_user_id,
-                    verifier_user_id=verifier,
-                    value=_value(value, value_type, f"entry {i} (item {handle}): "),
-                    timestamp_value=_time(ts, f"entry {i} timestamp"),
-                )
+            row = rows.add(
+                current_user_id=current_user_id,
+                verifier_user_id=verifier,
+                timestamp_value=_time(ts, f"entry {i} timestamp"),
             )
-        return await self._bulk_write(
-            pb.MxCommand(
-                kind=pb.MX_COMMAND_KIND_WRITE_SECURED2_BULK,
-                write_secured2_bulk=pb.WriteSecured2BulkCommand(
-                    server_handle=server_handle, entries=rows
-                ),
-            )
-        )
+            _fill_row(row, i, handle, value, value_type)
+        return await self._bulk_write(cmd)
 
     async def read_bulk(
         self,

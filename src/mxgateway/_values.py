@@ -39,6 +39,7 @@ __all__ = [
     "MxPythonValue",
     "ValueType",
     "datetime_to_timestamp",
+    "fill_mx_value",
     "from_mx_value",
     "timestamp_to_datetime",
     "to_mx_value",
@@ -250,6 +251,13 @@ def to_mx_value(value: object, type: ValueType | None = None) -> pb.MxValue:
             out-of-range int, mixed-type array...); the message names the culprit.
     """
     mx = pb.MxValue()
+    fill_mx_value(mx, value, type)
+    return mx
+
+
+def fill_mx_value(mx: pb.MxValue, value: object, type: ValueType | None = None) -> None:
+    """Like :func:`to_mx_value`, but fills an empty ``MxValue`` in place (for example a row
+    of a bulk command), which saves copying the value into its parent message."""
     if type is None:
         # Fast path for the common scalars (bulk writes convert one value per row); anything
         # unusual, including non-finite floats and 64-bit ints, takes the general path below.
@@ -261,7 +269,7 @@ def to_mx_value(value: object, type: ValueType | None = None) -> pb.MxValue:
                 mx.variant_type = pb.VT_R8
                 mx.raw_data_type = pb.MX_DATA_TYPE_DOUBLE - _COM_OFFSET
                 mx.double_value = number
-                return mx
+                return
         elif cls is int:
             integer = cast(int, value)
             if INT32_MIN <= integer <= INT32_MAX:
@@ -269,25 +277,25 @@ def to_mx_value(value: object, type: ValueType | None = None) -> pb.MxValue:
                 mx.variant_type = pb.VT_I4
                 mx.raw_data_type = pb.MX_DATA_TYPE_INTEGER - _COM_OFFSET
                 mx.int32_value = integer
-                return mx
+                return
         elif cls is bool:
             mx.data_type = pb.MX_DATA_TYPE_BOOLEAN
             mx.variant_type = pb.VT_BOOL
             mx.raw_data_type = pb.MX_DATA_TYPE_BOOLEAN - _COM_OFFSET
             mx.bool_value = cast(bool, value)
-            return mx
+            return
         elif cls is str:
             mx.data_type = pb.MX_DATA_TYPE_STRING
             mx.variant_type = pb.VT_BSTR
             mx.raw_data_type = pb.MX_DATA_TYPE_STRING - _COM_OFFSET
             mx.string_value = cast(str, value)
-            return mx
+            return
     if value is None:
         mx.is_null = True
         mx.data_type = pb.MX_DATA_TYPE_NO_DATA
         mx.variant_type = pb.VT_EMPTY
         mx.raw_data_type = pb.MX_DATA_TYPE_NO_DATA - _COM_OFFSET
-        return mx
+        return
     if type is not None and type not in _TYPE_TAGS:
         raise ValueError(f"unknown value type {type!r}; expected one of {', '.join(VALUE_TYPES)}")
     if isinstance(value, (list, tuple)):
@@ -303,7 +311,7 @@ def to_mx_value(value: object, type: ValueType | None = None) -> pb.MxValue:
         mx.data_type = arr.element_data_type
         mx.variant_type = pb.VT_ARRAY
         mx.raw_data_type = arr.element_data_type - _COM_OFFSET
-        return mx
+        return
     kind = type or _infer(value, "")
     coerced = _coerce(value, kind, "")
     data_type, variant = _TYPE_TAGS[kind]
@@ -311,7 +319,6 @@ def to_mx_value(value: object, type: ValueType | None = None) -> pb.MxValue:
     mx.variant_type = variant  # type: ignore[assignment]
     mx.raw_data_type = data_type - _COM_OFFSET
     _SETTERS[kind](mx, coerced)
-    return mx
 
 
 def _set_bool(mx: pb.MxValue, v: object) -> None:
