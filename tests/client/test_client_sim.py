@@ -341,12 +341,21 @@ async def test_write_complete_event_and_second_subscriber(session: Session) -> N
         assert wc.item_handle == item and wc.statuses[0].success
 
 
-async def test_events_raw_parity(session: Session) -> None:
+async def test_events_raw_parity(sim: GatewaySimulator, session: Session) -> None:
     h = await session.register("raw")
     await session.subscribe_bulk(h, ["Tank01.Level"])
     async with session.events_raw() as raw:
         ev = await asyncio.wait_for(raw.__anext__(), 30)
     assert isinstance(ev, pb.MxEvent)
+    # Closing a stream cancels the call; the gateway lets go of the subscriber a moment
+    # later. This session allows one subscriber, so wait for that before the next stream.
+    gateway_session = sim.sessions.get(session.session_id) if sim.sessions else None
+    assert gateway_session is not None
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 30
+    while gateway_session.events.subscribers:
+        assert loop.time() < deadline, "the gateway kept the closed stream's subscriber"
+        await asyncio.sleep(0.01)
     async with session.client.stream_event_batches_raw(session.session_id) as batches:
         batch = await asyncio.wait_for(batches.__anext__(), 30)
     assert isinstance(batch, pb.MxEventBatch) and batch.events
