@@ -67,6 +67,22 @@ async def _read_until(
         await asyncio.sleep(0.02)
 
 
+async def _subscriber_released(sim: GatewaySimulator, session: Session) -> None:
+    """Wait until the gateway has let go of the session's (closed) event stream.
+
+    Closing a stream cancels the call; the gateway detaches its subscriber a moment
+    later. The simulator allows one subscriber per session, so a stream opened right
+    after closing another can be refused (FAILED_PRECONDITION) until then.
+    """
+    gateway_session = sim.sessions.get(session.session_id) if sim.sessions else None
+    assert gateway_session is not None
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 30
+    while gateway_session.events.subscribers:
+        assert loop.time() < deadline, "the gateway kept the closed stream's subscriber"
+        await asyncio.sleep(0.01)
+
+
 async def test_spec_library_example_verbatim(sim: GatewaySimulator) -> None:
     key = sim.api_key
     endpoint = sim.endpoint
@@ -296,7 +312,9 @@ async def _data_changes(events: object, n: int) -> list[DataChange]:
     return out
 
 
-async def test_typed_events_and_replay_from_a_sequence(session: Session) -> None:
+async def test_typed_events_and_replay_from_a_sequence(
+    sim: GatewaySimulator, session: Session
+) -> None:
     h = await session.register("events")
     rows = await session.subscribe_bulk(h, ["Tank01.Level", "Pump01.Speed", "Line01.Counter"])
     handles = {r.item_handle for r in rows}
@@ -309,6 +327,7 @@ async def test_typed_events_and_replay_from_a_sequence(session: Session) -> None
     assert all(e.timestamp.tzinfo is not None for e in first)
     # A new subscription from a known point replays without duplicates or holes.
     resume_from = seqs[4]
+    await _subscriber_released(sim, session)
     async with session.events(after_worker_sequence=resume_from) as again:
         replayed = await asyncio.wait_for(_data_changes(again, 5), 30)
         assert again.gap_count == 0
@@ -347,15 +366,7 @@ async def test_events_raw_parity(sim: GatewaySimulator, session: Session) -> Non
     async with session.events_raw() as raw:
         ev = await asyncio.wait_for(raw.__anext__(), 30)
     assert isinstance(ev, pb.MxEvent)
-    # Closing a stream cancels the call; the gateway lets go of the subscriber a moment
-    # later. This session allows one subscriber, so wait for that before the next stream.
-    gateway_session = sim.sessions.get(session.session_id) if sim.sessions else None
-    assert gateway_session is not None
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 30
-    while gateway_session.events.subscribers:
-        assert loop.time() < deadline, "the gateway kept the closed stream's subscriber"
-        await asyncio.sleep(0.01)
+    await _subscriber_released(sim, session)
     async with session.client.stream_event_batches_raw(session.session_id) as batches:
         batch = await asyncio.wait_for(batches.__anext__(), 30)
     assert isinstance(batch, pb.MxEventBatch) and batch.events

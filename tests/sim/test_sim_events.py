@@ -81,12 +81,16 @@ async def test_stream_is_contiguous_from_one(gw: Gw, batched: bool) -> None:
     assert all(e.worker_timestamp.seconds > 0 for e in events)
 
 
-async def test_both_streams_carry_the_same_events(gw: Gw) -> None:
+async def test_both_streams_carry_the_same_events(sim: GatewaySimulator, gw: Gw) -> None:
     sid = await gw.open()
     await subscribe_moving(gw, sid)
     single = gw.stub.StreamEvents(request(sid, 0), metadata=gw.md)
     first = await read_events(single, 20, batched=False)
     single.cancel()
+    # One subscriber per session: the gateway lets go of the cancelled one a moment later.
+    session = sim.sessions.get(sid) if sim.sessions else None
+    assert session is not None
+    await wait_for(lambda: not session.events.subscribers)
     batches = gw.stub.StreamEventBatches(request(sid, 0), metadata=gw.md)
     second = await read_events(batches, 20, batched=True)
     batches.cancel()
