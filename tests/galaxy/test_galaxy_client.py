@@ -363,6 +363,8 @@ async def test_watch_bootstrap_and_suppression(env: Env) -> None:
             assert isinstance(boot, DeployEvent)
             assert boot.time_of_last_deploy_present
             assert boot.time_of_last_deploy.ToDatetime(tzinfo=timezone.utc) == current
+        # The closed watch is let go of asynchronously; until then it would count below.
+        await wait_for(_no_watchers(env), what="the first watch to close")
         quiet = galaxy.watch_deploy_events(last_seen_deploy_time=current)
         try:
             await wait_for(_watchers_at_least(env, 1), what="the quiet watcher to subscribe")
