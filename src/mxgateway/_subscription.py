@@ -14,7 +14,13 @@ async context manager) of :class:`TagValue` objects. One supervisor task owns ev
    and the gateway says it is READY, re-attach to it: its stream resumes after the last
    delivered event. Otherwise (the gateway restarted, closed, faulted or forgot the
    session) close what is left of it and go back to 1 with a new session. Values that
-   arrive after such a recovery are marked ``resynchronized``.
+   arrive after such a recovery are marked ``resynchronized``;
+4. when the stream reports an :class:`EventGap` on the same session (events dropped for a
+   slow subscriber, or no longer in the replay ring), pass the gap on, then read the
+   current value of every item with ``ReadBulk`` (chunked; answered from the session's
+   advise cache) and queue those values, marked ``resynchronized``, before the events that
+   follow the gap (``resync_on_gap``). The pump does the read itself, so later live values
+   queue behind the read ones and win.
 
 A short drop of the connection (a network blip, a keepalive timeout) is handled one level
 below, by the event stream's own resume from the last ``worker_sequence``; a longer one by
@@ -59,7 +65,7 @@ from mxgateway._errors import (
 )
 from mxgateway._events import DataChange, EventGap, EventStream, StreamFault
 from mxgateway._retry import RetryPolicy
-from mxgateway._values import MxPythonValue
+from mxgateway._values import MxPythonValue, from_mx_value
 from mxgateway.generated import mxaccess_gateway_pb2 as pb
 
 if TYPE_CHECKING:
@@ -85,6 +91,7 @@ DEFAULT_RECONNECT = RetryPolicy(
 """Reconnect for ever, 0.25 s doubling up to 10 s between attempts, 50 % jitter."""
 
 _CLOSE_OLD_SESSION_TIMEOUT = 2.0
+_DATA_CHANGE = pb.MX_EVENT_FAMILY_ON_DATA_CHANGE
 _STATE_QUEUE_SIZE = 256
 
 # Errors after which reconnecting cannot help: the key, its scopes or the request itself
@@ -94,6 +101,20 @@ _FATAL = (
     MxGatewayPermissionError,
     MxGatewayInvalidRequestError,
     MxGatewayUnimplementedError,
+    ClientClosedError,
+)
+
+# Errors of the read after a gap that mean the session or the connection is in trouble:
+# they end the session's stream like a stream error would (re-attach or new session), and
+# the read is done again on a re-attached session. Any other error (no read scope, an
+# overloaded gateway, an MXAccess failure...) only skips that resynchronisation.
+_RESYNC_PROPAGATE = (
+    MxGatewayUnavailableError,
+    MxGatewayTimeoutError,
+    MxGatewayCancelledError,
+    MxGatewaySessionNotFoundError,
+    MxGatewaySessionStateError,
+    MxGatewayAuthenticationError,
     ClientClosedError,
 )
 
@@ -146,12 +167,15 @@ class TagValue:
         quality: OPC-style 16-bit quality (192 = Good).
         initial: The first value of this item in the current session (the value MXAccess
             reports on advise).
-        resynchronized: The first value of this item after a recovery: changes while the
-            gateway was unreachable are not replayed, this is the current value again.
+        resynchronized: The first value of this item after a recovery (changes while the
+            gateway was unreachable are not replayed, this is the current value again), or
+            the value read again after an :class:`~mxgateway.EventGap` on the same session.
         session_id: The session that delivered it.
         item_handle: The item handle in that session.
-        worker_sequence: The position in that session's event sequence.
-        change: The underlying :class:`~mxgateway.DataChange`.
+        worker_sequence: The position in that session's event sequence (for a value read
+            after a gap: the last sequence of the gap, the events it stands for).
+        change: The underlying :class:`~mxgateway.DataChange` (for a value read after a
+            gap, one built from the ``ReadBulk`` row).
     """
 
     __slots__ = (
@@ -273,10 +297,11 @@ class Subscription:
 
     The iteration yields :class:`TagValue` for values, :class:`ItemFailure` for items the
     gateway refused (in the first or a new session) and :class:`~mxgateway.EventGap` when
-    events of a session were lost. It ends when the subscription is closed
-    (:meth:`aclose`, leaving ``async with``, closing the client) and raises the error when
-    recovery gives up (an error that reconnecting cannot fix, such as a rejected API key,
-    or the reconnect policy running out).
+    events of a session were lost (followed, with ``resync_on_gap``, by the current value
+    of every item, read again and marked ``resynchronized``). It ends when the subscription
+    is closed (:meth:`aclose`, leaving ``async with``, closing the client) and raises the
+    error when recovery gives up (an error that reconnecting cannot fix, such as a rejected
+    API key, or the reconnect policy running out).
 
     Breaking out of ``async for`` does not close the subscription (use ``async with``).
     """
@@ -294,6 +319,7 @@ class Subscription:
         on_state_change: Callable[[StateChange], None] | None = None,
         chunk_size: int = 1000,
         resume_attempts: int = 3,
+        resync_on_gap: bool = True,
     ) -> None:
         self._items = _dedupe(items)
         if not isinstance(queue_size, int) or isinstance(queue_size, bool) or queue_size < 1:
@@ -331,6 +357,12 @@ class Subscription:
         """How many times the subscription came back on a new session."""
         self.reattachments = 0
         """How many times it came back to the same session after losing the connection."""
+        self.resync_on_gap = bool(resync_on_gap)
+        """After an :class:`~mxgateway.EventGap`, read every item again (``ReadBulk``) and
+        yield the values marked ``resynchronized``. May be changed at any time; it applies
+        from the next gap on."""
+        self.gap_resyncs = 0
+        """How many times the items were read again after an event gap."""
 
     # -- what the application sees ------------------------------------------------------
     @property
@@ -719,6 +751,80 @@ class Subscription:
             live.last_seq = max(live.last_seq, events.last_worker_sequence)
             await events.aclose()
 
+    async def _resync(self, live: _Live, pending: set[int]) -> None:
+        """After an event gap: ``ReadBulk`` the subscribed items (``chunk_size`` per call;
+        the gateway answers from the session's advise cache) and queue the values as
+        ``resynchronized`` :class:`TagValue` objects. Runs inside the pump, so the events
+        after the gap wait (in the stream, with back-pressure) until it is done."""
+        sequence, live.resync_seq = live.resync_seq, 0
+        if not self.resync_on_gap:
+            return
+        session, session_id = live.session, live.session.session_id
+        handles = {tag: handle for handle, tag in live.tags.items()}
+        tags = [tag for tag in self._items if tag in handles]
+        queue = self._queue
+        server_handle = live.handle
+        for start in range(0, len(tags), self._chunk):
+            chunk = tags[start : start + self._chunk]
+            try:
+                rows = await session.read_bulk(server_handle, chunk)
+                if len(rows) != len(chunk):
+                    raise MxGatewayProtocolError(
+                        f"ReadBulk answered {len(rows)} rows for {len(chunk)} items",
+                        session_id=session_id,
+                    )
+            except _RESYNC_PROPAGATE:
+                live.resync_seq = sequence  # the stream ends; a re-attached session reads
+                raise
+            except MxGatewayError as exc:
+                _log.warning(
+                    "subscription: could not read the items again after an event gap "
+                    "(%s: %s); they show their next change",
+                    type(exc).__name__,
+                    exc,
+                )
+                return
+            for tag, row in zip(chunk, rows, strict=True):
+                if not row.was_successful:
+                    _log.warning(
+                        "subscription: %s could not be read after an event gap: %s",
+                        tag,
+                        row.error_message,
+                    )
+                    continue
+                item_handle = handles[tag]
+                raw = pb.MxEvent(
+                    session_id=session_id, worker_sequence=sequence, family=_DATA_CHANGE
+                )
+                data = raw.on_data_change
+                data.server_handle = server_handle
+                data.item_handle = item_handle
+                data.value.CopyFrom(row.value)
+                data.quality = row.quality
+                data.timestamp.CopyFrom(row.timestamp)
+                data.statuses.extend(row.statuses)
+                change = DataChange(
+                    sequence,
+                    server_handle,
+                    item_handle,
+                    from_mx_value(row.value),
+                    row.quality,
+                    None,
+                    raw,
+                )
+                initial = item_handle in pending  # its first value was lost in the gap
+                if initial:
+                    pending.discard(item_handle)
+                await queue.put(
+                    TagValue(tag, change, session_id, initial=initial, resynchronized=True)
+                )
+        self.gap_resyncs += 1
+        _log.info(
+            "subscription: %d items read again after an event gap in session %s",
+            len(tags),
+            session_id,
+        )
+
     async def _pump(self, events: EventStream, ready: asyncio.Event, live: _Live) -> None:
         queue = self._queue
         tags = live.tags
@@ -726,6 +832,13 @@ class Subscription:
         recovered = live.recovered
         pending: set[int] = set()
         started = False
+        if live.resync_seq:
+            # A read after a gap was cut short when the stream was lost: do it now, on the
+            # re-attached session, before the events that follow.
+            await ready.wait()
+            pending = self._pending
+            started = True
+            await self._resync(live, pending)
         async for event in events:
             if type(event) is DataChange:
                 if not started:
@@ -750,6 +863,13 @@ class Subscription:
                 )
             elif isinstance(event, EventGap):
                 await queue.put(event)
+                if self.resync_on_gap:
+                    live.resync_seq = event.first_missing_sequence + event.missing_count - 1
+                    if not started:
+                        await ready.wait()  # a fresh session: the items are subscribed now
+                        pending = self._pending
+                        started = True
+                    await self._resync(live, pending)
             elif (
                 isinstance(event, StreamFault)
                 and event.kind == pb.STREAM_FAULT_KIND_SERVER_SHUTDOWN
@@ -770,7 +890,15 @@ class Subscription:
 class _Live:
     """The session a subscription runs on: its handles and where its stream got to."""
 
-    __slots__ = ("established", "handle", "last_seq", "recovered", "session", "tags")
+    __slots__ = (
+        "established",
+        "handle",
+        "last_seq",
+        "recovered",
+        "resync_seq",
+        "session",
+        "tags",
+    )
 
     def __init__(self, session: Session, recovered: bool) -> None:
         self.session = session
@@ -779,6 +907,7 @@ class _Live:
         self.tags: dict[int, str] = {}
         self.last_seq = 0
         self.established = False  # items subscribed, values flowing (at least once)
+        self.resync_seq = 0  # the end of an event gap whose read is not done yet (0: none)
 
 
 def _may_still_exist(error: BaseException | None) -> bool:
