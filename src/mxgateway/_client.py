@@ -290,6 +290,7 @@ class GatewayClient:
         reconnect: RetryPolicy | Any | None = DEFAULT,
         on_state_change: Callable[[StateChange], None] | None = None,
         chunk_size: int = 1000,
+        resync_on_gap: bool = True,
     ) -> Subscription:
         """A :class:`~mxgateway.Subscription` of ``items`` that survives gateway restarts.
 
@@ -313,6 +314,8 @@ class GatewayClient:
             on_state_change: Called (synchronously, in the loop) with each
                 :class:`~mxgateway.StateChange`.
             chunk_size: Items per ``SubscribeBulk`` call.
+            resync_on_gap: After an ``EventGap`` on the same session, read every item
+                again (``ReadBulk``) and yield the values marked ``resynchronized``.
         """
         from mxgateway._subscription import DEFAULT_RECONNECT, Subscription
 
@@ -327,6 +330,7 @@ class GatewayClient:
             reconnect=DEFAULT_RECONNECT if reconnect is DEFAULT else reconnect,
             on_state_change=on_state_change,
             chunk_size=chunk_size,
+            resync_on_gap=resync_on_gap,
         )
         self._subscriptions.add(subscription)
         return subscription

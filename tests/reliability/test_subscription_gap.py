@@ -152,8 +152,11 @@ async def test_a_gap_is_followed_by_a_read_of_every_item(gateway: FakeGatewaySer
 async def test_with_resync_on_gap_off_nothing_is_read(gateway: FakeGatewayServer) -> None:
     fake = gateway.servicer
     assert isinstance(fake, GapGateway)
-    async with await _connect(gateway.endpoint) as client, client.subscribe(TAGS) as sub:
-        sub.resync_on_gap = False  # client.subscribe() builds it with the default
+    async with (
+        await _connect(gateway.endpoint) as client,
+        client.subscribe(TAGS, resync_on_gap=False) as sub,
+    ):
+        assert sub.resync_on_gap is False
         updates = await _until_live_after_gap(sub, 3)
         assert sub.gap_resyncs == 0
     assert sum(isinstance(u, EventGap) for u in updates) == 1
