@@ -172,6 +172,20 @@ def test_tls_smoke_line(tmp_path: Path, sim: SimServer) -> None:
         stop_sim(tls_sim.process)
 
 
+def _with_default_sigint(argv: list[str]) -> list[str]:
+    """``argv`` run with SIGINT at its default action, as a shell runs a foreground job.
+
+    A suite started in the background by a non-interactive shell (``pytest &`` in a script)
+    inherits SIGINT as ignored, and an ignored signal stays ignored across exec: Ctrl+C
+    would never reach the CLI. Reset it, then exec the command.
+    """
+    reset = (
+        "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+        "os.execv(sys.argv[1], sys.argv[1:])"
+    )
+    return [sys.executable, "-c", reset, *argv]
+
+
 def test_ctrl_c_exits_130(sim: SimServer) -> None:
     session_id = str(
         mxgw_py(sim, "open-session", "--endpoint", sim.endpoint, "--plaintext", "--json")[
@@ -179,7 +193,7 @@ def test_ctrl_c_exits_130(sim: SimServer) -> None:
         ]
     )
     process = subprocess.Popen(
-        [*CLI, "stream-events", "--session-id", session_id, "--json"],
+        _with_default_sigint([*CLI, "stream-events", "--session-id", session_id, "--json"]),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
