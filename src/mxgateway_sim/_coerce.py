@@ -34,6 +34,7 @@ from mxgateway_sim._plant import STRING_TYPES
 _INT_TYPES = frozenset(
     {MX_INTEGER, MX_ENUM, MX_SECURITY_CLASSIFICATION_ENUM, MX_DATA_QUALITY, MX_QUALIFIED_ENUM}
 )
+_INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
 _TRUE = frozenset({"true", "1", "on", "yes"})
 _FALSE = frozenset({"false", "0", "off", "no"})
 
@@ -141,6 +142,18 @@ def coerce(value: MxPythonValue, mx_data_type: int, *, array: bool) -> MxPythonV
     Raises:
         ConversionError: with the MxStatusDetail code of the failure.
     """
+    if not array:  # fast path: a scalar of the attribute's own type (what bulk writes send)
+        if type(value) is float:
+            if mx_data_type == MX_DOUBLE and math.isfinite(value):
+                return value
+        elif type(value) is int:
+            if mx_data_type in _INT_TYPES and _INT32_MIN <= value <= _INT32_MAX:
+                return value
+        elif type(value) is bool:
+            if mx_data_type == MX_BOOLEAN:
+                return value
+        elif type(value) is str and mx_data_type in STRING_TYPES:
+            return value
     if value is None or isinstance(value, bytes):
         raise _not_supported(value, mx_data_type)
     if array != isinstance(value, list):

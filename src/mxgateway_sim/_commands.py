@@ -6,7 +6,8 @@ that row's ``ok=False`` with the HRESULT and statuses, never an exception for th
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Sequence
+import contextlib
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from mxgateway_sim._domain import MxAccessError, MxStatus, WriteRequest
@@ -129,13 +130,22 @@ async def unsubscribe(rt: MxAccessRuntime, sh: int, handles: Sequence[int]) -> l
     return rows
 
 
+def _held_events(rt: MxAccessRuntime) -> contextlib.AbstractContextManager[None]:
+    """The runtime's ``hold_events()`` if it has one (one event list per bulk call)."""
+    hold: Callable[[], contextlib.AbstractContextManager[None]] | None = getattr(
+        rt, "hold_events", None
+    )
+    return hold() if hold is not None else contextlib.nullcontext()
+
+
 async def write_items(
     rt: MxAccessRuntime, sh: int, entries: Sequence[tuple[int, WriteRequest]]
 ) -> list[BulkRow]:
-    """The Write*Bulk family."""
+    """The Write*Bulk family (the OnWriteComplete events go to the sink as one list)."""
     rows = []
-    for ih, request in entries:
-        row = BulkRow(sh, ih)
-        await _attempt(row, rt.write(sh, ih, request))
-        rows.append(row)
+    with _held_events(rt):
+        for ih, request in entries:
+            row = BulkRow(sh, ih)
+            await _attempt(row, rt.write(sh, ih, request))
+            rows.append(row)
     return rows

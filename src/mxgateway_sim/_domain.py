@@ -138,11 +138,12 @@ def invalid_arg(message: str) -> MxAccessError:
 class TagSample:
     """One value/quality/timestamp of an attribute, shared by every item that watches it.
 
-    ``wire`` is an opaque cache slot for the gateway's encoder: a sample delivered to many
-    items is encoded once.
+    ``wire`` and ``read_wire`` are opaque cache slots for the gateway's encoder (the sample
+    as an OnDataChange body and as a ReadBulk row): a sample delivered to many items, or read
+    many times, is encoded once. A sample is never changed after it is made.
     """
 
-    __slots__ = ("data_type", "quality", "status", "timestamp", "value", "wire")
+    __slots__ = ("data_type", "quality", "read_wire", "status", "timestamp", "value", "wire")
 
     def __init__(
         self,
@@ -158,6 +159,7 @@ class TagSample:
         self.timestamp = timestamp  # seconds since the Unix epoch, UTC
         self.status = status
         self.wire: bytes | None = None
+        self.read_wire: bytes | None = None
 
     def __repr__(self) -> str:
         return (

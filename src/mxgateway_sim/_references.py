@@ -7,8 +7,9 @@ gets a handle and fails later, through the item's first OnDataChange.
 
 from __future__ import annotations
 
+import functools
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 MAX_REFERENCE_LENGTH = 329
 MAX_IDENTIFIER_LENGTH = 32
@@ -39,21 +40,33 @@ class ParsedReference:
     """1-based element for ``Obj.Arr[N]`` (``-1`` kept as given), else None."""
     dimensions: int
     """Number of bracket groups (0 = none)."""
+    key: str = field(init=False, repr=False, compare=False)
+    """Case-insensitive identity of what the reference reads (derived from the above)."""
 
-    @property
-    def key(self) -> str:
-        """Case-insensitive identity of what the reference reads."""
+    def __post_init__(self) -> None:
         suffix = "[]" if self.whole_array else f"[{self.index}]" if self.index is not None else ""
-        return self.path.lower() + suffix
+        object.__setattr__(self, "key", self.path.lower() + suffix)
+
+
+PARSE_CACHE_SIZE = 65_536
+"""Reference strings whose parse is remembered (ReadBulk re-reads the same tags)."""
 
 
 def parse_reference(text: str, context: str = "") -> ParsedReference:
     """Check ``text`` against the reference grammar; resolve ``Me.`` against ``context``.
 
+    The result depends on the two strings only (never on what is deployed), so it is
+    cached, least recently used first out; a malformed reference is not cached and raises
+    every time.
+
     Raises:
         ReferenceSyntaxError: empty, too long, bad characters, empty identifiers, a
             misplaced or out-of-range array index.
     """
+    return _parse_cached(text, context)
+
+
+def _parse(text: str, context: str) -> ParsedReference:
     if not text or not text.strip():
         raise ReferenceSyntaxError("the item reference is empty")
     if len(text) > MAX_REFERENCE_LENGTH:
@@ -86,3 +99,6 @@ def parse_reference(text: str, context: str = "") -> ParsedReference:
         index=int(first) if first is not None else None,
         dimensions=len(indices),
     )
+
+
+_parse_cached = functools.lru_cache(maxsize=PARSE_CACHE_SIZE)(_parse)

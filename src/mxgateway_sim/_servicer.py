@@ -33,7 +33,6 @@ from mxgateway_sim._domain import (
     AlarmTransition,
     MxAccessError,
     MxStatus,
-    ReadResult,
     WriteRequest,
 )
 from mxgateway_sim._events import EndReason, Subscriber, SubscriberRefused
@@ -43,11 +42,11 @@ from mxgateway_sim._wire import (
     alarm_snapshot_to_pb,
     alarm_transition_to_pb,
     fault_event,
+    read_reply_bytes,
     status_to_pb,
-    to_timestamp,
     unframe,
-    value_to_pb,
     varint,
+    write_reply_bytes,
 )
 
 log = logging.getLogger("mxgateway_sim.gateway")
@@ -102,36 +101,6 @@ def _subscribe_rows(rows: list[BulkRow]) -> pb.BulkSubscribeReply:
             error_message=row.error,
             hresult=row.hresult,
         )
-        _statuses(r.statuses, row.statuses)
-    return reply
-
-
-def _write_rows(rows: list[BulkRow]) -> pb.BulkWriteReply:
-    reply = pb.BulkWriteReply()
-    for row in rows:
-        r = reply.results.add(
-            item_handle=row.item_handle,
-            was_successful=row.ok,
-            error_message=row.error,
-            hresult=row.hresult,
-        )
-        _statuses(r.statuses, row.statuses)
-    return reply
-
-
-def _read_rows(rows: list[ReadResult]) -> pb.BulkReadReply:
-    reply = pb.BulkReadReply()
-    for row in rows:
-        r = reply.results.add(
-            tag_address=row.reference,
-            was_successful=row.ok,
-            was_cached=row.was_cached,
-            error_message=row.error,
-        )
-        if row.sample is not None:
-            r.value.CopyFrom(value_to_pb(row.sample.value, row.sample.data_type))
-            r.quality = row.sample.quality
-            r.timestamp.CopyFrom(to_timestamp(row.sample.timestamp))
         _statuses(r.statuses, row.statuses)
     return reply
 
@@ -502,17 +471,15 @@ class GatewayServicer:
 
     async def _write_bulk(self, s: Session, p: pb.WriteBulkCommand, r: pb.MxCommandReply) -> None:
         entries = [(e.item_handle, _write_request(e.value, user=e.user_id)) for e in p.entries]
-        r.bulk_write.CopyFrom(
-            _write_rows(await bulk.write_items(s.runtime, p.server_handle, entries))
-        )
+        rows = await bulk.write_items(s.runtime, p.server_handle, entries)
+        r.bulk_write.MergeFromString(write_reply_bytes(rows))
 
     async def _write2_bulk(self, s: Session, p: pb.Write2BulkCommand, r: pb.MxCommandReply) -> None:
         entries = [
             (e.item_handle, _write_request(e.value, ts=_ts(e), user=e.user_id)) for e in p.entries
         ]
-        r.bulk_write.CopyFrom(
-            _write_rows(await bulk.write_items(s.runtime, p.server_handle, entries))
-        )
+        rows = await bulk.write_items(s.runtime, p.server_handle, entries)
+        r.bulk_write.MergeFromString(write_reply_bytes(rows))
 
     async def _write_secured_bulk(
         self, s: Session, p: pb.WriteSecuredBulkCommand, r: pb.MxCommandReply
@@ -526,9 +493,8 @@ class GatewayServicer:
             )
             for e in p.entries
         ]
-        r.bulk_write.CopyFrom(
-            _write_rows(await bulk.write_items(s.runtime, p.server_handle, entries))
-        )
+        rows = await bulk.write_items(s.runtime, p.server_handle, entries)
+        r.bulk_write.MergeFromString(write_reply_bytes(rows))
 
     async def _write_secured2_bulk(
         self, s: Session, p: pb.WriteSecured2BulkCommand, r: pb.MxCommandReply
@@ -546,16 +512,15 @@ class GatewayServicer:
             )
             for e in p.entries
         ]
-        r.bulk_write.CopyFrom(
-            _write_rows(await bulk.write_items(s.runtime, p.server_handle, entries))
-        )
+        rows = await bulk.write_items(s.runtime, p.server_handle, entries)
+        r.bulk_write.MergeFromString(write_reply_bytes(rows))
 
     async def _read_bulk(self, s: Session, p: pb.ReadBulkCommand, r: pb.MxCommandReply) -> None:
         if p.timeout_ms < 0:
             raise _BadRequest("timeout_ms cannot be negative")
         timeout_s = (p.timeout_ms or 5000) / 1000.0
         rows = await s.runtime.read(p.server_handle, list(p.tag_addresses), timeout_s)
-        r.bulk_read.CopyFrom(_read_rows(rows))
+        r.bulk_read.MergeFromString(read_reply_bytes(rows))
 
     # control
 

@@ -20,6 +20,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from mxgateway._values import to_mx_value
 from mxgateway.generated import mxaccess_gateway_pb2 as pb
 from mxgateway_sim._coerce import wire_type
+from mxgateway_sim._commands import BulkRow
 from mxgateway_sim._domain import (
     MX_BOOLEAN,
     MX_DOUBLE,
@@ -32,6 +33,7 @@ from mxgateway_sim._domain import (
     MxRuntimeEvent,
     MxStatus,
     OperationComplete,
+    ReadResult,
     TagSample,
     WriteComplete,
 )
@@ -64,6 +66,16 @@ def varint(n: int) -> bytes:
         return bytes(
             ((n & 0x7F) | 0x80, ((n >> 7) & 0x7F) | 0x80, ((n >> 14) & 0x7F) | 0x80, n >> 21)
         )
+    if 0 < n < 1 << 35:  # timestamp nanos
+        return bytes(
+            (
+                (n & 0x7F) | 0x80,
+                ((n >> 7) & 0x7F) | 0x80,
+                ((n >> 14) & 0x7F) | 0x80,
+                ((n >> 21) & 0x7F) | 0x80,
+                n >> 28,
+            )
+        )
     return _encode_varint(n)
 
 
@@ -79,11 +91,32 @@ def split_time(t: float) -> tuple[int, int]:
     return seconds, micro * 1000
 
 
+class _StampCache:
+    """The last timestamp encoded, and the last seconds field (a scan tick's samples share
+    one time; the values of one bulk write share the second)."""
+
+    t: float | None = None
+    value = b""
+    seconds = 0
+    seconds_field = b""
+
+
 def timestamp_bytes(t: float) -> bytes:
     """Serialized ``google.protobuf.Timestamp`` of a Unix time."""
+    cache = _StampCache
+    if t == cache.t:
+        return cache.value
     seconds, nanos = split_time(t)
-    out = b"\x08" + varint(seconds) if seconds else b""
-    return out + b"\x10" + varint(nanos) if nanos else out
+    if not seconds:
+        out = b""
+    elif seconds == cache.seconds:
+        out = cache.seconds_field
+    else:
+        out = b"\x08" + varint(seconds)
+        cache.seconds, cache.seconds_field = seconds, out
+    out = out + b"\x10" + varint(nanos) if nanos else out
+    cache.t, cache.value = t, out
+    return out
 
 
 def to_timestamp(t: float) -> Timestamp:
@@ -111,7 +144,8 @@ def status_to_pb(status: MxStatus) -> pb.MxStatusProxy:
 _STATUS_CACHE: dict[MxStatus, bytes] = {}
 
 
-def _status_bytes(status: MxStatus) -> bytes:
+def status_bytes(status: MxStatus) -> bytes:
+    """Serialized MXSTATUS_PROXY (cached: ``MxStatus`` is immutable and a few are common)."""
     cached = _STATUS_CACHE.get(status)
     if cached is None:
         cached = status_to_pb(status).SerializeToString()
@@ -196,13 +230,93 @@ def sample_body(sample: TagSample) -> bytes:
                 b"\x20"
                 + varint(sample.quality)
                 + _ld(b"\x2a", timestamp_bytes(sample.timestamp))
-                + _ld(b"\x32", _status_bytes(sample.status))
+                + _ld(b"\x32", status_bytes(sample.status))
             )
             _TailCache.key, _TailCache.value = key, tail
         vb = value_bytes(sample.value, sample.data_type)
         body = b"\x1a" + varint(len(vb)) + vb + tail
         sample.wire = body
     return body
+
+
+def _read_body(sample: TagSample) -> bytes:
+    """value/quality/timestamp fields of a ``BulkReadResult`` (cached per sample)."""
+    body = sample.read_wire
+    if body is None:
+        vb = value_bytes(sample.value, sample.data_type)
+        quality = sample.quality
+        body = (
+            b"\x12"
+            + varint(len(vb))
+            + vb
+            + (b"\x18" + varint(quality) if quality else b"")
+            + _ld(b"\x22", timestamp_bytes(sample.timestamp))
+        )
+        sample.read_wire = body
+    return body
+
+
+_STATUS_FIELD5_CACHE: dict[MxStatus, bytes] = {}
+
+
+def _status_field5(status: MxStatus) -> bytes:
+    """A status as field 5 (``statuses`` of both BulkReadResult and BulkWriteResult)."""
+    field = _STATUS_FIELD5_CACHE.get(status)
+    if field is None:
+        field = _ld(b"\x2a", status_bytes(status))
+        if len(_STATUS_FIELD5_CACHE) < 4096:
+            _STATUS_FIELD5_CACHE[status] = field
+    return field
+
+
+def read_reply_bytes(rows: Sequence[ReadResult]) -> bytes:
+    """Serialized ``BulkReadReply`` of ReadBulk rows, built from cached pieces.
+
+    Fields are written in field-number order and zero values are left out, as the generated
+    classes do; ``tests/sim`` checks that it parses to what they would build.
+    """
+    out: list[bytes] = []
+    append = out.append
+    status_field = _STATUS_FIELD5_CACHE.get
+    for row in rows:
+        parts = _ld(b"\x0a", row.reference.encode()) if row.reference else b""
+        sample = row.sample
+        if sample is not None:
+            parts += sample.read_wire or _read_body(sample)
+        for status in row.statuses:
+            parts += status_field(status) or _status_field5(status)
+        if sample is not None and not row.error:  # ReadResult.ok
+            parts += b"\x30\x01"
+        if row.was_cached:
+            parts += b"\x38\x01"
+        if row.error:
+            parts += _ld(b"\x42", row.error.encode())
+        append(b"\x0a")
+        append(varint(len(parts)))
+        append(parts)
+    return b"".join(out)
+
+
+def write_reply_bytes(rows: Sequence[BulkRow]) -> bytes:
+    """Serialized ``BulkWriteReply`` of bulk write rows (field order and zeros as
+    :func:`read_reply_bytes`)."""
+    out: list[bytes] = []
+    append = out.append
+    status_field = _STATUS_FIELD5_CACHE.get
+    for row in rows:
+        parts = b"\x08" + varint(row.item_handle) if row.item_handle else b""
+        if row.ok:
+            parts += b"\x10\x01"
+        if row.error:
+            parts += _ld(b"\x1a", row.error.encode())
+        if row.hresult:
+            parts += b"\x20" + varint(row.hresult)
+        for status in row.statuses:
+            parts += status_field(status) or _status_field5(status)
+        append(b"\x0a")
+        append(varint(len(parts)))
+        append(parts)
+    return b"".join(out)
 
 
 # -- events -------------------------------------------------------------------------------
@@ -309,6 +423,7 @@ class EventEncoder:
         self.session_id = session_id
         self._head = _ld(b"\x0a", session_id.encode())
         self._items: dict[tuple[int, int], bytes] = {}
+        self._completions: dict[tuple[bool, int, int, MxStatus], tuple[bytes, bytes]] = {}
 
     def encode(
         self, events: Sequence[MxRuntimeEvent], first_sequence: int, now: float
@@ -318,6 +433,7 @@ class EventEncoder:
         stamps = _ld(b"\x22", ts) + _ld(b"\x2a", ts)
         head = self._head
         items = self._items
+        completions = self._completions
         out: list[bytes] = []
         append = out.append
         seq = first_sequence
@@ -352,6 +468,34 @@ class EventEncoder:
                             handles,
                             body,
                         )
+                    )
+                )
+            elif type(event) is WriteComplete or type(event) is OperationComplete:
+                # The family field and the body (handles, status) are the same for every
+                # completion of one item with one outcome, so they are cached whole.
+                write = type(event) is WriteComplete
+                ckey = (write, event.server_handle, event.item_handle, event.status)
+                cached = completions.get(ckey)
+                if cached is None:
+                    cbody = (
+                        b"\x08"
+                        + varint(event.server_handle)
+                        + b"\x10"
+                        + varint(event.item_handle)
+                        + _ld(b"\x1a", status_bytes(event.status))
+                    )
+                    # ON_WRITE_COMPLETE (2) in field 7, OPERATION_COMPLETE (3) in field 8
+                    family, tag = (b"\x18\x02", b"\x3a") if write else (b"\x18\x03", b"\x42")
+                    cached = (family, tag + varint(len(cbody)) + cbody)
+                    if len(completions) > 200_000:
+                        completions.clear()
+                    completions[ckey] = cached
+                seq_bytes = varint(seq)
+                family, body = cached
+                size = len(head) + 1 + len(seq_bytes) + 2 + len(stamps) + len(body)
+                append(
+                    b"".join(
+                        (b"\x0a", varint(size), head, b"\x10", seq_bytes, family, stamps, body)
                     )
                 )
             else:

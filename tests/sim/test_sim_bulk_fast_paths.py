@@ -1,0 +1,285 @@
+"""The simulator's bulk fast paths give what the slow, generic paths gave.
+
+WRITE_BULK publishes its OnWriteComplete events as one list with hand-encoded completions;
+READ_BULK encodes its reply from cached pieces and parses each reference string once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Sequence
+
+from mxgateway.generated import mxaccess_gateway_pb2 as pb
+from mxgateway_sim import InMemoryCatalog, TagInfo, builtin_catalog
+from mxgateway_sim._commands import BulkRow, write_items
+from mxgateway_sim._domain import (
+    CAT_SECURITY_ERROR,
+    STATUS_OK,
+    DataChange,
+    MxAccessError,
+    MxRuntimeEvent,
+    OperationComplete,
+    ReadResult,
+    TagSample,
+    WriteComplete,
+    WriteRequest,
+    failure,
+)
+from mxgateway_sim._events import EventLog, OverflowPolicy
+from mxgateway_sim._plant import Plant
+from mxgateway_sim._references import ParsedReference, ReferenceSyntaxError, parse_reference
+from mxgateway_sim._simruntime import SimulatedRuntime
+from mxgateway_sim._wire import (
+    EventEncoder,
+    _encode_varint,
+    event_to_pb,
+    read_reply_bytes,
+    status_to_pb,
+    to_timestamp,
+    unframe,
+    value_to_pb,
+    varint,
+    write_reply_bytes,
+)
+
+BAD = failure(CAT_SECURITY_ERROR, 1012, "denied")
+
+
+def _reference_read_reply(rows: Sequence[ReadResult]) -> pb.BulkReadReply:
+    """The reply as the servicer built it with the generated classes (the old code)."""
+    reply = pb.BulkReadReply()
+    for row in rows:
+        r = reply.results.add(
+            tag_address=row.reference,
+            was_successful=row.ok,
+            was_cached=row.was_cached,
+            error_message=row.error,
+        )
+        if row.sample is not None:
+            r.value.CopyFrom(value_to_pb(row.sample.value, row.sample.data_type))
+            r.quality = row.sample.quality
+            r.timestamp.CopyFrom(to_timestamp(row.sample.timestamp))
+        r.statuses.extend(status_to_pb(s) for s in row.statuses)
+    return reply
+
+
+def test_completion_events_encode_like_the_generated_classes() -> None:
+    sid = "session-" + "cd" * 16
+    encoder = EventEncoder(sid)
+    sample = TagSample(1.5, 5, 192, 1_700_000_000.5)
+    events: list[MxRuntimeEvent] = [
+        WriteComplete(1, 2, STATUS_OK),
+        WriteComplete(1, 2, BAD),
+        OperationComplete(1, 2, STATUS_OK),  # same handles and status: must not share a cache
+        DataChange(1, 2, sample),
+        WriteComplete(0, 0, STATUS_OK),
+        WriteComplete(3, 300_000, BAD),
+        WriteComplete(1, 2, STATUS_OK),  # from the cache
+        OperationComplete(-1, 7, BAD),
+    ]
+    for first, now in ((1, 1_700_000_010.25), (20_000, 0.0), (2**35, 1_700_000_011.0)):
+        framed = encoder.encode(events, first, now)
+        for i, (event, data) in enumerate(zip(events, framed, strict=True)):
+            expected = event_to_pb(event, sid, first + i, now)
+            assert pb.MxEvent.FromString(unframe(data)) == expected, (event, first)
+        batch = pb.MxEventBatch.FromString(b"".join(framed))
+        assert [e.worker_sequence for e in batch.events] == list(range(first, first + len(events)))
+
+
+def test_read_reply_encodes_like_the_generated_classes() -> None:
+    good = TagSample(12.5, 5, 192, 1_700_000_000.25)
+    rows = [
+        ReadResult("Tank01.Level", good, True, "", (STATUS_OK,)),
+        ReadResult("Tank01.Level", good, True, "", (STATUS_OK,)),  # the sample's cached form
+        ReadResult("Pump01.Mode", TagSample("héllo", 5, 0, 0.0), False, "", (STATUS_OK,)),
+        ReadResult("Line01.Counter", TagSample(-7, 2, 192, 1_700_000_001.0), False),
+        ReadResult("Line01.Setpoints", TagSample([1, 2, 3], 2, 192, 1_700_000_002.0), False),
+        ReadResult("Pump01.Running", TagSample(True, 1, 24, 1_700_000_003.0, BAD), True, "x"),
+        ReadResult("Nope.Level", None, False, "unknown object", (BAD,)),
+        ReadResult("bad..ref", None, False, "'bad..ref' is not valid"),
+        ReadResult("", None, False, "", (BAD, STATUS_OK)),
+        ReadResult("Tank01.Temperature", TagSample(None, 0, 4, 1_700_000_004.0, BAD), False),
+    ]
+    for _ in range(2):
+        data = read_reply_bytes(rows)
+        assert pb.BulkReadReply.FromString(data) == _reference_read_reply(rows)
+    assert read_reply_bytes([]) == b""
+    reply = pb.MxCommandReply()
+    reply.bulk_read.MergeFromString(read_reply_bytes([]))
+    assert reply.HasField("bulk_read")
+
+
+def test_write_reply_encodes_like_the_generated_classes() -> None:
+    ok, failed, unknown = BulkRow(1, 5), BulkRow(1, 6), BulkRow(1, 0)
+    failed.fail(MxAccessError(-2147467259, "write failed: denied", (BAD,)))
+    unknown.fail(MxAccessError(-2147024809, "unknown item handle 0"))
+    rows = [ok, failed, unknown, BulkRow(1, 70_000), BulkRow(1, -3, ok=False, statuses=(BAD,))]
+    expected = pb.BulkWriteReply()
+    for row in rows:
+        r = expected.results.add(
+            item_handle=row.item_handle,
+            was_successful=row.ok,
+            error_message=row.error,
+            hresult=row.hresult,
+        )
+        r.statuses.extend(status_to_pb(s) for s in row.statuses)
+    assert pb.BulkWriteReply.FromString(write_reply_bytes(rows)) == expected
+    assert write_reply_bytes([]) == b""
+
+
+def test_varint_fast_paths_match_the_generic_encoder() -> None:
+    edges = [0, 1, 127, 128, 16383, 16384, 2**21 - 1, 2**21, 2**28 - 1, 2**28, 999_999_000]
+    edges += [2**35 - 1, 2**35, 2**63, -1, -(2**31)]
+    for n in edges:
+        assert varint(n) == _encode_varint(n), n
+
+
+def test_parse_reference_is_cached_by_text_and_context() -> None:
+    first = parse_reference("Tank01.Level[3]")
+    assert parse_reference("Tank01.Level[3]") is first
+    assert first == ParsedReference("Tank01.Level[3]", "Tank01.Level", False, 3, 1)
+    assert first.key == "tank01.level[3]"
+    assert parse_reference("Me.Level", "Tank01").path == "Tank01.Level"
+    assert parse_reference("Me.Level", "Pump01").path == "Pump01.Level"
+    assert parse_reference("Tank01").key == "tank01.pv"
+    assert parse_reference("Tank01.Arr[]").key == "tank01.arr[]"
+    for _ in range(2):  # a malformed reference raises every time, never served from a cache
+        try:
+            parse_reference("Tank01..Level")
+        except ReferenceSyntaxError:
+            pass
+        else:  # pragma: no cover
+            raise AssertionError("a malformed reference was accepted")
+
+
+class _Redeployable(InMemoryCatalog):
+    def redeploy(self, tags: list[TagInfo]) -> None:
+        self.__init__(tags, self.version + 1)  # type: ignore[misc]
+
+
+async def test_read_after_a_redeploy_is_not_served_from_a_stale_cache() -> None:
+    base = builtin_catalog().all_tags()
+    catalog = _Redeployable(base)
+    plant = Plant(catalog, scan_interval_ms=1000, flaky_one_in=0)
+    rt = SimulatedRuntime(plant)
+    published: list[list[MxRuntimeEvent]] = []
+    await rt.start(lambda events: published.append(list(events)))
+    sh = await rt.register("test")
+    advised = await rt.add_item(sh, "Tank01.Level")
+    await rt.advise(sh, advised, supervisory=False)
+    refs = ["Tank01.Level", "Tank01.Temperature", "Pump01.Speed"]
+    for _ in range(2):
+        rows = await rt.read(sh, refs, 1.0)
+        assert [(r.ok, r.was_cached) for r in rows] == [(True, True), (True, False), (True, False)]
+        assert pb.BulkReadReply.FromString(read_reply_bytes(rows)) == _reference_read_reply(rows)
+    catalog.redeploy([t for t in base if t.tag_name != "Tank01"])
+    plant.step()
+    rows = await rt.read(sh, refs, 1.0)
+    assert [r.ok for r in rows] == [False, False, True]
+    assert rows[0].was_cached and rows[0].sample is not None and rows[0].sample.quality == 4
+    assert rows[1].sample is None and rows[1].statuses[0].detail == 12  # unknown object
+    assert pb.BulkReadReply.FromString(read_reply_bytes(rows)) == _reference_read_reply(rows)
+    await rt.close()
+
+
+def _recorder(
+    published: list[list[MxRuntimeEvent]], log: EventLog
+) -> Callable[[Sequence[MxRuntimeEvent]], None]:
+    def sink(events: Sequence[MxRuntimeEvent]) -> None:
+        published.append(list(events))
+        log.publish(events)
+
+    return sink
+
+
+async def _run_writes(*, bulk: bool) -> tuple[list[list[MxRuntimeEvent]], EventLog, int]:
+    """The same writes in one bulk call or one by one: (sink calls, event log, first seq)."""
+    plant = Plant(builtin_catalog(), scan_interval_ms=1000, flaky_one_in=0)
+    rt = SimulatedRuntime(plant)
+    published: list[list[MxRuntimeEvent]] = []
+    log = EventLog(
+        "s",
+        ring_size=1000,
+        ring_age_s=60,
+        queue_limit=1000,
+        policy=OverflowPolicy.DISCONNECT_SUBSCRIBER,
+        multiple_subscribers=False,
+        max_subscribers=1,
+        on_fail_fast=lambda _: None,
+    )
+    await rt.start(_recorder(published, log))
+    sh = await rt.register("test")
+    handles = []
+    for ref in ("Tank01.LevelSetpoint", "Pump01.SerialNumber", "Line01.BatchCount"):
+        handles.append(await rt.add_item(sh, ref))
+        await rt.advise(sh, handles[-1], supervisory=False)
+    buffered = await rt.add_item(sh, "Tank01.Level", buffered=True)
+    await rt.advise(sh, buffered, supervisory=False)
+    plant.step()
+    before = len(published)
+    first_seq = log.next_seq
+    item = rt._buffered[0]
+    item.buffer.append(TagSample(1.0, 5, 192, 1_700_000_000.0))
+    real_emit = rt._emit
+    emitted = 0
+
+    def emit(event: MxRuntimeEvent) -> None:
+        # The buffered batch falls due with the first write: one flush per event puts it
+        # right after the first completion, and so must the held bulk flush.
+        nonlocal emitted
+        emitted += 1
+        if emitted == 1:
+            item.next_flush = 0.0
+        real_emit(event)
+
+    rt._emit = emit  # type: ignore[method-assign]
+    requests = [
+        (handles[0], WriteRequest(value=10.5)),
+        (handles[1], WriteRequest(value="x")),  # SerialNumber: not writeable
+        (999, WriteRequest(value=1)),  # unknown handle: E_INVALIDARG, no event
+        (handles[2], WriteRequest(value=7)),
+        (handles[0], WriteRequest(value="not a number")),  # conversion failure
+    ]
+    if bulk:
+        rows = await write_items(rt, sh, requests)
+        assert [r.ok for r in rows] == [True, False, False, True, False]
+    else:
+        for ih, request in requests:
+            with contextlib.suppress(MxAccessError):
+                await rt.write(sh, ih, request)
+    await rt.close()
+    return published[before:], log, first_seq
+
+
+async def test_bulk_write_publishes_one_list_in_the_order_of_single_writes() -> None:
+    flats = []
+    for bulk in (False, True):
+        calls, log, first_seq = await _run_writes(bulk=bulk)
+        assert len(calls) == (1 if bulk else 4)  # the unknown handle raises no event
+        flat = [e for call in calls for e in call]
+        assert log.next_seq == first_seq + len(flat)
+        frames = [pb.MxEvent.FromString(b) for b in log.drain(0)][-len(flat) :]
+        assert [f.worker_sequence for f in frames] == list(range(first_seq, log.next_seq))
+        assert [f.family for f in frames] == [2, 4, 2, 2, 2]
+        flats.append(flat)
+    singles, bulk_events = flats
+    assert [type(e).__name__ for e in bulk_events] == [
+        "WriteComplete",
+        "BufferedDataChange",
+        "WriteComplete",
+        "WriteComplete",
+        "WriteComplete",
+    ]
+    assert [_shape(e) for e in bulk_events] == [_shape(e) for e in singles]
+
+
+def _shape(event: MxRuntimeEvent) -> tuple[object, ...]:
+    """What an event says, without the times (the two runs differ in those only)."""
+    samples = getattr(event, "samples", ())
+    return (
+        type(event),
+        getattr(event, "server_handle", None),
+        getattr(event, "item_handle", None),
+        getattr(event, "status", None),
+        tuple((s.value, s.quality, s.status) for s in samples),
+    )
