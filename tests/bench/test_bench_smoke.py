@@ -2,9 +2,7 @@
 
 No timing is asserted here (speed is measured in bench/, never in tests): only that every
 script starts its servers, runs, cleans up and reports the documented keys, and that
-``python -m bench all`` output renders through ``python -m bench.report``. ``bench all``
-runs once for the module (every benchmark, in one process); ``python -m bench NAME`` is
-checked once, with the quickest benchmark.
+``python -m bench all`` output renders through ``python -m bench.report``.
 """
 
 from __future__ import annotations
@@ -14,7 +12,6 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -31,35 +28,21 @@ EXPECTED: dict[str, tuple[str, ...]] = {
 }
 
 
-def _env() -> dict[str, str]:
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_benchmark_quick_run_prints_json(name: str) -> None:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
-    return env
-
-
-@pytest.fixture(scope="module")
-def quick_all(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
-    """``python -m bench all --quick --out F``, run once for the module: (F, its document).
-
-    Every benchmark runs in it, one after the other in one process, so each one also has
-    to clean up after itself for the next to start.
-    """
-    out = tmp_path_factory.mktemp("bench") / "all.json"
-    run = subprocess.run(
-        [sys.executable, "-m", "bench", "all", "--quick", "--out", str(out)],
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", name, "--quick"],
         cwd=REPO,
-        env=_env(),
+        env=env,
         capture_output=True,
         text=True,
-        timeout=110,
+        timeout=100,
         check=False,
     )
-    assert run.returncode == 0, run.stderr[-3000:]
-    assert json.loads(run.stdout) == json.loads(out.read_text(encoding="utf-8"))
-    return out, json.loads(run.stdout)
-
-
-def _check_document(name: str, doc: dict[str, Any]) -> None:
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc = json.loads(proc.stdout)
     assert "error" not in doc, doc.get("error")
     assert doc["benchmark"] == name
     assert doc["quick"] is True
@@ -79,35 +62,28 @@ def _check_document(name: str, doc: dict[str, Any]) -> None:
         assert set(target) == {"name", "goal", "measured", "met"}
 
 
-@pytest.mark.parametrize("name", sorted(EXPECTED))
-def test_benchmark_quick_run_reports(name: str, quick_all: tuple[Path, dict[str, Any]]) -> None:
-    _check_document(name, quick_all[1]["benchmarks"][name])
-
-
-def test_one_benchmark_prints_its_json_document() -> None:
-    """``python -m bench NAME`` prints that benchmark's document alone (parse: the quickest)."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench", "parse", "--quick"],
+def test_all_quick_renders_as_markdown(tmp_path: Path) -> None:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
+    out = tmp_path / "all.json"
+    run = subprocess.run(
+        [sys.executable, "-m", "bench", "all", "--quick", "--out", str(out)],
         cwd=REPO,
-        env=_env(),
+        env=env,
         capture_output=True,
         text=True,
-        timeout=100,
+        timeout=110,
         check=False,
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    _check_document("parse", json.loads(proc.stdout))
-
-
-def test_all_quick_renders_as_markdown(quick_all: tuple[Path, dict[str, Any]]) -> None:
-    out, doc = quick_all
+    assert run.returncode == 0, run.stderr[-3000:]
+    doc = json.loads(out.read_text(encoding="utf-8"))
     assert set(EXPECTED) <= set(doc["benchmarks"])
     for name, bench in doc["benchmarks"].items():
         assert "error" not in bench, (name, bench.get("error"))
     report = subprocess.run(
         [sys.executable, "-m", "bench.report", str(out)],
         cwd=REPO,
-        env=_env(),
+        env=env,
         capture_output=True,
         text=True,
         timeout=30,
