@@ -411,6 +411,7 @@ class EventStream:
         max_resume_attempts: int = 5,
         resume_backoff: float = 0.05,
         use_batches: bool = True,
+        follows_closed_stream: bool = False,
     ) -> None:
         if after_worker_sequence is not None and after_worker_sequence < 0:
             raise ValueError("after_worker_sequence must be >= 0")
@@ -431,6 +432,9 @@ class EventStream:
         self._overflowed = False
         self._opened = False
         self._reopening = False
+        # Opened right after this session's previous stream was closed: the gateway may
+        # still hold that subscriber for a moment, so FAILED_PRECONDITION is retried.
+        self._follows_closed = follows_closed_stream
         self.resume_count = 0
 
     # -- counters ---------------------------------------------------------------------
@@ -460,6 +464,11 @@ class EventStream:
         return self._tracker.duplicates
 
     @property
+    def closed(self) -> bool:
+        """True once the iterator has ended or :meth:`aclose` was called."""
+        return self._closed
+
+    @property
     def uses_batches(self) -> bool:
         """True while reading ``StreamEventBatches`` (False after the fallback)."""
         return self._batches
@@ -479,7 +488,7 @@ class EventStream:
     def _open(self) -> Stream[Any]:
         tr = self._tracker
         after = tr.last if tr.tracking else None
-        self._reopening = self._opened
+        self._reopening = self._opened or self._follows_closed
         if self._opened and after is None:
             # Re-opened before the first event: replay whatever the ring holds rather
             # than risk losing events produced while we were away.

@@ -10,6 +10,7 @@ converted with :func:`mxgateway.to_mx_value` before anything is sent, so a bad v
 from __future__ import annotations
 
 import logging
+import weakref
 from collections.abc import Iterable, Mapping
 from datetime import datetime
 from types import TracebackType
@@ -132,6 +133,9 @@ class Session:
         self._session_id = session_id
         self._open_reply = open_reply
         self._closed = False
+        # The previous events() iterator, weakly: a dropped iterator must stay collectable,
+        # since collecting it is what cancels its stream.
+        self._last_events: weakref.ref[EventStream] | None = None
 
     @property
     def session_id(self) -> str:
@@ -727,13 +731,19 @@ class Session:
         events after that sequence first; ``None`` starts with new events.
         """
         self._check_open()
-        return EventStream(
+        previous = self._last_events() if self._last_events is not None else None
+        stream = EventStream(
             self._client,
             self._session_id,
             after_worker_sequence=after_worker_sequence,
             resume=resume,
             max_resume_attempts=max_resume_attempts,
+            # A collected previous iterator was closed by the collection.
+            follows_closed_stream=self._last_events is not None
+            and (previous is None or previous.closed),
         )
+        self._last_events = weakref.ref(stream)
+        return stream
 
     def events_raw(self, after_worker_sequence: int | None = None) -> Stream[pb.MxEvent]:
         """The generated ``MxEvent`` messages of ``StreamEvents``, untouched."""

@@ -449,3 +449,27 @@ async def test_first_subscription_failed_precondition_is_not_retried(fake: FakeS
         with pytest.raises(MxGatewaySessionStateError):
             await client.attach_session(SESSION_ID).events().__anext__()
     assert fake.servicer.attempts["StreamEventBatches"] == 1
+
+
+async def test_reopening_right_after_closing_waits_for_the_old_subscriber(
+    fake: FakeServer,
+) -> None:
+    # The gateway lets go of a cancelled subscriber a moment after the client closed it;
+    # a new events() on the same Session in that moment gets FAILED_PRECONDITION once.
+    async def plan(req: pb.StreamEventsRequest, attempt: int):  # type: ignore[no-untyped-def]
+        if attempt == 1:
+            yield StreamAbort(grpc.StatusCode.FAILED_PRECONDITION, "already has a subscriber")
+        yield batch(data_change(attempt + 1))
+        await asyncio.Event().wait()
+
+    fake.servicer.batches_plan = plan
+    async with await _client(fake) as client:
+        session = client.attach_session(SESSION_ID)
+        async with session.events() as first:
+            assert (await first.__anext__()).worker_sequence == 1  # type: ignore[union-attr]
+        assert first.closed
+        async with session.events() as second:
+            event = await asyncio.wait_for(second.__anext__(), 5)
+            assert event.worker_sequence == 3  # type: ignore[union-attr]
+            assert second.resume_count == 1
+    assert fake.servicer.attempts["StreamEventBatches"] == 3
