@@ -14,7 +14,7 @@ Python              MxValue member              MxDataType / VARTYPE
 ``str``             ``string_value``            STRING / VT_BSTR
 aware ``datetime``  ``time_value`` (UTC)        TIME / VT_DATE
 ``timedelta``       ``elapsed_time_value``      ELAPSED_TIME / VT_R8
-``bytes``           ``record_value``            UNKNOWN / VT_RECORD (opaque, never interpreted)
+``bytes``           ``raw_value``               UNKNOWN / VT_RECORD (opaque, never interpreted)
 ``list``/``tuple``  ``array_value`` (1-D)       element type as above / VT_ARRAY
 ==================  ==========================  ==========================
 
@@ -353,8 +353,8 @@ def _set_elapsed(mx: pb.MxValue, v: object) -> None:
     mx.elapsed_time_value.CopyFrom(v)  # type: ignore[arg-type]
 
 
-def _set_record(mx: pb.MxValue, v: object) -> None:
-    mx.record_value = v  # type: ignore[assignment]
+def _set_raw(mx: pb.MxValue, v: object) -> None:
+    mx.raw_value = v  # type: ignore[assignment]
 
 
 _SETTERS: dict[ValueType, Callable[[pb.MxValue, object], None]] = {
@@ -366,7 +366,7 @@ _SETTERS: dict[ValueType, Callable[[pb.MxValue, object], None]] = {
     "string": _set_string,
     "datetime": _set_time,
     "elapsed": _set_elapsed,
-    "bytes": _set_record,
+    "bytes": _set_raw,
 }
 
 
@@ -427,6 +427,6 @@ def from_mx_value(mx: pb.MxValue) -> MxPythonValue:
         return timestamp_to_datetime(mx.time_value)
     if which == "elapsed_time_value":
         return mx.elapsed_time_value.ToTimedelta()
-    if which == "record_value":
-        return mx.record_value
+    if which == "raw_value":
+        return mx.raw_value
     return _array_from(mx.array_value)

@@ -865,7 +865,7 @@ class MxValue(_message.Message):
     STRING_VALUE_FIELD_NUMBER: _builtins.int
     TIME_VALUE_FIELD_NUMBER: _builtins.int
     ELAPSED_TIME_VALUE_FIELD_NUMBER: _builtins.int
-    RECORD_VALUE_FIELD_NUMBER: _builtins.int
+    RAW_VALUE_FIELD_NUMBER: _builtins.int
     ARRAY_VALUE_FIELD_NUMBER: _builtins.int
     data_type: Global___MxDataType.ValueType
     """MXAccess data type of the value."""
@@ -889,8 +889,8 @@ class MxValue(_message.Message):
     """VT_R8 (MxDouble)."""
     string_value: _builtins.str
     """VT_BSTR (MxString, MxBigString, MxReferenceType...)."""
-    record_value: _builtins.bytes
-    """VT_RECORD: opaque bytes passed through untouched."""
+    raw_value: _builtins.bytes
+    """VT_RECORD and other opaque values: bytes passed through untouched."""
     @_builtins.property
     def time_value(self) -> _timestamp_pb2.Timestamp:
         """VT_DATE (MxTime), always UTC on the wire."""
@@ -919,14 +919,14 @@ class MxValue(_message.Message):
         string_value: _builtins.str = ...,
         time_value: _timestamp_pb2.Timestamp | None = ...,
         elapsed_time_value: _duration_pb2.Duration | None = ...,
-        record_value: _builtins.bytes = ...,
+        raw_value: _builtins.bytes = ...,
         array_value: Global___MxArray | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["array_value", b"array_value", "bool_value", b"bool_value", "double_value", b"double_value", "elapsed_time_value", b"elapsed_time_value", "float_value", b"float_value", "int32_value", b"int32_value", "int64_value", b"int64_value", "kind", b"kind", "record_value", b"record_value", "string_value", b"string_value", "time_value", b"time_value"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["array_value", b"array_value", "bool_value", b"bool_value", "double_value", b"double_value", "elapsed_time_value", b"elapsed_time_value", "float_value", b"float_value", "int32_value", b"int32_value", "int64_value", b"int64_value", "kind", b"kind", "raw_value", b"raw_value", "string_value", b"string_value", "time_value", b"time_value"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["array_value", b"array_value", "bool_value", b"bool_value", "data_type", b"data_type", "double_value", b"double_value", "elapsed_time_value", b"elapsed_time_value", "float_value", b"float_value", "int32_value", b"int32_value", "int64_value", b"int64_value", "is_null", b"is_null", "kind", b"kind", "raw_data_type", b"raw_data_type", "raw_diagnostic", b"raw_diagnostic", "record_value", b"record_value", "string_value", b"string_value", "time_value", b"time_value", "variant_type", b"variant_type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["array_value", b"array_value", "bool_value", b"bool_value", "data_type", b"data_type", "double_value", b"double_value", "elapsed_time_value", b"elapsed_time_value", "float_value", b"float_value", "int32_value", b"int32_value", "int64_value", b"int64_value", "is_null", b"is_null", "kind", b"kind", "raw_data_type", b"raw_data_type", "raw_diagnostic", b"raw_diagnostic", "raw_value", b"raw_value", "string_value", b"string_value", "time_value", b"time_value", "variant_type", b"variant_type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["bool_value", "int32_value", "int64_value", "float_value", "double_value", "string_value", "time_value", "elapsed_time_value", "record_value", "array_value"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["bool_value", "int32_value", "int64_value", "float_value", "double_value", "string_value", "time_value", "elapsed_time_value", "raw_value", "array_value"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
