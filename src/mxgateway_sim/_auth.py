@@ -13,6 +13,7 @@ import contextvars
 import hashlib
 import hmac
 import json
+import re
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -105,9 +106,41 @@ def split_key(key: str) -> tuple[str, str]:
     return key_id, secret
 
 
+MAX_KEY_ID_LENGTH = 64
+MIN_SECRET_LENGTH = 16
+MAX_SECRET_LENGTH = 256
+_KEY_ID = re.compile(rf"[A-Za-z0-9-]{{1,{MAX_KEY_ID_LENGTH}}}")
+_SECRET = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def check_key(key: str) -> tuple[str, str]:
+    """(key id, secret) of a key strong enough to be configured.
+
+    The key id is 1-64 letters, digits or ``-``; the secret 16-256 letters, digits, ``-`` or
+    ``_`` (what :func:`new_key` makes has 32). Applied when a key is created or loaded, so a
+    guessable key such as ``mxgw_a_b`` never reaches the store.
+
+    Raises:
+        KeyFormatError: the rule broken (the message never contains the key).
+    """
+    key_id, secret = split_key(key)
+    if not _KEY_ID.fullmatch(key_id):
+        raise KeyFormatError(f"the key id must be 1-{MAX_KEY_ID_LENGTH} letters, digits or '-'")
+    if not MIN_SECRET_LENGTH <= len(secret) <= MAX_SECRET_LENGTH:
+        raise KeyFormatError(
+            f"the secret must be {MIN_SECRET_LENGTH}-{MAX_SECRET_LENGTH} characters long "
+            f"(it has {len(secret)}); make keys with 'mxgw-sim keys create'"
+        )
+    if not _SECRET.fullmatch(secret):
+        raise KeyFormatError("the secret may hold only letters, digits, '-' and '_'")
+    return key_id, secret
+
+
 def new_key() -> str:
-    """A fresh random key."""
-    return f"mxgw_{secrets.token_hex(6)}_{secrets.token_urlsafe(24)}"
+    """A fresh random key (12 hex digits of key id, 32 characters of secret)."""
+    key = f"mxgw_{secrets.token_hex(6)}_{secrets.token_urlsafe(24)}"
+    check_key(key)
+    return key
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,13 +183,21 @@ class ApiKeyStore:
     def __len__(self) -> int:
         return len(self._keys)
 
+    def replace_keys(self, other: ApiKeyStore) -> None:
+        """Take ``other``'s keys in place of ours, in one step (a keys-file reload).
+
+        Calls authenticated from now on see only the new keys; calls and streams already
+        running are not touched.
+        """
+        self._keys = dict(other._keys)
+
     def add(self, key: str, scopes: Iterable[str] = SCOPES, name: str = "") -> Principal:
         """Add a key (only its salted hash is kept).
 
         Raises:
             KeyFormatError: malformed key, unknown scope, or a duplicate key id.
         """
-        key_id, secret = split_key(key)
+        key_id, secret = check_key(key)
         scope_set = frozenset(scopes)
         unknown = sorted(scope_set - ALL_SCOPES)
         if unknown:
@@ -195,7 +236,10 @@ def load_keys_file(path: Path, store: ApiKeyStore) -> int:
     Raises:
         KeyFormatError: a malformed entry (the message names the entry, never the key).
     """
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise KeyFormatError(f"{path}: not UTF-8 text") from None
     count = 0
     if text.lstrip().startswith(("[", "{")):
         try:
@@ -213,8 +257,13 @@ def load_keys_file(path: Path, store: ApiKeyStore) -> int:
             scopes = entry.get("scopes", list(SCOPES))
             if isinstance(scopes, str):
                 scopes = scopes.split(",")
+            if not isinstance(scopes, list) or not all(isinstance(s, str) for s in scopes):
+                raise KeyFormatError(f"{path}: entry {i}: 'scopes' must be a list of strings")
+            name = entry.get("name", "")
+            if not isinstance(name, str):
+                raise KeyFormatError(f"{path}: entry {i}: 'name' must be a string")
             try:
-                store.add(entry["key"], [s.strip() for s in scopes], str(entry.get("name", "")))
+                store.add(entry["key"], [s.strip() for s in scopes], name)
             except KeyFormatError as exc:
                 raise KeyFormatError(f"{path}: entry {i}: {exc}") from None
             count += 1

@@ -29,6 +29,8 @@ from mxgateway_sim._server import GatewaySimulator, TlsMode
 from mxgateway_sim._sessions import SessionOptions
 from mxgateway_sim._tls import TlsSetupError
 
+_log = logging.getLogger("mxgateway_sim")
+
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
@@ -187,7 +189,8 @@ def _tls_mode(args: argparse.Namespace) -> TlsMode:
     return (args.tls_cert, args.tls_key)
 
 
-def _key_store(args: argparse.Namespace) -> ApiKeyStore:
+def _load_keys(args: argparse.Namespace) -> ApiKeyStore:
+    """The keys the flags name (the keys file read now); UsageError names a bad one."""
     store = ApiKeyStore(allow_anonymous=args.allow_anonymous)
     for i, key in enumerate(args.api_key, 1):
         try:
@@ -203,11 +206,39 @@ def _key_store(args: argparse.Namespace) -> ApiKeyStore:
             ) from None
         except KeyFormatError as exc:
             raise UsageError(f"--api-keys-file: {exc}") from None
+    return store
+
+
+def _key_store(args: argparse.Namespace) -> ApiKeyStore:
+    store = _load_keys(args)
     if not len(store) and not args.allow_anonymous:
         raise UsageError(
             "no API key configured: pass --api-key KEY, --api-keys-file PATH or --allow-anonymous"
         )
     return store
+
+
+def _reload_keys(args: argparse.Namespace, store: ApiKeyStore) -> None:
+    """SIGHUP: read the keys file again; a file that does not load leaves the keys as they are.
+
+    A key no longer in the file is refused from the next call on; calls and streams already
+    running are not touched. One log line tells the outcome.
+    """
+    if args.api_keys_file is None:
+        _log.warning("SIGHUP: no --api-keys-file to reload; keys unchanged")
+        return
+    try:
+        fresh = _load_keys(args)
+    except UsageError as exc:
+        _log.error("keys reload failed, keeping the %d keys in force: %s", len(store), exc)
+        return
+    store.replace_keys(fresh)
+    if len(store):
+        _log.warning("keys reloaded from %s: %d in force", args.api_keys_file, len(store))
+    else:
+        _log.warning(
+            "keys reloaded from %s: no key in force, every call is refused", args.api_keys_file
+        )
 
 
 async def _serve(args: argparse.Namespace) -> int:
@@ -255,6 +286,8 @@ async def _serve(args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError):  # Windows
             loop.add_signal_handler(sig, stop.set)
+    if hasattr(signal, "SIGHUP"):  # not on Windows
+        loop.add_signal_handler(signal.SIGHUP, _reload_keys, args, store)
     try:
         await sim.start()
     except (TlsSetupError, ValueError, sqlite3.Error) as exc:

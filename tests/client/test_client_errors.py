@@ -21,7 +21,7 @@ from mxgateway._errors import (
 )
 from mxgateway.generated import mxaccess_gateway_pb2 as pb
 
-KEY = "mxgw_key1_S3cretValue"
+KEY = "mxgw_key1_S3cretValue0123456789"
 
 
 def _rpc_error(code: grpc.StatusCode, details: str = "") -> grpc.aio.AioRpcError:

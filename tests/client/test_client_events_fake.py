@@ -29,7 +29,7 @@ from mxgateway import (
 )
 from mxgateway.generated import mxaccess_gateway_pb2 as pb
 
-KEY = "mxgw_ev_eventsSecret"
+KEY = "mxgw_ev_eventsSecret0123456789"
 
 
 def fault(kind: int, first: int = 0, count: int = 0) -> pb.MxEvent:

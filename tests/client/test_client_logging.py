@@ -21,7 +21,7 @@ MODULES = [
     "mxgateway._session",
     "mxgateway._transport",
 ]
-KEY = "mxgw_log_loggingSecret99"
+KEY = "mxgw_log_loggingSecret99abcdef"
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -9,7 +9,7 @@ import pytest
 
 from mxgateway import ClientOptions
 
-KEY = "mxgw_k1_s3cr3tS3cr3t"
+KEY = "mxgw_k1_s3cr3tS3cr3t0123456789"
 
 
 def test_defaults_are_tls_with_keepalive() -> None:

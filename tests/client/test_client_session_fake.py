@@ -22,7 +22,7 @@ from mxgateway import (
 )
 from mxgateway.generated import mxaccess_gateway_pb2 as pb
 
-KEY = "mxgw_fake_clientSecret123"
+KEY = "mxgw_fake_clientSecret123abcdef"
 
 
 def _reply(

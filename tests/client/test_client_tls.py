@@ -10,7 +10,7 @@ from client_tls import make_tls
 
 from mxgateway import GatewayClient, MxGatewayUnavailableError
 
-KEY = "mxgw_tls_tlsSecret"
+KEY = "mxgw_tls_tlsSecret0123456789"
 
 
 async def _roundtrip(client: GatewayClient) -> str:

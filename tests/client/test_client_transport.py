@@ -22,7 +22,7 @@ from mxgateway._transport import Transport
 from mxgateway.generated import mxaccess_gateway_pb2 as pb
 from mxgateway.generated import mxaccess_gateway_pb2_grpc as pbg
 
-KEY = "mxgw_k1_transportSecret"
+KEY = "mxgw_k1_transportSecret0123456789"
 
 
 async def _wait_for(predicate: object, timeout: float = 5.0) -> None:

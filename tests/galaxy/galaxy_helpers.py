@@ -54,8 +54,8 @@ async def start_server(
     return server, svc, f"127.0.0.1:{port}"
 
 
-FULL_KEY = "mxgw_galaxytest_s3cretFull"
-NO_SCOPE_KEY = "mxgw_noscope_s3cretNone"
+FULL_KEY = "mxgw_galaxytest_s3cretFull0123456789"
+NO_SCOPE_KEY = "mxgw_noscope_s3cretNone0123456789"
 _SCOPES = {FULL_KEY: {"metadata:read"}, NO_SCOPE_KEY: {"invoke:read"}}
 
 
