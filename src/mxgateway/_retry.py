@@ -7,12 +7,14 @@ transport (``Transport.unary``) is the only place that retries.
 
 Safe to repeat are read-only requests: every Galaxy Repository unary RPC and the ``Invoke``
 command kinds in :data:`IDEMPOTENT_COMMAND_KINDS` (``PING``, ``GET_SESSION_STATE``,
-``GET_WORKER_INFO``, ``READ_BULK``, ``ARCHESTRA_USER_TO_ID``, ``QUERY_ACTIVE_ALARMS``).
+``GET_WORKER_INFO``, ``READ_BULK``, ``ARCHESTRA_USER_TO_ID``, ``QUERY_ACTIVE_ALARMS``), and
+``CloseSession``, which the gateway makes idempotent (a repeat close answers the final CLOSED
+state, as upstream).
 Everything else is sent once: writes of every kind, anything that creates or releases a
 handle (``REGISTER``, ``ADD_ITEM*``, ``ADVISE*``, the subscribe/unsubscribe bulk family...),
 ``AUTHENTICATE_USER`` (an audited log-on that may count towards a lock-out),
 ``DRAIN_EVENTS`` (a retry would lose the events the first attempt drained),
-``OpenSession``, ``CloseSession`` and ``AcknowledgeAlarm``.
+``OpenSession`` and ``AcknowledgeAlarm``.
 """
 
 from __future__ import annotations
@@ -126,6 +128,7 @@ inside the one command: repeating it leaves the session as it was.
 """
 
 _IDEMPOTENT_REQUESTS: tuple[type[Any], ...] = (
+    pb.CloseSessionRequest,  # the gateway answers a repeat close with CLOSED
     gr.TestConnectionRequest,
     gr.GetLastDeployTimeRequest,
     gr.DiscoverHierarchyRequest,
@@ -137,8 +140,8 @@ def is_idempotent(request: object) -> bool:
     """True when a unary call with ``request`` is safe to send again.
 
     Decided from the request alone: an ``MxCommandRequest`` by its command kind, the Galaxy
-    Repository's read-only requests always; everything else (``OpenSession``,
-    ``CloseSession``, ``AcknowledgeAlarm``, unknown types) never.
+    Repository's read-only requests and ``CloseSession`` always; everything else
+    (``OpenSession``, ``AcknowledgeAlarm``, unknown types) never.
     """
     if isinstance(request, pb.MxCommandRequest):
         return request.command.kind in IDEMPOTENT_COMMAND_KINDS

@@ -202,13 +202,14 @@ class GatewayServicer:
     async def CloseSession(
         self, request: pb.CloseSessionRequest, context: Context
     ) -> pb.CloseSessionReply:
+        # Idempotent as upstream: a repeat close of a remembered session answers CLOSED.
         result = await self.sessions.close(request.session_id)
         if result is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, "no session with that id")
         assert result is not None
         return pb.CloseSessionReply(
             session_id=request.session_id,
-            final_state=int(result.session.state),  # type: ignore[arg-type]
+            final_state=int(result.final_state),  # type: ignore[arg-type]
             protocol_status=_status(pb.PROTOCOL_STATUS_CODE_OK, "OK"),
             released_advise_count=result.released.advises,
             released_item_count=result.released.items,

@@ -3,6 +3,8 @@
 A session belongs to the gateway, not to a connection: any caller with its id can use it.
 Its lease is renewed by every call and held while an event stream is attached; a sweep
 closes sessions idle past their lease. Closing releases everything the runtime still holds.
+Closing is idempotent as upstream: the registry remembers recently closed sessions (bounded
+in count and age) and answers a repeat close with the final CLOSED state.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import enum
 import logging
 import secrets
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -45,11 +48,16 @@ class SessionOptions:
     replay_ring_size: int = 1024
     replay_ring_age_s: float = 300.0
     event_queue_limit: int = 10_000
-    overflow_policy: OverflowPolicy = OverflowPolicy.DISCONNECT_SUBSCRIBER
+    overflow_policy: OverflowPolicy = OverflowPolicy.FAIL_FAST  # upstream's default
     multiple_subscribers: bool = False
     max_subscribers: int = 8
     batch_max_events: int = 500
     batch_max_bytes: int = 1 << 20
+    closed_memory: int = 1024
+    """Closed sessions the registry remembers for an idempotent repeat CloseSession (each
+    entry is an id and a timestamp, about 200 bytes, so the bound is about 200 KiB)."""
+    closed_memory_s: float = 600.0
+    """How long a closed session is remembered; after that a repeat close is NOT_FOUND."""
 
 
 class SessionLimitError(Exception):
@@ -70,6 +78,7 @@ class Session:
         self.pending = 0
         self.last_used = time.monotonic()
         self.fault_message = ""
+        self.done = asyncio.Event()  # set once CLOSED: a concurrent close waits for it
         self.events = EventLog(
             session_id,
             ring_size=options.replay_ring_size,
@@ -104,10 +113,13 @@ class Session:
 
 @dataclass(frozen=True, slots=True)
 class CloseResult:
-    """What CloseSession reports."""
+    """What CloseSession reports (``repeat``: the session was already closed, nothing
+    was released by this call)."""
 
-    session: Session
+    session_id: str
+    final_state: SessionState
     released: ReleaseCounts
+    repeat: bool = False
 
 
 class SessionManager:
@@ -119,6 +131,8 @@ class SessionManager:
         self._factory = runtime_factory
         self.options = options
         self._sessions: dict[str, Session] = {}
+        # id -> monotonic close time, oldest first; bounded by closed_memory(_s).
+        self._closed: OrderedDict[str, float] = OrderedDict()
         self._opening = 0
         self._sweeper: asyncio.Task[None] | None = None
 
@@ -155,13 +169,41 @@ class SessionManager:
         log.info("session %s opened (%s)", session_id, name or "unnamed")
         return session
 
+    def was_closed(self, session_id: str) -> bool:
+        """True when the registry still remembers closing this session."""
+        self._forget_closed(time.monotonic())
+        return session_id in self._closed
+
+    def _remember_closed(self, session_id: str) -> None:
+        now = time.monotonic()
+        self._closed[session_id] = now
+        self._closed.move_to_end(session_id)
+        self._forget_closed(now)
+
+    def _forget_closed(self, now: float) -> None:
+        closed = self._closed
+        while len(closed) > self.options.closed_memory:
+            closed.popitem(last=False)
+        cutoff = now - self.options.closed_memory_s
+        while closed and next(iter(closed.values())) < cutoff:
+            closed.popitem(last=False)
+
     async def close(
         self, session_id: str, reason: EndReason = EndReason.SESSION_CLOSED, message: str = ""
     ) -> CloseResult | None:
-        """Release everything and close; None when there is no such session."""
+        """Release everything and close; None when the registry does not know the session.
+
+        Idempotent (as upstream): closing a session that is closing waits for that close,
+        and closing one the registry still remembers answers CLOSED with nothing released.
+        """
         session = self._sessions.get(session_id)
-        if session is None or session.state is SessionState.CLOSING:
-            return None
+        if session is not None and session.state is SessionState.CLOSING:
+            await session.done.wait()
+            session = None
+        if session is None:
+            if not self.was_closed(session_id):
+                return None
+            return CloseResult(session_id, SessionState.CLOSED, ReleaseCounts(), repeat=True)
         session.state = SessionState.CLOSING  # Invoke answers SESSION_NOT_READY meanwhile
         try:
             released = await session.runtime.release_all()
@@ -169,6 +211,8 @@ class SessionManager:
         finally:
             session.state = SessionState.CLOSED
             self._sessions.pop(session_id, None)
+            self._remember_closed(session_id)
+            session.done.set()
             session.events.close(StreamEnd(reason, message or f"session {reason.value}"))
         log.info(
             "session %s closed: %d advises, %d items, %d registrations released",
@@ -177,7 +221,7 @@ class SessionManager:
             released.items,
             released.registrations,
         )
-        return CloseResult(session, released)
+        return CloseResult(session_id, session.state, released)
 
     async def sweep(self) -> list[str]:
         """Close every session whose lease expired; returns their ids."""

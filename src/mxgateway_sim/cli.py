@@ -131,12 +131,28 @@ def build_parser() -> argparse.ArgumentParser:
     limits.add_argument(
         "--overflow-policy",
         choices=[p.value for p in OverflowPolicy],
-        default=OverflowPolicy.DISCONNECT_SUBSCRIBER.value,
+        default=OverflowPolicy.FAIL_FAST.value,
+        help="on a full subscriber queue: fault the session (fail-fast, upstream's default) "
+        "or disconnect only that subscriber",
     )
     limits.add_argument(
         "--multiple-subscribers", action="store_true", help="allow several streams per session"
     )
     limits.add_argument("--max-subscribers", type=_positive, default=8, metavar="N")
+    limits.add_argument(
+        "--closed-session-memory",
+        type=_positive,
+        default=1024,
+        metavar="N",
+        help="closed sessions remembered so a repeat CloseSession answers CLOSED (default 1024)",
+    )
+    limits.add_argument(
+        "--closed-session-seconds",
+        type=_seconds,
+        default=600.0,
+        metavar="S",
+        help="how long a closed session is remembered (default 600)",
+    )
     serve.add_argument("--json", action="store_true", help="print the start line as JSON")
     serve.add_argument(
         "--log-level", default="warning", choices=["debug", "info", "warning", "error"]
@@ -256,6 +272,8 @@ async def _serve(args: argparse.Namespace) -> int:
         overflow_policy=OverflowPolicy(args.overflow_policy),
         multiple_subscribers=args.multiple_subscribers,
         max_subscribers=args.max_subscribers,
+        closed_memory=args.closed_session_memory,
+        closed_memory_s=args.closed_session_seconds,
     )
     plan = FaultPlan()
     if args.faults is not None:

@@ -219,6 +219,24 @@ async def test_raw_and_checked_mxaccess_failures(session: Session) -> None:
         await session.invoke(cmd)
 
 
+async def test_closing_twice_is_harmless_in_the_library_and_the_gateway(
+    client: GatewayClient,
+) -> None:
+    session = await client.open_session(client_session_name="twice")
+    await session.register("twice")
+    first = await session.close()
+    assert first is not None and first.released_registration_count == 1
+    assert await session.close() is None  # the library remembers it closed the session
+    # The gateway answers a repeat close by id with the final state (upstream behaviour).
+    again = await client.close_session(session.session_id)
+    assert again.final_state == pb.SESSION_STATE_CLOSED
+    assert again.released_registration_count == 0
+    other = client.attach_session(session.session_id)
+    assert await other.close() is not None  # a second handle closes without an error
+    with pytest.raises(MxGatewaySessionNotFoundError):
+        await client.attach_session(session.session_id).ping()  # gone for commands
+
+
 async def test_protocol_errors_raise_even_in_raw(client: GatewayClient) -> None:
     ghost = client.attach_session("session-" + "0" * 32)
     with pytest.raises(MxGatewaySessionNotFoundError) as info:

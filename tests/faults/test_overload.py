@@ -16,9 +16,10 @@ from faulthelpers import DEADLINE, Raw, analog_catalog, analog_refs, connect, wa
 
 from mxgateway import DataChange, EventGap, EventStream, Session, StreamFault
 from mxgateway.generated import mxaccess_gateway_pb2 as pb
-from mxgateway_sim import GatewaySimulator, SessionOptions
+from mxgateway_sim import GatewaySimulator, OverflowPolicy, SessionOptions
 
 QUEUE_LIMIT = 200
+DISCONNECT = OverflowPolicy.DISCONNECT_SUBSCRIBER  # the selectable policy these tests cover
 RING = 500
 
 
@@ -35,7 +36,9 @@ def _queues_within_limit(sim: GatewaySimulator) -> bool:
 
 async def test_slow_consumer_is_disconnected_and_others_are_unaffected() -> None:
     """Raw stream that stops reading: EVENT_QUEUE_OVERFLOW then RESOURCE_EXHAUSTED."""
-    options = SessionOptions(event_queue_limit=QUEUE_LIMIT, replay_ring_size=RING)
+    options = SessionOptions(
+        event_queue_limit=QUEUE_LIMIT, replay_ring_size=RING, overflow_policy=DISCONNECT
+    )
     async with (
         GatewaySimulator(
             catalog=analog_catalog(400),
@@ -112,7 +115,9 @@ async def test_slow_consumer_is_disconnected_and_others_are_unaffected() -> None
 
 async def test_slow_public_consumer_sees_overflow_and_a_typed_gap() -> None:
     """Session.events() read too slowly: overflow notice, resume, EventGap; never silent."""
-    options = SessionOptions(event_queue_limit=QUEUE_LIMIT, replay_ring_size=RING)
+    options = SessionOptions(
+        event_queue_limit=QUEUE_LIMIT, replay_ring_size=RING, overflow_policy=DISCONNECT
+    )
     async with (
         GatewaySimulator(
             catalog=analog_catalog(400),

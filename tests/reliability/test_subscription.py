@@ -21,7 +21,7 @@ from mxgateway import (
     SubscriptionState,
     TagValue,
 )
-from mxgateway_sim import GatewaySimulator, SessionOptions
+from mxgateway_sim import GatewaySimulator, OverflowPolicy, SessionOptions
 
 DEADLINE = 20.0
 ITEMS = 50
@@ -244,7 +244,11 @@ async def test_a_stalled_consumer_gets_a_gap_and_keeps_its_session() -> None:
     gateway disconnects the subscriber (overflow), and the subscription resumes on the same
     session with the loss reported as an EventGap."""
     items = 500
-    options = SessionOptions(event_queue_limit=500, replay_ring_size=100)
+    options = SessionOptions(
+        event_queue_limit=500,
+        replay_ring_size=100,
+        overflow_policy=OverflowPolicy.DISCONNECT_SUBSCRIBER,
+    )
     async with (
         GatewaySimulator(
             catalog=plant_catalog(items), scan_interval_ms=50, session_options=options

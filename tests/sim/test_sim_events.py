@@ -141,7 +141,8 @@ async def test_replay_gap_is_reported_before_the_oldest_retained_event() -> None
 
 
 async def test_overflow_disconnects_the_slow_subscriber_only() -> None:
-    async with gateway(event_queue_limit=3) as (sim, gw):
+    policy = OverflowPolicy.DISCONNECT_SUBSCRIBER  # selectable; not the default
+    async with gateway(event_queue_limit=3, overflow_policy=policy) as (sim, gw):
         sid = await gw.open()
         call = gw.stub.StreamEvents(request(sid), metadata=gw.md)
         await wait_for(lambda: bool(sim.sessions and sim.sessions.get(sid).events.subscribers))  # type: ignore[union-attr]
@@ -171,11 +172,9 @@ async def test_overflow_disconnects_the_slow_subscriber_only() -> None:
         assert batch.events[0].worker_sequence == fault.first_missing_sequence
 
 
-async def test_fail_fast_overflow_faults_the_session() -> None:
-    async with gateway(event_queue_limit=3, overflow_policy=OverflowPolicy.FAIL_FAST) as (
-        sim,
-        gw,
-    ):
+async def test_fail_fast_overflow_faults_the_session_by_default() -> None:
+    assert SessionOptions().overflow_policy is OverflowPolicy.FAIL_FAST  # upstream's default
+    async with gateway(event_queue_limit=3) as (sim, gw):
         sid = await gw.open()
         call = gw.stub.StreamEventBatches(request(sid), metadata=gw.md)
         await wait_for(lambda: bool(sim.sessions and sim.sessions.get(sid).events.subscribers))  # type: ignore[union-attr]

@@ -90,9 +90,94 @@ async def test_close_releases_everything_and_reports_counts(gw: Gw) -> None:
     ) == (2, 3, 2)
     after = await gw.invoke(sid, "ping")
     assert after.protocol_status.code == pb.PROTOCOL_STATUS_CODE_SESSION_NOT_FOUND
+
+
+async def _close(gw: Gw, sid: str) -> pb.CloseSessionReply:
+    reply: pb.CloseSessionReply = await gw.stub.CloseSession(
+        pb.CloseSessionRequest(session_id=sid), metadata=gw.md
+    )
+    return reply
+
+
+def _released(reply: pb.CloseSessionReply) -> tuple[int, int, int]:
+    return (
+        reply.released_advise_count,
+        reply.released_item_count,
+        reply.released_registration_count,
+    )
+
+
+async def test_a_repeat_close_answers_closed_as_upstream(gw: Gw) -> None:
+    sid = await gw.open()
+    sh = await gw.register(sid)
+    await gw.subscribe(sid, sh, "Tank01.Level")
+    first = await _close(gw, sid)
+    assert _released(first) == (1, 1, 1)
+    for _ in range(2):
+        again = await _close(gw, sid)
+        assert again.session_id == sid
+        assert again.final_state == pb.SESSION_STATE_CLOSED
+        assert again.protocol_status.code == pb.PROTOCOL_STATUS_CODE_OK
+        assert _released(again) == (0, 0, 0)  # nothing is released twice
+    after = await gw.invoke(sid, "ping")
+    assert after.protocol_status.code == pb.PROTOCOL_STATUS_CODE_SESSION_NOT_FOUND
     with pytest.raises(grpc.aio.AioRpcError) as err:
-        await gw.stub.CloseSession(pb.CloseSessionRequest(session_id=sid), metadata=gw.md)
+        await _close(gw, "session-" + "0" * 32)  # never opened
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+class _SlowCloseRuntime(SimulatedRuntime):
+    """A runtime whose teardown waits for a release (a slow worker shutdown)."""
+
+    release: asyncio.Event | None = None
+
+    async def release_all(self) -> Any:
+        assert self.release is not None
+        await self.release.wait()
+        return await super().release_all()
+
+
+async def test_a_close_during_a_close_waits_for_it() -> None:
+    release = asyncio.Event()
+    _SlowCloseRuntime.release = release
+    async with gateway(runtime_factory=_SlowCloseRuntime) as (sim, channel):
+        gw = Gw(channel, sim.api_key)
+        sid = await gw.open()
+        await gw.register(sid)
+        session = sim.sessions.get(sid) if sim.sessions else None
+        assert session is not None
+        first = asyncio.ensure_future(_close(gw, sid))
+        await wait_for(lambda: session.state.name == "CLOSING")
+        second = asyncio.ensure_future(_close(gw, sid))
+        await asyncio.sleep(0.1)
+        assert not second.done()  # waits for the running close instead of NOT_FOUND
+        release.set()
+        replies = [await first, await second]
+        assert [r.final_state for r in replies] == [pb.SESSION_STATE_CLOSED] * 2
+        assert sorted(_released(r) for r in replies) == [(0, 0, 0), (0, 0, 1)]
+
+
+async def test_the_registry_forgets_closed_sessions_within_its_bounds() -> None:
+    options = SessionOptions(closed_memory=2)
+    async with gateway(session_options=options) as (sim, channel):
+        gw = Gw(channel, sim.api_key)
+        sids = [await gw.open() for _ in range(3)]
+        for sid in sids:
+            await _close(gw, sid)
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await _close(gw, sids[0])  # the oldest of three, beyond the count bound
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+        for sid in sids[1:]:
+            assert (await _close(gw, sid)).final_state == pb.SESSION_STATE_CLOSED
+    options = SessionOptions(closed_memory_s=0.05)
+    async with gateway(session_options=options) as (sim, channel):
+        gw = Gw(channel, sim.api_key)
+        sid = await gw.open()
+        await _close(gw, sid)
+        await asyncio.sleep(0.2)  # past the age bound
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await _close(gw, sid)
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
 
 
 async def test_idle_sessions_expire_but_a_stream_keeps_one_alive() -> None:

@@ -94,6 +94,30 @@ def test_cli_bad_input_is_one_line_and_exit_2() -> None:
         assert "secret-but-malformed" not in result.stderr
 
 
+def test_serve_defaults_are_the_session_defaults() -> None:
+    """``mxgw-sim serve`` and ``SessionOptions`` agree, overflow policy fail-fast included."""
+    from mxgateway_sim import OverflowPolicy, SessionOptions
+    from mxgateway_sim.cli import build_parser
+
+    args = build_parser().parse_args(["serve", "--plaintext", "--api-key", new_key()])
+    defaults = SessionOptions()
+    assert OverflowPolicy(args.overflow_policy) is defaults.overflow_policy
+    assert defaults.overflow_policy is OverflowPolicy.FAIL_FAST  # upstream's default
+    for flag, field in [
+        ("max_sessions", "max_sessions"),
+        ("lease_seconds", "lease_s"),
+        ("max_pending_commands", "max_pending_commands"),
+        ("command_timeout_seconds", "command_timeout_s"),
+        ("replay_ring_size", "replay_ring_size"),
+        ("replay_ring_seconds", "replay_ring_age_s"),
+        ("event_queue_size", "event_queue_limit"),
+        ("max_subscribers", "max_subscribers"),
+        ("closed_session_memory", "closed_memory"),
+        ("closed_session_seconds", "closed_memory_s"),
+    ]:
+        assert getattr(args, flag) == getattr(defaults, field), flag
+
+
 def test_cli_keys_create() -> None:
     plain = _run_cli("keys", "create", "--scopes", "invoke:read,events:read")
     assert plain.returncode == 0
