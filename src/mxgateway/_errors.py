@@ -16,7 +16,8 @@
     │   └── MxGatewaySessionFaultedError    SESSION_FAULTED
     ├── MxGatewayInvalidRequestError        INVALID_ARGUMENT, OUT_OF_RANGE, ALREADY_EXISTS;
     │                                       INVALID_REQUEST
-    ├── MxGatewayOverloadedError            RESOURCE_EXHAUSTED; OVERLOADED
+    ├── MxGatewayOverloadedError            RESOURCE_EXHAUSTED (but a message over a size
+    │                                       limit: InvalidRequest); OVERLOADED
     ├── MxGatewayAbortedError               ABORTED
     ├── MxGatewayProtocolError              UNKNOWN, INTERNAL, DATA_LOSS; PROTOCOL_VIOLATION,
     │   │                                   UNSPECIFIED, and replies that break the contract
@@ -361,6 +362,26 @@ PROTOCOL_STATUS_ERRORS: dict[int, type[MxGatewayError] | None] = {
 """Every ``ProtocolStatusCode`` value -> the class raised for it (``None``: not an error)."""
 
 
+_TOO_LARGE = re.compile(
+    r"(CLIENT|SERVER): (Sent|Received) message larger than max \((\d+) vs\. (\d+)\)"
+)
+_LIMIT_OWNER = {
+    "CLIENT": "the client's {limit:,}-byte message limit (ClientOptions.max_message_bytes)",
+    "SERVER": "the gateway's {limit:,}-byte message limit (mxgw-sim --max-message-bytes)",
+}
+
+
+def _message_too_large(details: str) -> str | None:
+    """A clear sentence for gRPC's "message larger than max" (None for anything else)."""
+    match = _TOO_LARGE.search(details)
+    if match is None:
+        return None
+    side, direction, size, limit = match.groups()
+    request = (side == "CLIENT") == (direction == "Sent")
+    owner = _LIMIT_OWNER[side].format(limit=int(limit))
+    return f"the {'request' if request else 'reply'} is {int(size):,} bytes, over {owner}"
+
+
 def error_from_rpc_error(
     exc: grpc.aio.AioRpcError,
     *,
@@ -380,7 +401,12 @@ def error_from_rpc_error(
     details = exc.details() or ""
     name = code.name if code is not None else "UNKNOWN"
     message = f"{what} failed with {name}"
-    if details:
+    too_large = _message_too_large(details) if code is grpc.StatusCode.RESOURCE_EXHAUSTED else None
+    if too_large is not None:
+        # A message over a size limit is a request to change, not an overloaded gateway.
+        cls = MxGatewayInvalidRequestError
+        message += f": {too_large}"
+    elif details:
         message += f": {details}"
     if session_id is not None:
         message += f" (session {session_id})"

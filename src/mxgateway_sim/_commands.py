@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from mxgateway_sim._domain import MxAccessError, MxStatus, WriteRequest
+from mxgateway_sim._limits import LimitError, reply_too_large
 from mxgateway_sim._runtime import MxAccessRuntime
 
 
@@ -34,6 +35,68 @@ class BulkRow:
         self.statuses = exc.statuses
 
 
+ROW_FIXED_BYTES = 48
+"""Most bytes a ``SubscribeResult`` row takes beyond its strings and statuses (framing,
+handles, flag, a negative HRESULT)."""
+STATUS_FIXED_BYTES = 80
+"""Most bytes an ``MxStatusProxy`` takes beyond its diagnostic text."""
+MIN_ROW_BYTES = 6
+"""Fewest bytes any bulk reply row takes (framing, a handle, the success flag)."""
+
+
+def row_bytes(row: BulkRow) -> int:
+    """An upper bound of the encoded size of ``row`` in a bulk reply."""
+    size = ROW_FIXED_BYTES + len(row.reference.encode()) + len(row.error.encode())
+    for status in row.statuses:
+        size += STATUS_FIXED_BYTES + len(status.text.encode())
+    return size
+
+
+class ReplyBudget:
+    """The bytes a bulk reply may take, charged row by row as the rows are made, so a reply
+    too large to send is known before it is built (and before more work is done)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+
+    def precheck(self, rows: int, floor: int = 0) -> None:
+        """Refuse at once when ``rows`` rows (plus ``floor`` bytes) cannot fit.
+
+        Raises:
+            LimitError: even the smallest rows would not fit.
+        """
+        least = rows * MIN_ROW_BYTES + floor
+        if least > self.limit:
+            raise reply_too_large(least, self.limit, "nothing was done; send fewer entries")
+
+    def charge(self, row: BulkRow) -> bool:
+        """Count ``row``; False once the reply no longer fits."""
+        self.used += row_bytes(row)
+        return self.used <= self.limit
+
+
+async def _undo_adds(
+    rt: MxAccessRuntime, sh: int, rows: Sequence[BulkRow], *, advised: bool
+) -> None:
+    """Remove (unadvising first) every item this call created: a bulk add that cannot be
+    answered leaves nothing behind."""
+    for row in reversed(rows):
+        if row.item_handle:
+            with contextlib.suppress(MxAccessError):
+                if advised:
+                    await rt.unadvise(sh, row.item_handle)
+                await rt.remove_item(sh, row.item_handle)
+
+
+def _over_budget(budget: ReplyBudget) -> LimitError:
+    return reply_too_large(
+        budget.used,
+        budget.limit,
+        "nothing was created; send fewer references per call",
+    )
+
+
 async def _attempt(row: BulkRow, call: Awaitable[object]) -> bool:
     try:
         await call
@@ -43,16 +106,31 @@ async def _attempt(row: BulkRow, call: Awaitable[object]) -> bool:
     return True
 
 
-async def add_items(rt: MxAccessRuntime, sh: int, references: Sequence[str]) -> list[BulkRow]:
-    """AddItemBulk."""
-    rows = []
-    for ref in references:
-        row = BulkRow(sh, 0, ref)
-        try:
-            row.item_handle = await rt.add_item(sh, ref)
-        except MxAccessError as exc:
-            row.fail(exc)
-        rows.append(row)
+async def add_items(
+    rt: MxAccessRuntime, sh: int, references: Sequence[str], budget: ReplyBudget | None = None
+) -> list[BulkRow]:
+    """AddItemBulk; creates nothing when the reply would not fit ``budget`` or an item
+    limit is reached (the items made so far are removed again).
+
+    Raises:
+        LimitError: the reply would be too large, or the session's item limit was reached.
+    """
+    if budget is not None:
+        budget.precheck(len(references), sum(map(len, references)))
+    rows: list[BulkRow] = []
+    try:
+        for ref in references:
+            row = BulkRow(sh, 0, ref)
+            try:
+                row.item_handle = await rt.add_item(sh, ref)
+            except MxAccessError as exc:
+                row.fail(exc)
+            rows.append(row)
+            if budget is not None and not budget.charge(row):
+                raise _over_budget(budget)
+    except LimitError:
+        await _undo_adds(rt, sh, rows, advised=False)
+        raise
     return rows
 
 
@@ -95,8 +173,16 @@ async def subscribe(
     *,
     buffered_interval_ms: int,
     supervisory: bool,
+    budget: ReplyBudget | None = None,
 ) -> list[BulkRow]:
-    """SubscribeBulk: AddItem (or AddBufferedItem) then Advise, per reference."""
+    """SubscribeBulk: AddItem (or AddBufferedItem) then Advise, per reference; creates
+    nothing when the reply would not fit ``budget`` or an item limit is reached.
+
+    Raises:
+        LimitError: the reply would be too large, or the session's item limit was reached.
+    """
+    if budget is not None:
+        budget.precheck(len(references), sum(map(len, references)))
     buffered = buffered_interval_ms > 0
     rows: list[BulkRow] = []
     if buffered:
@@ -108,14 +194,20 @@ async def subscribe(
                 row.fail(exc)
                 rows.append(row)
             return rows
-    for ref in references:
-        row = BulkRow(sh, 0, ref)
-        try:
-            row.item_handle = await rt.add_item(sh, ref, buffered=buffered)
-            await rt.advise(sh, row.item_handle, supervisory=supervisory)
-        except MxAccessError as exc:
-            row.fail(exc)
-        rows.append(row)
+    try:
+        for ref in references:
+            row = BulkRow(sh, 0, ref)
+            try:
+                row.item_handle = await rt.add_item(sh, ref, buffered=buffered)
+                await rt.advise(sh, row.item_handle, supervisory=supervisory)
+            except MxAccessError as exc:
+                row.fail(exc)
+            rows.append(row)
+            if budget is not None and not budget.charge(row):
+                raise _over_budget(budget)
+    except LimitError:
+        await _undo_adds(rt, sh, rows, advised=True)
+        raise
     return rows
 
 

@@ -15,8 +15,9 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from mxgateway.generated import mxaccess_gateway_pb2 as pb
 from mxgateway_sim._domain import MxRuntimeEvent
-from mxgateway_sim._wire import EventEncoder, unframe
+from mxgateway_sim._wire import EventEncoder, fault_event, unframe
 
 
 class OverflowPolicy(str, enum.Enum):
@@ -58,10 +59,12 @@ class SubscriberRefused(Exception):
 class Subscriber:
     """One attached stream: its queue of framed events and the next sequence it will get."""
 
-    __slots__ = ("end", "gap", "limit", "next_seq", "queue", "wake")
+    __slots__ = ("end", "gap", "limit", "next_seq", "queue", "queued_bytes", "wake")
 
     def __init__(self, limit: int, next_seq: int) -> None:
         self.queue: deque[bytes] = deque()
+        self.queued_bytes = 0
+        """Bytes in ``queue`` (reset when the queue is found empty: others may clear it)."""
         self.limit = limit
         self.next_seq = next_seq
         self.wake = asyncio.Event()
@@ -80,6 +83,7 @@ class Subscriber:
             out.append(queue.popleft())
             size += len(item)
         self.next_seq += len(out)
+        self.queued_bytes = self.queued_bytes - size if queue else 0
         return out
 
 
@@ -94,13 +98,19 @@ class EventLog:
         ring_age_s: float,
         queue_limit: int,
         policy: OverflowPolicy,
+        queue_bytes: int = 1 << 62,
+        ring_bytes: int = 1 << 62,
         multiple_subscribers: bool,
         max_subscribers: int,
         on_fail_fast: Callable[[str], None],
     ) -> None:
         self.encoder = EventEncoder(session_id)
         self.next_seq = 1
-        self._ring: deque[bytes] = deque(maxlen=max(ring_size, 1))
+        self._ring: deque[bytes] = deque()
+        self._ring_size = max(ring_size, 1)
+        self._ring_bytes = 0  # bytes of the events in the ring
+        self._ring_byte_limit = ring_bytes
+        self._queue_bytes = queue_bytes
         self._chunks: deque[tuple[float, int]] = deque()  # (monotonic time, last seq)
         self._ring_age_s = ring_age_s
         self._queue_limit = queue_limit
@@ -122,22 +132,33 @@ class EventLog:
         if not events or self.closed is not None:
             return
         framed = self.encoder.encode(events, self.next_seq, time.time())
+        size = sum(map(len, framed))
         self.next_seq += len(framed)
-        self._ring.extend(framed)
+        ring = self._ring
+        ring.extend(framed)
+        self._ring_bytes += size
+        excess = len(ring) - self._ring_size
+        if excess > 0:  # the count limit: drop the oldest
+            self._ring_bytes -= sum(len(ring.popleft()) for _ in range(excess))
+        while self._ring_bytes > self._ring_byte_limit and ring:  # the byte limit
+            self._ring_bytes -= len(ring.popleft())
         now = time.monotonic()
         chunks = self._chunks
         chunks.append((now, self.next_seq - 1))
         cutoff = now - self._ring_age_s
         while chunks and chunks[0][0] < cutoff:
             _, last = chunks.popleft()
-            for _ in range(min(last - self.ring_first_seq + 1, len(self._ring))):
-                self._ring.popleft()
+            for _ in range(min(last - self.ring_first_seq + 1, len(ring))):
+                self._ring_bytes -= len(ring.popleft())
         first = self.ring_first_seq
-        while chunks and chunks[0][1] < first:  # evicted by the ring's size limit
+        while chunks and chunks[0][1] < first:  # evicted by the ring's size limits
             chunks.popleft()
         for sub in list(self.subscribers):
+            if not sub.queue:
+                sub.queued_bytes = 0
             sub.queue.extend(framed)
-            if len(sub.queue) > sub.limit:
+            sub.queued_bytes += size
+            if len(sub.queue) > sub.limit or sub.queued_bytes > self._queue_bytes:
                 self._overflow(sub)
             else:
                 sub.wake.set()
@@ -145,17 +166,20 @@ class EventLog:
     def _overflow(self, sub: Subscriber) -> None:
         missing = len(sub.queue)
         first = sub.next_seq
+        if len(sub.queue) > sub.limit:
+            limit = f"{self._queue_limit} events (--event-queue-size)"
+        else:
+            limit = f"{self._queue_bytes:,} bytes (--event-queue-bytes)"
         sub.queue.clear()
+        sub.queued_bytes = 0
         if self._policy is OverflowPolicy.FAIL_FAST and not self._multiple:
-            self._on_fail_fast(
-                f"event queue overflow ({self._queue_limit} events); session faulted (fail-fast)"
-            )
+            self._on_fail_fast(f"event queue overflow ({limit}); session faulted (fail-fast)")
             return
         self._finish(
             sub,
             StreamEnd(
                 EndReason.OVERFLOW,
-                f"subscriber fell more than {self._queue_limit} events behind and was "
+                f"subscriber fell more than {limit} behind and was "
                 "disconnected; resume with after_worker_sequence",
                 first,
                 missing,
@@ -193,6 +217,7 @@ class EventLog:
             if start > after + 1:
                 sub.gap = (after + 1, start - (after + 1))
             sub.queue.extend(itertools.islice(self._ring, start - base, None))
+            sub.queued_bytes = sum(map(len, sub.queue))
             sub.next_seq = start
         self.subscribers.append(sub)
         return sub
@@ -212,11 +237,38 @@ class EventLog:
         self.closed = end
         self.end_all(end)
 
-    def drain(self, max_events: int) -> list[bytes]:
-        """DrainEvents: retained events not drained before (bare ``MxEvent`` bytes)."""
+    def drain(self, max_events: int, max_bytes: int = 1 << 62) -> list[bytes]:
+        """DrainEvents: retained events not drained before (bare ``MxEvent`` bytes).
+
+        Only what fits in ``max_bytes`` (the reply's room for events) is returned and marked
+        drained; the rest stays for the next call. An event too large for any reply is
+        replaced by a ``REPLAY_GAP`` notice naming it, so the drain never sticks on it.
+        """
         base = self.ring_first_seq
         start = max(self._drain_seq, base)
         stop = self.next_seq if max_events <= 0 else min(self.next_seq, start + max_events)
-        events = [unframe(b) for b in itertools.islice(self._ring, start - base, stop - base)]
-        self._drain_seq = stop
+        events: list[bytes] = []
+        size = 0
+        seq = start
+        for framed in itertools.islice(self._ring, start - base, stop - base):
+            if size + len(framed) > max_bytes:
+                if not events:
+                    events.append(self._too_large_notice(seq, len(framed), max_bytes))
+                    seq += 1
+                break
+            events.append(unframe(framed))
+            size += len(framed)
+            seq += 1
+        self._drain_seq = seq
         return events
+
+    def _too_large_notice(self, seq: int, size: int, room: int) -> bytes:
+        return fault_event(
+            self.encoder.session_id,
+            pb.STREAM_FAULT_KIND_REPLAY_GAP,
+            f"event {seq} is {size:,} bytes and does not fit in a {room:,}-byte reply "
+            "(--max-message-bytes); it was skipped",
+            seq,
+            1,
+            now=time.time(),
+        ).SerializeToString()

@@ -7,8 +7,8 @@ gets a handle and fails later, through the item's first OnDataChange.
 
 from __future__ import annotations
 
-import functools
 import re
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 MAX_REFERENCE_LENGTH = 329
@@ -48,22 +48,64 @@ class ParsedReference:
         object.__setattr__(self, "key", self.path.lower() + suffix)
 
 
-PARSE_CACHE_SIZE = 65_536
-"""Reference strings whose parse is remembered (ReadBulk re-reads the same tags)."""
-
-
 def parse_reference(text: str, context: str = "") -> ParsedReference:
     """Check ``text`` against the reference grammar; resolve ``Me.`` against ``context``.
 
-    The result depends on the two strings only (never on what is deployed), so it is
-    cached, least recently used first out; a malformed reference is not cached and raises
-    every time.
-
     Raises:
         ReferenceSyntaxError: empty, too long, bad characters, empty identifiers, a
-            misplaced or out-of-range array index.
+            misplaced or out-of-range array index; an item context longer than a reference.
     """
-    return _parse_cached(text, context)
+    return _parse(text, context)
+
+
+ENTRY_OVERHEAD_BYTES = 400
+"""Estimated bytes of one cache entry beyond its strings (key tuple, reference object,
+string headers, dictionary slot)."""
+
+
+class ReferenceCache:
+    """One session's parsed references, least recently used first out, bounded in bytes.
+
+    The parse depends on the two strings only (never on what is deployed), and ReadBulk
+    re-reads the same tags, so it is worth remembering; it is kept per session (it goes
+    with the session) and its size counts every string it holds, the item context too. A
+    malformed reference is not cached and raises every time.
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self._entries: OrderedDict[tuple[str, str], ParsedReference] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def parse(self, text: str, context: str = "") -> ParsedReference:
+        """:func:`parse_reference`, remembered."""
+        key = (text, context)
+        entries = self._entries
+        ref = entries.get(key)
+        if ref is not None:
+            entries.move_to_end(key)
+            return ref
+        ref = _parse(text, context)
+        cost = _cost(text, context, ref)
+        if cost <= self.max_bytes:
+            entries[key] = ref
+            self.bytes += cost
+            while self.bytes > self.max_bytes:
+                (old_text, old_context), old = entries.popitem(last=False)
+                self.bytes -= _cost(old_text, old_context, old)
+        return ref
+
+    def clear(self) -> None:
+        """Forget everything."""
+        self._entries.clear()
+        self.bytes = 0
+
+
+def _cost(text: str, context: str, ref: ParsedReference) -> int:
+    return len(text) + len(context) + len(ref.path) + len(ref.key) + ENTRY_OVERHEAD_BYTES
 
 
 def _parse(text: str, context: str) -> ParsedReference:
@@ -72,6 +114,11 @@ def _parse(text: str, context: str) -> ParsedReference:
     if len(text) > MAX_REFERENCE_LENGTH:
         raise ReferenceSyntaxError(
             f"the item reference is {len(text)} characters long; the limit is "
+            f"{MAX_REFERENCE_LENGTH}"
+        )
+    if len(context) > MAX_REFERENCE_LENGTH:  # an object's tag name: nvarchar(329)
+        raise ReferenceSyntaxError(
+            f"the item context is {len(context)} characters long; the limit is "
             f"{MAX_REFERENCE_LENGTH}"
         )
     match = _REFERENCE.match(text)
@@ -99,6 +146,3 @@ def _parse(text: str, context: str) -> ParsedReference:
         index=int(first) if first is not None else None,
         dimensions=len(indices),
     )
-
-
-_parse_cached = functools.lru_cache(maxsize=PARSE_CACHE_SIZE)(_parse)

@@ -34,6 +34,7 @@ from mxgateway_sim._faults import (
     FaultInterceptor,
     FaultPlan,
 )
+from mxgateway_sim._limits import DEFAULT_MAX_MESSAGE_BYTES, check_limits
 from mxgateway_sim._plant import Plant
 from mxgateway_sim._runtime import MxAccessRuntime
 from mxgateway_sim._servicer import GatewayServicer, add_gateway_servicer
@@ -48,7 +49,8 @@ TlsMode = Literal["self-signed"] | tuple[str | Path, str | Path] | None
 
 GATEWAY_SERVICE = "mxaccess_gateway.v1.MxAccessGateway"
 GALAXY_SERVICE = "galaxy_repository.v1.GalaxyRepository"
-MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+MAX_MESSAGE_BYTES = DEFAULT_MAX_MESSAGE_BYTES
+"""Default gRPC message limit (``SessionOptions.max_message_bytes``, ``--max-message-bytes``)."""
 DEFAULT_MAX_SESSIONS = 64
 GC_GEN0_THRESHOLD = 50_000
 """Gen-0 GC threshold while a simulator runs: the event path allocates many short-lived,
@@ -214,6 +216,7 @@ class GatewaySimulator:
             return
         if not len(self._store) and not self._store.allow_anonymous:
             raise ValueError("no API key configured; pass api_keys or allow_anonymous=True")
+        check_limits(self._options.max_message_bytes, self._options.max_value_bytes)
         catalog = await self._open_catalog()
         try:
             await self._serve(catalog)
@@ -232,19 +235,25 @@ class GatewaySimulator:
         )
         factory = self._runtime_factory
         users = self._users
+        options = self._options
 
         def make_runtime() -> MxAccessRuntime:
             if factory is not None:
                 return factory(plant)
-            return SimulatedRuntime(plant, users)
+            return SimulatedRuntime(
+                plant,
+                users,
+                max_items=options.max_items_per_session,
+                reference_cache_bytes=options.reference_cache_bytes,
+            )
 
         self.sessions = SessionManager(make_runtime, self._options)
         self.faults.sessions = self.sessions
         server = aio.server(
             interceptors=[AuthInterceptor(self._store), FaultInterceptor(self.faults)],
             options=[
-                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", options.max_message_bytes),
+                ("grpc.max_receive_message_length", options.max_message_bytes),
                 # Accept client keepalive pings on quiet streams (the client pings every
                 # 30 s by default); gRPC's server default would answer "too many pings"
                 # and drop a quiet event stream after a couple of minutes.

@@ -27,7 +27,7 @@ from mxgateway.generated import mxaccess_gateway_pb2 as pb
 from mxgateway_sim import _commands as bulk
 from mxgateway_sim._alarms import AlarmMonitor
 from mxgateway_sim._auth import current_principal, scope_for_command
-from mxgateway_sim._commands import BulkRow
+from mxgateway_sim._commands import BulkRow, ReplyBudget, row_bytes
 from mxgateway_sim._domain import (
     E_MX_OPERATION_FAILED,
     AlarmTransition,
@@ -37,6 +37,7 @@ from mxgateway_sim._domain import (
 )
 from mxgateway_sim._events import EndReason, Subscriber, SubscriberRefused
 from mxgateway_sim._faults import FaultInjector
+from mxgateway_sim._limits import REPLY_OVERHEAD_BYTES, LimitError, reply_too_large, too_large
 from mxgateway_sim._sessions import Session, SessionLimitError, SessionManager, SessionState
 from mxgateway_sim._wire import (
     alarm_snapshot_to_pb,
@@ -62,6 +63,29 @@ PAYLOAD_OF_KIND: dict[int, str] = {
     if number != pb.MX_COMMAND_KIND_UNSPECIFIED
 }
 """Oneof member of ``MxCommand.payload`` that each kind requires."""
+
+
+_VALUE_PAYLOADS = frozenset({"write", "write2", "write_secured", "write_secured2"})
+_BULK_VALUE_PAYLOADS = frozenset(
+    {"write_bulk", "write2_bulk", "write_secured_bulk", "write_secured2_bulk"}
+)
+
+
+def _check_value_sizes(payload: str, body: Any, limit: int) -> None:
+    """Refuse a Write* command carrying a value over ``--max-value-bytes``.
+
+    Raises:
+        LimitError: a value is larger than ``limit`` bytes (nothing is written).
+    """
+    if payload in _VALUE_PAYLOADS:
+        size = body.value.ByteSize()
+        if size > limit:
+            raise too_large("the value", size, limit, "--max-value-bytes")
+    elif payload in _BULK_VALUE_PAYLOADS and body.ByteSize() > limit:
+        for index, entry in enumerate(body.entries):
+            size = entry.value.ByteSize()
+            if size > limit:
+                raise too_large(f"the value of entry {index}", size, limit, "--max-value-bytes")
 
 
 _END_KIND = {
@@ -267,10 +291,10 @@ class GatewayServicer:
             return reply
         session.pending += 1
         handler = self._handlers[payload]
+        body = getattr(command, payload)
         try:
-            await asyncio.wait_for(
-                handler(session, getattr(command, payload), reply), options.command_timeout_s
-            )
+            _check_value_sizes(payload, body, options.max_value_bytes)
+            await asyncio.wait_for(handler(session, body, reply), options.command_timeout_s)
         except asyncio.TimeoutError:
             reply.protocol_status.CopyFrom(
                 _status(
@@ -291,6 +315,18 @@ class GatewayServicer:
             reply.protocol_status.CopyFrom(
                 _status(pb.PROTOCOL_STATUS_CODE_INVALID_REQUEST, str(exc))
             )
+            return reply
+        except LimitError as exc:
+            # A named limit: nothing was done, and no partial payload goes out.
+            code = (
+                pb.PROTOCOL_STATUS_CODE_OVERLOADED
+                if exc.overloaded
+                else pb.PROTOCOL_STATUS_CODE_INVALID_REQUEST
+            )
+            result = reply.WhichOneof("result")
+            if result is not None:
+                reply.ClearField(result)
+            reply.protocol_status.CopyFrom(_status(code, str(exc)))
             return reply
         finally:
             session.pending -= 1
@@ -314,6 +350,38 @@ class GatewayServicer:
                 f"the session is {session.state.name.lower()}",
             )
         return None
+
+    # reply sizes
+
+    def _room(self) -> int:
+        """Bytes a reply's rows or events may take (the message limit minus the rest)."""
+        return self.sessions.options.max_message_bytes - REPLY_OVERHEAD_BYTES
+
+    def _budget(self) -> ReplyBudget:
+        return ReplyBudget(self._room())
+
+    def _handle_rows(self, rows: list[BulkRow]) -> pb.BulkSubscribeReply:
+        """The reply of a bulk call on existing handles, if it fits (checked before it is
+        built; such a call is refused up front when even minimal rows would not fit)."""
+        size = sum(map(row_bytes, rows))
+        if size > self._room():
+            raise reply_too_large(
+                size,
+                self._room(),
+                "the command ran but its rows cannot be returned; send fewer handles per call",
+            )
+        return _subscribe_rows(rows)
+
+    def _write_rows(self, rows: list[BulkRow]) -> bytes:
+        data = write_reply_bytes(rows)
+        if len(data) > self._room():
+            raise reply_too_large(
+                len(data),
+                self._room(),
+                "the writes ran (their OnWriteComplete events "
+                "report each outcome); send fewer entries per call",
+            )
+        return data
 
     # single MXAccess calls
 
@@ -427,28 +495,33 @@ class GatewayServicer:
     async def _add_item_bulk(
         self, s: Session, p: pb.AddItemBulkCommand, r: pb.MxCommandReply
     ) -> None:
-        rows = await bulk.add_items(s.runtime, p.server_handle, list(p.tag_addresses))
+        rows = await bulk.add_items(
+            s.runtime, p.server_handle, list(p.tag_addresses), self._budget()
+        )
         r.bulk_subscribe.CopyFrom(_subscribe_rows(rows))
 
     async def _advise_item_bulk(
         self, s: Session, p: pb.AdviseItemBulkCommand, r: pb.MxCommandReply
     ) -> None:
+        self._budget().precheck(len(p.item_handles))
         rows = await bulk.advise_items(
             s.runtime, p.server_handle, list(p.item_handles), supervisory=p.supervisory
         )
-        r.bulk_subscribe.CopyFrom(_subscribe_rows(rows))
+        r.bulk_subscribe.CopyFrom(self._handle_rows(rows))
 
     async def _remove_item_bulk(
         self, s: Session, p: pb.RemoveItemBulkCommand, r: pb.MxCommandReply
     ) -> None:
+        self._budget().precheck(len(p.item_handles))
         rows = await bulk.remove_items(s.runtime, p.server_handle, list(p.item_handles))
-        r.bulk_subscribe.CopyFrom(_subscribe_rows(rows))
+        r.bulk_subscribe.CopyFrom(self._handle_rows(rows))
 
     async def _unadvise_item_bulk(
         self, s: Session, p: pb.UnAdviseItemBulkCommand, r: pb.MxCommandReply
     ) -> None:
+        self._budget().precheck(len(p.item_handles))
         rows = await bulk.unadvise_items(s.runtime, p.server_handle, list(p.item_handles))
-        r.bulk_subscribe.CopyFrom(_subscribe_rows(rows))
+        r.bulk_subscribe.CopyFrom(self._handle_rows(rows))
 
     async def _subscribe_bulk(
         self, s: Session, p: pb.SubscribeBulkCommand, r: pb.MxCommandReply
@@ -461,30 +534,35 @@ class GatewayServicer:
             list(p.tag_addresses),
             buffered_interval_ms=p.buffered_update_interval_ms,
             supervisory=p.supervisory,
+            budget=self._budget(),
         )
         r.bulk_subscribe.CopyFrom(_subscribe_rows(rows))
 
     async def _unsubscribe_bulk(
         self, s: Session, p: pb.UnsubscribeBulkCommand, r: pb.MxCommandReply
     ) -> None:
+        self._budget().precheck(len(p.item_handles))
         rows = await bulk.unsubscribe(s.runtime, p.server_handle, list(p.item_handles))
-        r.bulk_subscribe.CopyFrom(_subscribe_rows(rows))
+        r.bulk_subscribe.CopyFrom(self._handle_rows(rows))
 
     async def _write_bulk(self, s: Session, p: pb.WriteBulkCommand, r: pb.MxCommandReply) -> None:
+        self._budget().precheck(len(p.entries))
         entries = [(e.item_handle, _write_request(e.value, user=e.user_id)) for e in p.entries]
         rows = await bulk.write_items(s.runtime, p.server_handle, entries)
-        r.bulk_write.MergeFromString(write_reply_bytes(rows))
+        r.bulk_write.MergeFromString(self._write_rows(rows))
 
     async def _write2_bulk(self, s: Session, p: pb.Write2BulkCommand, r: pb.MxCommandReply) -> None:
+        self._budget().precheck(len(p.entries))
         entries = [
             (e.item_handle, _write_request(e.value, ts=_ts(e), user=e.user_id)) for e in p.entries
         ]
         rows = await bulk.write_items(s.runtime, p.server_handle, entries)
-        r.bulk_write.MergeFromString(write_reply_bytes(rows))
+        r.bulk_write.MergeFromString(self._write_rows(rows))
 
     async def _write_secured_bulk(
         self, s: Session, p: pb.WriteSecuredBulkCommand, r: pb.MxCommandReply
     ) -> None:
+        self._budget().precheck(len(p.entries))
         entries = [
             (
                 e.item_handle,
@@ -495,11 +573,12 @@ class GatewayServicer:
             for e in p.entries
         ]
         rows = await bulk.write_items(s.runtime, p.server_handle, entries)
-        r.bulk_write.MergeFromString(write_reply_bytes(rows))
+        r.bulk_write.MergeFromString(self._write_rows(rows))
 
     async def _write_secured2_bulk(
         self, s: Session, p: pb.WriteSecured2BulkCommand, r: pb.MxCommandReply
     ) -> None:
+        self._budget().precheck(len(p.entries))
         entries = [
             (
                 e.item_handle,
@@ -514,14 +593,14 @@ class GatewayServicer:
             for e in p.entries
         ]
         rows = await bulk.write_items(s.runtime, p.server_handle, entries)
-        r.bulk_write.MergeFromString(write_reply_bytes(rows))
+        r.bulk_write.MergeFromString(self._write_rows(rows))
 
     async def _read_bulk(self, s: Session, p: pb.ReadBulkCommand, r: pb.MxCommandReply) -> None:
         if p.timeout_ms < 0:
             raise _BadRequest("timeout_ms cannot be negative")
         timeout_s = (p.timeout_ms or 5000) / 1000.0
         rows = await s.runtime.read(p.server_handle, list(p.tag_addresses), timeout_s)
-        r.bulk_read.MergeFromString(read_reply_bytes(rows))
+        r.bulk_read.MergeFromString(read_reply_bytes(rows, self._room()))
 
     # control
 
@@ -547,7 +626,7 @@ class GatewayServicer:
     ) -> None:
         if p.max_events < 0:
             raise _BadRequest("max_events cannot be negative")
-        for data in s.events.drain(p.max_events):
+        for data in s.events.drain(p.max_events, self._room()):
             r.drain_events.events.add().MergeFromString(data)
         r.drain_events.SetInParent()
 

@@ -21,6 +21,14 @@ from dataclasses import dataclass
 
 from mxgateway_sim._domain import ReleaseCounts
 from mxgateway_sim._events import EndReason, EventLog, OverflowPolicy, StreamEnd
+from mxgateway_sim._limits import (
+    DEFAULT_EVENT_QUEUE_BYTES,
+    DEFAULT_MAX_ITEMS_PER_SESSION,
+    DEFAULT_MAX_MESSAGE_BYTES,
+    DEFAULT_MAX_VALUE_BYTES,
+    DEFAULT_REFERENCE_CACHE_BYTES,
+    DEFAULT_REPLAY_RING_BYTES,
+)
 from mxgateway_sim._runtime import MxAccessRuntime
 
 log = logging.getLogger("mxgateway_sim.sessions")
@@ -58,6 +66,13 @@ class SessionOptions:
     entry is an id and a timestamp, about 200 bytes, so the bound is about 200 KiB)."""
     closed_memory_s: float = 600.0
     """How long a closed session is remembered; after that a repeat close is NOT_FOUND."""
+    # Byte limits (the table in _limits.py: flags, defaults, refusals).
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES
+    max_items_per_session: int = DEFAULT_MAX_ITEMS_PER_SESSION
+    event_queue_bytes: int = DEFAULT_EVENT_QUEUE_BYTES
+    replay_ring_bytes: int = DEFAULT_REPLAY_RING_BYTES
+    reference_cache_bytes: int = DEFAULT_REFERENCE_CACHE_BYTES
 
 
 class SessionLimitError(Exception):
@@ -84,6 +99,8 @@ class Session:
             ring_size=options.replay_ring_size,
             ring_age_s=options.replay_ring_age_s,
             queue_limit=options.event_queue_limit,
+            queue_bytes=options.event_queue_bytes,
+            ring_bytes=options.replay_ring_bytes,
             policy=options.overflow_policy,
             multiple_subscribers=options.multiple_subscribers,
             max_subscribers=options.max_subscribers,

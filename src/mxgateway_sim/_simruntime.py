@@ -49,8 +49,13 @@ from mxgateway_sim._domain import (
     failure,
     invalid_arg,
 )
+from mxgateway_sim._limits import (
+    DEFAULT_MAX_ITEMS_PER_SESSION,
+    DEFAULT_REFERENCE_CACHE_BYTES,
+    LimitError,
+)
 from mxgateway_sim._plant import Plant, TagState
-from mxgateway_sim._references import ParsedReference, ReferenceSyntaxError, parse_reference
+from mxgateway_sim._references import ParsedReference, ReferenceCache, ReferenceSyntaxError
 from mxgateway_sim._runtime import EventSink, MxAccessRuntime
 
 WRITEABLE_CATEGORIES = frozenset({-1, 4, 5, 6, 7, 8, 9, 10, 11, 14})
@@ -154,8 +159,17 @@ class Item:
 class SimulatedRuntime:
     """:class:`~mxgateway_sim._runtime.MxAccessRuntime` over the simulated :class:`Plant`."""
 
-    def __init__(self, plant: Plant, users: Sequence[SimUser] = DEFAULT_USERS) -> None:
+    def __init__(
+        self,
+        plant: Plant,
+        users: Sequence[SimUser] = DEFAULT_USERS,
+        *,
+        max_items: int = DEFAULT_MAX_ITEMS_PER_SESSION,
+        reference_cache_bytes: int = DEFAULT_REFERENCE_CACHE_BYTES,
+    ) -> None:
         self._plant = plant
+        self._max_items = max_items
+        self._references = ReferenceCache(reference_cache_bytes)
         self._users_by_name = {u.name.lower(): u for u in users}
         self._users_by_id = {u.user_id: u for u in users}
         self._users_by_guid = {u.guid.lower(): u for u in users}
@@ -308,8 +322,14 @@ class SimulatedRuntime:
     ) -> int:
         """AddItem/AddItem2/AddBufferedItem: syntax is checked now, existence on Advise."""
         self._check_server(server_handle)
+        if len(self._items) >= self._max_items:
+            raise LimitError(
+                f"the session holds {len(self._items):,} items, the limit "
+                "(--max-items-per-session); remove some first",
+                overloaded=True,
+            )
         try:
-            ref = parse_reference(item_definition, item_context)
+            ref = self._references.parse(item_definition, item_context)
         except ReferenceSyntaxError as exc:
             raise invalid_arg(str(exc)) from None
         state, error = self._resolve(ref)
@@ -506,9 +526,10 @@ class SimulatedRuntime:
                 for r in references
             ]
         results: list[ReadResult] = []
+        parse = self._references.parse
         for reference in references:
             try:
-                ref = parse_reference(reference)
+                ref = parse(reference)
             except ReferenceSyntaxError as exc:
                 results.append(ReadResult(reference, None, False, str(exc)))
                 continue
@@ -550,6 +571,7 @@ class SimulatedRuntime:
         self._advised_by_key.clear()
         self._buffered.clear()
         self.pending.clear()
+        self._references.clear()
         return ReleaseCounts(advises, items, registrations)
 
 

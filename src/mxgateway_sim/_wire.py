@@ -37,6 +37,7 @@ from mxgateway_sim._domain import (
     TagSample,
     WriteComplete,
 )
+from mxgateway_sim._limits import reply_too_large
 from mxgateway_sim._plant import STRING_TYPES
 
 _COM_OFFSET = 2
@@ -269,31 +270,49 @@ def _status_field5(status: MxStatus) -> bytes:
     return field
 
 
-def read_reply_bytes(rows: Sequence[ReadResult]) -> bytes:
+def read_reply_bytes(rows: Sequence[ReadResult], max_bytes: int | None = None) -> bytes:
     """Serialized ``BulkReadReply`` of ReadBulk rows, built from cached pieces.
 
     Fields are written in field-number order and zero values are left out, as the generated
-    classes do; ``tests/sim`` checks that it parses to what they would build.
+    classes do; ``tests/sim`` checks that it parses to what they would build. Each row's
+    value bytes are shared, not copied, until the final join, and the total is checked
+    against ``max_bytes`` before that join: a tag read 30 times costs 30 references to one
+    encoded value, never 30 copies, unless the reply is sent.
+
+    Raises:
+        LimitError: the reply would be larger than ``max_bytes``.
     """
     out: list[bytes] = []
     append = out.append
     status_field = _STATUS_FIELD5_CACHE.get
+    total = 0
     for row in rows:
         parts = _ld(b"\x0a", row.reference.encode()) if row.reference else b""
         sample = row.sample
+        body = b""
         if sample is not None:
-            parts += sample.read_wire or _read_body(sample)
+            body = sample.read_wire or _read_body(sample)
+        tail = b""
         for status in row.statuses:
-            parts += status_field(status) or _status_field5(status)
+            tail += status_field(status) or _status_field5(status)
         if sample is not None and not row.error:  # ReadResult.ok
-            parts += b"\x30\x01"
+            tail += b"\x30\x01"
         if row.was_cached:
-            parts += b"\x38\x01"
+            tail += b"\x38\x01"
         if row.error:
-            parts += _ld(b"\x42", row.error.encode())
+            tail += _ld(b"\x42", row.error.encode())
+        size = len(parts) + len(body) + len(tail)
+        head = varint(size)
+        total += 1 + len(head) + size
         append(b"\x0a")
-        append(varint(len(parts)))
+        append(head)
         append(parts)
+        append(body)
+        append(tail)
+    if max_bytes is not None and total > max_bytes:
+        raise reply_too_large(
+            total, max_bytes, "nothing was read; read fewer or smaller tags per call"
+        )
     return b"".join(out)
 
 

@@ -25,6 +25,7 @@ from mxgateway_sim._auth import SCOPES, ApiKeyStore, KeyFormatError, load_keys_f
 from mxgateway_sim._auth import parse_scopes as _parse_scopes
 from mxgateway_sim._events import OverflowPolicy
 from mxgateway_sim._faults import FaultPlan, FaultPlanError
+from mxgateway_sim._limits import LIMITS
 from mxgateway_sim._server import GatewaySimulator, TlsMode
 from mxgateway_sim._sessions import SessionOptions
 from mxgateway_sim._tls import TlsSetupError
@@ -153,6 +154,16 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="S",
         help="how long a closed session is remembered (default 600)",
     )
+    memory = serve.add_argument_group("memory limits (bytes unless named otherwise)")
+    for limit in LIMITS:
+        memory.add_argument(
+            limit.flag,
+            dest=limit.field,
+            type=_positive,
+            default=limit.default,
+            metavar="N",
+            help=f"{limit.help} (default {limit.default})",
+        )
     serve.add_argument("--json", action="store_true", help="print the start line as JSON")
     serve.add_argument(
         "--log-level", default="warning", choices=["debug", "info", "warning", "error"]
@@ -274,6 +285,7 @@ async def _serve(args: argparse.Namespace) -> int:
         max_subscribers=args.max_subscribers,
         closed_memory=args.closed_session_memory,
         closed_memory_s=args.closed_session_seconds,
+        **{limit.field: getattr(args, limit.field) for limit in LIMITS},
     )
     plan = FaultPlan()
     if args.faults is not None:

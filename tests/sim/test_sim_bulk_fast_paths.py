@@ -9,6 +9,8 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Sequence
 
+import pytest
+
 from mxgateway.generated import mxaccess_gateway_pb2 as pb
 from mxgateway_sim import InMemoryCatalog, TagInfo, builtin_catalog
 from mxgateway_sim._commands import BulkRow, write_items
@@ -27,7 +29,12 @@ from mxgateway_sim._domain import (
 )
 from mxgateway_sim._events import EventLog, OverflowPolicy
 from mxgateway_sim._plant import Plant
-from mxgateway_sim._references import ParsedReference, ReferenceSyntaxError, parse_reference
+from mxgateway_sim._references import (
+    ParsedReference,
+    ReferenceCache,
+    ReferenceSyntaxError,
+    parse_reference,
+)
 from mxgateway_sim._simruntime import SimulatedRuntime
 from mxgateway_sim._wire import (
     EventEncoder,
@@ -135,21 +142,36 @@ def test_varint_fast_paths_match_the_generic_encoder() -> None:
 
 
 def test_parse_reference_is_cached_by_text_and_context() -> None:
-    first = parse_reference("Tank01.Level[3]")
-    assert parse_reference("Tank01.Level[3]") is first
+    cache = ReferenceCache(1 << 20)
+    first = cache.parse("Tank01.Level[3]")
+    assert cache.parse("Tank01.Level[3]") is first
     assert first == ParsedReference("Tank01.Level[3]", "Tank01.Level", False, 3, 1)
+    assert first == parse_reference("Tank01.Level[3]")
     assert first.key == "tank01.level[3]"
-    assert parse_reference("Me.Level", "Tank01").path == "Tank01.Level"
-    assert parse_reference("Me.Level", "Pump01").path == "Pump01.Level"
-    assert parse_reference("Tank01").key == "tank01.pv"
-    assert parse_reference("Tank01.Arr[]").key == "tank01.arr[]"
+    assert cache.parse("Me.Level", "Tank01").path == "Tank01.Level"
+    assert cache.parse("Me.Level", "Pump01").path == "Pump01.Level"
+    assert cache.parse("Tank01").key == "tank01.pv"
+    assert cache.parse("Tank01.Arr[]").key == "tank01.arr[]"
     for _ in range(2):  # a malformed reference raises every time, never served from a cache
         try:
-            parse_reference("Tank01..Level")
+            cache.parse("Tank01..Level")
         except ReferenceSyntaxError:
             pass
         else:  # pragma: no cover
             raise AssertionError("a malformed reference was accepted")
+
+
+def test_the_reference_cache_is_bounded_in_bytes() -> None:
+    cache = ReferenceCache(64 * 1024)
+    for i in range(5000):
+        cache.parse("Me.Level", f"Tank{i:05d}" + "x" * 300)
+        assert cache.bytes <= 64 * 1024
+    assert 0 < len(cache) < 5000
+    newest = cache.parse("Me.Level", "Tank04999" + "x" * 300)
+    assert cache.parse("Me.Level", "Tank04999" + "x" * 300) is newest  # still cached
+    with pytest.raises(ReferenceSyntaxError, match="item context is 2097152 characters"):
+        cache.parse("Me.Level", "T" * (2 * 1024 * 1024))
+    assert cache.bytes <= 64 * 1024
 
 
 class _Redeployable(InMemoryCatalog):
