@@ -70,10 +70,17 @@ class ReplyBudget:
         if least > self.limit:
             raise reply_too_large(least, self.limit, "nothing was done; send fewer entries")
 
-    def charge(self, row: BulkRow) -> bool:
-        """Count ``row``; False once the reply no longer fits."""
+    def charge(self, row: BulkRow) -> None:
+        """Count ``row``.
+
+        Raises:
+            LimitError: the reply no longer fits (the caller undoes what it created).
+        """
         self.used += row_bytes(row)
-        return self.used <= self.limit
+        if self.used > self.limit:
+            raise reply_too_large(
+                self.used, self.limit, "nothing was created; send fewer references per call"
+            )
 
 
 async def _undo_adds(
@@ -87,14 +94,6 @@ async def _undo_adds(
                 if advised:
                     await rt.unadvise(sh, row.item_handle)
                 await rt.remove_item(sh, row.item_handle)
-
-
-def _over_budget(budget: ReplyBudget) -> LimitError:
-    return reply_too_large(
-        budget.used,
-        budget.limit,
-        "nothing was created; send fewer references per call",
-    )
 
 
 async def _attempt(row: BulkRow, call: Awaitable[object]) -> bool:
@@ -126,8 +125,8 @@ async def add_items(
             except MxAccessError as exc:
                 row.fail(exc)
             rows.append(row)
-            if budget is not None and not budget.charge(row):
-                raise _over_budget(budget)
+            if budget is not None:
+                budget.charge(row)
     except LimitError:
         await _undo_adds(rt, sh, rows, advised=False)
         raise
@@ -203,8 +202,8 @@ async def subscribe(
             except MxAccessError as exc:
                 row.fail(exc)
             rows.append(row)
-            if budget is not None and not budget.charge(row):
-                raise _over_budget(budget)
+            if budget is not None:
+                budget.charge(row)
     except LimitError:
         await _undo_adds(rt, sh, rows, advised=True)
         raise
