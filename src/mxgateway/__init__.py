@@ -36,6 +36,7 @@ from mxgateway._events import (
 from mxgateway._galaxy import DeployEvent, GalaxyAttribute, GalaxyObject, GalaxyRepositoryClient
 from mxgateway._options import ClientOptions
 from mxgateway._retry import RetryPolicy
+from mxgateway._secret import Secret
 from mxgateway._session import Session
 from mxgateway._subscription import (
     ItemFailure,
@@ -91,6 +92,7 @@ __all__ = [
     "MxGatewayUnimplementedError",
     "OperationComplete",
     "RetryPolicy",
+    "Secret",
     "Session",
     "StateChange",
     "StreamFault",

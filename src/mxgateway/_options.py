@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mxgateway._retry import RetryPolicy
+from mxgateway._secret import Secret
 
 __all__ = ["DEFAULT_MAX_MESSAGE_BYTES", "ClientOptions"]
 
@@ -75,7 +76,10 @@ class ClientOptions:
     Attributes:
         endpoint: ``host:port`` (``[v6addr]:port`` for IPv6 literals) or a ``unix:`` path.
         api_key: API key (``mxgw_<keyId>_<secret>``), sent as ``authorization: Bearer``
-            metadata on every call and stream. Never shown in ``repr``/``str``/errors.
+            metadata on every call and stream. Given as a ``str`` (or a :class:`Secret`),
+            kept as a :class:`Secret`: never shown by ``repr``/``str``/errors/logging or
+            ``dataclasses.asdict``, and the options refuse to be pickled while they hold
+            a key. ``options.api_key.get_secret_value()`` returns the string.
         plaintext: Open an unencrypted channel (local development only).
         ca_file: PEM file with the CA certificate(s) to trust instead of the system roots.
         server_name_override: TLS host name to verify instead of the endpoint's host
@@ -97,7 +101,7 @@ class ClientOptions:
     """
 
     endpoint: str
-    api_key: str | None = None
+    api_key: str | Secret | None = None
     plaintext: bool = False
     ca_file: str | None = None
     server_name_override: str | None = None
@@ -131,18 +135,23 @@ class ClientOptions:
             if not 0 < port < 65536:
                 raise ValueError(f"endpoint {endpoint!r} has port {port} outside 1-65535")
         set_(self, "endpoint", endpoint)
-        # api key: validated without ever echoing it.
+        # api key: validated without ever echoing it, then kept in a Secret.
         if self.api_key is not None:
-            if not isinstance(self.api_key, str):
+            raw = (
+                self.api_key.get_secret_value()
+                if isinstance(self.api_key, Secret)
+                else self.api_key
+            )
+            if not isinstance(raw, str):
                 raise ValueError("api_key must be a string")
-            key = self.api_key.strip()
+            key = raw.strip()
             if not key:
                 raise ValueError("api_key is empty; pass None to send no key")
             if key.lower().startswith("bearer"):
                 raise ValueError("api_key must be the bare key, without a 'Bearer ' prefix")
             if any(ord(c) <= 0x20 or ord(c) > 0x7E for c in key):
                 raise ValueError("api_key contains whitespace or non-ASCII characters")
-            set_(self, "api_key", key)
+            set_(self, "api_key", Secret(key))
         # TLS
         if not isinstance(self.plaintext, bool):
             raise ValueError("plaintext must be a bool")
@@ -196,6 +205,11 @@ class ClientOptions:
         set_(self, "channel_options", opts)
         if self.retry is not None and not isinstance(self.retry, RetryPolicy):
             raise ValueError("retry must be a RetryPolicy or None")
+
+    def api_key_value(self) -> str | None:
+        """The API key as a plain string (``None`` without one), for the transport."""
+        key = self.api_key
+        return key.get_secret_value() if isinstance(key, Secret) else key
 
     def replace(self, **changes: Any) -> ClientOptions:
         """Return a copy with ``changes`` applied (validated again)."""

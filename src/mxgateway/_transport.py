@@ -149,11 +149,12 @@ class Transport:
         self._options = options
         self._channel = channel if channel is not None else create_channel(options)
         metadata: list[tuple[str, str]] = []
-        if options.api_key:
-            metadata.append(("authorization", f"Bearer {options.api_key}"))
+        api_key = options.api_key_value()
+        if api_key:
+            metadata.append(("authorization", f"Bearer {api_key}"))
         metadata.extend(options.metadata)
         self._metadata: tuple[tuple[str, str], ...] = tuple(metadata)
-        self._secrets: tuple[str | None, ...] = (options.api_key,)
+        self._secrets: tuple[str | None, ...] = (api_key,)
         self._closed = False
         self.retry_count = 0
         """How many times a unary call was retried after UNAVAILABLE (all calls)."""

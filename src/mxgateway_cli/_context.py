@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from mxgateway_cli._errors import CliUsageError
 from mxgateway_cli._output import Output
-from mxgateway_cli._parsing import ConnectionSettings
+from mxgateway_cli._parsing import ConnectionSettings, env_secret_missing
 
 __all__ = ["Context"]
 
@@ -50,6 +50,6 @@ class Context:
         """Read a secret (password) from environment variable ``name``; never echoed."""
         value = self.env.get(name)
         if not value:
-            raise CliUsageError(f"{flag} {name}: environment variable is not set or empty")
+            raise CliUsageError(env_secret_missing(flag))
         self.out.add_secret(value)
         return value

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from _typeshed import SupportsWrite
 
 import mxgateway
+from mxgateway._secret import NoEchoArgumentParser
 from mxgateway_cli._errors import CliUsageError
 from mxgateway_cli._exit_codes import ExitCode
 
@@ -25,8 +26,12 @@ class HelpRequested(Exception):
     """``--help`` was printed; the run ends with exit code 0."""
 
 
-class _Parser(argparse.ArgumentParser):
-    """An ArgumentParser that raises instead of exiting and prints to our streams."""
+class _Parser(NoEchoArgumentParser):
+    """An ArgumentParser that raises instead of exiting and prints to our streams.
+
+    Flags are never abbreviated (``--password x`` must not become ``--password-env x``), and
+    unrecognized arguments are reported without their values: either could echo a secret.
+    """
 
     out_stream: IO[str] | None = None
     """Where help text goes (set by :func:`build_parser` on every parser of the tree)."""

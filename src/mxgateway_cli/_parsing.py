@@ -24,6 +24,7 @@ from mxgateway_cli._errors import CliUsageError
 __all__ = [
     "DEFAULT_ENDPOINT",
     "ConnectionSettings",
+    "env_secret_missing",
     "parse_endpoint",
     "parse_python_value",
     "parse_value",
@@ -129,6 +130,15 @@ def _env_flag(env: Mapping[str, str], name: str) -> bool:
     raise CliUsageError(f"environment variable {name}={raw!r} is not a boolean (1/0, true/false)")
 
 
+def env_secret_missing(flag: str) -> str:
+    """The error for a secret flag whose variable is unset; the name given is not repeated
+    (a secret passed where the variable's name belongs would be echoed)."""
+    return (
+        f"{flag}: the environment variable it names is not set or is empty "
+        f"({flag} takes the variable's name, never the secret itself)"
+    )
+
+
 @dataclass(frozen=True)
 class ConnectionSettings:
     """Validated connection flags of one command."""
@@ -196,9 +206,7 @@ class ConnectionSettings:
         if api_key_env is not None:
             key = environ.get(api_key_env)
             if not key:
-                raise CliUsageError(
-                    f"--api-key-env {api_key_env}: environment variable is not set or empty"
-                )
+                raise CliUsageError(env_secret_missing("--api-key-env"))
         elif key is None:
             key = environ.get(ENV_API_KEY) or None
         if api_key is not None and not api_key.strip():

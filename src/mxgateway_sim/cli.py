@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+from mxgateway._secret import NoEchoArgumentParser
 from mxgateway_sim._auth import SCOPES, ApiKeyStore, KeyFormatError, load_keys_file, new_key
 from mxgateway_sim._auth import parse_scopes as _parse_scopes
 from mxgateway_sim._events import OverflowPolicy
@@ -41,8 +42,12 @@ class UsageError(Exception):
     """Bad command-line input (exit code 2)."""
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse with one-line errors (no usage dump) and exit code 2."""
+class _Parser(NoEchoArgumentParser):
+    """argparse with one-line errors (no usage dump) and exit code 2.
+
+    Flags are never abbreviated and unrecognized arguments are reported without their
+    values, so a mistyped key flag cannot echo the key.
+    """
 
     def error(self, message: str) -> NoReturn:
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")

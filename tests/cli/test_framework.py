@@ -193,7 +193,7 @@ def test_unknown_type_is_usage_error() -> None:
         (["--endpoint", "host:99999"], "port"),
         (["--endpoint", "http://host:5000"], "malformed --endpoint"),
         (["--ca-file", "/nonexistent/ca.pem"], "cannot read --ca-file"),
-        (["--api-key-env", "MXGW_TEST_UNSET_VAR"], "MXGW_TEST_UNSET_VAR"),
+        (["--api-key-env", "MXGW_TEST_UNSET_VAR"], "--api-key-env: the environment variable"),
         (["--timeout", "0"], "positive"),
         (["--timeout", "nan"], "positive"),
     ],

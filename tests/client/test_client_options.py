@@ -140,3 +140,36 @@ def test_channel_arguments_follow_the_options() -> None:
     assert not any(k.startswith("grpc.keepalive") for k in off)
     assert off["grpc.ssl_target_name_override"] == "gw.test"
     assert off["grpc.primary_user_agent"] == "tests"
+
+
+def test_api_key_is_held_in_a_secret_that_never_prints(caplog: pytest.LogCaptureFixture) -> None:
+    import json
+    import logging
+    import pickle
+
+    from mxgateway import Secret
+
+    opts = ClientOptions(endpoint="gw:1", api_key=KEY)
+    assert isinstance(opts.api_key, Secret)
+    assert opts.api_key.get_secret_value() == KEY and opts.api_key_value() == KEY
+    shown = [
+        repr(dataclasses.asdict(opts)),
+        repr(dataclasses.astuple(opts)),
+        repr(vars(opts)),
+        f"{opts.api_key} {opts.api_key!r} {opts.api_key:>40}",
+        json.dumps(dataclasses.asdict(opts), default=str),
+    ]
+    with caplog.at_level(logging.DEBUG):
+        logging.getLogger("test.secret").warning("options %s %r key %s", opts, opts, opts.api_key)
+    shown.append(caplog.text)
+    for text in shown:
+        assert "s3cr3t" not in text, text
+    with pytest.raises(TypeError, match="cannot be pickled"):
+        pickle.dumps(opts)
+    with pytest.raises(AttributeError):
+        opts.api_key._value = "x"  # type: ignore[union-attr]
+    # The public API keeps taking a plain string (or a Secret), and keeps the key on replace.
+    again = ClientOptions(endpoint="gw:1", api_key=Secret(" " + KEY + " "))
+    assert again.api_key == KEY and again == opts
+    assert opts.replace(timeout=5.0).api_key_value() == KEY
+    assert ClientOptions(endpoint="gw:1").api_key_value() is None

@@ -1,0 +1,105 @@
+"""Secrets that never show themselves, and argument errors that never echo one.
+
+:class:`Secret` wraps a string (an API key, a password) so that every way an object is
+usually displayed or serialised (``repr``, ``str``, f-strings, ``dataclasses.asdict``,
+logging, pickling) leaves the value out. :class:`NoEchoArgumentParser` is the argparse base
+of both command lines (``mxgw-py``, ``mxgw-sim``): it never abbreviates a flag (``--password
+x`` must not become ``--password-env x``) and reports unrecognized arguments without their
+values (a mistyped secret flag makes the secret itself an unrecognized argument).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hmac
+from collections.abc import Sequence
+from typing import Any, NoReturn, final
+
+__all__ = ["NoEchoArgumentParser", "Secret", "unrecognized_arguments"]
+
+_MASK = "**********"
+
+
+@final
+class Secret:
+    """A string that is shown as ``**********``; :meth:`get_secret_value` gives it back.
+
+    Equal to another :class:`Secret` or a plain ``str`` with the same value (compared in
+    constant time). Copies are the same object; pickling is refused with ``TypeError``, so
+    the value cannot leave the process by accident.
+    """
+
+    __slots__ = ("_value",)
+    _value: str
+
+    def __init__(self, value: str) -> None:
+        if not isinstance(value, str):
+            raise TypeError("a Secret holds a str")
+        object.__setattr__(self, "_value", value)
+
+    def get_secret_value(self) -> str:
+        """The wrapped string (put it where it is needed, never into output)."""
+        return self._value
+
+    def __repr__(self) -> str:
+        return f"Secret('{_MASK}')"
+
+    def __str__(self) -> str:
+        return _MASK
+
+    def __format__(self, spec: str) -> str:
+        return format(_MASK, spec)
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Secret):
+            other = other._value
+        if not isinstance(other, str):
+            return NotImplemented
+        return hmac.compare_digest(self._value.encode(), other.encode())
+
+    def __hash__(self) -> int:
+        return hash((Secret, self._value))
+
+    def __setattr__(self, name: str, value: object) -> NoReturn:
+        raise AttributeError("a Secret is immutable")
+
+    def __copy__(self) -> Secret:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Secret:
+        return self
+
+    def __reduce__(self) -> NoReturn:
+        raise TypeError("a Secret cannot be pickled; pass the value to the other process yourself")
+
+
+def unrecognized_arguments(extras: Sequence[str]) -> str:
+    """argparse's "unrecognized arguments" message naming the flags only, never a value.
+
+    ``--password=x`` is shown as ``--password``; words that are not flags are only counted.
+    """
+    flags = [arg.split("=", 1)[0] for arg in extras if arg.startswith("-") and len(arg) > 1]
+    values = len(extras) - len(flags) + sum("=" in arg for arg in extras if arg.startswith("-"))
+    parts = [" ".join(flags)] if flags else []
+    if values:
+        parts.append(f"{values} value{'s' if values != 1 else ''} (not shown)")
+    return "unrecognized arguments: " + ", ".join(parts)
+
+
+class NoEchoArgumentParser(argparse.ArgumentParser):
+    """argparse without flag abbreviations and without values in "unrecognized" errors."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["allow_abbrev"] = False
+        super().__init__(*args, **kwargs)
+
+    def parse_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> argparse.Namespace:
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            self.error(unrecognized_arguments(extras))
+        return parsed
