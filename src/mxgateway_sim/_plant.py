@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import logging
 import math
 import time
 from collections.abc import Callable
@@ -51,8 +50,9 @@ from mxgateway_sim._domain import (
     TagSample,
     failure,
 )
+from mxgateway_sim._logsafe import get_logger
 
-log = logging.getLogger("mxgateway_sim.plant")
+log = get_logger("mxgateway_sim.plant")
 
 
 class SampleSink(Protocol):

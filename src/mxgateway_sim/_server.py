@@ -11,7 +11,6 @@ import asyncio
 import dataclasses
 import gc
 import importlib
-import logging
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -35,6 +34,7 @@ from mxgateway_sim._faults import (
     FaultPlan,
 )
 from mxgateway_sim._limits import DEFAULT_MAX_MESSAGE_BYTES, check_limits
+from mxgateway_sim._logsafe import get_logger
 from mxgateway_sim._plant import Plant
 from mxgateway_sim._runtime import MxAccessRuntime
 from mxgateway_sim._servicer import GatewayServicer, add_gateway_servicer
@@ -42,7 +42,7 @@ from mxgateway_sim._sessions import SessionManager, SessionOptions
 from mxgateway_sim._simruntime import DEFAULT_USERS, SimulatedRuntime, SimUser
 from mxgateway_sim._tls import TlsFiles, ensure_self_signed
 
-log = logging.getLogger("mxgateway_sim")
+log = get_logger("mxgateway_sim")
 
 TlsMode = Literal["self-signed"] | tuple[str | Path, str | Path] | None
 """None = plaintext, ``"self-signed"`` = generated CA + cert in ``tls_dir``, or (cert, key)."""

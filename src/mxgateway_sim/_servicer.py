@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import itertools
-import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -38,6 +37,7 @@ from mxgateway_sim._domain import (
 from mxgateway_sim._events import EndReason, Subscriber, SubscriberRefused
 from mxgateway_sim._faults import FaultInjector
 from mxgateway_sim._limits import REPLY_OVERHEAD_BYTES, LimitError, reply_too_large, too_large
+from mxgateway_sim._logsafe import get_logger
 from mxgateway_sim._sessions import Session, SessionLimitError, SessionManager, SessionState
 from mxgateway_sim._wire import (
     alarm_snapshot_to_pb,
@@ -50,7 +50,7 @@ from mxgateway_sim._wire import (
     write_reply_bytes,
 )
 
-log = logging.getLogger("mxgateway_sim.gateway")
+log = get_logger("mxgateway_sim.gateway")
 Context = aio.ServicerContext[Any, Any]
 BACKEND_NAME = "mxgw-sim"
 ALARM_FEED_QUEUE = 10_000

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
-import logging
 import secrets
 import time
 from collections import OrderedDict
@@ -29,9 +28,10 @@ from mxgateway_sim._limits import (
     DEFAULT_REFERENCE_CACHE_BYTES,
     DEFAULT_REPLAY_RING_BYTES,
 )
+from mxgateway_sim._logsafe import get_logger
 from mxgateway_sim._runtime import MxAccessRuntime
 
-log = logging.getLogger("mxgateway_sim.sessions")
+log = get_logger("mxgateway_sim.sessions")
 
 
 class SessionState(enum.IntEnum):

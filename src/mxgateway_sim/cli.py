@@ -27,11 +27,12 @@ from mxgateway_sim._auth import parse_scopes as _parse_scopes
 from mxgateway_sim._events import OverflowPolicy
 from mxgateway_sim._faults import FaultPlan, FaultPlanError
 from mxgateway_sim._limits import LIMITS
+from mxgateway_sim._logsafe import get_logger
 from mxgateway_sim._server import GatewaySimulator, TlsMode
 from mxgateway_sim._sessions import SessionOptions
 from mxgateway_sim._tls import TlsSetupError
 
-_log = logging.getLogger("mxgateway_sim")
+_log = get_logger("mxgateway_sim")
 
 EXIT_OK = 0
 EXIT_FAILURE = 1

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
+import os
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -91,3 +96,38 @@ async def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> None
     while not predicate():
         assert time.monotonic() < deadline, "condition not met in time"
         await asyncio.sleep(0.01)
+
+
+SIM_CLI = [sys.executable, "-c", "from mxgateway_sim.cli import run; run()"]
+"""``mxgw-sim`` without relying on the console script being installed."""
+
+
+@contextlib.asynccontextmanager
+async def serve_process(
+    *args: str, log: Path
+) -> AsyncIterator[tuple[asyncio.subprocess.Process, str]]:
+    """A real ``mxgw-sim serve --plaintext --json ARGS`` on a free port, stderr to ``log``.
+
+    Yields the process and its address; killed on exit if it is still running.
+    """
+    with log.open("w") as stderr:
+        proc = await asyncio.create_subprocess_exec(
+            *SIM_CLI,
+            "serve",
+            "--plaintext",
+            "--listen",
+            "127.0.0.1:0",
+            "--json",
+            *args,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=stderr,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+    try:
+        assert proc.stdout is not None
+        info = json.loads(await asyncio.wait_for(proc.stdout.readline(), 60))
+        yield proc, info["address"]
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()

@@ -14,7 +14,6 @@ import binascii
 import contextlib
 import hashlib
 import json
-import logging
 import secrets
 import sqlite3
 from collections import deque
@@ -29,6 +28,7 @@ from mxgateway._values import datetime_to_timestamp, timestamp_to_datetime
 from mxgateway.generated import galaxy_repository_pb2 as gr
 from mxgateway.generated import galaxy_repository_pb2_grpc as gr_grpc
 from mxgateway_sim._catalog import TagCatalog, TagInfo
+from mxgateway_sim._logsafe import get_logger
 from mxgateway_sim.galaxy._cache import (
     Filters,
     GalaxyObjectRecord,
@@ -41,7 +41,7 @@ from mxgateway_sim.galaxy._schema import create_galaxy, default_db_path
 
 __all__ = ["DEFAULT_PAGE_SIZE", "MAX_PAGE_SIZE", "GalaxyCatalog", "GalaxyService"]
 
-log = logging.getLogger("mxgateway_sim.galaxy")
+log = get_logger("mxgateway_sim.galaxy")
 
 DEFAULT_PAGE_SIZE = 500
 MAX_PAGE_SIZE = 5000
