@@ -42,7 +42,7 @@ class Context:
                 timeout=a.timeout,
                 env=self.env,
             )
-            self.out.add_secret(settings.api_key)
+            self.out.add_secret(settings.api_key_text)
             self._settings = settings
         return self._settings
 

@@ -38,7 +38,7 @@ def client_options(
             connect_timeout=timeout or CONNECT_TIMEOUT,
         )
     except ValueError as exc:
-        secrets = [settings.api_key] if settings.api_key else []
+        secrets = [settings.api_key_text] if settings.api_key_text else []
         raise CliUsageError(redact(str(exc), secrets)) from None
 
 

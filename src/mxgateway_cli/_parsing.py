@@ -13,11 +13,12 @@ import binascii
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
 import mxgateway
+from mxgateway._secret import Secret
 from mxgateway.generated import mxaccess_gateway_pb2 as pb
 from mxgateway_cli._errors import CliUsageError
 
@@ -147,16 +148,14 @@ class ConnectionSettings:
     plaintext: bool
     ca_file: str | None
     server_name_override: str | None
-    api_key: str | None = field(repr=False)
+    api_key: Secret | None
+    """Shown as ``Secret('**********')`` by ``repr`` and ``dataclasses.asdict``."""
     timeout: float | None
 
-    def __repr__(self) -> str:
-        key = "***" if self.api_key else None
-        return (
-            f"ConnectionSettings(endpoint={self.endpoint!r}, plaintext={self.plaintext}, "
-            f"ca_file={self.ca_file!r}, server_name_override={self.server_name_override!r}, "
-            f"api_key={key!r}, timeout={self.timeout!r})"
-        )
+    @property
+    def api_key_text(self) -> str | None:
+        """The key as a plain string, for the redaction filter."""
+        return None if self.api_key is None else self.api_key.get_secret_value()
 
     @classmethod
     def from_flags(
@@ -218,6 +217,6 @@ class ConnectionSettings:
             plaintext=plaintext,
             ca_file=ca,
             server_name_override=name_override,
-            api_key=key,
+            api_key=None if key is None else Secret(key),
             timeout=timeout,
         )

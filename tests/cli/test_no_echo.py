@@ -133,3 +133,24 @@ def test_real_processes_never_echo() -> None:
         _assert_not_echoed(result.stdout, result.stderr, SECRET, PASSWORD, PASSWORD[:10])
         if "--json" in argv:
             assert set(json.loads(result.stderr)) == {"error"}
+
+
+def test_connection_settings_never_show_the_key() -> None:
+    import dataclasses
+
+    from mxgateway_cli._parsing import ConnectionSettings
+
+    settings = ConnectionSettings.from_flags(
+        endpoint="gw:1",
+        plaintext=True,
+        tls=False,
+        ca_file=None,
+        server_name_override=None,
+        api_key=None,
+        api_key_env="K",
+        timeout=None,
+        env={"K": SECRET},
+    )
+    assert settings.api_key == SECRET and settings.api_key_text == SECRET
+    for text in (repr(settings), str(settings), repr(dataclasses.asdict(settings))):
+        assert SECRET[5:] not in text
