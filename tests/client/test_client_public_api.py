@@ -9,6 +9,7 @@ EXPECTED = {
     "ClientOptions",
     "GatewayClient",
     "RetryPolicy",
+    "Secret",
     "Session",
     # recovering subscriptions
     "ItemFailure",
