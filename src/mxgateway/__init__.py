@@ -1,6 +1,7 @@
 """Async Python client for the MXAccess Gateway (AVEVA System Platform over gRPC)."""
 
 from mxgateway._client import GatewayClient
+from mxgateway._enums import enum_name
 from mxgateway._errors import (
     ClientClosedError,
     MxAccessError,
@@ -20,6 +21,7 @@ from mxgateway._errors import (
     MxGatewayTimeoutError,
     MxGatewayUnavailableError,
     MxGatewayUnimplementedError,
+    MxGatewayWriteTimeoutError,
 )
 from mxgateway._events import (
     AlarmTransition,
@@ -38,6 +40,7 @@ from mxgateway._options import ClientOptions
 from mxgateway._retry import RetryPolicy
 from mxgateway._secret import Secret
 from mxgateway._session import Session
+from mxgateway._status import describe_status, failed_statuses, status_failed
 from mxgateway._subscription import (
     ItemFailure,
     StateChange,
@@ -90,6 +93,7 @@ __all__ = [
     "MxGatewayTimeoutError",
     "MxGatewayUnavailableError",
     "MxGatewayUnimplementedError",
+    "MxGatewayWriteTimeoutError",
     "OperationComplete",
     "RetryPolicy",
     "Secret",
@@ -103,7 +107,11 @@ __all__ = [
     "ValueType",
     "WriteComplete",
     "__version__",
+    "describe_status",
+    "enum_name",
+    "failed_statuses",
     "from_mx_value",
+    "status_failed",
     "to_mx_value",
     "version_info",
 ]

@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+from mxgateway._enums import enum_name
 from mxgateway._errors import (
     ClientClosedError,
     MxGatewayError,
@@ -34,13 +35,6 @@ _log.addHandler(logging.NullHandler())
 _OK = pb.PROTOCOL_STATUS_CODE_OK
 _MXACCESS_FAILURE = pb.PROTOCOL_STATUS_CODE_MXACCESS_FAILURE
 _SESSION_CLOSE_TIMEOUT = 5.0
-
-
-def _kind_name(kind: int) -> str:
-    try:
-        return pb.MxCommandKind.Name(kind).removeprefix("MX_COMMAND_KIND_")  # type: ignore[arg-type]
-    except ValueError:
-        return str(kind)
 
 
 class GatewayClient:
@@ -212,9 +206,9 @@ class GatewayClient:
 
         Raises the typed ``MxGateway*`` error of gRPC failures and of protocol statuses
         other than OK and MXACCESS_FAILURE. MXAccess failures (that code, a negative
-        ``hresult`` or a status with ``success == 0``) stay in the returned reply.
+        ``hresult`` or a status whose category is a failure) stay in the returned reply.
         """
-        kind = _kind_name(command.kind)
+        kind = enum_name(pb.MxCommandKind, command.kind)
         request = pb.MxCommandRequest(
             session_id=session_id,
             client_correlation_id=client_correlation_id or self._next_correlation_id(),

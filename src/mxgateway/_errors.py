@@ -6,6 +6,7 @@
     │                                       .details, .trailing_metadata, .session_id
     ├── MxGatewayUnavailableError           UNAVAILABLE; WORKER_UNAVAILABLE
     ├── MxGatewayTimeoutError               DEADLINE_EXCEEDED; TIMEOUT
+    │   └── MxGatewayWriteTimeoutError      a write's OnWriteComplete did not arrive in time
     ├── MxGatewayCancelledError             CANCELLED; CANCELED
     ├── MxGatewayAuthenticationError        UNAUTHENTICATED
     ├── MxGatewayPermissionError            PERMISSION_DENIED; UNAUTHORIZED_COMMAND
@@ -23,7 +24,8 @@
     │   │                                   UNSPECIFIED, and replies that break the contract
     │   └── MxGatewayUnimplementedError     UNIMPLEMENTED
     ├── MxAccessError                       MXACCESS_FAILURE: MXAccess ran and failed;
-    │                                       .reply, .hresult, .statuses
+    │                                       .reply, .hresult, .statuses (and .completion:
+    │                                       a write's failed OnWriteComplete)
     └── ClientClosedError (RuntimeError)    the client/session/transport was already closed
 
 gRPC status codes (``grpc.StatusCode``) and gateway protocol codes (``ProtocolStatusCode``)
@@ -43,6 +45,8 @@ from typing import TYPE_CHECKING, Any
 import grpc
 from google.protobuf import descriptor_pool, message_factory
 
+from mxgateway._enums import enum_name
+from mxgateway._status import describe_status, failed_statuses
 from mxgateway.generated import mxaccess_gateway_pb2 as pb
 
 if TYPE_CHECKING:
@@ -69,6 +73,7 @@ __all__ = [
     "MxGatewayTimeoutError",
     "MxGatewayUnavailableError",
     "MxGatewayUnimplementedError",
+    "MxGatewayWriteTimeoutError",
     "check_mxaccess",
     "error_from_protocol_status",
     "error_from_rpc_error",
@@ -130,16 +135,21 @@ class MxGatewayError(Exception):
         # Generated messages are carried as bytes: their classes cannot be pickled by name.
         state = dict(self.__dict__)
         reply = state.pop("reply", None)
+        completion = state.pop("completion", None)
         for derived in ("statuses", "failed_statuses"):
             state.pop(derived, None)
         packed = None
         if reply is not None:
             packed = (reply.DESCRIPTOR.full_name, reply.SerializeToString())
-        return (_rebuild, (type(self), self.message, packed), state)
+        event = completion.SerializeToString() if completion is not None else None
+        return (_rebuild, (type(self), self.message, packed, event), state)
 
 
 def _rebuild(
-    cls: type[MxGatewayError], message: str, packed: tuple[str, bytes] | None
+    cls: type[MxGatewayError],
+    message: str,
+    packed: tuple[str, bytes] | None,
+    completion: bytes | None = None,
 ) -> MxGatewayError:
     err = cls.__new__(cls)
     Exception.__init__(err, message)
@@ -149,8 +159,10 @@ def _rebuild(
         reply = message_factory.GetMessageClass(descriptor).FromString(packed[1])
     err.reply = reply
     if isinstance(err, MxAccessError) and isinstance(reply, pb.MxCommandReply):
-        err.statuses = tuple(reply.statuses)
-        err.failed_statuses = tuple(s for s in err.statuses if s.success == 0)
+        err.completion = pb.MxEvent.FromString(completion) if completion is not None else None
+        source = err.completion.on_write_complete if err.completion is not None else reply
+        err.statuses = tuple(source.statuses)
+        err.failed_statuses = failed_statuses(err.statuses)
     return err
 
 
@@ -164,6 +176,17 @@ class MxGatewayTimeoutError(MxGatewayError):
     After a timed-out command the session state is unknown: check it or close the session
     before reusing its handles.
     """
+
+
+class MxGatewayWriteTimeoutError(MxGatewayTimeoutError):
+    """A write was accepted, but its ``OnWriteComplete`` did not arrive in time.
+
+    The write may still take effect: only its outcome is unknown. ``server_handle`` and
+    ``item_handle`` name the item.
+    """
+
+    server_handle: int = 0
+    item_handle: int = 0
 
 
 class MxGatewayCancelledError(MxGatewayError):
@@ -222,63 +245,6 @@ class ClientClosedError(MxGatewayError, RuntimeError):
     """The client, session or transport was used after it was closed."""
 
 
-# MxStatusDetail names (MXAccess's detail codes) for readable MxAccessError messages.
-_DETAIL_NAMES: dict[int, str] = {
-    0: "MX_S_Success",
-    1: "MX_E_RequestTimedOut",
-    2: "MX_E_PlatformCommunicationError",
-    3: "MX_E_InvalidPlatformId",
-    4: "MX_E_InvalidEngineId",
-    5: "MX_E_EngineCommunicationError",
-    6: "MX_E_InvalidReference",
-    7: "MX_E_NoGalaxyRepository",
-    8: "MX_E_InvalidObjectId",
-    9: "MX_E_ObjectSignatureMismatch",
-    10: "MX_E_AttributeSignatureMismatch",
-    11: "MX_E_ResolvingAttribute",
-    12: "MX_E_ResolvingObject",
-    13: "MX_E_WrongDataType",
-    14: "MX_E_WrongNumberOfDimensions",
-    15: "MX_E_InvalidIndex",
-    16: "MX_E_IndexOutOfOrder",
-    17: "MX_E_DimensionDoesNotExist",
-    18: "MX_E_ConversionNotSupported",
-    19: "MX_E_UnableToConvertString",
-    20: "MX_E_Overflow",
-    21: "MX_E_NmxVersionMismatch",
-    22: "MX_E_NmxInvalidCommand",
-    23: "MX_E_LmxVersionMismatch",
-    24: "MX_E_LmxInvalidCommand",
-    25: "MX_E_GalaxyRepositoryBusy",
-    26: "MX_E_EngineOverloaded",
-    1000: "MX_E_InvalidPrimitiveId",
-    1001: "MX_E_InvalidAttributeId",
-    1002: "MX_E_InvalidPropertyId",
-    1003: "MX_E_IndexOutOfRange",
-    1004: "MX_E_DataOutOfRange",
-    1005: "MX_E_IncorrectDataType",
-    1006: "MX_E_NotReadable",
-    1007: "MX_E_NotWriteable",
-    1008: "MX_E_WriteAccessDenied",
-    1009: "MX_E_UnknownError",
-    1010: "MX_E_ObjectInitializing",
-    1011: "MX_E_EngineInitializing",
-    1012: "MX_E_SecuredWrite",
-    1013: "MX_E_VerifiedWrite",
-}
-
-
-def describe_status(status: pb.MxStatusProxy) -> str:
-    """One-line description of an ``MxStatusProxy`` (category, source, detail name)."""
-    category = pb.MxStatusCategory.Name(status.category).removeprefix("MX_STATUS_CATEGORY_")
-    source = pb.MxStatusSource.Name(status.detected_by).removeprefix("MX_STATUS_SOURCE_")
-    detail = _DETAIL_NAMES.get(status.detail, "unknown detail")
-    text = f"{category} detected by {source}, detail {status.detail} ({detail})"
-    if status.diagnostic_text:
-        text += f": {status.diagnostic_text}"
-    return text
-
-
 class MxAccessError(MxGatewayError):
     """MXAccess ran the command and reported a failure.
 
@@ -286,23 +252,34 @@ class MxAccessError(MxGatewayError):
         reply: The raw ``MxCommandReply``, untouched.
         hresult: The HRESULT of the MXAccess call (negative means failure).
         statuses: The reply's ``MxStatusProxy`` records.
-        failed_statuses: The records with ``success == 0``.
+        failed_statuses: The records whose ``category`` is a failure (not OK, PENDING or
+            unset; ``success`` is COM's raw number and decides nothing).
         status_descriptions: ``failed_statuses`` decoded into readable text.
         kind: The ``MxCommandKind`` name of the failed command.
+        completion: For a write whose reply was OK but whose ``OnWriteComplete`` reported
+            the failure (upstream semantics): that ``MxEvent``; ``statuses`` are then its
+            statuses. ``None`` for a failure of the call itself.
     """
 
     reply: pb.MxCommandReply
 
-    def __init__(self, reply: pb.MxCommandReply) -> None:
+    def __init__(self, reply: pb.MxCommandReply, *, completion: pb.MxEvent | None = None) -> None:
         self.hresult = reply.hresult
-        self.statuses: tuple[pb.MxStatusProxy, ...] = tuple(reply.statuses)
-        self.failed_statuses = tuple(s for s in self.statuses if s.success == 0)
+        self.completion = completion
+        source = completion.on_write_complete if completion is not None else reply
+        self.statuses: tuple[pb.MxStatusProxy, ...] = tuple(source.statuses)
+        self.failed_statuses = failed_statuses(self.statuses)
         self.status_descriptions = tuple(describe_status(s) for s in self.failed_statuses)
         self.kind = _kind_name(reply.kind)
-        parts = [f"MXAccess {self.kind} failed: hresult 0x{reply.hresult & 0xFFFFFFFF:08X}"]
+        if completion is not None:
+            parts = [f"MXAccess {self.kind} failed (OnWriteComplete #{completion.worker_sequence})"]
+        else:
+            parts = [f"MXAccess {self.kind} failed: hresult 0x{reply.hresult & 0xFFFFFFFF:08X}"]
         if self.status_descriptions:
             parts.append("; ".join(self.status_descriptions))
-        extra = reply.diagnostic_message or reply.protocol_status.message
+        extra = reply.diagnostic_message
+        if completion is None:
+            extra = extra or reply.protocol_status.message
         # Skip text that only repeats a status's diagnostic text.
         if extra and not any(
             s.diagnostic_text and s.diagnostic_text in extra for s in self.failed_statuses
@@ -317,10 +294,7 @@ class MxAccessError(MxGatewayError):
 
 
 def _kind_name(kind: int) -> str:
-    try:
-        return pb.MxCommandKind.Name(kind).removeprefix("MX_COMMAND_KIND_")  # type: ignore[arg-type]
-    except ValueError:
-        return f"command kind {kind}"
+    return enum_name(pb.MxCommandKind, kind)
 
 
 GRPC_STATUS_ERRORS: dict[grpc.StatusCode, type[MxGatewayError] | None] = {
@@ -442,10 +416,7 @@ def error_from_protocol_status(
         if isinstance(reply, pb.MxCommandReply):
             return MxAccessError(reply)
         cls = MxGatewayProtocolError
-    try:
-        name = pb.ProtocolStatusCode.Name(code).removeprefix("PROTOCOL_STATUS_CODE_")
-    except ValueError:
-        name = f"unknown protocol status {code}"
+    name = enum_name(pb.ProtocolStatusCode, code)
     message = f"{what} failed with {name}"
     if status.message:
         message += f": {status.message}"
@@ -460,13 +431,15 @@ def error_from_protocol_status(
 def check_mxaccess(reply: pb.MxCommandReply) -> pb.MxCommandReply:
     """Raise :class:`MxAccessError` when MXAccess reported a failure in ``reply``.
 
-    A failure is the ``MXACCESS_FAILURE`` protocol code, a negative HRESULT, or any status
-    with ``success == 0``. Per-entry failures of bulk replies are not failures here.
+    A failure is the ``MXACCESS_FAILURE`` protocol code, a negative HRESULT, or a status
+    whose ``category`` is a failure (see :func:`mxgateway._status.status_failed`: OK,
+    PENDING and an unset category are not; ``success`` is COM's raw number, not a verdict).
+    Per-entry failures of bulk replies are not failures here.
     """
     if (
         reply.protocol_status.code == pb.PROTOCOL_STATUS_CODE_MXACCESS_FAILURE
         or reply.hresult < 0
-        or any(s.success == 0 for s in reply.statuses)
+        or failed_statuses(reply.statuses)
     ):
         raise MxAccessError(reply)
     return reply

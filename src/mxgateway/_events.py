@@ -11,14 +11,19 @@ subscriber) it re-subscribes with ``after_worker_sequence`` so nothing is lost s
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeAlias
 
+import grpc
+
+from mxgateway._enums import enum_name
 from mxgateway._errors import (
+    ClientClosedError,
     MxGatewayError,
     MxGatewayOverloadedError,
     MxGatewaySessionFaultedError,
@@ -26,6 +31,7 @@ from mxgateway._errors import (
     MxGatewayUnavailableError,
     MxGatewayUnimplementedError,
 )
+from mxgateway._status import failed_statuses
 from mxgateway._values import MxPythonValue, from_mx_value
 from mxgateway.generated import mxaccess_gateway_pb2 as pb
 
@@ -81,8 +87,8 @@ class DataChange:
         raw: The ``MxEvent`` this was decoded from.
 
     :attr:`timestamp` (the source timestamp, an aware UTC ``datetime``) is decoded from
-    ``raw`` on first access, and :attr:`statuses` (the MXAccess status records;
-    ``success == 0`` means the event reports an error rather than a value) on each access:
+    ``raw`` on first access, and :attr:`statuses` (the MXAccess status records; a failure
+    ``category`` means the event reports an error rather than a value) on each access:
     iterating events costs nothing for fields a consumer does not read.
     """
 
@@ -157,13 +163,27 @@ class DataChange:
 
 @dataclass(slots=True, repr=True, eq=True)
 class WriteComplete:
-    """An ``OnWriteComplete``: the outcome of an earlier write (see ``statuses``)."""
+    """An ``OnWriteComplete``: the outcome of an earlier write (see ``statuses``).
+
+    Upstream a write's reply is a plain OK once MXAccess accepted it; this event carries
+    whether it took effect. :attr:`succeeded` decides by status ``category``.
+    """
 
     worker_sequence: int
     server_handle: int
     item_handle: int
     statuses: Sequence[pb.MxStatusProxy]
     raw: pb.MxEvent
+
+    @property
+    def failed_statuses(self) -> tuple[pb.MxStatusProxy, ...]:
+        """The statuses whose category is a failure (not OK, PENDING or unset)."""
+        return failed_statuses(self.statuses)
+
+    @property
+    def succeeded(self) -> bool:
+        """True when no status reports a failure (decided by category, not ``success``)."""
+        return not self.failed_statuses
 
 
 @dataclass(slots=True, repr=True, eq=True)
@@ -224,11 +244,9 @@ class StreamFault:
 
     @property
     def kind_name(self) -> str:
-        """``EVENT_QUEUE_OVERFLOW``, ``SESSION_CLOSED``, ..."""
-        try:
-            return pb.StreamFaultKind.Name(self.kind).removeprefix("STREAM_FAULT_KIND_")  # type: ignore[arg-type]
-        except ValueError:
-            return str(self.kind)
+        """``EVENT_QUEUE_OVERFLOW``, ``SESSION_CLOSED``, ... (``UNKNOWN(<n>)`` when newer
+        than these bindings)."""
+        return enum_name(pb.StreamFaultKind, self.kind)
 
 
 @dataclass(slots=True, repr=True, eq=True)
@@ -412,6 +430,7 @@ class EventStream:
         resume_backoff: float = 0.05,
         use_batches: bool = True,
         follows_closed_stream: bool = False,
+        observer: Callable[[list[Event]], None] | None = None,
     ) -> None:
         if after_worker_sequence is not None and after_worker_sequence < 0:
             raise ValueError("after_worker_sequence must be >= 0")
@@ -435,6 +454,11 @@ class EventStream:
         # Opened right after this session's previous stream was closed: the gateway may
         # still hold that subscriber for a moment, so FAILED_PRECONDITION is retried.
         self._follows_closed = follows_closed_stream
+        # Sees every decoded batch before the caller does (the session's write
+        # correlation); reads are serialised so a waiter can read ahead for the caller.
+        self._observer = observer
+        self._read_lock = asyncio.Lock()
+        self._deferred: BaseException | None = None
         self.resume_count = 0
 
     # -- counters ---------------------------------------------------------------------
@@ -501,6 +525,80 @@ class EventStream:
         return self._client.stream_events_raw(self._session_id, after_worker_sequence=after)
 
     async def _fill(self) -> Event:
+        async with self._read_lock:
+            pos = self._pos
+            if pos < len(self._buf):  # read ahead by a write waiter meanwhile
+                self._pos = pos + 1
+                return self._buf[pos]
+            deferred, self._deferred = self._deferred, None
+            if deferred is not None:  # how the stream ended while a waiter read ahead
+                raise deferred
+            buf = await self._read_batch()
+            self._buf = buf
+            self._pos = 1
+            return buf[0]
+
+    async def _read_ahead(self, stop: asyncio.Future[Any]) -> None:
+        """Read one more batch into the buffer without handing it out (write waiters do,
+        so the outcome of a write arrives while the caller is not iterating); nothing
+        once ``stop`` is done. How the stream ends is kept for the caller's next read
+        and raised here too."""
+        async with self._read_lock:
+            if stop.done():
+                return
+            if self._deferred is not None:
+                raise self._deferred
+            try:
+                more = await self._read_batch()
+            except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):
+                raise
+            except BaseException as exc:
+                self._deferred = exc
+                raise
+            if self._pos >= len(self._buf):
+                self._buf, self._pos = more, 0
+            else:
+                self._buf.extend(more)
+
+    async def _established(self, timeout: float) -> None:
+        """Open the gRPC stream if needed and wait (at most ``timeout``) until the gateway
+        has attached it, i.e. sent its response headers. A refusal (e.g. the session
+        already has a subscriber) raises here, before the caller sends anything else."""
+        async with self._read_lock:
+            attempts = 0
+            while True:
+                if self._closed:
+                    raise ClientClosedError(f"the event stream of {self._session_id} is closed")
+                stream = self._stream
+                if stream is None:
+                    stream = self._stream = self._open()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stream.call.initial_metadata(), timeout)
+                if not stream.call.done():
+                    return
+                code = await stream.call.code()
+                self._stream = None
+                if code == grpc.StatusCode.UNIMPLEMENTED and self._batches:
+                    self._client._batches_supported = False
+                    self._batches = False
+                    continue
+                if (
+                    code == grpc.StatusCode.FAILED_PRECONDITION
+                    and self._reopening
+                    and attempts < self._max_attempts
+                ):  # the gateway has not yet released this session's previous subscriber
+                    await asyncio.sleep(min(self._backoff * (2**attempts), 2.0))
+                    attempts += 1
+                    continue
+                with contextlib.suppress(StopAsyncIteration):
+                    await stream.__anext__()  # raises the call's error, mapped
+                raise MxGatewaySessionStateError(
+                    f"the event stream of {self._session_id} ended as soon as it opened",
+                    session_id=self._session_id,
+                )
+
+    async def _read_batch(self) -> list[Event]:
+        """Read messages until one decodes into at least one event (resuming as set up)."""
         attempts = 0
         while True:
             if self._closed:
@@ -583,9 +681,9 @@ class EventStream:
                 faults.clear()
             if not buf:
                 continue
-            self._buf = buf
-            self._pos = 1
-            return buf[0]
+            if self._observer is not None:
+                self._observer(buf)
+            return buf
 
     def _note_fault(self, fault: StreamFault) -> None:
         if fault.kind in _TERMINAL_FAULTS:

@@ -9,6 +9,7 @@ converted with :func:`mxgateway.to_mx_value` before anything is sent, so a bad v
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import weakref
 from collections.abc import Iterable, Mapping
@@ -17,14 +18,19 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from mxgateway._chunking import split_bulk_command
+from mxgateway._enums import enum_name
 from mxgateway._errors import (
     ClientClosedError,
+    MxAccessError,
     MxGatewayProtocolError,
     MxGatewaySessionNotFoundError,
+    MxGatewaySessionStateError,
+    MxGatewayWriteTimeoutError,
 )
-from mxgateway._events import EventStream
+from mxgateway._events import EventStream, WriteComplete
 from mxgateway._transport import DEFAULT, Stream
 from mxgateway._values import ValueType, datetime_to_timestamp, fill_mx_value, to_mx_value
+from mxgateway._writes import WriteWaiter, WriteWaiters
 from mxgateway.generated import mxaccess_gateway_pb2 as pb
 
 if TYPE_CHECKING:
@@ -47,6 +53,12 @@ _Row = pb.WriteBulkEntry | pb.Write2BulkEntry | pb.WriteSecuredBulkEntry | pb.Wr
 _BULK_REQUEST_SHARE = 4
 
 _INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
+
+DEFAULT_WRITE_WAIT = 30.0
+"""Seconds a write with ``wait=True`` waits for its ``OnWriteComplete`` by default."""
+# How long a write waiter waits for the gateway to attach its event stream (response
+# headers) before sending the write anyway.
+_ATTACH_WAIT = 2.0
 
 
 def _value(value: object, value_type: ValueType | None, where: str = "") -> pb.MxValue:
@@ -136,6 +148,10 @@ class Session:
         # The previous events() iterator, weakly: a dropped iterator must stay collectable,
         # since collecting it is what cancels its stream.
         self._last_events: weakref.ref[EventStream] | None = None
+        # Write outcomes: waiters fed by whichever stream carries the session's events.
+        self._writes = WriteWaiters()
+        self._private: EventStream | None = None
+        self._private_users = 0
 
     @property
     def session_id(self) -> str:
@@ -181,7 +197,8 @@ class Session:
     def _result(reply: pb.MxCommandReply, field: str, cls: type[_T]) -> _T:
         if reply.WhichOneof("result") != field:
             raise MxGatewayProtocolError(
-                f"the reply to {pb.MxCommandKind.Name(reply.kind)} carries no {field} result",
+                f"the reply to {enum_name(pb.MxCommandKind, reply.kind, short=False)} "
+                f"carries no {field} result",
                 reply=reply,
                 session_id=reply.session_id or None,
             )
@@ -329,10 +346,19 @@ class Session:
         *,
         user_id: int = 0,
         value_type: ValueType | None = None,
-    ) -> None:
+        wait: bool = False,
+        wait_timeout: float | None = DEFAULT_WRITE_WAIT,
+    ) -> WriteComplete | None:
         """``Write``: ``value`` is a Python value (or an ``MxValue``); ``value_type``
-        forces the MXAccess type (e.g. ``"float"``). The outcome may also arrive later
-        as a ``WriteComplete`` event."""
+        forces the MXAccess type (e.g. ``"float"``).
+
+        As upstream, the reply only says MXAccess accepted the write; its outcome is the
+        item's next ``OnWriteComplete``. With ``wait=True`` this method waits for it (at
+        most ``wait_timeout`` seconds, then :class:`MxGatewayWriteTimeoutError`), raises
+        :class:`MxAccessError` (``completion`` set) when it reports a failure, and returns
+        the :class:`WriteComplete`; without, it returns ``None`` once accepted. Argument
+        errors (unknown handle, item not advised) raise at once either way.
+        """
         cmd = pb.MxCommand(
             kind=pb.MX_COMMAND_KIND_WRITE,
             write=pb.WriteCommand(
@@ -342,7 +368,7 @@ class Session:
                 user_id=user_id,
             ),
         )
-        await self.invoke(cmd)
+        return await self._write(cmd, server_handle, item_handle, wait, wait_timeout)
 
     async def write2(
         self,
@@ -353,8 +379,11 @@ class Session:
         *,
         user_id: int = 0,
         value_type: ValueType | None = None,
-    ) -> None:
-        """``Write2``: a write with a source timestamp (an aware ``datetime``)."""
+        wait: bool = False,
+        wait_timeout: float | None = DEFAULT_WRITE_WAIT,
+    ) -> WriteComplete | None:
+        """``Write2``: a write with a source timestamp (an aware ``datetime``); ``wait``
+        as for :meth:`write`."""
         cmd = pb.MxCommand(
             kind=pb.MX_COMMAND_KIND_WRITE2,
             write2=pb.Write2Command(
@@ -365,7 +394,7 @@ class Session:
                 user_id=user_id,
             ),
         )
-        await self.invoke(cmd)
+        return await self._write(cmd, server_handle, item_handle, wait, wait_timeout)
 
     async def write_secured(
         self,
@@ -376,9 +405,12 @@ class Session:
         current_user_id: int,
         verifier_user_id: int | None = None,
         value_type: ValueType | None = None,
-    ) -> None:
+        wait: bool = False,
+        wait_timeout: float | None = DEFAULT_WRITE_WAIT,
+    ) -> WriteComplete | None:
         """``WriteSecured``: user ids come from :meth:`authenticate_user`; the verifier
-        defaults to the current user (a secured rather than verified write)."""
+        defaults to the current user (a secured rather than verified write); ``wait`` as
+        for :meth:`write` (a refused user is a failed outcome, not a failed call)."""
         cmd = pb.MxCommand(
             kind=pb.MX_COMMAND_KIND_WRITE_SECURED,
             write_secured=pb.WriteSecuredCommand(
@@ -391,7 +423,7 @@ class Session:
                 value=_value(value, value_type),
             ),
         )
-        await self.invoke(cmd)
+        return await self._write(cmd, server_handle, item_handle, wait, wait_timeout)
 
     async def write_secured2(
         self,
@@ -403,8 +435,11 @@ class Session:
         current_user_id: int,
         verifier_user_id: int | None = None,
         value_type: ValueType | None = None,
-    ) -> None:
-        """``WriteSecured2``: a secured write with a source timestamp."""
+        wait: bool = False,
+        wait_timeout: float | None = DEFAULT_WRITE_WAIT,
+    ) -> WriteComplete | None:
+        """``WriteSecured2``: a secured write with a source timestamp; ``wait`` as for
+        :meth:`write`."""
         cmd = pb.MxCommand(
             kind=pb.MX_COMMAND_KIND_WRITE_SECURED2,
             write_secured2=pb.WriteSecured2Command(
@@ -418,7 +453,101 @@ class Session:
                 timestamp_value=_time(timestamp),
             ),
         )
-        await self.invoke(cmd)
+        return await self._write(cmd, server_handle, item_handle, wait, wait_timeout)
+
+    async def _write(
+        self,
+        cmd: pb.MxCommand,
+        server_handle: int,
+        item_handle: int,
+        wait: bool,
+        wait_timeout: float | None,
+    ) -> WriteComplete | None:
+        """Send a write; with ``wait``, correlate its ``OnWriteComplete`` (see _writes)."""
+        if not wait:
+            await self.invoke(cmd)
+            return None
+        if wait_timeout is not None and wait_timeout <= 0:
+            raise ValueError("wait_timeout must be > 0 (or None: no limit)")
+        self._check_open()
+        stream, private = self._correlation_stream()
+        try:
+            # The completion may be published before the reply arrives: the stream must
+            # be attached, and the waiter registered, before the write is sent.
+            attach = _ATTACH_WAIT if wait_timeout is None else min(_ATTACH_WAIT, wait_timeout)
+            await stream._established(attach)
+            tracker = stream._tracker
+            waiter = self._writes.expect(
+                server_handle, item_handle, after=tracker.last if tracker.tracking else 0
+            )
+            try:
+                reply = await self.invoke(cmd)
+                event = await self._outcome(stream, waiter, wait_timeout)
+            finally:
+                self._writes.discard(waiter)
+        finally:
+            if private:
+                await self._release_correlation()
+        if not event.succeeded:
+            raise MxAccessError(reply, completion=event.raw)
+        return event
+
+    async def _outcome(
+        self, stream: EventStream, waiter: WriteWaiter, wait_timeout: float | None
+    ) -> WriteComplete:
+        server_handle, item_handle = waiter.key
+
+        async def pump() -> WriteComplete:
+            # Read ahead for the caller (who may be awaiting this very write inside its
+            # `async for`); events stay buffered for it, the observer resolves the future.
+            while not waiter.future.done():
+                try:
+                    await stream._read_ahead(waiter.future)
+                except StopAsyncIteration:
+                    raise MxGatewaySessionStateError(
+                        f"the event stream of {self._session_id} ended before the "
+                        f"OnWriteComplete of item {item_handle} arrived",
+                        session_id=self._session_id,
+                    ) from None
+            return waiter.future.result()
+
+        try:
+            return await asyncio.wait_for(pump(), wait_timeout)
+        except asyncio.TimeoutError:
+            err = MxGatewayWriteTimeoutError(
+                f"the write to item {item_handle} (server handle {server_handle}) was "
+                f"accepted, but its OnWriteComplete did not arrive within {wait_timeout} s; "
+                "the write may still take effect",
+                session_id=self._session_id,
+            )
+            err.server_handle, err.item_handle = server_handle, item_handle
+            raise err from None
+
+    def _correlation_stream(self) -> tuple[EventStream, bool]:
+        """The stream that will carry a write's completion: the caller's open
+        ``events()`` iterator if there is one (one subscriber per session), else the
+        session's private correlation stream (new events only), shared by waiters."""
+        active = self._last_events() if self._last_events is not None else None
+        if active is not None and not active.closed and active is not self._private:
+            return active, False
+        if self._private is None:
+            self._private = EventStream(
+                self._client,
+                self._session_id,
+                after_worker_sequence=None,
+                follows_closed_stream=self._last_events is not None,
+                observer=self._writes.observe,
+            )
+            self._last_events = weakref.ref(self._private)
+        self._private_users += 1
+        return self._private, True
+
+    async def _release_correlation(self) -> None:
+        self._private_users -= 1
+        private = self._private
+        if self._private_users == 0 and private is not None:
+            self._private = None
+            await private.aclose()
 
     # -- users ------------------------------------------------------------------------
     async def authenticate_user(self, server_handle: int, user: str, password: str) -> int:
@@ -738,9 +867,11 @@ class Session:
             after_worker_sequence=after_worker_sequence,
             resume=resume,
             max_resume_attempts=max_resume_attempts,
-            # A collected previous iterator was closed by the collection.
+            # A collected previous iterator was closed by the collection; a write waiter's
+            # private stream is closed as soon as its write completes.
             follows_closed_stream=self._last_events is not None
-            and (previous is None or previous.closed),
+            and (previous is None or previous.closed or previous is self._private),
+            observer=self._writes.observe,
         )
         self._last_events = weakref.ref(stream)
         return stream

@@ -13,6 +13,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 import mxgateway
+from mxgateway import describe_status, enum_name, failed_statuses
 from mxgateway.generated import mxaccess_gateway_pb2 as pb
 from mxgateway_cli import _human
 from mxgateway_cli._context import Context
@@ -38,7 +39,7 @@ async def _invoke(ctx: Context, command: pb.MxCommand) -> ExitCode:
     async with gateway_client(ctx) as client:
         session = client.attach_session(ctx.args.session_id)
         reply = await session.invoke(command)
-    _show(ctx, message_json(reply), title=pb.MxCommandKind.Name(reply.kind))
+    _show(ctx, message_json(reply), title=enum_name(pb.MxCommandKind, reply.kind, short=False))
     return ExitCode.OK
 
 
@@ -324,7 +325,7 @@ async def cmd_write_bulk(ctx: Context) -> ExitCode:
 
 def event_line(event: pb.MxEvent) -> str:
     """One readable line per event (sequence, family, handles, value, quality)."""
-    family = pb.MxEventFamily.Name(event.family).removeprefix("MX_EVENT_FAMILY_")
+    family = enum_name(pb.MxEventFamily, event.family)
     body = event.WhichOneof("body")
     head = f"#{event.worker_sequence} {family}"
     if body == "on_data_change":
@@ -335,11 +336,12 @@ def event_line(event: pb.MxEvent) -> str:
         )
     if body in ("on_write_complete", "operation_complete"):
         done = getattr(event, body)
-        ok = all(s.success != 0 for s in done.statuses)
-        return f"{head} server={done.server_handle} item={done.item_handle} ok={ok}"
+        failed = failed_statuses(done.statuses)
+        text = f"{head} server={done.server_handle} item={done.item_handle} ok={not failed}"
+        return text + "".join(f" [{describe_status(s)}]" for s in failed)
     if body == "stream_fault":
         fault = event.stream_fault
-        kind = pb.StreamFaultKind.Name(fault.kind).removeprefix("STREAM_FAULT_KIND_")
+        kind = enum_name(pb.StreamFaultKind, fault.kind)
         return f"{head} {kind} {fault.message}".rstrip()
     return head
 

@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import mxgateway
+from mxgateway import enum_name
 from mxgateway.generated import mxaccess_gateway_pb2 as pb
 from mxgateway_cli._exit_codes import ExitCode
 
@@ -115,11 +116,7 @@ def _code(exc: BaseException, exit_code: ExitCode) -> str:
         if exc.grpc_code is not None:
             return str(exc.grpc_code.name)
         if exc.protocol_code is not None:
-            try:
-                name = pb.ProtocolStatusCode.Name(exc.protocol_code)  # type: ignore[arg-type]
-            except ValueError:
-                return f"PROTOCOL_STATUS_{exc.protocol_code}"
-            return name.removeprefix("PROTOCOL_STATUS_CODE_")
+            return enum_name(pb.ProtocolStatusCode, exc.protocol_code)
     return exit_code.name
 
 

@@ -11,7 +11,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Final
 
+from mxgateway._status import NON_FAILURE_CATEGORIES
 from mxgateway._values import MxPythonValue
+
+COM_TO_PROTO: Final = 2
+"""Proto enum number = COM value + 2 (categories, sources, data types)."""
 
 # ---------------------------------------------------------------------------------------
 # COM enums (only the values the simulator uses)
@@ -99,8 +103,9 @@ class MxStatus:
 
     @property
     def ok(self) -> bool:
-        """True when MXAccess would call this a success (``success != 0``)."""
-        return self.success != 0
+        """True unless the category is a failure (the library's table: OK and PENDING are
+        not; ``success`` is COM's raw number and decides nothing)."""
+        return self.category + COM_TO_PROTO in NON_FAILURE_CATEGORIES
 
 
 STATUS_OK: Final = MxStatus(1, CAT_OK, SRC_RESPONDING_LMX, DETAIL_SUCCESS)

@@ -672,6 +672,10 @@ class GatewayServicer:
         self, request: pb.StreamEventsRequest, context: Context, *, batched: bool
     ) -> AsyncIterator[bytes]:
         session, sub = await self._attach(request, context)
+        # Headers now, not with the first event: a client that must not miss an event it
+        # is about to cause (a write's OnWriteComplete) waits for them to know it is
+        # attached (see docs/protocol.md, "Write outcomes").
+        await context.send_initial_metadata(())
         options = self.sessions.options
         max_events = options.batch_max_events if batched else 256
         budget = self.faults.open_stream() if self.faults is not None else None

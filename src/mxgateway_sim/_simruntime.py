@@ -3,7 +3,8 @@
 Semantics follow the domain reference: handles are small sequential integers (server handles
 per runtime, item handles per session), malformed references fail AddItem with E_INVALIDARG,
 well-formed but unknown references get a handle and report a configuration error through
-their single OnDataChange, writes need an advise first and finish with an OnWriteComplete.
+their single OnDataChange; writes need an advised, resolved item, answer OK once accepted and
+report their outcome (success or failure) only through OnWriteComplete, as upstream.
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ from mxgateway_sim._domain import (
     DETAIL_USER_NOT_HAVING_ACCESS_RIGHTS,
     DETAIL_VERIFIED_WRITE,
     DETAIL_VERIFIER_NOT_HAVING_VERIFY_RIGHTS,
-    E_MX_OPERATION_FAILED,
     MX_NO_DATA,
     QUALITY_BAD_CONFIG_ERROR,
     SRC_REQUESTING_LMX,
@@ -37,7 +37,6 @@ from mxgateway_sim._domain import (
     STATUS_OK,
     BufferedDataChange,
     DataChange,
-    MxAccessError,
     MxRuntimeEvent,
     MxStatus,
     ReadResult,
@@ -62,6 +61,8 @@ WRITEABLE_CATEGORIES = frozenset({-1, 4, 5, 6, 7, 8, 9, 10, 11, 14})
 """MxAttributeCategory values a client may write at run time (Writeable_*, SystemWriteable)."""
 DEFAULT_BUFFERED_INTERVAL_MS = 1000
 BACKEND_NAME = "mxgw-sim"
+_NOT_IN_RANGE = "Value does not fall within the expected range"
+"""The message of MXAccess's ArgumentException for a write it cannot take (upstream)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -491,28 +492,30 @@ class SimulatedRuntime:
         return updated  # type: ignore[return-value]
 
     async def write(self, server_handle: int, item_handle: int, request: WriteRequest) -> None:
-        """Any Write variant: checks, updates the plant, raises OnWriteComplete."""
+        """Any Write variant, as upstream: accepted writes return OK, the outcome comes later.
+
+        Only argument errors fail synchronously (E_INVALIDARG, as the COM call throws): an
+        unknown handle, an item that is not advised, or one whose type never resolved
+        (MXAccess needs the first OnDataChange before a write). Everything else, success or
+        a security, conversion or operational failure, is reported only by the
+        OnWriteComplete the write raises.
+        """
         item = self._item(server_handle, item_handle)
         if not item.advised:
-            raise invalid_arg(
-                "Value does not fall within the expected range: advise the item before writing"
-            )
-        status: MxStatus | None = item.error if item.state is None else None
+            raise invalid_arg(f"{_NOT_IN_RANGE}: advise the item before writing")
+        if item.state is None:
+            raise invalid_arg(f"{_NOT_IN_RANGE}: the item's attribute type did not resolve")
         value: MxPythonValue = None
-        if status is None:
-            status = self._security(item, request)
+        status = self._security(item, request)
         if status is None:
             try:
                 value = self._target_value(item, request.value)
             except ConversionError as exc:
                 status = failure(CAT_OPERATIONAL_ERROR, exc.detail, str(exc), SRC_REQUESTING_LMX)
-        if status is not None:
-            self._emit(WriteComplete(server_handle, item_handle, status))
-            raise MxAccessError(E_MX_OPERATION_FAILED, f"write failed: {status.text}", (status,))
-        assert item.state is not None
-        ts = request.timestamp.timestamp() if request.timestamp is not None else None
-        self._plant.write(item.state, value, ts)
-        self._emit(WriteComplete(server_handle, item_handle, STATUS_OK))
+        if status is None:
+            ts = request.timestamp.timestamp() if request.timestamp is not None else None
+            self._plant.write(item.state, value, ts)
+        self._emit(WriteComplete(server_handle, item_handle, status or STATUS_OK))
 
     # -- reads ---------------------------------------------------------------------------
 

@@ -22,6 +22,7 @@ from mxgateway.generated import mxaccess_gateway_pb2 as pb
 from mxgateway_sim._coerce import wire_type
 from mxgateway_sim._commands import BulkRow
 from mxgateway_sim._domain import (
+    COM_TO_PROTO,
     MX_BOOLEAN,
     MX_DOUBLE,
     MX_FLOAT,
@@ -40,7 +41,7 @@ from mxgateway_sim._domain import (
 from mxgateway_sim._limits import reply_too_large
 from mxgateway_sim._plant import STRING_TYPES
 
-_COM_OFFSET = 2
+_COM_OFFSET = COM_TO_PROTO
 _MASK64 = (1 << 64) - 1
 
 

@@ -127,8 +127,7 @@ def test_mxaccess_failure_exit_code(sim: SimServer) -> None:
         item = run(
             ["add-item", "--server-handle", str(hlmx), "--item", "L1_Mixer.RunHours", *base]
         ).json()["addItem"]["itemHandle"]
-        run(["advise", "--server-handle", str(hlmx), "--item-handle", str(item), *base])
-        # RunHours is calculated (not writeable): MXAccess refuses the write.
+        # Not advised: MXAccess throws at once (an argument error, E_INVALIDARG).
         result = run(
             [
                 "write",
@@ -145,7 +144,7 @@ def test_mxaccess_failure_exit_code(sim: SimServer) -> None:
         )
         error = _error(result, ExitCode.MXACCESS, "MXACCESS_FAILURE")
         assert error["type"] == "MxAccessError"
-        assert "not writeable" in str(error["message"])
+        assert "advise the item before writing" in str(error["message"])
     finally:
         run(["close-session", "--session-id", session, *sim.flags])
 

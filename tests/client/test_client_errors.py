@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pickle
+
 import grpc
 import grpc.aio
 import pytest
@@ -116,9 +118,13 @@ def test_mxaccess_error_carries_reply_hresult_and_statuses() -> None:
     "mutate",
     [
         lambda r: setattr(r, "hresult", -1),
-        lambda r: r.statuses.add(success=0, detail=1007),
+        lambda r: r.statuses.add(
+            success=0, category=pb.MX_STATUS_CATEGORY_OPERATIONAL_ERROR, detail=1007
+        ),
+        lambda r: r.statuses.add(success=1, category=pb.MX_STATUS_CATEGORY_SECURITY_ERROR),
+        lambda r: r.statuses.add(success=1, category=77),  # newer than the bindings
     ],
-    ids=["negative-hresult", "failed-status"],
+    ids=["negative-hresult", "failed-status", "failure-category-with-success", "unknown-category"],
 )
 def test_ok_reply_with_failure_details_is_an_mxaccess_error(mutate: object) -> None:
     reply = pb.MxCommandReply(protocol_status=pb.ProtocolStatus(code=pb.PROTOCOL_STATUS_CODE_OK))
@@ -132,6 +138,40 @@ def test_successful_statuses_pass() -> None:
     reply = pb.MxCommandReply(protocol_status=pb.ProtocolStatus(code=pb.PROTOCOL_STATUS_CODE_OK))
     reply.statuses.add(success=1, category=pb.MX_STATUS_CATEGORY_OK)
     assert check_mxaccess(reply) is reply
+
+
+@pytest.mark.parametrize(
+    "status",
+    [
+        pb.MxStatusProxy(success=0),  # proto3 defaults: says nothing, not a failure
+        pb.MxStatusProxy(success=0, category=pb.MX_STATUS_CATEGORY_OK),  # raw COM number
+        pb.MxStatusProxy(success=-1, category=pb.MX_STATUS_CATEGORY_OK),
+        pb.MxStatusProxy(success=0, category=pb.MX_STATUS_CATEGORY_PENDING),
+    ],
+    ids=["defaults", "ok-success-0", "ok-success-minus-1", "pending"],
+)
+def test_status_decided_by_category_not_success(status: pb.MxStatusProxy) -> None:
+    """Upstream: ``success`` is COM's raw number; OK, PENDING and unset are not failures."""
+    reply = pb.MxCommandReply(protocol_status=pb.ProtocolStatus(code=pb.PROTOCOL_STATUS_CODE_OK))
+    reply.statuses.append(status)
+    assert check_mxaccess(reply) is reply
+    assert not mxgateway.status_failed(status)
+
+
+def test_unknown_enum_numbers_are_named_not_raised() -> None:
+    reply = pb.MxCommandReply(
+        kind=99,  # type: ignore[arg-type]
+        protocol_status=pb.ProtocolStatus(code=pb.PROTOCOL_STATUS_CODE_MXACCESS_FAILURE),
+        hresult=-1,
+    )
+    reply.statuses.add(category=42, detected_by=17, detail=5555)  # type: ignore[arg-type]
+    err = MxAccessError(reply)
+    assert err.kind == "UNKNOWN(99)"
+    assert err.status_descriptions == (
+        "UNKNOWN(42) detected by UNKNOWN(17), detail 5555 (unknown detail)",
+    )
+    assert "UNKNOWN(42)" in str(err)
+    assert pickle.loads(pickle.dumps(err)).failed_statuses == err.failed_statuses
 
 
 def test_redact_removes_keys() -> None:

@@ -48,6 +48,7 @@ EXPECTED = {
     "MxGatewayTimeoutError",
     "MxGatewayUnavailableError",
     "MxGatewayUnimplementedError",
+    "MxGatewayWriteTimeoutError",
     # galaxy repository
     "DeployEvent",
     "GalaxyAttribute",
@@ -59,6 +60,11 @@ EXPECTED = {
     "ValueType",
     "WORKER_PROTOCOL_VERSION",
     "__version__",
+    # status rule and tolerant enum names
+    "describe_status",
+    "enum_name",
+    "failed_statuses",
+    "status_failed",
     "from_mx_value",
     "to_mx_value",
     "version_info",

@@ -30,7 +30,6 @@ from mxgateway.generated import mxaccess_gateway_pb2 as pb
 from mxgateway_sim import GatewaySimulator
 
 E_INVALIDARG = -2147024809
-E_MX_OPERATION_FAILED = -2147220992
 OK = pb.PROTOCOL_STATUS_CODE_OK
 INVALID = pb.PROTOCOL_STATUS_CODE_INVALID_REQUEST
 
@@ -143,16 +142,13 @@ async def test_non_finite_out_of_range_and_wrong_type_values(sim: GatewaySimulat
                 await session.write(h, item, bad)
         with pytest.raises(ValueError):
             await session.write(h, counter, datetime(2025, 1, 1))  # naive
-        # A peer that sends them anyway gets an MXAccess failure naming the problem.
+        # A peer that sends them anyway: accepted, refused in the OnWriteComplete (the
+        # status names the problem).
         for value in [pb.MxValue(double_value=math.nan), pb.MxValue(double_value=-math.inf)]:
-            reply = await session.invoke_raw(
-                pb.MxCommand(
-                    kind=pb.MX_COMMAND_KIND_WRITE,
-                    write=pb.WriteCommand(server_handle=h, item_handle=item, value=value),
-                )
-            )
-            assert reply.protocol_status.code == pb.PROTOCOL_STATUS_CODE_MXACCESS_FAILURE
-            assert "finite" in reply.diagnostic_message
+            with pytest.raises(MxAccessError) as refused:
+                await session.write(h, item, value, wait=True)
+            assert refused.value.completion is not None
+            assert "finite" in str(refused.value)
         # Out of range and wrong types: the documented MXAccess details.
         cases: list[tuple[int, Any, int]] = [
             (counter, 2**40, 20),
@@ -163,9 +159,10 @@ async def test_non_finite_out_of_range_and_wrong_type_values(sim: GatewaySimulat
             (counter, [1, 2], 1005),
         ]
         for handle, value, detail in cases:
+            # Accepted (a plain OK, as upstream); refused in the OnWriteComplete.
             with pytest.raises(MxAccessError) as raised:
-                await session.write(h, handle, value)
-            assert raised.value.hresult == E_MX_OPERATION_FAILED
+                await session.write(h, handle, value, wait=True)
+            assert raised.value.completion is not None
             assert [s.detail for s in raised.value.statuses] == [detail], value
         await session.write(h, counter, "42")  # convertible: accepted
         await session.write(h, ratio, timedelta(seconds=0).total_seconds())

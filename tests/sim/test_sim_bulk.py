@@ -81,12 +81,22 @@ async def test_subscribe_bulk_buffered(gw: Gw) -> None:
     assert not changes(events, ih)
 
 
+async def _completions(gw: Gw, sid: str, count: int) -> list[tuple[int, int, int]]:
+    """(item handle, category, detail) of the next ``count`` OnWriteComplete events."""
+    events = await gw.drain_until(
+        sid, lambda ev: sum(e.HasField("on_write_complete") for e in ev) >= count
+    )
+    done = [e.on_write_complete for e in events if e.HasField("on_write_complete")]
+    return [(d.item_handle, d.statuses[0].category, d.statuses[0].detail) for d in done]
+
+
 async def test_write_bulk_families(gw: Gw) -> None:
     sid = await gw.open()
     sh = await gw.register(sid)
     recipe = await gw.subscribe(sid, sh, "Line01.Recipe")
     level = await gw.subscribe(sid, sh, "Tank01.Level")  # read-only
     count = await gw.subscribe(sid, sh, "Line01.BatchCount")
+    await gw.drain(sid)
     entries = [
         pb.WriteBulkEntry(item_handle=recipe, value=to_mx_value("A")),
         pb.WriteBulkEntry(item_handle=level, value=to_mx_value(1.0)),
@@ -97,16 +107,18 @@ async def test_write_bulk_families(gw: Gw) -> None:
     reply = await gw.ok(sid, "write_bulk", server_handle=sh, entries=entries)
     rows = reply.bulk_write.results
     assert [r.item_handle for r in rows] == [recipe, level, count, 404, count]
-    assert [r.was_successful for r in rows] == [True, False, False, False, True]
-    assert [r.statuses[0].detail if r.statuses else None for r in rows] == [
-        None,
-        1007,
-        19,
-        None,
-        None,
-    ]
+    # Upstream semantics per row: accepted rows are OK, only argument errors fail the row;
+    # each accepted row's outcome is an OnWriteComplete, in entry order.
+    assert [r.was_successful for r in rows] == [True, True, True, False, True]
+    assert [list(r.statuses) for r in rows if r.was_successful] == [[], [], [], []]
     assert rows[3].hresult == E_INVALIDARG
-    assert all(r.error_message for r in rows if not r.was_successful)
+    assert rows[3].error_message
+    assert await _completions(gw, sid, 4) == [
+        (recipe, pb.MX_STATUS_CATEGORY_OK, 0),
+        (level, pb.MX_STATUS_CATEGORY_OPERATIONAL_ERROR, 1007),
+        (count, pb.MX_STATUS_CATEGORY_OPERATIONAL_ERROR, 19),
+        (count, pb.MX_STATUS_CATEGORY_OK, 0),
+    ]
     stamped = pb.Write2BulkEntry(item_handle=recipe, value=to_mx_value("B"))
     stamped.timestamp_value.GetCurrentTime()
     reply2 = await gw.ok(sid, "write2_bulk", server_handle=sh, entries=[stamped])
@@ -116,10 +128,15 @@ async def test_write_bulk_families(gw: Gw) -> None:
         pb.WriteSecuredBulkEntry(item_handle=setpoint, current_user_id=101, value=to_mx_value(5.0)),
         pb.WriteSecuredBulkEntry(item_handle=setpoint, current_user_id=0, value=to_mx_value(6.0)),
     ]
+    await gw.drain(sid)
     rows3 = (
         await gw.ok(sid, "write_secured_bulk", server_handle=sh, entries=secured)
     ).bulk_write.results
-    assert [r.was_successful for r in rows3] == [True, False]
+    assert [r.was_successful for r in rows3] == [True, True]
+    assert await _completions(gw, sid, 2) == [
+        (setpoint, pb.MX_STATUS_CATEGORY_OK, 0),
+        (setpoint, pb.MX_STATUS_CATEGORY_SECURITY_ERROR, 1016),
+    ]
     rows4 = (
         await gw.ok(
             sid,

@@ -125,6 +125,22 @@ async def _write(
     )
 
 
+async def _outcome(gw: Gw, sid: str, ih: int, reply: pb.MxCommandReply) -> pb.MxStatusProxy:
+    """Upstream semantics: an accepted write answers a plain OK; its outcome is the status
+    of the OnWriteComplete it raises (drained here)."""
+    assert (reply.protocol_status.code, reply.hresult, list(reply.statuses)) == (OK, 0, [])
+    events = await gw.drain_until(
+        sid,
+        lambda ev: any(
+            e.HasField("on_write_complete") and e.on_write_complete.item_handle == ih for e in ev
+        ),
+    )
+    done = [e.on_write_complete for e in events if e.HasField("on_write_complete")]
+    assert [d.item_handle for d in done] == [ih]
+    (status,) = done[0].statuses
+    return status
+
+
 async def test_write_needs_advise_then_updates_value_and_completes(gw: Gw) -> None:
     sid = await gw.open()
     sh = await gw.register(sid)
@@ -172,11 +188,27 @@ async def test_read_only_attributes_are_not_writeable(gw: Gw) -> None:
     sh = await gw.register(sid)
     for ref in ("Tank01.Level", "Pump01.SerialNumber"):  # Calculated / ViewOnly
         ih = await gw.subscribe(sid, sh, ref)
+        await gw.drain(sid)
         reply = await _write(gw, sid, sh, ih, 1.0 if ref.endswith("Level") else "x")
-        assert reply.protocol_status.code == MXFAIL, ref
-        assert reply.hresult < 0
-        (status,) = reply.statuses
+        status = await _outcome(gw, sid, ih, reply)
         assert (status.success, status.detail) == (0, 1007), ref
+        assert status.category == pb.MX_STATUS_CATEGORY_OPERATIONAL_ERROR
+
+
+async def test_only_argument_errors_fail_a_write_synchronously(gw: Gw) -> None:
+    """As COM: a bad handle, an item not advised, or one whose type never resolved throw
+    (E_INVALIDARG) and raise no OnWriteComplete."""
+    sid = await gw.open()
+    sh = await gw.register(sid)
+    unresolved = await gw.subscribe(sid, sh, "NoSuchObject.Level")
+    not_advised = await gw.add(sid, sh, "Line01.BatchCount")
+    await gw.drain(sid)
+    for ih in (unresolved, not_advised, 999):
+        reply = await _write(gw, sid, sh, ih, 1)
+        assert (reply.protocol_status.code, reply.hresult) == (MXFAIL, E_INVALIDARG), ih
+        if ih != 999:
+            assert "Value does not fall within the expected range" in reply.diagnostic_message
+    assert not [e for e in await gw.drain(sid) if e.HasField("on_write_complete")]
 
 
 async def test_type_mismatches_fail_with_conversion_details(gw: Gw) -> None:
@@ -189,10 +221,14 @@ async def test_type_mismatches_fail_with_conversion_details(gw: Gw) -> None:
         datetime(2024, 1, 1, tzinfo=timezone.utc): 18,
         2**40: 20,
     }
+    await gw.drain(sid)
     for value, detail in cases.items():
         reply = await _write(gw, sid, sh, ih, list(value) if isinstance(value, tuple) else value)
-        assert reply.protocol_status.code == MXFAIL, value
-        assert reply.statuses[0].detail == detail, value
+        status = await _outcome(gw, sid, ih, reply)
+        assert (status.category, status.detail) == (
+            pb.MX_STATUS_CATEGORY_OPERATIONAL_ERROR,
+            detail,
+        ), value
     # A convertible string is converted to the attribute's type.
     assert (await _write(gw, sid, sh, ih, "42")).protocol_status.code == OK
     events = await gw.drain_until(
@@ -259,24 +295,31 @@ async def test_secured_write_needs_an_authenticated_user(gw: Gw) -> None:
     sid = await gw.open()
     sh = await gw.register(sid)
     ih = await gw.subscribe(sid, sh, "Pump01.SpeedSetpoint")  # SecuredWrite
-    plain = await _write(gw, sid, sh, ih, 10.0)
-    assert (plain.statuses[0].raw_category, plain.statuses[0].detail) == (6, 1012)
-    assert plain.statuses[0].category == pb.MX_STATUS_CATEGORY_SECURITY_ERROR
-    nobody = await _secured(gw, sid, sh, ih, 10.0, 0, 0)
-    assert nobody.protocol_status.code == MXFAIL
-    assert nobody.statuses[0].detail == 1016
-    assert (await _secured(gw, sid, sh, ih, 11.0, 101, 101)).protocol_status.code == OK
+    await gw.drain(sid)
+    plain = await _outcome(gw, sid, ih, await _write(gw, sid, sh, ih, 10.0))
+    assert (plain.raw_category, plain.detail) == (6, 1012)
+    assert plain.category == pb.MX_STATUS_CATEGORY_SECURITY_ERROR
+    nobody = await _outcome(gw, sid, ih, await _secured(gw, sid, sh, ih, 10.0, 0, 0))
+    assert (nobody.category, nobody.detail) == (pb.MX_STATUS_CATEGORY_SECURITY_ERROR, 1016)
+    secured = await _outcome(gw, sid, ih, await _secured(gw, sid, sh, ih, 11.0, 101, 101))
+    assert secured.category == pb.MX_STATUS_CATEGORY_OK
     supervisory = await gw.subscribe(sid, sh, "Pump01.SpeedSetpoint", supervisory=True)
-    assert (await _write(gw, sid, sh, supervisory, 12.0)).protocol_status.code == OK
+    await gw.drain(sid)
+    status = await _outcome(gw, sid, supervisory, await _write(gw, sid, sh, supervisory, 12.0))
+    assert status.category == pb.MX_STATUS_CATEGORY_OK
 
 
 async def test_verified_write_needs_two_different_users_with_verify_rights(gw: Gw) -> None:
     sid = await gw.open()
     sh = await gw.register(sid)
     ih = await gw.subscribe(sid, sh, "Pump01.Interlock")  # VerifiedWrite
-    assert (await _write(gw, sid, sh, ih, True)).statuses[0].detail == 1013
-    assert (await _secured(gw, sid, sh, ih, True, 101, 101)).statuses[0].detail == 1013
-    assert (await _secured(gw, sid, sh, ih, True, 102, 101)).statuses[0].detail == 1017
+    await gw.drain(sid)
+    for reply in (
+        await _write(gw, sid, sh, ih, True),
+        await _secured(gw, sid, sh, ih, True, 101, 101),
+        await _secured(gw, sid, sh, ih, True, 102, 101),
+    ):
+        assert (reply.protocol_status.code, list(reply.statuses)) == (OK, [])
     reply = await gw.invoke(
         sid,
         "write_secured2",
@@ -291,9 +334,12 @@ async def test_verified_write_needs_two_different_users_with_verify_rights(gw: G
         sid, lambda ev: sum(e.HasField("on_write_complete") for e in ev) >= 4
     )
     outcomes = [
-        e.on_write_complete.statuses[0].success for e in events if e.HasField("on_write_complete")
+        (e.on_write_complete.statuses[0].category, e.on_write_complete.statuses[0].detail)
+        for e in events
+        if e.HasField("on_write_complete")
     ]
-    assert outcomes == [0, 0, 0, 1]
+    security, ok = pb.MX_STATUS_CATEGORY_SECURITY_ERROR, pb.MX_STATUS_CATEGORY_OK
+    assert outcomes == [(security, 1013), (security, 1013), (security, 1017), (ok, 0)]
 
 
 async def test_suspend_and_activate(gw: Gw) -> None:

@@ -1,0 +1,210 @@
+"""Awaiting a write's outcome (upstream semantics: OK reply, outcome in OnWriteComplete).
+
+Against the real simulator over gRPC on loopback, plus a fake gateway for what the
+simulator never does (a completion that never comes, enum numbers newer than the bindings).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import datetime, timezone
+
+import pytest
+from client_fakes import FakeGateway, FakeServer, ok_status
+
+from mxgateway import (
+    DataChange,
+    GatewayClient,
+    MxAccessError,
+    MxGatewayTimeoutError,
+    MxGatewayWriteTimeoutError,
+    Session,
+    WriteComplete,
+)
+from mxgateway.generated import mxaccess_gateway_pb2 as pb
+from mxgateway_sim import GatewaySimulator, builtin_catalog
+
+
+@pytest.fixture
+async def sim() -> AsyncIterator[GatewaySimulator]:
+    async with GatewaySimulator(catalog=builtin_catalog(), scan_interval_ms=20) as simulator:
+        yield simulator
+
+
+@pytest.fixture
+async def session(sim: GatewaySimulator) -> AsyncIterator[Session]:
+    async with (
+        await GatewayClient.connect(
+            endpoint=sim.endpoint, api_key=sim.api_key, plaintext=True
+        ) as client,
+        await client.open_session(client_session_name="writes") as s,
+    ):
+        yield s
+
+
+async def _advised(session: Session, *refs: str) -> tuple[int, list[int]]:
+    h = await session.register("writes")
+    handles = []
+    for ref in refs:
+        item = await session.add_item(h, ref)
+        await session.advise(h, item)
+        handles.append(item)
+    return h, handles
+
+
+async def test_waited_write_returns_its_completion(session: Session) -> None:
+    h, (count,) = await _advised(session, "Line01.BatchCount")
+    done = await session.write(h, count, 4242, wait=True)
+    assert isinstance(done, WriteComplete)
+    assert (done.server_handle, done.item_handle, done.succeeded) == (h, count, True)
+    assert [s.category for s in done.statuses] == [pb.MX_STATUS_CATEGORY_OK]
+    # Without wait the call returns once the write is accepted.
+    assert await session.write(h, count, 1) is None
+
+
+async def test_failed_outcome_raises_mxaccess_error_with_the_completion(session: Session) -> None:
+    h, (level, setpoint) = await _advised(session, "Tank01.Level", "Pump01.SpeedSetpoint")
+    with pytest.raises(MxAccessError) as info:
+        await session.write(h, level, 1.0, wait=True)  # calculated: not writeable
+    err = info.value
+    assert err.reply.protocol_status.code == pb.PROTOCOL_STATUS_CODE_OK  # accepted...
+    assert err.completion is not None  # ...and refused in OnWriteComplete
+    assert err.completion.on_write_complete.item_handle == level
+    assert [(s.category, s.detail) for s in err.failed_statuses] == [
+        (pb.MX_STATUS_CATEGORY_OPERATIONAL_ERROR, 1007)
+    ]
+    assert "OnWriteComplete" in str(err) and "MX_E_NotWriteable" in str(err)
+    when = datetime(2025, 1, 2, tzinfo=timezone.utc)
+    for call in (
+        session.write_secured(h, setpoint, 5.0, current_user_id=0, wait=True),
+        session.write_secured2(h, setpoint, 5.0, when, current_user_id=0, wait=True),
+    ):
+        with pytest.raises(MxAccessError) as secured:
+            await call
+        (status,) = secured.value.failed_statuses
+        assert (status.category, status.detail) == (pb.MX_STATUS_CATEGORY_SECURITY_ERROR, 1016)
+    user = await session.authenticate_user(h, "operator", "operator")
+    done = await session.write_secured(h, setpoint, 6.0, current_user_id=user, wait=True)
+    assert done is not None and done.succeeded
+    with pytest.raises(MxAccessError) as plain:  # a plain write to a SecuredWrite attribute
+        await session.write2(h, setpoint, 7.0, when, wait=True)
+    assert [s.detail for s in plain.value.failed_statuses] == [1012]
+
+
+async def test_waiting_inside_the_callers_event_loop(session: Session) -> None:
+    """The caller iterates session.events() (the session's one subscriber) and awaits a
+    write inside its loop body: the waiter reads ahead on the caller's stream, and the
+    caller still receives every event, the completion included."""
+    h, (count, level) = await _advised(session, "Line01.BatchCount", "Tank01.Level")
+    seen: list[object] = []
+    outcomes: list[object] = []
+    async with session.events(after_worker_sequence=0) as events:
+        async for event in events:
+            seen.append(event)
+            if len(seen) == 1:
+                outcomes.append(await session.write(h, count, 777, wait=True))
+                with pytest.raises(MxAccessError):
+                    await session.write(h, level, 2.0, wait=True)
+            completions = [e for e in seen if isinstance(e, WriteComplete)]
+            if len(completions) == 2 and any(
+                isinstance(e, DataChange) and e.item_handle == count and e.value == 777
+                for e in seen
+            ):
+                break
+    (done,) = outcomes
+    assert isinstance(done, WriteComplete) and done.succeeded
+    assert [c.item_handle for c in seen if isinstance(c, WriteComplete)] == [count, level]
+    assert done in seen
+    sequences = [e.worker_sequence for e in seen if isinstance(e, (DataChange, WriteComplete))]
+    assert sequences == sorted(set(sequences))  # nothing duplicated, in order
+
+
+async def test_concurrent_waited_writes_share_one_stream_and_release_it(
+    session: Session,
+) -> None:
+    h, handles = await _advised(session, "Line01.BatchCount", "Line01.Recipe", "Tank01.Level")
+    results = await asyncio.gather(
+        session.write(h, handles[0], 5, wait=True),
+        session.write(h, handles[1], "R-9", wait=True),
+        session.write(h, handles[2], 1.0, wait=True),
+        return_exceptions=True,
+    )
+    assert [type(r).__name__ for r in results] == [
+        "WriteComplete",
+        "WriteComplete",
+        "MxAccessError",
+    ]
+    # The private correlation stream is closed: the caller can subscribe now.
+    async with session.events(after_worker_sequence=0) as events:
+        first = await asyncio.wait_for(events.__anext__(), 10)
+    assert first.worker_sequence >= 1  # type: ignore[union-attr]
+
+
+async def test_argument_errors_raise_before_any_wait(session: Session) -> None:
+    h = await session.register("writes")
+    item = await session.add_item(h, "Line01.BatchCount")  # not advised
+    with pytest.raises(MxAccessError) as info:
+        await session.write(h, item, 1, wait=True, wait_timeout=5)
+    assert info.value.completion is None
+    assert "advise the item before writing" in str(info.value)
+    with pytest.raises(ValueError):
+        await session.write(h, item, 1, wait=True, wait_timeout=0)
+
+
+def _write_ok(request: pb.MxCommandRequest) -> pb.MxCommandReply:
+    return pb.MxCommandReply(
+        session_id=request.session_id, kind=request.command.kind, protocol_status=ok_status()
+    )
+
+
+async def test_missing_completion_is_a_typed_timeout() -> None:
+    fake = FakeGateway()
+    fake.invoke_handler = _write_ok  # never raises an OnWriteComplete
+    async with (
+        FakeServer(fake) as server,
+        await GatewayClient.connect(endpoint=server.endpoint, plaintext=True) as client,
+    ):
+        session = client.attach_session("session-" + "1" * 32)
+        with pytest.raises(MxGatewayWriteTimeoutError) as info:
+            await session.write(1, 2, 3, wait=True, wait_timeout=0.3)
+    err = info.value
+    assert isinstance(err, MxGatewayTimeoutError)
+    assert (err.server_handle, err.item_handle) == (1, 2)
+    assert "may still take effect" in str(err)
+    assert fake.rec.cancelled.get("StreamEventBatches", 0) >= 1  # its stream was closed
+
+
+async def test_completion_with_newer_enum_numbers_is_decoded() -> None:
+    """A completion whose category and source are newer than the bindings is a failure
+    named UNKNOWN(n), never a ValueError."""
+    fake = FakeGateway()
+    written = asyncio.Event()
+
+    def on_write(request: pb.MxCommandRequest) -> pb.MxCommandReply:
+        written.set()
+        return _write_ok(request)
+
+    fake.invoke_handler = on_write
+    sid = "session-" + "2" * 32
+
+    async def batches(request: pb.StreamEventsRequest, attempt: int) -> AsyncIterator[object]:
+        await written.wait()  # the completion follows the write
+        ev = pb.MxEvent(session_id=sid, worker_sequence=1, family=99)  # type: ignore[arg-type]
+        ev.on_write_complete.server_handle = 1
+        ev.on_write_complete.item_handle = 2
+        ev.on_write_complete.statuses.add(success=1, category=42, detected_by=17, detail=9)  # type: ignore[arg-type]
+        yield pb.MxEventBatch(events=[ev])
+        await asyncio.Event().wait()
+
+    fake.batches_plan = batches
+    async with (
+        FakeServer(fake) as server,
+        await GatewayClient.connect(endpoint=server.endpoint, plaintext=True) as client,
+    ):
+        session = client.attach_session(sid)
+        with pytest.raises(MxAccessError) as info:
+            await session.write(1, 2, 3, wait=True, wait_timeout=10)
+    assert info.value.status_descriptions == (
+        "UNKNOWN(42) detected by UNKNOWN(17), detail 9 (MX_E_ObjectSignatureMismatch)",
+    )
