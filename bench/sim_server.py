@@ -45,6 +45,7 @@ async def serve(args: argparse.Namespace) -> None:
 
     options = SessionOptions(
         max_sessions=args.max_sessions,
+        max_sessions_per_key=args.max_sessions,  # one bench key opens every session
         event_queue_limit=args.event_queue_limit,
         multiple_subscribers=True,
         max_subscribers=8,

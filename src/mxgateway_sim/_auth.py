@@ -3,8 +3,10 @@
 Keys look like ``mxgw_<keyId>_<secret>``. The store keeps, per key id, a random salt and the
 SHA-256 of salt + secret, never the secret itself; verification is a constant-time compare.
 Every RPC needs ``authorization: Bearer <key>``; the interceptor answers UNAUTHENTICATED for
-a missing or unknown key and PERMISSION_DENIED for a missing scope. ``Invoke`` is authorized
-per command kind by :func:`scope_for_command` (in the servicer, which sees the request).
+a missing or unknown key and PERMISSION_DENIED for a missing scope, before the request body
+is read. ``Invoke`` is authorized per command kind by :func:`scope_for_command` (in the
+servicer, which sees the request); :data:`current_principal` tells the servicer who calls,
+which it needs for session ownership.
 """
 
 from __future__ import annotations
@@ -52,24 +54,52 @@ METHOD_SCOPES: dict[str, str | None] = {
 UNAUTHENTICATED_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.v1")
 """Health checks and reflection carry no plant data and are served without a key."""
 
-_WRITE_KINDS = frozenset(
-    {
-        pb.MX_COMMAND_KIND_WRITE,
-        pb.MX_COMMAND_KIND_WRITE2,
-        pb.MX_COMMAND_KIND_WRITE_BULK,
-        pb.MX_COMMAND_KIND_WRITE2_BULK,
-        pb.MX_COMMAND_KIND_ACKNOWLEDGE_ALARM,
-    }
-)
-_SECURE_KINDS = frozenset(
-    {
-        pb.MX_COMMAND_KIND_WRITE_SECURED,
-        pb.MX_COMMAND_KIND_WRITE_SECURED2,
-        pb.MX_COMMAND_KIND_WRITE_SECURED_BULK,
-        pb.MX_COMMAND_KIND_WRITE_SECURED2_BULK,
-    }
-)
-_KNOWN_KINDS = frozenset(pb.MxCommandKind.values())
+_READ, _WRITE, _SECURE, _EVENTS = "invoke:read", "invoke:write", "invoke:secure", "events:read"
+COMMAND_SCOPES: dict[int, str] = {
+    pb.MX_COMMAND_KIND_UNSPECIFIED: _READ,  # answered INVALID_REQUEST, names no operation
+    pb.MX_COMMAND_KIND_REGISTER: _READ,
+    pb.MX_COMMAND_KIND_UNREGISTER: _READ,
+    pb.MX_COMMAND_KIND_ADD_ITEM: _READ,
+    pb.MX_COMMAND_KIND_ADD_ITEM2: _READ,
+    pb.MX_COMMAND_KIND_REMOVE_ITEM: _READ,
+    pb.MX_COMMAND_KIND_ADVISE: _READ,
+    pb.MX_COMMAND_KIND_ADVISE_SUPERVISORY: _READ,
+    pb.MX_COMMAND_KIND_UN_ADVISE: _READ,
+    pb.MX_COMMAND_KIND_WRITE: _WRITE,
+    pb.MX_COMMAND_KIND_WRITE2: _WRITE,
+    pb.MX_COMMAND_KIND_WRITE_SECURED: _SECURE,
+    pb.MX_COMMAND_KIND_WRITE_SECURED2: _SECURE,
+    pb.MX_COMMAND_KIND_AUTHENTICATE_USER: _READ,
+    pb.MX_COMMAND_KIND_ARCHESTRA_USER_TO_ID: _READ,
+    pb.MX_COMMAND_KIND_SUSPEND: _READ,
+    pb.MX_COMMAND_KIND_ACTIVATE: _READ,
+    pb.MX_COMMAND_KIND_ADD_BUFFERED_ITEM: _READ,
+    pb.MX_COMMAND_KIND_SET_BUFFERED_UPDATE_INTERVAL: _READ,
+    pb.MX_COMMAND_KIND_ADD_ITEM_BULK: _READ,
+    pb.MX_COMMAND_KIND_ADVISE_ITEM_BULK: _READ,
+    pb.MX_COMMAND_KIND_REMOVE_ITEM_BULK: _READ,
+    pb.MX_COMMAND_KIND_UN_ADVISE_ITEM_BULK: _READ,
+    pb.MX_COMMAND_KIND_SUBSCRIBE_BULK: _READ,
+    pb.MX_COMMAND_KIND_UNSUBSCRIBE_BULK: _READ,
+    pb.MX_COMMAND_KIND_WRITE_BULK: _WRITE,
+    pb.MX_COMMAND_KIND_WRITE2_BULK: _WRITE,
+    pb.MX_COMMAND_KIND_WRITE_SECURED_BULK: _SECURE,
+    pb.MX_COMMAND_KIND_WRITE_SECURED2_BULK: _SECURE,
+    pb.MX_COMMAND_KIND_READ_BULK: _READ,
+    pb.MX_COMMAND_KIND_PING: _READ,
+    pb.MX_COMMAND_KIND_GET_SESSION_STATE: _READ,
+    pb.MX_COMMAND_KIND_GET_WORKER_INFO: _READ,
+    pb.MX_COMMAND_KIND_DRAIN_EVENTS: _EVENTS,
+    pb.MX_COMMAND_KIND_SHUTDOWN_WORKER: "admin",
+    pb.MX_COMMAND_KIND_SUBSCRIBE_ALARMS: _READ,
+    pb.MX_COMMAND_KIND_UNSUBSCRIBE_ALARMS: _READ,
+    pb.MX_COMMAND_KIND_ACKNOWLEDGE_ALARM: _WRITE,  # as the AcknowledgeAlarm RPC
+    pb.MX_COMMAND_KIND_QUERY_ACTIVE_ALARMS: _EVENTS,  # as the QueryActiveAlarms RPC
+}
+"""The scope each command kind needs through ``Invoke``: the one table the server checks.
+
+Kinds missing here (newer than this table) need ``admin``: authorization fails closed.
+"""
 
 
 def scope_for_method(method: str) -> str | None:
@@ -80,16 +110,8 @@ def scope_for_method(method: str) -> str | None:
 
 
 def scope_for_command(kind: int) -> str:
-    """Scope a command kind needs; kinds this server does not know need ``admin``."""
-    if kind in _WRITE_KINDS:
-        return "invoke:write"
-    if kind in _SECURE_KINDS:
-        return "invoke:secure"
-    if kind == pb.MX_COMMAND_KIND_DRAIN_EVENTS:
-        return "events:read"
-    if kind == pb.MX_COMMAND_KIND_SHUTDOWN_WORKER or kind not in _KNOWN_KINDS:
-        return "admin"
-    return "invoke:read"
+    """Scope a command kind needs (:data:`COMMAND_SCOPES`); unknown kinds need ``admin``."""
+    return COMMAND_SCOPES.get(kind, "admin")
 
 
 class KeyFormatError(ValueError):
@@ -301,7 +323,14 @@ def _metadata_value(details: grpc.HandlerCallDetails, name: str) -> str | None:
 
 
 class AuthInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
-    """Authenticates every call and checks the method's scope before the handler runs."""
+    """Authenticates every call and checks the method's scope before the body is read.
+
+    The key comes from the metadata alone, so a refused call is answered before its body
+    arrives (or whatever it holds is parsed): the refusal is a request-streaming handler
+    that never reads. An accepted call gets a handler that parses the body without
+    raising (a malformed body is INVALID_ARGUMENT, never UNKNOWN with a traceback) and runs
+    with :data:`current_principal` set.
+    """
 
     def __init__(self, store: ApiKeyStore) -> None:
         self._store = store
@@ -314,62 +343,103 @@ class AuthInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler[Any, Any]:
         method = handler_call_details.method
-        handler = await continuation(handler_call_details)
-        if handler is None or method.startswith(UNAUTHENTICATED_PREFIXES):
-            return handler
+        if method.startswith(UNAUTHENTICATED_PREFIXES):
+            return await continuation(handler_call_details)
         principal = self._store.authenticate(_metadata_value(handler_call_details, "authorization"))
         if principal is None:
-            return _deny(handler, grpc.StatusCode.UNAUTHENTICATED, "missing or invalid API key")
+            return _refusal(grpc.StatusCode.UNAUTHENTICATED, "missing or invalid API key")
         scope = scope_for_method(method)
         if scope is not None and not principal.allows(scope):
-            return _deny(
-                handler,
+            return _refusal(
                 grpc.StatusCode.PERMISSION_DENIED,
                 f"the API key lacks the {scope} scope needed by {method.rsplit('/', 1)[-1]}",
             )
-        return _with_principal(handler, principal) if scope is None else handler
+        handler = await continuation(handler_call_details)
+        if handler is None:  # unknown method: UNIMPLEMENTED (only for an admin key)
+            return handler
+        return _guarded(handler, principal)
 
 
-def _deny(
-    handler: grpc.RpcMethodHandler[Any, Any], code: grpc.StatusCode, message: str
-) -> grpc.RpcMethodHandler[Any, Any]:
-    async def unary(request: object, context: aio.ServicerContext[Any, Any]) -> None:
+def _refusal(code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler[Any, Any]:
+    """A handler that answers ``code`` at once, without waiting for (or parsing) the body.
+
+    Request streaming on the server side is invisible on the wire, so a unary or
+    server-streaming caller simply gets the status.
+    """
+
+    async def refuse(requests: object, context: aio.ServicerContext[Any, Any]) -> None:
         await context.abort(code, message)
 
-    async def stream(request: object, context: aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
-        await context.abort(code, message)
-        yield None  # pragma: no cover - abort raises
-
-    if handler.response_streaming:
-        return grpc.unary_stream_rpc_method_handler(
-            stream,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
-    return grpc.unary_unary_rpc_method_handler(
-        unary,
-        request_deserializer=handler.request_deserializer,
-        response_serializer=handler.response_serializer,
-    )
+    return grpc.stream_stream_rpc_method_handler(refuse)
 
 
-def _with_principal(
+class _Malformed:
+    """What the tolerant deserializer returns for a body that does not parse."""
+
+    __slots__ = ("type_name",)
+
+    def __init__(self, type_name: str) -> None:
+        self.type_name = type_name
+
+
+def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserializer is None:
+        return None
+    # The message type, for the error text (``Foo.FromString`` -> ``Foo``).
+    owner = getattr(deserializer, "__self__", None)
+    type_name = getattr(owner, "__name__", "") or "request"
+
+    def parse(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception:  # any parse failure is the caller's malformed body
+            return _Malformed(type_name)
+
+    return parse
+
+
+def _malformed_message(request: _Malformed) -> str:
+    return f"the request body is not a valid {request.type_name} message"
+
+
+def _guarded(
     handler: grpc.RpcMethodHandler[Any, Any], principal: Principal
 ) -> grpc.RpcMethodHandler[Any, Any]:
-    """Run a unary handler with :data:`current_principal` set (Invoke checks it per kind)."""
-    inner = handler.unary_unary
-    if inner is None:
-        return handler
+    """``handler`` with a non-raising deserializer and :data:`current_principal` set."""
+    deserializer = _tolerant(handler.request_deserializer)
+    # The stubs type the behaviours as synchronous; on an aio server they are coroutines.
+    unary: Any = handler.unary_unary
+    stream: Any = handler.unary_stream
+    if unary is not None:
 
-    async def unary(request: object, context: aio.ServicerContext[Any, Any]) -> Any:
-        current_principal.set(principal)
-        return await inner(request, context)  # type: ignore[arg-type]
+        async def guarded_unary(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
+            if type(request) is _Malformed:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, _malformed_message(request))
+            current_principal.set(principal)
+            return await unary(request, context)
 
-    return grpc.unary_unary_rpc_method_handler(
-        unary,
-        request_deserializer=handler.request_deserializer,
-        response_serializer=handler.response_serializer,
-    )
+        return grpc.unary_unary_rpc_method_handler(
+            guarded_unary,
+            request_deserializer=deserializer,
+            response_serializer=handler.response_serializer,
+        )
+    if stream is not None:
+
+        async def guarded_stream(
+            request: Any, context: aio.ServicerContext[Any, Any]
+        ) -> AsyncIterator[Any]:
+            if type(request) is _Malformed:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, _malformed_message(request))
+            current_principal.set(principal)
+            async for message in stream(request, context):
+                yield message
+
+        return grpc.unary_stream_rpc_method_handler(
+            guarded_stream,
+            request_deserializer=deserializer,
+            response_serializer=handler.response_serializer,
+        )
+    return handler  # request-streaming methods: none is authenticated today
 
 
 def parse_scopes(text: str | Sequence[str]) -> list[str]:

@@ -80,6 +80,14 @@ class _GcTuning:
 
 # Shortest client ping interval the server tolerates on a stream with no data.
 KEEPALIVE_MIN_PING_MS = 5_000
+DEFAULT_IDLE_TIMEOUT_S = 300.0
+"""A connection with no call in progress for this long is closed (GOAWAY; clients reconnect)."""
+DEFAULT_HEADER_TIMEOUT_S = 10.0
+"""A new connection must finish its TLS and HTTP/2 handshake (preface, SETTINGS) in time."""
+
+
+class BindError(OSError):
+    """The listen address cannot be bound (in use, or not an address of this host)."""
 
 
 class GatewaySimulator:
@@ -113,6 +121,8 @@ class GatewaySimulator:
         users: Sequence[SimUser] = DEFAULT_USERS,
         runtime_factory: Callable[[Plant], MxAccessRuntime] | None = None,
         tune_gc: bool = True,
+        idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S,
+        header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S,
     ) -> None:
         self._host = host
         self._port = port
@@ -141,6 +151,8 @@ class GatewaySimulator:
         self._users = tuple(users)
         self._runtime_factory = runtime_factory
         self._tune_gc = tune_gc
+        self._idle_timeout_ms = max(1, int(idle_timeout_s * 1000))
+        self._header_timeout_ms = max(1, int(header_timeout_s * 1000))
         self._gc_tuned = False
         if session_options is None:
             session_options = SessionOptions(max_sessions=max_sessions)
@@ -260,6 +272,12 @@ class GatewaySimulator:
                 ("grpc.http2.min_ping_interval_without_data_ms", KEEPALIVE_MIN_PING_MS),
                 ("grpc.keepalive_permit_without_calls", 1),
                 ("grpc.http2.max_ping_strikes", 0),
+                # Exclusive port: without this, gRPC sets SO_REUSEPORT and a second server
+                # on a busy port starts "fine" and takes half of the calls.
+                ("grpc.so_reuseport", 0),
+                # Hygiene against idle and half-open connections.
+                ("grpc.max_connection_idle_ms", self._idle_timeout_ms),
+                ("grpc.server_handshake_timeout_ms", self._header_timeout_ms),
             ],
         )
         self.alarms = AlarmMonitor(plant)
@@ -284,19 +302,28 @@ class GatewaySimulator:
             server,
         )
         address = f"{self._host}:{self._port}"
-        if self._tls is None:
-            self._bound_port = server.add_insecure_port(address)
-        else:
+        credentials = None
+        if self._tls is not None:
             if self._tls == "self-signed":
                 directory = self._tls_dir or Path(tempfile.mkdtemp(prefix="mxgw-sim-tls-"))
                 self._tls_files = ensure_self_signed(directory)
             else:
                 cert, key = self._tls
                 self._tls_files = TlsFiles(Path(cert), Path(key))
+            # Checked here so a bad file is reported as such, not as "Failed to bind".
             credentials = grpc.ssl_server_credentials([self._tls_files.read()])
-            self._bound_port = server.add_secure_port(address, credentials)
+        try:
+            if credentials is None:
+                self._bound_port = server.add_insecure_port(address)
+            else:
+                self._bound_port = server.add_secure_port(address, credentials)
+        except RuntimeError:  # grpc: "Failed to bind to address ..."
+            self._bound_port = 0
         if not self._bound_port:
-            raise OSError(f"could not bind {address}")
+            raise BindError(
+                f"cannot listen on {address}: the port is in use or the address is not "
+                "one of this host's"
+            )
         await server.start()
         self._server = server
         for name in ("", *services):

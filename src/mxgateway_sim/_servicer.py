@@ -25,7 +25,7 @@ from mxgateway._version import GATEWAY_PROTOCOL_VERSION, WORKER_PROTOCOL_VERSION
 from mxgateway.generated import mxaccess_gateway_pb2 as pb
 from mxgateway_sim import _commands as bulk
 from mxgateway_sim._alarms import AlarmMonitor
-from mxgateway_sim._auth import current_principal, scope_for_command
+from mxgateway_sim._auth import Principal, current_principal, scope_for_command
 from mxgateway_sim._commands import BulkRow, ReplyBudget, row_bytes
 from mxgateway_sim._domain import (
     E_MX_OPERATION_FAILED,
@@ -100,6 +100,10 @@ _END_CODE: dict[EndReason, grpc.StatusCode | None] = {
     EndReason.SESSION_FAULTED: grpc.StatusCode.ABORTED,
     EndReason.SERVER_SHUTDOWN: grpc.StatusCode.UNAVAILABLE,
 }
+
+
+NO_SUCH_SESSION = "no session with that id"
+"""The one answer for an unknown id and for another key's session (ownership is not revealed)."""
 
 
 class _BadRequest(Exception):
@@ -205,11 +209,25 @@ class GatewayServicer:
 
     # -- sessions ------------------------------------------------------------------------
 
+    @staticmethod
+    async def _caller(context: Context) -> Principal:
+        """The authenticated caller (set by the interceptor); fails closed without one."""
+        principal = current_principal.get()
+        if principal is None:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or invalid API key")
+        assert principal is not None
+        return principal
+
+    def _find(self, session_id: str, principal: Principal) -> Session | None:
+        """The session if the caller owns it (or is admin); None as for an unknown id."""
+        return self.sessions.find(session_id, principal.key_id, admin=principal.allows("admin"))
+
     async def OpenSession(
         self, request: pb.OpenSessionRequest, context: Context
     ) -> pb.OpenSessionReply:
+        principal = await self._caller(context)
         try:
-            session = await self.sessions.open(request.client_session_name)
+            session = await self.sessions.open(request.client_session_name, principal.key_id)
         except SessionLimitError as exc:
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
         lease = Duration()
@@ -226,10 +244,14 @@ class GatewayServicer:
     async def CloseSession(
         self, request: pb.CloseSessionRequest, context: Context
     ) -> pb.CloseSessionReply:
-        # Idempotent as upstream: a repeat close of a remembered session answers CLOSED.
-        result = await self.sessions.close(request.session_id)
+        # Idempotent as upstream: the owner's repeat close of a remembered session answers
+        # CLOSED; another key gets NOT_FOUND, as for an id that never existed.
+        principal = await self._caller(context)
+        result = await self.sessions.close(
+            request.session_id, key_id=principal.key_id, admin=principal.allows("admin")
+        )
         if result is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND, "no session with that id")
+            await context.abort(grpc.StatusCode.NOT_FOUND, NO_SUCH_SESSION)
         assert result is not None
         return pb.CloseSessionReply(
             session_id=request.session_id,
@@ -273,7 +295,8 @@ class GatewayServicer:
             )
             reply.protocol_status.CopyFrom(_status(pb.PROTOCOL_STATUS_CODE_INVALID_REQUEST, why))
             return reply
-        session = self.sessions.get(request.session_id)
+        assert principal is not None
+        session = self._find(request.session_id, principal)
         problem = self._session_problem(session)
         if problem is not None:
             reply.protocol_status.CopyFrom(problem)
@@ -338,7 +361,7 @@ class GatewayServicer:
     @staticmethod
     def _session_problem(session: Session | None) -> pb.ProtocolStatus | None:
         if session is None:
-            return _status(pb.PROTOCOL_STATUS_CODE_SESSION_NOT_FOUND, "no session with that id")
+            return _status(pb.PROTOCOL_STATUS_CODE_SESSION_NOT_FOUND, NO_SUCH_SESSION)
         if session.state is SessionState.FAULTED:
             return _status(
                 pb.PROTOCOL_STATUS_CODE_SESSION_FAULTED,
@@ -647,9 +670,9 @@ class GatewayServicer:
     async def _attach(
         self, request: pb.StreamEventsRequest, context: Context
     ) -> tuple[Session, Subscriber]:
-        session = self.sessions.get(request.session_id)
+        session = self._find(request.session_id, await self._caller(context))
         if session is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND, "no session with that id")
+            await context.abort(grpc.StatusCode.NOT_FOUND, NO_SUCH_SESSION)
         assert session is not None
         if session.state is not SessionState.READY:
             await context.abort(

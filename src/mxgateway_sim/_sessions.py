@@ -1,10 +1,14 @@
 """Gateway sessions: ids, leases, limits, states and the event log of each session.
 
-A session belongs to the gateway, not to a connection: any caller with its id can use it.
-Its lease is renewed by every call and held while an event stream is attached; a sweep
-closes sessions idle past their lease. Closing releases everything the runtime still holds.
-Closing is idempotent as upstream: the registry remembers recently closed sessions (bounded
-in count and age) and answers a repeat close with the final CLOSED state.
+A session belongs to the API key that opened it, not to a connection: that key (or an
+``admin`` key) can use it from any connection; any other key is told there is no such
+session, exactly as for an id that never existed. Each key may hold a bounded number of
+sessions, so one key cannot take every slot. The lease is renewed by every call and held
+while an event stream is attached; a sweep, run at a fraction of the lease, closes sessions
+idle past it. Closing releases everything the runtime still holds. Closing is idempotent as
+upstream: the registry remembers recently closed sessions (bounded in count and age, with
+their owner) and answers the owner's repeat close with the final CLOSED state. Session ids
+are secrets of their owner and are logged at DEBUG only.
 """
 
 from __future__ import annotations
@@ -49,8 +53,10 @@ class SessionOptions:
     """Limits and event settings of the session manager (defaults follow the upstream)."""
 
     max_sessions: int = 64
+    max_sessions_per_key: int = 16
     lease_s: float = 1800.0
-    sweep_interval_s: float = 30.0
+    sweep_interval_s: float | None = None
+    """None: :data:`SWEEP_FRACTION` of the lease, at most 30 s (the upstream interval)."""
     max_pending_commands: int = 128
     command_timeout_s: float = 30.0
     replay_ring_size: int = 1024
@@ -75,18 +81,38 @@ class SessionOptions:
     reference_cache_bytes: int = DEFAULT_REFERENCE_CACHE_BYTES
 
 
+SWEEP_FRACTION = 0.05
+"""Default sweep interval as a share of the lease: a session is closed at most 5 % late."""
+MAX_SWEEP_INTERVAL_S = 30.0
+MIN_SWEEP_INTERVAL_S = 0.01
+
+
+def sweep_interval(options: SessionOptions) -> float:
+    """Seconds between lease sweeps: the explicit option, else proportional to the lease."""
+    if options.sweep_interval_s is not None:
+        return options.sweep_interval_s
+    return min(MAX_SWEEP_INTERVAL_S, max(MIN_SWEEP_INTERVAL_S, options.lease_s * SWEEP_FRACTION))
+
+
 class SessionLimitError(Exception):
-    """OpenSession at the session limit."""
+    """OpenSession at the session limit (the gateway's or the key's)."""
 
 
 class Session:
     """One gateway session: a runtime, its event log, its lease and its in-flight count."""
 
     def __init__(
-        self, session_id: str, name: str, runtime: MxAccessRuntime, options: SessionOptions
+        self,
+        session_id: str,
+        name: str,
+        runtime: MxAccessRuntime,
+        options: SessionOptions,
+        owner: str = "",
     ) -> None:
         self.id = session_id
         self.name = name
+        self.owner = owner
+        """Key id (lower case) of the key that opened the session."""
         self.runtime = runtime
         self.options = options
         self.state = SessionState.OPENING
@@ -124,7 +150,8 @@ class Session:
             return
         self.state = SessionState.FAULTED
         self.fault_message = message
-        log.warning("session %s faulted: %s", self.id, message)
+        log.warning("a session of key %s faulted: %s", self.owner, message)
+        log.debug("session %s faulted", self.id)
         self.events.close(StreamEnd(EndReason.SESSION_FAULTED, message))
 
 
@@ -149,8 +176,9 @@ class SessionManager:
         self.options = options
         self._sessions: dict[str, Session] = {}
         # id -> monotonic close time, oldest first; bounded by closed_memory(_s).
-        self._closed: OrderedDict[str, float] = OrderedDict()
+        self._closed: OrderedDict[str, tuple[float, str]] = OrderedDict()  # (time, owner)
         self._opening = 0
+        self._opening_by_key: dict[str, int] = {}
         self._sweeper: asyncio.Task[None] | None = None
 
     def __len__(self) -> int:
@@ -161,39 +189,77 @@ class SessionManager:
         return list(self._sessions.values())
 
     def get(self, session_id: str) -> Session | None:
-        """The session with this id, or None."""
+        """The session with this id, or None (no ownership check: the gateway's own view)."""
         return self._sessions.get(session_id)
 
-    async def open(self, name: str) -> Session:
-        """Create a session and start its runtime.
+    def find(self, session_id: str, key_id: str, *, admin: bool = False) -> Session | None:
+        """The session if the key ``key_id`` may use it (its owner, or ``admin``), else None.
+
+        None for another key's session, exactly as for an unknown id: callers answer both
+        alike, so a key cannot learn that another key's session exists.
+        """
+        session = self._sessions.get(session_id)
+        if session is None or not (admin or session.owner == key_id.lower()):
+            return None
+        return session
+
+    def owned_by(self, key_id: str) -> int:
+        """Sessions the key holds (open or opening)."""
+        owner = key_id.lower()
+        held = sum(1 for s in self._sessions.values() if s.owner == owner)
+        return held + self._opening_by_key.get(owner, 0)
+
+    async def open(self, name: str, owner: str = "") -> Session:
+        """Create a session owned by the key ``owner`` and start its runtime.
 
         Raises:
-            SessionLimitError: ``max_sessions`` sessions are open.
+            SessionLimitError: ``max_sessions`` sessions are open, or the key holds
+                ``max_sessions_per_key``.
         """
-        if len(self._sessions) + self._opening >= self.options.max_sessions:
+        owner = owner.lower()
+        options = self.options
+        if len(self._sessions) + self._opening >= options.max_sessions:
             raise SessionLimitError(
-                f"the gateway has {self.options.max_sessions} open sessions (the limit)"
+                f"the gateway has {options.max_sessions} open sessions (the limit, --max-sessions)"
+            )
+        if self.owned_by(owner) >= options.max_sessions_per_key:
+            raise SessionLimitError(
+                f"this API key has {options.max_sessions_per_key} open sessions "
+                "(the per-key limit, --max-sessions-per-key); close one first"
             )
         self._opening += 1
+        self._opening_by_key[owner] = self._opening_by_key.get(owner, 0) + 1
         try:
             session_id = f"session-{secrets.token_hex(16)}"
-            session = Session(session_id, name, self._factory(), self.options)
+            session = Session(session_id, name, self._factory(), options, owner)
             await session.runtime.start(session.events.publish)
             session.state = SessionState.READY
             self._sessions[session_id] = session
         finally:
             self._opening -= 1
-        log.info("session %s opened (%s)", session_id, name or "unnamed")
+            left = self._opening_by_key[owner] - 1
+            if left:
+                self._opening_by_key[owner] = left
+            else:
+                del self._opening_by_key[owner]
+        log.info("key %s opened a session (%d open)", owner, len(self._sessions))
+        log.debug("session %s opened for key %s", session_id, owner)
         return session
 
-    def was_closed(self, session_id: str) -> bool:
-        """True when the registry still remembers closing this session."""
+    def was_closed(
+        self, session_id: str, key_id: str | None = None, *, admin: bool = False
+    ) -> bool:
+        """True when the registry still remembers closing this session (for ``key_id``: only
+        if that key owned it, or is ``admin``)."""
         self._forget_closed(time.monotonic())
-        return session_id in self._closed
+        entry = self._closed.get(session_id)
+        if entry is None:
+            return False
+        return key_id is None or admin or entry[1] == key_id.lower()
 
-    def _remember_closed(self, session_id: str) -> None:
+    def _remember_closed(self, session_id: str, owner: str) -> None:
         now = time.monotonic()
-        self._closed[session_id] = now
+        self._closed[session_id] = (now, owner)
         self._closed.move_to_end(session_id)
         self._forget_closed(now)
 
@@ -202,23 +268,35 @@ class SessionManager:
         while len(closed) > self.options.closed_memory:
             closed.popitem(last=False)
         cutoff = now - self.options.closed_memory_s
-        while closed and next(iter(closed.values())) < cutoff:
+        while closed and next(iter(closed.values()))[0] < cutoff:
             closed.popitem(last=False)
 
     async def close(
-        self, session_id: str, reason: EndReason = EndReason.SESSION_CLOSED, message: str = ""
+        self,
+        session_id: str,
+        reason: EndReason = EndReason.SESSION_CLOSED,
+        message: str = "",
+        *,
+        key_id: str | None = None,
+        admin: bool = False,
     ) -> CloseResult | None:
         """Release everything and close; None when the registry does not know the session.
 
         Idempotent (as upstream): closing a session that is closing waits for that close,
         and closing one the registry still remembers answers CLOSED with nothing released.
+        With ``key_id`` (a caller's close), another key's session, open or remembered, is
+        None as an unknown one is, unless ``admin``.
         """
         session = self._sessions.get(session_id)
+        if session is not None and key_id is not None:
+            session = self.find(session_id, key_id, admin=admin)
+            if session is None:
+                return None
         if session is not None and session.state is SessionState.CLOSING:
             await session.done.wait()
             session = None
         if session is None:
-            if not self.was_closed(session_id):
+            if not self.was_closed(session_id, key_id, admin=admin):
                 return None
             return CloseResult(session_id, SessionState.CLOSED, ReleaseCounts(), repeat=True)
         session.state = SessionState.CLOSING  # Invoke answers SESSION_NOT_READY meanwhile
@@ -228,12 +306,12 @@ class SessionManager:
         finally:
             session.state = SessionState.CLOSED
             self._sessions.pop(session_id, None)
-            self._remember_closed(session_id)
+            self._remember_closed(session_id, session.owner)
             session.done.set()
             session.events.close(StreamEnd(reason, message or f"session {reason.value}"))
         log.info(
-            "session %s closed: %d advises, %d items, %d registrations released",
-            session_id,
+            "a session of key %s closed: %d advises, %d items, %d registrations released",
+            session.owner,
             released.advises,
             released.items,
             released.registrations,
@@ -244,8 +322,10 @@ class SessionManager:
         """Close every session whose lease expired; returns their ids."""
         now = time.monotonic()
         expired = [s.id for s in self._sessions.values() if s.expired(now)]
+        if expired:
+            log.info("%d session lease(s) expired", len(expired))
         for session_id in expired:
-            log.info("session %s lease expired", session_id)
+            log.debug("session %s lease expired", session_id)
             await self.close(session_id, EndReason.SESSION_CLOSED, "session lease expired")
         return expired
 
@@ -258,7 +338,7 @@ class SessionManager:
 
     async def _sweep_loop(self) -> None:
         while True:
-            await asyncio.sleep(self.options.sweep_interval_s)
+            await asyncio.sleep(sweep_interval(self.options))
             try:
                 await self.sweep()
             except Exception:  # keep sweeping; one bad runtime must not stop the sweep

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,11 +26,26 @@ class TlsFiles:
     ca: Path | None = None
 
     def read(self) -> tuple[bytes, bytes]:
-        """(private key, certificate chain) bytes for ``grpc.ssl_server_credentials``."""
+        """(private key, certificate chain) bytes for ``grpc.ssl_server_credentials``.
+
+        The pair is checked first (PEM, parseable, the key matches the certificate), so a
+        bad file is reported by name instead of surfacing later as a failure to bind.
+        """
         try:
-            return self.key.read_bytes(), self.cert.read_bytes()
+            key, cert = self.key.read_bytes(), self.cert.read_bytes()
         except OSError as exc:
             raise TlsSetupError(f"cannot read TLS file {exc.filename}: {exc.strerror}") from None
+        try:
+            ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(self.cert, self.key)
+        except ssl.SSLError as exc:
+            why = f" ({exc.reason})" if exc.reason else ""
+            raise TlsSetupError(
+                f"TLS files {self.cert} and {self.key} are not a usable certificate chain "
+                f"and private key{why}: give PEM files whose key matches the certificate"
+            ) from None
+        except OSError as exc:
+            raise TlsSetupError(f"cannot read TLS file {exc.filename}: {exc.strerror}") from None
+        return key, cert
 
 
 def ensure_self_signed(directory: Path) -> TlsFiles:

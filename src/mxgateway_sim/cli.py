@@ -28,7 +28,13 @@ from mxgateway_sim._events import OverflowPolicy
 from mxgateway_sim._faults import FaultPlan, FaultPlanError
 from mxgateway_sim._limits import LIMITS
 from mxgateway_sim._logsafe import get_logger
-from mxgateway_sim._server import GatewaySimulator, TlsMode
+from mxgateway_sim._server import (
+    DEFAULT_HEADER_TIMEOUT_S,
+    DEFAULT_IDLE_TIMEOUT_S,
+    BindError,
+    GatewaySimulator,
+    TlsMode,
+)
 from mxgateway_sim._sessions import SessionOptions
 from mxgateway_sim._tls import TlsSetupError
 
@@ -129,6 +135,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     limits = serve.add_argument_group("sessions and events")
     limits.add_argument("--max-sessions", type=_positive, default=64, metavar="N")
+    limits.add_argument(
+        "--max-sessions-per-key",
+        type=_positive,
+        default=16,
+        metavar="N",
+        help="sessions one API key may hold at once (default 16)",
+    )
     limits.add_argument("--lease-seconds", type=_seconds, default=1800.0, metavar="S")
     limits.add_argument("--max-pending-commands", type=_positive, default=128, metavar="N")
     limits.add_argument("--command-timeout-seconds", type=_seconds, default=30.0, metavar="S")
@@ -170,6 +183,22 @@ def build_parser() -> argparse.ArgumentParser:
             metavar="N",
             help=f"{limit.help} (default {limit.default})",
         )
+    conns = serve.add_argument_group("connections")
+    conns.add_argument(
+        "--idle-timeout-seconds",
+        type=_seconds,
+        default=DEFAULT_IDLE_TIMEOUT_S,
+        metavar="S",
+        help=f"close a connection with no call for S seconds (default {DEFAULT_IDLE_TIMEOUT_S:g})",
+    )
+    conns.add_argument(
+        "--header-timeout-seconds",
+        type=_seconds,
+        default=DEFAULT_HEADER_TIMEOUT_S,
+        metavar="S",
+        help="a new connection must finish its TLS/HTTP/2 handshake within S seconds "
+        f"(default {DEFAULT_HEADER_TIMEOUT_S:g})",
+    )
     serve.add_argument("--json", action="store_true", help="print the start line as JSON")
     serve.add_argument(
         "--log-level", default="warning", choices=["debug", "info", "warning", "error"]
@@ -280,6 +309,7 @@ async def _serve(args: argparse.Namespace) -> int:
     store = _key_store(args)
     options = SessionOptions(
         max_sessions=args.max_sessions,
+        max_sessions_per_key=args.max_sessions_per_key,
         lease_s=args.lease_seconds,
         max_pending_commands=args.max_pending_commands,
         command_timeout_s=args.command_timeout_seconds,
@@ -316,6 +346,8 @@ async def _serve(args: argparse.Namespace) -> int:
         scan_interval_ms=args.scan_interval_ms,
         session_options=options,
         faults=plan,
+        idle_timeout_s=args.idle_timeout_seconds,
+        header_timeout_s=args.header_timeout_seconds,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -326,7 +358,7 @@ async def _serve(args: argparse.Namespace) -> int:
         loop.add_signal_handler(signal.SIGHUP, _reload_keys, args, store)
     try:
         await sim.start()
-    except (TlsSetupError, ValueError, sqlite3.Error) as exc:
+    except (TlsSetupError, ValueError, sqlite3.Error, BindError) as exc:
         raise UsageError(str(exc)) from None
     except OSError as exc:
         raise UsageError(f"cannot start: {exc}") from None

@@ -192,7 +192,13 @@ async def test_load_50_sessions_x_200_items() -> None:
     refs = analog_refs(SESSIONS * ITEMS)
     process = psutil.Process(os.getpid())
     async with (
-        GatewaySimulator(catalog=catalog, scan_interval_ms=200, flaky_one_in=0) as sim,
+        GatewaySimulator(
+            catalog=catalog,
+            scan_interval_ms=200,
+            flaky_one_in=0,
+            # One key opens every session here (the per-key quota defaults to 16).
+            session_options=SessionOptions(max_sessions_per_key=SESSIONS),
+        ) as sim,
         await connect(sim) as client,
     ):
         sessions = [

@@ -64,7 +64,7 @@ def kind_scope(kind: str) -> str:
         return "invoke:write"
     if kind in SECURE_KINDS:
         return "invoke:secure"
-    if kind == "DRAIN_EVENTS":
+    if kind in ("DRAIN_EVENTS", "QUERY_ACTIVE_ALARMS"):  # as the RPCs that read events
         return "events:read"
     if kind == "SHUTDOWN_WORKER":
         return "admin"
