@@ -242,7 +242,9 @@ class SessionManager:
                 self._opening_by_key[owner] = left
             else:
                 del self._opening_by_key[owner]
-        log.info("key %s opened a session (%d open)", owner, len(self._sessions))
+        log.info(
+            "key %s opened a session (%s; %d open)", owner, name or "unnamed", len(self._sessions)
+        )
         log.debug("session %s opened for key %s", session_id, owner)
         return session
 
