@@ -53,7 +53,9 @@ async def serve(args: argparse.Namespace) -> None:
     db = None
     if args.galaxy_objects and args.db_dir:
         # Synthetic galaxies are cached between runs (creating 2,600 objects takes seconds).
-        db = Path(args.db_dir) / f"galaxy-{args.galaxy_objects}-seed0.db"
+        from mxgateway_sim.galaxy._schema import db_file_name  # names carry the schema version
+
+        db = Path(args.db_dir) / db_file_name(args.galaxy_objects, 0)
     sim = GatewaySimulator(
         api_keys=[API_KEY],
         galaxy_objects=args.galaxy_objects or None,

@@ -112,6 +112,7 @@ class GatewaySimulator:
         galaxy_db: Path | None = None,
         galaxy_objects: int | None = None,
         galaxy_poll_interval: float = 2.0,
+        galaxy_page_bytes: int | None = None,
         seed: int = 0,
         scan_interval_ms: int = 200,
         max_sessions: int = DEFAULT_MAX_SESSIONS,
@@ -141,6 +142,7 @@ class GatewaySimulator:
         self._galaxy_db = galaxy_db
         self._galaxy_objects = galaxy_objects
         self._galaxy_poll = galaxy_poll_interval
+        self._galaxy_page_bytes = galaxy_page_bytes
         self._seed = seed
         self._scan_ms = scan_interval_ms
         plan = faults or FaultPlan()
@@ -212,11 +214,15 @@ class GatewaySimulator:
         except (ImportError, AttributeError):
             log.info("mxgateway_sim.galaxy is not available; using the built-in demo catalog")
             return builtin_catalog()
+        extra: dict[str, Any] = {}
+        if self._galaxy_page_bytes is not None:  # else the Galaxy layer's default
+            extra["page_bytes"] = self._galaxy_page_bytes
         self._galaxy = await service.open(
             self._galaxy_db,
             objects=self._galaxy_objects,
             seed=self._seed,
             poll_interval=self._galaxy_poll,
+            **extra,
         )
         self.galaxy_available = True
         catalog: TagCatalog = self._galaxy.catalog

@@ -118,6 +118,13 @@ def build_parser() -> argparse.ArgumentParser:
     galaxy = serve.add_argument_group("plant")
     galaxy.add_argument("--galaxy-db", type=Path, metavar="PATH", help="SQLite Galaxy Repository")
     galaxy.add_argument("--galaxy-objects", type=_positive, metavar="N", help="synthetic galaxy")
+    galaxy.add_argument(
+        "--galaxy-page-bytes",
+        type=_positive,
+        metavar="N",
+        help="most serialized bytes of the objects of one Galaxy page "
+        "(default 4128768: a page fits a 4 MiB client receive limit)",
+    )
     galaxy.add_argument("--seed", type=int, default=0, help="value generation seed (default 0)")
     galaxy.add_argument(
         "--scan-interval-ms", type=_positive, default=200, metavar="MS", help="scan period"
@@ -342,6 +349,7 @@ async def _serve(args: argparse.Namespace) -> int:
         tls_dir=args.tls_self_signed,
         galaxy_db=args.galaxy_db,
         galaxy_objects=args.galaxy_objects,
+        galaxy_page_bytes=args.galaxy_page_bytes,
         seed=args.seed,
         scan_interval_ms=args.scan_interval_ms,
         session_options=options,

@@ -107,7 +107,8 @@ async def env(tmp_path: Path) -> AsyncIterator[Env]:
 
 
 def db_objects(db: Path) -> dict[str, set[str]]:
-    """Deployed objects and their attribute names, straight from SQL (Q1 + Q3 chain)."""
+    """Deployed objects and their attribute names, straight from SQL (Q1 + Q3 chain): the
+    dynamic attributes UNION the built-in ones of attribute_definition, as upstream."""
     query = """
     WITH RECURSIVE chain(gobject_id, package_id, depth) AS (
         SELECT gobject_id, deployed_package_id, 0 FROM gobject
@@ -120,6 +121,13 @@ def db_objects(db: Path) -> dict[str, set[str]]:
     SELECT g.tag_name, da.attribute_name FROM gobject g
     JOIN chain c ON c.gobject_id = g.gobject_id
     LEFT JOIN dynamic_attribute da ON da.package_id = c.package_id
+    UNION
+    SELECT g.tag_name, CASE WHEN pi.primitive_name = '' THEN ad.attribute_name
+                            ELSE pi.primitive_name || '.' || ad.attribute_name END
+    FROM gobject g
+    JOIN chain c ON c.gobject_id = g.gobject_id
+    JOIN primitive_instance pi ON pi.package_id = c.package_id
+    JOIN attribute_definition ad ON ad.primitive_definition_id = pi.primitive_definition_id
     """
     out: dict[str, set[str]] = {}
     with sqlite3.connect(db) as conn:

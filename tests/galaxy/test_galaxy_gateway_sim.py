@@ -12,11 +12,14 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 from galaxy_helpers import EXAMPLE_BROWSE, EXAMPLE_ITER, EXAMPLE_WATCH, wait_for
 
 import mxgateway
 from mxgateway import GalaxyRepositoryClient, MxGatewayPermissionError
+from mxgateway.generated import galaxy_repository_pb2 as gr
+from mxgateway.generated import galaxy_repository_pb2_grpc as gr_grpc
 from mxgateway_sim import ApiKeyStore, GatewaySimulator, new_key
 from mxgateway_sim.galaxy import deploy
 
@@ -93,3 +96,21 @@ async def test_missing_metadata_scope_is_denied_by_the_simulator(sim: Sim) -> No
         with pytest.raises(MxGatewayPermissionError):
             async for _ in galaxy.watch_deploy_events():
                 pass
+
+
+async def test_galaxy_page_bytes_reaches_the_simulators_galaxy(tmp_path: Path) -> None:
+    """``GatewaySimulator(galaxy_page_bytes=...)`` (``--galaxy-page-bytes``) bounds pages."""
+    async with (
+        GatewaySimulator(galaxy_db=tmp_path / "g.db", galaxy_page_bytes=4000) as small,
+        grpc.aio.insecure_channel(small.endpoint) as channel,
+    ):
+        stub = gr_grpc.GalaxyRepositoryStub(channel)
+        md = (("authorization", f"Bearer {small.api_key}"),)
+        request = gr.DiscoverHierarchyRequest(page_size=5000, root_tag_name="Line1")
+        first = await stub.DiscoverHierarchy(request, metadata=md)
+        assert 1 <= len(first.objects) < first.total_object_count and first.next_page_token
+        async with await GalaxyRepositoryClient.connect(
+            endpoint=small.endpoint, api_key=small.api_key, plaintext=True
+        ) as galaxy:
+            objects = await galaxy.discover_hierarchy(page_size=5000, root_tag_name="Line1")
+        assert len(objects) == first.total_object_count

@@ -8,6 +8,7 @@ from another process.
 
 from mxgateway_sim.galaxy._schema import create_galaxy, default_db_path, deploy
 from mxgateway_sim.galaxy._service import (
+    DEFAULT_PAGE_BYTES,
     DEFAULT_PAGE_SIZE,
     MAX_PAGE_SIZE,
     GalaxyCatalog,
@@ -16,6 +17,7 @@ from mxgateway_sim.galaxy._service import (
 )
 
 __all__ = [
+    "DEFAULT_PAGE_BYTES",
     "DEFAULT_PAGE_SIZE",
     "MAX_PAGE_SIZE",
     "GalaxyCatalog",

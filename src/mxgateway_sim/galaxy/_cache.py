@@ -17,7 +17,7 @@ from pathlib import Path
 
 from mxgateway.generated import galaxy_repository_pb2 as gr
 from mxgateway_sim._catalog import TagInfo
-from mxgateway_sim.galaxy._schema import DATA_TYPE_NAMES, parse_db_time
+from mxgateway_sim.galaxy._schema import DATA_TYPE_NAMES, SCHEMA_VERSION, parse_db_time
 
 __all__ = ["Filters", "GalaxyObjectRecord", "HierarchySnapshot", "load_snapshot"]
 
@@ -61,12 +61,23 @@ SELECT gobject_id, package_id FROM deployed_package_chain ORDER BY gobject_id, d
 """
 
 # Q3 attributes per package (joined to the chain in memory, so shared template packages are
-# read and cached once), with the extension primitives that flag history and alarms.
+# read and cached once), with the extension primitives that flag history and alarms. The
+# element count of an array is the simulator's own column (ZB keeps it inside mx_value).
 _Q3_ATTRIBUTES = """
-SELECT da.package_id, da.attribute_name, da.mx_data_type, da.is_array, da.array_dimension,
-       da.security_classification, da.mx_attribute_category
+SELECT da.package_id, da.attribute_name, da.mx_data_type, da.is_array,
+       da.sim_array_element_count, da.security_classification, da.mx_attribute_category
 FROM dynamic_attribute da
 ORDER BY da.package_id, da.rowid
+"""
+# Q3 built-in attributes (upstream since 2026-05-22): attribute_definition joined through
+# the primitive instances of each package; no category filter, never historized or alarm.
+# A named primitive (an extension) prefixes its attributes: ``Level`` + ``InAlarm``.
+_Q3_BUILTIN_ATTRIBUTES = """
+SELECT pi.package_id, pi.primitive_name, ad.attribute_name, ad.mx_data_type, ad.is_array,
+       ad.security_classification, ad.mx_attribute_category
+FROM primitive_instance pi
+JOIN attribute_definition ad ON ad.primitive_definition_id = pi.primitive_definition_id
+ORDER BY pi.package_id, pi.rowid, ad.attribute_definition_id
 """
 _Q3_EXTENSIONS = """
 SELECT pi.package_id, pi.primitive_name, pd.primitive_name
@@ -79,6 +90,8 @@ _AREA = 13
 
 # (attribute_name, mx_data_type, is_array, array_dimension, security, category, hist, alarm)
 _AttrRow = tuple[str, int, bool, int, int, int, bool, bool]
+# package_id -> (attribute_name, mx_data_type, is_array, array_dimension, security, category)
+_PkgRows = dict[int, list[tuple[str, int, bool, int, int, int]]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -284,22 +297,26 @@ class HierarchySnapshot:
             self._filtered.popitem(last=False)
 
     # ----- materialisation --------------------------------------------------------------
-    def to_proto(
-        self, rec: GalaxyObjectRecord, *, include_attributes: bool, f: Filters | None
-    ) -> gr.GalaxyObject:
-        obj = gr.GalaxyObject(
-            gobject_id=rec.gobject_id,
-            tag_name=rec.tag_name,
-            contained_name=rec.contained_name,
-            hierarchical_name=rec.hierarchical_name,
-            browse_name=rec.browse_name,
-            parent_gobject_id=rec.parent_id,
-            area_gobject_id=rec.area_id,
-            hosted_by_gobject_id=rec.host_id,
-            category_id=rec.category_id,
-            is_area=rec.category_id == _AREA,
-            template_chain=rec.template_chain,
-        )
+    def fill_proto(
+        self,
+        obj: gr.GalaxyObject,
+        rec: GalaxyObjectRecord,
+        *,
+        include_attributes: bool,
+        f: Filters | None,
+    ) -> None:
+        """Fill an empty ``GalaxyObject`` (one added to a reply in place: no copy)."""
+        obj.gobject_id = rec.gobject_id
+        obj.tag_name = rec.tag_name
+        obj.contained_name = rec.contained_name
+        obj.hierarchical_name = rec.hierarchical_name
+        obj.browse_name = rec.browse_name
+        obj.parent_gobject_id = rec.parent_id
+        obj.area_gobject_id = rec.area_id
+        obj.hosted_by_gobject_id = rec.host_id
+        obj.category_id = rec.category_id
+        obj.is_area = rec.category_id == _AREA
+        obj.template_chain.extend(rec.template_chain)
         if include_attributes:
             restrict = f is not None and f.restricts_attributes()
             attrs = obj.attributes
@@ -319,7 +336,6 @@ class HierarchySnapshot:
                     is_historized=row[6],
                     is_alarm=row[7],
                 )
-        return obj
 
     # ----- TagCatalog -------------------------------------------------------------------
     def lookup(self, full_tag_reference: str) -> TagInfo | None:
@@ -379,9 +395,19 @@ def read_deploy_time(db_path: Path) -> tuple[bool, datetime | None]:
 
 
 def load_snapshot(db_path: Path, version: int) -> HierarchySnapshot:
-    """Run Q2/Q3 against the database and build a snapshot (blocking; run in a thread)."""
+    """Run Q2/Q3 against the database and build a snapshot (blocking; run in a thread).
+
+    Raises:
+        sqlite3.DatabaseError: Not a Galaxy database, or one of an older schema.
+    """
     conn = connect_ro(db_path)
     try:
+        schema = int(conn.execute("PRAGMA user_version").fetchone()[0])
+        if schema < SCHEMA_VERSION:
+            raise sqlite3.DatabaseError(
+                f"schema version {schema}, this simulator needs {SCHEMA_VERSION} "
+                "(created by an older mxgw-sim: delete the file to have it seeded again)"
+            )
         conn.execute("BEGIN")  # one consistent read of every table
         row = conn.execute("SELECT time_of_last_deploy FROM galaxy").fetchone()
         deploy_time = parse_db_time(row[0]) if row else None
@@ -389,10 +415,16 @@ def load_snapshot(db_path: Path, version: int) -> HierarchySnapshot:
         for start, tag in conn.execute(_Q2_TEMPLATE_CHAIN):
             chains.setdefault(int(start), []).append(str(tag))
         frozen_chains = {k: tuple(v) for k, v in chains.items()}
-        pkg_attrs: dict[int, list[tuple[str, int, bool, int, int, int]]] = {}
+        pkg_attrs: _PkgRows = {}
         for pkg, name, mtype, is_arr, dim, sec, cat in conn.execute(_Q3_ATTRIBUTES):
             pkg_attrs.setdefault(int(pkg), []).append(
                 (str(name), int(mtype), bool(is_arr), int(dim), int(sec), int(cat))
+            )
+        pkg_builtin: _PkgRows = {}
+        for pkg, prim, name, mtype, is_arr, sec, cat in conn.execute(_Q3_BUILTIN_ATTRIBUTES):
+            full = f"{prim}.{name}" if prim else str(name)
+            pkg_builtin.setdefault(int(pkg), []).append(
+                (full, int(mtype), bool(is_arr), 0, int(sec), int(cat))
             )
         pkg_ext: dict[int, list[tuple[str, bool]]] = {}
         for pkg, prim_name, kind in conn.execute(_Q3_EXTENSIONS):
@@ -400,7 +432,7 @@ def load_snapshot(db_path: Path, version: int) -> HierarchySnapshot:
         obj_chain: dict[int, list[int]] = {}
         for gid, pkg in conn.execute(_Q3_PACKAGE_CHAIN):
             pkg = int(pkg)
-            if pkg in pkg_attrs or pkg in pkg_ext:
+            if pkg in pkg_attrs or pkg in pkg_ext or pkg in pkg_builtin:
                 obj_chain.setdefault(int(gid), []).append(pkg)
         sets: dict[tuple[int, ...], AttributeSet] = {}
         records: list[GalaxyObjectRecord] = []
@@ -411,7 +443,7 @@ def load_snapshot(db_path: Path, version: int) -> HierarchySnapshot:
             key = tuple(obj_chain.get(int(gid), ()))
             attrs = sets.get(key)
             if attrs is None:
-                attrs = _build_set(key, pkg_attrs, pkg_ext) if key else empty
+                attrs = _build_set(key, pkg_attrs, pkg_builtin, pkg_ext) if key else empty
                 sets[key] = attrs
             cname = str(cname or "")
             records.append(
@@ -437,9 +469,12 @@ def load_snapshot(db_path: Path, version: int) -> HierarchySnapshot:
 
 def _build_set(
     chain: tuple[int, ...],
-    pkg_attrs: dict[int, list[tuple[str, int, bool, int, int, int]]],
+    pkg_attrs: _PkgRows,
+    pkg_builtin: _PkgRows,
     pkg_ext: dict[int, list[tuple[str, bool]]],
 ) -> AttributeSet:
+    """The attributes of a package chain: the dynamic ones (flagged by the extensions),
+    then the built-in ones that no dynamic attribute of the same reference replaces."""
     hist: set[str] = set()
     alarm: set[str] = set()
     for pkg in chain:
@@ -456,6 +491,18 @@ def _build_set(
             else:
                 seen[folded] = len(rows)
                 rows.append(row)
+    dynamic = set(seen)
+    for pkg in chain:
+        for name, mtype, is_arr, dim, sec, cat in pkg_builtin.get(pkg, ()):
+            folded = name.casefold()
+            if folded in dynamic:
+                continue  # upstream: a dynamic_attribute row wins on a reference collision
+            builtin: _AttrRow = (name, mtype, is_arr, dim, sec, cat, False, False)
+            if folded in seen:
+                rows[seen[folded]] = builtin
+            else:
+                seen[folded] = len(rows)
+                rows.append(builtin)
     return _attribute_set(tuple(rows))
 
 

@@ -2,8 +2,11 @@
 
 Only the tables and columns the hierarchy and attribute queries need are created, with the
 names of the real Galaxy Repository (``gobject``, ``template_definition``, ``package``,
-``dynamic_attribute``, ``primitive_definition``, ``primitive_instance``, ``galaxy``) so the
-queries in :mod:`mxgateway_sim.galaxy._cache` port to SQL Server with little change.
+``dynamic_attribute``, ``primitive_definition``, ``primitive_instance``,
+``attribute_definition``, ``galaxy``) so the queries in :mod:`mxgateway_sim.galaxy._cache`
+port to SQL Server with little change. One column is the simulator's own and says so in its
+name: ``dynamic_attribute.sim_array_element_count`` (the real ZB carries an array's element
+count inside the binary ``mx_value``, whose layout is not public).
 """
 
 from __future__ import annotations
@@ -19,12 +22,18 @@ from pathlib import Path
 
 __all__ = [
     "DATA_TYPE_NAMES",
+    "SCHEMA_VERSION",
     "create_galaxy",
+    "db_file_name",
     "default_db_path",
     "deploy",
     "format_db_time",
     "parse_db_time",
 ]
+
+SCHEMA_VERSION = 2
+"""``PRAGMA user_version`` of a database this module creates (1: before ``attribute_definition``
+and ``sim_array_element_count``); older files are refused with a message to delete them."""
 
 SCHEMA = """
 CREATE TABLE galaxy (
@@ -70,11 +79,24 @@ CREATE TABLE dynamic_attribute (
     attribute_name TEXT NOT NULL,
     mx_data_type INTEGER NOT NULL,
     is_array INTEGER NOT NULL DEFAULT 0,
-    array_dimension INTEGER NOT NULL DEFAULT 0,
     security_classification INTEGER NOT NULL DEFAULT 1,
-    mx_attribute_category INTEGER NOT NULL DEFAULT 10
+    mx_attribute_category INTEGER NOT NULL DEFAULT 10,
+    -- Simulator-only (not a ZB column): ZB encodes the element count in mx_value.
+    sim_array_element_count INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX ix_dynamic_attribute_package ON dynamic_attribute (package_id);
+CREATE TABLE attribute_definition (
+    attribute_definition_id INTEGER PRIMARY KEY,
+    primitive_definition_id INTEGER NOT NULL,
+    attribute_name TEXT NOT NULL,
+    mx_attribute_id INTEGER NOT NULL DEFAULT 0,
+    mx_data_type INTEGER NOT NULL,
+    security_classification INTEGER NOT NULL DEFAULT 6,
+    mx_attribute_category INTEGER NOT NULL DEFAULT 2,
+    is_locked INTEGER NOT NULL DEFAULT 0,
+    is_array INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX ix_attribute_definition_primitive ON attribute_definition (primitive_definition_id);
 CREATE TABLE primitive_definition (
     primitive_definition_id INTEGER PRIMARY KEY,
     template_definition_id INTEGER NOT NULL DEFAULT 0,
@@ -118,8 +140,38 @@ CAT_PLATFORM, CAT_APP_ENGINE, CAT_APP_OBJECT, CAT_IO_NETWORK, CAT_AREA = 1, 3, 1
 FREE, OPERATE, SECURED, VERIFIED, TUNE, CONFIGURE, VIEW_ONLY = 0, 1, 2, 3, 4, 5, 6
 # MxAttributeCategory.
 CALCULATED, WRITEABLE_USC_LOCKABLE, WRITEABLE_UC, SYSTEM_SETS_ONLY = 2, 10, 7, 12
-# primitive_definition ids of the extensions.
-PRIM_HISTORY, PRIM_ALARM = 1, 2
+# primitive_definition ids: the two extensions and the common primitive every object has.
+PRIM_HISTORY, PRIM_ALARM, PRIM_COMMON = 1, 2, 3
+
+# Built-in (primitive) attributes: attribute_definition rows per primitive definition,
+# (name, COM mx_data_type, security, category). An object gets those of the primitive
+# instances in its package chain; an extension's attributes are named after the extended
+# attribute (``Level.InAlarm``). Scalars only: attribute_definition has no element count.
+_BUILTIN_ATTRIBUTES: dict[int, tuple[tuple[str, int, int, int], ...]] = {
+    PRIM_COMMON: (
+        ("ShortDesc", 5, CONFIGURE, WRITEABLE_UC),
+        ("Tagname", 5, VIEW_ONLY, SYSTEM_SETS_ONLY),
+        ("ContainedName", 5, VIEW_ONLY, SYSTEM_SETS_ONLY),
+        ("HierarchicalName", 5, VIEW_ONLY, SYSTEM_SETS_ONLY),
+        ("Area", 8, VIEW_ONLY, SYSTEM_SETS_ONLY),
+        ("Host", 8, VIEW_ONLY, SYSTEM_SETS_ONLY),
+        ("ScanState", 1, VIEW_ONLY, CALCULATED),
+        ("ScanStateCmd", 1, OPERATE, WRITEABLE_USC_LOCKABLE),
+        ("AlarmInhibit", 1, OPERATE, WRITEABLE_USC_LOCKABLE),
+        ("InAlarm", 1, VIEW_ONLY, CALCULATED),
+    ),
+    PRIM_HISTORY: (
+        ("TrendHi", 4, TUNE, WRITEABLE_USC_LOCKABLE),
+        ("TrendLo", 4, TUNE, WRITEABLE_USC_LOCKABLE),
+        ("ValueDeadBand", 4, TUNE, WRITEABLE_USC_LOCKABLE),
+    ),
+    PRIM_ALARM: (
+        ("InAlarm", 1, VIEW_ONLY, CALCULATED),
+        ("Acked", 1, VIEW_ONLY, CALCULATED),
+        ("Priority", 2, TUNE, WRITEABLE_USC_LOCKABLE),
+        ("AckMsg", 5, OPERATE, WRITEABLE_USC_LOCKABLE),
+    ),
+}
 
 
 @dataclass(frozen=True)
@@ -227,10 +279,15 @@ _TEMPLATE_DEFS = (
 _EQUIPMENT = ("$Tank", "$Pump", "$Valve", "$Motor")
 
 
+def db_file_name(objects: int | None = None, seed: int = 0) -> str:
+    """File name of a cached Galaxy (schema version included, so an upgrade re-seeds)."""
+    base = "galaxy" if objects is None else f"galaxy-{objects}-seed{seed}"
+    return f"{base}-s{SCHEMA_VERSION}.db"
+
+
 def default_db_path(objects: int | None = None, seed: int = 0) -> Path:
     """Where the simulator keeps its Galaxy when no path is given (a per-user temp dir)."""
-    name = "galaxy.db" if objects is None else f"galaxy-{objects}-seed{seed}.db"
-    return Path(tempfile.gettempdir()) / "mxgw-sim" / name
+    return Path(tempfile.gettempdir()) / "mxgw-sim" / db_file_name(objects, seed)
 
 
 def format_db_time(value: datetime) -> str:
@@ -268,6 +325,7 @@ class _Builder:
 
     def template(self, tag: str) -> None:
         parent, td, attrs = _TEMPLATES[tag]
+        common = not parent  # a base template carries the common primitive
         gid, pkg = self.next_gobject, self.next_package
         self.next_gobject += 1
         self.next_package += 1
@@ -277,6 +335,8 @@ class _Builder:
         self.template_ids[tag] = (gid, pkg, td)
         self.gobjects.append((gid, td, parent_gid, 0, 0, 0, tag, "", tag, 1, 1, pkg, 0))
         self.packages.append((pkg, gid, parent_pkg))
+        if common:
+            self.primitives.append((gid, pkg, 1, PRIM_COMMON, ""))
         self.add_attributes(gid, pkg, attrs)
 
     def add_attributes(self, gid: int, pkg: int, attrs: Iterable[_Attr]) -> None:
@@ -290,9 +350,9 @@ class _Builder:
                     a.name,
                     a.mx_data_type,
                     int(a.array > 0),
-                    a.array,
                     a.security,
                     a.category,
+                    a.array,
                 )
             )
             if a.historized:
@@ -355,7 +415,10 @@ class _Builder:
         )
         c.executemany("INSERT INTO package VALUES (?, ?, ?)", self.packages)
         c.executemany(
-            "INSERT INTO dynamic_attribute VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", self.attributes
+            "INSERT INTO dynamic_attribute (gobject_id, package_id, mx_primitive_id, "
+            "attribute_name, mx_data_type, is_array, security_classification, "
+            "mx_attribute_category, sim_array_element_count) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            self.attributes,
         )
         c.executemany(
             "INSERT INTO primitive_instance (gobject_id, package_id, mx_primitive_id, "
@@ -367,6 +430,7 @@ class _Builder:
 
 def _seed_static(conn: sqlite3.Connection, name: str, deploy_time: datetime) -> _Builder:
     conn.executescript(SCHEMA)
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
     conn.execute("INSERT INTO galaxy VALUES (?, ?)", (name, format_db_time(deploy_time)))
     conn.executemany(
         "INSERT INTO template_definition (template_definition_id, original_template_tagname, "
@@ -375,7 +439,21 @@ def _seed_static(conn: sqlite3.Connection, name: str, deploy_time: datetime) -> 
     )
     conn.executemany(
         "INSERT INTO primitive_definition (primitive_definition_id, primitive_name) VALUES (?, ?)",
-        [(PRIM_HISTORY, "HistoryExtension"), (PRIM_ALARM, "AlarmExtension")],
+        [
+            (PRIM_HISTORY, "HistoryExtension"),
+            (PRIM_ALARM, "AlarmExtension"),
+            (PRIM_COMMON, "CommonPrimitive"),
+        ],
+    )
+    conn.executemany(
+        "INSERT INTO attribute_definition (primitive_definition_id, attribute_name, "
+        "mx_attribute_id, mx_data_type, security_classification, mx_attribute_category) "
+        "VALUES (?, ?, ?, ?, ?, ?)",
+        [
+            (prim, name, n, mx_type, security, category)
+            for prim, rows in _BUILTIN_ATTRIBUTES.items()
+            for n, (name, mx_type, security, category) in enumerate(rows, start=1)
+        ],
     )
     b = _Builder(conn)
     for tag in _TEMPLATES:

@@ -17,7 +17,7 @@ import json
 import secrets
 import sqlite3
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -39,12 +39,23 @@ from mxgateway_sim.galaxy._cache import (
 )
 from mxgateway_sim.galaxy._schema import create_galaxy, default_db_path
 
-__all__ = ["DEFAULT_PAGE_SIZE", "MAX_PAGE_SIZE", "GalaxyCatalog", "GalaxyService"]
+__all__ = [
+    "DEFAULT_PAGE_BYTES",
+    "DEFAULT_PAGE_SIZE",
+    "MAX_PAGE_SIZE",
+    "GalaxyCatalog",
+    "GalaxyService",
+]
 
 log = get_logger("mxgateway_sim.galaxy")
 
 DEFAULT_PAGE_SIZE = 500
 MAX_PAGE_SIZE = 5000
+DEFAULT_PAGE_BYTES = 4 * 1024 * 1024 - 64 * 1024
+"""Most serialized bytes of the objects of one DiscoverHierarchy/BrowseChildren page, so that
+every page fits the 4 MiB receive limit most gRPC clients have by default (64 KiB are left
+for the rest of the reply). A page ends at ``page_size`` objects or at this budget, whichever
+comes first; it always holds at least one object, so a walk always advances."""
 WATCH_BUFFER = 64
 """Deploy events a slow watcher may have queued; older ones are dropped (a sequence gap)."""
 
@@ -108,10 +119,16 @@ class GalaxyService:
     """The Galaxy Repository of the simulator (open with :meth:`open`, end with :meth:`close`)."""
 
     def __init__(
-        self, db_path: Path, snapshot: HierarchySnapshot, poll_interval: float, watch_buffer: int
+        self,
+        db_path: Path,
+        snapshot: HierarchySnapshot,
+        poll_interval: float,
+        watch_buffer: int,
+        page_bytes: int = DEFAULT_PAGE_BYTES,
     ) -> None:
         self.db_path = db_path
         self.poll_interval = poll_interval
+        self.page_bytes = page_bytes
         self._snapshot = snapshot
         self._sequence = 1  # the state loaded at start is event #1
         self._nonce = secrets.token_hex(4)
@@ -132,14 +149,18 @@ class GalaxyService:
         seed: int = 0,
         poll_interval: float = 2.0,
         watch_buffer: int = WATCH_BUFFER,
+        page_bytes: int = DEFAULT_PAGE_BYTES,
     ) -> GalaxyService:
         """Open (creating and seeding when missing) the Galaxy at ``db_path`` and start polling.
 
         ``db_path=None`` uses :func:`default_db_path`. ``objects=N`` seeds a synthetic galaxy of
         N objects instead of the default plant; it only matters when the file is created.
+        ``page_bytes`` bounds the serialized objects of one page (:data:`DEFAULT_PAGE_BYTES`).
         """
         if poll_interval <= 0:
             raise ValueError("poll_interval must be positive")
+        if isinstance(page_bytes, bool) or not isinstance(page_bytes, int) or page_bytes < 1:
+            raise ValueError("page_bytes must be a positive int")
         path = Path(db_path) if db_path is not None else default_db_path(objects, seed)
         if not path.exists():
             await asyncio.to_thread(create_galaxy, path, objects=objects, seed=seed)
@@ -147,7 +168,7 @@ class GalaxyService:
             snapshot = await asyncio.to_thread(load_snapshot, path, 1)
         except sqlite3.Error as exc:
             raise ValueError(f"{path} is not a readable Galaxy database: {exc}") from exc
-        svc = cls(path, snapshot, poll_interval, watch_buffer)
+        svc = cls(path, snapshot, poll_interval, watch_buffer, page_bytes)
         svc._poller = asyncio.get_running_loop().create_task(svc._poll_loop())
         return svc
 
@@ -298,6 +319,32 @@ async def _page_size(requested: int, context: _Ctx) -> int:
     return min(requested or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
 
 
+def _fill_page(
+    out: Any,
+    snap: HierarchySnapshot,
+    records: Iterable[GalaxyObjectRecord],
+    *,
+    budget: int,
+    include_attributes: bool,
+    f: Filters | None,
+    extra: int = 0,
+) -> int:
+    """Add objects to a reply's repeated field ``out`` while their serialized size (plus
+    ``extra`` bytes each) stays within ``budget``; at least one. Returns how many."""
+    used = count = 0
+    for rec in records:
+        obj = out.add()  # filled in place: no copy of a large object
+        snap.fill_proto(obj, rec, include_attributes=include_attributes, f=f)
+        size = obj.ByteSize()
+        # field tag (1 byte) + length varint + body
+        used += 1 + max(1, (size.bit_length() + 6) // 7) + size + extra
+        if used > budget and count:
+            del out[-1]
+            break
+        count += 1
+    return count
+
+
 async def _resolve(
     snap: HierarchySnapshot, which: str | None, value: object, what: str, context: _Ctx
 ) -> GalaxyObjectRecord | None:
@@ -363,13 +410,17 @@ class GalaxyRepositoryServicer(gr_grpc.GalaxyRepositoryServicer):
                     trailing_metadata=(("cache-sequence", str(snap.version)),),
                 )
         walk = snap.walk(root, max_depth, f)
-        page = walk[offset : offset + size]
         reply = gr.DiscoverHierarchyReply(total_object_count=len(walk), cache_sequence=snap.version)
-        reply.objects.extend(
-            snap.to_proto(snap.dfs[i], include_attributes=include, f=f) for i in page
+        end = offset + _fill_page(
+            reply.objects,
+            snap,
+            (snap.dfs[i] for i in walk[offset : offset + size]),
+            budget=self._svc.page_bytes,
+            include_attributes=include,
+            f=f,
         )
-        if offset + size < len(walk):
-            reply.next_page_token = self._svc.make_token("d", snap.version, sig, offset + size)
+        if end < len(walk):
+            reply.next_page_token = self._svc.make_token("d", snap.version, sig, end)
         return reply
 
     async def BrowseChildren(
@@ -396,12 +447,20 @@ class GalaxyRepositoryServicer(gr_grpc.GalaxyRepositoryServicer):
                 )
         ids = snap.children_of(parent, f)
         reply = gr.BrowseChildrenReply(total_child_count=len(ids))
-        for cid in ids[offset : offset + size]:
-            rec = snap.by_id[cid]
-            reply.children.append(snap.to_proto(rec, include_attributes=include, f=None))
-            reply.child_has_children.append(bool(rec.children))
-        if offset + size < len(ids):
-            reply.next_page_token = self._svc.make_token("b", snap.version, sig, offset + size)
+        records = [snap.by_id[cid] for cid in ids[offset : offset + size]]
+        count = _fill_page(
+            reply.children,
+            snap,
+            records,
+            budget=self._svc.page_bytes,
+            include_attributes=include,
+            f=None,
+            extra=1,  # its child_has_children entry
+        )
+        reply.child_has_children.extend(bool(rec.children) for rec in records[:count])
+        end = offset + count
+        if end < len(ids):
+            reply.next_page_token = self._svc.make_token("b", snap.version, sig, end)
         return reply
 
     async def WatchDeployEvents(
