@@ -223,9 +223,7 @@ class ApiKeyStore:
         scope_set = frozenset(scopes)
         unknown = sorted(scope_set - ALL_SCOPES)
         if unknown:
-            raise KeyFormatError(
-                f"unknown scope(s) {', '.join(unknown)}; valid scopes: {', '.join(SCOPES)}"
-            )
+            raise _unknown_scopes(unknown)
         if key_id.lower() in self._keys:
             raise KeyFormatError(f"key id {key_id} is configured twice")
         salt = secrets.token_bytes(16)
@@ -442,13 +440,17 @@ def _guarded(
     return handler  # request-streaming methods: none is authenticated today
 
 
+def _unknown_scopes(unknown: Sequence[str]) -> KeyFormatError:
+    # repr() keeps the message on one line whatever a keys file holds.
+    names = ", ".join(repr(name) for name in unknown)
+    return KeyFormatError(f"unknown scope(s) {names}; valid scopes: {', '.join(SCOPES)}")
+
+
 def parse_scopes(text: str | Sequence[str]) -> list[str]:
     """Scopes from ``"a,b"`` or a list; raises KeyFormatError on an unknown one."""
     items = text.split(",") if isinstance(text, str) else list(text)
     scopes = [s.strip() for s in items if s.strip()]
     unknown = sorted(set(scopes) - ALL_SCOPES)
     if unknown:
-        raise KeyFormatError(
-            f"unknown scope(s) {', '.join(unknown)}; valid scopes: {', '.join(SCOPES)}"
-        )
+        raise _unknown_scopes(unknown)
     return scopes

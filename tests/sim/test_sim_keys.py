@@ -12,6 +12,8 @@ from pathlib import Path
 
 import grpc
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from simhelpers import Gw, serve_process
 
 from mxgateway.generated import mxaccess_gateway_pb2 as pb
@@ -80,6 +82,7 @@ def test_malformed_keys_files_are_one_line_errors(tmp_path: Path) -> None:
         "scopes-number.json": json.dumps({"keys": [{"key": strong, "scopes": 5}]}).encode(),
         "scopes-ints.json": json.dumps([{"key": strong, "scopes": [1, 2]}]).encode(),
         "name-object.json": json.dumps([{"key": strong, "name": {"x": 1}}]).encode(),
+        "scope-newline.json": json.dumps([{"key": strong, "scopes": ["admin\nx"]}]).encode(),
         "no-key.json": json.dumps([{"scopes": ["admin"]}]).encode(),
         "not-a-list.json": json.dumps({"keys": {"key": strong}}).encode(),
         "weak.txt": f"# ops\n{weak} admin ops\n".encode(),
@@ -190,3 +193,40 @@ async def test_sighup_reloads_the_keys_file_and_keeps_open_streams(tmp_path: Pat
         assert "Traceback" not in text
         for key in (keeper, revoked):
             assert key.split("_", 2)[2] not in text
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+@settings(
+    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    content=st.one_of(
+        st.binary(max_size=200),
+        _JSON.map(lambda doc: json.dumps(doc).encode()),
+        st.lists(_JSON, max_size=3).map(lambda entries: json.dumps({"keys": entries}).encode()),
+        st.text(max_size=200).map(str.encode),
+        st.lists(
+            st.builds(
+                lambda scopes, name: {"key": new_key(), "scopes": scopes, "name": name},
+                _JSON | st.lists(st.text(max_size=12), max_size=3),
+                _JSON,
+            ),
+            max_size=3,
+        ).map(lambda entries: json.dumps(entries).encode()),
+    )
+)
+def test_any_keys_file_loads_or_fails_with_key_format_error(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "keys.any"
+    path.write_bytes(content)
+    try:
+        load_keys_file(path, ApiKeyStore())
+    except KeyFormatError as exc:
+        assert "\n" not in str(exc)
