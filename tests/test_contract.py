@@ -6,13 +6,17 @@ import json
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
-from fixtureio import FIXTURES
+from fixtureio import FIXTURES, UPSTREAM, upstream_document, upstream_reply
+from mxgateway import GatewayClient, MxAccessError, status_failed
+from mxgateway._errors import check_mxaccess
 from mxgateway.generated import galaxy_repository_pb2 as gpb
 from mxgateway.generated import mxaccess_gateway_pb2 as pb
+from mxgateway.generated import mxaccess_gateway_pb2_grpc as pbg
 from mxgateway.generated import mxaccess_worker_pb2 as wpb
 
 # Message type of each fixture file, by path pattern.
@@ -77,6 +81,7 @@ def test_every_fixture_file_is_checked() -> None:
     checked = {p.relative_to(FIXTURES).as_posix() for p, _ in _message_fixtures()}
     checked |= {p.relative_to(FIXTURES).as_posix() for p, _, _ in _list_fixtures()}
     checked.add("values/value-conversion-cases.json")  # tests/test_values.py
+    checked |= {f"upstream/{name}" for name in UPSTREAM_FILES}  # the upstream tests below
     assert set(ALL_FILES) == checked
 
 
@@ -184,6 +189,103 @@ def test_confirmed_upstream_numbers() -> None:
     assert envelope["worker_event"].number == 18
     browse = gpb.BrowseChildrenRequest.DESCRIPTOR.fields_by_name
     assert [browse[n].number for n in ("parent_gobject_id", "historized_only")] == [1, 11]
+
+
+# ----- upstream's own fixtures (fixtures/upstream) ----------------------------------------
+
+UPSTREAM_FILES = ("register.ok.reply.json", "write.mxaccess-failure.reply.json")
+
+
+def _subset(expected: Any, actual: Any, where: str = "") -> None:
+    """Every member of ``expected`` is in ``actual`` with the same value (recursively)."""
+    if isinstance(expected, dict):
+        assert isinstance(actual, dict), where
+        for key, value in expected.items():
+            assert key in actual, f"{where}.{key} lost"
+            _subset(value, actual[key], f"{where}.{key}")
+    elif isinstance(expected, list):
+        assert isinstance(actual, list) and len(actual) == len(expected), where
+        for i, (e, a) in enumerate(zip(expected, actual, strict=True)):
+            _subset(e, a, f"{where}[{i}]")
+    else:
+        assert actual == expected, f"{where}: {actual!r} != {expected!r}"
+
+
+def test_upstream_fixtures_are_the_documented_set() -> None:
+    assert sorted(p.name for p in UPSTREAM.glob("*.json")) == sorted(UPSTREAM_FILES)
+    readme = (UPSTREAM / "README.md").read_text(encoding="utf-8")
+    for name in UPSTREAM_FILES:
+        assert f"`{name}`" in readme, name
+        # Our own fixtures never take an upstream fixture's name.
+        assert [p.parent.name for p in FIXTURES.rglob(name)] == ["upstream"], name
+
+
+@pytest.mark.parametrize("name", UPSTREAM_FILES)
+def test_upstream_fixture_reads_with_our_bindings_without_loss(name: str) -> None:
+    doc = upstream_document(name)
+    reply = upstream_reply(name)  # strict: a member our bindings do not know raises
+    again = pb.MxCommandReply.FromString(reply.SerializeToString(deterministic=True))
+    assert again == reply
+    printed = json_format.MessageToDict(again, always_print_fields_with_no_presence=True)
+    _subset(doc, printed)  # JSON -> binary -> JSON keeps every upstream member and value
+
+
+def test_upstream_register_ok_decodes_as_a_success() -> None:
+    reply = upstream_reply("register.ok.reply.json")
+    assert reply.register.server_handle == 12
+    assert reply.return_value.int32_value == 12
+    assert reply.return_value.variant_type == pb.VT_I4
+    (status,) = reply.statuses
+    assert status.category == pb.MX_STATUS_CATEGORY_OK and not status_failed(status)
+    assert check_mxaccess(reply) is reply  # no protocol_status: judged by hresult/statuses
+
+
+def test_upstream_write_failure_decodes_as_an_mxaccess_failure() -> None:
+    reply = upstream_reply("write.mxaccess-failure.reply.json")
+    assert reply.return_value.is_null
+    assert reply.return_value.data_type == pb.MX_DATA_TYPE_NO_DATA
+    assert [(s.category, s.detected_by, s.detail) for s in reply.statuses] == [
+        (pb.MX_STATUS_CATEGORY_SECURITY_ERROR, pb.MX_STATUS_SOURCE_RESPONDING_LMX, 321),
+        (pb.MX_STATUS_CATEGORY_OPERATIONAL_ERROR, pb.MX_STATUS_SOURCE_RESPONDING_NMX, 902),
+    ]
+    assert all(status_failed(s) for s in reply.statuses)
+    with pytest.raises(MxAccessError) as info:
+        check_mxaccess(reply)
+    assert info.value.reply is reply
+
+
+class _UpstreamReplies(pbg.MxAccessGatewayServicer):
+    """A gateway whose Invoke answers with upstream's fixture for the command's kind (a
+    real server cannot be made to send upstream's exact replies)."""
+
+    async def Invoke(self, request: pb.MxCommandRequest, context: Any) -> pb.MxCommandReply:
+        kind = request.command.WhichOneof("payload")
+        name = "register.ok" if kind == "register" else "write.mxaccess-failure"
+        return upstream_reply(f"{name}.reply.json")
+
+
+async def test_the_library_reads_upstream_replies_over_grpc() -> None:
+    server = grpc.aio.server()
+    pbg.add_MxAccessGatewayServicer_to_server(_UpstreamReplies(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with await GatewayClient.connect(
+            endpoint=f"127.0.0.1:{port}", api_key="mxgw_contract_upstreamFixtures01", plaintext=True
+        ) as client:
+            session = client.attach_session("session-" + "0" * 32)
+            assert await session.register("contract") == 12
+            write = pb.MxCommand(
+                kind=pb.MX_COMMAND_KIND_WRITE,
+                write=pb.WriteCommand(server_handle=12, item_handle=1, user_id=0),
+            )
+            raw = await session.invoke_raw(write)  # MXAccess failures stay in the reply
+            assert len(raw.statuses) == 2
+            with pytest.raises(MxAccessError) as info:
+                await session.invoke(write)
+            assert [s.detail for s in info.value.reply.statuses] == [321, 902]
+    finally:
+        await server.stop(None)
 
 
 def test_gateway_service_declares_all_rpcs() -> None:
