@@ -88,6 +88,21 @@ def _check_value_sizes(payload: str, body: Any, limit: int) -> None:
                 raise too_large(f"the value of entry {index}", size, limit, "--max-value-bytes")
 
 
+async def _without_cycle(call: Awaitable[None]) -> None:
+    """Await ``call``; an exception leaves without the traceback that ties it to a cycle.
+
+    ``wait_for`` runs the handler in a task that keeps the exception, whose traceback keeps
+    the frames that keep the task: a cycle holding the whole request (megabytes for a large
+    one) until a full garbage collection, which the tuned GC makes rare. Dropping the
+    traceback breaks it, so a refused request is freed at once.
+    """
+    try:
+        await call
+    except BaseException as exc:
+        exc.__traceback__ = None
+        raise
+
+
 _END_KIND = {
     EndReason.OVERFLOW: pb.STREAM_FAULT_KIND_EVENT_QUEUE_OVERFLOW,
     EndReason.SESSION_CLOSED: pb.STREAM_FAULT_KIND_SESSION_CLOSED,
@@ -317,7 +332,9 @@ class GatewayServicer:
         body = getattr(command, payload)
         try:
             _check_value_sizes(payload, body, options.max_value_bytes)
-            await asyncio.wait_for(handler(session, body, reply), options.command_timeout_s)
+            await _without_cycle(
+                asyncio.wait_for(handler(session, body, reply), options.command_timeout_s)
+            )
         except asyncio.TimeoutError:
             reply.protocol_status.CopyFrom(
                 _status(
