@@ -121,7 +121,7 @@ def _parse(text: str, context: str) -> ParsedReference:
             f"the item context is {len(context)} characters long; the limit is "
             f"{MAX_REFERENCE_LENGTH}"
         )
-    match = _REFERENCE.match(text)
+    match = _REFERENCE.fullmatch(text)  # not match(): "$" would accept a trailing "\n"
     if match is None:
         raise ReferenceSyntaxError(f"{text!r} is not a valid MXAccess item reference")
     path = match.group("path")

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import errno
 import gc
 import importlib
+import socket
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -88,6 +90,27 @@ DEFAULT_HEADER_TIMEOUT_S = 10.0
 
 class BindError(OSError):
     """The listen address cannot be bound (in use, or not an address of this host)."""
+
+
+def _port_taken(host: str, port: int) -> bool:
+    """True when ``host:port`` is already bound (so gRPC core is not asked, and does not
+    print its own error line to stderr). Port 0 is never taken; unresolvable hosts are left
+    to gRPC, whose failure is reported as :class:`BindError` too."""
+    if port == 0:
+        return False
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except OSError:
+        return False
+    for family, kind, proto, _, address in infos:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC binds
+            try:
+                probe.bind(address)
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    return True
+    return False
 
 
 class GatewaySimulator:
@@ -319,6 +342,8 @@ class GatewaySimulator:
             # Checked here so a bad file is reported as such, not as "Failed to bind".
             credentials = grpc.ssl_server_credentials([self._tls_files.read()])
         try:
+            if _port_taken(self._host, self._port):
+                raise RuntimeError("the port is in use")
             if credentials is None:
                 self._bound_port = server.add_insecure_port(address)
             else:

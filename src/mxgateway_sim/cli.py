@@ -426,7 +426,11 @@ def _deploy(args: argparse.Namespace) -> int:
         raise UsageError("this build has no Galaxy support (mxgateway_sim.galaxy)") from None
     try:
         result = deploy(args.galaxy_db, add=args.add, remove=args.remove, seed=args.seed)
-    except (OSError, ValueError, sqlite3.Error) as exc:
+    except sqlite3.Error as exc:  # sqlite's text never names the file
+        raise UsageError(
+            f"deploy: {args.galaxy_db} is not a writable Galaxy database: {exc}"
+        ) from None
+    except (OSError, ValueError) as exc:
         raise UsageError(f"deploy: {exc}") from None
     print(json.dumps(result, default=str))
     return EXIT_OK

@@ -6,6 +6,7 @@ server keeps answering health checks."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
 import socket
@@ -16,19 +17,25 @@ from typing import Any
 
 import grpc
 import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from simhelpers import SCAN_MS, Gw, wait_for
+from simhelpers import SCAN_MS, SIM_CLI, Gw, wait_for
 
+from mxgateway.generated import galaxy_repository_pb2 as gr
+from mxgateway.generated import galaxy_repository_pb2_grpc as gr_rpc
 from mxgateway.generated import mxaccess_gateway_pb2 as pb
 from mxgateway_sim import SCOPES, ApiKeyStore, GatewaySimulator, SessionOptions, builtin_catalog
 from mxgateway_sim import new_key as _new_key
 from mxgateway_sim._auth import COMMAND_SCOPES, scope_for_command
 from mxgateway_sim._sessions import sweep_interval
+from mxgateway_sim._tls import TlsSetupError
+from mxgateway_sim.cli import main as sim_main
 
 GATEWAY = "/mxaccess_gateway.v1.MxAccessGateway/"
 NON_ADMIN = [s for s in SCOPES if s != "admin"]
 PREFIX = "MX_COMMAND_KIND_"
 KINDS = [n[len(PREFIX) :] for n, _ in pb.MxCommandKind.items() if n != PREFIX + "UNSPECIFIED"]
+E_INVALIDARG = -2147024809
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 
 
@@ -382,3 +389,110 @@ async def test_a_busy_port_is_a_start_error(tls: Any, tmp_path: Path) -> None:
         with pytest.raises(OSError, match=f"cannot listen on 127.0.0.1:{port}"):
             await second.start()
         await second.stop()
+
+
+async def test_a_second_mxgw_sim_on_a_busy_port_is_a_clear_start_error(tmp_path: Path) -> None:
+    keys = tmp_path / "keys.json"
+    keys.write_text(json.dumps([{"key": _new_key()}]))
+    async with gateway() as (first, _):
+        port = first.endpoint.rpartition(":")[2]
+        proc = await asyncio.create_subprocess_exec(
+            *SIM_CLI,
+            "serve",
+            "--plaintext",
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--api-keys-file",
+            str(keys),
+            "--galaxy-db",
+            str(tmp_path / "g.db"),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await asyncio.wait_for(proc.communicate(), 120)
+    assert proc.returncode == 2, out
+    assert out == b""  # never "listening"
+    line = err.decode().strip()
+    assert line == (
+        f"mxgw-sim: error: cannot listen on 127.0.0.1:{port}: the port is in use or the "
+        "address is not one of this host's"
+    )
+
+
+# -- smaller items of issue 12 -----------------------------------------------------------------
+
+
+async def test_watch_deploy_events_with_an_out_of_range_time_is_invalid_argument(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with gateway(catalog=None, galaxy_db=tmp_path / "g.db") as (sim, channel):
+        stub = gr_rpc.GalaxyRepositoryStub(channel)
+        md = (("authorization", f"Bearer {sim.api_key}"),)
+        for seconds in (2**62, -(2**62), 253402300800, -62135596801):
+            request = gr.WatchDeployEventsRequest(last_seen_deploy_time=Timestamp(seconds=seconds))
+            call = stub.WatchDeployEvents(request, metadata=md)
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await asyncio.wait_for(call.read(), 10)
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, seconds
+            assert "last_seen_deploy_time" in (err.value.details() or "")
+        assert await healthy(channel)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+
+
+async def test_references_with_control_characters_are_malformed() -> None:
+    async with gateway() as (sim, channel):
+        gw = Gw(channel, sim.api_key)
+        sid = await gw.open()
+        sh = await gw.register(sid)
+        for ref in ("Tank01.Level\n", "Tank01.Level\r\n", "Tank01\n.Level", "Tank01.Level\x00"):
+            reply = await gw.invoke(sid, "add_item", server_handle=sh, item_definition=ref)
+            assert reply.protocol_status.code == pb.PROTOCOL_STATUS_CODE_MXACCESS_FAILURE, ref
+            assert reply.hresult == E_INVALIDARG, ref
+        assert await gw.add(sid, sh, "Tank01.Level") > 0
+
+
+def _garbage_tls(tmp_path: Path) -> tuple[Path, Path]:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.write_text("-----BEGIN CERTIFICATE-----\nnot a certificate\n-----END CERTIFICATE-----\n")
+    key.write_text("garbage")
+    return cert, key
+
+
+async def test_bad_tls_files_are_reported_as_such(tmp_path: Path) -> None:
+    cert, key = _garbage_tls(tmp_path)
+    sim = GatewaySimulator(catalog=builtin_catalog(), tls=(cert, key))
+    with pytest.raises(TlsSetupError) as err:
+        await sim.start()
+    assert str(cert) in str(err.value) and "bind" not in str(err.value).lower()
+    # A real certificate with another certificate's key is refused the same way.
+    good = GatewaySimulator(catalog=builtin_catalog(), tls="self-signed", tls_dir=tmp_path / "a")
+    other = GatewaySimulator(catalog=builtin_catalog(), tls="self-signed", tls_dir=tmp_path / "b")
+    for s in (good, other):
+        await s.start()
+        await s.stop()
+    mixed = GatewaySimulator(
+        catalog=builtin_catalog(),
+        tls=(tmp_path / "a" / "server.pem", tmp_path / "b" / "server-key.pem"),
+    )
+    with pytest.raises(TlsSetupError, match="not a usable certificate chain"):
+        await mixed.start()
+
+
+def test_bad_tls_files_and_galaxy_databases_name_the_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cert, key = _garbage_tls(tmp_path)
+    keys = tmp_path / "keys.json"
+    keys.write_text(json.dumps([{"key": _new_key()}]))
+    serve = ["serve", "--listen", "127.0.0.1:0", "--api-keys-file", str(keys)]
+    assert sim_main([*serve, "--tls-cert", str(cert), "--tls-key", str(key)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(cert) in err and "bind" not in err.lower(), err
+    garbage = tmp_path / "garbage.db"
+    garbage.write_bytes(b"not sqlite" * 100)
+    assert sim_main(["deploy", "--galaxy-db", str(garbage), "--add", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(garbage) in err, err
+    assert sim_main([*serve, "--plaintext", "--galaxy-db", str(garbage)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(garbage) in err, err

@@ -163,7 +163,10 @@ class GalaxyService:
             raise ValueError("page_bytes must be a positive int")
         path = Path(db_path) if db_path is not None else default_db_path(objects, seed)
         if not path.exists():
-            await asyncio.to_thread(create_galaxy, path, objects=objects, seed=seed)
+            try:
+                await asyncio.to_thread(create_galaxy, path, objects=objects, seed=seed)
+            except sqlite3.Error as exc:  # sqlite's text never names the file
+                raise ValueError(f"cannot create the Galaxy database {path}: {exc}") from exc
         try:
             snapshot = await asyncio.to_thread(load_snapshot, path, 1)
         except sqlite3.Error as exc:
@@ -466,11 +469,20 @@ class GalaxyRepositoryServicer(gr_grpc.GalaxyRepositoryServicer):
     async def WatchDeployEvents(
         self, request: gr.WatchDeployEventsRequest, context: _Ctx
     ) -> AsyncIterator[gr.DeployEvent]:
+        seen: datetime | None = None
+        if request.HasField("last_seen_deploy_time"):
+            try:
+                seen = timestamp_to_datetime(request.last_seen_deploy_time)
+            except (OverflowError, ValueError, OSError):  # no datetime can hold it
+                await context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    "last_seen_deploy_time is outside the range of a timestamp "
+                    "(0001-01-01 to 9999-12-31)",
+                )
         watcher, current = self._svc.subscribe()
         try:
             skip = False
-            if request.HasField("last_seen_deploy_time") and current.time_of_last_deploy_present:
-                seen: datetime = timestamp_to_datetime(request.last_seen_deploy_time)
+            if seen is not None and current.time_of_last_deploy_present:
                 skip = seen == timestamp_to_datetime(current.time_of_last_deploy)
             if not skip:
                 yield current
