@@ -59,7 +59,7 @@ class SubscriberRefused(Exception):
 class Subscriber:
     """One attached stream: its queue of framed events and the next sequence it will get."""
 
-    __slots__ = ("end", "gap", "limit", "next_seq", "queue", "queued_bytes", "wake")
+    __slots__ = ("end", "floor", "gap", "limit", "next_seq", "queue", "queued_bytes", "wake")
 
     def __init__(self, limit: int, next_seq: int) -> None:
         self.queue: deque[bytes] = deque()
@@ -70,6 +70,8 @@ class Subscriber:
         self.wake = asyncio.Event()
         self.end: StreamEnd | None = None
         self.gap: tuple[int, int] | None = None
+        self.floor = 0
+        """Resume point ahead of the log: events at or below it are never queued (0: none)."""
 
     def take(self, max_events: int, max_bytes: int) -> list[bytes]:
         """Pop up to ``max_events`` framed events (at least one) within ``max_bytes``."""
@@ -131,7 +133,8 @@ class EventLog:
         """Number, encode, retain and fan out a list of runtime events (the runtime's sink)."""
         if not events or self.closed is not None:
             return
-        framed = self.encoder.encode(events, self.next_seq, time.time())
+        first_seq = self.next_seq
+        framed = self.encoder.encode(events, first_seq, time.time())
         size = sum(map(len, framed))
         self.next_seq += len(framed)
         ring = self._ring
@@ -156,8 +159,18 @@ class EventLog:
         for sub in list(self.subscribers):
             if not sub.queue:
                 sub.queued_bytes = 0
-            sub.queue.extend(framed)
-            sub.queued_bytes += size
+            if sub.floor:
+                # Attached with a resume point ahead of the log: only what is above it.
+                skip = sub.floor - first_seq + 1
+                if skip >= len(framed):
+                    continue
+                sub.floor = 0
+                above = framed[skip:] if skip > 0 else framed
+                sub.queue.extend(above)
+                sub.queued_bytes += size if skip <= 0 else sum(map(len, above))
+            else:
+                sub.queue.extend(framed)
+                sub.queued_bytes += size
             if len(sub.queue) > sub.limit or sub.queued_bytes > self._queue_bytes:
                 self._overflow(sub)
             else:
@@ -219,6 +232,11 @@ class EventLog:
             sub.queue.extend(itertools.islice(self._ring, start - base, None))
             sub.queued_bytes = sum(map(len, sub.queue))
             sub.next_seq = start
+        elif after is not None and after >= self.next_seq:
+            # A resume point ahead of the log (the contract: "greater than"): nothing at or
+            # below it is ever delivered, not even events produced from now on.
+            sub.floor = after
+            sub.next_seq = after + 1
         self.subscribers.append(sub)
         return sub
 

@@ -118,6 +118,25 @@ async def test_resume_after_a_dropped_stream_loses_and_repeats_nothing(
     assert combined == list(range(seqs(seen)[0], seqs(seen)[0] + len(combined)))
 
 
+@pytest.mark.parametrize("batched", [False, True])
+async def test_resume_ahead_of_the_log_delivers_only_events_above_it(
+    sim: GatewaySimulator, gw: Gw, batched: bool
+) -> None:
+    # The contract: deliver events with worker_sequence *greater than* the resume point,
+    # even when the point is beyond the last event the session has raised so far.
+    sid = await gw.open()
+    await subscribe_moving(gw, sid)
+    session = sim.sessions.get(sid) if sim.sessions else None
+    assert session is not None
+    await wait_for(lambda: session.events.next_seq > 5)
+    ahead = session.events.next_seq + 25
+    rpc = gw.stub.StreamEventBatches if batched else gw.stub.StreamEvents
+    call = rpc(request(sid, ahead), metadata=gw.md)
+    events = await read_events(call, 10, batched=batched)
+    call.cancel()
+    assert seqs(events) == list(range(ahead + 1, ahead + 1 + len(events)))
+
+
 async def test_replay_gap_is_reported_before_the_oldest_retained_event() -> None:
     async with gateway(replay_ring_size=8) as (sim, gw):
         sid = await gw.open()
