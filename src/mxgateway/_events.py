@@ -397,6 +397,15 @@ def decode_events(events: Sequence[pb.MxEvent], out: list[Event], tr: _Tracker) 
     tr.last, tr.tracking = last, tracking
 
 
+def _resume_point(event: Event) -> int:
+    """The sequence a caller who has seen ``event`` can resume after (0: none)."""
+    if isinstance(event, EventGap):
+        return event.first_missing_sequence + event.missing_count - 1
+    if isinstance(event, StreamFault):
+        return 0
+    return event.worker_sequence
+
+
 _TERMINAL_FAULTS = {
     pb.STREAM_FAULT_KIND_SESSION_CLOSED,
     pb.STREAM_FAULT_KIND_SESSION_FAULTED,
@@ -412,7 +421,9 @@ class EventStream:
     the iterator: the next read re-subscribes after the last delivered event.
 
     Attributes (read-only counters):
-        last_worker_sequence: The last real event's sequence (0 before any).
+        last_worker_sequence: The sequence of the last event handed to the caller (the
+            end of an :class:`EventGap` counts), never one still buffered: a safe resume
+            point for ``session.events(after_worker_sequence=...)``.
         gap_count: How many :class:`EventGap` notices were produced.
         missed_events: How many events those gaps cover in total.
         duplicates_dropped: Replayed events dropped because they were already delivered.
@@ -446,6 +457,8 @@ class EventStream:
         self._stream: Stream[Any] | None = None
         self._buf: list[Event] = []
         self._pos = 0
+        # The resume point of what was handed out before ``_buf`` was (re)filled.
+        self._handed_base = after_worker_sequence or 0
         self._closed = False
         self._ended_by: int | None = None
         self._overflowed = False
@@ -469,8 +482,23 @@ class EventStream:
 
     @property
     def last_worker_sequence(self) -> int:
-        """The last real event's sequence (0 before any)."""
-        return self._tracker.last
+        """The sequence of the last event handed to the caller (0 before any).
+
+        Events decoded but still buffered (a batch is decoded at once) do not count, so
+        resuming from this value never skips an event the caller has not seen.
+        """
+        buf = self._buf
+        for i in range(min(self._pos, len(buf)) - 1, -1, -1):
+            seq = _resume_point(buf[i])
+            if seq:
+                return seq
+        return self._handed_base
+
+    def _replace_buffer(self, buf: list[Event], pos: int) -> None:
+        """Install a new buffer, remembering how far the old one was handed out."""
+        self._handed_base = self.last_worker_sequence
+        self._buf = buf
+        self._pos = pos
 
     @property
     def gap_count(self) -> int:
@@ -534,8 +562,7 @@ class EventStream:
             if deferred is not None:  # how the stream ended while a waiter read ahead
                 raise deferred
             buf = await self._read_batch()
-            self._buf = buf
-            self._pos = 1
+            self._replace_buffer(buf, 1)
             return buf[0]
 
     async def _read_ahead(self, stop: asyncio.Future[Any]) -> None:
@@ -556,7 +583,7 @@ class EventStream:
                 self._deferred = exc
                 raise
             if self._pos >= len(self._buf):
-                self._buf, self._pos = more, 0
+                self._replace_buffer(more, 0)
             else:
                 self._buf.extend(more)
 
@@ -708,8 +735,7 @@ class EventStream:
     async def aclose(self) -> None:
         """Close the underlying stream; further iteration ends. Idempotent."""
         self._closed = True
-        self._buf = []
-        self._pos = 0
+        self._replace_buffer([], 0)
         stream, self._stream = self._stream, None
         if stream is not None:
             await stream.aclose()

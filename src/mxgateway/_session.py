@@ -849,6 +849,7 @@ class Session:
         self,
         after_worker_sequence: int | None = None,
         *,
+        new_only: bool = False,
         resume: bool = True,
         max_resume_attempts: int = 5,
     ) -> EventStream:
@@ -856,10 +857,25 @@ class Session:
 
         Reads ``StreamEventBatches`` (``StreamEvents`` on older gateways), reports gaps
         as :class:`EventGap` and, when ``resume`` is on, re-subscribes after a dropped
-        stream from the last delivered sequence. ``after_worker_sequence`` replays
-        events after that sequence first; ``None`` starts with new events.
+        stream from the last delivered sequence.
+
+        Where it starts: by default with the oldest event the gateway still holds for the
+        session, so nothing raised before iterating is lost (e.g. the first value an
+        ``advise`` raised); an :class:`EventGap` first if the replay ring has already let
+        some go. ``after_worker_sequence=N`` starts after event ``N`` (a resume point,
+        e.g. an earlier stream's ``last_worker_sequence``); ``new_only=True`` starts with
+        events raised from now on.
+
+        Raises:
+            ValueError: both ``after_worker_sequence`` and ``new_only``, or a negative
+                sequence.
         """
         self._check_open()
+        if new_only:
+            if after_worker_sequence is not None:
+                raise ValueError("give after_worker_sequence or new_only, not both")
+        elif after_worker_sequence is None:
+            after_worker_sequence = 0  # the oldest retained event
         previous = self._last_events() if self._last_events is not None else None
         stream = EventStream(
             self._client,

@@ -169,7 +169,8 @@ async def test_resume_after_a_dropped_stream_without_duplicates_or_loss(
 
     async def plan(req: pb.StreamEventsRequest, attempt: int):  # type: ignore[no-untyped-def]
         if attempt == 0:
-            assert not req.HasField("after_worker_sequence")
+            # By default the stream starts with the oldest event the gateway holds.
+            assert req.HasField("after_worker_sequence") and req.after_worker_sequence == 0
             yield batch(*log[0:5])
             yield batch(*log[5:12])
             if code == "overflow":
@@ -399,7 +400,7 @@ async def test_a_timed_out_read_loses_nothing(fake: FakeServer) -> None:
 
     async def plan(req: pb.StreamEventsRequest, attempt: int):  # type: ignore[no-untyped-def]
         if attempt == 0:
-            assert not req.HasField("after_worker_sequence")
+            assert req.HasField("after_worker_sequence") and req.after_worker_sequence == 0
             yield batch(data_change(1), data_change(2))
             await asyncio.Event().wait()
         assert req.after_worker_sequence == 2
@@ -468,8 +469,47 @@ async def test_reopening_right_after_closing_waits_for_the_old_subscriber(
         async with session.events() as first:
             assert (await first.__anext__()).worker_sequence == 1  # type: ignore[union-attr]
         assert first.closed
-        async with session.events() as second:
+        async with session.events(new_only=True) as second:
             event = await asyncio.wait_for(second.__anext__(), 5)
             assert event.worker_sequence == 3  # type: ignore[union-attr]
             assert second.resume_count == 1
     assert fake.servicer.attempts["StreamEventBatches"] == 3
+
+
+async def test_new_only_asks_for_live_events_and_rejects_a_resume_point(
+    fake: FakeServer,
+) -> None:
+    async def plan(req: pb.StreamEventsRequest, attempt: int):  # type: ignore[no-untyped-def]
+        yield batch(data_change(7))
+        await asyncio.Event().wait()
+
+    fake.servicer.batches_plan = plan
+    async with await _client(fake) as client:
+        session = client.attach_session(SESSION_ID)
+        with pytest.raises(ValueError, match="not both"):
+            session.events(3, new_only=True)
+        async with session.events(new_only=True) as events:
+            event = await asyncio.wait_for(events.__anext__(), 5)
+    assert isinstance(event, DataChange) and event.worker_sequence == 7
+    assert not fake.servicer.rec.stream_requests[0].HasField("after_worker_sequence")
+
+
+async def test_last_worker_sequence_counts_only_events_handed_out(fake: FakeServer) -> None:
+    # One batch of six events is decoded at once; the resume point must follow the
+    # caller, not the decoder (a gap notice counts up to its end).
+    async def plan(req: pb.StreamEventsRequest, attempt: int):  # type: ignore[no-untyped-def]
+        yield batch(*(data_change(i) for i in range(1, 7)))
+        yield batch(fault(pb.STREAM_FAULT_KIND_REPLAY_GAP, first=7, count=3), data_change(10))
+        await asyncio.Event().wait()
+
+    fake.servicer.batches_plan = plan
+    async with await _client(fake) as client:
+        events = client.attach_session(SESSION_ID).events(after_worker_sequence=0)
+        async with events:
+            assert events.last_worker_sequence == 0
+            seen = []
+            for _ in range(8):
+                seen.append(await asyncio.wait_for(events.__anext__(), 5))
+                seen.append(events.last_worker_sequence)
+    assert seen[1::2] == [1, 2, 3, 4, 5, 6, 9, 10]
+    assert events.last_worker_sequence == 10

@@ -456,3 +456,53 @@ async def test_polling_events_with_a_timeout_loses_nothing(session: Session) -> 
             seen.append(ev.worker_sequence)  # type: ignore[union-attr]
         assert events.gap_count == 0 and events.duplicates_dropped == 0
     assert seen == [1, 2, 3]
+
+
+async def test_events_start_with_what_advise_raised(
+    sim: GatewaySimulator, session: Session
+) -> None:
+    # The value Advise raised is in the session's log before anyone iterates; the default
+    # events() must hand it out first (a static tag: no later change would stand in).
+    h = await session.register("first-value")
+    item = await session.add_item(h, "Tank01.Description")
+    await session.advise(h, item)
+    gateway_session = sim.sessions.get(session.session_id) if sim.sessions else None
+    assert gateway_session is not None
+    assert gateway_session.events.next_seq > 1  # raised before iterating
+    async with session.events() as events:
+        first = await asyncio.wait_for(events.__anext__(), 10)
+    assert isinstance(first, DataChange)
+    assert (first.worker_sequence, first.item_handle) == (1, item)
+    await _subscriber_released(sim, session)
+    # new_only=True skips it: nothing more comes from a static tag.
+    async with session.events(new_only=True) as live:
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(live.__anext__(), 0.5)
+
+
+async def test_last_worker_sequence_is_a_lossless_resume_point(
+    sim: GatewaySimulator, session: Session
+) -> None:
+    h = await session.register("resume")
+    await session.subscribe_bulk(h, ["Tank01.Level", "Pump01.Speed", "Line01.Counter"])
+    gateway_session = sim.sessions.get(session.session_id) if sim.sessions else None
+    assert gateway_session is not None
+    await wait_until(lambda: gateway_session.events.next_seq > 12)
+    async with session.events() as events:
+        handed = [await asyncio.wait_for(events.__anext__(), 10) for _ in range(5)]
+        # The first batch held more than five events; the resume point follows the caller.
+        resume_from = events.last_worker_sequence
+    assert [e.worker_sequence for e in handed] == [1, 2, 3, 4, 5]  # type: ignore[union-attr]
+    assert resume_from == 5
+    await _subscriber_released(sim, session)
+    async with session.events(after_worker_sequence=resume_from) as again:
+        nxt = await asyncio.wait_for(again.__anext__(), 10)
+    assert isinstance(nxt, DataChange) and nxt.worker_sequence == 6
+
+
+async def wait_until(predicate: object, timeout: float = 10.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():  # type: ignore[operator]
+        assert loop.time() < deadline, "condition not reached"
+        await asyncio.sleep(0.01)

@@ -133,7 +133,7 @@ async def test_slow_public_consumer_sees_overflow_and_a_typed_gap() -> None:
         seen_overflow = False
         gaps: list[EventGap] = []
         last = 0
-        async with session.events() as events:  # live events: the first one sets `last`
+        async with session.events(new_only=True) as events:  # the first one sets `last`
 
             async def consume() -> None:
                 nonlocal seen_overflow, last
