@@ -2,10 +2,17 @@
 
 Each entry runs in input order and yields one row; an MXAccess failure of an entry becomes
 that row's ``ok=False`` with the HRESULT and statuses, never an exception for the call.
+
+Entries run in slices that give the event loop back (:mod:`mxgateway_sim._slicing`), and the
+rows go to a :data:`RowSink` a chunk at a time. A command timeout or a client cancel stops a
+bulk between two entries: the entries before the stop took effect, except for AddItemBulk
+and SubscribeBulk, whose items are removed again (as when their reply would not fit), so no
+item outlives a call whose caller never saw its handle.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -13,6 +20,7 @@ from dataclasses import dataclass
 from mxgateway_sim._domain import MxAccessError, MxStatus, WriteRequest
 from mxgateway_sim._limits import LimitError, reply_too_large
 from mxgateway_sim._runtime import MxAccessRuntime
+from mxgateway_sim._slicing import Slicer, chunks
 
 
 @dataclass(slots=True)
@@ -83,17 +91,24 @@ class ReplyBudget:
             )
 
 
+RowSink = Callable[[list[BulkRow]], None]
+"""Receives a bulk call's rows a chunk at a time, in input order (the servicer encodes each
+chunk at once, so a 100k-row call never holds 100k row objects)."""
+
+
 async def _undo_adds(
-    rt: MxAccessRuntime, sh: int, rows: Sequence[BulkRow], *, advised: bool
+    rt: MxAccessRuntime, sh: int, handles: Sequence[int], *, advised: bool
 ) -> None:
-    """Remove (unadvising first) every item this call created: a bulk add that cannot be
-    answered leaves nothing behind."""
-    for row in reversed(rows):
-        if row.item_handle:
+    """Remove (unadvising first) every item this call created, newest first and in slices:
+    a bulk add that cannot be answered, or was stopped, leaves nothing behind."""
+    slicer = Slicer()
+    for chunk in chunks(handles[::-1]):
+        for ih in chunk:
             with contextlib.suppress(MxAccessError):
                 if advised:
-                    await rt.unadvise(sh, row.item_handle)
-                await rt.remove_item(sh, row.item_handle)
+                    await rt.unadvise(sh, ih)
+                await rt.remove_item(sh, ih)
+        await slicer.checkpoint()
 
 
 async def _attempt(row: BulkRow, call: Awaitable[object]) -> bool:
@@ -105,77 +120,112 @@ async def _attempt(row: BulkRow, call: Awaitable[object]) -> bool:
     return True
 
 
+async def _create(
+    rt: MxAccessRuntime,
+    sh: int,
+    references: Sequence[str],
+    out: RowSink,
+    budget: ReplyBudget | None,
+    *,
+    buffered: bool = False,
+    advise: bool = False,
+    supervisory: bool = False,
+) -> None:
+    """AddItem (then Advise) per reference; on a limit or a stop the items made so far are
+    removed again."""
+    created: list[int] = []
+    slicer = Slicer()
+    try:
+        for chunk in chunks(references):
+            rows = []
+            for ref in chunk:
+                row = BulkRow(sh, 0, ref)
+                try:
+                    row.item_handle = await rt.add_item(sh, ref, buffered=buffered)
+                    created.append(row.item_handle)
+                    if advise:
+                        await rt.advise(sh, row.item_handle, supervisory=supervisory)
+                except MxAccessError as exc:
+                    row.fail(exc)
+                rows.append(row)
+                if budget is not None:
+                    budget.charge(row)
+            out(rows)
+            await slicer.checkpoint()
+    except (LimitError, asyncio.CancelledError):
+        await _undo_adds(rt, sh, created, advised=advise)
+        raise
+
+
 async def add_items(
-    rt: MxAccessRuntime, sh: int, references: Sequence[str], budget: ReplyBudget | None = None
-) -> list[BulkRow]:
-    """AddItemBulk; creates nothing when the reply would not fit ``budget`` or an item
-    limit is reached (the items made so far are removed again).
+    rt: MxAccessRuntime,
+    sh: int,
+    references: Sequence[str],
+    out: RowSink,
+    budget: ReplyBudget | None = None,
+) -> None:
+    """AddItemBulk; creates nothing when the reply would not fit ``budget``, an item limit
+    is reached or the call is stopped (the items made so far are removed again).
 
     Raises:
         LimitError: the reply would be too large, or the session's item limit was reached.
     """
     if budget is not None:
         budget.precheck(len(references), sum(map(len, references)))
-    rows: list[BulkRow] = []
-    try:
-        for ref in references:
-            row = BulkRow(sh, 0, ref)
-            try:
-                row.item_handle = await rt.add_item(sh, ref)
-            except MxAccessError as exc:
-                row.fail(exc)
+    await _create(rt, sh, references, out, budget)
+
+
+async def _each(
+    sh: int, handles: Sequence[int], step: Callable[[BulkRow], Awaitable[object]], out: RowSink
+) -> None:
+    """One row per item handle, ``step`` run on each, in slices."""
+    slicer = Slicer()
+    for chunk in chunks(handles):
+        rows = []
+        for ih in chunk:
+            row = BulkRow(sh, ih)
+            await step(row)
             rows.append(row)
-            if budget is not None:
-                budget.charge(row)
-    except LimitError:
-        await _undo_adds(rt, sh, rows, advised=False)
-        raise
-    return rows
+        out(rows)
+        await slicer.checkpoint()
 
 
 async def advise_items(
-    rt: MxAccessRuntime, sh: int, handles: Sequence[int], *, supervisory: bool
-) -> list[BulkRow]:
+    rt: MxAccessRuntime, sh: int, handles: Sequence[int], out: RowSink, *, supervisory: bool
+) -> None:
     """AdviseItemBulk."""
-    rows = []
-    for ih in handles:
-        row = BulkRow(sh, ih)
-        await _attempt(row, rt.advise(sh, ih, supervisory=supervisory))
-        rows.append(row)
-    return rows
+
+    def step(row: BulkRow) -> Awaitable[bool]:
+        return _attempt(row, rt.advise(sh, row.item_handle, supervisory=supervisory))
+
+    await _each(sh, handles, step, out)
 
 
-async def unadvise_items(rt: MxAccessRuntime, sh: int, handles: Sequence[int]) -> list[BulkRow]:
+async def unadvise_items(
+    rt: MxAccessRuntime, sh: int, handles: Sequence[int], out: RowSink
+) -> None:
     """UnAdviseItemBulk."""
-    rows = []
-    for ih in handles:
-        row = BulkRow(sh, ih)
-        await _attempt(row, rt.unadvise(sh, ih))
-        rows.append(row)
-    return rows
+    await _each(sh, handles, lambda row: _attempt(row, rt.unadvise(sh, row.item_handle)), out)
 
 
-async def remove_items(rt: MxAccessRuntime, sh: int, handles: Sequence[int]) -> list[BulkRow]:
+async def remove_items(rt: MxAccessRuntime, sh: int, handles: Sequence[int], out: RowSink) -> None:
     """RemoveItemBulk."""
-    rows = []
-    for ih in handles:
-        row = BulkRow(sh, ih)
-        await _attempt(row, rt.remove_item(sh, ih))
-        rows.append(row)
-    return rows
+    await _each(sh, handles, lambda row: _attempt(row, rt.remove_item(sh, row.item_handle)), out)
 
 
 async def subscribe(
     rt: MxAccessRuntime,
     sh: int,
     references: Sequence[str],
+    out: RowSink,
     *,
     buffered_interval_ms: int,
     supervisory: bool,
     budget: ReplyBudget | None = None,
-) -> list[BulkRow]:
+) -> None:
     """SubscribeBulk: AddItem (or AddBufferedItem) then Advise, per reference; creates
-    nothing when the reply would not fit ``budget`` or an item limit is reached.
+    nothing when the reply would not fit ``budget``, an item limit is reached or the call
+    is stopped.
 
     Raises:
         LimitError: the reply would be too large, or the session's item limit was reached.
@@ -183,42 +233,33 @@ async def subscribe(
     if budget is not None:
         budget.precheck(len(references), sum(map(len, references)))
     buffered = buffered_interval_ms > 0
-    rows: list[BulkRow] = []
+    slicer = Slicer()
     if buffered:
         try:
             await rt.set_buffered_update_interval(sh, buffered_interval_ms)
         except MxAccessError as exc:
-            for ref in references:
-                row = BulkRow(sh, 0, ref)
-                row.fail(exc)
-                rows.append(row)
-            return rows
-    try:
-        for ref in references:
-            row = BulkRow(sh, 0, ref)
-            try:
-                row.item_handle = await rt.add_item(sh, ref, buffered=buffered)
-                await rt.advise(sh, row.item_handle, supervisory=supervisory)
-            except MxAccessError as exc:
-                row.fail(exc)
-            rows.append(row)
-            if budget is not None:
-                budget.charge(row)
-    except LimitError:
-        await _undo_adds(rt, sh, rows, advised=True)
-        raise
-    return rows
+            for chunk in chunks(references):
+                rows = []
+                for ref in chunk:
+                    row = BulkRow(sh, 0, ref)
+                    row.fail(exc)
+                    rows.append(row)
+                out(rows)
+                await slicer.checkpoint()
+            return
+    await _create(
+        rt, sh, references, out, budget, buffered=buffered, advise=True, supervisory=supervisory
+    )
 
 
-async def unsubscribe(rt: MxAccessRuntime, sh: int, handles: Sequence[int]) -> list[BulkRow]:
+async def unsubscribe(rt: MxAccessRuntime, sh: int, handles: Sequence[int], out: RowSink) -> None:
     """UnsubscribeBulk: UnAdvise then RemoveItem, per item."""
-    rows = []
-    for ih in handles:
-        row = BulkRow(sh, ih)
-        if await _attempt(row, rt.unadvise(sh, ih)):
-            await _attempt(row, rt.remove_item(sh, ih))
-        rows.append(row)
-    return rows
+
+    async def step(row: BulkRow) -> None:
+        if await _attempt(row, rt.unadvise(sh, row.item_handle)):
+            await _attempt(row, rt.remove_item(sh, row.item_handle))
+
+    await _each(sh, handles, step, out)
 
 
 def _held_events(rt: MxAccessRuntime) -> contextlib.AbstractContextManager[None]:
@@ -230,13 +271,19 @@ def _held_events(rt: MxAccessRuntime) -> contextlib.AbstractContextManager[None]
 
 
 async def write_items(
-    rt: MxAccessRuntime, sh: int, entries: Sequence[tuple[int, WriteRequest]]
-) -> list[BulkRow]:
+    rt: MxAccessRuntime,
+    sh: int,
+    entries: Sequence[tuple[int, WriteRequest]],
+    out: RowSink,
+) -> None:
     """The Write*Bulk family (the OnWriteComplete events go to the sink as one list)."""
-    rows = []
+    slicer = Slicer()
     with _held_events(rt):
-        for ih, request in entries:
-            row = BulkRow(sh, ih)
-            await _attempt(row, rt.write(sh, ih, request))
-            rows.append(row)
-    return rows
+        for chunk in chunks(entries):
+            rows = []
+            for ih, request in chunk:
+                row = BulkRow(sh, ih)
+                await _attempt(row, rt.write(sh, ih, request))
+                rows.append(row)
+            out(rows)
+            await slicer.checkpoint()

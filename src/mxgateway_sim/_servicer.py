@@ -13,8 +13,8 @@ import functools
 import itertools
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 
 import grpc
 from google.protobuf.duration_pb2 import Duration
@@ -26,7 +26,7 @@ from mxgateway.generated import mxaccess_gateway_pb2 as pb
 from mxgateway_sim import _commands as bulk
 from mxgateway_sim._alarms import AlarmMonitor
 from mxgateway_sim._auth import Principal, current_principal, scope_for_command
-from mxgateway_sim._commands import BulkRow, ReplyBudget, row_bytes
+from mxgateway_sim._commands import BulkRow, ReplyBudget
 from mxgateway_sim._domain import (
     E_MX_OPERATION_FAILED,
     AlarmTransition,
@@ -39,6 +39,7 @@ from mxgateway_sim._faults import FaultInjector
 from mxgateway_sim._limits import REPLY_OVERHEAD_BYTES, LimitError, reply_too_large, too_large
 from mxgateway_sim._logsafe import get_logger
 from mxgateway_sim._sessions import Session, SessionLimitError, SessionManager, SessionState
+from mxgateway_sim._slicing import CHUNK_ROWS, Slicer, chunks
 from mxgateway_sim._wire import (
     alarm_snapshot_to_pb,
     alarm_transition_to_pb,
@@ -51,6 +52,7 @@ from mxgateway_sim._wire import (
 )
 
 log = get_logger("mxgateway_sim.gateway")
+_T = TypeVar("_T")
 Context = aio.ServicerContext[Any, Any]
 BACKEND_NAME = "mxgw-sim"
 ALARM_FEED_QUEUE = 10_000
@@ -66,13 +68,10 @@ PAYLOAD_OF_KIND: dict[int, str] = {
 
 
 _VALUE_PAYLOADS = frozenset({"write", "write2", "write_secured", "write_secured2"})
-_BULK_VALUE_PAYLOADS = frozenset(
-    {"write_bulk", "write2_bulk", "write_secured_bulk", "write_secured2_bulk"}
-)
 
 
 def _check_value_sizes(payload: str, body: Any, limit: int) -> None:
-    """Refuse a Write* command carrying a value over ``--max-value-bytes``.
+    """Refuse a single Write* command carrying a value over ``--max-value-bytes``.
 
     Raises:
         LimitError: a value is larger than ``limit`` bytes (nothing is written).
@@ -81,14 +80,11 @@ def _check_value_sizes(payload: str, body: Any, limit: int) -> None:
         size = body.value.ByteSize()
         if size > limit:
             raise too_large("the value", size, limit, "--max-value-bytes")
-    elif payload in _BULK_VALUE_PAYLOADS and body.ByteSize() > limit:
-        for index, entry in enumerate(body.entries):
-            size = entry.value.ByteSize()
-            if size > limit:
-                raise too_large(f"the value of entry {index}", size, limit, "--max-value-bytes")
+    # The Write*Bulk entries are checked one by one in the handler's sliced first pass
+    # (GatewayServicer._write_rows): a 16 MiB bulk has ~10^6 of them.
 
 
-async def _without_cycle(call: Awaitable[None]) -> None:
+async def _without_cycle(call: Awaitable[_T]) -> _T:
     """Await ``call``; an exception leaves without the traceback that ties it to a cycle.
 
     ``wait_for`` runs the handler in a task that keeps the exception, whose traceback keeps
@@ -97,7 +93,7 @@ async def _without_cycle(call: Awaitable[None]) -> None:
     traceback breaks it, so a refused request is freed at once.
     """
     try:
-        await call
+        return await call
     except BaseException as exc:
         exc.__traceback__ = None
         raise
@@ -121,6 +117,74 @@ NO_SUCH_SESSION = "no session with that id"
 """The one answer for an unknown id and for another key's session (ownership is not revealed)."""
 
 
+Handler = Callable[[Session, Any, pb.MxCommandReply], Awaitable[bytes | None]]
+"""A command handler: fills the reply, or returns the bulk payload field already encoded."""
+
+READ_CHUNK_ROWS = 256
+"""Tags a ReadBulk reads (and encodes) per slice."""
+
+
+def _reply_field(name: str) -> bytes:
+    """The tag of a length-delimited field of ``MxCommandReply`` (a bulk payload)."""
+    number = pb.MxCommandReply.DESCRIPTOR.fields_by_name[name].number
+    return varint(number << 3 | 2)
+
+
+class _EncodedRows:
+    """A bulk reply's repeated rows, encoded a chunk at a time as the command produces them.
+
+    A repeated field may be split over several runs of its entries, so the chunks just
+    concatenate. Rows are dropped once encoded (bytes are not tracked by the garbage
+    collector, so a 100k-row call leaves no 100k objects for it to walk), and the reply goes
+    out as :meth:`field` appended to the serialized rest of the reply: the rows are never
+    parsed back into a message nor serialized again in one piece on the loop.
+
+    The bytes are counted as they come: past ``room`` nothing more is kept (the command may
+    run on, as the caller decides) and :meth:`field` raises, naming the limit.
+    """
+
+    __slots__ = ("_advice", "_encode", "_parts", "_room", "_tag", "size")
+
+    def __init__(
+        self, name: str, encode: Callable[[Sequence[Any]], bytes], room: int, advice: str
+    ) -> None:
+        self._tag = _reply_field(name)
+        self._encode = encode
+        self._room = room
+        self._advice = advice
+        self._parts: list[bytes] = []
+        self.size = 0
+
+    def __call__(self, rows: Sequence[Any]) -> None:
+        data = self._encode(rows)
+        self.size += len(data)
+        if self.size <= self._room:
+            self._parts.append(data)
+        else:
+            self._parts = []
+
+    def field(self) -> bytes:
+        """The whole payload field (tag, length, rows).
+
+        Raises:
+            LimitError: the rows are more than the room a reply has for them.
+        """
+        if self.size > self._room:
+            raise reply_too_large(self.size, self._room, self._advice)
+        body = b"".join(self._parts)
+        self._parts = []
+        return self._tag + varint(len(body)) + body
+
+
+def _subscribe_rows_bytes(rows: Sequence[BulkRow]) -> bytes:
+    return _subscribe_rows(rows).SerializeToString()
+
+
+def _reply_bytes(reply: pb.MxCommandReply | bytes) -> bytes:
+    """Invoke's response serializer: a reply, or a reply already encoded by the servicer."""
+    return reply if isinstance(reply, bytes) else reply.SerializeToString()
+
+
 class _BadRequest(Exception):
     """A command argument the gateway rejects before MXAccess sees it (INVALID_REQUEST)."""
 
@@ -133,7 +197,7 @@ def _statuses(target: Any, statuses: tuple[MxStatus, ...]) -> None:
     target.extend(status_to_pb(s) for s in statuses)
 
 
-def _subscribe_rows(rows: list[BulkRow]) -> pb.BulkSubscribeReply:
+def _subscribe_rows(rows: Sequence[BulkRow]) -> pb.BulkSubscribeReply:
     reply = pb.BulkSubscribeReply()
     for row in rows:
         r = reply.results.add(
@@ -180,7 +244,7 @@ class GatewayServicer:
         self.faults = faults
         self._correlation = itertools.count(1)
         self._background: set[asyncio.Task[None]] = set()
-        self._handlers: dict[str, Callable[[Session, Any, pb.MxCommandReply], Awaitable[None]]] = {
+        self._handlers: dict[str, Handler] = {
             "register": self._register,
             "unregister": self._unregister,
             "add_item": self._add_item,
@@ -279,7 +343,9 @@ class GatewayServicer:
 
     # -- commands ------------------------------------------------------------------------
 
-    async def Invoke(self, request: pb.MxCommandRequest, context: Context) -> pb.MxCommandReply:
+    async def Invoke(
+        self, request: pb.MxCommandRequest, context: Context
+    ) -> pb.MxCommandReply | bytes:
         command = request.command
         kind = command.kind
         scope = scope_for_command(kind)
@@ -332,7 +398,9 @@ class GatewayServicer:
         body = getattr(command, payload)
         try:
             _check_value_sizes(payload, body, options.max_value_bytes)
-            await _without_cycle(
+            # Handlers give the loop back between slices of their work, which is also where
+            # the timeout stops them (see _commands for the state a stopped bulk leaves).
+            encoded = await _without_cycle(
                 asyncio.wait_for(handler(session, body, reply), options.command_timeout_s)
             )
         except asyncio.TimeoutError:
@@ -373,6 +441,8 @@ class GatewayServicer:
             session.touch()
         if not reply.HasField("protocol_status"):
             reply.protocol_status.CopyFrom(_status(pb.PROTOCOL_STATUS_CODE_OK, "OK"))
+        if encoded is not None:
+            return reply.SerializeToString() + encoded
         return reply
 
     @staticmethod
@@ -400,28 +470,19 @@ class GatewayServicer:
     def _budget(self) -> ReplyBudget:
         return ReplyBudget(self._room())
 
-    def _handle_rows(self, rows: list[BulkRow]) -> pb.BulkSubscribeReply:
-        """The reply of a bulk call on existing handles, if it fits (checked before it is
-        built; such a call is refused up front when even minimal rows would not fit)."""
-        size = sum(map(row_bytes, rows))
-        if size > self._room():
-            raise reply_too_large(
-                size,
-                self._room(),
-                "the command ran but its rows cannot be returned; send fewer handles per call",
-            )
-        return _subscribe_rows(rows)
+    def _subscribe_reply(self) -> _EncodedRows:
+        """Rows of a bulk add or subscribe (their budget is charged in _commands)."""
+        return _EncodedRows("bulk_subscribe", _subscribe_rows_bytes, self._room(), "")
 
-    def _write_rows(self, rows: list[BulkRow]) -> bytes:
-        data = write_reply_bytes(rows)
-        if len(data) > self._room():
-            raise reply_too_large(
-                len(data),
-                self._room(),
-                "the writes ran (their OnWriteComplete events "
-                "report each outcome); send fewer entries per call",
-            )
-        return data
+    def _handle_rows(self) -> _EncodedRows:
+        """Rows of a bulk call on existing handles (such a call is refused up front when
+        even minimal rows would not fit; past the room the rows are counted, not kept)."""
+        return _EncodedRows(
+            "bulk_subscribe",
+            _subscribe_rows_bytes,
+            self._room(),
+            "the command ran but its rows cannot be returned; send fewer handles per call",
+        )
 
     # single MXAccess calls
 
@@ -534,113 +595,150 @@ class GatewayServicer:
 
     async def _add_item_bulk(
         self, s: Session, p: pb.AddItemBulkCommand, r: pb.MxCommandReply
-    ) -> None:
-        rows = await bulk.add_items(
-            s.runtime, p.server_handle, list(p.tag_addresses), self._budget()
-        )
-        r.bulk_subscribe.CopyFrom(_subscribe_rows(rows))
+    ) -> bytes:
+        out = self._subscribe_reply()
+        await bulk.add_items(s.runtime, p.server_handle, p.tag_addresses, out, self._budget())
+        return out.field()
 
     async def _advise_item_bulk(
         self, s: Session, p: pb.AdviseItemBulkCommand, r: pb.MxCommandReply
-    ) -> None:
+    ) -> bytes:
         self._budget().precheck(len(p.item_handles))
-        rows = await bulk.advise_items(
-            s.runtime, p.server_handle, list(p.item_handles), supervisory=p.supervisory
+        out = self._handle_rows()
+        await bulk.advise_items(
+            s.runtime, p.server_handle, p.item_handles, out, supervisory=p.supervisory
         )
-        r.bulk_subscribe.CopyFrom(self._handle_rows(rows))
+        return out.field()
 
     async def _remove_item_bulk(
         self, s: Session, p: pb.RemoveItemBulkCommand, r: pb.MxCommandReply
-    ) -> None:
+    ) -> bytes:
         self._budget().precheck(len(p.item_handles))
-        rows = await bulk.remove_items(s.runtime, p.server_handle, list(p.item_handles))
-        r.bulk_subscribe.CopyFrom(self._handle_rows(rows))
+        out = self._handle_rows()
+        await bulk.remove_items(s.runtime, p.server_handle, p.item_handles, out)
+        return out.field()
 
     async def _unadvise_item_bulk(
         self, s: Session, p: pb.UnAdviseItemBulkCommand, r: pb.MxCommandReply
-    ) -> None:
+    ) -> bytes:
         self._budget().precheck(len(p.item_handles))
-        rows = await bulk.unadvise_items(s.runtime, p.server_handle, list(p.item_handles))
-        r.bulk_subscribe.CopyFrom(self._handle_rows(rows))
+        out = self._handle_rows()
+        await bulk.unadvise_items(s.runtime, p.server_handle, p.item_handles, out)
+        return out.field()
 
     async def _subscribe_bulk(
         self, s: Session, p: pb.SubscribeBulkCommand, r: pb.MxCommandReply
-    ) -> None:
+    ) -> bytes:
         if p.buffered_update_interval_ms < 0:
             raise _BadRequest("buffered_update_interval_ms cannot be negative")
-        rows = await bulk.subscribe(
+        out = self._subscribe_reply()
+        await bulk.subscribe(
             s.runtime,
             p.server_handle,
-            list(p.tag_addresses),
+            p.tag_addresses,
+            out,
             buffered_interval_ms=p.buffered_update_interval_ms,
             supervisory=p.supervisory,
             budget=self._budget(),
         )
-        r.bulk_subscribe.CopyFrom(_subscribe_rows(rows))
+        return out.field()
 
     async def _unsubscribe_bulk(
         self, s: Session, p: pb.UnsubscribeBulkCommand, r: pb.MxCommandReply
-    ) -> None:
+    ) -> bytes:
         self._budget().precheck(len(p.item_handles))
-        rows = await bulk.unsubscribe(s.runtime, p.server_handle, list(p.item_handles))
-        r.bulk_subscribe.CopyFrom(self._handle_rows(rows))
+        out = self._handle_rows()
+        await bulk.unsubscribe(s.runtime, p.server_handle, p.item_handles, out)
+        return out.field()
 
-    async def _write_bulk(self, s: Session, p: pb.WriteBulkCommand, r: pb.MxCommandReply) -> None:
-        self._budget().precheck(len(p.entries))
-        entries = [(e.item_handle, _write_request(e.value, user=e.user_id)) for e in p.entries]
-        rows = await bulk.write_items(s.runtime, p.server_handle, entries)
-        r.bulk_write.MergeFromString(self._write_rows(rows))
+    async def _write_rows(
+        self, s: Session, sh: int, entries: Sequence[Any], convert: Callable[[Any], WriteRequest]
+    ) -> bytes:
+        """The Write*Bulk family. Every entry is checked and converted first (a value over
+        ``--max-value-bytes`` or out of range fails the whole command before anything is
+        written), then written; both passes in slices."""
+        self._budget().precheck(len(entries))
+        limit = self.sessions.options.max_value_bytes
+        requests: list[tuple[int, WriteRequest]] = []
+        slicer = Slicer()
+        for start in range(0, len(entries), CHUNK_ROWS):
+            for index, entry in enumerate(entries[start : start + CHUNK_ROWS], start):
+                size = entry.value.ByteSize()
+                if size > limit:
+                    raise too_large(f"the value of entry {index}", size, limit, "--max-value-bytes")
+                requests.append((entry.item_handle, convert(entry)))
+            await slicer.checkpoint()
+        out = _EncodedRows(
+            "bulk_write",
+            write_reply_bytes,
+            self._room(),
+            "the writes ran (their OnWriteComplete events "
+            "report each outcome); send fewer entries per call",
+        )
+        await bulk.write_items(s.runtime, sh, requests, out)
+        return out.field()
 
-    async def _write2_bulk(self, s: Session, p: pb.Write2BulkCommand, r: pb.MxCommandReply) -> None:
-        self._budget().precheck(len(p.entries))
-        entries = [
-            (e.item_handle, _write_request(e.value, ts=_ts(e), user=e.user_id)) for e in p.entries
-        ]
-        rows = await bulk.write_items(s.runtime, p.server_handle, entries)
-        r.bulk_write.MergeFromString(self._write_rows(rows))
+    async def _write_bulk(self, s: Session, p: pb.WriteBulkCommand, r: pb.MxCommandReply) -> bytes:
+        return await self._write_rows(
+            s, p.server_handle, p.entries, lambda e: _write_request(e.value, user=e.user_id)
+        )
+
+    async def _write2_bulk(
+        self, s: Session, p: pb.Write2BulkCommand, r: pb.MxCommandReply
+    ) -> bytes:
+        return await self._write_rows(
+            s,
+            p.server_handle,
+            p.entries,
+            lambda e: _write_request(e.value, ts=_ts(e), user=e.user_id),
+        )
 
     async def _write_secured_bulk(
         self, s: Session, p: pb.WriteSecuredBulkCommand, r: pb.MxCommandReply
-    ) -> None:
-        self._budget().precheck(len(p.entries))
-        entries = [
-            (
-                e.item_handle,
-                _write_request(
-                    e.value, user=e.current_user_id, verifier=e.verifier_user_id, secured=True
-                ),
-            )
-            for e in p.entries
-        ]
-        rows = await bulk.write_items(s.runtime, p.server_handle, entries)
-        r.bulk_write.MergeFromString(self._write_rows(rows))
+    ) -> bytes:
+        return await self._write_rows(
+            s,
+            p.server_handle,
+            p.entries,
+            lambda e: _write_request(
+                e.value, user=e.current_user_id, verifier=e.verifier_user_id, secured=True
+            ),
+        )
 
     async def _write_secured2_bulk(
         self, s: Session, p: pb.WriteSecured2BulkCommand, r: pb.MxCommandReply
-    ) -> None:
-        self._budget().precheck(len(p.entries))
-        entries = [
-            (
-                e.item_handle,
-                _write_request(
-                    e.value,
-                    ts=_ts(e),
-                    user=e.current_user_id,
-                    verifier=e.verifier_user_id,
-                    secured=True,
-                ),
-            )
-            for e in p.entries
-        ]
-        rows = await bulk.write_items(s.runtime, p.server_handle, entries)
-        r.bulk_write.MergeFromString(self._write_rows(rows))
+    ) -> bytes:
+        return await self._write_rows(
+            s,
+            p.server_handle,
+            p.entries,
+            lambda e: _write_request(
+                e.value,
+                ts=_ts(e),
+                user=e.current_user_id,
+                verifier=e.verifier_user_id,
+                secured=True,
+            ),
+        )
 
-    async def _read_bulk(self, s: Session, p: pb.ReadBulkCommand, r: pb.MxCommandReply) -> None:
+    async def _read_bulk(self, s: Session, p: pb.ReadBulkCommand, r: pb.MxCommandReply) -> bytes:
         if p.timeout_ms < 0:
             raise _BadRequest("timeout_ms cannot be negative")
         timeout_s = (p.timeout_ms or 5000) / 1000.0
-        rows = await s.runtime.read(p.server_handle, list(p.tag_addresses), timeout_s)
-        r.bulk_read.MergeFromString(read_reply_bytes(rows, self._room()))
+        # A chunk of tags at a time: each chunk's rows are encoded and dropped at once, and
+        # the read stops as soon as the reply no longer fits (reads change nothing).
+        room = self._room()
+        parts: list[bytes] = []
+        size = 0
+        slicer = Slicer()
+        for chunk in chunks(p.tag_addresses, READ_CHUNK_ROWS):
+            rows = await s.runtime.read(p.server_handle, chunk, timeout_s)
+            data = read_reply_bytes(rows, room, already=size)
+            parts.append(data)
+            size += len(data)
+            await slicer.checkpoint()
+        body = b"".join(parts)
+        return _reply_field("bulk_read") + varint(len(body)) + body
 
     # control
 
@@ -936,7 +1034,7 @@ def add_gateway_servicer(servicer: GatewayServicer, server: aio.Server) -> None:
         "Invoke": grpc.unary_unary_rpc_method_handler(
             servicer.Invoke,
             request_deserializer=pb.MxCommandRequest.FromString,
-            response_serializer=pb.MxCommandReply.SerializeToString,
+            response_serializer=_reply_bytes,
         ),
         "StreamEvents": grpc.unary_stream_rpc_method_handler(
             servicer.stream_handler(batched=False),

@@ -271,14 +271,17 @@ def _status_field5(status: MxStatus) -> bytes:
     return field
 
 
-def read_reply_bytes(rows: Sequence[ReadResult], max_bytes: int | None = None) -> bytes:
+def read_reply_bytes(
+    rows: Sequence[ReadResult], max_bytes: int | None = None, *, already: int = 0
+) -> bytes:
     """Serialized ``BulkReadReply`` of ReadBulk rows, built from cached pieces.
 
     Fields are written in field-number order and zero values are left out, as the generated
     classes do; ``tests/sim`` checks that it parses to what they would build. Each row's
     value bytes are shared, not copied, until the final join, and the total is checked
     against ``max_bytes`` before that join: a tag read 30 times costs 30 references to one
-    encoded value, never 30 copies, unless the reply is sent.
+    encoded value, never 30 copies, unless the reply is sent. ``already``: bytes of the same
+    reply encoded before these rows (a reply built a chunk at a time).
 
     Raises:
         LimitError: the reply would be larger than ``max_bytes``.
@@ -286,7 +289,7 @@ def read_reply_bytes(rows: Sequence[ReadResult], max_bytes: int | None = None) -
     out: list[bytes] = []
     append = out.append
     status_field = _STATUS_FIELD5_CACHE.get
-    total = 0
+    total = already
     for row in rows:
         parts = _ld(b"\x0a", row.reference.encode()) if row.reference else b""
         sample = row.sample

@@ -263,7 +263,8 @@ async def _run_writes(*, bulk: bool) -> tuple[list[list[MxRuntimeEvent]], EventL
         (handles[0], WriteRequest(value="not a number")),  # conversion failure
     ]
     if bulk:
-        rows = await write_items(rt, sh, requests)
+        rows: list[BulkRow] = []
+        await write_items(rt, sh, requests, rows.extend)
         # Upstream: accepted rows are OK; only the bad handle fails now (E_INVALIDARG).
         assert [r.ok for r in rows] == [True, True, False, True, True]
     else:
