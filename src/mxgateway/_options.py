@@ -88,6 +88,10 @@ class ClientOptions:
             Streams have no deadline.
         connect_timeout: How long :meth:`GatewayClient.connect` waits for the channel to
             become ready, in seconds; ``None`` connects lazily on the first call.
+        connect_wait: How long connecting keeps retrying a gateway that refuses or cannot
+            be reached yet (one that is still starting, e.g. right after ``mxgw-sim serve
+            &``), in seconds, within ``connect_timeout``; after it, the last refusal is
+            raised as :class:`MxGatewayUnavailableError`. ``0`` fails at the first refusal.
         keepalive_time: Seconds between HTTP/2 keepalive pings so that a dead gateway is
             noticed on a quiet long-lived stream; ``None`` disables keepalive.
         keepalive_timeout: Seconds to wait for a keepalive ping acknowledgement.
@@ -107,6 +111,7 @@ class ClientOptions:
     server_name_override: str | None = None
     timeout: float | None = 30.0
     connect_timeout: float | None = 10.0
+    connect_wait: float = 5.0
     keepalive_time: float | None = 30.0
     keepalive_timeout: float = 10.0
     keepalive_permit_without_calls: bool = True
@@ -185,6 +190,12 @@ class ClientOptions:
                 isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0
             ):
                 raise ValueError(f"{name} must be a positive number of seconds or None")
+        if (
+            isinstance(self.connect_wait, bool)
+            or not isinstance(self.connect_wait, (int, float))
+            or not 0 <= self.connect_wait < float("inf")
+        ):
+            raise ValueError("connect_wait must be a number of seconds >= 0")
         if (
             isinstance(self.keepalive_timeout, bool)
             or not isinstance(self.keepalive_timeout, (int, float))

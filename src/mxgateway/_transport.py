@@ -80,6 +80,9 @@ def _raw_bytes(data: bytes) -> bytes:
 
 _MAX_RECONNECT_BACKOFF = "grpc.max_reconnect_backoff_ms"
 _MAX_RECONNECT_BACKOFF_MS = 5_000
+_INITIAL_RECONNECT_BACKOFF = "grpc.initial_reconnect_backoff_ms"
+_INITIAL_RECONNECT_BACKOFF_MS = 250
+_CONNECT_RETRY_PAUSE = 0.05
 
 
 def _channel_arguments(options: ClientOptions) -> list[tuple[str, Any]]:
@@ -104,6 +107,11 @@ def _channel_arguments(options: ClientOptions) -> list[tuple[str, Any]]:
         # channel could stay down for two minutes after the gateway is back. Cap it at 5 s
         # (one connection attempt per client every 5 s while the gateway is away).
         args.append((_MAX_RECONNECT_BACKOFF, _MAX_RECONNECT_BACKOFF_MS))
+    if not any(name == _INITIAL_RECONNECT_BACKOFF for name, _ in options.channel_options):
+        # gRPC waits 1 s before its first reconnection attempt: a gateway that starts a
+        # moment after the client (``mxgw-sim serve &`` then a command) would be noticed
+        # only then. 250 ms, growing by gRPC's factor 1.6 up to the cap above.
+        args.append((_INITIAL_RECONNECT_BACKOFF, _INITIAL_RECONNECT_BACKOFF_MS))
     if options.server_name_override:
         args += [
             ("grpc.ssl_target_name_override", options.server_name_override),
@@ -251,30 +259,51 @@ class Transport:
     async def wait_ready(self, timeout: float) -> None:
         """Check that the gateway answers, within ``timeout`` seconds.
 
-        Sends one ``grpc.health.v1.Health/Check`` probe without ``wait_for_ready``, so a
-        refused connection or a failed TLS handshake fails fast with gRPC's own reason.
-        Any answer other than UNAVAILABLE or DEADLINE_EXCEEDED (including UNIMPLEMENTED
-        from a gateway without a health service) proves the channel works.
+        Sends ``grpc.health.v1.Health/Check`` probes without ``wait_for_ready``, so a
+        refused connection or a failed TLS handshake is seen at once with gRPC's own
+        reason. Such a refusal is retried for ``options.connect_wait`` seconds (bounded by
+        ``timeout``): a gateway started in the background a moment before (``mxgw-sim
+        serve &``) is not refused for being slower than its first caller. Any answer other
+        than UNAVAILABLE or DEADLINE_EXCEEDED (including UNIMPLEMENTED from a gateway
+        without a health service) proves the channel works.
 
         Raises:
-            MxGatewayUnavailableError: The gateway could not be reached.
+            MxGatewayUnavailableError: The gateway could not be reached (the last refusal,
+                after the wait).
             MxGatewayTimeoutError: No answer within ``timeout``.
         """
         self.check_open()
         probe = self._channel.unary_unary(
             _HEALTH_CHECK, request_serializer=_empty_request, response_deserializer=_raw_bytes
         )
-        try:
-            await probe(b"", timeout=timeout, metadata=self._metadata)
-        except grpc.aio.AioRpcError as exc:
-            code = exc.code()
-            if code not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                _log.debug("connect probe answered %s: channel is up", code)
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        give_up = start + min(self._options.connect_wait, timeout)
+        deadline = start + timeout
+        attempts = 0
+        while True:
+            attempts += 1
+            try:
+                await probe(
+                    b"", timeout=max(deadline - loop.time(), 0.001), metadata=self._metadata
+                )
                 return
-            mode = "plaintext" if self._options.plaintext else "TLS"
-            raise self.map_error(
-                exc, what=f"connecting to {self._options.endpoint} ({mode})"
-            ) from exc
+            except grpc.aio.AioRpcError as exc:
+                code = exc.code()
+                if code not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                    _log.debug("connect probe answered %s: channel is up", code)
+                    return
+                now = loop.time()
+                if code is grpc.StatusCode.UNAVAILABLE and now + _CONNECT_RETRY_PAUSE < give_up:
+                    # Refused or unreachable for now: gRPC reconnects on its own backoff;
+                    # probe again shortly (a probe in the meantime fails at once).
+                    await asyncio.sleep(_CONNECT_RETRY_PAUSE)
+                    continue
+                mode = "plaintext" if self._options.plaintext else "TLS"
+                waited = f" (retried for {now - start:.1f} s)" if attempts > 1 else ""
+                raise self.map_error(
+                    exc, what=f"connecting to {self._options.endpoint} ({mode}){waited}"
+                ) from exc
 
     def map_error(
         self, exc: grpc.aio.AioRpcError, *, session_id: str | None = None, what: str = "call"

@@ -176,15 +176,47 @@ async def test_use_after_close_is_a_clear_error(fake: FakeServer) -> None:
         _ = t.channel
 
 
-async def test_connect_to_nothing_fails_fast_as_unavailable() -> None:
+def _unused_port() -> int:
     # Bind and release a port so nothing listens there.
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+        port: int = sock.getsockname()[1]
+    return port
+
+
+async def test_connect_to_nothing_fails_fast_as_unavailable() -> None:
+    port = _unused_port()
     with pytest.raises(MxGatewayUnavailableError) as info:
-        await Transport.open(_opts(f"127.0.0.1:{port}", connect_timeout=30.0))
+        await Transport.open(_opts(f"127.0.0.1:{port}", connect_timeout=30.0, connect_wait=0))
     assert f"127.0.0.1:{port}" in str(info.value)
+    assert "retried" not in str(info.value)
     assert isinstance(info.value.__cause__, grpc.aio.AioRpcError)
+
+
+async def test_a_refusing_gateway_is_retried_then_unavailable_with_the_reason() -> None:
+    port = _unused_port()
+    with pytest.raises(MxGatewayUnavailableError) as info:
+        await Transport.open(_opts(f"127.0.0.1:{port}", connect_timeout=30.0, connect_wait=0.5))
+    message = str(info.value)
+    assert f"127.0.0.1:{port}" in message and "retried for" in message
+    assert isinstance(info.value.__cause__, grpc.aio.AioRpcError)
+    assert info.value.__cause__.code() is grpc.StatusCode.UNAVAILABLE
+
+
+async def test_connecting_waits_for_a_gateway_that_starts_a_moment_later() -> None:
+    # The README's sequence: `mxgw-sim serve ... &`, then at once a client command.
+    from mxgateway_sim import GatewaySimulator, builtin_catalog
+
+    port = _unused_port()
+    connecting = asyncio.ensure_future(Transport.open(_opts(f"127.0.0.1:{port}")))
+    await asyncio.sleep(0.6)
+    assert not connecting.done()  # still waiting, not refused
+    async with GatewaySimulator(port=port, catalog=builtin_catalog(), api_keys=[KEY]):
+        transport = await asyncio.wait_for(connecting, 10)
+        async with transport:
+            stub = pbg.MxAccessGatewayStub(transport.channel)
+            reply = await transport.unary(stub.OpenSession, pb.OpenSessionRequest())
+            assert reply.session_id
 
 
 async def test_repr_hides_the_key(fake: FakeServer) -> None:
