@@ -463,10 +463,25 @@ class Session:
         wait: bool,
         wait_timeout: float | None,
     ) -> WriteComplete | None:
-        """Send a write; with ``wait``, correlate its ``OnWriteComplete`` (see _writes)."""
+        _, event = await self._invoke_write(
+            cmd, server_handle, item_handle, wait=wait, wait_timeout=wait_timeout
+        )
+        return event
+
+    async def _invoke_write(
+        self,
+        cmd: pb.MxCommand,
+        server_handle: int,
+        item_handle: int,
+        *,
+        wait: bool,
+        wait_timeout: float | None = DEFAULT_WRITE_WAIT,
+    ) -> tuple[pb.MxCommandReply, WriteComplete | None]:
+        """Send a write command; with ``wait``, correlate its ``OnWriteComplete`` (see
+        ``mxgateway._writes``). Returns the reply and the completion (``mxgw-py`` prints
+        both); a failed completion raises :class:`MxAccessError`."""
         if not wait:
-            await self.invoke(cmd)
-            return None
+            return await self.invoke(cmd), None
         if wait_timeout is not None and wait_timeout <= 0:
             raise ValueError("wait_timeout must be > 0 (or None: no limit)")
         self._check_open()
@@ -490,7 +505,7 @@ class Session:
                 await self._release_correlation()
         if not event.succeeded:
             raise MxAccessError(reply, completion=event.raw)
-        return event
+        return reply, event
 
     async def _outcome(
         self, stream: EventStream, waiter: WriteWaiter, wait_timeout: float | None

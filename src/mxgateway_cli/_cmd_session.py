@@ -43,6 +43,24 @@ async def _invoke(ctx: Context, command: pb.MxCommand) -> ExitCode:
     return ExitCode.OK
 
 
+async def _write(ctx: Context, command: pb.MxCommand) -> ExitCode:
+    """Run a write; unless ``--no-wait``, wait for its OnWriteComplete and add it to the
+    printed reply (``writeComplete``, ``succeeded``). A refused write (a failure status
+    in the completion) exits MXACCESS, like a failed call."""
+    a = ctx.args
+    async with gateway_client(ctx) as client:
+        session = client.attach_session(a.session_id)
+        reply, done = await session._invoke_write(
+            command, a.server_handle, a.item_handle, wait=a.wait, wait_timeout=a.wait_timeout
+        )
+    document = message_json(reply)
+    if done is not None:
+        document["writeComplete"] = message_json(done.raw)
+        document["succeeded"] = done.succeeded
+    _show(ctx, document, title=enum_name(pb.MxCommandKind, reply.kind, short=False))
+    return ExitCode.OK
+
+
 def _timestamp(text: str, flag: str) -> datetime:
     value = parse_python_value("datetime", text)
     assert isinstance(value, datetime)
@@ -170,7 +188,7 @@ async def cmd_write(ctx: Context) -> ExitCode:
     """``Write``: the value is parsed per ``--type`` before anything is sent."""
     a = ctx.args
     value = parse_value(a.type, a.value)
-    return await _invoke(
+    return await _write(
         ctx,
         pb.MxCommand(
             kind=pb.MX_COMMAND_KIND_WRITE,
@@ -193,7 +211,7 @@ async def cmd_write2(ctx: Context) -> ExitCode:
         if a.timestamp is not None
         else datetime.now(timezone.utc)
     )
-    return await _invoke(
+    return await _write(
         ctx,
         pb.MxCommand(
             kind=pb.MX_COMMAND_KIND_WRITE2,
@@ -213,7 +231,7 @@ async def cmd_write_secured(ctx: Context) -> ExitCode:
     a = ctx.args
     value = parse_value(a.type, a.value)
     verifier = a.verifier_user_id if a.verifier_user_id is not None else a.current_user_id
-    return await _invoke(
+    return await _write(
         ctx,
         pb.MxCommand(
             kind=pb.MX_COMMAND_KIND_WRITE_SECURED,

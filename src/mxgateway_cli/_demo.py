@@ -184,28 +184,23 @@ async def _session_tour(
 
         tour.section("3. Live data changes")
         changes: list[dict[str, Any]] = []
-        last_sequence = 0
 
-        def on_change(event: pb.MxEvent) -> int:
-            nonlocal last_sequence
-            last_sequence = max(last_sequence, event.worker_sequence)
-            if event.WhichOneof("body") != "on_data_change":
+        def on_change(event: mxgateway.Event) -> int:
+            if not isinstance(event, mxgateway.DataChange):
                 return 0
-            changes.append(message_json(event))
-            tour.say("  " + event_line(event))
+            changes.append(message_json(event.raw))
+            tour.say("  " + event_line(event.raw))
             return 1
 
-        stream = session.events_raw(0)  # replay from the start: the first values come first
-        try:
-            await consume(stream, on_change, max_items=ctx.args.events, timeout=_WAIT)
-        finally:
-            await stream.aclose()
-        tour.doc["dataChanges"] = len(changes)
-        if not changes:
-            raise CommandFailed("no data change arrived from the simulator", ExitCode.TIMEOUT)
-
-        if writable is not None and writable.full_tag_reference in handles:
-            await _write_tour(tour, session, server_handle, handles, writable, last_sequence)
+        # One event stream for the tour (the session's one subscriber), replayed from the
+        # start so the first values come first; the write below reads its outcome from it.
+        async with session.events(0) as events:
+            await consume(events, on_change, max_items=ctx.args.events, timeout=_WAIT)
+            tour.doc["dataChanges"] = len(changes)
+            if not changes:
+                raise CommandFailed("no data change arrived from the simulator", ExitCode.TIMEOUT)
+            if writable is not None and writable.full_tag_reference in handles:
+                await _write_tour(tour, session, events, server_handle, handles, writable)
 
         tour.section("5. Bulk read")
         reads = await session.read_bulk(server_handle, tags)
@@ -227,7 +222,7 @@ async def _session_tour(
                 f"{reply.released_registration_count} registrations"
             )
             tour.doc["closeSession"] = {
-                "finalState": pb.SessionState.Name(reply.final_state),
+                "finalState": mxgateway.enum_name(pb.SessionState, reply.final_state, short=False),
                 "releasedAdviseCount": reply.released_advise_count,
                 "releasedItemCount": reply.released_item_count,
                 "releasedRegistrationCount": reply.released_registration_count,
@@ -237,53 +232,56 @@ async def _session_tour(
 async def _write_tour(
     tour: _Tour,
     session: mxgateway.Session,
+    events: mxgateway.EventStream,
     server_handle: int,
     handles: dict[str, int],
     writable: gr.GalaxyAttribute,
-    after_sequence: int,
 ) -> None:
-    tour.section("4. Write and its completion")
+    tour.section("4. Write and its outcome")
     reference = writable.full_tag_reference
     item_handle = handles[reference]
     value, value_type = _write_value(writable)
-    await session.write(server_handle, item_handle, value, value_type=value_type)
+    completion: mxgateway.WriteComplete | None = None
+    refused = ""
+    # As upstream, the reply only says the write was accepted; wait=True waits for the
+    # OnWriteComplete that says whether it took effect (read from the tour's open stream).
+    try:
+        completion = await session.write(
+            server_handle, item_handle, value, value_type=value_type, wait=True, wait_timeout=_WAIT
+        )
+    except mxgateway.MxAccessError as exc:
+        refused = str(exc)
     tour.say(f"  wrote {value!r} ({value_type}) to {reference}")
-    completed: list[pb.MxEvent] = []
-    arrived: list[pb.MxEvent] = []
+    if completion is not None:
+        tour.say("  " + event_line(completion.raw))
+    else:
+        tour.say(f"  refused: {refused}")
+    arrived: list[mxgateway.DataChange] = []
 
-    # Wait for the completion and for the data change carrying the written value, so the
-    # bulk read that follows (served from the advise cache) shows it.
-    def on_event(event: pb.MxEvent) -> int:
-        body = event.WhichOneof("body")
-        if body == "on_write_complete" and event.on_write_complete.item_handle == item_handle:
-            completed.append(event)
-        elif (
-            body == "on_data_change"
-            and not arrived
-            and event.on_data_change.item_handle == item_handle
-            and mxgateway.from_mx_value(event.on_data_change.value) == value
+    # Then the data change carrying the written value, so the bulk read that follows
+    # (served from the advise cache) shows it.
+    def on_event(event: mxgateway.Event) -> int:
+        if (
+            isinstance(event, mxgateway.DataChange)
+            and event.item_handle == item_handle
+            and event.value == value
         ):
             arrived.append(event)
-        else:
-            return 0
-        tour.say("  " + event_line(event))
-        return 1
+            tour.say("  " + event_line(event.raw))
+            return 1
+        return 0
 
-    stream = session.events_raw(after_sequence)
-    try:
-        await consume(stream, on_event, max_items=2, timeout=_WAIT)
-    finally:
-        await stream.aclose()
-    ok = bool(completed) and all(s.success != 0 for s in completed[0].on_write_complete.statuses)
+    if completion is not None:
+        await consume(events, on_event, max_items=1, timeout=_WAIT)
     tour.doc["write"] = {
         "tag": reference,
         "type": value_type,
-        "writeCompleteReceived": bool(completed),
+        "writeCompleteReceived": completion is not None or bool(refused),
         "writtenValueArrived": bool(arrived),
-        "succeeded": ok,
+        "succeeded": completion is not None and completion.succeeded,
     }
-    if not completed:
-        raise CommandFailed(f"no OnWriteComplete for {reference}", ExitCode.TIMEOUT)
+    if refused:
+        tour.doc["write"]["error"] = refused
 
 
 DEMO_COMMANDS = {"demo": cmd_demo}

@@ -111,7 +111,12 @@ def exit_code_for(exc: BaseException) -> ExitCode:
 
 
 def _code(exc: BaseException, exit_code: ExitCode) -> str:
-    """The gateway's name for the failure (gRPC or protocol status), else the category."""
+    """The gateway's name for the failure (gRPC or protocol status; for a write refused in
+    its OnWriteComplete, the status category), else the exit code's name."""
+    if isinstance(exc, mxgateway.MxAccessError) and exc.completion is not None:
+        # Accepted, then refused in OnWriteComplete: the code is the status category.
+        failed = exc.failed_statuses
+        return enum_name(pb.MxStatusCategory, failed[0].category) if failed else "MXACCESS_FAILURE"
     if isinstance(exc, mxgateway.MxGatewayError):
         if exc.grpc_code is not None:
             return str(exc.grpc_code.name)

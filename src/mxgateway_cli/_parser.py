@@ -178,6 +178,24 @@ def _item_handle(parser: argparse.ArgumentParser, *, repeat: bool = False) -> No
         )
 
 
+def _wait_flags(parser: argparse.ArgumentParser) -> None:
+    """How a write waits for its outcome (the item's OnWriteComplete)."""
+    parser.add_argument(
+        "--wait",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="wait for the write's OnWriteComplete and report its outcome (default); "
+        "--no-wait prints the reply once the write is accepted",
+    )
+    parser.add_argument(
+        "--wait-timeout",
+        type=_positive_seconds,
+        default=30.0,
+        metavar="SECONDS",
+        help="how long to wait for the OnWriteComplete (default 30)",
+    )
+
+
 def _value_flags(parser: argparse.ArgumentParser, *, repeat: bool = False) -> None:
     parser.add_argument(
         "--type",
@@ -271,6 +289,7 @@ def build_parser(out_stream: IO[str] | None = None) -> argparse.ArgumentParser:
     _item_handle(p)
     _value_flags(p)
     p.add_argument("--user-id", type=_int32, default=0, metavar="N", help="user id (0 = none)")
+    _wait_flags(p)
     _connection_flags(p)
     _output_flags(p)
 
@@ -283,6 +302,7 @@ def build_parser(out_stream: IO[str] | None = None) -> argparse.ArgumentParser:
         "--timestamp", metavar="ISO", help="value timestamp, ISO 8601 with zone (default now)"
     )
     p.add_argument("--user-id", type=_int32, default=0, metavar="N", help="user id (0 = none)")
+    _wait_flags(p)
     _connection_flags(p)
     _output_flags(p)
 
@@ -300,6 +320,7 @@ def build_parser(out_stream: IO[str] | None = None) -> argparse.ArgumentParser:
         metavar="N",
         help="authenticated verifier (default: the current user)",
     )
+    _wait_flags(p)
     _connection_flags(p)
     _output_flags(p)
 

@@ -127,24 +127,24 @@ def test_mxaccess_failure_exit_code(sim: SimServer) -> None:
         item = run(
             ["add-item", "--server-handle", str(hlmx), "--item", "L1_Mixer.RunHours", *base]
         ).json()["addItem"]["itemHandle"]
+        write = ["write", "--server-handle", str(hlmx), "--item-handle", str(item)]
+        value = ["--type", "double", "--value", "1.5"]
         # Not advised: MXAccess throws at once (an argument error, E_INVALIDARG).
-        result = run(
-            [
-                "write",
-                "--server-handle",
-                str(hlmx),
-                "--item-handle",
-                str(item),
-                "--type",
-                "double",
-                "--value",
-                "1.5",
-                *base,
-            ]
-        )
-        error = _error(result, ExitCode.MXACCESS, "MXACCESS_FAILURE")
+        error = _error(run([*write, *value, *base]), ExitCode.MXACCESS, "MXACCESS_FAILURE")
         assert error["type"] == "MxAccessError"
         assert "advise the item before writing" in str(error["message"])
+        run(["advise", "--server-handle", str(hlmx), "--item-handle", str(item), *base])
+        # RunHours is calculated: the write is accepted, and refused in its OnWriteComplete.
+        refused = _error(run([*write, *value, *base]), ExitCode.MXACCESS, "OPERATIONAL_ERROR")
+        assert "OnWriteComplete" in str(refused["message"])
+        assert "MX_E_NotWriteable" in str(refused["message"])
+        # Without waiting, the accepted write is all there is to report.
+        accepted = run([*write, *value, "--no-wait", *base])
+        assert accepted.code == 0, accepted.err
+        assert "writeComplete" not in accepted.json()
+        text = run([*write, *value, *sim.flags, "--session-id", session])
+        assert text.code == ExitCode.MXACCESS
+        assert "OnWriteComplete" in text.err and "Traceback" not in text.err
     finally:
         run(["close-session", "--session-id", session, *sim.flags])
 

@@ -71,6 +71,21 @@ def scenario(sim: SimServer) -> Scenario:
     s.session(
         "write", "--server-handle", hlmx, "--item-handle", w, "--type", "int32", "--value", "7"
     )
+    s.cli(
+        "write-no-wait",
+        "write",
+        "--session-id",
+        s.session_id,
+        "--server-handle",
+        hlmx,
+        "--item-handle",
+        w,
+        "--type",
+        "int32",
+        "--value",
+        "6",
+        "--no-wait",
+    )
     s.session(
         "write2",
         "--server-handle",
@@ -169,6 +184,7 @@ GOLDEN_COMMANDS = [
     "stream-events",
     "advise-supervisory",
     "write",
+    "write-no-wait",
     "write2",
     "write-bulk",
     "authenticate-user",

@@ -17,6 +17,7 @@ from mxgateway import (
     DataChange,
     GatewayClient,
     MxAccessError,
+    MxGatewaySessionStateError,
     MxGatewayTimeoutError,
     MxGatewayWriteTimeoutError,
     Session,
@@ -208,3 +209,36 @@ async def test_completion_with_newer_enum_numbers_is_decoded() -> None:
     assert info.value.status_descriptions == (
         "UNKNOWN(42) detected by UNKNOWN(17), detail 9 (MX_E_ObjectSignatureMismatch)",
     )
+
+
+async def test_a_foreign_subscriber_refuses_the_wait_before_anything_is_written(
+    session: Session,
+) -> None:
+    """One event subscriber per session: while a raw stream holds it, a waited write fails
+    before the write is sent (nothing changes), and a write without wait still works."""
+    h, (count,) = await _advised(session, "Line01.BatchCount")
+    await session.write(h, count, 11, wait=True)
+    raw = session.events_raw()
+
+    async def until_13() -> list[pb.MxEvent]:
+        seen = []
+        async for event in raw:
+            seen.append(event)
+            change = event.on_data_change
+            if event.HasField("on_data_change") and change.value.int32_value == 13:
+                return seen
+        raise AssertionError("the raw stream ended")
+
+    collected = asyncio.ensure_future(until_13())
+    try:
+        await asyncio.sleep(0.2)  # let the raw stream attach
+        with pytest.raises(MxGatewaySessionStateError):
+            await session.write(h, count, 12, wait=True)
+        assert await session.write(h, count, 13) is None
+        seen = await asyncio.wait_for(collected, 10)
+        # One completion (13's): the refused wait sent nothing.
+        completions = [e for e in seen if e.HasField("on_write_complete")]
+        assert [e.on_write_complete.item_handle for e in completions] == [count]
+    finally:
+        collected.cancel()
+        await raw.aclose()
