@@ -14,6 +14,7 @@ import dataclasses
 import importlib
 import json
 import logging
+import os
 import signal
 import sqlite3
 import sys
@@ -110,6 +111,14 @@ def build_parser() -> argparse.ArgumentParser:
     keys = serve.add_argument_group("API keys")
     keys.add_argument(
         "--api-key", action="append", default=[], metavar="KEY", help="all-scopes key (repeatable)"
+    )
+    keys.add_argument(
+        "--api-key-env",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="all-scopes key read from environment variable NAME (repeatable; keeps the key "
+        "off the command line)",
     )
     keys.add_argument("--api-keys-file", type=Path, metavar="PATH", help="keys with scopes")
     keys.add_argument(
@@ -266,6 +275,14 @@ def _load_keys(args: argparse.Namespace) -> ApiKeyStore:
             store.add(key)
         except KeyFormatError as exc:
             raise UsageError(f"--api-key #{i}: {exc}") from None
+    for name in args.api_key_env:
+        value = os.environ.get(name, "").strip()
+        if not value:
+            raise UsageError(f"--api-key-env {name}: the variable is unset or empty")
+        try:
+            store.add(value)
+        except KeyFormatError as exc:
+            raise UsageError(f"--api-key-env {name}: {exc}") from None
     if args.api_keys_file is not None:
         try:
             load_keys_file(args.api_keys_file, store)
@@ -282,7 +299,8 @@ def _key_store(args: argparse.Namespace) -> ApiKeyStore:
     store = _load_keys(args)
     if not len(store) and not args.allow_anonymous:
         raise UsageError(
-            "no API key configured: pass --api-key KEY, --api-keys-file PATH or --allow-anonymous"
+            "no API key configured: pass --api-key-env NAME, --api-keys-file PATH, "
+            "--api-key KEY or --allow-anonymous"
         )
     return store
 
