@@ -34,6 +34,7 @@ from bench._common import (
     sim_server,
 )
 from bench._events import SESSION_ID
+from mxgateway import enum_name
 from mxgateway._values import to_mx_value
 from mxgateway.generated import mxaccess_gateway_pb2 as pb
 from mxgateway.generated import mxaccess_gateway_pb2_grpc as pb_grpc
@@ -69,8 +70,8 @@ class BareGateway:
         reply: pb.MxCommandReply = await self.stub.Invoke(req, metadata=METADATA, timeout=120)
         if reply.protocol_status.code != pb.PROTOCOL_STATUS_CODE_OK:
             raise RuntimeError(
-                f"{pb.MxCommandKind.Name(req.command.kind)}: "
-                f"{pb.ProtocolStatusCode.Name(reply.protocol_status.code)} "
+                f"{enum_name(pb.MxCommandKind, req.command.kind)}: "
+                f"{enum_name(pb.ProtocolStatusCode, reply.protocol_status.code)} "
                 f"{reply.protocol_status.message}"
             )
         return reply

@@ -243,6 +243,7 @@ def test_demo_runs_with_no_flags(flags: list[str]) -> None:
         assert document["dataChanges"] == 6
         assert document["write"]["writeCompleteReceived"] is True
         assert document["write"]["writtenValueArrived"] is True
+        assert document["write"]["succeeded"] is True  # the OnWriteComplete said OK
         assert document["closeSession"]["finalState"] == "SESSION_STATE_CLOSED"
     else:
         for step in ("Galaxy Repository", "Live data changes", "Write", "Bulk read", "Close"):
