@@ -26,6 +26,7 @@ from grpc import aio
 
 from mxgateway.generated import galaxy_repository_pb2 as gr
 from mxgateway.generated import mxaccess_gateway_pb2 as pb
+from mxgateway_sim._auth import current_principal
 from mxgateway_sim._sessions import SessionState
 
 if TYPE_CHECKING:
@@ -316,6 +317,14 @@ class FaultInjector:
 
     def _count_command(self, request: object) -> None:
         session_id = getattr(request, "session_id", "")
+        # Only the caller's own sessions count: another key's commands must not crash a
+        # session they cannot see (and unknown ids must not grow the table).
+        principal = current_principal.get()
+        if principal is None or self.sessions is None:
+            return
+        admin = principal.allows("admin")
+        if self.sessions.find(session_id, principal.key_id, admin=admin) is None:
+            return
         count = self._commands.get(session_id, 0) + 1
         self._commands[session_id] = count
         limit = self.plan.worker_crash_after_commands

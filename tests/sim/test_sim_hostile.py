@@ -27,6 +27,7 @@ from mxgateway.generated import mxaccess_gateway_pb2 as pb
 from mxgateway_sim import SCOPES, ApiKeyStore, GatewaySimulator, SessionOptions, builtin_catalog
 from mxgateway_sim import new_key as _new_key
 from mxgateway_sim._auth import COMMAND_SCOPES, scope_for_command
+from mxgateway_sim._faults import FaultPlan
 from mxgateway_sim._sessions import sweep_interval
 from mxgateway_sim._tls import TlsSetupError
 from mxgateway_sim.cli import main as sim_main
@@ -496,3 +497,18 @@ def test_bad_tls_files_and_galaxy_databases_name_the_file(
     assert sim_main([*serve, "--plaintext", "--galaxy-db", str(garbage)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and str(garbage) in err, err
+
+
+async def test_another_keys_commands_do_not_count_toward_an_injected_crash() -> None:
+    keys = Keys()
+    plan = FaultPlan(worker_crash_after_commands=3)
+    async with gateway(key_store=keys.store, faults=plan) as (_, channel):
+        owner, intruder = Gw(channel, keys.owner), Gw(channel, keys.intruder)
+        sid = await owner.open()
+        for _ in range(5):
+            reply = await intruder.invoke(sid, "ping")
+            assert reply.protocol_status.code == pb.PROTOCOL_STATUS_CODE_SESSION_NOT_FOUND
+        await owner.ok(sid, "ping")
+        await owner.ok(sid, "ping")
+        reply = await owner.invoke(sid, "ping")  # the owner's third command
+        assert reply.protocol_status.code == pb.PROTOCOL_STATUS_CODE_SESSION_FAULTED
