@@ -286,6 +286,7 @@ class GatewaySimulator:
                 users,
                 max_items=options.max_items_per_session,
                 reference_cache_bytes=options.reference_cache_bytes,
+                first_value_delay_s=options.first_value_delay_s,
             )
 
         self.sessions = SessionManager(make_runtime, self._options)

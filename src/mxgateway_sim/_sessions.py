@@ -79,6 +79,8 @@ class SessionOptions:
     event_queue_bytes: int = DEFAULT_EVENT_QUEUE_BYTES
     replay_ring_bytes: int = DEFAULT_REPLAY_RING_BYTES
     reference_cache_bytes: int = DEFAULT_REFERENCE_CACHE_BYTES
+    first_value_delay_s: float = 0.0
+    """Seconds from Advise to the item's first OnDataChange (upstream: 3-8 s; 0 = at once)."""
 
 
 SWEEP_FRACTION = 0.05

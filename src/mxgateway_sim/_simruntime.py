@@ -9,6 +9,7 @@ report their outcome (success or failure) only through OnWriteComplete, as upstr
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from collections.abc import Iterator, Sequence
@@ -101,6 +102,7 @@ class Item:
         "buffer",
         "buffered",
         "error",
+        "first_value",
         "item_handle",
         "last",
         "next_flush",
@@ -128,6 +130,8 @@ class Item:
         self.server_handle = server_handle
         self.item_handle = item_handle
         self.ref = ref
+        self.first_value: asyncio.TimerHandle | None = None
+        """Pending first OnDataChange of an advise (``first_value_delay_s``)."""
         self.state = state
         self.error = error
         self.buffered = buffered
@@ -167,8 +171,13 @@ class SimulatedRuntime:
         *,
         max_items: int = DEFAULT_MAX_ITEMS_PER_SESSION,
         reference_cache_bytes: int = DEFAULT_REFERENCE_CACHE_BYTES,
+        first_value_delay_s: float = 0.0,
     ) -> None:
+        if not 0 <= first_value_delay_s < float("inf"):
+            raise ValueError("first_value_delay_s must be >= 0")
         self._plant = plant
+        # Upstream the first OnDataChange arrives 3-8 s after Advise on a fresh client.
+        self._first_value_delay = first_value_delay_s
         self._max_items = max_items
         self._references = ReferenceCache(reference_cache_bytes)
         self._users_by_name = {u.name.lower(): u for u in users}
@@ -354,6 +363,20 @@ class SimulatedRuntime:
             return
         item.advised = True
         item.supervisory = supervisory
+        if self._first_value_delay > 0:
+            # Like MXAccess: the item is advised now, its first OnDataChange comes later.
+            item.first_value = asyncio.get_running_loop().call_later(
+                self._first_value_delay, self._first_value, item
+            )
+            return
+        self._first_value(item)
+
+    def _first_value(self, item: Item) -> None:
+        """Start delivering an advised item's values, the current one first."""
+        item.first_value = None
+        if not item.advised:
+            return
+        server_handle, item_handle = item.server_handle, item.item_handle
         if item.state is None:
             status = item.error or failure(CAT_CONFIGURATION_ERROR, DETAIL_RESOLVING_OBJECT, "")
             sample = TagSample(None, MX_NO_DATA, QUALITY_BAD_CONFIG_ERROR, time.time(), status)
@@ -378,6 +401,10 @@ class SimulatedRuntime:
             return
         item.advised = False
         item.suspended = False
+        if item.first_value is not None:  # advised, first value not yet delivered
+            item.first_value.cancel()
+            item.first_value = None
+            return
         if item.state is not None:
             self._plant.unsubscribe(item.state, item)
             if self._advised_by_key.get(item.ref.key) is item:
@@ -401,7 +428,7 @@ class SimulatedRuntime:
         item = self._item(server_handle, item_handle)
         if item.suspended:
             item.suspended = False
-            if item.advised and item.state is not None:
+            if item.advised and item.state is not None and item.first_value is None:
                 item.deliver(item.state.sample)
                 self.flush(time.time())
         return STATUS_OK

@@ -175,6 +175,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--multiple-subscribers", action="store_true", help="allow several streams per session"
     )
     limits.add_argument("--max-subscribers", type=_positive, default=8, metavar="N")
+    galaxy.add_argument(
+        "--first-value-delay-ms",
+        type=_non_negative,
+        default=0,
+        metavar="MS",
+        help="time from Advise to the first OnDataChange (default 0; a real plant: 3000-8000)",
+    )
     limits.add_argument(
         "--closed-session-memory",
         type=_positive,
@@ -344,6 +351,7 @@ async def _serve(args: argparse.Namespace) -> int:
         overflow_policy=OverflowPolicy(args.overflow_policy),
         multiple_subscribers=args.multiple_subscribers,
         max_subscribers=args.max_subscribers,
+        first_value_delay_s=args.first_value_delay_ms / 1000.0,
         closed_memory=args.closed_session_memory,
         closed_memory_s=args.closed_session_seconds,
         **{limit.field: getattr(args, limit.field) for limit in LIMITS},

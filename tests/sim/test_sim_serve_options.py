@@ -1,4 +1,4 @@
-"""``mxgw-sim serve``: the key from the environment (never on the command line)."""
+"""``mxgw-sim serve``: the key from the environment (not the command line); first-value delay."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import grpc
+import pytest
 from simhelpers import Gw
 
 from mxgateway_sim import new_key
@@ -71,3 +72,48 @@ async def test_api_key_env_serves_with_a_key_that_is_not_in_the_process_list() -
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+def test_first_value_delay_flag_default_agrees_with_the_session_options() -> None:
+    from mxgateway_sim import SessionOptions
+    from mxgateway_sim.cli import build_parser
+
+    parser = build_parser()
+    args = parser.parse_args(["serve", "--plaintext", "--api-key-env", "K"])
+    assert args.first_value_delay_ms / 1000.0 == SessionOptions().first_value_delay_s == 0.0
+    args = parser.parse_args(["serve", "--plaintext", "--first-value-delay-ms", "5000"])
+    assert args.first_value_delay_ms == 5000
+
+
+async def test_first_value_comes_after_the_configured_delay() -> None:
+    from mxgateway import DataChange, GatewayClient
+    from mxgateway_sim import GatewaySimulator, SessionOptions, builtin_catalog
+
+    delay = 1.5
+    async with (
+        GatewaySimulator(
+            catalog=builtin_catalog(),
+            session_options=SessionOptions(first_value_delay_s=delay),
+        ) as sim,
+        await GatewayClient.connect(
+            endpoint=sim.endpoint, api_key=sim.api_key, plaintext=True
+        ) as client,
+        await client.open_session(client_session_name="latency") as session,
+    ):
+        loop = asyncio.get_running_loop()
+        h = await session.register("latency")
+        item = await session.add_item(h, "Tank01.Description")
+        dropped = await session.add_item(h, "Tank01.Level")
+        advised_at = loop.time()
+        await session.advise(h, item)
+        await session.advise(h, dropped)
+        await session.unadvise(h, dropped)  # before its first value: it never gets one
+        async with session.events() as events:
+            with pytest.raises(asyncio.TimeoutError):  # nothing before the delay
+                await asyncio.wait_for(events.__anext__(), delay / 3)
+            first = await asyncio.wait_for(events.__anext__(), 30)
+            arrived_at = loop.time()
+            assert isinstance(first, DataChange) and first.item_handle == item
+            assert arrived_at - advised_at >= delay * 0.9  # the option's meaning, not a bound
+            with pytest.raises(asyncio.TimeoutError):  # the unadvised item stays silent
+                await asyncio.wait_for(events.__anext__(), delay)
