@@ -591,6 +591,13 @@ class EventStream:
         """Open the gRPC stream if needed and wait (at most ``timeout``) until the gateway
         has attached it, i.e. sent its response headers. A refusal (e.g. the session
         already has a subscriber) raises here, before the caller sends anything else."""
+        stream = self._stream
+        if stream is not None and self._read_lock.locked():
+            # Someone is reading this open stream (the caller's `async for`, blocked until
+            # an event comes): do not queue behind that read, only wait for the headers.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(stream.call.initial_metadata()), timeout)
+            return
         async with self._read_lock:
             attempts = 0
             while True:

@@ -7,6 +7,7 @@ simulator never does (a completion that never comes, enum numbers newer than the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from datetime import datetime, timezone
 
@@ -119,6 +120,36 @@ async def test_waiting_inside_the_callers_event_loop(session: Session) -> None:
     assert done in seen
     sequences = [e.worker_sequence for e in seen if isinstance(e, (DataChange, WriteComplete))]
     assert sequences == sorted(set(sequences))  # nothing duplicated, in order
+
+
+async def test_waiting_while_another_task_is_blocked_reading_the_events(
+    session: Session,
+) -> None:
+    """A task blocked in `async for` on a quiet session holds the stream's read; a waited
+    write from another task must not queue behind that read."""
+    h, (item,) = await _advised(session, "Tank01.Description")  # static: quiet until written
+    seen: list[object] = []
+    first = asyncio.Event()
+    stream = session.events(after_worker_sequence=0)
+
+    async def reader() -> None:
+        async for event in stream:
+            seen.append(event)
+            first.set()
+
+    task = asyncio.ensure_future(reader())
+    try:
+        await asyncio.wait_for(first.wait(), 10)  # the advise's value; then it is quiet
+        while not stream._read_lock.locked():  # noqa: ASYNC110 - until the reader blocks in a read
+            await asyncio.sleep(0.01)
+        done = await session.write(h, item, "quiet", wait=True, wait_timeout=10)
+        assert done is not None and done.succeeded
+        assert done in seen  # the reader got the completion too
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await stream.aclose()
 
 
 async def test_concurrent_waited_writes_share_one_stream_and_release_it(
