@@ -237,7 +237,7 @@ class TagState:
         self.override: MxPythonValue = None
         self.override_ts: float | None = None
         self.dirty = False
-        self.subs: list[SampleSink] = []
+        self.subs: dict[SampleSink, None] = {}  # an ordered set: O(1) unsubscribe
         self.sample = TagSample(None, info.mx_data_type, QUALITY_GOOD, 0.0)
 
     def quality_at(self, n: int) -> tuple[int, MxStatus]:
@@ -354,13 +354,12 @@ class Plant:
 
     def subscribe(self, state: TagState, item: SampleSink) -> None:
         """Deliver the attribute's changes to ``item``."""
-        state.subs.append(item)
+        state.subs[item] = None
         self._active[state.key] = state
 
     def unsubscribe(self, state: TagState, item: SampleSink) -> None:
         """Stop delivering to ``item``."""
-        with contextlib.suppress(ValueError):
-            state.subs.remove(item)
+        state.subs.pop(item, None)
         if not state.subs and self._active.get(state.key) is state:
             del self._active[state.key]
 

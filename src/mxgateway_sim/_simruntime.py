@@ -57,6 +57,7 @@ from mxgateway_sim._limits import (
 from mxgateway_sim._plant import Plant, TagState
 from mxgateway_sim._references import ParsedReference, ReferenceCache, ReferenceSyntaxError
 from mxgateway_sim._runtime import EventSink, MxAccessRuntime
+from mxgateway_sim._slicing import Slicer, chunks
 
 WRITEABLE_CATEGORIES = frozenset({-1, 4, 5, 6, 7, 8, 9, 10, 11, 14})
 """MxAttributeCategory values a client may write at run time (Writeable_*, SystemWriteable)."""
@@ -186,8 +187,10 @@ class SimulatedRuntime:
         self._sink: EventSink | None = None
         self._registrations: dict[int, int] = {}  # hLMX -> buffered update interval (ms)
         self._items: dict[int, Item] = {}
-        self._advised_by_key: dict[str, Item] = {}
-        self._buffered: list[Item] = []
+        # Advised items by reference key, in advise order (the first one answers cached
+        # reads); dicts as ordered sets keep every advise/unadvise O(1) however many items.
+        self._advised_by_key: dict[str, dict[Item, None]] = {}
+        self._buffered: dict[Item, None] = {}
         self._next_server_handle = 1
         self._next_item_handle = 1
         self._holding = 0
@@ -283,11 +286,17 @@ class SimulatedRuntime:
         return handle
 
     async def unregister(self, server_handle: int) -> None:
-        """Unregister, removing the registration's items first."""
+        """Unregister, removing the registration's items first (in slices: a stop between
+        two slices leaves the registration with the items not yet removed)."""
         self._check_server(server_handle)
-        for item in [i for i in self._items.values() if i.server_handle == server_handle]:
-            self._remove(item)
-        del self._registrations[server_handle]
+        items = [i for i in self._items.values() if i.server_handle == server_handle]
+        slicer = Slicer()
+        for chunk in chunks(items):
+            for item in chunk:
+                if self._items.get(item.item_handle) is item:
+                    self._remove(item)
+            await slicer.checkpoint()
+        self._registrations.pop(server_handle, None)
 
     def _resolve(self, ref: ParsedReference) -> tuple[TagState | None, MxStatus | None]:
         state = self._plant.state(ref.path)
@@ -383,12 +392,12 @@ class SimulatedRuntime:
             item.last = sample
             self._emit(DataChange(server_handle, item_handle, sample))
             return
-        self._advised_by_key.setdefault(item.ref.key, item)
+        self._advised_by_key.setdefault(item.ref.key, {})[item] = None
         self._plant.subscribe(item.state, item)
         if item.buffered:
             interval = self._registrations[server_handle]
             item.next_flush = time.time() + interval / 1000.0
-            self._buffered.append(item)
+            self._buffered[item] = None
         item.deliver(item.state.sample)
         self.flush(time.time())
 
@@ -407,14 +416,13 @@ class SimulatedRuntime:
             return
         if item.state is not None:
             self._plant.unsubscribe(item.state, item)
-            if self._advised_by_key.get(item.ref.key) is item:
-                del self._advised_by_key[item.ref.key]
-                for other in self._items.values():
-                    if other.advised and other.state is not None and other.ref.key == item.ref.key:
-                        self._advised_by_key[item.ref.key] = other
-                        break
+            same = self._advised_by_key.get(item.ref.key)
+            if same is not None:
+                same.pop(item, None)
+                if not same:
+                    del self._advised_by_key[item.ref.key]
         if item.buffered and item in self._buffered:
-            self._buffered.remove(item)
+            del self._buffered[item]
             item.buffer.clear()
 
     async def suspend(self, server_handle: int, item_handle: int) -> MxStatus:
@@ -563,7 +571,8 @@ class SimulatedRuntime:
             except ReferenceSyntaxError as exc:
                 results.append(ReadResult(reference, None, False, str(exc)))
                 continue
-            advised = self._advised_by_key.get(ref.key)
+            same = self._advised_by_key.get(ref.key)
+            advised = next(iter(same)) if same else None
             if advised is not None and advised.last is not None:
                 results.append(_read_row(reference, advised.last, cached=True))
                 continue
@@ -588,16 +597,24 @@ class SimulatedRuntime:
         return WorkerInfo(BACKEND_NAME, 1, 0, f"mxgw-sim {__version__} (simulated MXAccess)")
 
     async def release_all(self) -> ReleaseCounts:
-        """UnAdvise all, RemoveItem all, Unregister all; returns the counts."""
-        advises = 0
-        for item in list(self._items.values()):
-            if item.advised:
-                self._unadvise(item)
-                advises += 1
-        items = len(self._items)
-        self._items.clear()
+        """UnAdvise all, RemoveItem all, Unregister all; returns the counts.
+
+        The registrations go first, so every call still running on this runtime fails from
+        then on, and the items are unadvised in slices (a session of 100k items closes
+        without holding the loop).
+        """
         registrations = len(self._registrations)
         self._registrations.clear()
+        advises = 0
+        slicer = Slicer()
+        for chunk in chunks(list(self._items.values())):
+            for item in chunk:
+                if item.advised:
+                    self._unadvise(item)
+                    advises += 1
+            await slicer.checkpoint()
+        items = len(self._items)
+        self._items.clear()
         self._advised_by_key.clear()
         self._buffered.clear()
         self.pending.clear()

@@ -240,7 +240,7 @@ async def _run_writes(*, bulk: bool) -> tuple[list[list[MxRuntimeEvent]], EventL
     plant.step()
     before = len(published)
     first_seq = log.next_seq
-    item = rt._buffered[0]
+    item = next(iter(rt._buffered))
     item.buffer.append(TagSample(1.0, 5, 192, 1_700_000_000.0))
     real_emit = rt._emit
     emitted = 0
