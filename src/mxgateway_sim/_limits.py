@@ -61,9 +61,9 @@ LIMITS: tuple[ByteLimit, ...] = (
         "max_items_per_session",
         "--max-items-per-session",
         DEFAULT_MAX_ITEMS_PER_SESSION,
-        "items (AddItem*, SubscribeBulk) one session may hold at a time",
-        "AddItem answers `PROTOCOL_STATUS_CODE_OVERLOADED` naming the flag; a bulk add that "
-        "would pass it creates nothing",
+        "items (AddItem*, SubscribeBulk) one session may hold at a time, and as many registrations",
+        "AddItem (or Register) answers `PROTOCOL_STATUS_CODE_OVERLOADED` naming the flag; a "
+        "bulk add that would pass it creates nothing",
     ),
     ByteLimit(
         "event_queue_bytes",

@@ -287,6 +287,8 @@ class GatewaySimulator:
                 max_items=options.max_items_per_session,
                 reference_cache_bytes=options.reference_cache_bytes,
                 first_value_delay_s=options.first_value_delay_s,
+                # A buffered batch goes out early rather than outgrow a message.
+                max_batch_bytes=options.max_message_bytes // 2,
             )
 
         self.sessions = SessionManager(make_runtime, self._options)

@@ -51,6 +51,7 @@ from mxgateway_sim._domain import (
 )
 from mxgateway_sim._limits import (
     DEFAULT_MAX_ITEMS_PER_SESSION,
+    DEFAULT_MAX_VALUE_BYTES,
     DEFAULT_REFERENCE_CACHE_BYTES,
     LimitError,
 )
@@ -101,6 +102,7 @@ class Item:
     __slots__ = (
         "advised",
         "buffer",
+        "buffer_bytes",
         "buffered",
         "error",
         "first_value",
@@ -140,6 +142,7 @@ class Item:
         self.supervisory = False
         self.suspended = False
         self.buffer: list[TagSample] = []
+        self.buffer_bytes = 0  # estimated, see _approx_bytes
         self.next_flush = 0.0
         self.last: TagSample | None = None
         self.plain = not buffered and ref.index is None
@@ -158,6 +161,9 @@ class Item:
         self.last = sample
         if self.buffered:
             self.buffer.append(sample)
+            self.buffer_bytes += _approx_bytes(sample.value)
+            if self.buffer_bytes > self.runtime.max_batch_bytes:
+                self.next_flush = 0.0  # a batch must fit in one message: send it this tick
         else:
             self.out.append(DataChange(self.server_handle, self.item_handle, sample))
 
@@ -173,6 +179,7 @@ class SimulatedRuntime:
         max_items: int = DEFAULT_MAX_ITEMS_PER_SESSION,
         reference_cache_bytes: int = DEFAULT_REFERENCE_CACHE_BYTES,
         first_value_delay_s: float = 0.0,
+        max_batch_bytes: int = DEFAULT_MAX_VALUE_BYTES,
     ) -> None:
         if not 0 <= first_value_delay_s < float("inf"):
             raise ValueError("first_value_delay_s must be >= 0")
@@ -180,6 +187,8 @@ class SimulatedRuntime:
         # Upstream the first OnDataChange arrives 3-8 s after Advise on a fresh client.
         self._first_value_delay = first_value_delay_s
         self._max_items = max_items
+        self.max_batch_bytes = max_batch_bytes
+        """Estimated value bytes after which a buffered item's batch goes out early."""
         self._references = ReferenceCache(reference_cache_bytes)
         self._users_by_name = {u.name.lower(): u for u in users}
         self._users_by_id = {u.user_id: u for u in users}
@@ -227,6 +236,7 @@ class SimulatedRuntime:
             if item.buffer and now >= item.next_flush:
                 samples = tuple(item.buffer)
                 item.buffer.clear()
+                item.buffer_bytes = 0
                 interval = self._registrations.get(item.server_handle, 0)
                 item.next_flush = now + interval / 1000.0
                 events.append(
@@ -280,6 +290,12 @@ class SimulatedRuntime:
 
     async def register(self, client_name: str) -> int:
         """Register -> hLMX (1, 2, ...)."""
+        if len(self._registrations) >= self._max_items:
+            raise LimitError(
+                f"the session holds {len(self._registrations):,} registrations, the limit "
+                "(--max-items-per-session); unregister some first",
+                overloaded=True,
+            )
         handle = self._next_server_handle
         self._next_server_handle += 1
         self._registrations[handle] = DEFAULT_BUFFERED_INTERVAL_MS
@@ -620,6 +636,17 @@ class SimulatedRuntime:
         self.pending.clear()
         self._references.clear()
         return ReleaseCounts(advises, items, registrations)
+
+
+def _approx_bytes(value: object) -> int:
+    """A cheap estimate of the bytes a value takes on the wire (strings by length)."""
+    if isinstance(value, str):
+        return len(value) + 16
+    if isinstance(value, list):
+        if value and isinstance(value[0], str):
+            return sum(len(v) + 16 for v in value if isinstance(v, str)) + 16
+        return 16 * len(value) + 16
+    return 16
 
 
 def _read_row(reference: str, sample: TagSample, *, cached: bool) -> ReadResult:

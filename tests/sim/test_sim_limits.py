@@ -447,8 +447,70 @@ async def test_items_per_session_are_capped_and_a_refused_bulk_add_creates_nothi
         reply = await gw.invoke(sid, "add_item", server_handle=sh, item_definition="Tank01")
         assert reply.protocol_status.code == OVERLOADED
         assert "--max-items-per-session" in reply.protocol_status.message
+        for _ in range(99):  # registrations are capped alike (one is already held)
+            await gw.register(sid)
+        reply = await gw.invoke(sid, "register", client_name="one too many")
+        assert reply.protocol_status.code == OVERLOADED
+        assert "registrations" in reply.protocol_status.message
         closed = await gw.stub.CloseSession(pb.CloseSessionRequest(session_id=sid), metadata=gw.md)
         assert closed.released_item_count == 100
+        assert closed.released_registration_count == 100
+
+
+async def test_a_buffered_batch_goes_out_before_it_outgrows_a_message() -> None:
+    limit = 256 * 1024
+    async with (
+        GatewaySimulator(
+            catalog=builtin_catalog(),
+            scan_interval_ms=SCAN_MS,
+            flaky_one_in=0,
+            session_options=SessionOptions(max_message_bytes=limit, max_value_bytes=64 * 1024),
+        ) as sim,
+        grpc.aio.insecure_channel(sim.endpoint) as channel,
+    ):
+        gw = Gw(channel, sim.api_key)
+        sid = await gw.open()
+        sh = await gw.register(sid)
+        # A buffered item whose interval never comes: without a byte bound its batch grew
+        # by one sample per scan for as long as the caller liked.
+        reply = await gw.ok(
+            sid,
+            "subscribe_bulk",
+            server_handle=sh,
+            tag_addresses=[BIG_TAG],
+            buffered_update_interval_ms=3_600_000,
+        )
+        ih = reply.bulk_subscribe.results[0].item_handle
+        writer = await gw.add(sid, sh, BIG_TAG)
+        await gw.ok(sid, "advise", server_handle=sh, item_handle=writer)
+        assert sim.plant is not None
+        for i in range(8):  # 8 x 60 KB, one per scan: about four times what fits at once
+            value = pb.MxValue(string_value=f"{i:02d}" + "b" * 60_000)
+            tick = sim.plant.tick
+            await gw.ok(sid, "write", server_handle=sh, item_handle=writer, value=value)
+            for _ in range(1000):  # until two scans went by: this value was sampled
+                if sim.plant.tick >= tick + 2:
+                    break
+                await asyncio.sleep(0.01)
+        events: list[pb.MxEvent] = []
+        while drained := await gw.drain(sid):  # several replies: each holds what fits
+            events.extend(drained)
+        batches = [
+            e.on_buffered_data_change
+            for e in events
+            if e.HasField("on_buffered_data_change") and e.on_buffered_data_change.item_handle == ih
+        ]
+        assert batches, "no buffered batch went out early"
+        assert all(b.ByteSize() < limit for b in batches)
+        seen = [
+            s.value.string_value[:2]
+            for b in batches
+            for s in b.samples
+            if len(s.value.string_value) > 60_000
+        ]
+        # Every value sampled so far went out, in order, none lost, in batches that fit.
+        assert len(batches) >= 2 and len(seen) >= 4
+        assert seen == [f"{i:02d}" for i in range(len(seen))]
 
 
 # -- nothing lost on a failed reply -------------------------------------------------------------
