@@ -466,13 +466,13 @@ async def test_open_creates_default_and_synthetic(tmp_path: Path) -> None:
 
 
 def test_glob_wildcards_are_only_star_and_question_mark() -> None:
-    from mxgateway_sim.galaxy._cache import compile_glob
+    from mxgateway_sim.galaxy._glob import TagGlob
 
-    assert compile_glob("l?_TANK*").match("L1_Tank01")
-    assert not compile_glob("Tank*").match("L1_Tank01")  # anchored at the start
-    assert not compile_glob("L1_Tank0").match("L1_Tank01")  # and at the end
-    assert compile_glob("A[1]*").match("A[1]x")  # brackets are literal
-    assert not compile_glob("A[1]*").match("A1x")
+    assert TagGlob("l?_TANK*").matches("L1_Tank01")
+    assert not TagGlob("Tank*").matches("L1_Tank01")  # anchored at the start
+    assert not TagGlob("L1_Tank0").matches("L1_Tank01")  # and at the end
+    assert TagGlob("A[1]*").matches("A[1]x")  # brackets are literal
+    assert not TagGlob("A[1]*").matches("A1x")
 
 
 async def test_open_rejects_a_file_that_is_not_a_galaxy(tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from mxgateway.generated import galaxy_repository_pb2 as gr
 from mxgateway_sim._catalog import TagInfo
+from mxgateway_sim.galaxy._glob import TagGlob
 from mxgateway_sim.galaxy._schema import DATA_TYPE_NAMES, SCHEMA_VERSION, parse_db_time
 
 __all__ = ["Filters", "GalaxyObjectRecord", "HierarchySnapshot", "load_snapshot"]
@@ -135,10 +136,10 @@ class Filters:
     alarm_bearing_only: bool = False
     historized_only: bool = False
 
-    def compile(self) -> re.Pattern[str] | None:
+    def compile(self) -> TagGlob | None:
         if not self.tag_name_glob:
             return None
-        return compile_glob(self.tag_name_glob)
+        return TagGlob(self.tag_name_glob)
 
     def restricts_attributes(self) -> bool:
         return self.alarm_bearing_only or self.historized_only
@@ -147,13 +148,6 @@ class Filters:
         if self.alarm_bearing_only and not row[7]:
             return False
         return not (self.historized_only and not row[6])
-
-
-def compile_glob(glob: str) -> re.Pattern[str]:
-    """Anchored, case-insensitive pattern for a tag-name glob: only ``*`` and ``?`` are
-    wildcards (``[`` and every other character match literally)."""
-    body = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in glob)
-    return re.compile(f"(?s:{body})\\Z", re.IGNORECASE)
 
 
 def _sort_key(rec: GalaxyObjectRecord) -> tuple[int, str, int]:
@@ -243,14 +237,14 @@ class HierarchySnapshot:
         return rec
 
     # ----- filtering --------------------------------------------------------------------
-    def matches(self, rec: GalaxyObjectRecord, f: Filters, glob: re.Pattern[str] | None) -> bool:
+    def matches(self, rec: GalaxyObjectRecord, f: Filters, glob: TagGlob | None) -> bool:
         if f.category_ids and rec.category_id not in f.category_ids:
             return False
         if f.template_chain_contains and not any(
             t.casefold() in f.template_chain_contains for t in rec.template_chain
         ):
             return False
-        if glob is not None and glob.match(rec.tag_name) is None:
+        if glob is not None and not glob.matches(rec.tag_name):
             return False
         if f.alarm_bearing_only or f.historized_only:
             return any(f.keep_attribute(row) for row in rec.attrs.rows)
