@@ -639,12 +639,13 @@ class SimulatedRuntime:
 
 
 def _approx_bytes(value: object) -> int:
-    """A cheap estimate of the bytes a value takes on the wire (strings by length)."""
+    """A cheap upper bound of the bytes a sample takes on the wire (a character of a string
+    is at most 4 bytes of UTF-8; a number, a quality and a timestamp fit in 16)."""
     if isinstance(value, str):
-        return len(value) + 16
+        return 4 * len(value) + 16
     if isinstance(value, list):
         if value and isinstance(value[0], str):
-            return sum(len(v) + 16 for v in value if isinstance(v, str)) + 16
+            return sum(4 * len(v) + 16 for v in value if isinstance(v, str)) + 16
         return 16 * len(value) + 16
     return 16
 
