@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextvars
 import hashlib
 import hmac
+import inspect
 import json
 import re
 import secrets
@@ -342,7 +343,8 @@ class AuthInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
     ) -> grpc.RpcMethodHandler[Any, Any]:
         method = handler_call_details.method
         if method.startswith(UNAUTHENTICATED_PREFIXES):
-            return await continuation(handler_call_details)
+            open_handler = await continuation(handler_call_details)
+            return None if open_handler is None else _guarded(open_handler, None)
         principal = self._store.authenticate(_metadata_value(handler_call_details, "authorization"))
         if principal is None:
             return _refusal(grpc.StatusCode.UNAUTHENTICATED, "missing or invalid API key")
@@ -401,25 +403,30 @@ def _malformed_message(request: _Malformed) -> str:
 
 
 def _guarded(
-    handler: grpc.RpcMethodHandler[Any, Any], principal: Principal
+    handler: grpc.RpcMethodHandler[Any, Any], principal: Principal | None
 ) -> grpc.RpcMethodHandler[Any, Any]:
-    """``handler`` with a non-raising deserializer and :data:`current_principal` set."""
+    """``handler`` with a non-raising deserializer and :data:`current_principal` set.
+
+    ``principal`` is None for the services served without a key (health, reflection): their
+    malformed bodies are INVALID_ARGUMENT too, so no caller can fill the log with tracebacks.
+    """
     deserializer = _tolerant(handler.request_deserializer)
+    serializer = handler.response_serializer
     # The stubs type the behaviours as synchronous; on an aio server they are coroutines.
     unary: Any = handler.unary_unary
     stream: Any = handler.unary_stream
+    bidi: Any = handler.stream_stream
     if unary is not None:
 
         async def guarded_unary(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
             if type(request) is _Malformed:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, _malformed_message(request))
-            current_principal.set(principal)
+            if principal is not None:
+                current_principal.set(principal)
             return await unary(request, context)
 
         return grpc.unary_unary_rpc_method_handler(
-            guarded_unary,
-            request_deserializer=deserializer,
-            response_serializer=handler.response_serializer,
+            guarded_unary, request_deserializer=deserializer, response_serializer=serializer
         )
     if stream is not None:
 
@@ -428,16 +435,36 @@ def _guarded(
         ) -> AsyncIterator[Any]:
             if type(request) is _Malformed:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, _malformed_message(request))
-            current_principal.set(principal)
+            if principal is not None:
+                current_principal.set(principal)
             async for message in stream(request, context):
                 yield message
 
         return grpc.unary_stream_rpc_method_handler(
-            guarded_stream,
-            request_deserializer=deserializer,
-            response_serializer=handler.response_serializer,
+            guarded_stream, request_deserializer=deserializer, response_serializer=serializer
         )
-    return handler  # request-streaming methods: none is authenticated today
+    if bidi is not None and inspect.isasyncgenfunction(bidi):  # server reflection
+
+        async def guarded_bidi(
+            requests: AsyncIterator[Any], context: aio.ServicerContext[Any, Any]
+        ) -> AsyncIterator[Any]:
+            async def checked() -> AsyncIterator[Any]:
+                async for request in requests:
+                    if type(request) is _Malformed:
+                        await context.abort(
+                            grpc.StatusCode.INVALID_ARGUMENT, _malformed_message(request)
+                        )
+                    yield request
+
+            if principal is not None:
+                current_principal.set(principal)
+            async for message in bidi(checked(), context):
+                yield message
+
+        return grpc.stream_stream_rpc_method_handler(
+            guarded_bidi, request_deserializer=deserializer, response_serializer=serializer
+        )
+    return handler  # client-streaming methods: none is served today
 
 
 def _unknown_scopes(unknown: Sequence[str]) -> KeyFormatError:

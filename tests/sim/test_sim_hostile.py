@@ -237,6 +237,18 @@ async def test_keyless_garbage_is_unauthenticated_without_parsing(
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await stream.read()
         assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        # The services served without a key answer garbage with INVALID_ARGUMENT too.
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await channel.unary_unary("/grpc.health.v1.Health/Check")(b"\xff\xff\xff")
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        reflection = channel.stream_stream(
+            "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"
+        )()
+        await reflection.write(b"\xff\xff\xff")
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await reflection.read()
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert await healthy(channel)
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING or r.exc_info]
 
 
