@@ -1,0 +1,236 @@
+"""VARIANT conversion between pywin32 and the gateway, over the project's value tables.
+
+pywin32 hands event arguments over as Python objects (``VT_I2``/``VT_I4``/``VT_UI1``... as
+``int``, ``VT_R4``/``VT_R8`` as ``float``, ``VT_DATE`` as a ``datetime``, a SAFEARRAY as a
+``tuple``, a SAFEARRAY of ``VT_UI1`` as ``bytes``, ``VT_CY``/``VT_DECIMAL`` as ``Decimal``),
+so the VARIANT tag itself is gone by the time the runtime sees a value. The rules, as
+upstream describes them:
+
+* the Python kind of a value decides its MX data type and VARIANT type through
+  :data:`mxgateway._values._TYPE_TAGS` (the one table the library, CLI and simulator use):
+  ``bool`` -> Boolean, 8-32-bit integers -> Integer, 64-bit -> Int64 (data type Unknown),
+  ``float`` -> Double, ``str`` -> String, ``datetime`` -> Time, ``bytes`` -> raw passthrough;
+* an optional expected-type hint (the attribute's ``mx_data_type``) refines it through the
+  simulator's MX-type table (:func:`mxgateway_sim._coerce.wire_type`): Float instead of
+  Double, BigString/Reference instead of String, a 64-bit FILETIME or an OLE date as Time,
+  100-ns ticks or seconds as ElapsedTime;
+* arrays stay arrays (one value per element), never one flag.
+
+``VT_DATE`` has no time zone. Event timestamps and Time values are taken as UTC unless the
+runtime is told the node's MXAccess reports local time (``local_times``); the public sources
+do not settle which (domain reference 4.6).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+from typing import Final
+
+from mxgateway._values import (
+    _TYPE_TAGS,
+    MxPythonValue,
+    ValueType,
+    _array_kind,
+    _infer,
+    to_mx_value,
+)
+from mxgateway_sim._coerce import wire_type
+from mxgateway_sim._domain import (
+    COM_TO_PROTO,
+    MX_DOUBLE,
+    MX_ELAPSED_TIME,
+    MX_FLOAT,
+    MX_NO_DATA,
+    MX_STRING,
+    MX_TIME,
+    invalid_arg,
+)
+
+__all__ = [
+    "VT_ARRAY",
+    "VT_EMPTY",
+    "from_variant",
+    "time_from_variant",
+    "time_to_variant",
+    "to_variant",
+]
+
+VT_EMPTY: Final = 0
+VT_DATE: Final = 7
+VT_ARRAY: Final = 0x2000
+MX_UNKNOWN: Final = -1
+
+_DATA_TYPE_OF: dict[ValueType, int] = {k: t[0] - COM_TO_PROTO for k, t in _TYPE_TAGS.items()}
+"""COM MxDataType per value kind, from the shared table (int64/bytes: -1 Unknown)."""
+_VT_OF: dict[ValueType, int] = {k: t[1] for k, t in _TYPE_TAGS.items()}
+"""Windows VARTYPE per value kind (the proto's VariantType numbers are the VARTYPEs)."""
+
+_FILETIME_EPOCH = datetime(1601, 1, 1, tzinfo=timezone.utc)
+_OLE_EPOCH = datetime(1899, 12, 30, tzinfo=timezone.utc)
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def _as_utc(value: datetime, local_times: bool) -> datetime:
+    """A VT_DATE's wall clock (pywin32 may tag it UTC) as an aware UTC instant."""
+    if local_times:
+        return value.replace(tzinfo=None).astimezone().astimezone(timezone.utc)
+    if value.tzinfo is None:
+        return value.replace(tzinfo=timezone.utc)
+    return value.astimezone(timezone.utc)
+
+
+def time_from_variant(value: object, local_times: bool = False) -> float:
+    """A timestamp VARIANT (``pftItemTimeStamp``) -> seconds since the Unix epoch, UTC.
+
+    ``datetime`` (VT_DATE through pywin32), an OLE date ``float`` or a FILETIME ``int``;
+    anything else (VT_EMPTY) means "no timestamp": 0.0.
+    """
+    if isinstance(value, datetime):
+        return (_as_utc(value, local_times) - _EPOCH).total_seconds()
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return 0.0
+    if isinstance(value, int):
+        instant = _FILETIME_EPOCH + timedelta(microseconds=value // 10)
+    else:
+        instant = _OLE_EPOCH + timedelta(days=value)
+        if local_times:
+            instant = _as_utc(instant, True)
+    return (instant - _EPOCH).total_seconds()
+
+
+def _hinted(value: object, hint: int, local_times: bool) -> object | None:
+    """``value`` as the hinted MX type, or None when the hint does not apply to it."""
+    if hint == MX_TIME and not isinstance(value, (bool, datetime)):
+        if isinstance(value, (int, float)):
+            return _EPOCH + timedelta(seconds=time_from_variant(value, local_times))
+        return None
+    if hint == MX_ELAPSED_TIME and not isinstance(value, bool):
+        if isinstance(value, int):
+            return timedelta(microseconds=value // 10)  # 100-ns ticks (LARGE_INTEGER)
+        if isinstance(value, float):
+            return timedelta(seconds=value)
+        return value if isinstance(value, timedelta) else None
+    return value
+
+
+_KNOWN = (bool, int, float, str, bytes, bytearray, memoryview, datetime, timedelta, Decimal)
+
+
+def _scalar(value: object, local_times: bool) -> object:
+    """A pywin32 scalar -> a value of the shared table (or ``str`` for anything else)."""
+    if isinstance(value, datetime):
+        return _as_utc(value, local_times)
+    if isinstance(value, Decimal):
+        return float(value)  # VT_CY / VT_DECIMAL
+    if isinstance(value, (bytearray, memoryview)):
+        return bytes(value)
+    if value is None or isinstance(value, (bool, int, float, str, bytes, timedelta)):
+        return value
+    return str(value)  # an interface pointer or record: its text, never dropped
+
+
+def _kind_type(kind: ValueType, hint: int | None) -> int:
+    """The MX data type of a value of ``kind``: the hint when it carries that kind."""
+    if hint is not None and hint > MX_NO_DATA:
+        wanted = wire_type(hint)
+        if wanted == kind or (kind == "double" and wanted == "float"):
+            return hint
+    return _DATA_TYPE_OF[kind]
+
+
+def from_variant(
+    value: object, hint: int | None = None, *, local_times: bool = False
+) -> tuple[MxPythonValue, int]:
+    """A value pywin32 handed over -> ``(python value, COM MxDataType)``."""
+    if value is None:
+        return None, MX_NO_DATA
+    if isinstance(value, (tuple, list)):
+        return _array(value, hint, local_times)
+    if not isinstance(value, _KNOWN):
+        return str(value), MX_UNKNOWN  # an interface pointer or record: its text
+    scalar = _scalar(value, local_times)
+    if hint is not None:
+        hinted = _hinted(scalar, hint, local_times)
+        if hinted is not None:
+            scalar = hinted
+    return scalar, _kind_type(_infer(scalar, ""), hint)  # type: ignore[return-value]
+
+
+def _array(
+    items: tuple[object, ...] | list[object], hint: int | None, local_times: bool
+) -> tuple[MxPythonValue, int]:
+    values: list[object] = []
+    for item in items:
+        scalar = _scalar(item, local_times)
+        if hint is not None and scalar is not None:
+            hinted = _hinted(scalar, hint, local_times)
+            scalar = scalar if hinted is None else hinted
+        values.append(scalar)
+    if not values:
+        return [], hint if hint is not None else MX_UNKNOWN
+    try:
+        kind = _array_kind(values)
+    except ValueError:
+        # A mixed SAFEARRAY of VARIANTs: kept whole, element by element, as text.
+        return [str(v) for v in values], MX_STRING
+    if kind == "double":
+        values = [float(v) for v in values]  # type: ignore[arg-type]
+        return values, (MX_FLOAT if hint == MX_FLOAT else MX_DOUBLE)  # type: ignore[return-value]
+    return values, _kind_type(kind, hint)  # type: ignore[return-value]
+
+
+def _to_com_scalar(value: object, kind: ValueType, local_times: bool) -> object:
+    if kind == "datetime":
+        assert isinstance(value, datetime)
+        if value.tzinfo is None:
+            raise invalid_arg(
+                f"datetime {value.isoformat()} is naive; attach a timezone so the instant "
+                "is unambiguous"
+            )
+        utc = value.astimezone(timezone.utc)
+        wall = utc.astimezone() if local_times else utc
+        return wall.replace(tzinfo=None)  # VT_DATE carries a wall clock, no zone
+    if kind == "elapsed":
+        assert isinstance(value, timedelta)
+        return value.total_seconds()
+    if kind == "bytes":
+        raise invalid_arg("a raw (VT_RECORD) value cannot be written through MXAccess")
+    return value
+
+
+def to_variant(
+    value: MxPythonValue,
+    make_variant: Callable[[int, object], object],
+    *,
+    local_times: bool = False,
+) -> object:
+    """A written value -> the VARIANT MXAccess gets (the value's own type; MXAccess converts
+    it to the attribute's type, as it does for every client).
+
+    Raises:
+        MxAccessError: E_INVALIDARG for values MXAccess cannot take (raw bytes, naive
+            datetimes, out-of-range numbers, mixed arrays).
+    """
+    try:
+        if value is None:
+            return make_variant(VT_EMPTY, None)
+        to_mx_value(value)  # the library's checks: ranges, finiteness, zones, homogeneity
+        if isinstance(value, (list, tuple)):
+            kind = _array_kind(value)
+            items = [_to_com_scalar(v, kind, local_times) for v in value]
+            if kind == "double":
+                items = [float(v) for v in items]  # type: ignore[arg-type]
+            return make_variant(VT_ARRAY | _VT_OF[kind], items)
+        kind = _infer(value, "")
+        return make_variant(_VT_OF[kind], _to_com_scalar(value, kind, local_times))
+    except ValueError as exc:
+        raise invalid_arg(str(exc)) from None
+
+
+def time_to_variant(
+    value: datetime, make_variant: Callable[[int, object], object], *, local_times: bool = False
+) -> object:
+    """Write2's ``pItemTime``: a VT_DATE."""
+    return make_variant(VT_DATE, _to_com_scalar(value, "datetime", local_times))
