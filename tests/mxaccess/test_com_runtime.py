@@ -7,7 +7,7 @@ import threading
 from datetime import datetime, timezone
 
 import pytest
-from conftest import Target
+from comhelpers import Target
 from fake_lmx import REGDB_E_CLASSNOTREG, FakeComError, FakePlatform
 
 from mxgateway_mxaccess import ComStartError, MxAccessComRuntime

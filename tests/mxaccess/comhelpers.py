@@ -1,0 +1,77 @@
+"""Helpers of the MXAccess COM runtime tests: the target under test and when the real
+LMXProxyServer runs."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+from fake_lmx import FakeLmxProxyServer, FakePlatform
+
+from mxgateway_mxaccess import MxAccessComRuntime
+from mxgateway_sim._domain import MxRuntimeEvent
+
+INTEGRATION = os.environ.get("MXGATEWAY_INTEGRATION") == "1"
+
+
+def real_skip_reason() -> str | None:
+    """Why the real-COM variant does not run here (None: it runs)."""
+    if not INTEGRATION:
+        return (
+            "real LMXProxyServer: set MXGATEWAY_INTEGRATION=1 on a System Platform node "
+            "(with MXGATEWAY_TEST_TAG and MXGATEWAY_TEST_WRITE_TAG) to run against it"
+        )
+    if sys.platform != "win32":
+        return "MXGATEWAY_INTEGRATION=1, but this is not Windows: no MXAccess here"
+    if not os.environ.get("MXGATEWAY_TEST_TAG") or not os.environ.get("MXGATEWAY_TEST_WRITE_TAG"):
+        return "MXGATEWAY_INTEGRATION=1 needs MXGATEWAY_TEST_TAG and MXGATEWAY_TEST_WRITE_TAG"
+    return None
+
+
+@dataclass
+class Target:
+    """One LMXProxyServer under test and the tags to use on it."""
+
+    kind: str
+    runtime: MxAccessComRuntime
+    read_tag: str  # any readable attribute
+    write_tag: str  # an Integer attribute writable by Operate
+    platform: FakePlatform | None
+    events: list[MxRuntimeEvent] = field(default_factory=list)
+    first_value_s: float = 0.05
+
+    @property
+    def fake(self) -> FakeLmxProxyServer:
+        assert self.platform is not None and self.platform.server is not None
+        return self.platform.server
+
+    async def wait_for(
+        self, check: Callable[[list[MxRuntimeEvent]], bool], timeout: float | None = None
+    ) -> list[MxRuntimeEvent]:
+        """Wait until ``check(events so far)``; fails at the deadline."""
+        limit = timeout if timeout is not None else 10.0 + self.first_value_s * 3
+        deadline = time.monotonic() + limit
+        while not check(self.events):
+            assert time.monotonic() < deadline, f"not seen within {limit} s: {self.events}"
+            await asyncio.sleep(0.01)
+        return self.events
+
+
+def fake_target_of() -> Target:
+    platform = FakePlatform(first_value_delay_s=0.05)
+    runtime = MxAccessComRuntime(platform, idle_s=0.02)
+    return Target("fake", runtime, "Tank01.Level", "Tank01.Setpoint", platform)
+
+
+@contextlib.asynccontextmanager
+async def running(t: Target) -> AsyncIterator[None]:
+    await t.runtime.start(t.events.extend)
+    try:
+        yield
+    finally:
+        await t.runtime.close()
