@@ -133,8 +133,14 @@ class EventLog:
         """Number, encode, retain and fan out a list of runtime events (the runtime's sink)."""
         if not events or self.closed is not None:
             return
+        self.publish_framed(self.encoder.encode(events, self.next_seq, time.time()))
+
+    def publish_framed(self, framed: list[bytes]) -> None:
+        """Retain and fan out events already encoded as ``0x0A <len> <MxEvent>`` items whose
+        ``worker_sequence`` numbers continue from :attr:`next_seq` (a worker's events)."""
+        if not framed or self.closed is not None:
+            return
         first_seq = self.next_seq
-        framed = self.encoder.encode(events, first_seq, time.time())
         size = sum(map(len, framed))
         self.next_seq += len(framed)
         ring = self._ring

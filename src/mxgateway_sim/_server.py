@@ -41,8 +41,11 @@ from mxgateway_sim._plant import Plant
 from mxgateway_sim._runtime import MxAccessRuntime
 from mxgateway_sim._servicer import GatewayServicer, add_gateway_servicer
 from mxgateway_sim._sessions import SessionManager, SessionOptions
+from mxgateway_sim._simconfig import SimSettings
 from mxgateway_sim._simruntime import DEFAULT_USERS, SimulatedRuntime, SimUser
 from mxgateway_sim._tls import TlsFiles, ensure_self_signed
+from mxgateway_sim._workerclient import WorkerSettings
+from mxgateway_sim._workers import ISOLATIONS, ProcessIsolation, SessionIsolation
 
 log = get_logger("mxgateway_sim")
 
@@ -147,6 +150,8 @@ class GatewaySimulator:
         tune_gc: bool = True,
         idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S,
         header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S,
+        session_isolation: SessionIsolation = "inline",
+        worker_settings: WorkerSettings | None = None,
     ) -> None:
         self._host = host
         self._port = port
@@ -179,6 +184,14 @@ class GatewaySimulator:
         self._idle_timeout_ms = max(1, int(idle_timeout_s * 1000))
         self._header_timeout_ms = max(1, int(header_timeout_s * 1000))
         self._gc_tuned = False
+        if session_isolation not in ISOLATIONS:
+            raise ValueError(f"session_isolation must be one of {', '.join(ISOLATIONS)}")
+        if session_isolation == "process" and runtime_factory is not None:
+            raise ValueError(
+                "runtime_factory runs in the gateway; it needs session_isolation inline"
+            )
+        self.session_isolation: SessionIsolation = session_isolation
+        self._workers = ProcessIsolation(worker_settings or WorkerSettings())
         if session_options is None:
             session_options = SessionOptions(max_sessions=max_sessions)
         elif max_sessions != DEFAULT_MAX_SESSIONS:
@@ -278,7 +291,22 @@ class GatewaySimulator:
         users = self._users
         options = self._options
 
+        if self.session_isolation == "process":
+            self._workers.prepare(
+                plant,
+                users,
+                SimSettings(
+                    seed=self._seed,
+                    scan_interval_ms=self._scan_ms,
+                    flaky_one_in=plant.flaky_one_in,
+                    max_items=options.max_items_per_session,
+                    reference_cache_bytes=options.reference_cache_bytes,
+                ),
+            )
+
         def make_runtime() -> MxAccessRuntime:
+            if self.session_isolation == "process":
+                return self._workers.runtime()
             if factory is not None:
                 return factory(plant)
             return SimulatedRuntime(
@@ -409,3 +437,4 @@ class GatewaySimulator:
         if self._galaxy is not None:
             galaxy, self._galaxy = self._galaxy, None
             await galaxy.close()
+        self._workers.cleanup()

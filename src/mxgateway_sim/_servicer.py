@@ -50,6 +50,8 @@ from mxgateway_sim._wire import (
     varint,
     write_reply_bytes,
 )
+from mxgateway_sim._workerclient import WorkerStartError
+from mxgateway_sim._workerwire import WorkerLost
 
 log = get_logger("mxgateway_sim.gateway")
 _T = TypeVar("_T")
@@ -309,6 +311,8 @@ class GatewayServicer:
             session = await self.sessions.open(request.client_session_name, principal.key_id)
         except SessionLimitError as exc:
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+        except WorkerStartError as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"the session did not open: {exc}")
         lease = Duration()
         lease.FromMilliseconds(int(self.sessions.options.lease_s * 1000))
         return pb.OpenSessionReply(
@@ -422,6 +426,11 @@ class GatewayServicer:
         except _BadRequest as exc:
             reply.protocol_status.CopyFrom(
                 _status(pb.PROTOCOL_STATUS_CODE_INVALID_REQUEST, str(exc))
+            )
+            return reply
+        except WorkerLost as exc:  # the session's worker process died: the session faulted
+            reply.protocol_status.CopyFrom(
+                _status(pb.PROTOCOL_STATUS_CODE_SESSION_FAULTED, f"{exc}; close the session")
             )
             return reply
         except LimitError as exc:

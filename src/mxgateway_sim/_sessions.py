@@ -234,6 +234,9 @@ class SessionManager:
         try:
             session_id = f"session-{secrets.token_hex(16)}"
             session = Session(session_id, name, self._factory(), options, owner)
+            bind = getattr(session.runtime, "bind_session", None)
+            if bind is not None:  # a worker-process runtime: its id, event log and fault
+                bind(session)
             await session.runtime.start(session.events.publish)
             session.state = SessionState.READY
             self._sessions[session_id] = session

@@ -33,9 +33,12 @@ OPERATOR = ("operator", "operator", 101, "6f0b3b1e-0000-4000-8000-000000000101")
 VERIFIER = ("verifier", "verifier", 102)
 
 
-@pytest.fixture
-async def sim() -> AsyncIterator[GatewaySimulator]:
-    async with GatewaySimulator(catalog=builtin_catalog(), scan_interval_ms=20) as simulator:
+@pytest.fixture(params=["inline", "process"])
+async def sim(request: pytest.FixtureRequest) -> AsyncIterator[GatewaySimulator]:
+    """The gateway with each session's runtime in the gateway, and in a worker process."""
+    async with GatewaySimulator(
+        catalog=builtin_catalog(), scan_interval_ms=20, session_isolation=request.param
+    ) as simulator:
         yield simulator
 
 

@@ -26,15 +26,15 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from mxgateway.generated import mxaccess_gateway_pb2 as mxaccess__gateway__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15mxaccess_worker.proto\x12\x12mxaccess_worker.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16mxaccess_gateway.proto\"\xb0\x06\n\x0eWorkerEnvelope\x12\x18\n\x10protocol_version\x18\x01 \x01(\x05\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12+\n\x07sent_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0e\x63orrelation_id\x18\x04 \x01(\t\x12\x39\n\rgateway_hello\x18\n \x01(\x0b\x32 .mxaccess_worker.v1.GatewayHelloH\x00\x12\x37\n\x0cworker_hello\x18\x0b \x01(\x0b\x32\x1f.mxaccess_worker.v1.WorkerHelloH\x00\x12\x37\n\x0cworker_ready\x18\x0c \x01(\x0b\x32\x1f.mxaccess_worker.v1.WorkerReadyH\x00\x12;\n\x0eworker_command\x18\r \x01(\x0b\x32!.mxaccess_worker.v1.WorkerCommandH\x00\x12\x46\n\x14worker_command_reply\x18\x0e \x01(\x0b\x32&.mxaccess_worker.v1.WorkerCommandReplyH\x00\x12\x39\n\rworker_cancel\x18\x0f \x01(\x0b\x32 .mxaccess_worker.v1.WorkerCancelH\x00\x12=\n\x0fworker_shutdown\x18\x10 \x01(\x0b\x32\".mxaccess_worker.v1.WorkerShutdownH\x00\x12\x44\n\x13worker_shutdown_ack\x18\x11 \x01(\x0b\x32%.mxaccess_worker.v1.WorkerShutdownAckH\x00\x12\x37\n\x0cworker_event\x18\x12 \x01(\x0b\x32\x1f.mxaccess_worker.v1.WorkerEventH\x00\x12?\n\x10worker_heartbeat\x18\x13 \x01(\x0b\x32#.mxaccess_worker.v1.WorkerHeartbeatH\x00\x12\x37\n\x0cworker_fault\x18\x14 \x01(\x0b\x32\x1f.mxaccess_worker.v1.WorkerFaultH\x00\x42\x06\n\x04\x62ody\"6\n\x0cGatewayHello\x12\r\n\x05nonce\x18\x01 \x01(\t\x12\x17\n\x0fgateway_version\x18\x02 \x01(\t\"H\n\x0bWorkerHello\x12\r\n\x05nonce\x18\x01 \x01(\t\x12\x12\n\nprocess_id\x18\x02 \x01(\x05\x12\x16\n\x0eworker_version\x18\x03 \x01(\t\"#\n\x0bWorkerReady\x12\x14\n\x0c\x62\x61\x63kend_name\x18\x01 \x01(\t\"T\n\rWorkerCommand\x12/\n\x07\x63ommand\x18\x01 \x01(\x0b\x32\x1e.mxaccess_gateway.v1.MxCommand\x12\x12\n\ntimeout_ms\x18\x02 \x01(\x05\"H\n\x12WorkerCommandReply\x12\x32\n\x05reply\x18\x01 \x01(\x0b\x32#.mxaccess_gateway.v1.MxCommandReply\"\x1e\n\x0cWorkerCancel\x12\x0e\n\x06reason\x18\x01 \x01(\t\"2\n\x0eWorkerShutdown\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\x10\n\x08grace_ms\x18\x02 \x01(\x05\"8\n\x11WorkerShutdownAck\x12#\n\x1breleased_registration_count\x18\x01 \x01(\x05\":\n\x0bWorkerEvent\x12+\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x1c.mxaccess_gateway.v1.MxEvent\"\"\n\x0fWorkerHeartbeat\x12\x0f\n\x07\x63ounter\x18\x01 \x01(\x04\"/\n\x0bWorkerFault\x12\x0f\n\x07message\x18\x01 \x01(\t\x12\x0f\n\x07hresult\x18\x02 \x01(\x05*e\n\x15WorkerProtocolVersion\x12\'\n#WORKER_PROTOCOL_VERSION_UNSPECIFIED\x10\x00\x12#\n\x1fWORKER_PROTOCOL_VERSION_CURRENT\x10\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15mxaccess_worker.proto\x12\x12mxaccess_worker.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16mxaccess_gateway.proto\"\xb0\x06\n\x0eWorkerEnvelope\x12\x18\n\x10protocol_version\x18\x01 \x01(\x05\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12+\n\x07sent_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0e\x63orrelation_id\x18\x04 \x01(\t\x12\x39\n\rgateway_hello\x18\n \x01(\x0b\x32 .mxaccess_worker.v1.GatewayHelloH\x00\x12\x37\n\x0cworker_hello\x18\x0b \x01(\x0b\x32\x1f.mxaccess_worker.v1.WorkerHelloH\x00\x12\x37\n\x0cworker_ready\x18\x0c \x01(\x0b\x32\x1f.mxaccess_worker.v1.WorkerReadyH\x00\x12;\n\x0eworker_command\x18\r \x01(\x0b\x32!.mxaccess_worker.v1.WorkerCommandH\x00\x12\x46\n\x14worker_command_reply\x18\x0e \x01(\x0b\x32&.mxaccess_worker.v1.WorkerCommandReplyH\x00\x12\x39\n\rworker_cancel\x18\x0f \x01(\x0b\x32 .mxaccess_worker.v1.WorkerCancelH\x00\x12=\n\x0fworker_shutdown\x18\x10 \x01(\x0b\x32\".mxaccess_worker.v1.WorkerShutdownH\x00\x12\x44\n\x13worker_shutdown_ack\x18\x11 \x01(\x0b\x32%.mxaccess_worker.v1.WorkerShutdownAckH\x00\x12\x37\n\x0cworker_event\x18\x12 \x01(\x0b\x32\x1f.mxaccess_worker.v1.WorkerEventH\x00\x12?\n\x10worker_heartbeat\x18\x13 \x01(\x0b\x32#.mxaccess_worker.v1.WorkerHeartbeatH\x00\x12\x37\n\x0cworker_fault\x18\x14 \x01(\x0b\x32\x1f.mxaccess_worker.v1.WorkerFaultH\x00\x42\x06\n\x04\x62ody\"6\n\x0cGatewayHello\x12\r\n\x05nonce\x18\x01 \x01(\t\x12\x17\n\x0fgateway_version\x18\x02 \x01(\t\"H\n\x0bWorkerHello\x12\r\n\x05nonce\x18\x01 \x01(\t\x12\x12\n\nprocess_id\x18\x02 \x01(\x05\x12\x16\n\x0eworker_version\x18\x03 \x01(\t\"<\n\x0bWorkerReady\x12\x14\n\x0c\x62\x61\x63kend_name\x18\x01 \x01(\t\x12\x17\n\x0f\x62\x61\x63kend_version\x18\x02 \x01(\t\"T\n\rWorkerCommand\x12/\n\x07\x63ommand\x18\x01 \x01(\x0b\x32\x1e.mxaccess_gateway.v1.MxCommand\x12\x12\n\ntimeout_ms\x18\x02 \x01(\x05\"H\n\x12WorkerCommandReply\x12\x32\n\x05reply\x18\x01 \x01(\x0b\x32#.mxaccess_gateway.v1.MxCommandReply\"\x1e\n\x0cWorkerCancel\x12\x0e\n\x06reason\x18\x01 \x01(\t\"2\n\x0eWorkerShutdown\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\x10\n\x08grace_ms\x18\x02 \x01(\x05\"t\n\x11WorkerShutdownAck\x12#\n\x1breleased_registration_count\x18\x01 \x01(\x05\x12\x1d\n\x15released_advise_count\x18\x02 \x01(\x05\x12\x1b\n\x13released_item_count\x18\x03 \x01(\x05\":\n\x0bWorkerEvent\x12+\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x1c.mxaccess_gateway.v1.MxEvent\"\"\n\x0fWorkerHeartbeat\x12\x0f\n\x07\x63ounter\x18\x01 \x01(\x04\"/\n\x0bWorkerFault\x12\x0f\n\x07message\x18\x01 \x01(\t\x12\x0f\n\x07hresult\x18\x02 \x01(\x05*e\n\x15WorkerProtocolVersion\x12\'\n#WORKER_PROTOCOL_VERSION_UNSPECIFIED\x10\x00\x12#\n\x1fWORKER_PROTOCOL_VERSION_CURRENT\x10\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'mxaccess_worker_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_WORKERPROTOCOLVERSION']._serialized_start=1535
-  _globals['_WORKERPROTOCOLVERSION']._serialized_end=1636
+  _globals['_WORKERPROTOCOLVERSION']._serialized_start=1620
+  _globals['_WORKERPROTOCOLVERSION']._serialized_end=1721
   _globals['_WORKERENVELOPE']._serialized_start=103
   _globals['_WORKERENVELOPE']._serialized_end=919
   _globals['_GATEWAYHELLO']._serialized_start=921
@@ -42,21 +42,21 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_WORKERHELLO']._serialized_start=977
   _globals['_WORKERHELLO']._serialized_end=1049
   _globals['_WORKERREADY']._serialized_start=1051
-  _globals['_WORKERREADY']._serialized_end=1086
-  _globals['_WORKERCOMMAND']._serialized_start=1088
-  _globals['_WORKERCOMMAND']._serialized_end=1172
-  _globals['_WORKERCOMMANDREPLY']._serialized_start=1174
-  _globals['_WORKERCOMMANDREPLY']._serialized_end=1246
-  _globals['_WORKERCANCEL']._serialized_start=1248
-  _globals['_WORKERCANCEL']._serialized_end=1278
-  _globals['_WORKERSHUTDOWN']._serialized_start=1280
-  _globals['_WORKERSHUTDOWN']._serialized_end=1330
-  _globals['_WORKERSHUTDOWNACK']._serialized_start=1332
-  _globals['_WORKERSHUTDOWNACK']._serialized_end=1388
-  _globals['_WORKEREVENT']._serialized_start=1390
-  _globals['_WORKEREVENT']._serialized_end=1448
-  _globals['_WORKERHEARTBEAT']._serialized_start=1450
-  _globals['_WORKERHEARTBEAT']._serialized_end=1484
-  _globals['_WORKERFAULT']._serialized_start=1486
-  _globals['_WORKERFAULT']._serialized_end=1533
+  _globals['_WORKERREADY']._serialized_end=1111
+  _globals['_WORKERCOMMAND']._serialized_start=1113
+  _globals['_WORKERCOMMAND']._serialized_end=1197
+  _globals['_WORKERCOMMANDREPLY']._serialized_start=1199
+  _globals['_WORKERCOMMANDREPLY']._serialized_end=1271
+  _globals['_WORKERCANCEL']._serialized_start=1273
+  _globals['_WORKERCANCEL']._serialized_end=1303
+  _globals['_WORKERSHUTDOWN']._serialized_start=1305
+  _globals['_WORKERSHUTDOWN']._serialized_end=1355
+  _globals['_WORKERSHUTDOWNACK']._serialized_start=1357
+  _globals['_WORKERSHUTDOWNACK']._serialized_end=1473
+  _globals['_WORKEREVENT']._serialized_start=1475
+  _globals['_WORKEREVENT']._serialized_end=1533
+  _globals['_WORKERHEARTBEAT']._serialized_start=1535
+  _globals['_WORKERHEARTBEAT']._serialized_end=1569
+  _globals['_WORKERFAULT']._serialized_start=1571
+  _globals['_WORKERFAULT']._serialized_end=1618
 # @@protoc_insertion_point(module_scope)

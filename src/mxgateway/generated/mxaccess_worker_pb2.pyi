@@ -217,16 +217,20 @@ class WorkerReady(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     BACKEND_NAME_FIELD_NUMBER: _builtins.int
+    BACKEND_VERSION_FIELD_NUMBER: _builtins.int
     backend_name: _builtins.str
     """Backend name, for example "mxaccess-worker"."""
+    backend_version: _builtins.str
+    """Free-form version of the backend (MXAccess or the simulator)."""
     def __init__(
         self,
         *,
         backend_name: _builtins.str = ...,
+        backend_version: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend_name", b"backend_name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend_name", b"backend_name", "backend_version", b"backend_version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -339,16 +343,24 @@ class WorkerShutdownAck(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     RELEASED_REGISTRATION_COUNT_FIELD_NUMBER: _builtins.int
+    RELEASED_ADVISE_COUNT_FIELD_NUMBER: _builtins.int
+    RELEASED_ITEM_COUNT_FIELD_NUMBER: _builtins.int
     released_registration_count: _builtins.int
     """Registrations released on the way out."""
+    released_advise_count: _builtins.int
+    """Advises released on the way out."""
+    released_item_count: _builtins.int
+    """Items released on the way out."""
     def __init__(
         self,
         *,
         released_registration_count: _builtins.int = ...,
+        released_advise_count: _builtins.int = ...,
+        released_item_count: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["released_registration_count", b"released_registration_count"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["released_advise_count", b"released_advise_count", "released_item_count", b"released_item_count", "released_registration_count", b"released_registration_count"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

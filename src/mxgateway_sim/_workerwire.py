@@ -1,0 +1,429 @@
+"""The worker protocol's messages: envelopes, their checks, and the runtime calls as commands.
+
+Both ends use it. Every envelope carries the protocol version and the session id and exactly
+one body (checked by :func:`check_envelope`). A runtime method call travels as the public
+``MxCommand`` of the same MXAccess call (:func:`command_for`), runs in the worker against its
+runtime (:func:`run_command`), and its reply comes back as the public ``MxCommandReply``,
+from which :func:`reply_result` recovers the method's result or raises its error.
+
+Events are the hot path: the worker frames each ``MxEvent`` with a pre-built envelope head
+(:meth:`EnvelopeHead.event_frames`) and the gateway recognises that head without parsing the
+envelope (:meth:`EnvelopeHead.event_body`); anything else takes the generated classes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import timezone
+from typing import Any, Final
+
+from google.protobuf.message import DecodeError
+
+from mxgateway._values import from_mx_value, timestamp_to_datetime, to_mx_value
+from mxgateway._version import WORKER_PROTOCOL_VERSION
+from mxgateway.generated import mxaccess_gateway_pb2 as pb
+from mxgateway.generated import mxaccess_worker_pb2 as wpb
+from mxgateway_sim._domain import (
+    COM_TO_PROTO,
+    MxAccessError,
+    MxStatus,
+    ReadResult,
+    TagSample,
+    WriteRequest,
+)
+from mxgateway_sim._framing import frame
+from mxgateway_sim._limits import LimitError
+from mxgateway_sim._runtime import MxAccessRuntime
+from mxgateway_sim._wire import read_reply_bytes, status_to_pb, to_timestamp, varint
+
+NONCE_ENV: Final = "MXGATEWAY_WORKER_NONCE"
+"""Environment variable carrying the launch nonce (upstream's name)."""
+
+BODIES: Final = frozenset(
+    f.name for f in wpb.WorkerEnvelope.DESCRIPTOR.oneofs_by_name["body"].fields
+)
+"""Names of the envelope's body members."""
+
+
+class ProtocolViolation(Exception):
+    """The peer broke the worker protocol (wrong version, session, body or sequence)."""
+
+
+class WorkerLost(Exception):
+    """The session's worker died, stopped answering or broke the protocol: the session faulted."""
+
+
+def decode_envelope(data: bytes) -> wpb.WorkerEnvelope:
+    """Parse one envelope.
+
+    Raises:
+        ProtocolViolation: the bytes are not a ``WorkerEnvelope``.
+    """
+    try:
+        return wpb.WorkerEnvelope.FromString(data)
+    except DecodeError:
+        raise ProtocolViolation("a frame that is not a WorkerEnvelope") from None
+
+
+def check_envelope(env: wpb.WorkerEnvelope, session_id: str) -> str:
+    """The body's name, once the version, the session and the body are checked.
+
+    Raises:
+        ProtocolViolation: another protocol version, another session, or no (known) body.
+    """
+    if env.protocol_version != WORKER_PROTOCOL_VERSION:
+        raise ProtocolViolation(
+            f"worker protocol version {env.protocol_version}, expected {WORKER_PROTOCOL_VERSION}"
+        )
+    if env.session_id != session_id:
+        raise ProtocolViolation("an envelope for another session")
+    body = env.WhichOneof("body")
+    if body is None:
+        raise ProtocolViolation("an envelope without a body (or with one newer than this end)")
+    return body
+
+
+class EnvelopeHead:
+    """Builds one session's envelopes and recognises its event frames quickly."""
+
+    def __init__(self, session_id: str) -> None:
+        self.session_id = session_id
+        probe = wpb.WorkerEnvelope(protocol_version=WORKER_PROTOCOL_VERSION, session_id=session_id)
+        self.head = probe.SerializeToString()  # fields 1 and 2, as the generated code writes
+        self._event_head = self.head + b"\x92\x01"  # field 18 (worker_event), length-delimited
+
+    def envelope(self, correlation_id: str = "", **body: Any) -> bytes:
+        """A serialized envelope with one body (``worker_command=...``, ...), stamped now."""
+        env = wpb.WorkerEnvelope(
+            protocol_version=WORKER_PROTOCOL_VERSION,
+            session_id=self.session_id,
+            correlation_id=correlation_id,
+            **body,
+        )
+        env.sent_at.GetCurrentTime()
+        return env.SerializeToString()
+
+    def frame(self, correlation_id: str = "", **body: Any) -> bytes:
+        """:meth:`envelope`, framed."""
+        return frame(self.envelope(correlation_id, **body))
+
+    def event_frames(self, framed_events: Sequence[bytes]) -> bytes:
+        """Frames of ``worker_event`` envelopes, one per ``0x0A <len> <MxEvent>`` item.
+
+        Such an item is exactly a serialized ``WorkerEvent`` (its field 1), so the envelope
+        is the fixed head, the body's tag and length, and the item.
+        """
+        head = self._event_head
+        parts: list[bytes] = []
+        append = parts.append
+        for item in framed_events:
+            size_bytes = varint(len(item))
+            append(frame(head + size_bytes + item))
+        return b"".join(parts)
+
+    def event_body(self, envelope: bytes) -> bytes | None:
+        """The ``WorkerEvent`` bytes (``0x0A <len> <MxEvent>``) of a fast-path event envelope,
+        or None when ``envelope`` is anything else (parse it with the generated classes)."""
+        head = self._event_head
+        if not envelope.startswith(head):
+            return None
+        pos = len(head)
+        size = 0
+        shift = 0
+        while pos < len(envelope) and shift < 35:
+            byte = envelope[pos]
+            pos += 1
+            size |= (byte & 0x7F) << shift
+            shift += 7
+            if not byte & 0x80:
+                break
+        else:
+            return None
+        if pos + size != len(envelope):  # not exactly one body: let the slow path judge it
+            return None
+        return envelope[pos:]
+
+
+# -- runtime calls as MxCommands ---------------------------------------------------------
+
+
+def _cmd(kind: int, member: str, body: Any) -> pb.MxCommand:
+    command = pb.MxCommand(kind=kind)  # type: ignore[arg-type]
+    getattr(command, member).CopyFrom(body)
+    return command
+
+
+def add_item_command(
+    server_handle: int, item_definition: str, item_context: str, *, buffered: bool
+) -> pb.MxCommand:
+    """AddItem, AddItem2 (a context) or AddBufferedItem."""
+    if buffered:
+        return _cmd(
+            pb.MX_COMMAND_KIND_ADD_BUFFERED_ITEM,
+            "add_buffered_item",
+            pb.AddBufferedItemCommand(
+                server_handle=server_handle,
+                item_definition=item_definition,
+                item_context=item_context,
+            ),
+        )
+    if item_context:
+        return _cmd(
+            pb.MX_COMMAND_KIND_ADD_ITEM2,
+            "add_item2",
+            pb.AddItem2Command(
+                server_handle=server_handle,
+                item_definition=item_definition,
+                item_context=item_context,
+            ),
+        )
+    return _cmd(
+        pb.MX_COMMAND_KIND_ADD_ITEM,
+        "add_item",
+        pb.AddItemCommand(server_handle=server_handle, item_definition=item_definition),
+    )
+
+
+def write_command(server_handle: int, item_handle: int, request: WriteRequest) -> pb.MxCommand:
+    """Write, Write2 (a timestamp), WriteSecured or WriteSecured2."""
+    value = to_mx_value(request.value)
+    stamp = to_timestamp(request.timestamp.timestamp()) if request.timestamp is not None else None
+    if request.secured:
+        if stamp is not None:
+            return _cmd(
+                pb.MX_COMMAND_KIND_WRITE_SECURED2,
+                "write_secured2",
+                pb.WriteSecured2Command(
+                    server_handle=server_handle,
+                    item_handle=item_handle,
+                    value=value,
+                    timestamp_value=stamp,
+                    current_user_id=request.user_id,
+                    verifier_user_id=request.verifier_user_id,
+                ),
+            )
+        return _cmd(
+            pb.MX_COMMAND_KIND_WRITE_SECURED,
+            "write_secured",
+            pb.WriteSecuredCommand(
+                server_handle=server_handle,
+                item_handle=item_handle,
+                value=value,
+                current_user_id=request.user_id,
+                verifier_user_id=request.verifier_user_id,
+            ),
+        )
+    if stamp is not None:
+        return _cmd(
+            pb.MX_COMMAND_KIND_WRITE2,
+            "write2",
+            pb.Write2Command(
+                server_handle=server_handle,
+                item_handle=item_handle,
+                value=value,
+                timestamp_value=stamp,
+                user_id=request.user_id,
+            ),
+        )
+    return _cmd(
+        pb.MX_COMMAND_KIND_WRITE,
+        "write",
+        pb.WriteCommand(
+            server_handle=server_handle,
+            item_handle=item_handle,
+            value=value,
+            user_id=request.user_id,
+        ),
+    )
+
+
+def simple_command(kind: int, member: str, **fields: Any) -> pb.MxCommand:
+    """Any other command: its kind, its payload member and the payload's fields."""
+    command = pb.MxCommand(kind=kind)  # type: ignore[arg-type]
+    getattr(command, member).SetInParent()
+    for name, value in fields.items():
+        field = getattr(command, member)
+        if isinstance(value, list):
+            getattr(field, name).extend(value)
+        else:
+            setattr(field, name, value)
+    return command
+
+
+def status_from_pb(status: pb.MxStatusProxy) -> MxStatus:
+    """The COM status of a status message (the raw fields hold the COM numbers)."""
+    return MxStatus(
+        status.success,
+        status.raw_category if status.raw_category else status.category - COM_TO_PROTO,
+        status.raw_detected_by if status.raw_detected_by else status.detected_by - COM_TO_PROTO,
+        status.detail,
+        status.diagnostic_text,
+    )
+
+
+def raise_for_reply(reply: pb.MxCommandReply) -> None:
+    """Raise what the worker's runtime raised, from its reply.
+
+    Raises:
+        MxAccessError: the MXAccess call failed (HRESULT, statuses).
+        LimitError: a limit of the runtime refused the call.
+        WorkerLost: the worker answered with any other failure (a broken worker).
+    """
+    code = reply.protocol_status.code
+    if code == pb.PROTOCOL_STATUS_CODE_OK:
+        return
+    message = reply.protocol_status.message
+    if code == pb.PROTOCOL_STATUS_CODE_MXACCESS_FAILURE:
+        raise MxAccessError(
+            reply.hresult,
+            reply.diagnostic_message,
+            tuple(status_from_pb(s) for s in reply.statuses),
+        )
+    if code == pb.PROTOCOL_STATUS_CODE_OVERLOADED:
+        raise LimitError(message, overloaded=True)
+    if code == pb.PROTOCOL_STATUS_CODE_INVALID_REQUEST:
+        raise LimitError(message)
+    raise WorkerLost(f"the worker failed the command: {message}")
+
+
+def read_rows(reply: pb.BulkReadReply) -> list[ReadResult]:
+    """ReadBulk rows as the runtime returned them in the worker."""
+    rows = []
+    for r in reply.results:
+        statuses = tuple(status_from_pb(s) for s in r.statuses)
+        sample = None
+        if r.HasField("value"):
+            sample = TagSample(
+                from_mx_value(r.value),
+                max(r.value.data_type - COM_TO_PROTO, 0),
+                r.quality,
+                r.timestamp.seconds + r.timestamp.nanos / 1e9,
+                statuses[0] if statuses else MxStatus(1, 0, 1, 0),
+            )
+        rows.append(ReadResult(r.tag_address, sample, r.was_cached, r.error_message, statuses))
+    return rows
+
+
+# -- the worker side: one command against the runtime -------------------------------------
+
+
+def _write_request(p: Any, *, secured: bool, stamped: bool) -> WriteRequest:
+    when = None
+    if stamped and p.HasField("timestamp_value"):
+        when = timestamp_to_datetime(p.timestamp_value).astimezone(timezone.utc)
+    if secured:
+        return WriteRequest(
+            from_mx_value(p.value),
+            when,
+            p.current_user_id,
+            p.verifier_user_id,
+            secured=True,
+        )
+    return WriteRequest(from_mx_value(p.value), when, p.user_id)
+
+
+async def _dispatch(rt: MxAccessRuntime, payload: str, p: Any, r: pb.MxCommandReply) -> None:
+    """Run one MXAccess call; fills the reply's result member."""
+    if payload == "register":
+        r.register.server_handle = await rt.register(p.client_name)
+    elif payload == "unregister":
+        await rt.unregister(p.server_handle)
+    elif payload == "add_item":
+        r.add_item.item_handle = await rt.add_item(p.server_handle, p.item_definition)
+    elif payload == "add_item2":
+        r.add_item2.item_handle = await rt.add_item(
+            p.server_handle, p.item_definition, p.item_context
+        )
+    elif payload == "add_buffered_item":
+        r.add_buffered_item.item_handle = await rt.add_item(
+            p.server_handle, p.item_definition, p.item_context, buffered=True
+        )
+    elif payload == "remove_item":
+        await rt.remove_item(p.server_handle, p.item_handle)
+    elif payload in ("advise", "advise_supervisory"):
+        await rt.advise(p.server_handle, p.item_handle, supervisory=payload != "advise")
+    elif payload == "un_advise":
+        await rt.unadvise(p.server_handle, p.item_handle)
+    elif payload in ("write", "write2", "write_secured", "write_secured2"):
+        request = _write_request(
+            p, secured=payload.startswith("write_secured"), stamped=payload.endswith("2")
+        )
+        await rt.write(p.server_handle, p.item_handle, request)
+    elif payload == "authenticate_user":
+        r.authenticate_user.user_id = await rt.authenticate_user(
+            p.server_handle, p.verify_user, p.verify_user_password
+        )
+    elif payload == "archestra_user_to_id":
+        r.archestra_user_to_id.user_id = await rt.archestra_user_to_id(
+            p.server_handle, p.user_id_guid
+        )
+    elif payload in ("suspend", "activate"):
+        call = rt.suspend if payload == "suspend" else rt.activate
+        r.statuses.append(status_to_pb(await call(p.server_handle, p.item_handle)))
+    elif payload == "set_buffered_update_interval":
+        await rt.set_buffered_update_interval(p.server_handle, p.update_interval_ms)
+    elif payload == "read_bulk":
+        rows = await rt.read(p.server_handle, list(p.tag_addresses), p.timeout_ms / 1000.0)
+        r.bulk_read.MergeFromString(read_reply_bytes(rows))
+        r.bulk_read.SetInParent()
+    elif payload == "ping":
+        await rt.ping()
+    else:
+        raise ValueError(f"{payload} is not a worker command")
+
+
+def _protocol_status(code: int, message: str) -> pb.ProtocolStatus:
+    return pb.ProtocolStatus(code=code, message=message)  # type: ignore[arg-type]
+
+
+async def run_command(rt: MxAccessRuntime, command: pb.MxCommand) -> pb.MxCommandReply:
+    """Run a worker command against ``rt``; every outcome is a reply, never an exception
+    (an MXAccess failure is ``MXACCESS_FAILURE`` with its HRESULT and statuses)."""
+    reply = pb.MxCommandReply(kind=command.kind)
+    payload = command.WhichOneof("payload")
+    try:
+        if payload is None:
+            raise ValueError("the command has no payload")
+        await _dispatch(rt, payload, getattr(command, payload), reply)
+    except MxAccessError as exc:
+        reply.protocol_status.CopyFrom(
+            _protocol_status(
+                pb.PROTOCOL_STATUS_CODE_MXACCESS_FAILURE, "MXAccess reported a failure"
+            )
+        )
+        reply.hresult = exc.hresult
+        reply.diagnostic_message = exc.message
+        reply.statuses.extend(status_to_pb(s) for s in exc.statuses)
+        return reply
+    except LimitError as exc:
+        code = (
+            pb.PROTOCOL_STATUS_CODE_OVERLOADED
+            if exc.overloaded
+            else pb.PROTOCOL_STATUS_CODE_INVALID_REQUEST
+        )
+        reply.protocol_status.CopyFrom(_protocol_status(code, str(exc)))
+        return reply
+    except (ValueError, OverflowError) as exc:
+        reply.protocol_status.CopyFrom(
+            _protocol_status(pb.PROTOCOL_STATUS_CODE_INVALID_REQUEST, str(exc))
+        )
+        return reply
+    reply.protocol_status.CopyFrom(_protocol_status(pb.PROTOCOL_STATUS_CODE_OK, "OK"))
+    return reply
+
+
+__all__ = [
+    "NONCE_ENV",
+    "EnvelopeHead",
+    "ProtocolViolation",
+    "WorkerLost",
+    "add_item_command",
+    "check_envelope",
+    "decode_envelope",
+    "raise_for_reply",
+    "read_rows",
+    "run_command",
+    "simple_command",
+    "status_from_pb",
+    "write_command",
+]

@@ -1,0 +1,366 @@
+"""``mxgw-worker``: one session's MXAccess runtime in its own process, driven by the gateway.
+
+The gateway starts it (it is not meant to be run by hand) with ``--session-id``,
+``--protocol-version`` and the runtime to host, the launch nonce in ``MXGATEWAY_WORKER_NONCE``,
+and talks to it over its inherited standard input and output: frames of a 4-byte
+little-endian length and one ``WorkerEnvelope``. Only the gateway holds the other ends of
+those pipes; the nonce is checked as well (the first frame must prove it).
+
+Sequence: GatewayHello (nonce) -> WorkerHello (nonce, pid) -> WorkerReady once the runtime
+is up; then commands (each reply carries its command's ``correlation_id``), cancels,
+heartbeats (answered at once) and events (``worker_sequence`` contiguous from 1). A
+``WorkerShutdown``, or the end of the gateway's pipe, releases everything and exits.
+
+Standard output is the channel, so anything printed goes to standard error instead. Exit
+codes: 0 after a shutdown or the gateway leaving, 1 on a protocol violation or a runtime
+that fails, 2 on bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import hmac
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+from mxgateway import __version__
+from mxgateway._version import WORKER_PROTOCOL_VERSION
+from mxgateway.generated import mxaccess_gateway_pb2 as pb
+from mxgateway.generated import mxaccess_worker_pb2 as wpb
+from mxgateway_sim._domain import MxRuntimeEvent
+from mxgateway_sim._framing import MAX_FRAME_BYTES, FrameDecoder, FrameError
+from mxgateway_sim._logsafe import get_logger
+from mxgateway_sim._runtime import MxAccessRuntime
+from mxgateway_sim._wire import EventEncoder
+from mxgateway_sim._workerwire import (
+    NONCE_ENV,
+    EnvelopeHead,
+    ProtocolViolation,
+    check_envelope,
+    decode_envelope,
+    run_command,
+)
+
+log = get_logger("mxgateway_sim.worker")
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+RUNTIMES = ("simulated", "mxaccess")
+WRITE_BUFFER_LIMIT = 4 * MAX_FRAME_BYTES
+"""Bytes the worker may have queued for a gateway that does not read before it gives up."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="mxgw-worker",
+        allow_abbrev=False,
+        description="One session's MXAccess runtime; started by the gateway, not by hand.",
+    )
+    parser.add_argument("--session-id", required=True)
+    parser.add_argument("--protocol-version", required=True, type=int)
+    parser.add_argument("--runtime", choices=RUNTIMES, default="simulated")
+    parser.add_argument("--runtime-config", type=Path, metavar="PATH")
+    parser.add_argument("--frame-limit", type=int, default=MAX_FRAME_BYTES, metavar="BYTES")
+    return parser
+
+
+class RuntimeUnavailable(Exception):
+    """The requested runtime cannot run here."""
+
+
+async def make_runtime(kind: str, config: Path | None) -> tuple[MxAccessRuntime, Any]:
+    """The runtime to host and an object to ``await .stop()`` at exit (or None).
+
+    Raises:
+        RuntimeUnavailable: the runtime cannot be built here.
+    """
+    if kind == "mxaccess":
+        raise RuntimeUnavailable(
+            "the MXAccess COM runtime is not part of this build yet; use --runtime simulated"
+        )
+    if config is None:
+        raise RuntimeUnavailable("the simulated runtime needs --runtime-config")
+    from mxgateway_sim._simconfig import ConfigError, build_runtime
+
+    try:
+        runtime, plant = build_runtime(config)
+    except ConfigError as exc:
+        raise RuntimeUnavailable(str(exc)) from None
+    plant.start()
+    return runtime, plant
+
+
+class Worker(asyncio.Protocol):
+    """The worker's side of the channel: reads frames, runs commands, sends events."""
+
+    def __init__(
+        self,
+        session_id: str,
+        nonce: str,
+        runtime_kind: str,
+        runtime_config: Path | None,
+        frame_limit: int = MAX_FRAME_BYTES,
+    ) -> None:
+        self.session_id = session_id
+        self._nonce = nonce
+        self._kind = runtime_kind
+        self._config = runtime_config
+        self._head = EnvelopeHead(session_id)
+        self._decoder = FrameDecoder(frame_limit)
+        self._encoder = EventEncoder(session_id)
+        self._next_seq = 1
+        self._out: asyncio.WriteTransport | None = None
+        self._runtime: MxAccessRuntime | None = None
+        self._plant: Any = None
+        self._hello = False
+        self._ready = False
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._background: set[asyncio.Task[None]] = set()
+        self.done = asyncio.Event()
+        self.exit_code = EXIT_OK
+        self._stopping = False
+
+    # -- the channel ----------------------------------------------------------------------
+
+    def attach_output(self, transport: asyncio.WriteTransport) -> None:
+        """Where frames to the gateway go."""
+        self._out = transport
+
+    def _send(self, data: bytes) -> None:
+        out = self._out
+        if out is None or out.is_closing():
+            return
+        out.write(data)
+        if out.get_write_buffer_size() > WRITE_BUFFER_LIMIT:
+            self._fail("the gateway stopped reading the worker's frames")
+
+    def _reply(self, correlation_id: str = "", **body: Any) -> None:
+        self._send(self._head.frame(correlation_id, **body))
+
+    def data_received(self, data: bytes) -> None:
+        """Frames from the gateway."""
+        if self._stopping:
+            return
+        try:
+            for envelope in self._decoder.feed(data):
+                self._handle(envelope)
+        except (FrameError, ProtocolViolation) as exc:
+            self._fail(f"protocol violation: {exc}")
+
+    def eof_received(self) -> bool | None:
+        """The gateway closed its end: release everything and exit."""
+        self._spawn(self._shutdown(None, "the gateway closed the channel"))
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """The read pipe is gone (same as an end of file)."""
+        if not self._stopping:
+            self._spawn(self._shutdown(None, "the gateway channel was lost"))
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def _fail(self, message: str) -> None:
+        """Tell the gateway (best effort) and exit with a failure."""
+        if self._stopping:
+            return
+        log.error("worker failed: %s", message)
+        self._reply(worker_fault=wpb.WorkerFault(message=message))
+        self.exit_code = EXIT_FAILURE
+        self._spawn(self._shutdown(None, message))
+
+    # -- envelopes ------------------------------------------------------------------------
+
+    def _handle(self, data: bytes) -> None:
+        env = decode_envelope(data)
+        body = check_envelope(env, self.session_id)
+        if not self._hello:
+            if body != "gateway_hello":
+                raise ProtocolViolation(f"{body} before gateway_hello")
+            if not hmac.compare_digest(env.gateway_hello.nonce.encode(), self._nonce.encode()):
+                raise ProtocolViolation("the gateway's nonce does not match the launch nonce")
+            self._hello = True
+            self._reply(
+                env.correlation_id,
+                worker_hello=wpb.WorkerHello(
+                    nonce=self._nonce, process_id=os.getpid(), worker_version=__version__
+                ),
+            )
+            self._spawn(self._start_runtime())
+            return
+        if body == "worker_heartbeat":
+            self._reply(
+                env.correlation_id,
+                worker_heartbeat=wpb.WorkerHeartbeat(counter=env.worker_heartbeat.counter),
+            )
+        elif body == "worker_command":
+            if not self._ready:
+                raise ProtocolViolation("a command before worker_ready")
+            cid = env.correlation_id
+            if not cid or cid in self._tasks:
+                raise ProtocolViolation("a command without a fresh correlation_id")
+            task = asyncio.get_running_loop().create_task(
+                self._command(cid, env.worker_command.command)
+            )
+            self._tasks[cid] = task
+        elif body == "worker_cancel":
+            running = self._tasks.get(env.correlation_id)
+            if running is not None:
+                running.cancel()
+        elif body == "worker_shutdown":
+            self._spawn(self._shutdown(env.correlation_id, env.worker_shutdown.reason))
+        elif body == "gateway_hello":
+            raise ProtocolViolation("a second gateway_hello")
+        else:
+            raise ProtocolViolation(f"{body} is not sent by a gateway")
+
+    async def _start_runtime(self) -> None:
+        try:
+            runtime, self._plant = await make_runtime(self._kind, self._config)
+            await runtime.start(self._publish)
+        except RuntimeUnavailable as exc:
+            self._fail(str(exc))
+            return
+        except Exception as exc:  # a runtime that cannot start faults the session
+            self._fail(f"the runtime did not start: {type(exc).__name__}: {exc}")
+            return
+        self._runtime = runtime
+        self._ready = True
+        info = runtime.worker_info()
+        self._reply(
+            worker_ready=wpb.WorkerReady(
+                backend_name=info.backend_name, backend_version=info.backend_version
+            )
+        )
+
+    async def _command(self, correlation_id: str, command: pb.MxCommand) -> None:
+        assert self._runtime is not None
+        try:
+            reply = await run_command(self._runtime, command)
+        except asyncio.CancelledError:
+            return  # the gateway gave up on it and expects no reply
+        except Exception as exc:  # a runtime bug: report it, keep serving
+            log.exception("command failed")
+            reply = pb.MxCommandReply(kind=command.kind)
+            reply.protocol_status.code = pb.PROTOCOL_STATUS_CODE_WORKER_UNAVAILABLE
+            reply.protocol_status.message = f"{type(exc).__name__} in the worker"
+        finally:
+            self._tasks.pop(correlation_id, None)
+        self._reply(correlation_id, worker_command_reply=wpb.WorkerCommandReply(reply=reply))
+
+    def _publish(self, events: Sequence[MxRuntimeEvent]) -> None:
+        """The runtime's event sink: number, encode and send at once."""
+        if not events or self._stopping:
+            return
+        framed = self._encoder.encode(events, self._next_seq, time.time())
+        self._next_seq += len(framed)
+        self._send(self._head.event_frames(framed))
+
+    async def _shutdown(self, correlation_id: str | None, reason: str) -> None:
+        if self._stopping:
+            return
+        self._stopping = True
+        log.info("worker shutting down: %s", reason)
+        for task in list(self._tasks.values()):
+            task.cancel()
+        ack = wpb.WorkerShutdownAck()
+        runtime, self._runtime = self._runtime, None
+        if runtime is not None:
+            try:
+                released = await runtime.release_all()
+                ack.released_advise_count = released.advises
+                ack.released_item_count = released.items
+                ack.released_registration_count = released.registrations
+                await runtime.close()
+            except Exception:
+                log.exception("releasing the runtime failed")
+                self.exit_code = EXIT_FAILURE
+        if self._plant is not None:
+            await self._plant.stop()
+        if correlation_id is not None:
+            self._reply(correlation_id, worker_shutdown_ack=ack)
+        if self._out is not None:
+            self._out.close()
+        self.done.set()
+
+
+class _Output(asyncio.Protocol):
+    """The write end's protocol (nothing is read from it)."""
+
+
+async def serve(args: argparse.Namespace, nonce: str, in_fd: int, out_fd: int) -> int:
+    """Run the worker on the channel ``in_fd``/``out_fd`` until it is told to stop."""
+    loop = asyncio.get_running_loop()
+    worker = Worker(
+        args.session_id, nonce, args.runtime, args.runtime_config, frame_limit=args.frame_limit
+    )
+    out_transport, _ = await loop.connect_write_pipe(_Output, os.fdopen(out_fd, "wb", 0))
+    worker.attach_output(out_transport)
+    in_transport, _ = await loop.connect_read_pipe(lambda: worker, os.fdopen(in_fd, "rb", 0))
+    try:
+        await worker.done.wait()
+    finally:
+        in_transport.close()
+        out_transport.close()
+        await asyncio.sleep(0)
+    return worker.exit_code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse the launch arguments, take over stdin/stdout as the channel and serve."""
+    args = _parser().parse_args(argv)
+    if args.protocol_version != WORKER_PROTOCOL_VERSION:
+        print(
+            f"mxgw-worker: error: the gateway speaks worker protocol {args.protocol_version}, "
+            f"this worker speaks {WORKER_PROTOCOL_VERSION}",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    nonce = os.environ.pop(NONCE_ENV, "")
+    if not nonce:
+        print(f"mxgw-worker: error: {NONCE_ENV} is not set", file=sys.stderr)
+        return EXIT_USAGE
+    if args.frame_limit < 1:
+        print("mxgw-worker: error: --frame-limit must be positive", file=sys.stderr)
+        return EXIT_USAGE
+    # The channel is stdin/stdout: keep private copies and point fd 1 at stderr, so that
+    # nothing printed by the runtime or a library can corrupt the frames.
+    sys.stdout.flush()
+    in_fd = os.dup(0)
+    out_fd = os.dup(1)
+    os.dup2(2, 1)
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
+    # The gateway decides when a worker ends: a Ctrl-C meant for the gateway's terminal
+    # must not kill its sessions' workers under it (the gateway shuts them down in order).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    with contextlib.suppress(KeyboardInterrupt):
+        return asyncio.run(serve(args, nonce, in_fd, out_fd))
+    return EXIT_OK
+
+
+def run() -> None:
+    """Console-script entry point (``mxgw-worker``)."""
+    raise SystemExit(main())
+
+
+if __name__ == "__main__":
+    run()

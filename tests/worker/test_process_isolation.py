@@ -1,0 +1,194 @@
+"""``--session-isolation process``: one worker per session; a worker that dies or hangs
+faults only its own session, is reaped, and the client's ``Subscription`` recovers."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator
+
+import psutil
+import pytest
+
+from mxgateway import (
+    DataChange,
+    GatewayClient,
+    MxGatewaySessionFaultedError,
+    Session,
+    StateChange,
+    SubscriptionState,
+    TagValue,
+)
+from mxgateway.generated import mxaccess_gateway_pb2 as pb
+from mxgateway_sim import GatewaySimulator, builtin_catalog
+from mxgateway_sim._workerclient import WorkerSettings
+
+pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+DEADLINE = 30.0
+TAGS = ["Tank01.Level", "Pump01.Speed"]
+
+
+@pytest.fixture
+async def sim() -> AsyncIterator[GatewaySimulator]:
+    settings = WorkerSettings(heartbeat_s=0.1, heartbeat_grace_s=1.0, shutdown_timeout_s=5.0)
+    async with GatewaySimulator(
+        catalog=builtin_catalog(),
+        scan_interval_ms=20,
+        flaky_one_in=0,
+        session_isolation="process",
+        worker_settings=settings,
+    ) as s:
+        yield s
+
+
+@pytest.fixture
+async def client(sim: GatewaySimulator) -> AsyncIterator[GatewayClient]:
+    async with await GatewayClient.connect(
+        endpoint=sim.endpoint, api_key=sim.api_key, plaintext=True
+    ) as c:
+        yield c
+
+
+async def _pid(session: Session) -> int:
+    info = await session.get_worker_info()
+    pid = info.process_id
+    assert pid not in (0, os.getpid())
+    return pid
+
+
+async def _gone(pid: int) -> bool:
+    """True once ``pid`` no longer exists (reaped, not a zombie)."""
+    for _ in range(int(DEADLINE / 0.05)):
+        if not psutil.pid_exists(pid):
+            return True
+        try:
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                await asyncio.sleep(0.05)
+                continue
+        except psutil.NoSuchProcess:
+            return True
+        await asyncio.sleep(0.05)
+    return False
+
+
+async def _data_changes(session: Session, n: int) -> list[DataChange]:
+    out: list[DataChange] = []
+
+    async def run() -> None:
+        async for event in session.events():
+            if isinstance(event, DataChange):
+                out.append(event)
+                if len(out) >= n:
+                    return
+
+    await asyncio.wait_for(run(), DEADLINE)
+    return out
+
+
+async def test_each_session_has_its_own_worker_and_closing_reaps_it(
+    client: GatewayClient,
+) -> None:
+    async with await client.open_session(client_session_name="a") as a:
+        async with await client.open_session(client_session_name="b") as b:
+            pa, pb_ = await _pid(a), await _pid(b)
+            assert pa != pb_
+            assert psutil.Process(pa).ppid() == os.getpid()
+            handle = await a.register("t")
+            assert handle > 0
+        assert await _gone(pb_)
+        assert psutil.pid_exists(pa)
+        await a.ping()
+    assert await _gone(pa)
+
+
+async def test_sigkill_faults_only_that_session(client: GatewayClient) -> None:
+    async with (
+        await client.open_session(client_session_name="victim") as victim,
+        await client.open_session(client_session_name="bystander") as bystander,
+    ):
+        for s in (victim, bystander):
+            h = await s.register("t")
+            await s.subscribe_bulk(h, TAGS)
+        await _data_changes(victim, 2)
+        pid = await _pid(victim)
+        os.kill(pid, signal.SIGKILL)
+
+        with pytest.raises(MxGatewaySessionFaultedError):
+            async for _ in victim.events():
+                pass
+        with pytest.raises(MxGatewaySessionFaultedError):
+            await victim.ping()
+        assert await _gone(pid)
+
+        # The other session's worker, commands and events are untouched.
+        await bystander.ping()
+        assert len(await _data_changes(bystander, 4)) == 4
+        # A faulted session still closes (nothing to release: its worker is gone).
+
+
+async def test_a_hung_worker_is_faulted_by_heartbeat_and_killed(client: GatewayClient) -> None:
+    async with (
+        await client.open_session(client_session_name="hung") as hung,
+        await client.open_session(client_session_name="fine") as fine,
+    ):
+        pid = await _pid(hung)
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            with pytest.raises(MxGatewaySessionFaultedError):
+                async for _ in hung.events():
+                    pass
+            with pytest.raises(MxGatewaySessionFaultedError, match="stopped answering heartbeats"):
+                await hung.ping()
+            assert await _gone(pid)  # SIGKILL works on a stopped process
+        finally:
+            if psutil.pid_exists(pid):
+                os.kill(pid, signal.SIGKILL)
+        await fine.ping()
+
+
+async def test_subscription_recovers_on_a_new_session_after_sigkill(
+    client: GatewayClient,
+) -> None:
+    changes: list[StateChange] = []
+    tags = set(TAGS)
+    async with client.subscribe(TAGS, on_state_change=changes.append) as sub:
+        seen: set[str] = set()
+
+        async def until_all(resync: bool) -> None:
+            seen.clear()
+            async for update in sub:
+                if isinstance(update, TagValue) and update.resynchronized == resync:
+                    seen.add(update.tag)
+                    if seen >= tags:
+                        return
+
+        await asyncio.wait_for(until_all(False), DEADLINE)
+        old = sub.session_id
+        assert old is not None
+        command = pb.MxCommand(
+            kind=pb.MX_COMMAND_KIND_GET_WORKER_INFO, get_worker_info=pb.GetWorkerInfoCommand()
+        )
+        pid = (await client.invoke_raw(old, command)).worker_info.process_id
+        os.kill(pid, signal.SIGKILL)
+        await asyncio.wait_for(until_all(True), DEADLINE)
+        assert sub.state is SubscriptionState.RESYNCHRONIZED
+        assert sub.session_id != old and sub.recoveries == 1
+    lost = next(c for c in changes if c.state is SubscriptionState.RECONNECTING)
+    assert isinstance(lost.error, MxGatewaySessionFaultedError)
+    assert await _gone(pid)
+
+
+async def test_stopping_the_gateway_stops_every_worker() -> None:
+    async with (
+        GatewaySimulator(catalog=builtin_catalog(), session_isolation="process") as sim,
+        await GatewayClient.connect(
+            endpoint=sim.endpoint, api_key=sim.api_key, plaintext=True
+        ) as client,
+    ):
+        sessions = [await client.open_session(client_session_name=f"s{i}") for i in range(3)]
+        pids = [await _pid(s) for s in sessions]
+        await sim.stop()
+    for pid in pids:
+        assert await _gone(pid)

@@ -1,0 +1,210 @@
+"""``mxgw-worker`` driven frame by frame, as the gateway drives it: handshake, commands and
+their correlation ids, events and their sequence, heartbeats, shutdown, and every way a
+peer can break the protocol."""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import pytest
+from workerhelpers import SESSION, RawWorker, frame_of, runtime_config
+
+from mxgateway.generated import mxaccess_gateway_pb2 as pb
+from mxgateway.generated import mxaccess_worker_pb2 as wpb
+from mxgateway_sim._framing import FrameDecoder, FrameError, frame
+from mxgateway_sim._workerwire import EnvelopeHead, simple_command
+
+
+def _command(payload: str, **fields: object) -> wpb.WorkerCommand:
+    kind = pb.MxCommandKind.Value("MX_COMMAND_KIND_" + payload.upper())
+    return wpb.WorkerCommand(command=simple_command(kind, payload, **fields))
+
+
+# -- framing -------------------------------------------------------------------------------
+
+
+def test_frames_split_anywhere_are_reassembled_in_order() -> None:
+    payloads = [b"a", b"b" * 300, b"c" * 70_000]
+    stream = b"".join(frame(p) for p in payloads)
+    for step in (1, 3, 4, 5, 1000, len(stream)):
+        decoder = FrameDecoder()
+        out: list[bytes] = []
+        for i in range(0, len(stream), step):
+            out.extend(decoder.feed(stream[i : i + step]))
+        assert out == payloads
+        assert decoder.buffered == 0
+
+
+def test_zero_length_and_over_limit_frames_are_refused_before_their_body() -> None:
+    with pytest.raises(FrameError, match="zero-length"):
+        FrameDecoder().feed(struct.pack("<I", 0))
+    with pytest.raises(FrameError, match="over the 1,024-byte limit"):
+        FrameDecoder(1024).feed(struct.pack("<I", 1025))  # no body sent at all
+    assert FrameDecoder(1024).feed(frame(b"x" * 1024)) == [b"x" * 1024]
+
+
+def test_the_event_fast_path_is_the_generated_envelope() -> None:
+    head = EnvelopeHead(SESSION)
+    event = pb.MxEvent(session_id=SESSION, worker_sequence=7).SerializeToString()
+    item = b"\x0a" + bytes([len(event)]) + event
+    (envelope,) = FrameDecoder().feed(head.event_frames([item]))
+    parsed = wpb.WorkerEnvelope.FromString(envelope)
+    assert parsed.protocol_version == 1 and parsed.session_id == SESSION
+    assert parsed.worker_event.event.worker_sequence == 7
+    assert head.event_body(envelope) == item
+    # Anything else is left to the generated classes.
+    other = EnvelopeHead(SESSION).envelope(worker_heartbeat=wpb.WorkerHeartbeat(counter=1))
+    assert head.event_body(other) is None
+    assert EnvelopeHead("session-other").event_body(envelope) is None
+
+
+# -- a real worker -------------------------------------------------------------------------
+
+
+async def test_handshake_commands_events_heartbeat_and_shutdown(tmp_path: Path) -> None:
+    worker = await RawWorker.start(runtime_config(tmp_path))
+    hello = await worker.handshake()
+    assert hello.worker_hello.nonce == worker.nonce
+    assert hello.worker_hello.process_id == worker.proc.pid
+    assert hello.session_id == SESSION and hello.protocol_version == 1
+
+    worker.send("c1", worker_command=_command("register", client_name="t"))
+    reply = (await worker.receive_body("worker_command_reply")).worker_command_reply.reply
+    assert reply.protocol_status.code == pb.PROTOCOL_STATUS_CODE_OK
+    handle = reply.register.server_handle
+    assert handle > 0
+
+    # Two commands in flight: each reply carries its own correlation id.
+    worker.send(
+        "a",
+        worker_command=_command("add_item", server_handle=handle, item_definition="Tank01.Level"),
+    )
+    worker.send(
+        "b", worker_command=_command("add_item", server_handle=handle, item_definition="bad ref!")
+    )
+    replies = {}
+    while len(replies) < 2:
+        env = await worker.receive_body("worker_command_reply")
+        replies[env.correlation_id] = env.worker_command_reply.reply
+    assert replies["a"].protocol_status.code == pb.PROTOCOL_STATUS_CODE_OK
+    assert replies["b"].protocol_status.code == pb.PROTOCOL_STATUS_CODE_MXACCESS_FAILURE
+    assert replies["b"].hresult < 0
+    item = replies["a"].add_item.item_handle
+
+    worker.send("c2", worker_command=_command("advise", server_handle=handle, item_handle=item))
+    sequences = []
+    while len(sequences) < 3:
+        env = await worker.receive()
+        assert env is not None
+        if env.WhichOneof("body") == "worker_event":
+            event = env.worker_event.event
+            assert event.session_id == SESSION
+            assert event.on_data_change.item_handle == item
+            sequences.append(event.worker_sequence)
+    assert sequences == [1, 2, 3]
+
+    worker.send(worker_heartbeat=wpb.WorkerHeartbeat(counter=42))
+    beat = await worker.receive_body("worker_heartbeat")
+    assert beat.worker_heartbeat.counter == 42
+
+    worker.send("bye", worker_shutdown=wpb.WorkerShutdown(reason="test", grace_ms=1000))
+    ack = await worker.receive_body("worker_shutdown_ack")
+    assert ack.correlation_id == "bye"
+    assert ack.worker_shutdown_ack.released_advise_count == 1
+    assert ack.worker_shutdown_ack.released_item_count == 1
+    assert ack.worker_shutdown_ack.released_registration_count == 1
+    code, _ = await worker.finish()
+    assert code == 0
+
+
+async def test_the_end_of_the_gateways_pipe_stops_the_worker(tmp_path: Path) -> None:
+    worker = await RawWorker.start(runtime_config(tmp_path))
+    await worker.handshake()
+    code, _ = await worker.finish()  # closes stdin
+    assert code == 0
+
+
+async def test_a_wrong_nonce_is_a_fault_and_the_worker_exits(tmp_path: Path) -> None:
+    worker = await RawWorker.start(runtime_config(tmp_path))
+    worker.send(gateway_hello=wpb.GatewayHello(nonce="not-the-nonce"))
+    fault = await worker.receive_body("worker_fault")
+    assert "nonce" in fault.worker_fault.message
+    assert "not-the-nonce" not in fault.worker_fault.message
+    code, err = await worker.finish()
+    assert code == 1
+    assert worker.nonce not in err
+
+
+@pytest.mark.parametrize(
+    ("envelope", "why"),
+    [
+        (
+            wpb.WorkerEnvelope(protocol_version=2, session_id=SESSION, worker_heartbeat={}),
+            "version",
+        ),
+        (
+            wpb.WorkerEnvelope(protocol_version=1, session_id="session-x", worker_heartbeat={}),
+            "another session",
+        ),
+        (wpb.WorkerEnvelope(protocol_version=1, session_id=SESSION), "without a body"),
+        (
+            wpb.WorkerEnvelope(protocol_version=1, session_id=SESSION, worker_ready={}),
+            "not sent by a gateway",
+        ),
+    ],
+)
+async def test_protocol_violations_fault_the_worker(
+    tmp_path: Path, envelope: wpb.WorkerEnvelope, why: str
+) -> None:
+    worker = await RawWorker.start(runtime_config(tmp_path))
+    await worker.handshake()
+    worker.send_raw(frame_of(envelope))
+    fault = await worker.receive_body("worker_fault")
+    assert why in fault.worker_fault.message
+    code, _ = await worker.finish()
+    assert code == 1
+
+
+@pytest.mark.parametrize(
+    ("data", "why"),
+    [
+        (struct.pack("<I", 0), "zero-length"),
+        (struct.pack("<I", 64 * 1024 * 1024), "over the"),
+        (frame(b"\xff\xff\xff"), "not a WorkerEnvelope"),
+    ],
+)
+async def test_bad_frames_fault_the_worker(tmp_path: Path, data: bytes, why: str) -> None:
+    worker = await RawWorker.start(runtime_config(tmp_path))
+    await worker.handshake()
+    worker.send_raw(data)
+    fault = await worker.receive_body("worker_fault")
+    assert why in fault.worker_fault.message
+    code, _ = await worker.finish()
+    assert code == 1
+
+
+async def test_a_command_before_the_hello_is_refused(tmp_path: Path) -> None:
+    worker = await RawWorker.start(runtime_config(tmp_path))
+    worker.send("c", worker_command=_command("ping"))
+    fault = await worker.receive_body("worker_fault")
+    assert "before gateway_hello" in fault.worker_fault.message
+    code, _ = await worker.finish()
+    assert code == 1
+
+
+async def test_another_protocol_version_at_launch_is_refused(tmp_path: Path) -> None:
+    worker = await RawWorker.start(runtime_config(tmp_path), extra=("--protocol-version", "9"))
+    code, err = await worker.finish()
+    assert code == 2
+    assert "worker protocol 9" in err
+
+
+async def test_the_mxaccess_runtime_is_a_clear_start_error(tmp_path: Path) -> None:
+    worker = await RawWorker.start(None, extra=("--runtime", "mxaccess"))
+    worker.send(gateway_hello=wpb.GatewayHello(nonce=worker.nonce))
+    await worker.receive_body("worker_hello")
+    fault = await worker.receive_body("worker_fault")
+    assert "MXAccess COM runtime" in fault.worker_fault.message
+    code, _ = await worker.finish()
+    assert code == 1
