@@ -50,6 +50,7 @@ from mxgateway_sim._workerwire import (
     decode_envelope,
     raise_for_reply,
     read_rows,
+    read_varint,
     simple_command,
     status_from_pb,
     write_command,
@@ -318,22 +319,10 @@ class WorkerRuntime:
         for index, body in enumerate(bodies):
             # body = 0x0A <len> <MxEvent>; the MxEvent starts with its session id, then
             # worker_sequence (field order of the generated code and of EventEncoder).
-            i = 1
-            while body[i] & 0x80:
-                i += 1
-            start = i + 1
+            _, start = read_varint(body, 1)
             if not body.startswith(prefix, start):
                 raise ProtocolViolation("an event of another session, or in an unknown layout")
-            j = start + len(prefix)
-            worker_seq = 0
-            shift = 0
-            while True:
-                byte = body[j]
-                j += 1
-                worker_seq |= (byte & 0x7F) << shift
-                shift += 7
-                if not byte & 0x80:
-                    break
+            worker_seq, j = read_varint(body, start + len(prefix))
             if worker_seq != expected:
                 raise ProtocolViolation(
                     f"worker_sequence {worker_seq} where {expected} was due (events lost)"

@@ -83,6 +83,25 @@ def check_envelope(env: wpb.WorkerEnvelope, session_id: str) -> str:
     return body
 
 
+def read_varint(data: bytes, pos: int) -> tuple[int, int]:
+    """The varint at ``pos`` in ``data`` and the position after it.
+
+    Raises:
+        ProtocolViolation: the varint is truncated or longer than 64 bits.
+    """
+    value = 0
+    shift = 0
+    end = len(data)
+    while pos < end and shift < 64:
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, pos
+        shift += 7
+    raise ProtocolViolation("a truncated or overlong varint")
+
+
 class EnvelopeHead:
     """Builds one session's envelopes and recognises its event frames quickly."""
 
@@ -127,17 +146,9 @@ class EnvelopeHead:
         head = self._event_head
         if not envelope.startswith(head):
             return None
-        pos = len(head)
-        size = 0
-        shift = 0
-        while pos < len(envelope) and shift < 35:
-            byte = envelope[pos]
-            pos += 1
-            size |= (byte & 0x7F) << shift
-            shift += 7
-            if not byte & 0x80:
-                break
-        else:
+        try:
+            size, pos = read_varint(envelope, len(head))
+        except ProtocolViolation:
             return None
         if pos + size != len(envelope):  # not exactly one body: let the slow path judge it
             return None
@@ -422,6 +433,7 @@ __all__ = [
     "decode_envelope",
     "raise_for_reply",
     "read_rows",
+    "read_varint",
     "run_command",
     "simple_command",
     "status_from_pb",
