@@ -615,6 +615,9 @@ class EventStream:
                 if code == grpc.StatusCode.UNIMPLEMENTED and self._batches:
                     self._client._batches_supported = False
                     self._batches = False
+                    # That call never attached: the next one is the first, from the
+                    # requested start (not a replay that could hold older completions).
+                    self._opened = False
                     continue
                 if (
                     code == grpc.StatusCode.FAILED_PRECONDITION

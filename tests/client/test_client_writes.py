@@ -273,3 +273,40 @@ async def test_a_foreign_subscriber_refuses_the_wait_before_anything_is_written(
     finally:
         collected.cancel()
         await raw.aclose()
+
+
+async def test_waiter_falls_back_to_stream_events_on_an_older_gateway() -> None:
+    """A gateway without StreamEventBatches (UNIMPLEMENTED): the waiter attaches with
+    StreamEvents instead, before the write is sent, and takes the completion from there."""
+    fake = FakeGateway()
+    fake.batches_unimplemented = True
+    written = asyncio.Event()
+
+    def on_write(request: pb.MxCommandRequest) -> pb.MxCommandReply:
+        written.set()
+        return _write_ok(request)
+
+    fake.invoke_handler = on_write
+
+    async def events(request: pb.StreamEventsRequest, attempt: int) -> AsyncIterator[object]:
+        await written.wait()
+        ev = pb.MxEvent(worker_sequence=5, family=pb.MX_EVENT_FAMILY_ON_WRITE_COMPLETE)
+        ev.on_write_complete.server_handle = 1
+        ev.on_write_complete.item_handle = 2
+        ev.on_write_complete.statuses.add(category=pb.MX_STATUS_CATEGORY_PENDING)
+        yield ev  # interim: the waiter keeps waiting
+        final = pb.MxEvent(worker_sequence=6, family=pb.MX_EVENT_FAMILY_ON_WRITE_COMPLETE)
+        final.on_write_complete.CopyFrom(ev.on_write_complete)
+        final.on_write_complete.statuses[0].category = pb.MX_STATUS_CATEGORY_OK
+        yield final
+        await asyncio.Event().wait()
+
+    fake.events_plan = events
+    async with (
+        FakeServer(fake) as server,
+        await GatewayClient.connect(endpoint=server.endpoint, plaintext=True) as client,
+    ):
+        session = client.attach_session("session-" + "3" * 32)
+        done = await session.write(1, 2, 3, wait=True, wait_timeout=10)
+    assert done is not None and done.worker_sequence == 6 and done.succeeded
+    assert [r.HasField("after_worker_sequence") for r in fake.rec.stream_requests] == [False]
