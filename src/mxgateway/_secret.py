@@ -15,7 +15,7 @@ import hmac
 from collections.abc import Sequence
 from typing import Any, NoReturn, final
 
-__all__ = ["NoEchoArgumentParser", "Secret", "unrecognized_arguments"]
+__all__ = ["NoEchoArgumentParser", "Secret", "env_secret_missing", "unrecognized_arguments"]
 
 _MASK = "**********"
 
@@ -74,6 +74,16 @@ class Secret:
 
     def __reduce__(self) -> NoReturn:
         raise TypeError("a Secret cannot be pickled; pass the value to the other process yourself")
+
+
+def env_secret_missing(flag: str) -> str:
+    """The error for a secret flag (``--api-key-env``, ``--password-env``) whose variable is
+    unset; the name given is not repeated, since a secret passed where the variable's name
+    belongs would be echoed."""
+    return (
+        f"{flag}: the environment variable it names is not set or is empty "
+        f"({flag} takes the variable's name, never the secret itself)"
+    )
 
 
 def unrecognized_arguments(extras: Sequence[str]) -> str:

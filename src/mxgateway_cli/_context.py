@@ -6,9 +6,10 @@ import argparse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from mxgateway._secret import env_secret_missing
 from mxgateway_cli._errors import CliUsageError
 from mxgateway_cli._output import Output
-from mxgateway_cli._parsing import ConnectionSettings, env_secret_missing
+from mxgateway_cli._parsing import ConnectionSettings
 
 __all__ = ["Context"]
 

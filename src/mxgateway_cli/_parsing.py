@@ -18,14 +18,13 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import mxgateway
-from mxgateway._secret import Secret
+from mxgateway._secret import Secret, env_secret_missing
 from mxgateway.generated import mxaccess_gateway_pb2 as pb
 from mxgateway_cli._errors import CliUsageError
 
 __all__ = [
     "DEFAULT_ENDPOINT",
     "ConnectionSettings",
-    "env_secret_missing",
     "parse_endpoint",
     "parse_python_value",
     "parse_value",
@@ -129,15 +128,6 @@ def _env_flag(env: Mapping[str, str], name: str) -> bool:
     if raw in _FALSE:
         return False
     raise CliUsageError(f"environment variable {name}={raw!r} is not a boolean (1/0, true/false)")
-
-
-def env_secret_missing(flag: str) -> str:
-    """The error for a secret flag whose variable is unset; the name given is not repeated
-    (a secret passed where the variable's name belongs would be echoed)."""
-    return (
-        f"{flag}: the environment variable it names is not set or is empty "
-        f"({flag} takes the variable's name, never the secret itself)"
-    )
 
 
 @dataclass(frozen=True)

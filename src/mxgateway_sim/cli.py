@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from mxgateway._secret import NoEchoArgumentParser
+from mxgateway._secret import NoEchoArgumentParser, env_secret_missing
 from mxgateway_sim._auth import SCOPES, ApiKeyStore, KeyFormatError, load_keys_file, new_key
 from mxgateway_sim._auth import parse_scopes as _parse_scopes
 from mxgateway_sim._events import OverflowPolicy
@@ -285,7 +285,7 @@ def _load_keys(args: argparse.Namespace) -> ApiKeyStore:
     for name in args.api_key_env:
         value = os.environ.get(name, "").strip()
         if not value:
-            raise UsageError(f"--api-key-env {name}: the variable is unset or empty")
+            raise UsageError(env_secret_missing("--api-key-env"))
         try:
             store.add(value)
         except KeyFormatError as exc:

@@ -121,6 +121,7 @@ def test_real_processes_never_echo() -> None:
          "--user", "u", "--password-env", PASSWORD, "--plaintext", "--json"],
         [*MXGW_PY, "open-session", f"--api-k={SECRET}", "--json"],
         [*MXGW_SIM, "serve", "--plaintext", "--api-keys", SECRET],
+        [*MXGW_SIM, "serve", "--plaintext", "--api-key-env", SECRET],
         [*MXGW_SIM, "serve", "--plaintext", "--api", SECRET],
         [*MXGW_SIM, "serve", "--plaintext", "--api-key", "mxgw_x_" + PASSWORD[:10]],
         [*MXGW_SIM, "keys", "create", PASSWORD],
