@@ -435,6 +435,11 @@ def alarm_transition_to_pb(transition: AlarmTransition) -> pb.OnAlarmTransitionE
     )
 
 
+ENCODER_CACHE_ENTRIES = 65_536
+"""Entries each of a session's two encoder caches holds before it starts over (about 250
+bytes an entry: at most some 30 MiB a session for both)."""
+
+
 class EventEncoder:
     """Encodes a session's runtime events into framed ``MxEventBatch.events`` entries.
 
@@ -469,7 +474,7 @@ class EventEncoder:
                 handles = items.get(key)
                 if handles is None:
                     handles = b"\x08" + varint(key[0]) + b"\x10" + varint(key[1])
-                    if len(items) > 200_000:
+                    if len(items) > ENCODER_CACHE_ENTRIES:
                         items.clear()
                     items[key] = handles
                 body_len = len(handles) + len(body)
@@ -510,7 +515,7 @@ class EventEncoder:
                     # ON_WRITE_COMPLETE (2) in field 7, OPERATION_COMPLETE (3) in field 8
                     family, tag = (b"\x18\x02", b"\x3a") if write else (b"\x18\x03", b"\x42")
                     cached = (family, tag + varint(len(cbody)) + cbody)
-                    if len(completions) > 200_000:
+                    if len(completions) > ENCODER_CACHE_ENTRIES:
                         completions.clear()
                     completions[ckey] = cached
                 seq_bytes = varint(seq)
