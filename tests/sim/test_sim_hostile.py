@@ -116,6 +116,7 @@ async def test_another_keys_session_looks_exactly_like_an_unknown_one() -> None:
             assert seen[0] == seen[1], kind
             if scope_for_command(pb.MxCommandKind.Value(PREFIX + kind)) != "admin":
                 assert seen[0][:2] == ("reply", pb.PROTOCOL_STATUS_CODE_SESSION_NOT_FOUND), kind
+        assert await healthy(channel)  # mid-attack
         for method in ("StreamEvents", "StreamEventBatches"):
             seen = []
             for target in (sid, unknown):
