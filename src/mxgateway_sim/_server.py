@@ -139,6 +139,7 @@ class GatewaySimulator:
         galaxy_objects: int | None = None,
         galaxy_poll_interval: float = 2.0,
         galaxy_page_bytes: int | None = None,
+        galaxy_source: Any = None,
         seed: int = 0,
         scan_interval_ms: int = 200,
         max_sessions: int = DEFAULT_MAX_SESSIONS,
@@ -171,6 +172,9 @@ class GatewaySimulator:
         self._galaxy_objects = galaxy_objects
         self._galaxy_poll = galaxy_poll_interval
         self._galaxy_page_bytes = galaxy_page_bytes
+        self._galaxy_source = galaxy_source
+        """A ``mxgateway_sim.galaxy.GalaxySource`` (a real ZB on SQL Server) instead of the
+        SQLite file; None: the SQLite Galaxy."""
         self._seed = seed
         self._scan_ms = scan_interval_ms
         plan = faults or FaultPlan()
@@ -253,6 +257,8 @@ class GatewaySimulator:
         extra: dict[str, Any] = {}
         if self._galaxy_page_bytes is not None:  # else the Galaxy layer's default
             extra["page_bytes"] = self._galaxy_page_bytes
+        if self._galaxy_source is not None:
+            extra["source"] = self._galaxy_source
         self._galaxy = await service.open(
             self._galaxy_db,
             objects=self._galaxy_objects,

@@ -127,6 +127,19 @@ def build_parser() -> argparse.ArgumentParser:
     galaxy = serve.add_argument_group("plant")
     galaxy.add_argument("--galaxy-db", type=Path, metavar="PATH", help="SQLite Galaxy Repository")
     galaxy.add_argument("--galaxy-objects", type=_positive, metavar="N", help="synthetic galaxy")
+    sql = galaxy.add_mutually_exclusive_group()
+    sql.add_argument(
+        "--galaxy-sql-server-env",
+        metavar="NAME",
+        help="serve a real Galaxy Repository on SQL Server (ZB); its connection string is in "
+        "environment variable NAME (kept off the command line: it may hold a password)",
+    )
+    sql.add_argument(
+        "--galaxy-sql-server-file",
+        type=Path,
+        metavar="PATH",
+        help="as --galaxy-sql-server-env, the connection string read from PATH (first line)",
+    )
     galaxy.add_argument(
         "--galaxy-page-bytes",
         type=_positive,
@@ -335,6 +348,38 @@ def _reload_keys(args: argparse.Namespace, store: ApiKeyStore) -> None:
         )
 
 
+def _galaxy_source(args: argparse.Namespace) -> Any:
+    """The SQL Server Galaxy of ``--galaxy-sql-server-env/-file`` (None: the SQLite one).
+
+    Errors never repeat the connection string (it may hold a password).
+    """
+    if args.galaxy_sql_server_env:
+        flag = f"--galaxy-sql-server-env {args.galaxy_sql_server_env}"
+        text = os.environ.get(args.galaxy_sql_server_env, "")
+        if not text.strip():
+            raise UsageError(f"{flag}: the variable is unset or empty")
+    elif args.galaxy_sql_server_file is not None:
+        flag = f"--galaxy-sql-server-file {args.galaxy_sql_server_file}"
+        try:
+            text = args.galaxy_sql_server_file.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise UsageError(f"{flag}: cannot read the file: {exc.strerror}") from None
+        except UnicodeDecodeError:
+            raise UsageError(f"{flag}: the file is not UTF-8 text") from None
+        text = next((line for line in text.splitlines() if line.strip()), "")
+        if not text.strip():
+            raise UsageError(f"{flag}: the file holds no connection string")
+    else:
+        return None
+    if args.galaxy_db or args.galaxy_objects:
+        raise UsageError(f"{flag} reads a real Galaxy: drop --galaxy-db/--galaxy-objects")
+    galaxy: Any = importlib.import_module("mxgateway_sim.galaxy")
+    try:
+        return galaxy.sql_server_source(text.strip())
+    except ValueError as exc:
+        raise UsageError(f"{flag}: {exc}") from None
+
+
 async def _serve(args: argparse.Namespace) -> int:
     host, port = _split_listen(args.listen)
     tls = _tls_mode(args)
@@ -366,6 +411,7 @@ async def _serve(args: argparse.Namespace) -> int:
             raise UsageError(f"--faults: {exc}") from None
     if args.no_quality_faults:
         plan = dataclasses.replace(plan, quality_flaky_one_in=0)
+    galaxy_source = _galaxy_source(args)
     sim = GatewaySimulator(
         host=host,
         port=port,
@@ -376,6 +422,7 @@ async def _serve(args: argparse.Namespace) -> int:
         galaxy_db=args.galaxy_db,
         galaxy_objects=args.galaxy_objects,
         galaxy_page_bytes=args.galaxy_page_bytes,
+        galaxy_source=galaxy_source,
         seed=args.seed,
         scan_interval_ms=args.scan_interval_ms,
         session_options=options,

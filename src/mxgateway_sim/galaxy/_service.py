@@ -29,15 +29,9 @@ from mxgateway.generated import galaxy_repository_pb2 as gr
 from mxgateway.generated import galaxy_repository_pb2_grpc as gr_grpc
 from mxgateway_sim._catalog import TagCatalog, TagInfo
 from mxgateway_sim._logsafe import get_logger
-from mxgateway_sim.galaxy._cache import (
-    Filters,
-    GalaxyObjectRecord,
-    HierarchySnapshot,
-    connect_ro,
-    load_snapshot,
-    read_deploy_time,
-)
+from mxgateway_sim.galaxy._cache import Filters, GalaxyObjectRecord, HierarchySnapshot
 from mxgateway_sim.galaxy._schema import create_galaxy, default_db_path
+from mxgateway_sim.galaxy._source import GalaxySource, SqliteSource
 
 __all__ = [
     "DEFAULT_PAGE_BYTES",
@@ -120,13 +114,20 @@ class GalaxyService:
 
     def __init__(
         self,
-        db_path: Path,
+        db_path: Path | None,
         snapshot: HierarchySnapshot,
         poll_interval: float,
         watch_buffer: int,
         page_bytes: int = DEFAULT_PAGE_BYTES,
+        source: GalaxySource | None = None,
     ) -> None:
         self.db_path = db_path
+        """The SQLite file (None when the repository is elsewhere: see ``source``)."""
+        if source is None:
+            if db_path is None:
+                raise ValueError("a Galaxy needs a database path or a source")
+            source = SqliteSource(db_path)
+        self.source = source
         self.poll_interval = poll_interval
         self.page_bytes = page_bytes
         self._snapshot = snapshot
@@ -150,8 +151,12 @@ class GalaxyService:
         poll_interval: float = 2.0,
         watch_buffer: int = WATCH_BUFFER,
         page_bytes: int = DEFAULT_PAGE_BYTES,
+        source: GalaxySource | None = None,
     ) -> GalaxyService:
         """Open (creating and seeding when missing) the Galaxy at ``db_path`` and start polling.
+
+        ``source`` reads another repository instead (a real ZB on SQL Server:
+        :func:`~mxgateway_sim.galaxy.sql_server_source`); ``db_path``/``objects`` are unused.
 
         ``db_path=None`` uses :func:`default_db_path`. ``objects=N`` seeds a synthetic galaxy of
         N objects instead of the default plant; it only matters when the file is created.
@@ -161,6 +166,14 @@ class GalaxyService:
             raise ValueError("poll_interval must be positive")
         if isinstance(page_bytes, bool) or not isinstance(page_bytes, int) or page_bytes < 1:
             raise ValueError("page_bytes must be a positive int")
+        if source is not None:
+            try:
+                snapshot = await asyncio.to_thread(source.load, 1)
+            except Exception as exc:  # the driver's errors: unreachable, login, schema
+                raise ValueError(f"cannot read the {source.description}: {exc}") from exc
+            svc = cls(None, snapshot, poll_interval, watch_buffer, page_bytes, source)
+            svc._poller = asyncio.get_running_loop().create_task(svc._poll_loop())
+            return svc
         path = Path(db_path) if db_path is not None else default_db_path(objects, seed)
         if not path.exists():
             try:
@@ -168,7 +181,7 @@ class GalaxyService:
             except sqlite3.Error as exc:  # sqlite's text never names the file
                 raise ValueError(f"cannot create the Galaxy database {path}: {exc}") from exc
         try:
-            snapshot = await asyncio.to_thread(load_snapshot, path, 1)
+            snapshot = await asyncio.to_thread(SqliteSource(path).load, 1)
         except sqlite3.Error as exc:
             raise ValueError(f"{path} is not a readable Galaxy database: {exc}") from exc
         svc = cls(path, snapshot, poll_interval, watch_buffer, page_bytes)
@@ -202,11 +215,11 @@ class GalaxyService:
         Returns True when a new deploy was detected. Raises when the database is unreachable.
         """
         async with self._refresh_lock:
-            present, when = await asyncio.to_thread(read_deploy_time, self.db_path)
+            present, when = await asyncio.to_thread(self.source.deploy_time)
             current = self._snapshot.time_of_last_deploy
             if (when if present else None) == current:
                 return False
-            snap = await asyncio.to_thread(load_snapshot, self.db_path, self._snapshot.version + 1)
+            snap = await asyncio.to_thread(self.source.load, self._snapshot.version + 1)
             self._snapshot = snap
             self._sequence += 1
             event = self.state_event()
@@ -264,18 +277,7 @@ class GalaxyService:
 
     def test_connection(self) -> bool:
         """``SELECT 1`` against the repository (blocking); False when unreachable."""
-        try:
-            conn = connect_ro(self.db_path, timeout=0.5)
-        except Exception:
-            return False
-        try:
-            # Touching a table makes SQLite actually read the file (a bare SELECT 1 does not).
-            conn.execute("SELECT 1 FROM galaxy LIMIT 1").fetchall()
-            return True
-        except Exception:
-            return False
-        finally:
-            conn.close()
+        return self.source.test_connection()
 
     # ----- page tokens ------------------------------------------------------------------
     def make_token(self, kind: str, version: int, signature: str, offset: int) -> str:
