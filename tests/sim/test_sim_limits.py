@@ -29,6 +29,8 @@ from simhelpers import SCAN_MS, Gw
 from mxgateway import ClientOptions, GatewayClient, MxGatewayInvalidRequestError
 from mxgateway.generated import mxaccess_gateway_pb2 as pb
 from mxgateway_sim import GatewaySimulator, SessionOptions, builtin_catalog, new_key
+from mxgateway_sim._domain import MX_STRING, STATUS_OK, DataChange, TagSample
+from mxgateway_sim._events import EventLog, OverflowPolicy
 from mxgateway_sim._limits import LIMITS
 from mxgateway_sim._sessions import SessionOptions as _Options
 from mxgateway_sim.cli import build_parser
@@ -587,3 +589,34 @@ async def test_drain_returns_what_fits_and_keeps_the_rest() -> None:
             if len(e.on_data_change.value.string_value) > 60_000
         ]
         assert written == [f"{i:02d}" for i in range(12)]
+
+
+def test_an_event_too_large_for_any_reply_is_named_not_stuck() -> None:
+    # With the checked limits no event outgrows a reply; this is the last line of defence,
+    # so it is driven on the event log directly (a real server cannot produce one).
+    log = EventLog(
+        "s",
+        ring_size=100,
+        ring_age_s=60,
+        queue_limit=100,
+        policy=OverflowPolicy.DISCONNECT_SUBSCRIBER,
+        multiple_subscribers=False,
+        max_subscribers=1,
+        on_fail_fast=lambda _: None,
+    )
+
+    def change(text: str) -> DataChange:
+        return DataChange(1, 1, TagSample(text, MX_STRING, 192, 1.0, STATUS_OK))
+
+    log.publish([change("small"), change("x" * 50_000), change("after")])
+    first = [pb.MxEvent.FromString(b) for b in log.drain(0, 10_000)]
+    assert [e.on_data_change.value.string_value for e in first] == ["small"]
+    second = [pb.MxEvent.FromString(b) for b in log.drain(0, 10_000)]
+    assert len(second) == 1 and second[0].HasField("stream_fault")
+    fault = second[0].stream_fault
+    assert (fault.first_missing_sequence, fault.missing_count) == (2, 1)
+    assert "--max-message-bytes" in fault.message
+    third = [pb.MxEvent.FromString(b) for b in log.drain(0, 10_000)]
+    assert [(e.worker_sequence, e.on_data_change.value.string_value) for e in third] == [
+        (3, "after")
+    ]
