@@ -42,7 +42,7 @@ from mxgateway_sim._runtime import MxAccessRuntime
 from mxgateway_sim._servicer import GatewayServicer, add_gateway_servicer
 from mxgateway_sim._sessions import SessionManager, SessionOptions
 from mxgateway_sim._simconfig import SimSettings
-from mxgateway_sim._simruntime import DEFAULT_USERS, SimulatedRuntime, SimUser
+from mxgateway_sim._simruntime import DEFAULT_USERS, SimUser
 from mxgateway_sim._tls import TlsFiles, ensure_self_signed
 from mxgateway_sim._workerclient import WorkerSettings
 from mxgateway_sim._workers import ISOLATIONS, ProcessIsolation, SessionIsolation
@@ -297,33 +297,25 @@ class GatewaySimulator:
         users = self._users
         options = self._options
 
+        sim_settings = SimSettings(
+            seed=self._seed,
+            scan_interval_ms=self._scan_ms,
+            flaky_one_in=plant.flaky_one_in,
+            max_items=options.max_items_per_session,
+            reference_cache_bytes=options.reference_cache_bytes,
+            first_value_delay_s=options.first_value_delay_s,
+            # A buffered batch goes out early rather than outgrow a message.
+            max_batch_bytes=options.max_message_bytes // 2,
+        )
         if self.session_isolation == "process":
-            self._workers.prepare(
-                plant,
-                users,
-                SimSettings(
-                    seed=self._seed,
-                    scan_interval_ms=self._scan_ms,
-                    flaky_one_in=plant.flaky_one_in,
-                    max_items=options.max_items_per_session,
-                    reference_cache_bytes=options.reference_cache_bytes,
-                ),
-            )
+            self._workers.prepare(plant, users, sim_settings)
 
         def make_runtime() -> MxAccessRuntime:
             if self.session_isolation == "process":
                 return self._workers.runtime()
             if factory is not None:
                 return factory(plant)
-            return SimulatedRuntime(
-                plant,
-                users,
-                max_items=options.max_items_per_session,
-                reference_cache_bytes=options.reference_cache_bytes,
-                first_value_delay_s=options.first_value_delay_s,
-                # A buffered batch goes out early rather than outgrow a message.
-                max_batch_bytes=options.max_message_bytes // 2,
-            )
+            return sim_settings.runtime(plant, users)
 
         self.sessions = SessionManager(make_runtime, self._options)
         self.faults.sessions = self.sessions

@@ -19,6 +19,11 @@ from typing import Any
 
 from mxgateway_sim._builtin import InMemoryCatalog
 from mxgateway_sim._catalog import TagCatalog, TagInfo
+from mxgateway_sim._limits import (
+    DEFAULT_MAX_ITEMS_PER_SESSION,
+    DEFAULT_MAX_VALUE_BYTES,
+    DEFAULT_REFERENCE_CACHE_BYTES,
+)
 from mxgateway_sim._plant import Plant
 from mxgateway_sim._simruntime import SimulatedRuntime, SimUser
 
@@ -29,13 +34,28 @@ class ConfigError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class SimSettings:
-    """The simulated runtime's settings, apart from the catalog."""
+    """The simulated runtime's settings, apart from the catalog and the users: the one
+    place the gateway turns its options into a :class:`SimulatedRuntime`, inline or in a
+    worker."""
 
     seed: int = 0
     scan_interval_ms: int = 200
     flaky_one_in: int = 8
-    max_items: int = 0
-    reference_cache_bytes: int = 0
+    max_items: int = DEFAULT_MAX_ITEMS_PER_SESSION
+    reference_cache_bytes: int = DEFAULT_REFERENCE_CACHE_BYTES
+    first_value_delay_s: float = 0.0
+    max_batch_bytes: int = DEFAULT_MAX_VALUE_BYTES
+
+    def runtime(self, plant: Plant, users: Sequence[SimUser]) -> SimulatedRuntime:
+        """A session's simulated runtime over ``plant``."""
+        return SimulatedRuntime(
+            plant,
+            users,
+            max_items=self.max_items,
+            reference_cache_bytes=self.reference_cache_bytes,
+            first_value_delay_s=self.first_value_delay_s,
+            max_batch_bytes=self.max_batch_bytes,
+        )
 
 
 def write_config(
@@ -75,9 +95,4 @@ def build_runtime(path: Path) -> tuple[SimulatedRuntime, Plant]:
         scan_interval_ms=settings.scan_interval_ms,
         flaky_one_in=settings.flaky_one_in,
     )
-    extra: dict[str, int] = {}
-    if settings.max_items:
-        extra["max_items"] = settings.max_items
-    if settings.reference_cache_bytes:
-        extra["reference_cache_bytes"] = settings.reference_cache_bytes
-    return SimulatedRuntime(plant, users, **extra), plant
+    return settings.runtime(plant, users), plant

@@ -1,4 +1,9 @@
-"""``mxgw-sim``: run the simulated gateway, create API keys, simulate a Galaxy redeploy.
+"""``mxgw-gateway`` / ``mxgw-sim``: run the gateway, create API keys, simulate a Galaxy redeploy.
+
+``mxgw-gateway serve --runtime simulated|mxaccess`` runs the gateway with either MXAccess
+runtime; ``mxgw-sim`` is the same program, its short form for the simulated runtime (the
+default of both). ``--session-isolation process`` runs each session's runtime in its own
+``mxgw-worker`` process.
 
 ``serve`` prints exactly one line once it is listening (JSON with ``--json``) and flushes, so
 scripts can wait for it; SIGINT/SIGTERM stop it gracefully (streams get SERVER_SHUTDOWN,
@@ -38,6 +43,9 @@ from mxgateway_sim._server import (
 )
 from mxgateway_sim._sessions import SessionOptions
 from mxgateway_sim._tls import TlsSetupError
+from mxgateway_sim._workerclient import WorkerSettings
+from mxgateway_sim._workers import ISOLATIONS
+from mxgateway_sim.worker import RUNTIMES
 
 _log = get_logger("mxgateway_sim")
 
@@ -91,13 +99,62 @@ def _seconds(text: str) -> float:
     return value
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The ``mxgw-sim`` argument parser."""
-    parser = _Parser(prog="mxgw-sim", description=__doc__.split("\n\n")[0] if __doc__ else None)
+_WORKER = WorkerSettings()
+PROGRAMS = ("mxgw-sim", "mxgw-gateway")
+"""The two names of this program (``mxgw-sim``: the short form for the simulated runtime)."""
+
+
+def build_parser(prog: str = "mxgw-sim") -> argparse.ArgumentParser:
+    """The ``mxgw-sim`` (or ``mxgw-gateway``) argument parser."""
+    parser = _Parser(prog=prog, description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.set_defaults(prog=prog)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    serve = sub.add_parser("serve", help="run the simulated gateway")
+    serve = sub.add_parser("serve", help="run the gateway (simulated runtime by default)")
     serve.add_argument("--listen", default="127.0.0.1:5000", help="HOST:PORT (port 0 = any)")
+    runtime = serve.add_argument_group("runtime")
+    runtime.add_argument(
+        "--runtime",
+        choices=RUNTIMES,
+        default="simulated",
+        help="MXAccess runtime: simulated (default) or mxaccess (the COM runtime; Windows "
+        "with System Platform and the [mxaccess] extra)",
+    )
+    runtime.add_argument(
+        "--session-isolation",
+        choices=ISOLATIONS,
+        default="inline",
+        help="inline (default): runtimes run in the gateway; process: one mxgw-worker "
+        "process per session (a crash faults only its session)",
+    )
+    runtime.add_argument(
+        "--worker-python",
+        type=Path,
+        metavar="PATH",
+        help="interpreter that runs the workers (default: this one; MXAccess needs a 32-bit one)",
+    )
+    runtime.add_argument(
+        "--worker-heartbeat-seconds",
+        type=_seconds,
+        default=_WORKER.heartbeat_s,
+        metavar="S",
+        help=f"heartbeat interval (default {_WORKER.heartbeat_s:g})",
+    )
+    runtime.add_argument(
+        "--worker-heartbeat-grace-seconds",
+        type=_seconds,
+        default=_WORKER.heartbeat_grace_s,
+        metavar="S",
+        help="a worker silent this long faults its session and is killed "
+        f"(default {_WORKER.heartbeat_grace_s:g})",
+    )
+    runtime.add_argument(
+        "--worker-startup-seconds",
+        type=_seconds,
+        default=_WORKER.startup_timeout_s,
+        metavar="S",
+        help=f"a worker must be ready in S seconds (default {_WORKER.startup_timeout_s:g})",
+    )
     tls = serve.add_argument_group("transport (choose one)")
     tls.add_argument("--plaintext", action="store_true", help="serve without TLS")
     tls.add_argument("--tls-cert", type=Path, metavar="PEM", help="server certificate chain")
@@ -429,6 +486,7 @@ async def _serve(args: argparse.Namespace) -> int:
         faults=plan,
         idle_timeout_s=args.idle_timeout_seconds,
         header_timeout_s=args.header_timeout_seconds,
+        **_runtime_options(args),
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -447,7 +505,8 @@ async def _serve(args: argparse.Namespace) -> int:
         raise UsageError(f"cannot listen on {args.listen}: {exc}") from None
     if (args.galaxy_db or args.galaxy_objects) and not sim.galaxy_available:
         print(
-            "mxgw-sim: warning: Galaxy support is not available; serving the built-in demo plant",
+            f"{args.prog}: warning: Galaxy support is not available; "
+            "serving the built-in demo plant",
             file=sys.stderr,
         )
     try:
@@ -463,7 +522,7 @@ async def _serve(args: argparse.Namespace) -> int:
                 }
             )
         else:
-            line = f"mxgw-sim listening on {sim.endpoint} tls={sim.tls_mode}" + (
+            line = f"{args.prog} listening on {sim.endpoint} tls={sim.tls_mode}" + (
                 f" ca={ca}" if ca else ""
             )
         print(line, flush=True)
@@ -509,9 +568,43 @@ def _deploy(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``mxgw-sim`` with ``argv``; returns the exit code."""
-    args = build_parser().parse_args(argv)
+def _runtime_options(args: argparse.Namespace) -> dict[str, Any]:
+    """``GatewaySimulator`` keywords of ``--runtime``, ``--session-isolation`` and the
+    worker flags.
+
+    Raises:
+        UsageError: the mxaccess runtime cannot run here (one line saying why).
+    """
+    python = str(args.worker_python) if args.worker_python is not None else sys.executable
+    settings = WorkerSettings(
+        runtime=args.runtime,
+        heartbeat_s=args.worker_heartbeat_seconds,
+        heartbeat_grace_s=args.worker_heartbeat_grace_seconds,
+        startup_timeout_s=args.worker_startup_seconds,
+        command=(python, "-m", "mxgateway_sim.worker"),
+    )
+    options: dict[str, Any] = {
+        "session_isolation": args.session_isolation,
+        "worker_settings": settings,
+    }
+    if args.runtime == "mxaccess":
+        from mxgateway_mxaccess import ComStartError, mxaccess_runtime_factory, start_problem
+
+        if args.session_isolation == "inline":
+            try:
+                options["runtime_factory"] = mxaccess_runtime_factory()
+            except ComStartError as exc:
+                raise UsageError(str(exc)) from None
+        elif args.worker_python is None:  # the workers run here: check now, not per session
+            problem = start_problem()
+            if problem is not None:
+                raise UsageError(problem)
+    return options
+
+
+def main(argv: Sequence[str] | None = None, prog: str = "mxgw-sim") -> int:
+    """Run ``mxgw-sim`` (or ``mxgw-gateway``) with ``argv``; returns the exit code."""
+    args = build_parser(prog).parse_args(argv)
     try:
         if args.command == "serve":
             logging.basicConfig(
@@ -523,12 +616,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _keys_create(args)
         return _deploy(args)
     except UsageError as exc:
-        print(f"mxgw-sim: error: {exc}", file=sys.stderr)
+        print(f"{prog}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         return EXIT_OK
 
 
 def run() -> NoReturn:
-    """Console-script entry point."""
+    """Console-script entry point (``mxgw-sim``)."""
     sys.exit(main())
+
+
+def run_gateway() -> NoReturn:
+    """Console-script entry point (``mxgw-gateway``)."""
+    sys.exit(main(prog="mxgw-gateway"))

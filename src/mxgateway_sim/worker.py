@@ -89,9 +89,14 @@ async def make_runtime(kind: str, config: Path | None) -> tuple[MxAccessRuntime,
         RuntimeUnavailable: the runtime cannot be built here.
     """
     if kind == "mxaccess":
-        raise RuntimeUnavailable(
-            "the MXAccess COM runtime is not part of this build yet; use --runtime simulated"
-        )
+        try:
+            from mxgateway_mxaccess import MxAccessComRuntime, start_problem
+        except ImportError as exc:  # an install without the package
+            raise RuntimeUnavailable(f"the MXAccess COM runtime is not installed: {exc}") from None
+        problem = start_problem()
+        if problem is not None:
+            raise RuntimeUnavailable(problem)
+        return MxAccessComRuntime(), None
     if config is None:
         raise RuntimeUnavailable("the simulated runtime needs --runtime-config")
     from mxgateway_sim._simconfig import ConfigError, build_runtime
