@@ -615,7 +615,8 @@ class Session:
 
     async def drain_events(self, max_events: int = 0) -> list[pb.MxEvent]:
         """``DrainEvents``: queued events returned in the reply instead of a stream
-        (``max_events`` 0: all queued), as generated ``MxEvent`` messages."""
+        (``max_events`` 0: all queued that fit in one reply; call again until it returns
+        none), as generated ``MxEvent`` messages."""
         cmd = pb.MxCommand(
             kind=pb.MX_COMMAND_KIND_DRAIN_EVENTS,
             drain_events=pb.DrainEventsCommand(max_events=_int32(max_events, "max_events")),
