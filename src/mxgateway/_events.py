@@ -161,19 +161,11 @@ class DataChange:
     __hash__ = None  # type: ignore[assignment]
 
 
-@dataclass(slots=True, repr=True, eq=True)
-class WriteComplete:
-    """An ``OnWriteComplete``: the outcome of an earlier write (see ``statuses``).
+class _Outcome:
+    """``succeeded`` / ``failed_statuses`` of a completion event, by status category."""
 
-    Upstream a write's reply is a plain OK once MXAccess accepted it; this event carries
-    whether it took effect. :attr:`succeeded` decides by status ``category``.
-    """
-
-    worker_sequence: int
-    server_handle: int
-    item_handle: int
+    __slots__ = ()
     statuses: Sequence[pb.MxStatusProxy]
-    raw: pb.MxEvent
 
     @property
     def failed_statuses(self) -> tuple[pb.MxStatusProxy, ...]:
@@ -187,7 +179,22 @@ class WriteComplete:
 
 
 @dataclass(slots=True, repr=True, eq=True)
-class OperationComplete:
+class WriteComplete(_Outcome):
+    """An ``OnWriteComplete``: the outcome of an earlier write (see ``statuses``).
+
+    Upstream a write's reply is a plain OK once MXAccess accepted it; this event carries
+    whether it took effect. :attr:`succeeded` decides by status ``category``.
+    """
+
+    worker_sequence: int
+    server_handle: int
+    item_handle: int
+    statuses: Sequence[pb.MxStatusProxy]
+    raw: pb.MxEvent
+
+
+@dataclass(slots=True, repr=True, eq=True)
+class OperationComplete(_Outcome):
     """An ``OperationComplete``: the outcome of an earlier operation."""
 
     worker_sequence: int

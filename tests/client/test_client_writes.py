@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import pickle
 from collections.abc import AsyncIterator
 from datetime import datetime, timezone
 
@@ -77,6 +78,12 @@ async def test_failed_outcome_raises_mxaccess_error_with_the_completion(session:
         (pb.MX_STATUS_CATEGORY_OPERATIONAL_ERROR, 1007)
     ]
     assert "OnWriteComplete" in str(err) and "MX_E_NotWriteable" in str(err)
+    copy = pickle.loads(pickle.dumps(err))  # e.g. across a process pool
+    assert (copy.completion, copy.failed_statuses, str(copy)) == (
+        err.completion,
+        err.failed_statuses,
+        str(err),
+    )
     when = datetime(2025, 1, 2, tzinfo=timezone.utc)
     for call in (
         session.write_secured(h, setpoint, 5.0, current_user_id=0, wait=True),
