@@ -17,6 +17,7 @@ from mxgateway._errors import (
     check_mxaccess,
     error_from_protocol_status,
 )
+from mxgateway._logsafe import get_logger
 from mxgateway._options import ClientOptions
 from mxgateway._retry import RetryPolicy
 from mxgateway._transport import DEFAULT, Stream, Transport
@@ -29,7 +30,7 @@ if TYPE_CHECKING:
 
 __all__ = ["GatewayClient"]
 
-_log = logging.getLogger(__name__)
+_log = get_logger(__name__)
 _log.addHandler(logging.NullHandler())
 
 _OK = pb.PROTOCOL_STATUS_CODE_OK

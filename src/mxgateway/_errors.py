@@ -46,6 +46,7 @@ import grpc
 from google.protobuf import descriptor_pool, message_factory
 
 from mxgateway._enums import enum_name
+from mxgateway._logsafe import get_logger
 from mxgateway._status import describe_status, failed_statuses
 from mxgateway.generated import mxaccess_gateway_pb2 as pb
 
@@ -80,7 +81,7 @@ __all__ = [
     "redact",
 ]
 
-_log = logging.getLogger(__name__)
+_log = get_logger(__name__)
 _log.addHandler(logging.NullHandler())
 
 _KEY_PATTERNS = (

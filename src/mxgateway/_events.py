@@ -31,6 +31,7 @@ from mxgateway._errors import (
     MxGatewayUnavailableError,
     MxGatewayUnimplementedError,
 )
+from mxgateway._logsafe import get_logger
 from mxgateway._status import failed_statuses
 from mxgateway._values import MxPythonValue, from_mx_value
 from mxgateway.generated import mxaccess_gateway_pb2 as pb
@@ -53,7 +54,7 @@ __all__ = [
     "decode_events",
 ]
 
-_log = logging.getLogger(__name__)
+_log = get_logger(__name__)
 _log.addHandler(logging.NullHandler())
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)

@@ -24,6 +24,7 @@ from types import TracebackType
 from typing import Any
 
 from mxgateway._errors import MxGatewayInvalidRequestError
+from mxgateway._logsafe import get_logger
 from mxgateway._options import ClientOptions
 from mxgateway._transport import DEFAULT, Stream, Transport
 from mxgateway._values import datetime_to_timestamp, timestamp_to_datetime
@@ -39,7 +40,7 @@ __all__ = [
     "GalaxyRepositoryClient",
 ]
 
-_log = logging.getLogger("mxgateway.galaxy")
+_log = get_logger("mxgateway.galaxy")
 _log.addHandler(logging.NullHandler())
 
 GalaxyObject = gr.GalaxyObject

@@ -16,12 +16,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from mxgateway._logsafe import get_logger
 from mxgateway._retry import RetryPolicy
 from mxgateway._secret import Secret
 
 __all__ = ["DEFAULT_MAX_MESSAGE_BYTES", "ClientOptions"]
 
-_log = logging.getLogger(__name__)
+_log = get_logger(__name__)
 _log.addHandler(logging.NullHandler())
 
 DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024

@@ -28,6 +28,7 @@ from mxgateway._errors import (
     MxGatewayWriteTimeoutError,
 )
 from mxgateway._events import EventStream, WriteComplete
+from mxgateway._logsafe import get_logger
 from mxgateway._transport import DEFAULT, Stream
 from mxgateway._values import ValueType, datetime_to_timestamp, fill_mx_value, to_mx_value
 from mxgateway._writes import WriteWaiter, WriteWaiters
@@ -40,7 +41,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Session"]
 
-_log = logging.getLogger(__name__)
+_log = get_logger(__name__)
 _log.addHandler(logging.NullHandler())
 
 _T = TypeVar("_T")

@@ -64,6 +64,7 @@ from mxgateway._errors import (
     MxGatewayUnimplementedError,
 )
 from mxgateway._events import DataChange, EventGap, EventStream, StreamFault
+from mxgateway._logsafe import get_logger
 from mxgateway._retry import RetryPolicy
 from mxgateway._values import MxPythonValue, from_mx_value
 from mxgateway.generated import mxaccess_gateway_pb2 as pb
@@ -82,7 +83,7 @@ __all__ = [
     "TagValue",
 ]
 
-_log = logging.getLogger(__name__)
+_log = get_logger(__name__)
 _log.addHandler(logging.NullHandler())
 
 DEFAULT_RECONNECT = RetryPolicy(

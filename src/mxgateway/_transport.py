@@ -40,12 +40,13 @@ from mxgateway._errors import (
     MxGatewayUnavailableError,
     error_from_rpc_error,
 )
+from mxgateway._logsafe import get_logger
 from mxgateway._options import ClientOptions
 from mxgateway._retry import is_idempotent
 
 __all__ = ["DEFAULT", "Stream", "Transport"]
 
-_log = logging.getLogger(__name__)
+_log = get_logger(__name__)
 _log.addHandler(logging.NullHandler())
 
 ReqT = TypeVar("ReqT")

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
@@ -23,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar
 
 from mxgateway import __version__
+from mxgateway._logsafe import get_logger
 from mxgateway_mxaccess._com import ComPlatform, LmxProxyServer, StatusRecord, Win32Platform
 from mxgateway_mxaccess._sta import StaThread
 from mxgateway_mxaccess._startup import ComStartError, start_problem
@@ -61,7 +61,7 @@ __all__ = [
     "mxaccess_runtime_factory",
 ]
 
-log = logging.getLogger("mxgateway_mxaccess")
+log = get_logger("mxgateway_mxaccess")
 
 BACKEND_NAME: Final = "mxaccess-com"
 DEFAULT_READ_TIMEOUT_S: Final = 30.0

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from typing import Protocol
 
+from mxgateway._logsafe import get_logger
 from mxgateway._values import MxPythonValue
 from mxgateway_sim._catalog import TagCatalog, TagInfo
 from mxgateway_sim._domain import (
@@ -50,7 +51,6 @@ from mxgateway_sim._domain import (
     TagSample,
     failure,
 )
-from mxgateway_sim._logsafe import get_logger
 
 log = get_logger("mxgateway_sim.plant")
 

@@ -24,6 +24,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
 from grpc_reflection.v1alpha import reflection
 
+from mxgateway._logsafe import get_logger
 from mxgateway.generated import mxaccess_gateway_pb2 as pb
 from mxgateway_sim._alarms import AlarmMonitor
 from mxgateway_sim._auth import ApiKeyStore, AuthInterceptor, new_key
@@ -36,7 +37,6 @@ from mxgateway_sim._faults import (
     FaultPlan,
 )
 from mxgateway_sim._limits import DEFAULT_MAX_MESSAGE_BYTES, check_limits
-from mxgateway_sim._logsafe import get_logger
 from mxgateway_sim._plant import Plant
 from mxgateway_sim._runtime import MxAccessRuntime
 from mxgateway_sim._servicer import GatewayServicer, add_gateway_servicer

@@ -20,6 +20,7 @@ import grpc
 from google.protobuf.duration_pb2 import Duration
 from grpc import aio
 
+from mxgateway._logsafe import get_logger
 from mxgateway._values import from_mx_value, timestamp_to_datetime, to_mx_value
 from mxgateway._version import GATEWAY_PROTOCOL_VERSION, WORKER_PROTOCOL_VERSION
 from mxgateway.generated import mxaccess_gateway_pb2 as pb
@@ -37,7 +38,6 @@ from mxgateway_sim._domain import (
 from mxgateway_sim._events import EndReason, Subscriber, SubscriberRefused
 from mxgateway_sim._faults import FaultInjector
 from mxgateway_sim._limits import REPLY_OVERHEAD_BYTES, LimitError, reply_too_large, too_large
-from mxgateway_sim._logsafe import get_logger
 from mxgateway_sim._sessions import Session, SessionLimitError, SessionManager, SessionState
 from mxgateway_sim._slicing import CHUNK_ROWS, Slicer, chunks
 from mxgateway_sim._wire import (

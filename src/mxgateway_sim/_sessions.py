@@ -22,6 +22,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from mxgateway._logsafe import get_logger
 from mxgateway_sim._domain import ReleaseCounts
 from mxgateway_sim._events import EndReason, EventLog, OverflowPolicy, StreamEnd
 from mxgateway_sim._limits import (
@@ -32,7 +33,6 @@ from mxgateway_sim._limits import (
     DEFAULT_REFERENCE_CACHE_BYTES,
     DEFAULT_REPLAY_RING_BYTES,
 )
-from mxgateway_sim._logsafe import get_logger
 from mxgateway_sim._runtime import MxAccessRuntime
 
 log = get_logger("mxgateway_sim.sessions")

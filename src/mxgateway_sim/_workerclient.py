@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mxgateway._logsafe import get_logger
 from mxgateway._version import WORKER_PROTOCOL_VERSION
 from mxgateway.generated import mxaccess_gateway_pb2 as pb
 from mxgateway.generated import mxaccess_worker_pb2 as wpb
@@ -37,7 +38,6 @@ from mxgateway_sim._domain import (
     WriteRequest,
 )
 from mxgateway_sim._framing import MAX_FRAME_BYTES, FrameDecoder, FrameError
-from mxgateway_sim._logsafe import get_logger
 from mxgateway_sim._runtime import EventSink
 from mxgateway_sim._wire import varint
 from mxgateway_sim._workerwire import (

@@ -27,13 +27,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+from mxgateway._logsafe import get_logger
 from mxgateway._secret import NoEchoArgumentParser, env_secret_missing
 from mxgateway_sim._auth import SCOPES, ApiKeyStore, KeyFormatError, load_keys_file, new_key
 from mxgateway_sim._auth import parse_scopes as _parse_scopes
 from mxgateway_sim._events import OverflowPolicy
 from mxgateway_sim._faults import FaultPlan, FaultPlanError
 from mxgateway_sim._limits import LIMITS
-from mxgateway_sim._logsafe import get_logger
 from mxgateway_sim._server import (
     DEFAULT_HEADER_TIMEOUT_S,
     DEFAULT_IDLE_TIMEOUT_S,

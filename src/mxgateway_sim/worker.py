@@ -32,12 +32,12 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from mxgateway import __version__
+from mxgateway._logsafe import get_logger
 from mxgateway._version import WORKER_PROTOCOL_VERSION
 from mxgateway.generated import mxaccess_gateway_pb2 as pb
 from mxgateway.generated import mxaccess_worker_pb2 as wpb
 from mxgateway_sim._domain import MxRuntimeEvent
 from mxgateway_sim._framing import MAX_FRAME_BYTES, FrameDecoder, FrameError
-from mxgateway_sim._logsafe import get_logger
 from mxgateway_sim._runtime import MxAccessRuntime
 from mxgateway_sim._wire import EventEncoder
 from mxgateway_sim._workerwire import (

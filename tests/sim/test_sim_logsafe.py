@@ -12,10 +12,12 @@ from pathlib import Path
 import grpc
 from simhelpers import Gw, serve_process
 
+import mxgateway
+import mxgateway_mxaccess
 import mxgateway_sim
+from mxgateway._logsafe import SafeFieldsFilter, escape_log_text, get_logger
 from mxgateway.generated import mxaccess_gateway_pb2 as pb
 from mxgateway_sim import new_key
-from mxgateway_sim._logsafe import SafeFieldsFilter, escape_log_text, get_logger
 
 FORGED = "2026-12-01 00:00:00,000 WARNING mxgateway_sim keys reloaded: forged"
 
@@ -27,17 +29,17 @@ def test_escaping_covers_line_breaks_and_terminal_controls() -> None:
     assert escape_log_text("Tank01.Level ok") == "Tank01.Level ok"
 
 
-def test_every_simulator_logger_escapes() -> None:
-    for module in pkgutil.walk_packages(mxgateway_sim.__path__, "mxgateway_sim."):
-        importlib.import_module(module.name)
-    loggers = {
-        name: logger
-        for name, logger in logging.Logger.manager.loggerDict.items()
-        if name.startswith("mxgateway_sim") and isinstance(logger, logging.Logger)
-    }
-    assert "mxgateway_sim.sessions" in loggers
-    for name, logger in loggers.items():
-        assert any(isinstance(f, SafeFieldsFilter) for f in logger.filters), name
+def test_every_logger_of_the_packages_escapes() -> None:
+    """Library, simulator and COM runtime: every module-level logger has the filter."""
+    checked = []
+    for package in (mxgateway, mxgateway_sim, mxgateway_mxaccess):
+        for info in pkgutil.walk_packages(package.__path__, package.__name__ + "."):
+            module = importlib.import_module(info.name)
+            for value in vars(module).values():
+                if isinstance(value, logging.Logger) and value.name.startswith("mxgateway"):
+                    assert any(isinstance(f, SafeFieldsFilter) for f in value.filters), info.name
+                    checked.append(value.name)
+    assert {"mxgateway_sim.sessions", "mxgateway._events", "mxgateway_mxaccess"} <= set(checked)
 
 
 def test_filter_escapes_arguments_and_keeps_clean_ones() -> None:

@@ -1,11 +1,12 @@
 """Loggers whose lines a caller cannot forge.
 
-Log messages carry caller-supplied text (session and client names, references, error
-texts). A newline or a control character in such a field would let a caller write a line of
-their own into the server log (``name\\n2026-01-01 WARNING admin key revoked``) or hide one
-with terminal escapes. Every logger of the simulator comes from :func:`get_logger`, whose
-filter escapes those characters (``\\n``, ``\\x1b``, ``\\u2028``...) in the message and its
-arguments before any handler formats them.
+Log messages carry text from the other side (session and client names, references, error
+texts, a gateway's fault messages). A newline or a control character in such a field would
+let a caller write a line of their own into the server log (``name\\n2026-01-01 WARNING
+admin key revoked``), a hostile gateway into a client's, or hide one with terminal escapes.
+Every logger of the library, the simulator and the COM runtime comes from
+:func:`get_logger`, whose filter escapes those characters (``\\n``, ``\\x1b``,
+``\\u2028``...) in the message and its arguments before any handler formats them.
 """
 
 from __future__ import annotations
