@@ -220,6 +220,7 @@ async def test_a_value_over_the_limit_is_refused_naming_it() -> None:
             session_options=SessionOptions(max_value_bytes=64 * 1024),
         ) as sim,
         grpc.aio.insecure_channel(sim.endpoint) as channel,
+        Health(sim.endpoint),
     ):
         gw = Gw(channel, sim.api_key)
         sid = await gw.open()
@@ -244,7 +245,10 @@ async def test_a_value_over_the_limit_is_refused_naming_it() -> None:
 
 
 async def test_a_50_mb_write_names_the_message_limit_not_overloaded() -> None:
-    async with GatewaySimulator(catalog=builtin_catalog(), flaky_one_in=0) as sim:
+    async with (
+        GatewaySimulator(catalog=builtin_catalog(), flaky_one_in=0) as sim,
+        Health(sim.endpoint),
+    ):
         for limit, side in ((16 * MIB, "ClientOptions.max_message_bytes"), (64 * MIB, "mxgw-sim")):
             options = ClientOptions(
                 endpoint=sim.endpoint, api_key=sim.api_key, plaintext=True, max_message_bytes=limit
@@ -433,6 +437,7 @@ async def test_items_per_session_are_capped_and_a_refused_bulk_add_creates_nothi
             session_options=SessionOptions(max_items_per_session=100),
         ) as sim,
         grpc.aio.insecure_channel(sim.endpoint) as channel,
+        Health(sim.endpoint),
     ):
         gw = Gw(channel, sim.api_key)
         sid = await gw.open()
@@ -469,6 +474,7 @@ async def test_a_buffered_batch_goes_out_before_it_outgrows_a_message() -> None:
             session_options=SessionOptions(max_message_bytes=limit, max_value_bytes=64 * 1024),
         ) as sim,
         grpc.aio.insecure_channel(sim.endpoint) as channel,
+        Health(sim.endpoint),
     ):
         gw = Gw(channel, sim.api_key)
         sid = await gw.open()
@@ -527,6 +533,7 @@ async def test_a_bulk_add_whose_reply_would_not_fit_creates_nothing() -> None:
             session_options=SessionOptions(max_message_bytes=64 * 1024, max_value_bytes=1024),
         ) as sim,
         grpc.aio.insecure_channel(sim.endpoint) as channel,
+        Health(sim.endpoint),
     ):
         gw = Gw(channel, sim.api_key)
         sid = await gw.open()
@@ -557,6 +564,7 @@ async def test_drain_returns_what_fits_and_keeps_the_rest() -> None:
             session_options=SessionOptions(max_message_bytes=256 * 1024, max_value_bytes=64 * 1024),
         ) as sim,
         grpc.aio.insecure_channel(sim.endpoint) as channel,
+        Health(sim.endpoint),
     ):
         gw = Gw(channel, sim.api_key)
         sid = await gw.open()
