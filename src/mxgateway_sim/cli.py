@@ -184,6 +184,14 @@ def build_parser(prog: str = "mxgw-sim") -> argparse.ArgumentParser:
     galaxy = serve.add_argument_group("plant")
     galaxy.add_argument("--galaxy-db", type=Path, metavar="PATH", help="SQLite Galaxy Repository")
     galaxy.add_argument("--galaxy-objects", type=_positive, metavar="N", help="synthetic galaxy")
+    galaxy.add_argument(
+        "--galaxy-poll-seconds",
+        type=_seconds,
+        default=2.0,
+        metavar="S",
+        help="how often galaxy.time_of_last_deploy is read to detect a deploy (default 2; "
+        "upstream polls a real ZB every 30)",
+    )
     sql = galaxy.add_mutually_exclusive_group()
     sql.add_argument(
         "--galaxy-sql-server-env",
@@ -480,6 +488,7 @@ async def _serve(args: argparse.Namespace) -> int:
         galaxy_objects=args.galaxy_objects,
         galaxy_page_bytes=args.galaxy_page_bytes,
         galaxy_source=galaxy_source,
+        galaxy_poll_interval=args.galaxy_poll_seconds,
         seed=args.seed,
         scan_interval_ms=args.scan_interval_ms,
         session_options=options,
