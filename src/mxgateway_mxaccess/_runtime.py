@@ -200,6 +200,8 @@ class MxAccessComRuntime:
         type_hint: The expected MX data type of a reference (Float vs Double, FILETIME Time).
         local_times: VT_DATE values are the node's local time (default: UTC).
         idle_s: How long the STA thread sleeps between pumps when nothing happens.
+        close_timeout_s: How long :meth:`close` waits for the teardown calls, and then for
+            the thread, before giving up on a COM call that never returns.
     """
 
     def __init__(
@@ -209,11 +211,13 @@ class MxAccessComRuntime:
         type_hint: TypeHint | None = None,
         local_times: bool = False,
         idle_s: float = 0.05,
+        close_timeout_s: float = 10.0,
     ) -> None:
         self._platform = platform
         self._type_hint = type_hint
         self._local_times = local_times
         self._idle_s = idle_s
+        self._close_timeout_s = close_timeout_s
         self._sta: StaThread | None = None
         self._server: LmxProxyServer | None = None
         self._sink: EventSink | None = None
@@ -270,12 +274,14 @@ class MxAccessComRuntime:
         if sta is None:
             return
         try:
-            await self.release_all()
+            await asyncio.wait_for(self.release_all(), self._close_timeout_s)
+        except TimeoutError:
+            log.warning("MXAccess teardown did not finish: a COM call is still running")
         except Exception:  # the thread may already be gone; stopping is what matters
             log.debug("release before close failed", exc_info=True)
         self._sink = None
         self._sta = None
-        if not await asyncio.to_thread(sta.stop):
+        if not await asyncio.to_thread(sta.stop, self._close_timeout_s):
             log.warning("the MXAccess STA thread did not stop: a COM call is still running")
 
     def _flush(self) -> None:
@@ -486,12 +492,13 @@ class MxAccessComRuntime:
                 rows.append(ReadResult(reference, None, False, exc.message))
         return rows
 
-    def _cached(self, server_handle: int, reference: str) -> TagSample | None:
+    def _cached(self, reference: str) -> TagSample | None:
+        """(STA thread) the last value of ``reference`` if an item of this session (any
+        registration) advises it."""
         key = reference.casefold()
         for item in self._items.values():
             if (
-                item.server_handle == server_handle
-                and item.advised
+                item.advised
                 and item.waiter is None
                 and item.last is not None
                 and item.reference.casefold() == key
@@ -500,7 +507,7 @@ class MxAccessComRuntime:
         return None
 
     async def _read_one(self, server_handle: int, reference: str, timeout: float) -> ReadResult:
-        cached = await self._call("ReadBulk", lambda s: self._cached(server_handle, reference))
+        cached = await self._call("ReadBulk", lambda s: self._cached(reference))
         if cached is not None:
             return _read_row(reference, cached, cached=True)
         waiter: Future[TagSample] = Future()

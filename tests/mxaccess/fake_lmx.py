@@ -221,6 +221,8 @@ class FakeLmxProxyServer:
 
     def Register(self, pClientName: str) -> int:
         self._enter("Register", pClientName)
+        if self._platform.hang_register is not None:  # a COM call that does not return
+            self._platform.hang_register.wait(30)
         h = self._next_server
         self._next_server += 1
         self._servers[h] = {}
@@ -394,6 +396,7 @@ class FakePlatform:
         self.first_value_delay_s = first_value_delay_s
         self.pumping = pumping
         self.create_error = create_error
+        self.hang_register: threading.Event | None = None
         self.server: FakeLmxProxyServer | None = None
         self.apartment_thread: int | None = None
         self.apartment_left = False

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from datetime import datetime, timezone
 
@@ -70,6 +71,35 @@ async def test_write_before_the_type_resolved_is_e_invalidarg(target: Target) ->
     assert caught.value.hresult == E_INVALIDARG
     assert "Value does not fall within the expected range" in caught.value.message
     assert caught.value.message.startswith("Write: ")
+
+
+async def test_read_bulk_answers_from_any_registration_of_the_session(
+    fake_target: Target,
+) -> None:
+    t = fake_target
+    await advised(t, t.read_tag)
+    other = await t.runtime.register("another registration")
+    [row] = await t.runtime.read(other, [t.read_tag.upper()], 5.0)
+    assert row.ok and row.was_cached  # references compare without case, as MXAccess does
+    assert [n for n, _ in t.fake.calls].count("AddItem") == 1
+
+
+async def test_close_gives_up_on_a_com_call_that_never_returns() -> None:
+    platform = FakePlatform()
+    runtime = MxAccessComRuntime(platform, idle_s=0.01, close_timeout_s=0.2)
+    await runtime.start(lambda batch: None)
+    platform.hang_register = threading.Event()
+    stuck = asyncio.ensure_future(runtime.register("x"))
+    await asyncio.sleep(0.1)
+    try:
+        await runtime.close()  # returns although Register is still running on the STA
+        assert not stuck.done()
+        with pytest.raises(MxAccessError, match="not running"):
+            await runtime.ping()
+    finally:
+        platform.hang_register.set()
+        with contextlib.suppress(Exception):
+            await stuck
 
 
 async def test_read_bulk_uncached_then_cached(target: Target) -> None:
