@@ -1,7 +1,9 @@
-"""``python -m bench [all|parse|unary|events|bulk|galaxy|capacity|profile] [--quick] [--out F]``.
+"""``python -m bench [all|parse|unary|events|bulk|galaxy|capacity|profile|stall] [--quick]
+[--out F]``.
 
 Prints one JSON document. ``all`` runs every benchmark in turn (under 10 minutes on a
-2-core machine) and wraps their documents with the machine info.
+2-core machine) and wraps their documents with the machine info; ``stall`` (the loop stall
+under attack, several minutes) runs only when named.
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ from typing import Any
 from bench._common import machine_info, rnd
 
 BENCHMARKS = ("parse", "unary", "events", "bulk", "galaxy", "capacity", "profile")
+ONLY_WHEN_NAMED = ("stall",)
 # Benchmark name -> module (galaxy_memory.py belongs to the Galaxy helpers).
-MODULES = {"galaxy": "galaxy_memory"}
+MODULES = {"galaxy": "galaxy_memory", "stall": "loop_stall"}
 
 
 def clean(value: Any) -> Any:
@@ -45,7 +48,9 @@ def run_one(name: str, quick: bool) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     """Parse the command line, run, print JSON (and write it to ``--out``)."""
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("benchmark", nargs="?", default="all", choices=("all", *BENCHMARKS))
+    parser.add_argument(
+        "benchmark", nargs="?", default="all", choices=("all", *BENCHMARKS, *ONLY_WHEN_NAMED)
+    )
     parser.add_argument("--quick", action="store_true", help="tiny workloads (smoke test)")
     parser.add_argument("--out", help="also write the JSON document to this file")
     args = parser.parse_args(argv)

@@ -220,6 +220,7 @@ def sim_server(
     tags_out: str = "",
     max_sessions: int = 64,
     event_queue_limit: int = 10_000,
+    extra: Sequence[str] = (),
 ) -> ServerProcess | None:
     """The simulator in a subprocess via ``bench/sim_server.py``, or None if it is missing."""
     try:
@@ -241,6 +242,7 @@ def sim_server(
     ]
     if tags_out:
         argv += ["--tags-out", tags_out]
+    argv += extra
     return ServerProcess(argv, ready_timeout=180.0)
 
 

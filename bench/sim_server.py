@@ -6,21 +6,34 @@ the writeable scalar Double attributes of its catalog to ``--tags-out`` (one a l
 one JSON line ``{"address": ...}`` and serves until terminated. It exists (instead of
 ``mxgw-sim serve``) so the benchmarks can set the scan interval, the synthetic galaxy size
 and the session/event limits.
+
+``--loop-probe FILE`` adds a probe task to the server's event loop (``bench/loop_stall.py``):
+it sleeps :data:`PROBE_INTERVAL_S` again and again and records by how much each sleep
+overran, which is how long the loop was held by something else. On SIGUSR1 the server
+writes what it recorded since the previous SIGUSR1 to FILE (atomically) and starts afresh.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import gc
 import json
 import logging
+import os
 import signal
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
 from bench._common import API_KEY
+
+PROBE_INTERVAL_S = 0.002
+"""Sleep of the loop probe: a stall shorter than this cannot be seen, a longer one is
+measured to within a few microseconds."""
 
 _WRITEABLE = frozenset({-1, 4, 5, 6, 7, 8, 9, 10, 11, 14})
 # COM MxDataType of the scalars the bench writes: Boolean, Integer, Double, String.
@@ -39,11 +52,69 @@ def select_tags(catalog: Any) -> list[str]:
     ]
 
 
+class LoopProbe:
+    """Measures how late the event loop wakes a sleeping task (the loop's longest stalls)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.lateness: list[float] = []
+        self.cpu: list[float] = []  # loop-thread CPU seconds during each sleep
+        self.gc_pauses: list[tuple[int, float]] = []  # (generation, seconds) per collection
+        self._gc_start = 0.0
+        self.since = time.monotonic()
+        gc.callbacks.append(self._on_gc)
+
+    def _on_gc(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._gc_start = time.perf_counter()
+        else:
+            self.gc_pauses.append((info["generation"], time.perf_counter() - self._gc_start))
+
+    async def run(self) -> None:
+        """Sample until cancelled."""
+        while True:
+            t0, c0 = time.perf_counter(), time.thread_time()
+            await asyncio.sleep(PROBE_INTERVAL_S)
+            self.lateness.append(time.perf_counter() - t0 - PROBE_INTERVAL_S)
+            self.cpu.append(time.thread_time() - c0)
+
+    def dump(self) -> None:
+        """Write the samples since the last dump to ``path`` and start afresh."""
+        lateness, cpu, pauses = self.lateness, self.cpu, self.gc_pauses
+        self.lateness, self.cpu, self.gc_pauses = [], [], []
+        longest_gc = max(pauses, key=lambda p: p[1], default=None)
+        order = sorted(range(len(lateness)), key=lateness.__getitem__)
+        worst = order[-1] if order else None
+        doc = {
+            "window_s": round(time.monotonic() - self.since, 3),
+            "samples": len(lateness),
+            "max_stall_ms": round(lateness[worst] * 1000, 2) if worst is not None else None,
+            "max_stall_loop_cpu_ms": round(cpu[worst] * 1000, 2) if worst is not None else None,
+            # The loop thread's own longest run between two probe wake-ups: the stall the
+            # server caused, whatever else the machine was doing.
+            "max_loop_cpu_ms": round(max(cpu) * 1000, 2) if cpu else None,
+            "p99_stall_ms": (
+                round(lateness[order[int(len(order) * 0.99)]] * 1000, 2) if order else None
+            ),
+            "stalls_over_50ms": sum(1 for x in lateness if x > 0.05),
+            "stalls_over_100ms": sum(1 for x in lateness if x > 0.1),
+            "top_stalls_ms": [round(lateness[i] * 1000, 1) for i in order[::-1][:5]],
+            "gc_collections": len(pauses),
+            "longest_gc_ms": round(longest_gc[1] * 1000, 2) if longest_gc else None,
+            "longest_gc_generation": longest_gc[0] if longest_gc else None,
+        }
+        self.since = time.monotonic()
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(doc), encoding="utf-8")
+        os.replace(tmp, self.path)
+
+
 async def serve(args: argparse.Namespace) -> None:
     """Start the simulator, report, serve until SIGTERM/SIGINT."""
     from mxgateway_sim import GatewaySimulator, SessionOptions
 
     options = SessionOptions(
+        command_timeout_s=args.command_timeout_s,
         max_sessions=args.max_sessions,
         max_sessions_per_key=args.max_sessions,  # one bench key opens every session
         event_queue_limit=args.event_queue_limit,
@@ -84,7 +155,16 @@ async def serve(args: argparse.Namespace) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        probe_task = None
+        if args.loop_probe:
+            probe = LoopProbe(Path(args.loop_probe))
+            probe_task = loop.create_task(probe.run())
+            loop.add_signal_handler(signal.SIGUSR1, probe.dump)
         await stop.wait()
+        if probe_task is not None:
+            probe_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await probe_task
     finally:
         await sim.stop(0.5)
 
@@ -102,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-sessions", type=int, default=64)
     parser.add_argument("--event-queue-limit", type=int, default=10_000)
     parser.add_argument("--tags-out", default="")
+    parser.add_argument("--command-timeout-s", type=float, default=30.0)
+    parser.add_argument("--loop-probe", default="", help="file the loop probe writes on SIGUSR1")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     if args.db_dir:

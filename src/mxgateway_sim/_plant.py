@@ -18,7 +18,7 @@ import contextlib
 import hashlib
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
 from typing import Protocol
 
@@ -51,8 +51,13 @@ from mxgateway_sim._domain import (
     TagSample,
     failure,
 )
+from mxgateway_sim._slicing import Slicer, chunks
 
 log = get_logger("mxgateway_sim.plant")
+
+
+TICK_SLICE_DELIVERIES = 1024
+"""Deliveries (OnDataChange events, each encoded when handed over) per slice of a tick."""
 
 
 class SampleSink(Protocol):
@@ -68,6 +73,10 @@ class TickListener(Protocol):
 
     def flush(self, now: float) -> None:
         """The tick is complete."""
+        ...
+
+    def hand_over(self) -> None:
+        """Pass on what the tick delivered so far (a long tick does this between slices)."""
         ...
 
 
@@ -384,17 +393,37 @@ class Plant:
 
     def step(self, now: float | None = None) -> None:
         """Advance one scan tick: compute changed attributes and flush every runtime."""
+        for _ in self._tick(time.time() if now is None else now):
+            pass
+
+    def _tick(self, now: float) -> Iterator[None]:
+        """One tick, pausing (``yield``) after every :data:`TICK_SLICE_DELIVERIES` deliveries.
+
+        With 100k advised items a tick is 100k OnDataChange events: the scan task gives the
+        loop back between slices (see :mod:`mxgateway_sim._slicing`), handing the events of
+        each slice on first so none piles up. Subscribers may come and go during a pause;
+        one that left is not delivered to.
+        """
         n = self.tick = self.tick + 1
-        now = time.time() if now is None else now
         if self.catalog.version != self._version:
             self._redeploy(now)
-        for state in self._active.values():
+        done = 0
+        for state in list(self._active.values()):
             if not state.changes_at(n):
                 continue
             sample = state.compute(n, now)
-            for item in state.subs:
-                item.deliver(sample)
-        for runtime in self._runtimes:
+            subs = state.subs
+            for chunk in chunks(list(subs), TICK_SLICE_DELIVERIES):
+                for item in chunk:
+                    if item in subs:
+                        item.deliver(sample)
+                done += len(chunk)
+                if done >= TICK_SLICE_DELIVERIES:
+                    done = 0
+                    for runtime in list(self._runtimes):
+                        runtime.hand_over()
+                    yield
+        for runtime in list(self._runtimes):
             runtime.flush(now)
 
     def start(self) -> None:
@@ -421,6 +450,8 @@ class Plant:
                 delay = 0
             await asyncio.sleep(delay)
             try:
-                self.step()
+                slicer = Slicer()
+                for _ in self._tick(time.time()):
+                    await slicer.checkpoint()
             except Exception:  # one bad value must not stop the clock for every session
                 log.exception("scan tick %d failed", self.tick)

@@ -220,12 +220,16 @@ class SimulatedRuntime:
 
     def flush(self, now: float) -> None:
         """Hand this tick's events (and due buffered batches) to the sink."""
-        events = self.pending
         if self._buffered:
             self._collect_buffered(now)
-        if events:
-            batch = list(events)
-            events.clear()  # the same list object: items append to it directly
+        self.hand_over()
+
+    def hand_over(self) -> None:
+        """Hand the events queued so far to the sink (a plant tick between two slices);
+        buffered batches wait for the tick's :meth:`flush`."""
+        if self.pending:
+            batch = list(self.pending)
+            self.pending.clear()  # the same list object: items append to it directly
             if self._sink is not None:
                 self._sink(batch)
 

@@ -25,6 +25,7 @@ EXPECTED: dict[str, tuple[str, ...]] = {
     "bulk": ("replay", "bare_stub", "read", "100", "speedup"),
     "capacity": (),
     "profile": ("bare_stream_events", "top_by_tottime"),
+    "stall": ("attacks", "read_bulk_200k", "loop", "max_loop_cpu_ms"),
 }
 
 

@@ -8,6 +8,7 @@ is asserted here; ``bench/loop_stall.py`` measures how long the loop is held.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -19,7 +20,9 @@ from simhelpers import SCAN_MS, Gw, wait_for
 from mxgateway.generated import mxaccess_gateway_pb2 as pb
 from mxgateway_sim import GatewaySimulator, InMemoryCatalog, SessionOptions, builtin_catalog
 from mxgateway_sim._builtin import tag
-from mxgateway_sim._domain import MX_DOUBLE
+from mxgateway_sim._domain import MX_DOUBLE, DataChange, MxRuntimeEvent
+from mxgateway_sim._plant import TICK_SLICE_DELIVERIES, Plant
+from mxgateway_sim._simruntime import SimulatedRuntime
 from mxgateway_sim._slicing import CHUNK_ROWS
 
 HUGE = 200_000  # rows: a second or more of server work, far more than a health check's
@@ -217,3 +220,34 @@ async def test_many_distinct_items_unsubscribe_and_close() -> None:
         closed = await gw.stub.CloseSession(pb.CloseSessionRequest(session_id=sid), metadata=gw.md)
         assert closed.released_item_count == n - n // 2
         assert closed.released_advise_count == n - n // 2
+
+
+async def test_a_scan_tick_over_many_items_pauses_between_slices() -> None:
+    # 100k advised items make a tick 100k OnDataChange events: the scan task hands each
+    # slice's events on and gives the loop back before the next slice.
+    plant = Plant(builtin_catalog(), scan_interval_ms=1000, flaky_one_in=0)
+    rt = SimulatedRuntime(plant)
+    got: list[list[MxRuntimeEvent]] = []
+    await rt.start(lambda events: got.append(list(events)))
+    sh = await rt.register("t")
+    handles = []
+    for _ in range(TICK_SLICE_DELIVERIES * 3 + 5):
+        handles.append(await rt.add_item(sh, "Tank01.LevelSetpoint"))
+        await rt.advise(sh, handles[-1], supervisory=False)
+    got.clear()
+    state = plant.state("Tank01.LevelSetpoint")
+    assert state is not None
+    plant.write(state, 42.0, None)  # the next tick delivers it to every item
+
+    def delivered() -> list[int]:
+        return [e.item_handle for batch in got for e in batch if isinstance(e, DataChange)]
+
+    tick = plant._tick(time.time())
+    next(tick)  # the first slice is done and its events were handed on before the pause
+    assert delivered() == handles[:TICK_SLICE_DELIVERIES]
+    await rt.unadvise(sh, handles[-1])  # a subscriber leaves during the pause
+    for _ in tick:
+        pass
+    assert delivered() == handles[:-1]  # in order, each once, none to the item that left
+    assert all(e.sample.value == 42.0 for batch in got for e in batch if isinstance(e, DataChange))
+    await rt.close()
