@@ -23,6 +23,10 @@ REPLY_OVERHEAD_BYTES = 4096
 """Room kept in every reply for what is not rows or events (session id, correlation id,
 protocol status): a reply is built only if its rows fit in the message limit minus this."""
 
+MAX_SESSION_NAME_CHARS = 256
+"""Longest ``client_session_name``: the name lives as long as the session and goes into the
+log, so it is not allowed to be megabytes (a longer one is ``INVALID_ARGUMENT``)."""
+
 MIN_MESSAGE_BYTES = 64 * 1024
 """Smallest ``--max-message-bytes`` accepted (a reply must hold at least one value)."""
 

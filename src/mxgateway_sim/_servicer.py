@@ -37,7 +37,13 @@ from mxgateway_sim._domain import (
 )
 from mxgateway_sim._events import EndReason, Subscriber, SubscriberRefused
 from mxgateway_sim._faults import FaultInjector
-from mxgateway_sim._limits import REPLY_OVERHEAD_BYTES, LimitError, reply_too_large, too_large
+from mxgateway_sim._limits import (
+    MAX_SESSION_NAME_CHARS,
+    REPLY_OVERHEAD_BYTES,
+    LimitError,
+    reply_too_large,
+    too_large,
+)
 from mxgateway_sim._sessions import Session, SessionLimitError, SessionManager, SessionState
 from mxgateway_sim._slicing import CHUNK_ROWS, Slicer, chunks
 from mxgateway_sim._wire import (
@@ -307,8 +313,15 @@ class GatewayServicer:
         self, request: pb.OpenSessionRequest, context: Context
     ) -> pb.OpenSessionReply:
         principal = await self._caller(context)
+        name = request.client_session_name
+        if len(name) > MAX_SESSION_NAME_CHARS:  # kept for the session's life and logged
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"client_session_name is {len(name):,} characters long; the limit is "
+                f"{MAX_SESSION_NAME_CHARS}",
+            )
         try:
-            session = await self.sessions.open(request.client_session_name, principal.key_id)
+            session = await self.sessions.open(name, principal.key_id)
         except SessionLimitError as exc:
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
         except WorkerStartError as exc:

@@ -628,3 +628,18 @@ def test_an_event_too_large_for_any_reply_is_named_not_stuck() -> None:
     assert [(e.worker_sequence, e.on_data_change.value.string_value) for e in third] == [
         (3, "after")
     ]
+
+
+async def test_a_megabyte_session_name_is_refused() -> None:
+    async with (
+        GatewaySimulator(catalog=builtin_catalog(), flaky_one_in=0) as sim,
+        grpc.aio.insecure_channel(sim.endpoint) as channel,
+        Health(sim.endpoint),
+    ):
+        gw = Gw(channel, sim.api_key)
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await gw.open("n" * (1024 * 1024))
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "the limit is 256" in (info.value.details() or "")
+        assert sim.sessions is not None and len(sim.sessions) == 0
+        assert await gw.open("n" * 256)  # the longest name allowed
