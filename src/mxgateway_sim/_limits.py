@@ -27,6 +27,10 @@ MAX_SESSION_NAME_CHARS = 256
 """Longest ``client_session_name``: the name lives as long as the session and goes into the
 log, so it is not allowed to be megabytes (a longer one is ``INVALID_ARGUMENT``)."""
 
+MAX_ACK_COMMENT_CHARS = 1024
+"""Longest alarm acknowledgement comment (the operator name: ``MAX_SESSION_NAME_CHARS``):
+kept with the alarm and carried by every transition event of it."""
+
 MIN_MESSAGE_BYTES = 64 * 1024
 """Smallest ``--max-message-bytes`` accepted (a reply must hold at least one value)."""
 

@@ -38,6 +38,7 @@ from mxgateway_sim._domain import (
 from mxgateway_sim._events import EndReason, Subscriber, SubscriberRefused
 from mxgateway_sim._faults import FaultInjector
 from mxgateway_sim._limits import (
+    MAX_ACK_COMMENT_CHARS,
     MAX_SESSION_NAME_CHARS,
     REPLY_OVERHEAD_BYTES,
     LimitError,
@@ -930,6 +931,9 @@ class GatewayServicer:
     ) -> None:
         if not _valid_guid(p.alarm_guid):
             raise _BadRequest("alarm_guid is not a GUID")
+        problem = _ack_text_problem(p.operator_user, p.comment)
+        if problem:
+            raise _BadRequest(problem)
         status = self.alarms.acknowledge(p.alarm_guid, "", p.operator_user, p.comment)
         if not status.ok:
             raise MxAccessError(E_MX_OPERATION_FAILED, status.text, (status,))
@@ -958,6 +962,12 @@ class GatewayServicer:
                     pb.PROTOCOL_STATUS_CODE_INVALID_REQUEST,
                     "give alarm_guid (a GUID) or alarm_full_reference",
                 )
+            )
+            return reply
+        problem = _ack_text_problem(request.operator_user, request.comment)
+        if problem:
+            reply.protocol_status.CopyFrom(
+                _status(pb.PROTOCOL_STATUS_CODE_INVALID_REQUEST, problem)
             )
             return reply
         status = self.alarms.acknowledge(
@@ -1022,6 +1032,18 @@ class GatewayServicer:
     ) -> AsyncIterator[pb.ActiveAlarmSnapshot]:
         for snapshot in self.alarms.active(request.alarm_filter_prefix):
             yield alarm_snapshot_to_pb(snapshot)
+
+
+def _ack_text_problem(operator: str, comment: str) -> str:
+    """Why an acknowledgement's texts are refused ("" when they are not): they are kept
+    with the alarm and sent in every transition event, so they are bounded."""
+    for what, text, limit in (
+        ("operator_user", operator, MAX_SESSION_NAME_CHARS),
+        ("comment", comment, MAX_ACK_COMMENT_CHARS),
+    ):
+        if len(text) > limit:
+            return f"{what} is {len(text):,} characters long; the limit is {limit}"
+    return ""
 
 
 def _valid_guid(text: str) -> bool:

@@ -643,3 +643,27 @@ async def test_a_megabyte_session_name_is_refused() -> None:
         assert "the limit is 256" in (info.value.details() or "")
         assert sim.sessions is not None and len(sim.sessions) == 0
         assert await gw.open("n" * 256)  # the longest name allowed
+
+
+async def test_a_megabyte_acknowledgement_comment_is_refused() -> None:
+    async with (
+        GatewaySimulator(catalog=builtin_catalog(), flaky_one_in=0) as sim,
+        grpc.aio.insecure_channel(sim.endpoint) as channel,
+        Health(sim.endpoint),
+    ):
+        gw = Gw(channel, sim.api_key)
+        guid = "6f0b3b1e-0000-4000-8000-000000000999"
+        comment = "c" * (1024 * 1024)
+        reply = await gw.stub.AcknowledgeAlarm(
+            pb.AcknowledgeAlarmRequest(alarm_guid=guid, comment=comment), metadata=gw.md
+        )
+        assert reply.protocol_status.code == INVALID
+        assert "comment is 1,048,576 characters long; the limit is 1024" in (
+            reply.protocol_status.message
+        )
+        sid = await gw.open()
+        reply = await gw.invoke(
+            sid, "acknowledge_alarm", alarm_guid=guid, operator_user="o" * 300, comment="ok"
+        )
+        assert reply.protocol_status.code == INVALID
+        assert "operator_user is 300 characters" in reply.protocol_status.message
