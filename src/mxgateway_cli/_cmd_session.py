@@ -381,7 +381,10 @@ async def cmd_stream_events(ctx: Context) -> ExitCode:
     try:
         async with gateway_client(ctx, window=True) as client:
             session = client.attach_session(a.session_id)
-            stream = session.events_raw(a.after_sequence)
+            # As Session.events(): from the oldest retained event unless told otherwise,
+            # so the value an earlier `advise` raised is not missed.
+            after = a.after_sequence if a.after_sequence is not None else 0
+            stream = session.events_raw(None if a.new_only else after)
             try:
                 await consume(stream, on_event, max_items=a.max_events, timeout=a.timeout)
             finally:

@@ -340,11 +340,17 @@ def build_parser(out_stream: IO[str] | None = None) -> argparse.ArgumentParser:
     p = add("stream-events", "print a session's events")
     _session_flag(p)
     p.add_argument("--max-events", type=_positive_int, metavar="N", help="stop after N events")
-    p.add_argument(
+    start = p.add_mutually_exclusive_group()
+    start.add_argument(
         "--after-sequence",
         type=_non_negative_int,
         metavar="N",
-        help="replay events after worker sequence N first",
+        help="start after worker sequence N (default: the oldest event the gateway holds)",
+    )
+    start.add_argument(
+        "--new-only",
+        action="store_true",
+        help="only events raised from now on (default: the oldest event the gateway holds)",
     )
     _connection_flags(p, timeout_help="stop listening after SECONDS and exit 0")
     _output_flags(p, ndjson=True)
