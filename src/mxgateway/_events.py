@@ -573,13 +573,13 @@ class EventStream:
             self._replace_buffer(buf, 1)
             return buf[0]
 
-    async def _read_ahead(self, stop: asyncio.Future[Any]) -> None:
+    async def _read_ahead(self, done: Callable[[], bool]) -> None:
         """Read one more batch into the buffer without handing it out (write waiters do,
         so the outcome of a write arrives while the caller is not iterating); nothing
-        once ``stop`` is done. How the stream ends is kept for the caller's next read
-        and raised here too."""
+        once ``done()``. How the stream ends is kept for the caller's next read and raised
+        here too."""
         async with self._read_lock:
-            if stop.done():
+            if done():
                 return
             if self._deferred is not None:
                 raise self._deferred

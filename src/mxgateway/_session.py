@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import weakref
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -29,6 +29,7 @@ from mxgateway._errors import (
 )
 from mxgateway._events import EventStream, WriteComplete
 from mxgateway._logsafe import get_logger
+from mxgateway._status import describe_status
 from mxgateway._transport import DEFAULT, Stream
 from mxgateway._values import ValueType, datetime_to_timestamp, fill_mx_value, to_mx_value
 from mxgateway._writes import WriteWaiter, WriteWaiters
@@ -46,6 +47,7 @@ _log.addHandler(logging.NullHandler())
 
 _T = TypeVar("_T")
 _B = TypeVar("_B", pb.BulkSubscribeReply, pb.BulkWriteReply, pb.BulkReadReply)
+_R = TypeVar("_R")
 _Row = pb.WriteBulkEntry | pb.Write2BulkEntry | pb.WriteSecuredBulkEntry | pb.WriteSecured2BulkEntry
 
 # Bulk requests are split to stay within a quarter of the message limit: the reply echoes
@@ -483,57 +485,96 @@ class Session:
         both); a failed completion raises :class:`MxAccessError`."""
         if not wait:
             return await self.invoke(cmd), None
-        if wait_timeout is not None and wait_timeout <= 0:
-            raise ValueError("wait_timeout must be > 0 (or None: no limit)")
-        self._check_open()
-        stream, private = self._correlation_stream()
-        try:
-            # The completion may be published before the reply arrives: the stream must
-            # be attached, and the waiter registered, before the write is sent.
-            attach = _ATTACH_WAIT if wait_timeout is None else min(_ATTACH_WAIT, wait_timeout)
-            await stream._established(attach)
-            tracker = stream._tracker
-            waiter = self._writes.expect(
-                server_handle, item_handle, after=tracker.last if tracker.tracking else 0
-            )
-            try:
-                reply = await self.invoke(cmd)
-                event = await self._outcome(stream, waiter, wait_timeout)
-            finally:
-                self._writes.discard(waiter)
-        finally:
-            if private:
-                await self._release_correlation()
+        reply, (event,) = await self._correlated(
+            [(server_handle, item_handle)],
+            lambda: self.invoke(cmd),
+            lambda _: [True],  # a write that was not accepted raised
+            wait_timeout,
+        )
+        assert event is not None
         if not event.succeeded:
             raise MxAccessError(reply, completion=event.raw)
         return reply, event
 
-    async def _outcome(
-        self, stream: EventStream, waiter: WriteWaiter, wait_timeout: float | None
-    ) -> WriteComplete:
-        server_handle, item_handle = waiter.key
+    async def _correlated(
+        self,
+        keys: list[tuple[int, int]],
+        send: Callable[[], Awaitable[_R]],
+        accepted: Callable[[_R], list[bool]],
+        wait_timeout: float | None,
+    ) -> tuple[_R, list[WriteComplete | None]]:
+        """Send writes and wait for the ``OnWriteComplete`` of each ``(server, item)`` key
+        that ``accepted(result)`` marks as accepted (the others get ``None``)."""
+        if wait_timeout is not None and wait_timeout <= 0:
+            raise ValueError("wait_timeout must be > 0 (or None: no limit)")
+        self._check_open()
+        stream, private = self._correlation_stream()
+        waiters: list[WriteWaiter] = []
+        try:
+            # A completion may be published before the reply arrives: the stream must be
+            # attached, and the waiters registered in send order, before anything is sent.
+            attach = _ATTACH_WAIT if wait_timeout is None else min(_ATTACH_WAIT, wait_timeout)
+            await stream._established(attach)
+            tracker = stream._tracker
+            after = tracker.last if tracker.tracking else 0
+            waiters = [self._writes.expect(sh, ih, after=after) for sh, ih in keys]
+            result = await send()
+            keep = accepted(result)
+            if len(keep) != len(waiters):
+                raise MxGatewayProtocolError(
+                    f"{len(keep)} result rows for {len(waiters)} writes",
+                    session_id=self._session_id,
+                )
+            live = []
+            for waiter, ok in zip(waiters, keep, strict=True):
+                if ok:
+                    live.append(waiter)
+                else:  # refused at once: no completion will come for it
+                    self._writes.discard(waiter)
+            await self._outcomes(stream, live, wait_timeout)
+            events = [
+                w.future.result() if ok else None for w, ok in zip(waiters, keep, strict=True)
+            ]
+            return result, events
+        finally:
+            for waiter in waiters:
+                self._writes.discard(waiter)
+            if private:
+                await self._release_correlation()
 
-        async def pump() -> WriteComplete:
+    async def _outcomes(
+        self, stream: EventStream, waiters: list[WriteWaiter], wait_timeout: float | None
+    ) -> None:
+        """Read ahead on ``stream`` until every waiter has its completion."""
+        if not waiters:
+            return
+
+        def all_done() -> bool:
+            return all(w.future.done() for w in waiters)
+
+        async def pump() -> None:
             # Read ahead for the caller (who may be awaiting this very write inside its
-            # `async for`); events stay buffered for it, the observer resolves the future.
-            while not waiter.future.done():
+            # `async for`); events stay buffered for it, the observer resolves the futures.
+            while not all_done():
                 try:
-                    await stream._read_ahead(waiter.future)
+                    await stream._read_ahead(all_done)
                 except StopAsyncIteration:
                     raise MxGatewaySessionStateError(
-                        f"the event stream of {self._session_id} ended before the "
-                        f"OnWriteComplete of item {item_handle} arrived",
+                        f"the event stream of {self._session_id} ended before every "
+                        "OnWriteComplete arrived",
                         session_id=self._session_id,
                     ) from None
-            return waiter.future.result()
 
         try:
-            return await asyncio.wait_for(pump(), wait_timeout)
+            await asyncio.wait_for(pump(), wait_timeout)
         except asyncio.TimeoutError:
+            missing = [w for w in waiters if not w.future.done()]
+            server_handle, item_handle = missing[0].key if missing else waiters[0].key
             err = MxGatewayWriteTimeoutError(
-                f"the write to item {item_handle} (server handle {server_handle}) was "
-                f"accepted, but its OnWriteComplete did not arrive within {wait_timeout} s; "
-                "the write may still take effect",
+                f"the write to item {item_handle} (server handle {server_handle})"
+                + (f" and {len(missing) - 1} more" if len(missing) > 1 else "")
+                + " was accepted, but its OnWriteComplete did not arrive within "
+                f"{wait_timeout} s; the write may still take effect",
                 session_id=self._session_id,
             )
             err.server_handle, err.item_handle = server_handle, item_handle
@@ -642,8 +683,32 @@ class Session:
     async def _bulk_subscribe(self, cmd: pb.MxCommand) -> list[pb.SubscribeResult]:
         return await self._bulk(cmd, "bulk_subscribe", pb.BulkSubscribeReply)
 
-    async def _bulk_write(self, cmd: pb.MxCommand) -> list[pb.BulkWriteResult]:
-        return await self._bulk(cmd, "bulk_write", pb.BulkWriteReply)
+    async def _bulk_write(
+        self, cmd: pb.MxCommand, wait: bool, wait_timeout: float | None
+    ) -> list[pb.BulkWriteResult]:
+        """Run a bulk write; with ``wait``, each accepted row's outcome replaces its
+        acceptance: a row refused in its ``OnWriteComplete`` becomes ``was_successful =
+        False`` with that completion's statuses and a decoded ``error_message``."""
+        if not wait:
+            return await self._bulk(cmd, "bulk_write", pb.BulkWriteReply)
+        payload = getattr(cmd, cmd.WhichOneof("payload") or "write_bulk")
+        keys = [(payload.server_handle, e.item_handle) for e in payload.entries]
+
+        async def send() -> list[pb.BulkWriteResult]:
+            return await self._bulk(cmd, "bulk_write", pb.BulkWriteReply)
+
+        rows, events = await self._correlated(
+            keys, send, lambda rs: [r.was_successful for r in rs], wait_timeout
+        )
+        for row, event in zip(rows, events, strict=True):
+            if event is not None and not event.succeeded:
+                row.was_successful = False
+                del row.statuses[:]
+                row.statuses.extend(event.statuses)
+                row.error_message = f"refused in OnWriteComplete #{event.worker_sequence}: " + (
+                    "; ".join(describe_status(st) for st in event.failed_statuses)
+                )
+        return rows
 
     async def add_item_bulk(
         self, server_handle: int, tag_addresses: Iterable[str]
@@ -744,9 +809,18 @@ class Session:
         *,
         user_id: int = 0,
         value_type: ValueType | None = None,
+        wait: bool = False,
+        wait_timeout: float | None = DEFAULT_WRITE_WAIT,
     ) -> list[pb.BulkWriteResult]:
         """``WriteBulk``: ``entries`` maps item handles to values (a mapping or
-        ``(item_handle, value)`` pairs, or ready ``WriteBulkEntry`` rows)."""
+        ``(item_handle, value)`` pairs, or ready ``WriteBulkEntry`` rows).
+
+        A row's ``was_successful`` says the entry was accepted; its outcome is the item's
+        ``OnWriteComplete``. With ``wait=True`` the rows report the outcomes instead (a
+        refused entry: ``was_successful = False``, the completion's statuses, a decoded
+        ``error_message``); per-row failures still never raise, a missing completion
+        raises :class:`MxGatewayWriteTimeoutError` after ``wait_timeout`` seconds. The same
+        holds for the other bulk writes."""
         cmd = pb.MxCommand(kind=pb.MX_COMMAND_KIND_WRITE_BULK)
         cmd.write_bulk.server_handle = server_handle
         rows = cmd.write_bulk.entries
@@ -757,7 +831,7 @@ class Session:
             handle, value = entry
             row = rows.add(user_id=user_id)
             _fill_row(row, i, handle, value, value_type)
-        return await self._bulk_write(cmd)
+        return await self._bulk_write(cmd, wait, wait_timeout)
 
     async def write2_bulk(
         self,
@@ -766,6 +840,8 @@ class Session:
         *,
         user_id: int = 0,
         value_type: ValueType | None = None,
+        wait: bool = False,
+        wait_timeout: float | None = DEFAULT_WRITE_WAIT,
     ) -> list[pb.BulkWriteResult]:
         """``Write2Bulk``: ``(item_handle, value, timestamp)`` rows."""
         cmd = pb.MxCommand(kind=pb.MX_COMMAND_KIND_WRITE2_BULK)
@@ -778,7 +854,7 @@ class Session:
             handle, value, ts = entry
             row = rows.add(user_id=user_id, timestamp_value=_time(ts, f"entry {i} timestamp"))
             _fill_row(row, i, handle, value, value_type)
-        return await self._bulk_write(cmd)
+        return await self._bulk_write(cmd, wait, wait_timeout)
 
     async def write_secured_bulk(
         self,
@@ -788,6 +864,8 @@ class Session:
         current_user_id: int = 0,
         verifier_user_id: int | None = None,
         value_type: ValueType | None = None,
+        wait: bool = False,
+        wait_timeout: float | None = DEFAULT_WRITE_WAIT,
     ) -> list[pb.BulkWriteResult]:
         """``WriteSecuredBulk``: ``(item_handle, value)`` rows written as
         ``current_user_id``/``verifier_user_id`` (pass ``WriteSecuredBulkEntry`` rows for
@@ -803,7 +881,7 @@ class Session:
             handle, value = entry
             row = rows.add(current_user_id=current_user_id, verifier_user_id=verifier)
             _fill_row(row, i, handle, value, value_type)
-        return await self._bulk_write(cmd)
+        return await self._bulk_write(cmd, wait, wait_timeout)
 
     async def write_secured2_bulk(
         self,
@@ -813,6 +891,8 @@ class Session:
         current_user_id: int = 0,
         verifier_user_id: int | None = None,
         value_type: ValueType | None = None,
+        wait: bool = False,
+        wait_timeout: float | None = DEFAULT_WRITE_WAIT,
     ) -> list[pb.BulkWriteResult]:
         """``WriteSecured2Bulk``: ``(item_handle, value, timestamp)`` rows."""
         verifier = current_user_id if verifier_user_id is None else verifier_user_id
@@ -830,7 +910,7 @@ class Session:
                 timestamp_value=_time(ts, f"entry {i} timestamp"),
             )
             _fill_row(row, i, handle, value, value_type)
-        return await self._bulk_write(cmd)
+        return await self._bulk_write(cmd, wait, wait_timeout)
 
     async def read_bulk(
         self,

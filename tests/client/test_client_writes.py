@@ -317,3 +317,26 @@ async def test_waiter_falls_back_to_stream_events_on_an_older_gateway() -> None:
         done = await session.write(1, 2, 3, wait=True, wait_timeout=10)
     assert done is not None and done.worker_sequence == 6 and done.succeeded
     assert [r.HasField("after_worker_sequence") for r in fake.rec.stream_requests] == [False]
+
+
+async def test_bulk_writes_with_wait_report_each_rows_outcome(session: Session) -> None:
+    h, (recipe, level, count, setpoint) = await _advised(
+        session, "Line01.Recipe", "Tank01.Level", "Line01.BatchCount", "Pump01.SpeedSetpoint"
+    )
+    entries = [(recipe, "R-1"), (level, 1.0), (count, "not a number"), (999, 1), (count, 7)]
+    accepted = await session.write_bulk(h, entries)  # without wait: acceptance only
+    assert [r.was_successful for r in accepted] == [True, True, True, False, True]
+    rows = await session.write_bulk(h, entries, wait=True)
+    assert [r.was_successful for r in rows] == [True, False, False, False, True]
+    assert [[s.detail for s in r.statuses] for r in rows[1:3]] == [[1007], [19]]
+    assert all("refused in OnWriteComplete" in r.error_message for r in rows[1:3])
+    assert rows[3].hresult < 0 and "refused" not in rows[3].error_message  # argument error
+    now = datetime.now(timezone.utc)
+    secured = await session.write_secured2_bulk(
+        h, [(setpoint, 5.0, now)], current_user_id=0, wait=True
+    )
+    assert [(r.was_successful, [s.detail for s in r.statuses]) for r in secured] == [
+        (False, [1016])
+    ]
+    two = await session.write2_bulk(h, [(count, 8, now), (count, 9, now)], wait=True)
+    assert [r.was_successful for r in two] == [True, True]
