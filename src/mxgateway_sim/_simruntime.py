@@ -577,13 +577,15 @@ class SimulatedRuntime:
     async def read(
         self, server_handle: int, references: Sequence[str], timeout_s: float
     ) -> list[ReadResult]:
-        """ReadBulk: the plant always has a current value, so no row waits."""
+        """ReadBulk: the plant always has a current value, so a row waits only for the
+        first-value delay (an uncached row advises underneath, as upstream)."""
         if server_handle not in self._registrations:
             return [
                 ReadResult(r, None, False, f"unknown server handle {server_handle}")
                 for r in references
             ]
-        results: list[ReadResult] = []
+        results: list[ReadResult | None] = []
+        fresh: list[tuple[int, str, ParsedReference, TagState]] = []
         parse = self._references.parse
         for reference in references:
             try:
@@ -601,11 +603,24 @@ class SimulatedRuntime:
                 status = error or failure(CAT_CONFIGURATION_ERROR, DETAIL_RESOLVING_OBJECT, "")
                 results.append(ReadResult(reference, None, False, status.text, (status,)))
                 continue
+            fresh.append((len(results), reference, ref, state))
+            results.append(None)
+        delay = self._first_value_delay
+        late = 0 < timeout_s < delay
+        if fresh and delay > 0:
+            # One wait for the whole call (the rows' advises run side by side here); a
+            # timeout shorter than the delay leaves the uncached rows without a value.
+            await asyncio.sleep(min(delay, timeout_s) if late else delay)
+        for index, reference, ref, state in fresh:
+            if late:
+                text = f"no OnDataChange within {timeout_s:g} s (first value after {delay:g} s)"
+                results[index] = ReadResult(reference, None, False, text)
+                continue
             sample = self._plant.current(state)
             if ref.index is not None:
                 sample = element_of(sample, ref.index)
-            results.append(_read_row(reference, sample, cached=False))
-        return results
+            results[index] = _read_row(reference, sample, cached=False)
+        return [r for r in results if r is not None]
 
     # -- control -------------------------------------------------------------------------
 

@@ -119,3 +119,38 @@ async def test_first_value_comes_after_the_configured_delay() -> None:
             assert arrived_at - advised_at >= delay * 0.9  # the option's meaning, not a bound
             with pytest.raises(asyncio.TimeoutError):  # the unadvised item stays silent
                 await asyncio.wait_for(events.__anext__(), delay)
+
+
+async def test_read_bulk_of_an_unadvised_tag_waits_for_the_first_value() -> None:
+    # Upstream ReadBulk advises an uncached tag and waits (up to timeout_ms) for its first
+    # OnDataChange; with the delay on, a shorter timeout leaves such a row without a value.
+    from mxgateway import GatewayClient, from_mx_value
+    from mxgateway_sim import GatewaySimulator, SessionOptions, builtin_catalog
+
+    delay = 1.0
+    async with (
+        GatewaySimulator(
+            catalog=builtin_catalog(),
+            session_options=SessionOptions(first_value_delay_s=delay),
+        ) as sim,
+        await GatewayClient.connect(
+            endpoint=sim.endpoint, api_key=sim.api_key, plaintext=True
+        ) as client,
+        await client.open_session(client_session_name="latency-read") as session,
+    ):
+        loop = asyncio.get_running_loop()
+        h = await session.register("latency-read")
+        short = await session.read_bulk(h, ["Tank01.Description"], timeout_ms=100)
+        assert not short[0].was_successful and "first value" in short[0].error_message
+        started = loop.time()
+        waited = await session.read_bulk(h, ["Tank01.Description"])
+        assert waited[0].was_successful and not waited[0].was_cached
+        assert loop.time() - started >= delay * 0.9  # the option's meaning, not a bound
+        assert from_mx_value(waited[0].value) is not None
+        # An advised item whose first value has arrived answers from the cache at once.
+        item = await session.add_item(h, "Tank01.Description")
+        await session.advise(h, item)
+        async with session.events() as events:
+            await asyncio.wait_for(events.__anext__(), 30)
+        cached = await session.read_bulk(h, ["Tank01.Description"], timeout_ms=100)
+        assert cached[0].was_successful and cached[0].was_cached
