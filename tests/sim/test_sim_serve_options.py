@@ -87,7 +87,8 @@ def test_first_value_delay_flag_default_agrees_with_the_session_options() -> Non
     assert args.first_value_delay_ms == 5000
 
 
-async def test_first_value_comes_after_the_configured_delay() -> None:
+@pytest.mark.parametrize("isolation", ["inline", "process"])
+async def test_first_value_comes_after_the_configured_delay(isolation: str) -> None:
     from mxgateway import DataChange, GatewayClient
     from mxgateway_sim import GatewaySimulator, SessionOptions, builtin_catalog
 
@@ -96,6 +97,7 @@ async def test_first_value_comes_after_the_configured_delay() -> None:
         GatewaySimulator(
             catalog=builtin_catalog(),
             session_options=SessionOptions(first_value_delay_s=delay),
+            session_isolation=isolation,  # type: ignore[arg-type]
         ) as sim,
         await GatewayClient.connect(
             endpoint=sim.endpoint, api_key=sim.api_key, plaintext=True
