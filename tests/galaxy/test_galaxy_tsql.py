@@ -15,6 +15,7 @@ import sqlite3
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlglot
@@ -222,3 +223,64 @@ def test_cli_sql_server_connection_string_never_echoed(tmp_path: Path) -> None:
     empty.write_text("\n\n", encoding="utf-8")
     run = _serve_cli("--galaxy-sql-server-file", str(empty), env={})
     assert run.returncode == 2 and "holds no connection string" in run.stderr
+
+
+class _DeployDuring:
+    """A connection after whose N-th query (of each 6-query read) another process deploys."""
+
+    def __init__(self, path: Path, after: int, times: int) -> None:
+        self.path, self.after, self.times, self.queries = path, after, times, 0
+
+    def connect(self) -> _DeployDuring:
+        self.conn = sqlite_connect(self.path)
+        return self
+
+    def cursor(self) -> _DeployDuring:
+        self.cur = self.conn.cursor()
+        return self
+
+    def execute(self, sql: str, /) -> object:
+        assert self.cur is not None
+        return self.cur.execute(sql)
+
+    def fetchall(self) -> list[Any]:
+        assert self.cur is not None
+        rows = self.cur.fetchall()
+        self.queries += 1
+        if self.times and self.queries % 6 == self.after:
+            self.times -= 1
+            deploy(self.path, add=1, seed=self.times)
+        return rows
+
+    def close(self) -> None:
+        if self.cur is not None:
+            self.cur.close()
+            self.cur = None
+        else:
+            self.conn.close()
+
+    cur: sqlite3.Cursor | None = None
+
+
+def test_a_deploy_during_a_load_makes_it_read_again(tmp_path: Path) -> None:
+    path = tmp_path / "galaxy.db"
+    create_galaxy(path)
+    during = _DeployDuring(path, after=2, times=1)  # after the template chain of read 1
+    source = ZbSource(during.connect, translate=tsql_to_sqlite, description="test")
+    snap = source.load(1)
+    native = load_snapshot(path, 1)
+    assert during.queries == 12  # two whole reads of 6 queries
+    assert snap.time_of_last_deploy == native.time_of_last_deploy
+    assert _objects(snap) == _objects(native) and "deployedpump0001" in snap.by_tag
+
+
+def test_a_galaxy_that_never_settles_is_served_and_read_again_next_poll(tmp_path: Path) -> None:
+    path = tmp_path / "galaxy.db"
+    create_galaxy(path)
+    present, before = zb_on_sqlite(path).deploy_time()
+    during = _DeployDuring(path, after=2, times=3)  # every read sees a deploy
+    snap = ZbSource(during.connect, translate=tsql_to_sqlite, description="test").load(1)
+    assert during.queries == 18
+    # The snapshot carries the time read first, so the next poll sees a change and reloads.
+    assert snap.time_of_last_deploy is not None and present and before is not None
+    assert snap.time_of_last_deploy < zb_on_sqlite(path).deploy_time()[1]  # type: ignore[operator]

@@ -41,6 +41,9 @@ __all__ = [
 
 log = get_logger("mxgateway_sim.galaxy")
 
+LOAD_ATTEMPTS: Final = 3
+"""Reads of the whole hierarchy before a load gives up waiting for a quiet moment."""
+
 BROWSABLE_CATEGORIES: Final = "1, 3, 4, 10, 11, 13, 17, 24, 26"
 
 Q_TEST_CONNECTION: Final = "SELECT 1"
@@ -255,8 +258,20 @@ class ZbSource:
     def load(self, version: int) -> HierarchySnapshot:
         """Read the hierarchy and attributes and build a snapshot (blocking: run in a thread).
 
-        Every query runs on one connection, one after the other.
+        The queries run one after the other on one connection, without a snapshot
+        transaction (a real ZB need not allow SNAPSHOT isolation): ``time_of_last_deploy``
+        is read before and after, and a deploy in between makes the whole read start again
+        (at most :data:`LOAD_ATTEMPTS` times), so a snapshot never mixes two deploys.
         """
+        for _ in range(LOAD_ATTEMPTS - 1):
+            snapshot = self._load_once(version)
+            if snapshot is not None:
+                return snapshot
+        snapshot = self._load_once(version, last=True)
+        assert snapshot is not None
+        return snapshot
+
+    def _load_once(self, version: int, *, last: bool = False) -> HierarchySnapshot | None:
         conn = self._connect()
         try:
             time_rows = self._rows(conn, "deploy_time")
@@ -279,8 +294,22 @@ class ZbSource:
                 )
             objects = self._rows(conn, "objects")
             deployed = {int(g): int(p) for g, p in self._rows(conn, "deployed_packages")}
+            after = self._rows(conn, "deploy_time")
         finally:
             conn.close()
+        before_time = _deploy_time(time_rows[0][0]) if time_rows else None
+        after_time = _deploy_time(after[0][0]) if after else None
+        if before_time != after_time:
+            if not last:
+                log.info("%s: deployed while being read; reading again", self.description)
+                return None
+            log.warning(
+                "%s: deployed while being read %d times in a row; serving the last read "
+                "until the next poll reads it again",
+                self.description,
+                LOAD_ATTEMPTS,
+            )
+            after_time = before_time  # the next poll sees a new deploy time and reloads
         sets: dict[tuple[_AttrRow, ...], AttributeSet] = {}
         records: list[GalaxyObjectRecord] = []
         for gid, tag, cname, hname, container, area, host, cat, derived in objects:
@@ -314,8 +343,7 @@ class ZbSource:
                 len(changed),
             )
         self.last_deployed = deployed
-        deploy_time = _deploy_time(time_rows[0][0]) if time_rows else None
-        return HierarchySnapshot(version, deploy_time, records)
+        return HierarchySnapshot(version, after_time, records)
 
 
 def sql_server_source(connection_string: str) -> ZbSource:
