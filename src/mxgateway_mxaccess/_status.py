@@ -19,6 +19,7 @@ from mxgateway_sim._domain import STATUS_OK, MxAccessError, MxStatus
 __all__ = [
     "DISP_E_EXCEPTION",
     "E_ACCESSDENIED",
+    "E_INVALIDARG",
     "REGDB_E_CLASSNOTREG",
     "RPC_E_WRONG_THREAD",
     "com_error_to_mx",
@@ -32,6 +33,7 @@ DISP_E_EXCEPTION: Final = -2147352567  # 0x80020009
 REGDB_E_CLASSNOTREG: Final = -2147221164  # 0x80040154
 E_ACCESSDENIED: Final = -2147024891  # 0x80070005
 RPC_E_WRONG_THREAD: Final = -2147417842  # 0x8001010E
+E_INVALIDARG: Final = -2147024809  # 0x80070057
 
 # What a bare HRESULT means for an MXAccess caller (domain reference 1.4), added to the
 # message when the server gave none of its own.
@@ -45,6 +47,11 @@ _HINTS: dict[int, str] = {
         "item definition is invalid"
     ),
     RPC_E_WRONG_THREAD: "the call was made outside the thread that created the COM object",
+    E_INVALIDARG: (
+        "an unknown handle, a malformed reference, or a write before the item's first "
+        'OnDataChange resolved its type (.NET callers see this as "Value does not fall '
+        'within the expected range")'
+    ),
 }
 
 

@@ -12,8 +12,9 @@ What it reproduces (domain reference 1-2, upstream facts):
   real node), later ones on change;
 * errors as pywin32 raises them: ``com_error`` with ``DISP_E_EXCEPTION`` and the server's
   HRESULT and message in ``excepinfo`` (``E_INVALIDARG`` for bad handles and malformed
-  references, "Value does not fall within the expected range" for a write before the type
-  resolved); an unknown reference gets a handle and fails in its OnDataChange (4/12).
+  references, as a plain E_INVALIDARG for a write before the type resolved, which .NET
+  shows as "Value does not fall within the expected range"); an unknown reference gets a
+  handle and fails in its OnDataChange (4/12).
 """
 
 from __future__ import annotations
@@ -291,7 +292,9 @@ class FakeLmxProxyServer:
     ) -> None:
         item = self._item(h, handle)
         if not item.advised or not item.resolved:
-            raise server_error(E_INVALIDARG, NOT_IN_RANGE)
+            # A native server's plain E_INVALIDARG (no IErrorInfo): pywin32 shows the system
+            # text; .NET interop shows it as "Value does not fall within the expected range".
+            raise FakeComError(E_INVALIDARG, "The parameter is incorrect.")
         if not isinstance(value, Variant):
             raise server_error(E_INVALIDARG, "pItemValue is not a VARIANT")
         tag = self.tags[item.ref.lower()]

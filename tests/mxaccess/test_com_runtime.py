@@ -69,8 +69,8 @@ async def test_write_before_the_type_resolved_is_e_invalidarg(target: Target) ->
     with pytest.raises(MxAccessError) as caught:
         await target.runtime.write(h, item, WriteRequest(value=1))
     assert caught.value.hresult == E_INVALIDARG
-    assert "Value does not fall within the expected range" in caught.value.message
     assert caught.value.message.startswith("Write: ")
+    assert "before the item's first OnDataChange" in caught.value.message
 
 
 async def test_read_bulk_answers_from_any_registration_of_the_session(
