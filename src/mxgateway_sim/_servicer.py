@@ -14,7 +14,7 @@ import itertools
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 import grpc
 from google.protobuf.duration_pb2 import Duration
@@ -183,6 +183,31 @@ class _EncodedRows:
         body = b"".join(self._parts)
         self._parts = []
         return self._tag + varint(len(body)) + body
+
+
+class _Converted(Sequence[tuple[int, WriteRequest]]):
+    """Write*Bulk entries as (item handle, request), converted when a slice is taken."""
+
+    def __init__(self, entries: Sequence[Any], convert: Callable[[Any], WriteRequest]) -> None:
+        self._entries = entries
+        self._convert = convert
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    @overload
+    def __getitem__(self, index: int) -> tuple[int, WriteRequest]: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[tuple[int, WriteRequest]]: ...
+
+    def __getitem__(
+        self, index: int | slice
+    ) -> tuple[int, WriteRequest] | list[tuple[int, WriteRequest]]:
+        if isinstance(index, slice):
+            return [(e.item_handle, self._convert(e)) for e in self._entries[index]]
+        entry = self._entries[index]
+        return entry.item_handle, self._convert(entry)
 
 
 def _subscribe_rows_bytes(rows: Sequence[BulkRow]) -> bytes:
@@ -679,18 +704,20 @@ class GatewayServicer:
     ) -> bytes:
         """The Write*Bulk family. Every entry is checked and converted first (a value over
         ``--max-value-bytes`` or out of range fails the whole command before anything is
-        written), then written; both passes in slices."""
+        written), then converted again chunk by chunk as it is written, both passes in
+        slices: 100k converted requests are never held at once (each is an object the
+        garbage collector would walk)."""
         self._budget().precheck(len(entries))
         limit = self.sessions.options.max_value_bytes
-        requests: list[tuple[int, WriteRequest]] = []
         slicer = Slicer()
         for start in range(0, len(entries), CHUNK_ROWS):
             for index, entry in enumerate(entries[start : start + CHUNK_ROWS], start):
                 size = entry.value.ByteSize()
                 if size > limit:
                     raise too_large(f"the value of entry {index}", size, limit, "--max-value-bytes")
-                requests.append((entry.item_handle, convert(entry)))
+                convert(entry)
             await slicer.checkpoint()
+        requests = _Converted(entries, convert)
         out = _EncodedRows(
             "bulk_write",
             write_reply_bytes,

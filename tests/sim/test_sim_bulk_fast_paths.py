@@ -252,6 +252,7 @@ async def _run_writes(*, bulk: bool) -> tuple[list[list[MxRuntimeEvent]], EventL
         emitted += 1
         if emitted == 1:
             item.next_flush = 0.0
+            rt.next_due = 0.0  # what Item.deliver does when a batch falls due
         real_emit(event)
 
     rt._emit = emit  # type: ignore[method-assign]

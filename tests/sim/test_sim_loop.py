@@ -251,3 +251,40 @@ async def test_a_scan_tick_over_many_items_pauses_between_slices() -> None:
     assert delivered() == handles[:-1]  # in order, each once, none to the item that left
     assert all(e.sample.value == 42.0 for batch in got for e in batch if isinstance(e, DataChange))
     await rt.close()
+
+
+async def test_many_buffered_items_each_get_their_batches(big: tuple[GatewaySimulator, Gw]) -> None:
+    # Flushes skip the buffered items until one is due (before, every event walked all of
+    # them: quadratic in a bulk write or subscribe of many buffered items).
+    _, gw = big
+    sid = await gw.open()
+    sh = await gw.register(sid)
+    n = 800  # under the replay ring's 1024 events, which DrainEvents reads
+    reply = await gw.ok(
+        sid,
+        "subscribe_bulk",
+        server_handle=sh,
+        tag_addresses=["Tank01.LevelSetpoint"] * n,
+        buffered_update_interval_ms=100,
+    )
+    handles = {r.item_handle for r in reply.bulk_subscribe.results}
+    assert len(handles) == n
+
+    def batched(events: list[pb.MxEvent]) -> set[int]:
+        return {
+            e.on_buffered_data_change.item_handle
+            for e in events
+            if e.HasField("on_buffered_data_change")
+        }
+
+    seen: set[int] = set()
+
+    async def every_item_batched() -> bool:
+        for _ in range(100):
+            seen.update(batched(await gw.drain(sid)))
+            if seen >= handles:
+                return True
+            await asyncio.sleep(0.05)
+        return False
+
+    assert await every_item_batched(), f"{len(handles - seen)} items got no batch"
