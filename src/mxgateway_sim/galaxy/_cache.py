@@ -10,13 +10,15 @@ from __future__ import annotations
 import re
 import sqlite3
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import TypeVar
 
 from mxgateway.generated import galaxy_repository_pb2 as gr
 from mxgateway_sim._catalog import TagInfo
+from mxgateway_sim._slicing import Slicer, chunks
 from mxgateway_sim.galaxy._glob import TagGlob
 from mxgateway_sim.galaxy._schema import DATA_TYPE_NAMES, SCHEMA_VERSION, parse_db_time
 
@@ -154,6 +156,32 @@ def _sort_key(rec: GalaxyObjectRecord) -> tuple[int, str, int]:
     return (0 if rec.category_id == _AREA else 1, rec.browse_name.casefold(), rec.gobject_id)
 
 
+_FILTER_SLICE = 512
+"""Objects filtered between two pauses of a sliced walk."""
+
+_R = TypeVar("_R")
+
+
+def _run(steps: Generator[None, None, _R]) -> _R:
+    """Run a sliced computation to its end in one piece."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
+
+
+async def _run_sliced(steps: Generator[None, None, _R]) -> _R:
+    """Run a sliced computation, giving the event loop back between slices."""
+    slicer = Slicer()
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
+        await slicer.checkpoint()
+
+
 class HierarchySnapshot:
     """An immutable view of the deployed Galaxy at one ``time_of_last_deploy``."""
 
@@ -254,6 +282,18 @@ class HierarchySnapshot:
         self, root: GalaxyObjectRecord | None, max_depth: int | None, f: Filters
     ) -> Sequence[int]:
         """DFS indexes of the objects a DiscoverHierarchy walk returns (cached per filter)."""
+        return _run(self._walk(root, max_depth, f))
+
+    async def walk_sliced(
+        self, root: GalaxyObjectRecord | None, max_depth: int | None, f: Filters
+    ) -> Sequence[int]:
+        """:meth:`walk`, giving the event loop back between slices (a 50k-object walk with
+        a filter is 100 ms of work; the snapshot is immutable, so pausing is safe)."""
+        return await _run_sliced(self._walk(root, max_depth, f))
+
+    def _walk(
+        self, root: GalaxyObjectRecord | None, max_depth: int | None, f: Filters
+    ) -> Generator[None, None, Sequence[int]]:
         key = ("walk", root.gobject_id if root else 0, max_depth, f)
         hit = self._filtered.get(key)
         if hit is not None:
@@ -263,17 +303,31 @@ class HierarchySnapshot:
             (root.order, root.subtree_end, root.depth) if root else (0, len(self.dfs), 0)
         )
         glob = f.compile()
-        out = [
-            i
-            for i in range(start, end)
-            if (max_depth is None or self.dfs[i].depth - base <= max_depth)
-            and self.matches(self.dfs[i], f, glob)
-        ]
+        out: list[int] = []
+        for lo in range(start, end, _FILTER_SLICE):
+            out.extend(
+                i
+                for i in range(lo, min(lo + _FILTER_SLICE, end))
+                if (max_depth is None or self.dfs[i].depth - base <= max_depth)
+                and self.matches(self.dfs[i], f, glob)
+            )
+            yield
         self._remember(key, out)
         return out
 
     def children_of(self, parent: GalaxyObjectRecord | None, f: Filters) -> Sequence[int]:
         """gobject ids of the direct children (roots when ``parent`` is None) that match."""
+        return _run(self._children_of(parent, f))
+
+    async def children_of_sliced(
+        self, parent: GalaxyObjectRecord | None, f: Filters
+    ) -> Sequence[int]:
+        """:meth:`children_of`, giving the event loop back between slices."""
+        return await _run_sliced(self._children_of(parent, f))
+
+    def _children_of(
+        self, parent: GalaxyObjectRecord | None, f: Filters
+    ) -> Generator[None, None, Sequence[int]]:
         key = ("children", parent.gobject_id if parent else 0, f)
         hit = self._filtered.get(key)
         if hit is not None:
@@ -281,7 +335,10 @@ class HierarchySnapshot:
             return hit
         ids = self.roots if parent is None else (parent.children or [])
         glob = f.compile()
-        out = [cid for cid in ids if self.matches(self.by_id[cid], f, glob)]
+        out: list[int] = []
+        for chunk in chunks(ids, _FILTER_SLICE):
+            out.extend(cid for cid in chunk if self.matches(self.by_id[cid], f, glob))
+            yield
         self._remember(key, out)
         return out
 

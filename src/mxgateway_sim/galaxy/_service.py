@@ -29,6 +29,7 @@ from mxgateway._values import datetime_to_timestamp, timestamp_to_datetime
 from mxgateway.generated import galaxy_repository_pb2 as gr
 from mxgateway.generated import galaxy_repository_pb2_grpc as gr_grpc
 from mxgateway_sim._catalog import TagCatalog, TagInfo
+from mxgateway_sim._slicing import Slicer
 from mxgateway_sim.galaxy._cache import Filters, GalaxyObjectRecord, HierarchySnapshot
 from mxgateway_sim.galaxy._schema import create_galaxy, default_db_path
 from mxgateway_sim.galaxy._source import GalaxySource, SqliteSource
@@ -324,7 +325,7 @@ async def _page_size(requested: int, context: _Ctx) -> int:
     return min(requested or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
 
 
-def _fill_page(
+async def _fill_page(
     out: Any,
     snap: HierarchySnapshot,
     records: Iterable[GalaxyObjectRecord],
@@ -335,9 +336,13 @@ def _fill_page(
     extra: int = 0,
 ) -> int:
     """Add objects to a reply's repeated field ``out`` while their serialized size (plus
-    ``extra`` bytes each) stays within ``budget``; at least one. Returns how many."""
+    ``extra`` bytes each) stays within ``budget``; at least one. Returns how many. Gives
+    the event loop back between objects once a slice is used up (a 4 MiB page is many
+    objects' worth of work)."""
     used = count = 0
+    slicer = Slicer()
     for rec in records:
+        await slicer.checkpoint()
         obj = out.add()  # filled in place: no copy of a large object
         snap.fill_proto(obj, rec, include_attributes=include_attributes, f=f)
         size = obj.ByteSize()
@@ -414,9 +419,9 @@ class GalaxyRepositoryServicer(gr_grpc.GalaxyRepositoryServicer):
                     str(exc),
                     trailing_metadata=(("cache-sequence", str(snap.version)),),
                 )
-        walk = snap.walk(root, max_depth, f)
+        walk = await snap.walk_sliced(root, max_depth, f)
         reply = gr.DiscoverHierarchyReply(total_object_count=len(walk), cache_sequence=snap.version)
-        end = offset + _fill_page(
+        end = offset + await _fill_page(
             reply.objects,
             snap,
             (snap.dfs[i] for i in walk[offset : offset + size]),
@@ -450,10 +455,10 @@ class GalaxyRepositoryServicer(gr_grpc.GalaxyRepositoryServicer):
                     str(exc),
                     trailing_metadata=(("cache-sequence", str(snap.version)),),
                 )
-        ids = snap.children_of(parent, f)
+        ids = await snap.children_of_sliced(parent, f)
         reply = gr.BrowseChildrenReply(total_child_count=len(ids))
         records = [snap.by_id[cid] for cid in ids[offset : offset + size]]
-        count = _fill_page(
+        count = await _fill_page(
             reply.children,
             snap,
             records,
