@@ -23,6 +23,7 @@ do not settle which (domain reference 4.6).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
@@ -30,6 +31,8 @@ from typing import Final
 
 from mxgateway._values import (
     _TYPE_TAGS,
+    INT64_MAX,
+    INT64_MIN,
     MxPythonValue,
     ValueType,
     _array_kind,
@@ -102,16 +105,19 @@ def time_from_variant(value: object, local_times: bool = False) -> float:
 
 def _hinted(value: object, hint: int, local_times: bool) -> object | None:
     """``value`` as the hinted MX type, or None when the hint does not apply to it."""
-    if hint == MX_TIME and not isinstance(value, (bool, datetime)):
-        if isinstance(value, (int, float)):
-            return _EPOCH + timedelta(seconds=time_from_variant(value, local_times))
-        return None
-    if hint == MX_ELAPSED_TIME and not isinstance(value, bool):
-        if isinstance(value, int):
-            return timedelta(microseconds=value // 10)  # 100-ns ticks (LARGE_INTEGER)
-        if isinstance(value, float):
-            return timedelta(seconds=value)
-        return value if isinstance(value, timedelta) else None
+    try:
+        if hint == MX_TIME and not isinstance(value, (bool, datetime)):
+            if isinstance(value, (int, float)):
+                return _EPOCH + timedelta(seconds=time_from_variant(value, local_times))
+            return None
+        if hint == MX_ELAPSED_TIME and not isinstance(value, bool):
+            if isinstance(value, int):
+                return timedelta(microseconds=value // 10)  # 100-ns ticks (LARGE_INTEGER)
+            if isinstance(value, float):
+                return timedelta(seconds=value)
+            return value if isinstance(value, timedelta) else None
+    except (OverflowError, ValueError):
+        return None  # outside datetime's range: the value stays what it is
     return value
 
 
@@ -150,6 +156,8 @@ def from_variant(
         return _array(value, hint, local_times)
     if not isinstance(value, _KNOWN):
         return str(value), MX_UNKNOWN  # an interface pointer or record: its text
+    if _unrepresentable(value):
+        return str(value), MX_UNKNOWN
     scalar = _scalar(value, local_times)
     if hint is not None:
         hinted = _hinted(scalar, hint, local_times)
@@ -158,9 +166,22 @@ def from_variant(
     return scalar, _kind_type(_infer(scalar, ""), hint)  # type: ignore[return-value]
 
 
+def _unrepresentable(value: object) -> bool:
+    """A value the gateway's value table refuses (NaN/inf, integers beyond 64 bits): MXAccess
+    can report them (a failed sensor, VT_UI8), so they travel as their text, never dropped
+    and never breaking the event stream."""
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return not INT64_MIN <= value <= INT64_MAX
+    return False
+
+
 def _array(
     items: tuple[object, ...] | list[object], hint: int | None, local_times: bool
 ) -> tuple[MxPythonValue, int]:
+    if any(_unrepresentable(item) for item in items):
+        return [str(item) for item in items], MX_STRING
     values: list[object] = []
     for item in items:
         scalar = _scalar(item, local_times)

@@ -93,6 +93,7 @@ def default_tags() -> dict[str, Tag]:
         "tank01.lastmaint": Tag(datetime(2026, 1, 5, 6, 0, tzinfo=timezone.utc)),
         "tank01.securesp": Tag(5, security=2),
         "tank01.readonly": Tag(1, security=6),
+        "tank01.failedsensor": Tag(float("nan"), quality=0),
     }
 
 

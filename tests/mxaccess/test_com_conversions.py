@@ -48,6 +48,11 @@ UTC = timezone.utc
         (("a", 1), None, (["a", "1"], 5)),  # a mixed SAFEARRAY of VARIANTs: kept as text
         ((), 2, ([], 2)),
         (7, 5, (7, 2)),  # a hint that does not fit the value is ignored
+        (float("nan"), 4, ("nan", -1)),  # a failed sensor: kept as text, not a broken stream
+        (float("-inf"), None, ("-inf", -1)),
+        (2**64 - 1, None, (str(2**64 - 1), -1)),  # VT_UI8 beyond Int64
+        ((1.0, float("inf")), None, (["1.0", "inf"], 5)),
+        (2**62, 6, (2**62, -1)),  # a FILETIME beyond datetime's range stays an Int64
     ],
 )
 def test_from_variant(value: object, hint: int | None, expected: tuple[object, int]) -> None:

@@ -46,6 +46,14 @@ async def test_session_over_grpc_through_the_com_runtime() -> None:
             assert done is not None
             [row] = await session.read_bulk(h, ["Tank01.Setpoint"])
             assert row.was_cached and row.value.int32_value == 12
+            # A NaN from a failed sensor reaches the client as text instead of breaking
+            # the session's event stream.
+            sensor = await session.add_item(h, "Tank01.FailedSensor")
+            await session.advise(h, sensor)
+            async for event in session.events():
+                if isinstance(event, DataChange) and event.item_handle == sensor:
+                    assert (event.value, event.quality) == ("nan", 0)
+                    break
             info = await session.get_worker_info()
             assert info.backend_name == "mxaccess-com"
         finally:
