@@ -28,8 +28,8 @@ _log.addHandler(logging.NullHandler())
 DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 """Default send/receive message size limit (16 MiB): large bulk replies fit."""
 
-_HOST_PORT = re.compile(r"^(?P<host>\[[0-9A-Fa-f:.%\w]+\]|[^\s:/\[\]]+):(?P<port>\d{1,5})$")
-_METADATA_KEY = re.compile(r"^[0-9a-z_.\-]+$")
+_HOST_PORT = re.compile(r"^(?P<host>\[[0-9A-Fa-f:.%\w]+\]|[^\s:/\[\]]+):(?P<port>\d{1,5})\Z")
+_METADATA_KEY = re.compile(r"^[0-9a-z_.\-]+\Z")
 # Metadata keys the transport owns or gRPC reserves; callers may not set them.
 _RESERVED_METADATA = frozenset({"authorization", "te", "content-type", "user-agent"})
 

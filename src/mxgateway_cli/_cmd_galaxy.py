@@ -9,9 +9,9 @@ the size of the Galaxy.
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
-from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from mxgateway.generated import galaxy_repository_pb2 as gr
 from mxgateway_cli._context import Context
@@ -67,24 +67,57 @@ def _object_line(obj: gr.GalaxyObject) -> str:
     return f"{obj.tag_name}  [{kind}]  {path}  ({len(obj.attributes)} attributes)"
 
 
+class _Spinner:
+    """A transient "discovering: N objects" spinner on stderr; rich.progress is imported
+    only when it is shown."""
+
+    def __init__(self, ctx: Context, show: bool) -> None:
+        self._progress: Any = None
+        if show:
+            from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+            self._progress = Progress(
+                SpinnerColumn(),
+                TextColumn("discovering: {task.completed} objects"),
+                TimeElapsedColumn(),
+                console=ctx.out.err_console,
+                transient=True,
+            )
+        self._task: Any = None
+
+    def __enter__(self) -> _Spinner:
+        if self._progress is not None:
+            self._progress.__enter__()
+            self._task = self._progress.add_task("discover", total=None)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._progress is not None:
+            self._progress.__exit__(None, None, None)
+
+    def advance(self) -> None:
+        if self._progress is not None:
+            self._progress.advance(self._task)
+
+
+def _attribute_line(attr: gr.GalaxyAttribute) -> str:
+    """An attribute as it is referenced: arrays with ``[]`` (MXAccess refuses a bare array
+    reference), so the text can be copied into ``read``/``watch``."""
+    suffix = "[]" if attr.is_array else ""
+    return f"    {attr.full_tag_reference}{suffix}  {attr.data_type_name}{suffix}"
+
+
 async def cmd_discover(ctx: Context) -> ExitCode:
     """``DiscoverHierarchy`` page by page; one JSON document, NDJSON, or lines."""
     a = ctx.args
     writer = JsonStream(ctx.out, "objects")
     objects = attributes = 0
-    show_progress = ctx.out.stderr_is_tty and not ctx.out.ndjson
-    progress = Progress(
-        SpinnerColumn(),
-        TextColumn("discovering: {task.completed} objects"),
-        TimeElapsedColumn(),
-        console=ctx.out.err_console,
-        transient=True,
-        disable=not show_progress,
-    )
+    # The spinner only when stdout goes elsewhere (a file, a pipe): on a shared terminal the
+    # objects' lines are the progress, and a spinner would be glued to them.
+    show_progress = ctx.out.stderr_is_tty and not ctx.out.stdout_is_tty and not ctx.out.ndjson
     try:
         async with galaxy_client(ctx) as galaxy:
-            with progress:
-                task = progress.add_task("discover", total=None)
+            with _Spinner(ctx, show_progress) as progress:
                 async for obj in galaxy.iter_hierarchy(
                     root_gobject_id=a.root_id,
                     root_tag_name=a.root_tag_name,
@@ -105,8 +138,8 @@ async def cmd_discover(ctx: Context) -> ExitCode:
                     else:
                         ctx.out.write(_object_line(obj) + "\n")
                         for attr in obj.attributes:
-                            ctx.out.write(f"    {attr.full_tag_reference}  {attr.data_type_name}\n")
-                    progress.advance(task)
+                            ctx.out.write(_attribute_line(attr) + "\n")
+                    progress.advance()
     except BaseException:
         if ctx.json and writer.count:
             writer.close()

@@ -9,13 +9,15 @@ by ``--session-id`` from any process.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import Any
 
-import mxgateway
+from google.protobuf import json_format
+
 from mxgateway import describe_status, enum_name, failed_statuses
 from mxgateway.generated import mxaccess_gateway_pb2 as pb
-from mxgateway_cli import _human
+from mxgateway_cli import _human, _plant
 from mxgateway_cli._context import Context
 from mxgateway_cli._errors import CliUsageError, CommandFailed
 from mxgateway_cli._exit_codes import ExitCode
@@ -293,18 +295,11 @@ def _read_row(result: pb.BulkReadResult) -> dict[str, Any]:
     return {
         "tag": result.tag_address,
         "ok": result.was_successful,
-        "value": _value_text(result.value) if result.HasField("value") else "",
-        "quality": result.quality,
+        "value": _plant.value_text(result.value) if result.HasField("value") else "",
+        "quality": _plant.quality_text(result.quality) if result.was_successful else "",
         "cached": result.was_cached,
         "error": result.error_message,
     }
-
-
-def _value_text(value: pb.MxValue) -> str:
-    python = mxgateway.from_mx_value(value)
-    if isinstance(python, datetime):
-        return python.isoformat()
-    return repr(python) if isinstance(python, (str, bytes)) else str(python)
 
 
 async def cmd_write_bulk(ctx: Context) -> ExitCode:
@@ -341,21 +336,27 @@ async def cmd_write_bulk(ctx: Context) -> ExitCode:
     return ExitCode.OK
 
 
-def event_line(event: pb.MxEvent) -> str:
-    """One readable line per event (sequence, family, handles, value, quality)."""
+def event_line(event: pb.MxEvent, tags: Mapping[int, str] | None = None) -> str:
+    """One readable line per event (sequence, family, handles, the tag name when ``tags``
+    (item handle -> name) knows it, value, quality in words)."""
     family = enum_name(pb.MxEventFamily, event.family)
     body = event.WhichOneof("body")
     head = f"#{event.worker_sequence} {family}"
     if body == "on_data_change":
         dc = event.on_data_change
+        tag = (tags or {}).get(dc.item_handle)
         return (
-            f"{head} server={dc.server_handle} item={dc.item_handle} "
-            f"value={_value_text(dc.value)} quality={dc.quality}"
+            f"{head} server={dc.server_handle} item={dc.item_handle}"
+            + (f" tag={tag}" if tag else "")
+            + f" value={_plant.value_text(dc.value)}"
+            f" quality={_plant.quality_text(dc.quality)} ({dc.quality})"
         )
     if body in ("on_write_complete", "operation_complete"):
         done = getattr(event, body)
         failed = failed_statuses(done.statuses)
-        text = f"{head} server={done.server_handle} item={done.item_handle} ok={not failed}"
+        tag = (tags or {}).get(done.item_handle)
+        text = f"{head} server={done.server_handle} item={done.item_handle}"
+        text += (f" tag={tag}" if tag else "") + f" ok={not failed}"
         return text + "".join(f" [{describe_status(s)}]" for s in failed)
     if body == "stream_fault":
         fault = event.stream_fault
@@ -418,7 +419,7 @@ async def cmd_smoke(ctx: Context) -> ExitCode:
             def on_event(event: pb.MxEvent) -> int:
                 events.append(message_json(event))
                 if not ctx.json:
-                    ctx.out.write(event_line(event) + "\n")
+                    ctx.out.write(event_line(event, {item_handle: a.item}) + "\n")
                 return 1 if event.WhichOneof("body") != "stream_fault" else 0
 
             try:
@@ -444,12 +445,32 @@ async def cmd_smoke(ctx: Context) -> ExitCode:
             f"smoke: session {opened.session_id} server={server_handle} item={item_handle} "
             f"events={received} closed\n"
         )
+    _check_first_value(a.item, events)
     if received < a.max_events:
         raise CommandFailed(
             f"smoke: only {received} of {a.max_events} event(s) for {a.item} within {timeout}s",
             ExitCode.TIMEOUT,
         )
     return ExitCode.OK
+
+
+def _check_first_value(item: str, events: list[dict[str, Any]]) -> None:
+    """Fail ``smoke`` when the item's first value reports a failure status (an unknown
+    object is a Bad value with a configuration error, not a missing event)."""
+    first = next((e["onDataChange"] for e in events if "onDataChange" in e), None)
+    if first is None:
+        return
+    change = pb.OnDataChangeEvent()
+    json_format.ParseDict(first, change)
+    failed = failed_statuses(change.statuses)
+    if not failed:
+        return
+    config = any(s.category == pb.MX_STATUS_CATEGORY_CONFIGURATION_ERROR for s in failed)
+    raise CommandFailed(
+        f"smoke: the first value of {item} is Bad (quality {change.quality}): "
+        + "; ".join(describe_status(s) for s in failed),
+        ExitCode.NOT_FOUND if config else ExitCode.MXACCESS,
+    )
 
 
 SESSION_COMMANDS = {

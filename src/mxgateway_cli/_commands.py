@@ -1,43 +1,65 @@
 """The command table: command name -> coroutine that runs it and returns an exit code.
 
 Commands contain no error handling: they raise, and :func:`mxgateway_cli.main.main` maps the
-exception through the one error table.
+exception through the one error table. A command's module is imported only when that command
+runs (:func:`command`), so ``--help``, ``version`` and each command load only what they use
+(``demo`` alone loads the simulator, ``galaxy-discover`` alone ``rich.progress``).
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-import mxgateway
-from mxgateway_cli._cmd_bench import BENCH_COMMANDS
-from mxgateway_cli._cmd_galaxy import GALAXY_COMMANDS
-from mxgateway_cli._cmd_session import SESSION_COMMANDS
 from mxgateway_cli._context import Context
-from mxgateway_cli._demo import DEMO_COMMANDS
 from mxgateway_cli._exit_codes import ExitCode
-from mxgateway_cli._output import dumps
 
-__all__ = ["COMMANDS", "Command"]
+__all__ = ["COMMAND_MODULES", "Command", "command"]
 
 Command = Callable[[Context], Coroutine[Any, Any, ExitCode]]
 
-
-async def cmd_version(ctx: Context) -> ExitCode:
-    """Print package, contract and gRPC stack versions."""
-    info = mxgateway.version_info()
-    if ctx.json:
-        ctx.out.write(dumps(info))
-    else:
-        for key, value in info.items():
-            ctx.out.write(f"{key}: {value}\n")
-    return ExitCode.OK
-
-
-COMMANDS: dict[str, Command] = {
-    "version": cmd_version,
-    **SESSION_COMMANDS,
-    **GALAXY_COMMANDS,
-    **BENCH_COMMANDS,
-    **DEMO_COMMANDS,
+COMMAND_MODULES: dict[str, tuple[str, str]] = {
+    "version": ("mxgateway_cli._cmd_version", "VERSION_COMMANDS"),
+    "docs": ("mxgateway_cli._cmd_version", "VERSION_COMMANDS"),
+    "demo": ("mxgateway_cli._demo", "DEMO_COMMANDS"),
+    **dict.fromkeys(
+        (
+            "open-session",
+            "close-session",
+            "register",
+            "unregister",
+            "add-item",
+            "remove-item",
+            "advise",
+            "advise-supervisory",
+            "unadvise",
+            "write",
+            "write2",
+            "write-secured",
+            "authenticate-user",
+            "stream-events",
+            "read-bulk",
+            "write-bulk",
+            "smoke",
+        ),
+        ("mxgateway_cli._cmd_session", "SESSION_COMMANDS"),
+    ),
+    **dict.fromkeys(("read", "watch", "set"), ("mxgateway_cli._cmd_tags", "TAG_COMMANDS")),
+    **dict.fromkeys(
+        ("galaxy-test-connection", "galaxy-last-deploy", "galaxy-discover", "galaxy-watch"),
+        ("mxgateway_cli._cmd_galaxy", "GALAXY_COMMANDS"),
+    ),
+    **dict.fromkeys(
+        ("bench-stream-events",),
+        ("mxgateway_cli._cmd_bench", "BENCH_COMMANDS"),
+    ),
 }
+"""Command name -> (module, name of the module's own ``{command: coroutine}`` table)."""
+
+
+def command(name: str) -> Command:
+    """The coroutine of command ``name``, importing its module now."""
+    module_name, table = COMMAND_MODULES[name]
+    commands: dict[str, Command] = getattr(importlib.import_module(module_name), table)
+    return commands[name]

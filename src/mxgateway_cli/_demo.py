@@ -17,7 +17,7 @@ from rich.rule import Rule
 import mxgateway
 from mxgateway.generated import galaxy_repository_pb2 as gr
 from mxgateway.generated import mxaccess_gateway_pb2 as pb
-from mxgateway_cli import _human
+from mxgateway_cli import _human, _plant
 from mxgateway_cli._cmd_galaxy import rfc3339
 from mxgateway_cli._cmd_session import event_line
 from mxgateway_cli._context import Context
@@ -61,6 +61,8 @@ class _Tour:
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
         self.doc: dict[str, Any] = {}
+        self.names: dict[int, str] = {}
+        """Item handle -> tag, for the event lines."""
 
     def section(self, title: str) -> None:
         if not self.ctx.json:
@@ -78,7 +80,11 @@ async def cmd_demo(ctx: Context) -> ExitCode:
     with tempfile.TemporaryDirectory(prefix="mxgw-py-demo-") as scratch:
         await _tour(ctx, tour, GatewaySimulator(galaxy_db=Path(scratch) / "galaxy.db"))
     tour.section("done")
-    tour.say("the session is closed and the simulator stopped; see docs/cli.md for every command")
+    tour.say(
+        "the session is closed and the simulator stopped. Next: `mxgw-py read TAG`, "
+        "`mxgw-py watch TAG` and `mxgw-py set TAG VALUE` against a gateway; "
+        "`mxgw-py docs` prints the full reference, `mxgw-py COMMAND --help` each command's flags"
+    )
     if ctx.json:
         ctx.out.emit(tour.doc)
     return ExitCode.OK
@@ -172,6 +178,7 @@ async def _session_tour(
             tags.append(writable.full_tag_reference)
         results = await session.subscribe_bulk(server_handle, tags)
         handles = {r.tag_address: r.item_handle for r in results if r.was_successful}
+        tour.names = {handle: tag for tag, handle in handles.items()}
         for r in results:
             tour.say(
                 f"  add+advise {r.tag_address}: "
@@ -189,7 +196,7 @@ async def _session_tour(
             if not isinstance(event, mxgateway.DataChange):
                 return 0
             changes.append(message_json(event.raw))
-            tour.say("  " + event_line(event.raw))
+            tour.say("  " + event_line(event.raw, tour.names))
             return 1
 
         # One event stream for the tour (the session's one subscriber), replayed from the
@@ -205,9 +212,10 @@ async def _session_tour(
         tour.section("5. Bulk read")
         reads = await session.read_bulk(server_handle, tags)
         for row in reads:
-            value = mxgateway.from_mx_value(row.value) if row.HasField("value") else None
+            value = _plant.value_text(row.value) if row.HasField("value") else "(no value)"
             tour.say(
-                f"  {row.tag_address} = {value!r} quality={row.quality} cached={row.was_cached}"
+                f"  {row.tag_address} = {value}  {_plant.quality_text(row.quality)}"
+                + ("  (cached)" if row.was_cached else "")
             )
         tour.doc["readBulk"] = [
             {"tagAddress": row.tag_address, "wasSuccessful": row.was_successful} for row in reads
@@ -253,7 +261,7 @@ async def _write_tour(
         refused = str(exc)
     tour.say(f"  wrote {value!r} ({value_type}) to {reference}")
     if completion is not None:
-        tour.say("  " + event_line(completion.raw))
+        tour.say("  " + event_line(completion.raw, tour.names))
     else:
         tour.say(f"  refused: {refused}")
     arrived: list[mxgateway.DataChange] = []
@@ -267,7 +275,7 @@ async def _write_tour(
             and event.value == value
         ):
             arrived.append(event)
-            tour.say("  " + event_line(event.raw))
+            tour.say("  " + event_line(event.raw, tour.names))
             return 1
         return 0
 

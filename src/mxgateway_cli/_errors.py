@@ -20,10 +20,12 @@ from mxgateway_cli._exit_codes import ExitCode
 
 __all__ = [
     "EXIT_CODES",
+    "HINTS",
     "CliUsageError",
     "CommandFailed",
     "ErrorReport",
     "classify",
+    "hint_for",
     "redact",
 ]
 
@@ -37,9 +39,10 @@ class CliUsageError(Exception):
 class CommandFailed(Exception):
     """A command ran but its own check failed (for example ``smoke`` saw no event)."""
 
-    def __init__(self, message: str, exit_code: ExitCode) -> None:
+    def __init__(self, message: str, exit_code: ExitCode, *, hint: str | None = None) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+        self.hint = hint
 
 
 EXIT_CODES: dict[type[BaseException], ExitCode] = {
@@ -79,17 +82,21 @@ class ErrorReport:
     type: str
     code: str
     message: str
+    hint: str | None = None
+    """What to do about it, when the failure is a known mistake (see :data:`HINTS`)."""
 
     def to_json(self) -> dict[str, object]:
-        """The ``{"error": {...}}`` document, keys in a fixed order."""
-        return {
-            "error": {
-                "type": self.type,
-                "message": self.message,
-                "code": self.code,
-                "exitCode": int(self.exit_code),
-            }
+        """The ``{"error": {...}}`` document, keys in a fixed order (``hint`` only when
+        there is one)."""
+        error: dict[str, object] = {
+            "type": self.type,
+            "message": self.message,
+            "code": self.code,
+            "exitCode": int(self.exit_code),
         }
+        if self.hint is not None:
+            error["hint"] = self.hint
+        return {"error": error}
 
 
 def redact(text: str, secrets: Iterable[str]) -> str:
@@ -138,13 +145,79 @@ def _message(exc: BaseException) -> str:
     return text.splitlines()[0]
 
 
+HINTS: tuple[tuple[type[BaseException], tuple[str, ...], str], ...] = (
+    (
+        mxgateway.MxGatewayUnavailableError,
+        ("WRONG_VERSION_NUMBER",),
+        "the gateway does not speak TLS there: add --plaintext (or set MXGATEWAY_PLAINTEXT=1)",
+    ),
+    (
+        mxgateway.MxGatewayUnavailableError,
+        ("(plaintext)", "Socket closed"),
+        "the gateway expects TLS there: drop --plaintext (and MXGATEWAY_PLAINTEXT) and pass "
+        "--ca-file PEM if its certificate is not from a public CA",
+    ),
+    (
+        mxgateway.MxGatewayUnavailableError,
+        ("CERTIFICATE_VERIFY_FAILED",),
+        "the gateway's certificate is not signed by a CA this machine trusts: pass "
+        "--ca-file PEM (or set MXGATEWAY_CA_FILE) with the gateway's CA certificate "
+        "(mxgw-sim prints it as caFile)",
+    ),
+    (
+        mxgateway.MxGatewayUnavailableError,
+        ("Hostname Verification",),
+        "the certificate is not for this host name: connect by the name it was issued for, "
+        "or pass --server-name-override NAME",
+    ),
+    (
+        mxgateway.MxGatewayUnavailableError,
+        ("Connection refused",),
+        "nothing listens at that address: is the gateway running? Check --endpoint "
+        "(or MXGATEWAY_ENDPOINT; default localhost:5000)",
+    ),
+    (
+        mxgateway.MxGatewayUnavailableError,
+        ("failed to connect",),
+        "the gateway cannot be reached: check --endpoint (or MXGATEWAY_ENDPOINT), the network "
+        "and the firewall",
+    ),
+    (
+        mxgateway.MxGatewayAuthenticationError,
+        (),
+        "give the gateway's API key: set MXGATEWAY_API_KEY, or pass --api-key-env NAME; if "
+        "you did, the gateway does not know that key (ask its administrator)",
+    ),
+    (
+        mxgateway.MxGatewayPermissionError,
+        (),
+        "the API key is valid but lacks the scope this command needs (docs/security.md lists "
+        "the scopes per command); ask for a key with it",
+    ),
+)
+"""(exception class, texts that must all appear in the message, what to do about it); the
+first matching entry wins."""
+
+
+def hint_for(exc: BaseException, message: str) -> str | None:
+    """What to do about ``exc``, when it is a known mistake."""
+    for klass, needles, hint in HINTS:
+        if isinstance(exc, klass) and all(n in message for n in needles):
+            return hint
+    own = getattr(exc, "hint", None)
+    return own if isinstance(own, str) else None
+
+
 def classify(exc: BaseException, secrets: Iterable[str] = ()) -> ErrorReport:
-    """Map an exception to its :class:`ErrorReport` (exit code, type, code, redacted message)."""
+    """Map an exception to its :class:`ErrorReport` (exit code, type, code, redacted message,
+    hint)."""
     exit_code = exit_code_for(exc)
     type_name = "UsageError" if isinstance(exc, CliUsageError) else type(exc).__name__
+    message = redact(_message(exc), list(secrets))
     return ErrorReport(
         exit_code=exit_code,
         type=type_name,
         code=_code(exc, exit_code),
-        message=redact(_message(exc), list(secrets)),
+        message=message,
+        hint=hint_for(exc, str(exc)),
     )

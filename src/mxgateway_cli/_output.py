@@ -11,19 +11,26 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
-from typing import IO, Any
-
-from google.protobuf import json_format
-from google.protobuf.message import Message
-from rich.console import Console
+from functools import cached_property
+from typing import IO, TYPE_CHECKING, Any
 
 from mxgateway_cli._errors import ErrorReport, redact
+
+if TYPE_CHECKING:
+    from google.protobuf.message import Message
+    from rich.console import Console
 
 __all__ = ["Output", "dumps", "message_json"]
 
 
+_PIPE_WIDTH = 4096
+"""Width of the rich console when stdout is not a terminal."""
+
+
 def message_json(message: Message) -> dict[str, Any]:
     """A protobuf message as protobuf-JSON (camelCase names, enum names)."""
+    from google.protobuf import json_format
+
     return json_format.MessageToDict(message)
 
 
@@ -81,13 +88,29 @@ class Output:
         self.json_mode = json_mode
         self.ndjson = ndjson
         self._secrets: list[str] = []
-        self.console = Console(
-            file=_RedactingFile(self, stdout),  # type: ignore[arg-type]
+
+    # rich is imported on first use only: `--help`, `version` and JSON output never pay
+    # for it.
+    @cached_property
+    def console(self) -> Console:
+        """The rich console on stdout (redacted), for people's tables."""
+        from rich.console import Console
+
+        return Console(
+            file=_RedactingFile(self, self.stdout),  # type: ignore[arg-type]
             highlight=False,
             soft_wrap=False,
+            # Piped, nothing is cut or wrapped at 80 columns: the reader is a program.
+            width=None if self.stdout_is_tty else _PIPE_WIDTH,
         )
-        self.err_console = Console(
-            file=_RedactingFile(self, stderr),  # type: ignore[arg-type]
+
+    @cached_property
+    def err_console(self) -> Console:
+        """The rich console on stderr (redacted), for progress displays."""
+        from rich.console import Console
+
+        return Console(
+            file=_RedactingFile(self, self.stderr),  # type: ignore[arg-type]
             highlight=False,
         )
 
@@ -134,7 +157,10 @@ class Output:
             self.emit({key: list(items)})
 
     def info(self, text: str) -> None:
-        """A diagnostic line for people on stderr (never in JSON mode's stdout)."""
+        """A diagnostic line for people on stderr; none under ``--json``, whose stderr is
+        exactly one document (the error, if any)."""
+        if self.json_mode:
+            return
         self.write(text.rstrip("\n") + "\n", stream=self.stderr)
 
     def error(self, report: ErrorReport) -> None:
@@ -142,4 +168,5 @@ class Output:
         if self.json_mode:
             self.write(dumps(report.to_json()), stream=self.stderr)
         else:
-            self.write(f"mxgw-py: error: {report.message}\n", stream=self.stderr)
+            hint = f"mxgw-py: hint: {report.hint}\n" if report.hint else ""
+            self.write(f"mxgw-py: error: {report.message}\n{hint}", stream=self.stderr)

@@ -105,7 +105,7 @@ _EXIT_CODES_HELP = "exit codes: " + ", ".join(
 _EPILOG = (
     _EXIT_CODES_HELP + ". Connection defaults come from MXGATEWAY_ENDPOINT, MXGATEWAY_PLAINTEXT, "
     "MXGATEWAY_CA_FILE, MXGATEWAY_SERVER_NAME_OVERRIDE and MXGATEWAY_API_KEY when the flags "
-    "are not given. Full reference: docs/cli.md."
+    "are not given. Full reference: `mxgw-py docs`."
 )
 
 
@@ -235,9 +235,49 @@ def build_parser(out_stream: IO[str] | None = None) -> argparse.ArgumentParser:
     p = add("version", "print package and protocol versions")
     _output_flags(p)
 
+    p = add("docs", "print the command reference (docs/cli.md; shipped with the package)")
+
     p = add("demo", "run a guided tour against an embedded simulator (no gateway needed)")
     p.add_argument(
         "--events", type=_positive_int, default=6, metavar="N", help="live changes to show"
+    )
+    _output_flags(p)
+
+    p = add("read", "read tags by name: current value, quality and time (own session)")
+    p.add_argument("tag", nargs="+", metavar="TAG", help="tag reference, e.g. Tank01.Level")
+    _connection_flags(
+        p, timeout_help="deadline of each call and of the wait for first values (default 30)"
+    )
+    _output_flags(p)
+
+    p = add("watch", "watch tags by name: every change until Ctrl+C (own session)")
+    p.add_argument("tag", nargs="+", metavar="TAG", help="tag reference, e.g. Tank01.Level")
+    p.add_argument("--max-events", type=_positive_int, metavar="N", help="stop after N changes")
+    p.add_argument(
+        "--duration", type=_positive_seconds, metavar="SECONDS", help="stop after SECONDS"
+    )
+    _connection_flags(p)
+    _output_flags(p, ndjson=True)
+
+    p = add("set", "write a tag by name with its own type and report the outcome")
+    p.add_argument("tag", metavar="TAG", help="tag reference, e.g. Tank01.InletValve.Cmd")
+    p.add_argument("value", metavar="VALUE", help="value text, parsed as the attribute's type")
+    p.add_argument(
+        "--type",
+        choices=list(mxgateway.VALUE_TYPES),
+        metavar="TYPE",
+        help="force the value type (default: the attribute's own)",
+    )
+    p.add_argument("--user-id", type=_int32, default=0, metavar="N", help="user id (0 = none)")
+    p.add_argument(
+        "--wait-timeout",
+        type=_positive_seconds,
+        default=30.0,
+        metavar="SECONDS",
+        help="how long to wait for the OnWriteComplete (default 30)",
+    )
+    _connection_flags(
+        p, timeout_help="deadline of each call and of the wait for the first value (default 30)"
     )
     _output_flags(p)
 

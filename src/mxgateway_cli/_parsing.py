@@ -41,7 +41,7 @@ ENV_API_KEY = "MXGATEWAY_API_KEY"
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
-_HOST = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9\-_.]*[A-Za-z0-9])?$")
+_HOST = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9\-_.]*[A-Za-z0-9])?\Z")
 
 
 def parse_python_value(type_name: str, text: str) -> object:
@@ -114,7 +114,7 @@ def parse_endpoint(text: str) -> str:
         host, sep, port = candidate.rpartition(":")
         if not sep or not _HOST.match(host):
             raise bad
-    if not port.isdigit() or not 0 < int(port) < 65536:
+    if not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
         raise CliUsageError(f"malformed --endpoint {text!r}: port must be 1..65535")
     return candidate
 

@@ -16,7 +16,8 @@ import traceback
 from collections.abc import Mapping, Sequence
 from typing import IO
 
-from mxgateway_cli._commands import COMMANDS
+from mxgateway_cli import _quiet_grpc  # noqa: F401  (before anything imports grpc)
+from mxgateway_cli._commands import command
 from mxgateway_cli._context import Context
 from mxgateway_cli._errors import classify
 from mxgateway_cli._exit_codes import ExitCode
@@ -59,13 +60,15 @@ def main(
     debug = "--debug" in args_list
     try:
         parser = build_parser(out.stdout)
+        if args_list[:1] in (["--version"], ["-V"]):
+            args_list[:1] = ["version"]  # `mxgw-py --version` is `mxgw-py version`
         args = parser.parse_args(args_list)
         out.ndjson = bool(getattr(args, "ndjson", False))
         if out.ndjson:
             args.json = True  # --ndjson is a JSON mode
         out.json_mode = bool(getattr(args, "json", False))
         ctx = Context(args=args, out=out, env=os.environ if env is None else env)
-        return int(asyncio.run(COMMANDS[args.command](ctx)))
+        return int(asyncio.run(command(args.command)(ctx)))
     except HelpRequested:
         return int(ExitCode.OK)
     except BrokenPipeError:

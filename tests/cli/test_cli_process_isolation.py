@@ -94,7 +94,7 @@ def test_mxgw_gateway_serves_the_simulated_runtime() -> None:
                 "--api-key-env",
                 "MXGW_TEST_KEY",
                 "--item",
-                "Tank01.Level",
+                "L1_Tank01.Level",  # a real tag: smoke fails on an unknown one
                 "--max-events",
                 "1",
                 "--json",

@@ -192,34 +192,45 @@ def test_ctrl_c_exits_130(sim: SimServer) -> None:
             "sessionId"
         ]
     )
+    base = ["--session-id", session_id, "--json"]
+    hlmx = str(mxgw_py(sim, "register", *base)["register"]["serverHandle"])  # type: ignore[index]
+    added = mxgw_py(sim, "add-item", *base, "--server-handle", hlmx, "--item", "L1_Mixer.Current")
+    item = str(added["addItem"]["itemHandle"])  # type: ignore[index]
+    mxgw_py(sim, "advise", *base, "--server-handle", hlmx, "--item-handle", item)
     process = subprocess.Popen(
-        _with_default_sigint([*CLI, "stream-events", "--session-id", session_id, "--json"]),
+        _with_default_sigint(
+            [*CLI, "stream-events", "--session-id", session_id, "--after-sequence", "0", "--json"]
+        ),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         env=sim.env(),
     )
+    out = ""
     try:
-        assert process.stderr is not None
-        # The command announces on stderr that it streams until interrupted; wait for it.
+        assert process.stdout is not None
+        # Wait until it streams (the document has begun on stdout); under --json nothing
+        # but the final error document may go to stderr.
         selector = selectors.DefaultSelector()
-        selector.register(process.stderr, selectors.EVENT_READ)
+        selector.register(process.stdout, selectors.EVENT_READ)
         deadline = time.monotonic() + PROCESS_TIMEOUT
-        line = ""
-        while "interrupted" not in line and time.monotonic() < deadline:
+        while '"events"' not in out and time.monotonic() < deadline:
             if selector.select(deadline - time.monotonic()):
-                line = process.stderr.readline()
+                out += process.stdout.readline()
         selector.close()
-        assert "interrupted" in line
+        assert '"events"' in out
         process.send_signal(signal.SIGINT)
-        _out, err = process.communicate(timeout=PROCESS_TIMEOUT)
+        # Read on through the same buffered reader (communicate() would skip what it holds).
+        rest = process.stdout.read()
+        _, err = process.communicate(timeout=PROCESS_TIMEOUT)
     finally:
         if process.poll() is None:
             process.kill()
             process.communicate()
         mxgw_py(sim, "close-session", "--session-id", session_id, "--json")
     assert process.returncode == ExitCode.INTERRUPTED, err
-    assert json.loads(err)["error"]["code"] == "INTERRUPTED"
+    assert json.loads(err)["error"]["code"] == "INTERRUPTED"  # stderr: exactly one document
+    assert json.loads(out + rest)["events"], out + rest  # stdout: closed, still valid JSON
 
 
 def _console_script() -> list[str]:
