@@ -276,14 +276,16 @@ async def write_items(
     entries: Sequence[tuple[int, WriteRequest]],
     out: RowSink,
 ) -> None:
-    """The Write*Bulk family (the OnWriteComplete events go to the sink as one list)."""
+    """The Write*Bulk family (the OnWriteComplete events of each chunk go to the sink as
+    one list, handed on before the loop gets its turn: 100k held events would be encoded in
+    one piece at the end, and walked by the garbage collector until then)."""
     slicer = Slicer()
-    with _held_events(rt):
-        for chunk in chunks(entries):
-            rows = []
+    for chunk in chunks(entries):
+        rows = []
+        with _held_events(rt):
             for ih, request in chunk:
                 row = BulkRow(sh, ih)
                 await _attempt(row, rt.write(sh, ih, request))
                 rows.append(row)
-            out(rows)
-            await slicer.checkpoint()
+        out(rows)
+        await slicer.checkpoint()
