@@ -276,6 +276,48 @@ class GatewayClient:
             what="StreamEventBatches",
         )
 
+    # -- alarms (session-less) ------------------------------------------------------------
+    def stream_alarms_raw(self, filter_prefix: str = "") -> Stream[pb.AlarmFeedMessage]:
+        """``StreamAlarms``: the active alarms whose reference starts with
+        ``filter_prefix`` (empty: all), a ``snapshot_complete`` marker, then transitions."""
+        return self._transport.stream(
+            self._stub.StreamAlarms,
+            pb.StreamAlarmsRequest(alarm_filter_prefix=filter_prefix),
+            what="StreamAlarms",
+        )
+
+    async def acknowledge_alarm_raw(
+        self,
+        *,
+        reference: str = "",
+        guid: str = "",
+        comment: str = "",
+        operator: str = "",
+        timeout: float | None = DEFAULT,
+    ) -> pb.AcknowledgeAlarmReply:
+        """``AcknowledgeAlarm`` by full reference or GUID; returns the generated reply.
+
+        Raises the typed error of gRPC failures and of protocol statuses other than OK and
+        MXACCESS_FAILURE; an MXAccess refusal stays in the reply (``status``, and, as
+        upstream, the native status in ``hresult``).
+        """
+        request = pb.AcknowledgeAlarmRequest(
+            client_correlation_id=self._next_correlation_id(),
+            alarm_guid=guid,
+            alarm_full_reference=reference,
+            comment=comment,
+            operator_user=operator,
+        )
+        reply = await self._transport.unary(
+            self._stub.AcknowledgeAlarm, request, timeout=timeout, what="AcknowledgeAlarm"
+        )
+        code = reply.protocol_status.code if reply.HasField("protocol_status") else _OK
+        if code != _OK and code != _MXACCESS_FAILURE:
+            err = error_from_protocol_status(reply, reply.protocol_status, what="AcknowledgeAlarm")
+            if err is not None:
+                raise err
+        return reply
+
     # -- recovering subscriptions -------------------------------------------------------
     def subscribe(
         self,

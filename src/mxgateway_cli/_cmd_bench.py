@@ -14,8 +14,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
 import mxgateway
 from mxgateway.generated import mxaccess_gateway_pb2 as pb
 from mxgateway_cli import _human
@@ -186,6 +184,8 @@ async def _window(ctx: Context, seconds: float) -> None:
     if not ctx.out.stderr_is_tty:
         await asyncio.sleep(seconds)
         return
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
     with Progress(
         TextColumn("benchmark"),
         BarColumn(),
@@ -200,4 +200,61 @@ async def _window(ctx: Context, seconds: float) -> None:
             progress.update(task, completed=seconds - max(0.0, deadline - time.perf_counter()))
 
 
-BENCH_COMMANDS = {"bench-stream-events": cmd_bench_stream_events}
+async def cmd_bench_read_bulk(ctx: Context) -> ExitCode:
+    """``ReadBulk`` calls back to back on one session for ``--duration-seconds``; upstream's
+    JSON keys. The items are advised first (``--no-advise``: not), so reads answer from
+    the session's cache (``cachedReadResults``)."""
+    from mxgateway_cli._cmd_parity import split_csv
+
+    a = ctx.args
+    items = list(a.item or [])
+    if a.items:
+        items += [t.strip() for t in split_csv(a.items, "--items")]
+    latencies: list[float] = []
+    calls = failed = results_total = cached = 0
+    async with gateway_client(ctx) as client:
+        if not items:
+            items = await pick_items(ctx, a.bulk_size)
+        session = await client.open_session("mxgw-py-bench-read-bulk")
+        try:
+            server_handle = await session.register("mxgw-py-bench-read-bulk")
+            if a.advise:
+                await session.subscribe_bulk(server_handle, items)
+            started = time.perf_counter()
+            deadline = started + a.duration_seconds
+            while time.perf_counter() < deadline:
+                before = time.perf_counter()
+                calls += 1
+                try:
+                    rows = await session.read_bulk(server_handle, items, timeout_ms=a.timeout_ms)
+                except mxgateway.MxGatewayError:
+                    failed += 1
+                    continue
+                latencies.append((time.perf_counter() - before) * 1000.0)
+                results_total += len(rows)
+                cached += sum(1 for r in rows if r.was_cached)
+            elapsed = time.perf_counter() - started
+        finally:
+            await session.close()
+    document: dict[str, Any] = {
+        "language": "python",
+        "durationMs": round(elapsed * 1000.0, 3),
+        "totalCalls": calls,
+        "successfulCalls": calls - failed,
+        "failedCalls": failed,
+        "totalReadResults": results_total,
+        "cachedReadResults": cached,
+        "callsPerSecond": round(calls / elapsed, 3) if elapsed > 0 else 0.0,
+        "latencyMs": latency_summary(latencies),
+    }
+    if ctx.json:
+        ctx.out.emit(document)
+    else:
+        _human.print_mapping(ctx.out.console, document, title="bench-read-bulk")
+    return ExitCode.OK
+
+
+BENCH_COMMANDS = {
+    "bench-stream-events": cmd_bench_stream_events,
+    "bench-read-bulk": cmd_bench_read_bulk,
+}

@@ -18,6 +18,7 @@ from google.protobuf import json_format
 from mxgateway import describe_status, enum_name, failed_statuses
 from mxgateway.generated import mxaccess_gateway_pb2 as pb
 from mxgateway_cli import _human, _plant
+from mxgateway_cli._cmd_parity import bulk_entries, print_bulk_results, split_csv
 from mxgateway_cli._context import Context
 from mxgateway_cli._errors import CliUsageError, CommandFailed
 from mxgateway_cli._exit_codes import ExitCode
@@ -264,13 +265,17 @@ async def cmd_authenticate_user(ctx: Context) -> ExitCode:
 
 
 async def cmd_read_bulk(ctx: Context) -> ExitCode:
-    """``ReadBulk``: one row per ``--item``, in order."""
+    """``ReadBulk``: one row per reference (``--item`` repeated, then ``--items`` CSV), in
+    order."""
     a = ctx.args
+    items: list[str] = list(a.item or [])
+    if a.items:
+        items += [t.strip() for t in split_csv(a.items, "--items")]
+    if not items:
+        raise CliUsageError("read-bulk needs --items (or --item)")
     async with gateway_client(ctx) as client:
         session = client.attach_session(a.session_id)
-        results = await session.read_bulk(
-            a.server_handle, list(a.item), timeout_ms=a.read_timeout_ms
-        )
+        results = await session.read_bulk(a.server_handle, items, timeout_ms=a.read_timeout_ms)
     rows = [message_json(r) for r in results]
     if ctx.json:
         ctx.out.emit({"results": rows})
@@ -303,36 +308,14 @@ def _read_row(result: pb.BulkReadResult) -> dict[str, Any]:
 
 
 async def cmd_write_bulk(ctx: Context) -> ExitCode:
-    """``WriteBulk``: ``--item-handle`` and ``--value`` pair up by position."""
+    """``WriteBulk``: item handles and values pair up by position (``--item-handle`` /
+    ``--value`` repeated, or ``--item-handles`` / ``--values`` comma-separated)."""
     a = ctx.args
-    handles: list[int] = list(a.item_handle)
-    texts: list[str] = list(a.value)
-    if len(handles) != len(texts):
-        raise CliUsageError(
-            f"write-bulk needs one --value per --item-handle ({len(handles)} handles, "
-            f"{len(texts)} values)"
-        )
-    entries = [(h, parse_value(a.type, t)) for h, t in zip(handles, texts, strict=True)]
+    entries = bulk_entries(a, "write-bulk")
     async with gateway_client(ctx) as client:
         session = client.attach_session(a.session_id)
         results = await session.write_bulk(a.server_handle, entries, user_id=a.user_id)
-    if ctx.json:
-        ctx.out.emit({"results": [message_json(r) for r in results]})
-    else:
-        _human.print_rows(
-            ctx.out.console,
-            [
-                {
-                    "item": r.item_handle,
-                    "ok": r.was_successful,
-                    "hresult": r.hresult,
-                    "error": r.error_message,
-                }
-                for r in results
-            ],
-            [("item", "item handle"), ("ok", "ok"), ("hresult", "hresult"), ("error", "error")],
-            title="WriteBulk",
-        )
+    print_bulk_results(ctx, results, "WriteBulk")
     return ExitCode.OK
 
 

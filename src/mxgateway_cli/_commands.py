@@ -45,13 +45,21 @@ COMMAND_MODULES: dict[str, tuple[str, str]] = {
         ),
         ("mxgateway_cli._cmd_session", "SESSION_COMMANDS"),
     ),
+    **dict.fromkeys(
+        ("write2-bulk", "write-secured-bulk", "write-secured2-bulk", "batch"),
+        ("mxgateway_cli._cmd_parity", "PARITY_COMMANDS"),
+    ),
+    **dict.fromkeys(
+        ("stream-alarms", "acknowledge-alarm"),
+        ("mxgateway_cli._cmd_alarms", "ALARM_COMMANDS"),
+    ),
     **dict.fromkeys(("read", "watch", "set"), ("mxgateway_cli._cmd_tags", "TAG_COMMANDS")),
     **dict.fromkeys(
         ("galaxy-test-connection", "galaxy-last-deploy", "galaxy-discover", "galaxy-watch"),
         ("mxgateway_cli._cmd_galaxy", "GALAXY_COMMANDS"),
     ),
     **dict.fromkeys(
-        ("bench-stream-events",),
+        ("bench-stream-events", "bench-read-bulk"),
         ("mxgateway_cli._cmd_bench", "BENCH_COMMANDS"),
     ),
 }

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import IO
 
 from mxgateway._secret import env_secret_missing
 from mxgateway_cli._errors import CliUsageError
@@ -21,7 +23,14 @@ class Context:
     args: argparse.Namespace
     out: Output
     env: Mapping[str, str]
+    stdin: IO[str] | None = None
+    """Where ``batch`` reads its command lines (default ``sys.stdin``)."""
     _settings: ConnectionSettings | None = field(default=None, repr=False)
+
+    @property
+    def input(self) -> IO[str]:
+        """The command's standard input."""
+        return sys.stdin if self.stdin is None else self.stdin
 
     @property
     def json(self) -> bool:

@@ -216,6 +216,54 @@ def _value_flags(parser: argparse.ArgumentParser, *, repeat: bool = False) -> No
     )
 
 
+def _bulk_write_flags(parser: argparse.ArgumentParser, *, secured: bool, timestamp: bool) -> None:
+    """The bulk write family: handles and values by position, as repeated flags or as
+    upstream's comma-separated lists."""
+    parser.add_argument(
+        "--item-handle",
+        type=_handle,
+        action="append",
+        metavar="N",
+        help="item handle (repeat; pairs with --value by position)",
+    )
+    parser.add_argument("--item-handles", metavar="CSV", help="item handles, comma-separated")
+    parser.add_argument(
+        "--type",
+        required=True,
+        choices=list(mxgateway.VALUE_TYPES),
+        metavar="TYPE",
+        help="value type: " + "|".join(mxgateway.VALUE_TYPES),
+    )
+    parser.add_argument(
+        "--value", action="append", metavar="TEXT", help="value text (repeat, per handle)"
+    )
+    parser.add_argument(
+        "--values", metavar="CSV", help="values, comma-separated (CSV quoting for commas)"
+    )
+    if timestamp:
+        parser.add_argument(
+            "--timestamp", metavar="ISO", help="value timestamp, ISO 8601 with zone (default now)"
+        )
+    if secured:
+        parser.add_argument(
+            "--current-user-id",
+            type=_int32,
+            required=True,
+            metavar="N",
+            help="authenticated operator",
+        )
+        parser.add_argument(
+            "--verifier-user-id",
+            type=_int32,
+            metavar="N",
+            help="authenticated verifier (default: the current user)",
+        )
+    else:
+        parser.add_argument(
+            "--user-id", type=_int32, default=0, metavar="N", help="user id (0 = none)"
+        )
+
+
 def build_parser(out_stream: IO[str] | None = None) -> argparse.ArgumentParser:
     """The complete ``mxgw-py`` parser; help text goes to ``out_stream`` (default stdout)."""
     parser = _Parser(
@@ -398,11 +446,12 @@ def build_parser(out_stream: IO[str] | None = None) -> argparse.ArgumentParser:
     p = add("read-bulk", "ReadBulk: read current values of many references")
     _session_flag(p)
     _server_handle(p)
-    p.add_argument(
-        "--item", required=True, action="append", metavar="REF", help="reference (repeat)"
-    )
+    p.add_argument("--item", action="append", metavar="REF", help="reference (repeat)")
+    p.add_argument("--items", metavar="CSV", help="references, comma-separated (upstream's form)")
     p.add_argument(
         "--read-timeout-ms",
+        "--timeout-ms",
+        dest="read_timeout_ms",
         type=_non_negative_int,
         default=0,
         metavar="MS",
@@ -411,12 +460,35 @@ def build_parser(out_stream: IO[str] | None = None) -> argparse.ArgumentParser:
     _connection_flags(p)
     _output_flags(p)
 
-    p = add("write-bulk", "WriteBulk: write many items in one call")
-    _session_flag(p)
-    _server_handle(p)
-    _item_handle(p, repeat=True)
-    _value_flags(p, repeat=True)
-    p.add_argument("--user-id", type=_int32, default=0, metavar="N", help="user id (0 = none)")
+    for name, text in (
+        ("write-bulk", "WriteBulk: write many items in one call"),
+        ("write2-bulk", "Write2Bulk: write many items with a timestamp"),
+        ("write-secured-bulk", "WriteSecuredBulk: secured writes of many items"),
+        ("write-secured2-bulk", "WriteSecured2Bulk: secured writes with a timestamp"),
+    ):
+        p = add(name, text)
+        _session_flag(p)
+        _server_handle(p)
+        _bulk_write_flags(p, secured="secured" in name, timestamp="2" in name)
+        _connection_flags(p)
+        _output_flags(p)
+
+    p = add("batch", "run one command line per stdin line (upstream's batch protocol)")
+    _connection_flags(p, timeout_help="default --timeout of each line's command")
+    _output_flags(p)
+
+    p = add("stream-alarms", "print active alarms, then alarm changes (session-less)")
+    p.add_argument(
+        "--filter-prefix", metavar="PREFIX", help="only alarms whose reference starts so"
+    )
+    p.add_argument("--max-messages", type=_positive_int, metavar="N", help="stop after N messages")
+    _connection_flags(p, timeout_help="stop listening after SECONDS and exit 0")
+    _output_flags(p, ndjson=True)
+
+    p = add("acknowledge-alarm", "acknowledge an alarm by reference (session-less)")
+    p.add_argument("--reference", required=True, metavar="REF", help="full alarm reference")
+    p.add_argument("--comment", metavar="TEXT", help="operator comment")
+    p.add_argument("--operator", metavar="USER", help="operator user name")
     _connection_flags(p)
     _output_flags(p)
 
@@ -470,6 +542,39 @@ def build_parser(out_stream: IO[str] | None = None) -> argparse.ArgumentParser:
     )
     _connection_flags(p, timeout_help="stop listening after SECONDS and exit 0")
     _output_flags(p, ndjson=True)
+
+    p = add("bench-read-bulk", "measure ReadBulk calls per second and latency")
+    p.add_argument("--item", action="append", metavar="REF", help="reference (repeat)")
+    p.add_argument("--items", metavar="CSV", help="references, comma-separated")
+    p.add_argument(
+        "--bulk-size",
+        type=_positive_int,
+        default=10,
+        metavar="N",
+        help="references per call when taken from the Galaxy (default 10)",
+    )
+    p.add_argument(
+        "--duration-seconds",
+        type=_positive_seconds,
+        default=5.0,
+        metavar="S",
+        help="measurement window (default 5)",
+    )
+    p.add_argument(
+        "--timeout-ms",
+        type=_non_negative_int,
+        default=0,
+        metavar="MS",
+        help="ReadBulk's wait per tag for a first value (0 = worker default)",
+    )
+    p.add_argument(
+        "--advise",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="advise the items first so reads answer from the cache (default)",
+    )
+    _connection_flags(p)
+    _output_flags(p)
 
     p = add("bench-stream-events", "measure event throughput and latency")
     p.add_argument(

@@ -47,6 +47,7 @@ def main(
     stdout: IO[str] | None = None,
     stderr: IO[str] | None = None,
     env: Mapping[str, str] | None = None,
+    stdin: IO[str] | None = None,
 ) -> int:
     """Run ``mxgw-py`` with ``argv`` (default ``sys.argv[1:]``) and return the exit code."""
     args_list = list(sys.argv[1:] if argv is None else argv)
@@ -67,7 +68,7 @@ def main(
         if out.ndjson:
             args.json = True  # --ndjson is a JSON mode
         out.json_mode = bool(getattr(args, "json", False))
-        ctx = Context(args=args, out=out, env=os.environ if env is None else env)
+        ctx = Context(args=args, out=out, env=os.environ if env is None else env, stdin=stdin)
         return int(asyncio.run(command(args.command)(ctx)))
     except HelpRequested:
         return int(ExitCode.OK)

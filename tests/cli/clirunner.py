@@ -30,8 +30,9 @@ class Result:
         return dict(doc["error"])
 
 
-def run(argv: Sequence[str], env: Mapping[str, str] | None = None) -> Result:
-    """Run the CLI; ``env`` replaces the process environment for flag defaults."""
+def run(argv: Sequence[str], env: Mapping[str, str] | None = None, stdin: str = "") -> Result:
+    """Run the CLI; ``env`` replaces the process environment for flag defaults; ``stdin``
+    is its standard input."""
     out, err = io.StringIO(), io.StringIO()
-    code = main(list(argv), stdout=out, stderr=err, env=dict(env or {}))
+    code = main(list(argv), stdout=out, stderr=err, env=dict(env or {}), stdin=io.StringIO(stdin))
     return Result(code, out.getvalue(), err.getvalue())

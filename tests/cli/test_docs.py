@@ -32,3 +32,35 @@ def test_every_command_and_flag_is_documented(command: str) -> None:
 def test_every_exit_code_is_documented() -> None:
     for code in ExitCode:
         assert f"| {code.value} | `{code.name}` |" in DOC
+
+
+def test_first_five_minutes_runs_verbatim() -> None:
+    """docs/cli.md's "First five minutes" blocks, as written, against the simulator they
+    start (the port made free, nothing else changed)."""
+    from .test_docs_verbatim import _blocks, _run_blocks
+
+    section = DOC[DOC.index("## First five minutes") : DOC.index("## Quick tour")]
+    blocks = _blocks(section)
+    assert len(blocks) == 2
+    result = _run_blocks(blocks)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    lines = lines[next(i for i, line in enumerate(lines) if line.startswith("Tag ")) :]
+    assert lines[0].split() == ["Tag", "Value", "Type", "Quality", "Time"]
+    assert [line.split()[0] for line in lines[1:4]] == [
+        "L1_Mixer.RunHours",
+        "L1_Mixer.Current",
+        "L1_Mixer.Running",
+    ]
+    assert all(line.split()[3] == "Good" for line in lines[1:4])
+    changes = [line for line in lines if " L1_Mixer.Current = " in line]
+    assert len(changes) == 5
+    assert any(
+        line.startswith("L1_Tank01_InletValve.Cmd = 42 (Integer), was ")
+        and line.endswith("OnWriteComplete OK")
+        for line in lines
+    )
+    assert any(line.startswith("L1_Mixer.Setpoints[]") and "Integer[]" in line for line in lines)
+    assert "L1_Mixer.Setpoints[]  Integer[]" in result.stdout  # galaxy-discover marks arrays
+    assert "Traceback" not in result.stderr
+    assert "mxgw-py: error" not in result.stderr
