@@ -14,7 +14,7 @@ from mxgateway_cli._errors import CommandFailed
 from mxgateway_cli._exit_codes import ExitCode
 from mxgateway_cli._gateway import gateway_client
 from mxgateway_cli._output import message_json
-from mxgateway_cli._streaming import JsonStream, consume
+from mxgateway_cli._streaming import consume, stream_document
 
 __all__ = ["ALARM_COMMANDS", "alarm_line"]
 
@@ -54,28 +54,21 @@ async def cmd_stream_alarms(ctx: Context) -> ExitCode:
     """``StreamAlarms``: the active set, then changes, until ``--max-messages`` or
     ``--timeout`` (exit 0) or Ctrl+C."""
     a = ctx.args
-    writer = JsonStream(ctx.out, "messages")
+    with stream_document(ctx.out, "messages", enabled=ctx.json) as writer:
 
-    def on_message(message: pb.AlarmFeedMessage) -> int:
-        if ctx.json:
-            writer.add(message_json(message))
-        else:
-            ctx.out.write(alarm_line(message) + "\n")
-        return 1
+        def on_message(message: pb.AlarmFeedMessage) -> int:
+            if ctx.json:
+                writer.add(message_json(message))
+            else:
+                ctx.out.write(alarm_line(message) + "\n")
+            return 1
 
-    try:
         async with gateway_client(ctx, window=True) as client:
             stream = client.stream_alarms_raw(a.filter_prefix or "")
             try:
                 await consume(stream, on_message, max_items=a.max_messages, timeout=a.timeout)
             finally:
                 await stream.aclose()
-    except BaseException:
-        if ctx.json and writer.count:
-            writer.close()
-        raise
-    if ctx.json:
-        writer.close()
     return ExitCode.OK
 
 

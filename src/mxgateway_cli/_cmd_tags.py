@@ -30,7 +30,7 @@ from mxgateway_cli._exit_codes import ExitCode
 from mxgateway_cli._gateway import gateway_client
 from mxgateway_cli._output import message_json
 from mxgateway_cli._parsing import parse_value
-from mxgateway_cli._streaming import JsonStream
+from mxgateway_cli._streaming import JsonStream, stream_document
 
 __all__ = ["TAG_COMMANDS", "json_value", "tag_row"]
 
@@ -270,10 +270,9 @@ async def cmd_watch(ctx: Context) -> ExitCode:
     ``--max-events`` or ``--duration``."""
     a = ctx.args
     tags = _check_tags(a.tag)
-    writer = JsonStream(ctx.out, "events")
     count = 0
 
-    async def pump(state: _Tags, stream: mxgateway.EventStream) -> None:
+    async def pump(state: _Tags, stream: mxgateway.EventStream, writer: JsonStream) -> None:
         nonlocal count
         async for event in stream:
             if not isinstance(event, mxgateway.DataChange):
@@ -293,7 +292,7 @@ async def cmd_watch(ctx: Context) -> ExitCode:
             if a.max_events is not None and count >= a.max_events:
                 return
 
-    try:
+    with stream_document(ctx.out, "events", enabled=ctx.json) as writer:
         async with gateway_client(ctx) as client, _subscribed(client, tags) as state:
             if state.failed:
                 tag, why = next(iter(state.failed.items()))
@@ -301,18 +300,12 @@ async def cmd_watch(ctx: Context) -> ExitCode:
             stream = state.session.events()
             try:
                 if a.duration is None:
-                    await pump(state, stream)
+                    await pump(state, stream, writer)
                 else:
                     with contextlib.suppress(asyncio.TimeoutError):
-                        await asyncio.wait_for(pump(state, stream), a.duration)
+                        await asyncio.wait_for(pump(state, stream, writer), a.duration)
             finally:
                 await stream.aclose()
-    except BaseException:
-        if ctx.json and writer.count:
-            writer.close()
-        raise
-    if ctx.json:
-        writer.close()
     return ExitCode.OK
 
 

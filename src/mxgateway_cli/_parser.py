@@ -196,14 +196,20 @@ def _wait_flags(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _value_flags(parser: argparse.ArgumentParser, *, repeat: bool = False) -> None:
+def _type_flag(
+    parser: argparse.ArgumentParser, *, required: bool = True, help_text: str = ""
+) -> None:
     parser.add_argument(
         "--type",
-        required=True,
+        required=required,
         choices=list(mxgateway.VALUE_TYPES),
         metavar="TYPE",
-        help="value type: " + "|".join(mxgateway.VALUE_TYPES),
+        help=help_text or "value type: " + "|".join(mxgateway.VALUE_TYPES),
     )
+
+
+def _value_flags(parser: argparse.ArgumentParser, *, repeat: bool = False) -> None:
+    _type_flag(parser)
     parser.add_argument(
         "--value",
         required=True,
@@ -227,13 +233,7 @@ def _bulk_write_flags(parser: argparse.ArgumentParser, *, secured: bool, timesta
         help="item handle (repeat; pairs with --value by position)",
     )
     parser.add_argument("--item-handles", metavar="CSV", help="item handles, comma-separated")
-    parser.add_argument(
-        "--type",
-        required=True,
-        choices=list(mxgateway.VALUE_TYPES),
-        metavar="TYPE",
-        help="value type: " + "|".join(mxgateway.VALUE_TYPES),
-    )
+    _type_flag(parser)
     parser.add_argument(
         "--value", action="append", metavar="TEXT", help="value text (repeat, per handle)"
     )
@@ -262,6 +262,17 @@ def _bulk_write_flags(parser: argparse.ArgumentParser, *, secured: bool, timesta
         parser.add_argument(
             "--user-id", type=_int32, default=0, metavar="N", help="user id (0 = none)"
         )
+
+
+def _duration_flag(parser: argparse.ArgumentParser) -> None:
+    """A benchmark's measurement window."""
+    parser.add_argument(
+        "--duration-seconds",
+        type=_positive_seconds,
+        default=5.0,
+        metavar="S",
+        help="measurement window (default 5)",
+    )
 
 
 def build_parser(out_stream: IO[str] | None = None) -> argparse.ArgumentParser:
@@ -310,12 +321,7 @@ def build_parser(out_stream: IO[str] | None = None) -> argparse.ArgumentParser:
     p = add("set", "write a tag by name with its own type and report the outcome")
     p.add_argument("tag", metavar="TAG", help="tag reference, e.g. Tank01.InletValve.Cmd")
     p.add_argument("value", metavar="VALUE", help="value text, parsed as the attribute's type")
-    p.add_argument(
-        "--type",
-        choices=list(mxgateway.VALUE_TYPES),
-        metavar="TYPE",
-        help="force the value type (default: the attribute's own)",
-    )
+    _type_flag(p, required=False, help_text="force the value type (default: the attribute's own)")
     p.add_argument("--user-id", type=_int32, default=0, metavar="N", help="user id (0 = none)")
     p.add_argument(
         "--wait-timeout",
@@ -553,13 +559,7 @@ def build_parser(out_stream: IO[str] | None = None) -> argparse.ArgumentParser:
         metavar="N",
         help="references per call when taken from the Galaxy (default 10)",
     )
-    p.add_argument(
-        "--duration-seconds",
-        type=_positive_seconds,
-        default=5.0,
-        metavar="S",
-        help="measurement window (default 5)",
-    )
+    _duration_flag(p)
     p.add_argument(
         "--timeout-ms",
         type=_non_negative_int,
@@ -593,13 +593,7 @@ def build_parser(out_stream: IO[str] | None = None) -> argparse.ArgumentParser:
         metavar="REF",
         help="reference to advise (repeat; default: taken from the Galaxy)",
     )
-    p.add_argument(
-        "--duration-seconds",
-        type=_positive_seconds,
-        default=5.0,
-        metavar="S",
-        help="measurement window (default 5)",
-    )
+    _duration_flag(p)
     p.add_argument(
         "--per-event", action="store_true", help="use StreamEvents (one event per message)"
     )

@@ -9,13 +9,14 @@ deterministic whichever way it was produced.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from typing import Any, TypeVar
 
 from mxgateway_cli._output import Output
 
-__all__ = ["JsonStream", "consume"]
+__all__ = ["JsonStream", "consume", "stream_document"]
 
 T = TypeVar("T")
 
@@ -67,6 +68,22 @@ class JsonStream:
         for key, value in (extra or {}).items():
             tail += ",\n" + f"  {json.dumps(key)}: " + _indented(value, "  ").lstrip()
         self._out.write(tail + "\n}\n")
+
+
+@contextlib.contextmanager
+def stream_document(out: Output, key: str, *, enabled: bool) -> Iterator[JsonStream]:
+    """A :class:`JsonStream` (when ``enabled``: under ``--json``) that is always finished:
+    at the end, and on a failure after items were written (stdout stays valid JSON; the
+    error goes to stderr)."""
+    writer = JsonStream(out, key)
+    try:
+        yield writer
+    except BaseException:
+        if enabled and writer.count:
+            writer.close()
+        raise
+    if enabled:
+        writer.close()
 
 
 async def consume(
