@@ -525,20 +525,16 @@ class Session:
                     f"{len(keep)} result rows for {len(waiters)} writes",
                     session_id=self._session_id,
                 )
-            live = []
-            for waiter, ok in zip(waiters, keep, strict=True):
-                if ok:
-                    live.append(waiter)
-                else:  # refused at once: no completion will come for it
-                    self._writes.discard(waiter)
+            # Refused at once: no completion will come for those.
+            self._writes.discard([w for w, ok in zip(waiters, keep, strict=True) if not ok])
+            live = [w for w, ok in zip(waiters, keep, strict=True) if ok]
             await self._outcomes(stream, live, wait_timeout)
             events = [
                 w.future.result() if ok else None for w, ok in zip(waiters, keep, strict=True)
             ]
             return result, events
         finally:
-            for waiter in waiters:
-                self._writes.discard(waiter)
+            self._writes.discard(waiters)
             if private:
                 await self._release_correlation()
 

@@ -49,15 +49,23 @@ class WriteWaiters:
         self._pending.setdefault(waiter.key, deque()).append(waiter)
         return waiter
 
-    def discard(self, waiter: WriteWaiter) -> None:
-        """Forget a waiter (write refused, timed out or cancelled)."""
-        queue = self._pending.get(waiter.key)
-        if queue is not None and waiter in queue:
-            queue.remove(waiter)
-            if not queue:
-                del self._pending[waiter.key]
-        if not waiter.future.done():
-            waiter.future.cancel()
+    def discard(self, waiters: Sequence[WriteWaiter]) -> None:
+        """Forget waiters (write refused, timed out or cancelled, or already answered);
+        one pass per item however many waiters it has."""
+        by_key: dict[tuple[int, int], set[int]] = {}
+        for waiter in waiters:
+            if not waiter.future.done():
+                waiter.future.cancel()
+            by_key.setdefault(waiter.key, set()).add(id(waiter))
+        for key, gone in by_key.items():
+            queue = self._pending.get(key)
+            if queue is None:
+                continue
+            kept = deque(w for w in queue if id(w) not in gone)
+            if kept:
+                self._pending[key] = kept
+            else:
+                del self._pending[key]
 
     def observe(self, events: Sequence[Event]) -> None:
         """Resolve the oldest waiter of each completed item (an ``EventStream`` observer)."""
