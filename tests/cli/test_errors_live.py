@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+
 import pytest
 
 from mxgateway_cli._exit_codes import ExitCode
 
 from .clirunner import Result, run
-from .conftest import KEY, READ_ONLY_KEY, SimServer
+from .conftest import CLI, KEY, READ_ONLY_KEY, SimServer
 
 UNKNOWN_SESSION = "session-00000000000000000000000000000000"
 
@@ -272,4 +275,51 @@ def test_stream_events_timeout_ends_with_exit_zero(sim: SimServer) -> None:
         assert result.code == 0, result.err
         assert result.json() == {"events": []}
     finally:
+        run(["close-session", "--session-id", session, *sim.flags])
+
+
+def test_write_wait_refused_while_another_process_streams_the_session(sim: SimServer) -> None:
+    """One event subscriber per session: a waiting write cannot attach while a
+    `stream-events` in another process holds it; it fails before writing (exit 9),
+    and `--no-wait` still writes."""
+    session = run(["open-session", "--json", *sim.flags]).json()["sessionId"]
+    base = ["--session-id", session, "--json", *sim.flags]
+    hlmx = run(["register", "--client-name", "m", *base]).json()["register"]["serverHandle"]
+    item = run(
+        ["add-item", "--server-handle", str(hlmx), "--item", "L1_Tank01_InletValve.Cmd", *base]
+    ).json()["addItem"]["itemHandle"]
+    run(["advise", "--server-handle", str(hlmx), "--item-handle", str(item), *base])
+    streamer = subprocess.Popen(
+        [*CLI, "stream-events", "--session-id", session, "--after-sequence", "0", "--ndjson"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=sim.env(),
+    )
+    try:
+        assert streamer.stdout is not None
+        assert streamer.stdout.readline()  # the advise's value: the stream is attached
+        write = ["write", "--server-handle", str(hlmx), "--item-handle", str(item)]
+        attempt = run([*write, "--type", "int32", "--value", "6", *base])
+        refused = _error(attempt, ExitCode.PROTOCOL, "FAILED_PRECONDITION")
+        assert refused["type"] == "MxGatewaySessionStateError"
+        accepted = run([*write, "--type", "int32", "--value", "5", "--no-wait", *base])
+        assert accepted.code == 0, accepted.err
+        # Until the value 5 arrives, the streaming process sees one completion (5's): the
+        # refused wait wrote nothing (a write of 6 would have completed first).
+        completions = 0
+        while True:
+            line = streamer.stdout.readline()
+            assert line, "the stream ended"
+            event = json.loads(line)
+            completions += "onWriteComplete" in event
+            change = event.get("onDataChange", {})
+            if change.get("itemHandle") == item and change["value"].get("int32Value") == 5:
+                break
+        assert completions == 1
+    finally:
+        streamer.terminate()
+        streamer.wait(timeout=30)
+        if streamer.stdout is not None:
+            streamer.stdout.close()
         run(["close-session", "--session-id", session, *sim.flags])
