@@ -300,13 +300,13 @@ def test_write_wait_refused_while_another_process_streams_the_session(sim: SimSe
         assert streamer.stdout is not None
         assert streamer.stdout.readline()  # the advise's value: the stream is attached
         write = ["write", "--server-handle", str(hlmx), "--item-handle", str(item)]
-        attempt = run([*write, "--type", "int32", "--value", "6", *base])
+        attempt = run([*write, "--type", "int32", "--value", "66066", *base])
         refused = _error(attempt, ExitCode.PROTOCOL, "FAILED_PRECONDITION")
         assert refused["type"] == "MxGatewaySessionStateError"
-        accepted = run([*write, "--type", "int32", "--value", "5", "--no-wait", *base])
+        accepted = run([*write, "--type", "int32", "--value", "55055", "--no-wait", *base])
         assert accepted.code == 0, accepted.err
-        # Until the value 5 arrives, the streaming process sees one completion (5's): the
-        # refused wait wrote nothing (a write of 6 would have completed first).
+        # Until the value 55055 arrives (no generator makes it), the streaming process sees
+        # one completion: the refused wait wrote nothing (its write would complete first).
         completions = 0
         while True:
             line = streamer.stdout.readline()
@@ -314,7 +314,7 @@ def test_write_wait_refused_while_another_process_streams_the_session(sim: SimSe
             event = json.loads(line)
             completions += "onWriteComplete" in event
             change = event.get("onDataChange", {})
-            if change.get("itemHandle") == item and change["value"].get("int32Value") == 5:
+            if change.get("itemHandle") == item and change["value"].get("int32Value") == 55055:
                 break
         assert completions == 1
     finally:
