@@ -1,9 +1,10 @@
-"""``python -m bench [all|parse|unary|events|bulk|galaxy|capacity|profile|stall] [--quick]
+"""``python -m bench [all|parse|unary|events|bulk|galaxy|capacity|profile|stall|opcua] [--quick]
 [--out F]``.
 
 Prints one JSON document. ``all`` runs every benchmark in turn (under 10 minutes on a
 2-core machine) and wraps their documents with the machine info; ``stall`` (the loop stall
-under attack, several minutes) runs only when named.
+under attack, several minutes) and ``opcua`` (side by side with asyncua, issue 15) run
+only when named.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import argparse
 import importlib
 import json
 import math
+import os
 import sys
 import time
 from typing import Any
@@ -19,7 +21,7 @@ from typing import Any
 from bench._common import machine_info, rnd
 
 BENCHMARKS = ("parse", "unary", "events", "bulk", "galaxy", "capacity", "profile")
-ONLY_WHEN_NAMED = ("stall",)
+ONLY_WHEN_NAMED = ("stall", "opcua")
 # Benchmark name -> module (galaxy_memory.py belongs to the Galaxy helpers).
 MODULES = {"galaxy": "galaxy_memory", "stall": "loop_stall"}
 
@@ -52,8 +54,18 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark", nargs="?", default="all", choices=("all", *BENCHMARKS, *ONLY_WHEN_NAMED)
     )
     parser.add_argument("--quick", action="store_true", help="tiny workloads (smoke test)")
-    parser.add_argument("--out", help="also write the JSON document to this file")
+    parser.add_argument(
+        "--out", help="also write the JSON document to this new file (never overwritten)"
+    )
+    parser.add_argument(
+        "--out-dir",
+        help="also write it to a new file in this directory, named <UTC time>-<benchmark>.json",
+    )
     args = parser.parse_args(argv)
+    out = new_result_path(args.out, args.out_dir, args.benchmark, args.quick)
+    if out is not None and os.path.exists(out):
+        print(f"python -m bench: {out} exists; results are never overwritten", file=sys.stderr)
+        return 2
     t0 = time.perf_counter()
     if args.benchmark == "all":
         doc: dict[str, Any] = {
@@ -71,10 +83,32 @@ def main(argv: list[str] | None = None) -> int:
         doc = run_one(args.benchmark, args.quick)
     text = json.dumps(clean(doc), indent=2, allow_nan=False, default=str)
     print(text)
-    if args.out:
-        with open(args.out, "w", encoding="utf-8") as fh:
-            fh.write(text + "\n")
+    if out is not None:
+        try:
+            with open(out, "x", encoding="utf-8") as fh:  # "x": a result file is never replaced
+                fh.write(text + "\n")
+        except OSError as exc:
+            print(f"python -m bench: cannot write {out}: {exc.strerror}", file=sys.stderr)
+            return 2
+        print(f"bench: wrote {out}", file=sys.stderr)
     return 0
+
+
+def new_result_path(out: str | None, out_dir: str | None, name: str, quick: bool) -> str | None:
+    """Where to write the document: ``--out`` as given, or a new time-stamped file in
+    ``--out-dir``. Committed results are never overwritten (the file is opened with "x")."""
+    if out:
+        return out
+    if not out_dir:
+        return None
+    stamp = time.strftime("%Y-%m-%dT%H%MZ", time.gmtime())
+    suffix = "-quick" if quick else ""
+    path = os.path.join(out_dir, f"{stamp}-{name}{suffix}.json")
+    n = 2
+    while os.path.exists(path):
+        path = os.path.join(out_dir, f"{stamp}-{name}{suffix}-{n}.json")
+        n += 1
+    return path
 
 
 if __name__ == "__main__":

@@ -11,6 +11,8 @@ and the session/event limits.
 it sleeps :data:`PROBE_INTERVAL_S` again and again and records by how much each sleep
 overran, which is how long the loop was held by something else. On SIGUSR1 the server
 writes what it recorded since the previous SIGUSR1 to FILE (atomically) and starts afresh.
+``--stats-file FILE``: on SIGUSR2 the plant's scan counters (``Plant.scan_stats()``: scans,
+late and skipped scans) are written to FILE.
 """
 
 from __future__ import annotations
@@ -155,6 +157,16 @@ async def serve(args: argparse.Namespace) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        if args.stats_file:
+            stats_path = Path(args.stats_file)
+
+            def dump_stats() -> None:
+                assert sim.plant is not None
+                tmp = stats_path.with_suffix(".tmp")
+                tmp.write_text(json.dumps(sim.plant.scan_stats()), encoding="utf-8")
+                os.replace(tmp, stats_path)
+
+            loop.add_signal_handler(signal.SIGUSR2, dump_stats)
         probe_task = None
         if args.loop_probe:
             probe = LoopProbe(Path(args.loop_probe))
@@ -183,6 +195,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--event-queue-limit", type=int, default=10_000)
     parser.add_argument("--tags-out", default="")
     parser.add_argument("--command-timeout-s", type=float, default=30.0)
+    parser.add_argument(
+        "--stats-file", default="", help="file the plant's scan counters go to on SIGUSR2"
+    )
     parser.add_argument("--loop-probe", default="", help="file the loop probe writes on SIGUSR1")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)

@@ -56,6 +56,11 @@ from mxgateway_sim._slicing import Slicer, chunks
 log = get_logger("mxgateway_sim.plant")
 
 
+LATE_SCAN_LOG_INTERVAL_S = 10.0
+"""At most one "cannot keep its scan" warning per this many seconds (with the counts since
+the previous one), so a plant that is behind for hours logs a line every few seconds, not
+one per scan."""
+
 TICK_SLICE_DELIVERIES = 1024
 """Deliveries (OnDataChange events, each encoded when handed over) per slice of a tick."""
 
@@ -308,6 +313,20 @@ class Plant:
         self._objects: set[str] | None = None
         self._objects_version = -1
         self._version = catalog.version
+        self.scans = 0
+        """Scan ticks run by the scan clock."""
+        self.late_scans = 0
+        """Ticks that started after their due time: the plant could not keep its scan (too
+        many advised attributes for the interval, or a busy machine). Each is followed by
+        a fresh start, never a burst of catch-up ticks, so values change less often than
+        the scan says instead of piling up; this counter (and a warning every
+        :data:`LATE_SCAN_LOG_INTERVAL_S`) is how that is seen."""
+        self.skipped_scans = 0
+        """Whole scan intervals that passed without a tick because the plant was late."""
+        self.max_behind_s = 0.0
+        """The longest a tick started after its due time, in seconds."""
+        self._late_reported = (0, 0, 0)  # (scans, late, skipped) at the last warning
+        self._late_report_at = 0.0
 
     # -- catalog -------------------------------------------------------------------------
 
@@ -426,6 +445,39 @@ class Plant:
         for runtime in list(self._runtimes):
             runtime.flush(now)
 
+    def _late(self, behind_s: float, now: float) -> None:
+        """Count a tick that starts ``behind_s`` late; warn at most every few seconds."""
+        self.late_scans += 1
+        self.skipped_scans += int(behind_s / self.scan_s)
+        self.max_behind_s = max(self.max_behind_s, behind_s)
+        if now - self._late_report_at < LATE_SCAN_LOG_INTERVAL_S:
+            return
+        scans0, late0, skipped0 = self._late_reported
+        log.warning(
+            "plant cannot keep its %g ms scan: %d of the last %d ticks started late, %d "
+            "scans skipped, up to %.1f ms behind (%d advised attributes); values change "
+            "less often than the scan says",
+            self.scan_s * 1000,
+            self.late_scans - late0,
+            self.scans - scans0 + 1,
+            self.skipped_scans - skipped0,
+            behind_s * 1000,
+            len(self._active),
+        )
+        self._late_reported = (self.scans, self.late_scans, self.skipped_scans)
+        self._late_report_at = now
+
+    def scan_stats(self) -> dict[str, float]:
+        """The scan clock's counters (what ``late_scans`` and friends say; for metrics)."""
+        return {
+            "scan_interval_ms": self.scan_s * 1000,
+            "scans": self.scans,
+            "late_scans": self.late_scans,
+            "skipped_scans": self.skipped_scans,
+            "max_behind_ms": round(self.max_behind_s * 1000, 3),
+            "advised_attributes": len(self._active),
+        }
+
     def start(self) -> None:
         """Start the scan clock on the running loop."""
         if self._task is None:
@@ -444,11 +496,14 @@ class Plant:
         deadline = loop.time()
         while True:
             deadline += self.scan_s
-            delay = deadline - loop.time()
+            now = loop.time()
+            delay = deadline - now
             if delay < 0:  # fell behind: do not try to catch up with a burst
-                deadline = loop.time()
+                self._late(-delay, now)
+                deadline = now
                 delay = 0
             await asyncio.sleep(delay)
+            self.scans += 1
             try:
                 slicer = Slicer()
                 for _ in self._tick(time.time()):

@@ -65,7 +65,10 @@ class SessionOptions:
     overflow_policy: OverflowPolicy = OverflowPolicy.FAIL_FAST  # upstream's default
     multiple_subscribers: bool = False
     max_subscribers: int = 8
-    batch_max_events: int = 500
+    batch_max_events: int = 10_000
+    """Events per ``StreamEventBatches`` message at most (and ``batch_max_bytes``): a
+    subscriber can take its whole queue in one message, so a stream that gets one turn of
+    the loop per scan still keeps up (with 500, 2,000 tags at a 1 ms scan overflowed)."""
     batch_max_bytes: int = 1 << 20
     closed_memory: int = 1024
     """Closed sessions the registry remembers for an idempotent repeat CloseSession (each

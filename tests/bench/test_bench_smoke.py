@@ -26,6 +26,7 @@ EXPECTED: dict[str, tuple[str, ...]] = {
     "capacity": (),
     "profile": ("bare_stream_events", "top_by_tottime"),
     "stall": ("attacks", "read_bulk_200k", "loop", "max_loop_cpu_ms"),
+    "opcua": ("rows", "read_one_median", "ratio"),
 }
 
 
@@ -56,6 +57,8 @@ def test_benchmark_quick_run_prints_json(name: str) -> None:
     for key in EXPECTED[name]:
         assert key in node, f"{name}: missing {key!r} in {sorted(node)}"
         node = node[key]
+    if name == "opcua":
+        _check_opcua(doc)
     if name == "capacity":
         # Either the ladder ran or the reason it could not is reported.
         assert doc["results"] or doc["skipped"]
@@ -94,3 +97,37 @@ def test_all_quick_renders_as_markdown(tmp_path: Path) -> None:
     assert "### Targets" in report.stdout
     for name in EXPECTED:
         assert f"### {name} (" in report.stdout, name
+
+
+# Issue 15's table: row -> goal (highest ratio mxgateway / asyncua that meets it).
+OPCUA_GOALS = {
+    "events_typed_2000_cpu_per_change": 0.12,
+    "events_typed_200_cpu_per_change": 0.12,
+    "events_subscribe_2000_cpu_per_change": 0.15,
+    "bulk_read_10000": 0.05,
+    "read_one_median": 1.0,
+    "read_one_p99": 1.0,
+    "ping_vs_read_median": 1.0,
+    "write_one_median": 1.0,
+}
+
+
+def _check_opcua(doc: dict[str, object]) -> None:
+    """Every row of issue 15's table is there with both sides, its ratio, spread and goal,
+    and the machine load is recorded before and after the run."""
+    results = doc["results"]
+    assert isinstance(results, dict)
+    assert len(results["load_before"]) == 3 and len(results["load_after"]) == 3
+    rows = results["rows"]
+    assert set(rows) == set(OPCUA_GOALS)
+    for name, row in rows.items():
+        assert row["goal"] == OPCUA_GOALS[name]
+        for key in ("mxgateway", "asyncua", "ratio", "ratio_min", "ratio_max"):
+            assert isinstance(row[key], float), (name, key, row[key])
+        assert row["ratio_min"] <= row["ratio"] <= row["ratio_max"]
+        assert isinstance(row["met"], bool)
+    keep_up = results["keep_up"]
+    for key in ("changes_per_s", "lag_end_s", "late_scans"):
+        assert key in keep_up, key
+    targets = {t["name"] for t in doc["targets"]}  # type: ignore[union-attr]
+    assert len(targets) == len(OPCUA_GOALS) + 1  # + the simulator keeping up

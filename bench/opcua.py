@@ -1,0 +1,541 @@
+"""Side by side with OPC UA (``asyncua``): the figures of issue 15, as ratios.
+
+The nearest peer a user would pick instead of the gateway is OPC UA with ``asyncua``. Both
+servers run in their own subprocesses on 127.0.0.1 in the same run: the simulator
+(``bench/sim_server.py``, 1 ms scan) and an asyncua server (``bench/opcua_server.py``,
+Double variables changed every ``scan`` by its own fast write path). The two clients run in
+this process, one after the other, in interleaved rounds (the order alternates between
+rounds), and every row is the median of the per-round ratios mxgateway / asyncua with their
+spread (min-max), next to its goal and met/missed.
+
+Rows (the table of issue 15):
+
+* client CPU per delivered change, typed ``Session.events()`` reading value, quality and
+  timestamp, 2,000 and 200 changing tags (asyncua: a subscription whose handler reads the
+  value, status code and source timestamp);
+* the same through ``GatewayClient.subscribe()`` (``TagValue``: value, quality, timestamp);
+* bulk read of 10,000 tags (``Session.read_bulk`` vs ``Client.read_values``), best of the
+  round;
+* single-tag read median and p99 (``read_bulk`` of one tag vs ``Node.read_value``);
+* ``Session.ping()`` vs asyncua's read; write one value (``Session.write`` vs
+  ``Node.write_value``), median.
+
+Also: the simulator keeping up (one subscriber of 2,000 tags at a 1 ms scan for 20 s:
+changes/s, the lag of the last change received, the plant's late scans). The machine's
+load average is recorded before and after the run (``load_before``/``load_after``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from bench import _client
+from bench._common import (
+    CpuClock,
+    Report,
+    ServerProcess,
+    load_tags,
+    median,
+    pct,
+    rnd,
+    sim_server,
+)
+
+GOALS: dict[str, float] = {
+    "events_typed_2000_cpu_per_change": 0.12,
+    "events_typed_200_cpu_per_change": 0.12,
+    "events_subscribe_2000_cpu_per_change": 0.15,
+    "bulk_read_10000": 0.05,
+    "read_one_median": 1.0,
+    "read_one_p99": 1.0,
+    "ping_vs_read_median": 1.0,
+    "write_one_median": 1.0,
+}
+"""Row -> the highest ratio mxgateway / asyncua that meets the goal of issue 15."""
+
+LABELS: dict[str, str] = {
+    "events_typed_2000_cpu_per_change": "client CPU per change, typed events, value+quality"
+    "+timestamp read (2,000 tags)",
+    "events_typed_200_cpu_per_change": "same, 200 tags",
+    "events_subscribe_2000_cpu_per_change": "same through client.subscribe() (2,000 tags)",
+    "bulk_read_10000": "bulk read of 10,000 tags (best of round)",
+    "read_one_median": "single-tag read, median",
+    "read_one_p99": "single-tag read, p99",
+    "ping_vs_read_median": "session.ping() vs asyncua read, median",
+    "write_one_median": "write one value, median",
+}
+
+FULL = {
+    "rounds": 5,
+    "calls": 400,
+    "warm_s": 0.6,
+    "window_s": 2.0,
+    "bulk": 10_000,
+    "objects": 2_600,
+    "keepup_s": 20.0,
+}
+QUICK = {
+    "rounds": 1,
+    "calls": 20,
+    "warm_s": 0.2,
+    "window_s": 0.3,
+    "bulk": 200,
+    "objects": 300,
+    "keepup_s": 1.0,
+}
+
+
+def opcua_server(tags: int, scan_ms: float = 1.0) -> ServerProcess:
+    """``bench/opcua_server.py`` in a subprocess."""
+    argv = [sys.executable, "-m", "bench.opcua_server", "--tags", str(tags)]
+    return ServerProcess([*argv, "--scan-ms", f"{scan_ms:g}"], ready_timeout=300.0)
+
+
+def load() -> list[float]:
+    """The machine's 1/5/15-minute load averages."""
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+# -- the two sides --------------------------------------------------------------------------
+
+
+class Mx:
+    """The mxgateway side: a library session on the simulator."""
+
+    def __init__(self, lib: Any, tags: list[str], values: list[object]) -> None:
+        self.lib = lib
+        self.session = lib.session
+        self.tags = tags
+        self.values = values
+        self.hlmx = 0
+        self.write_handle = 0
+
+    async def setup(self) -> None:
+        self.hlmx = await self.session.register("bench-opcua")
+
+    async def read_one(self) -> None:
+        await self.session.read_bulk(self.hlmx, (self.tags[0],))
+
+    async def ping(self) -> None:
+        await self.session.ping()
+
+    async def write_one(self) -> None:
+        await self.session.write(self.hlmx, self.write_handle, self.values[0])
+
+    async def begin_writes(self) -> None:
+        rows = await self.session.subscribe_bulk(self.hlmx, self.tags[:1])
+        self.write_handle = rows[0].item_handle
+
+    async def end_writes(self) -> None:
+        await self.session.unsubscribe_bulk(self.hlmx, [self.write_handle])
+
+    async def bulk_read(self, n: int) -> int:
+        rows = await self.session.read_bulk(self.hlmx, self.tags[:n])
+        return sum(1 for r in rows if r.was_successful)
+
+    async def typed_events(self, n: int, counter: list[int]) -> Callable[[], Awaitable[None]]:
+        """Advise ``n`` tags and consume ``Session.events()``; returns the stop function."""
+        session = self.session
+        rows = await session.subscribe_bulk(self.hlmx, self.tags[:n])  # fewer when quick
+        handles = [r.item_handle for r in rows if r.was_successful]
+        data_change = _mx().DataChange
+        stream = session.events(new_only=True)
+
+        async def consume() -> None:
+            sink: Any = None
+            async for ev in stream:
+                if type(ev) is data_change:
+                    sink = (ev.value, ev.quality, ev.timestamp)
+                    counter[0] += 1
+            del sink
+
+        task = asyncio.ensure_future(consume())
+
+        async def stop() -> None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await stream.aclose()
+            await session.unsubscribe_bulk(self.hlmx, handles)
+
+        return stop
+
+    async def subscribe(self, n: int, counter: list[int]) -> Callable[[], Awaitable[None]]:
+        """``GatewayClient.subscribe()`` of ``n`` tags; returns the stop function."""
+        sub = self.lib.client.subscribe(self.tags[:n], queue_size=10_000)
+        sub.start()
+
+        tag_value = _mx().TagValue
+
+        async def consume() -> None:
+            sink: Any = None
+            async for tv in sub:
+                if type(tv) is tag_value:
+                    sink = (tv.value, tv.quality, tv.timestamp)
+                    counter[0] += 1
+            del sink
+
+        task = asyncio.ensure_future(consume())
+
+        async def stop() -> None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await sub.aclose()
+
+        return stop
+
+
+def _mx() -> Any:
+    import mxgateway
+
+    return mxgateway
+
+
+class Ua:
+    """The asyncua side: one client on the bench OPC UA server."""
+
+    def __init__(self, client: Any, ns: int, tags: int) -> None:
+        from asyncua import ua
+
+        self.ua = ua
+        self.client = client
+        self.nodes = [client.get_node(ua.NodeId(f"Tag{i}", ns)) for i in range(tags)]
+        self.control = client.get_node(ua.NodeId("ChangeCount", ns))
+        self.node = self.nodes[0]
+
+    async def set_changing(self, n: int) -> None:
+        ua = self.ua
+        await self.control.write_value(ua.DataValue(ua.Variant(n, ua.VariantType.Int32)))
+
+    async def read_one(self) -> None:
+        await self.node.read_value()
+
+    async def write_one(self) -> None:
+        ua = self.ua
+        await self.node.write_value(ua.DataValue(ua.Variant(0.25, ua.VariantType.Double)))
+
+    async def bulk_read(self, n: int) -> int:
+        return len(await self.client.read_values(self.nodes[:n]))
+
+    async def events(self, n: int, counter: list[int]) -> Callable[[], Awaitable[None]]:
+        """A subscription of ``n`` tags whose handler reads value, status, source time."""
+
+        class Handler:
+            sink: Any = None
+
+            def datachange_notification(self, node: Any, val: Any, data: Any) -> None:
+                dv = data.monitored_item.Value
+                self.sink = (val, dv.StatusCode, dv.SourceTimestamp)
+                counter[0] += 1
+
+        sub = await self.client.create_subscription(10, Handler())
+        await sub.subscribe_data_change(self.nodes[:n], queuesize=1)
+        await self.set_changing(n)
+
+        async def stop() -> None:
+            await self.set_changing(0)
+            await sub.delete()
+
+        return stop
+
+
+# -- measurements ---------------------------------------------------------------------------
+
+
+async def timed_calls(call: Callable[[], Awaitable[None]], n: int) -> list[float]:
+    """``n`` sequential calls; each one's latency in µs."""
+    out: list[float] = []
+    clock = time.perf_counter
+    for _ in range(n):
+        t0 = clock()
+        await call()
+        out.append((clock() - t0) * 1e6)
+    return out
+
+
+async def cpu_per_change(
+    start: Callable[[list[int]], Awaitable[Callable[[], Awaitable[None]]]],
+    warm_s: float,
+    window_s: float,
+) -> dict[str, float]:
+    """Start a consumer, let it warm up, then client CPU and changes over ``window_s``."""
+    counter = [0]
+    stop = await start(counter)
+    try:
+        await asyncio.sleep(warm_s)
+        c0 = counter[0]
+        with CpuClock() as clock:
+            await asyncio.sleep(window_s)
+            changes = counter[0] - c0
+    finally:
+        await stop()
+    return {
+        "changes": changes,
+        "changes_per_s": rnd(changes / clock.wall, 0),
+        "cpu_us_per_change": rnd(clock.cpu / changes * 1e6, 2) if changes else float("nan"),
+        "client_cpu_share": rnd(clock.cpu / clock.wall, 3),
+    }
+
+
+def summarise(report: Report, rows: dict[str, list[tuple[float, float]]]) -> None:
+    """Per row: both sides' medians, the median ratio and its spread, goal, met/missed."""
+    table: dict[str, Any] = {}
+    for name, pairs in rows.items():
+        ratios = [m / u for m, u in pairs if u and m == m and u == u]
+        r = median(ratios) if ratios else float("nan")
+        goal = GOALS[name]
+        table[name] = {
+            "label": LABELS[name],
+            "mxgateway": rnd(median([m for m, _ in pairs]), 2),
+            "asyncua": rnd(median([u for _, u in pairs]), 2),
+            "ratio": rnd(r, 3),
+            "ratio_min": rnd(min(ratios), 3) if ratios else None,
+            "ratio_max": rnd(max(ratios), 3) if ratios else None,
+            "rounds": len(ratios),
+            "goal": goal,
+            "met": bool(r <= goal) if ratios else None,
+        }
+        report.target(LABELS[name], f"ratio <= {goal}", table[name]["ratio"], table[name]["met"])
+    report.results["rows"] = table
+
+
+async def unary_round(mx: Mx, ua: Ua, calls: int, flip: bool) -> dict[str, dict[str, float]]:
+    """One interleaved round of single calls: read, ping, write on both sides."""
+    await mx.begin_writes()
+    try:
+        order: list[tuple[str, Callable[[], Awaitable[None]]]] = [
+            ("mx_read", mx.read_one),
+            ("ua_read", ua.read_one),
+            ("mx_ping", mx.ping),
+            ("mx_write", mx.write_one),
+            ("ua_write", ua.write_one),
+        ]
+        if flip:
+            order.reverse()
+        out: dict[str, dict[str, float]] = {}
+        for name, call in order:
+            await timed_calls(call, max(3, calls // 20))  # warm-up
+            lat = await timed_calls(call, calls)
+            out[name] = {"median_us": rnd(median(lat), 1), "p99_us": rnd(pct(lat, 99), 1)}
+    finally:
+        await mx.end_writes()
+    return out
+
+
+async def keep_up(lib: Any, tags: list[str], seconds: float, sim: ServerProcess) -> dict[str, Any]:
+    """One subscriber of ``len(tags)`` tags at a 1 ms scan: changes/s and the lag at the end.
+
+    Read with the raw batch stream (the cheapest consumer) so the figure is the
+    simulator's. The lag is the wall time now minus the source timestamp of the last
+    change received, at the end of the window.
+    """
+    session = lib.session
+    hlmx = await session.register("bench-keepup")
+    rows = await session.subscribe_bulk(hlmx, tags)
+    handles = [r.item_handle for r in rows if r.was_successful]
+    stream = lib.client.stream_event_batches_raw(session.session_id)
+    count = 0
+    last_ts = 0.0
+    cpu0 = sim.cpu_seconds()
+    t0 = time.perf_counter()
+    deadline = t0 + seconds
+    lag_samples: list[float] = []
+    next_sample = t0 + 1.0
+    disconnected = None
+    try:
+        async for batch in stream:
+            events = batch.events
+            for ev in events:
+                if ev.HasField("on_data_change"):
+                    count += 1
+            if events:
+                ts = events[-1].on_data_change.timestamp
+                last_ts = ts.seconds + ts.nanos * 1e-9
+            now = time.perf_counter()
+            if now >= next_sample and last_ts:
+                lag_samples.append(rnd(time.time() - last_ts, 3))
+                next_sample += 1.0
+            if now >= deadline:
+                break
+    except _mx().MxGatewayError as exc:  # the simulator disconnected a subscriber behind
+        disconnected = f"{time.perf_counter() - t0:.2f} s: {type(exc).__name__}"
+    finally:
+        await stream.aclose()
+        await session.unsubscribe_bulk(hlmx, handles)
+    wall = time.perf_counter() - t0
+    cpu1 = sim.cpu_seconds()
+    return {
+        "tags": len(handles),
+        "seconds": rnd(wall, 2),
+        "changes_per_s": rnd(count / wall, 0),
+        "lag_end_s": rnd(time.time() - last_ts, 3) if last_ts else None,
+        "lag_per_second_s": lag_samples,
+        "disconnected": disconnected,
+        "server_cpu_share": rnd((cpu1 - cpu0) / wall, 3) if cpu0 is not None and cpu1 else None,
+    }
+
+
+async def scan_stats(sim: ServerProcess, path: str) -> dict[str, Any]:
+    """The simulator's scan counters (``Plant.scan_stats()``), asked for with SIGUSR2."""
+    import json
+    import signal
+
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    assert sim.proc is not None
+    sim.proc.send_signal(signal.SIGUSR2)
+    for _ in range(100):
+        await asyncio.sleep(0.02)
+        with contextlib.suppress(FileNotFoundError, ValueError):
+            text = await asyncio.to_thread(Path(path).read_text, encoding="utf-8")
+            doc: dict[str, Any] = json.loads(text)
+            return doc
+    return {}
+
+
+def add_keep_up_target(report: Report, keep: dict[str, Any]) -> None:
+    """Issue 15 item 2: 150,000+ changes/s, lag under 1 s at the end of the window."""
+    rate, lag = keep.get("changes_per_s"), keep.get("lag_end_s")
+    met = (
+        keep.get("disconnected") is None
+        and rate is not None
+        and rate >= 150_000
+        and lag is not None
+        and lag < 1.0
+    )
+    report.target(
+        "simulator keeps up: 2,000 tags at a 1 ms scan, one subscriber",
+        ">= 150,000 changes/s, lag < 1 s at the end of the window, not disconnected",
+        rate,
+        bool(met),
+    )
+
+
+async def run_async(quick: bool) -> dict[str, Any]:
+    """Start both servers, run the interleaved rounds, return the JSON document."""
+    report = Report("opcua", quick)
+    p = QUICK if quick else FULL
+    report.results["load_before"] = load()
+    report.results["parameters"] = dict(p)
+    try:
+        import asyncua
+        from asyncua import Client
+    except ImportError:
+        report.skip("everything", "asyncua is not installed (pip install -e '.[bench]')")
+        return report.to_json()
+    import logging
+
+    logging.getLogger("asyncua").setLevel(logging.ERROR)  # revised-parameter chatter
+    report.results["asyncua"] = asyncua.__version__ if hasattr(asyncua, "__version__") else "?"
+    with tempfile.TemporaryDirectory(prefix="mxgw-bench-") as tmp:
+        tags_file = os.path.join(tmp, "tags.txt")
+        stats_file = os.path.join(tmp, "scan-stats.json")
+        sim = sim_server(
+            galaxy_objects=int(p["objects"]),
+            scan_ms=1,
+            tags_out=tags_file,
+            extra=["--stats-file", stats_file],
+        )
+        if sim is None:
+            report.skip("everything", "mxgateway_sim is missing")
+            return report.to_json()
+        n_bulk = int(p["bulk"])
+        async with sim, opcua_server(n_bulk) as opc:
+            tags, values = load_tags(tags_file, max(n_bulk, 2000))
+            # Doubles first: the single read/write and the changing tags are alike on both.
+            report.results["simulator_tags"] = len(tags)
+            async with _client.library_session(sim.address) as lib:
+                assert lib is not None
+                mx = Mx(lib, tags, values)
+                await mx.setup()
+                client = Client(opc.info["address"], timeout=30)
+                async with client:
+                    ua_side = Ua(client, int(opc.info["namespace"]), n_bulk)
+                    await run_rounds(report, mx, ua_side, p)
+                before = await scan_stats(sim, stats_file)
+                report.results["keep_up"] = await keep_up(
+                    lib, tags[:2000], float(p["keepup_s"]), sim
+                )
+                after = await scan_stats(sim, stats_file)
+                keep = report.results["keep_up"]
+                for key in ("scans", "late_scans", "skipped_scans"):
+                    keep[key] = after.get(key, 0) - before.get(key, 0)
+                keep["max_behind_ms"] = after.get("max_behind_ms")
+                add_keep_up_target(report, keep)
+    report.results["load_after"] = load()
+    report.notes.append(
+        "Ratios are mxgateway / asyncua per round (the two measured next to each other, the "
+        "order alternating between rounds); 'ratio' is their median, ratio_min/max the "
+        "spread. Client CPU is time.process_time() of the bench process (both clients live "
+        "in it, only one is active at a time) over a window after a warm-up."
+    )
+    return report.to_json()
+
+
+async def run_rounds(report: Report, mx: Mx, ua_side: Ua, p: dict[str, float]) -> None:
+    """Interleaved rounds of every row."""
+    rows: dict[str, list[tuple[float, float]]] = {name: [] for name in GOALS}
+    raw: dict[str, list[Any]] = {"unary": [], "bulk": [], "events": []}
+    warm, window = float(p["warm_s"]), float(p["window_s"])
+    n_bulk = int(p["bulk"])
+    await mx.bulk_read(n_bulk)  # warm both caches (parsed references, node objects)
+    await ua_side.bulk_read(n_bulk)
+    for r in range(int(p["rounds"])):
+        flip = r % 2 == 1
+        u = await unary_round(mx, ua_side, int(p["calls"]), flip)
+        raw["unary"].append(u)
+        rows["read_one_median"].append((u["mx_read"]["median_us"], u["ua_read"]["median_us"]))
+        rows["read_one_p99"].append((u["mx_read"]["p99_us"], u["ua_read"]["p99_us"]))
+        rows["ping_vs_read_median"].append((u["mx_ping"]["median_us"], u["ua_read"]["median_us"]))
+        rows["write_one_median"].append((u["mx_write"]["median_us"], u["ua_write"]["median_us"]))
+
+        bulk: dict[str, float] = {}
+        for side in ("ua", "mx") if flip else ("mx", "ua"):
+            fn = mx.bulk_read if side == "mx" else ua_side.bulk_read
+            best = float("inf")
+            for _ in range(3):
+                t0 = time.perf_counter()
+                got = await fn(n_bulk)
+                best = min(best, (time.perf_counter() - t0) * 1000)
+                if got != n_bulk:
+                    raise RuntimeError(f"{side} bulk read returned {got} of {n_bulk} rows")
+            bulk[side] = rnd(best, 2)
+        raw["bulk"].append(bulk)
+        rows["bulk_read_10000"].append((bulk["mx"], bulk["ua"]))
+
+        ev: dict[str, Any] = {}
+        for n in (2000, 200):
+            pair = [
+                ("mx", lambda c, n=n: mx.typed_events(n, c)),
+                ("ua", lambda c, n=n: ua_side.events(n, c)),
+            ]
+            for side, start in reversed(pair) if flip else pair:
+                ev[f"{side}_{n}"] = await cpu_per_change(start, warm, window)
+                ev[f"{side}_{n}"]["tags"] = min(n, len(mx.tags))
+            rows[f"events_typed_{n}_cpu_per_change"].append(
+                (ev[f"mx_{n}"]["cpu_us_per_change"], ev[f"ua_{n}"]["cpu_us_per_change"])
+            )
+        ev["mx_subscribe_2000"] = await cpu_per_change(
+            lambda c: mx.subscribe(2000, c), warm + 0.5, window
+        )
+        rows["events_subscribe_2000_cpu_per_change"].append(
+            (ev["mx_subscribe_2000"]["cpu_us_per_change"], ev["ua_2000"]["cpu_us_per_change"])
+        )
+        raw["events"].append(ev)
+        print(f"bench opcua: round {r + 1} done, load {load()}", file=sys.stderr, flush=True)
+    report.results["rounds"] = raw
+    summarise(report, rows)
+
+
+def run(quick: bool = False) -> dict[str, Any]:
+    """Entry point used by ``python -m bench opcua``."""
+    return asyncio.run(run_async(quick))
