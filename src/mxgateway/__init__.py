@@ -35,7 +35,14 @@ from mxgateway._events import (
     StreamFault,
     WriteComplete,
 )
-from mxgateway._galaxy import DeployEvent, GalaxyAttribute, GalaxyObject, GalaxyRepositoryClient
+from mxgateway._galaxy import (
+    DeployEvent,
+    DeployEventWatch,
+    GalaxyAttribute,
+    GalaxyHierarchyChangedError,
+    GalaxyObject,
+    GalaxyRepositoryClient,
+)
 from mxgateway._options import ClientOptions
 from mxgateway._retry import RetryPolicy
 from mxgateway._secret import Secret
@@ -49,7 +56,8 @@ from mxgateway._subscription import (
     SubscriptionState,
     TagValue,
 )
-from mxgateway._values import VALUE_TYPES, ValueType, from_mx_value, to_mx_value
+from mxgateway._transport import DEFAULT, Stream, Transport, UseDefault
+from mxgateway._values import VALUE_TYPES, MxPythonValue, ValueType, from_mx_value, to_mx_value
 from mxgateway._version import (
     GATEWAY_PROTOCOL_VERSION,
     WORKER_PROTOCOL_VERSION,
@@ -58,6 +66,7 @@ from mxgateway._version import (
 )
 
 __all__ = [
+    "DEFAULT",
     "GATEWAY_PROTOCOL_VERSION",
     "VALUE_TYPES",
     "WORKER_PROTOCOL_VERSION",
@@ -68,10 +77,12 @@ __all__ = [
     "ClientOptions",
     "DataChange",
     "DeployEvent",
+    "DeployEventWatch",
     "Event",
     "EventGap",
     "EventStream",
     "GalaxyAttribute",
+    "GalaxyHierarchyChangedError",
     "GalaxyObject",
     "GalaxyRepositoryClient",
     "GatewayClient",
@@ -94,16 +105,20 @@ __all__ = [
     "MxGatewayUnavailableError",
     "MxGatewayUnimplementedError",
     "MxGatewayWriteTimeoutError",
+    "MxPythonValue",
     "OperationComplete",
     "RetryPolicy",
     "Secret",
     "Session",
     "StateChange",
+    "Stream",
     "StreamFault",
     "Subscription",
     "SubscriptionEvent",
     "SubscriptionState",
     "TagValue",
+    "Transport",
+    "UseDefault",
     "ValueType",
     "WriteComplete",
     "__version__",

@@ -7,7 +7,7 @@ import logging
 import os
 from collections.abc import Callable, Iterable
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from mxgateway._enums import enum_name
 from mxgateway._errors import (
@@ -20,7 +20,7 @@ from mxgateway._errors import (
 from mxgateway._logsafe import get_logger
 from mxgateway._options import ClientOptions
 from mxgateway._retry import RetryPolicy
-from mxgateway._transport import DEFAULT, Stream, Transport
+from mxgateway._transport import DEFAULT, Stream, Transport, UseDefault
 from mxgateway.generated import mxaccess_gateway_pb2 as pb
 from mxgateway.generated import mxaccess_gateway_pb2_grpc as pbg
 
@@ -71,7 +71,7 @@ class GatewayClient:
         plaintext: bool | None = None,
         ca_file: str | os.PathLike[str] | None = None,
         server_name_override: str | None = None,
-        timeout: float | None = DEFAULT,
+        timeout: float | UseDefault | None = DEFAULT,
         options: ClientOptions | None = None,
     ) -> GatewayClient:
         """Connect to a gateway and return the client.
@@ -124,7 +124,7 @@ class GatewayClient:
 
     # -- sessions ---------------------------------------------------------------------
     async def open_session_raw(
-        self, client_session_name: str = "", *, timeout: float | None = DEFAULT
+        self, client_session_name: str = "", *, timeout: float | UseDefault | None = DEFAULT
     ) -> pb.OpenSessionReply:
         """``OpenSession``; returns the generated reply.
 
@@ -146,7 +146,7 @@ class GatewayClient:
         return reply
 
     async def open_session(
-        self, client_session_name: str = "", *, timeout: float | None = DEFAULT
+        self, client_session_name: str = "", *, timeout: float | UseDefault | None = DEFAULT
     ) -> Session:
         """Open a session and return it as a :class:`Session` (an async context manager
         that closes the session)."""
@@ -168,7 +168,7 @@ class GatewayClient:
         return Session(self, session_id)
 
     async def close_session(
-        self, session_id: str, *, timeout: float | None = DEFAULT
+        self, session_id: str, *, timeout: float | UseDefault | None = DEFAULT
     ) -> pb.CloseSessionReply:
         """``CloseSession``; returns the generated reply.
 
@@ -200,7 +200,7 @@ class GatewayClient:
         session_id: str,
         command: pb.MxCommand,
         *,
-        timeout: float | None = DEFAULT,
+        timeout: float | UseDefault | None = DEFAULT,
         client_correlation_id: str | None = None,
     ) -> pb.MxCommandReply:
         """``Invoke`` one command; returns the generated reply.
@@ -239,7 +239,7 @@ class GatewayClient:
         session_id: str,
         command: pb.MxCommand,
         *,
-        timeout: float | None = DEFAULT,
+        timeout: float | UseDefault | None = DEFAULT,
         client_correlation_id: str | None = None,
     ) -> pb.MxCommandReply:
         """Like :meth:`invoke_raw`, and also raise :class:`MxAccessError` for MXAccess
@@ -293,7 +293,7 @@ class GatewayClient:
         guid: str = "",
         comment: str = "",
         operator: str = "",
-        timeout: float | None = DEFAULT,
+        timeout: float | UseDefault | None = DEFAULT,
     ) -> pb.AcknowledgeAlarmReply:
         """``AcknowledgeAlarm`` by full reference or GUID; returns the generated reply.
 
@@ -327,7 +327,7 @@ class GatewayClient:
         session_name: str = "",
         supervisory: bool = False,
         queue_size: int = 10_000,
-        reconnect: RetryPolicy | Any | None = DEFAULT,
+        reconnect: RetryPolicy | UseDefault | None = DEFAULT,
         on_state_change: Callable[[StateChange], None] | None = None,
         chunk_size: int = 1000,
         resync_on_gap: bool = True,

@@ -26,7 +26,7 @@ from typing import Any
 from mxgateway._errors import MxGatewayInvalidRequestError
 from mxgateway._logsafe import get_logger
 from mxgateway._options import ClientOptions
-from mxgateway._transport import DEFAULT, Stream, Transport
+from mxgateway._transport import DEFAULT, Stream, Transport, UseDefault
 from mxgateway._values import datetime_to_timestamp, timestamp_to_datetime
 from mxgateway.generated import galaxy_repository_pb2 as gr
 from mxgateway.generated import galaxy_repository_pb2_grpc as gr_grpc
@@ -184,7 +184,7 @@ class GalaxyRepositoryClient:
         plaintext: bool | None = None,
         ca_file: str | os.PathLike[str] | None = None,
         server_name_override: str | None = None,
-        timeout: float | None = DEFAULT,
+        timeout: float | UseDefault | None = DEFAULT,
         options: ClientOptions | None = None,
     ) -> GalaxyRepositoryClient:
         """Open a channel to the gateway and return a connected client.
@@ -249,14 +249,16 @@ class GalaxyRepositoryClient:
         return f"<GalaxyRepositoryClient {self._transport.options.endpoint} {state}>"
 
     # ----- unary ------------------------------------------------------------------------
-    async def test_connection(self, *, timeout: float | None = DEFAULT) -> bool:
+    async def test_connection(self, *, timeout: float | UseDefault | None = DEFAULT) -> bool:
         """True when the gateway can reach the Galaxy Repository database right now."""
         reply = await self._transport.unary(
             self._stub.TestConnection, gr.TestConnectionRequest(), timeout=timeout
         )
         return reply.ok
 
-    async def get_last_deploy_time(self, *, timeout: float | None = DEFAULT) -> datetime | None:
+    async def get_last_deploy_time(
+        self, *, timeout: float | UseDefault | None = DEFAULT
+    ) -> datetime | None:
         """``galaxy.time_of_last_deploy`` as an aware UTC datetime (None: never deployed)."""
         reply = await self._transport.unary(
             self._stub.GetLastDeployTime, gr.GetLastDeployTimeRequest(), timeout=timeout
@@ -302,7 +304,7 @@ class GalaxyRepositoryClient:
         return gr.DiscoverHierarchyRequest(page_size=_check_page_size(page_size), **fields)
 
     async def _pages(
-        self, request: gr.DiscoverHierarchyRequest, timeout: float | None
+        self, request: gr.DiscoverHierarchyRequest, timeout: float | UseDefault | None
     ) -> AsyncGenerator[gr.DiscoverHierarchyReply, None]:
         token = ""
         while True:
@@ -338,7 +340,7 @@ class GalaxyRepositoryClient:
         alarm_bearing_only: bool = False,
         historized_only: bool = False,
         page_size: int | None = None,
-        timeout: float | None = DEFAULT,
+        timeout: float | UseDefault | None = DEFAULT,
     ) -> AsyncGenerator[gr.GalaxyObject, None]:
         """Yield the deployed objects depth first, one page at a time.
 
@@ -394,7 +396,7 @@ class GalaxyRepositoryClient:
         alarm_bearing_only: bool = False,
         historized_only: bool = False,
         page_size: int | None = None,
-        timeout: float | None = DEFAULT,
+        timeout: float | UseDefault | None = DEFAULT,
         max_restarts: int = 3,
     ) -> list[gr.GalaxyObject]:
         """Every object of the walk (all pages) in one list; same filters as
@@ -446,7 +448,7 @@ class GalaxyRepositoryClient:
         alarm_bearing_only: bool = False,
         historized_only: bool = False,
         page_size: int | None = None,
-        timeout: float | None = DEFAULT,
+        timeout: float | UseDefault | None = DEFAULT,
     ) -> list[tuple[gr.GalaxyObject, bool]]:
         """Direct children of one object (the Galaxy's roots when no parent is given).
 

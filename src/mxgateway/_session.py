@@ -30,7 +30,7 @@ from mxgateway._errors import (
 from mxgateway._events import EventStream, WriteComplete
 from mxgateway._logsafe import get_logger
 from mxgateway._status import describe_status
-from mxgateway._transport import DEFAULT, Stream
+from mxgateway._transport import DEFAULT, Stream, UseDefault
 from mxgateway._values import ValueType, datetime_to_timestamp, fill_mx_value, to_mx_value
 from mxgateway._writes import WriteWaiter, WriteWaiters
 from mxgateway.generated import mxaccess_gateway_pb2 as pb
@@ -182,7 +182,7 @@ class Session:
 
     # -- invoke -----------------------------------------------------------------------
     async def invoke_raw(
-        self, command: pb.MxCommand, *, timeout: float | None = DEFAULT
+        self, command: pb.MxCommand, *, timeout: float | UseDefault | None = DEFAULT
     ) -> pb.MxCommandReply:
         """Run a command; protocol/transport failures raise, MXAccess failures stay in
         the returned reply (check ``protocol_status``, ``hresult`` and ``statuses``)."""
@@ -190,7 +190,7 @@ class Session:
         return await self._client.invoke_raw(self._session_id, command, timeout=timeout)
 
     async def invoke(
-        self, command: pb.MxCommand, *, timeout: float | None = DEFAULT
+        self, command: pb.MxCommand, *, timeout: float | UseDefault | None = DEFAULT
     ) -> pb.MxCommandReply:
         """Run a command; MXAccess failures also raise :class:`MxAccessError`."""
         self._check_open()
@@ -664,7 +664,12 @@ class Session:
 
     # -- bulk -------------------------------------------------------------------------
     async def _bulk(
-        self, cmd: pb.MxCommand, field: str, cls: type[_B], *, timeout: float | None = DEFAULT
+        self,
+        cmd: pb.MxCommand,
+        field: str,
+        cls: type[_B],
+        *,
+        timeout: float | UseDefault | None = DEFAULT,
     ) -> list[Any]:
         """Run a bulk command, split into several requests when it would not fit in one
         message (or has more rows than one reply should carry); results keep input order."""
@@ -914,7 +919,7 @@ class Session:
         tag_addresses: Iterable[str],
         *,
         timeout_ms: int = 0,
-        timeout: float | None = DEFAULT,
+        timeout: float | UseDefault | None = DEFAULT,
     ) -> list[pb.BulkReadResult]:
         """``ReadBulk``: the current value of each reference, in order.
 
@@ -991,7 +996,9 @@ class Session:
         return self._client.stream_events_raw(self._session_id, after_worker_sequence)
 
     # -- lifecycle --------------------------------------------------------------------
-    async def close(self, *, timeout: float | None = DEFAULT) -> pb.CloseSessionReply | None:
+    async def close(
+        self, *, timeout: float | UseDefault | None = DEFAULT
+    ) -> pb.CloseSessionReply | None:
         """Close the session (releases its advises, items and registrations).
 
         Idempotent: later calls return ``None``; a session the gateway no longer knows

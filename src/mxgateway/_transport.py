@@ -25,11 +25,12 @@ server always sees the cancellation.
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 import os
 from collections.abc import AsyncIterator
 from types import TracebackType
-from typing import Any, Generic, TypeVar
+from typing import Any, Final, Generic, TypeVar
 
 import grpc
 import grpc.aio
@@ -44,7 +45,7 @@ from mxgateway._logsafe import get_logger
 from mxgateway._options import ClientOptions
 from mxgateway._retry import is_idempotent
 
-__all__ = ["DEFAULT", "Stream", "Transport"]
+__all__ = ["DEFAULT", "Stream", "Transport", "UseDefault"]
 
 _log = get_logger(__name__)
 _log.addHandler(logging.NullHandler())
@@ -53,16 +54,22 @@ ReqT = TypeVar("ReqT")
 RespT = TypeVar("RespT")
 
 
-class _Default:
-    """Sentinel type: "use the options' default deadline"."""
+class UseDefault(enum.Enum):
+    """The type of :data:`DEFAULT`: "not given, use the configured default".
 
-    __slots__ = ()
+    ``timeout=None`` already means "no deadline", so "not given" needs a value of its own
+    (as httpx's ``USE_CLIENT_DEFAULT``). A one-member enum, so type checkers narrow
+    ``timeout is DEFAULT`` and signatures say ``float | UseDefault | None``, not ``Any``.
+    """
+
+    DEFAULT = "DEFAULT"
 
     def __repr__(self) -> str:
         return "DEFAULT"
 
 
-DEFAULT: Any = _Default()
+DEFAULT: Final = UseDefault.DEFAULT
+"""Pass as ``timeout`` to use ``ClientOptions.timeout`` (the default of every call)."""
 
 _HEALTH_CHECK = "/grpc.health.v1.Health/Check"
 
@@ -196,7 +203,7 @@ class Transport:
         plaintext: bool | None = None,
         ca_file: str | os.PathLike[str] | None = None,
         server_name_override: str | None = None,
-        timeout: float | None = DEFAULT,
+        timeout: float | UseDefault | None = DEFAULT,
         options: ClientOptions | None = None,
     ) -> Transport:
         """Build options from the ``connect(...)`` keywords of the clients, then :meth:`open`.
@@ -319,7 +326,7 @@ class Transport:
         method: grpc.aio.UnaryUnaryMultiCallable[ReqT, RespT],
         request: ReqT,
         *,
-        timeout: float | None = DEFAULT,
+        timeout: float | UseDefault | None = DEFAULT,
         session_id: str | None = None,
         what: str | None = None,
         idempotent: bool | None = None,

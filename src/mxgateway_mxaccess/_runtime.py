@@ -21,8 +21,8 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar
 
-from mxgateway import __version__
 from mxgateway._logsafe import get_logger
+from mxgateway._version import __version__
 from mxgateway_mxaccess._com import ComPlatform, LmxProxyServer, StatusRecord, Win32Platform
 from mxgateway_mxaccess._sta import StaThread
 from mxgateway_mxaccess._startup import ComStartError, start_problem

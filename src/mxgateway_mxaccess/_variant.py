@@ -7,7 +7,7 @@ so the VARIANT tag itself is gone by the time the runtime sees a value. The rule
 upstream describes them:
 
 * the Python kind of a value decides its MX data type and VARIANT type through
-  :data:`mxgateway._values._TYPE_TAGS` (the one table the library, CLI and simulator use):
+  :data:`mxgateway.values.TYPE_TAGS` (the one table the library, CLI and simulator use):
   ``bool`` -> Boolean, 8-32-bit integers -> Integer, 64-bit -> Int64 (data type Unknown),
   ``float`` -> Double, ``str`` -> String, ``datetime`` -> Time, ``bytes`` -> raw passthrough;
 * an optional expected-type hint (the attribute's ``mx_data_type``) refines it through the
@@ -29,14 +29,14 @@ from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Final
 
-from mxgateway._values import (
-    _TYPE_TAGS,
+from mxgateway.values import (
     INT64_MAX,
     INT64_MIN,
+    TYPE_TAGS,
     MxPythonValue,
     ValueType,
-    _array_kind,
-    _infer,
+    array_value_type,
+    infer_value_type,
     to_mx_value,
 )
 from mxgateway_sim._coerce import wire_type
@@ -65,9 +65,9 @@ VT_DATE: Final = 7
 VT_ARRAY: Final = 0x2000
 MX_UNKNOWN: Final = -1
 
-_DATA_TYPE_OF: dict[ValueType, int] = {k: t[0] - COM_TO_PROTO for k, t in _TYPE_TAGS.items()}
+_DATA_TYPE_OF: dict[ValueType, int] = {k: t[0] - COM_TO_PROTO for k, t in TYPE_TAGS.items()}
 """COM MxDataType per value kind, from the shared table (int64/bytes: -1 Unknown)."""
-_VT_OF: dict[ValueType, int] = {k: t[1] for k, t in _TYPE_TAGS.items()}
+_VT_OF: dict[ValueType, int] = {k: t[1] for k, t in TYPE_TAGS.items()}
 """Windows VARTYPE per value kind (the proto's VariantType numbers are the VARTYPEs)."""
 
 _FILETIME_EPOCH = datetime(1601, 1, 1, tzinfo=timezone.utc)
@@ -163,7 +163,7 @@ def from_variant(
         hinted = _hinted(scalar, hint, local_times)
         if hinted is not None:
             scalar = hinted
-    return scalar, _kind_type(_infer(scalar, ""), hint)  # type: ignore[return-value]
+    return scalar, _kind_type(infer_value_type(scalar, ""), hint)  # type: ignore[return-value]
 
 
 def _unrepresentable(value: object) -> bool:
@@ -192,7 +192,7 @@ def _array(
     if not values:
         return [], hint if hint is not None else MX_UNKNOWN
     try:
-        kind = _array_kind(values)
+        kind = array_value_type(values)
     except ValueError:
         # A mixed SAFEARRAY of VARIANTs: kept whole, element by element, as text.
         return [str(v) for v in values], MX_STRING
@@ -239,12 +239,12 @@ def to_variant(
             return make_variant(VT_EMPTY, None)
         to_mx_value(value)  # the library's checks: ranges, finiteness, zones, homogeneity
         if isinstance(value, (list, tuple)):
-            kind = _array_kind(value)
+            kind = array_value_type(value)
             items = [_to_com_scalar(v, kind, local_times) for v in value]
             if kind == "double":
                 items = [float(v) for v in items]  # type: ignore[arg-type]
             return make_variant(VT_ARRAY | _VT_OF[kind], items)
-        kind = _infer(value, "")
+        kind = infer_value_type(value, "")
         return make_variant(_VT_OF[kind], _to_com_scalar(value, kind, local_times))
     except ValueError as exc:
         raise invalid_arg(str(exc)) from None

@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import replace
 
-from mxgateway._values import MxPythonValue
+from mxgateway.values import MxPythonValue
 from mxgateway_sim._catalog import TagInfo
 from mxgateway_sim._domain import (
     CAT_OPERATIONAL_ERROR,

@@ -3,7 +3,7 @@
 Clients often write strings or ints to typed attributes; MXAccess converts them. Failures
 map to MxStatusDetail codes: 18 ConversionNotSupported, 19 UnableToConvertString,
 20 Overflow, 1005 IncorrectDataType (scalar vs array). The final range and finiteness checks
-are those of :func:`mxgateway._values.to_mx_value`, so the simulator accepts exactly the
+are those of :func:`mxgateway.values.to_mx_value`, so the simulator accepts exactly the
 values the wire can carry.
 """
 
@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from datetime import datetime, timedelta, timezone
 
-from mxgateway._values import MxPythonValue, ValueType, to_mx_value
+from mxgateway.values import MxPythonValue, ValueType, to_mx_value
 from mxgateway_sim._domain import (
     DETAIL_CONVERSION_NOT_SUPPORTED,
     DETAIL_INCORRECT_DATA_TYPE,
@@ -48,7 +48,7 @@ class ConversionError(ValueError):
 
 
 def wire_type(mx_data_type: int) -> ValueType:
-    """The :mod:`mxgateway._values` type that carries values of a COM MxDataType."""
+    """The :mod:`mxgateway.values` type that carries values of a COM MxDataType."""
     if mx_data_type == MX_BOOLEAN:
         return "bool"
     if mx_data_type in _INT_TYPES:

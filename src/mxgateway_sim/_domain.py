@@ -2,7 +2,7 @@
 
 Statuses, categories and sources carry the **COM** values MXAccess uses (category 6 is
 ``MxCategorySecurityError``); the wire layer adds the proto offset. Values are plain Python
-values in the :mod:`mxgateway._values` table, tagged with the COM ``MxDataType``.
+values in the :mod:`mxgateway.values` table, tagged with the COM ``MxDataType``.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Final
 
 from mxgateway._status import NON_FAILURE_CATEGORIES
-from mxgateway._values import MxPythonValue
+from mxgateway.values import MxPythonValue
 
 COM_TO_PROTO: Final = 2
 """Proto enum number = COM value + 2 (categories, sources, data types)."""

@@ -23,7 +23,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Protocol
 
 from mxgateway._logsafe import get_logger
-from mxgateway._values import MxPythonValue
+from mxgateway.values import MxPythonValue
 from mxgateway_sim._catalog import TagCatalog, TagInfo
 from mxgateway_sim._domain import (
     CAT_COMMUNICATION_ERROR,

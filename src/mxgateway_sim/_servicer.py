@@ -21,9 +21,9 @@ from google.protobuf.duration_pb2 import Duration
 from grpc import aio
 
 from mxgateway._logsafe import get_logger
-from mxgateway._values import from_mx_value, timestamp_to_datetime, to_mx_value
 from mxgateway._version import GATEWAY_PROTOCOL_VERSION, WORKER_PROTOCOL_VERSION
 from mxgateway.generated import mxaccess_gateway_pb2 as pb
+from mxgateway.values import from_mx_value, timestamp_to_datetime, to_mx_value
 from mxgateway_sim import _commands as bulk
 from mxgateway_sim._alarms import AlarmMonitor
 from mxgateway_sim._auth import Principal, current_principal, scope_for_command

@@ -16,8 +16,8 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from mxgateway import __version__
-from mxgateway._values import MxPythonValue
+from mxgateway._version import __version__
+from mxgateway.values import MxPythonValue
 from mxgateway_sim._coerce import ConversionError, coerce
 from mxgateway_sim._domain import (
     CAT_COMMUNICATION_ERROR,

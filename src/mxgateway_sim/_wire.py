@@ -17,8 +17,8 @@ from collections.abc import Sequence
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from mxgateway._values import to_mx_value
 from mxgateway.generated import mxaccess_gateway_pb2 as pb
+from mxgateway.values import to_mx_value
 from mxgateway_sim._coerce import wire_type
 from mxgateway_sim._commands import BulkRow
 from mxgateway_sim._domain import (

@@ -19,10 +19,10 @@ from typing import Any, Final
 
 from google.protobuf.message import DecodeError
 
-from mxgateway._values import from_mx_value, timestamp_to_datetime, to_mx_value
 from mxgateway._version import WORKER_PROTOCOL_VERSION
 from mxgateway.generated import mxaccess_gateway_pb2 as pb
 from mxgateway.generated import mxaccess_worker_pb2 as wpb
+from mxgateway.values import from_mx_value, timestamp_to_datetime, to_mx_value
 from mxgateway_sim._domain import (
     COM_TO_PROTO,
     MxAccessError,

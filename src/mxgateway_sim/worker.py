@@ -31,9 +31,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from mxgateway import __version__
 from mxgateway._logsafe import get_logger
-from mxgateway._version import WORKER_PROTOCOL_VERSION
+from mxgateway._version import WORKER_PROTOCOL_VERSION, __version__
 from mxgateway.generated import mxaccess_gateway_pb2 as pb
 from mxgateway.generated import mxaccess_worker_pb2 as wpb
 from mxgateway_sim._domain import MxRuntimeEvent

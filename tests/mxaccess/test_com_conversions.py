@@ -8,7 +8,7 @@ from decimal import Decimal
 import pytest
 from fake_lmx import E_INVALIDARG, NOT_IN_RANGE, FakeComError, Record, Variant, server_error
 
-from mxgateway._values import _TYPE_TAGS
+from mxgateway.values import TYPE_TAGS
 from mxgateway_mxaccess._startup import start_problem
 from mxgateway_mxaccess._status import (
     DISP_E_EXCEPTION,
@@ -86,7 +86,7 @@ def test_from_variant_unknown_objects_keep_their_text() -> None:
 def test_data_types_come_from_the_shared_table() -> None:
     # One table: the data type of each kind is the library's, minus the proto offset.
     for kind, value in [("bool", True), ("int32", 1), ("double", 1.0), ("string", "s")]:
-        assert from_variant(value)[1] == _TYPE_TAGS[kind][0] - 2  # type: ignore[index]
+        assert from_variant(value)[1] == TYPE_TAGS[kind][0] - 2  # type: ignore[index]
 
 
 @pytest.mark.parametrize(

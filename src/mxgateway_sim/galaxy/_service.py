@@ -25,9 +25,9 @@ from typing import Any
 import grpc
 
 from mxgateway._logsafe import get_logger
-from mxgateway._values import datetime_to_timestamp, timestamp_to_datetime
 from mxgateway.generated import galaxy_repository_pb2 as gr
 from mxgateway.generated import galaxy_repository_pb2_grpc as gr_grpc
+from mxgateway.values import datetime_to_timestamp, timestamp_to_datetime
 from mxgateway_sim._catalog import TagCatalog, TagInfo
 from mxgateway_sim._slicing import Slicer
 from mxgateway_sim.galaxy._cache import Filters, GalaxyObjectRecord, HierarchySnapshot
