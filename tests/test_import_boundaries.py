@@ -1,0 +1,115 @@
+"""Import boundaries between the four packages (docs/architecture.md, "Import boundaries").
+
+The library is what users embed: importing it must not drag in the CLI, the simulator, the
+COM runtime or the CLI's rendering (``rich``), nor the server-only gRPC health/reflection
+services. The simulator and the COM runtime use the library's public value module and a
+short list of private helpers, never the client root (whose ``__init__`` loads the client).
+Checked in a fresh interpreter per case: the test process has everything imported already.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+PACKAGES = ("mxgateway", "mxgateway_cli", "mxgateway_sim", "mxgateway_mxaccess")
+
+_PROBE = """
+import json, sys
+import {module}
+print(json.dumps(sorted(sys.modules)))
+"""
+
+
+def _loaded_by(module: str) -> set[str]:
+    result = subprocess.run(
+        [sys.executable, "-c", _PROBE.format(module=module)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return set(json.loads(result.stdout.splitlines()[-1]))
+
+
+def _under(loaded: set[str], *roots: str) -> list[str]:
+    return sorted(m for m in loaded if any(m == r or m.startswith(r + ".") for r in roots))
+
+
+def test_import_mxgateway_loads_neither_cli_simulator_nor_rich() -> None:
+    loaded = _loaded_by("mxgateway")
+    assert "mxgateway._client" in loaded  # the probe really imported the library
+    assert not _under(loaded, "mxgateway_cli", "mxgateway_sim", "mxgateway_mxaccess"), loaded
+    assert not _under(loaded, "rich", "cryptography", "sqlglot", "mssql_python")
+    # grpc's own __init__ touches the bare namespace packages; the services must not load.
+    assert not _under(loaded, "grpc_health.v1", "grpc_reflection.v1alpha")
+
+
+def test_import_mxgateway_values_is_enough_for_values() -> None:
+    loaded = _loaded_by("mxgateway.values")
+    assert not _under(loaded, "mxgateway_cli", "mxgateway_sim", "rich")
+
+
+def test_import_mxgateway_sim_loads_neither_cli_nor_rich() -> None:
+    loaded = _loaded_by("mxgateway_sim")
+    assert "mxgateway_sim._server" in loaded
+    assert not _under(loaded, "mxgateway_cli", "mxgateway_mxaccess", "rich")
+
+
+def test_cli_entry_module_loads_no_simulator() -> None:
+    # ``mxgw-py --help`` itself is covered per command in tests/cli/test_startup.py.
+    loaded = _loaded_by("mxgateway_cli.main")
+    assert not _under(loaded, "mxgateway_sim", "mxgateway_mxaccess", "rich")
+
+
+# Private library modules the simulator and COM runtime may use: logging hygiene, versions,
+# the status rule and the secret helpers are shared by design (docs/architecture.md).
+_SERVER_MAY_IMPORT = {
+    "mxgateway.values",
+    "mxgateway.commands",
+    "mxgateway.generated",
+    "mxgateway._logsafe",
+    "mxgateway._version",
+    "mxgateway._status",
+    "mxgateway._secret",
+}
+
+
+def _library_imports(package: str) -> list[tuple[str, str]]:
+    found = []
+    for path in sorted((SRC / package).rglob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        for node in ast.walk(tree):
+            names: list[str] = []
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                if node.module == "mxgateway":
+                    names = [f"mxgateway.{a.name}" for a in node.names]
+                else:
+                    names = [node.module]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            for name in names:
+                if name == "mxgateway" or name.startswith("mxgateway."):
+                    found.append((str(path.relative_to(SRC)), name))
+    return found
+
+
+@pytest.mark.parametrize("package", ["mxgateway_sim", "mxgateway_mxaccess"])
+def test_server_side_uses_only_the_shared_library_modules(package: str) -> None:
+    bad = [
+        (where, name)
+        for where, name in _library_imports(package)
+        if not any(name == ok or name.startswith(ok + ".") for ok in _SERVER_MAY_IMPORT)
+    ]
+    assert bad == []
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_every_package_ships_py_typed(package: str) -> None:
+    assert (SRC / package / "py.typed").is_file()
