@@ -30,6 +30,7 @@ from mxgateway_sim._domain import (
     MX_TIME,
 )
 from mxgateway_sim._plant import STRING_TYPES
+from mxgateway_sim.galaxy._schema import DATA_TYPE_NAMES
 
 _INT_TYPES = frozenset(
     {MX_INTEGER, MX_ENUM, MX_SECURITY_CLASSIFICATION_ENUM, MX_DATA_QUALITY, MX_QUALIFIED_ENUM}
@@ -64,10 +65,16 @@ def wire_type(mx_data_type: int) -> ValueType:
     return "string"
 
 
+def _type_name(mx_data_type: int) -> str:
+    """``Double (MX data type 4)``: the name people know, the number MXAccess uses."""
+    name = DATA_TYPE_NAMES.get(mx_data_type, "an unknown type")
+    return f"{name} (MX data type {mx_data_type})"
+
+
 def _not_supported(value: object, mx_data_type: int) -> ConversionError:
     return ConversionError(
         DETAIL_CONVERSION_NOT_SUPPORTED,
-        f"cannot convert a {type(value).__name__} to MX data type {mx_data_type}",
+        f"cannot convert a {type(value).__name__} to {_type_name(mx_data_type)}",
     )
 
 
@@ -96,7 +103,7 @@ def _from_string(text: str, mx_data_type: int) -> object:
         pass
     raise ConversionError(
         DETAIL_UNABLE_TO_CONVERT_STRING,
-        f"the string cannot be converted to MX data type {mx_data_type}",
+        f"the string cannot be converted to {_type_name(mx_data_type)}",
     )
 
 

@@ -23,6 +23,7 @@ import os
 import signal
 import sqlite3
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
@@ -477,6 +478,35 @@ async def _serve(args: argparse.Namespace) -> int:
     if args.no_quality_faults:
         plan = dataclasses.replace(plan, quality_flaky_one_in=0)
     galaxy_source = _galaxy_source(args)
+    # Without --galaxy-db the Galaxy is private to this server: a fresh database in a
+    # temporary directory removed at exit (two simulators never share, and `deploy` to one
+    # never redeploys another). Its path is printed on the listening line for `deploy`.
+    scratch: tempfile.TemporaryDirectory[str] | None = None
+    galaxy_db = args.galaxy_db
+    if galaxy_db is None and galaxy_source is None:
+        scratch = tempfile.TemporaryDirectory(prefix="mxgw-sim-galaxy-")
+        galaxy_db = Path(scratch.name) / "galaxy.db"
+    try:
+        return await _serve_with(
+            args, host, port, store, tls, options, plan, galaxy_source, galaxy_db
+        )
+    finally:
+        if scratch is not None:
+            scratch.cleanup()
+
+
+async def _serve_with(
+    args: argparse.Namespace,
+    host: str,
+    port: int,
+    store: Any,
+    tls: Any,
+    options: Any,
+    plan: FaultPlan,
+    galaxy_source: Any,
+    galaxy_db: Path | None,
+) -> int:
+    """Run the simulator until SIGINT/SIGTERM (the rest of ``serve``)."""
     sim = GatewaySimulator(
         host=host,
         port=port,
@@ -484,7 +514,7 @@ async def _serve(args: argparse.Namespace) -> int:
         allow_anonymous=args.allow_anonymous,
         tls=tls,
         tls_dir=args.tls_self_signed,
-        galaxy_db=args.galaxy_db,
+        galaxy_db=galaxy_db,
         galaxy_objects=args.galaxy_objects,
         galaxy_page_bytes=args.galaxy_page_bytes,
         galaxy_source=galaxy_source,
@@ -520,6 +550,7 @@ async def _serve(args: argparse.Namespace) -> int:
         )
     try:
         ca = str(sim.ca_file) if sim.ca_file else None
+        db_text = str(galaxy_db) if galaxy_db is not None and sim.galaxy_available else None
         if args.json:
             line = json.dumps(
                 {
@@ -528,11 +559,14 @@ async def _serve(args: argparse.Namespace) -> int:
                     "tls": sim.tls_mode,
                     "caFile": ca,
                     "galaxy": sim.galaxy_available,
+                    "galaxyDb": db_text,
                 }
             )
         else:
-            line = f"{args.prog} listening on {sim.endpoint} tls={sim.tls_mode}" + (
-                f" ca={ca}" if ca else ""
+            line = (
+                f"{args.prog} listening on {sim.endpoint} tls={sim.tls_mode}"
+                + (f" ca={ca}" if ca else "")
+                + (f" galaxy-db={db_text}" if db_text else "")
             )
         print(line, flush=True)
         await stop.wait()

@@ -85,7 +85,12 @@ def start_sim(args: list[str], log: Path) -> SimServer:
     finally:
         selector.close()
     info = json.loads(line)
-    return SimServer(endpoint=info["address"], process=process, ca_file=info.get("caFile"))
+    return SimServer(
+        endpoint=info["address"],
+        process=process,
+        ca_file=info.get("caFile"),
+        extra={k: str(v) for k, v in info.items() if v is not None},
+    )
 
 
 def stop_sim(process: subprocess.Popen[str]) -> None:

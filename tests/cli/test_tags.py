@@ -136,6 +136,10 @@ def test_set_refused_write_and_bad_value(sim: SimServer) -> None:
     bad = _cli(sim, "set", WRITABLE, "seven", "--json")
     assert bad.code == 2
     assert "int32" in bad.error()["message"]
+    # A value MXAccess cannot convert: the type is named, not numbered.
+    unconvertible = _cli(sim, "set", WRITABLE, "abc", "--type", "string", "--json")
+    assert unconvertible.code == 8
+    assert "converted to Integer (MX data type 2)" in unconvertible.error()["message"]
     unknown = _cli(sim, "set", "Nope.Missing", "1", "--json")
     assert unknown.code == 3
     assert "hint" in unknown.error()
