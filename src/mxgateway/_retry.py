@@ -23,6 +23,7 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
+from mxgateway.commands import idempotent_kinds
 from mxgateway.generated import galaxy_repository_pb2 as gr
 from mxgateway.generated import mxaccess_gateway_pb2 as pb
 
@@ -111,21 +112,9 @@ class RetryPolicy:
 
 _rng = random.Random()
 
-IDEMPOTENT_COMMAND_KINDS: frozenset[int] = frozenset(
-    {
-        pb.MX_COMMAND_KIND_PING,
-        pb.MX_COMMAND_KIND_GET_SESSION_STATE,
-        pb.MX_COMMAND_KIND_GET_WORKER_INFO,
-        pb.MX_COMMAND_KIND_READ_BULK,
-        pb.MX_COMMAND_KIND_ARCHESTRA_USER_TO_ID,
-        pb.MX_COMMAND_KIND_QUERY_ACTIVE_ALARMS,
-    }
-)
-"""``Invoke`` command kinds that only read, so a retry cannot change anything twice.
-
-``READ_BULK`` of a tag the session does not advise adds, advises, unadvises and removes it
-inside the one command: repeating it leaves the session as it was.
-"""
+IDEMPOTENT_COMMAND_KINDS: frozenset[int] = idempotent_kinds()
+"""``Invoke`` command kinds that only read, so a retry cannot change anything twice
+(the ``idempotent`` column of :data:`mxgateway.commands.COMMANDS`)."""
 
 _IDEMPOTENT_REQUESTS: tuple[type[Any], ...] = (
     pb.CloseSessionRequest,  # the gateway answers a repeat close with CLOSED

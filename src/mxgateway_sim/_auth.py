@@ -4,8 +4,9 @@ Keys look like ``mxgw_<keyId>_<secret>``. The store keeps, per key id, a random 
 SHA-256 of salt + secret, never the secret itself; verification is a constant-time compare.
 Every RPC needs ``authorization: Bearer <key>``; the interceptor answers UNAUTHENTICATED for
 a missing or unknown key and PERMISSION_DENIED for a missing scope, before the request body
-is read. ``Invoke`` is authorized per command kind by :func:`scope_for_command` (in the
-servicer, which sees the request); :data:`current_principal` tells the servicer who calls,
+is read. ``Invoke`` is authorized per command kind by :func:`scope_for_command` (from
+:mod:`mxgateway.commands`, the table of command kinds; applied in the servicer, which sees
+the request); :data:`current_principal` tells the servicer who calls,
 which it needs for session ownership.
 """
 
@@ -26,6 +27,8 @@ from typing import Any
 import grpc
 from grpc import aio
 
+from mxgateway.commands import COMMANDS
+from mxgateway.commands import scope_for_command as scope_for_command
 from mxgateway.generated import mxaccess_gateway_pb2 as pb
 
 SCOPES: tuple[str, ...] = (
@@ -55,49 +58,12 @@ METHOD_SCOPES: dict[str, str | None] = {
 UNAUTHENTICATED_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.v1")
 """Health checks and reflection carry no plant data and are served without a key."""
 
-_READ, _WRITE, _SECURE, _EVENTS = "invoke:read", "invoke:write", "invoke:secure", "events:read"
 COMMAND_SCOPES: dict[int, str] = {
-    pb.MX_COMMAND_KIND_UNSPECIFIED: _READ,  # answered INVALID_REQUEST, names no operation
-    pb.MX_COMMAND_KIND_REGISTER: _READ,
-    pb.MX_COMMAND_KIND_UNREGISTER: _READ,
-    pb.MX_COMMAND_KIND_ADD_ITEM: _READ,
-    pb.MX_COMMAND_KIND_ADD_ITEM2: _READ,
-    pb.MX_COMMAND_KIND_REMOVE_ITEM: _READ,
-    pb.MX_COMMAND_KIND_ADVISE: _READ,
-    pb.MX_COMMAND_KIND_ADVISE_SUPERVISORY: _READ,
-    pb.MX_COMMAND_KIND_UN_ADVISE: _READ,
-    pb.MX_COMMAND_KIND_WRITE: _WRITE,
-    pb.MX_COMMAND_KIND_WRITE2: _WRITE,
-    pb.MX_COMMAND_KIND_WRITE_SECURED: _SECURE,
-    pb.MX_COMMAND_KIND_WRITE_SECURED2: _SECURE,
-    pb.MX_COMMAND_KIND_AUTHENTICATE_USER: _READ,
-    pb.MX_COMMAND_KIND_ARCHESTRA_USER_TO_ID: _READ,
-    pb.MX_COMMAND_KIND_SUSPEND: _READ,
-    pb.MX_COMMAND_KIND_ACTIVATE: _READ,
-    pb.MX_COMMAND_KIND_ADD_BUFFERED_ITEM: _READ,
-    pb.MX_COMMAND_KIND_SET_BUFFERED_UPDATE_INTERVAL: _READ,
-    pb.MX_COMMAND_KIND_ADD_ITEM_BULK: _READ,
-    pb.MX_COMMAND_KIND_ADVISE_ITEM_BULK: _READ,
-    pb.MX_COMMAND_KIND_REMOVE_ITEM_BULK: _READ,
-    pb.MX_COMMAND_KIND_UN_ADVISE_ITEM_BULK: _READ,
-    pb.MX_COMMAND_KIND_SUBSCRIBE_BULK: _READ,
-    pb.MX_COMMAND_KIND_UNSUBSCRIBE_BULK: _READ,
-    pb.MX_COMMAND_KIND_WRITE_BULK: _WRITE,
-    pb.MX_COMMAND_KIND_WRITE2_BULK: _WRITE,
-    pb.MX_COMMAND_KIND_WRITE_SECURED_BULK: _SECURE,
-    pb.MX_COMMAND_KIND_WRITE_SECURED2_BULK: _SECURE,
-    pb.MX_COMMAND_KIND_READ_BULK: _READ,
-    pb.MX_COMMAND_KIND_PING: _READ,
-    pb.MX_COMMAND_KIND_GET_SESSION_STATE: _READ,
-    pb.MX_COMMAND_KIND_GET_WORKER_INFO: _READ,
-    pb.MX_COMMAND_KIND_DRAIN_EVENTS: _EVENTS,
-    pb.MX_COMMAND_KIND_SHUTDOWN_WORKER: "admin",
-    pb.MX_COMMAND_KIND_SUBSCRIBE_ALARMS: _READ,
-    pb.MX_COMMAND_KIND_UNSUBSCRIBE_ALARMS: _READ,
-    pb.MX_COMMAND_KIND_ACKNOWLEDGE_ALARM: _WRITE,  # as the AcknowledgeAlarm RPC
-    pb.MX_COMMAND_KIND_QUERY_ACTIVE_ALARMS: _EVENTS,  # as the QueryActiveAlarms RPC
+    pb.MX_COMMAND_KIND_UNSPECIFIED: scope_for_command(pb.MX_COMMAND_KIND_UNSPECIFIED),
+    **{kind: spec.scope for kind, spec in COMMANDS.items()},
 }
-"""The scope each command kind needs through ``Invoke``: the one table the server checks.
+"""The scope each command kind needs through ``Invoke``, from :data:`mxgateway.commands.COMMANDS`
+(the one table of command kinds; ``UNSPECIFIED`` needs ``invoke:read``).
 
 Kinds missing here (newer than this table) need ``admin``: authorization fails closed.
 """
@@ -108,11 +74,6 @@ def scope_for_method(method: str) -> str | None:
     if method.startswith(_GALAXY):
         return "metadata:read"
     return METHOD_SCOPES.get(method, "admin")
-
-
-def scope_for_command(kind: int) -> str:
-    """Scope a command kind needs (:data:`COMMAND_SCOPES`); unknown kinds need ``admin``."""
-    return COMMAND_SCOPES.get(kind, "admin")
 
 
 class KeyFormatError(ValueError):

@@ -22,11 +22,12 @@ from grpc import aio
 
 from mxgateway._logsafe import get_logger
 from mxgateway._version import GATEWAY_PROTOCOL_VERSION, WORKER_PROTOCOL_VERSION
+from mxgateway.commands import COMMANDS, scope_for_command
 from mxgateway.generated import mxaccess_gateway_pb2 as pb
 from mxgateway.values import from_mx_value, timestamp_to_datetime, to_mx_value
 from mxgateway_sim import _commands as bulk
 from mxgateway_sim._alarms import AlarmMonitor
-from mxgateway_sim._auth import Principal, current_principal, scope_for_command
+from mxgateway_sim._auth import Principal, current_principal
 from mxgateway_sim._commands import BulkRow, ReplyBudget
 from mxgateway_sim._domain import (
     E_MX_OPERATION_FAILED,
@@ -68,12 +69,8 @@ ALARM_FEED_QUEUE = 10_000
 """Transition batches a StreamAlarms subscriber may have queued before it is disconnected."""
 
 _KIND_PREFIX = "MX_COMMAND_KIND_"
-PAYLOAD_OF_KIND: dict[int, str] = {
-    number: name[len(_KIND_PREFIX) :].lower()
-    for name, number in pb.MxCommandKind.items()
-    if number != pb.MX_COMMAND_KIND_UNSPECIFIED
-}
-"""Oneof member of ``MxCommand.payload`` that each kind requires."""
+PAYLOAD_OF_KIND: dict[int, str] = {kind: spec.payload for kind, spec in COMMANDS.items()}
+"""Oneof member of ``MxCommand.payload`` that each kind requires (:mod:`mxgateway.commands`)."""
 
 
 _VALUE_PAYLOADS = frozenset({"write", "write2", "write_secured", "write_secured2"})
