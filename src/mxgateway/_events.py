@@ -28,10 +28,10 @@ from mxgateway._errors import (
     MxGatewayOverloadedError,
     MxGatewaySessionFaultedError,
     MxGatewaySessionStateError,
-    MxGatewayUnavailableError,
     MxGatewayUnimplementedError,
 )
 from mxgateway._logsafe import get_logger
+from mxgateway._retry import RESUMABLE_STREAM_ERRORS, resume_policy
 from mxgateway._status import failed_statuses
 from mxgateway._values import MxPythonValue, from_mx_value
 from mxgateway.generated import mxaccess_gateway_pb2 as pb
@@ -460,7 +460,7 @@ class EventStream:
         self._tracker = _Tracker(after_worker_sequence)
         self._resume = resume
         self._max_attempts = max_resume_attempts
-        self._backoff = resume_backoff
+        self._resume_policy = resume_policy(resume_backoff, max_resume_attempts)
         self._batches = use_batches and client._batches_supported
         self._stream: Stream[Any] | None = None
         self._buf: list[Event] = []
@@ -632,7 +632,7 @@ class EventStream:
                     and self._reopening
                     and attempts < self._max_attempts
                 ):  # the gateway has not yet released this session's previous subscriber
-                    await asyncio.sleep(min(self._backoff * (2**attempts), 2.0))
+                    await asyncio.sleep(self._resume_policy.backoff(attempts + 1))
                     attempts += 1
                     continue
                 with contextlib.suppress(StopAsyncIteration):
@@ -685,7 +685,7 @@ class EventStream:
                 if not self._resumable(exc) or attempts >= self._max_attempts:
                     self._closed = True
                     raise
-                delay = min(self._backoff * (2**attempts), 2.0)
+                delay = self._resume_policy.backoff(attempts + 1)
                 attempts += 1
                 self.resume_count += 1
                 self._overflowed = False
@@ -740,7 +740,7 @@ class EventStream:
     def _resumable(self, exc: MxGatewayError) -> bool:
         if not self._resume or self._ended_by is not None:
             return False
-        if isinstance(exc, MxGatewayUnavailableError):
+        if isinstance(exc, RESUMABLE_STREAM_ERRORS):
             return True
         if self._reopening and type(exc) is MxGatewaySessionStateError:
             # FAILED_PRECONDITION on a re-subscription: the gateway has not yet let go of

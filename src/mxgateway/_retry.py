@@ -1,15 +1,25 @@
-"""Retry policy of unary calls and the one table of what is safe to repeat.
+"""What is worth trying again, and how long to wait: the one module that decides both.
 
-:class:`RetryPolicy` is a frozen value object (``ClientOptions.retry``; also the reconnect
-policy of :class:`~mxgateway.Subscription`). :func:`is_idempotent` decides, from the request
-message alone, whether a unary call may be sent again after it failed with UNAVAILABLE. The
-transport (``Transport.unary``) is the only place that retries.
+* **Which errors are transient** (:data:`TRANSIENT_ERRORS`, :func:`is_transient`): the
+  connection or the gateway is in trouble for now (UNAVAILABLE, a deadline, a cancellation,
+  an overloaded gateway); trying again later may work. **Which are fatal**
+  (:data:`FATAL_ERRORS`): the key, its scopes or the request are wrong, or the client was
+  closed; no retry, reconnect or resume can help.
+* **How long to wait**: every backoff is a :class:`RetryPolicy` (bounded exponential backoff
+  with jitter): ``ClientOptions.retry`` for unary calls (the transport), :data:`DEFAULT_RECONNECT`
+  for :class:`~mxgateway.Subscription`, :func:`resume_policy` for an
+  :class:`~mxgateway.EventStream` resuming after a drop. Only the connect wait of
+  ``Transport.open`` polls at a fixed :data:`CONNECT_POLL_INTERVAL`: gRPC's channel has its
+  own reconnect backoff, the poll only asks whether it is up yet.
+* **What is safe to repeat** (:func:`is_idempotent`): decided from the request message
+  alone, whether a unary call may be sent again after it failed with UNAVAILABLE. The
+  transport (``Transport.unary``) is the only place that retries unary calls.
 
 Safe to repeat are read-only requests: every Galaxy Repository unary RPC and the ``Invoke``
-command kinds in :data:`IDEMPOTENT_COMMAND_KINDS` (``PING``, ``GET_SESSION_STATE``,
-``GET_WORKER_INFO``, ``READ_BULK``, ``ARCHESTRA_USER_TO_ID``, ``QUERY_ACTIVE_ALARMS``), and
-``CloseSession``, which the gateway makes idempotent (a repeat close answers the final CLOSED
-state, as upstream).
+command kinds marked idempotent in :data:`mxgateway.commands.COMMANDS` (``PING``,
+``GET_SESSION_STATE``, ``GET_WORKER_INFO``, ``READ_BULK``, ``ARCHESTRA_USER_TO_ID``,
+``QUERY_ACTIVE_ALARMS``), and ``CloseSession``, which the gateway makes idempotent (a repeat
+close answers the final CLOSED state, as upstream).
 Everything else is sent once: writes of every kind, anything that creates or releases a
 handle (``REGISTER``, ``ADD_ITEM*``, ``ADVISE*``, the subscribe/unsubscribe bulk family...),
 ``AUTHENTICATE_USER`` (an audited log-on that may count towards a lock-out),
@@ -23,11 +33,33 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
+from mxgateway._errors import (
+    ClientClosedError,
+    MxGatewayAuthenticationError,
+    MxGatewayCancelledError,
+    MxGatewayInvalidRequestError,
+    MxGatewayOverloadedError,
+    MxGatewayPermissionError,
+    MxGatewayTimeoutError,
+    MxGatewayUnavailableError,
+    MxGatewayUnimplementedError,
+)
 from mxgateway.commands import idempotent_kinds
 from mxgateway.generated import galaxy_repository_pb2 as gr
 from mxgateway.generated import mxaccess_gateway_pb2 as pb
 
-__all__ = ["IDEMPOTENT_COMMAND_KINDS", "RetryPolicy", "is_idempotent"]
+__all__ = [
+    "CONNECT_POLL_INTERVAL",
+    "DEFAULT_RECONNECT",
+    "FATAL_ERRORS",
+    "IDEMPOTENT_COMMAND_KINDS",
+    "RESUMABLE_STREAM_ERRORS",
+    "TRANSIENT_ERRORS",
+    "RetryPolicy",
+    "is_idempotent",
+    "is_transient",
+    "resume_policy",
+]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -111,6 +143,66 @@ class RetryPolicy:
 
 
 _rng = random.Random()
+
+DEFAULT_RECONNECT = RetryPolicy(
+    max_attempts=None, initial_backoff=0.25, max_backoff=10.0, multiplier=2.0, max_elapsed=None
+)
+"""Subscription reconnects: for ever, 0.25 s doubling up to 10 s between attempts, 50 %
+jitter."""
+
+RESUME_MAX_BACKOFF = 2.0
+"""Upper bound of one delay between an event stream's resume attempts, in seconds."""
+
+
+def resume_policy(initial_backoff: float, max_resume_attempts: int) -> RetryPolicy:
+    """The backoff of an :class:`~mxgateway.EventStream` resuming after a drop.
+
+    ``initial_backoff`` doubling up to :data:`RESUME_MAX_BACKOFF`, no jitter (a resume is one
+    client getting its own stream back, not many clients coming back at once), at most
+    ``max_resume_attempts`` resumes in a row.
+    """
+    return RetryPolicy(
+        max_attempts=max_resume_attempts + 1,
+        initial_backoff=initial_backoff,
+        max_backoff=max(RESUME_MAX_BACKOFF, initial_backoff),
+        jitter=0.0,
+        max_elapsed=None,
+    )
+
+
+CONNECT_POLL_INTERVAL = 0.05
+"""Seconds between connectivity probes while ``Transport.open`` waits for a refusing gateway
+(gRPC's channel reconnects on its own backoff; a probe in the meantime fails at once)."""
+
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    MxGatewayUnavailableError,
+    MxGatewayTimeoutError,
+    MxGatewayCancelledError,
+    MxGatewayOverloadedError,
+)
+"""The connection or the gateway is in trouble for now: trying again later may work."""
+
+FATAL_ERRORS: tuple[type[BaseException], ...] = (
+    MxGatewayAuthenticationError,
+    MxGatewayPermissionError,
+    MxGatewayInvalidRequestError,
+    MxGatewayUnimplementedError,
+    ClientClosedError,
+)
+"""The key, its scopes or the request itself are wrong, or the client was closed: trying
+again cannot help (a subscription stops, a stream does not resume)."""
+
+
+RESUMABLE_STREAM_ERRORS: tuple[type[BaseException], ...] = (MxGatewayUnavailableError,)
+"""An event stream resumes by itself only after these (and after a disconnect that follows
+an overflow notice, or a re-subscription the gateway refused while still holding the old
+one): a deadline or a cancellation on a stream is the caller's own doing."""
+
+
+def is_transient(error: BaseException | None) -> bool:
+    """True when ``error`` is one of :data:`TRANSIENT_ERRORS` (link trouble, for now)."""
+    return isinstance(error, TRANSIENT_ERRORS)
+
 
 IDEMPOTENT_COMMAND_KINDS: frozenset[int] = idempotent_kinds()
 """``Invoke`` command kinds that only read, so a retry cannot change anything twice

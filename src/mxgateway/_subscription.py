@@ -51,9 +51,6 @@ from mxgateway._errors import (
     MxGatewayAuthenticationError,
     MxGatewayCancelledError,
     MxGatewayError,
-    MxGatewayInvalidRequestError,
-    MxGatewayOverloadedError,
-    MxGatewayPermissionError,
     MxGatewayProtocolError,
     MxGatewaySessionFaultedError,
     MxGatewaySessionNotFoundError,
@@ -61,11 +58,10 @@ from mxgateway._errors import (
     MxGatewaySessionStateError,
     MxGatewayTimeoutError,
     MxGatewayUnavailableError,
-    MxGatewayUnimplementedError,
 )
 from mxgateway._events import DataChange, EventGap, EventStream, StreamFault
 from mxgateway._logsafe import get_logger
-from mxgateway._retry import RetryPolicy
+from mxgateway._retry import DEFAULT_RECONNECT, FATAL_ERRORS, RetryPolicy, is_transient
 from mxgateway._values import MxPythonValue, from_mx_value
 from mxgateway.generated import mxaccess_gateway_pb2 as pb
 
@@ -86,24 +82,9 @@ __all__ = [
 _log = get_logger(__name__)
 _log.addHandler(logging.NullHandler())
 
-DEFAULT_RECONNECT = RetryPolicy(
-    max_attempts=None, initial_backoff=0.25, max_backoff=10.0, multiplier=2.0, max_elapsed=None
-)
-"""Reconnect for ever, 0.25 s doubling up to 10 s between attempts, 50 % jitter."""
-
 _CLOSE_OLD_SESSION_TIMEOUT = 2.0
 _DATA_CHANGE = pb.MX_EVENT_FAMILY_ON_DATA_CHANGE
 _STATE_QUEUE_SIZE = 256
-
-# Errors after which reconnecting cannot help: the key, its scopes or the request itself
-# are wrong, or the client was closed. Everything else is worth another session.
-_FATAL = (
-    MxGatewayAuthenticationError,
-    MxGatewayPermissionError,
-    MxGatewayInvalidRequestError,
-    MxGatewayUnimplementedError,
-    ClientClosedError,
-)
 
 # Errors of the read after a gap that mean the session or the connection is in trouble:
 # they end the session's stream like a stream error would (re-attach or new session), and
@@ -587,7 +568,7 @@ class Subscription:
                 except _SessionEnded as ended:  # closed by the gateway, or shutting down
                     failure = ended.error
                     gone = True
-                except _FATAL:
+                except FATAL_ERRORS:
                     raise
                 except MxGatewayError as exc:
                     failure = exc
@@ -913,22 +894,19 @@ class _Live:
 
 def _may_still_exist(error: BaseException | None) -> bool:
     """After losing an established session's stream with ``error``: may the session still
-    exist on the gateway (so re-attaching is worth a try)? Only for transport trouble; a
-    session reported missing, closing, faulted or shut down is gone."""
-    if isinstance(error, (MxGatewaySessionNotFoundError, MxGatewaySessionNotReadyError)):
-        return False
-    if isinstance(error, MxGatewaySessionFaultedError):
-        return False
-    return isinstance(
+    exist on the gateway (so re-attaching is worth a try)? Only for transient trouble
+    (:func:`mxgateway._retry.is_transient`) or our old stream still counting
+    (FAILED_PRECONDITION); a session reported missing, closing, faulted or shut down is gone."""
+    if isinstance(
         error,
         (
-            MxGatewayUnavailableError,
-            MxGatewayTimeoutError,
-            MxGatewayCancelledError,
-            MxGatewayOverloadedError,
-            MxGatewaySessionStateError,  # FAILED_PRECONDITION: our old stream still counts
+            MxGatewaySessionNotFoundError,
+            MxGatewaySessionNotReadyError,
+            MxGatewaySessionFaultedError,
         ),
-    )
+    ):
+        return False
+    return is_transient(error) or isinstance(error, MxGatewaySessionStateError)
 
 
 class _StateIterator:

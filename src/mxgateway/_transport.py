@@ -43,7 +43,7 @@ from mxgateway._errors import (
 )
 from mxgateway._logsafe import get_logger
 from mxgateway._options import ClientOptions
-from mxgateway._retry import is_idempotent
+from mxgateway._retry import CONNECT_POLL_INTERVAL, is_idempotent
 
 __all__ = ["DEFAULT", "Stream", "Transport", "UseDefault"]
 
@@ -83,14 +83,10 @@ def _raw_bytes(data: bytes) -> bytes:
     return data
 
 
-"""Pass as ``timeout`` to use ``ClientOptions.timeout`` (the default of ``unary``)."""
-
-
 _MAX_RECONNECT_BACKOFF = "grpc.max_reconnect_backoff_ms"
 _MAX_RECONNECT_BACKOFF_MS = 5_000
 _INITIAL_RECONNECT_BACKOFF = "grpc.initial_reconnect_backoff_ms"
 _INITIAL_RECONNECT_BACKOFF_MS = 250
-_CONNECT_RETRY_PAUSE = 0.05
 
 
 def _channel_arguments(options: ClientOptions) -> list[tuple[str, Any]]:
@@ -302,10 +298,10 @@ class Transport:
                     _log.debug("connect probe answered %s: channel is up", code)
                     return
                 now = loop.time()
-                if code is grpc.StatusCode.UNAVAILABLE and now + _CONNECT_RETRY_PAUSE < give_up:
+                if code is grpc.StatusCode.UNAVAILABLE and now + CONNECT_POLL_INTERVAL < give_up:
                     # Refused or unreachable for now: gRPC reconnects on its own backoff;
                     # probe again shortly (a probe in the meantime fails at once).
-                    await asyncio.sleep(_CONNECT_RETRY_PAUSE)
+                    await asyncio.sleep(CONNECT_POLL_INTERVAL)
                     continue
                 mode = "plaintext" if self._options.plaintext else "TLS"
                 waited = f" (retried for {now - start:.1f} s)" if attempts > 1 else ""
