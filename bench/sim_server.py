@@ -61,6 +61,8 @@ class LoopProbe:
         self.path = path
         self.lateness: list[float] = []
         self.cpu: list[float] = []  # loop-thread CPU seconds during each sleep
+        self.cpu_no_gc: list[float] = []  # the same, for sleeps no collection ran in
+        self.collections = 0
         self.gc_pauses: list[tuple[int, float]] = []  # (generation, seconds) per collection
         self._gc_start = 0.0
         self.since = time.monotonic()
@@ -70,20 +72,25 @@ class LoopProbe:
         if phase == "start":
             self._gc_start = time.perf_counter()
         else:
+            self.collections += 1
             self.gc_pauses.append((info["generation"], time.perf_counter() - self._gc_start))
 
     async def run(self) -> None:
         """Sample until cancelled."""
         while True:
-            t0, c0 = time.perf_counter(), time.thread_time()
+            t0, c0, n0 = time.perf_counter(), time.thread_time(), self.collections
             await asyncio.sleep(PROBE_INTERVAL_S)
             self.lateness.append(time.perf_counter() - t0 - PROBE_INTERVAL_S)
-            self.cpu.append(time.thread_time() - c0)
+            cpu = time.thread_time() - c0
+            self.cpu.append(cpu)
+            if self.collections == n0:
+                self.cpu_no_gc.append(cpu)
 
     def dump(self) -> None:
         """Write the samples since the last dump to ``path`` and start afresh."""
         lateness, cpu, pauses = self.lateness, self.cpu, self.gc_pauses
-        self.lateness, self.cpu, self.gc_pauses = [], [], []
+        cpu_no_gc = self.cpu_no_gc
+        self.lateness, self.cpu, self.gc_pauses, self.cpu_no_gc = [], [], [], []
         longest_gc = max(pauses, key=lambda p: p[1], default=None)
         order = sorted(range(len(lateness)), key=lateness.__getitem__)
         worst = order[-1] if order else None
@@ -95,6 +102,8 @@ class LoopProbe:
             # The loop thread's own longest run between two probe wake-ups: the stall the
             # server caused, whatever else the machine was doing.
             "max_loop_cpu_ms": round(max(cpu) * 1000, 2) if cpu else None,
+            # ... among the runs no garbage collection fell into: the server's own code.
+            "max_loop_cpu_no_gc_ms": round(max(cpu_no_gc) * 1000, 2) if cpu_no_gc else None,
             "p99_stall_ms": (
                 round(lateness[order[int(len(order) * 0.99)]] * 1000, 2) if order else None
             ),
