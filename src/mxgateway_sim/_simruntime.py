@@ -656,14 +656,17 @@ class SimulatedRuntime:
         registrations = len(self._registrations)
         self._registrations.clear()
         advises = 0
+        items = len(self._items)
         slicer = Slicer()
-        for chunk in chunks(list(self._items.values())):
-            for item in chunk:
-                if item.advised:
+        # By handle, so each item is freed in its own slice (100k items freed at once are
+        # tens of ms).
+        for chunk in chunks(list(self._items)):
+            for handle in chunk:
+                item = self._items.pop(handle, None)
+                if item is not None and item.advised:
                     self._unadvise(item)
                     advises += 1
             await slicer.checkpoint()
-        items = len(self._items)
         self._items.clear()
         self._advised_by_key.clear()
         self._buffered.clear()
