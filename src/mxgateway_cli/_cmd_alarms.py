@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import timezone
-
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from mxgateway import describe_status, enum_name, status_failed
 from mxgateway.generated import mxaccess_gateway_pb2 as pb
+from mxgateway.values import timestamp_to_datetime
 from mxgateway_cli import _plant
 from mxgateway_cli._context import Context
 from mxgateway_cli._errors import CommandFailed
@@ -22,7 +21,7 @@ __all__ = ["ALARM_COMMANDS", "alarm_line"]
 def _when(ts: Timestamp) -> str:
     if not (ts.seconds or ts.nanos):
         return ""
-    return _plant.time_text(ts.ToDatetime(tzinfo=timezone.utc))
+    return _plant.time_text(timestamp_to_datetime(ts))
 
 
 def alarm_line(message: pb.AlarmFeedMessage) -> str:

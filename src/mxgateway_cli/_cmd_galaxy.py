@@ -8,12 +8,11 @@ the size of the Galaxy.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 
-from google.protobuf.timestamp_pb2 import Timestamp
-
 from mxgateway.generated import galaxy_repository_pb2 as gr
+from mxgateway.values import datetime_to_timestamp
 from mxgateway_cli._context import Context
 from mxgateway_cli._errors import CommandFailed
 from mxgateway_cli._exit_codes import ExitCode
@@ -29,9 +28,7 @@ def rfc3339(value: datetime | None) -> str | None:
     """An aware datetime as protobuf-JSON timestamp text (``...Z``), None stays None."""
     if value is None:
         return None
-    ts = Timestamp()
-    ts.FromDatetime(value.astimezone(timezone.utc))
-    return ts.ToJsonString()
+    return datetime_to_timestamp(value).ToJsonString()
 
 
 async def cmd_test_connection(ctx: Context) -> ExitCode:

@@ -73,11 +73,9 @@ def _timestamp(text: str, flag: str) -> datetime:
 
 
 def _ts_message(value: datetime) -> Any:
-    from google.protobuf.timestamp_pb2 import Timestamp
+    from mxgateway.values import datetime_to_timestamp
 
-    ts = Timestamp()
-    ts.FromDatetime(value.astimezone(timezone.utc))
-    return ts
+    return datetime_to_timestamp(value)
 
 
 async def cmd_open_session(ctx: Context) -> ExitCode:

@@ -17,12 +17,13 @@ import math
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Any
 
 import mxgateway
 from mxgateway import describe_status, enum_name, failed_statuses
 from mxgateway.generated import mxaccess_gateway_pb2 as pb
+from mxgateway.values import timestamp_to_datetime
 from mxgateway_cli import _human, _plant
 from mxgateway_cli._context import Context
 from mxgateway_cli._errors import CliUsageError, CommandFailed
@@ -136,7 +137,7 @@ def _human_row(tag: str, event: pb.MxEvent) -> dict[str, str]:
 def _event_time(change: pb.OnDataChangeEvent) -> str:
     if not change.HasField("timestamp"):
         return ""
-    return _plant.time_text(change.timestamp.ToDatetime(tzinfo=timezone.utc))
+    return _plant.time_text(timestamp_to_datetime(change.timestamp))
 
 
 @dataclass
