@@ -39,9 +39,11 @@ from mxgateway._galaxy import (
     DeployEvent,
     DeployEventWatch,
     GalaxyAttribute,
+    GalaxyFilters,
     GalaxyHierarchyChangedError,
     GalaxyObject,
     GalaxyRepositoryClient,
+    HierarchyFilters,
 )
 from mxgateway._options import ClientOptions
 from mxgateway._retry import RetryPolicy
@@ -56,7 +58,7 @@ from mxgateway._subscription import (
     SubscriptionState,
     TagValue,
 )
-from mxgateway._transport import DEFAULT, Stream, Transport, UseDefault
+from mxgateway._transport import DEFAULT, ConnectKeywords, Stream, Transport, UseDefault
 from mxgateway._values import VALUE_TYPES, MxPythonValue, ValueType, from_mx_value, to_mx_value
 from mxgateway._version import (
     GATEWAY_PROTOCOL_VERSION,
@@ -75,6 +77,7 @@ __all__ = [
     "BufferedValue",
     "ClientClosedError",
     "ClientOptions",
+    "ConnectKeywords",
     "DataChange",
     "DeployEvent",
     "DeployEventWatch",
@@ -82,10 +85,12 @@ __all__ = [
     "EventGap",
     "EventStream",
     "GalaxyAttribute",
+    "GalaxyFilters",
     "GalaxyHierarchyChangedError",
     "GalaxyObject",
     "GalaxyRepositoryClient",
     "GatewayClient",
+    "HierarchyFilters",
     "ItemFailure",
     "MxAccessError",
     "MxGatewayAbortedError",

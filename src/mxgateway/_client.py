@@ -25,8 +25,11 @@ from mxgateway.generated import mxaccess_gateway_pb2 as pb
 from mxgateway.generated import mxaccess_gateway_pb2_grpc as pbg
 
 if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
     from mxgateway._session import Session
     from mxgateway._subscription import StateChange, Subscription
+    from mxgateway._transport import ConnectKeywords
 
 __all__ = ["GatewayClient"]
 
@@ -66,40 +69,24 @@ class GatewayClient:
     async def connect(
         cls,
         endpoint: str | None = None,
-        *,
-        api_key: str | None = None,
-        plaintext: bool | None = None,
-        ca_file: str | os.PathLike[str] | None = None,
-        server_name_override: str | None = None,
-        timeout: float | UseDefault | None = DEFAULT,
-        options: ClientOptions | None = None,
+        **keywords: Unpack[ConnectKeywords],
     ) -> GatewayClient:
         """Connect to a gateway and return the client.
 
         Args:
             endpoint: ``host:port`` of the gateway (required unless ``options`` has it).
-            api_key: API key sent as ``authorization: Bearer`` metadata on every call.
-            plaintext: Use an unencrypted channel; TLS is the default.
-            ca_file: PEM CA bundle to trust instead of the system roots.
-            server_name_override: TLS name to verify (test certificates).
-            timeout: Default deadline of unary calls, in seconds.
-            options: A full :class:`ClientOptions`; the other arguments, when given,
-                override its fields.
+            **keywords: ``api_key``, ``plaintext``, ``ca_file``, ``server_name_override``,
+                ``timeout`` (default deadline of unary calls) and ``options`` (a full
+                :class:`ClientOptions` the other keywords override), as described in
+                :class:`mxgateway._transport.ConnectKeywords`.
 
         Raises:
+            TypeError: An unknown keyword.
             ValueError: Invalid options.
             MxGatewayUnavailableError: The gateway could not be reached (unless
                 ``options.connect_timeout`` is ``None``, which connects lazily).
         """
-        transport = await Transport.connect(
-            endpoint,
-            api_key=api_key,
-            plaintext=plaintext,
-            ca_file=ca_file,
-            server_name_override=server_name_override,
-            timeout=timeout,
-            options=options,
-        )
+        transport = await Transport.connect(endpoint, **keywords)
         _log.debug("connected to %s", transport.options.endpoint)
         return cls(transport)
 

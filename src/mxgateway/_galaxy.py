@@ -17,16 +17,20 @@ instead of silently mixing two versions; the caller restarts the iteration if it
 from __future__ import annotations
 
 import logging
-import os
-from collections.abc import AsyncGenerator, Iterable
+from collections.abc import AsyncGenerator, Iterable, Mapping
 from datetime import datetime
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from mxgateway._errors import MxGatewayInvalidRequestError
 from mxgateway._logsafe import get_logger
 from mxgateway._options import ClientOptions
 from mxgateway._transport import DEFAULT, Stream, Transport, UseDefault
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+    from mxgateway._transport import ConnectKeywords
 from mxgateway._values import datetime_to_timestamp, timestamp_to_datetime
 from mxgateway.generated import galaxy_repository_pb2 as gr
 from mxgateway.generated import galaxy_repository_pb2_grpc as gr_grpc
@@ -35,9 +39,11 @@ __all__ = [
     "DeployEvent",
     "DeployEventWatch",
     "GalaxyAttribute",
+    "GalaxyFilters",
     "GalaxyHierarchyChangedError",
     "GalaxyObject",
     "GalaxyRepositoryClient",
+    "HierarchyFilters",
 ]
 
 _log = get_logger("mxgateway.galaxy")
@@ -75,23 +81,62 @@ def _check_page_size(page_size: int | None) -> int:
     return page_size
 
 
-def _common_filters(
-    category_ids: Iterable[int] | None,
-    template_chain_contains: Iterable[str] | None,
-    tag_name_glob: str | None,
-    include_attributes: bool | None,
-    alarm_bearing_only: bool,
-    historized_only: bool,
-) -> dict[str, Any]:
+class GalaxyFilters(TypedDict, total=False):
+    """The filters of :meth:`GalaxyRepositoryClient.browse_children` (AND-combined), listed
+    once here; the hierarchy walks add :class:`HierarchyFilters`.
+
+    Attributes:
+        category_ids: Objects of these categories (ECATEGORY), any of.
+        template_chain_contains: Objects derived from any of these templates (tag names).
+        tag_name_glob: Tag names matching ``*``/``?`` (anchored, case-insensitive).
+        include_attributes: Send the objects' attributes (default True).
+        alarm_bearing_only: Objects with alarm attributes, and only those attributes.
+        historized_only: Objects with historized attributes, and only those attributes.
+        page_size: Objects per page; the server's default (500) when None, capped at 5000.
+    """
+
+    category_ids: Iterable[int] | None
+    template_chain_contains: Iterable[str] | None
+    tag_name_glob: str | None
+    include_attributes: bool | None
+    alarm_bearing_only: bool
+    historized_only: bool
+    page_size: int | None
+
+
+class HierarchyFilters(GalaxyFilters, total=False):
+    """The filters of :meth:`GalaxyRepositoryClient.iter_hierarchy` and
+    :meth:`~GalaxyRepositoryClient.discover_hierarchy`: those of :class:`GalaxyFilters`,
+    at most one ``root_*``, and ``max_depth`` below the root (0 = the root only)."""
+
+    root_gobject_id: int | None
+    root_tag_name: str | None
+    root_contained_path: str | None
+    max_depth: int | None
+
+
+def _common_filters(filters: Mapping[str, Any], allowed: type, method: str) -> dict[str, Any]:
+    """The request fields of ``filters``, checked against the keys of ``allowed``.
+
+    Raises:
+        TypeError: An unknown keyword (as a misspelt keyword argument would).
+        ValueError: A filter of the wrong shape.
+    """
+    unknown = sorted(set(filters) - allowed.__optional_keys__)  # type: ignore[attr-defined]
+    if unknown:
+        raise TypeError(f"{method}() got an unexpected keyword argument {unknown[0]!r}")
+    template_chain_contains = filters.get("template_chain_contains")
     if isinstance(template_chain_contains, str):
         raise ValueError("template_chain_contains must be a list of template names, not a str")
     fields: dict[str, Any] = {
-        "category_ids": list(category_ids or ()),
+        "category_ids": list(filters.get("category_ids") or ()),
         "template_chain_contains": list(template_chain_contains or ()),
-        "tag_name_glob": tag_name_glob or "",
-        "alarm_bearing_only": bool(alarm_bearing_only),
-        "historized_only": bool(historized_only),
+        "tag_name_glob": filters.get("tag_name_glob") or "",
+        "alarm_bearing_only": bool(filters.get("alarm_bearing_only", False)),
+        "historized_only": bool(filters.get("historized_only", False)),
+        "page_size": _check_page_size(filters.get("page_size")),
     }
+    include_attributes = filters.get("include_attributes")
     if include_attributes is not None:
         fields["include_attributes"] = bool(include_attributes)
     return fields
@@ -179,13 +224,7 @@ class GalaxyRepositoryClient:
     async def connect(
         cls,
         endpoint: str | None = None,
-        *,
-        api_key: str | None = None,
-        plaintext: bool | None = None,
-        ca_file: str | os.PathLike[str] | None = None,
-        server_name_override: str | None = None,
-        timeout: float | UseDefault | None = DEFAULT,
-        options: ClientOptions | None = None,
+        **keywords: Unpack[ConnectKeywords],
     ) -> GalaxyRepositoryClient:
         """Open a channel to the gateway and return a connected client.
 
@@ -198,15 +237,7 @@ class GalaxyRepositoryClient:
             ValueError: Invalid options.
             MxGatewayUnavailableError: The gateway could not be reached.
         """
-        transport = await Transport.connect(
-            endpoint,
-            api_key=api_key,
-            plaintext=plaintext,
-            ca_file=ca_file,
-            server_name_override=server_name_override,
-            timeout=timeout,
-            options=options,
-        )
+        transport = await Transport.connect(endpoint, **keywords)
         return cls(transport)
 
     @property
@@ -268,40 +299,22 @@ class GalaxyRepositoryClient:
         return timestamp_to_datetime(reply.time_of_last_deploy)
 
     # ----- hierarchy --------------------------------------------------------------------
-    def _hierarchy_request(
-        self,
-        *,
-        root_gobject_id: int | None,
-        root_tag_name: str | None,
-        root_contained_path: str | None,
-        max_depth: int | None,
-        category_ids: Iterable[int] | None,
-        template_chain_contains: Iterable[str] | None,
-        tag_name_glob: str | None,
-        include_attributes: bool | None,
-        alarm_bearing_only: bool,
-        historized_only: bool,
-        page_size: int | None,
-    ) -> gr.DiscoverHierarchyRequest:
-        fields = _common_filters(
-            category_ids,
-            template_chain_contains,
-            tag_name_glob,
-            include_attributes,
-            alarm_bearing_only,
-            historized_only,
-        )
+    @staticmethod
+    def _hierarchy_request(filters: Mapping[str, Any], method: str) -> gr.DiscoverHierarchyRequest:
+        fields = _common_filters(filters, HierarchyFilters, method)
         root = _one_of(
-            "root", gobject_id=root_gobject_id, tag_name=root_tag_name,
-            contained_path=root_contained_path,
+            "root", gobject_id=filters.get("root_gobject_id"),
+            tag_name=filters.get("root_tag_name"),
+            contained_path=filters.get("root_contained_path"),
         )  # fmt: skip
         if root is not None:
             fields[root[0]] = root[1]
+        max_depth = filters.get("max_depth")
         if max_depth is not None:
             if isinstance(max_depth, bool) or not isinstance(max_depth, int) or max_depth < 0:
                 raise ValueError("max_depth must be a non-negative int (0 = the root only)")
             fields["max_depth"] = max_depth
-        return gr.DiscoverHierarchyRequest(page_size=_check_page_size(page_size), **fields)
+        return gr.DiscoverHierarchyRequest(**fields)
 
     async def _pages(
         self, request: gr.DiscoverHierarchyRequest, timeout: float | UseDefault | None
@@ -329,48 +342,24 @@ class GalaxyRepositoryClient:
     async def iter_hierarchy(
         self,
         *,
-        root_gobject_id: int | None = None,
-        root_tag_name: str | None = None,
-        root_contained_path: str | None = None,
-        max_depth: int | None = None,
-        category_ids: Iterable[int] | None = None,
-        template_chain_contains: Iterable[str] | None = None,
-        tag_name_glob: str | None = None,
-        include_attributes: bool | None = None,
-        alarm_bearing_only: bool = False,
-        historized_only: bool = False,
-        page_size: int | None = None,
         timeout: float | UseDefault | None = DEFAULT,
+        **filters: Unpack[HierarchyFilters],
     ) -> AsyncGenerator[gr.GalaxyObject, None]:
         """Yield the deployed objects depth first, one page at a time.
 
         The next page is requested only after every object of the current page was
-        consumed, so memory stays bounded by one page. Filters AND-combine: at most one
-        ``root_*``; ``max_depth`` below the root (0 = root only); ``category_ids``
-        (ECATEGORY); ``template_chain_contains`` (template tag names, any of);
-        ``tag_name_glob`` (``*``/``?``, anchored, case-insensitive); ``include_attributes``
-        (default True); ``alarm_bearing_only`` / ``historized_only`` (objects with such
-        attributes, and only those attributes). ``page_size`` defaults to the server's
-        (500; capped at 5000). ``timeout`` applies to each page request.
+        consumed, so memory stays bounded by one page. The keyword filters AND-combine; they
+        are described once, in :class:`HierarchyFilters` (``root_*``, ``max_depth``) and
+        :class:`GalaxyFilters` (``category_ids``, ``template_chain_contains``,
+        ``tag_name_glob``, ``include_attributes``, ``alarm_bearing_only``,
+        ``historized_only``, ``page_size``). ``timeout`` applies to each page request.
 
         Raises:
             GalaxyHierarchyChangedError: A redeploy made the next page token stale.
             MxGatewayNotFoundError: The root does not exist.
             MxGatewayPermissionError: The API key lacks ``metadata:read``.
         """
-        request = self._hierarchy_request(
-            root_gobject_id=root_gobject_id,
-            root_tag_name=root_tag_name,
-            root_contained_path=root_contained_path,
-            max_depth=max_depth,
-            category_ids=category_ids,
-            template_chain_contains=template_chain_contains,
-            tag_name_glob=tag_name_glob,
-            include_attributes=include_attributes,
-            alarm_bearing_only=alarm_bearing_only,
-            historized_only=historized_only,
-            page_size=page_size,
-        )
+        request = self._hierarchy_request(filters, "iter_hierarchy")
         pages = self._pages(request, timeout)
         try:
             async for reply in pages:
@@ -385,19 +374,9 @@ class GalaxyRepositoryClient:
     async def discover_hierarchy(
         self,
         *,
-        root_gobject_id: int | None = None,
-        root_tag_name: str | None = None,
-        root_contained_path: str | None = None,
-        max_depth: int | None = None,
-        category_ids: Iterable[int] | None = None,
-        template_chain_contains: Iterable[str] | None = None,
-        tag_name_glob: str | None = None,
-        include_attributes: bool | None = None,
-        alarm_bearing_only: bool = False,
-        historized_only: bool = False,
-        page_size: int | None = None,
         timeout: float | UseDefault | None = DEFAULT,
         max_restarts: int = 3,
+        **filters: Unpack[HierarchyFilters],
     ) -> list[gr.GalaxyObject]:
         """Every object of the walk (all pages) in one list; same filters as
         :meth:`iter_hierarchy`.
@@ -406,19 +385,7 @@ class GalaxyRepositoryClient:
         ``max_restarts`` times, then :class:`GalaxyHierarchyChangedError`), so the list is
         always one consistent deploy. Use :meth:`iter_hierarchy` for large Galaxies.
         """
-        request = self._hierarchy_request(
-            root_gobject_id=root_gobject_id,
-            root_tag_name=root_tag_name,
-            root_contained_path=root_contained_path,
-            max_depth=max_depth,
-            category_ids=category_ids,
-            template_chain_contains=template_chain_contains,
-            tag_name_glob=tag_name_glob,
-            include_attributes=include_attributes,
-            alarm_bearing_only=alarm_bearing_only,
-            historized_only=historized_only,
-            page_size=page_size,
-        )
+        request = self._hierarchy_request(filters, "discover_hierarchy")
         attempt = 0
         while True:
             result: list[gr.GalaxyObject] = []
@@ -441,14 +408,8 @@ class GalaxyRepositoryClient:
         parent_gobject_id: int | None = None,
         parent_tag_name: str | None = None,
         parent_contained_path: str | None = None,
-        category_ids: Iterable[int] | None = None,
-        template_chain_contains: Iterable[str] | None = None,
-        tag_name_glob: str | None = None,
-        include_attributes: bool | None = None,
-        alarm_bearing_only: bool = False,
-        historized_only: bool = False,
-        page_size: int | None = None,
         timeout: float | UseDefault | None = DEFAULT,
+        **filters: Unpack[GalaxyFilters],
     ) -> list[tuple[gr.GalaxyObject, bool]]:
         """Direct children of one object (the Galaxy's roots when no parent is given).
 
@@ -456,21 +417,14 @@ class GalaxyRepositoryClient:
         browse name; all pages are read. Filters as in :meth:`iter_hierarchy`. A redeploy
         between pages raises :class:`GalaxyHierarchyChangedError`.
         """
-        fields = _common_filters(
-            category_ids,
-            template_chain_contains,
-            tag_name_glob,
-            include_attributes,
-            alarm_bearing_only,
-            historized_only,
-        )
+        fields = _common_filters(filters, GalaxyFilters, "browse_children")
         parent = _one_of(
             "parent", gobject_id=parent_gobject_id, tag_name=parent_tag_name,
             contained_path=parent_contained_path,
         )  # fmt: skip
         if parent is not None:
             fields[parent[0]] = parent[1]
-        request = gr.BrowseChildrenRequest(page_size=_check_page_size(page_size), **fields)
+        request = gr.BrowseChildrenRequest(**fields)
         out: list[tuple[gr.GalaxyObject, bool]] = []
         token = ""
         while True:

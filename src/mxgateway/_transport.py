@@ -30,7 +30,7 @@ import logging
 import os
 from collections.abc import AsyncIterator
 from types import TracebackType
-from typing import Any, Final, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Generic, TypedDict, TypeVar
 
 import grpc
 import grpc.aio
@@ -45,13 +45,40 @@ from mxgateway._logsafe import get_logger
 from mxgateway._options import ClientOptions
 from mxgateway._retry import CONNECT_POLL_INTERVAL, is_idempotent
 
-__all__ = ["DEFAULT", "Stream", "Transport", "UseDefault"]
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+__all__ = ["DEFAULT", "ConnectKeywords", "Stream", "Transport", "UseDefault"]
 
 _log = get_logger(__name__)
 _log.addHandler(logging.NullHandler())
 
 ReqT = TypeVar("ReqT")
 RespT = TypeVar("RespT")
+
+
+class ConnectKeywords(TypedDict, total=False):
+    """The keywords of ``GatewayClient.connect``, ``GalaxyRepositoryClient.connect`` and
+    ``Transport.connect`` (next to the positional ``endpoint``: ``host:port``, required
+    unless ``options`` has it). Listed once here; type checkers see them on every
+    ``connect``.
+
+    Attributes:
+        api_key: API key sent as ``authorization: Bearer`` metadata on every call.
+        plaintext: Use an unencrypted channel; TLS is the default.
+        ca_file: PEM CA bundle to trust instead of the system roots.
+        server_name_override: TLS name to verify (test certificates).
+        timeout: Default deadline of unary calls, in seconds (``None``: no deadline).
+        options: A full :class:`ClientOptions`; the other keywords, when given, override
+            its fields.
+    """
+
+    api_key: str | None
+    plaintext: bool | None
+    ca_file: str | os.PathLike[str] | None
+    server_name_override: str | None
+    timeout: float | UseDefault | None
+    options: ClientOptions | None
 
 
 class UseDefault(enum.Enum):
@@ -194,36 +221,33 @@ class Transport:
     async def connect(
         cls,
         endpoint: str | None = None,
-        *,
-        api_key: str | None = None,
-        plaintext: bool | None = None,
-        ca_file: str | os.PathLike[str] | None = None,
-        server_name_override: str | None = None,
-        timeout: float | UseDefault | None = DEFAULT,
-        options: ClientOptions | None = None,
+        **keywords: Unpack[ConnectKeywords],
     ) -> Transport:
         """Build options from the ``connect(...)`` keywords of the clients, then :meth:`open`.
 
+        The keywords are those of :class:`ConnectKeywords` (the one place they are listed).
         Keywords that are given override the matching fields of ``options``; without
         ``options`` they build a new :class:`ClientOptions` (``endpoint`` is then required).
 
         Raises:
+            TypeError: An unknown keyword.
             ValueError: Invalid options.
             MxGatewayUnavailableError: The gateway could not be reached.
         """
-        changes: dict[str, Any] = {}
+        unknown = sorted(set(keywords) - ConnectKeywords.__optional_keys__)
+        if unknown:
+            raise TypeError(f"connect() got an unexpected keyword argument {unknown[0]!r}")
+        given: dict[str, Any] = dict(keywords)
+        options: ClientOptions | None = given.pop("options", None)
+        changes = {k: v for k, v in given.items() if v is not None}
+        if given.get("timeout", DEFAULT) is DEFAULT:
+            changes.pop("timeout", None)
+        elif given["timeout"] is None:
+            changes["timeout"] = None  # None is "no deadline", not "not given"
+        if "ca_file" in changes:
+            changes["ca_file"] = os.fspath(changes["ca_file"])
         if endpoint is not None:
             changes["endpoint"] = endpoint
-        if api_key is not None:
-            changes["api_key"] = api_key
-        if plaintext is not None:
-            changes["plaintext"] = plaintext
-        if ca_file is not None:
-            changes["ca_file"] = os.fspath(ca_file)
-        if server_name_override is not None:
-            changes["server_name_override"] = server_name_override
-        if timeout is not DEFAULT:
-            changes["timeout"] = timeout
         if options is None:
             if endpoint is None:
                 raise ValueError("endpoint is required (or pass options=ClientOptions(...))")

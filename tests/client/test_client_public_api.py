@@ -13,6 +13,7 @@ EXPECTED = {
     "Session",
     # the transport seam (what raw calls return, and the "use the default deadline" value)
     "DEFAULT",
+    "ConnectKeywords",
     "Stream",
     "Transport",
     "UseDefault",
@@ -59,6 +60,8 @@ EXPECTED = {
     "DeployEventWatch",
     "GalaxyAttribute",
     "GalaxyHierarchyChangedError",
+    "GalaxyFilters",
+    "HierarchyFilters",
     "GalaxyObject",
     "GalaxyRepositoryClient",
     # values and versions

@@ -523,3 +523,25 @@ async def test_root_only_walk_through_the_interceptor(tmp_path: Path) -> None:
     finally:
         await server.stop(None)
         await svc.close()
+
+
+async def test_filter_keywords_are_checked_like_arguments(env: Env) -> None:
+    # The filters are listed once (GalaxyFilters/HierarchyFilters); a misspelt one is a
+    # TypeError, as a misspelt keyword argument, and nothing is sent.
+    async with await env.client() as galaxy:
+        with pytest.raises(TypeError, match="'categry_ids'"):
+            await galaxy.discover_hierarchy(categry_ids=[3])  # type: ignore[call-arg]
+        with pytest.raises(TypeError, match="'max_depth'"):
+            await galaxy.browse_children(max_depth=1)  # type: ignore[call-arg]
+        with pytest.raises(TypeError, match="'root_tag'"):
+            async for _ in galaxy.iter_hierarchy(root_tag="Line1"):  # type: ignore[call-arg]
+                pass
+        with pytest.raises(ValueError, match="page_size"):
+            await galaxy.browse_children(page_size=0)
+        tanks = await galaxy.discover_hierarchy(tag_name_glob="L1_Tank*", include_attributes=False)
+        assert tanks and all(o.tag_name.startswith("L1_Tank") for o in tanks)
+
+
+async def test_connect_keywords_are_checked_like_arguments() -> None:
+    with pytest.raises(TypeError, match="'plaintxt'"):
+        await GalaxyRepositoryClient.connect("127.0.0.1:1", plaintxt=True)  # type: ignore[call-arg]
