@@ -1,10 +1,12 @@
-"""``python -m bench [all|parse|unary|events|bulk|galaxy|capacity|profile|stall|opcua] [--quick]
+"""``python -m bench [all|parse|unary|events|bulk|galaxy|capacity|profile|stall|opcua|startup]
+[--quick]
 [--out F]``.
 
 Prints one JSON document. ``all`` runs every benchmark in turn (under 10 minutes on a
 2-core machine) and wraps their documents with the machine info; ``stall`` (the loop stall
 under attack, several minutes) and ``opcua`` (side by side with asyncua, issue 15) run
-only when named.
+only when named, as does ``startup`` (``mxgw-py`` start-up against the ``import grpc``
+floor, issue 14).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from typing import Any
 from bench._common import machine_info, rnd
 
 BENCHMARKS = ("parse", "unary", "events", "bulk", "galaxy", "capacity", "profile")
-ONLY_WHEN_NAMED = ("stall", "opcua")
+ONLY_WHEN_NAMED = ("stall", "opcua", "startup")
 # Benchmark name -> module (galaxy_memory.py belongs to the Galaxy helpers).
 MODULES = {"galaxy": "galaxy_memory", "stall": "loop_stall"}
 

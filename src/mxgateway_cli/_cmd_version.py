@@ -8,20 +8,25 @@ import mxgateway
 from mxgateway_cli._context import Context
 from mxgateway_cli._errors import CommandFailed
 from mxgateway_cli._exit_codes import ExitCode
-from mxgateway_cli._output import dumps
+from mxgateway_cli._output import Output, dumps
 
-__all__ = ["VERSION_COMMANDS"]
+__all__ = ["VERSION_COMMANDS", "print_version"]
+
+
+def print_version(out: Output, *, json: bool) -> ExitCode:
+    """Print package, contract and gRPC stack versions (no event loop needed)."""
+    info = mxgateway.version_info()
+    if json:
+        out.write(dumps(info))
+    else:
+        for key, value in info.items():
+            out.write(f"{key}: {value}\n")
+    return ExitCode.OK
 
 
 async def cmd_version(ctx: Context) -> ExitCode:
-    """Print package, contract and gRPC stack versions."""
-    info = mxgateway.version_info()
-    if ctx.json:
-        ctx.out.write(dumps(info))
-    else:
-        for key, value in info.items():
-            ctx.out.write(f"{key}: {value}\n")
-    return ExitCode.OK
+    """``version``."""
+    return print_version(ctx.out, json=ctx.json)
 
 
 def reference_text() -> str | None:

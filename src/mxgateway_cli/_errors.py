@@ -24,12 +24,17 @@ __all__ = [
     "CliUsageError",
     "CommandFailed",
     "ErrorReport",
+    "HelpRequested",
     "classify",
     "hint_for",
     "redact",
 ]
 
 REDACTED = "***"
+
+
+class HelpRequested(Exception):
+    """``--help`` was printed; the run ends with exit code 0."""
 
 
 class CliUsageError(Exception):

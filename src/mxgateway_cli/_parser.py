@@ -16,14 +16,10 @@ if TYPE_CHECKING:
 
 import mxgateway
 from mxgateway._secret import NoEchoArgumentParser
-from mxgateway_cli._errors import CliUsageError
+from mxgateway_cli._errors import CliUsageError, HelpRequested
 from mxgateway_cli._exit_codes import ExitCode
 
 __all__ = ["HelpRequested", "build_parser"]
-
-
-class HelpRequested(Exception):
-    """``--help`` was printed; the run ends with exit code 0."""
 
 
 class _Parser(NoEchoArgumentParser):

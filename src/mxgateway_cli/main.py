@@ -17,12 +17,9 @@ from collections.abc import Mapping, Sequence
 from typing import IO
 
 from mxgateway_cli import _quiet_grpc  # noqa: F401  (before anything imports grpc)
-from mxgateway_cli._commands import command
-from mxgateway_cli._context import Context
-from mxgateway_cli._errors import classify
+from mxgateway_cli._errors import HelpRequested, classify
 from mxgateway_cli._exit_codes import ExitCode
 from mxgateway_cli._output import Output
-from mxgateway_cli._parser import HelpRequested, build_parser
 
 __all__ = ["ExitCode", "main", "run"]
 
@@ -60,9 +57,18 @@ def main(
         out.add_secret(secret)
     debug = "--debug" in args_list
     try:
-        parser = build_parser(out.stdout)
         if args_list[:1] in (["--version"], ["-V"]):
             args_list[:1] = ["version"]  # `mxgw-py --version` is `mxgw-py version`
+        if args_list[:1] == ["version"] and set(args_list[1:]) <= {"--json", "--debug"}:
+            # The one command people time: no parser tree, no event loop.
+            from mxgateway_cli._cmd_version import print_version
+
+            return int(print_version(out, json="--json" in args_list))
+        from mxgateway_cli._commands import command
+        from mxgateway_cli._context import Context
+        from mxgateway_cli._parser import build_parser
+
+        parser = build_parser(out.stdout)
         args = parser.parse_args(args_list)
         out.ndjson = bool(getattr(args, "ndjson", False))
         if out.ndjson:

@@ -27,6 +27,7 @@ EXPECTED: dict[str, tuple[str, ...]] = {
     "profile": ("bare_stream_events", "top_by_tottime"),
     "stall": ("attacks", "read_bulk_200k", "loop", "max_loop_cpu_ms"),
     "opcua": ("rows", "read_one_median", "ratio"),
+    "startup": ("mxgw_py_version", "median_ms"),
 }
 
 
