@@ -164,6 +164,8 @@ class Mx:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
             await stream.aclose()
+            counter[1] += int(getattr(stream, "resume_count", 0))
+            counter[2] += int(getattr(stream, "missed_events", 0))
             await session.unsubscribe_bulk(self.hlmx, handles)
 
         return stop
@@ -201,16 +203,41 @@ def _mx() -> Any:
 
 
 class Ua:
-    """The asyncua side: one client on the bench OPC UA server."""
+    """The asyncua side: a client on the bench OPC UA server, connected afresh each round
+    (asyncua drops a connection whose keep-alives starve while the other side's consumer
+    holds the loop; a new connection per round keeps one drop from ending the run)."""
 
-    def __init__(self, client: Any, ns: int, tags: int) -> None:
+    def __init__(self, address: str, ns: int, tags: int) -> None:
         from asyncua import ua
 
         self.ua = ua
+        self.address = address
+        self.ns = ns
+        self.tags = tags
+        self.client: Any = None
+        self.nodes: list[Any] = []
+        self.reconnects = -1
+
+    async def connect(self) -> None:
+        """(Re)connect and look the nodes up again."""
+        from asyncua import Client
+
+        await self.close()
+        ua = self.ua
+        # No watchdog reads: under full load they time out and end the connection.
+        client = Client(self.address, timeout=30, watchdog_intervall=3600.0)
+        await client.connect()
         self.client = client
-        self.nodes = [client.get_node(ua.NodeId(f"Tag{i}", ns)) for i in range(tags)]
-        self.control = client.get_node(ua.NodeId("ChangeCount", ns))
+        self.reconnects += 1
+        self.nodes = [client.get_node(ua.NodeId(f"Tag{i}", self.ns)) for i in range(self.tags)]
+        self.control = client.get_node(ua.NodeId("ChangeCount", self.ns))
         self.node = self.nodes[0]
+
+    async def close(self) -> None:
+        client, self.client = self.client, None
+        if client is not None:
+            with contextlib.suppress(Exception):
+                await client.disconnect()
 
     async def set_changing(self, n: int) -> None:
         ua = self.ua
@@ -228,6 +255,7 @@ class Ua:
 
     async def events(self, n: int, counter: list[int]) -> Callable[[], Awaitable[None]]:
         """A subscription of ``n`` tags whose handler reads value, status, source time."""
+        await self.connect()
 
         class Handler:
             sink: Any = None
@@ -268,7 +296,7 @@ async def cpu_per_change(
     window_s: float,
 ) -> dict[str, float]:
     """Start a consumer, let it warm up, then client CPU and changes over ``window_s``."""
-    counter = [0]
+    counter = [0, 0, 0]  # changes, stream resumes, changes the gateway reported lost
     stop = await start(counter)
     try:
         await asyncio.sleep(warm_s)
@@ -283,6 +311,8 @@ async def cpu_per_change(
         "changes_per_s": rnd(changes / clock.wall, 0),
         "cpu_us_per_change": rnd(clock.cpu / changes * 1e6, 2) if changes else float("nan"),
         "client_cpu_share": rnd(clock.cpu / clock.wall, 3),
+        "resumes": counter[1],
+        "lost": counter[2],
     }
 
 
@@ -428,13 +458,12 @@ async def run_async(quick: bool) -> dict[str, Any]:
     report.results["parameters"] = dict(p)
     try:
         import asyncua
-        from asyncua import Client
     except ImportError:
         report.skip("everything", "asyncua is not installed (pip install -e '.[bench]')")
         return report.to_json()
     import logging
 
-    logging.getLogger("asyncua").setLevel(logging.ERROR)  # revised-parameter chatter
+    logging.getLogger("asyncua").setLevel(int(os.environ.get("UA_LOG", logging.ERROR)))
     report.results["asyncua"] = asyncua.__version__ if hasattr(asyncua, "__version__") else "?"
     with tempfile.TemporaryDirectory(prefix="mxgw-bench-") as tmp:
         tags_file = os.path.join(tmp, "tags.txt")
@@ -457,10 +486,11 @@ async def run_async(quick: bool) -> dict[str, Any]:
                 assert lib is not None
                 mx = Mx(lib, tags, values)
                 await mx.setup()
-                client = Client(opc.info["address"], timeout=30)
-                async with client:
-                    ua_side = Ua(client, int(opc.info["namespace"]), n_bulk)
+                ua_side = Ua(opc.info["address"], int(opc.info["namespace"]), n_bulk)
+                try:
                     await run_rounds(report, mx, ua_side, p)
+                finally:
+                    await ua_side.close()
                 before = await scan_stats(sim, stats_file)
                 report.results["keep_up"] = await keep_up(
                     lib, tags[:2000], float(p["keepup_s"]), sim
@@ -487,9 +517,10 @@ async def run_rounds(report: Report, mx: Mx, ua_side: Ua, p: dict[str, float]) -
     raw: dict[str, list[Any]] = {"unary": [], "bulk": [], "events": []}
     warm, window = float(p["warm_s"]), float(p["window_s"])
     n_bulk = int(p["bulk"])
-    await mx.bulk_read(n_bulk)  # warm both caches (parsed references, node objects)
-    await ua_side.bulk_read(n_bulk)
+    await mx.bulk_read(n_bulk)  # warm the simulator's caches (parsed references)
     for r in range(int(p["rounds"])):
+        await ua_side.connect()
+        await ua_side.bulk_read(n_bulk)  # and the server's
         flip = r % 2 == 1
         u = await unary_round(mx, ua_side, int(p["calls"]), flip)
         raw["unary"].append(u)
@@ -533,6 +564,7 @@ async def run_rounds(report: Report, mx: Mx, ua_side: Ua, p: dict[str, float]) -
         raw["events"].append(ev)
         print(f"bench opcua: round {r + 1} done, load {load()}", file=sys.stderr, flush=True)
     report.results["rounds"] = raw
+    report.results["asyncua_reconnects"] = ua_side.reconnects
     summarise(report, rows)
 
 

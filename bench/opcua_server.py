@@ -64,6 +64,8 @@ async def serve(args: argparse.Namespace) -> None:
                     ids[i],
                     ua.DataValue(ua.Variant(tick + i * 0.001, double), SourceTimestamp=now),
                 )
+                if i % 250 == 249:
+                    await asyncio.sleep(0)  # let the server answer between slices
             await asyncio.sleep(args.scan_ms / 1000)
 
     task = loop.create_task(updater())
