@@ -37,12 +37,44 @@ def _show(ctx: Context, document: dict[str, Any], title: str | None = None) -> N
         _human.print_mapping(ctx.out.console, document, title=title)
 
 
+_RESULT_WORDS = {
+    "register": ("server handle", "server_handle"),
+    "add_item": ("item handle", "item_handle"),
+    "add_item2": ("item handle", "item_handle"),
+    "add_buffered_item": ("item handle", "item_handle"),
+    "authenticate_user": ("user id", "user_id"),
+    "archestra_user_to_id": ("user id", "user_id"),
+}
+"""Typed result -> (words, field) of the one value a person needs from it."""
+
+
+def reply_line(reply: pb.MxCommandReply) -> str:
+    """A reply in one line for people: ``REGISTER: server handle 1``, ``ADVISE: OK``, plus
+    any status that is not plain OK in words (``--json`` has every field)."""
+    text = enum_name(pb.MxCommandKind, reply.kind) + ": "
+    which = reply.WhichOneof("result")
+    words = _RESULT_WORDS.get(which or "")
+    if which is not None and words is not None:
+        text += f"{words[0]} {getattr(getattr(reply, which), words[1])}"
+    else:
+        text += "OK"
+    notes = [
+        describe_status(s)
+        for s in reply.statuses
+        if s.category not in (pb.MX_STATUS_CATEGORY_OK, pb.MX_STATUS_CATEGORY_UNSPECIFIED)
+    ]
+    return text + "".join(f" [{note}]" for note in notes)
+
+
 async def _invoke(ctx: Context, command: pb.MxCommand) -> ExitCode:
-    """Run one command on ``--session-id`` and print its reply."""
+    """Run one command on ``--session-id`` and print its reply (one line for people)."""
     async with gateway_client(ctx) as client:
         session = client.attach_session(ctx.args.session_id)
         reply = await session.invoke(command)
-    _show(ctx, message_json(reply), title=enum_name(pb.MxCommandKind, reply.kind, short=False))
+    if ctx.json:
+        ctx.out.emit(message_json(reply))
+    else:
+        ctx.out.write(reply_line(reply) + "\n")
     return ExitCode.OK
 
 
@@ -94,7 +126,14 @@ async def cmd_close_session(ctx: Context) -> ExitCode:
     """``CloseSession``: prints the released counts and final state."""
     async with gateway_client(ctx) as client:
         reply = await client.close_session(ctx.args.session_id)
-    _show(ctx, message_json(reply), title="CloseSession")
+    if ctx.json:
+        ctx.out.emit(message_json(reply))
+    else:
+        ctx.out.write(
+            f"closed {reply.session_id} ({enum_name(pb.SessionState, reply.final_state)}): "
+            f"released {reply.released_advise_count} advise(s), {reply.released_item_count} "
+            f"item(s), {reply.released_registration_count} registration(s)\n"
+        )
     return ExitCode.OK
 
 

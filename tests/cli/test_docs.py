@@ -64,3 +64,21 @@ def test_first_five_minutes_runs_verbatim() -> None:
     assert "L1_Mixer.Setpoints[]  Integer[]" in result.stdout  # galaxy-discover marks arrays
     assert "Traceback" not in result.stderr
     assert "mxgw-py: error" not in result.stderr
+
+
+def test_docs_command_prints_this_reference() -> None:
+    from .clirunner import run
+
+    result = run(["docs"])
+    assert result.code == 0
+    assert result.out == DOC
+
+
+def test_the_wheel_ships_the_reference() -> None:
+    """``mxgw-py docs`` works from a plain pip install: the wheel force-includes cli.md
+    next to the module that reads it (and the sdist carries docs/ to build it from)."""
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    project = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())
+    wheel = project["tool"]["hatch"]["build"]["targets"]["wheel"]
+    assert wheel["force-include"] == {"docs/cli.md": "mxgateway_cli/_docs/cli.md"}
+    assert "docs" in project["tool"]["hatch"]["build"]["targets"]["sdist"]["include"]

@@ -146,3 +146,19 @@ def test_set_refused_write_and_bad_value(sim: SimServer) -> None:
     array = _cli(sim, "set", ARRAY, "1", "--json")
     assert array.code == 2
     assert "array" in array.error()["message"]
+
+
+def test_single_commands_print_one_line_for_people(sim: SimServer) -> None:
+    session = _cli(sim, "open-session").out.strip()
+    base = ["--session-id", session]
+    try:
+        assert _cli(sim, "register", *base).out == "REGISTER: server handle 1\n"
+        added = _cli(sim, "add-item", *base, "--server-handle", "1", "--item", STEADY[0])
+        assert added.out == "ADD_ITEM: item handle 1\n"
+        advised = _cli(sim, "advise", *base, "--server-handle", "1", "--item-handle", "1")
+        assert advised.out == "ADVISE: OK\n"
+    finally:
+        closed = _cli(sim, "close-session", *base)
+    assert closed.out == (
+        f"closed {session} (CLOSED): released 1 advise(s), 1 item(s), 1 registration(s)\n"
+    )
