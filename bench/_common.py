@@ -132,6 +132,17 @@ class ServerProcess:
         self.proc: asyncio.subprocess.Process | None = None
         self.info: JSON = {}
         self.address = ""
+        self.stderr_tail = b""
+        """The last bytes the server (and its workers) wrote to stderr."""
+        self._drain: asyncio.Task[None] | None = None
+
+    async def _drain_stderr(self) -> None:
+        """Keep reading stderr: a full pipe would block the server (or a worker) mid-run."""
+        stream = self.proc.stderr if self.proc is not None else None
+        if stream is None:
+            return
+        while data := await stream.read(1 << 16):
+            self.stderr_tail = (self.stderr_tail + data)[-8192:]
 
     async def __aenter__(self) -> ServerProcess:
         env = dict(os.environ)
@@ -159,6 +170,7 @@ class ServerProcess:
             self.address = str(
                 self.info.get("address") or self.info.get("listen") or self.info.get("endpoint")
             )
+            self._drain = asyncio.get_running_loop().create_task(self._drain_stderr())
         except BaseException:
             await self.stop()
             raise
@@ -170,7 +182,10 @@ class ServerProcess:
     async def stop(self) -> None:
         """Terminate (then kill) the process and reap it."""
         proc = self.proc
+        drain, self._drain = self._drain, None
         if proc is None or proc.returncode is not None:
+            if drain is not None:
+                drain.cancel()
             return
         with contextlib.suppress(ProcessLookupError):
             proc.terminate()
@@ -180,6 +195,10 @@ class ServerProcess:
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
             await proc.wait()
+        if drain is not None:
+            drain.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await drain
 
     def cpu_seconds(self) -> float | None:
         """CPU time (user + system) the server process has used so far, if psutil can say."""
@@ -188,8 +207,13 @@ class ServerProcess:
         try:
             import psutil
 
-            t = psutil.Process(self.proc.pid).cpu_times()
-            return float(t.user + t.system)
+            process = psutil.Process(self.proc.pid)
+            total = 0.0
+            for p in (process, *process.children(recursive=True)):  # with its workers
+                with contextlib.suppress(psutil.Error):
+                    t = p.cpu_times()
+                    total += t.user + t.system
+            return total
         except Exception:
             return None
 
@@ -221,6 +245,7 @@ def sim_server(
     max_sessions: int = 64,
     event_queue_limit: int = 10_000,
     extra: Sequence[str] = (),
+    session_isolation: str = "inline",
 ) -> ServerProcess | None:
     """The simulator in a subprocess via ``bench/sim_server.py``, or None if it is missing."""
     try:
@@ -239,6 +264,8 @@ def sim_server(
         str(max_sessions),
         "--event-queue-limit",
         str(event_queue_limit),
+        "--session-isolation",
+        session_isolation,
     ]
     if tags_out:
         argv += ["--tags-out", tags_out]

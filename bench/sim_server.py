@@ -147,6 +147,7 @@ async def serve(args: argparse.Namespace) -> None:
         max_sessions=args.max_sessions,
         session_options=options,
         galaxy_poll_interval=3600.0,
+        session_isolation=args.session_isolation,
     )
     await sim.start()
     try:
@@ -208,6 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         "--stats-file", default="", help="file the plant's scan counters go to on SIGUSR2"
     )
     parser.add_argument("--loop-probe", default="", help="file the loop probe writes on SIGUSR1")
+    parser.add_argument("--session-isolation", choices=("inline", "process"), default="inline")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     if args.db_dir:

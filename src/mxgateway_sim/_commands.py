@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from mxgateway_sim._domain import MxAccessError, MxStatus, WriteRequest
 from mxgateway_sim._limits import LimitError, reply_too_large
@@ -120,6 +121,22 @@ async def _attempt(row: BulkRow, call: Awaitable[object]) -> bool:
     return True
 
 
+CreatedItem = tuple[int, MxAccessError | None]
+"""An item a batch created (its handle, 0 if AddItem failed) and the failure of its row."""
+
+
+class ItemBatch(Protocol):
+    """A runtime that can AddItem (and Advise) a chunk of references in one call: a worker
+    process, where each call is a round trip (``WorkerRuntime.create_items``)."""
+
+    async def __call__(
+        self, server_handle: int, references: Sequence[str], *, advise: bool, supervisory: bool
+    ) -> tuple[list[CreatedItem], LimitError | None]:
+        """One result per reference handled, in order, and the limit that stopped the chunk
+        early (None when every reference was handled)."""
+        ...
+
+
 async def _create(
     rt: MxAccessRuntime,
     sh: int,
@@ -135,8 +152,25 @@ async def _create(
     removed again."""
     created: list[int] = []
     slicer = Slicer()
+    batch: ItemBatch | None = None if buffered else getattr(rt, "create_items", None)
     try:
         for chunk in chunks(references):
+            if batch is not None:  # a worker process: one round trip per chunk
+                results, limit = await batch(sh, chunk, advise=advise, supervisory=supervisory)
+                created.extend(handle for handle, _ in results if handle)
+                rows = []
+                for ref, (handle, error) in zip(chunk, results, strict=False):
+                    row = BulkRow(sh, handle, ref)
+                    if error is not None:
+                        row.fail(error)
+                    rows.append(row)
+                    if budget is not None:
+                        budget.charge(row)
+                if limit is not None:
+                    raise limit
+                out(rows)
+                await slicer.checkpoint()
+                continue
             rows = []
             for ref in chunk:
                 row = BulkRow(sh, 0, ref)

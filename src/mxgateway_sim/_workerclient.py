@@ -42,11 +42,13 @@ from mxgateway_sim._runtime import EventSink
 from mxgateway_sim._wire import varint
 from mxgateway_sim._workerwire import (
     NONCE_ENV,
+    CreatedItems,
     EnvelopeHead,
     ProtocolViolation,
     WorkerLost,
     add_item_command,
     check_envelope,
+    created_items,
     decode_envelope,
     raise_for_reply,
     read_rows,
@@ -371,7 +373,7 @@ class WorkerRuntime:
 
     # -- calls ---------------------------------------------------------------------------
 
-    async def _call(self, command: pb.MxCommand) -> pb.MxCommandReply:
+    async def _call(self, command: pb.MxCommand, *, check: bool = True) -> pb.MxCommandReply:
         if self._lost is not None:
             raise WorkerLost(self._lost)
         if self._closing:
@@ -388,7 +390,8 @@ class WorkerRuntime:
             if self._pending.pop(cid, None) is not None and self._lost is None:
                 self._write(head.frame(cid, worker_cancel=wpb.WorkerCancel(reason="cancelled")))
             raise
-        raise_for_reply(reply)
+        if check:
+            raise_for_reply(reply)
         return reply
 
     async def register(self, client_name: str) -> int:
@@ -418,6 +421,45 @@ class WorkerRuntime:
         )
         result = reply.WhichOneof("result")
         return int(getattr(reply, result).item_handle) if result is not None else 0
+
+    async def create_items(
+        self, server_handle: int, references: Sequence[str], *, advise: bool, supervisory: bool
+    ) -> CreatedItems:
+        """AddItem (and Advise) a chunk of references in one round trip (the bulk commands
+        use it: ``_commands.ItemBatch``).
+
+        A call cancelled while the worker runs it still waits for the reply (the chunk
+        runs to its end in the worker), removes what it created, then is cancelled: a
+        stopped bulk add leaves nothing behind, as inline.
+        """
+        command = simple_command(
+            pb.MX_COMMAND_KIND_SUBSCRIBE_BULK if advise else pb.MX_COMMAND_KIND_ADD_ITEM_BULK,
+            "subscribe_bulk" if advise else "add_item_bulk",
+            server_handle=server_handle,
+            tag_addresses=list(references),
+        )
+        if advise and supervisory:
+            command.subscribe_bulk.supervisory = True
+        pending = asyncio.ensure_future(self._call(command, check=False))
+        try:
+            reply = await asyncio.shield(pending)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                late = await asyncio.wait_for(pending, self.settings.shutdown_timeout_s)
+                made, _ = created_items(late)
+                for handle, _ in reversed(made):
+                    if handle:
+                        with contextlib.suppress(Exception):
+                            if advise:
+                                await self.unadvise(server_handle, handle)
+                            await self.remove_item(server_handle, handle)
+            raise
+        made, limit = created_items(reply)
+        if len(made) > len(references) or (limit is None and len(made) != len(references)):
+            why = f"protocol violation: {len(made)} rows for {len(references)} references"
+            self._lose(why)
+            raise WorkerLost(why)
+        return made, limit
 
     async def remove_item(self, server_handle: int, item_handle: int) -> None:
         """RemoveItem(hLMX, hItem)."""

@@ -377,10 +377,71 @@ async def _dispatch(rt: MxAccessRuntime, payload: str, p: Any, r: pb.MxCommandRe
         rows = await rt.read(p.server_handle, list(p.tag_addresses), p.timeout_ms / 1000.0)
         r.bulk_read.MergeFromString(read_reply_bytes(rows))
         r.bulk_read.SetInParent()
+    elif payload in ("add_item_bulk", "subscribe_bulk"):
+        await _create_items(rt, p, r, advise=payload == "subscribe_bulk")
     elif payload == "ping":
         await rt.ping()
     else:
         raise ValueError(f"{payload} is not a worker command")
+
+
+async def _create_items(rt: MxAccessRuntime, p: Any, r: pb.MxCommandReply, *, advise: bool) -> None:
+    """AddItem (then Advise) per reference of one chunk of a bulk add (the gateway composes
+    the bulk command, its limits and its undo; the worker saves the round trips). A limit
+    stops the chunk: the rows so far are kept and the limit is the reply's status."""
+    sh = p.server_handle
+    supervisory = advise and p.supervisory
+    rows = r.bulk_subscribe
+    rows.SetInParent()
+    for ref in p.tag_addresses:
+        row = rows.results.add(server_handle=sh, tag_address=ref, was_successful=True)
+        try:
+            row.item_handle = await rt.add_item(sh, ref)
+            if advise:
+                await rt.advise(sh, row.item_handle, supervisory=supervisory)
+        except MxAccessError as exc:
+            row.was_successful = False
+            row.error_message = exc.message
+            row.hresult = exc.hresult
+            row.statuses.extend(status_to_pb(s) for s in exc.statuses)
+        except LimitError as exc:
+            del rows.results[-1]
+            code = (
+                pb.PROTOCOL_STATUS_CODE_OVERLOADED
+                if exc.overloaded
+                else pb.PROTOCOL_STATUS_CODE_INVALID_REQUEST
+            )
+            r.protocol_status.CopyFrom(_protocol_status(code, str(exc)))
+            return
+
+
+CreatedItems = tuple[list[tuple[int, MxAccessError | None]], LimitError | None]
+"""A chunk's (item handle, row failure) pairs and the limit that stopped it, if any."""
+
+
+def created_items(reply: pb.MxCommandReply) -> CreatedItems:
+    """The rows of a worker's chunk of a bulk add, and the limit that stopped it (if any).
+
+    Raises:
+        MxAccessError, LimitError, WorkerLost: the chunk failed as a whole (see
+            :func:`raise_for_reply`).
+    """
+    code = reply.protocol_status.code
+    limit = None
+    if code in (pb.PROTOCOL_STATUS_CODE_OVERLOADED, pb.PROTOCOL_STATUS_CODE_INVALID_REQUEST):
+        limit = LimitError(
+            reply.protocol_status.message, overloaded=code == pb.PROTOCOL_STATUS_CODE_OVERLOADED
+        )
+    else:
+        raise_for_reply(reply)
+    out: list[tuple[int, MxAccessError | None]] = []
+    for row in reply.bulk_subscribe.results:
+        error = None
+        if not row.was_successful:
+            statuses = tuple(status_from_pb(s) for s in row.statuses)
+            error = MxAccessError(row.hresult, row.error_message, statuses)
+        out.append((row.item_handle, error))
+    return out, limit
 
 
 def _protocol_status(code: int, message: str) -> pb.ProtocolStatus:
@@ -425,11 +486,13 @@ async def run_command(rt: MxAccessRuntime, command: pb.MxCommand) -> pb.MxComman
 
 __all__ = [
     "NONCE_ENV",
+    "CreatedItems",
     "EnvelopeHead",
     "ProtocolViolation",
     "WorkerLost",
     "add_item_command",
     "check_envelope",
+    "created_items",
     "decode_envelope",
     "raise_for_reply",
     "read_rows",

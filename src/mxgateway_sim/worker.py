@@ -21,15 +21,22 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import hmac
 import logging
 import os
 import signal
 import sys
 import time
+from collections import deque
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None  # type: ignore[assignment]
 
 from mxgateway._logsafe import get_logger
 from mxgateway._version import WORKER_PROTOCOL_VERSION, __version__
@@ -54,8 +61,21 @@ EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 RUNTIMES = ("simulated", "mxaccess")
+GC_GEN0_THRESHOLD = 50_000
 WRITE_BUFFER_LIMIT = 4 * MAX_FRAME_BYTES
 """Bytes the worker may have queued for a gateway that does not read before it gives up."""
+PAUSE_BYTES = 2 * 1024 * 1024
+"""Queued event bytes at which the worker stops its scan clock until the gateway catches up
+(a simulated plant is paced by its reader, as it is inline; a COM runtime cannot be, and
+faults the session at :data:`WRITE_BUFFER_LIMIT` instead)."""
+RESUME_BYTES = 512 * 1024
+TRANSPORT_HIGH = 256 * 1024
+"""Bytes in the output transport above which events wait in the worker's own queue: a reply
+is never behind more than this (and the pipe's buffer)."""
+TRANSPORT_LOW = 64 * 1024
+PIPE_BYTES = 1024 * 1024
+"""Pipe buffer asked for on Linux (the default 64 KiB makes every 600 events a context
+switch)."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -137,6 +157,13 @@ class Worker(asyncio.Protocol):
         self.done = asyncio.Event()
         self.exit_code = EXIT_OK
         self._stopping = False
+        self._failing = False  # the output is over its limit: send nothing more
+        self._failed = False
+        self._paused = False  # the scan clock is stopped until the queue drains
+        self._pacing: asyncio.Task[None] | None = None
+        self._writable = True  # the output transport is below its high-water mark
+        self._queue: deque[bytes] = deque()  # event frames waiting for room
+        self._queued = 0
 
     # -- the channel ----------------------------------------------------------------------
 
@@ -145,12 +172,55 @@ class Worker(asyncio.Protocol):
         self._out = transport
 
     def _send(self, data: bytes) -> None:
+        """Write a control frame (a reply, a heartbeat): it goes ahead of queued events."""
         out = self._out
-        if out is None or out.is_closing():
+        if out is None or out.is_closing() or self._failing:
             return
         out.write(data)
-        if out.get_write_buffer_size() > WRITE_BUFFER_LIMIT:
-            self._fail("the gateway stopped reading the worker's frames")
+
+    def _send_events(self, data: bytes) -> None:
+        """Write event frames, or queue them while the channel is full (so that replies
+        are not stuck behind megabytes of events); a full queue paces the scan clock."""
+        out = self._out
+        if out is None or out.is_closing() or self._failing:
+            return
+        if self._writable and not self._queue:
+            out.write(data)
+            return
+        self._queue.append(data)
+        self._queued += len(data)
+        if self._queued > WRITE_BUFFER_LIMIT:
+            self._failing = True  # nothing more is sent: the gateway is not reading
+            self._fail("the gateway stopped reading the worker's events")
+        elif self._queued > PAUSE_BYTES and not self._paused and self._plant is not None:
+            self._paused = True
+            self._pacing = asyncio.get_running_loop().create_task(self._plant.stop())
+
+    def pause_writing(self) -> None:
+        """The channel's buffer is full: queue events from now on."""
+        self._writable = False
+
+    def resume_writing(self) -> None:
+        """The gateway caught up: send queued events; restart a paced scan clock."""
+        self._writable = True
+        out = self._out
+        queue = self._queue
+        while queue and self._writable and out is not None and not out.is_closing():
+            data = queue.popleft()
+            self._queued -= len(data)
+            out.write(data)  # may pause again
+        if not queue:
+            self._queued = 0
+        if self._paused and self._queued < RESUME_BYTES and not self._stopping:
+            self._paused = False
+            self._spawn(self._resume_plant())
+
+    async def _resume_plant(self) -> None:
+        stopping = self._pacing
+        if stopping is not None:
+            await stopping
+        if not self._paused and not self._stopping and self._plant is not None:
+            self._plant.start()
 
     def _reply(self, correlation_id: str = "", **body: Any) -> None:
         self._send(self._head.frame(correlation_id, **body))
@@ -182,10 +252,12 @@ class Worker(asyncio.Protocol):
 
     def _fail(self, message: str) -> None:
         """Tell the gateway (best effort) and exit with a failure."""
-        if self._stopping:
+        if self._stopping or self._failed:
             return
+        self._failed = True
         log.error("worker failed: %s", message)
-        self._reply(worker_fault=wpb.WorkerFault(message=message))
+        if not self._failing:
+            self._reply(worker_fault=wpb.WorkerFault(message=message))
         self.exit_code = EXIT_FAILURE
         self._spawn(self._shutdown(None, message))
 
@@ -274,7 +346,7 @@ class Worker(asyncio.Protocol):
             return
         framed = self._encoder.encode(events, self._next_seq, time.time())
         self._next_seq += len(framed)
-        self._send(self._head.event_frames(framed))
+        self._send_events(self._head.event_frames(framed))
 
     async def _shutdown(self, correlation_id: str | None, reason: str) -> None:
         if self._stopping:
@@ -305,7 +377,16 @@ class Worker(asyncio.Protocol):
 
 
 class _Output(asyncio.Protocol):
-    """The write end's protocol (nothing is read from it)."""
+    """The write end's protocol: relays flow control to the worker (nothing is read)."""
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+
+    def pause_writing(self) -> None:
+        self.worker.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.worker.resume_writing()
 
 
 async def serve(args: argparse.Namespace, nonce: str, in_fd: int, out_fd: int) -> int:
@@ -314,7 +395,10 @@ async def serve(args: argparse.Namespace, nonce: str, in_fd: int, out_fd: int) -
     worker = Worker(
         args.session_id, nonce, args.runtime, args.runtime_config, frame_limit=args.frame_limit
     )
-    out_transport, _ = await loop.connect_write_pipe(_Output, os.fdopen(out_fd, "wb", 0))
+    out_transport, _ = await loop.connect_write_pipe(
+        lambda: _Output(worker), os.fdopen(out_fd, "wb", 0)
+    )
+    out_transport.set_write_buffer_limits(high=TRANSPORT_HIGH, low=TRANSPORT_LOW)
     worker.attach_output(out_transport)
     in_transport, _ = await loop.connect_read_pipe(lambda: worker, os.fdopen(in_fd, "rb", 0))
     try:
@@ -324,6 +408,14 @@ async def serve(args: argparse.Namespace, nonce: str, in_fd: int, out_fd: int) -
         out_transport.close()
         await asyncio.sleep(0)
     return worker.exit_code
+
+
+def _grow_pipe(fd: int) -> None:
+    """Ask for a larger pipe buffer (Linux; elsewhere, or when refused, keep the default)."""
+    setsize = getattr(fcntl, "F_SETPIPE_SZ", None) if fcntl is not None else None
+    if setsize is not None:
+        with contextlib.suppress(OSError):
+            fcntl.fcntl(fd, setsize, PIPE_BYTES)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -348,6 +440,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sys.stdout.flush()
     in_fd = os.dup(0)
     out_fd = os.dup(1)
+    _grow_pipe(out_fd)
     os.dup2(2, 1)
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
@@ -355,6 +448,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     # The gateway decides when a worker ends: a Ctrl-C meant for the gateway's terminal
     # must not kill its sessions' workers under it (the gateway shuts them down in order).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # The event path allocates many short-lived, acyclic objects: as in the gateway
+    # (_server.GC_GEN0_THRESHOLD), collect generation 0 less often.
+    threshold = gc.get_threshold()
+    gc.set_threshold(max(threshold[0], GC_GEN0_THRESHOLD), *threshold[1:])
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     with contextlib.suppress(KeyboardInterrupt):
         return asyncio.run(serve(args, nonce, in_fd, out_fd))

@@ -28,6 +28,7 @@ EXPECTED: dict[str, tuple[str, ...]] = {
     "stall": ("attacks", "read_bulk_200k", "loop", "max_loop_cpu_ms"),
     "opcua": ("rows", "read_one_median", "ratio"),
     "startup": ("mxgw_py_version", "median_ms"),
+    "worker_hop": ("grpc", "process", "commands_us_median", "ping"),
 }
 
 

@@ -1,0 +1,276 @@
+"""Cost of the worker hop (``--session-isolation process``) against the inline runtime.
+
+Three figures, each measured with the session's runtime inline and in an ``mxgw-worker``:
+
+* ``startup``: OpenSession + CloseSession over gRPC (process: spawning, handshake, shutdown).
+* ``commands``: median latency of ``Invoke`` over gRPC (Ping, a one-tag ReadBulk of an
+  advised tag, a Write) at the default 200 ms scan; the hop's cost is the difference of
+  the medians. Also the hop
+  alone, without gRPC: a runtime call from the gateway's event loop (``WorkerRuntime`` vs
+  ``SimulatedRuntime``), in this process.
+* ``events``: one subscriber on ``StreamEventBatches`` (bare stub, counting) at a 1 ms scan
+  with as many advised tags as one stream carries; events/s and the server's CPU
+  (gateway and workers) per event.
+
+The servers run one at a time (``bench/sim_server.py`` in a subprocess, the client here),
+so on a 2-core machine the client, the gateway and the worker share the cores.
+Targets: the hop adds under 200 µs median to a command; one subscriber through a worker
+gets 100,000+ events/s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import statistics
+import tempfile
+import time
+from typing import Any
+
+from bench._common import (
+    METADATA,
+    Report,
+    aio_channel,
+    load_tags,
+    median,
+    pct,
+    rnd,
+    sim_server,
+)
+from mxgateway.generated import mxaccess_gateway_pb2 as pb
+from mxgateway.generated import mxaccess_gateway_pb2_grpc as pb_grpc
+
+MODES = ("inline", "process")
+EVENT_TAGS = 2_000
+COMMAND_TARGET_US = 200.0
+EVENTS_TARGET = 100_000.0
+
+
+def _cmd(payload: str, **fields: Any) -> pb.MxCommand:
+    kind = pb.MxCommandKind.Value("MX_COMMAND_KIND_" + payload.upper())
+    body_type = pb.MxCommand.DESCRIPTOR.fields_by_name[payload].message_type
+    return pb.MxCommand(kind=kind, **{payload: getattr(pb, body_type.name)(**fields)})
+
+
+async def _invoke(stub: Any, sid: str, command: pb.MxCommand) -> pb.MxCommandReply:
+    request = pb.MxCommandRequest(session_id=sid, command=command)
+    reply: pb.MxCommandReply = await stub.Invoke(request, metadata=METADATA, timeout=30)
+    if reply.protocol_status.code != pb.PROTOCOL_STATUS_CODE_OK:
+        raise RuntimeError(f"{command.kind}: {reply.protocol_status.message}")
+    return reply
+
+
+async def _startup(stub: Any, n: int) -> list[float]:
+    out = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        reply = await stub.OpenSession(
+            pb.OpenSessionRequest(client_session_name="bench-hop"), metadata=METADATA, timeout=60
+        )
+        t1 = time.perf_counter()
+        await stub.CloseSession(
+            pb.CloseSessionRequest(session_id=reply.session_id), metadata=METADATA, timeout=60
+        )
+        t2 = time.perf_counter()
+        out.append((t1 - t0, t2 - t1))
+    return out  # type: ignore[return-value]
+
+
+async def _commands(stub: Any, tag: str, n: int) -> dict[str, list[float]]:
+    opened = await stub.OpenSession(
+        pb.OpenSessionRequest(client_session_name="bench-hop"), metadata=METADATA, timeout=60
+    )
+    sid = opened.session_id
+    try:
+        h = (await _invoke(stub, sid, _cmd("register", client_name="hop"))).register.server_handle
+        item = (
+            await _invoke(stub, sid, _cmd("add_item", server_handle=h, item_definition=tag))
+        ).add_item.item_handle
+        await _invoke(stub, sid, _cmd("advise", server_handle=h, item_handle=item))
+        commands = {
+            "ping": _cmd("ping"),
+            "read_bulk_1_cached": _cmd("read_bulk", server_handle=h, tag_addresses=[tag]),
+            "write": _cmd(
+                "write",
+                server_handle=h,
+                item_handle=item,
+                value=pb.MxValue(data_type=pb.MX_DATA_TYPE_DOUBLE, double_value=1.5),
+            ),
+        }
+        for command in commands.values():  # warm up (first value, caches)
+            for _ in range(20):
+                await _invoke(stub, sid, command)
+        times: dict[str, list[float]] = {name: [] for name in commands}
+        for _ in range(n):  # interleaved, so drift hits every command alike
+            for name, command in commands.items():
+                t0 = time.perf_counter()
+                await _invoke(stub, sid, command)
+                times[name].append(time.perf_counter() - t0)
+        return times
+    finally:
+        await stub.CloseSession(pb.CloseSessionRequest(session_id=sid), metadata=METADATA)
+
+
+async def _events(stub: Any, server: Any, tags: list[str], n: int) -> dict[str, Any]:
+    opened = await stub.OpenSession(
+        pb.OpenSessionRequest(client_session_name="bench-hop-events"), metadata=METADATA
+    )
+    sid = opened.session_id
+    try:
+        h = (await _invoke(stub, sid, _cmd("register", client_name="hop"))).register.server_handle
+        await _invoke(stub, sid, _cmd("subscribe_bulk", server_handle=h, tag_addresses=tags))
+        call = stub.StreamEventBatches(pb.StreamEventsRequest(session_id=sid), metadata=METADATA)
+        count = 0
+        overflowed = False
+        t0 = c0 = 0.0
+        try:
+            async for batch in call:
+                if not t0:  # start the clock once the stream flows
+                    t0, c0 = time.perf_counter(), server.cpu_seconds() or 0.0
+                    continue
+                for ev in batch.events:
+                    if ev.worker_sequence:
+                        count += 1
+                    elif ev.HasField("stream_fault"):
+                        overflowed = True
+                if count >= n or overflowed:
+                    break
+        finally:
+            call.cancel()
+        wall = time.perf_counter() - t0
+        cpu = (server.cpu_seconds() or 0.0) - c0
+        return {
+            "events": count,
+            "events_per_s": rnd(count / wall, 0) if wall else 0.0,
+            "server_cpu_us_per_event": rnd(cpu / count * 1e6, 2) if count else None,
+            "server_cpu_share": rnd(cpu / wall, 3) if wall else None,
+            "overflowed": overflowed,
+        }
+    finally:
+        await stub.CloseSession(pb.CloseSessionRequest(session_id=sid), metadata=METADATA)
+
+
+async def _hop_alone(n: int) -> dict[str, Any]:
+    """A runtime call from the gateway's loop, without gRPC: inline vs through a worker."""
+    from mxgateway_sim import Plant, SessionManager, SessionOptions, builtin_catalog
+    from mxgateway_sim._simconfig import SimSettings
+    from mxgateway_sim._simruntime import DEFAULT_USERS
+    from mxgateway_sim._workerclient import WorkerSettings
+    from mxgateway_sim._workers import ProcessIsolation
+
+    plant = Plant(builtin_catalog(), scan_interval_ms=200, flaky_one_in=0)
+    settings = SimSettings(scan_interval_ms=200, flaky_one_in=0)
+    workers = ProcessIsolation(WorkerSettings())
+    workers.prepare(plant, DEFAULT_USERS, settings)
+    out: dict[str, Any] = {}
+    try:
+        plant.start()
+        for mode, factory in (
+            ("inline", lambda: settings.runtime(plant, DEFAULT_USERS)),
+            ("process", workers.runtime),
+        ):
+            manager = SessionManager(factory, SessionOptions())
+            t0 = time.perf_counter()
+            session = await manager.open("bench")
+            opened = time.perf_counter() - t0
+            rt = session.runtime
+            h = await rt.register("bench")
+            times = []
+            for _ in range(n):
+                t0 = time.perf_counter()
+                await rt.ping()
+                times.append(time.perf_counter() - t0)
+            reads = []
+            for _ in range(n // 4):
+                t0 = time.perf_counter()
+                await rt.read(h, ["Tank01.Level"], 5.0)
+                reads.append(time.perf_counter() - t0)
+            await manager.shutdown()
+            out[mode] = {
+                "open_ms": rnd(opened * 1e3, 2),
+                "ping_us_median": rnd(median(times) * 1e6, 1),
+                "ping_us_p99": rnd(pct(times, 99) * 1e6, 1),
+                "read_1_uncached_us_median": rnd(median(reads) * 1e6, 1),
+            }
+    finally:
+        await plant.stop()
+        workers.cleanup()
+    out["ping_added_us"] = rnd(out["process"]["ping_us_median"] - out["inline"]["ping_us_median"])
+    return out
+
+
+async def run_async(quick: bool) -> dict[str, Any]:
+    """Every figure, for both modes."""
+    report = Report("worker_hop", quick)
+    n_commands = 100 if quick else 2_000
+    n_startup = 3 if quick else 15
+    n_events = 20_000 if quick else 300_000
+    tags_n = 200 if quick else EVENT_TAGS
+    report.results["hop_without_grpc"] = await _hop_alone(200 if quick else 5_000)
+    per_mode: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="mxgw-bench-hop-") as tmp:
+        tags_file = os.path.join(tmp, "tags.txt")
+        for mode in MODES:
+            # Commands at the default scan (200 ms), events at a 1 ms scan: a busy scan
+            # clock would be measured along with the hop.
+            server = sim_server(scan_ms=200, tags_out=tags_file, session_isolation=mode)
+            assert server is not None
+            async with server, aio_channel(server.address) as channel:
+                stub = pb_grpc.MxAccessGatewayStub(channel)
+                tags, _ = load_tags(tags_file, 1)
+                starts = await _startup(stub, n_startup)
+                times = await _commands(stub, tags[0], n_commands)
+            server = sim_server(
+                galaxy_objects=300 if quick else 1_500,
+                scan_ms=1,
+                tags_out=tags_file,
+                session_isolation=mode,
+            )
+            assert server is not None
+            async with server, aio_channel(server.address) as channel:
+                stub = pb_grpc.MxAccessGatewayStub(channel)
+                tags, _ = load_tags(tags_file, tags_n)
+                events = [await _events(stub, server, tags, n_events) for _ in range(3)]
+            per_mode[mode] = {
+                "open_session_ms_median": rnd(median([s[0] for s in starts]) * 1e3, 2),
+                "close_session_ms_median": rnd(median([s[1] for s in starts]) * 1e3, 2),
+                "commands_us_median": {k: rnd(median(v) * 1e6, 1) for k, v in times.items()},
+                "commands_us_p99": {k: rnd(pct(v, 99) * 1e6, 1) for k, v in times.items()},
+                "events_runs": events,
+                "events_per_s_median": rnd(statistics.median(e["events_per_s"] for e in events), 0),
+                "advised_tags": len(tags),
+            }
+    report.results["grpc"] = per_mode
+    inline, process = per_mode["inline"], per_mode["process"]
+    added = {
+        k: rnd(process["commands_us_median"][k] - inline["commands_us_median"][k])
+        for k in inline["commands_us_median"]
+    }
+    report.results["added_us_median"] = added
+    worst = max(added.values())
+    report.target(
+        "worker hop adds < 200 µs median to a command (worst of ping, read, write; over gRPC)",
+        "< 200 µs",
+        worst,
+        worst < COMMAND_TARGET_US,
+    )
+    hop = report.results["hop_without_grpc"]["ping_added_us"]
+    report.target(
+        "worker hop adds < 200 µs median to a runtime call (no gRPC)",
+        "< 200 µs",
+        hop,
+        hop < COMMAND_TARGET_US,
+    )
+    rate = process["events_per_s_median"]
+    report.target(
+        "one subscriber through a worker: 100,000+ events/s",
+        ">= 100000 events/s",
+        rate,
+        rate >= EVENTS_TARGET,
+    )
+    return report.to_json()
+
+
+def run(quick: bool = False) -> dict[str, Any]:
+    """Entry point of ``python -m bench worker_hop``."""
+    return asyncio.run(run_async(quick))
