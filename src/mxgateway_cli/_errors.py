@@ -196,8 +196,8 @@ HINTS: tuple[tuple[type[BaseException], tuple[str, ...], str], ...] = (
     (
         mxgateway.MxGatewayPermissionError,
         (),
-        "the API key is valid but lacks the scope this command needs (docs/security.md lists "
-        "the scopes per command); ask for a key with it",
+        "the API key is valid but lacks a scope this command needs (the gateway names it "
+        "in the message); ask its administrator for a key with that scope",
     ),
 )
 """(exception class, texts that must all appear in the message, what to do about it); the
