@@ -113,7 +113,11 @@ def _server_handlers() -> set[str]:
             and node.target.attr == "_handlers"
             and isinstance(node.value, ast.Dict)
         ):
-            return {k.value for k in node.value.keys if isinstance(k, ast.Constant)}
+            return {
+                k.value
+                for k in node.value.keys
+                if isinstance(k, ast.Constant) and isinstance(k.value, str)
+            }
     raise AssertionError("GatewayServicer._handlers not found")
 
 

@@ -144,5 +144,5 @@ def _check_opcua(doc: dict[str, object]) -> None:
     keep_up = results["keep_up"]
     for key in ("changes_per_s", "lag_end_s", "late_scans"):
         assert key in keep_up, key
-    targets = {t["name"] for t in doc["targets"]}  # type: ignore[union-attr]
+    targets = {t["name"] for t in doc["targets"]}  # type: ignore[union-attr, attr-defined]
     assert len(targets) == len(OPCUA_GOALS) + 1  # + the simulator keeping up

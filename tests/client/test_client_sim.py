@@ -28,6 +28,7 @@ from mxgateway import (
 )
 from mxgateway.generated import mxaccess_gateway_pb2 as pb
 from mxgateway_sim import ApiKeyStore, GatewaySimulator, builtin_catalog, new_key
+from support import wait_for
 
 OPERATOR = ("operator", "operator", 101, "6f0b3b1e-0000-4000-8000-000000000101")
 VERIFIER = ("verifier", "verifier", 102)
@@ -490,7 +491,7 @@ async def test_last_worker_sequence_is_a_lossless_resume_point(
     await session.subscribe_bulk(h, ["Tank01.Level", "Pump01.Speed", "Line01.Counter"])
     gateway_session = sim.sessions.get(session.session_id) if sim.sessions else None
     assert gateway_session is not None
-    await wait_until(lambda: gateway_session.events.next_seq > 12)
+    await wait_for(lambda: gateway_session.events.next_seq > 12)
     async with session.events() as events:
         handed = [await asyncio.wait_for(events.__anext__(), 10) for _ in range(5)]
         # The first batch held more than five events; the resume point follows the caller.
@@ -501,11 +502,3 @@ async def test_last_worker_sequence_is_a_lossless_resume_point(
     async with session.events(after_worker_sequence=resume_from) as again:
         nxt = await asyncio.wait_for(again.__anext__(), 10)
     assert isinstance(nxt, DataChange) and nxt.worker_sequence == 6
-
-
-async def wait_until(predicate: object, timeout: float = 10.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():  # type: ignore[operator]
-        assert loop.time() < deadline, "condition not reached"
-        await asyncio.sleep(0.01)

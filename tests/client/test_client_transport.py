@@ -21,17 +21,9 @@ from mxgateway import (
 from mxgateway._transport import Transport
 from mxgateway.generated import mxaccess_gateway_pb2 as pb
 from mxgateway.generated import mxaccess_gateway_pb2_grpc as pbg
+from support import wait_for
 
 KEY = "mxgw_k1_transportSecret0123456789"
-
-
-async def _wait_for(predicate: object, timeout: float = 5.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():  # type: ignore[operator]
-        if loop.time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.01)
 
 
 def _opts(endpoint: str, **kw: object) -> ClientOptions:
@@ -103,7 +95,7 @@ async def test_default_deadline_applies(fake: FakeServer) -> None:
         stub = pbg.MxAccessGatewayStub(t.channel)
         with pytest.raises(MxGatewayTimeoutError):
             await t.unary(stub.OpenSession, pb.OpenSessionRequest())
-        await _wait_for(lambda: fake.servicer.rec.cancelled.get("OpenSession"))
+        await wait_for(lambda: fake.servicer.rec.cancelled.get("OpenSession"))
 
 
 async def test_cancelling_a_unary_call_cancels_it_on_the_server(fake: FakeServer) -> None:
@@ -153,7 +145,7 @@ async def test_stream_is_cancelled_on_the_server(fake: FakeServer, how: str) -> 
                     pass
 
             task = asyncio.ensure_future(read_all())
-            await _wait_for(lambda: fake.servicer.attempts.get("StreamEvents"))
+            await wait_for(lambda: fake.servicer.attempts.get("StreamEvents"))
             await asyncio.sleep(0.05)
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
@@ -247,18 +239,23 @@ async def test_aclose_from_another_task_ends_the_reader_cleanly(fake: FakeServer
         stub = pbg.MxAccessGatewayStub(t.channel)
         stream = t.stream(stub.StreamEvents, pb.StreamEventsRequest(session_id=SESSION_ID))
 
-        got_one = asyncio.Event()
+        reads_started = 0
 
         async def read_all() -> int:
+            nonlocal reads_started
             count = 0
-            async for _ in stream:
+            while True:
+                reads_started += 1
+                try:
+                    await stream.__anext__()
+                except StopAsyncIteration:
+                    return count
                 count += 1
-                got_one.set()
-            return count
 
         reader = asyncio.ensure_future(read_all())
-        await asyncio.wait_for(got_one.wait(), 5)
-        await asyncio.sleep(0)  # let the reader block on the next message
+        # This task runs again only once the reader is suspended: in its second read, it is
+        # blocked on the next message (no sleep guessing how long that takes).
+        await wait_for(lambda: reads_started == 2)
         await stream.aclose()
         assert await asyncio.wait_for(reader, 5) == 1
         await asyncio.wait_for(fake.servicer.rec.cancel_event.wait(), 5)

@@ -269,7 +269,8 @@ async def test_a_foreign_subscriber_refuses_the_wait_before_anything_is_written(
 
     collected = asyncio.ensure_future(until_13())
     try:
-        await asyncio.sleep(0.2)  # let the raw stream attach
+        # The gateway sends the stream's headers once the subscriber is attached.
+        await asyncio.wait_for(raw.call.initial_metadata(), 10)
         with pytest.raises(MxGatewaySessionStateError):
             await session.write(h, count, 12, wait=True)
         assert await session.write(h, count, 13) is None

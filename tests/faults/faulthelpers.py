@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -15,6 +12,7 @@ from mxgateway.generated import mxaccess_gateway_pb2_grpc as rpc
 from mxgateway_sim import GatewaySimulator, InMemoryCatalog
 from mxgateway_sim._builtin import tag
 from mxgateway_sim._domain import MX_DOUBLE
+from support import wait_for as wait_for
 
 SCAN_MS = 20
 DEADLINE = 20.0
@@ -78,18 +76,3 @@ def options(sim: GatewaySimulator, **changes: Any) -> ClientOptions:
 
 async def connect(sim: GatewaySimulator, **changes: Any) -> GatewayClient:
     return await GatewayClient.connect(options=options(sim, **changes))
-
-
-async def wait_for(
-    condition: Callable[[], bool | Awaitable[bool]], timeout: float = DEADLINE, what: str = ""
-) -> None:
-    """Poll ``condition`` until true; fails at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = condition()
-        if not isinstance(result, bool):
-            result = await result
-        if result:
-            return
-        assert time.monotonic() < deadline, f"timed out waiting for {what or condition}"
-        await asyncio.sleep(0.02)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +10,7 @@ import grpc
 
 from mxgateway.generated import galaxy_repository_pb2_grpc as gr_grpc
 from mxgateway_sim.galaxy import GalaxyService
+from support import wait_for as wait_for
 
 
 @dataclass
@@ -22,17 +21,6 @@ class GalaxyServer:
     address: str
     stub: gr_grpc.GalaxyRepositoryStub
     db_path: Path
-
-
-async def wait_for(
-    predicate: Callable[[], Awaitable[bool]], *, timeout: float = 20.0, what: str = "condition"
-) -> None:
-    """Poll ``predicate`` until it is true; fail after ``timeout`` seconds (no fixed sleeps)."""
-    deadline = time.monotonic() + timeout
-    while not await predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 async def start_server(

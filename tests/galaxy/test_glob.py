@@ -90,7 +90,7 @@ async def test_discover_hierarchy_with_a_pathological_glob_keeps_health_answerin
     tmp_path: Path,
 ) -> None:
     server, svc, address = await start_server(tmp_path / "galaxy.db", objects=3000)
-    checker = health.aio.HealthServicer()
+    checker = health.aio.HealthServicer()  # type: ignore[attr-defined]
     health_pb2_grpc.add_HealthServicer_to_server(checker, server)
     try:
         async with grpc.aio.insecure_channel(address) as channel:

@@ -211,7 +211,7 @@ class FakeLmxProxyServer:
                         delay = 0.0
                     self._post(
                         delay,
-                        lambda h=h, handle=handle, item=item: (
+                        lambda h=h, handle=handle, item=item: (  # type: ignore[misc]
                             self._data_change(h, handle, item) if item.advised else None
                         ),
                     )

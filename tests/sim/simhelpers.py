@@ -16,6 +16,7 @@ import grpc
 
 from mxgateway.generated import mxaccess_gateway_pb2 as pb
 from mxgateway.generated import mxaccess_gateway_pb2_grpc as rpc
+from support import wait_for as wait_for
 
 SCAN_MS = 40
 
@@ -88,14 +89,6 @@ def changes(events: list[pb.MxEvent], item_handle: int) -> list[pb.OnDataChangeE
         for e in events
         if e.HasField("on_data_change") and e.on_data_change.item_handle == item_handle
     ]
-
-
-async def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    """Poll ``predicate`` until true; fails at the deadline."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.01)
 
 
 SIM_CLI = [sys.executable, "-c", "from mxgateway_sim.cli import run; run()"]

@@ -120,8 +120,8 @@ async def test_another_keys_session_looks_exactly_like_an_unknown_one() -> None:
         for method in ("StreamEvents", "StreamEventBatches"):
             seen = []
             for target in (sid, unknown):
-                request = pb.StreamEventsRequest(session_id=target, after_worker_sequence=0)
-                call = getattr(intruder.stub, method)(request, metadata=intruder.md)
+                stream_request = pb.StreamEventsRequest(session_id=target, after_worker_sequence=0)
+                call = getattr(intruder.stub, method)(stream_request, metadata=intruder.md)
                 seen.append(await _stream_outcome(call))
             assert seen[0] == seen[1] == ("rpc", grpc.StatusCode.NOT_FOUND, seen[0][2]), method
         closes = [

@@ -401,7 +401,7 @@ def test_plant_is_deterministic_under_the_seed() -> None:
     def run(seed: int) -> list[object]:
         plant = Plant(builtin_catalog(), seed=seed, scan_interval_ms=100)
         states = [plant.state(t.full_tag_reference) for t in builtin_catalog().all_tags()]
-        values = []
+        values: list[object] = []
         for n in range(1, 120):
             for st in states:
                 assert st is not None

@@ -96,8 +96,9 @@ async def test_handshake_commands_events_heartbeat_and_shutdown(tmp_path: Path) 
     worker.send("c2", worker_command=_command("advise", server_handle=handle, item_handle=item))
     sequences = []
     while len(sequences) < 3:
-        env = await worker.receive()
-        assert env is not None
+        received = await worker.receive()
+        assert received is not None
+        env = received
         if env.WhichOneof("body") == "worker_event":
             event = env.worker_event.event
             assert event.session_id == SESSION
