@@ -113,3 +113,17 @@ def test_server_side_uses_only_the_shared_library_modules(package: str) -> None:
 @pytest.mark.parametrize("package", PACKAGES)
 def test_every_package_ships_py_typed(package: str) -> None:
     assert (SRC / package / "py.typed").is_file()
+
+
+def test_only_the_transport_reads_the_channel_state() -> None:
+    # The transport is the library's one gRPC seam: connectivity is asked through it
+    # (Transport.pause, Transport.wait_ready), never read from the channel elsewhere.
+    readers = [
+        path.name
+        for path in sorted((SRC / "mxgateway").glob("*.py"))
+        if any(
+            call in path.read_text(encoding="utf-8")
+            for call in (".get_state(", ".wait_for_state_change(", "ChannelConnectivity")
+        )
+    ]
+    assert readers == ["_transport.py"]

@@ -43,8 +43,6 @@ from datetime import datetime
 from types import MappingProxyType, TracebackType
 from typing import TYPE_CHECKING, NoReturn, TypeAlias
 
-import grpc
-
 from mxgateway._errors import (
     ClientClosedError,
     MxAccessError,
@@ -610,22 +608,7 @@ class Subscription:
         """Wait ``delay`` seconds, or less: until the channel (re)connects, when it is
         down now. The next attempt then goes out as soon as the gateway listens again
         instead of at the end of a backoff that grew while it was away."""
-        channel = self._client.transport.channel
-        state = channel.get_state(try_to_connect=True)
-        if state is grpc.ChannelConnectivity.READY:
-            await asyncio.sleep(delay)
-            return
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + delay
-        while state is not grpc.ChannelConnectivity.READY:
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                return
-            try:
-                await asyncio.wait_for(channel.wait_for_state_change(state), remaining)
-            except asyncio.TimeoutError:
-                return
-            state = channel.get_state(try_to_connect=True)
+        await self._client.transport.pause(delay)
 
     async def _drop_session(self) -> None:
         live, self._live = self._live, None

@@ -284,6 +284,30 @@ class Transport:
                 f"the connection to {self._options.endpoint} is closed; connect again"
             )
 
+    async def pause(self, delay: float) -> None:
+        """Wait ``delay`` seconds, or less when the channel is down now and (re)connects.
+
+        A reconnect loop's backoff: the next attempt goes out as soon as the gateway listens
+        again, not at the end of a delay that grew while it was away. The channel state is
+        read here only: the seam is the one reader of the channel.
+        """
+        channel = self.channel
+        state = channel.get_state(try_to_connect=True)
+        if state is grpc.ChannelConnectivity.READY:
+            await asyncio.sleep(delay)
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + delay
+        while state is not grpc.ChannelConnectivity.READY:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return
+            try:
+                await asyncio.wait_for(channel.wait_for_state_change(state), remaining)
+            except asyncio.TimeoutError:
+                return
+            state = channel.get_state(try_to_connect=True)
+
     async def wait_ready(self, timeout: float) -> None:
         """Check that the gateway answers, within ``timeout`` seconds.
 
