@@ -58,3 +58,13 @@ def test_the_command_table_matches_the_parser() -> None:
     assert set(sub.choices) == set(COMMAND_MODULES)
     for name in COMMAND_MODULES:
         assert callable(command(name))
+
+
+def test_version_info_reports_the_installed_distributions() -> None:
+    from importlib import metadata
+
+    import mxgateway
+
+    info = mxgateway.version_info()
+    assert info["grpcio"] == metadata.version("grpcio")
+    assert info["protobuf"] == metadata.version("protobuf")
