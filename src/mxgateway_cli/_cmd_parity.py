@@ -8,9 +8,13 @@ Names and JSON keys are upstream's (upstream-facts.md, "Other clients' CLIs").
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
 import csv
 import io
 import shlex
+import threading
+from collections.abc import AsyncIterator
 from datetime import datetime, timezone
 from typing import IO, Any
 
@@ -27,6 +31,8 @@ __all__ = ["BATCH_END_OF_RESULT", "PARITY_COMMANDS", "bulk_entries", "print_bulk
 
 BATCH_END_OF_RESULT = "__MXGW_BATCH_EOR__"
 """The line ``batch`` prints after each result (upstream's sentinel)."""
+_READ_AHEAD = 16
+"""Stdin lines ``batch`` reads ahead of the command it runs."""
 
 
 def split_csv(text: str, flag: str) -> list[str]:
@@ -199,11 +205,7 @@ async def cmd_batch(ctx: Context) -> ExitCode:
     """One command line per stdin line; after each, its JSON result (``{"error": ...,
     "type": "error"}`` when it failed) and a line ``__MXGW_BATCH_EOR__``. A failure never
     stops the loop; the run ends at end of input with exit 0."""
-    stdin: IO[str] = ctx.input
-    while True:
-        line = await asyncio.to_thread(stdin.readline)
-        if not line:
-            return ExitCode.OK
+    async for line in _read_lines(ctx.input):
         text = line.strip()
         if not text or text.startswith("#"):
             continue
@@ -216,6 +218,29 @@ async def cmd_batch(ctx: Context) -> ExitCode:
                 argv = argv[1:]
             result = await _run_line(ctx, argv)
         ctx.out.write(result + BATCH_END_OF_RESULT + "\n")
+    return ExitCode.OK
+
+
+async def _read_lines(stdin: IO[str]) -> AsyncIterator[str]:
+    """The lines of ``stdin``, read by a daemon thread: the loop stays free, and Ctrl+C
+    ends the run at once (a default-executor thread blocked in ``readline`` would hold the
+    interpreter's exit until the next line)."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[str | None] = asyncio.Queue(maxsize=_READ_AHEAD)
+
+    def reader() -> None:
+        try:
+            for line in iter(stdin.readline, ""):
+                # Blocks while the queue is full: at most _READ_AHEAD lines read ahead.
+                asyncio.run_coroutine_threadsafe(queue.put(line), loop).result()
+        except (RuntimeError, ValueError, OSError, concurrent.futures.CancelledError):
+            return  # the loop is gone (the run ended) or stdin was closed
+        with contextlib.suppress(RuntimeError):
+            asyncio.run_coroutine_threadsafe(queue.put(None), loop)
+
+    threading.Thread(target=reader, name="mxgw-py-batch-stdin", daemon=True).start()
+    while (line := await queue.get()) is not None:
+        yield line
 
 
 PARITY_COMMANDS = {

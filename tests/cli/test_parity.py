@@ -255,3 +255,38 @@ def test_stream_alarms_and_acknowledge(sim: SimServer) -> None:
     human = run(["stream-alarms", "--max-messages", "1", "--timeout", "3", *sim.flags])
     assert human.code == 0, human.err
     assert human.out.strip()
+
+
+def test_batch_ctrl_c_ends_at_once_while_waiting_for_a_line(sim: SimServer) -> None:
+    import signal
+    import subprocess
+    import time
+
+    from .conftest import CLI
+    from .test_processes import _with_default_sigint
+
+    process = subprocess.Popen(
+        _with_default_sigint([*CLI, "batch"]),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=sim.env(),
+    )
+    try:
+        assert process.stdin is not None and process.stdout is not None
+        process.stdin.write("galaxy-test-connection\n")
+        process.stdin.flush()
+        lines = []
+        while BATCH_END_OF_RESULT not in lines:
+            lines.append(process.stdout.readline().rstrip("\n"))
+        # Now it waits for the next line, which never comes (stdin stays open).
+        time.sleep(0.2)
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 130, err
+    assert json.loads("\n".join(lines[:-1])) == {"ok": True}
