@@ -480,7 +480,8 @@ async def run_command(rt: MxAccessRuntime, command: pb.MxCommand) -> pb.MxComman
             _protocol_status(pb.PROTOCOL_STATUS_CODE_INVALID_REQUEST, str(exc))
         )
         return reply
-    reply.protocol_status.CopyFrom(_protocol_status(pb.PROTOCOL_STATUS_CODE_OK, "OK"))
+    if not reply.HasField("protocol_status"):  # a bulk chunk stopped by a limit has its own
+        reply.protocol_status.CopyFrom(_protocol_status(pb.PROTOCOL_STATUS_CODE_OK, "OK"))
     return reply
 
 

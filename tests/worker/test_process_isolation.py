@@ -15,6 +15,7 @@ import pytest
 from mxgateway import (
     DataChange,
     GatewayClient,
+    MxGatewayOverloadedError,
     MxGatewaySessionFaultedError,
     Session,
     StateChange,
@@ -22,7 +23,7 @@ from mxgateway import (
     TagValue,
 )
 from mxgateway.generated import mxaccess_gateway_pb2 as pb
-from mxgateway_sim import GatewaySimulator, builtin_catalog
+from mxgateway_sim import GatewaySimulator, SessionOptions, builtin_catalog
 from mxgateway_sim._workerclient import WorkerSettings
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
@@ -103,6 +104,20 @@ async def test_each_session_has_its_own_worker_and_closing_reaps_it(
     assert await _gone(pa)
 
 
+async def _attached(session: Session) -> AsyncIterator[object]:
+    """The session's event stream, once it delivers a DataChange (so it is attached)."""
+    events = aiter(session.events())
+    while not isinstance(await asyncio.wait_for(anext(events), DEADLINE), DataChange):
+        pass
+    return events
+
+
+async def _until_faulted(events: AsyncIterator[object]) -> None:
+    with pytest.raises(MxGatewaySessionFaultedError):
+        while True:
+            await asyncio.wait_for(anext(events), DEADLINE)
+
+
 async def test_sigkill_faults_only_that_session(client: GatewayClient) -> None:
     async with (
         await client.open_session(client_session_name="victim") as victim,
@@ -111,14 +126,12 @@ async def test_sigkill_faults_only_that_session(client: GatewayClient) -> None:
         for s in (victim, bystander):
             h = await s.register("t")
             await s.subscribe_bulk(h, TAGS)
-        await _data_changes(victim, 2)
         pid = await _pid(victim)
+        events = await _attached(victim)
         os.kill(pid, signal.SIGKILL)
 
-        with pytest.raises(MxGatewaySessionFaultedError):
-            async for _ in victim.events():
-                pass
-        with pytest.raises(MxGatewaySessionFaultedError):
+        await _until_faulted(events)
+        with pytest.raises(MxGatewaySessionFaultedError, match="exited"):
             await victim.ping()
         assert await _gone(pid)
 
@@ -134,11 +147,11 @@ async def test_a_hung_worker_is_faulted_by_heartbeat_and_killed(client: GatewayC
         await client.open_session(client_session_name="fine") as fine,
     ):
         pid = await _pid(hung)
+        await hung.subscribe_bulk(await hung.register("t"), TAGS)
+        events = await _attached(hung)
         os.kill(pid, signal.SIGSTOP)
         try:
-            with pytest.raises(MxGatewaySessionFaultedError):
-                async for _ in hung.events():
-                    pass
+            await _until_faulted(events)
             with pytest.raises(MxGatewaySessionFaultedError, match="stopped answering heartbeats"):
                 await hung.ping()
             assert await _gone(pid)  # SIGKILL works on a stopped process
@@ -192,3 +205,29 @@ async def test_stopping_the_gateway_stops_every_worker() -> None:
         await sim.stop()
     for pid in pids:
         assert await _gone(pid)
+
+
+async def test_bulk_adds_through_a_worker_keep_the_item_limit_and_create_nothing() -> None:
+    options = SessionOptions(max_items_per_session=100)
+    async with (
+        GatewaySimulator(
+            catalog=builtin_catalog(),
+            session_isolation="process",
+            session_options=options,
+        ) as sim,
+        await GatewayClient.connect(
+            endpoint=sim.endpoint, api_key=sim.api_key, plaintext=True
+        ) as client,
+        await client.open_session(client_session_name="limits") as session,
+    ):
+        h = await session.register("t")
+        # 150 references: three slices of 64 through the worker; the limit stops the third.
+        refs = [f"Tank01.Level{i}" for i in range(150)]
+        with pytest.raises(MxGatewayOverloadedError, match="max-items-per-session"):
+            await session.subscribe_bulk(h, refs)
+        # Nothing was left behind: the whole limit is still free.
+        rows = await session.subscribe_bulk(h, TAGS * 50)
+        assert len(rows) == 100
+        assert all(r.item_handle for r in rows)
+        with pytest.raises(MxGatewayOverloadedError, match="max-items-per-session"):
+            await session.add_item_bulk(h, ["Pump01.Speed"])
