@@ -48,7 +48,10 @@ async def cmd_docs(ctx: Context) -> ExitCode:
             "command's flags",
             ExitCode.ERROR,
         )
-    ctx.out.write(text)
+    if ctx.json:
+        ctx.out.emit({"reference": text})
+    else:
+        ctx.out.write(text)
     return ExitCode.OK
 
 

@@ -291,6 +291,7 @@ def build_parser(out_stream: IO[str] | None = None) -> argparse.ArgumentParser:
     _output_flags(p)
 
     p = add("docs", "print the command reference (docs/cli.md; shipped with the package)")
+    _output_flags(p)
 
     p = add("demo", "run a guided tour against an embedded simulator (no gateway needed)")
     p.add_argument(
