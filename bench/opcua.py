@@ -117,6 +117,7 @@ class Mx:
         self.values = values
         self.hlmx = 0
         self.write_handle = 0
+        self._health: Any = None
 
     async def setup(self) -> None:
         self.hlmx = await self.session.register("bench-opcua")
@@ -126,6 +127,17 @@ class Mx:
 
     async def ping(self) -> None:
         await self.session.ping()
+
+    async def bare_health(self) -> None:
+        """A bare grpc.aio health check on the library's channel: the floor of a unary call
+        (no key, no session, the smallest messages; it passes the server's interceptors)."""
+        if self._health is None:
+            from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+            stub = health_pb2_grpc.HealthStub(self.lib.client.transport.channel)
+            request = health_pb2.HealthCheckRequest()
+            self._health = lambda: stub.Check(request, timeout=30)
+        await self._health()
 
     async def write_one(self) -> None:
         await self.session.write(self.hlmx, self.write_handle, self.values[0])
@@ -346,6 +358,7 @@ async def unary_round(mx: Mx, ua: Ua, calls: int, flip: bool) -> dict[str, dict[
             ("mx_read", mx.read_one),
             ("ua_read", ua.read_one),
             ("mx_ping", mx.ping),
+            ("grpc_health", mx.bare_health),
             ("mx_write", mx.write_one),
             ("ua_write", ua.write_one),
         ]
@@ -564,6 +577,8 @@ async def run_rounds(report: Report, mx: Mx, ua_side: Ua, p: dict[str, float]) -
         raw["events"].append(ev)
         print(f"bench opcua: round {r + 1} done, load {load()}", file=sys.stderr, flush=True)
     report.results["rounds"] = raw
+    floor = [u["grpc_health"]["median_us"] / u["ua_read"]["median_us"] for u in raw["unary"]]
+    report.results["grpc_health_vs_asyncua_read_median"] = rnd(median(floor), 3)
     report.results["asyncua_reconnects"] = ua_side.reconnects
     summarise(report, rows)
 

@@ -1,5 +1,5 @@
-"""Render the JSON of ``python -m bench all --out FILE`` as the Markdown tables of
-``docs/benchmarks.md``: ``python -m bench.report LATEST [EARLIER ...]`` (with earlier runs,
+"""Render the JSON of ``python -m bench all --out FILE`` (or of one benchmark) as the Markdown
+tables of ``docs/benchmarks.md``: ``python -m bench.report LATEST [EARLIER ...]`` (with earlier runs,
 also a table of every target's value per run).
 """
 
@@ -274,6 +274,49 @@ def galaxy_target(b: dict[str, Any]) -> list[Any] | None:
     ]
 
 
+_OPCUA_UNITS = {"bulk_read_10000": "ms"}
+
+
+def opcua(b: dict[str, Any]) -> str:
+    """Issue 15's table: mxgateway vs asyncua per row, the median ratio with its spread."""
+    r = b["results"]
+    rows = []
+    for name, row in r["rows"].items():
+        unit = _OPCUA_UNITS.get(name, "µs")
+        met = {True: "**met**", False: "**missed**", None: "n/a"}[row["met"]]
+        spread = f"{_fmt(row['ratio'])} [{_fmt(row['ratio_min'])}-{_fmt(row['ratio_max'])}]"
+        rows.append(
+            [
+                row["label"],
+                f"{_fmt(row['mxgateway'])} {unit}",
+                f"{_fmt(row['asyncua'])} {unit}",
+                spread,
+                f"<= {_fmt(row['goal'])}",
+                met,
+            ]
+        )
+    out = [
+        table(["figure", "mxgateway", "asyncua", "ratio [min-max]", "goal", "result"], rows),
+        "",
+        f"Load average (1/5/15 min) before: {r.get('load_before')}, after: "
+        f"{r.get('load_after')}; asyncua {r.get('asyncua')}; "
+        f"{r.get('parameters', {}).get('rounds')} rounds; bare grpc.aio health check / "
+        f"asyncua read (median): {_fmt(r.get('grpc_health_vs_asyncua_read_median'))}.",
+    ]
+    keep = r.get("keep_up")
+    if keep:
+        out.append(
+            f"Simulator keeping up (2,000 tags, 1 ms scan, one subscriber, "
+            f"{_fmt(keep.get('seconds'))} s): {_fmt(keep.get('changes_per_s'))} changes/s, "
+            f"lag at the end {_fmt(keep.get('lag_end_s'))} s (per second: "
+            f"{keep.get('lag_per_second_s')}), disconnected: {keep.get('disconnected')}, "
+            f"late scans {_fmt(keep.get('late_scans'))} of {_fmt(keep.get('scans'))} "
+            f"({_fmt(keep.get('skipped_scans'))} skipped), simulator CPU "
+            f"{_fmt(keep.get('server_cpu_share'))} of a core."
+        )
+    return "\n".join(out)
+
+
 def _target_values(doc: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, b in doc["benchmarks"].items():
@@ -294,6 +337,15 @@ def spread(docs: list[dict[str, Any]]) -> str:
     return table(heads, rows)
 
 
+def _wrap(doc: dict[str, Any]) -> dict[str, Any]:
+    """One benchmark's document (``python -m bench NAME --out F``) shaped like ``all``'s."""
+    return {
+        "machine": doc["machine"],
+        "elapsed_s": doc.get("elapsed_s"),
+        "benchmarks": {doc["benchmark"]: doc},
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     """Print every section of the first file; with more files, also the spread table."""
     args = sys.argv[1:] if argv is None else argv
@@ -301,6 +353,7 @@ def main(argv: list[str] | None = None) -> int:
     for path in args:
         with open(path, encoding="utf-8") as fh:
             docs.append(json.load(fh))
+    docs = [d if "benchmarks" in d else _wrap(d) for d in docs]
     doc = docs[0]
     m = doc["machine"]
     print(
@@ -319,6 +372,7 @@ def main(argv: list[str] | None = None) -> int:
         "capacity": capacity,
         "profile": profile,
         "galaxy": galaxy,
+        "opcua": opcua,
     }
     for name, b in doc["benchmarks"].items():
         print(f"### {name} ({b.get('elapsed_s', '?')} s)\n")

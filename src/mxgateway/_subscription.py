@@ -817,15 +817,15 @@ class Subscription:
                 if pending and event.item_handle in pending:
                     pending.discard(event.item_handle)
                     initial = True
-                await queue.put(
-                    TagValue(
-                        tag,
-                        event,
-                        session_id,
-                        initial=initial,
-                        resynchronized=initial and recovered,
-                    )
+                value = TagValue(
+                    tag, event, session_id, initial=initial, resynchronized=initial and recovered
                 )
+                # Queue.put() is exactly this when there is room; without the coroutine it
+                # costs less per value (the common case: the consumer keeps up).
+                if queue.full():
+                    await queue.put(value)
+                else:
+                    queue.put_nowait(value)
             elif isinstance(event, EventGap):
                 await queue.put(event)
                 if self.resync_on_gap:
