@@ -1,6 +1,6 @@
-"""Render the JSON of ``python -m bench all --out FILE`` (or of one benchmark) as the Markdown
-tables of ``docs/benchmarks.md``: ``python -m bench.report LATEST [EARLIER ...]`` (with earlier runs,
-also a table of every target's value per run).
+"""Render the JSON of ``python -m bench all --out FILE`` (or of one benchmark) as the
+Markdown tables of ``docs/benchmarks.md``: ``python -m bench.report LATEST [EARLIER ...]``
+(with earlier runs, also a table of every target's value per run).
 """
 
 from __future__ import annotations
