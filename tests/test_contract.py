@@ -299,7 +299,13 @@ def test_gateway_service_declares_all_rpcs() -> None:
         "StreamAlarms",
         "QueryActiveAlarms",
         "StreamEventBatches",
+        "InvokeStream",
     ]
     batches = service.methods_by_name["StreamEventBatches"]
     assert batches.input_type is service.methods_by_name["StreamEvents"].input_type
     assert batches.server_streaming
+    commands = service.methods_by_name["InvokeStream"]  # our addition: Invoke on a stream
+    invoke = service.methods_by_name["Invoke"]
+    assert commands.input_type is invoke.input_type
+    assert commands.output_type is invoke.output_type
+    assert commands.client_streaming and commands.server_streaming

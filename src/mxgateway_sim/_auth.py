@@ -49,6 +49,7 @@ METHOD_SCOPES: dict[str, str | None] = {
     _GATEWAY + "OpenSession": "session:open",
     _GATEWAY + "CloseSession": "session:close",
     _GATEWAY + "Invoke": None,  # per command kind, in the servicer
+    _GATEWAY + "InvokeStream": None,  # per command kind, for each command (as Invoke)
     _GATEWAY + "StreamEvents": "events:read",
     _GATEWAY + "StreamEventBatches": "events:read",
     _GATEWAY + "StreamAlarms": "events:read",

@@ -374,7 +374,20 @@ class FaultInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
             or service not in (_GATEWAY_SERVICE, _GALAXY_SERVICE)
         ):
             return handler
+        if method == "InvokeStream":
+            # While faults are injected the command stream is "not implemented": clients
+            # fall back to Invoke, where the plan's command faults apply.
+            return _unimplemented()
         return _wrap(handler, method, service == _GALAXY_SERVICE, self._injector)
+
+
+def _unimplemented() -> grpc.RpcMethodHandler[Any, Any]:
+    async def refuse(requests: object, context: aio.ServicerContext[Any, Any]) -> None:
+        await context.abort(
+            grpc.StatusCode.UNIMPLEMENTED, "InvokeStream is off while faults are injected"
+        )
+
+    return grpc.stream_stream_rpc_method_handler(refuse)
 
 
 def _wrap(

@@ -403,6 +403,16 @@ class GatewayServicer:
 
     # -- commands ------------------------------------------------------------------------
 
+    async def InvokeStream(
+        self, requests: AsyncIterator[pb.MxCommandRequest], context: Context
+    ) -> AsyncIterator[pb.MxCommandReply | bytes]:
+        """The persistent command stream (our addition): each request is run as
+        :meth:`Invoke` runs it, one at a time, answered in order. What Invoke answers
+        with a gRPC status (a command kind the key may not use) ends the stream with it.
+        The key was checked before the first request was read (``AuthInterceptor``)."""
+        async for request in requests:
+            yield await self.Invoke(request, context)
+
     async def Invoke(
         self, request: pb.MxCommandRequest, context: Context
     ) -> pb.MxCommandReply | bytes:
@@ -1121,6 +1131,11 @@ def add_gateway_servicer(servicer: GatewayServicer, server: aio.Server) -> None:
         ),
         "Invoke": grpc.unary_unary_rpc_method_handler(
             servicer.Invoke,
+            request_deserializer=pb.MxCommandRequest.FromString,
+            response_serializer=_reply_bytes,
+        ),
+        "InvokeStream": grpc.stream_stream_rpc_method_handler(
+            servicer.InvokeStream,
             request_deserializer=pb.MxCommandRequest.FromString,
             response_serializer=_reply_bytes,
         ),

@@ -76,6 +76,11 @@ class MxAccessGatewayStub:
                 request_serializer=mxaccess__gateway__pb2.StreamEventsRequest.SerializeToString,
                 response_deserializer=mxaccess__gateway__pb2.MxEventBatch.FromString,
                 _registered_method=True)
+        self.InvokeStream = channel.stream_stream(
+                '/mxaccess_gateway.v1.MxAccessGateway/InvokeStream',
+                request_serializer=mxaccess__gateway__pb2.MxCommandRequest.SerializeToString,
+                response_deserializer=mxaccess__gateway__pb2.MxCommandReply.FromString,
+                _registered_method=True)
 
 
 class MxAccessGatewayServicer:
@@ -142,6 +147,16 @@ class MxAccessGatewayServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def InvokeStream(self, request_iterator, context):
+        """Our addition for latency: a persistent command stream. Each MxCommandRequest on it is
+        run exactly as Invoke runs it, one at a time, and answered by one MxCommandReply, in
+        the order of the requests. A failure Invoke reports with a gRPC status ends the
+        stream with that status. Clients fall back to Invoke when it answers UNIMPLEMENTED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MxAccessGatewayServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -184,6 +199,11 @@ def add_MxAccessGatewayServicer_to_server(servicer, server):
                     servicer.StreamEventBatches,
                     request_deserializer=mxaccess__gateway__pb2.StreamEventsRequest.FromString,
                     response_serializer=mxaccess__gateway__pb2.MxEventBatch.SerializeToString,
+            ),
+            'InvokeStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.InvokeStream,
+                    request_deserializer=mxaccess__gateway__pb2.MxCommandRequest.FromString,
+                    response_serializer=mxaccess__gateway__pb2.MxCommandReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -404,6 +424,33 @@ class MxAccessGateway:
             '/mxaccess_gateway.v1.MxAccessGateway/StreamEventBatches',
             mxaccess__gateway__pb2.StreamEventsRequest.SerializeToString,
             mxaccess__gateway__pb2.MxEventBatch.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def InvokeStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/mxaccess_gateway.v1.MxAccessGateway/InvokeStream',
+            mxaccess__gateway__pb2.MxCommandRequest.SerializeToString,
+            mxaccess__gateway__pb2.MxCommandReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -72,6 +72,12 @@ class MxAccessGatewayStub:
     message carries whatever events are queued at that moment (bounded by a count and a
     byte budget). The server never waits to fill a batch, so batching adds no latency.
     """
+    InvokeStream: _grpc.StreamStreamMultiCallable[_mxaccess_gateway_pb2.MxCommandRequest, _mxaccess_gateway_pb2.MxCommandReply]
+    """Our addition for latency: a persistent command stream. Each MxCommandRequest on it is
+    run exactly as Invoke runs it, one at a time, and answered by one MxCommandReply, in
+    the order of the requests. A failure Invoke reports with a gRPC status ends the
+    stream with that status. Clients fall back to Invoke when it answers UNIMPLEMENTED.
+    """
 
 @_typing.type_check_only
 class MxAccessGatewayAsyncStub(MxAccessGatewayStub):
@@ -100,6 +106,12 @@ class MxAccessGatewayAsyncStub(MxAccessGatewayStub):
     """Our addition for throughput: same request and ordering as StreamEvents, but every
     message carries whatever events are queued at that moment (bounded by a count and a
     byte budget). The server never waits to fill a batch, so batching adds no latency.
+    """
+    InvokeStream: _aio.StreamStreamMultiCallable[_mxaccess_gateway_pb2.MxCommandRequest, _mxaccess_gateway_pb2.MxCommandReply]  # type: ignore[assignment]
+    """Our addition for latency: a persistent command stream. Each MxCommandRequest on it is
+    run exactly as Invoke runs it, one at a time, and answered by one MxCommandReply, in
+    the order of the requests. A failure Invoke reports with a gRPC status ends the
+    stream with that status. Clients fall back to Invoke when it answers UNIMPLEMENTED.
     """
 
 class MxAccessGatewayServicer(metaclass=_abc_1.ABCMeta):
@@ -174,6 +186,18 @@ class MxAccessGatewayServicer(metaclass=_abc_1.ABCMeta):
         """Our addition for throughput: same request and ordering as StreamEvents, but every
         message carries whatever events are queued at that moment (bounded by a count and a
         byte budget). The server never waits to fill a batch, so batching adds no latency.
+        """
+
+    @_abc_1.abstractmethod
+    def InvokeStream(
+        self,
+        request_iterator: _MaybeAsyncIterator[_mxaccess_gateway_pb2.MxCommandRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_mxaccess_gateway_pb2.MxCommandReply], _abc.AsyncIterator[_mxaccess_gateway_pb2.MxCommandReply]]:
+        """Our addition for latency: a persistent command stream. Each MxCommandRequest on it is
+        run exactly as Invoke runs it, one at a time, and answered by one MxCommandReply, in
+        the order of the requests. A failure Invoke reports with a gRPC status ends the
+        stream with that status. Clients fall back to Invoke when it answers UNIMPLEMENTED.
         """
 
 def add_MxAccessGatewayServicer_to_server(servicer: MxAccessGatewayServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,179 @@
+"""``ClientOptions(command_stream=True)``: commands on the persistent ``InvokeStream``.
+
+The stream is a faster carriage for the same commands (issue 15 §4): every test here runs
+the real simulator over gRPC and checks that the answers, the errors and the fallback to
+``Invoke`` are what a unary ``Invoke`` gives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import grpc
+import pytest
+
+from mxgateway import (
+    ClientOptions,
+    GatewayClient,
+    MxAccessError,
+    MxGatewayAuthenticationError,
+    MxGatewayPermissionError,
+    Session,
+)
+from mxgateway.generated import mxaccess_gateway_pb2 as pb
+from mxgateway.generated import mxaccess_gateway_pb2_grpc as pbg
+from mxgateway_sim import (
+    ApiKeyStore,
+    FaultPlan,
+    GatewaySimulator,
+    RpcFault,
+    builtin_catalog,
+    new_key,
+)
+
+TAG = "Tank01.LevelSetpoint"
+
+
+def _connect(sim: GatewaySimulator, *, stream: bool, key: str | None = None) -> Any:
+    options = ClientOptions(
+        endpoint=sim.endpoint,
+        api_key=key or sim.api_key,
+        plaintext=True,
+        command_stream=stream,
+    )
+    return GatewayClient.connect(options=options)
+
+
+def _comparable(reply: pb.MxCommandReply) -> pb.MxCommandReply:
+    """The reply without what differs between two sessions (ids, correlation)."""
+    copy = pb.MxCommandReply()
+    copy.CopyFrom(reply)
+    copy.session_id = ""
+    copy.correlation_id = ""
+    return copy
+
+
+async def _script(session: Session) -> list[pb.MxCommandReply]:
+    """The same commands through ``invoke_raw``, the library's path for every helper."""
+    replies = []
+    h = await session.register("cs")
+    replies.append(
+        await session.invoke_raw(
+            pb.MxCommand(
+                kind=pb.MX_COMMAND_KIND_ADD_ITEM,
+                add_item=pb.AddItemCommand(server_handle=h, item_definition=TAG),
+            )
+        )
+    )
+    item = replies[-1].add_item.item_handle
+    for cmd in (
+        pb.MxCommand(
+            kind=pb.MX_COMMAND_KIND_ADVISE,
+            advise=pb.AdviseCommand(server_handle=h, item_handle=item),
+        ),
+        pb.MxCommand(kind=pb.MX_COMMAND_KIND_PING, ping=pb.PingCommand()),
+        pb.MxCommand(
+            kind=pb.MX_COMMAND_KIND_GET_SESSION_STATE, get_session_state=pb.GetSessionStateCommand()
+        ),
+        # An MXAccess failure is a normal reply: the same on both carriages.
+        pb.MxCommand(
+            kind=pb.MX_COMMAND_KIND_ADVISE,
+            advise=pb.AdviseCommand(server_handle=h, item_handle=999_999),
+        ),
+        pb.MxCommand(
+            kind=pb.MX_COMMAND_KIND_REMOVE_ITEM,
+            remove_item=pb.RemoveItemCommand(server_handle=h, item_handle=item),
+        ),
+    ):
+        replies.append(await session.invoke_raw(cmd))
+    return replies
+
+
+@pytest.fixture
+async def sim() -> Any:
+    async with GatewaySimulator(catalog=builtin_catalog(), scan_interval_ms=20) as simulator:
+        yield simulator
+
+
+async def test_the_stream_answers_as_invoke(sim: GatewaySimulator) -> None:
+    got = {}
+    for stream in (False, True):
+        async with await _connect(sim, stream=stream) as client, await client.open_session() as s:
+            got[stream] = [_comparable(r) for r in await _script(s)]
+            assert (client._commands is not None) is stream
+            if stream:
+                assert not client._commands.unsupported
+            # Helpers raise the same MXAccess error either way.
+            h = await s.register("cs-errors")
+            with pytest.raises(MxAccessError):
+                await s.advise(h, 424242)
+    assert got[True] == got[False]
+
+
+async def test_commands_in_flight_together_all_answer(sim: GatewaySimulator) -> None:
+    # One uses the stream, the others go through Invoke meanwhile; every reply is its own.
+    async with await _connect(sim, stream=True) as client, await client.open_session() as s:
+        names = [f"cs-{i}" for i in range(12)]
+        handles = await asyncio.gather(*(s.register(n) for n in names))
+        assert len(set(handles)) == len(names)
+        state = await asyncio.gather(*(s.get_session_state() for _ in range(6)))
+        assert len(set(state)) == 1
+
+
+async def test_a_scope_refusal_raises_as_on_invoke_and_the_next_command_works() -> None:
+    read_only = new_key()
+    store = ApiKeyStore()
+    store.add(read_only, ["session:open", "session:close", "invoke:read", "events:read"])
+    async with (
+        GatewaySimulator(key_store=store, catalog=builtin_catalog()) as sim,
+        await _connect(sim, stream=True, key=read_only) as client,
+        await client.open_session() as s,
+    ):
+        h = await s.register("ro")
+        item = await s.add_item(h, TAG)
+        await s.advise(h, item)
+        with pytest.raises(MxGatewayPermissionError):
+            await s.write(h, item, 1.0)
+        await s.ping()  # a new stream carries the next command
+        assert client._commands is not None and not client._commands.unsupported
+
+
+async def test_a_keyless_stream_is_refused_before_any_request_is_read(
+    sim: GatewaySimulator,
+) -> None:
+    channel = grpc.aio.insecure_channel(sim.endpoint)
+    try:
+        call = pbg.MxAccessGatewayStub(channel).InvokeStream()
+        # Nothing is written: the refusal cannot depend on reading a request.
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await asyncio.wait_for(call.read(), 10)
+        assert info.value.code() is grpc.StatusCode.UNAUTHENTICATED
+    finally:
+        await channel.close()
+    options = ClientOptions(
+        endpoint=sim.endpoint,
+        api_key="mxgw_nobody_" + "x" * 20,
+        plaintext=True,
+        command_stream=True,
+    )
+    async with await GatewayClient.connect(options=options) as client:
+        with pytest.raises(MxGatewayAuthenticationError):
+            await client.invoke_raw(
+                "no-session", pb.MxCommand(kind=pb.MX_COMMAND_KIND_PING, ping=pb.PingCommand())
+            )
+
+
+async def test_without_the_stream_the_client_uses_invoke() -> None:
+    # With a fault plan the simulator answers InvokeStream UNIMPLEMENTED (faults apply to
+    # Invoke): the client falls back and stays on Invoke.
+    plan = FaultPlan(rpc={"OpenSession": RpcFault(delay_s=0.0)}, quality_flaky_one_in=0)
+    async with (
+        GatewaySimulator(catalog=builtin_catalog(), faults=plan) as sim,
+        await _connect(sim, stream=True) as client,
+        await client.open_session() as s,
+    ):
+        h = await s.register("fallback")
+        assert h > 0
+        assert client._commands is not None and client._commands.unsupported
+        await s.ping()
