@@ -55,6 +55,9 @@ def _write_value(attr: gr.GalaxyAttribute) -> tuple[object, mxgateway.ValueType]
     return 42.5, "double"
 
 
+_PIPED_RULE_WIDTH = 80
+
+
 class _Tour:
     """Prints the tour for people, or collects it into one JSON document."""
 
@@ -66,7 +69,11 @@ class _Tour:
 
     def section(self, title: str) -> None:
         if not self.ctx.json:
-            self.ctx.out.console.print(Rule(title, align="left"))
+            out = self.ctx.out
+            # Piped, the console is 4,096 columns wide (tables are never cut); a heading
+            # rule that wide would be a line of 12 KB, so it keeps a terminal's width.
+            width = None if out.stdout_is_tty else _PIPED_RULE_WIDTH
+            out.console.print(Rule(title, align="left"), width=width)
 
     def say(self, text: str) -> None:
         if not self.ctx.json:

@@ -260,6 +260,8 @@ def test_demo_runs_with_no_flags(flags: list[str]) -> None:
         for step in ("Galaxy Repository", "Live data changes", "Write", "Bulk read", "Close"):
             assert step in result.stdout
         assert "ON_WRITE_COMPLETE" in result.stdout
+        # Piped, the section headings stay a terminal's width (not 4,096 columns of rule).
+        assert max(len(line) for line in result.stdout.splitlines() if "─" in line) <= 80
 
 
 def test_closed_stdout_pipe_ends_quietly_with_141(sim: SimServer) -> None:
