@@ -129,6 +129,7 @@ async def serve(args: argparse.Namespace) -> None:
         max_sessions=args.max_sessions,
         max_sessions_per_key=args.max_sessions,  # one bench key opens every session
         event_queue_limit=args.event_queue_limit,
+        event_queue_bytes=args.event_queue_bytes,
         multiple_subscribers=True,
         max_subscribers=8,
     )
@@ -148,6 +149,7 @@ async def serve(args: argparse.Namespace) -> None:
         session_options=options,
         galaxy_poll_interval=3600.0,
         session_isolation=args.session_isolation,
+        metrics_listen=("127.0.0.1", 0) if args.metrics else None,
     )
     await sim.start()
     try:
@@ -159,7 +161,12 @@ async def serve(args: argparse.Namespace) -> None:
             await asyncio.to_thread(Path(args.tags_out).write_text, text, encoding="utf-8")
         print(
             json.dumps(
-                {"address": sim.endpoint, "tags": len(tags), "all_tags": len(catalog.all_tags())}
+                {
+                    "address": sim.endpoint,
+                    "tags": len(tags),
+                    "all_tags": len(catalog.all_tags()),
+                    "metrics": sim.metrics_endpoint,
+                }
             ),
             flush=True,
         )
@@ -203,6 +210,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scan-ms", type=int, default=200)
     parser.add_argument("--max-sessions", type=int, default=64)
     parser.add_argument("--event-queue-limit", type=int, default=10_000)
+    parser.add_argument("--event-queue-bytes", type=int, default=16 << 20)
+    parser.add_argument("--metrics", action="store_true", help="--metrics-listen 127.0.0.1:0")
     parser.add_argument("--tags-out", default="")
     parser.add_argument("--command-timeout-s", type=float, default=30.0)
     parser.add_argument(

@@ -293,8 +293,10 @@ class AuthInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
     with :data:`current_principal` set.
     """
 
-    def __init__(self, store: ApiKeyStore) -> None:
+    def __init__(self, store: ApiKeyStore, stats: Any = None) -> None:
         self._store = store
+        self._stats = stats
+        """A ``GatewayStats`` counting refusals by reason (None: not counted)."""
 
     async def intercept_service(
         self,
@@ -307,11 +309,16 @@ class AuthInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
         if method.startswith(UNAUTHENTICATED_PREFIXES):
             open_handler = await continuation(handler_call_details)
             return None if open_handler is None else _guarded(open_handler, None)
-        principal = self._store.authenticate(_metadata_value(handler_call_details, "authorization"))
+        header = _metadata_value(handler_call_details, "authorization")
+        principal = self._store.authenticate(header)
         if principal is None:
+            if self._stats is not None:
+                self._stats.authentication_failed("missing_key" if not header else "invalid_key")
             return _refusal(grpc.StatusCode.UNAUTHENTICATED, "missing or invalid API key")
         scope = scope_for_method(method)
         if scope is not None and not principal.allows(scope):
+            if self._stats is not None:
+                self._stats.authorization_failed("method_scope")
             return _refusal(
                 grpc.StatusCode.PERMISSION_DENIED,
                 f"the API key lacks the {scope} scope needed by {method.rsplit('/', 1)[-1]}",

@@ -59,9 +59,19 @@ class SubscriberRefused(Exception):
 class Subscriber:
     """One attached stream: its queue of framed events and the next sequence it will get."""
 
-    __slots__ = ("end", "floor", "gap", "limit", "next_seq", "queue", "queued_bytes", "wake")
+    __slots__ = (
+        "delivered",
+        "end",
+        "floor",
+        "gap",
+        "limit",
+        "next_seq",
+        "queue",
+        "queued_bytes",
+        "wake",
+    )
 
-    def __init__(self, limit: int, next_seq: int) -> None:
+    def __init__(self, limit: int, next_seq: int, delivered: list[int] | None = None) -> None:
         self.queue: deque[bytes] = deque()
         self.queued_bytes = 0
         """Bytes in ``queue`` (reset when the queue is found empty: others may clear it)."""
@@ -72,6 +82,9 @@ class Subscriber:
         self.gap: tuple[int, int] | None = None
         self.floor = 0
         """Resume point ahead of the log: events at or below it are never queued (0: none)."""
+        self.delivered = delivered if delivered is not None else [0]
+        """The event log's delivered-events counter (one cell shared by its subscribers, so
+        the count costs one addition per batch and survives the subscriber)."""
 
     def take(self, max_events: int, max_bytes: int) -> list[bytes]:
         """Pop up to ``max_events`` framed events (at least one) within ``max_bytes``."""
@@ -85,6 +98,7 @@ class Subscriber:
             out.append(queue.popleft())
             size += len(item)
         self.next_seq += len(out)
+        self.delivered[0] += len(out)
         self.queued_bytes = self.queued_bytes - size if queue else 0
         return out
 
@@ -123,6 +137,38 @@ class EventLog:
         self.subscribers: list[Subscriber] = []
         self._drain_seq = 1
         self.closed: StreamEnd | None = None
+        # Operating figures (read by the metrics endpoint; see _stats.py).
+        self._delivered = [0]
+        self.drained = 0
+        self.dropped = 0
+        """Events thrown away from overflowing subscriber queues."""
+        self.overflow_disconnects = 0
+        self.gaps = 0
+        """Replay-gap notices sent (a resume from before the ring, an event too large)."""
+
+    @property
+    def delivered(self) -> int:
+        """Events handed to event streams so far (all subscribers, past ones included)."""
+        return self._delivered[0]
+
+    @property
+    def ring_bytes(self) -> int:
+        """Encoded bytes of the events in the replay ring."""
+        return self._ring_bytes
+
+    @property
+    def ring_events(self) -> int:
+        """Events in the replay ring."""
+        return len(self._ring)
+
+    def queue_usage(self) -> tuple[int, int]:
+        """Events and encoded bytes waiting in the subscribers' queues."""
+        depth = size = 0
+        for sub in self.subscribers:
+            if sub.queue:
+                depth += len(sub.queue)
+                size += sub.queued_bytes
+        return depth, size
 
     @property
     def ring_first_seq(self) -> int:
@@ -185,6 +231,7 @@ class EventLog:
     def _overflow(self, sub: Subscriber) -> None:
         missing = len(sub.queue)
         first = sub.next_seq
+        self.dropped += missing
         if len(sub.queue) > sub.limit:
             limit = f"{self._queue_limit} events (--event-queue-size)"
         else:
@@ -194,6 +241,7 @@ class EventLog:
         if self._policy is OverflowPolicy.FAIL_FAST and not self._multiple:
             self._on_fail_fast(f"event queue overflow ({limit}); session faulted (fail-fast)")
             return
+        self.overflow_disconnects += 1
         self._finish(
             sub,
             StreamEnd(
@@ -229,12 +277,13 @@ class EventLog:
                 f"the session has {self._max_subscribers} event subscribers (the limit)",
                 limit=True,
             )
-        sub = Subscriber(self._queue_limit, self.next_seq)
+        sub = Subscriber(self._queue_limit, self.next_seq, self._delivered)
         if after is not None and after + 1 < self.next_seq:
             base = self.ring_first_seq
             start = max(after + 1, base)
             if start > after + 1:
                 sub.gap = (after + 1, start - (after + 1))
+                self.gaps += 1
             sub.queue.extend(itertools.islice(self._ring, start - base, None))
             sub.queued_bytes = sum(map(len, sub.queue))
             sub.next_seq = start
@@ -278,12 +327,14 @@ class EventLog:
             if size + len(framed) > max_bytes:
                 if not events:
                     events.append(self._too_large_notice(seq, len(framed), max_bytes))
+                    self.gaps += 1
                     seq += 1
                 break
             events.append(unframe(framed))
             size += len(framed)
             seq += 1
         self._drain_seq = seq
+        self.drained += len(events)
         return events
 
     def _too_large_notice(self, seq: int, size: int, room: int) -> bytes:

@@ -336,7 +336,7 @@ class FaultInjector:
         session = self.sessions.get(session_id) if self.sessions is not None else None
         if session is None:
             return False
-        session.fault(message)
+        session.fault(message, cause="injected")
         if session.state is not SessionState.FAULTED:  # closing or closed already
             return False
         self.crashed_sessions.append(session_id)

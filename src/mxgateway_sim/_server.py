@@ -36,13 +36,14 @@ from mxgateway_sim._faults import (
     FaultInterceptor,
     FaultPlan,
 )
-from mxgateway_sim._limits import DEFAULT_MAX_MESSAGE_BYTES, check_limits
+from mxgateway_sim._limits import DEFAULT_MAX_MESSAGE_BYTES, LIMITS, check_limits
 from mxgateway_sim._plant import Plant
 from mxgateway_sim._runtime import MxAccessRuntime
 from mxgateway_sim._servicer import GatewayServicer, add_gateway_servicer
 from mxgateway_sim._sessions import SessionManager, SessionOptions
 from mxgateway_sim._simconfig import SimSettings
 from mxgateway_sim._simruntime import DEFAULT_USERS, SimUser
+from mxgateway_sim._stats import GatewayStats, TimedGalaxy
 from mxgateway_sim._tls import TlsFiles, ensure_self_signed
 from mxgateway_sim._workerclient import WorkerSettings
 from mxgateway_sim._workers import ISOLATIONS, ProcessIsolation, SessionIsolation
@@ -89,6 +90,24 @@ DEFAULT_IDLE_TIMEOUT_S = 300.0
 """A connection with no call in progress for this long is closed (GOAWAY; clients reconnect)."""
 DEFAULT_HEADER_TIMEOUT_S = 10.0
 """A new connection must finish its TLS and HTTP/2 handshake (preface, SETTINGS) in time."""
+
+
+COUNT_LIMIT_FLAGS: tuple[tuple[str, str], ...] = (
+    ("--max-sessions", "max_sessions"),
+    ("--max-sessions-per-key", "max_sessions_per_key"),
+    ("--lease-seconds", "lease_s"),
+    ("--max-pending-commands", "max_pending_commands"),
+    ("--command-timeout-seconds", "command_timeout_s"),
+    ("--event-queue-size", "event_queue_limit"),
+    ("--overflow-policy", "overflow_policy"),
+    ("--max-subscribers", "max_subscribers"),
+    ("--replay-ring-size", "replay_ring_size"),
+    ("--replay-ring-seconds", "replay_ring_age_s"),
+    ("--closed-session-memory", "closed_memory"),
+    ("--closed-session-seconds", "closed_memory_s"),
+)
+"""``mxgw-sim serve`` flags of the ``SessionOptions`` limits other than the byte limits
+(those are in ``_limits.LIMITS``); the status page lists both."""
 
 
 class BindError(OSError):
@@ -153,7 +172,28 @@ class GatewaySimulator:
         header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S,
         session_isolation: SessionIsolation = "inline",
         worker_settings: WorkerSettings | None = None,
+        metrics_listen: tuple[str, int] | None = None,
+        metrics_allow_remote: bool = False,
     ) -> None:
+        if metrics_listen is not None and not metrics_allow_remote:
+            from mxgateway_sim._opsserver import is_loopback
+
+            if not is_loopback(metrics_listen[0]):
+                raise ValueError(
+                    f"--metrics-listen {metrics_listen[0]} is not a loopback address; the "
+                    "metrics and status page have no authentication: add "
+                    "--metrics-allow-remote to serve them on the network"
+                )
+        self._metrics_listen = metrics_listen
+        self._ops: Any = None
+        self.stats = GatewayStats()
+        """Operating counters (kept across :meth:`restart`); read by the metrics endpoint."""
+        self.runtime_name = (
+            "simulated"
+            if runtime_factory is None
+            else getattr(runtime_factory, "runtime_name", "custom")
+        )
+        """What runs the sessions' MXAccess (``simulated``, ``mxaccess``; the status page)."""
         self._host = host
         self._port = port
         self._store = key_store or ApiKeyStore(allow_anonymous=allow_anonymous)
@@ -196,6 +236,8 @@ class GatewaySimulator:
             )
         self.session_isolation: SessionIsolation = session_isolation
         self._workers = ProcessIsolation(worker_settings or WorkerSettings())
+        if session_isolation == "process":
+            self.runtime_name = self._workers.settings.runtime
         if session_options is None:
             session_options = SessionOptions(max_sessions=max_sessions)
         elif max_sessions != DEFAULT_MAX_SESSIONS:
@@ -210,6 +252,7 @@ class GatewaySimulator:
         self.sessions: SessionManager | None = None
         self.alarms: AlarmMonitor | None = None
         self.galaxy_available = False
+        self._stopping = False
 
     # -- what clients need ----------------------------------------------------------------
 
@@ -228,6 +271,59 @@ class GatewaySimulator:
     def ca_file(self) -> Path | None:
         """CA certificate to trust (self-signed TLS only)."""
         return self._tls_files.ca if self._tls_files else None
+
+    @property
+    def metrics_endpoint(self) -> str | None:
+        """``host:port`` of the metrics and status page listener (None: not enabled)."""
+        return self._ops.endpoint if self._ops is not None else None
+
+    @property
+    def health(self) -> str:
+        """``serving``, ``stopping`` (graceful shutdown under way) or ``stopped``."""
+        if self._stopping:
+            return "stopping"
+        return "stopped" if self._server is None else "serving"
+
+    @property
+    def galaxy_backend(self) -> str:
+        """What serves the Galaxy Repository (the status page)."""
+        if self._catalog is not None:
+            return "none (in-memory tag catalog)"
+        if self._galaxy is None:
+            return "none (built-in demo plant)"
+        if self._galaxy_source is not None:
+            return "SQL Server (ZB)"
+        return "SQLite"
+
+    @property
+    def galaxy_deploys(self) -> int | None:
+        """Deploys detected since start (None without a Galaxy service)."""
+        if self._galaxy is None:
+            return None
+        return max(0, int(self._galaxy.sequence) - 1)
+
+    @property
+    def galaxy_watchers(self) -> int:
+        """Open WatchDeployEvents streams."""
+        return int(self._galaxy.watcher_count) if self._galaxy is not None else 0
+
+    def limits_in_force(self) -> list[tuple[str, str]]:
+        """(flag, value) of every session and byte limit, as ``mxgw-sim serve`` spells it."""
+        options = self._options
+        pairs: list[tuple[str, str]] = []
+        for flag, name in COUNT_LIMIT_FLAGS:
+            value = getattr(options, name)
+            pairs.append((flag, str(getattr(value, "value", value))))
+        pairs.extend((limit.flag, str(getattr(options, limit.field))) for limit in LIMITS)
+        pairs.append(("--idle-timeout-seconds", f"{self._idle_timeout_ms / 1000:g}"))
+        pairs.append(("--header-timeout-seconds", f"{self._header_timeout_ms / 1000:g}"))
+        return pairs
+
+    def status(self, rates: Any = None) -> Any:
+        """The gateway's :class:`~mxgateway_sim._opstatus.GatewayStatus` now."""
+        from mxgateway_sim._opstatus import snapshot
+
+        return snapshot(self, rates)
 
     @property
     def tls_mode(self) -> str:
@@ -317,10 +413,10 @@ class GatewaySimulator:
                 return factory(plant)
             return sim_settings.runtime(plant, users)
 
-        self.sessions = SessionManager(make_runtime, self._options)
+        self.sessions = SessionManager(make_runtime, self._options, self.stats)
         self.faults.sessions = self.sessions
         server = aio.server(
-            interceptors=[AuthInterceptor(self._store), FaultInterceptor(self.faults)],
+            interceptors=[AuthInterceptor(self._store, self.stats), FaultInterceptor(self.faults)],
             options=[
                 ("grpc.max_send_message_length", options.max_message_bytes),
                 ("grpc.max_receive_message_length", options.max_message_bytes),
@@ -339,13 +435,20 @@ class GatewaySimulator:
             ],
         )
         self.alarms = AlarmMonitor(plant)
-        add_gateway_servicer(GatewayServicer(self.sessions, self.alarms, self.faults), server)
+        timed = self._metrics_listen is not None
+        add_gateway_servicer(
+            GatewayServicer(self.sessions, self.alarms, self.faults, self.stats, timed=timed),
+            server,
+        )
         services = [GATEWAY_SERVICE]
         if self._galaxy is not None:
             from mxgateway.generated import galaxy_repository_pb2_grpc
 
+            galaxy_servicer = self._galaxy.servicer
+            if timed:
+                galaxy_servicer = TimedGalaxy(galaxy_servicer, self.stats)
             galaxy_repository_pb2_grpc.add_GalaxyRepositoryServicer_to_server(
-                self._galaxy.servicer, server
+                galaxy_servicer, server
             )
             services.append(GALAXY_SERVICE)
         self._health = health_aio.HealthServicer()
@@ -384,7 +487,17 @@ class GatewaySimulator:
                 f"cannot listen on {address}: the port is in use or the address is not "
                 "one of this host's"
             )
-        await server.start()
+        ops = None
+        if self._metrics_listen is not None:
+            ops = await self._start_ops(*self._metrics_listen)
+        try:
+            await server.start()
+        except BaseException:
+            if ops is not None:
+                await ops.stop()
+            raise
+        self._ops = ops
+        self._stopping = False
         self._server = server
         for name in ("", *services):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -394,6 +507,25 @@ class GatewaySimulator:
             _GcTuning.acquire()
             self._gc_tuned = True
         log.info("mxgw-sim listening on %s (%s)", self.endpoint, self.tls_mode)
+
+    async def _start_ops(self, host: str, port: int) -> Any:
+        try:
+            from mxgateway_sim._opsserver import OpsServer
+        except ImportError:
+            raise ValueError(
+                "--metrics-listen needs the prometheus-client package: "
+                "pip install 'mxaccess-gateway-client[sim]'"
+            ) from None
+        ops = OpsServer(self.status, host, port)
+        try:
+            await ops.start()
+        except OSError as exc:
+            raise BindError(
+                f"cannot listen on {host}:{port} for metrics: {exc.strerror or exc}"
+            ) from None
+        # A restart listens on the same port again.
+        self._metrics_listen = (host, ops.bound_port)
+        return ops
 
     async def restart(self, grace: float | None = 0.5, downtime_s: float = 0.0) -> None:
         """Stop gracefully and start again on the same port, as a real gateway restart does.
@@ -420,6 +552,7 @@ class GatewaySimulator:
         server, self._server = self._server, None
         if server is None:
             return
+        self._stopping = True  # the status page says "stopping" meanwhile
         if self._health is not None:
             await self._health.enter_graceful_shutdown()
         assert self.sessions is not None and self.plant is not None
@@ -428,6 +561,10 @@ class GatewaySimulator:
             self.alarms.close()
         await server.stop(grace)
         await self.sessions.shutdown()  # anything opened during the grace period
+        self._stopping = False
+        ops, self._ops = self._ops, None
+        if ops is not None:
+            await ops.stop()
         await self.plant.stop()
         if self._gc_tuned:
             self._gc_tuned = False

@@ -47,8 +47,10 @@ from mxgateway_sim._limits import (
     reply_too_large,
     too_large,
 )
+from mxgateway_sim._oplog import bind_session
 from mxgateway_sim._sessions import Session, SessionLimitError, SessionManager, SessionState
 from mxgateway_sim._slicing import CHUNK_ROWS, Slicer, chunks
+from mxgateway_sim._stats import GatewayStats, timed_invoke
 from mxgateway_sim._wire import (
     alarm_snapshot_to_pb,
     alarm_transition_to_pb,
@@ -288,11 +290,20 @@ class GatewayServicer:
     """Implements ``mxaccess_gateway.v1.MxAccessGateway``."""
 
     def __init__(
-        self, sessions: SessionManager, alarms: AlarmMonitor, faults: FaultInjector | None = None
+        self,
+        sessions: SessionManager,
+        alarms: AlarmMonitor,
+        faults: FaultInjector | None = None,
+        stats: GatewayStats | None = None,
+        *,
+        timed: bool = False,
     ) -> None:
         self.sessions = sessions
         self.alarms = alarms
         self.faults = faults
+        self.stats = stats
+        self.timed = timed and stats is not None
+        """Count and time every command (metrics on; see :func:`timed_invoke`)."""
         self._correlation = itertools.count(1)
         self._background: set[asyncio.Task[None]] = set()
         self._handlers: dict[str, Handler] = {
@@ -365,6 +376,7 @@ class GatewayServicer:
             )
         try:
             session = await self.sessions.open(name, principal.key_id)
+            bind_session(session.log_fields)
         except SessionLimitError as exc:
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
         except WorkerStartError as exc:
@@ -421,6 +433,8 @@ class GatewayServicer:
         scope = scope_for_command(kind)
         principal = current_principal.get()
         if principal is None or not principal.allows(scope):
+            if self.stats is not None:
+                self.stats.authorization_failed("command_scope")
             await context.abort(
                 grpc.StatusCode.PERMISSION_DENIED,
                 f"the API key lacks the {scope} scope needed by this command",
@@ -453,6 +467,7 @@ class GatewayServicer:
             reply.protocol_status.CopyFrom(problem)
             return reply
         assert session is not None
+        bind_session(session.log_fields)
         session.touch()
         options = self.sessions.options
         if session.pending >= options.max_pending_commands:
@@ -474,6 +489,7 @@ class GatewayServicer:
                 _within(handler(session, body, reply), options.command_timeout_s)
             )
         except asyncio.TimeoutError:
+            log.info("a %s command timed out", payload)
             reply.protocol_status.CopyFrom(
                 _status(
                     pb.PROTOCOL_STATUS_CODE_TIMEOUT,
@@ -495,6 +511,7 @@ class GatewayServicer:
             )
             return reply
         except WorkerLost as exc:  # the session's worker process died: the session faulted
+            log.info("a %s command found the session's worker lost", payload)
             reply.protocol_status.CopyFrom(
                 _status(pb.PROTOCOL_STATUS_CODE_SESSION_FAULTED, f"{exc}; close the session")
             )
@@ -866,6 +883,7 @@ class GatewayServicer:
         if session is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, NO_SUCH_SESSION)
         assert session is not None
+        bind_session(session.log_fields)
         if session.state is not SessionState.READY:
             await context.abort(
                 grpc.StatusCode.FAILED_PRECONDITION, f"the session is {session.state.name.lower()}"
@@ -1130,7 +1148,9 @@ def add_gateway_servicer(servicer: GatewayServicer, server: aio.Server) -> None:
             response_serializer=pb.CloseSessionReply.SerializeToString,
         ),
         "Invoke": grpc.unary_unary_rpc_method_handler(
-            servicer.Invoke,
+            timed_invoke(servicer.Invoke, servicer.stats)
+            if servicer.timed and servicer.stats is not None
+            else servicer.Invoke,
             request_deserializer=pb.MxCommandRequest.FromString,
             response_serializer=_reply_bytes,
         ),

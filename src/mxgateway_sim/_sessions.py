@@ -33,7 +33,9 @@ from mxgateway_sim._limits import (
     DEFAULT_REFERENCE_CACHE_BYTES,
     DEFAULT_REPLAY_RING_BYTES,
 )
+from mxgateway_sim._oplog import session_log_fields
 from mxgateway_sim._runtime import MxAccessRuntime
+from mxgateway_sim._stats import GatewayStats
 
 log = get_logger("mxgateway_sim.sessions")
 
@@ -113,6 +115,7 @@ class Session:
         runtime: MxAccessRuntime,
         options: SessionOptions,
         owner: str = "",
+        stats: GatewayStats | None = None,
     ) -> None:
         self.id = session_id
         self.name = name
@@ -120,6 +123,8 @@ class Session:
         """Key id (lower case) of the key that opened the session."""
         self.runtime = runtime
         self.options = options
+        self.stats = stats
+        self.opened_at = time.time()
         self.state = SessionState.OPENING
         self.pending = 0
         self.last_used = time.monotonic()
@@ -135,8 +140,10 @@ class Session:
             policy=options.overflow_policy,
             multiple_subscribers=options.multiple_subscribers,
             max_subscribers=options.max_subscribers,
-            on_fail_fast=self.fault,
+            on_fail_fast=self._overflowed,
         )
+        self.log_fields = session_log_fields(session_id, self.owner)
+        """``extra=`` of this session's log lines: its id prefix and key id."""
 
     def __repr__(self) -> str:
         return f"Session({self.id!r}, state={self.state.name})"
@@ -149,13 +156,23 @@ class Session:
         """True when idle past the lease with no stream attached."""
         return not self.events.subscribers and now - self.last_used > self.options.lease_s
 
-    def fault(self, message: str) -> None:
-        """Move to FAULTED (only CloseSession is accepted afterwards) and end the streams."""
+    def _overflowed(self, message: str) -> None:
+        self.fault(message, cause="overflow")
+
+    def fault(self, message: str, *, cause: str = "other") -> None:
+        """Move to FAULTED (only CloseSession is accepted afterwards) and end the streams.
+
+        ``cause`` (``overflow``, ``worker_lost``, ``injected`` or ``other``) labels the
+        fault in the metrics.
+        """
         if self.state in (SessionState.CLOSED, SessionState.CLOSING):
             return
+        first = self.state is not SessionState.FAULTED
         self.state = SessionState.FAULTED
         self.fault_message = message
-        log.warning("a session of key %s faulted: %s", self.owner, message)
+        if first and self.stats is not None:
+            self.stats.session_faulted(self, cause, message)
+        log.warning("a session of key %s faulted: %s", self.owner, message, extra=self.log_fields)
         log.debug("session %s faulted", self.id)
         self.events.close(StreamEnd(EndReason.SESSION_FAULTED, message))
 
@@ -175,10 +192,14 @@ class SessionManager:
     """Opens, finds, sweeps and closes sessions."""
 
     def __init__(
-        self, runtime_factory: Callable[[], MxAccessRuntime], options: SessionOptions
+        self,
+        runtime_factory: Callable[[], MxAccessRuntime],
+        options: SessionOptions,
+        stats: GatewayStats | None = None,
     ) -> None:
         self._factory = runtime_factory
         self.options = options
+        self.stats = stats
         self._sessions: dict[str, Session] = {}
         # id -> monotonic close time, oldest first; bounded by closed_memory(_s).
         self._closed: OrderedDict[str, tuple[float, str]] = OrderedDict()  # (time, owner)
@@ -204,7 +225,11 @@ class SessionManager:
         alike, so a key cannot learn that another key's session exists.
         """
         session = self._sessions.get(session_id)
-        if session is None or not (admin or session.owner == key_id.lower()):
+        if session is None:
+            return None
+        if not (admin or session.owner == key_id.lower()):
+            if self.stats is not None:
+                self.stats.authorization_failed("not_owner")
             return None
         return session
 
@@ -224,10 +249,12 @@ class SessionManager:
         owner = owner.lower()
         options = self.options
         if len(self._sessions) + self._opening >= options.max_sessions:
+            self._refused("max_sessions")
             raise SessionLimitError(
                 f"the gateway has {options.max_sessions} open sessions (the limit, --max-sessions)"
             )
         if self.owned_by(owner) >= options.max_sessions_per_key:
+            self._refused("max_sessions_per_key")
             raise SessionLimitError(
                 f"this API key has {options.max_sessions_per_key} open sessions "
                 "(the per-key limit, --max-sessions-per-key); close one first"
@@ -236,7 +263,7 @@ class SessionManager:
         self._opening_by_key[owner] = self._opening_by_key.get(owner, 0) + 1
         try:
             session_id = f"session-{secrets.token_hex(16)}"
-            session = Session(session_id, name, self._factory(), options, owner)
+            session = Session(session_id, name, self._factory(), options, owner, self.stats)
             bind = getattr(session.runtime, "bind_session", None)
             if bind is not None:  # a worker-process runtime: its id, event log and fault
                 bind(session)
@@ -250,11 +277,22 @@ class SessionManager:
                 self._opening_by_key[owner] = left
             else:
                 del self._opening_by_key[owner]
+        if self.stats is not None:
+            self.stats.session_opened()
         log.info(
-            "key %s opened a session (%s; %d open)", owner, name or "unnamed", len(self._sessions)
+            "key %s opened a session (%s; %d open)",
+            owner,
+            name or "unnamed",
+            len(self._sessions),
+            extra=session.log_fields,
         )
         log.debug("session %s opened for key %s", session_id, owner)
         return session
+
+    def _refused(self, limit: str) -> None:
+        if self.stats is not None:
+            refusals = self.stats.session_limit_refusals
+            refusals[limit] = refusals.get(limit, 0) + 1
 
     def was_closed(
         self, session_id: str, key_id: str | None = None, *, admin: bool = False
@@ -289,13 +327,15 @@ class SessionManager:
         *,
         key_id: str | None = None,
         admin: bool = False,
+        why: str = "closed",
     ) -> CloseResult | None:
         """Release everything and close; None when the registry does not know the session.
 
         Idempotent (as upstream): closing a session that is closing waits for that close,
         and closing one the registry still remembers answers CLOSED with nothing released.
         With ``key_id`` (a caller's close), another key's session, open or remembered, is
-        None as an unknown one is, unless ``admin``.
+        None as an unknown one is, unless ``admin``. ``why`` labels the close in the metrics
+        (``closed``, ``lease_expired``, ``shutdown``).
         """
         session = self._sessions.get(session_id)
         if session is not None and key_id is not None:
@@ -319,12 +359,15 @@ class SessionManager:
             self._remember_closed(session_id, session.owner)
             session.done.set()
             session.events.close(StreamEnd(reason, message or f"session {reason.value}"))
+            if self.stats is not None:
+                self.stats.session_closed(session, why)
         log.info(
             "a session of key %s closed: %d advises, %d items, %d registrations released",
             session.owner,
             released.advises,
             released.items,
             released.registrations,
+            extra=session.log_fields,
         )
         return CloseResult(session_id, session.state, released)
 
@@ -336,7 +379,9 @@ class SessionManager:
             log.info("%d session lease(s) expired", len(expired))
         for session_id in expired:
             log.debug("session %s lease expired", session_id)
-            await self.close(session_id, EndReason.SESSION_CLOSED, "session lease expired")
+            await self.close(
+                session_id, EndReason.SESSION_CLOSED, "session lease expired", why="lease_expired"
+            )
         return expired
 
     def start(self) -> None:
@@ -362,4 +407,9 @@ class SessionManager:
             with contextlib.suppress(asyncio.CancelledError):
                 await sweeper
         for session_id in list(self._sessions):
-            await self.close(session_id, EndReason.SERVER_SHUTDOWN, "the gateway is shutting down")
+            await self.close(
+                session_id,
+                EndReason.SERVER_SHUTDOWN,
+                "the gateway is shutting down",
+                why="shutdown",
+            )

@@ -214,6 +214,11 @@ class SimulatedRuntime:
         # it skip the buffered items, so a write or an advise costs the same with 100k of them.
         self.next_due = math.inf
 
+    @property
+    def item_count(self) -> int:
+        """Items the session holds (the status page shows it)."""
+        return len(self._items)
+
     # -- life cycle ----------------------------------------------------------------------
 
     async def start(self, sink: EventSink) -> None:

@@ -274,8 +274,13 @@ class WorkerRuntime:
             with contextlib.suppress(ProcessLookupError):
                 self._transport.kill()
         if fault and self._started and not self._closing and self._session is not None:
-            log.warning("a session's worker (pid %d) was lost: %s", self.pid, why)
-            self._session.fault(f"the session's worker was lost: {why}")
+            log.warning(
+                "a session's worker (pid %d) was lost: %s",
+                self.pid,
+                why,
+                extra=self._session.log_fields,
+            )
+            self._session.fault(f"the session's worker was lost: {why}", cause="worker_lost")
 
     def _exited(self) -> None:
         code = self._transport.get_returncode() if self._transport is not None else None

@@ -18,7 +18,6 @@ import contextlib
 import dataclasses
 import importlib
 import json
-import logging
 import os
 import signal
 import sqlite3
@@ -35,6 +34,7 @@ from mxgateway_sim._auth import parse_scopes as _parse_scopes
 from mxgateway_sim._events import OverflowPolicy
 from mxgateway_sim._faults import FaultPlan, FaultPlanError
 from mxgateway_sim._limits import LIMITS
+from mxgateway_sim._oplog import LOG_FORMATS, configure_logging
 from mxgateway_sim._server import (
     DEFAULT_HEADER_TIMEOUT_S,
     DEFAULT_IDLE_TIMEOUT_S,
@@ -301,9 +301,27 @@ def build_parser(prog: str = "mxgw-sim") -> argparse.ArgumentParser:
         help="a new connection must finish its TLS/HTTP/2 handshake within S seconds "
         f"(default {DEFAULT_HEADER_TIMEOUT_S:g})",
     )
+    ops = serve.add_argument_group("operations (docs/operations.md)")
+    ops.add_argument(
+        "--metrics-listen",
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics at /metrics and the status page at / on this address "
+        "(off by default; loopback only unless --metrics-allow-remote)",
+    )
+    ops.add_argument(
+        "--metrics-allow-remote",
+        action="store_true",
+        help="allow --metrics-listen on a non-loopback address (it has no authentication)",
+    )
     serve.add_argument("--json", action="store_true", help="print the start line as JSON")
     serve.add_argument(
         "--log-level", default="warning", choices=["debug", "info", "warning", "error"]
+    )
+    serve.add_argument(
+        "--log-format",
+        default="text",
+        choices=LOG_FORMATS,
+        help="stderr log lines as text (default) or one JSON object a line",
     )
 
     keys_cmd = sub.add_parser("keys", help="API key tools")
@@ -325,10 +343,10 @@ def build_parser(prog: str = "mxgw-sim") -> argparse.ArgumentParser:
     return parser
 
 
-def _split_listen(text: str) -> tuple[str, int]:
+def _split_listen(text: str, flag: str = "--listen") -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
     if not sep or not host or not port.isdigit() or int(port) > 65535:
-        raise UsageError(f"--listen {text!r}: expected HOST:PORT")
+        raise UsageError(f"{flag} {text!r}: expected HOST:PORT")
     return host.strip("[]"), int(port)
 
 
@@ -448,6 +466,11 @@ def _galaxy_source(args: argparse.Namespace) -> Any:
 
 async def _serve(args: argparse.Namespace) -> int:
     host, port = _split_listen(args.listen)
+    metrics = (
+        _split_listen(args.metrics_listen, "--metrics-listen")
+        if args.metrics_listen is not None
+        else None
+    )
     tls = _tls_mode(args)
     store = _key_store(args)
     options = SessionOptions(
@@ -488,7 +511,7 @@ async def _serve(args: argparse.Namespace) -> int:
         galaxy_db = Path(scratch.name) / "galaxy.db"
     try:
         return await _serve_with(
-            args, host, port, store, tls, options, plan, galaxy_source, galaxy_db
+            args, host, port, store, tls, options, plan, galaxy_source, galaxy_db, metrics
         )
     finally:
         if scratch is not None:
@@ -505,28 +528,35 @@ async def _serve_with(
     plan: FaultPlan,
     galaxy_source: Any,
     galaxy_db: Path | None,
+    metrics: tuple[str, int] | None = None,
 ) -> int:
     """Run the simulator until SIGINT/SIGTERM (the rest of ``serve``)."""
-    sim = GatewaySimulator(
-        host=host,
-        port=port,
-        key_store=store,
-        allow_anonymous=args.allow_anonymous,
-        tls=tls,
-        tls_dir=args.tls_self_signed,
-        galaxy_db=galaxy_db,
-        galaxy_objects=args.galaxy_objects,
-        galaxy_page_bytes=args.galaxy_page_bytes,
-        galaxy_source=galaxy_source,
-        galaxy_poll_interval=args.galaxy_poll_seconds,
-        seed=args.seed,
-        scan_interval_ms=args.scan_interval_ms,
-        session_options=options,
-        faults=plan,
-        idle_timeout_s=args.idle_timeout_seconds,
-        header_timeout_s=args.header_timeout_seconds,
-        **_runtime_options(args),
-    )
+    try:
+        sim = GatewaySimulator(
+            host=host,
+            port=port,
+            key_store=store,
+            allow_anonymous=args.allow_anonymous,
+            tls=tls,
+            tls_dir=args.tls_self_signed,
+            galaxy_db=galaxy_db,
+            galaxy_objects=args.galaxy_objects,
+            galaxy_page_bytes=args.galaxy_page_bytes,
+            galaxy_source=galaxy_source,
+            galaxy_poll_interval=args.galaxy_poll_seconds,
+            seed=args.seed,
+            scan_interval_ms=args.scan_interval_ms,
+            session_options=options,
+            faults=plan,
+            idle_timeout_s=args.idle_timeout_seconds,
+            header_timeout_s=args.header_timeout_seconds,
+            metrics_listen=metrics,
+            metrics_allow_remote=args.metrics_allow_remote,
+            **_runtime_options(args),
+        )
+    except ValueError as exc:  # a refused combination (a remote metrics address)
+        raise UsageError(str(exc)) from None
+    sim.runtime_name = args.runtime
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -551,22 +581,25 @@ async def _serve_with(
     try:
         ca = str(sim.ca_file) if sim.ca_file else None
         db_text = str(galaxy_db) if galaxy_db is not None and sim.galaxy_available else None
+        metrics_at = sim.metrics_endpoint
         if args.json:
-            line = json.dumps(
-                {
-                    "event": "listening",
-                    "address": sim.endpoint,
-                    "tls": sim.tls_mode,
-                    "caFile": ca,
-                    "galaxy": sim.galaxy_available,
-                    "galaxyDb": db_text,
-                }
-            )
+            doc: dict[str, Any] = {
+                "event": "listening",
+                "address": sim.endpoint,
+                "tls": sim.tls_mode,
+                "caFile": ca,
+                "galaxy": sim.galaxy_available,
+                "galaxyDb": db_text,
+            }
+            if metrics_at is not None:
+                doc["metrics"] = metrics_at
+            line = json.dumps(doc)
         else:
             line = (
                 f"{args.prog} listening on {sim.endpoint} tls={sim.tls_mode}"
                 + (f" ca={ca}" if ca else "")
                 + (f" galaxy-db={db_text}" if db_text else "")
+                + (f" metrics={metrics_at}" if metrics_at else "")
             )
         print(line, flush=True)
         await stop.wait()
@@ -650,10 +683,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "mxgw-sim") -> int:
     args = build_parser(prog).parse_args(argv)
     try:
         if args.command == "serve":
-            logging.basicConfig(
-                level=args.log_level.upper(),
-                format="%(asctime)s %(levelname)s %(name)s %(message)s",
-            )
+            configure_logging(args.log_level, args.log_format)
             return asyncio.run(_serve(args))
         if args.command == "keys":
             return _keys_create(args)
