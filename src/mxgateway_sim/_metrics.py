@@ -44,6 +44,16 @@ def _counter(
     return family
 
 
+def _counter2(
+    name: str, doc: str, labels: tuple[str, str], values: Mapping[tuple[str, str], int]
+) -> CounterMetricFamily:
+    """A counter by two labels (only the pairs seen so far)."""
+    family = CounterMetricFamily(name, doc, labels=list(labels))
+    for pair, count in sorted(values.items()):
+        family.add_metric(list(pair), count)
+    return family
+
+
 def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
     return GaugeMetricFamily(name, doc, value=value)
 
@@ -125,14 +135,12 @@ class GatewayCollector(Collector):
         )
 
         # commands
-        commands = CounterMetricFamily(
+        yield _counter2(
             "mxgw_commands",
             "Invoke commands by kind and the protocol status they answered",
-            labels=["kind", "status"],
+            ("kind", "status"),
+            stats.commands,
         )
-        for (kind, status), count in sorted(stats.commands.items()):
-            commands.add_metric([kind, status], count)
-        yield commands
         yield _histograms(
             "mxgw_command_duration_seconds",
             "Time from an Invoke's arrival to its reply, by command kind",
@@ -202,14 +210,12 @@ class GatewayCollector(Collector):
         )
 
         # Galaxy
-        galaxy = CounterMetricFamily(
+        yield _counter2(
             "mxgw_galaxy_requests",
             "GalaxyRepository calls by method and gRPC code",
-            labels=["method", "code"],
+            ("method", "code"),
+            stats.galaxy_requests,
         )
-        for (method, code), count in sorted(stats.galaxy_requests.items()):
-            galaxy.add_metric([method, code], count)
-        yield galaxy
         yield _histograms(
             "mxgw_galaxy_request_duration_seconds",
             "GalaxyRepository call latency by method",

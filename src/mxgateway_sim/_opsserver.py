@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 from collections.abc import Callable
 
 from mxgateway._logsafe import get_logger
@@ -21,7 +20,7 @@ from mxgateway_sim._metrics import MetricsExporter
 from mxgateway_sim._opstatus import EventRates, GatewayStatus
 from mxgateway_sim._statuspage import CONTENT_SECURITY_POLICY, render_status_page
 
-__all__ = ["MAX_CONNECTIONS", "OpsServer", "is_loopback"]
+__all__ = ["MAX_CONNECTIONS", "OpsServer"]
 
 log = get_logger("mxgateway_sim.ops")
 
@@ -30,16 +29,6 @@ MAX_CONNECTIONS = 32
 HEAD_LIMIT_BYTES = 8192
 HEAD_TIMEOUT_S = 5.0
 WRITE_TIMEOUT_S = 10.0
-
-
-def is_loopback(host: str) -> bool:
-    """True for ``localhost`` and loopback addresses (``127.0.0.0/8``, ``::1``)."""
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 class OpsServer:

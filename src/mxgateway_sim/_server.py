@@ -12,6 +12,7 @@ import dataclasses
 import errno
 import gc
 import importlib
+import ipaddress
 import socket
 import tempfile
 from collections.abc import Callable, Sequence
@@ -110,6 +111,16 @@ COUNT_LIMIT_FLAGS: tuple[tuple[str, str], ...] = (
 (those are in ``_limits.LIMITS``); the status page lists both."""
 
 
+def is_loopback(host: str) -> bool:
+    """True for ``localhost`` and loopback addresses (``127.0.0.0/8``, ``::1``)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 class BindError(OSError):
     """The listen address cannot be bound (in use, or not an address of this host)."""
 
@@ -175,15 +186,16 @@ class GatewaySimulator:
         metrics_listen: tuple[str, int] | None = None,
         metrics_allow_remote: bool = False,
     ) -> None:
-        if metrics_listen is not None and not metrics_allow_remote:
-            from mxgateway_sim._opsserver import is_loopback
-
-            if not is_loopback(metrics_listen[0]):
-                raise ValueError(
-                    f"--metrics-listen {metrics_listen[0]} is not a loopback address; the "
-                    "metrics and status page have no authentication: add "
-                    "--metrics-allow-remote to serve them on the network"
-                )
+        if (
+            metrics_listen is not None
+            and not metrics_allow_remote
+            and not is_loopback(metrics_listen[0])
+        ):
+            raise ValueError(
+                f"--metrics-listen {metrics_listen[0]} is not a loopback address; the "
+                "metrics and status page have no authentication: add "
+                "--metrics-allow-remote to serve them on the network"
+            )
         self._metrics_listen = metrics_listen
         self._ops: Any = None
         self.stats = GatewayStats()

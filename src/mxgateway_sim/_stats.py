@@ -89,6 +89,22 @@ class Histogram:
         return out
 
 
+def _timed_call(
+    counts: dict[tuple[str, str], int],
+    latency: dict[str, Histogram],
+    name: str,
+    outcome: str,
+    seconds: float,
+) -> None:
+    """Count one call by (name, outcome) and add its duration to ``name``'s histogram."""
+    key = (name, outcome)
+    counts[key] = counts.get(key, 0) + 1
+    histogram = latency.get(name)
+    if histogram is None:
+        histogram = latency[name] = Histogram()
+    histogram.observe(seconds)
+
+
 @dataclass(frozen=True, slots=True)
 class FaultRecord:
     """One session fault as the status page lists it (texts already escaped)."""
@@ -186,21 +202,11 @@ class GatewayStats:
 
     def command(self, kind: str, status: str, seconds: float) -> None:
         """One Invoke: its kind, the status it answered and how long it took."""
-        key = (kind, status)
-        self.commands[key] = self.commands.get(key, 0) + 1
-        histogram = self.command_latency.get(kind)
-        if histogram is None:
-            histogram = self.command_latency[kind] = Histogram()
-        histogram.observe(seconds)
+        _timed_call(self.commands, self.command_latency, kind, status, seconds)
 
     def galaxy_request(self, method: str, code: str, seconds: float) -> None:
         """One GalaxyRepository call: its method, gRPC code and duration."""
-        key = (method, code)
-        self.galaxy_requests[key] = self.galaxy_requests.get(key, 0) + 1
-        histogram = self.galaxy_latency.get(method)
-        if histogram is None:
-            histogram = self.galaxy_latency[method] = Histogram()
-        histogram.observe(seconds)
+        _timed_call(self.galaxy_requests, self.galaxy_latency, method, code, seconds)
 
     # -- events --------------------------------------------------------------------------
 

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import os
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -249,3 +250,16 @@ async def test_metrics_cost_nothing_when_a_scrape_is_slow(msim: GatewaySimulator
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
+
+
+async def test_without_prometheus_client_the_start_names_the_extra(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for module in ("prometheus_client", "mxgateway_sim._metrics", "mxgateway_sim._opsserver"):
+        monkeypatch.setitem(sys.modules, module, None)
+    sim = GatewaySimulator(catalog=builtin_catalog(), metrics_listen=("127.0.0.1", 0))
+    with pytest.raises(ValueError, match=r"prometheus-client.*\[sim\]"):
+        await sim.start()
+    # A plain gateway does not need it.
+    async with GatewaySimulator(catalog=builtin_catalog()) as plain:
+        assert plain.metrics_endpoint is None
