@@ -29,6 +29,7 @@ EXPECTED: dict[str, tuple[str, ...]] = {
     "opcua": ("rows", "read_one_median", "ratio"),
     "startup": ("mxgw_py_version", "median_ms"),
     "worker_hop": ("grpc", "process", "commands_us_median", "ping"),
+    "metrics": ("in_process", "scrape_cpu_ms"),
 }
 
 
