@@ -17,7 +17,7 @@ import socket
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import grpc
 from grpc import aio
@@ -48,6 +48,9 @@ from mxgateway_sim._stats import GatewayStats, TimedGalaxy
 from mxgateway_sim._tls import TlsFiles, ensure_self_signed
 from mxgateway_sim._workerclient import WorkerSettings
 from mxgateway_sim._workers import ISOLATIONS, ProcessIsolation, SessionIsolation
+
+if TYPE_CHECKING:
+    from mxgateway_sim._opstatus import EventRates, GatewayStatus
 
 log = get_logger("mxgateway_sim")
 
@@ -331,8 +334,8 @@ class GatewaySimulator:
         pairs.append(("--header-timeout-seconds", f"{self._header_timeout_ms / 1000:g}"))
         return pairs
 
-    def status(self, rates: Any = None) -> Any:
-        """The gateway's :class:`~mxgateway_sim._opstatus.GatewayStatus` now."""
+    def status(self, rates: EventRates | None = None) -> GatewayStatus:
+        """The gateway's status now (what the status page shows and the scrape exports)."""
         from mxgateway_sim._opstatus import snapshot
 
         return snapshot(self, rates)

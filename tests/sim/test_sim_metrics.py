@@ -263,3 +263,16 @@ async def test_without_prometheus_client_the_start_names_the_extra(
     # A plain gateway does not need it.
     async with GatewaySimulator(catalog=builtin_catalog()) as plain:
         assert plain.metrics_endpoint is None
+
+
+async def test_a_restart_keeps_the_metrics_address_and_counters(msim: GatewaySimulator) -> None:
+    endpoint = msim.metrics_endpoint
+    assert endpoint is not None
+    async with grpc.aio.insecure_channel(msim.endpoint) as channel:
+        await Gw(channel, msim.api_key).open("before restart")
+    await msim.restart()
+    assert msim.metrics_endpoint == endpoint
+    samples = await scrape(endpoint)
+    assert value(samples, "mxgw_sessions_opened_total") == 1
+    assert value(samples, "mxgw_sessions_closed_total", reason="shutdown") == 1
+    assert value(samples, "mxgw_up") == 1

@@ -9,6 +9,7 @@ used in docs/operations.md.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import time
@@ -17,8 +18,9 @@ from pathlib import Path
 import grpc
 import pytest
 from headless import Browser, PageVisit, find_browser
-from simhelpers import SCAN_MS, Gw
+from simhelpers import SCAN_MS, Gw, wait_for
 
+from mxgateway.generated import mxaccess_gateway_pb2 as pb
 from mxgateway_sim import GatewaySimulator, builtin_catalog
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -56,6 +58,17 @@ async def test_status_page_in_headless_chromium() -> None:
         await gw.subscribe(other, await gw.register(other), "Line01.State")
         assert sim.fault_session(await gw.open("crashing client"))
         url = f"http://{sim.metrics_endpoint}/"
+        # An event stream attached to the first session while the page is read.
+        stream = gw.stub.StreamEventBatches(pb.StreamEventsRequest(session_id=sid), metadata=gw.md)
+        received = 0
+
+        async def read_stream() -> None:
+            nonlocal received
+            async for batch in stream:
+                received += len(batch.events)
+
+        reader = asyncio.get_running_loop().create_task(read_stream())
+        await wait_for(lambda: received > 0)
 
         def look() -> PageVisit:
             with Browser(executable) as browser:
@@ -63,13 +76,24 @@ async def test_status_page_in_headless_chromium() -> None:
                 time.sleep(2.2)
                 return browser.visit(url)
 
-        visit = await asyncio.to_thread(look)
+        try:
+            visit = await asyncio.to_thread(look)
+        finally:
+            stream.cancel()
+            with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):
+                await reader
     assert visit.errors == []
     text = visit.text
     assert "serving" in text
     assert sid[:16] in text and sid not in text
     assert "line-3 <historian>" in text  # escaped in the HTML, shown as written
     assert "operator HMI" in text and "faulted" in text
+    # The streaming session's card: one stream attached, a measured event rate.
+    # (A card's cells, in the columns' order: session, key, client, age, items, events,
+    # rate, queue, streams, state; the labels are CSS content, not text.)
+    cells = text[text.index(sid[:16]) :].split("\n")[:10]
+    assert cells[2] == "line-3 <historian>" and cells[4] == "3", cells
+    assert cells[6].endswith("/s") and cells[8] == "1" and cells[9] == "ready", cells
     assert "--max-sessions" in text
     assert visit.title.startswith("mxgw gateway")
     # Reads on a phone: nothing wider than the 390 px viewport (tables scroll in their card).
