@@ -33,12 +33,13 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 from bench import _client
 from bench._common import (
+    API_KEY,
     CpuClock,
     Report,
     ServerProcess,
@@ -58,6 +59,10 @@ GOALS: dict[str, float] = {
     "read_one_p99": 1.0,
     "ping_vs_read_median": 1.0,
     "write_one_median": 1.0,
+    "read_one_median_unary": 1.0,
+    "read_one_p99_unary": 1.0,
+    "ping_vs_read_median_unary": 1.0,
+    "write_one_median_unary": 1.0,
 }
 """Row -> the highest ratio mxgateway / asyncua that meets the goal of issue 15."""
 
@@ -71,7 +76,13 @@ LABELS: dict[str, str] = {
     "read_one_p99": "single-tag read, p99",
     "ping_vs_read_median": "session.ping() vs asyncua read, median",
     "write_one_median": "write one value, median",
+    "read_one_median_unary": "single-tag read, median (unary Invoke)",
+    "read_one_p99_unary": "single-tag read, p99 (unary Invoke)",
+    "ping_vs_read_median_unary": "session.ping() vs asyncua read, median (unary Invoke)",
+    "write_one_median_unary": "write one value, median (unary Invoke)",
 }
+"""Single calls go through ``ClientOptions(command_stream=True)`` (``InvokeStream``); the
+``_unary`` rows are the same calls through one ``Invoke`` each (the default)."""
 
 FULL = {
     "rounds": 5,
@@ -206,6 +217,24 @@ class Mx:
             await sub.aclose()
 
         return stop
+
+
+@contextlib.asynccontextmanager
+async def stream_session(address: str) -> AsyncIterator[Any]:
+    """A library client with ``command_stream=True`` and one open session."""
+    from bench._client import Lib
+
+    mxgateway = _mx()
+    options = mxgateway.ClientOptions(
+        endpoint=address, api_key=API_KEY, plaintext=True, timeout=60, command_stream=True
+    )
+    async with await mxgateway.GatewayClient.connect(options=options) as client:
+        session = await client.open_session("bench-stream")
+        try:
+            yield Lib(client, session)
+        finally:
+            with contextlib.suppress(Exception):
+                await session.close()
 
 
 def _mx() -> Any:
@@ -350,17 +379,24 @@ def summarise(report: Report, rows: dict[str, list[tuple[float, float]]]) -> Non
     report.results["rows"] = table
 
 
-async def unary_round(mx: Mx, ua: Ua, calls: int, flip: bool) -> dict[str, dict[str, float]]:
-    """One interleaved round of single calls: read, ping, write on both sides."""
+async def unary_round(
+    mx: Mx, mx_unary: Mx, ua: Ua, calls: int, flip: bool
+) -> dict[str, dict[str, float]]:
+    """One interleaved round of single calls: read, ping, write on both sides (mxgateway
+    on the command stream and through unary ``Invoke``)."""
     await mx.begin_writes()
+    await mx_unary.begin_writes()
     try:
         order: list[tuple[str, Callable[[], Awaitable[None]]]] = [
             ("mx_read", mx.read_one),
             ("ua_read", ua.read_one),
+            ("mx_read_unary", mx_unary.read_one),
             ("mx_ping", mx.ping),
+            ("mx_ping_unary", mx_unary.ping),
             ("grpc_health", mx.bare_health),
             ("mx_write", mx.write_one),
             ("ua_write", ua.write_one),
+            ("mx_write_unary", mx_unary.write_one),
         ]
         if flip:
             order.reverse()
@@ -371,6 +407,7 @@ async def unary_round(mx: Mx, ua: Ua, calls: int, flip: bool) -> dict[str, dict[
             out[name] = {"median_us": rnd(median(lat), 1), "p99_us": rnd(pct(lat, 99), 1)}
     finally:
         await mx.end_writes()
+        await mx_unary.end_writes()
     return out
 
 
@@ -495,13 +532,18 @@ async def run_async(quick: bool) -> dict[str, Any]:
             tags, values = load_tags(tags_file, max(n_bulk, 2000))
             # Doubles first: the single read/write and the changing tags are alike on both.
             report.results["simulator_tags"] = len(tags)
-            async with _client.library_session(sim.address) as lib:
+            async with (
+                _client.library_session(sim.address) as lib,
+                stream_session(sim.address) as stream_lib,
+            ):
                 assert lib is not None
-                mx = Mx(lib, tags, values)
+                mx = Mx(stream_lib, tags, values)
                 await mx.setup()
+                mx_unary = Mx(lib, tags, values)
+                await mx_unary.setup()
                 ua_side = Ua(opc.info["address"], int(opc.info["namespace"]), n_bulk)
                 try:
-                    await run_rounds(report, mx, ua_side, p)
+                    await run_rounds(report, mx, mx_unary, ua_side, p)
                 finally:
                     await ua_side.close()
                 before = await scan_stats(sim, stats_file)
@@ -524,7 +566,9 @@ async def run_async(quick: bool) -> dict[str, Any]:
     return report.to_json()
 
 
-async def run_rounds(report: Report, mx: Mx, ua_side: Ua, p: dict[str, float]) -> None:
+async def run_rounds(
+    report: Report, mx: Mx, mx_unary: Mx, ua_side: Ua, p: dict[str, float]
+) -> None:
     """Interleaved rounds of every row."""
     rows: dict[str, list[tuple[float, float]]] = {name: [] for name in GOALS}
     raw: dict[str, list[Any]] = {"unary": [], "bulk": [], "events": []}
@@ -535,12 +579,19 @@ async def run_rounds(report: Report, mx: Mx, ua_side: Ua, p: dict[str, float]) -
         await ua_side.connect()
         await ua_side.bulk_read(n_bulk)  # and the server's
         flip = r % 2 == 1
-        u = await unary_round(mx, ua_side, int(p["calls"]), flip)
+        u = await unary_round(mx, mx_unary, ua_side, int(p["calls"]), flip)
         raw["unary"].append(u)
         rows["read_one_median"].append((u["mx_read"]["median_us"], u["ua_read"]["median_us"]))
         rows["read_one_p99"].append((u["mx_read"]["p99_us"], u["ua_read"]["p99_us"]))
         rows["ping_vs_read_median"].append((u["mx_ping"]["median_us"], u["ua_read"]["median_us"]))
         rows["write_one_median"].append((u["mx_write"]["median_us"], u["ua_write"]["median_us"]))
+        for row, mine, theirs, stat in (
+            ("read_one_median_unary", "mx_read_unary", "ua_read", "median_us"),
+            ("read_one_p99_unary", "mx_read_unary", "ua_read", "p99_us"),
+            ("ping_vs_read_median_unary", "mx_ping_unary", "ua_read", "median_us"),
+            ("write_one_median_unary", "mx_write_unary", "ua_write", "median_us"),
+        ):
+            rows[row].append((u[mine][stat], u[theirs][stat]))
 
         bulk: dict[str, float] = {}
         for side in ("ua", "mx") if flip else ("mx", "ua"):
