@@ -26,7 +26,7 @@ from mxgateway.generated import galaxy_repository_pb2_grpc as gr_rpc
 from mxgateway.generated import mxaccess_gateway_pb2 as pb
 from mxgateway_sim import SCOPES, ApiKeyStore, GatewaySimulator, SessionOptions, builtin_catalog
 from mxgateway_sim import new_key as _new_key
-from mxgateway_sim._auth import COMMAND_SCOPES, scope_for_command
+from mxgateway_sim._auth import COMMAND_SCOPES, load_keys_file, scope_for_command
 from mxgateway_sim._faults import FaultPlan
 from mxgateway_sim._sessions import sweep_interval
 from mxgateway_sim._tls import TlsSetupError
@@ -200,6 +200,38 @@ async def test_admin_may_act_on_any_session() -> None:
         assert closed.session_id == sid
         reply = await owner.invoke(sid, "ping")
         assert reply.protocol_status.code == pb.PROTOCOL_STATUS_CODE_SESSION_NOT_FOUND
+
+
+async def test_keys_file_entries_own_sessions_only_without_admin(tmp_path: Path) -> None:
+    """docs/security.md: an entry without ``scopes`` is an all-scopes key, ``admin`` included,
+    so it may close anyone's session; the documented scopes without ``admin`` may not."""
+    owner, limited, unscoped = _new_key(), _new_key(), _new_key()
+    documented = "session:open,session:close,invoke:read,invoke:write,events:read,metadata:read"
+    assert documented in (DOCS / "security.md").read_text(encoding="utf-8")
+    keys = tmp_path / "keys.json"
+    keys.write_text(
+        json.dumps(
+            [
+                {"key": owner, "scopes": documented.split(",")},
+                {"key": limited, "scopes": documented.split(",")},
+                {"key": unscoped},
+            ]
+        )
+    )
+    store = ApiKeyStore()
+    assert load_keys_file(keys, store) == 3
+    async with gateway(key_store=store) as (_, channel):
+        first = Gw(channel, owner)
+        sid = await first.open()
+        close = pb.CloseSessionRequest(session_id=sid)
+        other = Gw(channel, limited)
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await other.stub.CloseSession(close, metadata=other.md)
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+        await first.ok(sid, "ping")  # still the owner's
+        admin = Gw(channel, unscoped)
+        closed = await admin.stub.CloseSession(close, metadata=admin.md)
+        assert closed.final_state == pb.SESSION_STATE_CLOSED
 
 
 async def test_session_ids_are_not_logged_above_debug(caplog: pytest.LogCaptureFixture) -> None:
