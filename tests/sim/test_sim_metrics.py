@@ -17,10 +17,14 @@ from ophelpers import http_get, scrape, value
 from simhelpers import SCAN_MS, Gw, serve_process, wait_for
 
 from mxgateway import DataChange, GatewayClient, MxAccessError
+from mxgateway._version import __version__
+from mxgateway.generated import galaxy_repository_pb2 as gr
+from mxgateway.generated import galaxy_repository_pb2_grpc as gr_grpc
 from mxgateway.generated import mxaccess_gateway_pb2 as pb
 from mxgateway_sim import GatewaySimulator, builtin_catalog
 from mxgateway_sim._auth import new_key
 from mxgateway_sim.cli import main
+from mxgateway_sim.galaxy import deploy as galaxy_deploy
 
 HOSTILE_NAME = '<script>alert("x")</script>&\u202eevil\nname'
 
@@ -276,3 +280,49 @@ async def test_a_restart_keeps_the_metrics_address_and_counters(msim: GatewaySim
     assert value(samples, "mxgw_sessions_opened_total") == 1
     assert value(samples, "mxgw_sessions_closed_total", reason="shutdown") == 1
     assert value(samples, "mxgw_up") == 1
+
+
+async def test_galaxy_latency_and_deploys_are_counted(tmp_path: Path) -> None:
+    db = tmp_path / "galaxy.db"
+    async with (
+        GatewaySimulator(
+            galaxy_db=db, galaxy_poll_interval=0.05, metrics_listen=("127.0.0.1", 0)
+        ) as sim,
+        grpc.aio.insecure_channel(sim.endpoint) as channel,
+    ):
+        endpoint = sim.metrics_endpoint
+        assert endpoint is not None
+        stub = gr_grpc.GalaxyRepositoryStub(channel)
+        md = (("authorization", f"Bearer {sim.api_key}"),)
+        await stub.DiscoverHierarchy(gr.DiscoverHierarchyRequest(page_size=10), metadata=md)
+        with pytest.raises(grpc.aio.AioRpcError) as err:  # an unknown root: NOT_FOUND
+            await stub.BrowseChildren(
+                gr.BrowseChildrenRequest(parent_tag_name="NoSuchObject"), metadata=md
+            )
+        assert err.value.code() is grpc.StatusCode.NOT_FOUND
+        before = await scrape(endpoint)
+        assert value(before, "mxgw_galaxy_deploys_total") == 0
+        await asyncio.to_thread(galaxy_deploy, db, add=1)
+        for _ in range(200):
+            samples = await scrape(endpoint)
+            if value(samples, "mxgw_galaxy_deploys_total") >= 1:
+                break
+            await asyncio.sleep(0.05)
+    assert value(samples, "mxgw_galaxy_deploys_total") == 1
+    ok = value(samples, "mxgw_galaxy_requests_total", method="DiscoverHierarchy", code="ok")
+    assert ok == 1
+    missing = ("mxgw_galaxy_requests_total", {"method": "BrowseChildren", "code": "not_found"})
+    assert value(samples, missing[0], **missing[1]) == 1
+    count = "mxgw_galaxy_request_duration_seconds_count"
+    assert value(samples, count, method="DiscoverHierarchy") == 1
+    assert (
+        value(
+            samples,
+            "mxgw_build_info",
+            version=__version__,
+            runtime="simulated",
+            isolation="inline",
+            galaxy="SQLite",
+        )
+        == 1
+    )
