@@ -274,7 +274,7 @@ def galaxy_target(b: dict[str, Any]) -> list[Any] | None:
     ]
 
 
-_OPCUA_UNITS = {"bulk_read_10000": "ms"}
+_OPCUA_UNITS = {"bulk_read_10000": "ms", "bulk_read_10000_advised": "ms"}
 
 
 def opcua(b: dict[str, Any]) -> str:
