@@ -193,6 +193,29 @@ class GatewayCollector(Collector):
         ):
             yield _gauge(name, doc, value)
 
+        # the plant's scan clock: late scans mean values change less often than the scan
+        scan = st.scan
+        if scan:
+            for name, doc, key in (
+                ("mxgw_plant_scans", "Scan ticks of the simulated plant", "scans"),
+                (
+                    "mxgw_plant_late_scans",
+                    "Scan ticks that started late (the plant could not keep its scan)",
+                    "late_scans",
+                ),
+                (
+                    "mxgw_plant_skipped_scans",
+                    "Scan intervals that passed without a tick because the plant was late",
+                    "skipped_scans",
+                ),
+            ):
+                yield CounterMetricFamily(name, doc, value=scan.get(key, 0))
+            yield _gauge(
+                "mxgw_plant_max_behind_seconds",
+                "The longest a scan tick started after its due time",
+                scan.get("max_behind_ms", 0.0) / 1000,
+            )
+
         # security
         yield _counter(
             "mxgw_authentication_failures",

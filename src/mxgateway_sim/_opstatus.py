@@ -68,6 +68,8 @@ class GatewayStatus:
     faults: list[FaultRecord]
     limits: list[tuple[str, str]]
     stats: GatewayStats = field(repr=False)
+    scan: dict[str, float] = field(default_factory=dict)
+    """The plant's scan clock (``Plant.scan_stats()``: scans, late and skipped scans)."""
 
 
 class EventRates:
@@ -148,4 +150,5 @@ def snapshot(sim: GatewaySimulator, rates: EventRates | None = None) -> GatewayS
         faults=list(stats.faults),
         limits=sim.limits_in_force(),
         stats=stats,
+        scan=sim.plant.scan_stats() if sim.plant is not None else {},
     )

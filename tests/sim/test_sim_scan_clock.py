@@ -56,3 +56,22 @@ def test_scan_stats_start_at_zero() -> None:
         "max_behind_ms": 0.0,
         "advised_attributes": 0,
     }
+
+
+async def test_the_scan_counters_are_in_the_status_and_the_metrics() -> None:
+    from mxgateway_sim import GatewaySimulator
+    from mxgateway_sim._metrics import MetricsExporter
+    from mxgateway_sim._opstatus import snapshot
+
+    async with GatewaySimulator(catalog=builtin_catalog(), scan_interval_ms=5) as sim:
+        assert sim.plant is not None
+        plant = sim.plant
+        await wait_for(lambda: plant.scans >= 3)
+        plant._late(0.05, 0.0)  # as the scan clock counts a tick that starts 50 ms late
+        status = snapshot(sim)
+        assert status.scan["late_scans"] >= 1 and status.scan["skipped_scans"] >= 10
+        text = MetricsExporter(lambda: snapshot(sim)).render("text/plain")[0].decode()
+        late = [line for line in text.splitlines() if line.startswith("mxgw_plant_late_scans")]
+        assert late and float(late[-1].split()[-1]) >= 1
+        assert "mxgw_plant_skipped_scans_total" in text
+        assert "mxgw_plant_max_behind_seconds" in text
