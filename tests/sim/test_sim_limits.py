@@ -160,6 +160,23 @@ async def client(server: Server) -> AsyncIterator[Gw]:
         yield Gw(channel, server.key)
 
 
+@contextlib.asynccontextmanager
+async def gateway(**options: int) -> AsyncIterator[tuple[GatewaySimulator, Gw]]:
+    """An in-process simulator with ``SessionOptions(**options)`` and a caller with its key,
+    the health service asked throughout (see ``Health``)."""
+    async with (
+        GatewaySimulator(
+            catalog=builtin_catalog(),
+            scan_interval_ms=SCAN_MS,
+            flaky_one_in=0,
+            session_options=SessionOptions(**options),
+        ) as sim,
+        grpc.aio.insecure_channel(sim.endpoint) as channel,
+        Health(sim.endpoint),
+    ):
+        yield sim, Gw(channel, sim.api_key)
+
+
 async def watch(gw: Gw, sid: str, reference: str = BIG_TAG) -> tuple[int, int]:
     sh = await gw.register(sid)
     return sh, await gw.subscribe(sid, sh, reference)
@@ -212,17 +229,7 @@ def test_contradictory_limits_are_a_start_error(tmp_path: Path) -> None:
 
 
 async def test_a_value_over_the_limit_is_refused_naming_it() -> None:
-    async with (
-        GatewaySimulator(
-            catalog=builtin_catalog(),
-            scan_interval_ms=SCAN_MS,
-            flaky_one_in=0,
-            session_options=SessionOptions(max_value_bytes=64 * 1024),
-        ) as sim,
-        grpc.aio.insecure_channel(sim.endpoint) as channel,
-        Health(sim.endpoint),
-    ):
-        gw = Gw(channel, sim.api_key)
+    async with gateway(max_value_bytes=64 * 1024) as (_, gw):
         sid = await gw.open()
         sh, ih = await watch(gw, sid)
         reply = await gw.invoke(
@@ -429,17 +436,7 @@ async def test_unique_large_item_contexts_are_refused_and_do_not_fill_a_cache(
 
 
 async def test_items_per_session_are_capped_and_a_refused_bulk_add_creates_nothing() -> None:
-    async with (
-        GatewaySimulator(
-            catalog=builtin_catalog(),
-            scan_interval_ms=SCAN_MS,
-            flaky_one_in=0,
-            session_options=SessionOptions(max_items_per_session=100),
-        ) as sim,
-        grpc.aio.insecure_channel(sim.endpoint) as channel,
-        Health(sim.endpoint),
-    ):
-        gw = Gw(channel, sim.api_key)
+    async with gateway(max_items_per_session=100) as (_, gw):
         sid = await gw.open()
         sh = await gw.register(sid)
         refs = [f"Tank01.Level{i}" for i in range(150)]
@@ -466,17 +463,7 @@ async def test_items_per_session_are_capped_and_a_refused_bulk_add_creates_nothi
 
 async def test_a_buffered_batch_goes_out_before_it_outgrows_a_message() -> None:
     limit = 256 * 1024
-    async with (
-        GatewaySimulator(
-            catalog=builtin_catalog(),
-            scan_interval_ms=SCAN_MS,
-            flaky_one_in=0,
-            session_options=SessionOptions(max_message_bytes=limit, max_value_bytes=64 * 1024),
-        ) as sim,
-        grpc.aio.insecure_channel(sim.endpoint) as channel,
-        Health(sim.endpoint),
-    ):
-        gw = Gw(channel, sim.api_key)
+    async with gateway(max_message_bytes=limit, max_value_bytes=64 * 1024) as (sim, gw):
         sid = await gw.open()
         sh = await gw.register(sid)
         # A buffered item whose interval never comes: without a byte bound its batch grew
@@ -525,17 +512,7 @@ async def test_a_buffered_batch_goes_out_before_it_outgrows_a_message() -> None:
 
 
 async def test_a_bulk_add_whose_reply_would_not_fit_creates_nothing() -> None:
-    async with (
-        GatewaySimulator(
-            catalog=builtin_catalog(),
-            scan_interval_ms=SCAN_MS,
-            flaky_one_in=0,
-            session_options=SessionOptions(max_message_bytes=64 * 1024, max_value_bytes=1024),
-        ) as sim,
-        grpc.aio.insecure_channel(sim.endpoint) as channel,
-        Health(sim.endpoint),
-    ):
-        gw = Gw(channel, sim.api_key)
+    async with gateway(max_message_bytes=64 * 1024, max_value_bytes=1024) as (_, gw):
         sid = await gw.open()
         sh = await gw.register(sid)
         # Fits the request limit (about 12 bytes a row) but not the reply (about 60):
@@ -556,17 +533,7 @@ async def test_a_bulk_add_whose_reply_would_not_fit_creates_nothing() -> None:
 
 
 async def test_drain_returns_what_fits_and_keeps_the_rest() -> None:
-    async with (
-        GatewaySimulator(
-            catalog=builtin_catalog(),
-            scan_interval_ms=SCAN_MS,
-            flaky_one_in=0,
-            session_options=SessionOptions(max_message_bytes=256 * 1024, max_value_bytes=64 * 1024),
-        ) as sim,
-        grpc.aio.insecure_channel(sim.endpoint) as channel,
-        Health(sim.endpoint),
-    ):
-        gw = Gw(channel, sim.api_key)
+    async with gateway(max_message_bytes=256 * 1024, max_value_bytes=64 * 1024) as (sim, gw):
         sid = await gw.open()
         sh, ih = await watch(gw, sid)
         session = sim.sessions.get(sid) if sim.sessions else None
@@ -631,12 +598,7 @@ def test_an_event_too_large_for_any_reply_is_named_not_stuck() -> None:
 
 
 async def test_a_megabyte_session_name_is_refused() -> None:
-    async with (
-        GatewaySimulator(catalog=builtin_catalog(), flaky_one_in=0) as sim,
-        grpc.aio.insecure_channel(sim.endpoint) as channel,
-        Health(sim.endpoint),
-    ):
-        gw = Gw(channel, sim.api_key)
+    async with gateway() as (sim, gw):
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await gw.open("n" * (1024 * 1024))
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -646,12 +608,7 @@ async def test_a_megabyte_session_name_is_refused() -> None:
 
 
 async def test_a_megabyte_acknowledgement_comment_is_refused() -> None:
-    async with (
-        GatewaySimulator(catalog=builtin_catalog(), flaky_one_in=0) as sim,
-        grpc.aio.insecure_channel(sim.endpoint) as channel,
-        Health(sim.endpoint),
-    ):
-        gw = Gw(channel, sim.api_key)
+    async with gateway() as (_, gw):
         guid = "6f0b3b1e-0000-4000-8000-000000000999"
         comment = "c" * (1024 * 1024)
         reply = await gw.stub.AcknowledgeAlarm(
