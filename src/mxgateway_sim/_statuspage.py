@@ -58,8 +58,8 @@ dl.limits{grid-template-columns:repeat(auto-fill,minmax(15rem,max-content) minma
 table.cards thead{display:none}
 table.cards tr{display:block;border-bottom:1px solid var(--line);padding:6px 0}
 table.cards td{display:flex;justify-content:space-between;gap:12px;border:0;padding:2px 0;
-white-space:normal;text-align:right}
-table.cards td::before{content:attr(data-label);color:var(--muted);text-align:left}
+white-space:normal;text-align:right;overflow-wrap:anywhere}
+table.cards td::before{content:attr(data-label);color:var(--muted);text-align:left;flex:none}
 table.cards td.name{max-width:none}
 }
 footer{padding:0 16px 20px;font-size:.85rem}

@@ -54,6 +54,8 @@ class PageVisit:
     """Console errors, uncaught exceptions and failed loads (Log.entryAdded errors)."""
     scroll_width: int = 0
     viewport_width: int = 0
+    inner_overflow: int = 0
+    """Widest sideways overflow of an element with its own scroll bar (``.scroll``), px."""
     png: bytes = b""
 
 
@@ -167,6 +169,13 @@ class Browser:
 
     # -- what the tests use --------------------------------------------------------------
 
+    def visit_once(self, url: str) -> PageVisit:
+        """:meth:`visit`, then close this browser."""
+        try:
+            return self.visit(url)
+        finally:
+            self.close()
+
     def visit(
         self, url: str, *, width: int = 390, height: int = 844, scale: float = 2
     ) -> PageVisit:
@@ -195,6 +204,12 @@ class Browser:
             title=str(evaluate("document.title")),
             scroll_width=int(evaluate("document.documentElement.scrollWidth")),
             viewport_width=int(evaluate("window.innerWidth")),
+            inner_overflow=int(
+                evaluate(
+                    "Math.max(0, ...[...document.querySelectorAll('.scroll')]"
+                    ".map(e => e.scrollWidth - e.clientWidth))"
+                )
+            ),
         )
         full_height = int(evaluate("document.documentElement.scrollHeight"))
         self.call(

@@ -78,6 +78,9 @@ async def test_status_page_in_headless_chromium() -> None:
 
         try:
             visit = await asyncio.to_thread(look)
+            # The longest name a session may have, without a space, still wraps in its card.
+            await gw.open("x" * 256)
+            crowded = await asyncio.to_thread(lambda: Browser(executable).visit_once(url))
         finally:
             stream.cancel()
             with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):
@@ -98,6 +101,9 @@ async def test_status_page_in_headless_chromium() -> None:
     assert visit.title.startswith("mxgw gateway")
     # Reads on a phone: nothing wider than the 390 px viewport (tables scroll in their card).
     assert visit.scroll_width <= visit.viewport_width
+    assert visit.inner_overflow == 0
+    assert crowded.errors == [] and "x" * 40 in crowded.text
+    assert crowded.scroll_width <= crowded.viewport_width and crowded.inner_overflow == 0
     png = visit.png
     assert png.startswith(PNG_MAGIC) and len(png) > 10_000
     target = os.environ.get("MXGW_STATUS_SCREENSHOT")
