@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # real processes or TLS handshakes: left out of the fast loop
+
 REPO = Path(__file__).resolve().parents[2]
 
 # benchmark -> a key path that must exist in "results" of its quick run.

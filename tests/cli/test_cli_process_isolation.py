@@ -17,6 +17,8 @@ from .test_golden import GOLDEN_COMMANDS, check
 from .test_golden import scenario as scenario  # re-run here against this module's server
 from .test_processes import test_spec_cli_section_in_separate_processes as _spec_section
 
+pytestmark = pytest.mark.slow  # real processes or TLS handshakes: left out of the fast loop
+
 GATEWAY = [sys.executable, "-c", "from mxgateway_sim.cli import run_gateway; run_gateway()"]
 
 

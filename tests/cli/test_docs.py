@@ -34,6 +34,7 @@ def test_every_exit_code_is_documented() -> None:
         assert f"| {code.value} | `{code.name}` |" in DOC
 
 
+@pytest.mark.slow
 def test_first_five_minutes_runs_verbatim() -> None:
     """docs/cli.md's "First five minutes" blocks, as written, against the simulator they
     start (the port made free, nothing else changed)."""

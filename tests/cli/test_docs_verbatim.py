@@ -20,10 +20,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from mxgateway_cli._exit_codes import ExitCode
 
 from .clirunner import run
 from .conftest import SimServer
+
+pytestmark = pytest.mark.slow  # real processes or TLS handshakes: left out of the fast loop
 
 ROOT = Path(__file__).resolve().parents[2]
 _BLOCK = re.compile(r"^```(bash|python)\n(.*?)^```", re.S | re.M)

@@ -110,6 +110,7 @@ def test_stray_values_are_counted_not_printed() -> None:
     _assert_not_echoed(result.out, result.err, PASSWORD)
 
 
+@pytest.mark.slow
 def test_real_processes_never_echo() -> None:
     """The same attacks through the installed entry points, stdout and stderr both."""
     cases = [

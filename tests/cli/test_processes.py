@@ -22,6 +22,8 @@ from mxgateway_cli._exit_codes import ExitCode
 
 from .conftest import CLI, KEY, SimServer, start_sim, stop_sim
 
+pytestmark = pytest.mark.slow  # real processes or TLS handshakes: left out of the fast loop
+
 ITEM = "L2_Valve01.Cmd"
 """The spec's ``Object.Attribute``: an Integer that changes on its own and can be written.
 

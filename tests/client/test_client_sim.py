@@ -305,6 +305,7 @@ async def test_session_limit_is_overloaded() -> None:
             pass
 
 
+@pytest.mark.slow
 async def test_tls_self_signed(tmp_path: Path) -> None:
     async with GatewaySimulator(
         tls="self-signed", tls_dir=tmp_path, catalog=builtin_catalog()

@@ -10,6 +10,8 @@ from client_tls import make_tls
 
 from mxgateway import GatewayClient, MxGatewayUnavailableError
 
+pytestmark = pytest.mark.slow  # real processes or TLS handshakes: left out of the fast loop
+
 KEY = "mxgw_tls_tlsSecret0123456789"
 
 

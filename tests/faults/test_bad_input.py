@@ -263,6 +263,7 @@ _array = st.one_of(
 
 @settings(max_examples=200, deadline=None)
 @given(value=st.one_of(st.none(), _scalar, _array))
+@pytest.mark.slow
 def test_value_round_trip(value: Any) -> None:
     mx = to_mx_value(value)
     wire = pb.MxValue.FromString(mx.SerializeToString())

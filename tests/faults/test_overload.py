@@ -12,6 +12,7 @@ import time
 
 import grpc
 import psutil
+import pytest
 from faulthelpers import DEADLINE, Raw, analog_catalog, analog_refs, connect, wait_for
 
 from mxgateway import DataChange, EventGap, EventStream, Session, StreamFault
@@ -187,6 +188,7 @@ ITEMS = 200
 RUN_SECONDS = 4.0
 
 
+@pytest.mark.slow
 async def test_load_50_sessions_x_200_items() -> None:
     catalog = analog_catalog(SESSIONS * ITEMS)
     refs = analog_refs(SESSIONS * ITEMS)

@@ -420,6 +420,7 @@ async def _works(**kwargs: Any) -> None:
         await session.ping()
 
 
+@pytest.mark.slow
 async def test_tls_is_required_unless_plaintext_is_asked_for(tmp_path: Path) -> None:
     catalog = builtin_catalog()
     async with GatewaySimulator(catalog=catalog, tls="self-signed", tls_dir=tmp_path) as tls_sim:
@@ -443,6 +444,7 @@ def test_simulator_does_not_serve_plaintext_unless_told_to(
     assert "--plaintext" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 async def test_certificate_for_another_name(tmp_path: Path) -> None:
     ca, cert, key = _cert_for(tmp_path, "gateway.plant.example")
     async with GatewaySimulator(catalog=builtin_catalog(), tls=(cert, key)) as sim:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 
 import grpc
+import pytest
 from simhelpers import Gw
 
 from mxgateway.generated import mxaccess_gateway_pb2 as pb
@@ -24,6 +25,7 @@ PING_OPTIONS = [
 ]
 
 
+@pytest.mark.slow
 async def test_quiet_stream_survives_frequent_keepalive_pings() -> None:
     async with GatewaySimulator(catalog=builtin_catalog(), flaky_one_in=0) as sim:
         channel = grpc.aio.insecure_channel(sim.endpoint, options=PING_OPTIONS)

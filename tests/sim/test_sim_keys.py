@@ -73,6 +73,7 @@ def test_serve_refuses_a_weak_key_on_the_command_line() -> None:
     assert "secret" in line
 
 
+@pytest.mark.slow
 def test_malformed_keys_files_are_one_line_errors(tmp_path: Path) -> None:
     strong = new_key()
     weak = "mxgw_weak_tooshort"

@@ -79,6 +79,7 @@ async def test_health_answers_during_a_huge_read_bulk(big: tuple[GatewaySimulato
     assert [r.was_successful for r in rows[:5]] == [True, True, False, False, False]
 
 
+@pytest.mark.slow
 async def test_health_answers_during_huge_subscribe_and_write_bulks(
     big: tuple[GatewaySimulator, Gw],
 ) -> None:

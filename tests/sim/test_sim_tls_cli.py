@@ -66,6 +66,7 @@ def _run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=60, check=False)
 
 
+@pytest.mark.slow
 def test_cli_bad_input_is_one_line_and_exit_2() -> None:
     key = new_key()
     cases = [
