@@ -68,12 +68,25 @@ _UTC = timezone.utc
 _FAST_TS_LIMIT = 8_000_000_000
 
 
+_last_ts: list[Any] = [None, None, None]
+"""(seconds, microseconds, datetime) of the last conversion: the changes of one scan share
+their timestamp, and a ``datetime`` is immutable, so the next one is usually free."""
+
+
 def _ts(ts: Any) -> datetime:
     """``Timestamp`` -> aware UTC ``datetime`` (same result as ``timestamp_to_datetime``)."""
     s = ts.seconds
+    us = ts.nanos // 1000
+    last = _last_ts
+    if last[1] == us and last[0] == s:
+        result: datetime = last[2]
+        return result
     if 0 <= s < _FAST_TS_LIMIT:
-        return _fromtimestamp(s + (ts.nanos // 1000) / 1e6, _UTC)
-    return _EPOCH + _timedelta(seconds=s, microseconds=ts.nanos // 1000)
+        result = _fromtimestamp(s + us / 1e6, _UTC)
+    else:
+        result = _EPOCH + _timedelta(seconds=s, microseconds=us)
+    last[0], last[1], last[2] = s, us, result
+    return result
 
 
 class DataChange:

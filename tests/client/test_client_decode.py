@@ -35,6 +35,24 @@ def test_timestamp_fast_path_matches_reference(seconds: int, nanos: int) -> None
     assert dc.timestamp.tzinfo is not None
 
 
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from([0, 1_764_000_000, 1_764_000_001, 7_999_999_999, 9_000_000_000]),
+            st.sampled_from([0, 999, 1_000, 1_999, 500_000_000, 999_999_999]),
+        ),
+        min_size=1,
+        max_size=30,
+    )
+)
+def test_timestamp_cache_gives_each_timestamp_its_own_value(pairs: list[tuple[int, int]]) -> None:
+    # Repeated, alternating and same-microsecond timestamps (nanos 1,000 and 1,999): the
+    # one-entry cache of the last conversion answers exactly what a fresh conversion does.
+    for seconds, nanos in pairs:
+        ts = Timestamp(seconds=seconds, nanos=nanos)
+        assert _ts(ts) == timestamp_to_datetime(ts)
+
+
 VALUES = [
     7,
     -(2**40),
