@@ -13,7 +13,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from ophelpers import http_get, scrape, value
+from ophelpers import Samples, http_get, scrape, value
 from simhelpers import SCAN_MS, Gw, serve_process, wait_for
 
 from mxgateway import DataChange, GatewayClient, MxAccessError
@@ -303,11 +303,7 @@ async def test_galaxy_latency_and_deploys_are_counted(tmp_path: Path) -> None:
         before = await scrape(endpoint)
         assert value(before, "mxgw_galaxy_deploys_total") == 0
         await asyncio.to_thread(galaxy_deploy, db, add=1)
-        for _ in range(200):
-            samples = await scrape(endpoint)
-            if value(samples, "mxgw_galaxy_deploys_total") >= 1:
-                break
-            await asyncio.sleep(0.05)
+        samples = await _scrape_until(endpoint, "mxgw_galaxy_deploys_total")
     assert value(samples, "mxgw_galaxy_deploys_total") == 1
     ok = value(samples, "mxgw_galaxy_requests_total", method="DiscoverHierarchy", code="ok")
     assert ok == 1
@@ -326,3 +322,13 @@ async def test_galaxy_latency_and_deploys_are_counted(tmp_path: Path) -> None:
         )
         == 1
     )
+
+
+async def _scrape_until(endpoint: str, name: str, deadline_s: float = 60.0) -> Samples:
+    """Scrape until ``name`` is at least 1 (a background change: the deploy poller's)."""
+    deadline = asyncio.get_running_loop().time() + deadline_s
+    while True:
+        samples = await scrape(endpoint)
+        if value(samples, name) >= 1 or asyncio.get_running_loop().time() > deadline:
+            return samples
+        await asyncio.sleep(0.05)
