@@ -68,6 +68,8 @@ class CommandStream:
             reply = await call.read()
         except grpc.aio.AioRpcError as exc:
             self._call = None
+            if timed_out:
+                raise self._deadline(session_id, what) from None
             code = exc.code()
             if code is grpc.StatusCode.UNIMPLEMENTED:
                 self.unsupported = True

@@ -19,6 +19,7 @@ from mxgateway import (
     MxAccessError,
     MxGatewayAuthenticationError,
     MxGatewayPermissionError,
+    MxGatewayTimeoutError,
     Session,
 )
 from mxgateway.generated import mxaccess_gateway_pb2 as pb
@@ -28,6 +29,7 @@ from mxgateway_sim import (
     FaultPlan,
     GatewaySimulator,
     RpcFault,
+    SessionOptions,
     builtin_catalog,
     new_key,
 )
@@ -177,3 +179,29 @@ async def test_without_the_stream_the_client_uses_invoke() -> None:
         assert h > 0
         assert client._commands is not None and client._commands.unsupported
         await s.ping()
+
+
+async def test_a_command_past_its_deadline_times_out_and_the_next_one_works() -> None:
+    # ReadBulk of a tag nobody advised waits for its first value (2 s here): past the
+    # client's 0.3 s deadline the command raises as a unary call would, and the stream,
+    # which may still deliver that reply, is replaced for the next command.
+    async with (
+        GatewaySimulator(
+            catalog=builtin_catalog(), session_options=SessionOptions(first_value_delay_s=2.0)
+        ) as sim,
+        await GatewayClient.connect(
+            options=ClientOptions(
+                endpoint=sim.endpoint,
+                api_key=sim.api_key,
+                plaintext=True,
+                timeout=0.3,
+                command_stream=True,
+            )
+        ) as client,
+        await client.open_session() as s,
+    ):
+        h = await s.register("slow")
+        with pytest.raises(MxGatewayTimeoutError):
+            await s.read_bulk(h, [TAG], timeout=0.3)
+        assert await s.get_session_state() == pb.SESSION_STATE_READY
+        assert client._commands is not None and not client._commands.unsupported
