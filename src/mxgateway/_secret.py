@@ -12,10 +12,17 @@ from __future__ import annotations
 
 import argparse
 import hmac
+import os
 from collections.abc import Sequence
 from typing import Any, NoReturn, final
 
-__all__ = ["NoEchoArgumentParser", "Secret", "env_secret_missing", "unrecognized_arguments"]
+__all__ = [
+    "NoEchoArgumentParser",
+    "Secret",
+    "env_secret_missing",
+    "unreadable_file",
+    "unrecognized_arguments",
+]
 
 _MASK = "**********"
 
@@ -83,6 +90,18 @@ def env_secret_missing(flag: str) -> str:
     return (
         f"{flag}: the environment variable it names is not set or is empty "
         f"({flag} takes the variable's name, never the secret itself)"
+    )
+
+
+def unreadable_file(flag: str, path: os.PathLike[str] | str, exc: OSError) -> str:
+    """The error for a file flag (``--api-keys-file``, ``--galaxy-sql-server-file``) whose file
+    cannot be read. The text given is repeated only when it names something that exists: a
+    text that names nothing may be the secret itself, passed where its file's path belongs."""
+    if os.path.lexists(path):
+        return f"{flag}: cannot read {os.fspath(path)}: {exc.strerror}"
+    return (
+        f"{flag}: the file it names does not exist "
+        f"({flag} takes the file's path, never the secret itself)"
     )
 
 

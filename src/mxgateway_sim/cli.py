@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from mxgateway._logsafe import get_logger
-from mxgateway._secret import NoEchoArgumentParser, env_secret_missing
+from mxgateway._secret import NoEchoArgumentParser, env_secret_missing, unreadable_file
 from mxgateway_sim._auth import SCOPES, ApiKeyStore, KeyFormatError, load_keys_file, new_key
 from mxgateway_sim._auth import parse_scopes as _parse_scopes
 from mxgateway_sim._events import OverflowPolicy
@@ -391,9 +391,7 @@ def _load_keys(args: argparse.Namespace) -> ApiKeyStore:
         try:
             load_keys_file(args.api_keys_file, store)
         except OSError as exc:
-            raise UsageError(
-                f"--api-keys-file: cannot read {args.api_keys_file}: {exc.strerror}"
-            ) from None
+            raise UsageError(unreadable_file("--api-keys-file", args.api_keys_file, exc)) from None
         except KeyFormatError as exc:
             raise UsageError(f"--api-keys-file: {exc}") from None
     return store
@@ -438,16 +436,17 @@ def _galaxy_source(args: argparse.Namespace) -> Any:
     Errors never repeat the connection string (it may hold a password).
     """
     if args.galaxy_sql_server_env:
-        flag = f"--galaxy-sql-server-env {args.galaxy_sql_server_env}"
         text = os.environ.get(args.galaxy_sql_server_env, "")
-        if not text.strip():
-            raise UsageError(f"{flag}: the variable is unset or empty")
+        if not text.strip():  # the name given may be the connection string itself
+            raise UsageError(env_secret_missing("--galaxy-sql-server-env"))
+        flag = f"--galaxy-sql-server-env {args.galaxy_sql_server_env}"
     elif args.galaxy_sql_server_file is not None:
         flag = f"--galaxy-sql-server-file {args.galaxy_sql_server_file}"
         try:
             text = args.galaxy_sql_server_file.read_text(encoding="utf-8")
         except OSError as exc:
-            raise UsageError(f"{flag}: cannot read the file: {exc.strerror}") from None
+            message = unreadable_file("--galaxy-sql-server-file", args.galaxy_sql_server_file, exc)
+            raise UsageError(message) from None
         except UnicodeDecodeError:
             raise UsageError(f"{flag}: the file is not UTF-8 text") from None
         text = next((line for line in text.splitlines() if line.strip()), "")

@@ -218,7 +218,14 @@ def test_cli_sql_server_connection_string_never_echoed(tmp_path: Path) -> None:
     assert run.stderr.startswith("mxgw-sim: error: ") and "Traceback" not in run.stderr
     missing = _serve_cli("--galaxy-sql-server-env", "ZB_UNSET", env={})
     assert missing.returncode == 2
-    assert "--galaxy-sql-server-env ZB_UNSET: the variable is unset or empty" in missing.stderr
+    assert "--galaxy-sql-server-env: the environment variable it names is not set" in (
+        missing.stderr
+    )
+    # The connection string itself given where its variable's name or file belongs.
+    for flag in ("--galaxy-sql-server-env", "--galaxy-sql-server-file"):
+        run = _serve_cli(flag, bad, env={})
+        assert run.returncode == 2 and secret not in run.stdout + run.stderr, flag
+        assert run.stderr.startswith(f"mxgw-sim: error: {flag}: "), run.stderr
     empty = tmp_path / "cs.txt"
     empty.write_text("\n\n", encoding="utf-8")
     run = _serve_cli("--galaxy-sql-server-file", str(empty), env={})
