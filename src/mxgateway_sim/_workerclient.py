@@ -82,6 +82,21 @@ class WorkerSettings:
     frame_limit: int = MAX_FRAME_BYTES
     command: tuple[str, ...] = (sys.executable, "-m", "mxgateway_sim.worker")
     """How to start ``mxgw-worker`` (the same interpreter by default)."""
+    private_env: tuple[str, ...] = ()
+    """Environment variables the workers never see (the gateway's keys, connection strings);
+    every ``MXGATEWAY_*`` variable is withheld too, except the worker's nonce."""
+
+
+def worker_environment(settings: WorkerSettings, nonce: str) -> dict[str, str]:
+    """The gateway's environment without its secrets, plus the launch nonce."""
+    private = set(settings.private_env)
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if name not in private and not name.upper().startswith("MXGATEWAY_")
+    }
+    env[NONCE_ENV] = nonce
+    return env
 
 
 class _Channel(asyncio.SubprocessProtocol):
@@ -154,8 +169,7 @@ class WorkerRuntime:
         settings = self.settings
         loop = asyncio.get_running_loop()
         self._nonce = secrets.token_urlsafe(32)
-        env = dict(os.environ)
-        env[NONCE_ENV] = self._nonce
+        env = worker_environment(settings, self._nonce)
         args = [
             *settings.command,
             "--session-id",

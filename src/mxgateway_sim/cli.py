@@ -657,6 +657,11 @@ def _runtime_options(args: argparse.Namespace) -> dict[str, Any]:
         heartbeat_grace_s=args.worker_heartbeat_grace_seconds,
         startup_timeout_s=args.worker_startup_seconds,
         command=(python, "-m", "mxgateway_sim.worker"),
+        # The gateway's secrets stay in the gateway (workers need none of them).
+        private_env=(
+            *args.api_key_env,
+            *([args.galaxy_sql_server_env] if args.galaxy_sql_server_env else []),
+        ),
     )
     options: dict[str, Any] = {
         "session_isolation": args.session_isolation,

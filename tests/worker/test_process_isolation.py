@@ -17,6 +17,7 @@ from mxgateway import (
     GatewayClient,
     MxGatewayOverloadedError,
     MxGatewaySessionFaultedError,
+    MxGatewayUnavailableError,
     Session,
     StateChange,
     SubscriptionState,
@@ -231,3 +232,57 @@ async def test_bulk_adds_through_a_worker_keep_the_item_limit_and_create_nothing
         assert all(r.item_handle for r in rows)
         with pytest.raises(MxGatewayOverloadedError, match="max-items-per-session"):
             await session.add_item_bulk(h, ["Pump01.Speed"])
+
+
+async def test_workers_do_not_inherit_the_gateways_secrets(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("MXGATEWAY_API_KEY", "mxgw_k_SecretThatStaysInTheGateway")
+    monkeypatch.setenv("MY_GATEWAY_KEY", "mxgw_k_AnotherSecretOfTheGateway")
+    monkeypatch.setenv("HARMLESS_SETTING", "kept")
+    settings = WorkerSettings(private_env=("MY_GATEWAY_KEY",))
+    async with (
+        GatewaySimulator(
+            catalog=builtin_catalog(), session_isolation="process", worker_settings=settings
+        ) as sim,
+        await GatewayClient.connect(
+            endpoint=sim.endpoint, api_key=sim.api_key, plaintext=True
+        ) as client,
+        await client.open_session(client_session_name="env") as session,
+    ):
+        environ = psutil.Process(await _pid(session)).environ()
+        assert environ.get("HARMLESS_SETTING") == "kept"
+        assert "MY_GATEWAY_KEY" not in environ
+        # Only the launch nonce (one use: it is spent by the handshake).
+        assert [n for n in environ if n.startswith("MXGATEWAY_")] == ["MXGATEWAY_WORKER_NONCE"]
+        cmdline = " ".join(psutil.Process(await _pid(session)).cmdline())
+        assert "Secret" not in cmdline
+
+
+@pytest.mark.parametrize(
+    ("command", "why"),
+    [
+        (("/nonexistent/mxgw-worker",), "cannot start the worker"),
+        ((sys.executable, "-c", "import time; time.sleep(60)"), "not ready within"),
+        ((sys.executable, "-c", "raise SystemExit(3)"), r"exited \(code 3\)"),
+    ],
+)
+async def test_a_worker_that_does_not_start_fails_the_open_cleanly(
+    command: tuple[str, ...], why: str
+) -> None:
+    settings = WorkerSettings(command=command, startup_timeout_s=1.0)
+    async with (
+        GatewaySimulator(
+            catalog=builtin_catalog(), session_isolation="process", worker_settings=settings
+        ) as sim,
+        await GatewayClient.connect(
+            endpoint=sim.endpoint, api_key=sim.api_key, plaintext=True
+        ) as client,
+    ):
+        before = {p.pid for p in psutil.Process().children(recursive=True)}
+        with pytest.raises(MxGatewayUnavailableError, match=why):
+            await client.open_session(client_session_name="broken")
+        assert sim.sessions is not None and len(sim.sessions) == 0
+        started = {p.pid for p in psutil.Process().children(recursive=True)} - before
+        for pid in started:
+            assert await _gone(pid)
