@@ -145,10 +145,13 @@ def _check_opcua(doc: dict[str, object]) -> None:
     assert set(rows) == set(OPCUA_GOALS)
     for name, row in rows.items():
         assert row["goal"] == OPCUA_GOALS[name]
+        # A figure is None only when nothing could be measured in the tiny window (a
+        # loaded machine): the shape is checked, never the timing.
         for key in ("mxgateway", "asyncua", "ratio", "ratio_min", "ratio_max"):
-            assert isinstance(row[key], float), (name, key, row[key])
-        assert row["ratio_min"] <= row["ratio"] <= row["ratio_max"]
-        assert isinstance(row["met"], bool)
+            assert row[key] is None or isinstance(row[key], float), (name, key, row[key])
+        if row["ratio"] is not None:
+            assert row["ratio_min"] <= row["ratio"] <= row["ratio_max"]
+            assert isinstance(row["met"], bool)
     keep_up = results["keep_up"]
     for key in ("changes_per_s", "lag_end_s", "late_scans"):
         assert key in keep_up, key
