@@ -74,3 +74,27 @@ def test_times_are_local_iso_with_offset() -> None:
     assert text.endswith(
         when.astimezone().strftime("%z")[:3] + ":" + when.astimezone().strftime("%z")[3:]
     )
+
+
+def test_set_writes_each_type_as_the_library_encodes_it() -> None:
+    """``set``'s attribute type -> value type table agrees with ``to_mx_value``: the value
+    goes out with the attribute's own data type (a BigString as a String, as MXAccess
+    takes it)."""
+    from datetime import timedelta
+
+    import mxgateway
+    from mxgateway_cli._cmd_tags import _VALUE_TYPE_OF
+
+    samples = {
+        "bool": True,
+        "int32": 1,
+        "float": 1.5,
+        "double": 1.5,
+        "string": "x",
+        "datetime": datetime(2026, 1, 1, tzinfo=timezone.utc),
+        "elapsed": timedelta(seconds=1),
+    }
+    for data_type, value_type in _VALUE_TYPE_OF.items():
+        encoded = mxgateway.to_mx_value(samples[value_type], value_type)  # type: ignore[arg-type]
+        expected = pb.MX_DATA_TYPE_STRING if data_type == pb.MX_DATA_TYPE_BIG_STRING else data_type
+        assert encoded.data_type == expected, (data_type, value_type)
