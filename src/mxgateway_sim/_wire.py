@@ -466,6 +466,9 @@ class EventEncoder:
         append = out.append
         seq = first_sequence
         fixed = len(head) + 1 + 2 + len(stamps) + 1  # session, seq tag, family, stamps, body tag
+        # The pieces every OnDataChange of this call shares, joined once.
+        head_seq = head + b"\x10"
+        family_stamps_body = b"\x18\x01" + stamps + b"\x32"
         for event in events:
             if type(event) is DataChange:
                 sample = event.sample
@@ -486,12 +489,9 @@ class EventEncoder:
                         (
                             b"\x0a",
                             varint(size),
-                            head,
-                            b"\x10",
+                            head_seq,
                             seq_bytes,
-                            b"\x18\x01",
-                            stamps,
-                            b"\x32",
+                            family_stamps_body,
                             body_len_bytes,
                             handles,
                             body,
