@@ -62,7 +62,7 @@ class PageVisit:
 class Browser:
     """One headless Chromium process; use as a context manager."""
 
-    def __init__(self, executable: str, timeout: float = 30.0) -> None:
+    def __init__(self, executable: str, timeout: float = 90.0) -> None:
         self._timeout = timeout
         self._profile = tempfile.mkdtemp(prefix="mxgw-chromium-")
         to_browser_r, self._to_browser = os.pipe()

@@ -18,7 +18,7 @@ async def http_get(
     try:
         writer.write(f"{method} {path} HTTP/1.1\r\nHost: {endpoint}\r\n\r\n".encode())
         await writer.drain()
-        data = await asyncio.wait_for(reader.read(), 10)
+        data = await asyncio.wait_for(reader.read(), 60)
     finally:
         writer.close()
         await writer.wait_closed()

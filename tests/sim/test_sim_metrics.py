@@ -223,7 +223,7 @@ async def test_json_logs_follow_one_client(tmp_path: Path) -> None:
                 gw = Gw(channel, key)
                 sid = await gw.open(HOSTILE_NAME)
                 await gw.stub.CloseSession(pb.CloseSessionRequest(session_id=sid), metadata=gw.md)
-                await wait_for(lambda: "closed" in log.read_text())
+                await wait_for(lambda: "closed" in log.read_text(), timeout=60)
             proc.terminate()
             await asyncio.wait_for(proc.wait(), 30)
     finally:

@@ -68,7 +68,7 @@ async def test_status_page_in_headless_chromium() -> None:
                 received += len(batch.events)
 
         reader = asyncio.get_running_loop().create_task(read_stream())
-        await wait_for(lambda: received > 0)
+        await wait_for(lambda: received > 0, timeout=60)
 
         def look() -> PageVisit:
             with Browser(executable) as browser:
