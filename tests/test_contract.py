@@ -12,7 +12,7 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from fixtureio import FIXTURES, UPSTREAM, upstream_document, upstream_reply
-from mxgateway import GatewayClient, MxAccessError, status_failed
+from mxgateway import GatewayClient, MxAccessError, from_mx_value, status_failed, to_mx_value
 from mxgateway._errors import check_mxaccess
 from mxgateway.generated import galaxy_repository_pb2 as gpb
 from mxgateway.generated import mxaccess_gateway_pb2 as pb
@@ -189,6 +189,18 @@ def test_confirmed_upstream_numbers() -> None:
     assert envelope["worker_event"].number == 18
     browse = gpb.BrowseChildrenRequest.DESCRIPTOR.fields_by_name
     assert [browse[n].number for n in ("parent_gobject_id", "historized_only")] == [1, 11]
+
+
+def test_opaque_bytes_are_raw_value_as_upstream() -> None:
+    # Upstream's name for MxValue's opaque-bytes member (upstream-facts "Values and
+    # statuses"); it was record_value here, with the same number, so binary peers agree.
+    fields = pb.MxValue.DESCRIPTOR.fields_by_name
+    assert (fields["raw_value"].number, fields["raw_value"].json_name) == (14, "rawValue")
+    assert "record_value" not in fields
+    opaque = b"\x00\x01\x02\xff"
+    received = json_format.Parse('{"rawValue": "AAEC/w=="}', pb.MxValue())
+    assert from_mx_value(received) == opaque  # passed through, never interpreted
+    assert to_mx_value(opaque).raw_value == opaque
 
 
 # ----- upstream's own fixtures (fixtures/upstream) ----------------------------------------
