@@ -45,6 +45,7 @@ from mxgateway.generated import mxaccess_worker_pb2 as wpb
 from mxgateway_sim._domain import MxRuntimeEvent
 from mxgateway_sim._framing import MAX_FRAME_BYTES, FrameDecoder, FrameError
 from mxgateway_sim._runtime import MxAccessRuntime
+from mxgateway_sim._threadpipes import ThreadWriter, start_reader
 from mxgateway_sim._wire import EventEncoder
 from mxgateway_sim._workerwire import (
     NONCE_ENV,
@@ -94,6 +95,13 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--runtime", choices=RUNTIMES, default="simulated")
     parser.add_argument("--runtime-config", type=Path, metavar="PATH")
     parser.add_argument("--frame-limit", type=int, default=MAX_FRAME_BYTES, metavar="BYTES")
+    parser.add_argument(
+        "--io",
+        choices=("auto", "loop", "threads"),
+        default="auto",
+        help="how the channel is read and written: the event loop's pipes, or threads "
+        "(auto: threads on Windows, whose inherited pipes the event loop cannot watch)",
+    )
     return parser
 
 
@@ -395,6 +403,17 @@ async def serve(args: argparse.Namespace, nonce: str, in_fd: int, out_fd: int) -
     worker = Worker(
         args.session_id, nonce, args.runtime, args.runtime_config, frame_limit=args.frame_limit
     )
+    if args.io == "threads" or (args.io == "auto" and os.name == "nt"):
+        writer = ThreadWriter(loop, out_fd, _Output(worker))
+        writer.set_write_buffer_limits(high=TRANSPORT_HIGH, low=TRANSPORT_LOW)
+        worker.attach_output(writer)
+        start_reader(loop, in_fd, worker)
+        try:
+            await worker.done.wait()
+        finally:
+            writer.close()
+            await asyncio.to_thread(writer.wait_closed, 5.0)
+        return worker.exit_code
     out_transport, _ = await loop.connect_write_pipe(
         lambda: _Output(worker), os.fdopen(out_fd, "wb", 0)
     )

@@ -286,3 +286,27 @@ async def test_a_worker_that_does_not_start_fails_the_open_cleanly(
         started = {p.pid for p in psutil.Process().children(recursive=True)} - before
         for pid in started:
             assert await _gone(pid)
+
+
+async def test_a_worker_on_threaded_io_serves_a_session() -> None:
+    """The Windows channel (blocking pipes in threads), run here on POSIX."""
+    command = (sys.executable, "-m", "mxgateway_sim.worker", "--io", "threads")
+    async with (
+        GatewaySimulator(
+            catalog=builtin_catalog(),
+            scan_interval_ms=20,
+            flaky_one_in=0,
+            session_isolation="process",
+            worker_settings=WorkerSettings(command=command),
+        ) as sim,
+        await GatewayClient.connect(
+            endpoint=sim.endpoint, api_key=sim.api_key, plaintext=True
+        ) as client,
+    ):
+        async with await client.open_session(client_session_name="threads") as session:
+            pid = await _pid(session)
+            h = await session.register("t")
+            rows = await session.subscribe_bulk(h, TAGS)
+            assert all(r.was_successful for r in rows)
+            assert len(await _data_changes(session, 4)) == 4
+        assert await _gone(pid)

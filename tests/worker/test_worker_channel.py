@@ -63,8 +63,9 @@ def test_the_event_fast_path_is_the_generated_envelope() -> None:
 # -- a real worker -------------------------------------------------------------------------
 
 
-async def test_handshake_commands_events_heartbeat_and_shutdown(tmp_path: Path) -> None:
-    worker = await RawWorker.start(runtime_config(tmp_path))
+@pytest.mark.parametrize("io", ["loop", "threads"])
+async def test_handshake_commands_events_heartbeat_and_shutdown(tmp_path: Path, io: str) -> None:
+    worker = await RawWorker.start(runtime_config(tmp_path), extra=("--io", io))
     hello = await worker.handshake()
     assert hello.worker_hello.nonce == worker.nonce
     assert hello.worker_hello.process_id == worker.proc.pid
@@ -120,8 +121,9 @@ async def test_handshake_commands_events_heartbeat_and_shutdown(tmp_path: Path) 
     assert code == 0
 
 
-async def test_the_end_of_the_gateways_pipe_stops_the_worker(tmp_path: Path) -> None:
-    worker = await RawWorker.start(runtime_config(tmp_path))
+@pytest.mark.parametrize("io", ["loop", "threads"])
+async def test_the_end_of_the_gateways_pipe_stops_the_worker(tmp_path: Path, io: str) -> None:
+    worker = await RawWorker.start(runtime_config(tmp_path), extra=("--io", io))
     await worker.handshake()
     code, _ = await worker.finish()  # closes stdin
     assert code == 0
