@@ -302,6 +302,45 @@ async def test_readbulk_of_a_large_tag_30_times_is_refused_before_it_is_built(
             assert rss.peak - before < 48 * MIB, (before, rss.peak)
 
 
+# -- keyless calls whose body never arrives -----------------------------------------------
+
+
+async def _keyless_stalled_calls(channel: grpc.aio.Channel, n: int) -> list[object]:
+    """``n`` keyless calls that send their headers and never a message; how each ended."""
+    stalled = [
+        channel.stream_unary(f"/mxaccess_gateway.v1.MxAccessGateway/{method}")()
+        for method in ("OpenSession", "Invoke", "StreamEvents") * (n // 3)
+    ]
+    done = await asyncio.gather(*stalled, return_exceptions=True)
+    return [e.code() if isinstance(e, grpc.aio.AioRpcError) else e for e in done]
+
+
+async def test_keyless_calls_whose_body_never_arrives_cost_no_memory(tmp_path: Path) -> None:
+    # 6,000 such calls stayed pending (+91 MiB) when the body was read before the
+    # key was checked; now each is refused on its headers alone and nothing accumulates.
+    with serve(tmp_path) as server:
+        async with grpc.aio.insecure_channel(server.endpoint) as channel:
+            await asyncio.sleep(0.5)
+            before = server.rss()
+            async with Health(server.endpoint):
+                # The first wave grows gRPC's and the allocator's pools (some 40-50 MiB
+                # that stay); later waves must not add to it.
+                codes = await _keyless_stalled_calls(channel, 6000)
+                warm = server.rss()
+                with PeakRss(server) as rss:
+                    for _ in range(2):
+                        codes += await _keyless_stalled_calls(channel, 6000)
+            # Every call ended, none was served: refused on its headers, or (a third or so
+            # of them, thousands at once) reset by gRPC as CANCELLED after the refusal.
+            assert set(codes) <= {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.CANCELLED}
+            assert codes.count(grpc.StatusCode.UNAUTHENTICATED) > len(codes) // 2
+            print(
+                f"server RSS +{(warm - before) / MIB:.0f} MiB after 6,000 calls, "
+                f"+{(rss.peak - warm) / MIB:.0f} MiB more at peak over 12,000 more"
+            )
+            assert rss.peak - warm < 32 * MIB, (before, warm, rss.peak)
+
+
 # -- event queue and replay ring, in bytes -------------------------------------------------
 
 
