@@ -73,16 +73,11 @@ def test_serve_refuses_a_weak_key_on_the_command_line() -> None:
     assert "secret" in line
 
 
-def test_a_key_given_in_place_of_the_keys_file_is_not_echoed(tmp_path: Path) -> None:
+def test_a_key_given_in_place_of_the_keys_file_is_not_echoed() -> None:
     key = new_key()
     result = _run_cli("serve", "--plaintext", "--api-keys-file", key)
     line = _assert_one_line_usage_error(result, key.split("_", 2)[2])
     assert "--api-keys-file: the file it names does not exist" in line
-    # A path that exists is a path, not a secret: it is named.
-    line = _assert_one_line_usage_error(
-        _run_cli("serve", "--plaintext", "--api-keys-file", str(tmp_path))
-    )
-    assert f"--api-keys-file: cannot read {tmp_path}: " in line
 
 
 @pytest.mark.slow
