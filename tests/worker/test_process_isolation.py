@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import psutil
 import pytest
@@ -309,4 +310,59 @@ async def test_a_worker_on_threaded_io_serves_a_session() -> None:
             rows = await session.subscribe_bulk(h, TAGS)
             assert all(r.was_successful for r in rows)
             assert len(await _data_changes(session, 4)) == 4
+        assert await _gone(pid)
+
+
+FAKE_WORKER = str(Path(__file__).with_name("fakeworker.py"))
+
+
+@pytest.mark.parametrize(
+    ("mode", "why"), [("wrong-version", "protocol version 2"), ("wrong-nonce", "nonce")]
+)
+async def test_the_gateway_refuses_a_worker_that_fails_the_handshake(mode: str, why: str) -> None:
+    settings = WorkerSettings(command=(sys.executable, FAKE_WORKER, mode), startup_timeout_s=10)
+    async with (
+        GatewaySimulator(
+            catalog=builtin_catalog(), session_isolation="process", worker_settings=settings
+        ) as sim,
+        await GatewayClient.connect(
+            endpoint=sim.endpoint, api_key=sim.api_key, plaintext=True
+        ) as client,
+    ):
+        with pytest.raises(MxGatewayUnavailableError, match=why):
+            await client.open_session(client_session_name="fake")
+        assert sim.sessions is not None and len(sim.sessions) == 0
+
+
+@pytest.mark.parametrize(
+    ("mode", "why"),
+    [
+        ("sequence-gap", "worker_sequence 4 where 3 was due"),
+        ("zero-frame", "zero-length frame"),
+        ("silent", "stopped answering heartbeats"),
+    ],
+)
+async def test_a_worker_that_breaks_the_protocol_faults_its_session(mode: str, why: str) -> None:
+    settings = WorkerSettings(
+        command=(sys.executable, FAKE_WORKER, mode), heartbeat_s=0.1, heartbeat_grace_s=1.0
+    )
+    async with (
+        GatewaySimulator(
+            catalog=builtin_catalog(), session_isolation="process", worker_settings=settings
+        ) as sim,
+        await GatewayClient.connect(
+            endpoint=sim.endpoint, api_key=sim.api_key, plaintext=True
+        ) as client,
+        await client.open_session(client_session_name="fake") as session,
+    ):
+        assert sim.sessions is not None
+        gateway_session = sim.sessions.get(session.session_id)
+        assert gateway_session is not None
+        pid = gateway_session.runtime.pid  # type: ignore[attr-defined]  # a WorkerRuntime
+        for _ in range(int(DEADLINE / 0.05)):
+            if gateway_session.fault_message:
+                break
+            await asyncio.sleep(0.05)
+        with pytest.raises(MxGatewaySessionFaultedError, match=why):
+            await session.ping()
         assert await _gone(pid)
