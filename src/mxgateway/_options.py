@@ -105,10 +105,10 @@ class ClientOptions:
             ``RetryPolicy.disabled()`` turns retries off. Writes are never retried.
         command_stream: Send commands on one persistent ``InvokeStream`` (our addition,
             see ``docs/protocol.md``) instead of one ``Invoke`` call each: the same
-            requests and replies, about a third of the client and server cost of a unary
-            call. One command at a time uses it; a command issued while another is in
-            flight, and every command on a gateway without it (``UNIMPLEMENTED``), goes
-            through ``Invoke``. Off by default.
+            requests and replies in about half the time of a unary call
+            (``docs/benchmarks.md``). One command at a time uses it; a command issued
+            while another is in flight, and every command on a gateway without it
+            (``UNIMPLEMENTED``), goes through ``Invoke``. Off by default.
     """
 
     endpoint: str
