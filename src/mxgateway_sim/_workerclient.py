@@ -221,6 +221,10 @@ class WorkerRuntime:
         except BaseException:
             await self._abandon("the session open was cancelled")
             raise
+        if self._lost is not None:  # it broke the protocol right after WorkerReady
+            why = self._lost
+            await self._abandon(why)
+            raise WorkerStartError(why)
         hello = self._hello
         assert hello is not None
         self._info = WorkerInfo(

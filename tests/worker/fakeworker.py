@@ -6,8 +6,9 @@ protocol the way MODE says:
 
 * ``wrong-version``: its hello carries protocol version 2;
 * ``wrong-nonce``: its hello echoes another nonce;
-* ``sequence-gap``: after WorkerReady it sends events 1, 2 and then 4;
-* ``zero-frame``: after WorkerReady it sends a zero-length frame;
+* ``sequence-gap``: after WorkerReady and a heartbeat it sends events 1, 2 and then 4;
+* ``zero-frame``: after WorkerReady and a heartbeat it sends a zero-length frame;
+* ``break-at-ready``: a zero-length frame right behind WorkerReady;
 * ``silent``: after WorkerReady it answers nothing (not even heartbeats).
 """
 
@@ -55,13 +56,15 @@ def main() -> None:
     )
     _send(env(2 if mode == "wrong-version" else 1, worker_hello=hello))
     _send(env(worker_ready=wpb.WorkerReady(backend_name="fake")))
+    if mode in ("sequence-gap", "zero-frame"):
+        _read_frame()  # a heartbeat: the session is open now
     if mode == "sequence-gap":
         for seq in (1, 2, 4):
             event = pb.MxEvent(session_id=session, worker_sequence=seq)
             event.family = pb.MX_EVENT_FAMILY_ON_DATA_CHANGE
             event.on_data_change.server_handle = 1
             _send(env(worker_event=wpb.WorkerEvent(event=event)))
-    elif mode == "zero-frame":
+    elif mode in ("zero-frame", "break-at-ready"):
         os.write(1, struct.pack("<I", 0))
     while True:  # then read and ignore everything until the gateway closes the channel
         if mode == "silent":

@@ -317,7 +317,11 @@ FAKE_WORKER = str(Path(__file__).with_name("fakeworker.py"))
 
 
 @pytest.mark.parametrize(
-    ("mode", "why"), [("wrong-version", "protocol version 2"), ("wrong-nonce", "nonce")]
+    ("mode", "why"),
+    [
+        ("wrong-version", "protocol version 2"),
+        ("wrong-nonce", "nonce"),
+    ],
 )
 async def test_the_gateway_refuses_a_worker_that_fails_the_handshake(mode: str, why: str) -> None:
     settings = WorkerSettings(command=(sys.executable, FAKE_WORKER, mode), startup_timeout_s=10)
@@ -366,3 +370,28 @@ async def test_a_worker_that_breaks_the_protocol_faults_its_session(mode: str, w
         with pytest.raises(MxGatewaySessionFaultedError, match=why):
             await session.ping()
         assert await _gone(pid)
+
+
+async def test_a_worker_that_breaks_right_after_ready_never_leaves_a_ready_session() -> None:
+    """Whether the break is seen before OpenSession returns (it fails) or after (the session
+    faults), no session is left READY on a dead worker."""
+    settings = WorkerSettings(command=(sys.executable, FAKE_WORKER, "break-at-ready"))
+    async with (
+        GatewaySimulator(
+            catalog=builtin_catalog(), session_isolation="process", worker_settings=settings
+        ) as sim,
+        await GatewayClient.connect(
+            endpoint=sim.endpoint, api_key=sim.api_key, plaintext=True
+        ) as client,
+    ):
+        for _ in range(5):
+            try:
+                session = await client.open_session(client_session_name="fake")
+            except MxGatewayUnavailableError as exc:
+                assert "zero-length frame" in str(exc)
+                continue
+            async with session:
+                with pytest.raises(MxGatewaySessionFaultedError, match="zero-length frame"):
+                    for _ in range(int(DEADLINE / 0.05)):
+                        await session.ping()
+                        await asyncio.sleep(0.05)
