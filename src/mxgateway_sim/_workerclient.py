@@ -42,6 +42,7 @@ from mxgateway_sim._runtime import EventSink
 from mxgateway_sim._wire import varint
 from mxgateway_sim._workerwire import (
     NONCE_ENV,
+    SESSION_ENV,
     CreatedItems,
     EnvelopeHead,
     ProtocolViolation,
@@ -84,11 +85,14 @@ class WorkerSettings:
     """How to start ``mxgw-worker`` (the same interpreter by default)."""
     private_env: tuple[str, ...] = ()
     """Environment variables the workers never see (the gateway's keys, connection strings);
-    every ``MXGATEWAY_*`` variable is withheld too, except the worker's nonce."""
+    every ``MXGATEWAY_*`` variable is withheld too, except the worker's nonce and session id."""
 
 
-def worker_environment(settings: WorkerSettings, nonce: str) -> dict[str, str]:
-    """The gateway's environment without its secrets, plus the launch nonce."""
+def worker_environment(
+    settings: WorkerSettings, nonce: str, session_id: str = ""
+) -> dict[str, str]:
+    """The gateway's environment without its secrets, plus the launch nonce and the
+    session id (kept off the command line, which every local user can read)."""
     private = set(settings.private_env)
     env = {
         name: value
@@ -96,6 +100,8 @@ def worker_environment(settings: WorkerSettings, nonce: str) -> dict[str, str]:
         if name not in private and not name.upper().startswith("MXGATEWAY_")
     }
     env[NONCE_ENV] = nonce
+    if session_id:
+        env[SESSION_ENV] = session_id
     return env
 
 
@@ -169,11 +175,9 @@ class WorkerRuntime:
         settings = self.settings
         loop = asyncio.get_running_loop()
         self._nonce = secrets.token_urlsafe(32)
-        env = worker_environment(settings, self._nonce)
+        env = worker_environment(settings, self._nonce, self._session_id)
         args = [
             *settings.command,
-            "--session-id",
-            self._session_id,
             "--protocol-version",
             str(WORKER_PROTOCOL_VERSION),
             "--runtime",

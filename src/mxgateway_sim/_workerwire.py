@@ -37,6 +37,10 @@ from mxgateway_sim._runtime import MxAccessRuntime
 from mxgateway_sim._wire import read_reply_bytes, status_to_pb, to_timestamp, varint
 
 NONCE_ENV: Final = "MXGATEWAY_WORKER_NONCE"
+# The session id travels in the environment too, not on the command line: every local user
+# can read a process's command line, only its owner its environment. (Upstream passes
+# ``--session-id``; the worker still accepts it.)
+SESSION_ENV: Final = "MXGATEWAY_WORKER_SESSION_ID"
 """Environment variable carrying the launch nonce (upstream's name)."""
 
 BODIES: Final = frozenset(
@@ -487,6 +491,7 @@ async def run_command(rt: MxAccessRuntime, command: pb.MxCommand) -> pb.MxComman
 
 __all__ = [
     "NONCE_ENV",
+    "SESSION_ENV",
     "CreatedItems",
     "EnvelopeHead",
     "ProtocolViolation",

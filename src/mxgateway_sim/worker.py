@@ -1,7 +1,8 @@
 """``mxgw-worker``: one session's MXAccess runtime in its own process, driven by the gateway.
 
-The gateway starts it (it is not meant to be run by hand) with ``--session-id``,
-``--protocol-version`` and the runtime to host, the launch nonce in ``MXGATEWAY_WORKER_NONCE``,
+The gateway starts it (it is not meant to be run by hand) with ``--protocol-version`` and
+the runtime to host, the launch nonce in ``MXGATEWAY_WORKER_NONCE`` and the session id in
+``MXGATEWAY_WORKER_SESSION_ID`` (upstream's ``--session-id`` is accepted too),
 and talks to it over its inherited standard input and output: frames of a 4-byte
 little-endian length and one ``WorkerEnvelope``. Only the gateway holds the other ends of
 those pipes; the nonce is checked as well (the first frame must prove it).
@@ -49,6 +50,7 @@ from mxgateway_sim._threadpipes import ThreadWriter, start_reader
 from mxgateway_sim._wire import EventEncoder
 from mxgateway_sim._workerwire import (
     NONCE_ENV,
+    SESSION_ENV,
     EnvelopeHead,
     ProtocolViolation,
     check_envelope,
@@ -90,7 +92,9 @@ def _parser() -> argparse.ArgumentParser:
         allow_abbrev=False,
         description="One session's MXAccess runtime; started by the gateway, not by hand.",
     )
-    parser.add_argument("--session-id", required=True)
+    parser.add_argument(
+        "--session-id", default="", help=f"the session (default: ${SESSION_ENV}, preferred)"
+    )
     parser.add_argument("--protocol-version", required=True, type=int)
     parser.add_argument("--runtime", choices=RUNTIMES, default="simulated")
     parser.add_argument("--runtime-config", type=Path, metavar="PATH")
@@ -450,6 +454,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     nonce = os.environ.pop(NONCE_ENV, "")
     if not nonce:
         print(f"mxgw-worker: error: {NONCE_ENV} is not set", file=sys.stderr)
+        return EXIT_USAGE
+    args.session_id = args.session_id or os.environ.pop(SESSION_ENV, "")
+    if not args.session_id:
+        print(f"mxgw-worker: error: neither --session-id nor {SESSION_ENV} is set", file=sys.stderr)
         return EXIT_USAGE
     if args.frame_limit < 1:
         print("mxgw-worker: error: --frame-limit must be positive", file=sys.stderr)

@@ -1,8 +1,8 @@
 """A misbehaving worker for the gateway-side protocol tests (run as a script).
 
-``python fakeworker.py MODE --session-id ... --protocol-version ...`` answers the gateway's
-hello like ``mxgw-worker`` (with the nonce from ``MXGATEWAY_WORKER_NONCE``), then breaks the
-protocol the way MODE says:
+``python fakeworker.py MODE --protocol-version ...`` (the session id in the environment)
+answers the gateway's hello like ``mxgw-worker`` (with the nonce from
+``MXGATEWAY_WORKER_NONCE``), then breaks the protocol the way MODE says:
 
 * ``wrong-version``: its hello carries protocol version 2;
 * ``wrong-nonce``: its hello echoes another nonce;
@@ -44,7 +44,10 @@ def _read_frame() -> bytes:
 
 def main() -> None:
     mode = sys.argv[1]
-    session = sys.argv[sys.argv.index("--session-id") + 1]
+    if "--session-id" in sys.argv:
+        session = sys.argv[sys.argv.index("--session-id") + 1]
+    else:
+        session = os.environ["MXGATEWAY_WORKER_SESSION_ID"]
     nonce = os.environ["MXGATEWAY_WORKER_NONCE"]
     _read_frame()  # GatewayHello
 

@@ -254,10 +254,18 @@ async def test_workers_do_not_inherit_the_gateways_secrets(
         environ = psutil.Process(await _pid(session)).environ()
         assert environ.get("HARMLESS_SETTING") == "kept"
         assert "MY_GATEWAY_KEY" not in environ
-        # Only the launch nonce (one use: it is spent by the handshake).
-        assert [n for n in environ if n.startswith("MXGATEWAY_")] == ["MXGATEWAY_WORKER_NONCE"]
+        # Only the launch nonce (one use: it is spent by the handshake) and the session id;
+        # psutil reads the environment the process started with.
+        assert sorted(n for n in environ if n.startswith("MXGATEWAY_")) == [
+            "MXGATEWAY_WORKER_NONCE",
+            "MXGATEWAY_WORKER_SESSION_ID",
+        ]
+        assert environ["MXGATEWAY_WORKER_SESSION_ID"] == session.session_id
         cmdline = " ".join(psutil.Process(await _pid(session)).cmdline())
         assert "Secret" not in cmdline
+        # The command line, which every local user can read, names no session.
+        assert session.session_id not in cmdline
+        assert "--session-id" not in cmdline
 
 
 @pytest.mark.parametrize(
