@@ -42,6 +42,9 @@ SCOPES: tuple[str, ...] = (
     "admin",
 )
 ALL_SCOPES = frozenset(SCOPES)
+DEFAULT_KEY_SCOPES: tuple[str, ...] = tuple(s for s in SCOPES if s != "admin")
+"""Scopes of a key given without any: everything but ``admin``, which acts on every
+session and so must be granted by name (a keys-file entry or ``keys create --scopes``)."""
 
 _GATEWAY = "/mxaccess_gateway.v1.MxAccessGateway/"
 _GALAXY = "/galaxy_repository.v1.GalaxyRepository/"
@@ -151,7 +154,8 @@ class _StoredKey:
         return f"_StoredKey({self.principal!r})"
 
 
-ANONYMOUS = Principal("anonymous", "anonymous", ALL_SCOPES)
+# Anonymous callers share one principal, and never act on keyed callers' sessions.
+ANONYMOUS = Principal("anonymous", "anonymous", frozenset(DEFAULT_KEY_SCOPES))
 
 
 def _digest(salt: bytes, secret: str) -> bytes:
@@ -176,7 +180,9 @@ class ApiKeyStore:
         """
         self._keys = dict(other._keys)
 
-    def add(self, key: str, scopes: Iterable[str] = SCOPES, name: str = "") -> Principal:
+    def add(
+        self, key: str, scopes: Iterable[str] = DEFAULT_KEY_SCOPES, name: str = ""
+    ) -> Principal:
         """Add a key (only its salted hash is kept).
 
         Raises:
@@ -237,7 +243,7 @@ def load_keys_file(path: Path, store: ApiKeyStore) -> int:
         for i, entry in enumerate(entries, 1):
             if not isinstance(entry, dict) or not isinstance(entry.get("key"), str):
                 raise KeyFormatError(f"{path}: entry {i} needs a string 'key'")
-            scopes = entry.get("scopes", list(SCOPES))
+            scopes = entry.get("scopes", list(DEFAULT_KEY_SCOPES))
             if isinstance(scopes, str):
                 scopes = scopes.split(",")
             if not isinstance(scopes, list) or not all(isinstance(s, str) for s in scopes):

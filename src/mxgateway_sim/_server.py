@@ -279,7 +279,7 @@ class GatewaySimulator:
 
     @property
     def api_key(self) -> str | None:
-        """The first configured all-scopes key (None when only a key store or anonymous)."""
+        """The first configured plain key (every scope but admin; None without one)."""
         return self._keys[0] if self._keys else None
 
     @property

@@ -29,7 +29,14 @@ from typing import Any, NoReturn
 
 from mxgateway._logsafe import get_logger
 from mxgateway._secret import NoEchoArgumentParser, env_secret_missing, unreadable_file
-from mxgateway_sim._auth import SCOPES, ApiKeyStore, KeyFormatError, load_keys_file, new_key
+from mxgateway_sim._auth import (
+    DEFAULT_KEY_SCOPES,
+    SCOPES,
+    ApiKeyStore,
+    KeyFormatError,
+    load_keys_file,
+    new_key,
+)
 from mxgateway_sim._auth import parse_scopes as _parse_scopes
 from mxgateway_sim._events import OverflowPolicy
 from mxgateway_sim._faults import FaultPlan, FaultPlanError
@@ -168,19 +175,25 @@ def build_parser(prog: str = "mxgw-sim") -> argparse.ArgumentParser:
     )
     keys = serve.add_argument_group("API keys")
     keys.add_argument(
-        "--api-key", action="append", default=[], metavar="KEY", help="all-scopes key (repeatable)"
+        "--api-key",
+        action="append",
+        default=[],
+        metavar="KEY",
+        help="key with every scope but admin (repeatable)",
     )
     keys.add_argument(
         "--api-key-env",
         action="append",
         default=[],
         metavar="NAME",
-        help="all-scopes key read from environment variable NAME (repeatable; keeps the key "
-        "off the command line)",
+        help="key (every scope but admin) read from environment variable NAME (repeatable; "
+        "keeps the key off the command line)",
     )
     keys.add_argument("--api-keys-file", type=Path, metavar="PATH", help="keys with scopes")
     keys.add_argument(
-        "--allow-anonymous", action="store_true", help="accept calls without a key (all scopes)"
+        "--allow-anonymous",
+        action="store_true",
+        help="accept calls without a key (every scope but admin)",
     )
     galaxy = serve.add_argument_group("plant")
     galaxy.add_argument("--galaxy-db", type=Path, metavar="PATH", help="SQLite Galaxy Repository")
@@ -329,8 +342,8 @@ def build_parser(prog: str = "mxgw-sim") -> argparse.ArgumentParser:
     create = keys_sub.add_parser("create", help="print a new API key")
     create.add_argument(
         "--scopes",
-        default=",".join(SCOPES),
-        help=f"comma-separated scopes (default: all of {', '.join(SCOPES)})",
+        default=",".join(DEFAULT_KEY_SCOPES),
+        help=f"comma-separated scopes of {', '.join(SCOPES)} (default: all but admin)",
     )
     create.add_argument("--name", default="", help="name shown in diagnostics")
     create.add_argument("--json", action="store_true", help="print a keys-file JSON entry")

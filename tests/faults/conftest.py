@@ -8,18 +8,30 @@ import grpc
 import pytest
 from faulthelpers import SCAN_MS, Raw
 
-from mxgateway_sim import GatewaySimulator, builtin_catalog
+from mxgateway_sim import SCOPES, ApiKeyStore, GatewaySimulator, builtin_catalog, new_key
 
 
 @pytest.fixture
-async def sim() -> AsyncIterator[GatewaySimulator]:
+def admin_key() -> str:
+    """An ``admin`` key: bad-input tests reach every handler, admin-only kinds included."""
+    return new_key()
+
+
+@pytest.fixture
+async def sim(admin_key: str) -> AsyncIterator[GatewaySimulator]:
+    store = ApiKeyStore()
+    store.add(admin_key, SCOPES, name="admin")
     async with GatewaySimulator(
-        catalog=builtin_catalog(), scan_interval_ms=SCAN_MS, flaky_one_in=0
+        catalog=builtin_catalog(),
+        scan_interval_ms=SCAN_MS,
+        flaky_one_in=0,
+        key_store=store,
+        api_keys=[new_key()],
     ) as s:
         yield s
 
 
 @pytest.fixture
-async def raw(sim: GatewaySimulator) -> AsyncIterator[Raw]:
+async def raw(sim: GatewaySimulator, admin_key: str) -> AsyncIterator[Raw]:
     async with grpc.aio.insecure_channel(sim.endpoint) as channel:
-        yield Raw(channel, sim.api_key)
+        yield Raw(channel, admin_key)

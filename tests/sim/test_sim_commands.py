@@ -6,11 +6,20 @@ import asyncio
 from datetime import datetime, timezone
 
 import grpc
+import pytest
 from simhelpers import SCAN_MS, Gw, changes
 
 from mxgateway._values import from_mx_value, timestamp_to_datetime, to_mx_value
 from mxgateway.generated import mxaccess_gateway_pb2 as pb
-from mxgateway_sim import GatewaySimulator, InMemoryCatalog, TagInfo, builtin_catalog
+from mxgateway_sim import (
+    SCOPES,
+    ApiKeyStore,
+    GatewaySimulator,
+    InMemoryCatalog,
+    TagInfo,
+    builtin_catalog,
+    new_key,
+)
 from mxgateway_sim._builtin import tag
 
 E_INVALIDARG = -2147024809
@@ -389,7 +398,26 @@ async def test_control_commands(gw: Gw) -> None:
     info = (await gw.ok(sid, "get_worker_info")).worker_info
     assert info.backend_name == "mxgw-sim"
     assert info.worker_protocol_version == 1
-    await gw.ok(sid, "shutdown_worker")
+    with pytest.raises(grpc.aio.AioRpcError) as err:  # admin only
+        await gw.invoke(sid, "shutdown_worker")
+    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+async def test_shutdown_worker_closes_the_session() -> None:
+    admin = new_key()
+    store = ApiKeyStore()
+    store.add(admin, SCOPES, name="admin")
+    async with (
+        GatewaySimulator(catalog=builtin_catalog(), key_store=store) as sim,
+        grpc.aio.insecure_channel(sim.endpoint) as channel,
+    ):
+        gw = Gw(channel, admin)
+        sid = await gw.open()
+        await gw.ok(sid, "shutdown_worker")
+        await _closed_soon(gw, sid)
+
+
+async def _closed_soon(gw: Gw, sid: str) -> None:
     reply = await gw.invoke(sid, "ping")
     for _ in range(100):
         if reply.protocol_status.code == pb.PROTOCOL_STATUS_CODE_SESSION_NOT_FOUND:

@@ -202,36 +202,40 @@ async def test_admin_may_act_on_any_session() -> None:
         assert reply.protocol_status.code == pb.PROTOCOL_STATUS_CODE_SESSION_NOT_FOUND
 
 
-async def test_keys_file_entries_own_sessions_only_without_admin(tmp_path: Path) -> None:
-    """docs/security.md: an entry without ``scopes`` is an all-scopes key, ``admin`` included,
-    so it may close anyone's session; the documented scopes without ``admin`` may not."""
-    owner, limited, unscoped = _new_key(), _new_key(), _new_key()
-    documented = "session:open,session:close,invoke:read,invoke:write,events:read,metadata:read"
-    assert documented in (DOCS / "security.md").read_text(encoding="utf-8")
+async def test_admin_is_granted_by_name_only(tmp_path: Path) -> None:
+    """docs/security.md: keys given without scopes (keys-file entries, ``--api-key-env``,
+    ``keys create``) and anonymous callers act on their own sessions only; a key needs
+    ``admin`` by name to close another key's session."""
+    owner, unscoped, operator = _new_key(), _new_key(), _new_key()
     keys = tmp_path / "keys.json"
     keys.write_text(
-        json.dumps(
-            [
-                {"key": owner, "scopes": documented.split(",")},
-                {"key": limited, "scopes": documented.split(",")},
-                {"key": unscoped},
-            ]
-        )
+        json.dumps([{"key": owner}, {"key": unscoped}, {"key": operator, "scopes": ["admin"]}])
     )
-    store = ApiKeyStore()
+    store = ApiKeyStore(allow_anonymous=True)
     assert load_keys_file(keys, store) == 3
     async with gateway(key_store=store) as (_, channel):
         first = Gw(channel, owner)
         sid = await first.open()
         close = pb.CloseSessionRequest(session_id=sid)
-        other = Gw(channel, limited)
+        other = Gw(channel, unscoped)
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await other.stub.CloseSession(close, metadata=other.md)
         assert err.value.code() == grpc.StatusCode.NOT_FOUND
+        stub = other.stub
+        with pytest.raises(grpc.aio.AioRpcError) as err:  # no key at all: anonymous
+            await stub.CloseSession(close)  # no metadata
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
         await first.ok(sid, "ping")  # still the owner's
-        admin = Gw(channel, unscoped)
+        admin = Gw(channel, operator)
         closed = await admin.stub.CloseSession(close, metadata=admin.md)
         assert closed.final_state == pb.SESSION_STATE_CLOSED
+
+
+def test_keys_create_leaves_admin_out_unless_named(capsys: pytest.CaptureFixture[str]) -> None:
+    assert sim_main(["keys", "create", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["scopes"] == [s for s in SCOPES if s != "admin"]
+    assert sim_main(["keys", "create", "--json", "--scopes", "admin"]) == 0
+    assert json.loads(capsys.readouterr().out)["scopes"] == ["admin"]
 
 
 async def test_session_ids_are_not_logged_above_debug(caplog: pytest.LogCaptureFixture) -> None:
