@@ -30,18 +30,19 @@ States (:class:`SubscriptionState`): ``CONNECTING`` -> ``CONNECTED`` -> (``RECON
 -> ``RESYNCHRONIZED`` (new session) or ``CONNECTED`` (same session))* -> ``CLOSED``;
 observable as :attr:`Subscription.state`, through :meth:`Subscription.state_changes`,
 :meth:`Subscription.wait_for_state` and an ``on_state_change`` callback.
+
+This module is the supervisor (the per-session runner); the values it hands out are in
+``_tagvalues.py`` and the state broadcasting in ``_statebroadcast.py`` (names re-exported
+here, so ``mxgateway._subscription.TagValue`` keeps working).
 """
 
 from __future__ import annotations
 
 import asyncio
-import enum
 import logging
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from datetime import datetime
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from types import MappingProxyType, TracebackType
-from typing import TYPE_CHECKING, NoReturn, TypeAlias
+from typing import TYPE_CHECKING, NoReturn
 
 from mxgateway._errors import (
     ClientClosedError,
@@ -60,7 +61,15 @@ from mxgateway._errors import (
 from mxgateway._events import DataChange, EventGap, EventStream, StreamFault
 from mxgateway._logsafe import get_logger
 from mxgateway._retry import DEFAULT_RECONNECT, FATAL_ERRORS, RetryPolicy, is_transient
-from mxgateway._values import MxPythonValue, from_mx_value
+from mxgateway._statebroadcast import StateBroadcaster
+from mxgateway._tagvalues import (
+    ItemFailure,
+    StateChange,
+    SubscriptionEvent,
+    SubscriptionState,
+    TagValue,
+)
+from mxgateway._values import from_mx_value
 from mxgateway.generated import mxaccess_gateway_pb2 as pb
 
 if TYPE_CHECKING:
@@ -82,7 +91,6 @@ _log.addHandler(logging.NullHandler())
 
 _CLOSE_OLD_SESSION_TIMEOUT = 2.0
 _DATA_CHANGE = pb.MX_EVENT_FAMILY_ON_DATA_CHANGE
-_STATE_QUEUE_SIZE = 256
 
 # Errors of the read after a gap that mean the session or the connection is in trouble:
 # they end the session's stream like a stream error would (re-attach or new session), and
@@ -97,144 +105,6 @@ _RESYNC_PROPAGATE = (
     MxGatewayAuthenticationError,
     ClientClosedError,
 )
-
-
-class SubscriptionState(enum.Enum):
-    """Where a :class:`Subscription` is in its life."""
-
-    CONNECTING = "connecting"
-    """Opening the first session and subscribing (also while retrying that)."""
-    CONNECTED = "connected"
-    """The first session is open and every item was added and advised; or, after
-    ``RECONNECTING``, the subscription got its session back (nothing to resynchronise)."""
-    RECONNECTING = "reconnecting"
-    """The stream was lost; getting the session, or a new one, back (with backoff between
-    failed attempts)."""
-    RESYNCHRONIZED = "resynchronized"
-    """A new session is open and the items were added and advised again; values marked
-    ``resynchronized`` follow."""
-    CLOSED = "closed"
-    """Closed by the application, or failed for good (the iterator raises the error)."""
-
-
-@dataclass(frozen=True, slots=True)
-class StateChange:
-    """One transition of a :class:`Subscription`.
-
-    Attributes:
-        state: The new state.
-        previous: The state before (``None`` for the first).
-        session_id: The session in use in the new state, if any.
-        error: Why the session was lost (``RECONNECTING``) or why the subscription failed
-            (``CLOSED``); ``None`` otherwise.
-        attempt: For ``CONNECTED`` and ``RESYNCHRONIZED``: how many attempts it took
-            (1 = the first one worked); 0 otherwise.
-    """
-
-    state: SubscriptionState
-    previous: SubscriptionState | None
-    session_id: str | None = None
-    error: BaseException | None = None
-    attempt: int = 0
-
-
-class TagValue:
-    """A value of a subscribed tag.
-
-    Attributes:
-        tag: The reference as given to ``subscribe``.
-        value: The value as a Python object.
-        quality: OPC-style 16-bit quality (192 = Good).
-        initial: The first value of this item in the current session (the value MXAccess
-            reports on advise).
-        resynchronized: The first value of this item after a recovery (changes while the
-            gateway was unreachable are not replayed, this is the current value again), or
-            the value read again after an :class:`~mxgateway.EventGap` on the same session.
-        session_id: The session that delivered it.
-        item_handle: The item handle in that session.
-        worker_sequence: The position in that session's event sequence (for a value read
-            after a gap: the last sequence of the gap, the events it stands for).
-        change: The underlying :class:`~mxgateway.DataChange` (for a value read after a
-            gap, one built from the ``ReadBulk`` row).
-    """
-
-    __slots__ = (
-        "change",
-        "initial",
-        "item_handle",
-        "quality",
-        "resynchronized",
-        "session_id",
-        "tag",
-        "value",
-        "worker_sequence",
-    )
-
-    def __init__(
-        self,
-        tag: str,
-        change: DataChange,
-        session_id: str,
-        *,
-        initial: bool = False,
-        resynchronized: bool = False,
-    ) -> None:
-        self.tag = tag
-        self.change = change
-        self.value: MxPythonValue = change.value
-        self.quality = change.quality
-        self.item_handle = change.item_handle
-        self.worker_sequence = change.worker_sequence
-        self.session_id = session_id
-        self.initial = initial
-        self.resynchronized = resynchronized
-
-    @property
-    def timestamp(self) -> datetime:
-        """Source timestamp, an aware UTC ``datetime``."""
-        return self.change.timestamp
-
-    @property
-    def is_good(self) -> bool:
-        """True when the quality is Good."""
-        return self.change.is_good
-
-    @property
-    def statuses(self) -> Sequence[pb.MxStatusProxy]:
-        """The MXAccess status records of the data change."""
-        return self.change.statuses
-
-    def __repr__(self) -> str:
-        flags = "".join(f" {name}" for name in ("initial", "resynchronized") if getattr(self, name))
-        return (
-            f"TagValue({self.tag!r}, value={self.value!r}, quality={self.quality}, "
-            f"timestamp={self.timestamp.isoformat()}{flags})"
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class ItemFailure:
-    """An item the gateway would not add or advise (in the first or a later session).
-
-    Attributes:
-        tag: The reference as given to ``subscribe``.
-        message: The gateway's error message.
-        hresult: The HRESULT of the failed step.
-        resynchronized: Reported while resubscribing after a recovery.
-        session_id: The session that reported it.
-        result: The raw ``SubscribeResult`` row.
-    """
-
-    tag: str
-    message: str
-    hresult: int
-    resynchronized: bool
-    session_id: str
-    result: pb.SubscribeResult
-
-
-SubscriptionEvent: TypeAlias = TagValue | ItemFailure | EventGap
-"""What iterating a :class:`Subscription` yields."""
 
 
 class _End:
@@ -317,13 +187,9 @@ class Subscription:
         self._chunk = chunk_size
         self._reconnect = reconnect if reconnect is not None else RetryPolicy.disabled()
         self._resume_attempts = resume_attempts
-        self._callback = on_state_change
         self._queue: asyncio.Queue[SubscriptionEvent | _End] = asyncio.Queue(queue_size)
         self._task: asyncio.Task[None] | None = None
-        self._state = SubscriptionState.CONNECTING
-        self._last_change = StateChange(SubscriptionState.CONNECTING, None)
-        self._changed = asyncio.Event()
-        self._listeners: list[asyncio.Queue[StateChange]] = []
+        self._states = StateBroadcaster(on_state_change, len(self._items))
         self._live: _Live | None = None
         self._failed: dict[str, ItemFailure] = {}
         self._pending: set[int] = set()
@@ -353,12 +219,12 @@ class Subscription:
     @property
     def state(self) -> SubscriptionState:
         """The current state."""
-        return self._state
+        return self._states.state
 
     @property
     def last_state_change(self) -> StateChange:
         """The most recent transition (with its error, if any)."""
-        return self._last_change
+        return self._states.last_change
 
     @property
     def session_id(self) -> str | None:
@@ -383,7 +249,7 @@ class Subscription:
     @property
     def closed(self) -> bool:
         """True once the subscription is ``CLOSED``."""
-        return self._state is SubscriptionState.CLOSED
+        return self._states.state is SubscriptionState.CLOSED
 
     def state_changes(self) -> AsyncIterator[StateChange]:
         """An async iterator of the transitions from now on, ending after ``CLOSED``.
@@ -392,11 +258,7 @@ class Subscription:
         is missed between creating it and reading it. It buffers up to 256 changes
         (the oldest are dropped beyond that).
         """
-        queue: asyncio.Queue[StateChange] = asyncio.Queue(_STATE_QUEUE_SIZE)
-        queue.put_nowait(self._last_change)
-        if self._state is not SubscriptionState.CLOSED:
-            self._listeners.append(queue)
-        return _StateIterator(queue, self._listeners)
+        return self._states.changes()
 
     async def wait_for_state(
         self, *states: SubscriptionState, timeout: float | None = None
@@ -410,24 +272,14 @@ class Subscription:
         if not states:
             raise ValueError("name at least one state")
         self.start()
-
-        async def wait() -> StateChange:
-            while self._state not in states:
-                if self._state is SubscriptionState.CLOSED:
-                    if self._error is not None:
-                        raise self._error
-                    raise ClientClosedError("the subscription is closed")
-                await self._changed.wait()
-            return self._last_change
-
-        return await asyncio.wait_for(wait(), timeout)
+        return await asyncio.wait_for(self._states.wait_for(states, lambda: self._error), timeout)
 
     # -- life cycle ---------------------------------------------------------------------
     def start(self) -> None:
         """Start the supervisor task (done by ``async with`` or the first read)."""
         if self._task is None and not self._closing:
             self._task = asyncio.ensure_future(self._run())
-            self._notify(self._last_change)  # the initial CONNECTING
+            self._states.notify(self._states.last_change)  # the initial CONNECTING
 
     async def aclose(self) -> None:
         """Stop: cancel the supervisor, close the session, state ``CLOSED``. Idempotent."""
@@ -483,7 +335,7 @@ class Subscription:
 
     def __repr__(self) -> str:
         return (
-            f"<Subscription {len(self._items)} items {self._state.name} "
+            f"<Subscription {len(self._items)} items {self.state.name} "
             f"session={self.session_id} recoveries={self.recoveries}>"
         )
 
@@ -495,37 +347,7 @@ class Subscription:
         error: BaseException | None = None,
         attempt: int = 0,
     ) -> None:
-        if self._state is SubscriptionState.CLOSED:
-            return
-        if state is self._state:
-            return
-        change = StateChange(state, self._state, self.session_id, error, attempt)
-        self._state = state
-        self._last_change = change
-        level = logging.WARNING if state is SubscriptionState.RECONNECTING else logging.INFO
-        _log.log(
-            level,
-            "subscription of %d items: %s%s",
-            len(self._items),
-            state.name,
-            f" ({type(error).__name__}: {error})" if error is not None else "",
-        )
-        changed, self._changed = self._changed, asyncio.Event()
-        changed.set()
-        for queue in self._listeners:
-            if queue.full():
-                queue.get_nowait()
-            queue.put_nowait(change)
-        if state is SubscriptionState.CLOSED:
-            self._listeners.clear()
-        self._notify(change)
-
-    def _notify(self, change: StateChange) -> None:
-        if self._callback is not None:
-            try:
-                self._callback(change)
-            except Exception:
-                _log.exception("on_state_change callback failed")
+        self._states.set(state, session_id=self.session_id, error=error, attempt=attempt)
 
     def _finish(self, error: BaseException | None) -> None:
         if self._finished:
@@ -890,32 +712,3 @@ def _may_still_exist(error: BaseException | None) -> bool:
     ):
         return False
     return is_transient(error) or isinstance(error, MxGatewaySessionStateError)
-
-
-class _StateIterator:
-    __slots__ = ("_done", "_listeners", "_queue")
-
-    def __init__(
-        self, queue: asyncio.Queue[StateChange], listeners: list[asyncio.Queue[StateChange]]
-    ) -> None:
-        self._queue = queue
-        self._listeners = listeners
-        self._done = False
-
-    def __aiter__(self) -> _StateIterator:
-        return self
-
-    async def __anext__(self) -> StateChange:
-        if self._done:
-            raise StopAsyncIteration
-        change = await self._queue.get()
-        if change.state is SubscriptionState.CLOSED:
-            self._done = True
-            if self._queue in self._listeners:
-                self._listeners.remove(self._queue)
-        return change
-
-    async def aclose(self) -> None:
-        self._done = True
-        if self._queue in self._listeners:
-            self._listeners.remove(self._queue)
