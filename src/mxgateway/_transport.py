@@ -57,6 +57,16 @@ ReqT = TypeVar("ReqT")
 RespT = TypeVar("RespT")
 
 
+# Texts of gRPC's connect errors that prove a server listens at the address (it answered,
+# but the handshake failed), unlike a refusal, which a server still starting also causes.
+_LISTENER_TEXTS = ("handshake", "ssl")
+
+
+def _a_listener_answered(exc: grpc.aio.AioRpcError) -> bool:
+    details = (exc.details() or "").lower()
+    return any(text in details for text in _LISTENER_TEXTS)
+
+
 class ConnectKeywords(TypedDict, total=False):
     """The keywords of ``GatewayClient.connect``, ``GalaxyRepositoryClient.connect`` and
     ``Transport.connect`` (next to the positional ``endpoint``: ``host:port``, required
@@ -315,7 +325,10 @@ class Transport:
         refused connection or a failed TLS handshake is seen at once with gRPC's own
         reason. Such a refusal is retried for ``options.connect_wait`` seconds (bounded by
         ``timeout``): a gateway started in the background a moment before (``mxgw-sim
-        serve &``) is not refused for being slower than its first caller. Any answer other
+        serve &``) is not refused for being slower than its first caller. A failed TLS handshake
+        ends the wait at once with its own reason: something listens there, so waiting cannot
+        help (and with a name such as ``localhost`` that resolves to two addresses, a later
+        refusal of the other one must not hide it). Any answer other
         than UNAVAILABLE or DEADLINE_EXCEEDED (including UNIMPLEMENTED from a gateway
         without a health service) proves the channel works.
 
@@ -346,7 +359,11 @@ class Transport:
                     _log.debug("connect probe answered %s: channel is up", code)
                     return
                 now = loop.time()
-                if code is grpc.StatusCode.UNAVAILABLE and now + CONNECT_POLL_INTERVAL < give_up:
+                if (
+                    code is grpc.StatusCode.UNAVAILABLE
+                    and not _a_listener_answered(exc)
+                    and now + CONNECT_POLL_INTERVAL < give_up
+                ):
                     # Refused or unreachable for now: gRPC reconnects on its own backoff;
                     # probe again shortly (a probe in the meantime fails at once).
                     await asyncio.sleep(CONNECT_POLL_INTERVAL)

@@ -39,6 +39,21 @@ async def test_tls_without_the_ca_fails(tmp_path: Path) -> None:
         assert "OpenSession" not in server.servicer.rec.metadata
 
 
+async def test_a_failed_handshake_is_reported_over_a_refused_second_address(
+    tmp_path: Path,
+) -> None:
+    """``localhost`` may resolve to ::1 and 127.0.0.1: the server listens on the second only.
+    The connect wait must report the TLS failure (a server answered), not the refusal of
+    the other address that gRPC happened to try last."""
+    tls = make_tls(tmp_path, dns_names=("localhost",), ips=("127.0.0.1",))
+    async with FakeServer(tls=(tls.cert_pem, tls.key_pem)) as server:
+        port = server.endpoint.rsplit(":", 1)[1]
+        for _ in range(4):  # which address is tried last varies from run to run
+            with pytest.raises(MxGatewayUnavailableError) as info:
+                await GatewayClient.connect(endpoint=f"localhost:{port}", api_key=KEY)
+            assert "CERTIFICATE_VERIFY_FAILED" in str(info.value), str(info.value)
+
+
 async def test_server_name_override(tmp_path: Path) -> None:
     tls = make_tls(tmp_path, dns_names=("gateway.test",), ips=())
     async with FakeServer(tls=(tls.cert_pem, tls.key_pem)) as server:
