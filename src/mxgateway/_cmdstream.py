@@ -12,6 +12,7 @@ stream answers ``UNIMPLEMENTED`` before it reads a request, and the client then 
 from __future__ import annotations
 
 import asyncio
+import math
 from typing import Any
 
 import grpc
@@ -22,6 +23,9 @@ from mxgateway.generated import mxaccess_gateway_pb2 as pb
 from mxgateway.generated import mxaccess_gateway_pb2_grpc as pbg
 
 __all__ = ["CommandStream"]
+
+_CLOCK_SLACK = 1e-3
+"""Seconds a deadline may be ahead of the clock when the watchdog fires and still count."""
 
 _EOF: Any = grpc.aio.EOF  # type: ignore[attr-defined]  # what read() returns at the end
 
@@ -34,6 +38,10 @@ class CommandStream:
         self._stub = stub
         self._call: Any = None
         self._busy = False
+        self._deadline = 0.0  # loop time the command in flight must be answered by
+        self._timed_out = False
+        self._watchdog: asyncio.TimerHandle | None = None
+        self._watchdog_at = 0.0
         self.unsupported = False
         """The gateway answered ``UNIMPLEMENTED``: every command goes through ``Invoke``."""
 
@@ -49,27 +57,23 @@ class CommandStream:
         gateway, or it broke before the command could have run and the command is safe to
         send again). gRPC failures raise the same mapped errors as ``Invoke``'s."""
         self._busy = True
-        timer: asyncio.TimerHandle | None = None
-        timed_out = False
+        self._timed_out = False
+        timed = timeout is not None
         try:
             call = self._call
             if call is None or call.done():
                 open_stream: Any = self._stub.InvokeStream  # a bidi call, written to below
                 call = self._call = open_stream(metadata=self._transport.metadata)
-            if timeout is not None:
-
-                def expire() -> None:
-                    nonlocal timed_out
-                    timed_out = True
-                    call.cancel()
-
-                timer = asyncio.get_running_loop().call_later(timeout, expire)
+            if timeout is None:
+                self._deadline = math.inf
+            else:
+                self._arm(timeout)
             await call.write(request)
             reply = await call.read()
         except grpc.aio.AioRpcError as exc:
             self._call = None
-            if timed_out:
-                raise self._deadline(session_id, what) from None
+            if self._timed_out:
+                raise self._deadline_error(session_id, what) from None
             code = exc.code()
             if code is grpc.StatusCode.UNIMPLEMENTED:
                 self.unsupported = True
@@ -79,17 +83,15 @@ class CommandStream:
             raise self._transport.map_error(exc, session_id=session_id, what=what) from exc
         except asyncio.CancelledError:
             self._drop()
-            if timed_out:
-                raise self._deadline(session_id, what) from None
+            if self._timed_out:
+                raise self._deadline_error(session_id, what) from None
             raise
         except BaseException:
             self._drop()  # the stream may hold a reply nobody will read: start afresh
             raise
         finally:
-            if timer is not None:
-                timer.cancel()
             self._busy = False
-        if timed_out:  # the reply won the race against the timer's cancel
+        if timed and self._timed_out:  # the reply won the race against the cancel
             self._drop()
         if reply is _EOF:  # the gateway ended the stream without a status
             self._call = None
@@ -103,7 +105,40 @@ class CommandStream:
         assert isinstance(reply, pb.MxCommandReply)
         return reply
 
-    def _deadline(self, session_id: str, what: str) -> Exception:
+    def _arm(self, timeout: float) -> None:
+        """Set the deadline of the command about to be sent.
+
+        One timer serves every command: it is re-armed only when a deadline comes earlier
+        than the time it is set for. With the usual equal timeouts each deadline is later
+        than the last, so a command costs a subtraction instead of a timer of its own.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = self._deadline = loop.time() + timeout
+        watchdog = self._watchdog
+        if watchdog is None or deadline < self._watchdog_at:
+            if watchdog is not None:
+                watchdog.cancel()
+            self._watchdog_at = deadline
+            self._watchdog = loop.call_at(deadline, self._expire)
+
+    def _expire(self) -> None:
+        """The watchdog fired: cancel the command in flight if its deadline has passed,
+        else wait for the deadline of the one in flight (if any)."""
+        self._watchdog = None
+        if not self._busy:
+            return
+        loop = asyncio.get_running_loop()
+        # asyncio may run a timer up to its clock resolution early.
+        if loop.time() + _CLOCK_SLACK >= self._deadline:
+            self._timed_out = True
+            if self._call is not None:
+                self._call.cancel()
+            return
+        if self._deadline != math.inf:
+            self._watchdog_at = self._deadline
+            self._watchdog = loop.call_at(self._deadline, self._expire)
+
+    def _deadline_error(self, session_id: str, what: str) -> Exception:
         return self._transport.map_error(
             _rpc_error(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded"),
             session_id=session_id,
@@ -117,6 +152,9 @@ class CommandStream:
 
     def close(self) -> None:
         """Cancel the stream (the client is closing)."""
+        watchdog, self._watchdog = self._watchdog, None
+        if watchdog is not None:
+            watchdog.cancel()
         self._drop()
 
 

@@ -8,13 +8,11 @@ events, CLI text) names enum values through :func:`enum_name` instead, which nev
 
 from __future__ import annotations
 
-from functools import cache
 from typing import Any
 
 __all__ = ["enum_name", "enum_prefix"]
 
 
-@cache
 def _prefix(full_name: str, names: tuple[str, ...]) -> str:
     common = min(names, default="")
     last = max(names, default="")
@@ -25,10 +23,19 @@ def _prefix(full_name: str, names: tuple[str, ...]) -> str:
     return common[: common.rfind("_") + 1]
 
 
+_PREFIXES: dict[str, str] = {}
+"""Enum full name -> its prefix: naming a value (every command's error label) must not list
+the enum's values each time."""
+
+
 def enum_prefix(enum: Any) -> str:
     """The prefix every value name of ``enum`` shares (``MX_STATUS_CATEGORY_``, ``VT_``)."""
     descriptor = enum.DESCRIPTOR
-    return _prefix(descriptor.full_name, tuple(v.name for v in descriptor.values))
+    prefix = _PREFIXES.get(descriptor.full_name)
+    if prefix is None:
+        names = tuple(v.name for v in descriptor.values)
+        prefix = _PREFIXES[descriptor.full_name] = _prefix(descriptor.full_name, names)
+    return prefix
 
 
 def enum_name(enum: Any, number: int, *, short: bool = True) -> str:

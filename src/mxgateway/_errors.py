@@ -440,7 +440,7 @@ def check_mxaccess(reply: pb.MxCommandReply) -> pb.MxCommandReply:
     if (
         reply.protocol_status.code == pb.PROTOCOL_STATUS_CODE_MXACCESS_FAILURE
         or reply.hresult < 0
-        or failed_statuses(reply.statuses)
+        or (reply.statuses and failed_statuses(reply.statuses))
     ):
         raise MxAccessError(reply)
     return reply

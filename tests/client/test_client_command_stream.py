@@ -205,3 +205,32 @@ async def test_a_command_past_its_deadline_times_out_and_the_next_one_works() ->
             await s.read_bulk(h, [TAG], timeout=0.3)
         assert await s.get_session_state() == pb.SESSION_STATE_READY
         assert client._commands is not None and not client._commands.unsupported
+
+
+async def test_each_command_keeps_its_own_deadline_on_the_stream() -> None:
+    # The stream arms one timer for many commands: a shorter deadline after a longer one
+    # still fires on time, and a command without a deadline is never cut short by the
+    # deadline of one before it.
+    async with (
+        GatewaySimulator(
+            catalog=builtin_catalog(), session_options=SessionOptions(first_value_delay_s=1.0)
+        ) as sim,
+        await GatewayClient.connect(
+            options=ClientOptions(
+                endpoint=sim.endpoint,
+                api_key=sim.api_key,
+                plaintext=True,
+                timeout=30,
+                command_stream=True,
+            )
+        ) as client,
+        await client.open_session() as s,
+    ):
+        h = await s.register("deadlines")  # arms the timer 30 s ahead
+        with pytest.raises(MxGatewayTimeoutError):
+            await s.read_bulk(h, [TAG], timeout=0.2)  # waits 1 s for its first value
+        ping = pb.MxCommand(kind=pb.MX_COMMAND_KIND_PING, ping=pb.PingCommand())
+        await s.invoke_raw(ping, timeout=0.3)  # arms the timer 0.3 s ahead
+        rows = await s.read_bulk(h, ["Tank01.Level"], timeout=None)  # about 1 s
+        assert rows[0].was_successful
+        assert client._commands is not None and not client._commands.unsupported
