@@ -98,19 +98,23 @@ class DataChange:
         item_handle: The item (hItem).
         value: The value as a Python object (see :func:`mxgateway.from_mx_value`).
         quality: OPC-style 16-bit quality (192 = Good).
-        raw: The ``MxEvent`` this was decoded from.
 
-    :attr:`timestamp` (the source timestamp, an aware UTC ``datetime``) is decoded from
-    ``raw`` on first access, and :attr:`statuses` (the MXAccess status records; a failure
-    ``category`` means the event reports an error rather than a value) on each access:
-    iterating events costs nothing for fields a consumer does not read.
+    :attr:`timestamp` (the source timestamp, an aware UTC ``datetime``) is decoded on first
+    access, :attr:`statuses` (the MXAccess status records; a failure ``category`` means the
+    event reports an error rather than a value) and :attr:`raw` (the ``MxEvent`` this was
+    decoded from) on each access: iterating events costs nothing for fields a consumer
+    does not read.
     """
 
+    # The event is kept as (container, index) rather than as its ``MxEvent`` wrapper: one
+    # object fewer for the garbage collector to track per event (the container is shared
+    # by the whole batch and keeps the parsed batch alive, as the wrapper did).
     __slots__ = (
+        "_i",
+        "_src",
         "_timestamp",
         "item_handle",
         "quality",
-        "raw",
         "server_handle",
         "value",
         "worker_sequence",
@@ -125,6 +129,7 @@ class DataChange:
         quality: int,
         timestamp: datetime | None,
         raw: pb.MxEvent,
+        _index: int = -1,
     ) -> None:
         self.worker_sequence = worker_sequence
         self.server_handle = server_handle
@@ -132,20 +137,30 @@ class DataChange:
         self.value = value
         self.quality = quality
         self._timestamp = timestamp
-        self.raw = raw
+        if _index < 0:  # a lone event (not one of a decoded batch)
+            self._src: Sequence[pb.MxEvent] = (raw,)
+            self._i = 0
+        else:  # ``raw`` is the batch's ``events`` and ``_index`` the position in it
+            self._src = raw  # type: ignore[assignment]
+            self._i = _index
+
+    @property
+    def raw(self) -> pb.MxEvent:
+        """The ``MxEvent`` this was decoded from."""
+        return self._src[self._i]
 
     @property
     def timestamp(self) -> datetime:
         """Source timestamp of the value, an aware UTC ``datetime``."""
         t = self._timestamp
         if t is None:
-            t = self._timestamp = _ts(self.raw.on_data_change.timestamp)
+            t = self._timestamp = _ts(self._src[self._i].on_data_change.timestamp)
         return t
 
     @property
     def statuses(self) -> Sequence[pb.MxStatusProxy]:
         """The event's ``MxStatusProxy`` records (normally one)."""
-        return self.raw.on_data_change.statuses
+        return self._src[self._i].on_data_change.statuses
 
     @property
     def is_good(self) -> bool:
@@ -375,11 +390,29 @@ def _decode_other(ev: pb.MxEvent, out: list[Event], tr: _Tracker) -> None:
         _log.debug("ignoring event %d without a known body", seq)
 
 
-def decode_events(events: Sequence[pb.MxEvent], out: list[Event], tr: _Tracker) -> None:
-    """Decode ``events`` into ``out``, dropping duplicates and inserting gap notices."""
+DECODE_CHUNK = 256
+"""Events decoded at a time out of one received batch. The decoded events of a chunk are
+alive together until the caller has taken them; a chunk well below the collector's
+young-generation threshold (700 allocations) keeps them from surviving into older
+generations, whose collections then stay rare (a whole 2,000-event batch decoded at once
+made full collections of the application's heap frequent)."""
+
+
+def decode_events(
+    events: Sequence[pb.MxEvent],
+    out: list[Event],
+    tr: _Tracker,
+    start: int = 0,
+    stop: int | None = None,
+) -> None:
+    """Decode ``events[start:stop]`` into ``out``, dropping duplicates and inserting gap
+    notices. A :class:`DataChange` keeps ``events`` and its index (see ``raw``)."""
     last = tr.last
     tracking = tr.tracking
-    for ev in events:
+    if stop is None:
+        stop = len(events)
+    for i in range(start, stop):
+        ev = events[i]
         seq = ev.worker_sequence
         if seq:
             if tracking:
@@ -403,14 +436,16 @@ def decode_events(events: Sequence[pb.MxEvent], out: list[Event], tr: _Tracker) 
         if ev.family == _DATA:
             d = ev.on_data_change
             v = d.value
-            kind = v.WhichOneof("kind")
-            if kind == "int32_value":
-                value: MxPythonValue = v.int32_value
-            elif kind == "double_value":
-                value = v.double_value
-            else:
-                value = from_mx_value(v)
-            out.append(DataChange(seq, d.server_handle, d.item_handle, value, d.quality, None, ev))
+            # A set oneof member reads non-zero only when it is the one set: the common
+            # kinds skip WhichOneof (a zero or any other kind takes the full conversion).
+            value: MxPythonValue = v.double_value
+            if not value:
+                value = v.int32_value
+                if not value:
+                    value = from_mx_value(v)
+            # (events, i): the batch and the position, see DataChange.raw
+            dc = DataChange(seq, d.server_handle, d.item_handle, value, d.quality, None, events, i)  # type: ignore[arg-type]
+            out.append(dc)
         else:
             tr.last, tr.tracking = last, tracking
             _decode_other(ev, out, tr)
@@ -478,6 +513,9 @@ class EventStream:
         self._stream: Stream[Any] | None = None
         self._buf: list[Event] = []
         self._pos = 0
+        # The received message's events not decoded yet (decoded DECODE_CHUNK at a time).
+        self._undecoded: Sequence[pb.MxEvent] = ()
+        self._undecoded_pos = 0
         # The resume point of what was handed out before ``_buf`` was (re)filled.
         self._handed_base = after_worker_sequence or 0
         self._closed = False
@@ -655,10 +693,39 @@ class EventStream:
                     session_id=self._session_id,
                 )
 
+    def _decode_chunk(self) -> list[Event]:
+        """Decode the next DECODE_CHUNK events of the received message (see
+        :data:`DECODE_CHUNK`); the observer sees them before the caller does."""
+        events, start = self._undecoded, self._undecoded_pos
+        stop = min(start + DECODE_CHUNK, len(events))
+        if stop >= len(events):
+            self._undecoded, self._undecoded_pos = (), 0
+        else:
+            self._undecoded_pos = stop
+        buf: list[Event] = []
+        decode_events(events, buf, self._tracker, start, stop)
+        faults = self._tracker.faults
+        if faults:
+            for fault in faults:
+                self._note_fault(fault)
+            faults.clear()
+        if buf and self._observer is not None:
+            self._observer(buf)
+        return buf
+
     async def _read_batch(self) -> list[Event]:
-        """Read messages until one decodes into at least one event (resuming as set up)."""
+        """Read messages until one decodes into at least one event (resuming as set up).
+
+        What is left of the last message is decoded first (without touching the stream),
+        so the tracker never runs ahead of the events decoded and a resume starts right
+        after them."""
         attempts = 0
         while True:
+            if self._undecoded and not self._closed:
+                buf = self._decode_chunk()
+                if buf:
+                    return buf
+                continue
             if self._closed:
                 raise StopAsyncIteration
             stream = self._stream
@@ -727,21 +794,8 @@ class EventStream:
                 stream.cancel()
                 raise
             attempts = 0
-            buf: list[Event] = []
-            if self._batches:
-                decode_events(msg.events, buf, self._tracker)
-            else:
-                decode_events((msg,), buf, self._tracker)
-            faults = self._tracker.faults
-            if faults:
-                for fault in faults:
-                    self._note_fault(fault)
-                faults.clear()
-            if not buf:
-                continue
-            if self._observer is not None:
-                self._observer(buf)
-            return buf
+            self._undecoded = msg.events if self._batches else (msg,)
+            self._undecoded_pos = 0
 
     def _note_fault(self, fault: StreamFault) -> None:
         if fault.kind in _TERMINAL_FAULTS:
@@ -767,6 +821,7 @@ class EventStream:
         """Close the underlying stream; further iteration ends. Idempotent."""
         self._closed = True
         self._replace_buffer([], 0)
+        self._undecoded, self._undecoded_pos = (), 0
         stream, self._stream = self._stream, None
         if stream is not None:
             await stream.aclose()

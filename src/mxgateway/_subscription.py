@@ -58,7 +58,7 @@ from mxgateway._errors import (
     MxGatewayTimeoutError,
     MxGatewayUnavailableError,
 )
-from mxgateway._events import DataChange, EventGap, EventStream, StreamFault
+from mxgateway._events import DECODE_CHUNK, DataChange, EventGap, EventStream, StreamFault
 from mxgateway._logsafe import get_logger
 from mxgateway._retry import DEFAULT_RECONNECT, FATAL_ERRORS, RetryPolicy, is_transient
 from mxgateway._statebroadcast import StateBroadcaster
@@ -619,6 +619,7 @@ class Subscription:
         recovered = live.recovered
         pending: set[int] = set()
         started = False
+        unyielded = 0  # values queued since the pump last let the consumer run
         if live.resync_seq:
             # A read after a gap was cut short when the stream was lost: do it now, on the
             # re-attached session, before the events that follow.
@@ -646,8 +647,16 @@ class Subscription:
                 # costs less per value (the common case: the consumer keeps up).
                 if queue.full():
                     await queue.put(value)
+                    unyielded = 0
                 else:
                     queue.put_nowait(value)
+                    unyielded += 1
+                    if unyielded >= DECODE_CHUNK:
+                        # Let the consumer take these before queueing more: values taken
+                        # while young never reach the collector's older generations (a
+                        # whole batch queued at once made full collections frequent).
+                        unyielded = 0
+                        await asyncio.sleep(0)
             elif isinstance(event, EventGap):
                 await queue.put(event)
                 if self.resync_on_gap:

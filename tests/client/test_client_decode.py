@@ -107,3 +107,37 @@ def test_data_change_without_family_is_still_decoded() -> None:
     decode_events([ev], out, _Tracker(None))  # type: ignore[arg-type]
     (dc,) = out
     assert isinstance(dc, DataChange) and (dc.item_handle, dc.value) == (4, "x")
+
+
+@given(
+    st.one_of(
+        st.floats(allow_nan=True, allow_infinity=True),
+        st.integers(min_value=-(2**31), max_value=2**31 - 1),
+        st.sampled_from([0.0, -0.0, 0, False, True, "", "0", b""]),
+    )
+)
+def test_value_fast_path_matches_from_mx_value(value: object) -> None:
+    # The decoder reads double_value / int32_value before asking WhichOneof: zero, -0.0,
+    # NaN and the other kinds must come out exactly as the reference conversion gives them.
+    ev = pb.MxEvent(worker_sequence=1, family=pb.MX_EVENT_FAMILY_ON_DATA_CHANGE)
+    if isinstance(value, float):  # as a gateway may send it (to_mx_value refuses NaN/inf)
+        ev.on_data_change.value.double_value = value
+    else:
+        ev.on_data_change.value.CopyFrom(to_mx_value(value))
+    out: list[object] = []
+    decode_events([ev], out, _Tracker(None))  # type: ignore[arg-type]
+    (dc,) = out
+    assert isinstance(dc, DataChange)
+    expected = from_mx_value(ev.on_data_change.value)
+    assert type(dc.value) is type(expected)
+    assert repr(dc.value) == repr(expected)  # NaN and -0.0 compare by their repr
+
+
+def test_a_data_change_built_by_hand_keeps_its_event() -> None:
+    ev = pb.MxEvent(worker_sequence=3, family=pb.MX_EVENT_FAMILY_ON_DATA_CHANGE)
+    ev.on_data_change.timestamp.seconds = 1_700_000_000
+    ev.on_data_change.statuses.add(success=1)
+    dc = DataChange(3, 1, 2, 4.5, 192, None, ev)
+    assert dc.raw is ev
+    assert dc.statuses[0].success == 1
+    assert dc.timestamp == datetime.fromtimestamp(1_700_000_000, timezone.utc)

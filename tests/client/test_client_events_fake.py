@@ -27,6 +27,7 @@ from mxgateway import (
     StreamFault,
     WriteComplete,
 )
+from mxgateway._events import DECODE_CHUNK
 from mxgateway.generated import mxaccess_gateway_pb2 as pb
 
 KEY = "mxgw_ev_eventsSecret0123456789"
@@ -513,3 +514,45 @@ async def test_last_worker_sequence_counts_only_events_handed_out(fake: FakeServ
                 seen.append(events.last_worker_sequence)
     assert seen[1::2] == [1, 2, 3, 4, 5, 6, 9, 10]
     assert events.last_worker_sequence == 10
+
+
+async def test_a_batch_larger_than_a_decode_chunk_arrives_whole_and_resumes_after_it(
+    fake: FakeServer,
+) -> None:
+    # A batch is decoded DECODE_CHUNK events at a time: every event still arrives once, in
+    # order, equal to what the gateway sent; the resume point follows the caller inside the
+    # batch, and a drop right after the batch resumes after its last event.
+    n = 2 * DECODE_CHUNK + 37
+    log = [data_change(i, i) for i in range(1, n + 6)]
+
+    async def plan(req: pb.StreamEventsRequest, attempt: int):  # type: ignore[no-untyped-def]
+        if attempt == 0:
+            yield batch(*log[:n])
+            yield StreamAbort(grpc.StatusCode.UNAVAILABLE, "connection dropped")
+        assert req.after_worker_sequence == n
+        yield batch(*log[n:])
+        await asyncio.Event().wait()
+
+    fake.servicer.batches_plan = plan
+    async with await _client(fake) as client:
+        events = client.attach_session(SESSION_ID).events()
+        async with events:
+            got: list[Event] = []
+            for _ in range(DECODE_CHUNK + 5):
+                got.append(await asyncio.wait_for(events.__anext__(), 5))
+            assert events.last_worker_sequence == DECODE_CHUNK + 5
+            got += await _take(events, len(log) - len(got))
+            assert events.resume_count == 1 and events.duplicates_dropped == 0
+    assert all(type(e) is DataChange for e in got)
+    changes = [e for e in got if isinstance(e, DataChange)]
+    assert [e.worker_sequence for e in changes] == list(range(1, len(log) + 1))
+    assert [e.value for e in changes] == list(range(1, len(log) + 1))
+    assert [e.raw for e in changes] == log
+    assert [e.timestamp for e in changes] == [
+        datetime.fromtimestamp(ev.on_data_change.timestamp.seconds + 0.123456, timezone.utc)
+        for ev in log
+    ]
+    assert all(
+        list(e.statuses) == list(ev.on_data_change.statuses)
+        for e, ev in zip(changes, log, strict=True)
+    )

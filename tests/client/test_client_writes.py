@@ -25,6 +25,7 @@ from mxgateway import (
     Session,
     WriteComplete,
 )
+from mxgateway._events import DECODE_CHUNK
 from mxgateway.generated import mxaccess_gateway_pb2 as pb
 from mxgateway_sim import GatewaySimulator, builtin_catalog
 
@@ -197,6 +198,20 @@ def _write_ok(request: pb.MxCommandRequest) -> pb.MxCommandReply:
     )
 
 
+def _gateway_signalling_writes() -> tuple[FakeGateway, asyncio.Event]:
+    """A fake gateway that accepts writes and sets the event on each (the completion a
+    test streams follows the write)."""
+    fake = FakeGateway()
+    written = asyncio.Event()
+
+    def on_write(request: pb.MxCommandRequest) -> pb.MxCommandReply:
+        written.set()
+        return _write_ok(request)
+
+    fake.invoke_handler = on_write
+    return fake, written
+
+
 async def test_missing_completion_is_a_typed_timeout() -> None:
     fake = FakeGateway()
     fake.invoke_handler = _write_ok  # never raises an OnWriteComplete
@@ -217,14 +232,7 @@ async def test_missing_completion_is_a_typed_timeout() -> None:
 async def test_completion_with_newer_enum_numbers_is_decoded() -> None:
     """A completion whose category and source are newer than the bindings is a failure
     named UNKNOWN(n), never a ValueError."""
-    fake = FakeGateway()
-    written = asyncio.Event()
-
-    def on_write(request: pb.MxCommandRequest) -> pb.MxCommandReply:
-        written.set()
-        return _write_ok(request)
-
-    fake.invoke_handler = on_write
+    fake, written = _gateway_signalling_writes()
     sid = "session-" + "2" * 32
 
     async def batches(request: pb.StreamEventsRequest, attempt: int) -> AsyncIterator[object]:
@@ -247,6 +255,49 @@ async def test_completion_with_newer_enum_numbers_is_decoded() -> None:
     assert info.value.status_descriptions == (
         "UNKNOWN(42) detected by UNKNOWN(17), detail 9 (MX_E_ObjectSignatureMismatch)",
     )
+
+
+async def test_a_completion_behind_more_than_a_decode_chunk_is_found() -> None:
+    """The OnWriteComplete comes after more data changes than one decode chunk, in the same
+    batch: the waiter reads on through the chunks, and every event stays for the caller."""
+    fake, written = _gateway_signalling_writes()
+    sid = "session-" + "3" * 32
+    n = 2 * DECODE_CHUNK + 11
+
+    async def batches(request: pb.StreamEventsRequest, attempt: int) -> AsyncIterator[object]:
+        await written.wait()
+        events = []
+        for seq in range(1, n + 1):
+            ev = pb.MxEvent(
+                session_id=sid, worker_sequence=seq, family=pb.MX_EVENT_FAMILY_ON_DATA_CHANGE
+            )
+            ev.on_data_change.item_handle = 5
+            ev.on_data_change.value.double_value = seq / 2
+            events.append(ev)
+        done = pb.MxEvent(
+            session_id=sid, worker_sequence=n + 1, family=pb.MX_EVENT_FAMILY_ON_WRITE_COMPLETE
+        )
+        done.on_write_complete.server_handle = 1
+        done.on_write_complete.item_handle = 2
+        done.on_write_complete.statuses.add(success=1, category=pb.MX_STATUS_CATEGORY_OK)
+        events.append(done)
+        yield pb.MxEventBatch(events=events)
+        await asyncio.Event().wait()
+
+    fake.batches_plan = batches
+    async with (
+        FakeServer(fake) as server,
+        await GatewayClient.connect(endpoint=server.endpoint, plaintext=True) as client,
+    ):
+        session = client.attach_session(sid)
+        async with session.events() as stream:
+            outcome = await session.write(1, 2, 3, wait=True, wait_timeout=10)
+            assert isinstance(outcome, WriteComplete) and outcome.worker_sequence == n + 1
+            got = [await asyncio.wait_for(stream.__anext__(), 5) for _ in range(n + 1)]
+    assert [e.value for e in got[:n] if isinstance(e, DataChange)] == [
+        seq / 2 for seq in range(1, n + 1)
+    ]
+    assert got[n] == outcome
 
 
 async def test_a_foreign_subscriber_refuses_the_wait_before_anything_is_written(
