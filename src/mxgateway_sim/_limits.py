@@ -18,6 +18,7 @@ DEFAULT_MAX_ITEMS_PER_SESSION = 100_000
 DEFAULT_EVENT_QUEUE_BYTES = 16 * MIB
 DEFAULT_REPLAY_RING_BYTES = 8 * MIB
 DEFAULT_REFERENCE_CACHE_BYTES = 4 * MIB
+DEFAULT_READ_CACHE_BYTES = 16 * MIB
 
 REPLY_OVERHEAD_BYTES = 4096
 """Room kept in every reply for what is not rows or events (session id, correlation id,
@@ -94,6 +95,14 @@ LIMITS: tuple[ByteLimit, ...] = (
         DEFAULT_REFERENCE_CACHE_BYTES,
         "parsed item references (with their item_context) one session keeps cached",
         "nothing: the least recently used entries are dropped and parsed again when needed",
+    ),
+    ByteLimit(
+        "read_cache_bytes",
+        "--read-cache-bytes",
+        DEFAULT_READ_CACHE_BYTES,
+        "ReadBulk rows one session keeps ready (each read reference, what it resolves to and "
+        "its last encoded row); 0 turns the cache off",
+        "nothing: the oldest rows are dropped and built again when read",
     ),
 )
 """Every byte (and item) limit of the gateway, in the order the docs list them."""

@@ -343,6 +343,12 @@ class Plant:
             self._states[key] = st
         return st
 
+    def resolve_epoch(self) -> tuple[int, int]:
+        """Changes whenever what :meth:`state` and :meth:`object_exists` answer may change
+        (the catalog's version, and the plant's own view of it, which follows at the next
+        tick): a cache of resolved references is valid while this stays the same."""
+        return self.catalog.version, self._version
+
     def object_exists(self, tag_name: str) -> bool:
         """True when some deployed attribute belongs to ``tag_name``."""
         if self._objects is None or self._objects_version != self.catalog.version:

@@ -414,6 +414,7 @@ class GatewaySimulator:
             flaky_one_in=plant.flaky_one_in,
             max_items=options.max_items_per_session,
             reference_cache_bytes=options.reference_cache_bytes,
+            read_cache_bytes=options.read_cache_bytes,
             first_value_delay_s=options.first_value_delay_s,
             # A buffered batch goes out early rather than outgrow a message.
             max_batch_bytes=options.max_message_bytes // 2,

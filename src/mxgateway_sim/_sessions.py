@@ -30,6 +30,7 @@ from mxgateway_sim._limits import (
     DEFAULT_MAX_ITEMS_PER_SESSION,
     DEFAULT_MAX_MESSAGE_BYTES,
     DEFAULT_MAX_VALUE_BYTES,
+    DEFAULT_READ_CACHE_BYTES,
     DEFAULT_REFERENCE_CACHE_BYTES,
     DEFAULT_REPLAY_RING_BYTES,
 )
@@ -84,6 +85,7 @@ class SessionOptions:
     event_queue_bytes: int = DEFAULT_EVENT_QUEUE_BYTES
     replay_ring_bytes: int = DEFAULT_REPLAY_RING_BYTES
     reference_cache_bytes: int = DEFAULT_REFERENCE_CACHE_BYTES
+    read_cache_bytes: int = DEFAULT_READ_CACHE_BYTES
     first_value_delay_s: float = 0.0
     """Seconds from Advise to the item's first OnDataChange (upstream: 3-8 s; 0 = at once)."""
 

@@ -22,6 +22,7 @@ from mxgateway_sim._catalog import TagCatalog, TagInfo
 from mxgateway_sim._limits import (
     DEFAULT_MAX_ITEMS_PER_SESSION,
     DEFAULT_MAX_VALUE_BYTES,
+    DEFAULT_READ_CACHE_BYTES,
     DEFAULT_REFERENCE_CACHE_BYTES,
 )
 from mxgateway_sim._plant import Plant
@@ -43,6 +44,7 @@ class SimSettings:
     flaky_one_in: int = 8
     max_items: int = DEFAULT_MAX_ITEMS_PER_SESSION
     reference_cache_bytes: int = DEFAULT_REFERENCE_CACHE_BYTES
+    read_cache_bytes: int = DEFAULT_READ_CACHE_BYTES
     first_value_delay_s: float = 0.0
     max_batch_bytes: int = DEFAULT_MAX_VALUE_BYTES
 
@@ -53,6 +55,7 @@ class SimSettings:
             users,
             max_items=self.max_items,
             reference_cache_bytes=self.reference_cache_bytes,
+            read_cache_bytes=self.read_cache_bytes,
             first_value_delay_s=self.first_value_delay_s,
             max_batch_bytes=self.max_batch_bytes,
         )

@@ -53,13 +53,26 @@ from mxgateway_sim._domain import (
 from mxgateway_sim._limits import (
     DEFAULT_MAX_ITEMS_PER_SESSION,
     DEFAULT_MAX_VALUE_BYTES,
+    DEFAULT_READ_CACHE_BYTES,
     DEFAULT_REFERENCE_CACHE_BYTES,
     LimitError,
 )
 from mxgateway_sim._plant import Plant, TagState
-from mxgateway_sim._references import ParsedReference, ReferenceCache, ReferenceSyntaxError
+from mxgateway_sim._readrows import ReadRow, ReadRowCache
+from mxgateway_sim._references import (
+    ParsedReference,
+    ReferenceCache,
+    ReferenceSyntaxError,
+    parse_reference,
+)
 from mxgateway_sim._runtime import EventSink, MxAccessRuntime
 from mxgateway_sim._slicing import Slicer, chunks
+from mxgateway_sim._wire import (
+    check_read_reply,
+    good_read_row,
+    read_reply_bytes,
+    reference_field,
+)
 
 WRITEABLE_CATEGORIES = frozenset({-1, 4, 5, 6, 7, 8, 9, 10, 11, 14})
 """MxAttributeCategory values a client may write at run time (Writeable_*, SystemWriteable)."""
@@ -184,6 +197,7 @@ class SimulatedRuntime:
         *,
         max_items: int = DEFAULT_MAX_ITEMS_PER_SESSION,
         reference_cache_bytes: int = DEFAULT_REFERENCE_CACHE_BYTES,
+        read_cache_bytes: int = DEFAULT_READ_CACHE_BYTES,
         first_value_delay_s: float = 0.0,
         max_batch_bytes: int = DEFAULT_MAX_VALUE_BYTES,
     ) -> None:
@@ -196,6 +210,7 @@ class SimulatedRuntime:
         self.max_batch_bytes = max_batch_bytes
         """Estimated value bytes after which a buffered item's batch goes out early."""
         self._references = ReferenceCache(reference_cache_bytes)
+        self._read_rows = ReadRowCache(read_cache_bytes) if read_cache_bytes > 0 else None
         self._users_by_name = {u.name.lower(): u for u in users}
         self._users_by_id = {u.user_id: u for u in users}
         self._users_by_guid = {u.guid.lower(): u for u in users}
@@ -642,6 +657,96 @@ class SimulatedRuntime:
             results[index] = _read_row(reference, sample, cached=False)
         return [r for r in results if r is not None]
 
+    def read_wire(
+        self, server_handle: int, references: Sequence[str], max_bytes: int, already: int = 0
+    ) -> bytes | None:
+        """ReadBulk rows already encoded (``results`` entries of ``BulkReadReply``), through
+        the session's :class:`~mxgateway_sim._readrows.ReadRowCache`; None when the call
+        must take :meth:`read` (the cache is off, the server handle is unknown, or rows
+        would wait for a first-value delay).
+
+        Every row is exactly what :meth:`read` and ``read_reply_bytes`` give for it
+        (tests/sim/test_sim_read_rows.py compares them): a reference advised in this session
+        answers its item's last value (``was_cached``), any other the plant's current
+        value; only the parse, the resolution and the encoding of an unchanged row are
+        reused. No await: the caller slices the call. ``max_bytes`` and ``already`` as for
+        ``read_reply_bytes``: the size is checked before the rows are joined.
+
+        Raises:
+            LimitError: the reply would be larger than ``max_bytes``.
+        """
+        cache = self._read_rows
+        if cache is None or self._first_value_delay > 0:
+            return None
+        if server_handle not in self._registrations:
+            return None
+        plant = self._plant
+        cache.check_epoch(plant.resolve_epoch())
+        get = cache.rows.get
+        advised_get = self._advised_by_key.get
+        current = plant.current
+        out: list[bytes] = []
+        append = out.append
+        for text in references:
+            row = get(text)
+            if row is None:
+                new = self._new_read_row(text)
+                if isinstance(new, bytes):  # malformed: not kept
+                    append(new)
+                    continue
+                row = new
+                cache.add(text, row)
+            same = advised_get(row.key)
+            if same:
+                sample = next(iter(same)).last
+                if sample is not None:
+                    if sample is not row.sample or not row.cached:
+                        self._encode_read_row(text, row, sample, True)
+                    append(row.wire)
+                    continue
+            state = row.state
+            if state is None:  # did not resolve: its failure row
+                if row.sample is not None:  # the row last answered an advised item
+                    row.sample = None
+                    cache.set_wire(text, row, self._failure_row(text, row.ref))
+                append(row.wire)
+                continue
+            sample = current(state)
+            index = row.ref.index
+            if index is not None:
+                sample = element_of(sample, index)
+            if sample is not row.sample or row.cached:
+                self._encode_read_row(text, row, sample, False)
+            append(row.wire)
+        check_read_reply(already + sum(map(len, out)), max_bytes)
+        return b"".join(out)
+
+    def _new_read_row(self, text: str) -> ReadRow | bytes:
+        """A reference's cache entry, or the encoded row of a malformed one."""
+        try:
+            ref = parse_reference(text)
+        except ReferenceSyntaxError as exc:
+            return read_reply_bytes([ReadResult(text, None, False, str(exc))])
+        state, _ = self._resolve(ref)
+        wire = self._failure_row(text, ref) if state is None else b""
+        return ReadRow(ref, reference_field(text), state, wire)
+
+    def _failure_row(self, text: str, ref: ParsedReference) -> bytes:
+        """The encoded row of a reference that does not resolve (as :meth:`read`)."""
+        _, error = self._resolve(ref)
+        status = error or failure(CAT_CONFIGURATION_ERROR, DETAIL_RESOLVING_OBJECT, "")
+        return read_reply_bytes([ReadResult(text, None, False, status.text, (status,))])
+
+    def _encode_read_row(self, text: str, row: ReadRow, sample: TagSample, cached: bool) -> None:
+        if sample.status.ok:
+            wire = good_read_row(row.field, sample, cached)
+        else:
+            wire = read_reply_bytes([_read_row(text, sample, cached=cached)])
+        row.sample = sample
+        row.cached = cached
+        assert self._read_rows is not None
+        self._read_rows.set_wire(text, row, wire)
+
     # -- control -------------------------------------------------------------------------
 
     async def ping(self) -> None:
@@ -677,6 +782,8 @@ class SimulatedRuntime:
         self._buffered.clear()
         self.pending.clear()
         self._references.clear()
+        if self._read_rows is not None:
+            self._read_rows.clear()
         return ReleaseCounts(advises, items, registrations)
 
 

@@ -307,9 +307,14 @@ class CommandHandlers(ServicerCore):
         parts: list[bytes] = []
         size = 0
         slicer = Slicer()
+        # The simulated runtime encodes rows itself from its per-session row cache (the
+        # same bytes, see SimulatedRuntime.read_wire); other runtimes return ReadResults.
+        ready = getattr(s.runtime, "read_wire", None)
         for chunk in chunks(p.tag_addresses, READ_CHUNK_ROWS):
-            rows = await s.runtime.read(p.server_handle, chunk, timeout_s)
-            data = read_reply_bytes(rows, room, already=size)
+            data = ready(p.server_handle, chunk, room, size) if ready is not None else None
+            if data is None:
+                rows = await s.runtime.read(p.server_handle, chunk, timeout_s)
+                data = read_reply_bytes(rows, room, already=size)
             parts.append(data)
             size += len(data)
             await slicer.checkpoint()

@@ -1,0 +1,123 @@
+"""ReadBulk rows a session keeps ready: a repeated read of the same tags costs a lookup a row.
+
+A client that polls reads the same references again and again (a 10,000-tag ReadBulk every
+second). For each reference this cache keeps what the read needs and what it produced last:
+the parsed reference, what it resolved to in the plant (or the failure row when it did not
+resolve), its ``tag_address`` field, and the last encoded row with the sample and the
+``was_cached`` flag it was built from. A later read of the reference reuses the row as long
+as the sample (and the flag) is the same object, and otherwise encodes only the new row.
+What a row answers is still decided on every read exactly as the uncached path decides it
+(an advised item's last value, else the plant's current value); the cache only skips work
+whose result it already holds. Resolutions are dropped when the plant's deployed namespace
+changes (:meth:`Plant.resolve_epoch`).
+
+The cache is bounded in bytes (``--read-cache-bytes``, counting every string and encoded row
+it holds plus an estimate of the objects around them); past the bound the oldest entries
+go first. It belongs to the session and goes with it.
+"""
+
+from __future__ import annotations
+
+from mxgateway_sim._domain import TagSample
+from mxgateway_sim._plant import TagState
+from mxgateway_sim._references import ParsedReference
+
+__all__ = ["ENTRY_OVERHEAD_BYTES", "ReadRow", "ReadRowCache"]
+
+ENTRY_OVERHEAD_BYTES = 480
+"""Estimated bytes of one entry beyond its strings and encoded bytes (the entry and the
+parsed reference objects, their string headers, the dictionary slot)."""
+
+
+class ReadRow:
+    """One reference's cached read: how it resolves and its last encoded row."""
+
+    __slots__ = ("cached", "cost", "field", "key", "ref", "sample", "state", "wire")
+
+    def __init__(
+        self, ref: ParsedReference, field: bytes, state: TagState | None, wire: bytes
+    ) -> None:
+        self.ref = ref
+        self.key = ref.key
+        self.field = field
+        """The row's ``tag_address`` field, encoded."""
+        self.state = state
+        """What the reference resolved to; None: it did not, ``wire`` is its failure row."""
+        self.wire = wire
+        """The last encoded row (``results`` tag and length included)."""
+        self.sample: TagSample | None = None
+        """The sample ``wire`` was built from (None for a failure row)."""
+        self.cached = False
+        """The ``was_cached`` flag ``wire`` was built with."""
+        self.cost = 0
+
+
+class ReadRowCache:
+    """The rows of one session, oldest first out, bounded in bytes."""
+
+    __slots__ = ("bytes", "epoch", "max_bytes", "rows")
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self.rows: dict[str, ReadRow] = {}
+        self.epoch: object = None
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def check_epoch(self, epoch: object) -> None:
+        """Forget every row when ``epoch`` (what resolutions depend on) changed."""
+        if epoch != self.epoch:
+            self.clear()
+            self.epoch = epoch
+
+    def add(self, text: str, row: ReadRow) -> None:
+        """Keep ``row`` for reads of ``text`` (not kept if it alone is over the bound)."""
+        row.cost = _cost(text, row)
+        if row.cost > self.max_bytes:
+            return
+        old = self.rows.pop(text, None)
+        if old is not None:
+            self.bytes -= old.cost
+        self.rows[text] = row
+        self.bytes += row.cost
+        self._trim()
+
+    def set_wire(self, text: str, row: ReadRow, wire: bytes) -> None:
+        """Replace ``row``'s encoded row (its size counted anew)."""
+        change = len(wire) - len(row.wire)
+        row.wire = wire
+        if change and self.rows.get(text) is row:
+            row.cost += change
+            self.bytes += change
+            self._trim()
+
+    def _trim(self) -> None:
+        rows = self.rows
+        while self.bytes > self.max_bytes and rows:
+            oldest = next(iter(rows))
+            self.bytes -= rows.pop(oldest).cost
+
+    def clear(self) -> None:
+        """Forget everything."""
+        self.rows.clear()
+        self.bytes = 0
+
+
+def _cost(text: str, row: ReadRow) -> int:
+    ref = row.ref
+    path = 0 if ref.path is text else _chars(ref.path)
+    return (
+        _chars(text)
+        + path
+        + _chars(ref.key)
+        + len(row.field)
+        + len(row.wire)
+        + ENTRY_OVERHEAD_BYTES
+    )
+
+
+def _chars(text: str) -> int:
+    """Bytes a string's characters take at most (CPython stores up to 4 bytes each)."""
+    return len(text) if text.isascii() else 4 * len(text)
