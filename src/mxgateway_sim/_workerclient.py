@@ -410,7 +410,7 @@ class WorkerRuntime:
         cid = str(next(self._ids))
         fut: asyncio.Future[pb.MxCommandReply] = asyncio.get_running_loop().create_future()
         self._pending[cid] = fut
-        self._write(head.frame(cid, worker_command=wpb.WorkerCommand(command=command)))
+        self._write(head.command_frame(cid, command))
         try:
             reply = await fut
         except asyncio.CancelledError:

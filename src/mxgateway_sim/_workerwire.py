@@ -13,6 +13,7 @@ envelope (:meth:`EnvelopeHead.event_body`); anything else takes the generated cl
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from datetime import timezone
 from typing import Any, Final
@@ -34,7 +35,13 @@ from mxgateway_sim._domain import (
 from mxgateway_sim._framing import frame
 from mxgateway_sim._limits import LimitError
 from mxgateway_sim._runtime import MxAccessRuntime
-from mxgateway_sim._wire import read_reply_bytes, status_to_pb, to_timestamp, varint
+from mxgateway_sim._wire import (
+    read_reply_bytes,
+    status_to_pb,
+    timestamp_bytes,
+    to_timestamp,
+    varint,
+)
 
 NONCE_ENV: Final = "MXGATEWAY_WORKER_NONCE"
 # The session id travels in the environment too, not on the command line: every local user
@@ -47,6 +54,14 @@ BODIES: Final = frozenset(
     f.name for f in wpb.WorkerEnvelope.DESCRIPTOR.oneofs_by_name["body"].fields
 )
 """Names of the envelope's body members."""
+
+BODY_TAGS: Final = {
+    f.name: varint(f.number << 3 | 2)
+    for f in wpb.WorkerEnvelope.DESCRIPTOR.oneofs_by_name["body"].fields
+}
+"""The tag of each body member (all are messages: length-delimited)."""
+_COMMAND_TAG: Final = BODY_TAGS["worker_command"]
+_REPLY_TAG: Final = BODY_TAGS["worker_command_reply"]
 
 
 class ProtocolViolation(Exception):
@@ -115,20 +130,55 @@ class EnvelopeHead:
         self.head = probe.SerializeToString()  # fields 1 and 2, as the generated code writes
         self._event_head = self.head + b"\x92\x01"  # field 18 (worker_event), length-delimited
 
-    def envelope(self, correlation_id: str = "", **body: Any) -> bytes:
-        """A serialized envelope with one body (``worker_command=...``, ...), stamped now."""
+    def envelope(self, correlation_id: str = "", now: float | None = None, **body: Any) -> bytes:
+        """A serialized envelope with one body (``worker_command=...``, ...), stamped ``now``
+        (default: the current time), built with the generated classes.
+
+        The plain reference of :meth:`frame`, which builds the same bytes directly.
+        """
         env = wpb.WorkerEnvelope(
             protocol_version=WORKER_PROTOCOL_VERSION,
             session_id=self.session_id,
             correlation_id=correlation_id,
             **body,
         )
-        env.sent_at.GetCurrentTime()
+        env.sent_at.CopyFrom(to_timestamp(time.time() if now is None else now))
         return env.SerializeToString()
 
-    def frame(self, correlation_id: str = "", **body: Any) -> bytes:
-        """:meth:`envelope`, framed."""
-        return frame(self.envelope(correlation_id, **body))
+    def frame(self, correlation_id: str = "", now: float | None = None, **body: Any) -> bytes:
+        """:meth:`envelope`, framed; the body message is serialized once, the envelope
+        around it is put together from bytes (no copy of the body into a new message)."""
+        ((name, message),) = body.items()
+        return self.body_frame(BODY_TAGS[name], correlation_id, message.SerializeToString(), now)
+
+    def command_frame(
+        self, correlation_id: str, command: pb.MxCommand, now: float | None = None
+    ) -> bytes:
+        """The frame of a ``worker_command`` carrying ``command`` (the hot path of a call)."""
+        data = command.SerializeToString()
+        return self.body_frame(
+            _COMMAND_TAG, correlation_id, b"\x0a" + varint(len(data)) + data, now
+        )
+
+    def reply_frame(
+        self, correlation_id: str, reply: pb.MxCommandReply, now: float | None = None
+    ) -> bytes:
+        """The frame of a ``worker_command_reply`` carrying ``reply``."""
+        data = reply.SerializeToString()
+        return self.body_frame(_REPLY_TAG, correlation_id, b"\x0a" + varint(len(data)) + data, now)
+
+    def body_frame(
+        self, tag: bytes, correlation_id: str, body: bytes, now: float | None = None
+    ) -> bytes:
+        """A framed envelope from its body's tag and serialized body, in the generated
+        code's field order: version, session, ``sent_at``, correlation id, body."""
+        stamp = timestamp_bytes(time.time() if now is None else now)
+        parts = [self.head, b"\x1a", varint(len(stamp)), stamp]
+        if correlation_id:
+            cid = correlation_id.encode()
+            parts += (b"\x22", varint(len(cid)), cid)
+        parts += (tag, varint(len(body)), body)
+        return frame(b"".join(parts))
 
     def event_frames(self, framed_events: Sequence[bytes]) -> bytes:
         """Frames of ``worker_event`` envelopes, one per ``0x0A <len> <MxEvent>`` item.
@@ -338,8 +388,18 @@ def _write_request(p: Any, *, secured: bool, stamped: bool) -> WriteRequest:
 
 
 async def _dispatch(rt: MxAccessRuntime, payload: str, p: Any, r: pb.MxCommandReply) -> None:
-    """Run one MXAccess call; fills the reply's result member."""
-    if payload == "register":
+    """Run one MXAccess call; fills the reply's result member (the commonest first)."""
+    if payload == "ping":
+        await rt.ping()
+    elif payload == "read_bulk":
+        rows = await rt.read(p.server_handle, list(p.tag_addresses), p.timeout_ms / 1000.0)
+        r.bulk_read.MergeFromString(read_reply_bytes(rows))
+        r.bulk_read.SetInParent()
+    elif payload == "write":
+        await rt.write(
+            p.server_handle, p.item_handle, _write_request(p, secured=False, stamped=False)
+        )
+    elif payload == "register":
         r.register.server_handle = await rt.register(p.client_name)
     elif payload == "unregister":
         await rt.unregister(p.server_handle)
@@ -359,7 +419,7 @@ async def _dispatch(rt: MxAccessRuntime, payload: str, p: Any, r: pb.MxCommandRe
         await rt.advise(p.server_handle, p.item_handle, supervisory=payload != "advise")
     elif payload == "un_advise":
         await rt.unadvise(p.server_handle, p.item_handle)
-    elif payload in ("write", "write2", "write_secured", "write_secured2"):
+    elif payload in ("write2", "write_secured", "write_secured2"):
         request = _write_request(
             p, secured=payload.startswith("write_secured"), stamped=payload.endswith("2")
         )
@@ -377,14 +437,8 @@ async def _dispatch(rt: MxAccessRuntime, payload: str, p: Any, r: pb.MxCommandRe
         r.statuses.append(status_to_pb(await call(p.server_handle, p.item_handle)))
     elif payload == "set_buffered_update_interval":
         await rt.set_buffered_update_interval(p.server_handle, p.update_interval_ms)
-    elif payload == "read_bulk":
-        rows = await rt.read(p.server_handle, list(p.tag_addresses), p.timeout_ms / 1000.0)
-        r.bulk_read.MergeFromString(read_reply_bytes(rows))
-        r.bulk_read.SetInParent()
     elif payload in ("add_item_bulk", "subscribe_bulk"):
         await _create_items(rt, p, r, advise=payload == "subscribe_bulk")
-    elif payload == "ping":
-        await rt.ping()
     else:
         raise ValueError(f"{payload} is not a worker command")
 
@@ -485,11 +539,14 @@ async def run_command(rt: MxAccessRuntime, command: pb.MxCommand) -> pb.MxComman
         )
         return reply
     if not reply.HasField("protocol_status"):  # a bulk chunk stopped by a limit has its own
-        reply.protocol_status.CopyFrom(_protocol_status(pb.PROTOCOL_STATUS_CODE_OK, "OK"))
+        status = reply.protocol_status
+        status.code = pb.PROTOCOL_STATUS_CODE_OK
+        status.message = "OK"
     return reply
 
 
 __all__ = [
+    "BODY_TAGS",
     "NONCE_ENV",
     "SESSION_ENV",
     "CreatedItems",

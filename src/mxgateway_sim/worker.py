@@ -30,7 +30,7 @@ import signal
 import sys
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Coroutine, Generator, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -76,6 +76,8 @@ TRANSPORT_HIGH = 256 * 1024
 """Bytes in the output transport above which events wait in the worker's own queue: a reply
 is never behind more than this (and the pipe's buffer)."""
 TRANSPORT_LOW = 64 * 1024
+READ_BYTES = 256 * 1024
+"""Most bytes read from the gateway's pipe at once (asyncio's pipe transports read as much)."""
 PIPE_BYTES = 1024 * 1024
 """Pipe buffer asked for on Linux (the default 64 KiB makes every 600 events a context
 switch)."""
@@ -303,10 +305,9 @@ class Worker(asyncio.Protocol):
             cid = env.correlation_id
             if not cid or cid in self._tasks:
                 raise ProtocolViolation("a command without a fresh correlation_id")
-            task = asyncio.get_running_loop().create_task(
-                self._command(cid, env.worker_command.command)
-            )
-            self._tasks[cid] = task
+            task = run_eagerly(self._command(cid, env.worker_command.command))
+            if task is not None:  # it waits for something: cancellable until it replies
+                self._tasks[cid] = task
         elif body == "worker_cancel":
             running = self._tasks.get(env.correlation_id)
             if running is not None:
@@ -350,7 +351,7 @@ class Worker(asyncio.Protocol):
             reply.protocol_status.message = f"{type(exc).__name__} in the worker"
         finally:
             self._tasks.pop(correlation_id, None)
-        self._reply(correlation_id, worker_command_reply=wpb.WorkerCommandReply(reply=reply))
+        self._send(self._head.reply_frame(correlation_id, reply))
 
     def _publish(self, events: Sequence[MxRuntimeEvent]) -> None:
         """The runtime's event sink: number, encode and send at once."""
@@ -388,6 +389,98 @@ class Worker(asyncio.Protocol):
         self.done.set()
 
 
+def run_eagerly(coro: Coroutine[Any, Any, None]) -> asyncio.Task[None] | None:
+    """Run ``coro`` now, up to its first wait; None when it finished without one, else the
+    task that goes on with it.
+
+    Most commands of a simulated runtime never wait: they reply in the same turn of the loop
+    that read them, with no task and no extra loop iteration (Python 3.12's eager tasks do
+    the same).
+    """
+    try:
+        waiting = coro.send(None)
+    except StopIteration:
+        return None
+    return asyncio.get_running_loop().create_task(_go_on(_Started(coro, waiting)))
+
+
+async def _go_on(started: _Started) -> None:
+    await started
+
+
+class _Started:
+    """Awaiting it continues a coroutine that was stepped by hand and now waits on
+    ``waiting`` (what it yielded): what ``await coro`` would do had it been awaited from the
+    start (values, exceptions and cancellation are passed on)."""
+
+    __slots__ = ("coro", "waiting")
+
+    def __init__(self, coro: Coroutine[Any, Any, None], waiting: Any) -> None:
+        self.coro = coro
+        self.waiting = waiting
+
+    def __await__(self) -> Generator[Any, Any, None]:
+        coro, waiting = self.coro, self.waiting
+        while True:
+            try:
+                value = yield waiting
+            except GeneratorExit:
+                coro.close()
+                raise
+            except BaseException as exc:  # a cancellation or an exception set on the future
+                try:
+                    waiting = coro.throw(exc)
+                except StopIteration:
+                    return
+            else:
+                try:
+                    waiting = coro.send(value)
+                except StopIteration:
+                    return
+
+
+class _PipeReader:
+    """Reads the gateway's pipe into one reused buffer and hands each chunk to the worker.
+
+    asyncio's read pipe transport reads into a new 256 KiB bytes object each time, which the
+    C library serves with mmap, mremap and munmap (and page faults): three system calls and
+    fresh pages per command. Here only the bytes read are copied.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, fd: int, protocol: Worker) -> None:
+        self._loop = loop
+        self._fd = fd
+        self._protocol = protocol
+        self._buffer = bytearray(READ_BYTES)
+        self._view = memoryview(self._buffer)
+        self._open = True
+        os.set_blocking(fd, False)
+        loop.add_reader(fd, self._ready)
+
+    def _ready(self) -> None:
+        try:
+            n = os.readv(self._fd, (self._buffer,))
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self.close()
+            self._protocol.connection_lost(exc)
+            return
+        if n:
+            self._protocol.data_received(self._view[:n].tobytes())
+            return
+        self.close()
+        self._protocol.eof_received()
+        self._protocol.connection_lost(None)
+
+    def close(self) -> None:
+        """Stop reading and close the descriptor (idempotent)."""
+        if self._open:
+            self._open = False
+            self._loop.remove_reader(self._fd)
+            os.close(self._fd)
+
+
 class _Output(asyncio.Protocol):
     """The write end's protocol: relays flow control to the worker (nothing is read)."""
 
@@ -423,11 +516,11 @@ async def serve(args: argparse.Namespace, nonce: str, in_fd: int, out_fd: int) -
     )
     out_transport.set_write_buffer_limits(high=TRANSPORT_HIGH, low=TRANSPORT_LOW)
     worker.attach_output(out_transport)
-    in_transport, _ = await loop.connect_read_pipe(lambda: worker, os.fdopen(in_fd, "rb", 0))
+    reader = _PipeReader(loop, in_fd, worker)
     try:
         await worker.done.wait()
     finally:
-        in_transport.close()
+        reader.close()
         out_transport.close()
         await asyncio.sleep(0)
     return worker.exit_code

@@ -4,6 +4,7 @@ peer can break the protocol."""
 
 from __future__ import annotations
 
+import asyncio
 import struct
 import sys
 from pathlib import Path
@@ -13,8 +14,12 @@ from workerhelpers import SESSION, RawWorker, frame_of, runtime_config
 
 from mxgateway.generated import mxaccess_gateway_pb2 as pb
 from mxgateway.generated import mxaccess_worker_pb2 as wpb
+from mxgateway_sim import builtin_catalog
 from mxgateway_sim._framing import FrameDecoder, FrameError, frame
-from mxgateway_sim._workerwire import EnvelopeHead, simple_command
+from mxgateway_sim._simconfig import SimSettings, write_config
+from mxgateway_sim._simruntime import DEFAULT_USERS
+from mxgateway_sim._workerwire import BODIES, EnvelopeHead, simple_command
+from mxgateway_sim.worker import run_eagerly
 
 
 def _command(payload: str, **fields: object) -> wpb.WorkerCommand:
@@ -60,7 +65,115 @@ def test_the_event_fast_path_is_the_generated_envelope() -> None:
     assert EnvelopeHead("session-other").event_body(envelope) is None
 
 
+def test_the_envelope_fast_paths_build_the_generated_bytes() -> None:
+    """frame(), command_frame() and reply_frame() put the envelope together from bytes; they
+    must produce exactly what the generated classes serialize, for every body."""
+    head = EnvelopeHead(SESSION)
+    command = simple_command(pb.MX_COMMAND_KIND_READ_BULK, "read_bulk", tag_addresses=["A.B"] * 3)
+    reply = pb.MxCommandReply(kind=pb.MX_COMMAND_KIND_PING, hresult=-5, diagnostic_message="x")
+    reply.protocol_status.code = pb.PROTOCOL_STATUS_CODE_OK
+    bodies = {
+        "gateway_hello": wpb.GatewayHello(nonce="n" * 43),
+        "worker_hello": wpb.WorkerHello(nonce="n", process_id=4242, worker_version="1.0"),
+        "worker_ready": wpb.WorkerReady(backend_name="sim"),
+        "worker_command": wpb.WorkerCommand(command=command),
+        "worker_command_reply": wpb.WorkerCommandReply(reply=reply),
+        "worker_cancel": wpb.WorkerCancel(reason="cancelled"),
+        "worker_shutdown": wpb.WorkerShutdown(reason="bye", grace_ms=10_000),
+        "worker_shutdown_ack": wpb.WorkerShutdownAck(released_item_count=300),
+        "worker_event": wpb.WorkerEvent(event=pb.MxEvent(session_id=SESSION, worker_sequence=9)),
+        "worker_heartbeat": wpb.WorkerHeartbeat(counter=2**40),
+        "worker_fault": wpb.WorkerFault(message="m" * 300, hresult=-1),
+    }
+    assert set(bodies) == BODIES
+    for now in (1_700_000_000.123456, 1.5, 4_102_444_800.999999):
+        for cid in ("", "7", "c" * 200):
+            for name, body in bodies.items():
+                fast = FrameDecoder().feed(head.frame(cid, now, **{name: body}))
+                assert fast == [head.envelope(cid, now, **{name: body})], (name, cid, now)
+            plain = head.envelope(cid, now, worker_command=wpb.WorkerCommand(command=command))
+            assert FrameDecoder().feed(head.command_frame(cid, command, now)) == [plain]
+            plain = head.envelope(
+                cid, now, worker_command_reply=wpb.WorkerCommandReply(reply=reply)
+            )
+            assert FrameDecoder().feed(head.reply_frame(cid, reply, now)) == [plain]
+    parsed = wpb.WorkerEnvelope.FromString(FrameDecoder().feed(head.command_frame("9", command))[0])
+    assert parsed.sent_at.seconds > 1_700_000_000 and parsed.worker_command.command == command
+
+
+async def test_run_eagerly_runs_to_the_first_wait_then_goes_on_as_a_task() -> None:
+    log: list[object] = []
+
+    async def at_once() -> None:
+        log.append("done")
+
+    assert run_eagerly(at_once()) is None
+    assert log == ["done"]  # finished before run_eagerly returned
+
+    loop = asyncio.get_running_loop()
+    gates = [loop.create_future() for _ in range(3)]
+
+    async def waits() -> None:
+        log.append(await gates[0])
+        try:
+            await gates[1]
+        except ValueError as exc:
+            log.append(f"raised {exc}")
+        try:
+            await gates[2]
+        except asyncio.CancelledError:
+            log.append("cancelled")
+            raise
+
+    log.clear()
+    task = run_eagerly(waits())
+    assert task is not None and log == []
+    gates[0].set_result("value")
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    gates[1].set_exception(ValueError("boom"))
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert log == ["value", "raised boom", "cancelled"]
+    assert gates[2].cancelled()  # the cancellation reached what the coroutine waited on
+
+
 # -- a real worker -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("io", ["loop", "threads"])
+async def test_a_waiting_command_can_be_cancelled_and_others_go_on(tmp_path: Path, io: str) -> None:
+    """A read of a tag not yet advised waits for its first value (here 1 s): it is run as a
+    task that a cancel stops without a reply, while commands that do not wait answer at once;
+    an uncancelled waiting read answers when its value comes."""
+    config = tmp_path / "runtime.json"
+    settings = SimSettings(scan_interval_ms=20, flaky_one_in=0, first_value_delay_s=1.0)
+    write_config(config, builtin_catalog(), DEFAULT_USERS, settings)
+    worker = await RawWorker.start(config, extra=("--io", io))
+    await worker.handshake()
+    worker.send("r", worker_command=_command("register", client_name="t"))
+    handle = (await worker.receive_body("worker_command_reply")).worker_command_reply.reply
+    sh = handle.register.server_handle
+    read = _command("read_bulk", server_handle=sh, tag_addresses=["Tank01.Level"], timeout_ms=5000)
+    worker.send("slow", worker_command=read)
+    worker.send("gone", worker_command=read)
+    worker.send("gone", worker_cancel=wpb.WorkerCancel(reason="test"))
+    worker.send("p", worker_command=_command("ping"))
+    order = []
+    while len(order) < 2:
+        env = await worker.receive_body("worker_command_reply")
+        order.append(env.correlation_id)
+        if env.correlation_id == "slow":
+            rows = env.worker_command_reply.reply.bulk_read.results
+            assert len(rows) == 1 and rows[0].HasField("value")
+    assert order == ["p", "slow"]  # the ping did not wait for the reads; no reply to "gone"
+    worker.send("p2", worker_command=_command("ping"))
+    assert (await worker.receive_body("worker_command_reply")).correlation_id == "p2"
+    code, _ = await worker.finish()
+    assert code == 0
 
 
 @pytest.mark.parametrize("io", ["loop", "threads"])
