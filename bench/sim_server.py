@@ -24,6 +24,7 @@ import gc
 import json
 import logging
 import os
+import resource
 import signal
 import sys
 import tempfile
@@ -54,6 +55,16 @@ def select_tags(catalog: Any) -> list[str]:
     ]
 
 
+def _rss_mb() -> float | None:
+    """The process's resident memory now (Linux), in MiB."""
+    try:
+        with open("/proc/self/statm", encoding="ascii") as fh:
+            pages = int(fh.read().split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return round(pages * os.sysconf("SC_PAGE_SIZE") / (1 << 20), 1)
+
+
 class LoopProbe:
     """Measures how late the event loop wakes a sleeping task (the loop's longest stalls)."""
 
@@ -63,17 +74,26 @@ class LoopProbe:
         self.cpu: list[float] = []  # loop-thread CPU seconds during each sleep
         self.cpu_no_gc: list[float] = []  # the same, for sleeps no collection ran in
         self.collections = 0
-        self.gc_pauses: list[tuple[int, float]] = []  # (generation, seconds) per collection
+        # (generation, wall seconds, loop-thread CPU seconds) per collection
+        self.gc_pauses: list[tuple[int, float, float]] = []
         self._gc_start = 0.0
+        self._gc_start_cpu = 0.0
         self.since = time.monotonic()
         gc.callbacks.append(self._on_gc)
 
     def _on_gc(self, phase: str, info: dict[str, Any]) -> None:
         if phase == "start":
             self._gc_start = time.perf_counter()
+            self._gc_start_cpu = time.thread_time()
         else:
             self.collections += 1
-            self.gc_pauses.append((info["generation"], time.perf_counter() - self._gc_start))
+            self.gc_pauses.append(
+                (
+                    info["generation"],
+                    time.perf_counter() - self._gc_start,
+                    time.thread_time() - self._gc_start_cpu,
+                )
+            )
 
     async def run(self) -> None:
         """Sample until cancelled."""
@@ -92,6 +112,7 @@ class LoopProbe:
         cpu_no_gc = self.cpu_no_gc
         self.lateness, self.cpu, self.gc_pauses, self.cpu_no_gc = [], [], [], []
         longest_gc = max(pauses, key=lambda p: p[1], default=None)
+        costliest_gc = max(pauses, key=lambda p: p[2], default=None)
         order = sorted(range(len(lateness)), key=lateness.__getitem__)
         worst = order[-1] if order else None
         doc = {
@@ -113,6 +134,14 @@ class LoopProbe:
             "gc_collections": len(pauses),
             "longest_gc_ms": round(longest_gc[1] * 1000, 2) if longest_gc else None,
             "longest_gc_generation": longest_gc[0] if longest_gc else None,
+            # The collection that took the most CPU of the loop thread (the wall time above
+            # adds whatever else the shared machine ran meanwhile).
+            "max_gc_cpu_ms": round(costliest_gc[2] * 1000, 2) if costliest_gc else None,
+            "max_gc_cpu_generation": costliest_gc[0] if costliest_gc else None,
+            "gc_by_generation": [sum(1 for p in pauses if p[0] == g) for g in range(3)],
+            "gc_frozen_objects": gc.get_freeze_count(),
+            "rss_mb": _rss_mb(),
+            "rss_peak_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         }
         self.since = time.monotonic()
         tmp = self.path.with_suffix(".tmp")

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import errno
-import gc
 import importlib
 import ipaddress
 import socket
@@ -37,6 +36,7 @@ from mxgateway_sim._faults import (
     FaultInterceptor,
     FaultPlan,
 )
+from mxgateway_sim._gcpolicy import ServerGcPolicy
 from mxgateway_sim._limits import DEFAULT_MAX_MESSAGE_BYTES, LIMITS, check_limits
 from mxgateway_sim._plant import Plant
 from mxgateway_sim._runtime import MxAccessRuntime
@@ -62,32 +62,6 @@ GALAXY_SERVICE = "galaxy_repository.v1.GalaxyRepository"
 MAX_MESSAGE_BYTES = DEFAULT_MAX_MESSAGE_BYTES
 """Default gRPC message limit (``SessionOptions.max_message_bytes``, ``--max-message-bytes``)."""
 DEFAULT_MAX_SESSIONS = 64
-GC_GEN0_THRESHOLD = 50_000
-"""Gen-0 GC threshold while a simulator runs: the event path allocates many short-lived,
-acyclic objects, and the default (700) makes the collector a third of the CPU at 100k+
-events/s. Restored when the last running simulator stops."""
-
-
-class _GcTuning:
-    """Process-wide GC threshold change shared by the running simulators (ref-counted)."""
-
-    users = 0
-    saved: tuple[int, int, int] = (700, 10, 10)
-
-    @classmethod
-    def acquire(cls) -> None:
-        if cls.users == 0:
-            cls.saved = gc.get_threshold()
-            gc.set_threshold(max(cls.saved[0], GC_GEN0_THRESHOLD), cls.saved[1], cls.saved[2])
-        cls.users += 1
-
-    @classmethod
-    def release(cls) -> None:
-        cls.users -= 1
-        if cls.users == 0:
-            gc.set_threshold(*cls.saved)
-
-
 # Shortest client ping interval the server tolerates on a stream with no data.
 KEEPALIVE_MIN_PING_MS = 5_000
 DEFAULT_IDLE_TIMEOUT_S = 300.0
@@ -520,7 +494,7 @@ class GatewaySimulator:
         plant.start()
         self.sessions.start()
         if self._tune_gc:
-            _GcTuning.acquire()
+            ServerGcPolicy.acquire()
             self._gc_tuned = True
         log.info("mxgw-sim listening on %s (%s)", self.endpoint, self.tls_mode)
 
@@ -584,7 +558,7 @@ class GatewaySimulator:
         await self.plant.stop()
         if self._gc_tuned:
             self._gc_tuned = False
-            _GcTuning.release()
+            ServerGcPolicy.release()
         if self._galaxy is not None:
             galaxy, self._galaxy = self._galaxy, None
             await galaxy.close()

@@ -120,12 +120,13 @@ class Item:
         "buffered",
         "error",
         "first_value",
+        "index",
         "item_handle",
+        "key",
         "last",
         "next_flush",
         "out",
         "plain",
-        "ref",
         "runtime",
         "server_handle",
         "state",
@@ -146,7 +147,12 @@ class Item:
         self.runtime = runtime
         self.server_handle = server_handle
         self.item_handle = item_handle
-        self.ref = ref
+        # The two parts of the reference an item needs, not the reference object: one
+        # object less per item for the garbage collector to walk.
+        self.key = ref.key
+        """Case-insensitive identity of what the item reads (``ParsedReference.key``)."""
+        self.index = ref.index
+        """1-based array element the item reads, or None (``ParsedReference.index``)."""
         self.first_value: asyncio.TimerHandle | None = None
         """Pending first OnDataChange of an advise (``first_value_delay_s``)."""
         self.state = state
@@ -172,8 +178,8 @@ class Item:
             self.last = sample
             self.out.append(DataChange(self.server_handle, self.item_handle, sample))
             return
-        if self.ref.index is not None:
-            sample = element_of(sample, self.ref.index)
+        if self.index is not None:
+            sample = element_of(sample, self.index)
         self.last = sample
         if self.buffer is not None:
             self.buffer.append(sample)
@@ -447,7 +453,7 @@ class SimulatedRuntime:
             item.last = sample
             self._emit(DataChange(server_handle, item_handle, sample))
             return
-        self._advised_by_key.setdefault(item.ref.key, {})[item] = None
+        self._advised_by_key.setdefault(item.key, {})[item] = None
         self._plant.subscribe(item.state, item)
         if item.buffered:
             interval = self._registrations[server_handle]
@@ -471,11 +477,11 @@ class SimulatedRuntime:
             return
         if item.state is not None:
             self._plant.unsubscribe(item.state, item)
-            same = self._advised_by_key.get(item.ref.key)
+            same = self._advised_by_key.get(item.key)
             if same is not None:
                 same.pop(item, None)
                 if not same:
-                    del self._advised_by_key[item.ref.key]
+                    del self._advised_by_key[item.key]
         if item.buffer is not None and item in self._buffered:
             del self._buffered[item]
             item.buffer.clear()
@@ -562,7 +568,7 @@ class SimulatedRuntime:
     def _target_value(self, item: Item, value: MxPythonValue) -> MxPythonValue:
         assert item.state is not None
         info = item.state.info
-        index = item.ref.index
+        index = item.index
         if index is None:
             coerced = coerce(value, info.mx_data_type, array=info.is_array)
             current = item.state.sample.value

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import gc
 import hmac
 import logging
 import os
@@ -45,6 +44,7 @@ from mxgateway.generated import mxaccess_gateway_pb2 as pb
 from mxgateway.generated import mxaccess_worker_pb2 as wpb
 from mxgateway_sim._domain import MxRuntimeEvent
 from mxgateway_sim._framing import MAX_FRAME_BYTES, FrameDecoder, FrameError
+from mxgateway_sim._gcpolicy import apply_to_worker_process
 from mxgateway_sim._runtime import MxAccessRuntime
 from mxgateway_sim._threadpipes import ThreadWriter, start_reader
 from mxgateway_sim._wire import EventEncoder
@@ -64,7 +64,6 @@ EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 RUNTIMES = ("simulated", "mxaccess")
-GC_GEN0_THRESHOLD = 50_000
 WRITE_BUFFER_LIMIT = 4 * MAX_FRAME_BYTES
 """Bytes the worker may have queued for a gateway that does not read before it gives up."""
 PAUSE_BYTES = 2 * 1024 * 1024
@@ -568,10 +567,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     # The gateway decides when a worker ends: a Ctrl-C meant for the gateway's terminal
     # must not kill its sessions' workers under it (the gateway shuts them down in order).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    # The event path allocates many short-lived, acyclic objects: as in the gateway
-    # (_server.GC_GEN0_THRESHOLD), collect generation 0 less often.
-    threshold = gc.get_threshold()
-    gc.set_threshold(max(threshold[0], GC_GEN0_THRESHOLD), *threshold[1:])
+    # The gateway's collector policy (short walks; the event path allocates many
+    # short-lived objects): mxgateway_sim._gcpolicy.
+    apply_to_worker_process()
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     with contextlib.suppress(KeyboardInterrupt):
         return asyncio.run(serve(args, nonce, in_fd, out_fd))
