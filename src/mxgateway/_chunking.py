@@ -57,9 +57,9 @@ def split_bulk_command(
     if row_field is None:
         return [command]
     payload = getattr(command, payload_name)  # type: ignore[arg-type]
-    rows = list(getattr(payload, row_field))
-    if len(rows) <= max_entries and command.ByteSize() <= max_bytes:
+    if len(getattr(payload, row_field)) <= max_entries and command.ByteSize() <= max_bytes:
         return [command]
+    rows = list(getattr(payload, row_field))
 
     shell = pb.MxCommand()
     shell.CopyFrom(command)

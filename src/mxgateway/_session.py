@@ -118,9 +118,10 @@ def _strings(values: Iterable[str], name: str = "tag_addresses") -> list[str]:
     if isinstance(values, (str, bytes)):
         raise ValueError(f"{name} must be a sequence of strings, not a single string")
     out = list(values)
-    for i, v in enumerate(out):
-        if not isinstance(v, str):
-            raise ValueError(f"{name}[{i}] must be a string, not {type(v).__name__}")
+    if set(map(type, out)) - {str}:  # one pass in C; the loop names the first bad entry
+        for i, v in enumerate(out):
+            if not isinstance(v, str):
+                raise ValueError(f"{name}[{i}] must be a string, not {type(v).__name__}")
     return out
 
 

@@ -18,6 +18,8 @@ go first. It belongs to the session and goes with it.
 
 from __future__ import annotations
 
+from typing import Any
+
 from mxgateway_sim._domain import TagSample
 from mxgateway_sim._plant import TagState
 from mxgateway_sim._references import ParsedReference
@@ -32,7 +34,18 @@ parsed reference objects, their string headers, the dictionary slot)."""
 class ReadRow:
     """One reference's cached read: how it resolves and its last encoded row."""
 
-    __slots__ = ("cached", "cost", "field", "key", "ref", "sample", "state", "wire")
+    __slots__ = (
+        "cached",
+        "cost",
+        "field",
+        "generation",
+        "item",
+        "key",
+        "ref",
+        "sample",
+        "state",
+        "wire",
+    )
 
     def __init__(
         self, ref: ParsedReference, field: bytes, state: TagState | None, wire: bytes
@@ -50,6 +63,10 @@ class ReadRow:
         self.cached = False
         """The ``was_cached`` flag ``wire`` was built with."""
         self.cost = 0
+        self.item: Any = None
+        """The session's item that answers cached reads of the reference (None: none),
+        as it was at ``generation`` of the runtime's advised items."""
+        self.generation = -1
 
 
 class ReadRowCache:

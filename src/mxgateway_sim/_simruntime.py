@@ -226,6 +226,8 @@ class SimulatedRuntime:
         # Advised items by reference key, in advise order (the first one answers cached
         # reads); dicts as ordered sets keep every advise/unadvise O(1) however many items.
         self._advised_by_key: dict[str, dict[Item, None]] = {}
+        self._advised_generation = 0
+        """Changes with every change of ``_advised_by_key`` (read rows keep its answer)."""
         self._buffered: dict[Item, None] = {}
         self._next_server_handle = 1
         self._next_item_handle = 1
@@ -454,6 +456,7 @@ class SimulatedRuntime:
             self._emit(DataChange(server_handle, item_handle, sample))
             return
         self._advised_by_key.setdefault(item.key, {})[item] = None
+        self._advised_generation += 1
         self._plant.subscribe(item.state, item)
         if item.buffered:
             interval = self._registrations[server_handle]
@@ -479,6 +482,7 @@ class SimulatedRuntime:
             self._plant.unsubscribe(item.state, item)
             same = self._advised_by_key.get(item.key)
             if same is not None:
+                self._advised_generation += 1
                 same.pop(item, None)
                 if not same:
                     del self._advised_by_key[item.key]
@@ -690,6 +694,7 @@ class SimulatedRuntime:
         cache.check_epoch(plant.resolve_epoch())
         get = cache.rows.get
         advised_get = self._advised_by_key.get
+        generation = self._advised_generation
         current = plant.current
         out: list[bytes] = []
         append = out.append
@@ -702,9 +707,14 @@ class SimulatedRuntime:
                     continue
                 row = new
                 cache.add(text, row)
-            same = advised_get(row.key)
-            if same:
-                sample = next(iter(same)).last
+            if row.generation != generation:
+                # The item that answers cached reads of this reference (the first advised).
+                same = advised_get(row.key)
+                row.item = next(iter(same)) if same else None
+                row.generation = generation
+            item = row.item
+            if item is not None:
+                sample = item.last
                 if sample is not None:
                     if sample is not row.sample or not row.cached:
                         self._encode_read_row(text, row, sample, True)
@@ -785,6 +795,7 @@ class SimulatedRuntime:
             await slicer.checkpoint()
         self._items.clear()
         self._advised_by_key.clear()
+        self._advised_generation += 1
         self._buffered.clear()
         self.pending.clear()
         self._references.clear()
