@@ -342,7 +342,7 @@ async def aio_channel(address: str) -> AsyncIterator[grpc.aio.Channel]:
         await asyncio.wait_for(channel.channel_ready(), 30)
         yield channel
     finally:
-        await channel.close()
+        await channel.close(None)
 
 
 class CpuClock:

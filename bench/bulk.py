@@ -196,10 +196,10 @@ async def measure(
         for op in ops_to_run:
             if op == "read":
 
-                def bulk(n: int = n) -> Awaitable[int]:
+                def bulk(n: int = n, values: Sequence[object] = values) -> Awaitable[int]:
                     return ops.read_bulk(tags[:n])
 
-                def one(i: int) -> Awaitable[object]:
+                def one(i: int, values: Sequence[object] = values) -> Awaitable[object]:
                     return ops.read_one(tags[i])
 
             else:

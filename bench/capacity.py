@@ -44,7 +44,7 @@ class SubStats:
     last: int = 0
 
 
-async def consume(stub: pb_grpc.MxAccessGatewayStub, session_id: str, st: SubStats) -> None:
+async def consume(stub: pb_grpc.MxAccessGatewayAsyncStub, session_id: str, st: SubStats) -> None:
     """Read one session's batch stream until cancelled, checking sequence continuity."""
     call = stub.StreamEventBatches(pb.StreamEventsRequest(session_id=session_id), metadata=METADATA)
     overflow = pb.STREAM_FAULT_KIND_EVENT_QUEUE_OVERFLOW

@@ -64,9 +64,8 @@ class StreamContext:
 
     def overflowed(self, exc: BaseException) -> bool:
         """True (and counted) when ``exc`` is the server disconnecting a slow subscriber."""
-        code = getattr(exc, "code", None)
-        if isinstance(exc, grpc.aio.AioRpcError) and callable(code):
-            hit = code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        if isinstance(exc, grpc.aio.AioRpcError):
+            hit = exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         else:
             hit = type(exc).__name__ == "MxGatewayOverloadedError"
         if hit:

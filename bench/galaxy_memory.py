@@ -147,7 +147,7 @@ class _raw_channel:
         return self.channel
 
     async def __aexit__(self, *exc: object) -> None:
-        await self.channel.close()
+        await self.channel.close(None)
 
 
 # ----- orchestration -----------------------------------------------------------------------

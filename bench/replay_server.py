@@ -22,12 +22,14 @@ import json
 import signal
 import sys
 from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 
 from bench._events import SESSION_ID, batch_bytes, make_event, stream_fault_bytes
 from mxgateway.generated import mxaccess_gateway_pb2 as pb
 
+_Ctx = grpc.aio.ServicerContext[Any, Any]
 SERVICE = "mxaccess_gateway.v1.MxAccessGateway"
 
 
@@ -49,7 +51,7 @@ class Replay:
         self.closed_batch = batch_bytes([self.closed])
         self._invoke_cache: dict[tuple[int, int], bytes] = {}
 
-    async def open_session(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+    async def open_session(self, request: bytes, context: _Ctx) -> bytes:
         reply = pb.OpenSessionReply(
             session_id=SESSION_ID,
             backend_name="bench-replay",
@@ -60,12 +62,12 @@ class Replay:
         reply.lease_duration.seconds = 600
         return reply.SerializeToString()
 
-    async def close_session(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+    async def close_session(self, request: bytes, context: _Ctx) -> bytes:
         reply = pb.CloseSessionReply(session_id=SESSION_ID, final_state=pb.SESSION_STATE_CLOSED)
         reply.protocol_status.code = pb.PROTOCOL_STATUS_CODE_OK
         return reply.SerializeToString()
 
-    async def invoke(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+    async def invoke(self, request: bytes, context: _Ctx) -> bytes:
         req = pb.MxCommandRequest.FromString(request)
         cmd = req.command
         kind = int(cmd.kind)
@@ -113,17 +115,13 @@ class Replay:
         req = pb.StreamEventsRequest.FromString(request)
         return int(req.after_worker_sequence) if req.HasField("after_worker_sequence") else 0
 
-    async def stream_events(
-        self, request: bytes, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[bytes]:
+    async def stream_events(self, request: bytes, context: _Ctx) -> AsyncIterator[bytes]:
         start = self._start(request)
         for data in self.events[start:]:
             yield data
         yield self.closed
 
-    async def stream_event_batches(
-        self, request: bytes, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[bytes]:
+    async def stream_event_batches(self, request: bytes, context: _Ctx) -> AsyncIterator[bytes]:
         start = self._start(request)
         if start % self.batch == 0:
             batches = self.batches[start // self.batch :]
@@ -136,7 +134,7 @@ class Replay:
             yield data
         yield self.closed_batch
 
-    def handler(self) -> grpc.GenericRpcHandler:
+    def handler(self) -> grpc.GenericRpcHandler[Any, Any]:
         unary = grpc.unary_unary_rpc_method_handler
         stream = grpc.unary_stream_rpc_method_handler
         return grpc.method_handlers_generic_handler(
