@@ -73,6 +73,14 @@ class SessionOptions:
     subscriber can take its whole queue in one message, so a stream that gets one turn of
     the loop per scan still keeps up (with 500, 2,000 tags at a 1 ms scan overflowed)."""
     batch_max_bytes: int = 1 << 20
+    batch_linger_s: float = 0.005
+    """A busy ``StreamEventBatches`` stream (its last message went out less than this long
+    ago) waits until this long after that message before the next one, unless
+    :attr:`batch_linger_events` are queued: at most ~200 messages a second under load, each
+    with more events (gRPC's per-message cost in a Python client is ~150 us), while a
+    stream quiet for this long sends its next event at once. 0 turns it off."""
+    batch_linger_events: int = 1000
+    """Queued events that end a linger at once (a full enough message goes out now)."""
     closed_memory: int = 1024
     """Closed sessions the registry remembers for an idempotent repeat CloseSession (each
     entry is an id and a timestamp, about 200 bytes, so the bound is about 200 KiB)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import time
 from collections.abc import AsyncIterator, Callable
@@ -64,6 +65,10 @@ class EventStreams(ServicerCore):
         await context.send_initial_metadata(())
         options = self.sessions.options
         max_events = options.batch_max_events if batched else 256
+        linger = options.batch_linger_s if batched else 0.0
+        linger_events = options.batch_linger_events
+        clock = time.monotonic
+        sent_at = -1e9
         budget = self.faults.open_stream() if self.faults is not None else None
         try:
             if sub.gap is not None:
@@ -84,6 +89,22 @@ class EventStreams(ServicerCore):
                         continue
                     sub.queue.clear()  # the stream ends: send nothing past the budget
                 if sub.queue:
+                    if linger and len(sub.queue) < linger_events and sub.end is None:
+                        # Busy (a message went out less than `linger` ago): wait until
+                        # `linger` after it for more events, or until enough are queued
+                        # or the stream ends (each publish wakes us to check). A stream
+                        # that was quiet for `linger` sends at once.
+                        wait = sent_at + linger - clock()
+                        if wait > 0:
+                            sub.wake.clear()
+                            # The timer only wakes us to look again, like a publish does.
+                            timer = asyncio.get_running_loop().call_later(wait, sub.wake.set)
+                            try:
+                                await sub.wake.wait()
+                            finally:
+                                timer.cancel()
+                            continue
+                    sent_at = clock()
                     if budget is None:
                         items = sub.take(max_events, options.batch_max_bytes)
                     else:

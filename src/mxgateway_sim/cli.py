@@ -267,6 +267,14 @@ def build_parser(prog: str = "mxgw-sim") -> argparse.ArgumentParser:
         "--multiple-subscribers", action="store_true", help="allow several streams per session"
     )
     limits.add_argument("--max-subscribers", type=_positive, default=8, metavar="N")
+    limits.add_argument(
+        "--batch-linger-ms",
+        type=_non_negative,
+        default=5,
+        metavar="MS",
+        help="a busy StreamEventBatches stream sends at most one message per MS milliseconds "
+        "(fewer, fuller messages; a quiet stream sends at once; 0: off; default 5)",
+    )
     galaxy.add_argument(
         "--first-value-delay-ms",
         type=_non_negative,
@@ -498,6 +506,7 @@ async def _serve(args: argparse.Namespace) -> int:
         multiple_subscribers=args.multiple_subscribers,
         max_subscribers=args.max_subscribers,
         first_value_delay_s=args.first_value_delay_ms / 1000.0,
+        batch_linger_s=args.batch_linger_ms / 1000.0,
         closed_memory=args.closed_session_memory,
         closed_memory_s=args.closed_session_seconds,
         **{limit.field: getattr(args, limit.field) for limit in LIMITS},

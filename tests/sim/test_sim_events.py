@@ -13,6 +13,7 @@ from simhelpers import SCAN_MS, Gw, wait_for
 
 from mxgateway.generated import mxaccess_gateway_pb2 as pb
 from mxgateway_sim import GatewaySimulator, OverflowPolicy, SessionOptions, builtin_catalog
+from mxgateway_sim._domain import STATUS_OK, WriteComplete
 
 MOVING = [
     "Line01.Counter",
@@ -308,3 +309,48 @@ async def test_drain_events_returns_each_event_once_in_order(sim: GatewaySimulat
     order = seqs(first) + seqs(list(limited)) + seqs(rest)
     assert len(limited) == 3
     assert order == list(range(1, len(order) + 1))
+
+
+async def test_a_busy_batch_stream_gathers_events_and_a_quiet_one_sends_at_once() -> None:
+    # A linger far longer than the test: had the stream waited where it must not, the
+    # reads below would time out. The linger ends at batch_linger_events queued events,
+    # and at once when the session closes (nothing is held back from the end).
+    async with gateway(batch_linger_s=3600.0, batch_linger_events=3) as (sim, gw):
+        sid = await gw.open()
+        call = gw.stub.StreamEventBatches(request(sid, 0), metadata=gw.md)
+        assert sim.sessions is not None
+        session = sim.sessions.get(sid)
+        assert session is not None
+        await wait_for(lambda: bool(session.events.subscribers))
+
+        def raise_one(item: int) -> None:
+            session.events.publish([WriteComplete(1, item, STATUS_OK)])
+
+        raise_one(1)  # a quiet stream: goes out at once, alone
+        assert seqs(list((await read(call)).events)) == [1]
+        for item in (2, 3, 4):  # busy now: gathered until three are queued
+            raise_one(item)
+            await asyncio.sleep(0.01)  # each publish wakes the stream on its own
+        assert seqs(list((await read(call)).events)) == [2, 3, 4]
+        raise_one(5)  # held (busy, one queued) until the session closes
+        await asyncio.sleep(0.01)
+        await gw.stub.CloseSession(pb.CloseSessionRequest(session_id=sid), metadata=gw.md)
+        events: list[pb.MxEvent] = []
+        while (message := await asyncio.wait_for(call.read(), 10)) is not grpc.aio.EOF:
+            events += message.events
+        assert seqs(events)[0] == 5
+        assert events[-1].stream_fault.kind == pb.STREAM_FAULT_KIND_SESSION_CLOSED
+
+
+async def test_batch_linger_off_sends_each_publish_as_it_comes() -> None:
+    async with gateway(batch_linger_s=0.0) as (sim, gw):
+        sid = await gw.open()
+        call = gw.stub.StreamEventBatches(request(sid, 0), metadata=gw.md)
+        assert sim.sessions is not None
+        session = sim.sessions.get(sid)
+        assert session is not None
+        await wait_for(lambda: bool(session.events.subscribers))
+        for item in (1, 2, 3):
+            session.events.publish([WriteComplete(1, item, STATUS_OK)])
+            assert seqs(list((await read(call)).events)) == [item]
+        call.cancel()

@@ -70,7 +70,9 @@ class MxAccessGatewayStub:
     StreamEventBatches: _grpc.UnaryStreamMultiCallable[_mxaccess_gateway_pb2.StreamEventsRequest, _mxaccess_gateway_pb2.MxEventBatch]
     """Our addition for throughput: same request and ordering as StreamEvents, but every
     message carries whatever events are queued at that moment (bounded by a count and a
-    byte budget). The server never waits to fill a batch, so batching adds no latency.
+    byte budget). A quiet stream sends at once; a busy one may hold its next message for a
+    few milliseconds after the previous one (the simulator: 5 ms, --batch-linger-ms) so
+    that fewer, fuller messages go out under load.
     """
     InvokeStream: _grpc.StreamStreamMultiCallable[_mxaccess_gateway_pb2.MxCommandRequest, _mxaccess_gateway_pb2.MxCommandReply]
     """Our addition for latency: a persistent command stream. Each MxCommandRequest on it is
@@ -105,7 +107,9 @@ class MxAccessGatewayAsyncStub(MxAccessGatewayStub):
     StreamEventBatches: _aio.UnaryStreamMultiCallable[_mxaccess_gateway_pb2.StreamEventsRequest, _mxaccess_gateway_pb2.MxEventBatch]  # type: ignore[assignment]
     """Our addition for throughput: same request and ordering as StreamEvents, but every
     message carries whatever events are queued at that moment (bounded by a count and a
-    byte budget). The server never waits to fill a batch, so batching adds no latency.
+    byte budget). A quiet stream sends at once; a busy one may hold its next message for a
+    few milliseconds after the previous one (the simulator: 5 ms, --batch-linger-ms) so
+    that fewer, fuller messages go out under load.
     """
     InvokeStream: _aio.StreamStreamMultiCallable[_mxaccess_gateway_pb2.MxCommandRequest, _mxaccess_gateway_pb2.MxCommandReply]  # type: ignore[assignment]
     """Our addition for latency: a persistent command stream. Each MxCommandRequest on it is
@@ -185,7 +189,9 @@ class MxAccessGatewayServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_mxaccess_gateway_pb2.MxEventBatch], _abc.AsyncIterator[_mxaccess_gateway_pb2.MxEventBatch]]:
         """Our addition for throughput: same request and ordering as StreamEvents, but every
         message carries whatever events are queued at that moment (bounded by a count and a
-        byte budget). The server never waits to fill a batch, so batching adds no latency.
+        byte budget). A quiet stream sends at once; a busy one may hold its next message for a
+        few milliseconds after the previous one (the simulator: 5 ms, --batch-linger-ms) so
+        that fewer, fuller messages go out under load.
         """
 
     @_abc_1.abstractmethod
