@@ -502,10 +502,14 @@ class Plant:
             value, state.info.mx_data_type, last.quality, state.override_ts, last.status
         )
 
-    def current(self, state: TagState) -> TagSample:
-        """The attribute's value now (advised attributes are kept current by the scan)."""
+    def current(self, state: TagState, now: float | None = None) -> TagSample:
+        """The attribute's value now (advised attributes are kept current by the scan).
+
+        ``now``: the time of the read (default: the clock); a bulk read passes one time
+        for the rows it computes together, as the scan does for one tick.
+        """
         if not state.subs:
-            state.compute(self.tick, time.time())
+            state.compute(self.tick, time.time() if now is None else now)
         return state.sample
 
     # -- clock ---------------------------------------------------------------------------

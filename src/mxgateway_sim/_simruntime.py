@@ -696,6 +696,7 @@ class SimulatedRuntime:
         advised_get = self._advised_by_key.get
         generation = self._advised_generation
         current = plant.current
+        now = time.time()  # the time of the rows this call computes
         out: list[bytes] = []
         append = out.append
         for text in references:
@@ -727,7 +728,7 @@ class SimulatedRuntime:
                     cache.set_wire(text, row, self._failure_row(text, row.ref))
                 append(row.wire)
                 continue
-            sample = current(state)
+            sample = current(state, now)
             index = row.ref.index
             if index is not None:
                 sample = element_of(sample, index)

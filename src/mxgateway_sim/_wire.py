@@ -27,6 +27,7 @@ from mxgateway_sim._domain import (
     MX_DOUBLE,
     MX_FLOAT,
     MX_INTEGER,
+    STATUS_OK,
     AlarmSnapshot,
     AlarmTransition,
     BufferedDataChange,
@@ -241,19 +242,29 @@ def sample_body(sample: TagSample) -> bytes:
     return body
 
 
+class _ReadTailCache:
+    """The quality and timestamp fields of the last ReadBulk row encoded (the rows a read
+    computes share its time)."""
+
+    key: tuple[float, int] | None = None
+    value = b""
+
+
 def _read_body(sample: TagSample) -> bytes:
     """value/quality/timestamp fields of a ``BulkReadResult`` (cached per sample)."""
     body = sample.read_wire
     if body is None:
         vb = value_bytes(sample.value, sample.data_type)
-        quality = sample.quality
-        body = (
-            b"\x12"
-            + varint(len(vb))
-            + vb
-            + (b"\x18" + varint(quality) if quality else b"")
-            + _ld(b"\x22", timestamp_bytes(sample.timestamp))
-        )
+        key = (sample.timestamp, sample.quality)
+        if key == _ReadTailCache.key:
+            tail = _ReadTailCache.value
+        else:
+            quality = sample.quality
+            tail = (b"\x18" + varint(quality) if quality else b"") + _ld(
+                b"\x22", timestamp_bytes(sample.timestamp)
+            )
+            _ReadTailCache.key, _ReadTailCache.value = key, tail
+        body = b"\x12" + varint(len(vb)) + vb + tail
         sample.read_wire = body
     return body
 
@@ -335,6 +346,10 @@ def reference_field(reference: str) -> bytes:
 
 
 _GOOD_TAILS: dict[tuple[MxStatus, bool], bytes] = {}
+_OK_TAILS = {
+    cached: _status_field5(STATUS_OK) + b"\x30\x01" + (b"\x38\x01" if cached else b"")
+    for cached in (False, True)
+}
 
 
 def good_read_row(field: bytes, sample: TagSample, cached: bool) -> bytes:
@@ -343,7 +358,8 @@ def good_read_row(field: bytes, sample: TagSample, cached: bool) -> bytes:
     (``statuses`` = the sample's status, ``was_successful``, ``was_cached`` when cached, no
     error), with the tail of each status cached. ``field``: :func:`reference_field`."""
     status = sample.status
-    tail = _GOOD_TAILS.get((status, cached))
+    # The common status first: no hashing of the status.
+    tail = _OK_TAILS[cached] if status is STATUS_OK else _GOOD_TAILS.get((status, cached))
     if tail is None:
         tail = _status_field5(status) + b"\x30\x01" + (b"\x38\x01" if cached else b"")
         if len(_GOOD_TAILS) < 4096:

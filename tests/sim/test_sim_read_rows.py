@@ -127,6 +127,9 @@ async def test_cached_rows_are_the_uncached_rows(catalog: Catalog) -> None:
                 assert [r.was_cached for r in read[: len(KEPT)]] == [True] * len(KEPT)
                 assert not any(r.was_cached for r in read[len(KEPT) : len(KEPT) + 8])
                 assert [r.was_successful for r in read[-len(FAILING[:2]) :]] == [False, False]
+                # The rows one read computes carry one time (as one scan tick's do).
+                fresh = {r.timestamp.SerializeToString() for r in read if r.tag_address in FRESH}
+                assert len(fresh) == 1
 
                 # Advised here after being read: the same sample, now was_cached.
                 await session.subscribe_bulk(hlmx, [OTHER[0]])
