@@ -44,6 +44,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from types import MappingProxyType, TracebackType
 from typing import TYPE_CHECKING, NoReturn
 
+from mxgateway._boundedqueue import BoundedQueue
 from mxgateway._errors import (
     ClientClosedError,
     MxAccessError,
@@ -187,7 +188,7 @@ class Subscription:
         self._chunk = chunk_size
         self._reconnect = reconnect if reconnect is not None else RetryPolicy.disabled()
         self._resume_attempts = resume_attempts
-        self._queue: asyncio.Queue[SubscriptionEvent | _End] = asyncio.Queue(queue_size)
+        self._queue: BoundedQueue[SubscriptionEvent | _End] = BoundedQueue(queue_size)
         self._task: asyncio.Task[None] | None = None
         self._states = StateBroadcaster(on_state_change, len(self._items))
         self._live: _Live | None = None
