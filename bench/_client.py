@@ -47,15 +47,27 @@ class Lib:
 
 
 @contextlib.asynccontextmanager
-async def library_session(address: str) -> AsyncIterator[Lib | None]:
+async def library_session(
+    address: str, *, command_stream: bool = False
+) -> AsyncIterator[Lib | None]:
     """A library client + session on ``address`` (None when the library is not there).
 
     Both are closed on exit; the channel is the library's own (keepalive and all).
+    Commands go through one unary ``Invoke`` each unless ``command_stream`` (the
+    library's default, ``InvokeStream``): the benches that compare the library with a
+    bare ``Invoke`` stub, or swap the stub's ``Invoke``, measure that path.
     """
     if missing_reason():
         yield None
         return
-    client = await client_class().connect(address, api_key=API_KEY, plaintext=True, timeout=60)
+    options = mxgateway.ClientOptions(
+        endpoint=address,
+        api_key=API_KEY,
+        plaintext=True,
+        timeout=60,
+        command_stream=command_stream,
+    )
+    client = await client_class().connect(options=options)
     try:
         session = await client.open_session("bench")
         try:

@@ -39,7 +39,6 @@ from typing import Any
 
 from bench import _client
 from bench._common import (
-    API_KEY,
     CpuClock,
     Report,
     ServerProcess,
@@ -84,8 +83,9 @@ LABELS: dict[str, str] = {
     "ping_vs_read_median_unary": "session.ping() vs asyncua read, median (unary Invoke)",
     "write_one_median_unary": "write one value, median (unary Invoke)",
 }
-"""Single calls go through ``ClientOptions(command_stream=True)`` (``InvokeStream``); the
-``_unary`` rows are the same calls through one ``Invoke`` each (the default)."""
+"""Single calls go through the command stream (``InvokeStream``, the library's default); the
+``_unary`` rows are the same calls through one ``Invoke`` each
+(``ClientOptions(command_stream=False)``)."""
 
 FULL = {
     "rounds": 5,
@@ -224,20 +224,10 @@ class Mx:
 
 @contextlib.asynccontextmanager
 async def stream_session(address: str) -> AsyncIterator[Any]:
-    """A library client with ``command_stream=True`` and one open session."""
-    from bench._client import Lib
-
-    mxgateway = _mx()
-    options = mxgateway.ClientOptions(
-        endpoint=address, api_key=API_KEY, plaintext=True, timeout=60, command_stream=True
-    )
-    async with await mxgateway.GatewayClient.connect(options=options) as client:
-        session = await client.open_session("bench-stream")
-        try:
-            yield Lib(client, session)
-        finally:
-            with contextlib.suppress(Exception):
-                await session.close()
+    """A library client on the command stream (``InvokeStream``, the library's default)
+    and one open session; ``_client.library_session`` gives the unary ``Invoke`` one."""
+    async with _client.library_session(address, command_stream=True) as lib:
+        yield lib
 
 
 def _mx() -> Any:

@@ -108,7 +108,8 @@ class ClientOptions:
             requests and replies in about half the time of a unary call
             (``docs/benchmarks.md``). One command at a time uses it; a command issued
             while another is in flight, and every command on a gateway without it
-            (``UNIMPLEMENTED``), goes through ``Invoke``. Off by default.
+            (``UNIMPLEMENTED``, e.g. upstream's), goes through ``Invoke``. On by default;
+            ``False`` sends every command through ``Invoke``.
     """
 
     endpoint: str
@@ -126,7 +127,7 @@ class ClientOptions:
     metadata: tuple[tuple[str, str], ...] = field(default=())
     channel_options: tuple[tuple[str, Any], ...] = field(default=())
     retry: RetryPolicy | None = field(default_factory=RetryPolicy)
-    command_stream: bool = False
+    command_stream: bool = True
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__

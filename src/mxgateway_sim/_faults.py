@@ -381,11 +381,13 @@ class FaultInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
         return _wrap(handler, method, service == _GALAXY_SERVICE, self._injector)
 
 
+STREAM_OFF = "InvokeStream is off while faults are injected"
+"""The ``UNIMPLEMENTED`` text of a command stream refused (or ended) under a fault plan."""
+
+
 def _unimplemented() -> grpc.RpcMethodHandler[Any, Any]:
     async def refuse(requests: object, context: aio.ServicerContext[Any, Any]) -> None:
-        await context.abort(
-            grpc.StatusCode.UNIMPLEMENTED, "InvokeStream is off while faults are injected"
-        )
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, STREAM_OFF)
 
     return grpc.stream_stream_rpc_method_handler(refuse)
 

@@ -29,7 +29,7 @@ from mxgateway_sim._domain import (
     AlarmTransition,
     MxAccessError,
 )
-from mxgateway_sim._faults import FaultInjector
+from mxgateway_sim._faults import STREAM_OFF, FaultInjector
 from mxgateway_sim._limits import (
     MAX_SESSION_NAME_CHARS,
     LimitError,
@@ -181,8 +181,15 @@ class GatewayServicer(CommandHandlers, EventStreams, AlarmService):
         """The persistent command stream (our addition): each request is run as
         :meth:`Invoke` runs it, one at a time, answered in order. What Invoke answers
         with a gRPC status (a command kind the key may not use) ends the stream with it.
-        The key was checked before the first request was read (``AuthInterceptor``)."""
+        The key was checked before the first request was read (``AuthInterceptor``).
+
+        A fault plan injected while the stream is open ends it ``UNIMPLEMENTED`` before the
+        next command runs (as a stream opened under a plan is refused): the client sends
+        that command, not yet run, through ``Invoke``, where the plan applies."""
+        faults = self.faults
         async for request in requests:
+            if faults is not None and faults.active:
+                await context.abort(grpc.StatusCode.UNIMPLEMENTED, STREAM_OFF)
             yield await self.Invoke(request, context)
 
     async def Invoke(

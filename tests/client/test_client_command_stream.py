@@ -234,3 +234,89 @@ async def test_each_command_keeps_its_own_deadline_on_the_stream() -> None:
         rows = await s.read_bulk(h, ["Tank01.Level"], timeout=None)  # about 1 s
         assert rows[0].was_successful
         assert client._commands is not None and not client._commands.unsupported
+
+
+class _UpstreamLikeGateway:
+    """A gateway with ``OpenSession``, ``Invoke`` and ``CloseSession`` only, as upstream's:
+    ``InvokeStream`` is answered ``UNIMPLEMENTED`` by gRPC itself. Counts the commands."""
+
+    def __init__(self) -> None:
+        self.invoked: list[int] = []
+
+    async def open_session(self, request: pb.OpenSessionRequest, context: Any) -> Any:
+        return pb.OpenSessionReply(
+            session_id="session-" + "1" * 32,
+            protocol_status=pb.ProtocolStatus(code=pb.PROTOCOL_STATUS_CODE_OK),
+        )
+
+    async def close_session(self, request: pb.CloseSessionRequest, context: Any) -> Any:
+        return pb.CloseSessionReply(
+            session_id=request.session_id,
+            final_state=pb.SESSION_STATE_CLOSED,
+            protocol_status=pb.ProtocolStatus(code=pb.PROTOCOL_STATUS_CODE_OK),
+        )
+
+    async def invoke(self, request: pb.MxCommandRequest, context: Any) -> Any:
+        kind = request.command.kind
+        self.invoked.append(kind)
+        reply = pb.MxCommandReply(
+            session_id=request.session_id,
+            kind=kind,
+            protocol_status=pb.ProtocolStatus(code=pb.PROTOCOL_STATUS_CODE_OK),
+        )
+        if kind == pb.MX_COMMAND_KIND_REGISTER:
+            reply.register.server_handle = 7
+        return reply
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        def unary(fn: Any, req: Any, rep: Any) -> Any:
+            return grpc.unary_unary_rpc_method_handler(
+                fn, request_deserializer=req.FromString, response_serializer=rep.SerializeToString
+            )
+
+        return grpc.method_handlers_generic_handler(
+            "mxaccess_gateway.v1.MxAccessGateway",
+            {
+                "OpenSession": unary(self.open_session, pb.OpenSessionRequest, pb.OpenSessionReply),
+                "CloseSession": unary(
+                    self.close_session, pb.CloseSessionRequest, pb.CloseSessionReply
+                ),
+                "Invoke": unary(self.invoke, pb.MxCommandRequest, pb.MxCommandReply),
+            },
+        )
+
+
+async def test_by_default_commands_use_the_stream_and_fall_back_where_it_is_missing(
+    sim: GatewaySimulator,
+) -> None:
+    assert ClientOptions(endpoint="gw:5001").command_stream is True
+    # The simulator has the stream: the default client's commands go on it.
+    options = ClientOptions(endpoint=sim.endpoint, api_key=sim.api_key, plaintext=True)
+    async with (
+        await GatewayClient.connect(options=options) as client,
+        await client.open_session() as s,
+    ):
+        await s.ping()
+        assert client._commands is not None and not client._commands.unsupported
+        assert client._commands._call is not None  # the stream carried it
+    # A gateway without it (as upstream's): every command through Invoke, each sent once.
+    gateway = _UpstreamLikeGateway()
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((gateway.handler(),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        options = ClientOptions(endpoint=f"127.0.0.1:{port}", plaintext=True)
+        async with await GatewayClient.connect(options=options) as client:
+            async with await client.open_session() as s:
+                assert await s.register("upstream") == 7
+                await s.write(7, 1, 1.5)  # not idempotent: must not be sent twice
+                await s.ping()
+            assert client._commands is not None and client._commands.unsupported
+        assert gateway.invoked == [
+            pb.MX_COMMAND_KIND_REGISTER,
+            pb.MX_COMMAND_KIND_WRITE,
+            pb.MX_COMMAND_KIND_PING,
+        ]
+    finally:
+        await server.stop(None)
