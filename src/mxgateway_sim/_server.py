@@ -395,6 +395,7 @@ class GatewaySimulator:
         )
         if self.session_isolation == "process":
             self._workers.prepare(plant, users, sim_settings)
+            self._workers.start_pool()
 
         def make_runtime() -> MxAccessRuntime:
             if self.session_isolation == "process":
@@ -551,6 +552,7 @@ class GatewaySimulator:
             self.alarms.close()
         await server.stop(grace)
         await self.sessions.shutdown()  # anything opened during the grace period
+        await self._workers.stop_pool()
         self._stopping = False
         ops, self._ops = self._ops, None
         if ops is not None:

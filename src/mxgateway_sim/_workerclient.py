@@ -42,7 +42,6 @@ from mxgateway_sim._runtime import EventSink
 from mxgateway_sim._wire import varint
 from mxgateway_sim._workerwire import (
     NONCE_ENV,
-    SESSION_ENV,
     CreatedItems,
     EnvelopeHead,
     ProtocolViolation,
@@ -69,9 +68,16 @@ class WorkerStartError(Exception):
     """The session's worker could not be started (OpenSession fails, nothing is left over)."""
 
 
+DEFAULT_WORKER_POOL = 2
+"""Workers started ahead, waiting for a session (``--worker-pool``): a new session gets one
+at once instead of waiting for a Python process to start and import its runtime."""
+MAX_WORKER_POOL = 16
+"""Most workers kept waiting (each is an idle process)."""
+
+
 @dataclass(frozen=True, slots=True)
 class WorkerSettings:
-    """How the gateway runs and watches its workers (defaults are upstream's)."""
+    """How the gateway runs and watches its workers (defaults are upstream's, but the pool)."""
 
     runtime: str = "simulated"
     """Runtime the worker hosts (``mxgw-worker --runtime``)."""
@@ -85,14 +91,19 @@ class WorkerSettings:
     """How to start ``mxgw-worker`` (the same interpreter by default)."""
     private_env: tuple[str, ...] = ()
     """Environment variables the workers never see (the gateway's keys, connection strings);
-    every ``MXGATEWAY_*`` variable is withheld too, except the worker's nonce and session id."""
+    every ``MXGATEWAY_*`` variable is withheld too, except the worker's nonce."""
+    pool_size: int = DEFAULT_WORKER_POOL
+    """Workers started ahead of their sessions (0 = start each with its session)."""
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.pool_size <= MAX_WORKER_POOL:
+            raise ValueError(f"the worker pool holds 0 to {MAX_WORKER_POOL} workers")
 
 
-def worker_environment(
-    settings: WorkerSettings, nonce: str, session_id: str = ""
-) -> dict[str, str]:
-    """The gateway's environment without its secrets, plus the launch nonce and the
-    session id (kept off the command line, which every local user can read)."""
+def worker_environment(settings: WorkerSettings, nonce: str) -> dict[str, str]:
+    """The gateway's environment without its secrets, plus the launch nonce (the session id
+    goes in the first frame: a pooled worker is started before its session exists, and a
+    command line or environment can be read by others)."""
     private = set(settings.private_env)
     env = {
         name: value
@@ -100,8 +111,6 @@ def worker_environment(
         if name not in private and not name.upper().startswith("MXGATEWAY_")
     }
     env[NONCE_ENV] = nonce
-    if session_id:
-        env[SESSION_ENV] = session_id
     return env
 
 
@@ -161,21 +170,18 @@ class WorkerRuntime:
 
     # -- life cycle ---------------------------------------------------------------------
 
-    async def start(self, sink: EventSink) -> None:
-        """Start the worker, prove the nonce, wait for WorkerReady.
-
-        ``sink`` is not used: the worker's events are already encoded and go to the
-        session's event log as they are (see :meth:`bind_session`).
+    async def launch(self) -> None:
+        """Start the worker process; it waits, knowing no session, for its hello (sent by
+        :meth:`start`). The pool launches workers ahead; otherwise :meth:`start` does.
 
         Raises:
-            WorkerStartError: the worker did not start, answer or get ready in time.
+            WorkerStartError: the process could not be started.
         """
-        if self._session is None:
-            raise WorkerStartError("the worker runtime was not bound to a session")
+        if self._transport is not None:
+            return
         settings = self.settings
         loop = asyncio.get_running_loop()
         self._nonce = secrets.token_urlsafe(32)
-        env = worker_environment(settings, self._nonce, self._session_id)
         args = [
             *settings.command,
             "--protocol-version",
@@ -187,7 +193,6 @@ class WorkerRuntime:
         ]
         if self._config is not None:
             args += ["--runtime-config", str(self._config)]
-        self._ready = loop.create_future()
         extra: dict[str, Any] = {}
         if os.name == "posix":
             extra["start_new_session"] = True  # a Ctrl-C at the gateway's terminal is its own
@@ -198,7 +203,7 @@ class WorkerRuntime:
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=None,
-                env=env,
+                env=worker_environment(settings, self._nonce),
                 **extra,
             )
         except OSError as exc:
@@ -208,6 +213,42 @@ class WorkerRuntime:
         stdin = transport.get_pipe_transport(0)
         assert isinstance(stdin, asyncio.WriteTransport)
         self._stdin = stdin
+
+    @property
+    def config(self) -> Path | None:
+        """The runtime configuration the worker was (or will be) started with."""
+        return self._config
+
+    def idle(self) -> bool:
+        """Launched, alive and not yet given a session (a pooled worker ready to hand out)."""
+        transport = self._transport
+        return (
+            transport is not None
+            and transport.get_returncode() is None
+            and self._session is None
+            and self._lost is None
+            and not self._closing
+        )
+
+    async def start(self, sink: EventSink) -> None:
+        """Start the worker (unless the pool did), send the hello naming the session and
+        proving the nonce, wait for WorkerReady.
+
+        ``sink`` is not used: the worker's events are already encoded and go to the
+        session's event log as they are (see :meth:`bind_session`).
+
+        Raises:
+            WorkerStartError: the worker did not start, answer or get ready in time.
+        """
+        if self._session is None:
+            raise WorkerStartError("the worker runtime was not bound to a session")
+        settings = self.settings
+        loop = asyncio.get_running_loop()
+        self._ready = loop.create_future()
+        if self._lost is not None:  # a pooled worker that died meanwhile
+            await self._abandon(self._lost)
+            raise WorkerStartError(self._lost)
+        await self.launch()
         self._last_heard = time.monotonic()
         head = self._head
         assert head is not None
@@ -317,6 +358,9 @@ class WorkerRuntime:
     def _received(self, data: bytes) -> None:
         self._last_heard = time.monotonic()
         if self._lost is not None:
+            return
+        if self._session is None:  # a pooled worker speaks only once it has its hello
+            self._lose("the worker spoke before it was given a session", fault=False)
             return
         try:
             envelopes = self._decoder.feed(data)

@@ -51,7 +51,7 @@ from mxgateway_sim._server import (
 )
 from mxgateway_sim._sessions import SessionOptions
 from mxgateway_sim._tls import TlsSetupError
-from mxgateway_sim._workerclient import WorkerSettings
+from mxgateway_sim._workerclient import MAX_WORKER_POOL, WorkerSettings
 from mxgateway_sim._workers import ISOLATIONS
 from mxgateway_sim.worker import RUNTIMES
 
@@ -104,6 +104,13 @@ def _seconds(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
     if value <= 0:
         raise argparse.ArgumentTypeError(f"{text} must be positive")
+    return value
+
+
+def _pool_size(text: str) -> int:
+    value = _non_negative(text)
+    if value > MAX_WORKER_POOL:
+        raise argparse.ArgumentTypeError(f"{text} is over the limit of {MAX_WORKER_POOL}")
     return value
 
 
@@ -162,6 +169,15 @@ def build_parser(prog: str = "mxgw-sim") -> argparse.ArgumentParser:
         default=_WORKER.startup_timeout_s,
         metavar="S",
         help=f"a worker must be ready in S seconds (default {_WORKER.startup_timeout_s:g})",
+    )
+    runtime.add_argument(
+        "--worker-pool",
+        type=_pool_size,
+        default=_WORKER.pool_size,
+        metavar="N",
+        help="workers started ahead, each waiting (with no session) to be handed to a new "
+        f"session (0 to {MAX_WORKER_POOL}, default {_WORKER.pool_size}; 0: start a worker "
+        "with its session)",
     )
     tls = serve.add_argument_group("transport (choose one)")
     tls.add_argument("--plaintext", action="store_true", help="serve without TLS")
@@ -678,6 +694,7 @@ def _runtime_options(args: argparse.Namespace) -> dict[str, Any]:
         heartbeat_s=args.worker_heartbeat_seconds,
         heartbeat_grace_s=args.worker_heartbeat_grace_seconds,
         startup_timeout_s=args.worker_startup_seconds,
+        pool_size=args.worker_pool,
         command=(python, "-m", "mxgateway_sim.worker"),
         # The gateway's secrets stay in the gateway (workers need none of them).
         private_env=(

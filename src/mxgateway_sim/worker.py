@@ -1,10 +1,13 @@
 """``mxgw-worker``: one session's MXAccess runtime in its own process, driven by the gateway.
 
 The gateway starts it (it is not meant to be run by hand) with ``--protocol-version`` and
-the runtime to host, the launch nonce in ``MXGATEWAY_WORKER_NONCE`` and the session id in
-``MXGATEWAY_WORKER_SESSION_ID`` (upstream's ``--session-id`` is accepted too),
-and talks to it over its inherited standard input and output: frames of a 4-byte
-little-endian length and one ``WorkerEnvelope``. Only the gateway holds the other ends of
+the runtime to host and the launch nonce in ``MXGATEWAY_WORKER_NONCE``; the session comes
+with the gateway's first frame (its envelope's ``session_id``), so a worker can be started
+before its session exists (the gateway's pool) and no session id is on its command line or
+in its environment (``--session-id`` and ``MXGATEWAY_WORKER_SESSION_ID`` are accepted too,
+and then the hello must name that session). The gateway talks to it over its inherited
+standard input and output: frames of a 4-byte little-endian length and one
+``WorkerEnvelope``. Only the gateway holds the other ends of
 those pipes; the nonce is checked as well (the first frame must prove it).
 
 Sequence: GatewayHello (nonce) -> WorkerHello (nonce, pid) -> WorkerReady once the runtime
@@ -75,6 +78,8 @@ TRANSPORT_HIGH = 256 * 1024
 """Bytes in the output transport above which events wait in the worker's own queue: a reply
 is never behind more than this (and the pipe's buffer)."""
 TRANSPORT_LOW = 64 * 1024
+MAX_SESSION_ID_CHARS = 256
+"""Longest session id a worker accepts (the gateway's are 40 characters)."""
 READ_BYTES = 256 * 1024
 """Most bytes read from the gateway's pipe at once (asyncio's pipe transports read as much)."""
 PIPE_BYTES = 1024 * 1024
@@ -94,7 +99,9 @@ def _parser() -> argparse.ArgumentParser:
         description="One session's MXAccess runtime; started by the gateway, not by hand.",
     )
     parser.add_argument(
-        "--session-id", default="", help=f"the session (default: ${SESSION_ENV}, preferred)"
+        "--session-id",
+        default="",
+        help=f"the session (default: ${SESSION_ENV}, else the session the gateway's hello names)",
     )
     parser.add_argument("--protocol-version", required=True, type=int)
     parser.add_argument("--runtime", choices=RUNTIMES, default="simulated")
@@ -276,23 +283,42 @@ class Worker(asyncio.Protocol):
 
     # -- envelopes ------------------------------------------------------------------------
 
+    def _bind(self, session_id: str) -> None:
+        """Serve ``session_id`` from now on (at launch, or from a pooled worker's hello)."""
+        self.session_id = session_id
+        self._head = EnvelopeHead(session_id)
+        self._encoder = EventEncoder(session_id)
+
+    def _greet(self, env: wpb.WorkerEnvelope) -> None:
+        """The first frame: the gateway's hello, proving the launch nonce. A worker started
+        without a session (a pooled one) learns its session from this envelope."""
+        session_id = self.session_id or env.session_id
+        body = check_envelope(env, session_id)
+        if body != "gateway_hello":
+            raise ProtocolViolation(f"{body} before gateway_hello")
+        if not hmac.compare_digest(env.gateway_hello.nonce.encode(), self._nonce.encode()):
+            raise ProtocolViolation("the gateway's nonce does not match the launch nonce")
+        if not self.session_id:
+            if not session_id or len(session_id) > MAX_SESSION_ID_CHARS:
+                raise ProtocolViolation("the gateway's hello names no valid session")
+            if not session_id.isprintable():
+                raise ProtocolViolation("the gateway's hello names no valid session")
+            self._bind(session_id)
+        self._hello = True
+        self._reply(
+            env.correlation_id,
+            worker_hello=wpb.WorkerHello(
+                nonce=self._nonce, process_id=os.getpid(), worker_version=__version__
+            ),
+        )
+        self._spawn(self._start_runtime())
+
     def _handle(self, data: bytes) -> None:
         env = decode_envelope(data)
-        body = check_envelope(env, self.session_id)
         if not self._hello:
-            if body != "gateway_hello":
-                raise ProtocolViolation(f"{body} before gateway_hello")
-            if not hmac.compare_digest(env.gateway_hello.nonce.encode(), self._nonce.encode()):
-                raise ProtocolViolation("the gateway's nonce does not match the launch nonce")
-            self._hello = True
-            self._reply(
-                env.correlation_id,
-                worker_hello=wpb.WorkerHello(
-                    nonce=self._nonce, process_id=os.getpid(), worker_version=__version__
-                ),
-            )
-            self._spawn(self._start_runtime())
+            self._greet(env)
             return
+        body = check_envelope(env, self.session_id)
         if body == "worker_heartbeat":
             self._reply(
                 env.correlation_id,
@@ -547,9 +573,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not nonce:
         print(f"mxgw-worker: error: {NONCE_ENV} is not set", file=sys.stderr)
         return EXIT_USAGE
+    # Without a session id (a worker the gateway starts ahead, for its pool) the gateway's
+    # hello names the session.
     args.session_id = args.session_id or os.environ.pop(SESSION_ENV, "")
-    if not args.session_id:
-        print(f"mxgw-worker: error: neither --session-id nor {SESSION_ENV} is set", file=sys.stderr)
+    if len(args.session_id) > MAX_SESSION_ID_CHARS:
+        print("mxgw-worker: error: the session id is too long", file=sys.stderr)
         return EXIT_USAGE
     if args.frame_limit < 1:
         print("mxgw-worker: error: --frame-limit must be positive", file=sys.stderr)
@@ -571,6 +599,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     # short-lived objects): mxgateway_sim._gcpolicy.
     apply_to_worker_process()
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    if args.runtime == "simulated":
+        # Import the runtime now, while a pooled worker waits for its session: its hello
+        # then only builds the runtime.
+        import mxgateway_sim._simconfig  # noqa: F401
     with contextlib.suppress(KeyboardInterrupt):
         return asyncio.run(serve(args, nonce, in_fd, out_fd))
     return EXIT_OK

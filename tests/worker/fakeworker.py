@@ -1,6 +1,6 @@
 """A misbehaving worker for the gateway-side protocol tests (run as a script).
 
-``python fakeworker.py MODE --protocol-version ...`` (the session id in the environment)
+``python fakeworker.py MODE --protocol-version ...`` (the session id in the hello's envelope)
 answers the gateway's hello like ``mxgw-worker`` (with the nonce from
 ``MXGATEWAY_WORKER_NONCE``), then breaks the protocol the way MODE says:
 
@@ -44,12 +44,8 @@ def _read_frame() -> bytes:
 
 def main() -> None:
     mode = sys.argv[1]
-    if "--session-id" in sys.argv:
-        session = sys.argv[sys.argv.index("--session-id") + 1]
-    else:
-        session = os.environ["MXGATEWAY_WORKER_SESSION_ID"]
     nonce = os.environ["MXGATEWAY_WORKER_NONCE"]
-    _read_frame()  # GatewayHello
+    session = wpb.WorkerEnvelope.FromString(_read_frame()).session_id  # the GatewayHello
 
     def env(version: int = 1, **body: object) -> wpb.WorkerEnvelope:
         return wpb.WorkerEnvelope(protocol_version=version, session_id=session, **body)  # type: ignore[arg-type]

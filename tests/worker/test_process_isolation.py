@@ -4,6 +4,7 @@ faults only its own session, is reaped, and the client's ``Subscription`` recove
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import sys
@@ -209,6 +210,87 @@ async def test_stopping_the_gateway_stops_every_worker() -> None:
         assert await _gone(pid)
 
 
+@contextlib.asynccontextmanager
+async def _gateway(
+    settings: WorkerSettings,
+) -> AsyncIterator[tuple[GatewaySimulator, GatewayClient]]:
+    """A process-isolation gateway with these worker settings, and a client of it."""
+    async with (
+        GatewaySimulator(
+            catalog=builtin_catalog(), session_isolation="process", worker_settings=settings
+        ) as sim,
+        await GatewayClient.connect(
+            endpoint=sim.endpoint, api_key=sim.api_key, plaintext=True
+        ) as client,
+    ):
+        yield sim, client
+
+
+def _workers() -> dict[int, psutil.Process]:
+    """This process's ``mxgw-worker`` children (the in-process gateway's workers)."""
+    out = {}
+    for child in psutil.Process().children():
+        try:
+            if "mxgateway_sim.worker" in child.cmdline() and child.status() != "zombie":
+                out[child.pid] = child
+        except psutil.NoSuchProcess:
+            pass
+    return out
+
+
+async def _until_workers(n: int) -> dict[int, psutil.Process]:
+    for _ in range(int(DEADLINE / 0.05)):
+        workers = _workers()
+        if len(workers) == n:
+            return workers
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{len(_workers())} workers, not {n}")
+
+
+async def test_pooled_workers_wait_without_a_session_and_are_handed_out() -> None:
+    """Two workers start with the gateway, knowing no session; a new session gets one of
+    them (its session id arrives in the first frame only) and the pool is topped up; a
+    pooled worker that died meanwhile is never handed out; stopping ends them all."""
+    settings = WorkerSettings(pool_size=2)
+    async with _gateway(settings) as (sim, client):
+        pooled = await _until_workers(2)
+        for worker in pooled.values():
+            assert "--session-id" not in worker.cmdline()
+            assert "MXGATEWAY_WORKER_SESSION_ID" not in worker.environ()
+        async with await client.open_session(client_session_name="first") as first:
+            pid = await _pid(first)
+            assert pid in pooled
+            await first.register("t")
+            workers = await _until_workers(3)  # the pool refilled behind it
+            spare = sorted(set(workers) - {pid})
+            os.kill(spare[0], signal.SIGKILL)
+            assert await _gone(spare[0])
+            async with await client.open_session(client_session_name="second") as second:
+                assert await _pid(second) == spare[1]  # the live one, not the dead one
+                await second.ping()
+            await first.ping()
+        every = set(await _until_workers(2))
+        await sim.stop()
+    for pid in every:
+        assert await _gone(pid)
+
+
+async def test_without_a_pool_each_worker_starts_with_its_session() -> None:
+    settings = WorkerSettings(pool_size=0)
+    async with _gateway(settings) as (_sim, client):
+        assert _workers() == {}
+        async with await client.open_session() as session:
+            assert set(_workers()) == {await _pid(session)}
+        assert await _until_workers(0) == {}
+
+
+def test_the_pool_size_is_bounded() -> None:
+    with pytest.raises(ValueError, match="0 to 16"):
+        WorkerSettings(pool_size=17)
+    with pytest.raises(ValueError, match="0 to 16"):
+        WorkerSettings(pool_size=-1)
+
+
 async def test_bulk_adds_through_a_worker_keep_the_item_limit_and_create_nothing() -> None:
     options = SessionOptions(max_items_per_session=100)
     async with (
@@ -254,13 +336,12 @@ async def test_workers_do_not_inherit_the_gateways_secrets(
         environ = psutil.Process(await _pid(session)).environ()
         assert environ.get("HARMLESS_SETTING") == "kept"
         assert "MY_GATEWAY_KEY" not in environ
-        # Only the launch nonce (one use: it is spent by the handshake) and the session id;
-        # psutil reads the environment the process started with.
+        # Only the launch nonce (one use: it is spent by the handshake); psutil reads the
+        # environment the process started with. The session id came in the first frame.
         assert sorted(n for n in environ if n.startswith("MXGATEWAY_")) == [
-            "MXGATEWAY_WORKER_NONCE",
-            "MXGATEWAY_WORKER_SESSION_ID",
+            "MXGATEWAY_WORKER_NONCE"
         ]
-        assert environ["MXGATEWAY_WORKER_SESSION_ID"] == session.session_id
+        assert session.session_id not in " ".join(environ.values())
         cmdline = " ".join(psutil.Process(await _pid(session)).cmdline())
         assert "Secret" not in cmdline
         # The command line, which every local user can read, names no session.
@@ -279,7 +360,7 @@ async def test_workers_do_not_inherit_the_gateways_secrets(
 async def test_a_worker_that_does_not_start_fails_the_open_cleanly(
     command: tuple[str, ...], why: str
 ) -> None:
-    settings = WorkerSettings(command=command, startup_timeout_s=1.0)
+    settings = WorkerSettings(command=command, startup_timeout_s=1.0, pool_size=0)
     async with (
         GatewaySimulator(
             catalog=builtin_catalog(), session_isolation="process", worker_settings=settings
@@ -332,7 +413,9 @@ FAKE_WORKER = str(Path(__file__).with_name("fakeworker.py"))
     ],
 )
 async def test_the_gateway_refuses_a_worker_that_fails_the_handshake(mode: str, why: str) -> None:
-    settings = WorkerSettings(command=(sys.executable, FAKE_WORKER, mode), startup_timeout_s=10)
+    settings = WorkerSettings(
+        command=(sys.executable, FAKE_WORKER, mode), startup_timeout_s=10, pool_size=0
+    )
     async with (
         GatewaySimulator(
             catalog=builtin_catalog(), session_isolation="process", worker_settings=settings
@@ -356,7 +439,10 @@ async def test_the_gateway_refuses_a_worker_that_fails_the_handshake(mode: str, 
 )
 async def test_a_worker_that_breaks_the_protocol_faults_its_session(mode: str, why: str) -> None:
     settings = WorkerSettings(
-        command=(sys.executable, FAKE_WORKER, mode), heartbeat_s=0.1, heartbeat_grace_s=1.0
+        command=(sys.executable, FAKE_WORKER, mode),
+        heartbeat_s=0.1,
+        heartbeat_grace_s=1.0,
+        pool_size=0,
     )
     async with (
         GatewaySimulator(
@@ -383,7 +469,7 @@ async def test_a_worker_that_breaks_the_protocol_faults_its_session(mode: str, w
 async def test_a_worker_that_breaks_right_after_ready_never_leaves_a_ready_session() -> None:
     """Whether the break is seen before OpenSession returns (it fails) or after (the session
     faults), no session is left READY on a dead worker."""
-    settings = WorkerSettings(command=(sys.executable, FAKE_WORKER, "break-at-ready"))
+    settings = WorkerSettings(command=(sys.executable, FAKE_WORKER, "break-at-ready"), pool_size=0)
     async with (
         GatewaySimulator(
             catalog=builtin_catalog(), session_isolation="process", worker_settings=settings

@@ -234,6 +234,41 @@ async def test_handshake_commands_events_heartbeat_and_shutdown(tmp_path: Path, 
     assert code == 0
 
 
+async def test_a_worker_started_without_a_session_learns_it_from_the_hello(
+    tmp_path: Path,
+) -> None:
+    worker = await RawWorker.start(runtime_config(tmp_path), session=None)
+    hello = await worker.handshake()
+    assert hello.session_id == SESSION
+    worker.send("c1", worker_command=_command("register", client_name="t"))
+    env = await worker.receive_body("worker_command_reply")
+    assert env.session_id == SESSION and env.correlation_id == "c1"
+    assert env.worker_command_reply.reply.protocol_status.code == pb.PROTOCOL_STATUS_CODE_OK
+    # From now on it serves that session only.
+    worker.send_raw(EnvelopeHead("session-other").frame("c2", worker_command=_command("ping")))
+    code, err = await worker.finish()
+    assert code == 1 and "another session" in err
+
+
+@pytest.mark.parametrize(
+    ("session", "why"),
+    [
+        ("", "names no valid session"),
+        ("x" * 300, "names no valid session"),
+        ("bad\nid", "names no valid session"),
+    ],
+)
+async def test_a_hello_naming_no_valid_session_is_refused(
+    tmp_path: Path, session: str, why: str
+) -> None:
+    worker = await RawWorker.start(runtime_config(tmp_path), session=None)
+    worker.send_raw(EnvelopeHead(session).frame(gateway_hello=wpb.GatewayHello(nonce=worker.nonce)))
+    fault = await worker.receive_body("worker_fault")
+    assert why in fault.worker_fault.message
+    code, _ = await worker.finish()
+    assert code == 1
+
+
 @pytest.mark.parametrize("io", ["loop", "threads"])
 async def test_the_end_of_the_gateways_pipe_stops_the_worker(tmp_path: Path, io: str) -> None:
     worker = await RawWorker.start(runtime_config(tmp_path), extra=("--io", io))

@@ -31,25 +31,33 @@ def runtime_config(directory: Path, scan_interval_ms: int = 20) -> Path:
 class RawWorker:
     """An ``mxgw-worker`` process and the gateway's end of its channel, frame by frame."""
 
-    def __init__(self, proc: asyncio.subprocess.Process, nonce: str) -> None:
+    def __init__(
+        self, proc: asyncio.subprocess.Process, nonce: str, session: str = SESSION
+    ) -> None:
         self.proc = proc
         self.nonce = nonce
-        self.head = EnvelopeHead(SESSION)
+        self.head = EnvelopeHead(session)
         self._decoder = FrameDecoder()
         self._queue: list[bytes] = []
 
     @classmethod
     async def start(
-        cls, config: Path | None, *, nonce: str = "n0nce-for-tests", extra: tuple[str, ...] = ()
+        cls,
+        config: Path | None,
+        *,
+        nonce: str = "n0nce-for-tests",
+        extra: tuple[str, ...] = (),
+        session: str | None = SESSION,
     ) -> RawWorker:
+        """A worker for ``session`` (None: started without one, as the gateway's pool does;
+        its hello then names :data:`SESSION`)."""
         env = dict(os.environ)
         env[NONCE_ENV] = nonce
         args = [
             sys.executable,
             "-m",
             "mxgateway_sim.worker",
-            "--session-id",
-            SESSION,
+            *(["--session-id", session] if session is not None else []),
             "--protocol-version",
             str(WORKER_PROTOCOL_VERSION),
             *(["--runtime-config", str(config)] if config is not None else []),
@@ -62,7 +70,7 @@ class RawWorker:
             stderr=asyncio.subprocess.PIPE,
             env=env,
         )
-        return cls(proc, nonce)
+        return cls(proc, nonce, SESSION if session is None else session)
 
     def send_raw(self, data: bytes) -> None:
         assert self.proc.stdin is not None
