@@ -8,7 +8,8 @@ or Bad for a window of ticks. A write pins the attribute to the written value.
 
 Only attributes that some item advises are computed on a tick, and a tick's changes are
 fanned out to every advising item across all sessions in one pass, so the per-event cost is
-a few attribute reads and one list append.
+a few attribute reads and one list append. Any other attribute is computed when it is read,
+if a tick since its last sample changed it.
 """
 
 from __future__ import annotations
@@ -313,6 +314,7 @@ class TagState:
     """The live value model of one deployed attribute."""
 
     __slots__ = (
+        "computed_at",
         "dirty",
         "flaky",
         "gen_args",
@@ -343,6 +345,8 @@ class TagState:
         self.dirty = False
         self.subs: dict[SampleSink, None] = {}  # an ordered set: O(1) unsubscribe
         self.sample = TagSample(None, info.mx_data_type, QUALITY_GOOD, 0.0)
+        self.computed_at = -1
+        """The tick ``sample`` was computed for (-1: not yet)."""
 
     def gen(self, n: int) -> MxPythonValue:
         """The model's value at tick ``n`` (what a tick computes, before any write)."""
@@ -369,6 +373,17 @@ class TagState:
             return True
         return self.flaky and n % FLAKY_WINDOW_TICKS == 0
 
+    def changed_since(self, m: int, n: int) -> bool:
+        """True when some tick after ``m`` up to ``n`` gives the attribute a new value or
+        quality (:meth:`changes_at` of any of them)."""
+        if self.dirty or not 0 <= m <= n:  # never computed (or a clock that went back)
+            return True
+        if n == m or self.override_ts is not None:  # same tick, or pinned by a write
+            return False
+        if self.period and n // self.period != m // self.period:
+            return True
+        return self.flaky and n // FLAKY_WINDOW_TICKS != m // FLAKY_WINDOW_TICKS
+
     def compute(self, n: int, now: float) -> TagSample:
         """Build (and keep) the sample for tick ``n``."""
         quality, status = self.quality_at(n)
@@ -379,6 +394,7 @@ class TagState:
         self.dirty = False
         sample = TagSample(value, self.info.mx_data_type, quality, ts, status)
         self.sample = sample
+        self.computed_at = n
         return sample
 
 
@@ -505,10 +521,13 @@ class Plant:
     def current(self, state: TagState, now: float | None = None) -> TagSample:
         """The attribute's value now (advised attributes are kept current by the scan).
 
+        An attribute nobody advises is computed when read, unless no tick since its last
+        sample changed it (a static attribute, a toggle between two toggles): then that
+        sample is its value, with the time it took it, as an advised item would have it.
         ``now``: the time of the read (default: the clock); a bulk read passes one time
         for the rows it computes together, as the scan does for one tick.
         """
-        if not state.subs:
+        if not state.subs and state.changed_since(state.computed_at, self.tick):
             state.compute(self.tick, time.time() if now is None else now)
         return state.sample
 
