@@ -547,11 +547,14 @@ class GatewaySimulator:
         if self._health is not None:
             await self._health.enter_graceful_shutdown()
         assert self.sessions is not None and self.plant is not None
-        await self.sessions.shutdown()
+        # The sessions close side by side: a worker gets its shutdown timeout to acknowledge
+        # and as long again to exit; whatever is left then is killed.
+        bound = 2 * self._workers.settings.shutdown_timeout_s
+        await self.sessions.shutdown(bound)
         if self.alarms is not None:
             self.alarms.close()
         await server.stop(grace)
-        await self.sessions.shutdown()  # anything opened during the grace period
+        await self.sessions.shutdown(bound)  # anything opened during the grace period
         await self._workers.stop_pool()
         self._stopping = False
         ops, self._ops = self._ops, None

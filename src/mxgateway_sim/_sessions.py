@@ -409,17 +409,41 @@ class SessionManager:
             except Exception:  # keep sweeping; one bad runtime must not stop the sweep
                 log.exception("lease sweep failed")
 
-    async def shutdown(self) -> None:
-        """Stop sweeping, end every stream with SERVER_SHUTDOWN and close every session."""
+    async def shutdown(self, timeout_s: float | None = None) -> None:
+        """Stop sweeping, end every stream with SERVER_SHUTDOWN and close every session.
+
+        The sessions close side by side (a worker process each takes up to its shutdown
+        timeout); after ``timeout_s`` in all, the closes still running are cancelled, which
+        kills their workers.
+        """
         sweeper, self._sweeper = self._sweeper, None
         if sweeper is not None:
             sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await sweeper
-        for session_id in list(self._sessions):
-            await self.close(
-                session_id,
-                EndReason.SERVER_SHUTDOWN,
-                "the gateway is shutting down",
-                why="shutdown",
+        closes = [
+            asyncio.ensure_future(
+                self.close(
+                    session_id,
+                    EndReason.SERVER_SHUTDOWN,
+                    "the gateway is shutting down",
+                    why="shutdown",
+                )
             )
+            for session_id in list(self._sessions)
+        ]
+        if not closes:
+            return
+        _, late = await asyncio.wait(closes, timeout=timeout_s)
+        for task in late:
+            task.cancel()
+        if late:
+            log.warning(
+                "%d of %d sessions did not close within %g s; their runtimes were stopped",
+                len(late),
+                len(closes),
+                timeout_s,
+            )
+        for outcome in await asyncio.gather(*closes, return_exceptions=True):
+            if isinstance(outcome, Exception):
+                log.warning("a session failed to close: %s: %s", type(outcome).__name__, outcome)

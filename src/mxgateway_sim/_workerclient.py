@@ -667,6 +667,9 @@ class WorkerRuntime:
         )
         try:
             ack = await asyncio.wait_for(asyncio.shield(self._ack), settings.shutdown_timeout_s)
+        except asyncio.CancelledError:  # a bounded gateway stop gave up on it
+            self.abort()
+            raise
         except (asyncio.TimeoutError, WorkerLost):
             log.warning("a worker (pid %d) did not acknowledge its shutdown", self.pid)
             return ReleaseCounts()
@@ -674,8 +677,33 @@ class WorkerRuntime:
             ack.released_advise_count, ack.released_item_count, ack.released_registration_count
         )
 
+    def abort(self) -> None:
+        """Kill the worker now, without waiting (a bounded gateway stop gave up on it; the
+        event loop's child watcher reaps it)."""
+        self._closing = True
+        watchdog, self._watchdog = self._watchdog, None
+        if watchdog is not None:
+            watchdog.cancel()
+        transport = self._transport
+        if transport is not None and transport.get_returncode() is None:
+            with contextlib.suppress(ProcessLookupError):
+                transport.kill()
+        for fut in self._pending.values():
+            if not fut.done():
+                fut.set_exception(WorkerLost("the worker was stopped"))
+                fut.exception()
+        self._pending.clear()
+
     async def close(self) -> None:
-        """Wait for the worker to exit (killing it after the shutdown timeout) and reap it."""
+        """Wait for the worker to exit (killing it after the shutdown timeout) and reap it;
+        cancelled, it kills the worker at once."""
+        try:
+            await self._close()
+        except asyncio.CancelledError:
+            self.abort()
+            raise
+
+    async def _close(self) -> None:
         self._closing = True
         watchdog, self._watchdog = self._watchdog, None
         if watchdog is not None:

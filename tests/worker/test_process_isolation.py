@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import signal
 import sys
@@ -27,6 +28,7 @@ from mxgateway import (
 )
 from mxgateway.generated import mxaccess_gateway_pb2 as pb
 from mxgateway_sim import GatewaySimulator, SessionOptions, builtin_catalog
+from mxgateway_sim._sessions import SessionState
 from mxgateway_sim._workerclient import WorkerSettings
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
@@ -289,6 +291,39 @@ def test_the_pool_size_is_bounded() -> None:
         WorkerSettings(pool_size=17)
     with pytest.raises(ValueError, match="0 to 16"):
         WorkerSettings(pool_size=-1)
+
+
+async def test_stopping_the_gateway_closes_the_workers_side_by_side() -> None:
+    """Three workers that cannot acknowledge their shutdown (stopped with SIGSTOP): when the
+    first one's wait runs out, every session is already closing (one at a time, the others
+    would still be READY); after the bound they are killed and reaped."""
+    settings = WorkerSettings(shutdown_timeout_s=1.0, pool_size=0)
+    snapshots: list[list[object]] = []
+    async with _gateway(settings) as (sim, client):
+        sessions = [await client.open_session(client_session_name=f"s{i}") for i in range(3)]
+        ids = [s.session_id for s in sessions]
+        pids = [await _pid(s) for s in sessions]
+        manager = sim.sessions
+        assert manager is not None
+
+        class Snapshot(logging.Handler):
+            def emit(self, record: logging.LogRecord) -> None:
+                if "did not acknowledge" in record.getMessage() and not snapshots:
+                    states = [manager.get(i) for i in ids]
+                    snapshots.append([s.state if s is not None else None for s in states])
+
+        handler = Snapshot()
+        logger = logging.getLogger("mxgateway_sim.workers")
+        logger.addHandler(handler)
+        try:
+            for pid in pids:
+                os.kill(pid, signal.SIGSTOP)
+            await sim.stop()
+        finally:
+            logger.removeHandler(handler)
+    assert snapshots == [[SessionState.CLOSING] * 3]
+    for pid in pids:
+        assert await _gone(pid)
 
 
 async def test_bulk_adds_through_a_worker_keep_the_item_limit_and_create_nothing() -> None:
