@@ -680,7 +680,9 @@ class SimulatedRuntime:
         answers its item's last value (``was_cached``), any other the plant's current
         value; only the parse, the resolution and the encoding of an unchanged row are
         reused. No await: the caller slices the call. ``max_bytes`` and ``already`` as for
-        ``read_reply_bytes``: the size is checked before the rows are joined.
+        ``read_reply_bytes``: the size is checked before the rows are joined, and once the
+        rows encoded for this call alone pass it the call returns None (the generic path
+        then refuses the reply, sharing each sample's encoded value instead of copying it).
 
         Raises:
             LimitError: the reply would be larger than ``max_bytes``.
@@ -697,6 +699,10 @@ class SimulatedRuntime:
         generation = self._advised_generation
         current = plant.current
         now = time.time()  # the time of the rows this call computes
+        # Bytes of the rows encoded by this call: past the room left, the call stops and
+        # the generic path refuses the reply (with its message) without copies of the rows.
+        made = 0
+        room = max_bytes - already
         out: list[bytes] = []
         append = out.append
         for text in references:
@@ -719,6 +725,9 @@ class SimulatedRuntime:
                 if sample is not None:
                     if sample is not row.sample or not row.cached:
                         self._encode_read_row(text, row, sample, True)
+                        made += len(row.wire)
+                        if made > room:
+                            return None
                     append(row.wire)
                     continue
             state = row.state
@@ -745,6 +754,9 @@ class SimulatedRuntime:
                         cache.set_wire(text, row, wire)
                 else:
                     self._encode_read_row(text, row, sample, False)
+                made += len(row.wire)
+                if made > room:
+                    return None
             append(row.wire)
         check_read_reply(already + sum(map(len, out)), max_bytes)
         return b"".join(out)

@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from mxgateway import GatewayClient, Session
+from mxgateway import GatewayClient, MxGatewayInvalidRequestError, Session
 from mxgateway_sim import GatewaySimulator, InMemoryCatalog, SessionOptions, builtin_catalog
 from mxgateway_sim._simruntime import SimulatedRuntime
 
@@ -206,3 +206,33 @@ async def test_flaky_qualities_and_statuses_encode_alike() -> None:
                 await _compare(sim, session, hlmx, KEPT + OTHER)
                 seen.update(r.was_successful for r in await session.read_bulk(hlmx, KEPT))
             assert seen == {True, False}
+
+
+async def test_a_reply_over_the_message_limit_is_refused_alike(catalog: Catalog) -> None:
+    """Rows too large together for one reply: refused, naming the flag, with the same
+    message with and without the cache."""
+    options = SessionOptions(max_message_bytes=64 * 1024, max_value_bytes=32 * 1024)
+    async with GatewaySimulator(
+        catalog=catalog, scan_interval_ms=3_600_000, flaky_one_in=0, session_options=options
+    ) as sim:
+        async for _, writer in _open(sim):
+            wh = await writer.register("writer")
+            big = ["Pump01.Mode", "Line01.Recipe"]
+            rows = await writer.subscribe_bulk(wh, big)
+            for row in rows:
+                await writer.write(wh, row.item_handle, "x" * 20_000, wait=True)
+            async for _, session in _open(sim):
+                hlmx = await session.register("rows")
+                read = await session.read_bulk(hlmx, big)  # two rows fit
+                assert [len(r.value.string_value) for r in read] == [20_000, 20_000]
+                runtime = _runtime(sim, session)
+                cache = runtime._read_rows
+                messages = []
+                for on in (True, False, True):
+                    runtime._read_rows = cache if on else None
+                    with pytest.raises(MxGatewayInvalidRequestError) as caught:
+                        await session.read_bulk(hlmx, [*KEPT, *big * 3])
+                    messages.append(str(caught.value))
+                runtime._read_rows = cache
+                assert "--max-message-bytes" in messages[0] and "nothing was read" in messages[0]
+                assert messages[0] == messages[1] == messages[2]
