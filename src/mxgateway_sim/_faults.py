@@ -332,13 +332,20 @@ class FaultInjector:
             self.crash(session_id)
 
     def crash(self, session_id: str, message: str = WORKER_CRASH_MESSAGE) -> bool:
-        """Fault a session as if its worker process died; False when there is no such session."""
+        """Fault a session as if its worker process died; False when there is no such session.
+
+        A session with a worker process (``--session-isolation process``) loses it for real:
+        the worker is killed and reaped, and CloseSession releases nothing, as after a crash.
+        """
         session = self.sessions.get(session_id) if self.sessions is not None else None
         if session is None:
             return False
         session.fault(message, cause="injected")
         if session.state is not SessionState.FAULTED:  # closing or closed already
             return False
+        crash = getattr(session.runtime, "crash", None)
+        if crash is not None:
+            crash(message)
         self.crashed_sessions.append(session_id)
         return True
 

@@ -677,6 +677,11 @@ class WorkerRuntime:
             ack.released_advise_count, ack.released_item_count, ack.released_registration_count
         )
 
+    def crash(self, why: str) -> None:
+        """Fault injection (``sim.fault_session()``): the worker dies now, killed, as in a
+        real crash; the caller has faulted the session already (with its own message)."""
+        self._lose(why, fault=False)
+
     def abort(self) -> None:
         """Kill the worker now, without waiting (a bounded gateway stop gave up on it; the
         event loop's child watcher reaps it)."""

@@ -9,6 +9,7 @@ import pytest
 from faulthelpers import SCAN_MS, Raw
 
 from mxgateway_sim import SCOPES, ApiKeyStore, GatewaySimulator, builtin_catalog, new_key
+from mxgateway_sim._workers import SessionIsolation
 
 
 @pytest.fixture
@@ -18,7 +19,14 @@ def admin_key() -> str:
 
 
 @pytest.fixture
-async def sim(admin_key: str) -> AsyncIterator[GatewaySimulator]:
+def isolation() -> SessionIsolation:
+    """Where sessions' runtimes run (``test_faults_in_workers.py`` runs the same tests with
+    ``process``)."""
+    return "inline"
+
+
+@pytest.fixture
+async def sim(admin_key: str, isolation: SessionIsolation) -> AsyncIterator[GatewaySimulator]:
     store = ApiKeyStore()
     store.add(admin_key, SCOPES, name="admin")
     async with GatewaySimulator(
@@ -27,6 +35,7 @@ async def sim(admin_key: str) -> AsyncIterator[GatewaySimulator]:
         flaky_one_in=0,
         key_store=store,
         api_keys=[new_key()],
+        session_isolation=isolation,
     ) as s:
         yield s
 

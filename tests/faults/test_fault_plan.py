@@ -31,6 +31,7 @@ from mxgateway_sim import (
     SessionOptions,
     builtin_catalog,
 )
+from mxgateway_sim._workers import SessionIsolation
 
 
 def test_plan_json_round_trip_and_validation(tmp_path: Path) -> None:
@@ -110,9 +111,13 @@ async def test_delay_per_rpc(sim: GatewaySimulator, raw: Raw) -> None:
         call.cancel()
 
 
-async def _ping_outcomes(plan: FaultPlan, calls: int) -> list[bool]:
+async def _ping_outcomes(
+    plan: FaultPlan, calls: int, isolation: SessionIsolation = "inline"
+) -> list[bool]:
     async with (
-        GatewaySimulator(catalog=builtin_catalog(), flaky_one_in=0) as sim,
+        GatewaySimulator(
+            catalog=builtin_catalog(), flaky_one_in=0, session_isolation=isolation
+        ) as sim,
         grpc.aio.insecure_channel(sim.endpoint) as channel,
     ):
         raw = Raw(channel, sim.api_key)
@@ -131,10 +136,12 @@ async def _ping_outcomes(plan: FaultPlan, calls: int) -> list[bool]:
         return failed
 
 
-async def test_unavailable_fraction_is_deterministic_under_the_seed() -> None:
+async def test_unavailable_fraction_is_deterministic_under_the_seed(
+    isolation: SessionIsolation,
+) -> None:
     plan = FaultPlan(seed=7, rpc={"Invoke": RpcFault(unavailable_fraction=0.3)})
-    first = await _ping_outcomes(plan, 60)
-    again = await _ping_outcomes(plan, 60)
+    first = await _ping_outcomes(plan, 60, isolation)
+    again = await _ping_outcomes(plan, 60, isolation)
     assert first == again
     assert first == [plan.fails("Invoke", k) for k in range(60)]
     assert 6 <= sum(first) <= 30  # about 30 % of 60
@@ -144,7 +151,7 @@ async def test_unavailable_fraction_is_deterministic_under_the_seed() -> None:
     assert all(everything.fails(m, 0) for m in ("Invoke", "OpenSession", "TestConnection"))
 
 
-async def test_stream_drop_after_n_events_resumes_without_loss() -> None:
+async def test_stream_drop_after_n_events_resumes_without_loss(isolation: SessionIsolation) -> None:
     plan = FaultPlan(stream_drop_after_events=25)
     async with (
         GatewaySimulator(
@@ -155,6 +162,7 @@ async def test_stream_drop_after_n_events_resumes_without_loss() -> None:
             # Each drop costs the client a backoff; a ring this size holds the whole test,
             # so any loss would be the stream's fault, not the ring's.
             session_options=SessionOptions(replay_ring_size=100_000),
+            session_isolation=isolation,
         ) as sim,
         await connect(sim) as client,
         await client.open_session(client_session_name="drop") as session,
@@ -180,11 +188,15 @@ async def test_stream_drop_after_n_events_resumes_without_loss() -> None:
         assert sim.faults.streams_dropped >= 400 // 25
 
 
-async def test_stalled_stream_is_detected_by_a_client_timeout() -> None:
+async def test_stalled_stream_is_detected_by_a_client_timeout(isolation: SessionIsolation) -> None:
     plan = FaultPlan(stream_stall_after_events=5, stream_fault_count=1)
     async with (
         GatewaySimulator(
-            catalog=analog_catalog(10), scan_interval_ms=SCAN_MS, flaky_one_in=0, faults=plan
+            catalog=analog_catalog(10),
+            scan_interval_ms=SCAN_MS,
+            flaky_one_in=0,
+            faults=plan,
+            session_isolation=isolation,
         ) as sim,
         await connect(sim) as client,
         await client.open_session(client_session_name="stall") as session,
@@ -210,11 +222,17 @@ async def test_stalled_stream_is_detected_by_a_client_timeout() -> None:
             assert events.gap_count == 0
 
 
-async def test_worker_crash_after_n_commands_faults_the_session() -> None:
+async def test_worker_crash_after_n_commands_faults_the_session(
+    isolation: SessionIsolation,
+) -> None:
     plan = FaultPlan(worker_crash_after_commands=4)
     async with (
         GatewaySimulator(
-            catalog=builtin_catalog(), scan_interval_ms=SCAN_MS, flaky_one_in=0, faults=plan
+            catalog=builtin_catalog(),
+            scan_interval_ms=SCAN_MS,
+            flaky_one_in=0,
+            faults=plan,
+            session_isolation=isolation,
         ) as sim,
         await connect(sim) as client,
     ):
@@ -270,10 +288,13 @@ async def test_fault_session_on_demand(sim: GatewaySimulator, raw: Raw) -> None:
     await raw.ok(keep, "ping")
 
 
-async def test_restart_on_the_same_port_loses_sessions() -> None:
+async def test_restart_on_the_same_port_loses_sessions(isolation: SessionIsolation) -> None:
     async with (
         GatewaySimulator(
-            catalog=builtin_catalog(), scan_interval_ms=SCAN_MS, flaky_one_in=0
+            catalog=builtin_catalog(),
+            scan_interval_ms=SCAN_MS,
+            flaky_one_in=0,
+            session_isolation=isolation,
         ) as sim,
         await connect(sim) as client,
     ):
