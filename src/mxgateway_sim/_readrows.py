@@ -37,11 +37,12 @@ class ReadRow:
     __slots__ = (
         "cached",
         "cost",
+        "failed",
         "field",
         "generation",
+        "index",
         "item",
         "key",
-        "ref",
         "sample",
         "state",
         "wire",
@@ -50,8 +51,12 @@ class ReadRow:
     def __init__(
         self, ref: ParsedReference, field: bytes, state: TagState | None, wire: bytes
     ) -> None:
-        self.ref = ref
+        # The parts of the reference a read needs, not the reference object (one object
+        # less per row for the garbage collector to walk), unless it did not resolve.
         self.key = ref.key
+        self.index = ref.index
+        self.failed = ref if state is None else None
+        """The reference, kept for a row that did not resolve (its failure is rebuilt)."""
         self.field = field
         """The row's ``tag_address`` field, encoded."""
         self.state = state
@@ -89,9 +94,10 @@ class ReadRowCache:
             self.clear()
             self.epoch = epoch
 
-    def add(self, text: str, row: ReadRow) -> None:
-        """Keep ``row`` for reads of ``text`` (not kept if it alone is over the bound)."""
-        row.cost = _cost(text, row)
+    def add(self, text: str, row: ReadRow, ref: ParsedReference) -> None:
+        """Keep ``row`` (of ``ref``) for reads of ``text`` (not kept if it alone is over
+        the bound)."""
+        row.cost = _cost(text, row, ref)
         if row.cost > self.max_bytes:
             return
         old = self.rows.pop(text, None)
@@ -122,8 +128,7 @@ class ReadRowCache:
         self.bytes = 0
 
 
-def _cost(text: str, row: ReadRow) -> int:
-    ref = row.ref
+def _cost(text: str, row: ReadRow, ref: ParsedReference) -> int:
     path = 0 if ref.path is text else _chars(ref.path)
     return (
         _chars(text)

@@ -708,12 +708,13 @@ class SimulatedRuntime:
         for text in references:
             row = get(text)
             if row is None:
-                new = self._new_read_row(text)
-                if isinstance(new, bytes):  # malformed: not kept
-                    append(new)
+                try:
+                    ref = parse_reference(text)
+                except ReferenceSyntaxError as exc:  # malformed: its row, not kept
+                    append(read_reply_bytes([ReadResult(text, None, False, str(exc))]))
                     continue
-                row = new
-                cache.add(text, row)
+                row = self._new_read_row(text, ref)
+                cache.add(text, row, ref)
             if row.generation != generation:
                 # The item that answers cached reads of this reference (the first advised).
                 same = advised_get(row.key)
@@ -734,11 +735,12 @@ class SimulatedRuntime:
             if state is None:  # did not resolve: its failure row
                 if row.sample is not None:  # the row last answered an advised item
                     row.sample = None
-                    cache.set_wire(text, row, self._failure_row(text, row.ref))
+                    assert row.failed is not None
+                    cache.set_wire(text, row, self._failure_row(text, row.failed))
                 append(row.wire)
                 continue
             sample = current(state, now)
-            index = row.ref.index
+            index = row.index
             if index is not None:
                 sample = element_of(sample, index)
             if sample is not row.sample or row.cached:
@@ -761,12 +763,8 @@ class SimulatedRuntime:
         check_read_reply(already + sum(map(len, out)), max_bytes)
         return b"".join(out)
 
-    def _new_read_row(self, text: str) -> ReadRow | bytes:
-        """A reference's cache entry, or the encoded row of a malformed one."""
-        try:
-            ref = parse_reference(text)
-        except ReferenceSyntaxError as exc:
-            return read_reply_bytes([ReadResult(text, None, False, str(exc))])
+    def _new_read_row(self, text: str, ref: ParsedReference) -> ReadRow:
+        """A reference's cache entry."""
         state, _ = self._resolve(ref)
         wire = self._failure_row(text, ref) if state is None else b""
         return ReadRow(ref, reference_field(text), state, wire)
