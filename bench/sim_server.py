@@ -11,6 +11,8 @@ and the session/event limits.
 it sleeps :data:`PROBE_INTERVAL_S` again and again and records by how much each sleep
 overran, which is how long the loop was held by something else. On SIGUSR1 the server
 writes what it recorded since the previous SIGUSR1 to FILE (atomically) and starts afresh.
+On SIGHUP the server runs the GC policy's full collection (``mxgateway_sim._gcpolicy``:
+tenure's valve, every 10 minutes in ``mxgw-sim serve``), so its hold can be measured.
 ``--stats-file FILE``: on SIGUSR2 the plant's scan counters (``Plant.scan_stats()``: scans,
 late and skipped scans) are written to FILE.
 """
@@ -152,6 +154,7 @@ class LoopProbe:
 async def serve(args: argparse.Namespace) -> None:
     """Start the simulator, report, serve until SIGTERM/SIGINT."""
     from mxgateway_sim import GatewaySimulator, SessionOptions
+    from mxgateway_sim._gcpolicy import ServerGcPolicy
 
     options = SessionOptions(
         command_timeout_s=args.command_timeout_s,
@@ -179,6 +182,7 @@ async def serve(args: argparse.Namespace) -> None:
         galaxy_poll_interval=3600.0,
         session_isolation=args.session_isolation,
         metrics_listen=("127.0.0.1", 0) if args.metrics else None,
+        gc_tenure=True,  # as mxgw-sim serve
     )
     await sim.start()
     try:
@@ -218,6 +222,8 @@ async def serve(args: argparse.Namespace) -> None:
             probe = LoopProbe(Path(args.loop_probe))
             probe_task = loop.create_task(probe.run())
             loop.add_signal_handler(signal.SIGUSR1, probe.dump)
+            # The policy's periodic full collection, now (bench/loop_stall.py measures it).
+            loop.add_signal_handler(signal.SIGHUP, ServerGcPolicy.full_collection)
         await stop.wait()
         if probe_task is not None:
             probe_task.cancel()

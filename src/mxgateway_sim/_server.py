@@ -14,6 +14,7 @@ import importlib
 import ipaddress
 import socket
 import tempfile
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -36,7 +37,7 @@ from mxgateway_sim._faults import (
     FaultInterceptor,
     FaultPlan,
 )
-from mxgateway_sim._gcpolicy import ServerGcPolicy
+from mxgateway_sim._gcpolicy import TENURE_VALVE_S, ServerGcPolicy
 from mxgateway_sim._limits import DEFAULT_MAX_MESSAGE_BYTES, LIMITS, check_limits
 from mxgateway_sim._plant import Plant
 from mxgateway_sim._runtime import MxAccessRuntime
@@ -156,6 +157,7 @@ class GatewaySimulator:
         users: Sequence[SimUser] = DEFAULT_USERS,
         runtime_factory: Callable[[Plant], MxAccessRuntime] | None = None,
         tune_gc: bool = True,
+        gc_tenure: bool = False,
         idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S,
         header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S,
         session_isolation: SessionIsolation = "inline",
@@ -214,6 +216,10 @@ class GatewaySimulator:
         self._users = tuple(users)
         self._runtime_factory = runtime_factory
         self._tune_gc = tune_gc
+        self._gc_tenure = tune_gc and gc_tenure
+        """Freeze what survives a generation-1 collection, with a full collection every
+        ``TENURE_VALVE_S`` (``mxgw-sim serve``; ``mxgateway_sim._gcpolicy``)."""
+        self._gc_valve: asyncio.TimerHandle | None = None
         self._idle_timeout_ms = max(1, int(idle_timeout_s * 1000))
         self._header_timeout_ms = max(1, int(header_timeout_s * 1000))
         self._gc_tuned = False
@@ -495,9 +501,25 @@ class GatewaySimulator:
         plant.start()
         self.sessions.start()
         if self._tune_gc:
-            ServerGcPolicy.acquire()
+            ServerGcPolicy.acquire(tenure=self._gc_tenure)
             self._gc_tuned = True
+            if self._gc_tenure:
+                self._schedule_gc_valve()
         log.info("mxgw-sim listening on %s (%s)", self.endpoint, self.tls_mode)
+
+    def _schedule_gc_valve(self) -> None:
+        self._gc_valve = asyncio.get_running_loop().call_later(TENURE_VALVE_S, self._run_gc_valve)
+
+    def _run_gc_valve(self) -> None:
+        """Tenure's periodic full collection (the garbage tenured objects may hold)."""
+        t0 = time.perf_counter()
+        found = ServerGcPolicy.full_collection()
+        log.info(
+            "full garbage collection: %d unreachable objects, %.0f ms",
+            found,
+            (time.perf_counter() - t0) * 1000,
+        )
+        self._schedule_gc_valve()
 
     async def _start_ops(self, host: str, port: int) -> Any:
         try:
@@ -561,9 +583,12 @@ class GatewaySimulator:
         if ops is not None:
             await ops.stop()
         await self.plant.stop()
+        if self._gc_valve is not None:
+            self._gc_valve.cancel()
+            self._gc_valve = None
         if self._gc_tuned:
             self._gc_tuned = False
-            ServerGcPolicy.release()
+            ServerGcPolicy.release(tenure=self._gc_tenure)
         if self._galaxy is not None:
             galaxy, self._galaxy = self._galaxy, None
             await galaxy.close()

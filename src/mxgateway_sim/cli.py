@@ -589,6 +589,7 @@ async def _serve_with(
             header_timeout_s=args.header_timeout_seconds,
             metrics_listen=metrics,
             metrics_allow_remote=args.metrics_allow_remote,
+            gc_tenure=True,  # a process of its own: the server's GC policy in full
             **_runtime_options(args),
         )
     except ValueError as exc:  # a refused combination (a remote metrics address)

@@ -9,6 +9,7 @@ so what a session's items leave for it to walk is how long the loop stops
 from __future__ import annotations
 
 import gc
+import weakref
 from collections.abc import AsyncIterator
 
 import grpc
@@ -18,7 +19,7 @@ from simhelpers import Gw
 from mxgateway_sim import GatewaySimulator, InMemoryCatalog
 from mxgateway_sim._builtin import tag
 from mxgateway_sim._domain import MX_BOOLEAN, MX_DOUBLE, MX_INTEGER, MX_STRING, MX_TIME
-from mxgateway_sim._gcpolicy import THRESHOLDS, server_thresholds
+from mxgateway_sim._gcpolicy import THRESHOLDS, ServerGcPolicy, _tenure, server_thresholds
 
 ATTRIBUTES = 2_000
 TYPES = (MX_BOOLEAN, MX_INTEGER, MX_DOUBLE, MX_STRING, MX_TIME)
@@ -84,3 +85,43 @@ async def test_policy_applies_while_a_simulator_runs_and_is_undone_after() -> No
     async with GatewaySimulator(scan_interval_ms=60_000, tune_gc=False):
         assert gc.get_threshold() == thresholds
         assert gc.get_freeze_count() == frozen
+
+
+class _Node:
+    """A cycle of one (it refers to itself): only the collector can free it."""
+
+    def __init__(self) -> None:
+        self.me = self
+
+
+def _walked(obj: object) -> bool:
+    """True when ``obj`` is in the collector's generations (not frozen)."""
+    return any(o is obj for o in gc.get_objects())
+
+
+async def test_tenure_freezes_survivors_and_its_valve_frees_their_garbage() -> None:
+    frozen = gc.get_freeze_count()
+    async with GatewaySimulator(scan_interval_ms=60_000, gc_tenure=True):
+        node = _Node()
+        ref = weakref.ref(node)
+        assert _walked(node)
+        gc.collect(1)  # node survives a generation-1 collection: tenured
+        assert not _walked(node)
+        del node
+        gc.collect()  # garbage now, but frozen: no collection walks it
+        assert ref() is not None
+        assert ServerGcPolicy.full_collection() >= 1  # the valve (every TENURE_VALVE_S)
+        assert ref() is None
+        survivor = _Node()
+        ServerGcPolicy.full_collection()
+        assert not _walked(survivor)  # what the valve leaves alive is frozen again
+    assert gc.get_freeze_count() == frozen
+    assert _tenure not in gc.callbacks
+
+
+async def test_an_embedded_simulator_does_not_tenure_by_default() -> None:
+    async with GatewaySimulator(scan_interval_ms=60_000):
+        node = _Node()
+        gc.collect(1)
+        assert _walked(node)  # the host's objects stay the collector's business
+        assert _tenure not in gc.callbacks

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 import json
 import re
 from collections.abc import AsyncIterator, Sequence
@@ -411,12 +410,3 @@ def test_plant_is_deterministic_under_the_seed() -> None:
 
     assert run(7) == run(7)
     assert run(7) != run(8)
-
-
-async def test_gc_tuning_is_restored_when_the_last_simulator_stops() -> None:
-    before = gc.get_threshold()
-    async with gateway() as (_outer, _), gateway() as (_inner, _):
-        assert gc.get_threshold()[0] >= 50_000
-    assert gc.get_threshold() == before
-    async with gateway(tune_gc=False):
-        assert gc.get_threshold() == before
