@@ -141,7 +141,6 @@ class LoopProbe:
             "max_gc_cpu_ms": round(costliest_gc[2] * 1000, 2) if costliest_gc else None,
             "max_gc_cpu_generation": costliest_gc[0] if costliest_gc else None,
             "gc_by_generation": [sum(1 for p in pauses if p[0] == g) for g in range(3)],
-            "gc_frozen_objects": gc.get_freeze_count(),
             "rss_mb": _rss_mb(),
             "rss_peak_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         }
