@@ -36,6 +36,10 @@ from typing import Any
 
 from bench._common import API_KEY
 
+DEFAULT_WORKER_POOL = 2
+"""``--worker-pool`` unless told (the gateway's default; kept here so that parsing the
+arguments does not import the simulator)."""
+
 PROBE_INTERVAL_S = 0.002
 """Sleep of the loop probe: a stall shorter than this cannot be seen, a longer one is
 measured to within a few microseconds."""
@@ -154,6 +158,7 @@ async def serve(args: argparse.Namespace) -> None:
     """Start the simulator, report, serve until SIGTERM/SIGINT."""
     from mxgateway_sim import GatewaySimulator, SessionOptions
     from mxgateway_sim._gcpolicy import ServerGcPolicy
+    from mxgateway_sim._workerclient import WorkerSettings
 
     options = SessionOptions(
         command_timeout_s=args.command_timeout_s,
@@ -180,6 +185,7 @@ async def serve(args: argparse.Namespace) -> None:
         session_options=options,
         galaxy_poll_interval=3600.0,
         session_isolation=args.session_isolation,
+        worker_settings=WorkerSettings(pool_size=args.worker_pool),
         metrics_listen=("127.0.0.1", 0) if args.metrics else None,
         gc_tenure=True,  # as mxgw-sim serve
     )
@@ -253,6 +259,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--loop-probe", default="", help="file the loop probe writes on SIGUSR1")
     parser.add_argument("--session-isolation", choices=("inline", "process"), default="inline")
+    parser.add_argument(
+        "--worker-pool", type=int, default=DEFAULT_WORKER_POOL, help="workers started ahead"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     if args.db_dir:

@@ -310,8 +310,12 @@ class CommandHandlers(ServicerCore):
         # The simulated runtime encodes rows itself from its per-session row cache (the
         # same bytes, see SimulatedRuntime.read_wire); other runtimes return ReadResults.
         ready = getattr(s.runtime, "read_wire", None)
+        # A worker's runtime hands over the rows its worker encoded (WorkerRuntime.read_bytes).
+        remote = getattr(s.runtime, "read_bytes", None)
         for chunk in chunks(p.tag_addresses, READ_CHUNK_ROWS):
             data = ready(p.server_handle, chunk, room, size) if ready is not None else None
+            if data is None and remote is not None:
+                data = await remote(p.server_handle, chunk, timeout_s, room, size)
             if data is None:
                 rows = await s.runtime.read(p.server_handle, chunk, timeout_s)
                 data = read_reply_bytes(rows, room, already=size)

@@ -39,7 +39,7 @@ from mxgateway_sim._domain import (
 )
 from mxgateway_sim._framing import MAX_FRAME_BYTES, FrameDecoder, FrameError
 from mxgateway_sim._runtime import EventSink
-from mxgateway_sim._wire import varint
+from mxgateway_sim._wire import check_read_reply, varint
 from mxgateway_sim._workerwire import (
     NONCE_ENV,
     CreatedItems,
@@ -112,6 +112,16 @@ def worker_environment(settings: WorkerSettings, nonce: str) -> dict[str, str]:
     }
     env[NONCE_ENV] = nonce
     return env
+
+
+def _read_command(server_handle: int, references: Sequence[str], timeout_s: float) -> pb.MxCommand:
+    return simple_command(
+        pb.MX_COMMAND_KIND_READ_BULK,
+        "read_bulk",
+        server_handle=server_handle,
+        tag_addresses=list(references),
+        timeout_ms=max(1, int(timeout_s * 1000)),
+    )
 
 
 class _Channel(asyncio.SubprocessProtocol):
@@ -627,16 +637,28 @@ class WorkerRuntime:
         self, server_handle: int, references: Sequence[str], timeout_s: float
     ) -> list[ReadResult]:
         """ReadBulk in the worker."""
-        reply = await self._call(
-            simple_command(
-                pb.MX_COMMAND_KIND_READ_BULK,
-                "read_bulk",
-                server_handle=server_handle,
-                tag_addresses=list(references),
-                timeout_ms=max(1, int(timeout_s * 1000)),
-            )
-        )
+        reply = await self._call(_read_command(server_handle, references, timeout_s))
         return read_rows(reply.bulk_read)
+
+    async def read_bytes(
+        self,
+        server_handle: int,
+        references: Sequence[str],
+        timeout_s: float,
+        max_bytes: int | None = None,
+        already: int = 0,
+    ) -> bytes:
+        """ReadBulk in the worker, its rows as the worker encoded them (with the same
+        ``read_reply_bytes`` the gateway would use on :meth:`read`'s rows; the ReadBulk
+        handler takes this instead, without decoding and encoding every row again).
+
+        Raises:
+            LimitError: the rows, after ``already`` bytes of the reply, exceed ``max_bytes``.
+        """
+        reply = await self._call(_read_command(server_handle, references, timeout_s))
+        data = reply.bulk_read.SerializeToString()
+        check_read_reply(already + len(data), max_bytes)
+        return data
 
     async def ping(self) -> None:
         """A round trip through the worker."""

@@ -183,6 +183,7 @@ class Worker(asyncio.Protocol):
         self._pacing: asyncio.Task[None] | None = None
         self._writable = True  # the output transport is below its high-water mark
         self._queue: deque[bytes] = deque()  # event frames waiting for room
+        self._batch: list[bytes] | None = None  # frames to write once the input is handled
         self._queued = 0
 
     # -- the channel ----------------------------------------------------------------------
@@ -196,7 +197,19 @@ class Worker(asyncio.Protocol):
         out = self._out
         if out is None or out.is_closing() or self._failing:
             return
+        if self._batch is not None:
+            self._batch.append(data)
+            return
         out.write(data)
+
+    def _flush(self) -> None:
+        """Write what the frames just read produced (events and replies, in order) at once:
+        one system call and one wake-up of the gateway instead of one per frame."""
+        batch, self._batch = self._batch, None
+        out = self._out
+        if not batch or out is None or out.is_closing() or self._failing:
+            return
+        out.write(batch[0] if len(batch) == 1 else b"".join(batch))
 
     def _send_events(self, data: bytes) -> None:
         """Write event frames, or queue them while the channel is full (so that replies
@@ -205,7 +218,10 @@ class Worker(asyncio.Protocol):
         if out is None or out.is_closing() or self._failing:
             return
         if self._writable and not self._queue:
-            out.write(data)
+            if self._batch is not None:
+                self._batch.append(data)
+            else:
+                out.write(data)
             return
         self._queue.append(data)
         self._queued += len(data)
@@ -249,11 +265,14 @@ class Worker(asyncio.Protocol):
         """Frames from the gateway."""
         if self._stopping:
             return
+        self._batch = []
         try:
             for envelope in self._decoder.feed(data):
                 self._handle(envelope)
         except (FrameError, ProtocolViolation) as exc:
             self._fail(f"protocol violation: {exc}")
+        finally:
+            self._flush()
 
     def eof_received(self) -> bool | None:
         """The gateway closed its end: release everything and exit."""

@@ -28,8 +28,10 @@ from mxgateway import (
 )
 from mxgateway.generated import mxaccess_gateway_pb2 as pb
 from mxgateway_sim import GatewaySimulator, SessionOptions, builtin_catalog
+from mxgateway_sim._limits import LimitError
 from mxgateway_sim._sessions import SessionState
-from mxgateway_sim._workerclient import WorkerSettings
+from mxgateway_sim._wire import read_reply_bytes
+from mxgateway_sim._workerclient import WorkerRuntime, WorkerSettings
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 DEADLINE = 30.0
@@ -324,6 +326,41 @@ async def test_stopping_the_gateway_closes_the_workers_side_by_side() -> None:
     assert snapshots == [[SessionState.CLOSING] * 3]
     for pid in pids:
         assert await _gone(pid)
+
+
+async def test_read_bulk_rows_pass_through_as_the_worker_encoded_them() -> None:
+    """The ReadBulk handler takes the rows' bytes from the worker (read_bytes) instead of
+    decoding them and encoding them again; the bytes are exactly those of the plain path
+    (read() then read_reply_bytes), for cached, fresh, failed and unknown rows, and the
+    reply's byte limit applies the same. (No scan runs meanwhile: the values hold still.)"""
+    async with (
+        GatewaySimulator(
+            catalog=builtin_catalog(),
+            scan_interval_ms=3_600_000,
+            session_isolation="process",
+            worker_settings=WorkerSettings(pool_size=0),
+        ) as sim,
+        await GatewayClient.connect(
+            endpoint=sim.endpoint, api_key=sim.api_key, plaintext=True
+        ) as client,
+        await client.open_session(client_session_name="reads") as session,
+    ):
+        h = await session.register("t")
+        await session.advise(h, await session.add_item(h, "Tank01.Level"))
+        gateway_session = sim.sessions.get(session.session_id) if sim.sessions else None
+        assert gateway_session is not None
+        runtime = gateway_session.runtime
+        assert isinstance(runtime, WorkerRuntime)
+        many = ["Tank01.Level", "Pump01.Speed", "No.Such", "bad ref!"]
+        for refs in (["Tank01.Level"], many):
+            for handle in (h, 999):
+                fast = await runtime.read_bytes(handle, refs, 5.0)
+                plain = read_reply_bytes(await runtime.read(handle, refs, 5.0))
+                assert fast == plain
+        with pytest.raises(LimitError):
+            await runtime.read_bytes(h, ["Tank01.Level"], 5.0, max_bytes=10)
+        rows = await session.read_bulk(h, many)
+        assert [r.tag_address for r in rows] == many
 
 
 async def test_bulk_adds_through_a_worker_keep_the_item_limit_and_create_nothing() -> None:

@@ -19,7 +19,8 @@ from mxgateway_sim._framing import FrameDecoder, FrameError, frame
 from mxgateway_sim._simconfig import SimSettings, write_config
 from mxgateway_sim._simruntime import DEFAULT_USERS
 from mxgateway_sim._workerwire import BODIES, EnvelopeHead, simple_command
-from mxgateway_sim.worker import run_eagerly
+from mxgateway_sim.worker import Worker, run_eagerly
+from support import wait_for
 
 
 def _command(payload: str, **fields: object) -> wpb.WorkerCommand:
@@ -361,3 +362,63 @@ async def test_the_mxaccess_runtime_is_a_clear_start_error(tmp_path: Path) -> No
     assert "needs Windows" in fault.worker_fault.message
     code, _ = await worker.finish()
     assert code == 1
+
+
+class _Recorder(asyncio.WriteTransport):
+    """The worker's output, one entry per write() (what a pipe would get per system call)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[bytes] = []
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.writes.append(bytes(data))
+
+    def is_closing(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        pass
+
+    def bodies(self, index: int) -> list[wpb.WorkerEnvelope]:
+        return [wpb.WorkerEnvelope.FromString(e) for e in FrameDecoder().feed(self.writes[index])]
+
+
+async def test_what_one_read_produces_goes_out_in_one_write(tmp_path: Path) -> None:
+    """A Write's OnWriteComplete event and its reply (and the replies of several commands
+    read at once) leave the worker in one write: one system call, one wake-up of the
+    gateway; the order is the order they were made in."""
+    worker = Worker(SESSION, "n0nce", "simulated", runtime_config(tmp_path, 60_000))
+    out = _Recorder()
+    worker.attach_output(out)
+    head = EnvelopeHead(SESSION)
+    worker.data_received(head.frame(gateway_hello=wpb.GatewayHello(nonce="n0nce")))
+    await wait_for(lambda: any(b"backend" in w or b"sim" in w for w in out.writes[1:]))
+    start = len(out.writes)
+
+    def call(*commands: tuple[str, wpb.WorkerCommand]) -> list[wpb.WorkerEnvelope]:
+        before = len(out.writes)
+        worker.data_received(b"".join(head.frame(cid, worker_command=c) for cid, c in commands))
+        assert len(out.writes) == before + 1  # everything in one write
+        return out.bodies(before)
+
+    (reply,) = call(("r", _command("register", client_name="t")))
+    sh = reply.worker_command_reply.reply.register.server_handle
+    add = _command("add_item", server_handle=sh, item_definition="Tank01.Level")
+    (reply,) = call(("a", add))
+    item = reply.worker_command_reply.reply.add_item.item_handle
+    envelopes = call(("v", _command("advise", server_handle=sh, item_handle=item)))
+    assert envelopes[-1].correlation_id == "v"  # its first OnDataChange may come with it
+    value = pb.MxValue(data_type=pb.MX_DATA_TYPE_DOUBLE, double_value=2.5)
+    write = pb.WriteCommand(server_handle=sh, item_handle=item, value=value)
+    envelopes = call(
+        ("w", wpb.WorkerCommand(command=pb.MxCommand(kind=pb.MX_COMMAND_KIND_WRITE, write=write))),
+        ("p", _command("ping")),
+    )
+    kinds = [(e.WhichOneof("body"), e.correlation_id) for e in envelopes]
+    assert kinds[-2:] == [("worker_command_reply", "w"), ("worker_command_reply", "p")]
+    assert {k for k, _ in kinds[:-2]} == {"worker_event"}
+    assert any(e.worker_event.event.HasField("on_write_complete") for e in envelopes[:-2])
+    assert len(out.writes) == start + 4
+    worker.data_received(head.frame("bye", worker_shutdown=wpb.WorkerShutdown(reason="t")))
+    await asyncio.wait_for(worker.done.wait(), 30)
