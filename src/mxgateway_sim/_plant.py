@@ -74,6 +74,22 @@ class SampleSink(Protocol):
         ...
 
 
+Subscribers = SampleSink | dict[SampleSink, None] | None
+"""Who watches an attribute: nobody, the one sink (the common case, and no container for
+the garbage collector to walk: 100k advised attributes had 100k such dicts), or an ordered
+set of two or more (O(1) unsubscribe). A set is never turned back into one sink, only into
+None once empty, so a tick that paused over a set can check who is still in it."""
+
+
+def subscribers(subs: Subscribers) -> tuple[SampleSink, ...]:
+    """The sinks of :attr:`TagState.subs`, in subscription order."""
+    if subs is None:
+        return ()
+    if isinstance(subs, dict):
+        return tuple(subs)
+    return (subs,)
+
+
 class TickListener(Protocol):
     """Something that wants a call after each tick (a runtime flushing its events)."""
 
@@ -343,7 +359,7 @@ class TagState:
         self.override: MxPythonValue = None
         self.override_ts: float | None = None
         self.dirty = False
-        self.subs: dict[SampleSink, None] = {}  # an ordered set: O(1) unsubscribe
+        self.subs: Subscribers = None
         self.sample = TagSample(None, info.mx_data_type, QUALITY_GOOD, 0.0)
         self.computed_at = -1
         """The tick ``sample`` was computed for (-1: not yet)."""
@@ -481,9 +497,9 @@ class Plant:
             del self._states[key]
             if self._active.get(key) is state:
                 del self._active[key]
-            if info is None and state.subs:
+            if info is None and state.subs is not None:
                 gone = TagSample(None, MX_NO_DATA, QUALITY_BAD_CONFIG_ERROR, now, _UNDEPLOYED)
-                for item in state.subs:
+                for item in subscribers(state.subs):
                     item.deliver(gone)
 
     # -- subscriptions -------------------------------------------------------------------
@@ -499,13 +515,25 @@ class Plant:
 
     def subscribe(self, state: TagState, item: SampleSink) -> None:
         """Deliver the attribute's changes to ``item``."""
-        state.subs[item] = None
+        subs = state.subs
+        if subs is None:
+            state.subs = item
+        elif isinstance(subs, dict):
+            subs[item] = None
+        elif subs is not item:
+            state.subs = {subs: None, item: None}
         self._active[state.key] = state
 
     def unsubscribe(self, state: TagState, item: SampleSink) -> None:
         """Stop delivering to ``item``."""
-        state.subs.pop(item, None)
-        if not state.subs and self._active.get(state.key) is state:
+        subs = state.subs
+        if subs is item:
+            state.subs = None
+        elif isinstance(subs, dict):
+            subs.pop(item, None)
+            if not subs:
+                state.subs = None
+        if state.subs is None and self._active.get(state.key) is state:
             del self._active[state.key]
 
     def write(self, state: TagState, value: MxPythonValue, timestamp: float | None) -> None:
@@ -556,10 +584,12 @@ class Plant:
                 continue
             sample = state.compute(n, now)
             subs = state.subs
-            if len(subs) == 1:
+            if subs is None:  # its last subscriber left during a pause of this tick
+                continue
+            if not isinstance(subs, dict):
                 # The common case (one advised item): what the loop below does for a
                 # one-item chunk, without building the list and the chunk.
-                next(iter(subs)).deliver(sample)
+                subs.deliver(sample)
                 done += 1
                 if done >= TICK_SLICE_DELIVERIES:
                     done = 0

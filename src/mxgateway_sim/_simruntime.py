@@ -224,8 +224,10 @@ class SimulatedRuntime:
         self._registrations: dict[int, int] = {}  # hLMX -> buffered update interval (ms)
         self._items: dict[int, Item] = {}
         # Advised items by reference key, in advise order (the first one answers cached
-        # reads); dicts as ordered sets keep every advise/unadvise O(1) however many items.
-        self._advised_by_key: dict[str, dict[Item, None]] = {}
+        # reads): the one item (the common case: no container for the garbage collector
+        # to walk), or a dict as an ordered set of two or more (O(1) advise/unadvise
+        # however many items; turned into nothing but None once empty).
+        self._advised_by_key: dict[str, Item | dict[Item, None]] = {}
         self._advised_generation = 0
         """Changes with every change of ``_advised_by_key`` (read rows keep its answer)."""
         self._buffered: dict[Item, None] = {}
@@ -455,7 +457,13 @@ class SimulatedRuntime:
             item.last = sample
             self._emit(DataChange(server_handle, item_handle, sample))
             return
-        self._advised_by_key.setdefault(item.key, {})[item] = None
+        same = self._advised_by_key.get(item.key)
+        if same is None:
+            self._advised_by_key[item.key] = item
+        elif isinstance(same, dict):
+            same[item] = None
+        elif same is not item:
+            self._advised_by_key[item.key] = {same: None, item: None}
         self._advised_generation += 1
         self._plant.subscribe(item.state, item)
         if item.buffered:
@@ -464,6 +472,13 @@ class SimulatedRuntime:
             self._buffered[item] = None
         item.deliver(item.state.sample)
         self.flush(time.time())
+
+    def _first_advised(self, key: str) -> Item | None:
+        """The item that answers cached reads of ``key``: the first advised, if any."""
+        same = self._advised_by_key.get(key)
+        if isinstance(same, dict):
+            return next(iter(same), None)
+        return same
 
     async def unadvise(self, server_handle: int, item_handle: int) -> None:
         """UnAdvise; unadvising an item that is not advised is a no-op."""
@@ -483,9 +498,12 @@ class SimulatedRuntime:
             same = self._advised_by_key.get(item.key)
             if same is not None:
                 self._advised_generation += 1
-                same.pop(item, None)
-                if not same:
+                if same is item:
                     del self._advised_by_key[item.key]
+                elif isinstance(same, dict):
+                    same.pop(item, None)
+                    if not same:
+                        del self._advised_by_key[item.key]
         if item.buffer is not None and item in self._buffered:
             del self._buffered[item]
             item.buffer.clear()
@@ -638,8 +656,7 @@ class SimulatedRuntime:
             except ReferenceSyntaxError as exc:
                 results.append(ReadResult(reference, None, False, str(exc)))
                 continue
-            same = self._advised_by_key.get(ref.key)
-            advised = next(iter(same)) if same else None
+            advised = self._first_advised(ref.key)
             if advised is not None and advised.last is not None:
                 results.append(_read_row(reference, advised.last, cached=True))
                 continue
@@ -695,7 +712,7 @@ class SimulatedRuntime:
         plant = self._plant
         cache.check_epoch(plant.resolve_epoch())
         get = cache.rows.get
-        advised_get = self._advised_by_key.get
+        first_advised = self._first_advised
         generation = self._advised_generation
         current = plant.current
         now = time.time()  # the time of the rows this call computes
@@ -717,8 +734,7 @@ class SimulatedRuntime:
                 cache.add(text, row, ref)
             if row.generation != generation:
                 # The item that answers cached reads of this reference (the first advised).
-                same = advised_get(row.key)
-                row.item = next(iter(same)) if same else None
+                row.item = first_advised(row.key)
                 row.generation = generation
             item = row.item
             if item is not None:
