@@ -98,12 +98,13 @@ class DataChange:
         item_handle: The item (hItem).
         value: The value as a Python object (see :func:`mxgateway.from_mx_value`).
         quality: OPC-style 16-bit quality (192 = Good).
+        timestamp: The source timestamp of the value, an aware UTC ``datetime`` (the events
+            of one scan share one ``datetime`` object: it is converted once per run of
+            events with the same timestamp).
 
-    :attr:`timestamp` (the source timestamp, an aware UTC ``datetime``) is decoded on first
-    access, :attr:`statuses` (the MXAccess status records; a failure ``category`` means the
-    event reports an error rather than a value) and :attr:`raw` (the ``MxEvent`` this was
-    decoded from) on each access: iterating events costs nothing for fields a consumer
-    does not read.
+    :attr:`statuses` (the MXAccess status records; a failure ``category`` means the event
+    reports an error rather than a value) and :attr:`raw` (the ``MxEvent`` this was decoded
+    from) are looked up on each access: iterating events costs nothing for them.
     """
 
     # The event is kept as (container, index) rather than as its ``MxEvent`` wrapper: one
@@ -112,10 +113,10 @@ class DataChange:
     __slots__ = (
         "_i",
         "_src",
-        "_timestamp",
         "item_handle",
         "quality",
         "server_handle",
+        "timestamp",
         "value",
         "worker_sequence",
     )
@@ -131,31 +132,27 @@ class DataChange:
         raw: pb.MxEvent,
         _index: int = -1,
     ) -> None:
+        """``timestamp`` None: converted from ``raw``. (``_index`` is the decoder's: ``raw``
+        is then the batch's ``events`` and ``_index`` the position in it.)"""
         self.worker_sequence = worker_sequence
         self.server_handle = server_handle
         self.item_handle = item_handle
         self.value = value
         self.quality = quality
-        self._timestamp = timestamp
         if _index < 0:  # a lone event (not one of a decoded batch)
             self._src: Sequence[pb.MxEvent] = (raw,)
             self._i = 0
-        else:  # ``raw`` is the batch's ``events`` and ``_index`` the position in it
+        else:
             self._src = raw  # type: ignore[assignment]
             self._i = _index
+        if timestamp is None:
+            timestamp = _ts(self._src[self._i].on_data_change.timestamp)
+        self.timestamp: datetime = timestamp
 
     @property
     def raw(self) -> pb.MxEvent:
         """The ``MxEvent`` this was decoded from."""
         return self._src[self._i]
-
-    @property
-    def timestamp(self) -> datetime:
-        """Source timestamp of the value, an aware UTC ``datetime``."""
-        t = self._timestamp
-        if t is None:
-            t = self._timestamp = _ts(self._src[self._i].on_data_change.timestamp)
-        return t
 
     @property
     def statuses(self) -> Sequence[pb.MxStatusProxy]:
@@ -411,6 +408,12 @@ def decode_events(
     tracking = tr.tracking
     if stop is None:
         stop = len(events)
+    # The changes of one scan share their timestamp: convert it only when the Timestamp
+    # differs from the previous event's (the events then share one datetime object).
+    ts: object = None
+    stamp: datetime | None = None
+    # Locals: one lookup per call instead of one per event.
+    data, change, append, convert, to_datetime = _DATA, DataChange, out.append, from_mx_value, _ts
     for i in range(start, stop):
         ev = events[i]
         seq = ev.worker_sequence
@@ -433,7 +436,7 @@ def decode_events(
             else:
                 tracking = True
             last = seq
-        if ev.family == _DATA:
+        if ev.family == data:
             d = ev.on_data_change
             v = d.value
             # A set oneof member reads non-zero only when it is the one set: the common
@@ -442,10 +445,12 @@ def decode_events(
             if not value:
                 value = v.int32_value
                 if not value:
-                    value = from_mx_value(v)
+                    value = convert(v)
+            t = d.timestamp
+            if t != ts:
+                ts, stamp = t, to_datetime(t)
             # (events, i): the batch and the position, see DataChange.raw
-            dc = DataChange(seq, d.server_handle, d.item_handle, value, d.quality, None, events, i)  # type: ignore[arg-type]
-            out.append(dc)
+            append(change(seq, d.server_handle, d.item_handle, value, d.quality, stamp, events, i))  # type: ignore[arg-type]
         else:
             tr.last, tr.tracking = last, tracking
             _decode_other(ev, out, tr)

@@ -141,3 +141,29 @@ def test_a_data_change_built_by_hand_keeps_its_event() -> None:
     assert dc.raw is ev
     assert dc.statuses[0].success == 1
     assert dc.timestamp == datetime.fromtimestamp(1_700_000_000, timezone.utc)
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from([0, 1_764_000_000, 1_764_000_001, 9_000_000_000]),
+            st.sampled_from([0, 999, 1_000, 1_999, 500_000_000]),
+        ),
+        min_size=1,
+        max_size=40,
+    )
+)
+def test_each_decoded_change_gets_its_own_timestamp(pairs: list[tuple[int, int]]) -> None:
+    # The decoder converts a timestamp only when it differs from the previous event's:
+    # runs, alternations and same-microsecond nanos still give each event its own value.
+    events = []
+    for i, (seconds, nanos) in enumerate(pairs, start=1):
+        ev = pb.MxEvent(worker_sequence=i, family=pb.MX_EVENT_FAMILY_ON_DATA_CHANGE)
+        ev.on_data_change.timestamp.seconds = seconds
+        ev.on_data_change.timestamp.nanos = nanos
+        events.append(ev)
+    out: list[object] = []
+    decode_events(events, out, _Tracker(None))  # type: ignore[arg-type]
+    assert [dc.timestamp for dc in out] == [  # type: ignore[attr-defined]
+        timestamp_to_datetime(ev.on_data_change.timestamp) for ev in events
+    ]
