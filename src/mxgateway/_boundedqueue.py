@@ -18,6 +18,7 @@ from typing import Generic, TypeVar
 __all__ = ["BoundedQueue"]
 
 T = TypeVar("T")
+D = TypeVar("D")
 
 
 class BoundedQueue(Generic[T]):
@@ -84,6 +85,26 @@ class BoundedQueue(Generic[T]):
 
     def _has_items(self) -> bool:
         return bool(self._items)
+
+    def offer(self, item: T) -> bool:
+        """``put_nowait`` that answers False instead of raising when full."""
+        items = self._items
+        if len(items) >= self._maxsize:
+            return False
+        items.append(item)
+        if self._getters:
+            self._wake_next(self._getters)
+        return True
+
+    def poll(self, default: D) -> T | D:
+        """``get_nowait`` that answers ``default`` instead of raising when empty."""
+        items = self._items
+        if not items:
+            return default
+        item = items.popleft()
+        if self._putters:
+            self._wake_next(self._putters)
+        return item
 
     async def put(self, item: T) -> None:
         """Queue ``item``, waiting while the queue is full."""

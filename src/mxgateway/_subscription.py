@@ -113,6 +113,7 @@ class _End:
 
 
 _END = _End()
+_NOTHING = object()  # what polling an empty queue answers
 
 
 def _dedupe(items: Iterable[str]) -> tuple[str, ...]:
@@ -316,16 +317,15 @@ class Subscription:
 
     async def __anext__(self) -> SubscriptionEvent:
         queue = self._queue
-        if queue.empty():
+        item = queue.poll(_NOTHING)
+        if item is _NOTHING:
             if self._finished:
                 self._raise_end()
             self.start()
             item = await queue.get()
-        else:
-            item = queue.get_nowait()
-        if isinstance(item, _End):
+        if item is _END:
             self._raise_end()
-        return item
+        return item  # type: ignore[return-value]
 
     def _raise_end(self) -> NoReturn:
         error = self._error
@@ -646,11 +646,10 @@ class Subscription:
                 )
                 # Queue.put() is exactly this when there is room; without the coroutine it
                 # costs less per value (the common case: the consumer keeps up).
-                if queue.full():
+                if not queue.offer(value):
                     await queue.put(value)
                     unyielded = 0
                 else:
-                    queue.put_nowait(value)
                     unyielded += 1
                     if unyielded >= DECODE_CHUNK:
                         # Let the consumer take these before queueing more: values taken

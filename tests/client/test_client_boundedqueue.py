@@ -86,3 +86,20 @@ async def test_a_cancelled_waiting_putter_queues_nothing(kind: Any) -> None:
 def test_the_bound_must_be_positive() -> None:
     with pytest.raises(ValueError):
         BoundedQueue(0)
+
+
+async def test_offer_and_poll_are_the_nowait_calls_without_raising() -> None:
+    q: BoundedQueue[int] = BoundedQueue(2)
+    nothing = object()
+    assert q.poll(nothing) is nothing
+    assert q.offer(1) and q.offer(2) and not q.offer(3)
+    assert q.qsize() == 2
+    getter = asyncio.ensure_future(q.put(4))  # waits for room
+    await asyncio.sleep(0)
+    assert q.poll(nothing) == 1  # makes room: the waiting putter is woken
+    await asyncio.wait_for(getter, 5)
+    assert [q.poll(nothing), q.poll(nothing), q.poll(nothing)] == [2, 4, nothing]
+    waiting = asyncio.ensure_future(q.get())
+    await asyncio.sleep(0)
+    assert q.offer(5)  # wakes the waiting getter
+    assert await asyncio.wait_for(waiting, 5) == 5
