@@ -78,6 +78,13 @@ class CommandStream:
             if code is grpc.StatusCode.UNIMPLEMENTED:
                 self.unsupported = True
                 return None
+            if (
+                code is grpc.StatusCode.INTERNAL
+                and request.ByteSize() > self._transport.options.max_message_bytes
+            ):
+                # gRPC core refused to send it (a bare INTERNAL on a stream): nothing was
+                # sent, and Invoke names the message limit as for any call.
+                return None
             if code is grpc.StatusCode.UNAVAILABLE and is_idempotent(request):
                 return None  # Invoke retries it under the retry policy
             raise self._transport.map_error(exc, session_id=session_id, what=what) from exc

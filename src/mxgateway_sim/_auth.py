@@ -22,7 +22,7 @@ import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 from grpc import aio
@@ -289,6 +289,21 @@ def _metadata_value(details: grpc.HandlerCallDetails, name: str) -> str | None:
     return None
 
 
+class RpcHook(Protocol):
+    """A per-call hook of the gate (the fault injector): ``wrap_rpc`` may replace the
+    handler of a call while ``active``."""
+
+    active: bool
+
+    def wrap_rpc(
+        self, method: str, handler: grpc.RpcMethodHandler[Any, Any]
+    ) -> grpc.RpcMethodHandler[Any, Any]: ...
+
+
+_MAX_GUARDED = 4096
+"""Guarded handlers kept (one per method and key); the cache starts afresh when full."""
+
+
 class AuthInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
     """Authenticates every call and checks the method's scope before the body is read.
 
@@ -296,13 +311,21 @@ class AuthInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
     arrives (or whatever it holds is parsed): the refusal is a request-streaming handler
     that never reads. An accepted call gets a handler that parses the body without
     raising (a malformed body is INVALID_ARGUMENT, never UNKNOWN with a traceback) and runs
-    with :data:`current_principal` set.
+    with :data:`current_principal` set; that guarded handler is built once per method and
+    key. ``hook`` (the fault injector) may replace a call's handler while it is active:
+    one interceptor for both, so a call pays for one.
+
+    (An interceptor, not a generic handler that registers the services: gRPC core queues
+    the calls of registered methods, such as the health check, apart from the others, so
+    a flood of keyless calls cannot crowd them out.)
     """
 
-    def __init__(self, store: ApiKeyStore, stats: Any = None) -> None:
+    def __init__(self, store: ApiKeyStore, stats: Any = None, hook: RpcHook | None = None) -> None:
         self._store = store
         self._stats = stats
         """A ``GatewayStats`` counting refusals by reason (None: not counted)."""
+        self._hook = hook
+        self._guarded: dict[tuple[str, Principal | None], grpc.RpcMethodHandler[Any, Any]] = {}
 
     async def intercept_service(
         self,
@@ -312,27 +335,40 @@ class AuthInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler[Any, Any]:
         method = handler_call_details.method
-        if method.startswith(UNAUTHENTICATED_PREFIXES):
-            open_handler = await continuation(handler_call_details)
-            return None if open_handler is None else _guarded(open_handler, None)
-        header = _metadata_value(handler_call_details, "authorization")
-        principal = self._store.authenticate(header)
-        if principal is None:
-            if self._stats is not None:
-                self._stats.authentication_failed("missing_key" if not header else "invalid_key")
-            return _refusal(grpc.StatusCode.UNAUTHENTICATED, "missing or invalid API key")
-        scope = scope_for_method(method)
-        if scope is not None and not principal.allows(scope):
-            if self._stats is not None:
-                self._stats.authorization_failed("method_scope")
-            return _refusal(
-                grpc.StatusCode.PERMISSION_DENIED,
-                f"the API key lacks the {scope} scope needed by {method.rsplit('/', 1)[-1]}",
-            )
+        principal: Principal | None = None
+        if not method.startswith(UNAUTHENTICATED_PREFIXES):
+            header = _metadata_value(handler_call_details, "authorization")
+            principal = self._store.authenticate(header)
+            if principal is None:
+                if self._stats is not None:
+                    reason = "missing_key" if not header else "invalid_key"
+                    self._stats.authentication_failed(reason)
+                return _refusal(grpc.StatusCode.UNAUTHENTICATED, "missing or invalid API key")
+            scope = scope_for_method(method)
+            if scope is not None and not principal.allows(scope):
+                if self._stats is not None:
+                    self._stats.authorization_failed("method_scope")
+                return _refusal(
+                    grpc.StatusCode.PERMISSION_DENIED,
+                    f"the API key lacks the {scope} scope needed by {method.rsplit('/', 1)[-1]}",
+                )
+        hook = self._hook
+        hooked = hook is not None and hook.active
+        key = (method, principal)
+        if not hooked:
+            guarded = self._guarded.get(key)
+            if guarded is not None:
+                return guarded
         handler = await continuation(handler_call_details)
         if handler is None:  # unknown method: UNIMPLEMENTED (only for an admin key)
             return handler
-        return _guarded(handler, principal)
+        if hooked:
+            assert hook is not None
+            return _guarded(hook.wrap_rpc(method, handler), principal)
+        if len(self._guarded) >= _MAX_GUARDED:
+            self._guarded.clear()
+        guarded = self._guarded[key] = _guarded(handler, principal)
+        return guarded
 
 
 def _refusal(code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler[Any, Any]:

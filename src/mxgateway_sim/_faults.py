@@ -2,9 +2,10 @@
 
 The plan is a frozen, validated description (loadable from JSON for ``mxgw-sim serve
 --faults FILE``); :class:`FaultInjector` is its run-time state (per-method call counters,
-stream counters, per-session command counters) and :class:`FaultInterceptor` applies it to
-every gateway and Galaxy RPC in one place. The event-stream faults (drop, stall) are applied
-by the event stream loop through :meth:`FaultInjector.open_stream`.
+stream counters, per-session command counters) and applies it to every gateway and Galaxy
+RPC in one place (:meth:`FaultInjector.wrap_rpc`, asked by the server's ``AuthInterceptor``). The
+event-stream faults (drop, stall) are applied by the event stream loop through
+:meth:`FaultInjector.open_stream`.
 
 Everything is deterministic under ``seed``: whether the k-th call of a method fails depends
 only on (seed, method, k), never on timing or on other methods' calls.
@@ -16,7 +17,7 @@ import asyncio
 import hashlib
 import json
 import types
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -272,6 +273,21 @@ class FaultInjector:
         self.streams_stalled = 0
         self.crashed_sessions: list[str] = []
 
+    def wrap_rpc(
+        self, method: str, handler: grpc.RpcMethodHandler[Any, Any]
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        """``handler`` with the plan's per-RPC faults (the gateway and Galaxy services;
+        others unchanged): what :class:`~mxgateway_sim._auth.AuthInterceptor` serves while
+        the plan is :attr:`active`."""
+        service, _, name = method.strip("/").partition("/")
+        if service not in (_GATEWAY_SERVICE, _GALAXY_SERVICE):
+            return handler
+        if name == "InvokeStream":
+            # While faults are injected the command stream is "not implemented": clients
+            # fall back to Invoke, where the plan's command faults apply.
+            return _unimplemented()
+        return _wrap(handler, name, service == _GALAXY_SERVICE, self)
+
     def replace(self, plan: FaultPlan) -> None:
         """Switch to another plan and reset the counters (quality faults keep their start value)."""
         self.plan = plan
@@ -358,34 +374,6 @@ class FaultInjector:
             await asyncio.sleep(plan.galaxy_probe_timeout_s)
             return gr.TestConnectionReply(ok=False)
         return None
-
-
-class FaultInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
-    """Applies the injector's per-RPC faults to the gateway and Galaxy services."""
-
-    def __init__(self, injector: FaultInjector) -> None:
-        self._injector = injector
-
-    async def intercept_service(
-        self,
-        continuation: Callable[
-            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]
-        ],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Any, Any]:
-        handler = await continuation(handler_call_details)
-        service, _, method = handler_call_details.method.strip("/").partition("/")
-        if (
-            handler is None
-            or not self._injector.active
-            or service not in (_GATEWAY_SERVICE, _GALAXY_SERVICE)
-        ):
-            return handler
-        if method == "InvokeStream":
-            # While faults are injected the command stream is "not implemented": clients
-            # fall back to Invoke, where the plan's command faults apply.
-            return _unimplemented()
-        return _wrap(handler, method, service == _GALAXY_SERVICE, self._injector)
 
 
 STREAM_OFF = "InvokeStream is off while faults are injected"

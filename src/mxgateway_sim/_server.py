@@ -34,7 +34,6 @@ from mxgateway_sim._catalog import TagCatalog
 from mxgateway_sim._faults import (
     WORKER_CRASH_MESSAGE,
     FaultInjector,
-    FaultInterceptor,
     FaultPlan,
 )
 from mxgateway_sim._gcpolicy import TENURE_VALVE_S, ServerGcPolicy
@@ -413,7 +412,9 @@ class GatewaySimulator:
         self.sessions = SessionManager(make_runtime, self._options, self.stats)
         self.faults.sessions = self.sessions
         server = aio.server(
-            interceptors=[AuthInterceptor(self._store, self.stats), FaultInterceptor(self.faults)],
+            # One interceptor: the key of each call before its body is read, and the
+            # fault plan's per-call faults.
+            interceptors=[AuthInterceptor(self._store, self.stats, hook=self.faults)],
             options=[
                 ("grpc.max_send_message_length", options.max_message_bytes),
                 ("grpc.max_receive_message_length", options.max_message_bytes),

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import grpc
 from google.protobuf.duration_pb2 import Duration
@@ -63,6 +63,18 @@ from mxgateway_sim._workerwire import WorkerLost
 __all__ = ["GatewayServicer", "add_gateway_servicer"]
 
 
+def _kind_name(kind: int) -> str:
+    """The enum name of a known kind (or UNSPECIFIED), else the number."""
+    return pb.MxCommandKind.Name(kind) if kind in PAYLOAD_OF_KIND or kind == 0 else str(kind)  # type: ignore[arg-type]
+
+
+_CORRELATION_PREFIX: dict[int, str] = {
+    kind: f"gateway-correlation-{_kind_name(kind).removeprefix(_KIND_PREFIX).lower()}-"
+    for kind in PAYLOAD_OF_KIND
+}
+"""Kind -> the start of its reply's ``correlation_id`` (the kinds of the table only)."""
+
+
 class GatewayServicer(CommandHandlers, EventStreams, AlarmService):
     """Implements ``mxaccess_gateway.v1.MxAccessGateway``."""
 
@@ -81,6 +93,11 @@ class GatewayServicer(CommandHandlers, EventStreams, AlarmService):
         self.stats = stats
         self.timed = timed and stats is not None
         """Count and time every command (metrics on; see :func:`timed_invoke`)."""
+        self.invoke: Callable[[pb.MxCommandRequest, Context], Awaitable[pb.MxCommandReply | bytes]]
+        self.invoke = (
+            timed_invoke(self.Invoke, stats) if self.timed and stats is not None else self.Invoke
+        )
+        """What runs one command for ``Invoke`` and for each of ``InvokeStream``'s."""
         self._correlation = itertools.count(1)
         self._background: set[asyncio.Task[None]] = set()
         self._handlers: dict[str, Handler] = {
@@ -187,10 +204,11 @@ class GatewayServicer(CommandHandlers, EventStreams, AlarmService):
         next command runs (as a stream opened under a plan is refused): the client sends
         that command, not yet run, through ``Invoke``, where the plan applies."""
         faults = self.faults
+        invoke = self.invoke
         async for request in requests:
             if faults is not None and faults.active:
                 await context.abort(grpc.StatusCode.UNIMPLEMENTED, STREAM_OFF)
-            yield await self.Invoke(request, context)
+            yield await invoke(request, context)
 
     async def Invoke(
         self, request: pb.MxCommandRequest, context: Context
@@ -206,13 +224,12 @@ class GatewayServicer(CommandHandlers, EventStreams, AlarmService):
                 grpc.StatusCode.PERMISSION_DENIED,
                 f"the API key lacks the {scope} scope needed by this command",
             )
-        name = pb.MxCommandKind.Name(kind) if kind in PAYLOAD_OF_KIND or kind == 0 else str(kind)
+        prefix = _CORRELATION_PREFIX.get(kind)
+        if prefix is None:  # unspecified or newer than this table: not cached
+            prefix = f"gateway-correlation-{_kind_name(kind).removeprefix(_KIND_PREFIX).lower()}-"
         reply = pb.MxCommandReply(
             session_id=request.session_id,
-            correlation_id=(
-                f"gateway-correlation-{name.removeprefix(_KIND_PREFIX).lower()}"
-                f"-{next(self._correlation)}"
-            ),
+            correlation_id=f"{prefix}{next(self._correlation)}",
             kind=kind,
         )
         payload = command.WhichOneof("payload")
@@ -223,7 +240,7 @@ class GatewayServicer(CommandHandlers, EventStreams, AlarmService):
                 if kind == 0
                 else "the command has no payload"
                 if payload is None
-                else f"kind {name} does not match payload {payload}"
+                else f"kind {_kind_name(kind)} does not match payload {payload}"
             )
             reply.protocol_status.CopyFrom(_status(pb.PROTOCOL_STATUS_CODE_INVALID_REQUEST, why))
             return reply
@@ -299,7 +316,9 @@ class GatewayServicer(CommandHandlers, EventStreams, AlarmService):
             session.pending -= 1
             session.touch()
         if not reply.HasField("protocol_status"):
-            reply.protocol_status.CopyFrom(_status(pb.PROTOCOL_STATUS_CODE_OK, "OK"))
+            status = reply.protocol_status  # as _status(OK, "OK"), without a copy
+            status.code = pb.PROTOCOL_STATUS_CODE_OK
+            status.message = "OK"
         if encoded is not None:
             return reply.SerializeToString() + encoded
         return reply
@@ -335,9 +354,7 @@ def add_gateway_servicer(servicer: GatewayServicer, server: aio.Server) -> None:
             response_serializer=pb.CloseSessionReply.SerializeToString,
         ),
         "Invoke": grpc.unary_unary_rpc_method_handler(
-            timed_invoke(servicer.Invoke, servicer.stats)
-            if servicer.timed and servicer.stats is not None
-            else servicer.Invoke,
+            servicer.invoke,
             request_deserializer=pb.MxCommandRequest.FromString,
             response_serializer=_reply_bytes,
         ),

@@ -6,9 +6,10 @@ from __future__ import annotations
 import asyncio
 import itertools
 import sys
+import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, TypeVar, overload
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Sequence
+from typing import Any, Generic, TypeVar, overload
 
 import grpc
 from grpc import aio
@@ -86,16 +87,58 @@ async def _without_cycle(call: Awaitable[_T]) -> _T:
 
 if sys.version_info >= (3, 11):
 
-    async def _within(call: Awaitable[_T], timeout_s: float) -> _T:
-        """Await ``call`` in this task, cancelled after ``timeout_s`` (``TimeoutError``).
+    async def _within(call: Coroutine[Any, Any, _T], timeout_s: float) -> _T:
+        """Run ``call`` in this task, cancelled after ``timeout_s`` (``TimeoutError``).
 
         ``asyncio.wait_for`` (3.10) runs it in a task of its own: two more tasks and
         several more turns of the loop for every command, a good part of a short call's
         server CPU (issue 15 §4). The behaviour is the same: a timeout cancels the handler
         at its next await and raises ``TimeoutError``.
+
+        Most single commands finish without waiting for anything; a timeout could never
+        stop them (it cancels at an await), so they run without arming one. A command
+        that does wait gets the timeout at its first wait, with the deadline counted from
+        the start.
         """
-        async with asyncio.timeout(timeout_s):
-            return await call
+        start = time.monotonic()
+        try:
+            first = call.send(None)
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s - (time.monotonic() - start)
+        async with asyncio.timeout_at(deadline):
+            return await _Resumed(call, first)
+
+    class _Resumed(Generic[_T]):
+        """Awaits a coroutine that already ran to its first suspension (``first``, the
+        future it waits for): what ``await`` would have done from there on."""
+
+        __slots__ = ("_call", "_first")
+
+        def __init__(self, call: Coroutine[Any, Any, _T], first: Any) -> None:
+            self._call = call
+            self._first = first
+
+        def __await__(self) -> Generator[Any, Any, _T]:
+            call, pending = self._call, self._first
+            self._first = None
+            while True:
+                try:
+                    sent = yield pending
+                except GeneratorExit:
+                    call.close()
+                    raise
+                except BaseException as exc:  # the task is cancelled (the timeout)
+                    try:
+                        pending = call.throw(exc)
+                    except StopIteration as done:
+                        return done.value  # type: ignore[no-any-return]
+                    continue
+                try:
+                    pending = call.send(sent)
+                except StopIteration as done:
+                    return done.value  # type: ignore[no-any-return]
 
 else:  # pragma: no cover - Python 3.10
 
@@ -121,7 +164,7 @@ NO_SUCH_SESSION = "no session with that id"
 """The one answer for an unknown id and for another key's session (ownership is not revealed)."""
 
 
-Handler = Callable[[Session, Any, pb.MxCommandReply], Awaitable[bytes | None]]
+Handler = Callable[[Session, Any, pb.MxCommandReply], Coroutine[Any, Any, bytes | None]]
 """A command handler: fills the reply, or returns the bulk payload field already encoded."""
 
 READ_CHUNK_ROWS = 256
