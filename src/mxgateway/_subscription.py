@@ -637,13 +637,11 @@ class Subscription:
                 tag = tags.get(event.item_handle)
                 if tag is None:
                     continue
-                initial = False
                 if pending and event.item_handle in pending:
                     pending.discard(event.item_handle)
-                    initial = True
-                value = TagValue(
-                    tag, event, session_id, initial=initial, resynchronized=initial and recovered
-                )
+                    value = TagValue(tag, event, session_id, initial=True, resynchronized=recovered)
+                else:  # the common case, without keyword arguments (cheaper per value)
+                    value = TagValue(tag, event, session_id)
                 # Queue.put() is exactly this when there is room; without the coroutine it
                 # costs less per value (the common case: the consumer keeps up).
                 if not queue.offer(value):
