@@ -25,9 +25,12 @@ server always sees the cancellation.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import enum
+import ipaddress
 import logging
 import os
+import socket
 from collections.abc import AsyncIterator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Generic, TypedDict, TypeVar
@@ -65,6 +68,18 @@ _LISTENER_TEXTS = ("handshake", "ssl")
 def _a_listener_answered(exc: grpc.aio.AioRpcError) -> bool:
     details = (exc.details() or "").lower()
     return any(text in details for text in _LISTENER_TEXTS)
+
+
+def _named_host(endpoint: str) -> tuple[str, int] | None:
+    """``(host, port)`` of a ``name:port`` endpoint; ``None`` for an IP literal or ``unix:``."""
+    if endpoint.startswith(("unix:", "[")):
+        return None
+    host, _, port = endpoint.rpartition(":")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return (host, int(port)) if host and port.isdigit() else None
+    return None
 
 
 class ConnectKeywords(TypedDict, total=False):
@@ -346,6 +361,7 @@ class Transport:
         give_up = start + min(self._options.connect_wait, timeout)
         deadline = start + timeout
         attempts = 0
+        looked_behind = False
         while True:
             attempts += 1
             try:
@@ -362,6 +378,18 @@ class Transport:
                 if (
                     code is grpc.StatusCode.UNAVAILABLE
                     and not _a_listener_answered(exc)
+                    and not looked_behind
+                    and not self._options.plaintext
+                ):
+                    # gRPC reports the last address it tried: with a name that resolves to
+                    # several, a refusal of one can hide a failed handshake on another.
+                    looked_behind = True
+                    hidden = await self._listener_error_behind(min(1.0, deadline - now))
+                    exc = hidden or exc
+                    now = loop.time()
+                if (
+                    code is grpc.StatusCode.UNAVAILABLE
+                    and not _a_listener_answered(exc)
                     and now + CONNECT_POLL_INTERVAL < give_up
                 ):
                     # Refused or unreachable for now: gRPC reconnects on its own backoff;
@@ -373,6 +401,50 @@ class Transport:
                 raise self.map_error(
                     exc, what=f"connecting to {self._options.endpoint} ({mode}){waited}"
                 ) from exc
+
+    async def _listener_error_behind(self, timeout: float) -> grpc.aio.AioRpcError | None:
+        """Probe each address of the endpoint's host name alone (verifying the certificate
+        for that name, as the channel does): the error of one where a server answered but
+        the TLS handshake failed, or ``None`` (an IP literal, no such address, no answer)."""
+        named = _named_host(self._options.endpoint)
+        if named is None or timeout <= 0:
+            return None
+        host, port = named
+        try:
+            infos = await asyncio.wait_for(
+                asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM),
+                timeout,
+            )
+        except (OSError, asyncio.TimeoutError):
+            return None
+        addresses = dict.fromkeys(str(info[4][0]) for info in infos)
+        override = self._options.server_name_override or host
+        probes = []
+        for address in list(addresses)[:4]:
+            literal = f"[{address}]" if ":" in address else address
+            options = dataclasses.replace(
+                self._options, endpoint=f"{literal}:{port}", server_name_override=override
+            )
+            probes.append(self._probe_once(create_channel(options), timeout))
+        for found in await asyncio.gather(*probes):
+            if found is not None and _a_listener_answered(found):
+                return found
+        return None
+
+    async def _probe_once(
+        self, channel: grpc.aio.Channel, timeout: float
+    ) -> grpc.aio.AioRpcError | None:
+        """One health probe on a short-lived channel; its error, if any. Always closed."""
+        try:
+            probe = channel.unary_unary(
+                _HEALTH_CHECK, request_serializer=_empty_request, response_deserializer=_raw_bytes
+            )
+            await probe(b"", timeout=timeout, metadata=self._metadata)
+        except grpc.aio.AioRpcError as exc:
+            return exc
+        finally:
+            await channel.close(None)
+        return None
 
     def map_error(
         self, exc: grpc.aio.AioRpcError, *, session_id: str | None = None, what: str = "call"

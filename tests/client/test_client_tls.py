@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
+import grpc
 import pytest
 from client_fakes import FakeServer
 from client_tls import make_tls
 
-from mxgateway import GatewayClient, MxGatewayUnavailableError
+from mxgateway import ClientOptions, GatewayClient, MxGatewayUnavailableError
+from mxgateway._transport import Transport
+from support import unused_port
 
 pytestmark = pytest.mark.slow  # real processes or TLS handshakes: left out of the fast loop
 
@@ -52,6 +56,50 @@ async def test_a_failed_handshake_is_reported_over_a_refused_second_address(
             with pytest.raises(MxGatewayUnavailableError) as info:
                 await GatewayClient.connect(endpoint=f"localhost:{port}", api_key=KEY)
             assert "CERTIFICATE_VERIFY_FAILED" in str(info.value), str(info.value)
+
+
+async def test_each_address_of_the_name_is_probed_alone_for_a_hidden_handshake_failure(
+    tmp_path: Path,
+) -> None:
+    """What the connect wait looks at after a refusal, made deterministic: which address gRPC
+    tried last varies (the test above), the probe of each address alone does not."""
+    tls = make_tls(tmp_path, dns_names=("localhost",), ips=("127.0.0.1",))
+    async with FakeServer(tls=(tls.cert_pem, tls.key_pem)) as server:
+        port = server.endpoint.rsplit(":", 1)[1]
+        for endpoint, found_one in ((f"localhost:{port}", True), (server.endpoint, False)):
+            transport = Transport(ClientOptions(endpoint=endpoint, api_key=KEY))
+            try:
+                found = await transport._listener_error_behind(10.0)
+            finally:
+                await transport.close()
+            # An IP literal has nothing behind it: gRPC's own error already names it.
+            assert (found is not None) is found_one
+            if found is not None:
+                assert "CERTIFICATE_VERIFY_FAILED" in (found.details() or "")
+
+
+async def test_a_tls_gateway_by_name_that_starts_a_moment_later_is_waited_for(
+    tmp_path: Path,
+) -> None:
+    """Looking behind a refusal (each address of the name probed alone) must not end the
+    wait while nothing listens anywhere yet: the gateway started a moment later is reached."""
+    tls = make_tls(tmp_path, dns_names=("localhost",), ips=("127.0.0.1",))
+    port = unused_port()
+    connecting = asyncio.ensure_future(
+        GatewayClient.connect(endpoint=f"localhost:{port}", api_key=KEY, ca_file=tls.ca_file)
+    )
+    await asyncio.sleep(1.5)  # past the first refusal and the look at each address
+    assert not connecting.done()
+    server = grpc.aio.server()  # no services: UNIMPLEMENTED proves the channel works
+    server.add_secure_port(
+        f"127.0.0.1:{port}", grpc.ssl_server_credentials([(tls.key_pem, tls.cert_pem)])
+    )
+    await server.start()
+    try:
+        client = await asyncio.wait_for(connecting, 15)
+        await client.close()
+    finally:
+        await server.stop(None)
 
 
 async def test_server_name_override(tmp_path: Path) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import socket
 
 import grpc
 import pytest
@@ -21,7 +20,7 @@ from mxgateway import (
 from mxgateway._transport import Transport
 from mxgateway.generated import mxaccess_gateway_pb2 as pb
 from mxgateway.generated import mxaccess_gateway_pb2_grpc as pbg
-from support import wait_for
+from support import unused_port, wait_for
 
 KEY = "mxgw_k1_transportSecret0123456789"
 
@@ -168,16 +167,8 @@ async def test_use_after_close_is_a_clear_error(fake: FakeServer) -> None:
         _ = t.channel
 
 
-def _unused_port() -> int:
-    # Bind and release a port so nothing listens there.
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
-
-
 async def test_connect_to_nothing_fails_fast_as_unavailable() -> None:
-    port = _unused_port()
+    port = unused_port()
     with pytest.raises(MxGatewayUnavailableError) as info:
         await Transport.open(_opts(f"127.0.0.1:{port}", connect_timeout=30.0, connect_wait=0))
     assert f"127.0.0.1:{port}" in str(info.value)
@@ -186,7 +177,7 @@ async def test_connect_to_nothing_fails_fast_as_unavailable() -> None:
 
 
 async def test_a_refusing_gateway_is_retried_then_unavailable_with_the_reason() -> None:
-    port = _unused_port()
+    port = unused_port()
     with pytest.raises(MxGatewayUnavailableError) as info:
         await Transport.open(_opts(f"127.0.0.1:{port}", connect_timeout=30.0, connect_wait=0.5))
     message = str(info.value)
@@ -199,7 +190,7 @@ async def test_connecting_waits_for_a_gateway_that_starts_a_moment_later() -> No
     # The README's sequence: `mxgw-sim serve ... &`, then at once a client command.
     from mxgateway_sim import GatewaySimulator, builtin_catalog
 
-    port = _unused_port()
+    port = unused_port()
     connecting = asyncio.ensure_future(Transport.open(_opts(f"127.0.0.1:{port}")))
     await asyncio.sleep(0.6)
     assert not connecting.done()  # still waiting, not refused

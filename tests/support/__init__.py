@@ -5,6 +5,7 @@ test folder can import this package; folder-specific helpers stay in their folde
 ``*helpers.py``.
 """
 
+from support.ports import unused_port
 from support.waiting import DEFAULT_WAIT, wait_for
 
-__all__ = ["DEFAULT_WAIT", "wait_for"]
+__all__ = ["DEFAULT_WAIT", "unused_port", "wait_for"]
