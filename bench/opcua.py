@@ -23,6 +23,8 @@ Rows (the table of issue 15):
 Also: the simulator keeping up (one subscriber of 2,000 tags at a 1 ms scan for 20 s:
 changes/s, the lag of the last change received, the plant's late scans). The machine's
 load average is recorded before and after the run (``load_before``/``load_after``).
+And the library's own CPU per single call on the command stream with gRPC left out
+(``library_cpu_per_call_without_grpc``: the stream's call answers canned replies).
 """
 
 from __future__ import annotations
@@ -408,6 +410,70 @@ async def unary_round(
     return out
 
 
+class _CannedStream:
+    """Stands in for the library's ``InvokeStream`` call: answers each command with a
+    canned reply of its kind at once (no gRPC), so only the library's own work is timed."""
+
+    def __init__(self, replies: dict[int, Any]) -> None:
+        self.replies = replies
+        self.kind = 0
+
+    def done(self) -> bool:
+        return False
+
+    async def write(self, request: Any) -> None:
+        self.kind = request.command.kind
+
+    async def read(self) -> Any:
+        return self.replies[self.kind]
+
+    def cancel(self) -> None:
+        pass
+
+
+async def library_cpu(mx: Mx, quick: bool) -> dict[str, float]:
+    """The library's own CPU per single call on the command stream, gRPC left out:
+    ``read_one``, ``ping`` and ``write_one`` with the stream's call replaced by
+    :class:`_CannedStream`. Deterministic, unlike round trips (best of 5 runs)."""
+    from mxgateway.generated import mxaccess_gateway_pb2 as pb
+
+    def ok(kind: int) -> Any:
+        reply = pb.MxCommandReply(kind=kind)  # type: ignore[arg-type]
+        reply.protocol_status.code = pb.PROTOCOL_STATUS_CODE_OK
+        return reply
+
+    read = ok(pb.MX_COMMAND_KIND_READ_BULK)
+    row = read.bulk_read.results.add(tag_address=mx.tags[0], was_successful=True)
+    row.value.double_value = 0.25
+    commands = mx.lib.client._commands
+    if commands is None:
+        return {}
+    real, commands._call = (
+        commands._call,
+        _CannedStream(
+            {
+                pb.MX_COMMAND_KIND_READ_BULK: read,
+                pb.MX_COMMAND_KIND_PING: ok(pb.MX_COMMAND_KIND_PING),
+                pb.MX_COMMAND_KIND_WRITE: ok(pb.MX_COMMAND_KIND_WRITE),
+            }
+        ),
+    )
+    n = 2_000 if quick else 20_000
+    out: dict[str, float] = {}
+    try:
+        for name, call in (("read", mx.read_one), ("ping", mx.ping), ("write", mx.write_one)):
+            best = float("inf")
+            for _ in range(5):
+                c0 = time.process_time()
+                for _ in range(n):
+                    await call()
+                best = min(best, (time.process_time() - c0) / n * 1e6)
+            out[f"{name}_us"] = rnd(best, 2)
+    finally:
+        commands._call = real
+    return out
+
+
 async def keep_up(lib: Any, tags: list[str], seconds: float, sim: ServerProcess) -> dict[str, Any]:
     """One subscriber of ``len(tags)`` tags at a 1 ms scan: changes/s and the lag at the end.
 
@@ -552,6 +618,13 @@ async def run_async(quick: bool) -> dict[str, Any]:
                     await run_rounds(report, mx, mx_unary, mx_advised, ua_side, p)
                 finally:
                     await ua_side.close()
+                await mx.begin_writes()  # after the rounds: nothing measured there follows it
+                try:
+                    report.results["library_cpu_per_call_without_grpc"] = await library_cpu(
+                        mx, quick
+                    )
+                finally:
+                    await mx.end_writes()
                 before = await scan_stats(sim, stats_file)
                 report.results["keep_up"] = await keep_up(
                     lib, tags[:2000], float(p["keepup_s"]), sim
