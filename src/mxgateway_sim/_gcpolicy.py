@@ -93,6 +93,11 @@ class ServerGcPolicy:
                 gc.unfreeze()
 
     @classmethod
+    def tenuring(cls) -> bool:
+        """True while survivors of generation-1 collections are frozen."""
+        return _tenure in gc.callbacks
+
+    @classmethod
     def full_collection(cls) -> int:
         """Tenure's valve: collect everything once (unfreeze, collect, freeze again) and
         return how many unreachable objects were found. Holds the loop for a full walk."""

@@ -504,7 +504,7 @@ class GatewaySimulator:
         if self._tune_gc:
             ServerGcPolicy.acquire(tenure=self._gc_tenure)
             self._gc_tuned = True
-            if self._gc_tenure:
+            if self._gc_tenure and ServerGcPolicy.tenuring():
                 self._schedule_gc_valve()
         log.info("mxgw-sim listening on %s (%s)", self.endpoint, self.tls_mode)
 

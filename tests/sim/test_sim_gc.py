@@ -9,12 +9,13 @@ so what a session's items leave for it to walk is how long the loop stops
 from __future__ import annotations
 
 import gc
+import logging
 import weakref
 from collections.abc import AsyncIterator
 
 import grpc
 import pytest
-from simhelpers import SCAN_MS, Gw, changes
+from simhelpers import SCAN_MS, Gw, changes, wait_for
 
 from mxgateway_sim import GatewaySimulator, InMemoryCatalog
 from mxgateway_sim._builtin import tag
@@ -164,3 +165,17 @@ async def test_items_sharing_an_attribute_each_get_its_changes() -> None:
         await gw.ok(sid, "advise", server_handle=sh, item_handle=c)
         await each_changes(sid, [c])
         assert await cached()
+
+
+async def test_a_tenuring_simulator_runs_the_valve_on_its_own(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr("mxgateway_sim._server.TENURE_VALVE_S", 0.05)
+    caplog.set_level(logging.INFO, logger="mxgateway_sim")
+    async with GatewaySimulator(scan_interval_ms=60_000, gc_tenure=True):
+        node = _Node()
+        ref = weakref.ref(node)
+        gc.collect(1)  # tenured
+        del node
+        await wait_for(lambda: ref() is None)  # freed by the periodic full collection
+    assert "full garbage collection:" in caplog.text
