@@ -167,3 +167,38 @@ def test_each_decoded_change_gets_its_own_timestamp(pairs: list[tuple[int, int]]
     assert [dc.timestamp for dc in out] == [  # type: ignore[attr-defined]
         timestamp_to_datetime(ev.on_data_change.timestamp) for ev in events
     ]
+
+
+def test_decoded_changes_are_what_the_constructor_makes() -> None:
+    # The decoder fills DataChange's slots itself (without __init__): every field, raw,
+    # statuses, equality and repr must come out as for a DataChange built the plain way.
+    events = []
+    for i, value in enumerate([2.5, 7, "text", 0.0], start=1):
+        ev = pb.MxEvent(worker_sequence=i, family=pb.MX_EVENT_FAMILY_ON_DATA_CHANGE)
+        d = ev.on_data_change
+        d.server_handle, d.item_handle, d.quality = 4, 10 + i, 192 if i % 2 else 0
+        d.value.CopyFrom(to_mx_value(value))
+        d.timestamp.seconds, d.timestamp.nanos = 1_764_000_000 + i // 2, 5_000 * i
+        d.statuses.add(success=1, category=pb.MX_STATUS_CATEGORY_OK)
+        events.append(ev)
+    out: list[object] = []
+    decode_events(events, out, _Tracker(None))  # type: ignore[arg-type]
+    for dc, ev in zip(out, events, strict=True):
+        d = ev.on_data_change
+        plain = DataChange(
+            ev.worker_sequence,
+            d.server_handle,
+            d.item_handle,
+            from_mx_value(d.value),
+            d.quality,
+            None,
+            ev,
+        )
+        assert type(dc) is DataChange
+        assert dc == plain and repr(dc) == repr(plain)
+        assert (dc.server_handle, dc.item_handle, dc.is_good) == (
+            plain.server_handle,
+            plain.item_handle,
+            plain.is_good,
+        )
+        assert dc.raw == plain.raw and list(dc.statuses) == list(plain.statuses)
