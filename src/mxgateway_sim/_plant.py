@@ -406,6 +406,18 @@ class TagState:
         quality, status = self.quality_at(n) if self.flaky else (QUALITY_GOOD, STATUS_OK)
         if self.override_ts is not None:
             value, ts = self.override, self.override_ts
+            last = self.sample
+            if (
+                last.value is value
+                and last.timestamp == ts
+                and last.quality == quality
+                and last.status is status
+            ):
+                # The sample the write made (Plant.write) says it all already: no second
+                # object per written attribute for the garbage collector.
+                self.dirty = False
+                self.computed_at = n
+                return last
         else:
             value, ts = self.gen_function(self.gen_args, n), now
         self.dirty = False

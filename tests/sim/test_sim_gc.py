@@ -19,8 +19,9 @@ from simhelpers import SCAN_MS, Gw, changes, wait_for
 
 from mxgateway_sim import GatewaySimulator, InMemoryCatalog
 from mxgateway_sim._builtin import tag
-from mxgateway_sim._domain import MX_BOOLEAN, MX_DOUBLE, MX_INTEGER, MX_STRING, MX_TIME
+from mxgateway_sim._domain import MX_BOOLEAN, MX_DOUBLE, MX_INTEGER, MX_STRING, MX_TIME, TagSample
 from mxgateway_sim._gcpolicy import THRESHOLDS, ServerGcPolicy, _tenure, server_thresholds
+from mxgateway_sim._plant import Plant
 
 ATTRIBUTES = 2_000
 TYPES = (MX_BOOLEAN, MX_INTEGER, MX_DOUBLE, MX_STRING, MX_TIME)
@@ -179,3 +180,25 @@ async def test_a_tenuring_simulator_runs_the_valve_on_its_own(
         del node
         await wait_for(lambda: ref() is None)  # freed by the periodic full collection
     assert "full garbage collection:" in caplog.text
+
+
+def test_a_write_delivers_the_sample_it_made() -> None:
+    # The tick after a write delivers the sample the write made (same value, time, quality
+    # and status), not a second object of the same content.
+    plant = Plant(_catalog(), scan_interval_ms=60_000, flaky_one_in=0)
+    state = plant.state("Obj000.Attr0002")
+    assert state is not None
+    got: list[TagSample] = []
+
+    class Sink:
+        def deliver(self, sample: TagSample) -> None:
+            got.append(sample)
+
+    plant.subscribe(state, Sink())
+    plant.write(state, 12.5, 1_700_000_000.25)
+    written = state.sample
+    plant.step()
+    assert got == [written] and got[0] is written
+    assert (written.value, written.timestamp, written.quality) == (12.5, 1_700_000_000.25, 192)
+    plant.step()  # pinned: no change, nothing delivered
+    assert len(got) == 1
