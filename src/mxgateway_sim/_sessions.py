@@ -73,10 +73,10 @@ class SessionOptions:
     subscriber can take its whole queue in one message, so a stream that gets one turn of
     the loop per scan still keeps up (with 500, 2,000 tags at a 1 ms scan overflowed)."""
     batch_max_bytes: int = 1 << 20
-    batch_linger_s: float = 0.005
+    batch_linger_s: float = 0.010
     """A busy ``StreamEventBatches`` stream (its last message went out less than this long
     ago) waits until this long after that message before the next one, unless
-    :attr:`batch_linger_events` are queued: at most ~200 messages a second under load, each
+    :attr:`batch_linger_events` are queued: at most ~100 messages a second under load, each
     with more events (gRPC's per-message cost in a Python client is ~150 us), while a
     stream quiet for this long sends its next event at once. 0 turns it off."""
     batch_linger_events: int = 1000

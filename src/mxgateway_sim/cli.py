@@ -286,10 +286,10 @@ def build_parser(prog: str = "mxgw-sim") -> argparse.ArgumentParser:
     limits.add_argument(
         "--batch-linger-ms",
         type=_non_negative,
-        default=5,
+        default=10,
         metavar="MS",
         help="a busy StreamEventBatches stream sends at most one message per MS milliseconds "
-        "(fewer, fuller messages; a quiet stream sends at once; 0: off; default 5)",
+        "(fewer, fuller messages; a quiet stream sends at once; 0: off; default 10)",
     )
     galaxy.add_argument(
         "--first-value-delay-ms",

@@ -142,7 +142,7 @@ class MxAccessGatewayServicer:
         """Our addition for throughput: same request and ordering as StreamEvents, but every
         message carries whatever events are queued at that moment (bounded by a count and a
         byte budget). A quiet stream sends at once; a busy one may hold its next message for a
-        few milliseconds after the previous one (the simulator: 5 ms, --batch-linger-ms) so
+        few milliseconds after the previous one (the simulator: 10 ms, --batch-linger-ms) so
         that fewer, fuller messages go out under load.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

@@ -71,7 +71,7 @@ class MxAccessGatewayStub:
     """Our addition for throughput: same request and ordering as StreamEvents, but every
     message carries whatever events are queued at that moment (bounded by a count and a
     byte budget). A quiet stream sends at once; a busy one may hold its next message for a
-    few milliseconds after the previous one (the simulator: 5 ms, --batch-linger-ms) so
+    few milliseconds after the previous one (the simulator: 10 ms, --batch-linger-ms) so
     that fewer, fuller messages go out under load.
     """
     InvokeStream: _grpc.StreamStreamMultiCallable[_mxaccess_gateway_pb2.MxCommandRequest, _mxaccess_gateway_pb2.MxCommandReply]
@@ -108,7 +108,7 @@ class MxAccessGatewayAsyncStub(MxAccessGatewayStub):
     """Our addition for throughput: same request and ordering as StreamEvents, but every
     message carries whatever events are queued at that moment (bounded by a count and a
     byte budget). A quiet stream sends at once; a busy one may hold its next message for a
-    few milliseconds after the previous one (the simulator: 5 ms, --batch-linger-ms) so
+    few milliseconds after the previous one (the simulator: 10 ms, --batch-linger-ms) so
     that fewer, fuller messages go out under load.
     """
     InvokeStream: _aio.StreamStreamMultiCallable[_mxaccess_gateway_pb2.MxCommandRequest, _mxaccess_gateway_pb2.MxCommandReply]  # type: ignore[assignment]
@@ -190,7 +190,7 @@ class MxAccessGatewayServicer(metaclass=_abc_1.ABCMeta):
         """Our addition for throughput: same request and ordering as StreamEvents, but every
         message carries whatever events are queued at that moment (bounded by a count and a
         byte budget). A quiet stream sends at once; a busy one may hold its next message for a
-        few milliseconds after the previous one (the simulator: 5 ms, --batch-linger-ms) so
+        few milliseconds after the previous one (the simulator: 10 ms, --batch-linger-ms) so
         that fewer, fuller messages go out under load.
         """
 
