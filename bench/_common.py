@@ -246,6 +246,7 @@ def sim_server(
     event_queue_limit: int = 10_000,
     extra: Sequence[str] = (),
     session_isolation: str = "inline",
+    event_loop: str = "asyncio",
 ) -> ServerProcess | None:
     """The simulator in a subprocess via ``bench/sim_server.py``, or None if it is missing."""
     try:
@@ -266,6 +267,8 @@ def sim_server(
         str(event_queue_limit),
         "--session-isolation",
         session_isolation,
+        "--event-loop",
+        event_loop,
     ]
     if tags_out:
         argv += ["--tags-out", tags_out]

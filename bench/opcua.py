@@ -24,13 +24,17 @@ Also: the simulator keeping up (one subscriber of 2,000 tags at a 1 ms scan for 
 changes/s, the lag of the last change received, the plant's late scans). The machine's
 load average is recorded before and after the run (``load_before``/``load_after``).
 And the library's own CPU per single call on the command stream with gRPC left out
-(``library_cpu_per_call_without_grpc``: the stream's call answers canned replies).
+(``library_cpu_per_call_without_grpc``: the stream's call answers canned replies); and,
+when uvloop is installed, the single calls on the stream against a third simulator run
+with ``--event-loop uvloop`` (``single_calls_simulator_on_uvloop``, same ratios; the rows
+above stay on the default asyncio loop).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import os
 import sys
 import tempfile
@@ -88,6 +92,10 @@ LABELS: dict[str, str] = {
 """Single calls go through the command stream (``InvokeStream``, the library's default); the
 ``_unary`` rows are the same calls through one ``Invoke`` each
 (``ClientOptions(command_stream=False)``)."""
+
+UVLOOP_SUFFIX = "_uvloop"
+"""Raw and row names of the single calls measured against the simulator on uvloop
+(``--event-loop uvloop``; ``single_calls_simulator_on_uvloop`` in the results)."""
 
 FULL = {
     "rounds": 5,
@@ -356,15 +364,17 @@ async def cpu_per_change(
     }
 
 
-def summarise(report: Report, rows: dict[str, list[tuple[float, float]]]) -> None:
-    """Per row: both sides' medians, the median ratio and its spread, goal, met/missed."""
+def ratio_table(rows: dict[str, list[tuple[float, float]]]) -> dict[str, Any]:
+    """Per row (a name of :data:`GOALS`, maybe with a suffix): both sides' medians, the
+    median ratio and its spread, goal, met/missed."""
     table: dict[str, Any] = {}
     for name, pairs in rows.items():
         ratios = [m / u for m, u in pairs if u and m == m and u == u]
         r = median(ratios) if ratios else float("nan")
-        goal = GOALS[name]
+        base = name.removesuffix(UVLOOP_SUFFIX)
+        goal = GOALS[base]
         table[name] = {
-            "label": LABELS[name],
+            "label": LABELS[base],
             "mxgateway": rnd(median([m for m, _ in pairs]), 2),
             "asyncua": rnd(median([u for _, u in pairs]), 2),
             "ratio": rnd(r, 3),
@@ -374,17 +384,26 @@ def summarise(report: Report, rows: dict[str, list[tuple[float, float]]]) -> Non
             "goal": goal,
             "met": bool(r <= goal) if ratios else None,
         }
-        report.target(LABELS[name], f"ratio <= {goal}", table[name]["ratio"], table[name]["met"])
+    return table
+
+
+def summarise(report: Report, rows: dict[str, list[tuple[float, float]]]) -> None:
+    """The rows of :data:`GOALS`, each a target with its goal and met/missed."""
+    table = ratio_table(rows)
+    for name, row in table.items():
+        report.target(LABELS[name], f"ratio <= {row['goal']}", row["ratio"], row["met"])
     report.results["rows"] = table
 
 
 async def unary_round(
-    mx: Mx, mx_unary: Mx, ua: Ua, calls: int, flip: bool
+    mx: Mx, mx_unary: Mx, ua: Ua, calls: int, flip: bool, mx_uvloop: Mx | None = None
 ) -> dict[str, dict[str, float]]:
     """One interleaved round of single calls: read, ping, write on both sides (mxgateway
-    on the command stream and through unary ``Invoke``)."""
-    await mx.begin_writes()
-    await mx_unary.begin_writes()
+    on the command stream and through unary ``Invoke``; and, with ``mx_uvloop``, on the
+    stream to a simulator running on uvloop)."""
+    sides = [mx, mx_unary] if mx_uvloop is None else [mx, mx_unary, mx_uvloop]
+    for side in sides:
+        await side.begin_writes()
     try:
         order: list[tuple[str, Callable[[], Awaitable[None]]]] = [
             ("mx_read", mx.read_one),
@@ -397,6 +416,10 @@ async def unary_round(
             ("ua_write", ua.write_one),
             ("mx_write_unary", mx_unary.write_one),
         ]
+        if mx_uvloop is not None:
+            order[3:3] = [("mx_read" + UVLOOP_SUFFIX, mx_uvloop.read_one)]
+            order[6:6] = [("mx_ping" + UVLOOP_SUFFIX, mx_uvloop.ping)]
+            order.append(("mx_write" + UVLOOP_SUFFIX, mx_uvloop.write_one))
         if flip:
             order.reverse()
         out: dict[str, dict[str, float]] = {}
@@ -405,8 +428,8 @@ async def unary_round(
             lat = await timed_calls(call, calls)
             out[name] = {"median_us": rnd(median(lat), 1), "p99_us": rnd(pct(lat, 99), 1)}
     finally:
-        await mx.end_writes()
-        await mx_unary.end_writes()
+        for side in sides:
+            await side.end_writes()
     return out
 
 
@@ -596,7 +619,13 @@ async def run_async(quick: bool) -> dict[str, Any]:
         # a 1 ms scan would be a plant of 10 million changes a second).
         slow = sim_server(galaxy_objects=int(p["objects"]), scan_ms=1000)
         assert slow is not None
-        async with sim, slow, opcua_server(n_bulk) as opc:
+        # Single calls also against a simulator on uvloop (mxgw-sim serve --event-loop
+        # uvloop), when it is installed: the same plant, far less CPU per message.
+        fast = None
+        if importlib.util.find_spec("uvloop") is not None:
+            fast = sim_server(galaxy_objects=int(p["objects"]), scan_ms=1, event_loop="uvloop")
+        report.results["single_calls_uvloop_simulator"] = fast is not None
+        async with sim, slow, opcua_server(n_bulk) as opc, contextlib.AsyncExitStack() as stack:
             tags, values = load_tags(tags_file, max(n_bulk, 2000))
             # Doubles first: the single read/write and the changing tags are alike on both.
             report.results["simulator_tags"] = len(tags)
@@ -613,9 +642,15 @@ async def run_async(quick: bool) -> dict[str, Any]:
                 mx_advised = Mx(slow_lib, tags, values)
                 await mx_advised.setup()
                 await mx_advised.session.subscribe_bulk(mx_advised.hlmx, tags[:n_bulk])
+                mx_uvloop = None
+                if fast is not None:
+                    await stack.enter_async_context(fast)
+                    fast_lib = await stack.enter_async_context(stream_session(fast.address))
+                    mx_uvloop = Mx(fast_lib, tags, values)
+                    await mx_uvloop.setup()
                 ua_side = Ua(opc.info["address"], int(opc.info["namespace"]), n_bulk)
                 try:
-                    await run_rounds(report, mx, mx_unary, mx_advised, ua_side, p)
+                    await run_rounds(report, mx, mx_unary, mx_advised, ua_side, p, mx_uvloop)
                 finally:
                     await ua_side.close()
                 await mx.begin_writes()  # after the rounds: nothing measured there follows it
@@ -646,10 +681,17 @@ async def run_async(quick: bool) -> dict[str, Any]:
 
 
 async def run_rounds(
-    report: Report, mx: Mx, mx_unary: Mx, mx_advised: Mx, ua_side: Ua, p: dict[str, float]
+    report: Report,
+    mx: Mx,
+    mx_unary: Mx,
+    mx_advised: Mx,
+    ua_side: Ua,
+    p: dict[str, float],
+    mx_uvloop: Mx | None = None,
 ) -> None:
     """Interleaved rounds of every row."""
     rows: dict[str, list[tuple[float, float]]] = {name: [] for name in GOALS}
+    uvloop_rows: dict[str, list[tuple[float, float]]] = {}
     raw: dict[str, list[Any]] = {"unary": [], "bulk": [], "events": []}
     warm, window = float(p["warm_s"]), float(p["window_s"])
     n_bulk = int(p["bulk"])
@@ -658,7 +700,7 @@ async def run_rounds(
         await ua_side.connect()
         await ua_side.bulk_read(n_bulk)  # and the server's
         flip = r % 2 == 1
-        u = await unary_round(mx, mx_unary, ua_side, int(p["calls"]), flip)
+        u = await unary_round(mx, mx_unary, ua_side, int(p["calls"]), flip, mx_uvloop)
         raw["unary"].append(u)
         rows["read_one_median"].append((u["mx_read"]["median_us"], u["ua_read"]["median_us"]))
         rows["read_one_p99"].append((u["mx_read"]["p99_us"], u["ua_read"]["p99_us"]))
@@ -671,6 +713,15 @@ async def run_rounds(
             ("write_one_median_unary", "mx_write_unary", "ua_write", "median_us"),
         ):
             rows[row].append((u[mine][stat], u[theirs][stat]))
+        if mx_uvloop is not None:
+            for row, mine, theirs, stat in (
+                ("read_one_median", "mx_read", "ua_read", "median_us"),
+                ("read_one_p99", "mx_read", "ua_read", "p99_us"),
+                ("ping_vs_read_median", "mx_ping", "ua_read", "median_us"),
+                ("write_one_median", "mx_write", "ua_write", "median_us"),
+            ):
+                mine_uv = u[mine + UVLOOP_SUFFIX][stat]
+                uvloop_rows.setdefault(row + UVLOOP_SUFFIX, []).append((mine_uv, u[theirs][stat]))
 
         bulk: dict[str, float] = {}
         sides = {"mx": mx.bulk_read, "ua": ua_side.bulk_read, "mx_advised": mx_advised.bulk_read}
@@ -709,6 +760,8 @@ async def run_rounds(
         raw["events"].append(ev)
         print(f"bench opcua: round {r + 1} done, load {load()}", file=sys.stderr, flush=True)
     report.results["rounds"] = raw
+    if uvloop_rows:
+        report.results["single_calls_simulator_on_uvloop"] = ratio_table(uvloop_rows)
     floor = [u["grpc_health"]["median_us"] / u["ua_read"]["median_us"] for u in raw["unary"]]
     report.results["grpc_health_vs_asyncua_read_median"] = rnd(median(floor), 3)
     report.results["asyncua_reconnects"] = ua_side.reconnects

@@ -35,6 +35,8 @@ from pathlib import Path
 from typing import Any
 
 from bench._common import API_KEY
+from mxgateway_sim._eventloop import EVENT_LOOPS
+from mxgateway_sim._eventloop import run as run_event_loop
 
 DEFAULT_WORKER_POOL = 2
 """``--worker-pool`` unless told (the gateway's default; kept here so that parsing the
@@ -262,11 +264,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--worker-pool", type=int, default=DEFAULT_WORKER_POOL, help="workers started ahead"
     )
+    parser.add_argument(
+        "--event-loop", choices=EVENT_LOOPS, default="asyncio", help="the server's event loop"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     if args.db_dir:
         Path(args.db_dir).mkdir(parents=True, exist_ok=True)
-    asyncio.run(serve(args))
+    run_event_loop(serve(args), args.event_loop)
     return 0
 
 

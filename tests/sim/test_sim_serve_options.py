@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import subprocess
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
@@ -16,6 +18,7 @@ from simhelpers import Gw
 from mxgateway_sim import new_key
 
 CLI = [sys.executable, "-c", "from mxgateway_sim.cli import run; run()"]
+SERVE = ("serve", "--plaintext", "--listen", "127.0.0.1:0", "--api-key-env", "FE_TEST_KEY")
 
 
 def _run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -45,17 +48,15 @@ def test_api_key_env_unset_or_malformed_is_one_line_and_exit_2() -> None:
         assert "secret-but-malformed" not in result.stderr
 
 
-async def test_api_key_env_serves_with_a_key_that_is_not_in_the_process_list() -> None:
-    key = new_key()
+@contextlib.asynccontextmanager
+async def _serving(key: str, *flags: str) -> AsyncIterator[tuple[str, int]]:
+    """``mxgw-sim serve --plaintext`` with ``key`` from the environment and ``flags``: its
+    address and pid; it must stop cleanly (exit 0) when terminated."""
     proc = await asyncio.create_subprocess_exec(
         *CLI,
-        "serve",
-        "--plaintext",
-        "--listen",
-        "127.0.0.1:0",
-        "--api-key-env",
-        "FE_TEST_KEY",
+        *SERVE,
         "--json",
+        *flags,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         env={**os.environ, "FE_TEST_KEY": key, "PYTHONUNBUFFERED": "1"},
@@ -63,17 +64,23 @@ async def test_api_key_env_serves_with_a_key_that_is_not_in_the_process_list() -
     try:
         assert proc.stdout is not None
         info = json.loads(await asyncio.wait_for(proc.stdout.readline(), 60))
-        assert key.encode() not in _cmdline(proc.pid)
-        async with grpc.aio.insecure_channel(info["address"]) as channel:
-            gw = Gw(channel, key)
-            sid = await gw.open()
-            await gw.ok(sid, "ping")
+        yield info["address"], proc.pid
         proc.terminate()
         assert await asyncio.wait_for(proc.wait(), 30) == 0
     finally:
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+async def test_api_key_env_serves_with_a_key_that_is_not_in_the_process_list() -> None:
+    key = new_key()
+    async with _serving(key) as (address, pid):
+        assert key.encode() not in _cmdline(pid)
+        async with grpc.aio.insecure_channel(address) as channel:
+            gw = Gw(channel, key)
+            sid = await gw.open()
+            await gw.ok(sid, "ping")
 
 
 def test_first_value_delay_flag_default_agrees_with_the_session_options() -> None:
@@ -156,3 +163,36 @@ async def test_read_bulk_of_an_unadvised_tag_waits_for_the_first_value() -> None
             await asyncio.wait_for(events.__anext__(), 30)
         cached = await session.read_bulk(h, ["Tank01.Description"], timeout_ms=100)
         assert cached[0].was_successful and cached[0].was_cached
+
+
+async def test_event_loop_uvloop_serves_the_same_commands_and_events() -> None:
+    pytest.importorskip("uvloop")
+    from mxgateway import ClientOptions, DataChange, GatewayClient
+
+    key = new_key()
+    async with _serving(key, "--event-loop", "uvloop") as (address, _):
+        options = ClientOptions(endpoint=address, api_key=key, plaintext=True)
+        async with (
+            await GatewayClient.connect(options=options) as client,
+            await client.open_session() as session,
+        ):
+            h = await session.register("uvloop")
+            rows = await session.subscribe_bulk(h, ["Tank01.Level"])
+            assert rows[0].was_successful
+            async with session.events() as events:
+                event = await asyncio.wait_for(events.__anext__(), 30)
+            assert isinstance(event, DataChange) and event.item_handle == rows[0].item_handle
+            (row,) = await session.read_bulk(h, ["Tank01.Level"])
+            assert row.tag_address == "Tank01.Level"
+            await session.ping()
+
+
+def test_event_loop_uvloop_without_the_package_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    # A uvloop that cannot be imported, first on the child's path: a usage error.
+    (tmp_path / "uvloop.py").write_text("raise ImportError('no uvloop here')\n")
+    path = os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "FE_TEST_KEY": new_key(), "PYTHONPATH": path}
+    result = _run_cli(*SERVE, "--event-loop", "uvloop", env=env)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "uvloop" in result.stderr and len(result.stderr.strip().splitlines()) == 1
