@@ -27,7 +27,15 @@ from mxgateway import (
     TagValue,
 )
 from mxgateway.generated import mxaccess_gateway_pb2 as pb
-from mxgateway_sim import GatewaySimulator, SessionOptions, builtin_catalog
+from mxgateway_sim import (
+    GatewaySimulator,
+    InMemoryCatalog,
+    SessionOptions,
+    TagInfo,
+    builtin_catalog,
+)
+from mxgateway_sim._builtin import tag
+from mxgateway_sim._domain import MX_DOUBLE
 from mxgateway_sim._limits import LimitError
 from mxgateway_sim._sessions import SessionState
 from mxgateway_sim._wire import read_reply_bytes
@@ -277,6 +285,39 @@ async def test_pooled_workers_wait_without_a_session_and_are_handed_out() -> Non
         await sim.stop()
     for pid in every:
         assert await _gone(pid)
+
+
+class _Redeployable(InMemoryCatalog):
+    """A catalog a test can redeploy (its version goes up)."""
+
+    def redeploy(self, tags: list[TagInfo]) -> None:
+        self.__init__(tags, self.version + 1)  # type: ignore[misc]
+
+
+async def test_a_redeploy_retires_the_pooled_workers_started_before_it() -> None:
+    """Pooled workers were started with the catalog of their time: after a redeploy a new
+    session gets a worker with the new catalog, and the stale ones are stopped."""
+    base = builtin_catalog().all_tags()
+    catalog = _Redeployable(base)
+    async with (
+        GatewaySimulator(
+            catalog=catalog,
+            session_isolation="process",
+            worker_settings=WorkerSettings(pool_size=2),
+        ) as sim,
+        await GatewayClient.connect(
+            endpoint=sim.endpoint, api_key=sim.api_key, plaintext=True
+        ) as client,
+    ):
+        stale = await _until_workers(2)
+        catalog.redeploy([*base, tag("Tank99", "Level", MX_DOUBLE)])
+        async with await client.open_session(client_session_name="after") as session:
+            assert await _pid(session) not in stale
+            h = await session.register("t")
+            (row,) = await session.read_bulk(h, ["Tank99.Level"])
+            assert row.was_successful, row  # the worker knows the new object
+        for pid in stale:
+            assert await _gone(pid)
 
 
 async def test_without_a_pool_each_worker_starts_with_its_session() -> None:
