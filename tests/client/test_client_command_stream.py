@@ -320,3 +320,40 @@ async def test_by_default_commands_use_the_stream_and_fall_back_where_it_is_miss
         ]
     finally:
         await server.stop(None)
+
+
+def test_a_client_on_uvloop_runs_commands_and_events_as_on_asyncio() -> None:
+    # The library has no loop of its own: an application on uvloop gets the same answers.
+    uvloop = pytest.importorskip("uvloop")
+
+    async def main() -> list[pb.MxCommandReply]:
+        async with (
+            GatewaySimulator(catalog=builtin_catalog(), scan_interval_ms=20) as sim,
+            await _connect(sim, stream=True) as client,
+            await client.open_session() as s,
+        ):
+            replies = await _script(s)
+            h = await s.register("uvloop-events")
+            item = await s.add_item(h, "Tank01.Level")
+            await s.advise(h, item)
+            async with s.events() as events:
+
+                async def first_of_item() -> object:
+                    async for event in events:
+                        if getattr(event, "item_handle", None) == item:
+                            return event
+                    return None
+
+                assert await asyncio.wait_for(first_of_item(), 30) is not None
+            assert client._commands is not None and client._commands._call is not None
+            return [_comparable(r) for r in replies]
+
+    async def on_asyncio() -> list[pb.MxCommandReply]:
+        async with (
+            GatewaySimulator(catalog=builtin_catalog()) as sim,
+            await _connect(sim, stream=True) as client,
+            await client.open_session() as s,
+        ):
+            return [_comparable(r) for r in await _script(s)]
+
+    assert uvloop.run(main()) == asyncio.run(on_asyncio())
