@@ -437,8 +437,11 @@ def decode_events(
             else:
                 tracking = True
             last = seq
-        if ev.family == data:
-            d = ev.on_data_change
+        d = ev.on_data_change
+        item = d.item_handle
+        # A non-zero item handle means on_data_change is the body (the family need not be
+        # read); otherwise it is a data change only by its family, as before.
+        if item or ev.family == data:
             v = d.value
             # A set oneof member reads non-zero only when it is the one set: the common
             # kinds skip WhichOneof (a zero or any other kind takes the full conversion).
@@ -455,7 +458,7 @@ def decode_events(
             dc = new(change)
             dc.worker_sequence = seq
             dc.server_handle = d.server_handle
-            dc.item_handle = d.item_handle
+            dc.item_handle = item
             dc.value = value
             dc.quality = d.quality
             dc.timestamp = stamp  # type: ignore[assignment]
