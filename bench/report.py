@@ -274,7 +274,11 @@ def galaxy_target(b: dict[str, Any]) -> list[Any] | None:
     ]
 
 
-_OPCUA_UNITS = {"bulk_read_10000": "ms", "bulk_read_10000_advised": "ms"}
+_OPCUA_UNITS = {
+    "bulk_read_10000": "ms",
+    "bulk_read_10000_advised": "ms",
+    "bulk_read_10000_scan_1s": "ms",
+}
 
 
 def opcua(b: dict[str, Any]) -> str:
