@@ -201,12 +201,22 @@ class GatewayClient:
         OK). MXAccess failures (that code, a negative ``hresult`` or a status whose
         category is a failure) stay in the returned reply.
         """
-        kind = enum_name(pb.MxCommandKind, command.kind)
         request = pb.MxCommandRequest(
             session_id=session_id,
             client_correlation_id=client_correlation_id or self._next_correlation_id(),
             command=command,
         )
+        return await self._invoke_request(request, timeout)
+
+    async def _invoke_request(
+        self, request: pb.MxCommandRequest, timeout: float | UseDefault | None = DEFAULT
+    ) -> pb.MxCommandReply:
+        """:meth:`invoke_raw` of a request already built (``Session`` builds a large bulk
+        command inside its request: setting it as a field would copy every row)."""
+        if not request.client_correlation_id:
+            request.client_correlation_id = self._next_correlation_id()
+        session_id = request.session_id
+        kind = enum_name(pb.MxCommandKind, request.command.kind)
         reply: pb.MxCommandReply | None = None
         commands = self._commands
         if commands is not None and commands.available:

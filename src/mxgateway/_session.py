@@ -26,6 +26,7 @@ from mxgateway._errors import (
     MxGatewaySessionNotFoundError,
     MxGatewaySessionStateError,
     MxGatewayWriteTimeoutError,
+    check_mxaccess,
 )
 from mxgateway._events import EventStream, WriteComplete
 from mxgateway._logsafe import get_logger
@@ -671,16 +672,28 @@ class Session:
         cls: type[_B],
         *,
         timeout: float | UseDefault | None = DEFAULT,
+        request: pb.MxCommandRequest | None = None,
     ) -> list[Any]:
         """Run a bulk command, split into several requests when it would not fit in one
-        message (or has more rows than one reply should carry); results keep input order."""
+        message (or has more rows than one reply should carry); results keep input order.
+        ``request``: the request ``cmd`` was built in (:meth:`_request`)."""
         self._check_open()
         budget = self._client.options.max_message_bytes // _BULK_REQUEST_SHARE
         results: list[Any] = []
         for part in split_bulk_command(cmd, budget):
-            reply = await self._client.invoke(self._session_id, part, timeout=timeout)
+            if part is cmd and isinstance(request, pb.MxCommandRequest):
+                # Sent as built, inside its request (no copy of its rows).
+                reply = check_mxaccess(await self._client._invoke_request(request, timeout))
+            else:
+                reply = await self._client.invoke(self._session_id, part, timeout=timeout)
             results.extend(self._result(reply, field, cls).results)
         return results
+
+    def _request(self) -> tuple[pb.MxCommandRequest, pb.MxCommand]:
+        """A request of this session and its command, to fill in place: a bulk command
+        built inside its request is sent without a copy of its rows (:meth:`_bulk`)."""
+        request = pb.MxCommandRequest(session_id=self._session_id)
+        return request, request.command
 
     async def _bulk_subscribe(self, cmd: pb.MxCommand) -> list[pb.SubscribeResult]:
         return await self._bulk(cmd, "bulk_subscribe", pb.BulkSubscribeReply)
@@ -935,13 +948,15 @@ class Session:
         if timeout is DEFAULT:
             base = self._client.options.timeout
             timeout = None if base is None else base + len(tags) * timeout_ms / 1000
-        cmd = pb.MxCommand(
-            kind=pb.MX_COMMAND_KIND_READ_BULK,
-            read_bulk=pb.ReadBulkCommand(
-                server_handle=server_handle, tag_addresses=tags, timeout_ms=timeout_ms
-            ),
+        request, cmd = self._request()
+        cmd.kind = pb.MX_COMMAND_KIND_READ_BULK
+        read = cmd.read_bulk
+        read.server_handle = server_handle
+        read.tag_addresses.extend(tags)
+        read.timeout_ms = timeout_ms
+        return await self._bulk(
+            cmd, "bulk_read", pb.BulkReadReply, timeout=timeout, request=request
         )
-        return await self._bulk(cmd, "bulk_read", pb.BulkReadReply, timeout=timeout)
 
     # -- events -----------------------------------------------------------------------
     def events(

@@ -1,0 +1,71 @@
+"""``Session.read_bulk`` sends the request it builds in place (no copy of its rows) and
+answers exactly what the same ``ReadBulk`` sent through ``invoke_raw`` answers.
+
+Real simulator on loopback gRPC, a plant frozen between ticks (a read keeps each sample
+until a tick changes it), on the command stream and on unary ``Invoke``.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from mxgateway import ClientOptions, GatewayClient, MxGatewaySessionNotFoundError
+from mxgateway.generated import mxaccess_gateway_pb2 as pb
+from mxgateway_sim import GatewaySimulator, builtin_catalog
+
+TAGS = [
+    "Tank01.Level",
+    "Pump01.Speed",
+    "Tank01.LevelSetpoint",
+    "Tank01.LevelHistory[3]",
+    "Nope01.Level",
+    "bad ref",
+    "Tank01.Level",
+]
+
+
+def _read(handle: int, tags: list[str], timeout_ms: int = 0) -> pb.MxCommand:
+    return pb.MxCommand(
+        kind=pb.MX_COMMAND_KIND_READ_BULK,
+        read_bulk=pb.ReadBulkCommand(
+            server_handle=handle, tag_addresses=tags, timeout_ms=timeout_ms
+        ),
+    )
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_read_bulk_answers_what_invoke_raw_answers(stream: bool) -> None:
+    async with GatewaySimulator(
+        catalog=builtin_catalog(), scan_interval_ms=3_600_000, flaky_one_in=0
+    ) as sim:
+        options = ClientOptions(
+            endpoint=sim.endpoint, api_key=sim.api_key, plaintext=True, command_stream=stream
+        )
+        async with (
+            await GatewayClient.connect(options=options) as client,
+            await client.open_session("rb") as session,
+        ):
+            hlmx = await session.register("rb")
+            await session.subscribe_bulk(hlmx, TAGS[:1])  # one row from the advise
+            for timeout_ms in (0, 250):
+                rows = await session.read_bulk(hlmx, TAGS, timeout_ms=timeout_ms)
+                reply = await session.invoke_raw(_read(hlmx, TAGS, timeout_ms))
+                raw = list(reply.bulk_read.results)
+                assert [r.tag_address for r in rows] == TAGS
+                assert [r.SerializeToString() for r in rows] == [r.SerializeToString() for r in raw]
+                assert [r.was_successful for r in rows] == [True] * 4 + [False] * 2 + [True]
+                assert rows[0].was_cached and not rows[1].was_cached
+            # An unknown server handle: every row fails, alike on both paths.
+            rows = await session.read_bulk(hlmx + 99, TAGS[:2])
+            reply = await session.invoke_raw(_read(hlmx + 99, TAGS[:2]))
+            assert [r.SerializeToString() for r in rows] == [
+                r.SerializeToString() for r in reply.bulk_read.results
+            ]
+            assert not any(r.was_successful for r in rows)
+            # A gateway-level refusal raises the same typed error on both paths.
+            await client.close_session(session.session_id)
+            with pytest.raises(MxGatewaySessionNotFoundError) as direct:
+                await client.invoke_raw(session.session_id, _read(hlmx, TAGS))
+            with pytest.raises(MxGatewaySessionNotFoundError) as helper:
+                await session.read_bulk(hlmx, TAGS)
+            assert str(helper.value) == str(direct.value)
