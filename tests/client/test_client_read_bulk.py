@@ -7,6 +7,9 @@ until a tick changes it), on the command stream and on unary ``Invoke``.
 
 from __future__ import annotations
 
+import gc
+from collections.abc import Iterator
+
 import pytest
 
 from mxgateway import ClientOptions, GatewayClient, MxGatewaySessionNotFoundError
@@ -55,6 +58,21 @@ async def test_read_bulk_answers_what_invoke_raw_answers(stream: bool) -> None:
                 assert [r.SerializeToString() for r in rows] == [r.SerializeToString() for r in raw]
                 assert [r.was_successful for r in rows] == [True] * 4 + [False] * 2 + [True]
                 assert rows[0].was_cached and not rows[1].was_cached
+            # Listing the rows pauses the garbage collector (no collection in the middle of
+            # the burst of row objects) and leaves it as the caller had it.
+            assert gc.isenabled()
+            again = await session.read_bulk(hlmx, TAGS)
+            assert gc.isenabled()
+            gc.disable()
+            try:
+                disabled = await session.read_bulk(hlmx, TAGS)
+                assert not gc.isenabled()
+            finally:
+                gc.enable()
+            assert [r.SerializeToString() for r in again] == [
+                r.SerializeToString() for r in disabled
+            ]
+            assert [r.SerializeToString() for r in again] == [r.SerializeToString() for r in rows]
             # An unknown server handle: every row fails, alike on both paths.
             rows = await session.read_bulk(hlmx + 99, TAGS[:2])
             reply = await session.invoke_raw(_read(hlmx + 99, TAGS[:2]))
@@ -69,3 +87,33 @@ async def test_read_bulk_answers_what_invoke_raw_answers(stream: bool) -> None:
             with pytest.raises(MxGatewaySessionNotFoundError) as helper:
                 await session.read_bulk(hlmx, TAGS)
             assert str(helper.value) == str(direct.value)
+
+
+def test_rows_are_listed_with_the_collector_paused() -> None:
+    """What ``Session`` lists a reply's rows with: no collection runs in the middle (the
+    collector is off while the rows are taken), and it is on again afterwards, or still
+    off for a caller that had switched it off."""
+    from mxgateway._session import _extend_rows
+
+    def rows() -> Iterator[bool]:
+        for _ in range(3):
+            yield gc.isenabled()
+
+    results: list[bool] = [True]
+    _extend_rows(results, rows())
+    assert results == [True, False, False, False]
+    assert gc.isenabled()
+
+    def failing() -> Iterator[bool]:
+        yield gc.isenabled()
+        raise RuntimeError("a row that does not list")
+
+    with pytest.raises(RuntimeError):
+        _extend_rows(results, failing())
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        _extend_rows(results, rows())
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
