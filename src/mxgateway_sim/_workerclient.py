@@ -24,7 +24,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from mxgateway._logsafe import get_logger
 from mxgateway._version import WORKER_PROTOCOL_VERSION
@@ -220,9 +220,9 @@ class WorkerRuntime:
             raise WorkerStartError(f"cannot start the worker: {exc}") from None
         self._transport = transport
         self.pid = transport.get_pid()
-        stdin = transport.get_pipe_transport(0)
-        assert isinstance(stdin, asyncio.WriteTransport)
-        self._stdin = stdin
+        # A write transport, though not an asyncio.WriteTransport subclass on every event
+        # loop (uvloop's is its own class).
+        self._stdin = cast("asyncio.WriteTransport", transport.get_pipe_transport(0))
 
     @property
     def config(self) -> Path | None:

@@ -112,6 +112,10 @@ class ProcessIsolation:
             except WorkerStartError as exc:
                 log.warning("a worker for the pool did not start: %s", exc)
                 return
+            except Exception:  # never an unretrieved task error: sessions start their own
+                log.exception("a worker for the pool did not start")
+                await worker.close()
+                return
             self._pool.append(worker)
 
     def _retire(self, worker: WorkerRuntime) -> None:
@@ -125,7 +129,7 @@ class ProcessIsolation:
         filling, self._filling = self._filling, None
         if filling is not None:
             filling.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            with contextlib.suppress(asyncio.CancelledError, Exception):  # _fill logged it
                 await filling
         pool, self._pool = self._pool, []
         for worker in pool:
