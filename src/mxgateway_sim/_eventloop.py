@@ -1,10 +1,12 @@
-"""The event loop a server process runs on: asyncio's own (the default) or uvloop.
+"""The event loop a server process runs on: uvloop where it is installed, else asyncio's own.
 
-``mxgw-sim serve --event-loop uvloop`` (and the benchmarks' simulator) run the server on
-uvloop, a libuv loop written in C: each turn of the loop, and so each gRPC message, costs
-the server far less CPU (docs/benchmarks.md). Opt-in: uvloop is a separate package (not
-on Windows), and its clock counts whole milliseconds, so timers shorter than that (a scan
-below 1 ms) are rounded.
+``mxgw-sim serve`` (``--event-loop auto``, the default) runs the server on uvloop, a libuv
+loop written in C, when it can be imported: each turn of the loop, and so each gRPC
+message, costs the server far less CPU (docs/benchmarks.md). uvloop is a base dependency
+except on Windows, where it does not exist and ``auto`` means asyncio's own loop;
+``--event-loop asyncio`` opts out. uvloop's clock counts whole milliseconds, so timers
+shorter than that (a scan below 1 ms) are rounded; the 1 ms scan keeps up on both loops
+(``python -m bench keepup``).
 """
 
 from __future__ import annotations
@@ -15,10 +17,10 @@ import sys
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
-__all__ = ["EVENT_LOOPS", "EventLoopUnavailable", "run"]
+__all__ = ["EVENT_LOOPS", "EventLoopUnavailable", "resolve", "run"]
 
-EVENT_LOOPS = ("asyncio", "uvloop")
-"""The values of ``--event-loop``."""
+EVENT_LOOPS = ("auto", "asyncio", "uvloop")
+"""The values of ``--event-loop``: ``auto`` is uvloop when it can be imported, else asyncio."""
 
 _T = TypeVar("_T")
 
@@ -27,7 +29,18 @@ class EventLoopUnavailable(Exception):
     """The event loop asked for is not installed (the message says how to get it)."""
 
 
-def run(main: Coroutine[Any, Any, _T], event_loop: str = "asyncio") -> _T:
+def resolve(event_loop: str) -> str:
+    """The loop ``event_loop`` stands for: ``auto`` becomes ``uvloop`` or ``asyncio``."""
+    if event_loop != "auto":
+        return event_loop
+    try:
+        importlib.import_module("uvloop")
+    except ImportError:
+        return "asyncio"
+    return "uvloop"
+
+
+def run(main: Coroutine[Any, Any, _T], event_loop: str = "auto") -> _T:
     """Run ``main`` to completion on a new loop of the kind ``event_loop`` names.
 
     Raises:
@@ -35,6 +48,8 @@ def run(main: Coroutine[Any, Any, _T], event_loop: str = "asyncio") -> _T:
             is closed unstarted).
         ValueError: an event loop not in :data:`EVENT_LOOPS`.
     """
+    if event_loop == "auto":
+        event_loop = resolve(event_loop)
     if event_loop == "asyncio":
         return asyncio.run(main)
     if event_loop != "uvloop":

@@ -32,6 +32,7 @@ EXPECTED: dict[str, tuple[str, ...]] = {
     "startup": ("mxgw_py_version", "median_ms"),
     "worker_hop": ("grpc", "process", "commands_us_median", "ping"),
     "metrics": ("in_process", "scrape_cpu_ms"),
+    "keepup": ("asyncio_min_changes_per_s",),
 }
 
 
@@ -64,6 +65,9 @@ def test_benchmark_quick_run_prints_json(name: str) -> None:
         node = node[key]
     if name == "opcua":
         _check_opcua(doc)
+    if name == "keepup":  # each loop measured (uvloop is a dependency off Windows)
+        loops = {r["event_loop"] for r in doc["results"]["rounds"]}
+        assert loops == ({"asyncio"} if sys.platform == "win32" else {"asyncio", "uvloop"})
     if name == "capacity":
         # Either the ladder ran or the reason it could not is reported.
         assert doc["results"] or doc["skipped"]

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -49,9 +50,11 @@ def test_api_key_env_unset_or_malformed_is_one_line_and_exit_2() -> None:
 
 
 @contextlib.asynccontextmanager
-async def _serving(key: str, *flags: str) -> AsyncIterator[tuple[str, int]]:
+async def _serving(
+    key: str, *flags: str, env: dict[str, str] | None = None
+) -> AsyncIterator[tuple[str, int, dict[str, Any]]]:
     """``mxgw-sim serve --plaintext`` with ``key`` from the environment and ``flags``: its
-    address and pid; it must stop cleanly (exit 0) when terminated."""
+    address, pid and start line; it must stop cleanly (exit 0) when terminated."""
     proc = await asyncio.create_subprocess_exec(
         *CLI,
         *SERVE,
@@ -59,12 +62,12 @@ async def _serving(key: str, *flags: str) -> AsyncIterator[tuple[str, int]]:
         *flags,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, "FE_TEST_KEY": key, "PYTHONUNBUFFERED": "1"},
+        env={**(env or os.environ), "FE_TEST_KEY": key, "PYTHONUNBUFFERED": "1"},
     )
     try:
         assert proc.stdout is not None
         info = json.loads(await asyncio.wait_for(proc.stdout.readline(), 60))
-        yield info["address"], proc.pid
+        yield info["address"], proc.pid, info
         proc.terminate()
         assert await asyncio.wait_for(proc.wait(), 30) == 0
     finally:
@@ -75,7 +78,7 @@ async def _serving(key: str, *flags: str) -> AsyncIterator[tuple[str, int]]:
 
 async def test_api_key_env_serves_with_a_key_that_is_not_in_the_process_list() -> None:
     key = new_key()
-    async with _serving(key) as (address, pid):
+    async with _serving(key) as (address, pid, _):
         assert key.encode() not in _cmdline(pid)
         async with grpc.aio.insecure_channel(address) as channel:
             gw = Gw(channel, key)
@@ -165,26 +168,53 @@ async def test_read_bulk_of_an_unadvised_tag_waits_for_the_first_value() -> None
         assert cached[0].was_successful and cached[0].was_cached
 
 
-async def test_event_loop_uvloop_serves_the_same_commands_and_events() -> None:
+@pytest.mark.parametrize(
+    ("flags", "loop"),
+    [
+        ((), "uvloop"),  # the default (auto) where uvloop is installed
+        (("--event-loop", "auto"), "uvloop"),
+        (("--event-loop", "uvloop"), "uvloop"),
+        (("--event-loop", "asyncio"), "asyncio"),  # the opt-out
+    ],
+)
+async def test_event_loop_serves_the_same_commands_and_events(
+    flags: tuple[str, ...], loop: str
+) -> None:
     pytest.importorskip("uvloop")
+    key = new_key()
+    async with _serving(key, *flags) as (address, _, info):
+        assert info["eventLoop"] == loop
+        await _commands_and_events(address, key)
+
+
+async def test_event_loop_auto_without_uvloop_serves_on_asyncio(tmp_path: Path) -> None:
+    # A uvloop that cannot be imported (Windows, or a trimmed install): auto is asyncio.
+    (tmp_path / "uvloop.py").write_text("raise ImportError('no uvloop here')\n")
+    path = os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))
+    key = new_key()
+    async with _serving(key, env={**os.environ, "PYTHONPATH": path}) as (address, _, info):
+        assert info["eventLoop"] == "asyncio"
+        await _commands_and_events(address, key)
+
+
+async def _commands_and_events(address: str, key: str) -> None:
+    """A session's commands and its first data change, through the public API."""
     from mxgateway import ClientOptions, DataChange, GatewayClient
 
-    key = new_key()
-    async with _serving(key, "--event-loop", "uvloop") as (address, _):
-        options = ClientOptions(endpoint=address, api_key=key, plaintext=True)
-        async with (
-            await GatewayClient.connect(options=options) as client,
-            await client.open_session() as session,
-        ):
-            h = await session.register("uvloop")
-            rows = await session.subscribe_bulk(h, ["Tank01.Level"])
-            assert rows[0].was_successful
-            async with session.events() as events:
-                event = await asyncio.wait_for(events.__anext__(), 30)
-            assert isinstance(event, DataChange) and event.item_handle == rows[0].item_handle
-            (row,) = await session.read_bulk(h, ["Tank01.Level"])
-            assert row.tag_address == "Tank01.Level"
-            await session.ping()
+    options = ClientOptions(endpoint=address, api_key=key, plaintext=True)
+    async with (
+        await GatewayClient.connect(options=options) as client,
+        await client.open_session() as session,
+    ):
+        h = await session.register("uvloop")
+        rows = await session.subscribe_bulk(h, ["Tank01.Level"])
+        assert rows[0].was_successful
+        async with session.events() as events:
+            event = await asyncio.wait_for(events.__anext__(), 30)
+        assert isinstance(event, DataChange) and event.item_handle == rows[0].item_handle
+        (row,) = await session.read_bulk(h, ["Tank01.Level"])
+        assert row.tag_address == "Tank01.Level"
+        await session.ping()
 
 
 def test_event_loop_uvloop_without_the_package_is_one_line_and_exit_2(tmp_path: Path) -> None:
