@@ -20,7 +20,7 @@ from typing import Any
 
 from bench import _client
 from bench._common import Report, load_tags, rnd, sim_server
-from bench.opcua import add_keep_up_target, keep_up, load, scan_stats
+from bench.opcua import add_keep_up_target, keep_up, keep_up_server, load, scan_stats
 
 FULL = {"rounds": 2, "keepup_s": 20.0, "objects": 2_600, "tags": 2_000}
 QUICK = {"rounds": 1, "keepup_s": 1.0, "objects": 300, "tags": 2_000}
@@ -30,14 +30,7 @@ async def one_round(event_loop: str, p: dict[str, Any], tmp: str) -> dict[str, A
     """Start a simulator on ``event_loop`` and measure one keep-up window against it."""
     tags_file = os.path.join(tmp, f"tags-{event_loop}.txt")
     stats_file = os.path.join(tmp, f"stats-{event_loop}.json")
-    sim = sim_server(
-        galaxy_objects=int(p["objects"]),
-        scan_ms=1,
-        tags_out=tags_file,
-        event_queue_limit=1_000_000,
-        extra=["--stats-file", stats_file, "--event-queue-bytes", str(128 << 20)],
-        event_loop=event_loop,
-    )
+    sim = keep_up_server(int(p["objects"]), tags_file, stats_file, event_loop)
     assert sim is not None
     async with sim, _client.library_session(sim.address) as lib:
         assert lib is not None
