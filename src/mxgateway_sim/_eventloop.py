@@ -7,6 +7,12 @@ except on Windows, where it does not exist and ``auto`` means asyncio's own loop
 ``--event-loop asyncio`` opts out. uvloop's clock counts whole milliseconds, so timers
 shorter than that (a scan below 1 ms) are rounded; the 1 ms scan keeps up on both loops
 (``python -m bench keepup``).
+
+A gateway that starts worker processes (``--session-isolation process``) runs on asyncio:
+uvloop starts a child with ``fork()``, which runs gRPC's fork handlers in a process full of
+gRPC threads, and those abort some children before they ``exec`` (the worker exits with
+SIGABRT); asyncio's subprocesses are started without them (``vfork``/``posix_spawn``).
+``auto`` picks asyncio there, and ``uvloop`` is refused.
 """
 
 from __future__ import annotations
@@ -17,10 +23,16 @@ import sys
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
-__all__ = ["EVENT_LOOPS", "EventLoopUnavailable", "resolve", "run"]
+__all__ = ["EVENT_LOOPS", "UVLOOP_FORKS", "EventLoopUnavailable", "is_uvloop", "resolve", "run"]
 
 EVENT_LOOPS = ("auto", "asyncio", "uvloop")
 """The values of ``--event-loop``: ``auto`` is uvloop when it can be imported, else asyncio."""
+
+UVLOOP_FORKS = (
+    "uvloop starts worker processes with fork(), where gRPC's fork handlers can abort "
+    "them; worker processes need asyncio's event loop"
+)
+"""Why a gateway that starts worker processes does not run on uvloop (the module says more)."""
 
 _T = TypeVar("_T")
 
@@ -29,10 +41,18 @@ class EventLoopUnavailable(Exception):
     """The event loop asked for is not installed (the message says how to get it)."""
 
 
-def resolve(event_loop: str) -> str:
-    """The loop ``event_loop`` stands for: ``auto`` becomes ``uvloop`` or ``asyncio``."""
+def is_uvloop(loop: asyncio.AbstractEventLoop) -> bool:
+    """Whether ``loop`` is one of uvloop's."""
+    return type(loop).__module__.split(".")[0] == "uvloop"
+
+
+def resolve(event_loop: str, *, starts_processes: bool = False) -> str:
+    """The loop ``event_loop`` stands for: ``auto`` becomes ``uvloop`` where it can be
+    imported and the server starts no worker processes, else ``asyncio``."""
     if event_loop != "auto":
         return event_loop
+    if starts_processes:
+        return "asyncio"
     try:
         importlib.import_module("uvloop")
     except ImportError:
@@ -40,16 +60,21 @@ def resolve(event_loop: str) -> str:
     return "uvloop"
 
 
-def run(main: Coroutine[Any, Any, _T], event_loop: str = "auto") -> _T:
-    """Run ``main`` to completion on a new loop of the kind ``event_loop`` names.
+def run(
+    main: Coroutine[Any, Any, _T], event_loop: str = "auto", *, starts_processes: bool = False
+) -> _T:
+    """Run ``main`` to completion on a new loop of the kind ``event_loop`` names;
+    ``starts_processes``: ``main`` starts worker processes (so not on uvloop).
 
     Raises:
-        EventLoopUnavailable: ``uvloop`` was asked for and cannot be imported (``main``
-            is closed unstarted).
+        EventLoopUnavailable: ``uvloop`` was asked for and cannot be imported, or
+            ``starts_processes`` (``main`` is closed unstarted).
         ValueError: an event loop not in :data:`EVENT_LOOPS`.
     """
-    if event_loop == "auto":
-        event_loop = resolve(event_loop)
+    event_loop = resolve(event_loop, starts_processes=starts_processes)
+    if event_loop == "uvloop" and starts_processes:
+        main.close()
+        raise EventLoopUnavailable(f"--event-loop uvloop: {UVLOOP_FORKS}")
     if event_loop == "asyncio":
         return asyncio.run(main)
     if event_loop != "uvloop":

@@ -37,6 +37,7 @@ from mxgateway_sim._domain import (
     WorkerInfo,
     WriteRequest,
 )
+from mxgateway_sim._eventloop import UVLOOP_FORKS, is_uvloop
 from mxgateway_sim._framing import MAX_FRAME_BYTES, FrameDecoder, FrameError
 from mxgateway_sim._runtime import EventSink
 from mxgateway_sim._wire import check_read_reply, varint
@@ -191,6 +192,8 @@ class WorkerRuntime:
             return
         settings = self.settings
         loop = asyncio.get_running_loop()
+        if is_uvloop(loop):
+            raise WorkerStartError(f"cannot start the worker: {UVLOOP_FORKS}")
         self._nonce = secrets.token_urlsafe(32)
         args = [
             *settings.command,

@@ -38,7 +38,7 @@ from mxgateway_sim._auth import (
     new_key,
 )
 from mxgateway_sim._auth import parse_scopes as _parse_scopes
-from mxgateway_sim._eventloop import EVENT_LOOPS, EventLoopUnavailable
+from mxgateway_sim._eventloop import EVENT_LOOPS, EventLoopUnavailable, is_uvloop
 from mxgateway_sim._eventloop import run as run_event_loop
 from mxgateway_sim._events import OverflowPolicy
 from mxgateway_sim._faults import FaultPlan, FaultPlanError
@@ -358,8 +358,9 @@ def build_parser(prog: str = "mxgw-sim") -> argparse.ArgumentParser:
         choices=EVENT_LOOPS,
         default="auto",
         help="the server's event loop: auto (default: uvloop where it is installed, as it is "
-        "with this package except on Windows, else asyncio), asyncio (opt out), or uvloop "
-        "(far less CPU per call; its clock counts whole milliseconds)",
+        "with this package except on Windows, and no worker processes are started; else "
+        "asyncio), asyncio (opt out), or uvloop (far less CPU per call; its clock counts "
+        "whole milliseconds; not with --session-isolation process)",
     )
     serve.add_argument(
         "--log-level", default="warning", choices=["debug", "info", "warning", "error"]
@@ -638,7 +639,7 @@ async def _serve_with(
                 "caFile": ca,
                 "galaxy": sim.galaxy_available,
                 "galaxyDb": db_text,
-                "eventLoop": _loop_name(asyncio.get_running_loop()),
+                "eventLoop": "uvloop" if is_uvloop(asyncio.get_running_loop()) else "asyncio",
             }
             if metrics_at is not None:
                 doc["metrics"] = metrics_at
@@ -655,11 +656,6 @@ async def _serve_with(
     finally:
         await sim.stop(grace=2.0)
     return EXIT_OK
-
-
-def _loop_name(loop: asyncio.AbstractEventLoop) -> str:
-    """``uvloop`` or ``asyncio``: the loop the server runs on (the start line says which)."""
-    return "uvloop" if type(loop).__module__.split(".")[0] == "uvloop" else "asyncio"
 
 
 def _keys_create(args: argparse.Namespace) -> int:
@@ -745,7 +741,11 @@ def main(argv: Sequence[str] | None = None, prog: str = "mxgw-sim") -> int:
         if args.command == "serve":
             configure_logging(args.log_level, args.log_format)
             try:
-                return run_event_loop(_serve(args), args.event_loop)
+                return run_event_loop(
+                    _serve(args),
+                    args.event_loop,
+                    starts_processes=args.session_isolation == "process",
+                )
             except EventLoopUnavailable as exc:
                 raise UsageError(str(exc)) from None
         if args.command == "keys":
