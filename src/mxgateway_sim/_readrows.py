@@ -11,6 +11,11 @@ What a row answers is still decided on every read exactly as the uncached path d
 whose result it already holds. Resolutions are dropped when the plant's deployed namespace
 changes (:meth:`Plant.resolve_epoch`).
 
+A repeat of the session's last ReadBulk (the same command, byte for byte: a poller) also
+skips finding its rows: the cache remembers that call's rows in order (:class:`ReadMemo`)
+for as long as none of them was dropped, so the repeat neither decodes, hashes nor looks up
+its 10,000 references; each row is then answered exactly as on a lookup.
+
 The cache is bounded in bytes (``--read-cache-bytes``, counting every string and encoded row
 it holds plus an estimate of the objects around them); past the bound the oldest entries
 go first. It belongs to the session and goes with it.
@@ -24,7 +29,7 @@ from mxgateway_sim._domain import TagSample
 from mxgateway_sim._plant import TagState
 from mxgateway_sim._references import ParsedReference
 
-__all__ = ["ENTRY_OVERHEAD_BYTES", "ReadRow", "ReadRowCache"]
+__all__ = ["ENTRY_OVERHEAD_BYTES", "ReadMemo", "ReadRow", "ReadRowCache"]
 
 ENTRY_OVERHEAD_BYTES = 480
 """Estimated bytes of one entry beyond its strings and encoded bytes (the entry and the
@@ -45,16 +50,24 @@ class ReadRow:
         "key",
         "sample",
         "state",
+        "text",
         "wire",
     )
 
     def __init__(
-        self, ref: ParsedReference, field: bytes, state: TagState | None, wire: bytes
+        self,
+        text: str,
+        ref: ParsedReference | None,
+        field: bytes,
+        state: TagState | None,
+        wire: bytes,
     ) -> None:
+        self.text = text
+        """The reference as read (the cache's key)."""
         # The parts of the reference a read needs, not the reference object (one object
         # less per row for the garbage collector to walk), unless it did not resolve.
-        self.key = ref.key
-        self.index = ref.index
+        self.key = "" if ref is None else ref.key
+        self.index = None if ref is None else ref.index
         self.failed = ref if state is None else None
         """The reference, kept for a row that did not resolve (its failure is rebuilt)."""
         self.field = field
@@ -73,17 +86,31 @@ class ReadRow:
         as it was at ``generation`` of the runtime's advised items."""
         self.generation = -1
 
+    @classmethod
+    def malformed(cls, text: str, wire: bytes, generation: int) -> ReadRow:
+        """A reference that does not parse: its failure row, for one call (never kept)."""
+        row = cls(text, None, b"", None, wire)
+        row.generation = generation  # answered by no item
+        return row
+
 
 class ReadRowCache:
     """The rows of one session, oldest first out, bounded in bytes."""
 
-    __slots__ = ("bytes", "epoch", "max_bytes", "rows")
+    __slots__ = ("bytes", "epoch", "max_bytes", "memo", "memo_cost", "memo_key", "rows", "version")
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
         self.bytes = 0
         self.rows: dict[str, ReadRow] = {}
         self.epoch: object = None
+        self.version = 0
+        """Counts every drop of a row (and a row not kept): remembered rows are valid only
+        while it stays what it was when they were remembered."""
+        self.memo_key = b""
+        self.memo: list[list[ReadRow]] | None = None
+        """The rows of the last ReadBulk (``memo_key``), a chunk at a time."""
+        self.memo_cost = 0
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -99,6 +126,7 @@ class ReadRowCache:
         the bound)."""
         row.cost = _cost(text, row, ref)
         if row.cost > self.max_bytes:
+            self.version += 1  # a call that reads it cannot be remembered
             return
         old = self.rows.pop(text, None)
         if old is not None:
@@ -118,14 +146,67 @@ class ReadRowCache:
 
     def _trim(self) -> None:
         rows = self.rows
+        if self.bytes > self.max_bytes:
+            self.forget()
         while self.bytes > self.max_bytes and rows:
             oldest = next(iter(rows))
             self.bytes -= rows.pop(oldest).cost
+            self.version += 1
 
     def clear(self) -> None:
         """Forget everything."""
         self.rows.clear()
         self.bytes = 0
+        self.memo, self.memo_key, self.memo_cost = None, b"", 0
+        self.version += 1
+
+    def recall(self, key: bytes) -> list[list[ReadRow]] | None:
+        """The rows remembered for the call ``key``, if it was the last one remembered."""
+        return self.memo if key == self.memo_key else None
+
+    def remember(self, key: bytes, rows: list[list[ReadRow]], version: int) -> None:
+        """Remember ``rows`` for the call ``key`` if no row was dropped since ``version``
+        (not if that would pass the bound: a memo never pushes rows out)."""
+        if version != self.version:
+            return
+        self.forget()
+        cost = len(key) + 8 * sum(map(len, rows)) + 64 * len(rows) + ENTRY_OVERHEAD_BYTES
+        if self.bytes + cost <= self.max_bytes:
+            self.memo, self.memo_key, self.memo_cost = rows, key, cost
+            self.bytes += cost
+
+    def forget(self) -> None:
+        """Drop the remembered call."""
+        self.bytes -= self.memo_cost
+        self.memo, self.memo_key, self.memo_cost = None, b"", 0
+
+
+class ReadMemo:
+    """One ReadBulk call against the cache's remembered call: the rows to answer with
+    (``rows``, a chunk at a time) when the call is that one, else what this call collects
+    to be remembered (:meth:`done`)."""
+
+    __slots__ = ("cache", "collected", "key", "rows", "spoiled", "version")
+
+    def __init__(self, cache: ReadRowCache, key: bytes) -> None:
+        self.cache = cache
+        self.key = key
+        self.rows = cache.recall(key)
+        self.version = cache.version
+        self.collected: list[list[ReadRow]] = []
+        self.spoiled = False
+        """Set when the call had rows it cannot remember (one did not parse, one took
+        another path)."""
+
+    @property
+    def valid(self) -> bool:
+        """True while no row was dropped since the call began."""
+        return self.cache.version == self.version
+
+    def done(self) -> None:
+        """The call answered every row: remember them for its repeat."""
+        if self.rows is None and not self.spoiled:
+            self.cache.remember(self.key, self.collected, self.version)
 
 
 def _cost(text: str, row: ReadRow, ref: ParsedReference) -> int:

@@ -58,7 +58,7 @@ from mxgateway_sim._limits import (
     LimitError,
 )
 from mxgateway_sim._plant import Plant, TagState
-from mxgateway_sim._readrows import ReadRow, ReadRowCache
+from mxgateway_sim._readrows import ReadMemo, ReadRow, ReadRowCache
 from mxgateway_sim._references import (
     ParsedReference,
     ReferenceCache,
@@ -684,8 +684,24 @@ class SimulatedRuntime:
             results[index] = _read_row(reference, sample, cached=False)
         return [r for r in results if r is not None]
 
+    def read_memo(self, command: bytes) -> ReadMemo | None:
+        """The session's remembered rows for a ReadBulk (``command``: its payload
+        serialized), or what the call collects to be remembered; None: no row cache."""
+        cache = self._read_rows
+        if cache is None:
+            return None
+        cache.check_epoch(self._plant.resolve_epoch())
+        return ReadMemo(cache, command)
+
     def read_wire(
-        self, server_handle: int, references: Sequence[str], max_bytes: int, already: int = 0
+        self,
+        server_handle: int,
+        references: Sequence[str] | None,
+        max_bytes: int,
+        already: int = 0,
+        *,
+        memo: ReadMemo | None = None,
+        rows: list[ReadRow] | None = None,
     ) -> bytes | None:
         """ReadBulk rows already encoded (``results`` entries of ``BulkReadReply``), through
         the session's :class:`~mxgateway_sim._readrows.ReadRowCache`; None when the call
@@ -700,20 +716,25 @@ class SimulatedRuntime:
         ``read_reply_bytes``: the size is checked before the rows are joined, and once the
         rows encoded for this call alone pass it the call returns None (the generic path
         then refuses the reply, sharing each sample's encoded value instead of copying it).
+        ``memo``: the call's :meth:`read_memo`; ``rows``: a chunk of its remembered rows,
+        read instead of ``references`` (looked up again if one was dropped since).
 
         Raises:
             LimitError: the reply would be larger than ``max_bytes``.
         """
         cache = self._read_rows
-        if cache is None or self._first_value_delay > 0:
-            return None
-        if server_handle not in self._registrations:
+        if cache is None or self._first_value_delay > 0 or server_handle not in self._registrations:
+            if memo is not None:
+                memo.spoiled = True
             return None
         plant = self._plant
         cache.check_epoch(plant.resolve_epoch())
-        get = cache.rows.get
-        first_advised = self._first_advised
         generation = self._advised_generation
+        if rows is None or memo is None or not memo.valid:
+            texts = references if rows is None else [row.text for row in rows]
+            assert texts is not None
+            rows = self._read_rows_of(cache, texts, generation, memo)
+        first_advised = self._first_advised
         current = plant.current
         now = time.time()  # the time of the rows this call computes
         # Bytes of the rows encoded by this call: past the room left, the call stops and
@@ -722,16 +743,7 @@ class SimulatedRuntime:
         room = max_bytes - already
         out: list[bytes] = []
         append = out.append
-        for text in references:
-            row = get(text)
-            if row is None:
-                try:
-                    ref = parse_reference(text)
-                except ReferenceSyntaxError as exc:  # malformed: its row, not kept
-                    append(read_reply_bytes([ReadResult(text, None, False, str(exc))]))
-                    continue
-                row = self._new_read_row(text, ref)
-                cache.add(text, row, ref)
+        for row in rows:
             if row.generation != generation:
                 # The item that answers cached reads of this reference (the first advised).
                 row.item = first_advised(row.key)
@@ -741,18 +753,18 @@ class SimulatedRuntime:
                 sample = item.last
                 if sample is not None:
                     if sample is not row.sample or not row.cached:
-                        self._encode_read_row(text, row, sample, True)
+                        self._encode_read_row(row.text, row, sample, True)
                         made += len(row.wire)
                         if made > room:
-                            return None
+                            return self._spoil(memo)
                     append(row.wire)
                     continue
             state = row.state
-            if state is None:  # did not resolve: its failure row
+            if state is None:  # did not resolve (or parse): its failure row
                 if row.sample is not None:  # the row last answered an advised item
                     row.sample = None
                     assert row.failed is not None
-                    cache.set_wire(text, row, self._failure_row(text, row.failed))
+                    cache.set_wire(row.text, row, self._failure_row(row.text, row.failed))
                 append(row.wire)
                 continue
             sample = current(state, now)
@@ -769,21 +781,57 @@ class SimulatedRuntime:
                     if len(wire) == len(row.wire):
                         row.wire = wire
                     else:
-                        cache.set_wire(text, row, wire)
+                        cache.set_wire(row.text, row, wire)
                 else:
-                    self._encode_read_row(text, row, sample, False)
+                    self._encode_read_row(row.text, row, sample, False)
                 made += len(row.wire)
                 if made > room:
-                    return None
+                    return self._spoil(memo)
             append(row.wire)
         check_read_reply(already + sum(map(len, out)), max_bytes)
         return b"".join(out)
+
+    def _read_rows_of(
+        self,
+        cache: ReadRowCache,
+        references: Sequence[str],
+        generation: int,
+        memo: ReadMemo | None,
+    ) -> list[ReadRow]:
+        """The cache's row of each reference (made and kept when missing; a malformed one
+        gets a row for this call only), collected into ``memo``."""
+        get = cache.rows.get
+        rows: list[ReadRow] = []
+        append = rows.append
+        for text in references:
+            row = get(text)
+            if row is None:
+                try:
+                    ref = parse_reference(text)
+                except ReferenceSyntaxError as exc:  # malformed: its row, not kept
+                    wire = read_reply_bytes([ReadResult(text, None, False, str(exc))])
+                    row = ReadRow.malformed(text, wire, generation)
+                    if memo is not None:
+                        memo.spoiled = True
+                else:
+                    row = self._new_read_row(text, ref)
+                    cache.add(text, row, ref)
+            append(row)
+        if memo is not None:
+            memo.collected.append(rows)
+        return rows
+
+    @staticmethod
+    def _spoil(memo: ReadMemo | None) -> None:
+        """A chunk leaves for the generic path: the call is not remembered."""
+        if memo is not None:
+            memo.spoiled = True
 
     def _new_read_row(self, text: str, ref: ParsedReference) -> ReadRow:
         """A reference's cache entry."""
         state, _ = self._resolve(ref)
         wire = self._failure_row(text, ref) if state is None else b""
-        return ReadRow(ref, reference_field(text), state, wire)
+        return ReadRow(text, ref, reference_field(text), state, wire)
 
     def _failure_row(self, text: str, ref: ParsedReference) -> bytes:
         """The encoded row of a reference that does not resolve (as :meth:`read`)."""

@@ -310,10 +310,25 @@ class CommandHandlers(ServicerCore):
         # The simulated runtime encodes rows itself from its per-session row cache (the
         # same bytes, see SimulatedRuntime.read_wire); other runtimes return ReadResults.
         ready = getattr(s.runtime, "read_wire", None)
+        # A repeat of the session's last ReadBulk answers the rows it remembers, in order,
+        # without decoding or looking up the references (SimulatedRuntime.read_memo).
+        recall = getattr(s.runtime, "read_memo", None)
+        memo = recall(p.SerializeToString()) if recall is not None else None
+        kept = memo.rows if memo is not None else None
         # A worker's runtime hands over the rows its worker encoded (WorkerRuntime.read_bytes).
         remote = getattr(s.runtime, "read_bytes", None)
-        for chunk in chunks(p.tag_addresses, READ_CHUNK_ROWS):
-            data = ready(p.server_handle, chunk, room, size) if ready is not None else None
+        for i, chunk in enumerate(
+            kept if kept is not None else chunks(p.tag_addresses, READ_CHUNK_ROWS)
+        ):
+            if kept is not None:
+                assert ready is not None  # the runtime that remembers rows encodes them
+                data = ready(p.server_handle, None, room, size, memo=memo, rows=chunk)
+                if data is None:  # the generic path, with the references
+                    chunk = p.tag_addresses[i * READ_CHUNK_ROWS : (i + 1) * READ_CHUNK_ROWS]
+            elif ready is not None:
+                data = ready(p.server_handle, chunk, room, size, memo=memo)
+            else:
+                data = None
             if data is None and remote is not None:
                 data = await remote(p.server_handle, chunk, timeout_s, room, size)
             if data is None:
@@ -322,6 +337,8 @@ class CommandHandlers(ServicerCore):
             parts.append(data)
             size += len(data)
             await slicer.checkpoint()
+        if memo is not None:
+            memo.done()
         body = b"".join(parts)
         return _reply_field("bulk_read") + varint(len(body)) + body
 

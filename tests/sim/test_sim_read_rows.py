@@ -18,8 +18,10 @@ from collections.abc import AsyncIterator
 import pytest
 
 from mxgateway import GatewayClient, MxGatewayInvalidRequestError, Session
+from mxgateway.generated import mxaccess_gateway_pb2 as pb
 from mxgateway_sim import GatewaySimulator, InMemoryCatalog, SessionOptions, builtin_catalog
 from mxgateway_sim._simruntime import SimulatedRuntime
+from mxgateway_sim._wire import read_reply_bytes
 
 KEPT = ["Tank01.Level", "Pump01.Running", "Pump01.StartCount", "Line01.State"]
 """Advised in the session that reads them (answered from the advise: ``was_cached``)."""
@@ -82,22 +84,64 @@ def _runtime(sim: GatewaySimulator, session: Session) -> SimulatedRuntime:
     return runtime
 
 
+MALFORMED = {"bad ref", "Me.Level", ""}
+"""The references of FAILING that do not parse (a call with one is not remembered)."""
+
+
 async def _compare(sim: GatewaySimulator, session: Session, hlmx: int, tags: list[str]) -> None:
-    """Read ``tags`` with the cache (twice: building, then reusing) and without it."""
+    """Read ``tags`` with the cache (twice: building, then reusing) and without it; then
+    the same without the malformed references, a call the cache remembers whole: its
+    repeat answers the remembered rows (and the first read of it, the rows remembered by
+    the last _compare, before whatever the test changed since)."""
     runtime = _runtime(sim, session)
     cache = runtime._read_rows
     assert cache is not None
-    first = await session.read_bulk(hlmx, tags)
-    again = await session.read_bulk(hlmx, tags)
-    runtime._read_rows = None  # the generic path
-    try:
-        plain = await session.read_bulk(hlmx, tags)
-    finally:
-        runtime._read_rows = cache
-    assert [r.tag_address for r in plain] == tags
-    for a, b, c in zip(first, again, plain, strict=True):
-        assert a.SerializeToString() == c.SerializeToString(), (a, c)
-        assert b.SerializeToString() == c.SerializeToString(), (b, c)
+    for batch in (tags, [t for t in tags if t not in MALFORMED]):
+        first = await session.read_bulk(hlmx, batch)
+        remembered = cache.memo is not None
+        again = await session.read_bulk(hlmx, batch)
+        runtime._read_rows = None  # the generic path
+        try:
+            plain = await session.read_bulk(hlmx, batch)
+        finally:
+            runtime._read_rows = cache
+        assert [r.tag_address for r in plain] == batch
+        for a, b, c in zip(first, again, plain, strict=True):
+            assert a.SerializeToString() == c.SerializeToString(), (a, c)
+            assert b.SerializeToString() == c.SerializeToString(), (b, c)
+        if batch is not tags and cache.max_bytes > 100_000:
+            assert remembered  # a roomy cache remembers a call without malformed rows
+        # What is remembered is in the cache (counted in its bound), never a dropped row.
+        memo = cache.memo or []
+        assert all(cache.rows.get(row.text) is row for chunk in memo for row in chunk)
+
+
+async def test_a_remembered_call_looks_its_rows_up_again_after_a_redeploy(
+    catalog: Catalog,
+) -> None:
+    """The plant redeployed at a pause of a remembered call (between two of its chunks):
+    the rest of the call is answered from the new namespace, as without the cache."""
+    async with GatewaySimulator(catalog=catalog, scan_interval_ms=3_600_000, flaky_one_in=0) as sim:
+        async for _, session in _open(sim):
+            hlmx = await session.register("rows")
+            batch = [*OTHER, *FRESH, *KEPT]
+            await session.read_bulk(hlmx, batch)
+            runtime = _runtime(sim, session)
+            cache = runtime._read_rows
+            assert cache is not None
+            key = pb.ReadBulkCommand(server_handle=hlmx, tag_addresses=batch).SerializeToString()
+            memo = runtime.read_memo(key)
+            assert memo is not None and memo.rows is not None  # the repeat is remembered
+            catalog.redeploy("Line01.Recipe")
+            plant = sim.plant
+            assert plant is not None
+            plant.step()  # the plant takes the new namespace
+            wire = runtime.read_wire(hlmx, None, 1 << 24, memo=memo, rows=memo.rows[0])
+            assert wire == read_reply_bytes(await runtime.read(hlmx, batch, 5.0))
+            rows = pb.BulkReadReply.FromString(wire).results
+            assert [r.tag_address for r in rows if not r.was_successful] == ["Line01.Recipe"]
+            memo.done()
+            assert cache.memo is None  # not remembered again: the call looked rows up
 
 
 async def _times_of_plant_reads(sim: GatewaySimulator, session: Session, hlmx: int) -> None:
