@@ -22,7 +22,7 @@ import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import grpc
 from grpc import aio
@@ -301,7 +301,7 @@ class RpcHook(Protocol):
 
 
 _MAX_GUARDED = 4096
-"""Guarded handlers kept (one per method and key); the cache starts afresh when full."""
+"""Guarded handlers kept (one per method); the cache starts afresh when full."""
 
 
 class AuthInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
@@ -310,10 +310,13 @@ class AuthInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
     The key comes from the metadata alone, so a refused call is answered before its body
     arrives (or whatever it holds is parsed): the refusal is a request-streaming handler
     that never reads. An accepted call gets a handler that parses the body without
-    raising (a malformed body is INVALID_ARGUMENT, never UNKNOWN with a traceback) and runs
-    with :data:`current_principal` set; that guarded handler is built once per method and
-    key. ``hook`` (the fault injector) may replace a call's handler while it is active:
-    one interceptor for both, so a call pays for one.
+    raising (a malformed body is INVALID_ARGUMENT, never UNKNOWN with a traceback),
+    built once per method; :data:`current_principal` is set here, in the call's task,
+    where its handler runs next (gRPC runs the interceptors and then the handler in one
+    task per call). A request-streaming method that checks its requests itself
+    (:func:`checks_own_requests`: InvokeStream) is served as it is, without relaying each
+    message. ``hook`` (the fault injector) may replace a call's handler while it is
+    active: one interceptor for both, so a call pays for one.
 
     (An interceptor, not a generic handler that registers the services: gRPC core queues
     the calls of registered methods, such as the health check, apart from the others, so
@@ -325,7 +328,7 @@ class AuthInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
         self._stats = stats
         """A ``GatewayStats`` counting refusals by reason (None: not counted)."""
         self._hook = hook
-        self._guarded: dict[tuple[str, Principal | None], grpc.RpcMethodHandler[Any, Any]] = {}
+        self._guarded: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
 
     async def intercept_service(
         self,
@@ -352,11 +355,13 @@ class AuthInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
                     grpc.StatusCode.PERMISSION_DENIED,
                     f"the API key lacks the {scope} scope needed by {method.rsplit('/', 1)[-1]}",
                 )
+            # The call's handler runs in this task, after this: it sees the key (a handler
+            # that checks its own requests gets no wrapper to set it, see _guarded).
+            current_principal.set(principal)
         hook = self._hook
         hooked = hook is not None and hook.active
-        key = (method, principal)
         if not hooked:
-            guarded = self._guarded.get(key)
+            guarded = self._guarded.get(method)
             if guarded is not None:
                 return guarded
         handler = await continuation(handler_call_details)
@@ -364,10 +369,10 @@ class AuthInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
             return handler
         if hooked:
             assert hook is not None
-            return _guarded(hook.wrap_rpc(method, handler), principal)
+            return _guarded(hook.wrap_rpc(method, handler))
         if len(self._guarded) >= _MAX_GUARDED:
             self._guarded.clear()
-        guarded = self._guarded[key] = _guarded(handler, principal)
+        guarded = self._guarded[method] = _guarded(handler)
         return guarded
 
 
@@ -413,13 +418,27 @@ def _malformed_message(request: _Malformed) -> str:
     return f"the request body is not a valid {request.type_name} message"
 
 
-def _guarded(
-    handler: grpc.RpcMethodHandler[Any, Any], principal: Principal | None
-) -> grpc.RpcMethodHandler[Any, Any]:
-    """``handler`` with a non-raising deserializer and :data:`current_principal` set.
+_F = TypeVar("_F", bound=Callable[..., Any])
 
-    ``principal`` is None for the services served without a key (health, reflection): their
-    malformed bodies are INVALID_ARGUMENT too, so no caller can fill the log with tracebacks.
+
+def checks_own_requests(method: _F) -> _F:
+    """Mark a request-streaming servicer method that checks each request itself with
+    :func:`malformed_reason`: the gate then serves it as it is, without relaying every
+    message it reads and writes through a wrapper (two generator layers per message)."""
+    method.checks_own_requests = True  # type: ignore[attr-defined]
+    return method
+
+
+def malformed_reason(request: object) -> str | None:
+    """Why a request a guarded handler received is not one (a body that did not parse),
+    or None for a request that parsed."""
+    return _malformed_message(request) if type(request) is _Malformed else None
+
+
+def _guarded(handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMethodHandler[Any, Any]:
+    """``handler`` with a non-raising deserializer: a malformed body is INVALID_ARGUMENT,
+    for the services served without a key (health, reflection) too, so no caller can fill
+    the log with tracebacks. (:data:`current_principal` is set by the interceptor.)
     """
     deserializer = _tolerant(handler.request_deserializer)
     serializer = handler.response_serializer
@@ -432,8 +451,6 @@ def _guarded(
         async def guarded_unary(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
             if type(request) is _Malformed:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, _malformed_message(request))
-            if principal is not None:
-                current_principal.set(principal)
             return await unary(request, context)
 
         return grpc.unary_unary_rpc_method_handler(
@@ -446,13 +463,17 @@ def _guarded(
         ) -> AsyncIterator[Any]:
             if type(request) is _Malformed:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, _malformed_message(request))
-            if principal is not None:
-                current_principal.set(principal)
             async for message in stream(request, context):
                 yield message
 
         return grpc.unary_stream_rpc_method_handler(
             guarded_stream, request_deserializer=deserializer, response_serializer=serializer
+        )
+    if bidi is not None and getattr(bidi, "checks_own_requests", False):  # InvokeStream
+        # It reads the tolerant parser's results and refuses a malformed one itself;
+        # the interceptor set current_principal in this call's task.
+        return grpc.stream_stream_rpc_method_handler(
+            bidi, request_deserializer=deserializer, response_serializer=serializer
         )
     if bidi is not None and inspect.isasyncgenfunction(bidi):  # server reflection
 
@@ -467,8 +488,6 @@ def _guarded(
                         )
                     yield request
 
-            if principal is not None:
-                current_principal.set(principal)
             async for message in bidi(checked(), context):
                 yield message
 

@@ -24,7 +24,7 @@ from mxgateway._version import GATEWAY_PROTOCOL_VERSION, WORKER_PROTOCOL_VERSION
 from mxgateway.commands import scope_for_command
 from mxgateway.generated import mxaccess_gateway_pb2 as pb
 from mxgateway_sim._alarms import AlarmMonitor
-from mxgateway_sim._auth import current_principal
+from mxgateway_sim._auth import checks_own_requests, current_principal, malformed_reason
 from mxgateway_sim._domain import (
     AlarmTransition,
     MxAccessError,
@@ -192,6 +192,7 @@ class GatewayServicer(CommandHandlers, EventStreams, AlarmService):
             released_registration_count=result.released.registrations,
         )
 
+    @checks_own_requests
     async def InvokeStream(
         self, requests: AsyncIterator[pb.MxCommandRequest], context: Context
     ) -> AsyncIterator[pb.MxCommandReply | bytes]:
@@ -206,6 +207,9 @@ class GatewayServicer(CommandHandlers, EventStreams, AlarmService):
         faults = self.faults
         invoke = self.invoke
         async for request in requests:
+            if type(request) is not pb.MxCommandRequest:  # a body that did not parse
+                reason = malformed_reason(request) or "not an MxCommandRequest"
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, reason)
             if faults is not None and faults.active:
                 await context.abort(grpc.StatusCode.UNIMPLEMENTED, STREAM_OFF)
             yield await invoke(request, context)

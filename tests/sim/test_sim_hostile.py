@@ -304,6 +304,20 @@ async def test_malformed_bodies_are_invalid_argument_without_a_traceback(
             with pytest.raises(grpc.aio.AioRpcError) as err:
                 await call.read()
             assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, method
+        # The command stream: a command is answered, then a malformed body ends the stream.
+        ping = pb.MxCommandRequest(
+            session_id="session-" + "0" * 32,
+            command=pb.MxCommand(kind=pb.MX_COMMAND_KIND_PING, ping=pb.PingCommand()),
+        )
+        stream = channel.stream_stream(GATEWAY + "InvokeStream")(metadata=md)
+        await stream.write(ping.SerializeToString())
+        reply = pb.MxCommandReply.FromString(await stream.read())
+        assert reply.kind == pb.MX_COMMAND_KIND_PING
+        await stream.write(b"\xff\xff\xff\xff")
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stream.read()
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "not a valid MxCommandRequest" in (err.value.details() or "")
         assert await healthy(channel)
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
 
