@@ -320,34 +320,6 @@ async def test_a_redeploy_retires_the_pooled_workers_started_before_it() -> None
             assert await _gone(pid)
 
 
-def test_process_isolation_on_uvloop() -> None:
-    """``mxgw-sim serve --event-loop uvloop --session-isolation process``: the gateway's
-    worker channel works on uvloop's transports too (pool, commands, a crash, the stop)."""
-    uvloop = pytest.importorskip("uvloop")
-
-    async def scenario() -> None:
-        settings = WorkerSettings(pool_size=1, shutdown_timeout_s=5.0)
-        async with _gateway(settings) as (sim, client):
-            first = await client.open_session(client_session_name="uv")
-            pid = await _pid(first)
-            h = await first.register("t")
-            (row,) = await first.read_bulk(h, ["Tank01.Level"])
-            assert row.was_successful
-            assert sim.fault_session(first.session_id)
-            assert await _gone(pid)
-            second = await client.open_session(client_session_name="uv2")
-            await second.ping()
-            every = set(_workers())
-            await sim.stop()
-        for worker in every:
-            assert await _gone(worker)
-
-    async def bounded() -> None:
-        await asyncio.wait_for(scenario(), 4 * DEADLINE)  # a broken channel fails, not hangs
-
-    uvloop.run(bounded())
-
-
 async def test_without_a_pool_each_worker_starts_with_its_session() -> None:
     settings = WorkerSettings(pool_size=0)
     async with _gateway(settings) as (_sim, client):
