@@ -37,6 +37,9 @@ from mxgateway_sim._wire import (
     write_reply_bytes,
 )
 
+_BULK_READ_FIELD = _reply_field("bulk_read")
+"""The tag of ``MxCommandReply.bulk_read`` (made once: a single read pays for every step)."""
+
 
 class CommandHandlers(ServicerCore):
     """The ``Invoke`` command handlers of the gateway servicer, one per payload member."""
@@ -306,7 +309,10 @@ class CommandHandlers(ServicerCore):
         room = self._room()
         parts: list[bytes] = []
         size = 0
-        slicer = Slicer()
+        tags = p.tag_addresses
+        # A call of one chunk (a single read, most calls) is not sliced: it has no pause
+        # to give the loop before its reply, only the machinery for 10,000 rows to pay.
+        slicer = Slicer() if len(tags) > READ_CHUNK_ROWS else None
         # The simulated runtime encodes rows itself from its per-session row cache (the
         # same bytes, see SimulatedRuntime.read_wire); other runtimes return ReadResults.
         ready = getattr(s.runtime, "read_wire", None)
@@ -317,14 +323,19 @@ class CommandHandlers(ServicerCore):
         kept = memo.rows if memo is not None else None
         # A worker's runtime hands over the rows its worker encoded (WorkerRuntime.read_bytes).
         remote = getattr(s.runtime, "read_bytes", None)
-        for i, chunk in enumerate(
-            kept if kept is not None else chunks(p.tag_addresses, READ_CHUNK_ROWS)
-        ):
+        pieces = (
+            kept
+            if kept is not None
+            else chunks(tags, READ_CHUNK_ROWS)
+            if slicer is not None
+            else (tags,)
+        )
+        for i, chunk in enumerate(pieces):
             if kept is not None:
                 assert ready is not None  # the runtime that remembers rows encodes them
                 data = ready(p.server_handle, None, room, size, memo=memo, rows=chunk)
                 if data is None:  # the generic path, with the references
-                    chunk = p.tag_addresses[i * READ_CHUNK_ROWS : (i + 1) * READ_CHUNK_ROWS]
+                    chunk = tags[i * READ_CHUNK_ROWS : (i + 1) * READ_CHUNK_ROWS]
             elif ready is not None:
                 data = ready(p.server_handle, chunk, room, size, memo=memo)
             else:
@@ -336,11 +347,12 @@ class CommandHandlers(ServicerCore):
                 data = read_reply_bytes(rows, room, already=size)
             parts.append(data)
             size += len(data)
-            await slicer.checkpoint()
+            if slicer is not None:
+                await slicer.checkpoint()
         if memo is not None:
             memo.done()
-        body = b"".join(parts)
-        return _reply_field("bulk_read") + varint(len(body)) + body
+        body = parts[0] if len(parts) == 1 else b"".join(parts)
+        return _BULK_READ_FIELD + varint(size) + body
 
     async def _ping(self, s: Session, p: pb.PingCommand, r: pb.MxCommandReply) -> None:
         await s.runtime.ping()

@@ -21,6 +21,7 @@ from mxgateway import GatewayClient, MxGatewayInvalidRequestError, Session
 from mxgateway.generated import mxaccess_gateway_pb2 as pb
 from mxgateway_sim import GatewaySimulator, InMemoryCatalog, SessionOptions, builtin_catalog
 from mxgateway_sim._simruntime import SimulatedRuntime
+from mxgateway_sim._svc_common import READ_CHUNK_ROWS
 from mxgateway_sim._wire import read_reply_bytes
 
 KEPT = ["Tank01.Level", "Pump01.Running", "Pump01.StartCount", "Line01.State"]
@@ -280,3 +281,28 @@ async def test_a_reply_over_the_message_limit_is_refused_alike(catalog: Catalog)
                 runtime._read_rows = cache
                 assert "--max-message-bytes" in messages[0] and "nothing was read" in messages[0]
                 assert messages[0] == messages[1] == messages[2]
+
+
+async def test_a_call_of_many_chunks_answers_what_its_single_reads_answer(
+    catalog: Catalog,
+) -> None:
+    """A read of one chunk is not sliced, a longer one is: over several chunks (cached,
+    remembered and generic) its rows are those of one read per reference."""
+    async with GatewaySimulator(catalog=catalog, scan_interval_ms=3_600_000, flaky_one_in=0) as sim:
+        async for _, session in _open(sim):
+            hlmx = await session.register("rows")
+            await session.subscribe_bulk(hlmx, KEPT)
+            single = {t: (await session.read_bulk(hlmx, [t]))[0] for t in ALL}
+            cache = _runtime(sim, session)._read_rows
+            assert cache is not None
+            wellformed = [t for t in ALL if t not in MALFORMED]
+            for base in (ALL, wellformed):  # the second is remembered whole
+                batch = base * (2 * READ_CHUNK_ROWS // len(base) + 1)
+                assert len(batch) > 2 * READ_CHUNK_ROWS  # three chunks
+                await _compare(sim, session, hlmx, batch)
+                for _ in range(2):
+                    rows = await session.read_bulk(hlmx, batch)
+                    assert [r.SerializeToString() for r in rows] == [
+                        single[t].SerializeToString() for t in batch
+                    ]
+            assert cache.memo is not None and len(cache.memo) == 3  # the last batch
