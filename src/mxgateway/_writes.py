@@ -39,13 +39,21 @@ class WriteWaiters:
 
     def __init__(self) -> None:
         self._pending: dict[tuple[int, int], deque[WriteWaiter]] = {}
+        # Per item, the sequence of the last completion that answered a write: a stream that
+        # delivers it again (a new stream resuming from an earlier point) cannot answer a
+        # later write with it. One int per item ever written with wait=True.
+        self._answered: dict[tuple[int, int], int] = {}
 
     def __len__(self) -> int:
         return sum(len(q) for q in self._pending.values())
 
     def expect(self, server_handle: int, item_handle: int, *, after: int = 0) -> WriteWaiter:
-        """Register a waiter before the write is sent (its completion may come first)."""
-        waiter = WriteWaiter((server_handle, item_handle), after)
+        """Register a waiter before the write is sent (its completion may come first).
+
+        It takes a completion after sequence ``after`` and after the completion that
+        answered the item's previous write."""
+        key = (server_handle, item_handle)
+        waiter = WriteWaiter(key, max(after, self._answered.get(key, 0)))
         self._pending.setdefault(waiter.key, deque()).append(waiter)
         return waiter
 
@@ -80,7 +88,11 @@ class WriteWaiters:
             if event.statuses and all(s.category == _PENDING for s in event.statuses):
                 continue  # interim: the final completion follows
             waiter = queue.popleft()
-            if not queue:
+            self._answered[waiter.key] = event.worker_sequence
+            if queue:
+                # The next write of the item came later: not this completion again.
+                queue[0].after = max(queue[0].after, event.worker_sequence)
+            else:
                 del self._pending[waiter.key]
             if not waiter.future.done():
                 waiter.future.set_result(event)
