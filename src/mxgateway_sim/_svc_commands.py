@@ -301,9 +301,12 @@ class CommandHandlers(ServicerCore):
         )
 
     async def _read_bulk(self, s: Session, p: pb.ReadBulkCommand, r: pb.MxCommandReply) -> bytes:
-        if p.timeout_ms < 0:
+        timeout_ms = p.timeout_ms  # each field read of a message costs a lookup
+        if timeout_ms < 0:
             raise _BadRequest("timeout_ms cannot be negative")
-        timeout_s = (p.timeout_ms or 5000) / 1000.0
+        timeout_s = (timeout_ms or 5000) / 1000.0
+        sh = p.server_handle
+        runtime = s.runtime
         # A chunk of tags at a time: each chunk's rows are encoded and dropped at once, and
         # the read stops as soon as the reply no longer fits (reads change nothing).
         room = self._room()
@@ -315,14 +318,14 @@ class CommandHandlers(ServicerCore):
         slicer = Slicer() if len(tags) > READ_CHUNK_ROWS else None
         # The simulated runtime encodes rows itself from its per-session row cache (the
         # same bytes, see SimulatedRuntime.read_wire); other runtimes return ReadResults.
-        ready = getattr(s.runtime, "read_wire", None)
+        ready = getattr(runtime, "read_wire", None)
         # A repeat of the session's last ReadBulk answers the rows it remembers, in order,
         # without decoding or looking up the references (SimulatedRuntime.read_memo).
-        recall = getattr(s.runtime, "read_memo", None)
+        recall = getattr(runtime, "read_memo", None)
         memo = recall(p.SerializeToString()) if recall is not None else None
         kept = memo.rows if memo is not None else None
         # A worker's runtime hands over the rows its worker encoded (WorkerRuntime.read_bytes).
-        remote = getattr(s.runtime, "read_bytes", None)
+        remote = getattr(runtime, "read_bytes", None)
         pieces = (
             kept
             if kept is not None
@@ -333,17 +336,17 @@ class CommandHandlers(ServicerCore):
         for i, chunk in enumerate(pieces):
             if kept is not None:
                 assert ready is not None  # the runtime that remembers rows encodes them
-                data = ready(p.server_handle, None, room, size, memo=memo, rows=chunk)
+                data = ready(sh, None, room, size, memo=memo, rows=chunk)
                 if data is None:  # the generic path, with the references
                     chunk = tags[i * READ_CHUNK_ROWS : (i + 1) * READ_CHUNK_ROWS]
             elif ready is not None:
-                data = ready(p.server_handle, chunk, room, size, memo=memo)
+                data = ready(sh, chunk, room, size, memo=memo)
             else:
                 data = None
             if data is None and remote is not None:
-                data = await remote(p.server_handle, chunk, timeout_s, room, size)
+                data = await remote(sh, chunk, timeout_s, room, size)
             if data is None:
-                rows = await s.runtime.read(p.server_handle, chunk, timeout_s)
+                rows = await runtime.read(sh, chunk, timeout_s)
                 data = read_reply_bytes(rows, room, already=size)
             parts.append(data)
             size += len(data)
