@@ -37,11 +37,14 @@ from mxgateway_sim import (
 TAG = "Tank01.LevelSetpoint"
 
 
-def _connect(sim: GatewaySimulator, *, stream: bool, key: str | None = None) -> Any:
+def _connect(
+    sim: GatewaySimulator, *, stream: bool, key: str | None = None, timeout: float = 30.0
+) -> Any:
     options = ClientOptions(
         endpoint=sim.endpoint,
         api_key=key or sim.api_key,
         plaintext=True,
+        timeout=timeout,
         command_stream=stream,
     )
     return GatewayClient.connect(options=options)
@@ -189,15 +192,7 @@ async def test_a_command_past_its_deadline_times_out_and_the_next_one_works() ->
         GatewaySimulator(
             catalog=builtin_catalog(), session_options=SessionOptions(first_value_delay_s=2.0)
         ) as sim,
-        await GatewayClient.connect(
-            options=ClientOptions(
-                endpoint=sim.endpoint,
-                api_key=sim.api_key,
-                plaintext=True,
-                timeout=0.3,
-                command_stream=True,
-            )
-        ) as client,
+        await _connect(sim, stream=True, timeout=0.3) as client,
         await client.open_session() as s,
     ):
         h = await s.register("slow")
@@ -215,15 +210,7 @@ async def test_each_command_keeps_its_own_deadline_on_the_stream() -> None:
         GatewaySimulator(
             catalog=builtin_catalog(), session_options=SessionOptions(first_value_delay_s=1.0)
         ) as sim,
-        await GatewayClient.connect(
-            options=ClientOptions(
-                endpoint=sim.endpoint,
-                api_key=sim.api_key,
-                plaintext=True,
-                timeout=30,
-                command_stream=True,
-            )
-        ) as client,
+        await _connect(sim, stream=True, timeout=30) as client,
         await client.open_session() as s,
     ):
         h = await s.register("deadlines")  # arms the timer 30 s ahead
