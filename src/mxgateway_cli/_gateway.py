@@ -36,6 +36,9 @@ def client_options(
             server_name_override=settings.server_name_override,
             timeout=timeout or DEFAULT_TIMEOUT,
             connect_timeout=timeout or CONNECT_TIMEOUT,
+            # One command per process: a persistent command stream saves nothing, and a
+            # gateway without it (upstream's) would answer a failed stream call first.
+            command_stream=False,
         )
     except ValueError as exc:
         secrets = [settings.api_key_text] if settings.api_key_text else []
