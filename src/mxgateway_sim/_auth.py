@@ -30,6 +30,7 @@ from grpc import aio
 from mxgateway.commands import COMMANDS
 from mxgateway.commands import scope_for_command as scope_for_command
 from mxgateway.generated import mxaccess_gateway_pb2 as pb
+from mxgateway_sim._bodygate import EOF, BodyGate
 
 SCOPES: tuple[str, ...] = (
     "session:open",
@@ -318,16 +319,31 @@ class AuthInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
     message. ``hook`` (the fault injector) may replace a call's handler while it is
     active: one interceptor for both, so a call pays for one.
 
+    Every accepted handler reads its first request message through ``gate``
+    (:class:`~mxgateway_sim._bodygate.BodyGate`), so a call whose message never arrives
+    ends within the gate's time bound instead of holding its call until its deadline: a
+    unary method is served as a request-streaming one that reads its one message itself
+    (invisible on the wire), and a method that checks its own requests reads its first one
+    through the gate it is given (``GatewayServicer.body_gate``).
+
     (An interceptor, not a generic handler that registers the services: gRPC core queues
     the calls of registered methods, such as the health check, apart from the others, so
     a flood of keyless calls cannot crowd them out.)
     """
 
-    def __init__(self, store: ApiKeyStore, stats: Any = None, hook: RpcHook | None = None) -> None:
+    def __init__(
+        self,
+        store: ApiKeyStore,
+        stats: Any = None,
+        hook: RpcHook | None = None,
+        gate: BodyGate | None = None,
+    ) -> None:
         self._store = store
         self._stats = stats
         """A ``GatewayStats`` counting refusals by reason (None: not counted)."""
         self._hook = hook
+        self.gate = gate if gate is not None else BodyGate(stats=stats)
+        """Bounds the wait for each call's first request message."""
         self._guarded: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
 
     async def intercept_service(
@@ -369,10 +385,10 @@ class AuthInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
             return handler
         if hooked:
             assert hook is not None
-            return _guarded(hook.wrap_rpc(method, handler))
+            return _guarded(hook.wrap_rpc(method, handler), self.gate)
         if len(self._guarded) >= _MAX_GUARDED:
             self._guarded.clear()
-        guarded = self._guarded[method] = _guarded(handler)
+        guarded = self._guarded[method] = _guarded(handler, self.gate)
         return guarded
 
 
@@ -435,10 +451,22 @@ def malformed_reason(request: object) -> str | None:
     return _malformed_message(request) if type(request) is _Malformed else None
 
 
-def _guarded(handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMethodHandler[Any, Any]:
+def _key_id() -> str | None:
+    principal = current_principal.get()
+    return principal.key_id if principal is not None else None
+
+
+_NO_MESSAGE = "the call carried no request message"
+
+
+def _guarded(
+    handler: grpc.RpcMethodHandler[Any, Any], gate: BodyGate
+) -> grpc.RpcMethodHandler[Any, Any]:
     """``handler`` with a non-raising deserializer: a malformed body is INVALID_ARGUMENT,
     for the services served without a key (health, reflection) too, so no caller can fill
-    the log with tracebacks. (:data:`current_principal` is set by the interceptor.)
+    the log with tracebacks; and the first request message read through ``gate``, so one
+    that never arrives ends the call in time. (:data:`current_principal` is set by the
+    interceptor.)
     """
     deserializer = _tolerant(handler.request_deserializer)
     serializer = handler.response_serializer
@@ -447,31 +475,39 @@ def _guarded(handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMethodHandler[
     stream: Any = handler.unary_stream
     bidi: Any = handler.stream_stream
     if unary is not None:
+        # Served request-streaming: gRPC would wait for the message before calling it.
 
-        async def guarded_unary(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
+        async def guarded_unary(requests: object, context: aio.ServicerContext[Any, Any]) -> Any:
+            request = await gate.first(context, _key_id())
+            if request is EOF:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, _NO_MESSAGE)
             if type(request) is _Malformed:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, _malformed_message(request))
             return await unary(request, context)
 
-        return grpc.unary_unary_rpc_method_handler(
+        return grpc.stream_unary_rpc_method_handler(
             guarded_unary, request_deserializer=deserializer, response_serializer=serializer
         )
     if stream is not None:
 
         async def guarded_stream(
-            request: Any, context: aio.ServicerContext[Any, Any]
+            requests: object, context: aio.ServicerContext[Any, Any]
         ) -> AsyncIterator[Any]:
+            request = await gate.first(context, _key_id())
+            if request is EOF:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, _NO_MESSAGE)
             if type(request) is _Malformed:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, _malformed_message(request))
             async for message in stream(request, context):
                 yield message
 
-        return grpc.unary_stream_rpc_method_handler(
+        return grpc.stream_stream_rpc_method_handler(
             guarded_stream, request_deserializer=deserializer, response_serializer=serializer
         )
     if bidi is not None and getattr(bidi, "checks_own_requests", False):  # InvokeStream
-        # It reads the tolerant parser's results and refuses a malformed one itself;
-        # the interceptor set current_principal in this call's task.
+        # It reads the tolerant parser's results and refuses a malformed one itself, and
+        # reads its first request through the gate it holds; the interceptor set
+        # current_principal in this call's task.
         return grpc.stream_stream_rpc_method_handler(
             bidi, request_deserializer=deserializer, response_serializer=serializer
         )
@@ -481,12 +517,14 @@ def _guarded(handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMethodHandler[
             requests: AsyncIterator[Any], context: aio.ServicerContext[Any, Any]
         ) -> AsyncIterator[Any]:
             async def checked() -> AsyncIterator[Any]:
-                async for request in requests:
+                request = await gate.first(context, _key_id())
+                while request is not EOF:
                     if type(request) is _Malformed:
                         await context.abort(
                             grpc.StatusCode.INVALID_ARGUMENT, _malformed_message(request)
                         )
                     yield request
+                    request = await context.read()
 
             async for message in bidi(checked(), context):
                 yield message

@@ -31,6 +31,7 @@ CLOSE_REASONS = ("closed", "lease_expired", "shutdown")
 AUTHENTICATION_REASONS = ("missing_key", "invalid_key")
 AUTHORIZATION_REASONS = ("method_scope", "command_scope", "not_owner")
 SESSION_LIMITS = ("max_sessions", "max_sessions_per_key")
+STALLED_CALL_REASONS = ("body_timeout", "waiting_limit")
 
 
 def _counter(
@@ -230,6 +231,13 @@ class GatewayCollector(Collector):
             "reason",
             stats.authorization_failures,
             AUTHORIZATION_REASONS,
+        )
+        yield _counter(
+            "mxgw_stalled_calls",
+            "Calls ended because their first request message did not come, by reason",
+            "reason",
+            stats.stalled_calls,
+            STALLED_CALL_REASONS,
         )
 
         # Galaxy

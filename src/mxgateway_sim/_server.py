@@ -29,6 +29,11 @@ from mxgateway._logsafe import get_logger
 from mxgateway.generated import mxaccess_gateway_pb2 as pb
 from mxgateway_sim._alarms import AlarmMonitor
 from mxgateway_sim._auth import ApiKeyStore, AuthInterceptor, new_key
+from mxgateway_sim._bodygate import (
+    DEFAULT_BODY_TIMEOUT_S,
+    DEFAULT_MAX_WAITING_CALLS_PER_KEY,
+    BodyGate,
+)
 from mxgateway_sim._builtin import builtin_catalog
 from mxgateway_sim._catalog import TagCatalog
 from mxgateway_sim._faults import (
@@ -159,6 +164,8 @@ class GatewaySimulator:
         gc_tenure: bool = False,
         idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S,
         header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S,
+        body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S,
+        max_waiting_calls_per_key: int = DEFAULT_MAX_WAITING_CALLS_PER_KEY,
         session_isolation: SessionIsolation = "inline",
         worker_settings: WorkerSettings | None = None,
         metrics_listen: tuple[str, int] | None = None,
@@ -221,6 +228,9 @@ class GatewaySimulator:
         self._gc_valve: asyncio.TimerHandle | None = None
         self._idle_timeout_ms = max(1, int(idle_timeout_s * 1000))
         self._header_timeout_ms = max(1, int(header_timeout_s * 1000))
+        self.body_gate = BodyGate(body_timeout_s, max_waiting_calls_per_key, self.stats)
+        """Bounds each call's wait for its first request message (``--body-timeout-seconds``,
+        ``--max-waiting-calls-per-key``)."""
         self._gc_tuned = False
         if session_isolation not in ISOLATIONS:
             raise ValueError(f"session_isolation must be one of {', '.join(ISOLATIONS)}")
@@ -311,6 +321,8 @@ class GatewaySimulator:
         pairs.extend((limit.flag, str(getattr(options, limit.field))) for limit in LIMITS)
         pairs.append(("--idle-timeout-seconds", f"{self._idle_timeout_ms / 1000:g}"))
         pairs.append(("--header-timeout-seconds", f"{self._header_timeout_ms / 1000:g}"))
+        pairs.append(("--body-timeout-seconds", f"{self.body_gate.timeout_s:g}"))
+        pairs.append(("--max-waiting-calls-per-key", str(self.body_gate.max_waiting_per_key)))
         return pairs
 
     def status(self, rates: EventRates | None = None) -> GatewayStatus:
@@ -414,7 +426,9 @@ class GatewaySimulator:
         server = aio.server(
             # One interceptor: the key of each call before its body is read, and the
             # fault plan's per-call faults.
-            interceptors=[AuthInterceptor(self._store, self.stats, hook=self.faults)],
+            interceptors=[
+                AuthInterceptor(self._store, self.stats, hook=self.faults, gate=self.body_gate)
+            ],
             options=[
                 ("grpc.max_send_message_length", options.max_message_bytes),
                 ("grpc.max_receive_message_length", options.max_message_bytes),
@@ -435,7 +449,14 @@ class GatewaySimulator:
         self.alarms = AlarmMonitor(plant)
         timed = self._metrics_listen is not None
         add_gateway_servicer(
-            GatewayServicer(self.sessions, self.alarms, self.faults, self.stats, timed=timed),
+            GatewayServicer(
+                self.sessions,
+                self.alarms,
+                self.faults,
+                self.stats,
+                timed=timed,
+                body_gate=self.body_gate,
+            ),
             server,
         )
         services = [GATEWAY_SERVICE]

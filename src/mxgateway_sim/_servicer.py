@@ -25,6 +25,7 @@ from mxgateway.commands import scope_for_command
 from mxgateway.generated import mxaccess_gateway_pb2 as pb
 from mxgateway_sim._alarms import AlarmMonitor
 from mxgateway_sim._auth import checks_own_requests, current_principal, malformed_reason
+from mxgateway_sim._bodygate import EOF, BodyGate
 from mxgateway_sim._domain import (
     AlarmTransition,
     MxAccessError,
@@ -86,12 +87,15 @@ class GatewayServicer(CommandHandlers, EventStreams, AlarmService):
         stats: GatewayStats | None = None,
         *,
         timed: bool = False,
+        body_gate: BodyGate | None = None,
     ) -> None:
         self.sessions = sessions
         self.alarms = alarms
         self.faults = faults
         self.stats = stats
         self.timed = timed and stats is not None
+        self.body_gate: BodyGate | None = body_gate
+        """Bounds the wait for :meth:`InvokeStream`'s first request (the interceptor's)."""
         """Count and time every command (metrics on; see :func:`timed_invoke`)."""
         self.invoke: Callable[[pb.MxCommandRequest, Context], Awaitable[pb.MxCommandReply | bytes]]
         self.invoke = (
@@ -199,20 +203,32 @@ class GatewayServicer(CommandHandlers, EventStreams, AlarmService):
         """The persistent command stream (our addition): each request is run as
         :meth:`Invoke` runs it, one at a time, answered in order. What Invoke answers
         with a gRPC status (a command kind the key may not use) ends the stream with it.
-        The key was checked before the first request was read (``AuthInterceptor``).
+        The key was checked before the first request was read (``AuthInterceptor``), and
+        the first request is read through :attr:`body_gate` (it must arrive in time).
 
         A fault plan injected while the stream is open ends it ``UNIMPLEMENTED`` before the
         next command runs (as a stream opened under a plan is refused): the client sends
         that command, not yet run, through ``Invoke``, where the plan applies."""
-        faults = self.faults
-        invoke = self.invoke
+        gate = self.body_gate
+        if gate is not None:
+            principal = current_principal.get()
+            first = await gate.first(context, principal.key_id if principal else None)
+            if first is EOF:
+                return
+            yield await self._stream_command(first, context)
         async for request in requests:
-            if type(request) is not pb.MxCommandRequest:  # a body that did not parse
-                reason = malformed_reason(request) or "not an MxCommandRequest"
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, reason)
-            if faults is not None and faults.active:
-                await context.abort(grpc.StatusCode.UNIMPLEMENTED, STREAM_OFF)
-            yield await invoke(request, context)
+            yield await self._stream_command(request, context)
+
+    async def _stream_command(self, request: object, context: Context) -> pb.MxCommandReply | bytes:
+        """One request of :meth:`InvokeStream`: refused if it did not parse or a fault plan
+        is in force, else run as :meth:`Invoke` runs it."""
+        if type(request) is not pb.MxCommandRequest:  # a body that did not parse
+            reason = malformed_reason(request) or "not an MxCommandRequest"
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, reason)
+        faults = self.faults
+        if faults is not None and faults.active:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, STREAM_OFF)
+        return await self.invoke(request, context)
 
     async def Invoke(
         self, request: pb.MxCommandRequest, context: Context

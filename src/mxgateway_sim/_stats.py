@@ -159,6 +159,9 @@ class GatewayStats:
     """By reason: ``missing_key``, ``invalid_key``."""
     authorization_failures: dict[str, int] = field(default_factory=dict)
     """By reason: ``method_scope``, ``command_scope``, ``not_owner``."""
+    stalled_calls: dict[str, int] = field(default_factory=dict)
+    """Calls ended because their first request message did not come: ``body_timeout``
+    (``--body-timeout-seconds``) or ``waiting_limit`` (``--max-waiting-calls-per-key``)."""
     commands: dict[tuple[str, str], int] = field(default_factory=dict)
     """(kind, status) -> count; status is the reply's protocol status (or a gRPC code)."""
     command_latency: dict[str, Histogram] = field(default_factory=dict)
@@ -199,6 +202,14 @@ class GatewayStats:
 
     def authorization_failed(self, reason: str) -> None:
         self.authorization_failures[reason] = self.authorization_failures.get(reason, 0) + 1
+
+    def body_timed_out(self) -> None:
+        """A call's first request message did not arrive within ``--body-timeout-seconds``."""
+        self.stalled_calls["body_timeout"] = self.stalled_calls.get("body_timeout", 0) + 1
+
+    def waiting_calls_refused(self) -> None:
+        """A call refused: its key had ``--max-waiting-calls-per-key`` calls waiting."""
+        self.stalled_calls["waiting_limit"] = self.stalled_calls.get("waiting_limit", 0) + 1
 
     def command(self, kind: str, status: str, seconds: float) -> None:
         """One Invoke: its kind, the status it answered and how long it took."""

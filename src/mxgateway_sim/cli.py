@@ -38,6 +38,7 @@ from mxgateway_sim._auth import (
     new_key,
 )
 from mxgateway_sim._auth import parse_scopes as _parse_scopes
+from mxgateway_sim._bodygate import DEFAULT_BODY_TIMEOUT_S, DEFAULT_MAX_WAITING_CALLS_PER_KEY
 from mxgateway_sim._eventloop import EVENT_LOOPS, EventLoopUnavailable, is_uvloop
 from mxgateway_sim._eventloop import run as run_event_loop
 from mxgateway_sim._events import OverflowPolicy
@@ -340,6 +341,22 @@ def build_parser(prog: str = "mxgw-sim") -> argparse.ArgumentParser:
         help="a new connection must finish its TLS/HTTP/2 handshake within S seconds "
         f"(default {DEFAULT_HEADER_TIMEOUT_S:g})",
     )
+    conns.add_argument(
+        "--body-timeout-seconds",
+        type=_seconds,
+        default=DEFAULT_BODY_TIMEOUT_S,
+        metavar="S",
+        help="a call whose first request message has not arrived S seconds after it started "
+        f"ends DEADLINE_EXCEEDED (default {DEFAULT_BODY_TIMEOUT_S:g})",
+    )
+    conns.add_argument(
+        "--max-waiting-calls-per-key",
+        type=_positive,
+        default=DEFAULT_MAX_WAITING_CALLS_PER_KEY,
+        metavar="N",
+        help="calls of one API key that may wait for their first request message at once; "
+        f"more end RESOURCE_EXHAUSTED (default {DEFAULT_MAX_WAITING_CALLS_PER_KEY})",
+    )
     ops = serve.add_argument_group("operations (docs/operations.md)")
     ops.add_argument(
         "--metrics-listen",
@@ -598,6 +615,8 @@ async def _serve_with(
             faults=plan,
             idle_timeout_s=args.idle_timeout_seconds,
             header_timeout_s=args.header_timeout_seconds,
+            body_timeout_s=args.body_timeout_seconds,
+            max_waiting_calls_per_key=args.max_waiting_calls_per_key,
             metrics_listen=metrics,
             metrics_allow_remote=args.metrics_allow_remote,
             gc_tenure=True,  # a process of its own: the server's GC policy in full

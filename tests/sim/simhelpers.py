@@ -13,12 +13,33 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from mxgateway.generated import mxaccess_gateway_pb2 as pb
 from mxgateway.generated import mxaccess_gateway_pb2_grpc as rpc
+from mxgateway_sim import GatewaySimulator, builtin_catalog
 from support import wait_for as wait_for
 
 SCAN_MS = 40
+
+
+@contextlib.asynccontextmanager
+async def gateway(**kwargs: Any) -> AsyncIterator[tuple[GatewaySimulator, grpc.aio.Channel]]:
+    """An in-process gateway over the built-in catalog and a raw channel to it."""
+    kwargs.setdefault("catalog", builtin_catalog())
+    async with (
+        GatewaySimulator(scan_interval_ms=SCAN_MS, flaky_one_in=0, **kwargs) as sim,
+        grpc.aio.insecure_channel(sim.endpoint) as channel,
+    ):
+        yield sim, channel
+
+
+async def healthy(channel: grpc.aio.Channel) -> bool:
+    """The standard health check answers SERVING (keyless, as an orchestrator calls it)."""
+    reply = await health_pb2_grpc.HealthStub(channel).Check(
+        health_pb2.HealthCheckRequest(service=""), timeout=10
+    )
+    return reply.status == health_pb2.HealthCheckResponse.SERVING
 
 
 def command(payload: str, **fields: Any) -> pb.MxCommand:

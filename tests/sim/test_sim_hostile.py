@@ -10,16 +10,13 @@ import json
 import logging
 import re
 import socket
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from simhelpers import SCAN_MS, SIM_CLI, Gw, wait_for
+from simhelpers import SIM_CLI, Gw, gateway, healthy, wait_for
 
 from mxgateway.generated import galaxy_repository_pb2 as gr
 from mxgateway.generated import galaxy_repository_pb2_grpc as gr_rpc
@@ -49,23 +46,6 @@ class Keys:
         self.store.add(self.owner, NON_ADMIN, name="owner")
         self.store.add(self.intruder, NON_ADMIN, name="intruder")
         self.store.add(self.admin, ["admin"], name="admin")
-
-
-@asynccontextmanager
-async def gateway(**kwargs: Any) -> AsyncIterator[tuple[GatewaySimulator, grpc.aio.Channel]]:
-    kwargs.setdefault("catalog", builtin_catalog())
-    async with (
-        GatewaySimulator(scan_interval_ms=SCAN_MS, flaky_one_in=0, **kwargs) as sim,
-        grpc.aio.insecure_channel(sim.endpoint) as channel,
-    ):
-        yield sim, channel
-
-
-async def healthy(channel: grpc.aio.Channel) -> bool:
-    reply = await health_pb2_grpc.HealthStub(channel).Check(
-        health_pb2.HealthCheckRequest(service=""), timeout=10
-    )
-    return reply.status == health_pb2.HealthCheckResponse.SERVING
 
 
 def _payload_command(kind: str) -> pb.MxCommand:
