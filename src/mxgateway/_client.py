@@ -7,7 +7,7 @@ import logging
 import os
 from collections.abc import Callable, Iterable
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from mxgateway._cmdstream import CommandStream
 from mxgateway._enums import enum_name
@@ -18,6 +18,7 @@ from mxgateway._errors import (
     check_mxaccess,
     error_from_protocol_status,
 )
+from mxgateway._eventwire import EventBatchView, EventView
 from mxgateway._logsafe import get_logger
 from mxgateway._options import ClientOptions
 from mxgateway._retry import RetryPolicy
@@ -65,6 +66,20 @@ class GatewayClient:
         self._correlation = itertools.count(1)
         self._correlation_prefix = f"py-{os.getpid()}-{id(self) & 0xFFFF:04x}-"
         self._batches_supported = True
+        # The event streams as Session.events() reads them (see mxgateway._eventwire): the
+        # same RPCs, each message parsed into the view instead of the generated class.
+        service = pb.DESCRIPTOR.services_by_name["MxAccessGateway"].full_name
+        channel = transport.channel
+        self._view_events = channel.unary_stream(
+            f"/{service}/StreamEvents",
+            request_serializer=pb.StreamEventsRequest.SerializeToString,
+            response_deserializer=EventView.FromString,
+        )
+        self._view_batches = channel.unary_stream(
+            f"/{service}/StreamEventBatches",
+            request_serializer=pb.StreamEventsRequest.SerializeToString,
+            response_deserializer=EventBatchView.FromString,
+        )
         self._commands = (
             CommandStream(transport, self._stub) if transport.options.command_stream else None
         )
@@ -286,6 +301,18 @@ class GatewayClient:
             _stream_request(session_id, after_worker_sequence),
             session_id=session_id,
             what="StreamEventBatches",
+        )
+
+    def _stream_event_view(
+        self, session_id: str, after_worker_sequence: int | None, *, batches: bool
+    ) -> Stream[Any]:
+        """``StreamEventBatches`` (or ``StreamEvents``) read into the decoding view of
+        :mod:`mxgateway._eventwire`: what ``Session.events()`` iterates."""
+        return self._transport.stream(
+            self._view_batches if batches else self._view_events,
+            _stream_request(session_id, after_worker_sequence),
+            session_id=session_id,
+            what="StreamEventBatches" if batches else "StreamEvents",
         )
 
     # -- alarms (session-less) ------------------------------------------------------------

@@ -30,6 +30,7 @@ from mxgateway._errors import (
     MxGatewaySessionStateError,
     MxGatewayUnimplementedError,
 )
+from mxgateway._eventwire import full_event, is_view, timestamp_from_bytes
 from mxgateway._logsafe import get_logger
 from mxgateway._retry import RESUMABLE_STREAM_ERRORS, resume_policy
 from mxgateway._status import failed_statuses
@@ -71,6 +72,11 @@ _FAST_TS_LIMIT = 8_000_000_000
 _last_ts: list[Any] = [None, None, None]
 """(seconds, microseconds, datetime) of the last conversion: the changes of one scan share
 their timestamp, and a ``datetime`` is immutable, so the next one is usually free."""
+
+
+def _ts_of_bytes(data: bytes) -> datetime:
+    """:func:`_ts` of a serialized ``Timestamp`` (the stream's view of a data change)."""
+    return timestamp_from_bytes(data, _ts)
 
 
 def _ts(ts: Any) -> datetime:
@@ -151,13 +157,14 @@ class DataChange:
 
     @property
     def raw(self) -> pb.MxEvent:
-        """The ``MxEvent`` this was decoded from."""
-        return self._src[self._i]
+        """The ``MxEvent`` this was decoded from (parsed again from the stream's view of
+        it on each access, see :mod:`mxgateway._eventwire`)."""
+        return full_event(self._src[self._i])
 
     @property
     def statuses(self) -> Sequence[pb.MxStatusProxy]:
         """The event's ``MxStatusProxy`` records (normally one)."""
-        return self._src[self._i].on_data_change.statuses
+        return self.raw.on_data_change.statuses
 
     @property
     def is_good(self) -> bool:
@@ -326,7 +333,8 @@ class _Tracker:
         self.faults: list[StreamFault] = []
 
 
-def _decode_other(ev: pb.MxEvent, out: list[Event], tr: _Tracker) -> None:
+def _decode_other(event: Any, out: list[Event], tr: _Tracker) -> None:
+    ev = full_event(event)  # the rarer events keep the generated types throughout
     body = ev.WhichOneof("body")
     seq = ev.worker_sequence
     if body == "on_write_complete":
@@ -403,7 +411,11 @@ def decode_events(
     stop: int | None = None,
 ) -> None:
     """Decode ``events[start:stop]`` into ``out``, dropping duplicates and inserting gap
-    notices. A :class:`DataChange` keeps ``events`` and its index (see ``raw``)."""
+    notices. A :class:`DataChange` keeps ``events`` and its index (see ``raw``).
+
+    ``events`` are generated ``MxEvent`` messages or the stream's view of them
+    (:mod:`mxgateway._eventwire`, whose data-change timestamps are bytes): both decode to
+    the same events."""
     last = tr.last
     tracking = tr.tracking
     if stop is None:
@@ -413,7 +425,10 @@ def decode_events(
     ts: object = None
     stamp: datetime | None = None
     # Locals: one lookup per call instead of one per event.
-    data, append, convert, to_datetime = _DATA, out.append, from_mx_value, _ts
+    data, append, convert = _DATA, out.append, from_mx_value
+    to_datetime: Callable[[Any], datetime] = (
+        _ts_of_bytes if stop > start and is_view(events[start]) else _ts
+    )
     new, change = object.__new__, DataChange
     for i in range(start, stop):
         ev = events[i]
@@ -624,11 +639,7 @@ class EventStream:
             # than risk losing events produced while we were away.
             after = 0
         self._opened = True
-        if self._batches:
-            return self._client.stream_event_batches_raw(
-                self._session_id, after_worker_sequence=after
-            )
-        return self._client.stream_events_raw(self._session_id, after_worker_sequence=after)
+        return self._client._stream_event_view(self._session_id, after, batches=self._batches)
 
     async def _fill(self) -> Event:
         async with self._read_lock:

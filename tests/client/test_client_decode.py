@@ -202,3 +202,129 @@ def test_decoded_changes_are_what_the_constructor_makes() -> None:
             plain.is_good,
         )
         assert dc.raw == plain.raw and list(dc.statuses) == list(plain.statuses)
+
+
+# -- the stream's view of the messages (mxgateway._eventwire) -----------------------------
+
+
+def _every_kind_of_event() -> list[pb.MxEvent]:
+    """One batch as a gateway may send it: changes of every value kind with shared,
+    alternating and unset timestamps and several statuses, and every other family."""
+    events: list[pb.MxEvent] = []
+    stamps = [(1_764_000_000, 5_000), (1_764_000_000, 5_000), (1_764_000_001, 0), None]
+    for i, value in enumerate(VALUES, start=1):
+        ev = pb.MxEvent(
+            session_id="s-1", worker_sequence=i, family=pb.MX_EVENT_FAMILY_ON_DATA_CHANGE
+        )
+        ev.gateway_timestamp.seconds = 1_764_000_002
+        d = ev.on_data_change
+        d.server_handle, d.item_handle, d.quality = 3, 100 + i, 192 if i % 3 else 24
+        d.value.CopyFrom(to_mx_value(value))
+        stamp = stamps[i % len(stamps)]
+        if stamp is not None:
+            d.timestamp.seconds, d.timestamp.nanos = stamp
+        d.statuses.add(success=1, category=pb.MX_STATUS_CATEGORY_OK)
+        if i % 2:
+            d.statuses.add(success=0, category=pb.MX_STATUS_CATEGORY_COMMUNICATION_ERROR)
+        events.append(ev)
+    seq = len(events)
+    nofamily = pb.MxEvent(worker_sequence=seq + 1)  # a data change known only by its body
+    nofamily.on_data_change.item_handle = 9
+    nofamily.on_data_change.value.double_value = 1.5
+    nofamily.on_data_change.timestamp.seconds = 1_764_000_003
+    write = pb.MxEvent(worker_sequence=seq + 2, family=pb.MX_EVENT_FAMILY_ON_WRITE_COMPLETE)
+    write.on_write_complete.item_handle = 101
+    write.on_write_complete.statuses.add(success=1)
+    op = pb.MxEvent(worker_sequence=seq + 3, family=pb.MX_EVENT_FAMILY_OPERATION_COMPLETE)
+    op.operation_complete.item_handle = 102
+    buffered = pb.MxEvent(
+        worker_sequence=seq + 4, family=pb.MX_EVENT_FAMILY_ON_BUFFERED_DATA_CHANGE
+    )
+    sample = buffered.on_buffered_data_change.samples.add(quality=192)
+    sample.value.CopyFrom(to_mx_value(4.25))
+    sample.timestamp.seconds = 1_764_000_004
+    alarm = pb.MxEvent(worker_sequence=seq + 5)
+    alarm.on_alarm_transition.alarm_full_reference = "Tank.Level.Hi"
+    fault = pb.MxEvent(worker_sequence=0, family=pb.MX_EVENT_FAMILY_STREAM_FAULT)
+    fault.stream_fault.kind = pb.STREAM_FAULT_KIND_REPLAY_GAP
+    fault.stream_fault.first_missing_sequence = seq + 6
+    fault.stream_fault.missing_count = 2
+    after = pb.MxEvent(worker_sequence=seq + 8, family=pb.MX_EVENT_FAMILY_ON_DATA_CHANGE)
+    after.on_data_change.value.int32_value = 5
+    events += [nofamily, write, op, buffered, alarm, fault, after, after]  # a duplicate too
+    return events
+
+
+def _described(event: object) -> tuple[object, ...]:
+    """An event's type, public fields and raw message (what a caller can see of it)."""
+    fields = tuple(
+        (name, getattr(event, name))
+        for name in sorted(dir(event))
+        if not name.startswith("_")
+        and name not in ("raw", "statuses", "samples")
+        and not callable(getattr(event, name))
+    )
+    raw = getattr(event, "raw", None)
+    statuses = getattr(event, "statuses", None)
+    return (
+        type(event),
+        fields,
+        raw.SerializeToString(deterministic=True) if raw is not None else None,
+        type(raw),
+        [s.SerializeToString() for s in statuses] if statuses is not None else None,
+        repr(event),
+    )
+
+
+def test_the_view_of_a_batch_decodes_to_the_same_events() -> None:
+    # Session.events() parses each message into the view (data-change timestamps kept as
+    # bytes); what comes out must be exactly what decoding the generated classes gives:
+    # every value kind, timestamp, status, family, gap and duplicate, raw included.
+    from mxgateway._eventwire import EventBatchView
+
+    batch = pb.MxEventBatch(events=_every_kind_of_event())
+    data = batch.SerializeToString()
+    full_out: list[object] = []
+    full_tracker = _Tracker(None)
+    decode_events(pb.MxEventBatch.FromString(data).events, full_out, full_tracker)  # type: ignore[arg-type]
+    view_out: list[object] = []
+    view_tracker = _Tracker(None)
+    view = EventBatchView.FromString(data)
+    decode_events(view.events, view_out, view_tracker)
+    assert len(view_out) == len(full_out) == len(batch.events) - 1  # the duplicate dropped
+    assert [_described(e) for e in view_out] == [_described(e) for e in full_out]
+    for event in view_out:  # every message a caller is handed is the generated class
+        raw = getattr(event, "raw", None)
+        assert raw is None or type(raw) is pb.MxEvent
+    changes = [e for e in view_out if isinstance(e, DataChange)]
+    assert changes[0].raw == batch.events[0]
+    assert [s.category for s in changes[0].statuses] == [
+        s.category for s in batch.events[0].on_data_change.statuses
+    ]
+    for name in ("last", "duplicates", "gaps", "missed"):
+        assert getattr(view_tracker, name) == getattr(full_tracker, name)
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from([0, 1, 1_764_000_000, 1_764_000_001, 7_999_999_999, 9_000_000_000]),
+            st.sampled_from([0, 999, 1_000, 1_999, 500_000_000, 999_999_999]),
+        ),
+        min_size=1,
+        max_size=40,
+    )
+)
+def test_view_timestamps_match_the_generated_ones(pairs: list[tuple[int, int]]) -> None:
+    from mxgateway._eventwire import EventBatchView
+
+    batch = pb.MxEventBatch()
+    for i, (seconds, nanos) in enumerate(pairs, start=1):
+        ev = batch.events.add(worker_sequence=i, family=pb.MX_EVENT_FAMILY_ON_DATA_CHANGE)
+        ev.on_data_change.timestamp.seconds = seconds
+        ev.on_data_change.timestamp.nanos = nanos
+    out: list[object] = []
+    decode_events(EventBatchView.FromString(batch.SerializeToString()).events, out, _Tracker(None))
+    assert [dc.timestamp for dc in out] == [  # type: ignore[attr-defined]
+        timestamp_to_datetime(ev.on_data_change.timestamp) for ev in batch.events
+    ]
