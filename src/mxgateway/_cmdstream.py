@@ -7,6 +7,12 @@ and replies come in request order, so a reply always belongs to the command that
 for it; a second command issued meanwhile goes through ``Invoke``. A gateway without the
 stream answers ``UNIMPLEMENTED`` before it reads a request, and the client then uses
 ``Invoke`` for good.
+
+A write the stream refuses sent nothing, so that command goes through ``Invoke`` whatever
+it is. grpc.aio may report such a refusal as ``INTERNAL`` "Internal error from Core" in
+place of the status the gateway sent (grpc/grpc#36066: the stream ended, with
+``UNIMPLEMENTED`` say, while the write was on its way); after ``_MAX_REFUSALS`` such
+refusals of a new stream in a row the client uses ``Invoke`` for good.
 """
 
 from __future__ import annotations
@@ -27,6 +33,10 @@ __all__ = ["CommandStream"]
 _CLOCK_SLACK = 1e-3
 """Seconds a deadline may be ahead of the clock when the watchdog fires and still count."""
 
+_MAX_REFUSALS = 3
+"""New streams in a row whose first write was refused with its status lost before the
+client stops opening them (a gateway without the stream, whose ``UNIMPLEMENTED`` lost)."""
+
 _EOF: Any = grpc.aio.EOF  # type: ignore[attr-defined]  # what read() returns at the end
 
 
@@ -42,6 +52,7 @@ class CommandStream:
         self._timed_out = False
         self._watchdog: asyncio.TimerHandle | None = None
         self._watchdog_at = 0.0
+        self._refusals = 0  # new streams in a row whose first write was refused (INTERNAL)
         self.unsupported = False
         """The gateway answered ``UNIMPLEMENTED``: every command goes through ``Invoke``."""
 
@@ -54,21 +65,30 @@ class CommandStream:
         self, request: pb.MxCommandRequest, timeout: float | None, session_id: str, what: str
     ) -> pb.MxCommandReply | None:
         """Run ``request`` on the stream; None means "use ``Invoke``" (no stream on this
-        gateway, or it broke before the command could have run and the command is safe to
-        send again). gRPC failures raise the same mapped errors as ``Invoke``'s."""
+        gateway, the stream refused the command's write so nothing was sent, or it broke
+        before the command could have run and the command is safe to send again). gRPC
+        failures raise the same mapped errors as ``Invoke``'s."""
         self._busy = True
         self._timed_out = False
         timed = timeout is not None
         try:
             call = self._call
-            if call is None or call.done():
+            new = call is None or call.done()
+            if new:
                 open_stream: Any = self._stub.InvokeStream  # a bidi call, written to below
                 call = self._call = open_stream(metadata=self._transport.metadata)
             if timeout is None:
                 self._deadline = math.inf
             else:
                 self._arm(timeout)
-            await call.write(request)
+            try:
+                await call.write(request)
+            except grpc.aio.AioRpcError as exc:
+                if self._timed_out:
+                    raise
+                self._call = None
+                self._refused(exc, request, new)
+                return None
             reply = await call.read()
         except grpc.aio.AioRpcError as exc:
             self._call = None
@@ -110,7 +130,26 @@ class CommandStream:
                 what=what,
             )
         assert isinstance(reply, pb.MxCommandReply)
+        self._refusals = 0
         return reply
+
+    def _refused(self, exc: grpc.aio.AioRpcError, request: pb.MxCommandRequest, new: bool) -> None:
+        """Note a write the stream refused. Nothing was sent (the stream had ended), so the
+        caller sends the command through ``Invoke``, which reports any error as a unary
+        call does."""
+        code = exc.code()
+        if code is grpc.StatusCode.UNIMPLEMENTED:
+            self.unsupported = True
+        elif (
+            code is grpc.StatusCode.INTERNAL
+            and new
+            and request.ByteSize() <= self._transport.options.max_message_bytes
+        ):
+            # The status of a new stream's end was lost (grpc/grpc#36066): most likely a
+            # gateway without the stream. Try a new one next time, a few times at most.
+            self._refusals += 1
+            if self._refusals >= _MAX_REFUSALS:
+                self.unsupported = True
 
     def _arm(self, timeout: float) -> None:
         """Set the deadline of the command about to be sent.

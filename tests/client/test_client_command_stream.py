@@ -8,6 +8,8 @@ the real simulator over gRPC and checks that the answers, the errors and the fal
 from __future__ import annotations
 
 import asyncio
+import collections
+from concurrent import futures
 from typing import Any
 
 import grpc
@@ -22,6 +24,8 @@ from mxgateway import (
     MxGatewayTimeoutError,
     Session,
 )
+from mxgateway._cmdstream import CommandStream
+from mxgateway._transport import Transport
 from mxgateway.generated import mxaccess_gateway_pb2 as pb
 from mxgateway.generated import mxaccess_gateway_pb2_grpc as pbg
 from mxgateway_sim import (
@@ -225,25 +229,27 @@ async def test_each_command_keeps_its_own_deadline_on_the_stream() -> None:
 
 class _UpstreamLikeGateway:
     """A gateway with ``OpenSession``, ``Invoke`` and ``CloseSession`` only, as upstream's:
-    ``InvokeStream`` is answered ``UNIMPLEMENTED`` by gRPC itself. Counts the commands."""
+    ``InvokeStream`` is answered ``UNIMPLEMENTED`` by gRPC itself. Counts the commands.
+    Plain functions, so a ``grpc.aio`` server (in its executor) or a ``grpc.server`` can
+    serve it."""
 
     def __init__(self) -> None:
         self.invoked: list[int] = []
 
-    async def open_session(self, request: pb.OpenSessionRequest, context: Any) -> Any:
+    def open_session(self, request: pb.OpenSessionRequest, context: Any) -> Any:
         return pb.OpenSessionReply(
             session_id="session-" + "1" * 32,
             protocol_status=pb.ProtocolStatus(code=pb.PROTOCOL_STATUS_CODE_OK),
         )
 
-    async def close_session(self, request: pb.CloseSessionRequest, context: Any) -> Any:
+    def close_session(self, request: pb.CloseSessionRequest, context: Any) -> Any:
         return pb.CloseSessionReply(
             session_id=request.session_id,
             final_state=pb.SESSION_STATE_CLOSED,
             protocol_status=pb.ProtocolStatus(code=pb.PROTOCOL_STATUS_CODE_OK),
         )
 
-    async def invoke(self, request: pb.MxCommandRequest, context: Any) -> Any:
+    def invoke(self, request: pb.MxCommandRequest, context: Any) -> Any:
         kind = request.command.kind
         self.invoked.append(kind)
         reply = pb.MxCommandReply(
@@ -307,6 +313,87 @@ async def test_by_default_commands_use_the_stream_and_fall_back_where_it_is_miss
         ]
     finally:
         await server.stop(None)
+
+
+async def test_without_the_stream_no_first_command_fails_and_none_is_sent_twice() -> None:
+    # The gateway's UNIMPLEMENTED can end the stream while the client's first write is on
+    # its way; grpc.aio then fails the write with INTERNAL "Internal error from Core" in
+    # place of that status (grpc/grpc#36066). Nothing was sent: the command must go
+    # through Invoke, once. The gateway runs on its own threads (a plain grpc.server), so
+    # its answer races the client's write as a remote gateway's does: on the old code about
+    # one first command in ten failed. Many new clients, each one's first command.
+    gateway = _UpstreamLikeGateway()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    server.add_generic_rpc_handlers((gateway.handler(),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    write = pb.MxCommand(
+        kind=pb.MX_COMMAND_KIND_WRITE,
+        write=pb.WriteCommand(server_handle=7, item_handle=1, value=pb.MxValue(int32_value=1)),
+    )
+    ping = pb.MxCommand(kind=pb.MX_COMMAND_KIND_PING, ping=pb.PingCommand())
+    options = ClientOptions(endpoint=f"127.0.0.1:{port}", plaintext=True, timeout=30)
+    clients = 150
+    try:
+        for i in range(clients):
+            async with await GatewayClient.connect(options=options) as client:
+                # A write is not idempotent: it must be neither lost nor sent twice.
+                await client.invoke("session-1", write if i % 2 else ping)
+                await client.invoke("session-1", ping)
+                commands = client._commands
+                assert commands is not None
+                # Each refusal of a new stream is counted, up to the limit.
+                assert commands.unsupported or commands._refusals in (1, 2)
+    finally:
+        server.stop(None).wait()
+    kinds = collections.Counter(gateway.invoked)
+    assert kinds[pb.MX_COMMAND_KIND_WRITE] == clients // 2
+    assert kinds[pb.MX_COMMAND_KIND_PING] == clients + clients - clients // 2
+
+
+class _RefusingCall:
+    """A stream call whose write fails as grpc.aio fails it when the stream ended before
+    (grpc/grpc#36066): INTERNAL, the gateway's own status lost. A real gateway cannot be
+    made to lose the race on demand."""
+
+    def done(self) -> bool:
+        return False
+
+    async def write(self, request: Any) -> None:
+        raise grpc.aio.AioRpcError(
+            grpc.StatusCode.INTERNAL,
+            grpc.aio.Metadata(),
+            grpc.aio.Metadata(),
+            "Internal error from Core",
+            'Failed "execute_batch": (SendMessageOperation,)',
+        )
+
+    def cancel(self) -> bool:
+        return False
+
+
+async def test_after_three_refused_new_streams_in_a_row_the_client_stays_on_invoke() -> None:
+    opened: list[_RefusingCall] = []
+
+    class Stub:
+        def InvokeStream(self, metadata: Any) -> _RefusingCall:
+            opened.append(_RefusingCall())
+            return opened[-1]
+
+    transport = Transport(ClientOptions(endpoint="127.0.0.1:1", plaintext=True))
+    try:
+        commands = CommandStream(transport, Stub())  # type: ignore[arg-type]
+        request = pb.MxCommandRequest(
+            session_id="s", command=pb.MxCommand(kind=pb.MX_COMMAND_KIND_PING)
+        )
+        for refused in (1, 2, 3):
+            # Nothing was sent: the caller is told to use Invoke, for any command.
+            assert await commands.invoke(request, 5.0, "s", "Invoke PING") is None
+            assert len(opened) == refused
+            assert commands.unsupported is (refused == 3)
+        assert not commands.available
+    finally:
+        await transport.close()
 
 
 def test_a_client_on_uvloop_runs_commands_and_events_as_on_asyncio() -> None:
