@@ -322,6 +322,23 @@ class SimulatedRuntime:
             if not self._holding:
                 self.flush(time.time())
 
+    def defer_events(self) -> None:
+        """Hold the events raised from now on until the event loop's next turn, then
+        publish them with whatever else is pending, in order (as :meth:`hold_events`).
+
+        The servicer calls it before a single Write*: encoding and publishing the write's
+        OnWriteComplete costs more than the write itself, and deferred, it runs once the
+        command's reply is on its way instead of before it. The next command on the
+        connection arrives in a later turn, so it finds the event published.
+        """
+        self._holding += 1
+        asyncio.get_running_loop().call_soon(self._release_deferred)
+
+    def _release_deferred(self) -> None:
+        self._holding -= 1
+        if not self._holding:
+            self.flush(time.time())
+
     # -- registrations and items ---------------------------------------------------------
 
     def _check_server(self, server_handle: int) -> None:

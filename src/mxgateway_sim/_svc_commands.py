@@ -116,14 +116,23 @@ class CommandHandlers(ServicerCore):
     async def _unadvise(self, s: Session, p: pb.UnAdviseCommand, r: pb.MxCommandReply) -> None:
         await s.runtime.unadvise(p.server_handle, p.item_handle)
 
+    @staticmethod
+    async def _write_one(s: Session, sh: int, ih: int, request: WriteRequest) -> None:
+        """A single Write*: its OnWriteComplete is published after the reply is handed to
+        gRPC (the runtime's ``defer_events``, where it has one), not before it."""
+        runtime = s.runtime
+        defer = getattr(runtime, "defer_events", None)
+        if defer is not None:
+            defer()
+        await runtime.write(sh, ih, request)
+
     async def _write(self, s: Session, p: pb.WriteCommand, r: pb.MxCommandReply) -> None:
-        await s.runtime.write(
-            p.server_handle, p.item_handle, _write_request(p.value, user=p.user_id)
-        )
+        request = _write_request(p.value, user=p.user_id)
+        await self._write_one(s, p.server_handle, p.item_handle, request)
 
     async def _write2(self, s: Session, p: pb.Write2Command, r: pb.MxCommandReply) -> None:
         request = _write_request(p.value, ts=_ts(p), user=p.user_id)
-        await s.runtime.write(p.server_handle, p.item_handle, request)
+        await self._write_one(s, p.server_handle, p.item_handle, request)
 
     async def _write_secured(
         self, s: Session, p: pb.WriteSecuredCommand, r: pb.MxCommandReply
@@ -131,7 +140,7 @@ class CommandHandlers(ServicerCore):
         request = _write_request(
             p.value, user=p.current_user_id, verifier=p.verifier_user_id, secured=True
         )
-        await s.runtime.write(p.server_handle, p.item_handle, request)
+        await self._write_one(s, p.server_handle, p.item_handle, request)
 
     async def _write_secured2(
         self, s: Session, p: pb.WriteSecured2Command, r: pb.MxCommandReply
@@ -139,7 +148,7 @@ class CommandHandlers(ServicerCore):
         request = _write_request(
             p.value, ts=_ts(p), user=p.current_user_id, verifier=p.verifier_user_id, secured=True
         )
-        await s.runtime.write(p.server_handle, p.item_handle, request)
+        await self._write_one(s, p.server_handle, p.item_handle, request)
 
     async def _authenticate_user(
         self, s: Session, p: pb.AuthenticateUserCommand, r: pb.MxCommandReply

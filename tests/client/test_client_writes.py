@@ -16,6 +16,7 @@ import pytest
 from client_fakes import FakeGateway, FakeServer, ok_status
 
 from mxgateway import (
+    ClientOptions,
     DataChange,
     GatewayClient,
     MxAccessError,
@@ -65,6 +66,56 @@ async def test_waited_write_returns_its_completion(session: Session) -> None:
     assert [s.category for s in done.statuses] == [pb.MX_STATUS_CATEGORY_OK]
     # Without wait the call returns once the write is accepted.
     assert await session.write(h, count, 1) is None
+
+
+@pytest.mark.parametrize("command_stream", [True, False], ids=["InvokeStream", "Invoke"])
+async def test_the_next_command_finds_each_single_writes_completion(
+    sim: GatewaySimulator, command_stream: bool
+) -> None:
+    """The simulator publishes a single write's OnWriteComplete after handing its reply to
+    gRPC (not before): a DrainEvents sent right after each reply still finds that write's
+    completion, with its outcome, in order and nothing else of it left behind."""
+    options = ClientOptions(
+        endpoint=sim.endpoint, api_key=sim.api_key, plaintext=True, command_stream=command_stream
+    )
+    async with (
+        await GatewayClient.connect(options=options) as client,
+        await client.open_session(client_session_name="deferred") as session,
+    ):
+        h, (count, setpoint) = await _advised(session, "Line01.BatchCount", "Pump01.SpeedSetpoint")
+        await session.drain_events()  # the advises' first values
+        when = datetime(2025, 1, 2, tzinfo=timezone.utc)
+        writes = [
+            (count, session.write(h, count, 7), pb.MX_STATUS_CATEGORY_OK),
+            (count, session.write2(h, count, 8, when), pb.MX_STATUS_CATEGORY_OK),
+            (
+                setpoint,
+                session.write_secured(h, setpoint, 5.0, current_user_id=0),
+                pb.MX_STATUS_CATEGORY_SECURITY_ERROR,
+            ),
+            (
+                setpoint,
+                session.write_secured2(h, setpoint, 5.0, when, current_user_id=0),
+                pb.MX_STATUS_CATEGORY_SECURITY_ERROR,
+            ),
+        ]
+        last_seq = 0
+        for item, write, category in writes:
+            assert await write is None  # accepted; the outcome is in the event
+            done = [
+                e
+                for e in await session.drain_events()
+                if e.family == pb.MX_EVENT_FAMILY_ON_WRITE_COMPLETE
+            ]
+            assert len(done) == 1
+            (event,) = done
+            assert (event.on_write_complete.server_handle, event.on_write_complete.item_handle) == (
+                h,
+                item,
+            )
+            assert [st.category for st in event.on_write_complete.statuses] == [category]
+            assert event.worker_sequence > last_seq
+            last_seq = event.worker_sequence
 
 
 async def test_failed_outcome_raises_mxaccess_error_with_the_completion(session: Session) -> None:
