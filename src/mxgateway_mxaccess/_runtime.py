@@ -36,7 +36,6 @@ from mxgateway_mxaccess._status import (
 from mxgateway_mxaccess._variant import from_variant, time_from_variant, time_to_variant, to_variant
 from mxgateway_sim._domain import (
     E_FAIL,
-    STATUS_OK,
     BufferedDataChange,
     DataChange,
     MxAccessError,
@@ -49,6 +48,7 @@ from mxgateway_sim._domain import (
     WorkerInfo,
     WriteComplete,
     WriteRequest,
+    status_and_records,
 )
 from mxgateway_sim._plant import Plant
 from mxgateway_sim._runtime import EventSink, MxAccessRuntime
@@ -87,10 +87,6 @@ class _Item:
     """Set for ReadBulk's own items: the first OnDataChange goes here, not to the sink."""
 
 
-def _first(statuses: tuple[MxStatus, ...]) -> MxStatus:
-    return statuses[0] if statuses else STATUS_OK
-
-
 class _Events:
     """The event sink (runs on the STA thread): COM arguments -> gateway events."""
 
@@ -117,7 +113,7 @@ class _Events:
             data_type,
             int(pwItemQuality),
             time_from_variant(pftItemTimeStamp, rt._local_times),
-            _first(statuses_from_records(pVars)),
+            *status_and_records(statuses_from_records(pVars)),
         )
         item.last = sample
         if item.waiter is not None:
@@ -132,8 +128,8 @@ class _Events:
         phItemHandle: int,
         pVars: Sequence[StatusRecord],
     ) -> None:
-        status = _first(statuses_from_records(pVars))
-        self._rt._pending.append(WriteComplete(hLMXServerHandle, phItemHandle, status))
+        status, records = status_and_records(statuses_from_records(pVars))
+        self._rt._pending.append(WriteComplete(hLMXServerHandle, phItemHandle, status, records))
 
     def OperationComplete(
         self,
@@ -141,8 +137,8 @@ class _Events:
         phItemHandle: int,
         pVars: Sequence[StatusRecord],
     ) -> None:
-        status = _first(statuses_from_records(pVars))
-        self._rt._pending.append(OperationComplete(hLMXServerHandle, phItemHandle, status))
+        status, records = status_and_records(statuses_from_records(pVars))
+        self._rt._pending.append(OperationComplete(hLMXServerHandle, phItemHandle, status, records))
 
     def OnBufferedDataChange(
         self,
@@ -158,7 +154,7 @@ class _Events:
         if (hLMXServerHandle, phItemHandle) not in rt._items:
             rt._dropped += 1
             return
-        status = _first(statuses_from_records(pVars))
+        status, records = status_and_records(statuses_from_records(pVars))
         # Buffered events carry arrays of values, qualities and timestamps (one per sample);
         # a single sample may come as scalars.
         values = pvItemValue if isinstance(pvItemValue, (tuple, list)) else (pvItemValue,)
@@ -182,11 +178,12 @@ class _Events:
                     int(quality),
                     time_from_variant(stamp, rt._local_times),
                     status,
+                    records,
                 )
             )
         rt._pending.append(
             BufferedDataChange(
-                hLMXServerHandle, phItemHandle, int(dtDataType), tuple(samples), status
+                hLMXServerHandle, phItemHandle, int(dtDataType), tuple(samples), status, records
             )
         )
 

@@ -111,6 +111,26 @@ class MxStatus:
 STATUS_OK: Final = MxStatus(1, CAT_OK, SRC_RESPONDING_LMX, DETAIL_SUCCESS)
 
 
+def lead_status(records: tuple[MxStatus, ...]) -> MxStatus:
+    """The record of an event's ``status[]`` that decides for the gateway (a read row's
+    error, a sample's ``ok``): the first failure, else the first record, else OK. The
+    records themselves all go on the wire (upstream: an array never collapses into one
+    success flag; clients decide by each record's category)."""
+    for record in records:
+        if not record.ok:
+            return record
+    return records[0] if records else STATUS_OK
+
+
+def status_and_records(
+    records: tuple[MxStatus, ...],
+) -> tuple[MxStatus, tuple[MxStatus, ...] | None]:
+    """``(status, records)`` for an event built from ``records``: ``records`` is None when
+    it is exactly ``(status,)`` (the common case, which costs nothing more)."""
+    status = lead_status(records)
+    return status, (None if len(records) == 1 and records[0] is status else records)
+
+
 def failure(category: int, detail: int, text: str, source: int = SRC_RESPONDING_LMX) -> MxStatus:
     """A failed MXSTATUS_PROXY record."""
     return MxStatus(0, category, source, detail, text)
@@ -146,9 +166,22 @@ class TagSample:
     ``wire`` and ``read_wire`` are opaque cache slots for the gateway's encoder (the sample
     as an OnDataChange body and as a ReadBulk row): a sample delivered to many items, or read
     many times, is encoded once. A sample is never changed after it is made.
+
+    ``status`` decides for the gateway (:func:`lead_status`); ``records`` are every
+    ``MXSTATUS_PROXY`` of the event as MXAccess gave them when they are not just
+    ``(status,)`` (None: just that one); :attr:`statuses` is what goes on the wire.
     """
 
-    __slots__ = ("data_type", "quality", "read_wire", "status", "timestamp", "value", "wire")
+    __slots__ = (
+        "data_type",
+        "quality",
+        "read_wire",
+        "records",
+        "status",
+        "timestamp",
+        "value",
+        "wire",
+    )
 
     def __init__(
         self,
@@ -157,14 +190,22 @@ class TagSample:
         quality: int,
         timestamp: float,
         status: MxStatus = STATUS_OK,
+        records: tuple[MxStatus, ...] | None = None,
     ) -> None:
         self.value = value
         self.data_type = data_type
         self.quality = quality
         self.timestamp = timestamp  # seconds since the Unix epoch, UTC
         self.status = status
+        self.records = records
         self.wire: bytes | None = None
         self.read_wire: bytes | None = None
+
+    @property
+    def statuses(self) -> tuple[MxStatus, ...]:
+        """Every status record of the sample, in MXAccess's order."""
+        records = self.records
+        return (self.status,) if records is None else records
 
     def __repr__(self) -> str:
         return (
@@ -184,26 +225,43 @@ class DataChange:
         self.sample = sample
 
 
+class _Statuses:
+    """``statuses`` of an event with a deciding ``status`` and optional ``records`` (as
+    :class:`TagSample`)."""
+
+    __slots__ = ()
+    status: MxStatus
+    records: tuple[MxStatus, ...] | None
+
+    @property
+    def statuses(self) -> tuple[MxStatus, ...]:
+        """Every status record of the event, in MXAccess's order."""
+        records = self.records
+        return (self.status,) if records is None else records
+
+
 @dataclass(frozen=True, slots=True)
-class WriteComplete:
+class WriteComplete(_Statuses):
     """OnWriteComplete(hLMX, hItem, status[])."""
 
     server_handle: int
     item_handle: int
     status: MxStatus
+    records: tuple[MxStatus, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
-class OperationComplete:
+class OperationComplete(_Statuses):
     """OperationComplete(hLMX, hItem, status[])."""
 
     server_handle: int
     item_handle: int
     status: MxStatus
+    records: tuple[MxStatus, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
-class BufferedDataChange:
+class BufferedDataChange(_Statuses):
     """OnBufferedDataChange(hLMX, hItem, dataType, values, qualities, timestamps, status[])."""
 
     server_handle: int
@@ -211,6 +269,7 @@ class BufferedDataChange:
     data_type: int
     samples: tuple[TagSample, ...]
     status: MxStatus = STATUS_OK
+    records: tuple[MxStatus, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -922,7 +922,11 @@ def _approx_bytes(value: object) -> int:
 def _read_row(reference: str, sample: TagSample, *, cached: bool) -> ReadResult:
     status = sample.status
     return ReadResult(
-        reference, sample, cached, "" if status.ok else status.text or "read failed", (status,)
+        reference,
+        sample,
+        cached,
+        "" if status.ok else status.text or "read failed",
+        sample.statuses,
     )
 
 

@@ -217,15 +217,21 @@ def value_bytes(value: object, data_type: int) -> bytes:
 class _TailCache:
     """The quality/timestamp/status fields shared by every sample of one scan tick."""
 
-    key: tuple[float, int, MxStatus] | None = None
+    key: tuple[float, int, MxStatus, tuple[MxStatus, ...] | None] | None = None
     value = b""
+
+
+def statuses_field(tag: bytes, statuses: Sequence[MxStatus]) -> bytes:
+    """A repeated ``MxStatusProxy`` field (``tag``: its key byte), one entry per record."""
+    return b"".join(_ld(tag, status_bytes(s)) for s in statuses)
 
 
 def sample_body(sample: TagSample) -> bytes:
     """value/quality/timestamp/statuses fields of an OnDataChangeEvent (cached per sample)."""
     body = sample.wire
     if body is None:
-        key = (sample.timestamp, sample.quality, sample.status)
+        records = sample.records
+        key = (sample.timestamp, sample.quality, sample.status, records)
         if key == _TailCache.key:
             tail = _TailCache.value
         else:
@@ -233,7 +239,11 @@ def sample_body(sample: TagSample) -> bytes:
                 b"\x20"
                 + varint(sample.quality)
                 + _ld(b"\x2a", timestamp_bytes(sample.timestamp))
-                + _ld(b"\x32", status_bytes(sample.status))
+                + (
+                    _ld(b"\x32", status_bytes(sample.status))
+                    if records is None
+                    else statuses_field(b"\x32", records)
+                )
             )
             _TailCache.key, _TailCache.value = key, tail
         vb = value_bytes(sample.value, sample.data_type)
@@ -415,17 +425,17 @@ def event_to_pb(event: MxRuntimeEvent, session_id: str, sequence: int, now: floa
         body.value.CopyFrom(value_to_pb(s.value, s.data_type))
         body.quality = s.quality
         body.timestamp.CopyFrom(to_timestamp(s.timestamp))
-        body.statuses.append(status_to_pb(s.status))
+        body.statuses.extend(status_to_pb(r) for r in s.statuses)
     elif isinstance(event, WriteComplete):
         msg.family = pb.MX_EVENT_FAMILY_ON_WRITE_COMPLETE
         msg.on_write_complete.server_handle = event.server_handle
         msg.on_write_complete.item_handle = event.item_handle
-        msg.on_write_complete.statuses.append(status_to_pb(event.status))
+        msg.on_write_complete.statuses.extend(status_to_pb(r) for r in event.statuses)
     elif isinstance(event, OperationComplete):
         msg.family = pb.MX_EVENT_FAMILY_OPERATION_COMPLETE
         msg.operation_complete.server_handle = event.server_handle
         msg.operation_complete.item_handle = event.item_handle
-        msg.operation_complete.statuses.append(status_to_pb(event.status))
+        msg.operation_complete.statuses.extend(status_to_pb(r) for r in event.statuses)
     elif isinstance(event, BufferedDataChange):
         msg.family = pb.MX_EVENT_FAMILY_ON_BUFFERED_DATA_CHANGE
         b = msg.on_buffered_data_change
@@ -433,7 +443,7 @@ def event_to_pb(event: MxRuntimeEvent, session_id: str, sequence: int, now: floa
         b.item_handle = event.item_handle
         b.data_type = event.data_type + _COM_OFFSET  # type: ignore[assignment]
         b.samples.extend(_sample_pb(s) for s in event.samples)
-        b.statuses.append(status_to_pb(event.status))
+        b.statuses.extend(status_to_pb(r) for r in event.statuses)
     elif isinstance(event, AlarmTransition):
         msg.family = pb.MX_EVENT_FAMILY_ON_ALARM_TRANSITION
         msg.on_alarm_transition.CopyFrom(alarm_transition_to_pb(event))
@@ -499,7 +509,9 @@ class EventEncoder:
         self.session_id = session_id
         self._head = _ld(b"\x0a", session_id.encode())
         self._items: dict[tuple[int, int], bytes] = {}
-        self._completions: dict[tuple[bool, int, int, MxStatus], tuple[bytes, bytes]] = {}
+        self._completions: dict[
+            tuple[bool, int, int, MxStatus, tuple[MxStatus, ...] | None], tuple[bytes, bytes]
+        ] = {}
 
     def encode(
         self, events: Sequence[MxRuntimeEvent], first_sequence: int, now: float
@@ -550,7 +562,8 @@ class EventEncoder:
                 # The family field and the body (handles, status) are the same for every
                 # completion of one item with one outcome, so they are cached whole.
                 write = type(event) is WriteComplete
-                ckey = (write, event.server_handle, event.item_handle, event.status)
+                records = event.records
+                ckey = (write, event.server_handle, event.item_handle, event.status, records)
                 cached = completions.get(ckey)
                 if cached is None:
                     cbody = (
@@ -558,7 +571,11 @@ class EventEncoder:
                         + varint(event.server_handle)
                         + b"\x10"
                         + varint(event.item_handle)
-                        + _ld(b"\x1a", status_bytes(event.status))
+                        + (
+                            _ld(b"\x1a", status_bytes(event.status))
+                            if records is None
+                            else statuses_field(b"\x1a", records)
+                        )
                     )
                     # ON_WRITE_COMPLETE (2) in field 7, OPERATION_COMPLETE (3) in field 8
                     family, tag = (b"\x18\x02", b"\x3a") if write else (b"\x18\x03", b"\x42")

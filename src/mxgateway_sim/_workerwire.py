@@ -31,6 +31,7 @@ from mxgateway_sim._domain import (
     ReadResult,
     TagSample,
     WriteRequest,
+    status_and_records,
 )
 from mxgateway_sim._framing import frame
 from mxgateway_sim._limits import LimitError
@@ -365,7 +366,7 @@ def read_rows(reply: pb.BulkReadReply) -> list[ReadResult]:
                 max(r.value.data_type - COM_TO_PROTO, 0),
                 r.quality,
                 r.timestamp.seconds + r.timestamp.nanos / 1e9,
-                statuses[0] if statuses else MxStatus(1, 0, 1, 0),
+                *status_and_records(statuses),
             )
         rows.append(ReadResult(r.tag_address, sample, r.was_cached, r.error_message, statuses))
     return rows

@@ -13,8 +13,10 @@ from dataclasses import dataclass, field
 
 from fake_lmx import FakeLmxProxyServer, FakePlatform
 
-from mxgateway_mxaccess import MxAccessComRuntime
-from mxgateway_sim._domain import MxRuntimeEvent
+from mxgateway import GatewayClient
+from mxgateway_mxaccess import MxAccessComRuntime, mxaccess_runtime_factory
+from mxgateway_sim import GatewaySimulator
+from mxgateway_sim._domain import DataChange, MxRuntimeEvent, WriteComplete
 
 INTEGRATION = os.environ.get("MXGATEWAY_INTEGRATION") == "1"
 
@@ -75,3 +77,40 @@ async def running(t: Target) -> AsyncIterator[None]:
         yield
     finally:
         await t.runtime.close()
+
+
+def data_changes(events: list[MxRuntimeEvent], item: int) -> list[DataChange]:
+    return [e for e in events if isinstance(e, DataChange) and e.item_handle == item]
+
+
+def write_completes(events: list[MxRuntimeEvent], item: int) -> list[WriteComplete]:
+    return [e for e in events if isinstance(e, WriteComplete) and e.item_handle == item]
+
+
+async def advised(t: Target, ref: str, *, supervisory: bool = False) -> tuple[int, int]:
+    """Register, AddItem, Advise, and wait for the first OnDataChange."""
+    h = await t.runtime.register("mxgw-test")
+    item = await t.runtime.add_item(h, ref)
+    await t.runtime.advise(h, item, supervisory=supervisory)
+    await t.wait_for(lambda ev: bool(data_changes(ev, item)))
+    return h, item
+
+
+@contextlib.asynccontextmanager
+async def com_gateway(
+    platforms: list[FakePlatform],
+) -> AsyncIterator[tuple[GatewaySimulator, GatewayClient]]:
+    """A gateway whose sessions run the COM runtime over fake LMXProxyServers (each new
+    one appended to ``platforms``), and a client of it over real gRPC."""
+
+    def platform() -> FakePlatform:
+        platforms.append(FakePlatform(first_value_delay_s=0.05))
+        return platforms[-1]
+
+    async with (
+        GatewaySimulator(runtime_factory=mxaccess_runtime_factory(platform)) as sim,
+        await GatewayClient.connect(
+            endpoint=sim.endpoint, api_key=sim.api_key, plaintext=True
+        ) as client,
+    ):
+        yield sim, client

@@ -120,6 +120,9 @@ class FakeLmxProxyServer:
         self._events = events
         self._owner = threading.get_ident()
         self.tags = default_tags()
+        self.records: dict[str, tuple[Record, ...]] = {}
+        """Reference (lower case) -> the ``pVars`` its events carry instead of the one record
+        the fake would compute (MXAccess hands an array; real code must keep all of it)."""
         self.calls: list[tuple[str, tuple[Any, ...]]] = []
         self.call_threads: set[int] = set()
         self.event_threads: set[int] = set()
@@ -184,15 +187,16 @@ class FakeLmxProxyServer:
         item.resolved = True
         if item.suspended:
             return
+        records = self.records.get(item.ref.lower(), (OK,))
         if item.buffered:
             values = tuple(v for v, _, _ in item.buffer) or (tag.value,)
             qualities = tuple(q for _, q, _ in item.buffer) or (tag.quality,)
             stamps = tuple(t for _, _, t in item.buffer) or (stamp,)
             item.buffer.clear()
             dtype = 2 if isinstance(tag.value, int) and not isinstance(tag.value, bool) else 4
-            self._events.OnBufferedDataChange(h, handle, dtype, values, qualities, stamps, (OK,))
+            self._events.OnBufferedDataChange(h, handle, dtype, values, qualities, stamps, records)
             return
-        self._events.OnDataChange(h, handle, tag.value, tag.quality, stamp, (OK,))
+        self._events.OnDataChange(h, handle, tag.value, tag.quality, stamp, records)
 
     # -- test hooks ----------------------------------------------------------------------
 
@@ -216,8 +220,8 @@ class FakeLmxProxyServer:
                         ),
                     )
 
-    def operation_complete(self, h: int, handle: int) -> None:
-        self._post(0.0, lambda: self._events.OperationComplete(h, handle, (OK,)))
+    def operation_complete(self, h: int, handle: int, records: tuple[Record, ...] = (OK,)) -> None:
+        self._post(0.0, lambda: self._events.OperationComplete(h, handle, records))
 
     # -- ILMXProxyServer -----------------------------------------------------------------
 
@@ -306,9 +310,10 @@ class FakeLmxProxyServer:
             status = Record(0, 6, 1, 1012)  # SecurityError / SecuredWrite
         elif secured and users[0] not in {u for _, u in USERS.values()}:
             status = Record(0, 6, 1, 1016)
-        if status is OK:
+        records = self.records.get(item.ref.lower(), (status,))
+        if all(r.success for r in records):
             self.change(item.ref, value.value)
-        self._post(0.0, lambda: self._events.OnWriteComplete(h, handle, (status,)))
+        self._post(0.0, lambda: self._events.OnWriteComplete(h, handle, records))
 
     def Write(self, hLMXServerHandle: int, hItem: int, pItemValue: object, UserID: int) -> None:
         self._enter("Write", hLMXServerHandle, hItem, pItemValue, UserID)

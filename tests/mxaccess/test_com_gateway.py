@@ -8,28 +8,16 @@ comes from the COM runtime, its STA thread and its conversions.
 from __future__ import annotations
 
 import pytest
+from comhelpers import com_gateway
 from fake_lmx import FakePlatform
 
-from mxgateway import GatewayClient, MxAccessError
+from mxgateway import MxAccessError
 from mxgateway._events import DataChange
-from mxgateway_mxaccess import mxaccess_runtime_factory
-from mxgateway_sim import GatewaySimulator
 
 
 async def test_session_over_grpc_through_the_com_runtime() -> None:
     platforms: list[FakePlatform] = []
-
-    def platform() -> FakePlatform:
-        platforms.append(FakePlatform(first_value_delay_s=0.05))
-        return platforms[-1]
-
-    factory = mxaccess_runtime_factory(platform)
-    async with (
-        GatewaySimulator(runtime_factory=factory) as sim,
-        await GatewayClient.connect(
-            endpoint=sim.endpoint, api_key=sim.api_key, plaintext=True
-        ) as client,
-    ):
+    async with com_gateway(platforms) as (_sim, client):
         session = await client.open_session(client_session_name="com")
         try:
             h = await session.register("com")

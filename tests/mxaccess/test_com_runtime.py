@@ -8,7 +8,7 @@ import threading
 from datetime import datetime, timezone
 
 import pytest
-from comhelpers import Target
+from comhelpers import Target, advised, data_changes, write_completes
 from fake_lmx import REGDB_E_CLASSNOTREG, FakeComError, FakePlatform
 
 from mxgateway_mxaccess import ComStartError, MxAccessComRuntime
@@ -22,24 +22,6 @@ from mxgateway_sim._domain import (
     WriteComplete,
     WriteRequest,
 )
-
-
-def data_changes(events: list[MxRuntimeEvent], item: int) -> list[DataChange]:
-    return [e for e in events if isinstance(e, DataChange) and e.item_handle == item]
-
-
-def write_completes(events: list[MxRuntimeEvent], item: int) -> list[WriteComplete]:
-    return [e for e in events if isinstance(e, WriteComplete) and e.item_handle == item]
-
-
-async def advised(t: Target, ref: str, *, supervisory: bool = False) -> tuple[int, int]:
-    """Register, AddItem, Advise, and wait for the first OnDataChange."""
-    h = await t.runtime.register("mxgw-test")
-    item = await t.runtime.add_item(h, ref)
-    await t.runtime.advise(h, item, supervisory=supervisory)
-    await t.wait_for(lambda ev: bool(data_changes(ev, item)))
-    return h, item
-
 
 # -- the runtime against either server ------------------------------------------------------
 
