@@ -23,13 +23,28 @@ go first. It belongs to the session and goes with it.
 
 from __future__ import annotations
 
+from math import isfinite
 from typing import Any
 
 from mxgateway_sim._domain import TagSample
-from mxgateway_sim._plant import TagState
+from mxgateway_sim._plant import BATCHED, BatchFunction, TagState
 from mxgateway_sim._references import ParsedReference
+from mxgateway_sim._wire import (
+    FIXED_BOOL,
+    FIXED_DOUBLE,
+    FIXED_FLOAT,
+    FLOAT32_MAX,
+    ROW_HEADS,
+    VARIABLE,
+    good_read_row_with_tail,
+    pack_d,
+    pack_f,
+    row_head,
+    row_part,
+    value_piece,
+)
 
-__all__ = ["ENTRY_OVERHEAD_BYTES", "ReadMemo", "ReadRow", "ReadRowCache"]
+__all__ = ["ENTRY_OVERHEAD_BYTES", "ReadMemo", "ReadRow", "ReadRowCache", "fresh_wire"]
 
 ENTRY_OVERHEAD_BYTES = 480
 """Estimated bytes of one entry beyond its strings and encoded bytes (the entry and the
@@ -40,14 +55,18 @@ class ReadRow:
     """One reference's cached read: how it resolves and its last encoded row."""
 
     __slots__ = (
+        "batch",
         "cached",
         "cost",
+        "data_type",
         "failed",
         "field",
         "generation",
         "index",
         "item",
         "key",
+        "kind",
+        "part",
         "sample",
         "state",
         "text",
@@ -85,6 +104,18 @@ class ReadRow:
         """The session's item that answers cached reads of the reference (None: none),
         as it was at ``generation`` of the runtime's advised items."""
         self.generation = -1
+        self.data_type = 0 if state is None else state.info.mx_data_type
+        """The attribute's data type (what a sample computed for a read carries)."""
+        kind, part = (0, b"") if state is None else row_part(field, self.data_type)
+        self.kind = kind
+        """How a row this read computes is encoded (0: it is not, the reference does not
+        resolve): ``row_head(...) + part + value piece + tail`` (:func:`fresh_wire`)."""
+        self.part = part
+        self.batch: BatchFunction | None = (
+            None if state is None or self.index is not None else BATCHED.get(state.gen_function)
+        )
+        """How a read computes the attribute's value together with others of its kind
+        (None: one at a time)."""
 
     @classmethod
     def malformed(cls, text: str, wire: bytes, generation: int) -> ReadRow:
@@ -209,6 +240,43 @@ class ReadMemo:
             self.cache.remember(self.key, self.collected, self.version)
 
 
+def fresh_wire(row: ReadRow, sample: TagSample, tail: bytes) -> bytes:
+    """The encoded row of a good ``sample`` the read computed for ``row``'s reference:
+    exactly ``good_read_row(row.field, sample, False)`` given ``tail`` =
+    ``good_row_tail(sample.quality, sample.timestamp)``: the value's piece spliced between
+    the reference's constant part and the tail (:func:`~mxgateway_sim._wire.row_part`).
+
+    The row is kept for the next read when it has the size of the one kept (a read
+    computes most rows anew, and a kept row's size is counted in the cache's bound);
+    otherwise the row is marked as not kept, and encoded again if read unchanged.
+    """
+    value = sample.value
+    kind = row.kind
+    if kind == VARIABLE:
+        piece = value_piece(value, row.data_type)
+    elif kind == FIXED_DOUBLE and type(value) is float and isfinite(value):
+        piece = pack_d(value)
+    elif kind == FIXED_BOOL and type(value) is bool:
+        piece = b"\x01" if value else b"\x00"
+    elif kind == FIXED_FLOAT and type(value) is float and abs(value) <= FLOAT32_MAX:
+        piece = pack_f(value)
+    else:  # a value its type's splice does not fit (NaN, a value of another type)
+        piece = b""
+    if piece:
+        size = len(row.part) + len(piece) + len(tail)
+        head = ROW_HEADS[size] if size < 4096 else row_head(size)
+        wire = head + row.part + piece + tail
+    else:
+        wire = good_read_row_with_tail(row.field, sample, tail)
+    if len(wire) == len(row.wire):
+        row.wire = wire
+        row.sample = sample
+        row.cached = False
+    else:
+        row.sample = None
+    return wire
+
+
 def _cost(text: str, row: ReadRow, ref: ParsedReference) -> int:
     path = 0 if ref.path is text else _chars(ref.path)
     return (
@@ -216,6 +284,7 @@ def _cost(text: str, row: ReadRow, ref: ParsedReference) -> int:
         + path
         + _chars(ref.key)
         + len(row.field)
+        + len(row.part)
         + len(row.wire)
         + ENTRY_OVERHEAD_BYTES
     )

@@ -34,6 +34,7 @@ from mxgateway_sim._domain import (
     DETAIL_VERIFIER_NOT_HAVING_VERIFY_RIGHTS,
     MX_NO_DATA,
     QUALITY_BAD_CONFIG_ERROR,
+    QUALITY_GOOD,
     SRC_REQUESTING_LMX,
     SRC_RESPONDING_AUTOMATION_OBJECT,
     STATUS_OK,
@@ -57,8 +58,8 @@ from mxgateway_sim._limits import (
     DEFAULT_REFERENCE_CACHE_BYTES,
     LimitError,
 )
-from mxgateway_sim._plant import Plant, TagState
-from mxgateway_sim._readrows import ReadMemo, ReadRow, ReadRowCache
+from mxgateway_sim._plant import BatchFunction, Plant, TagState
+from mxgateway_sim._readrows import ReadMemo, ReadRow, ReadRowCache, fresh_wire
 from mxgateway_sim._references import (
     ParsedReference,
     ReferenceCache,
@@ -70,6 +71,7 @@ from mxgateway_sim._slicing import Slicer, chunks
 from mxgateway_sim._wire import (
     check_read_reply,
     good_read_row,
+    good_row_tail,
     read_reply_bytes,
     reference_field,
 )
@@ -729,7 +731,13 @@ class SimulatedRuntime:
         (tests/sim/test_sim_read_rows.py compares them): a reference advised in this session
         answers its item's last value (``was_cached``), any other the plant's current
         value; only the parse, the resolution and the encoding of an unchanged row are
-        reused. No await: the caller slices the call. ``max_bytes`` and ``already`` as for
+        reused. The value of an attribute only its model drives (nobody advises it, no
+        write pins it, not flaky: most of a poller's tags) is computed here as
+        :meth:`Plant.current` would, the costly generators many at a time
+        (``Plant.BATCHED``), and its row spliced from the reference's constant part, the
+        value's bytes and the tail every row of the call shares (``fresh_wire``;
+        tests/sim/test_sim_bulk_fast_paths.py compares both). No await: the caller slices
+        the call. ``max_bytes`` and ``already`` as for
         ``read_reply_bytes``: the size is checked before the rows are joined, and once the
         rows encoded for this call alone pass it the call returns None (the generic path
         then refuses the reply, sharing each sample's encoded value instead of copying it).
@@ -754,6 +762,9 @@ class SimulatedRuntime:
         first_advised = self._first_advised
         current = plant.current
         now = time.time()  # the time of the rows this call computes
+        tick = plant.tick
+        tail = b""  # the tail of the rows this call computes (good_row_tail), once needed
+        later: dict[BatchFunction, list[tuple[int, ReadRow, TagState]]] | None = None
         # Bytes of the rows encoded by this call: past the room left, the call stops and
         # the generic path refuses the reply (with its message) without copies of the rows.
         made = 0
@@ -784,10 +795,54 @@ class SimulatedRuntime:
                     cache.set_wire(row.text, row, self._failure_row(row.text, row.failed))
                 append(row.wire)
                 continue
-            sample = current(state, now)
-            index = row.index
-            if index is not None:
-                sample = element_of(sample, index)
+            if (
+                state.subs
+                or state.dirty
+                or state.override_ts is not None
+                or state.flaky
+                or row.index is not None
+            ):
+                sample = current(state, now)
+                index = row.index
+                if index is not None:
+                    sample = element_of(sample, index)
+            else:
+                # Plant.current of an attribute that only its model drives (nobody advises
+                # it, no write pins it, never flaky): TagState.changed_since and compute
+                # for that case, inline.
+                m = state.computed_at
+                period = state.period
+                if 0 <= m <= tick and (m == tick or not period or tick // period == m // period):
+                    sample = state.sample
+                else:
+                    if not tail:
+                        tail = good_row_tail(QUALITY_GOOD, now)
+                    batch = row.batch
+                    if batch is not None:
+                        # Computed after the loop, with the other rows of its generator.
+                        if later is None:
+                            later = {}
+                        group = later.get(batch)
+                        if group is None:
+                            later[batch] = group = []
+                        group.append((len(out), row, state))
+                        append(b"")
+                        continue
+                    sample = TagSample(
+                        state.gen_function(state.gen_args, tick),
+                        row.data_type,
+                        QUALITY_GOOD,
+                        now,
+                        STATUS_OK,
+                    )
+                    state.sample = sample
+                    state.computed_at = tick
+                    wire = fresh_wire(row, sample, tail)
+                    made += len(wire)
+                    if made > room:
+                        return self._spoil(memo)
+                    append(wire)
+                    continue
             if sample is not row.sample or row.cached:
                 if sample.status is STATUS_OK:
                     # _encode_read_row's common case inline (a row read from a changing
@@ -805,6 +860,18 @@ class SimulatedRuntime:
                 if made > room:
                     return self._spoil(memo)
             append(row.wire)
+        if later is not None:
+            # The rows of the generators that compute many values at once (Plant BATCHED).
+            for batch, group in later.items():
+                values = batch([state.gen_args for _, _, state in group], tick)
+                for (position, row, state), value in zip(group, values, strict=True):
+                    sample = TagSample(value, row.data_type, QUALITY_GOOD, now, STATUS_OK)
+                    state.sample = sample
+                    state.computed_at = tick
+                    out[position] = wire = fresh_wire(row, sample, tail)
+                    made += len(wire)
+                if made > room:
+                    return self._spoil(memo)
         check_read_reply(already + sum(map(len, out)), max_bytes)
         return b"".join(out)
 

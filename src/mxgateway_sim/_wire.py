@@ -186,14 +186,14 @@ def _prefix(data_type: int, variant: int) -> bytes:
     )
 
 
-_PACK_D = struct.Struct("<d").pack
-_PACK_F = struct.Struct("<f").pack
+_PACK_D = pack_d = struct.Struct("<d").pack
+_PACK_F = pack_f = struct.Struct("<f").pack
 _BOOL_PREFIX = _prefix(MX_BOOLEAN, pb.VT_BOOL)
 _INT_PREFIX = _prefix(MX_INTEGER, pb.VT_I4)
 _FLOAT_PREFIX = _prefix(MX_FLOAT, pb.VT_R4)
 _DOUBLE_PREFIX = _prefix(MX_DOUBLE, pb.VT_R8)
 _STRING_PREFIX = {t: _prefix(t, pb.VT_BSTR) for t in STRING_TYPES}
-_FLOAT32_MAX = 3.4028234663852886e38
+_FLOAT32_MAX = FLOAT32_MAX = 3.4028234663852886e38
 
 
 def value_bytes(value: object, data_type: int) -> bytes:
@@ -376,6 +376,87 @@ def good_read_row(field: bytes, sample: TagSample, cached: bool) -> bytes:
             _GOOD_TAILS[status, cached] = tail
     body = sample.read_wire or _read_body(sample)
     return b"\x0a" + varint(len(field) + len(body) + len(tail)) + field + body + tail
+
+
+ROW_HEADS = [b"\x0a" + _VARINTS[i] for i in range(4096)]
+"""``row_head(size)`` of the sizes up to 4,095."""
+
+
+def row_head(size: int) -> bytes:
+    """The tag and length of a ``results`` entry of ``size`` bytes."""
+    return ROW_HEADS[size] if size < 4096 else b"\x0a" + varint(size)
+
+
+class _FreshTailCache:
+    """The tail of the last good row encoded by :func:`good_row_tail`."""
+
+    key: tuple[float, int] | None = None
+    value = b""
+
+
+def good_row_tail(quality: int, timestamp: float) -> bytes:
+    """What follows the value in a good, uncached ``results`` entry (quality, timestamp,
+    the OK status, ``was_successful``): the rows one read computes share it."""
+    key = (timestamp, quality)
+    if key == _FreshTailCache.key:
+        return _FreshTailCache.value
+    tail = (
+        (b"\x18" + varint(quality) if quality else b"")
+        + _ld(b"\x22", timestamp_bytes(timestamp))
+        + _OK_TAILS[False]
+    )
+    _FreshTailCache.key, _FreshTailCache.value = key, tail
+    return tail
+
+
+VARIABLE, FIXED_DOUBLE, FIXED_FLOAT, FIXED_BOOL = 1, 2, 3, 4
+"""How a reference's rows splice their values (:func:`row_part`): a value of a ``FIXED_``
+kind is its payload alone (the ``MxValue`` before it is the same for every value of the
+type), any other its whole length-prefixed ``MxValue`` (:func:`value_piece`)."""
+
+_FIXED = {
+    MX_DOUBLE: (FIXED_DOUBLE, _DOUBLE_PREFIX + b"\x51", 8),
+    MX_FLOAT: (FIXED_FLOAT, _FLOAT_PREFIX + b"\x4d", 4),
+    MX_BOOLEAN: (FIXED_BOOL, _BOOL_PREFIX + b"\x30", 1),
+}
+
+
+def row_part(field: bytes, data_type: int) -> tuple[int, bytes]:
+    """(kind, part) of the rows of a reference whose values are of ``data_type``: ``part``
+    is what comes between a row's head and its value's piece (``field``, the
+    ``tag_address``; for a ``FIXED_`` kind also the value's tag, length and ``MxValue`` up
+    to its payload)."""
+    fixed = _FIXED.get(data_type)
+    if fixed is None:
+        return VARIABLE, field + b"\x12"
+    kind, prefix, width = fixed
+    return kind, field + b"\x12" + varint(len(prefix) + width) + prefix
+
+
+_PIECES: dict[tuple[int, type, object], bytes] = {}
+
+
+def value_piece(value: object, data_type: int) -> bytes:
+    """The length-prefixed ``MxValue`` of ``value_bytes(value, data_type)``; kept for
+    strings and integers (a few words and small numbers are most values), up to 4,096."""
+    kind = type(value)
+    if kind is not str and kind is not int:
+        vb = value_bytes(value, data_type)
+        return varint(len(vb)) + vb
+    key = (data_type, kind, value)
+    piece = _PIECES.get(key)
+    if piece is None:
+        vb = value_bytes(value, data_type)
+        piece = varint(len(vb)) + vb
+        if len(_PIECES) < 4096 and len(piece) <= 256:
+            _PIECES[key] = piece
+    return piece
+
+
+def good_read_row_with_tail(field: bytes, sample: TagSample, tail: bytes) -> bytes:
+    """:func:`good_read_row` of an uncached row, given its :func:`good_row_tail`."""
+    body = b"\x12" + value_piece(sample.value, sample.data_type)
+    return row_head(len(field) + len(body) + len(tail)) + field + body + tail
 
 
 def write_reply_bytes(rows: Sequence[BulkRow]) -> bytes:

@@ -1,21 +1,42 @@
 """The simulator's bulk fast paths give what the slow, generic paths gave.
 
 WRITE_BULK publishes its OnWriteComplete events as one list with hand-encoded completions;
-READ_BULK encodes its reply from cached pieces and parses each reference string once.
+READ_BULK encodes its reply from cached pieces and parses each reference string once, and
+computes the values of the attributes nobody advises many at a time, splicing each row
+from its reference's constant part, its value's bytes and a tail the read's rows share.
 """
 
 from __future__ import annotations
 
 import contextlib
+import random
+import struct
+import types
 from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta, timezone
 
 import pytest
 
+from mxgateway import GatewayClient, MxGatewayInvalidRequestError
 from mxgateway.generated import mxaccess_gateway_pb2 as pb
-from mxgateway_sim import InMemoryCatalog, TagInfo, builtin_catalog
+from mxgateway_sim import (
+    GatewaySimulator,
+    InMemoryCatalog,
+    SessionOptions,
+    TagInfo,
+    builtin_catalog,
+)
 from mxgateway_sim._commands import BulkRow, write_items
 from mxgateway_sim._domain import (
     CAT_SECURITY_ERROR,
+    MX_BOOLEAN,
+    MX_DOUBLE,
+    MX_ELAPSED_TIME,
+    MX_FLOAT,
+    MX_INTEGER,
+    MX_REFERENCE,
+    MX_STRING,
+    MX_TIME,
     STATUS_OK,
     DataChange,
     MxAccessError,
@@ -28,7 +49,22 @@ from mxgateway_sim._domain import (
     failure,
 )
 from mxgateway_sim._events import EventLog, OverflowPolicy
-from mxgateway_sim._plant import Plant
+from mxgateway_sim._plant import (
+    BATCHED,
+    Plant,
+    _constant,
+    _cycle,
+    _float_walk,
+    _int_counter,
+    _int_ramp,
+    _int_walk,
+    _ramp,
+    _sine,
+    _toggle,
+    _unit,
+    _units,
+)
+from mxgateway_sim._readrows import ReadRow, fresh_wire
 from mxgateway_sim._references import (
     ParsedReference,
     ReferenceCache,
@@ -36,11 +72,15 @@ from mxgateway_sim._references import (
     parse_reference,
 )
 from mxgateway_sim._simruntime import SimulatedRuntime
+from mxgateway_sim._svc_common import READ_CHUNK_ROWS
 from mxgateway_sim._wire import (
     EventEncoder,
     _encode_varint,
     event_to_pb,
+    good_read_row,
+    good_row_tail,
     read_reply_bytes,
+    reference_field,
     status_to_pb,
     to_timestamp,
     unframe,
@@ -308,3 +348,241 @@ def _shape(event: MxRuntimeEvent) -> tuple[object, ...]:
         getattr(event, "status", None),
         tuple((s.value, s.quality, s.status) for s in samples),
     )
+
+
+# -- rows a read computes (attributes only their model drives) ---------------------------
+
+_MODEL_ATTRIBUTES = (
+    # (attribute, COM data type, array): every generator of the plant shows up among 60
+    # objects (the hash of the reference picks each attribute's).
+    ("Flag", MX_BOOLEAN, False),
+    ("Count", MX_INTEGER, False),
+    ("Gauge", MX_FLOAT, False),
+    ("Level", MX_DOUBLE, False),
+    ("State", MX_STRING, False),
+    ("Stamp", MX_TIME, False),
+    ("Runtime", MX_ELAPSED_TIME, False),
+    ("Target", MX_REFERENCE, False),
+    ("Setpoint", MX_DOUBLE, False),
+    ("Mode", MX_INTEGER, False),
+    ("Bits", MX_BOOLEAN, True),
+    ("Values", MX_DOUBLE, True),
+    ("Names", MX_STRING, True),
+)
+
+
+def _model_catalog(objects: int = 60) -> InMemoryCatalog:
+    tags = []
+    for i in range(objects):
+        obj = f"Obj{i:03d}"
+        for name, data_type, array in _MODEL_ATTRIBUTES:
+            tags.append(
+                TagInfo(
+                    obj,
+                    name,
+                    f"{obj}.{name}",
+                    data_type,
+                    array,
+                    4 if array else 0,
+                    0,
+                    4,
+                    False,
+                    False,
+                )
+            )
+    return InMemoryCatalog(tags)
+
+
+def _references(objects: int = 60) -> list[str]:
+    """Every scalar of the model catalog, array elements, unknown objects and attributes,
+    malformed references, in a mixed order over more than two ReadBulk chunks."""
+    refs = []
+    for i in range(objects):
+        obj = f"Obj{i:03d}"
+        refs += [f"{obj}.{name}" for name, _, array in _MODEL_ATTRIBUTES if not array]
+        refs += [f"{obj}.Values[2]", f"{obj}.Bits[1]", f"{obj}.Names[]"]
+        if i % 7 == 0:
+            refs += [f"Nope{i}.Level", f"{obj}.Nope", f"{obj}..Level", f"{obj}.Level[2]"]
+    refs = refs[::2] + refs[1::2] + refs[: READ_CHUNK_ROWS // 3]  # mixed, some twice
+    assert len(refs) > 2 * READ_CHUNK_ROWS
+    return refs
+
+
+def _same_float(a: object, b: object) -> bool:
+    """Equal, and for floats bit for bit (``0.0 == -0.0``, ``nan != nan``)."""
+    if isinstance(a, float) and isinstance(b, float):
+        return struct.pack("<d", a) == struct.pack("<d", b)
+    return a == b
+
+
+@pytest.mark.parametrize("flaky_one_in", [0, 3])
+async def test_rows_a_read_computes_are_the_plain_paths_rows(flaky_one_in: int) -> None:
+    """Attributes nobody advises, read after ticks changed them: the read computes their
+    values (the generators of ``BATCHED`` many at a time) and encodes each row by splicing
+    (``fresh_wire``). Its reply, through the public client, is byte for byte what the
+    generic path (``SimulatedRuntime.read`` and ``read_reply_bytes``) answers for the same
+    samples, and every sample is its model's value at the tick it was computed for, with
+    the quality and status of that tick. Mixed in: attributes advised by another session
+    (their item's value), one pinned by a write, flaky ones, array elements, unknown and
+    malformed references."""
+    async with GatewaySimulator(
+        catalog=_model_catalog(), scan_interval_ms=3_600_000, flaky_one_in=flaky_one_in
+    ) as sim:
+        plant = sim.plant
+        assert plant is not None
+        refs = _references()
+        states = {r: plant.state(r) for r in refs}
+        kinds = {st.gen_function for st in states.values() if st is not None}
+        assert set(BATCHED) <= kinds
+        assert {_sine, _ramp, _toggle, _cycle, _int_counter, _int_ramp, _constant} <= kinds
+        async with (
+            await GatewayClient.connect(
+                endpoint=sim.endpoint, api_key=sim.api_key, plaintext=True
+            ) as client,
+            await client.open_session(client_session_name="reader") as session,
+            await client.open_session(client_session_name="other") as other,
+        ):
+            other_h = await other.register("other")
+            advised = await other.subscribe_bulk(other_h, ["Obj001.Level", "Obj002.Count"])
+            pinned = advised[1].item_handle
+            await other.write(other_h, pinned, 42, wait=True)  # pinned to 42 from now on
+            await other.unsubscribe_bulk(other_h, [pinned])
+            hlmx = await session.register("reader")
+            found = sim.sessions.get(session.session_id)
+            assert found is not None and isinstance(found.runtime, SimulatedRuntime)
+            runtime = found.runtime
+            cache = runtime._read_rows
+            assert cache is not None
+            statuses = set()
+            for ticks in (1, 1, 0, 3, 7, 50, 1, 200):
+                for _ in range(ticks):
+                    plant.step()
+                fast = await session.read_bulk(hlmx, refs)
+                runtime._read_rows = None  # the generic path, same tick: same samples
+                try:
+                    plain = await session.read_bulk(hlmx, refs)
+                finally:
+                    runtime._read_rows = cache
+                assert [r.tag_address for r in fast] == refs
+                for a, b in zip(fast, plain, strict=True):
+                    assert a.SerializeToString() == b.SerializeToString(), (a, b)
+                statuses.update(r.was_successful for r in fast)
+                for ref, st in states.items():
+                    if st is None or st.subs or st.override_ts is not None:
+                        continue
+                    sample = st.sample
+                    assert st.computed_at == plant.tick or st.period != 1, ref
+                    assert _same_float(sample.value, st.gen(st.computed_at)), ref
+                    assert (sample.quality, sample.status) == st.quality_at(st.computed_at)
+            assert statuses == {True, False}
+            (count,) = await session.read_bulk(hlmx, ["Obj002.Count"])
+            assert count.value.int32_value == 42
+
+
+async def test_rows_a_read_computes_are_refused_alike_over_the_message_limit() -> None:
+    """Computed rows that do not fit one reply: refused with the generic path's message
+    (nothing was read)."""
+    options = SessionOptions(max_message_bytes=64 * 1024, max_value_bytes=32 * 1024)
+    async with GatewaySimulator(
+        catalog=_model_catalog(),
+        scan_interval_ms=3_600_000,
+        flaky_one_in=0,
+        session_options=options,
+    ) as sim:
+        plant = sim.plant
+        assert plant is not None
+        refs = [r for r in _references() if "Nope" not in r and ".." not in r] * 2
+        async with (
+            await GatewayClient.connect(
+                endpoint=sim.endpoint, api_key=sim.api_key, plaintext=True
+            ) as client,
+            await client.open_session(client_session_name="reader") as session,
+        ):
+            hlmx = await session.register("reader")
+            found = sim.sessions.get(session.session_id)
+            assert found is not None and isinstance(found.runtime, SimulatedRuntime)
+            runtime = found.runtime
+            cache = runtime._read_rows
+            messages = []
+            plant.step()  # the first read computes every row (the others read its samples)
+            for on in (True, False, True):
+                runtime._read_rows = cache if on else None
+                try:
+                    with pytest.raises(MxGatewayInvalidRequestError) as caught:
+                        await session.read_bulk(hlmx, refs)
+                finally:
+                    runtime._read_rows = cache
+                messages.append(str(caught.value))
+            assert "nothing was read" in messages[0]
+            assert messages[0] == messages[1] == messages[2]
+
+
+def test_batched_generators_give_each_values() -> None:
+    """``BATCHED[f](params, n)`` is ``[f(p, n) for p in params]`` bit for bit, at lattice
+    points far apart and next to each other, for one attribute and for many (the lanes of
+    one big integer never leak into each other)."""
+    rng = random.Random(7)
+    hashes = [0, 1, (1 << 64) - 1, 1 << 63] + [rng.getrandbits(64) for _ in range(300)]
+    assert _units(hashes, 5) == [_unit(h, 5) for h in hashes]
+    assert _units([], 5) == []
+    for i in (0, 1, 2**40, 2**64 - 1, 2**64 + 3):
+        assert _units(hashes, i) == [_unit(h, i) for h in hashes]
+    params = {
+        _float_walk: [(h, 10.0 + h % 90) for h in hashes],
+        _int_walk: [(h,) for h in hashes],
+    }
+    assert set(params) == set(BATCHED)
+    for function, batch in BATCHED.items():
+        for count in (1, 2, 37, len(hashes)):
+            some = params[function][:count]
+            for n in (0, 1, 7, 8, 9, 10, 11, 12_345, 10**9 + 7):
+                got, want = batch(some, n), [function(p, n) for p in some]
+                assert all(type(g) is type(w) for g, w in zip(got, want, strict=True))
+                assert all(_same_float(g, w) for g, w in zip(got, want, strict=True)), (
+                    function,
+                    n,
+                )
+
+
+def test_spliced_rows_encode_like_the_generated_classes() -> None:
+    """``fresh_wire`` (a value's piece spliced between its reference's constant part and
+    the read's tail) gives ``good_read_row``'s bytes for every kind of value, at both
+    sizes of the tail (nanoseconds of 4 and 5 bytes) and for values a splice does not fit."""
+    cases: list[tuple[int, object]] = [
+        (MX_DOUBLE, 12.5),
+        (MX_DOUBLE, -0.0),
+        (MX_DOUBLE, 3),  # an int where a double is declared
+        (MX_FLOAT, 1.25),
+        (MX_FLOAT, 1e39),  # beyond float32
+        (MX_BOOLEAN, True),
+        (MX_BOOLEAN, False),
+        (MX_BOOLEAN, 1),
+        (MX_INTEGER, 0),
+        (MX_INTEGER, 99),
+        (MX_INTEGER, 2**31 - 1),
+        (MX_INTEGER, -5),
+        (MX_INTEGER, True),
+        (MX_STRING, "Running"),
+        (MX_STRING, "héllo"),
+        (MX_STRING, "x" * 300),
+        (MX_REFERENCE, "Obj001.Level"),
+        (MX_TIME, datetime(2025, 1, 1, 0, 0, 1, tzinfo=timezone.utc)),
+        (MX_ELAPSED_TIME, timedelta(seconds=1.5)),
+        (MX_DOUBLE, None),
+    ]
+    for reference in ("Obj001.Level", "T" * 5000):
+        field = reference_field(reference)
+        for stamp in (1_700_000_000.25, 1_700_000_000.001, 1_700_000_000.0):
+            for data_type, value in cases:
+                state = types.SimpleNamespace(
+                    info=types.SimpleNamespace(mx_data_type=data_type), gen_function=_constant
+                )
+                row = ReadRow(reference, parse_reference("Obj001.Level"), field, state, b"")  # type: ignore[arg-type]
+                sample = TagSample(value, data_type, 192, stamp)  # type: ignore[arg-type]
+                expected = good_read_row(field, sample, False)
+                for _ in range(2):  # the second: kept row and cached pieces
+                    assert fresh_wire(row, sample, good_row_tail(192, stamp)) == expected
+                reply = _reference_read_reply(
+                    [ReadResult(reference, sample, False, "", (STATUS_OK,))]
+                )
+                assert pb.BulkReadReply.FromString(expected) == reply
