@@ -33,7 +33,13 @@ from mxgateway_mxaccess._status import (
     status_from_record,
     statuses_from_records,
 )
-from mxgateway_mxaccess._variant import from_variant, time_from_variant, time_to_variant, to_variant
+from mxgateway_mxaccess._variant import (
+    DateZone,
+    from_variant,
+    time_from_variant,
+    time_to_variant,
+    to_variant,
+)
 from mxgateway_sim._domain import (
     E_FAIL,
     BufferedDataChange,
@@ -107,12 +113,12 @@ class _Events:
         if item is None:
             rt._dropped += 1  # raised during teardown for an item already removed
             return
-        value, data_type = from_variant(pvItemValue, item.hint, local_times=rt._local_times)
+        value, data_type = from_variant(pvItemValue, item.hint, zone=rt._date_zone)
         sample = TagSample(
             value,
             data_type,
             int(pwItemQuality),
-            time_from_variant(pftItemTimeStamp, rt._local_times),
+            time_from_variant(pftItemTimeStamp, rt._date_zone),
             *status_and_records(statuses_from_records(pVars)),
         )
         item.last = sample
@@ -166,7 +172,7 @@ class _Events:
         )
         samples: list[TagSample] = []
         for i, raw in enumerate(values):
-            value, data_type = from_variant(raw, int(dtDataType), local_times=rt._local_times)
+            value, data_type = from_variant(raw, int(dtDataType), zone=rt._date_zone)
             quality: Any = (
                 qualities[i] if qualities is not None and i < len(qualities) else pwItemQuality
             )
@@ -176,7 +182,7 @@ class _Events:
                     value,
                     data_type,
                     int(quality),
-                    time_from_variant(stamp, rt._local_times),
+                    time_from_variant(stamp, rt._date_zone),
                     status,
                     records,
                 )
@@ -195,7 +201,10 @@ class MxAccessComRuntime:
         platform: The COM platform; None means Windows through pywin32, after
             :func:`~mxgateway_mxaccess._startup.start_problem` found nothing in the way.
         type_hint: The expected MX data type of a reference (Float vs Double, FILETIME Time).
-        local_times: VT_DATE values are the node's local time (default: UTC).
+        date_zone: The zone of VT_DATE wall clocks (timestamps, Time values, Write2 times):
+            None, the default, is this host's local zone (MXAccess runs on it);
+            ``timezone.utc`` for a node whose MXAccess reports UTC
+            (:mod:`mxgateway_mxaccess._variant` has the rule and its sources).
         idle_s: How long the STA thread sleeps between pumps when nothing happens.
         close_timeout_s: How long :meth:`close` waits for the teardown calls, and then for
             the thread, before giving up on a COM call that never returns.
@@ -206,13 +215,13 @@ class MxAccessComRuntime:
         platform: ComPlatform | None = None,
         *,
         type_hint: TypeHint | None = None,
-        local_times: bool = False,
+        date_zone: DateZone = None,
         idle_s: float = 0.05,
         close_timeout_s: float = 10.0,
     ) -> None:
         self._platform = platform
         self._type_hint = type_hint
-        self._local_times = local_times
+        self._date_zone = date_zone
         self._idle_s = idle_s
         self._close_timeout_s = close_timeout_s
         self._sta: StaThread | None = None
@@ -433,12 +442,12 @@ class MxAccessComRuntime:
         """
         platform = self._platform
         assert platform is not None
-        local = self._local_times
+        zone = self._date_zone
 
         def run(s: LmxProxyServer) -> None:
-            value = to_variant(request.value, platform.make_variant, local_times=local)
+            value = to_variant(request.value, platform.make_variant, zone=zone)
             stamp = (
-                time_to_variant(request.timestamp, platform.make_variant, local_times=local)
+                time_to_variant(request.timestamp, platform.make_variant, zone=zone)
                 if request.timestamp is not None
                 else None
             )
@@ -590,7 +599,7 @@ def _quietly(call: str, fn: Callable[..., Any], *args: int) -> bool:
 def mxaccess_runtime_factory(
     platform_factory: Callable[[], ComPlatform] | None = None,
     *,
-    local_times: bool = False,
+    date_zone: DateZone = None,
 ) -> Callable[[Plant], MxAccessRuntime]:
     """A ``runtime_factory`` for the gateway server: one COM runtime per session (the
     simulated plant is not used). Fails fast when the runtime cannot start here.
@@ -605,7 +614,7 @@ def mxaccess_runtime_factory(
 
     def make(_plant: Plant) -> MxAccessRuntime:
         platform = platform_factory() if platform_factory is not None else None
-        return MxAccessComRuntime(platform, local_times=local_times)
+        return MxAccessComRuntime(platform, date_zone=date_zone)
 
     return make
 

@@ -8,7 +8,7 @@ values in the :mod:`mxgateway.values` table, tagged with the COM ``MxDataType``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone, tzinfo
 from typing import Final
 
 from mxgateway._status import NON_FAILURE_CATEGORIES
@@ -16,6 +16,11 @@ from mxgateway.values import MxPythonValue
 
 COM_TO_PROTO: Final = 2
 """Proto enum number = COM value + 2 (categories, sources, data types)."""
+
+VT_DATE_ZONES: Final[dict[str, tzinfo | None]] = {"local": None, "utc": timezone.utc}
+"""``--vt-date-zone`` (``mxgw-gateway serve``, ``mxgw-worker``) -> the zone the real
+MXAccess's VT_DATE wall clocks are read and written in (None: this host's local zone;
+``mxgateway_mxaccess._variant`` has the rule)."""
 
 # ---------------------------------------------------------------------------------------
 # COM enums (only the values the simulator uses)

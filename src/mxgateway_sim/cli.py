@@ -39,6 +39,7 @@ from mxgateway_sim._auth import (
 )
 from mxgateway_sim._auth import parse_scopes as _parse_scopes
 from mxgateway_sim._bodygate import DEFAULT_BODY_TIMEOUT_S, DEFAULT_MAX_WAITING_CALLS_PER_KEY
+from mxgateway_sim._domain import VT_DATE_ZONES
 from mxgateway_sim._eventloop import EVENT_LOOPS, EventLoopUnavailable, is_uvloop
 from mxgateway_sim._eventloop import run as run_event_loop
 from mxgateway_sim._events import OverflowPolicy
@@ -144,6 +145,13 @@ def build_parser(prog: str = "mxgw-sim") -> argparse.ArgumentParser:
         default="inline",
         help="inline (default): runtimes run in the gateway; process: one mxgw-worker "
         "process per session (a crash faults only its session)",
+    )
+    runtime.add_argument(
+        "--vt-date-zone",
+        choices=tuple(VT_DATE_ZONES),
+        default="local",
+        help="zone of MXAccess's VT_DATE timestamps and Time values (--runtime mxaccess): "
+        "local (default: this host's zone) or utc (docs/protocol.md)",
     )
     runtime.add_argument(
         "--worker-python",
@@ -727,7 +735,7 @@ def _runtime_options(args: argparse.Namespace) -> dict[str, Any]:
         heartbeat_grace_s=args.worker_heartbeat_grace_seconds,
         startup_timeout_s=args.worker_startup_seconds,
         pool_size=args.worker_pool,
-        command=(python, "-m", "mxgateway_sim.worker"),
+        command=(python, "-m", "mxgateway_sim.worker", "--vt-date-zone", args.vt_date_zone),
         # The gateway's secrets stay in the gateway (workers need none of them).
         private_env=(
             *args.api_key_env,
@@ -743,7 +751,9 @@ def _runtime_options(args: argparse.Namespace) -> dict[str, Any]:
 
         if args.session_isolation == "inline":
             try:
-                options["runtime_factory"] = mxaccess_runtime_factory()
+                options["runtime_factory"] = mxaccess_runtime_factory(
+                    date_zone=VT_DATE_ZONES[args.vt_date_zone]
+                )
             except ComStartError as exc:
                 raise UsageError(str(exc)) from None
         elif args.worker_python is None:  # the workers run here: check now, not per session

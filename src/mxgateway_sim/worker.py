@@ -45,7 +45,7 @@ from mxgateway._logsafe import get_logger
 from mxgateway._version import WORKER_PROTOCOL_VERSION, __version__
 from mxgateway.generated import mxaccess_gateway_pb2 as pb
 from mxgateway.generated import mxaccess_worker_pb2 as wpb
-from mxgateway_sim._domain import MxRuntimeEvent
+from mxgateway_sim._domain import VT_DATE_ZONES, MxRuntimeEvent
 from mxgateway_sim._framing import MAX_FRAME_BYTES, FrameDecoder, FrameError
 from mxgateway_sim._gcpolicy import apply_to_worker_process
 from mxgateway_sim._runtime import MxAccessRuntime
@@ -106,6 +106,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--protocol-version", required=True, type=int)
     parser.add_argument("--runtime", choices=RUNTIMES, default="simulated")
     parser.add_argument("--runtime-config", type=Path, metavar="PATH")
+    parser.add_argument(
+        "--vt-date-zone",
+        choices=tuple(VT_DATE_ZONES),
+        default="local",
+        help="zone of MXAccess's VT_DATE wall clocks (the mxaccess runtime; default local)",
+    )
     parser.add_argument("--frame-limit", type=int, default=MAX_FRAME_BYTES, metavar="BYTES")
     parser.add_argument(
         "--io",
@@ -121,8 +127,11 @@ class RuntimeUnavailable(Exception):
     """The requested runtime cannot run here."""
 
 
-async def make_runtime(kind: str, config: Path | None) -> tuple[MxAccessRuntime, Any]:
+async def make_runtime(
+    kind: str, config: Path | None, date_zone: str = "local"
+) -> tuple[MxAccessRuntime, Any]:
     """The runtime to host and an object to ``await .stop()`` at exit (or None).
+    ``date_zone``: ``--vt-date-zone`` of the mxaccess runtime.
 
     Raises:
         RuntimeUnavailable: the runtime cannot be built here.
@@ -135,7 +144,7 @@ async def make_runtime(kind: str, config: Path | None) -> tuple[MxAccessRuntime,
         problem = start_problem()
         if problem is not None:
             raise RuntimeUnavailable(problem)
-        return MxAccessComRuntime(), None
+        return MxAccessComRuntime(date_zone=VT_DATE_ZONES[date_zone]), None
     if config is None:
         raise RuntimeUnavailable("the simulated runtime needs --runtime-config")
     from mxgateway_sim._simconfig import ConfigError, build_runtime
@@ -158,11 +167,13 @@ class Worker(asyncio.Protocol):
         runtime_kind: str,
         runtime_config: Path | None,
         frame_limit: int = MAX_FRAME_BYTES,
+        date_zone: str = "local",
     ) -> None:
         self.session_id = session_id
         self._nonce = nonce
         self._kind = runtime_kind
         self._config = runtime_config
+        self._date_zone = date_zone
         self._head = EnvelopeHead(session_id)
         self._decoder = FrameDecoder(frame_limit)
         self._encoder = EventEncoder(session_id)
@@ -365,7 +376,7 @@ class Worker(asyncio.Protocol):
 
     async def _start_runtime(self) -> None:
         try:
-            runtime, self._plant = await make_runtime(self._kind, self._config)
+            runtime, self._plant = await make_runtime(self._kind, self._config, self._date_zone)
             await runtime.start(self._publish)
         except RuntimeUnavailable as exc:
             self._fail(str(exc))
@@ -542,7 +553,12 @@ async def serve(args: argparse.Namespace, nonce: str, in_fd: int, out_fd: int) -
     """Run the worker on the channel ``in_fd``/``out_fd`` until it is told to stop."""
     loop = asyncio.get_running_loop()
     worker = Worker(
-        args.session_id, nonce, args.runtime, args.runtime_config, frame_limit=args.frame_limit
+        args.session_id,
+        nonce,
+        args.runtime,
+        args.runtime_config,
+        frame_limit=args.frame_limit,
+        date_zone=args.vt_date_zone,
     )
     if args.io == "threads" or (args.io == "auto" and os.name == "nt"):
         writer = ThreadWriter(loop, out_fd, _Output(worker))

@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from datetime import tzinfo
 
 from fake_lmx import FakeLmxProxyServer, FakePlatform
 
@@ -99,16 +100,21 @@ async def advised(t: Target, ref: str, *, supervisory: bool = False) -> tuple[in
 @contextlib.asynccontextmanager
 async def com_gateway(
     platforms: list[FakePlatform],
+    *,
+    node_zone: tzinfo | None = None,
+    date_zone: tzinfo | None = None,
 ) -> AsyncIterator[tuple[GatewaySimulator, GatewayClient]]:
     """A gateway whose sessions run the COM runtime over fake LMXProxyServers (each new
-    one appended to ``platforms``), and a client of it over real gRPC."""
+    one appended to ``platforms``; ``node_zone``: the zone of their VT_DATE timestamps),
+    and a client of it over real gRPC. ``date_zone``: the runtime's."""
 
     def platform() -> FakePlatform:
-        platforms.append(FakePlatform(first_value_delay_s=0.05))
+        platforms.append(FakePlatform(first_value_delay_s=0.05, node_zone=node_zone))
         return platforms[-1]
 
+    factory = mxaccess_runtime_factory(platform, date_zone=date_zone)
     async with (
-        GatewaySimulator(runtime_factory=mxaccess_runtime_factory(platform)) as sim,
+        GatewaySimulator(runtime_factory=factory) as sim,
         await GatewayClient.connect(
             endpoint=sim.endpoint, api_key=sim.api_key, plaintext=True
         ) as client,

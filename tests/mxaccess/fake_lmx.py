@@ -23,7 +23,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timezone, tzinfo
 from typing import Any
 
 DISP_E_EXCEPTION = -2147352567
@@ -66,6 +66,21 @@ class Record:
 
 
 OK = Record(1, 0, 1, 0)
+
+
+class PyWinDateTime(datetime):
+    """What pywin32 hands over for a VT_DATE: a ``pywintypes.datetime`` labelled UTC whose
+    fields are the DATE's wall clock, unconverted (pywin32's PyTime.cpp)."""
+
+
+PyWinDateTime.__module__ = "pywintypes"
+
+
+def vt_date(instant: datetime, node_zone: tzinfo) -> PyWinDateTime:
+    """``instant`` as a node in ``node_zone`` reports it through pywin32: its wall clock
+    there, labelled UTC."""
+    wall = instant.astimezone(node_zone)
+    return PyWinDateTime(*wall.timetuple()[:6], wall.microsecond, tzinfo=timezone.utc)
 
 
 @dataclass
@@ -121,6 +136,8 @@ class FakeLmxProxyServer:
         self._owner = threading.get_ident()
         self.tags = default_tags()
         self.records: dict[str, tuple[Record, ...]] = {}
+        self.stamps: list[datetime] = []
+        """The instants of the VT_DATE timestamps raised (with a node zone)."""
         """Reference (lower case) -> the ``pVars`` its events carry instead of the one record
         the fake would compute (MXAccess hands an array; real code must keep all of it)."""
         self.calls: list[tuple[str, tuple[Any, ...]]] = []
@@ -179,7 +196,7 @@ class FakeLmxProxyServer:
 
     def _data_change(self, h: int, handle: int, item: _Item) -> None:
         tag = self.tags.get(item.ref.lower())
-        stamp = datetime.now(timezone.utc)
+        stamp = self._stamp()
         if tag is None:
             item.resolved = False
             self._events.OnDataChange(h, handle, None, 4, stamp, (Record(0, 4, 1, 12),))
@@ -198,6 +215,17 @@ class FakeLmxProxyServer:
             return
         self._events.OnDataChange(h, handle, tag.value, tag.quality, stamp, records)
 
+    def _stamp(self) -> datetime:
+        """An event's ``pftItemTimeStamp``: with a node zone, a VT_DATE as pywin32 gives it
+        (the instant is kept in ``stamps``); without, an aware UTC datetime."""
+        now = datetime.now(timezone.utc)
+        zone = self._platform.node_zone
+        if zone is None:
+            return now
+        now = now.replace(microsecond=now.microsecond // 1000 * 1000)  # a DATE keeps ms
+        self.stamps.append(now)
+        return vt_date(now, zone)
+
     # -- test hooks ----------------------------------------------------------------------
 
     def change(self, ref: str, value: object) -> None:
@@ -209,7 +237,7 @@ class FakeLmxProxyServer:
             for handle, item in items.items():
                 if item.advised and item.ref.lower() == ref.lower():
                     if item.buffered:
-                        item.buffer.append((value, tag.quality, datetime.now(timezone.utc)))
+                        item.buffer.append((value, tag.quality, self._stamp()))
                         delay = self._intervals.get(h, 1000) / 1000.0
                     else:
                         delay = 0.0
@@ -399,10 +427,13 @@ class FakePlatform:
         self,
         *,
         first_value_delay_s: float = 0.05,
+        node_zone: tzinfo | None = None,
         pumping: bool = True,
         create_error: BaseException | None = None,
     ) -> None:
         self.first_value_delay_s = first_value_delay_s
+        self.node_zone = node_zone
+        """The zone of the node's VT_DATE timestamps (None: aware UTC datetimes instead)."""
         self.pumping = pumping
         self.create_error = create_error
         self.hang_register: threading.Event | None = None

@@ -63,14 +63,14 @@ def test_from_variant_times() -> None:
     when = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
     assert from_variant(when) == (when, 6)
     naive = datetime(2026, 3, 1, 12, 0)
-    assert from_variant(naive) == (when, 6)  # VT_DATE wall clock, taken as UTC
+    assert from_variant(naive, zone=UTC) == (when, 6)  # a VT_DATE wall clock, zone UTC
     filetime = int((when - datetime(1601, 1, 1, tzinfo=UTC)).total_seconds() * 10**7)
     assert from_variant(filetime, 6) == (when, 6)  # a 64-bit FILETIME with a Time hint
     assert from_variant(filetime) == (filetime, -1)  # without the hint: just an Int64
     assert from_variant(2.5, 7) == (timedelta(seconds=2.5), 7)  # ElapsedTime in seconds
     assert from_variant(25_000_000, 7) == (timedelta(seconds=2.5), 7)  # 100-ns ticks
     ole = (when - datetime(1899, 12, 30, tzinfo=UTC)).total_seconds() / 86400
-    assert time_from_variant(ole) == pytest.approx(when.timestamp())
+    assert time_from_variant(ole, UTC) == pytest.approx(when.timestamp())
     assert time_from_variant(when) == when.timestamp()
     assert time_from_variant(None) == 0.0
 
@@ -101,7 +101,7 @@ def test_data_types_come_from_the_shared_table() -> None:
         (
             datetime(2026, 3, 1, 13, 0, tzinfo=timezone(timedelta(hours=1))),
             7,
-            datetime(2026, 3, 1, 12, 0),
+            datetime(2026, 3, 1, 12, 0, tzinfo=UTC),  # its UTC wall clock, labelled UTC
         ),
         (timedelta(seconds=3), 5, 3.0),
         ([1, 2], 0x2000 | 3, [1, 2]),
@@ -109,7 +109,7 @@ def test_data_types_come_from_the_shared_table() -> None:
     ],
 )
 def test_to_variant(value: object, vt: int, carried: object) -> None:
-    variant = to_variant(value, Variant)  # type: ignore[arg-type]
+    variant = to_variant(value, Variant, zone=UTC)  # type: ignore[arg-type]
     assert isinstance(variant, Variant)
     assert (variant.vt, variant.value) == (vt, carried)
 
@@ -122,8 +122,9 @@ def test_to_variant_refuses_what_mxaccess_cannot_take(value: object) -> None:
 
 
 def test_time_to_variant_is_a_vt_date() -> None:
-    v = time_to_variant(datetime(2026, 3, 1, 12, 0, tzinfo=UTC), Variant)
-    assert isinstance(v, Variant) and v.vt == 7 and v.value == datetime(2026, 3, 1, 12, 0)
+    v = time_to_variant(datetime(2026, 3, 1, 12, 0, tzinfo=UTC), Variant, zone=UTC)
+    assert isinstance(v, Variant) and v.vt == 7
+    assert v.value == datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
 
 def test_hresult_unwraps_disp_e_exception() -> None:

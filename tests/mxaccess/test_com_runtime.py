@@ -213,7 +213,10 @@ async def test_write_variants_pass_arguments_in_com_order(fake_target: Target) -
     assert [n for n, _ in writes] == ["Write", "Write2", "WriteSecured", "WriteSecured2"]
     (_, w), (_, w2), (_, ws), (_, ws2) = writes
     assert (w[2].vt, w[2].value, w[3]) == (3, 1, 101)  # VT_I4 value, UserID last
-    assert (w2[2].value, w2[3].vt, w2[3].value, w2[4]) == (2, 7, when.replace(tzinfo=None), 101)
+    # Write2's time: the instant's wall clock in the date zone (this host's), labelled UTC
+    # for pywin32 (tests/mxaccess/test_com_times.py has the zones).
+    wall = when.astimezone().replace(tzinfo=timezone.utc)
+    assert (w2[2].value, w2[3].vt, w2[3].value, w2[4]) == (2, 7, wall, 101)
     assert ws[2:4] == (101, 102) and (ws[4].vt, ws[4].value) == (3, 3)  # user ids first
     assert ws2[2:4] == (101, 102) and (ws2[4].vt, ws2[4].value) == (5, 4.5) and ws2[5].vt == 7
     done = await t.wait_for(lambda ev: len(write_completes(ev, item)) == 4)
