@@ -23,7 +23,7 @@ go first. It belongs to the session and goes with it.
 
 from __future__ import annotations
 
-from math import isfinite
+from collections.abc import Sequence
 from typing import Any
 
 from mxgateway_sim._domain import TagSample
@@ -33,6 +33,7 @@ from mxgateway_sim._wire import (
     FIXED_BOOL,
     FIXED_DOUBLE,
     FIXED_FLOAT,
+    FIXED_WIDTH,
     FLOAT32_MAX,
     ROW_HEADS,
     VARIABLE,
@@ -44,7 +45,7 @@ from mxgateway_sim._wire import (
     value_piece,
 )
 
-__all__ = ["ENTRY_OVERHEAD_BYTES", "ReadMemo", "ReadRow", "ReadRowCache", "fresh_wire"]
+__all__ = ["ENTRY_OVERHEAD_BYTES", "ReadMemo", "ReadRow", "ReadRowCache", "fresh_wires"]
 
 ENTRY_OVERHEAD_BYTES = 480
 """Estimated bytes of one entry beyond its strings and encoded bytes (the entry and the
@@ -62,6 +63,8 @@ class ReadRow:
         "failed",
         "field",
         "generation",
+        "head",
+        "head_for",
         "index",
         "item",
         "key",
@@ -111,11 +114,23 @@ class ReadRow:
         """How a row this read computes is encoded (0: it is not, the reference does not
         resolve): ``row_head(...) + part + value piece + tail`` (:func:`fresh_wire`)."""
         self.part = part
+        self.head = b""
+        """``row_head`` of a row of a ``FIXED_`` kind and ``part``, for tails of
+        ``head_for`` bytes (:meth:`make_head`)."""
+        self.head_for = -1
         self.batch: BatchFunction | None = (
             None if state is None or self.index is not None else BATCHED.get(state.gen_function)
         )
         """How a read computes the attribute's value together with others of its kind
         (None: one at a time)."""
+
+    def make_head(self, tail_size: int) -> bytes:
+        """:attr:`head` for tails of ``tail_size`` bytes (a row of a ``FIXED_`` kind has
+        one size for each)."""
+        part = self.part
+        self.head = row_head(len(part) + FIXED_WIDTH[self.kind] + tail_size) + part
+        self.head_for = tail_size
+        return self.head
 
     @classmethod
     def malformed(cls, text: str, wire: bytes, generation: int) -> ReadRow:
@@ -240,41 +255,47 @@ class ReadMemo:
             self.cache.remember(self.key, self.collected, self.version)
 
 
-def fresh_wire(row: ReadRow, sample: TagSample, tail: bytes) -> bytes:
-    """The encoded row of a good ``sample`` the read computed for ``row``'s reference:
-    exactly ``good_read_row(row.field, sample, False)`` given ``tail`` =
-    ``good_row_tail(sample.quality, sample.timestamp)``: the value's piece spliced between
-    the reference's constant part and the tail (:func:`~mxgateway_sim._wire.row_part`).
+def fresh_wires(rows: Sequence[ReadRow], samples: Sequence[TagSample], tail: bytes) -> list[bytes]:
+    """The encoded rows of good ``samples`` the read computed for ``rows``' references:
+    exactly ``good_read_row(row.field, sample, False)`` of each, given ``tail`` =
+    ``good_row_tail(sample.quality, sample.timestamp)`` (the same for every sample): the
+    value's bytes spliced between the reference's constant part and the tail
+    (:func:`~mxgateway_sim._wire.row_part`).
 
-    The row is kept for the next read when it has the size of the one kept (a read
-    computes most rows anew, and a kept row's size is counted in the cache's bound);
-    otherwise the row is marked as not kept, and encoded again if read unchanged.
+    A row is kept for the next read when it has the size of the one kept (a read computes
+    most rows anew, and a kept row's size is counted in the cache's bound); otherwise the
+    row is marked as not kept, and encoded again if read unchanged.
     """
-    value = sample.value
-    kind = row.kind
-    if kind == VARIABLE:
-        piece = value_piece(value, row.data_type)
-    elif kind == FIXED_DOUBLE and type(value) is float and isfinite(value):
-        piece = pack_d(value)
-    elif kind == FIXED_BOOL and type(value) is bool:
-        piece = b"\x01" if value else b"\x00"
-    elif kind == FIXED_FLOAT and type(value) is float and abs(value) <= FLOAT32_MAX:
-        piece = pack_f(value)
-    else:  # a value its type's splice does not fit (NaN, a value of another type)
-        piece = b""
-    if piece:
-        size = len(row.part) + len(piece) + len(tail)
-        head = ROW_HEADS[size] if size < 4096 else row_head(size)
-        wire = head + row.part + piece + tail
-    else:
-        wire = good_read_row_with_tail(row.field, sample, tail)
-    if len(wire) == len(row.wire):
-        row.wire = wire
-        row.sample = sample
-        row.cached = False
-    else:
-        row.sample = None
-    return wire
+    tail_size = len(tail)
+    out: list[bytes] = []
+    append = out.append
+    for row, sample in zip(rows, samples, strict=True):
+        value = sample.value
+        kind = row.kind
+        if kind == VARIABLE:
+            piece = value_piece(value, row.data_type)
+            size = len(row.part) + len(piece) + tail_size
+            head = ROW_HEADS[size] if size < 4096 else row_head(size)
+            wire = head + row.part + piece + tail
+        else:
+            head = row.head if row.head_for == tail_size else row.make_head(tail_size)
+            # value - value == 0.0: finite (NaN and infinities give NaN).
+            if kind == FIXED_DOUBLE and type(value) is float and value - value == 0.0:
+                wire = head + pack_d(value) + tail
+            elif kind == FIXED_BOOL and type(value) is bool:
+                wire = head + (b"\x01" if value else b"\x00") + tail
+            elif kind == FIXED_FLOAT and type(value) is float and abs(value) <= FLOAT32_MAX:
+                wire = head + pack_f(value) + tail
+            else:  # a value the splice does not fit (NaN, a value of another type)
+                wire = good_read_row_with_tail(row.field, sample, tail)
+        if len(wire) == len(row.wire):
+            row.wire = wire
+            row.sample = sample
+            row.cached = False
+        else:
+            row.sample = None
+        append(wire)
+    return out
 
 
 def _cost(text: str, row: ReadRow, ref: ParsedReference) -> int:
@@ -284,7 +305,8 @@ def _cost(text: str, row: ReadRow, ref: ParsedReference) -> int:
         + path
         + _chars(ref.key)
         + len(row.field)
-        + len(row.part)
+        + 2 * len(row.part)
+        + 5  # the part, and the head that repeats it
         + len(row.wire)
         + ENTRY_OVERHEAD_BYTES
     )

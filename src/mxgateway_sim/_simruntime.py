@@ -59,7 +59,7 @@ from mxgateway_sim._limits import (
     LimitError,
 )
 from mxgateway_sim._plant import BatchFunction, Plant, TagState
-from mxgateway_sim._readrows import ReadMemo, ReadRow, ReadRowCache, fresh_wire
+from mxgateway_sim._readrows import ReadMemo, ReadRow, ReadRowCache, fresh_wires
 from mxgateway_sim._references import (
     ParsedReference,
     ReferenceCache,
@@ -763,8 +763,8 @@ class SimulatedRuntime:
         current = plant.current
         now = time.time()  # the time of the rows this call computes
         tick = plant.tick
-        tail = b""  # the tail of the rows this call computes (good_row_tail), once needed
-        later: dict[BatchFunction, list[tuple[int, ReadRow, TagState]]] | None = None
+        # Rows of attributes only their model drives, computed after the loop (_fresh_rows).
+        later: dict[BatchFunction | None, tuple[list[int], list[ReadRow]]] | None = None
         # Bytes of the rows encoded by this call: past the room left, the call stops and
         # the generic path refuses the reply (with its message) without copies of the rows.
         made = 0
@@ -815,33 +815,16 @@ class SimulatedRuntime:
                 if 0 <= m <= tick and (m == tick or not period or tick // period == m // period):
                     sample = state.sample
                 else:
-                    if not tail:
-                        tail = good_row_tail(QUALITY_GOOD, now)
+                    # Computed after the loop, with the other rows of its generator.
+                    if later is None:
+                        later = {}
                     batch = row.batch
-                    if batch is not None:
-                        # Computed after the loop, with the other rows of its generator.
-                        if later is None:
-                            later = {}
-                        group = later.get(batch)
-                        if group is None:
-                            later[batch] = group = []
-                        group.append((len(out), row, state))
-                        append(b"")
-                        continue
-                    sample = TagSample(
-                        state.gen_function(state.gen_args, tick),
-                        row.data_type,
-                        QUALITY_GOOD,
-                        now,
-                        STATUS_OK,
-                    )
-                    state.sample = sample
-                    state.computed_at = tick
-                    wire = fresh_wire(row, sample, tail)
-                    made += len(wire)
-                    if made > room:
-                        return self._spoil(memo)
-                    append(wire)
+                    group = later.get(batch)
+                    if group is None:
+                        later[batch] = group = ([], [])
+                    group[0].append(len(out))
+                    group[1].append(row)
+                    append(b"")
                     continue
             if sample is not row.sample or row.cached:
                 if sample.status is STATUS_OK:
@@ -861,19 +844,43 @@ class SimulatedRuntime:
                     return self._spoil(memo)
             append(row.wire)
         if later is not None:
-            # The rows of the generators that compute many values at once (Plant BATCHED).
-            for batch, group in later.items():
-                values = batch([state.gen_args for _, _, state in group], tick)
-                for (position, row, state), value in zip(group, values, strict=True):
-                    sample = TagSample(value, row.data_type, QUALITY_GOOD, now, STATUS_OK)
-                    state.sample = sample
-                    state.computed_at = tick
-                    out[position] = wire = fresh_wire(row, sample, tail)
-                    made += len(wire)
-                if made > room:
-                    return self._spoil(memo)
+            made += self._fresh_rows(later, out, tick, now)
+            if made > room:
+                return self._spoil(memo)
         check_read_reply(already + sum(map(len, out)), max_bytes)
         return b"".join(out)
+
+    @staticmethod
+    def _fresh_rows(
+        later: dict[BatchFunction | None, tuple[list[int], list[ReadRow]]],
+        out: list[bytes],
+        tick: int,
+        now: float,
+    ) -> int:
+        """Compute the values of ``later``'s rows (attributes only their model drives, by
+        how their generator computes many: ``Plant.BATCHED``, None: one at a time) for
+        ``tick`` at ``now``, keep them as the attributes' samples (``TagState.compute``)
+        and put their encoded rows at their positions in ``out``; the bytes they added."""
+        tail = good_row_tail(QUALITY_GOOD, now)
+        made = 0
+        for batch, (positions, rows) in later.items():
+            states = [row.state for row in rows]
+            if batch is None:
+                values = [st.gen_function(st.gen_args, tick) for st in states]  # type: ignore[union-attr]
+            else:
+                values = batch([st.gen_args for st in states], tick)  # type: ignore[union-attr]
+            samples = [
+                TagSample(value, row.data_type, QUALITY_GOOD, now, STATUS_OK)
+                for row, value in zip(rows, values, strict=True)
+            ]
+            for state, sample in zip(states, samples, strict=True):
+                state.sample = sample  # type: ignore[union-attr]
+                state.computed_at = tick  # type: ignore[union-attr]
+            wires = fresh_wires(rows, samples, tail)
+            for position, wire in zip(positions, wires, strict=True):
+                out[position] = wire
+            made += sum(map(len, wires))
+        return made
 
     def _read_rows_of(
         self,

@@ -419,6 +419,8 @@ _FIXED = {
     MX_FLOAT: (FIXED_FLOAT, _FLOAT_PREFIX + b"\x4d", 4),
     MX_BOOLEAN: (FIXED_BOOL, _BOOL_PREFIX + b"\x30", 1),
 }
+FIXED_WIDTH = {kind: width for kind, _, width in _FIXED.values()}
+"""The bytes of a value's payload, by ``FIXED_`` kind."""
 
 
 def row_part(field: bytes, data_type: int) -> tuple[int, bytes]:

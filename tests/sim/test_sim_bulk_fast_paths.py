@@ -64,7 +64,7 @@ from mxgateway_sim._plant import (
     _unit,
     _units,
 )
-from mxgateway_sim._readrows import ReadRow, fresh_wire
+from mxgateway_sim._readrows import ReadRow, fresh_wires
 from mxgateway_sim._references import (
     ParsedReference,
     ReferenceCache,
@@ -581,7 +581,7 @@ def test_spliced_rows_encode_like_the_generated_classes() -> None:
                 sample = TagSample(value, data_type, 192, stamp)  # type: ignore[arg-type]
                 expected = good_read_row(field, sample, False)
                 for _ in range(2):  # the second: kept row and cached pieces
-                    assert fresh_wire(row, sample, good_row_tail(192, stamp)) == expected
+                    assert fresh_wires([row], [sample], good_row_tail(192, stamp)) == [expected]
                 reply = _reference_read_reply(
                     [ReadResult(reference, sample, False, "", (STATUS_OK,))]
                 )
