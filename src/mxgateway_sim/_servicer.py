@@ -51,13 +51,14 @@ from mxgateway_sim._svc_common import (
     _check_value_sizes,
     _raw,
     _reply_bytes,
+    _reply_field,
     _status,
     _statuses,
     _within,
-    _without_cycle,
     log,
 )
 from mxgateway_sim._svc_events import EventStreams
+from mxgateway_sim._wire import varint
 from mxgateway_sim._workerclient import WorkerStartError
 from mxgateway_sim._workerwire import WorkerLost
 
@@ -74,6 +75,39 @@ _CORRELATION_PREFIX: dict[int, str] = {
     for kind in PAYLOAD_OF_KIND
 }
 """Kind -> the start of its reply's ``correlation_id`` (the kinds of the table only)."""
+
+_OK_STATUS = _status(pb.PROTOCOL_STATUS_CODE_OK, "OK").SerializeToString()
+_OK_STATUS_FIELD = _reply_field("protocol_status") + varint(len(_OK_STATUS)) + _OK_STATUS
+"""``protocol_status`` {code: OK, message: "OK"} as the bytes of ``MxCommandReply`` field 4."""
+
+_OK_HEAD: dict[int, tuple[bytes, bytes]] = {
+    kind: (prefix.encode(), b"\x18" + varint(kind) + _OK_STATUS_FIELD)
+    for kind, prefix in _CORRELATION_PREFIX.items()
+}
+"""Kind -> (its correlation prefix, its ``kind`` field and the OK status) as bytes."""
+
+
+def _answer(
+    reply: pb.MxCommandReply,
+    request: pb.MxCommandRequest,
+    number: int,
+    code: int | None,
+    message: str,
+) -> pb.MxCommandReply:
+    """``reply`` with its header (session, correlation id, kind) and, unless ``code`` is
+    None (the handler set it), the status ``code`` with ``message``."""
+    kind = request.command.kind
+    prefix = _CORRELATION_PREFIX.get(kind)
+    if prefix is None:  # unspecified or newer than this table: not cached
+        prefix = f"gateway-correlation-{_kind_name(kind).removeprefix(_KIND_PREFIX).lower()}-"
+    reply.session_id = request.session_id
+    reply.correlation_id = f"{prefix}{number}"
+    reply.kind = kind
+    if code is not None:
+        status = reply.protocol_status
+        status.code = code  # type: ignore[assignment]
+        status.message = message
+    return reply
 
 
 class GatewayServicer(CommandHandlers, EventStreams, AlarmService):
@@ -244,14 +278,10 @@ class GatewayServicer(CommandHandlers, EventStreams, AlarmService):
                 grpc.StatusCode.PERMISSION_DENIED,
                 f"the API key lacks the {scope} scope needed by this command",
             )
-        prefix = _CORRELATION_PREFIX.get(kind)
-        if prefix is None:  # unspecified or newer than this table: not cached
-            prefix = f"gateway-correlation-{_kind_name(kind).removeprefix(_KIND_PREFIX).lower()}-"
-        reply = pb.MxCommandReply(
-            session_id=request.session_id,
-            correlation_id=f"{prefix}{next(self._correlation)}",
-            kind=kind,
-        )
+        number = next(self._correlation)
+        # Empty: the header (session, correlation id, kind) is set only on a refusal; an
+        # answered command's header and OK status are written as bytes (see the end).
+        reply = pb.MxCommandReply()
         payload = command.WhichOneof("payload")
         expected = PAYLOAD_OF_KIND.get(kind)
         if expected is None or payload != expected:
@@ -262,26 +292,24 @@ class GatewayServicer(CommandHandlers, EventStreams, AlarmService):
                 if payload is None
                 else f"kind {_kind_name(kind)} does not match payload {payload}"
             )
-            reply.protocol_status.CopyFrom(_status(pb.PROTOCOL_STATUS_CODE_INVALID_REQUEST, why))
-            return reply
+            return _answer(reply, request, number, pb.PROTOCOL_STATUS_CODE_INVALID_REQUEST, why)
         assert principal is not None
         session = self._find(request.session_id, principal)
-        problem = self._session_problem(session)
-        if problem is not None:
-            reply.protocol_status.CopyFrom(problem)
-            return reply
-        assert session is not None
+        if session is None or session.state is not SessionState.READY:
+            problem = self._session_problem(session)
+            assert problem is not None
+            return _answer(reply, request, number, problem.code, problem.message)
         bind_session(session.log_fields)
         session.touch()
         options = self.sessions.options
         if session.pending >= options.max_pending_commands:
-            reply.protocol_status.CopyFrom(
-                _status(
-                    pb.PROTOCOL_STATUS_CODE_OVERLOADED,
-                    f"the session has {options.max_pending_commands} commands in flight",
-                )
+            return _answer(
+                reply,
+                request,
+                number,
+                pb.PROTOCOL_STATUS_CODE_OVERLOADED,
+                f"the session has {options.max_pending_commands} commands in flight",
             )
-            return reply
         session.pending += 1
         handler = self._handlers[payload]
         body = getattr(command, payload)
@@ -289,37 +317,40 @@ class GatewayServicer(CommandHandlers, EventStreams, AlarmService):
             _check_value_sizes(payload, body, options.max_value_bytes)
             # Handlers give the loop back between slices of their work, which is also where
             # the timeout stops them (see _commands for the state a stopped bulk leaves).
-            encoded = await _without_cycle(
-                _within(handler(session, body, reply), options.command_timeout_s)
-            )
+            encoded = await _within(handler(session, body, reply), options.command_timeout_s)
         except asyncio.TimeoutError:
             log.info("a %s command timed out", payload)
-            reply.protocol_status.CopyFrom(
-                _status(
-                    pb.PROTOCOL_STATUS_CODE_TIMEOUT,
-                    f"the command did not finish within {options.command_timeout_s:g} s",
-                )
+            return _answer(
+                reply,
+                request,
+                number,
+                pb.PROTOCOL_STATUS_CODE_TIMEOUT,
+                f"the command did not finish within {options.command_timeout_s:g} s",
             )
-            return reply
         except MxAccessError as exc:
-            reply.protocol_status.CopyFrom(
-                _status(pb.PROTOCOL_STATUS_CODE_MXACCESS_FAILURE, "MXAccess reported a failure")
-            )
             reply.hresult = exc.hresult
             reply.diagnostic_message = exc.message
             _statuses(reply.statuses, exc.statuses)
-            return reply
-        except _BadRequest as exc:
-            reply.protocol_status.CopyFrom(
-                _status(pb.PROTOCOL_STATUS_CODE_INVALID_REQUEST, str(exc))
+            return _answer(
+                reply,
+                request,
+                number,
+                pb.PROTOCOL_STATUS_CODE_MXACCESS_FAILURE,
+                "MXAccess reported a failure",
             )
-            return reply
+        except _BadRequest as exc:
+            return _answer(
+                reply, request, number, pb.PROTOCOL_STATUS_CODE_INVALID_REQUEST, str(exc)
+            )
         except WorkerLost as exc:  # the session's worker process died: the session faulted
             log.info("a %s command found the session's worker lost", payload)
-            reply.protocol_status.CopyFrom(
-                _status(pb.PROTOCOL_STATUS_CODE_SESSION_FAULTED, f"{exc}; close the session")
+            return _answer(
+                reply,
+                request,
+                number,
+                pb.PROTOCOL_STATUS_CODE_SESSION_FAULTED,
+                f"{exc}; close the session",
             )
-            return reply
         except LimitError as exc:
             # A named limit: nothing was done, and no partial payload goes out.
             code = (
@@ -330,18 +361,27 @@ class GatewayServicer(CommandHandlers, EventStreams, AlarmService):
             result = reply.WhichOneof("result")
             if result is not None:
                 reply.ClearField(result)
-            reply.protocol_status.CopyFrom(_status(code, str(exc)))
-            return reply
+            return _answer(reply, request, number, code, str(exc))
         finally:
             session.pending -= 1
             session.touch()
-        if not reply.HasField("protocol_status"):
-            status = reply.protocol_status  # as _status(OK, "OK"), without a copy
-            status.code = pb.PROTOCOL_STATUS_CODE_OK
-            status.message = "OK"
+        if reply.HasField("protocol_status"):  # the handler gave its own verdict
+            _answer(reply, request, number, None, "")
+            if encoded is not None:
+                return reply.SerializeToString() + encoded
+            return reply
+        # Answered: the header and the OK status as bytes, then what the handler filled
+        # (fields 5 and up) and its encoded payload: exactly what serializing the whole
+        # reply gives (fields in number order), without building the header fields.
+        prefix, tail = _OK_HEAD[kind]
+        sid = request.session_id.encode()
+        correlation = b"%s%d" % (prefix, number)
+        head = b"".join(
+            (b"\x0a", varint(len(sid)), sid, b"\x12", varint(len(correlation)), correlation, tail)
+        )
         if encoded is not None:
-            return reply.SerializeToString() + encoded
-        return reply
+            return head + reply.SerializeToString() + encoded
+        return head + reply.SerializeToString()
 
     @staticmethod
     def _session_problem(session: Session | None) -> pb.ProtocolStatus | None:

@@ -99,16 +99,23 @@ if sys.version_info >= (3, 11):
         stop them (it cancels at an await), so they run without arming one. A command
         that does wait gets the timeout at its first wait, with the deadline counted from
         the start.
+
+        An exception leaves without its traceback, as from :func:`_without_cycle` (one
+        coroutine for both: each is a frame every command would pass through).
         """
-        start = time.monotonic()
         try:
-            first = call.send(None)
-        except StopIteration as done:
-            return done.value  # type: ignore[no-any-return]
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s - (time.monotonic() - start)
-        async with asyncio.timeout_at(deadline):
-            return await _Resumed(call, first)
+            start = time.monotonic()
+            try:
+                first = call.send(None)
+            except StopIteration as done:
+                return done.value  # type: ignore[no-any-return]
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + timeout_s - (time.monotonic() - start)
+            async with asyncio.timeout_at(deadline):
+                return await _Resumed(call, first)
+        except BaseException as exc:
+            exc.__traceback__ = None
+            raise
 
     class _Resumed(Generic[_T]):
         """Awaits a coroutine that already ran to its first suspension (``first``, the
@@ -143,7 +150,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
 
     def _within(call: Awaitable[_T], timeout_s: float) -> Awaitable[_T]:
-        return asyncio.wait_for(call, timeout_s)
+        return _without_cycle(asyncio.wait_for(call, timeout_s))
 
 
 _END_KIND = {

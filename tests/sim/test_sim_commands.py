@@ -7,7 +7,7 @@ from datetime import datetime, timezone
 
 import grpc
 import pytest
-from simhelpers import SCAN_MS, Gw, changes
+from simhelpers import SCAN_MS, Gw, changes, command
 
 from mxgateway._values import from_mx_value, timestamp_to_datetime, to_mx_value
 from mxgateway.generated import mxaccess_gateway_pb2 as pb
@@ -519,3 +519,55 @@ async def test_uncached_reads_of_a_moving_attribute_are_current(gw: Gw) -> None:
     while await read() == first:
         assert asyncio.get_running_loop().time() < deadline, "value never moved"
         await asyncio.sleep(0.05)
+
+
+async def test_answered_replies_are_the_whole_reply_serialized(gw: Gw) -> None:
+    """An answered command's header and OK status are written as bytes, ahead of what the
+    handler filled: on Invoke and on InvokeStream, the bytes are exactly those of the
+    reply message serialized whole, with the header a refusal carries."""
+    sid = await gw.open()
+    sh = await gw.register(sid)
+    item = await gw.add(sid, sh, "Tank01.LevelSetpoint")
+    await gw.ok(sid, "advise", server_handle=sh, item_handle=item)
+    commands = [
+        command("ping"),
+        command("register", client_name="bytes"),
+        command("add_item", server_handle=sh, item_definition="Pump01.SpeedSetpoint"),
+        command("write", server_handle=sh, item_handle=item, value=to_mx_value(12.5)),
+        command("read_bulk", server_handle=sh, tag_addresses=["Tank01.LevelSetpoint"]),
+        command("suspend", server_handle=sh, item_handle=item),
+        command("get_session_state"),
+        command("get_worker_info"),
+        command("remove_item", server_handle=sh, item_handle=999),  # an MXAccess failure
+        command("drain_events", max_events=-1),  # refused: INVALID_REQUEST
+    ]
+    raw = pb.MxCommandRequest.SerializeToString
+    unary = gw.channel.unary_unary(
+        "/mxaccess_gateway.v1.MxAccessGateway/Invoke", request_serializer=raw
+    )
+    bidi = gw.channel.stream_stream(
+        "/mxaccess_gateway.v1.MxAccessGateway/InvokeStream", request_serializer=raw
+    )
+    stream = bidi(metadata=gw.md)
+    answers: list[tuple[pb.MxCommand, bytes]] = []
+    for cmd in commands:
+        request = pb.MxCommandRequest(session_id=sid, command=cmd)
+        answers.append((cmd, await unary(request, metadata=gw.md)))
+        await stream.write(request)
+        answers.append((cmd, await stream.read()))
+    await stream.done_writing()
+    codes = []
+    for cmd, data in answers:
+        reply = pb.MxCommandReply.FromString(data)
+        assert reply.SerializeToString() == data, cmd  # canonical: fields in number order
+        name = cmd.WhichOneof("payload").replace("_", "")
+        assert (reply.session_id, reply.kind) == (sid, cmd.kind)
+        assert reply.correlation_id.replace("_", "").startswith(f"gateway-correlation-{name}-")
+        codes.append(reply.protocol_status.code)
+        if reply.protocol_status.code == OK:
+            assert reply.protocol_status.message == "OK"
+    assert codes == [OK] * 16 + [MXFAIL] * 2 + [pb.PROTOCOL_STATUS_CODE_INVALID_REQUEST] * 2
+    numbers = [
+        int(pb.MxCommandReply.FromString(d).correlation_id.rsplit("-", 1)[1]) for _, d in answers
+    ]
+    assert numbers == sorted(set(numbers))  # one fresh number per command
