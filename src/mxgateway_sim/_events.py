@@ -103,6 +103,10 @@ class Subscriber:
         return out
 
 
+def _closed(message: str) -> None:
+    """The overflow callback of a closed log (nothing is published to it)."""
+
+
 class EventLog:
     """Sequence numbering, replay ring and fan-out for one session."""
 
@@ -309,6 +313,10 @@ class EventLog:
         """No more events: end every stream."""
         self.closed = end
         self.end_all(end)
+        # The session's method refers back to the session that holds this log: a cycle
+        # only a full collection frees once the session has lived long enough to be
+        # frozen (mxgateway_sim._gcpolicy); nothing overflows a closed log.
+        self._on_fail_fast = _closed
 
     def drain(self, max_events: int, max_bytes: int = 1 << 62) -> list[bytes]:
         """DrainEvents: retained events not drained before (bare ``MxEvent`` bytes).

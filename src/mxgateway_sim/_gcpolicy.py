@@ -18,14 +18,27 @@ object on a 2-core machine, more under load). The policy keeps those walks short
   (``gc.freeze()``), so no later collection walks it again. Frozen objects are still freed
   by reference counting; only cyclic garbage among them waits for an unfreeze.
 - **Tenure** (dedicated server processes: ``mxgw-sim serve``, ``mxgw-gateway``; opt-in for
-  an embedded simulator with ``gc_tenure=True``): what survives a generation-1 collection
-  is frozen as well, so a session's items (100k of them are ~500k tracked objects) are
-  walked by a young collection or two and never again by a full one, which would hold
-  the loop 150-330 ms each time. Cyclic garbage among tenured objects (mostly gRPC's
-  per-call cycles of calls in progress at that moment: a few hundred objects a second
-  under heavy session churn) is reclaimed by one full collection every
-  :data:`TENURE_VALVE_S` (unfreeze, collect, freeze again): that collection walks
-  everything, the one long hold left, and it bounds the memory tenure can keep.
+  an embedded simulator with ``gc_tenure=True``): what survives any collection is frozen
+  as well, so every object is walked by one young collection at most and never again by
+  a full one (a session's 100k items are ~450k tracked objects: a full walk holds the
+  loop 230-360 ms).
+- **Replacements** (with tenure): objects made to replace others (a scan tick's new
+  sample of each changed attribute, a write's) leave CPython's count of new objects
+  unchanged (each frees the one it replaces), so a young collection could come after
+  100k of them and walk them all in one piece. The plant reports them
+  (:func:`replaced`), and once :data:`THRESHOLDS` ``[0]`` of them may be alive in the
+  young generation a young collection runs: its walks stay the size of the threshold.
+- **Valve** (with tenure): cyclic garbage among frozen objects is only freed by a full
+  collection (unfreeze, collect, freeze again), which walks everything. Every
+  :data:`VALVE_CHECK_S` the policy counts the frozen objects (:meth:`ServerGcPolicy.valve`)
+  and runs the full collection only when they grew by :data:`VALVE_GROWTH` (at least
+  :data:`VALVE_MIN_GROWTH` objects) over the fewest seen since the last one: garbage
+  stays bounded in proportion to what the server holds, and a server whose sessions
+  and items stay put (no new frozen objects) never pays the full walk. In steady state
+  (a session of 100k advised items streaming events, reads, writes, sessions opening
+  and closing) nothing cyclic is frozen (``tests/sim/test_sim_gc.py``): the per-call
+  cycles of grpc.aio die young and young collections free them; what can be frozen is
+  the cycles of calls in progress during a collection.
 
 Only servers apply it: a :class:`~mxgateway_sim.GatewaySimulator` while it runs
 (``tune_gc=True``, the default; reference-counted, everything restored when the last one
@@ -36,13 +49,18 @@ touches the collector: a library must not tune its host's.
 from __future__ import annotations
 
 import gc
-from typing import Any
+from typing import Any, NamedTuple
 
 THRESHOLDS = (20_000, 1, 10)
 """``gc.set_threshold`` of a server process (generations 0, 1 and 2)."""
 
-TENURE_VALVE_S = 600.0
-"""Seconds between the full collections of a tenuring server (see the module docstring)."""
+VALVE_CHECK_S = 600.0
+"""Seconds between two checks of the valve of a tenuring server (see the module docstring)."""
+VALVE_GROWTH = 0.25
+"""Growth of the frozen objects, over the fewest since the last full collection, that runs
+the next one (CPython's own rule for its oldest generation)."""
+VALVE_MIN_GROWTH = 10_000
+"""... and at least this many objects (a small server does not collect for a few dozen)."""
 
 
 def server_thresholds(current: tuple[int, int, int]) -> tuple[int, int, int]:
@@ -61,6 +79,11 @@ class ServerGcPolicy:
     """Users that asked for tenure."""
     saved: tuple[int, int, int] = (700, 10, 10)
     froze = False
+    low = 0
+    """The fewest frozen objects counted since the last full collection (the valve's base)."""
+    young_replacements = 0
+    """Objects that replaced others since the last collection, as reported (at most what
+    can be alive)."""
 
     @classmethod
     def acquire(cls, *, tenure: bool = False) -> None:
@@ -75,6 +98,8 @@ class ServerGcPolicy:
         cls.users += 1
         if tenure:
             if cls.tenants == 0 and cls.froze:
+                cls.low = gc.get_freeze_count()
+                cls.young_replacements = 0
                 gc.callbacks.append(_tenure)
             cls.tenants += 1
 
@@ -94,25 +119,67 @@ class ServerGcPolicy:
 
     @classmethod
     def tenuring(cls) -> bool:
-        """True while survivors of generation-1 collections are frozen."""
+        """True while survivors of collections are frozen."""
         return _tenure in gc.callbacks
 
     @classmethod
     def full_collection(cls) -> int:
-        """Tenure's valve: collect everything once (unfreeze, collect, freeze again) and
-        return how many unreachable objects were found. Holds the loop for a full walk."""
+        """Collect everything once (unfreeze, collect, freeze again) and return how many
+        unreachable objects were found. Holds the loop for a full walk."""
         if not cls.froze:
             return gc.collect()
         gc.unfreeze()
         found = gc.collect()
         gc.freeze()
+        cls.low = gc.get_freeze_count()
         return found
+
+    @classmethod
+    def valve(cls) -> ValveCheck:
+        """Tenure's valve, every :data:`VALVE_CHECK_S`: count the frozen objects and run the
+        full collection if they grew enough since the last one (see the module docstring).
+        Counting walks the frozen objects' list once (a few ms for 500k), nothing more."""
+        frozen = gc.get_freeze_count()
+        low = min(cls.low, frozen)
+        if frozen - low <= max(low * VALVE_GROWTH, VALVE_MIN_GROWTH):
+            cls.low = low
+            return ValveCheck(frozen, low, None, 0)
+        found = cls.full_collection()
+        return ValveCheck(frozen, low, found, cls.low)
+
+
+class ValveCheck(NamedTuple):
+    """What one check of the valve saw and did."""
+
+    frozen: int
+    """Frozen objects counted."""
+    low: int
+    """The fewest counted since the last full collection."""
+    found: int | None
+    """Unreachable objects the full collection found (None: it did not run)."""
+    frozen_after: int
+    """Frozen objects after the full collection (0 if it did not run)."""
+
+
+def replaced(count: int, live: int) -> None:
+    """The caller made ``count`` tracked objects that replace others (at most ``live`` of
+    those it made can be alive: one sample per attribute model). While tenuring, once
+    :data:`THRESHOLDS` ``[0]`` of them may be alive in the young generation, run a young
+    collection (its survivors are frozen), so none walks more; otherwise nothing."""
+    if not ServerGcPolicy.tenants:
+        return
+    pending = min(ServerGcPolicy.young_replacements + count, live)
+    if pending >= THRESHOLDS[0]:
+        gc.collect(0)  # _tenure resets the count
+    else:
+        ServerGcPolicy.young_replacements = pending
 
 
 def _tenure(phase: str, info: dict[str, Any]) -> None:
-    """``gc.callbacks`` hook: after a generation-1 (or 2) collection, freeze its survivors
-    (everything alive then: the young generations were just emptied)."""
-    if phase == "stop" and info["generation"] >= 1:
+    """``gc.callbacks`` hook: after a collection, freeze its survivors (everything alive
+    then: the generations it walked were just emptied, the younger ones too)."""
+    if phase == "stop":
+        ServerGcPolicy.young_replacements = 0
         gc.freeze()
 
 

@@ -54,6 +54,7 @@ from mxgateway_sim._domain import (
     TagSample,
     failure,
 )
+from mxgateway_sim._gcpolicy import replaced
 from mxgateway_sim._slicing import Slicer, chunks
 
 log = get_logger("mxgateway_sim.plant")
@@ -64,8 +65,9 @@ LATE_SCAN_LOG_INTERVAL_S = 10.0
 the previous one), so a plant that is behind for hours logs a line every few seconds, not
 one per scan."""
 
-TICK_SLICE_DELIVERIES = 1024
-"""Deliveries (OnDataChange events, each encoded when handed over) per slice of a tick."""
+TICK_SLICE_DELIVERIES = 256
+"""Deliveries (OnDataChange events, each encoded when handed over) per slice of a tick (a
+few ms of work: the slice runs to its end before the clock is checked)."""
 
 
 class SampleSink(Protocol):
@@ -630,6 +632,7 @@ class Plant:
         state.sample = TagSample(
             value, state.info.mx_data_type, last.quality, state.override_ts, last.status
         )
+        replaced(1, len(self._states))
 
     def current(self, state: TagState, now: float | None = None) -> TagSample:
         """The attribute's value now (advised attributes are kept current by the scan).
@@ -679,6 +682,7 @@ class Plant:
                     done = 0
                     for runtime in list(self._runtimes):
                         runtime.hand_over()
+                    replaced(TICK_SLICE_DELIVERIES, len(self._states))
                     yield
                 continue
             for chunk in chunks(list(subs), TICK_SLICE_DELIVERIES):
@@ -687,12 +691,14 @@ class Plant:
                         item.deliver(sample)
                 done += len(chunk)
                 if done >= TICK_SLICE_DELIVERIES:
+                    replaced(done, len(self._states))
                     done = 0
                     for runtime in list(self._runtimes):
                         runtime.hand_over()
                     yield
         for runtime in list(self._runtimes):
             runtime.flush(now)
+        replaced(done, len(self._states))
 
     def _late(self, behind_s: float, now: float) -> None:
         """Count a tick that starts ``behind_s`` late; warn at most every few seconds."""

@@ -41,7 +41,7 @@ from mxgateway_sim._faults import (
     FaultInjector,
     FaultPlan,
 )
-from mxgateway_sim._gcpolicy import TENURE_VALVE_S, ServerGcPolicy
+from mxgateway_sim._gcpolicy import VALVE_CHECK_S, ServerGcPolicy
 from mxgateway_sim._limits import DEFAULT_MAX_MESSAGE_BYTES, LIMITS, check_limits
 from mxgateway_sim._plant import Plant
 from mxgateway_sim._runtime import MxAccessRuntime
@@ -223,8 +223,9 @@ class GatewaySimulator:
         self._runtime_factory = runtime_factory
         self._tune_gc = tune_gc
         self._gc_tenure = tune_gc and gc_tenure
-        """Freeze what survives a generation-1 collection, with a full collection every
-        ``TENURE_VALVE_S`` (``mxgw-sim serve``; ``mxgateway_sim._gcpolicy``)."""
+        """Freeze what survives a collection, and check the valve (a full collection when
+        the frozen objects grew) every ``VALVE_CHECK_S`` (``mxgw-sim serve``;
+        ``mxgateway_sim._gcpolicy``)."""
         self._gc_valve: asyncio.TimerHandle | None = None
         self._idle_timeout_ms = max(1, int(idle_timeout_s * 1000))
         self._header_timeout_ms = max(1, int(header_timeout_s * 1000))
@@ -530,17 +531,30 @@ class GatewaySimulator:
         log.info("mxgw-sim listening on %s (%s)", self.endpoint, self.tls_mode)
 
     def _schedule_gc_valve(self) -> None:
-        self._gc_valve = asyncio.get_running_loop().call_later(TENURE_VALVE_S, self._run_gc_valve)
+        self._gc_valve = asyncio.get_running_loop().call_later(VALVE_CHECK_S, self._run_gc_valve)
 
     def _run_gc_valve(self) -> None:
-        """Tenure's periodic full collection (the garbage tenured objects may hold)."""
+        """Tenure's valve: a full collection when the frozen objects grew (the garbage
+        tenured objects may hold), logged either way."""
         t0 = time.perf_counter()
-        found = ServerGcPolicy.full_collection()
-        log.info(
-            "full garbage collection: %d unreachable objects, %.0f ms",
-            found,
-            (time.perf_counter() - t0) * 1000,
-        )
+        check = ServerGcPolicy.valve()
+        if check.found is None:
+            log.info(
+                "garbage collection check: %d frozen objects (fewest since the last full "
+                "collection %d): no full collection",
+                check.frozen,
+                check.low,
+            )
+        else:
+            log.info(
+                "full garbage collection: %d unreachable objects, %.0f ms (frozen objects "
+                "%d, fewest since the last full collection %d, %d after)",
+                check.found,
+                (time.perf_counter() - t0) * 1000,
+                check.frozen,
+                check.low,
+                check.frozen_after,
+            )
         self._schedule_gc_valve()
 
     async def _start_ops(self, host: str, port: int) -> Any:

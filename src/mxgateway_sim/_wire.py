@@ -591,10 +591,14 @@ class EventEncoder:
     def __init__(self, session_id: str) -> None:
         self.session_id = session_id
         self._head = _ld(b"\x0a", session_id.encode())
-        self._items: dict[tuple[int, int], bytes] = {}
-        self._completions: dict[
-            tuple[bool, int, int, MxStatus, tuple[MxStatus, ...] | None], tuple[bytes, bytes]
-        ] = {}
+        # Keyed by one int made of the two handles (the contract's int32s), with bytes as
+        # values: a dict of atomic keys and values is never tracked by the garbage
+        # collector, where a tuple key per item was one more object for every young
+        # collection to walk (100k of them for a session of 100k items).
+        self._items: dict[int, bytes] = {}
+        self._completions: dict[int, bytes] = {}
+        """Successful completions only (the body: handles and status), with no records of
+        their own: an int key cannot name a failure's status, and failures are rare."""
 
     def encode(
         self, events: Sequence[MxRuntimeEvent], first_sequence: int, now: float
@@ -616,10 +620,12 @@ class EventEncoder:
             if type(event) is DataChange:
                 sample = event.sample
                 body = sample.wire or sample_body(sample)
-                key = (event.server_handle, event.item_handle)
+                key = (event.server_handle << 32) | (event.item_handle & 0xFFFFFFFF)
                 handles = items.get(key)
                 if handles is None:
-                    handles = b"\x08" + varint(key[0]) + b"\x10" + varint(key[1])
+                    handles = (
+                        b"\x08" + varint(event.server_handle) + b"\x10" + varint(event.item_handle)
+                    )
                     if len(items) > ENCODER_CACHE_ENTRIES:
                         items.clear()
                     items[key] = handles
@@ -642,13 +648,16 @@ class EventEncoder:
                     )
                 )
             elif type(event) is WriteComplete or type(event) is OperationComplete:
-                # The family field and the body (handles, status) are the same for every
-                # completion of one item with one outcome, so they are cached whole.
+                # The body (handles, status) is the same for every completion of one item
+                # with one outcome, so a success's is cached whole.
                 write = type(event) is WriteComplete
                 records = event.records
-                ckey = (write, event.server_handle, event.item_handle, event.status, records)
-                cached = completions.get(ckey)
-                if cached is None:
+                ok = event.status is STATUS_OK and records is None
+                ckey = (
+                    ((event.server_handle << 32) | (event.item_handle & 0xFFFFFFFF)) << 1
+                ) | write
+                known = completions.get(ckey) if ok else None
+                if known is None:
                     cbody = (
                         b"\x08"
                         + varint(event.server_handle)
@@ -661,13 +670,15 @@ class EventEncoder:
                         )
                     )
                     # ON_WRITE_COMPLETE (2) in field 7, OPERATION_COMPLETE (3) in field 8
-                    family, tag = (b"\x18\x02", b"\x3a") if write else (b"\x18\x03", b"\x42")
-                    cached = (family, tag + varint(len(cbody)) + cbody)
-                    if len(completions) > ENCODER_CACHE_ENTRIES:
-                        completions.clear()
-                    completions[ckey] = cached
+                    body = (b"\x3a" if write else b"\x42") + varint(len(cbody)) + cbody
+                    if ok:
+                        if len(completions) > ENCODER_CACHE_ENTRIES:
+                            completions.clear()
+                        completions[ckey] = body
+                else:
+                    body = known
+                family = b"\x18\x02" if write else b"\x18\x03"
                 seq_bytes = varint(seq)
-                family, body = cached
                 size = len(head) + 1 + len(seq_bytes) + 2 + len(stamps) + len(body)
                 append(
                     b"".join(
