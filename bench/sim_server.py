@@ -276,9 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.db_dir:
         Path(args.db_dir).mkdir(parents=True, exist_ok=True)
     try:
-        run_event_loop(
-            serve(args), args.event_loop, starts_processes=args.session_isolation == "process"
-        )
+        run_event_loop(serve(args), args.event_loop)
     except EventLoopUnavailable as exc:
         print(f"bench.sim_server: {exc}", file=sys.stderr)
         return 2

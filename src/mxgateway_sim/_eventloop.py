@@ -8,11 +8,10 @@ except on Windows, where it does not exist and ``auto`` means asyncio's own loop
 shorter than that (a scan below 1 ms) are rounded; the 1 ms scan keeps up on both loops
 (``python -m bench keepup``).
 
-A gateway that starts worker processes (``--session-isolation process``) runs on asyncio:
-uvloop starts a child with ``fork()``, which runs gRPC's fork handlers in a process full of
-gRPC threads, and those abort some children before they ``exec`` (the worker exits with
-SIGABRT); asyncio's subprocesses are started without them (``vfork``/``posix_spawn``).
-``auto`` picks asyncio there, and ``uvloop`` is refused.
+A gateway that starts worker processes (``--session-isolation process``) runs on either:
+it starts them itself, without ``fork()`` (``mxgateway_sim._spawn``), not through the
+loop's ``subprocess_exec`` (uvloop's forks, and gRPC's fork handlers then aborted some
+workers).
 """
 
 from __future__ import annotations
@@ -23,16 +22,10 @@ import sys
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
-__all__ = ["EVENT_LOOPS", "UVLOOP_FORKS", "EventLoopUnavailable", "is_uvloop", "resolve", "run"]
+__all__ = ["EVENT_LOOPS", "EventLoopUnavailable", "is_uvloop", "resolve", "run"]
 
 EVENT_LOOPS = ("auto", "asyncio", "uvloop")
 """The values of ``--event-loop``: ``auto`` is uvloop when it can be imported, else asyncio."""
-
-UVLOOP_FORKS = (
-    "uvloop starts worker processes with fork(), where gRPC's fork handlers can abort "
-    "them; worker processes need asyncio's event loop"
-)
-"""Why a gateway that starts worker processes does not run on uvloop (the module says more)."""
 
 _T = TypeVar("_T")
 
@@ -46,13 +39,11 @@ def is_uvloop(loop: asyncio.AbstractEventLoop) -> bool:
     return type(loop).__module__.split(".")[0] == "uvloop"
 
 
-def resolve(event_loop: str, *, starts_processes: bool = False) -> str:
+def resolve(event_loop: str) -> str:
     """The loop ``event_loop`` stands for: ``auto`` becomes ``uvloop`` where it can be
-    imported and the server starts no worker processes, else ``asyncio``."""
+    imported, else ``asyncio``."""
     if event_loop != "auto":
         return event_loop
-    if starts_processes:
-        return "asyncio"
     try:
         importlib.import_module("uvloop")
     except ImportError:
@@ -60,21 +51,15 @@ def resolve(event_loop: str, *, starts_processes: bool = False) -> str:
     return "uvloop"
 
 
-def run(
-    main: Coroutine[Any, Any, _T], event_loop: str = "auto", *, starts_processes: bool = False
-) -> _T:
-    """Run ``main`` to completion on a new loop of the kind ``event_loop`` names;
-    ``starts_processes``: ``main`` starts worker processes (so not on uvloop).
+def run(main: Coroutine[Any, Any, _T], event_loop: str = "auto") -> _T:
+    """Run ``main`` to completion on a new loop of the kind ``event_loop`` names.
 
     Raises:
-        EventLoopUnavailable: ``uvloop`` was asked for and cannot be imported, or
-            ``starts_processes`` (``main`` is closed unstarted).
+        EventLoopUnavailable: ``uvloop`` was asked for and cannot be imported (``main`` is
+            closed unstarted).
         ValueError: an event loop not in :data:`EVENT_LOOPS`.
     """
-    event_loop = resolve(event_loop, starts_processes=starts_processes)
-    if event_loop == "uvloop" and starts_processes:
-        main.close()
-        raise EventLoopUnavailable(f"--event-loop uvloop: {UVLOOP_FORKS}")
+    event_loop = resolve(event_loop)
     if event_loop == "asyncio":
         return asyncio.run(main)
     if event_loop != "uvloop":

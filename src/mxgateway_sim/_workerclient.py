@@ -24,7 +24,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from mxgateway._logsafe import get_logger
 from mxgateway._version import WORKER_PROTOCOL_VERSION
@@ -37,9 +37,9 @@ from mxgateway_sim._domain import (
     WorkerInfo,
     WriteRequest,
 )
-from mxgateway_sim._eventloop import UVLOOP_FORKS, is_uvloop
 from mxgateway_sim._framing import MAX_FRAME_BYTES, FrameDecoder, FrameError
 from mxgateway_sim._runtime import EventSink
+from mxgateway_sim._spawn import WorkerProcess, start_worker_process
 from mxgateway_sim._wire import check_read_reply, varint
 from mxgateway_sim._workerwire import (
     NONCE_ENV,
@@ -125,20 +125,6 @@ def _read_command(server_handle: int, references: Sequence[str], timeout_s: floa
     )
 
 
-class _Channel(asyncio.SubprocessProtocol):
-    """Routes the worker's stdout and exit to its :class:`WorkerRuntime`."""
-
-    def __init__(self, owner: WorkerRuntime) -> None:
-        self.owner = owner
-
-    def pipe_data_received(self, fd: int, data: bytes) -> None:
-        if fd == 1:
-            self.owner._received(data)
-
-    def process_exited(self) -> None:
-        self.owner._exited()
-
-
 class WorkerRuntime:
     """One session's MXAccess runtime, hosted by an ``mxgw-worker`` process."""
 
@@ -150,8 +136,7 @@ class WorkerRuntime:
         self._head: EnvelopeHead | None = None
         self._event_prefix = b""
         self._decoder = FrameDecoder(settings.frame_limit)
-        self._transport: asyncio.SubprocessTransport | None = None
-        self._stdin: asyncio.WriteTransport | None = None
+        self._proc: WorkerProcess | None = None
         self._nonce = ""
         self._pending: dict[str, asyncio.Future[pb.MxCommandReply]] = {}
         self._ids = itertools.count(1)
@@ -188,12 +173,9 @@ class WorkerRuntime:
         Raises:
             WorkerStartError: the process could not be started.
         """
-        if self._transport is not None:
+        if self._proc is not None:
             return
         settings = self.settings
-        loop = asyncio.get_running_loop()
-        if is_uvloop(loop):
-            raise WorkerStartError(f"cannot start the worker: {UVLOOP_FORKS}")
         self._nonce = secrets.token_urlsafe(32)
         args = [
             *settings.command,
@@ -206,26 +188,13 @@ class WorkerRuntime:
         ]
         if self._config is not None:
             args += ["--runtime-config", str(self._config)]
-        extra: dict[str, Any] = {}
-        if os.name == "posix":
-            extra["start_new_session"] = True  # a Ctrl-C at the gateway's terminal is its own
         try:
-            transport, _ = await loop.subprocess_exec(
-                lambda: _Channel(self),
-                *args,
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=None,
-                env=worker_environment(settings, self._nonce),
-                **extra,
+            self._proc = await start_worker_process(
+                args, worker_environment(settings, self._nonce), self._received, self._exited
             )
         except OSError as exc:
             raise WorkerStartError(f"cannot start the worker: {exc}") from None
-        self._transport = transport
-        self.pid = transport.get_pid()
-        # A write transport, though not an asyncio.WriteTransport subclass on every event
-        # loop (uvloop's is its own class).
-        self._stdin = cast("asyncio.WriteTransport", transport.get_pipe_transport(0))
+        self.pid = self._proc.pid
 
     @property
     def config(self) -> Path | None:
@@ -234,10 +203,10 @@ class WorkerRuntime:
 
     def idle(self) -> bool:
         """Launched, alive and not yet given a session (a pooled worker ready to hand out)."""
-        transport = self._transport
+        proc = self._proc
         return (
-            transport is not None
-            and transport.get_returncode() is None
+            proc is not None
+            and proc.returncode is None
             and self._session is None
             and self._lost is None
             and not self._closing
@@ -301,15 +270,14 @@ class WorkerRuntime:
         await self._reap()
 
     async def _reap(self) -> None:
-        transport = self._transport
-        if transport is None:
+        proc = self._proc
+        if proc is None:
             return
-        if transport.get_returncode() is None:
-            with contextlib.suppress(ProcessLookupError):
-                transport.kill()
+        if proc.returncode is None:
+            proc.kill()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._gone.wait(), self.settings.shutdown_timeout_s)
-        transport.close()
+        proc.close()
 
     async def _watch(self) -> None:
         """Heartbeats: send one every interval; a worker silent past the grace is lost."""
@@ -329,9 +297,9 @@ class WorkerRuntime:
             self._write(head.frame(worker_heartbeat=wpb.WorkerHeartbeat(counter=next(counter))))
 
     def _write(self, data: bytes) -> None:
-        stdin = self._stdin
-        if stdin is not None and not stdin.is_closing():
-            stdin.write(data)
+        proc = self._proc
+        if proc is not None:
+            proc.write(data)
 
     def _lose(self, why: str, *, fault: bool = True) -> None:
         """The worker is gone or unusable: fail the waiting calls, fault the session."""
@@ -346,9 +314,8 @@ class WorkerRuntime:
                 fut.set_exception(error)
                 fut.exception()  # retrieved: nobody may be waiting any more
         self._pending.clear()
-        if self._transport is not None and self._transport.get_returncode() is None:
-            with contextlib.suppress(ProcessLookupError):
-                self._transport.kill()
+        if self._proc is not None:
+            self._proc.kill()
         if fault and self._started and not self._closing and self._session is not None:
             log.warning(
                 "a session's worker (pid %d) was lost: %s",
@@ -359,12 +326,12 @@ class WorkerRuntime:
             self._session.fault(f"the session's worker was lost: {why}", cause="worker_lost")
 
     def _exited(self) -> None:
-        code = self._transport.get_returncode() if self._transport is not None else None
+        code = self._proc.returncode if self._proc is not None else None
         self._gone.set()
         if not self._closing:
             self._lose(f"the worker process exited (code {code})")
-        if self._transport is not None and (self._closing or self._lost is not None):
-            self._transport.close()
+        if self._proc is not None and (self._closing or self._lost is not None):
+            self._proc.close()
 
     # -- frames from the worker ----------------------------------------------------------
 
@@ -714,10 +681,8 @@ class WorkerRuntime:
         watchdog, self._watchdog = self._watchdog, None
         if watchdog is not None:
             watchdog.cancel()
-        transport = self._transport
-        if transport is not None and transport.get_returncode() is None:
-            with contextlib.suppress(ProcessLookupError):
-                transport.kill()
+        if self._proc is not None:
+            self._proc.kill()
         for fut in self._pending.values():
             if not fut.done():
                 fut.set_exception(WorkerLost("the worker was stopped"))
@@ -740,12 +705,11 @@ class WorkerRuntime:
             watchdog.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watchdog
-        transport = self._transport
-        if transport is None:
+        proc = self._proc
+        if proc is None:
             return
-        if self._stdin is not None and not self._stdin.is_closing():
-            self._stdin.close()  # end of file: a worker not yet shut down exits too
-        if transport.get_returncode() is None:
+        proc.close_stdin()  # end of file: a worker not yet shut down exits too
+        if proc.returncode is None:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._gone.wait(), self.settings.shutdown_timeout_s)
         await self._reap()

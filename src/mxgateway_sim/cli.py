@@ -383,9 +383,8 @@ def build_parser(prog: str = "mxgw-sim") -> argparse.ArgumentParser:
         choices=EVENT_LOOPS,
         default="auto",
         help="the server's event loop: auto (default: uvloop where it is installed, as it is "
-        "with this package except on Windows, and no worker processes are started; else "
-        "asyncio), asyncio (opt out), or uvloop (far less CPU per call; its clock counts "
-        "whole milliseconds; not with --session-isolation process)",
+        "with this package except on Windows, else asyncio), asyncio (opt out), or uvloop "
+        "(far less CPU per call; its clock counts whole milliseconds)",
     )
     serve.add_argument(
         "--log-level", default="warning", choices=["debug", "info", "warning", "error"]
@@ -770,11 +769,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "mxgw-sim") -> int:
         if args.command == "serve":
             configure_logging(args.log_level, args.log_format)
             try:
-                return run_event_loop(
-                    _serve(args),
-                    args.event_loop,
-                    starts_processes=args.session_isolation == "process",
-                )
+                return run_event_loop(_serve(args), args.event_loop)
             except EventLoopUnavailable as exc:
                 raise UsageError(str(exc)) from None
         if args.command == "keys":

@@ -4,7 +4,6 @@ faults only its own session, is reaped, and the client's ``Subscription`` recove
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import signal
@@ -14,6 +13,10 @@ from pathlib import Path
 
 import psutil
 import pytest
+from workerhelpers import gone as _gone
+from workerhelpers import live_workers as _workers
+from workerhelpers import process_gateway as _gateway
+from workerhelpers import worker_pid as _pid
 
 from mxgateway import (
     DataChange,
@@ -65,28 +68,6 @@ async def client(sim: GatewaySimulator) -> AsyncIterator[GatewayClient]:
         endpoint=sim.endpoint, api_key=sim.api_key, plaintext=True
     ) as c:
         yield c
-
-
-async def _pid(session: Session) -> int:
-    info = await session.get_worker_info()
-    pid = info.process_id
-    assert pid not in (0, os.getpid())
-    return pid
-
-
-async def _gone(pid: int) -> bool:
-    """True once ``pid`` no longer exists (reaped, not a zombie)."""
-    for _ in range(int(DEADLINE / 0.05)):
-        if not psutil.pid_exists(pid):
-            return True
-        try:
-            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
-                await asyncio.sleep(0.05)
-                continue
-        except psutil.NoSuchProcess:
-            return True
-        await asyncio.sleep(0.05)
-    return False
 
 
 async def _data_changes(session: Session, n: int) -> list[DataChange]:
@@ -220,34 +201,6 @@ async def test_stopping_the_gateway_stops_every_worker() -> None:
         await sim.stop()
     for pid in pids:
         assert await _gone(pid)
-
-
-@contextlib.asynccontextmanager
-async def _gateway(
-    settings: WorkerSettings,
-) -> AsyncIterator[tuple[GatewaySimulator, GatewayClient]]:
-    """A process-isolation gateway with these worker settings, and a client of it."""
-    async with (
-        GatewaySimulator(
-            catalog=builtin_catalog(), session_isolation="process", worker_settings=settings
-        ) as sim,
-        await GatewayClient.connect(
-            endpoint=sim.endpoint, api_key=sim.api_key, plaintext=True
-        ) as client,
-    ):
-        yield sim, client
-
-
-def _workers() -> dict[int, psutil.Process]:
-    """This process's ``mxgw-worker`` children (the in-process gateway's workers)."""
-    out = {}
-    for child in psutil.Process().children():
-        try:
-            if "mxgateway_sim.worker" in child.cmdline() and child.status() != "zombie":
-                out[child.pid] = child
-        except psutil.NoSuchProcess:
-            pass
-    return out
 
 
 async def _until_workers(n: int) -> dict[int, psutil.Process]:

@@ -1,19 +1,26 @@
-"""Helpers of the worker tests: a raw gateway end of an ``mxgw-worker`` channel."""
+"""Helpers of the worker tests: a raw gateway end of an ``mxgw-worker`` channel, and a
+process-isolation gateway with a client, its workers and their end."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import psutil
+
+from mxgateway import GatewayClient, Session
 from mxgateway._version import WORKER_PROTOCOL_VERSION
 from mxgateway.generated import mxaccess_worker_pb2 as wpb
-from mxgateway_sim import builtin_catalog
+from mxgateway_sim import GatewaySimulator, builtin_catalog
 from mxgateway_sim._framing import FrameDecoder, frame
 from mxgateway_sim._simconfig import SimSettings, write_config
 from mxgateway_sim._simruntime import DEFAULT_USERS
+from mxgateway_sim._workerclient import WorkerSettings
 from mxgateway_sim._workerwire import NONCE_ENV, EnvelopeHead
 
 SESSION = "session-" + "ab" * 16
@@ -121,3 +128,53 @@ class RawWorker:
 
 def frame_of(envelope: wpb.WorkerEnvelope) -> bytes:
     return frame(envelope.SerializeToString())
+
+
+@contextlib.asynccontextmanager
+async def process_gateway(
+    settings: WorkerSettings, **options: Any
+) -> AsyncIterator[tuple[GatewaySimulator, GatewayClient]]:
+    """A process-isolation gateway over the built-in catalog with these worker settings
+    (and ``GatewaySimulator`` options), and a client of it."""
+    async with (
+        GatewaySimulator(
+            catalog=builtin_catalog(),
+            session_isolation="process",
+            worker_settings=settings,
+            **options,
+        ) as sim,
+        await GatewayClient.connect(
+            endpoint=sim.endpoint, api_key=sim.api_key, plaintext=True
+        ) as client,
+    ):
+        yield sim, client
+
+
+async def worker_pid(session: Session) -> int:
+    """The process id of the session's worker (not this process)."""
+    pid = (await session.get_worker_info()).process_id
+    assert pid not in (0, os.getpid())
+    return pid
+
+
+async def gone(pid: int) -> bool:
+    """True once ``pid`` no longer exists (reaped, not a zombie), within :data:`TIMEOUT`."""
+    for _ in range(int(TIMEOUT / 0.05)):
+        try:
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                await asyncio.sleep(0.05)
+                continue
+        except psutil.NoSuchProcess:
+            return True
+        await asyncio.sleep(0.05)
+    return False
+
+
+def live_workers() -> dict[int, psutil.Process]:
+    """This process's live ``mxgw-worker`` children (the in-process gateway's workers)."""
+    out = {}
+    for child in psutil.Process().children():
+        with contextlib.suppress(psutil.NoSuchProcess):
+            if "mxgateway_sim.worker" in child.cmdline() and child.status() != "zombie":
+                out[child.pid] = child
+    return out
