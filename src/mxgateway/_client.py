@@ -39,6 +39,18 @@ _log = get_logger(__name__)
 _log.addHandler(logging.NullHandler())
 
 _OK = pb.PROTOCOL_STATUS_CODE_OK
+
+_INVOKE_WHAT: dict[int, str] = {}
+"""Kind number -> ``"Invoke <KIND>"``, the call's name in its errors (made once a kind)."""
+
+
+def _invoke_what(kind: int) -> str:
+    what = f"Invoke {enum_name(pb.MxCommandKind, kind)}"
+    if len(_INVOKE_WHAT) < 1024:  # kinds newer than the bindings, from hostile input too
+        _INVOKE_WHAT[kind] = what
+    return what
+
+
 _MXACCESS_FAILURE = pb.PROTOCOL_STATUS_CODE_MXACCESS_FAILURE
 _SESSION_CLOSE_TIMEOUT = 5.0
 
@@ -231,7 +243,10 @@ class GatewayClient:
         if not request.client_correlation_id:
             request.client_correlation_id = self._next_correlation_id()
         session_id = request.session_id
-        kind = enum_name(pb.MxCommandKind, request.command.kind)
+        number = request.command.kind
+        what = _INVOKE_WHAT.get(number)
+        if what is None:
+            what = _invoke_what(number)
         reply: pb.MxCommandReply | None = None
         commands = self._commands
         if commands is not None and commands.available:
@@ -240,7 +255,7 @@ class GatewayClient:
                 request,
                 self._transport.options.timeout if isinstance(timeout, UseDefault) else timeout,
                 session_id,
-                f"Invoke {kind}",
+                what,
             )
         if reply is None:
             reply = await self._transport.unary(
@@ -248,14 +263,14 @@ class GatewayClient:
                 request,
                 timeout=timeout,
                 session_id=session_id,
-                what=f"Invoke {kind}",
+                what=what,
             )
         # No protocol_status at all: no gateway-level verdict (upstream's register.ok
         # fixture has none); the MXAccess members decide. A present UNSPECIFIED breaks it.
         code = reply.protocol_status.code if reply.HasField("protocol_status") else _OK
         if code != _OK and code != _MXACCESS_FAILURE:
             err = error_from_protocol_status(
-                reply, reply.protocol_status, session_id=session_id, what=f"Invoke {kind}"
+                reply, reply.protocol_status, session_id=session_id, what=what
             )
             if err is not None:
                 raise err

@@ -79,6 +79,16 @@ def _value(value: object, value_type: ValueType | None, where: str = "") -> pb.M
         raise
 
 
+def _fill_value(target: pb.MxValue, value: object, value_type: ValueType | None) -> None:
+    """:func:`_value` filled into ``target`` (an empty value inside its command)."""
+    if isinstance(value, pb.MxValue):
+        if value_type is not None:
+            raise ValueError("value_type cannot be combined with an MxValue")
+        target.CopyFrom(value)
+    else:
+        fill_mx_value(target, value, value_type)
+
+
 def _fill_row(
     row: _Row, index: int, handle: object, value: object, value_type: ValueType | None
 ) -> None:
@@ -221,6 +231,12 @@ class Session:
         """Run a command; MXAccess failures also raise :class:`MxAccessError`."""
         self._check_open()
         return await self._client.invoke(self._session_id, command, timeout=timeout)
+
+    async def _invoke_built(self, request: pb.MxCommandRequest) -> pb.MxCommandReply:
+        """:meth:`invoke` of a command built inside its request (:meth:`_request`): the
+        same call without building the command apart and copying it into the request."""
+        self._check_open()
+        return check_mxaccess(await self._client._invoke_request(request))
 
     @staticmethod
     def _result(reply: pb.MxCommandReply, field: str, cls: type[_T]) -> _T:
@@ -388,16 +404,15 @@ class Session:
         the :class:`WriteComplete`; without, it returns ``None`` once accepted. Argument
         errors (unknown handle, item not advised) raise at once either way.
         """
-        cmd = pb.MxCommand(
-            kind=pb.MX_COMMAND_KIND_WRITE,
-            write=pb.WriteCommand(
-                server_handle=server_handle,
-                item_handle=item_handle,
-                value=_value(value, value_type),
-                user_id=user_id,
-            ),
-        )
-        return await self._write(cmd, server_handle, item_handle, wait, wait_timeout)
+        # Built inside its request, the value converted in place (no copies).
+        request, cmd = self._request()
+        cmd.kind = pb.MX_COMMAND_KIND_WRITE
+        body = cmd.write
+        _fill_value(body.value, value, value_type)  # first: a bad value is named first
+        body.server_handle = server_handle
+        body.item_handle = item_handle
+        body.user_id = user_id
+        return await self._write(request, server_handle, item_handle, wait, wait_timeout)
 
     async def write2(
         self,
@@ -486,7 +501,7 @@ class Session:
 
     async def _write(
         self,
-        cmd: pb.MxCommand,
+        cmd: pb.MxCommand | pb.MxCommandRequest,
         server_handle: int,
         item_handle: int,
         wait: bool,
@@ -499,7 +514,7 @@ class Session:
 
     async def _invoke_write(
         self,
-        cmd: pb.MxCommand,
+        cmd: pb.MxCommand | pb.MxCommandRequest,
         server_handle: int,
         item_handle: int,
         *,
@@ -508,12 +523,19 @@ class Session:
     ) -> tuple[pb.MxCommandReply, WriteComplete | None]:
         """Send a write command; with ``wait``, correlate its ``OnWriteComplete`` (see
         ``mxgateway._writes``). Returns the reply and the completion (``mxgw-py`` prints
-        both); a failed completion raises :class:`MxAccessError`."""
+        both); a failed completion raises :class:`MxAccessError`. ``cmd`` may be a
+        command built inside its request (:meth:`_request`)."""
+
+        def send() -> Awaitable[pb.MxCommandReply]:
+            if isinstance(cmd, pb.MxCommandRequest):
+                return self._invoke_built(cmd)
+            return self.invoke(cmd)
+
         if not wait:
-            return await self.invoke(cmd), None
+            return await send(), None
         reply, (event,) = await self._correlated(
             [(server_handle, item_handle)],
-            lambda: self.invoke(cmd),
+            send,
             lambda _: [True],  # a write that was not accepted raised
             wait_timeout,
         )
@@ -657,7 +679,10 @@ class Session:
     # -- diagnostics ------------------------------------------------------------------
     async def ping(self) -> None:
         """``Ping``: checks that the session's worker answers."""
-        await self.invoke(pb.MxCommand(kind=pb.MX_COMMAND_KIND_PING, ping=pb.PingCommand()))
+        request, cmd = self._request()
+        cmd.kind = pb.MX_COMMAND_KIND_PING
+        cmd.ping.SetInParent()
+        await self._invoke_built(request)
 
     async def get_session_state(self) -> pb.SessionState.ValueType:
         """``GetSessionState``: the ``SessionState`` value."""

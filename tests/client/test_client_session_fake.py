@@ -19,6 +19,8 @@ from mxgateway import (
     MxGatewaySessionFaultedError,
     MxGatewaySessionNotFoundError,
     Session,
+    ValueType,
+    to_mx_value,
 )
 from mxgateway.generated import mxaccess_gateway_pb2 as pb
 
@@ -285,6 +287,53 @@ async def test_write_helpers_build_the_right_commands(fake: FakeServer) -> None:
     assert cmds[3].write_secured.verifier_user_id == 5
     assert list(cmds[4].write_secured2.value.array_value.int32_values) == [1, 2]
     assert cmds[4].write_secured2.verifier_user_id == 6
+
+
+async def test_ping_and_write_send_exactly_the_plainly_built_commands(fake: FakeServer) -> None:
+    """ping() and write() build their command inside the request (the value converted in
+    place): the gateway receives exactly the command built the plain way, and bad
+    arguments raise before anything is sent, as before."""
+    fake.servicer.invoke_handler = lambda req: _reply(req)
+    given = pb.MxValue(int32_value=7, data_type=pb.MX_DATA_TYPE_INTEGER)
+    writes: list[tuple[object, ValueType | None, int]] = [
+        (2.5, None, 3),
+        (2.5, "float", 0),
+        (-17, None, 0),
+        ("text", None, 0),
+        (True, None, 0),
+        ([1.5, 2.5], None, 0),
+        (given, None, 4),
+    ]
+    async with await _connect(fake) as client:
+        s = client.attach_session(SESSION_ID)
+        await s.ping()
+        for value, value_type, user in writes:
+            await s.write(1, 2, value, value_type=value_type, user_id=user)
+        sent = len(fake.servicer.rec.requests)
+        with pytest.raises(ValueError, match="not finite"):
+            await s.write(1, 2**40, float("nan"))  # the value is named first
+        with pytest.raises(ValueError, match="out of range"):
+            await s.write(1, 2**40, 1.0)
+        with pytest.raises(ValueError, match="MxValue"):
+            await s.write(1, 2, given, value_type="float")
+        assert len(fake.servicer.rec.requests) == sent
+    requests = [r for r in fake.servicer.rec.requests if isinstance(r, pb.MxCommandRequest)]
+    assert all(r.session_id == SESSION_ID and r.client_correlation_id for r in requests)
+    expected = [pb.MxCommand(kind=pb.MX_COMMAND_KIND_PING, ping=pb.PingCommand())] + [
+        pb.MxCommand(
+            kind=pb.MX_COMMAND_KIND_WRITE,
+            write=pb.WriteCommand(
+                server_handle=1,
+                item_handle=2,
+                value=value if isinstance(value, pb.MxValue) else to_mx_value(value, value_type),
+                user_id=user,
+            ),
+        )
+        for value, value_type, user in writes
+    ]
+    assert [r.command.SerializeToString() for r in requests] == [
+        c.SerializeToString() for c in expected
+    ]
 
 
 async def test_client_close_still_closes_the_channel_when_a_session_close_fails(
