@@ -273,6 +273,45 @@ def _cycle(p: Any, n: int) -> MxPythonValue:
     return _WORDS[(n // period + offset) % len(_WORDS)]
 
 
+def _constants(params: Sequence[Any], n: int) -> list[MxPythonValue]:
+    """``[_constant(p, n) for p in params]``."""
+    return [p[0] for p in params]
+
+
+def _toggles(params: Sequence[Any], n: int) -> list[MxPythonValue]:
+    """``[_toggle(p, n) for p in params]``."""
+    return [(n // period + phase) % 2 == 1 for period, phase in params]
+
+
+def _int_counters(params: Sequence[Any], n: int) -> list[MxPythonValue]:
+    """``[_int_counter(p, n) for p in params]``."""
+    return [(base + n) % 2**31 for (base,) in params]
+
+
+def _int_ramps(params: Sequence[Any], n: int) -> list[MxPythonValue]:
+    """``[_int_ramp(p, n) for p in params]``."""
+    return [(base + n) % 100 for (base,) in params]
+
+
+def _sines(params: Sequence[Any], n: int) -> list[MxPythonValue]:
+    """``[_sine(p, n) for p in params]`` (``2 * math.pi * n`` is where _sine's
+    expression starts, so it is computed once, to the same bits)."""
+    turn = 2 * math.pi * n
+    sin = math.sin
+    return [round(amp * (1 + sin(turn / period + phase)), 3) for amp, period, phase in params]
+
+
+def _ramps(params: Sequence[Any], n: int) -> list[MxPythonValue]:
+    """``[_ramp(p, n) for p in params]``."""
+    return [round((n * step) % amp, 3) for step, amp in params]
+
+
+def _cycles(params: Sequence[Any], n: int) -> list[MxPythonValue]:
+    """``[_cycle(p, n) for p in params]``."""
+    words, count = _WORDS, len(_WORDS)
+    return [words[(n // period + offset) % count] for period, offset in params]
+
+
 def _clock(p: Any, n: int) -> MxPythonValue:
     scan_s: float = p[0]
     return CLOCK_EPOCH + timedelta(seconds=n * scan_s)
@@ -319,9 +358,20 @@ def _zero_array(p: Any, n: int) -> MxPythonValue:
 BatchFunction = Callable[[Sequence[Any], int], list[MxPythonValue]]
 """Values at tick n of many attributes of one generator, from their parameters."""
 
-BATCHED: dict[GenFunction, BatchFunction] = {_float_walk: _float_walks, _int_walk: _int_walks}
-"""The generators whose values are cheaper computed many at a time (a bulk read's rows):
-``BATCHED[f](params, n) == [f(p, n) for p in params]``."""
+BATCHED: dict[GenFunction, BatchFunction] = {
+    _constant: _constants,
+    _toggle: _toggles,
+    _int_counter: _int_counters,
+    _int_ramp: _int_ramps,
+    _int_walk: _int_walks,
+    _sine: _sines,
+    _ramp: _ramps,
+    _float_walk: _float_walks,
+    _cycle: _cycles,
+}
+"""The generators whose values a bulk read computes many at a time (a comprehension
+instead of a call per attribute; the random walks' lattice in one pass of big-integer
+arithmetic): ``BATCHED[f](params, n) == [f(p, n) for p in params]``, bit for bit."""
 
 
 GenSpec = tuple[str, GenFunction, tuple[object, ...], int]

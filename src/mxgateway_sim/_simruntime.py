@@ -861,26 +861,30 @@ class SimulatedRuntime:
         how their generator computes many: ``Plant.BATCHED``, None: one at a time) for
         ``tick`` at ``now``, keep them as the attributes' samples (``TagState.compute``)
         and put their encoded rows at their positions in ``out``; the bytes they added."""
-        tail = good_row_tail(QUALITY_GOOD, now)
-        made = 0
-        for batch, (positions, rows) in later.items():
-            states = [row.state for row in rows]
+        positions: list[int] = []
+        rows: list[ReadRow] = []
+        values: list[MxPythonValue] = []
+        for batch, (where, group) in later.items():
+            args = [row.state.gen_args for row in group]  # type: ignore[union-attr]
             if batch is None:
-                values = [st.gen_function(st.gen_args, tick) for st in states]  # type: ignore[union-attr]
+                functions = [row.state.gen_function for row in group]  # type: ignore[union-attr]
+                values += [f(p, tick) for f, p in zip(functions, args, strict=True)]
             else:
-                values = batch([st.gen_args for st in states], tick)  # type: ignore[union-attr]
-            samples = [
-                TagSample(value, row.data_type, QUALITY_GOOD, now, STATUS_OK)
-                for row, value in zip(rows, values, strict=True)
-            ]
-            for state, sample in zip(states, samples, strict=True):
-                state.sample = sample  # type: ignore[union-attr]
-                state.computed_at = tick  # type: ignore[union-attr]
-            wires = fresh_wires(rows, samples, tail)
-            for position, wire in zip(positions, wires, strict=True):
-                out[position] = wire
-            made += sum(map(len, wires))
-        return made
+                values += batch(args, tick)
+            positions += where
+            rows += group
+        samples = [
+            TagSample(value, row.data_type, QUALITY_GOOD, now, STATUS_OK)
+            for row, value in zip(rows, values, strict=True)
+        ]
+        for row, sample in zip(rows, samples, strict=True):
+            state = row.state
+            state.sample = sample  # type: ignore[union-attr]
+            state.computed_at = tick  # type: ignore[union-attr]
+        wires = fresh_wires(rows, samples, good_row_tail(QUALITY_GOOD, now))
+        for position, wire in zip(positions, wires, strict=True):
+            out[position] = wire
+        return sum(map(len, wires))
 
     def _read_rows_of(
         self,

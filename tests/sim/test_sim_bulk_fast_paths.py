@@ -518,22 +518,28 @@ async def test_rows_a_read_computes_are_refused_alike_over_the_message_limit() -
 
 
 def test_batched_generators_give_each_values() -> None:
-    """``BATCHED[f](params, n)`` is ``[f(p, n) for p in params]`` bit for bit, at lattice
-    points far apart and next to each other, for one attribute and for many (the lanes of
-    one big integer never leak into each other)."""
+    """``BATCHED[f](params, n)`` is ``[f(p, n) for p in params]`` bit for bit, for the
+    parameters of every attribute of the model catalog (and random walks of many hashes),
+    at ticks far apart and next to each other, for one attribute and for many (the lanes
+    of one big integer never leak into each other)."""
     rng = random.Random(7)
     hashes = [0, 1, (1 << 64) - 1, 1 << 63] + [rng.getrandbits(64) for _ in range(300)]
     assert _units(hashes, 5) == [_unit(h, 5) for h in hashes]
     assert _units([], 5) == []
     for i in (0, 1, 2**40, 2**64 - 1, 2**64 + 3):
         assert _units(hashes, i) == [_unit(h, i) for h in hashes]
-    params = {
+    params: dict[object, list[object]] = {
         _float_walk: [(h, 10.0 + h % 90) for h in hashes],
         _int_walk: [(h,) for h in hashes],
     }
-    assert set(params) == set(BATCHED)
+    plant = Plant(_model_catalog(200), scan_interval_ms=1, flaky_one_in=0)
+    for info in plant.catalog.all_tags():
+        state = plant.state(info.full_tag_reference)
+        assert state is not None
+        params.setdefault(state.gen_function, []).append(state.gen_args)
+    assert set(BATCHED) <= set(params)
     for function, batch in BATCHED.items():
-        for count in (1, 2, 37, len(hashes)):
+        for count in (1, 2, 37, len(params[function])):
             some = params[function][:count]
             for n in (0, 1, 7, 8, 9, 10, 11, 12_345, 10**9 + 7):
                 got, want = batch(some, n), [function(p, n) for p in some]
