@@ -33,6 +33,7 @@ EXPECTED: dict[str, tuple[str, ...]] = {
     "worker_hop": ("grpc", "process", "commands_us_median", "ping"),
     "metrics": ("in_process", "scrape_cpu_ms"),
     "keepup": ("asyncio_min_changes_per_s",),
+    "readcpu": ("read", "client_cpu_ms"),
 }
 
 

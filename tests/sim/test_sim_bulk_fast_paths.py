@@ -63,6 +63,7 @@ from mxgateway_sim._plant import (
     _toggle,
     _unit,
     _units,
+    round3,
 )
 from mxgateway_sim._readrows import ReadRow, fresh_wires
 from mxgateway_sim._references import (
@@ -548,6 +549,24 @@ def test_batched_generators_give_each_values() -> None:
                     function,
                     n,
                 )
+
+
+def test_round3_is_round_to_three_places() -> None:
+    """``round3(x)`` gives ``round(x, 3)``'s bits: random values of every magnitude, values
+    at and next to halves of a thousandth (where the shortcut must give way), zeros of
+    both signs, huge values and NaN."""
+    rng = random.Random(11)
+    values = [rng.uniform(-200.0, 200.0) for _ in range(5_000)]
+    values += [rng.uniform(-1.0, 1.0) * 10.0 ** rng.randint(-9, 14) for _ in range(5_000)]
+    for k in range(-1500, 1500):
+        for d in (0.0, 0.0005, -0.0005, 0.00049999999, 0.0005000001, 5e-13, -5e-13):
+            values.append(k / 1000 + d)
+    values += [0.0, -0.0, 0.0625, -0.0625, 2.675, 1e-300, -1e-300, 1e300, float("inf")]
+    values += [-float("inf"), 99_999_999.9995, -99_999_999.9995, 1e8 + 0.0005]
+    for x in values:
+        assert struct.pack("<d", round3(x)) == struct.pack("<d", round(x, 3)), x
+    nan = round3(float("nan"))
+    assert nan != nan
 
 
 def test_spliced_rows_encode_like_the_generated_classes() -> None:
