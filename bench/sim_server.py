@@ -11,8 +11,9 @@ and the session/event limits.
 it sleeps :data:`PROBE_INTERVAL_S` again and again and records by how much each sleep
 overran, which is how long the loop was held by something else. On SIGUSR1 the server
 writes what it recorded since the previous SIGUSR1 to FILE (atomically) and starts afresh.
-On SIGHUP the server runs the GC policy's full collection (``mxgateway_sim._gcpolicy``:
-tenure's valve, every 10 minutes in ``mxgw-sim serve``), so its hold can be measured.
+On SIGWINCH the server runs the GC policy's valve check (``mxgateway_sim._gcpolicy``: every
+10 minutes in ``mxgw-sim serve``; a full collection only if the frozen objects grew), on
+SIGHUP the full collection itself, so their holds can be measured.
 ``--stats-file FILE``: on SIGUSR2 the plant's scan counters (``Plant.scan_stats()``: scans,
 late and skipped scans) are written to FILE.
 """
@@ -229,7 +230,9 @@ async def serve(args: argparse.Namespace) -> None:
             probe = LoopProbe(Path(args.loop_probe))
             probe_task = loop.create_task(probe.run())
             loop.add_signal_handler(signal.SIGUSR1, probe.dump)
-            # The policy's periodic full collection, now (bench/loop_stall.py measures it).
+            # The policy's valve check and its full collection, now (bench/loop_stall.py
+            # measures them).
+            loop.add_signal_handler(signal.SIGWINCH, ServerGcPolicy.valve)
             loop.add_signal_handler(signal.SIGHUP, ServerGcPolicy.full_collection)
         await stop.wait()
         if probe_task is not None:

@@ -27,7 +27,7 @@ EXPECTED: dict[str, tuple[str, ...]] = {
     "bulk": ("replay", "bare_stub", "read", "100", "speedup"),
     "capacity": (),
     "profile": ("bare_stream_events", "top_by_tottime"),
-    "stall": ("attacks", "gc_policy_full_collection_100k_items", "loop", "max_gc_cpu_ms"),
+    "stall": ("attacks", "gc_policy_valve_check_100k_items", "loop", "max_loop_cpu_ms"),
     "opcua": ("rows", "read_one_median", "ratio"),
     "startup": ("mxgw_py_version", "median_ms"),
     "worker_hop": ("grpc", "process", "commands_us_median", "ping"),
