@@ -81,6 +81,8 @@ class ServerGcPolicy:
     froze = False
     low = 0
     """The fewest frozen objects counted since the last full collection (the valve's base)."""
+    tenured = False
+    """True while :func:`_tenure` freezes the survivors of collections."""
     young_replacements = 0
     """Objects that replaced others since the last collection, as reported (at most what
     can be alive)."""
@@ -100,6 +102,7 @@ class ServerGcPolicy:
             if cls.tenants == 0 and cls.froze:
                 cls.low = gc.get_freeze_count()
                 cls.young_replacements = 0
+                cls.tenured = True
                 gc.callbacks.append(_tenure)
             cls.tenants += 1
 
@@ -109,6 +112,7 @@ class ServerGcPolicy:
         if tenure:
             cls.tenants -= 1
             if cls.tenants == 0 and _tenure in gc.callbacks:
+                cls.tenured = False
                 gc.callbacks.remove(_tenure)
         cls.users -= 1
         if cls.users == 0:
@@ -120,7 +124,7 @@ class ServerGcPolicy:
     @classmethod
     def tenuring(cls) -> bool:
         """True while survivors of collections are frozen."""
-        return _tenure in gc.callbacks
+        return cls.tenured
 
     @classmethod
     def full_collection(cls) -> int:
@@ -166,7 +170,7 @@ def replaced(count: int, live: int) -> None:
     those it made can be alive: one sample per attribute model). While tenuring, once
     :data:`THRESHOLDS` ``[0]`` of them may be alive in the young generation, run a young
     collection (its survivors are frozen), so none walks more; otherwise nothing."""
-    if not ServerGcPolicy.tenants:
+    if not ServerGcPolicy.tenured:
         return
     pending = min(ServerGcPolicy.young_replacements + count, live)
     if pending >= THRESHOLDS[0]:

@@ -8,6 +8,7 @@ so what a session's items leave for it to walk is how long the loop stops
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import gc
 import logging
@@ -360,3 +361,61 @@ def test_the_event_encoders_caches_hold_nothing_the_collector_walks() -> None:
             assert pb.MxEvent.FromString(unframe(data)) == expected, event
     assert not gc.is_tracked(encoder._items)
     assert not gc.is_tracked(encoder._completions)
+
+
+async def test_ticks_interrupted_by_young_collections_deliver_each_change_once_in_order(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # With a threshold of 500 replaced samples, ticks over the 2,000 advised attributes
+    # set off young collections between their slices (and tenure freezes what survives):
+    # the events are still every change once, in sequence, each item's in tick order.
+    monkeypatch.setattr("mxgateway_sim._gcpolicy.THRESHOLDS", (500, 1, 10))
+    refs = [f"Obj{i // 20:03d}.Attr{i:04d}" for i in range(ATTRIBUTES)]
+    async with (
+        GatewaySimulator(
+            catalog=_catalog(), scan_interval_ms=SCAN_MS, flaky_one_in=0, gc_tenure=True
+        ) as sim,
+        grpc.aio.insecure_channel(sim.endpoint) as channel,
+    ):
+        gw = Gw(channel, sim.api_key)
+        sid = await gw.open()
+        sh = await gw.register(sid)
+        stream = gw.stub.StreamEventBatches(pb.StreamEventsRequest(session_id=sid), metadata=gw.md)
+        events: list[pb.MxEvent] = []
+        young = 0
+
+        def count(phase: str, info: dict[str, Any]) -> None:
+            nonlocal young
+            if phase == "stop" and info["generation"] == 0:
+                young += 1
+
+        async def read() -> None:
+            async for batch in stream:
+                events.extend(batch.events)
+                if len(events) >= 6 * ATTRIBUTES:  # the first values and a few ticks
+                    return
+
+        gc.callbacks.append(count)
+        reader = asyncio.ensure_future(read())
+        try:
+            session = sim.sessions.get(sid) if sim.sessions else None
+            assert session is not None
+            await wait_for(lambda: session.events.subscribers)  # attached: sees it all
+            reply = await gw.ok(sid, "subscribe_bulk", server_handle=sh, tag_addresses=refs)
+            handles = [r.item_handle for r in reply.bulk_subscribe.results]
+            await reader
+        finally:
+            gc.callbacks.remove(count)
+            stream.cancel()
+    assert young > 0, "no young collection ran during the ticks"
+    sequences = [e.worker_sequence for e in events]
+    assert sequences == list(range(sequences[0], sequences[0] + len(sequences)))
+    per_item: dict[int, list[int]] = {}
+    for e in events:
+        if e.HasField("on_data_change"):
+            change = e.on_data_change
+            per_item.setdefault(change.item_handle, []).append(change.timestamp.ToNanoseconds())
+    for h in handles:
+        stamps = per_item.get(h, [])
+        assert stamps, f"item {h} got no change"
+        assert stamps == sorted(set(stamps)), f"item {h}: a change twice or out of order"
