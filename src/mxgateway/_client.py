@@ -459,9 +459,11 @@ class GatewayClient:
                     )
         finally:
             # Even when cancelled while closing sessions: never leak the channel.
-            if self._commands is not None:
-                self._commands.close()
-            await self._transport.close()
+            try:
+                if self._commands is not None:
+                    await self._commands.aclose()
+            finally:
+                await self._transport.close()
 
     aclose = close
 

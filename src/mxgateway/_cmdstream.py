@@ -37,6 +37,9 @@ _MAX_REFUSALS = 3
 """New streams in a row whose first write was refused with its status lost before the
 client stops opening them (a gateway without the stream, whose ``UNIMPLEMENTED`` lost)."""
 
+_CLOSE_WAIT = 1.0
+"""Seconds a closing client waits for the gateway to end an idle command stream."""
+
 _EOF: Any = grpc.aio.EOF  # type: ignore[attr-defined]  # what read() returns at the end
 
 
@@ -196,12 +199,39 @@ class CommandStream:
         if call is not None:
             call.cancel()
 
-    def close(self) -> None:
-        """Cancel the stream (the client is closing)."""
+    async def aclose(self) -> None:
+        """End the stream (the client is closing): an idle one is half-closed and its end
+        awaited (at most ``_CLOSE_WAIT`` seconds), one with a command in flight cancelled.
+
+        Why not just cancel: gRPC finishes a cancelled call later, on its poller thread,
+        and hands that completion to the call's event loop; once that loop is closed (an
+        application that runs ``asyncio.run`` again, every test), asyncio logs "Exception in
+        callback PollerCompletionQueue._handle_events ... Event loop is closed" in whichever
+        loop runs next (grpc/grpc#34139). Awaiting the stream's status, the last completion
+        of an idle stream, keeps that completion in this loop.
+        """
         watchdog, self._watchdog = self._watchdog, None
         if watchdog is not None:
             watchdog.cancel()
-        self._drop()
+        call, self._call = self._call, None
+        in_flight, self._busy = self._busy, True  # from now on commands use Invoke
+        if call is None or call.done():
+            return
+        if in_flight:
+            call.cancel()
+            return
+        try:
+            await asyncio.wait_for(_finish(call), _CLOSE_WAIT)
+        except (asyncio.TimeoutError, grpc.aio.AioRpcError):
+            pass  # ended anyway below: the gateway is slow or gone
+        finally:
+            call.cancel()  # a no-op once it ended
+
+
+async def _finish(call: Any) -> None:
+    """Half-close ``call`` and wait for the gateway to end it."""
+    await call.done_writing()
+    await call.code()
 
 
 def _rpc_error(code: grpc.StatusCode, details: str) -> grpc.aio.AioRpcError:

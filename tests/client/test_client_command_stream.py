@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import logging
 from concurrent import futures
 from typing import Any
 
@@ -394,6 +395,59 @@ async def test_after_three_refused_new_streams_in_a_row_the_client_stays_on_invo
         assert not commands.available
     finally:
         await transport.close()
+
+
+class _StreamingGateway(pbg.MxAccessGatewayServicer):
+    """A plain ``grpc.server`` servicer with ``InvokeStream``: answers each command OK and
+    records how each stream ended (the client half-closed it, or it was cancelled)."""
+
+    def __init__(self) -> None:
+        self.ends: list[str] = []
+
+    def InvokeStream(self, request_iterator: Any, context: Any) -> Any:
+        for request in request_iterator:
+            yield pb.MxCommandReply(
+                session_id=request.session_id,
+                kind=request.command.kind,
+                protocol_status=pb.ProtocolStatus(code=pb.PROTOCOL_STATUS_CODE_OK),
+            )
+        self.ends.append("half-closed" if context.is_active() else "cancelled")
+
+
+async def test_a_closed_client_leaves_no_grpc_completion_for_its_closed_loop(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Closing the client ends its idle command stream and waits for the gateway's end of
+    # it. Only cancelling it left gRPC's completion of the call for after the client's loop
+    # had closed: a loop still running gRPC (this test's, as the next test's in a suite)
+    # then logged "Exception in callback PollerCompletionQueue._handle_events" with "Event
+    # loop is closed" (grpc/grpc#34139). Each client runs on a loop of its own, in a
+    # thread, while this test's loop keeps a channel open.
+    gateway = _StreamingGateway()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    pbg.add_MxAccessGatewayServicer_to_server(gateway, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    options = ClientOptions(endpoint=f"127.0.0.1:{port}", plaintext=True, timeout=30)
+    ping = pb.MxCommand(kind=pb.MX_COMMAND_KIND_PING, ping=pb.PingCommand())
+
+    async def one_client() -> None:
+        async with await GatewayClient.connect(options=options) as client:
+            await client.invoke("session-1", ping)
+            assert client._commands is not None and client._commands._call is not None
+
+    clients = 60
+    try:
+        async with grpc.aio.insecure_channel(options.endpoint) as channel:
+            await channel.channel_ready()
+            with caplog.at_level(logging.ERROR, logger="asyncio"):
+                for _ in range(clients):
+                    await asyncio.to_thread(asyncio.run, one_client())
+                    await asyncio.sleep(0.01)  # a moment for a stray completion to arrive
+    finally:
+        server.stop(None).wait()
+    assert [r.getMessage() for r in caplog.records if r.name == "asyncio"] == []
+    assert gateway.ends == ["half-closed"] * clients
 
 
 def test_a_client_on_uvloop_runs_commands_and_events_as_on_asyncio() -> None:
