@@ -68,6 +68,8 @@ one per scan."""
 TICK_SLICE_DELIVERIES = 256
 """Deliveries (OnDataChange events, each encoded when handed over) per slice of a tick (a
 few ms of work: the slice runs to its end before the clock is checked)."""
+TICK_SLICE_UNCHANGED = 2048
+"""... or attributes found unchanged by the tick (a check each), whichever comes first."""
 
 
 class SampleSink(Protocol):
@@ -719,7 +721,8 @@ class Plant:
             pass
 
     def _tick(self, now: float) -> Iterator[None]:
-        """One tick, pausing (``yield``) after every :data:`TICK_SLICE_DELIVERIES` deliveries.
+        """One tick, pausing (``yield``) after every :data:`TICK_SLICE_DELIVERIES` deliveries
+        (or :data:`TICK_SLICE_UNCHANGED` attributes the tick leaves as they were).
 
         With 100k advised items a tick is 100k OnDataChange events: the scan task gives the
         loop back between slices (see :mod:`mxgateway_sim._slicing`), handing the events of
@@ -729,9 +732,17 @@ class Plant:
         n = self.tick = self.tick + 1
         if self.catalog.version != self._version:
             self._redeploy(now)
-        done = 0
+        done = unchanged = 0
         for state in list(self._active.values()):
             if not state.changes_at(n):
+                # Attributes this tick leaves as they were (static ones, toggles between
+                # two toggles) cost a check each: a long run of them is a slice too.
+                unchanged += 1
+                if unchanged >= TICK_SLICE_UNCHANGED:
+                    unchanged = 0
+                    for runtime in list(self._runtimes):
+                        runtime.hand_over()
+                    yield
                 continue
             sample = state.compute(n, now)
             subs = state.subs

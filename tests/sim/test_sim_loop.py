@@ -21,7 +21,7 @@ from mxgateway.generated import mxaccess_gateway_pb2 as pb
 from mxgateway_sim import GatewaySimulator, InMemoryCatalog, SessionOptions, builtin_catalog
 from mxgateway_sim._builtin import tag
 from mxgateway_sim._domain import MX_DOUBLE, DataChange, MxRuntimeEvent
-from mxgateway_sim._plant import TICK_SLICE_DELIVERIES, Plant
+from mxgateway_sim._plant import TICK_SLICE_DELIVERIES, TICK_SLICE_UNCHANGED, Plant
 from mxgateway_sim._simruntime import SimulatedRuntime
 from mxgateway_sim._slicing import CHUNK_ROWS
 
@@ -251,6 +251,31 @@ async def test_a_scan_tick_over_many_items_pauses_between_slices() -> None:
         pass
     assert delivered() == handles[:-1]  # in order, each once, none to the item that left
     assert all(e.sample.value == 42.0 for batch in got for e in batch if isinstance(e, DataChange))
+    await rt.close()
+
+
+async def test_a_scan_tick_over_many_unchanged_attributes_pauses_too() -> None:
+    # Static attributes cost the tick a check each and deliver nothing: a long run of them
+    # is a slice of its own, and the one attribute that changes still gets its change.
+    n = TICK_SLICE_UNCHANGED * 2 + 10
+    catalog = InMemoryCatalog(
+        [tag(f"Obj{i:05d}", "Setpoint", MX_DOUBLE) for i in range(n)]
+        + [tag("Moving", "Level", MX_DOUBLE)]
+    )
+    plant = Plant(catalog, scan_interval_ms=1000, flaky_one_in=0)
+    rt = SimulatedRuntime(plant)
+    got: list[list[MxRuntimeEvent]] = []
+    await rt.start(lambda events: got.append(list(events)))
+    sh = await rt.register("t")
+    for i in range(n):
+        await rt.advise(sh, await rt.add_item(sh, f"Obj{i:05d}.Setpoint"), supervisory=False)
+    moving = await rt.add_item(sh, "Moving.Level")
+    await rt.advise(sh, moving, supervisory=False)
+    got.clear()
+    pauses = sum(1 for _ in plant._tick(time.time()))
+    assert pauses >= 2
+    delivered = [e.item_handle for batch in got for e in batch if isinstance(e, DataChange)]
+    assert delivered == [moving]
     await rt.close()
 
 
