@@ -26,8 +26,9 @@ object on a 2-core machine, more under load). The policy keeps those walks short
   sample of each changed attribute, a write's) leave CPython's count of new objects
   unchanged (each frees the one it replaces), so a young collection could come after
   100k of them and walk them all in one piece. The plant reports them
-  (:func:`replaced`), and once :data:`THRESHOLDS` ``[0]`` of them may be alive in the
-  young generation a young collection runs: its walks stay the size of the threshold.
+  (:func:`replaced`), and once :data:`YOUNG_REPLACEMENTS` of them may be alive in the
+  young generation a young collection runs: its walks stay about that size (each object
+  is walked once however often that is, so a lower bound costs little more CPU).
 - **Valve** (with tenure): cyclic garbage among frozen objects is only freed by a full
   collection (unfreeze, collect, freeze again), which walks everything. Every
   :data:`VALVE_CHECK_S` the policy counts the frozen objects (:meth:`ServerGcPolicy.valve`)
@@ -53,6 +54,10 @@ from typing import Any, NamedTuple
 
 THRESHOLDS = (20_000, 1, 10)
 """``gc.set_threshold`` of a server process (generations 0, 1 and 2)."""
+
+YOUNG_REPLACEMENTS = 10_000
+"""Replacing objects that may be alive in the young generation before a young collection
+runs (see :func:`replaced`): its walk is a few ms."""
 
 VALVE_CHECK_S = 600.0
 """Seconds between two checks of the valve of a tenuring server (see the module docstring)."""
@@ -167,13 +172,14 @@ class ValveCheck(NamedTuple):
 
 def replaced(count: int, live: int) -> None:
     """The caller made ``count`` tracked objects that replace others (at most ``live`` of
-    those it made can be alive: one sample per attribute model). While tenuring, once
-    :data:`THRESHOLDS` ``[0]`` of them may be alive in the young generation, run a young
-    collection (its survivors are frozen), so none walks more; otherwise nothing."""
+    those it made can be alive: one sample per attribute model the tick or the write
+    touches). While tenuring, once :data:`YOUNG_REPLACEMENTS` of them may be alive in the
+    young generation, run a young collection (its survivors are frozen), so none walks
+    more; otherwise nothing."""
     if not ServerGcPolicy.tenured:
         return
     pending = min(ServerGcPolicy.young_replacements + count, live)
-    if pending >= THRESHOLDS[0]:
+    if pending >= YOUNG_REPLACEMENTS:
         gc.collect(0)  # _tenure resets the count
     else:
         ServerGcPolicy.young_replacements = pending

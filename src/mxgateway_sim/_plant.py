@@ -757,7 +757,7 @@ class Plant:
                     done = 0
                     for runtime in list(self._runtimes):
                         runtime.hand_over()
-                    replaced(TICK_SLICE_DELIVERIES, len(self._states))
+                    replaced(TICK_SLICE_DELIVERIES, len(self._active))
                     yield
                 continue
             for chunk in chunks(list(subs), TICK_SLICE_DELIVERIES):
@@ -766,14 +766,14 @@ class Plant:
                         item.deliver(sample)
                 done += len(chunk)
                 if done >= TICK_SLICE_DELIVERIES:
-                    replaced(done, len(self._states))
+                    replaced(done, len(self._active))
                     done = 0
                     for runtime in list(self._runtimes):
                         runtime.hand_over()
                     yield
         for runtime in list(self._runtimes):
             runtime.flush(now)
-        replaced(done, len(self._states))
+        replaced(done, len(self._active))
 
     def _late(self, behind_s: float, now: float) -> None:
         """Count a tick that starts ``behind_s`` late; warn at most every few seconds."""

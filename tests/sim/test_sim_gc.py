@@ -42,6 +42,7 @@ from mxgateway_sim._gcpolicy import (
     THRESHOLDS,
     VALVE_GROWTH,
     VALVE_MIN_GROWTH,
+    YOUNG_REPLACEMENTS,
     ServerGcPolicy,
     _tenure,
     replaced,
@@ -244,7 +245,7 @@ def _young_collections(run: Callable[[], None]) -> int:
 async def test_replacements_set_off_a_young_collection_while_tenuring() -> None:
     # Objects that replace others (a tick's samples) are invisible to CPython's count; the
     # plant reports them, and once a threshold's worth may be alive a young collection runs.
-    limit = THRESHOLDS[0]
+    limit = YOUNG_REPLACEMENTS
     async with GatewaySimulator(scan_interval_ms=60_000, gc_tenure=True):
         gc.collect(0)  # start counting afresh
         assert _young_collections(lambda: replaced(limit - 1, 10 * limit)) == 0
@@ -369,7 +370,7 @@ async def test_ticks_interrupted_by_young_collections_deliver_each_change_once_i
     # With a threshold of 500 replaced samples, ticks over the 2,000 advised attributes
     # set off young collections between their slices (and tenure freezes what survives):
     # the events are still every change once, in sequence, each item's in tick order.
-    monkeypatch.setattr("mxgateway_sim._gcpolicy.THRESHOLDS", (500, 1, 10))
+    monkeypatch.setattr("mxgateway_sim._gcpolicy.YOUNG_REPLACEMENTS", 500)
     refs = [f"Obj{i // 20:03d}.Attr{i:04d}" for i in range(ATTRIBUTES)]
     async with (
         GatewaySimulator(
