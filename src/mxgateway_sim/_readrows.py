@@ -26,7 +26,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from mxgateway_sim._domain import TagSample
+from mxgateway.values import MxPythonValue
+from mxgateway_sim._domain import QUALITY_GOOD, STATUS_OK, TagSample
 from mxgateway_sim._plant import BATCHED, BatchFunction, TagState
 from mxgateway_sim._references import ParsedReference
 from mxgateway_sim._wire import (
@@ -38,6 +39,7 @@ from mxgateway_sim._wire import (
     ROW_HEADS,
     VARIABLE,
     good_read_row_with_tail,
+    good_row_tail,
     pack_d,
     pack_f,
     row_head,
@@ -45,7 +47,7 @@ from mxgateway_sim._wire import (
     value_piece,
 )
 
-__all__ = ["ENTRY_OVERHEAD_BYTES", "ReadMemo", "ReadRow", "ReadRowCache", "fresh_wires"]
+__all__ = ["ENTRY_OVERHEAD_BYTES", "ReadMemo", "ReadRow", "ReadRowCache", "fresh_rows"]
 
 ENTRY_OVERHEAD_BYTES = 480
 """Estimated bytes of one entry beyond its strings and encoded bytes (the entry and the
@@ -255,47 +257,60 @@ class ReadMemo:
             self.cache.remember(self.key, self.collected, self.version)
 
 
-def fresh_wires(rows: Sequence[ReadRow], samples: Sequence[TagSample], tail: bytes) -> list[bytes]:
-    """The encoded rows of good ``samples`` the read computed for ``rows``' references:
-    exactly ``good_read_row(row.field, sample, False)`` of each, given ``tail`` =
-    ``good_row_tail(sample.quality, sample.timestamp)`` (the same for every sample): the
-    value's bytes spliced between the reference's constant part and the tail
-    (:func:`~mxgateway_sim._wire.row_part`).
+def fresh_rows(
+    rows: Sequence[ReadRow],
+    values: Sequence[MxPythonValue],
+    positions: Sequence[int],
+    out: list[bytes],
+    tick: int,
+    now: float,
+) -> int:
+    """Keep ``values`` (each of ``rows``' attribute at ``tick``, computed by the read at
+    ``now``) as their attributes' samples, good and OK (``TagState.compute`` for an
+    attribute only its model drives), and put each one's encoded row at its position in
+    ``out``; the bytes added.
 
-    A row is kept for the next read when it has the size of the one kept (a read computes
-    most rows anew, and a kept row's size is counted in the cache's bound); otherwise the
-    row is marked as not kept, and encoded again if read unchanged.
+    Each row is exactly ``good_read_row(row.field, sample, False)``: the value's bytes
+    spliced between the reference's constant part and the tail every row of the read
+    shares (quality, timestamp, status: :func:`~mxgateway_sim._wire.good_row_tail`). A
+    row is kept for the next read when it has the size of the one kept (a read computes
+    most rows anew, and a kept row's size is counted in the cache's bound); otherwise it
+    is marked as not kept, and encoded again if read unchanged.
     """
+    tail = good_row_tail(QUALITY_GOOD, now)
     tail_size = len(tail)
-    out: list[bytes] = []
-    append = out.append
-    for row, sample in zip(rows, samples, strict=True):
-        value = sample.value
+    made = 0
+    for row, value, position in zip(rows, values, positions, strict=True):
+        sample = TagSample(value, row.data_type, QUALITY_GOOD, now, STATUS_OK)
+        state = row.state
+        state.sample = sample  # type: ignore[union-attr]
+        state.computed_at = tick  # type: ignore[union-attr]
         kind = row.kind
-        if kind == VARIABLE:
+        # value - value == 0.0: finite (NaN and infinities give NaN).
+        if kind == FIXED_DOUBLE and type(value) is float and value - value == 0.0:
+            head = row.head if row.head_for == tail_size else row.make_head(tail_size)
+            wire = head + pack_d(value) + tail
+        elif kind == FIXED_BOOL and type(value) is bool:
+            head = row.head if row.head_for == tail_size else row.make_head(tail_size)
+            wire = head + (b"\x01" if value else b"\x00") + tail
+        elif kind == VARIABLE:
             piece = value_piece(value, row.data_type)
             size = len(row.part) + len(piece) + tail_size
-            head = ROW_HEADS[size] if size < 4096 else row_head(size)
-            wire = head + row.part + piece + tail
-        else:
+            wire = (ROW_HEADS[size] if size < 4096 else row_head(size)) + row.part + piece + tail
+        elif kind == FIXED_FLOAT and type(value) is float and abs(value) <= FLOAT32_MAX:
             head = row.head if row.head_for == tail_size else row.make_head(tail_size)
-            # value - value == 0.0: finite (NaN and infinities give NaN).
-            if kind == FIXED_DOUBLE and type(value) is float and value - value == 0.0:
-                wire = head + pack_d(value) + tail
-            elif kind == FIXED_BOOL and type(value) is bool:
-                wire = head + (b"\x01" if value else b"\x00") + tail
-            elif kind == FIXED_FLOAT and type(value) is float and abs(value) <= FLOAT32_MAX:
-                wire = head + pack_f(value) + tail
-            else:  # a value the splice does not fit (NaN, a value of another type)
-                wire = good_read_row_with_tail(row.field, sample, tail)
+            wire = head + pack_f(value) + tail
+        else:  # a value the splice does not fit (NaN, a value of another type)
+            wire = good_read_row_with_tail(row.field, sample, tail)
         if len(wire) == len(row.wire):
             row.wire = wire
             row.sample = sample
             row.cached = False
         else:
             row.sample = None
-        append(wire)
-    return out
+        out[position] = wire
+        made += len(wire)
+    return made
 
 
 def _cost(text: str, row: ReadRow, ref: ParsedReference) -> int:

@@ -34,7 +34,6 @@ from mxgateway_sim._domain import (
     DETAIL_VERIFIER_NOT_HAVING_VERIFY_RIGHTS,
     MX_NO_DATA,
     QUALITY_BAD_CONFIG_ERROR,
-    QUALITY_GOOD,
     SRC_REQUESTING_LMX,
     SRC_RESPONDING_AUTOMATION_OBJECT,
     STATUS_OK,
@@ -59,7 +58,7 @@ from mxgateway_sim._limits import (
     LimitError,
 )
 from mxgateway_sim._plant import BatchFunction, Plant, TagState
-from mxgateway_sim._readrows import ReadMemo, ReadRow, ReadRowCache, fresh_wires
+from mxgateway_sim._readrows import ReadMemo, ReadRow, ReadRowCache, fresh_rows
 from mxgateway_sim._references import (
     ParsedReference,
     ReferenceCache,
@@ -71,7 +70,6 @@ from mxgateway_sim._slicing import Slicer, chunks
 from mxgateway_sim._wire import (
     check_read_reply,
     good_read_row,
-    good_row_tail,
     read_reply_bytes,
     reference_field,
 )
@@ -860,7 +858,8 @@ class SimulatedRuntime:
         """Compute the values of ``later``'s rows (attributes only their model drives, by
         how their generator computes many: ``Plant.BATCHED``, None: one at a time) for
         ``tick`` at ``now``, keep them as the attributes' samples (``TagState.compute``)
-        and put their encoded rows at their positions in ``out``; the bytes they added."""
+        and put their encoded rows at their positions in ``out`` (``fresh_rows``); the bytes
+        they added."""
         positions: list[int] = []
         rows: list[ReadRow] = []
         values: list[MxPythonValue] = []
@@ -873,18 +872,7 @@ class SimulatedRuntime:
                 values += batch(args, tick)
             positions += where
             rows += group
-        samples = [
-            TagSample(value, row.data_type, QUALITY_GOOD, now, STATUS_OK)
-            for row, value in zip(rows, values, strict=True)
-        ]
-        for row, sample in zip(rows, samples, strict=True):
-            state = row.state
-            state.sample = sample  # type: ignore[union-attr]
-            state.computed_at = tick  # type: ignore[union-attr]
-        wires = fresh_wires(rows, samples, good_row_tail(QUALITY_GOOD, now))
-        for position, wire in zip(positions, wires, strict=True):
-            out[position] = wire
-        return sum(map(len, wires))
+        return fresh_rows(rows, values, positions, out, tick, now)
 
     def _read_rows_of(
         self,

@@ -65,7 +65,7 @@ from mxgateway_sim._plant import (
     _units,
     round3,
 )
-from mxgateway_sim._readrows import ReadRow, fresh_wires
+from mxgateway_sim._readrows import ReadRow, fresh_rows
 from mxgateway_sim._references import (
     ParsedReference,
     ReferenceCache,
@@ -79,7 +79,6 @@ from mxgateway_sim._wire import (
     _encode_varint,
     event_to_pb,
     good_read_row,
-    good_row_tail,
     read_reply_bytes,
     reference_field,
     status_to_pb,
@@ -606,7 +605,12 @@ def test_spliced_rows_encode_like_the_generated_classes() -> None:
                 sample = TagSample(value, data_type, 192, stamp)  # type: ignore[arg-type]
                 expected = good_read_row(field, sample, False)
                 for _ in range(2):  # the second: kept row and cached pieces
-                    assert fresh_wires([row], [sample], good_row_tail(192, stamp)) == [expected]
+                    out = [b"", b""]
+                    made = fresh_rows([row], [value], [1], out, 7, stamp)  # type: ignore[list-item]
+                    assert out == [b"", expected] and made == len(expected)
+                    kept = state.sample
+                    assert (kept.value, kept.data_type, kept.quality) == (value, data_type, 192)
+                    assert (kept.timestamp, kept.status, state.computed_at) == (stamp, STATUS_OK, 7)
                 reply = _reference_read_reply(
                     [ReadResult(reference, sample, False, "", (STATUS_OK,))]
                 )
