@@ -305,10 +305,14 @@ async def test_readbulk_of_a_large_tag_30_times_is_refused_before_it_is_built(
 # -- keyless calls whose body never arrives -----------------------------------------------
 
 
-async def _keyless_stalled_calls(channel: grpc.aio.Channel, n: int) -> list[object]:
-    """``n`` keyless calls that send their headers and never a message; how each ended."""
+async def _keyless_stalled_calls(
+    channel: grpc.aio.Channel, n: int, key: str | None = None
+) -> list[object]:
+    """``n`` calls (keyless, or with ``key``) that send their headers and never a message;
+    how each ended."""
+    metadata = (("authorization", f"Bearer {key}"),) if key else None
     stalled = [
-        channel.stream_unary(f"/mxaccess_gateway.v1.MxAccessGateway/{method}")()
+        channel.stream_unary(f"/mxaccess_gateway.v1.MxAccessGateway/{method}")(metadata=metadata)
         for method in ("OpenSession", "Invoke", "StreamEvents") * (n // 3)
     ]
     done = await asyncio.gather(*stalled, return_exceptions=True)
@@ -339,6 +343,46 @@ async def test_keyless_calls_whose_body_never_arrives_cost_no_memory(tmp_path: P
                 f"+{(rss.peak - warm) / MIB:.0f} MiB more at peak over 12,000 more"
             )
             assert rss.peak - warm < 32 * MIB, (before, warm, rss.peak)
+
+
+async def test_a_keys_calls_whose_body_never_arrives_are_bounded(tmp_path: Path) -> None:
+    # With a valid key, each such call was held until its deadline (forever without one).
+    # Now at most --max-waiting-calls-per-key (1024) wait, each at most
+    # --body-timeout-seconds; the rest are refused on arrival.
+    with serve(tmp_path, "--body-timeout-seconds", "2") as server:
+        async with grpc.aio.insecure_channel(server.endpoint) as channel:
+            await asyncio.sleep(0.5)
+            before = server.rss()
+            async with Health(server.endpoint):
+                codes = await _keyless_stalled_calls(channel, 6000, server.key)
+                warm = server.rss()
+                with PeakRss(server) as rss:
+                    for _ in range(2):
+                        codes += await _keyless_stalled_calls(channel, 6000, server.key)
+            timed_out = codes.count(grpc.StatusCode.DEADLINE_EXCEEDED)
+            refused = codes.count(grpc.StatusCode.RESOURCE_EXHAUSTED)
+            assert set(codes) <= {
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                grpc.StatusCode.CANCELLED,  # reset by gRPC with thousands at once
+            }, set(codes)
+            # At most 1,024 waited at a time (and timed out; the exact bound is checked in
+            # tests/sim/test_sim_stalled_calls.py); the others were refused on arrival, or
+            # reset by gRPC as CANCELLED (thousands at once); none was served.
+            assert timed_out > 0 and refused > 0, (timed_out, refused)
+            print(
+                f"{timed_out} timed out, {refused} refused, "
+                f"{codes.count(grpc.StatusCode.CANCELLED)} cancelled; server RSS "
+                f"+{(warm - before) / MIB:.0f} MiB after 6,000 calls, "
+                f"+{(rss.peak - warm) / MIB:.0f} MiB more at peak over 12,000 more"
+            )
+            # Later waves hold up to 1,024 waiting calls at their peak. Each call ended while
+            # its read was pending also leaks gRPC aio's 80-byte op array, which pins heap
+            # pages (grpc/grpc#43360, open): a few KiB of RSS a call, docs/security.md. The
+            # bound is for the calls held; before, they were all held until their deadline.
+            assert rss.peak - warm < 128 * MIB, (before, warm, rss.peak)
+        async with client(server) as gw:  # the key itself is served again
+            await gw.open()
 
 
 # -- event queue and replay ring, in bytes -------------------------------------------------
