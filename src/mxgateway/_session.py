@@ -57,6 +57,9 @@ _Row = pb.WriteBulkEntry | pb.Write2BulkEntry | pb.WriteSecuredBulkEntry | pb.Wr
 # several times larger than the request that caused it.
 _BULK_REQUEST_SHARE = 4
 
+_SMALL_BULK = 256
+"""Rows of a bulk command whose size its method bounds instead of measuring (``_bulk``)."""
+
 _INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
 
 DEFAULT_WRITE_WAIT = 30.0
@@ -722,14 +725,23 @@ class Session:
         *,
         timeout: float | UseDefault | None = DEFAULT,
         request: pb.MxCommandRequest | None = None,
+        size_bound: int | None = None,
     ) -> list[Any]:
         """Run a bulk command, split into several requests when it would not fit in one
         message (or has more rows than one reply should carry); results keep input order.
-        ``request``: the request ``cmd`` was built in (:meth:`_request`)."""
+        ``request``: the request ``cmd`` was built in (:meth:`_request`); ``size_bound``:
+        a bound on ``cmd``'s encoded size that the caller knows (of at most
+        :data:`_SMALL_BULK` rows): within the budget, it is sent without measuring it
+        (protobuf measures a message by encoding it)."""
         self._check_open()
         budget = self._client.options.max_message_bytes // _BULK_REQUEST_SHARE
         results: list[Any] = []
-        for part in split_bulk_command(cmd, budget):
+        parts = (
+            (cmd,)
+            if size_bound is not None and size_bound <= budget
+            else split_bulk_command(cmd, budget)
+        )
+        for part in parts:
             if part is cmd and isinstance(request, pb.MxCommandRequest):
                 # Sent as built, inside its request (no copy of its rows).
                 reply = check_mxaccess(await self._client._invoke_request(request, timeout))
@@ -1003,8 +1015,12 @@ class Session:
         read.server_handle = server_handle
         read.tag_addresses.extend(tags)
         read.timeout_ms = timeout_ms
+        # A few tags (a single read, most calls): each is at most 4 bytes a character
+        # plus its tag and length; the handle, timeout, kind and the payload's own tag
+        # and length take less than 32.
+        bound = 4 * (sum(map(len, tags)) + len(tags)) + 32 if len(tags) <= _SMALL_BULK else None
         return await self._bulk(
-            cmd, "bulk_read", pb.BulkReadReply, timeout=timeout, request=request
+            cmd, "bulk_read", pb.BulkReadReply, timeout=timeout, request=request, size_bound=bound
         )
 
     # -- events -----------------------------------------------------------------------

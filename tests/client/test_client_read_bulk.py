@@ -89,6 +89,36 @@ async def test_read_bulk_answers_what_invoke_raw_answers(stream: bool) -> None:
             assert str(helper.value) == str(direct.value)
 
 
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_few_long_references_are_still_split_to_fit(stream: bool) -> None:
+    """A read of a few tags is sent without measuring its size when a bound on it fits
+    the request budget; ten 10,000-character references (100 kB, over the client's
+    64 KiB message limit) are still split into requests that fit, rows in order, each
+    what the reference alone answers."""
+    long_refs = [f"Tank{i:02d}." + "x" * 10_000 for i in range(10)]
+    async with GatewaySimulator(
+        catalog=builtin_catalog(), scan_interval_ms=3_600_000, flaky_one_in=0
+    ) as sim:
+        options = ClientOptions(
+            endpoint=sim.endpoint,
+            api_key=sim.api_key,
+            plaintext=True,
+            command_stream=stream,
+            max_message_bytes=64 * 1024,
+        )
+        async with (
+            await GatewayClient.connect(options=options) as client,
+            await client.open_session("split") as session,
+        ):
+            hlmx = await session.register("split")
+            rows = await session.read_bulk(hlmx, long_refs)
+            assert [r.tag_address for r in rows] == long_refs
+            alone = [(await session.read_bulk(hlmx, [ref]))[0] for ref in long_refs]
+            assert [r.SerializeToString() for r in rows] == [r.SerializeToString() for r in alone]
+            short = await session.read_bulk(hlmx, TAGS[:3])
+            assert [r.tag_address for r in short] == TAGS[:3]
+
+
 def test_rows_are_listed_with_the_collector_paused() -> None:
     """What ``Session`` lists a reply's rows with: no collection runs in the middle (the
     collector is off while the rows are taken), and it is on again afterwards, or still
