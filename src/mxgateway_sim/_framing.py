@@ -14,7 +14,9 @@ MAX_FRAME_BYTES: Final = 16 * 1024 * 1024
 """Largest envelope a frame may carry (upstream's default limit)."""
 HEADER_BYTES: Final = 4
 
-_LENGTH = struct.Struct("<I")
+LENGTH: Final = struct.Struct("<I")
+"""A frame's length prefix."""
+_LENGTH = LENGTH
 
 
 class FrameError(Exception):

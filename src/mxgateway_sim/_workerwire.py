@@ -33,6 +33,7 @@ from mxgateway_sim._domain import (
     WriteRequest,
     status_and_records,
 )
+from mxgateway_sim._framing import LENGTH as _LENGTH
 from mxgateway_sim._framing import frame
 from mxgateway_sim._limits import LimitError
 from mxgateway_sim._runtime import MxAccessRuntime
@@ -131,6 +132,7 @@ class EnvelopeHead:
         self.session_id = session_id
         probe = wpb.WorkerEnvelope(protocol_version=WORKER_PROTOCOL_VERSION, session_id=session_id)
         self.head = probe.SerializeToString()  # fields 1 and 2, as the generated code writes
+        self._stamped = self.head + b"\x1a"  # field 3 (sent_at) follows
         self._event_head = self.head + b"\x92\x01"  # field 18 (worker_event), length-delimited
 
     def envelope(self, correlation_id: str = "", now: float | None = None, **body: Any) -> bytes:
@@ -158,17 +160,36 @@ class EnvelopeHead:
         self, correlation_id: str, command: pb.MxCommand, now: float | None = None
     ) -> bytes:
         """The frame of a ``worker_command`` carrying ``command`` (the hot path of a call)."""
-        data = command.SerializeToString()
-        return self.body_frame(
-            _COMMAND_TAG, correlation_id, b"\x0a" + varint(len(data)) + data, now
-        )
+        return self._wrapped_frame(_COMMAND_TAG, correlation_id, command.SerializeToString(), now)
 
     def reply_frame(
         self, correlation_id: str, reply: pb.MxCommandReply, now: float | None = None
     ) -> bytes:
         """The frame of a ``worker_command_reply`` carrying ``reply``."""
-        data = reply.SerializeToString()
-        return self.body_frame(_REPLY_TAG, correlation_id, b"\x0a" + varint(len(data)) + data, now)
+        return self._wrapped_frame(_REPLY_TAG, correlation_id, reply.SerializeToString(), now)
+
+    def _wrapped_frame(
+        self, tag: bytes, correlation_id: str, data: bytes, now: float | None
+    ) -> bytes:
+        """:meth:`body_frame` of a body whose one field 1 is the message ``data`` (a
+        ``WorkerCommand`` or ``WorkerCommandReply``), joined once."""
+        stamp = timestamp_bytes(time.time() if now is None else now)
+        cid = correlation_id.encode()
+        inner = varint(len(data))
+        env = b"".join(
+            (
+                self._stamped,
+                varint(len(stamp)),
+                stamp,
+                b"\x22" + varint(len(cid)) + cid if cid else b"",
+                tag,
+                varint(1 + len(inner) + len(data)),
+                b"\x0a",
+                inner,
+                data,
+            )
+        )
+        return _LENGTH.pack(len(env)) + env
 
     def body_frame(
         self, tag: bytes, correlation_id: str, body: bytes, now: float | None = None
@@ -176,7 +197,7 @@ class EnvelopeHead:
         """A framed envelope from its body's tag and serialized body, in the generated
         code's field order: version, session, ``sent_at``, correlation id, body."""
         stamp = timestamp_bytes(time.time() if now is None else now)
-        parts = [self.head, b"\x1a", varint(len(stamp)), stamp]
+        parts = [self._stamped, varint(len(stamp)), stamp]
         if correlation_id:
             cid = correlation_id.encode()
             parts += (b"\x22", varint(len(cid)), cid)

@@ -46,6 +46,8 @@ from mxgateway._version import WORKER_PROTOCOL_VERSION, __version__
 from mxgateway.generated import mxaccess_gateway_pb2 as pb
 from mxgateway.generated import mxaccess_worker_pb2 as wpb
 from mxgateway_sim._domain import VT_DATE_ZONES, MxRuntimeEvent
+from mxgateway_sim._eventloop import EVENT_LOOPS, EventLoopUnavailable
+from mxgateway_sim._eventloop import run as run_event_loop
 from mxgateway_sim._framing import MAX_FRAME_BYTES, FrameDecoder, FrameError
 from mxgateway_sim._gcpolicy import apply_to_worker_process
 from mxgateway_sim._runtime import MxAccessRuntime
@@ -119,6 +121,13 @@ def _parser() -> argparse.ArgumentParser:
         default="auto",
         help="how the channel is read and written: the event loop's pipes, or threads "
         "(auto: threads on Windows, whose inherited pipes the event loop cannot watch)",
+    )
+    parser.add_argument(
+        "--event-loop",
+        choices=EVENT_LOOPS,
+        default="auto",
+        help="the worker's event loop (auto: uvloop where it can be imported, else asyncio; "
+        "a command's round trip costs less CPU on uvloop)",
     )
     return parser
 
@@ -349,12 +358,7 @@ class Worker(asyncio.Protocol):
             self._greet(env)
             return
         body = check_envelope(env, self.session_id)
-        if body == "worker_heartbeat":
-            self._reply(
-                env.correlation_id,
-                worker_heartbeat=wpb.WorkerHeartbeat(counter=env.worker_heartbeat.counter),
-            )
-        elif body == "worker_command":
+        if body == "worker_command":  # first: the hot path
             if not self._ready:
                 raise ProtocolViolation("a command before worker_ready")
             cid = env.correlation_id
@@ -363,6 +367,11 @@ class Worker(asyncio.Protocol):
             task = run_eagerly(self._command(cid, env.worker_command.command))
             if task is not None:  # it waits for something: cancellable until it replies
                 self._tasks[cid] = task
+        elif body == "worker_heartbeat":
+            self._reply(
+                env.correlation_id,
+                worker_heartbeat=wpb.WorkerHeartbeat(counter=env.worker_heartbeat.counter),
+            )
         elif body == "worker_cancel":
             running = self._tasks.get(env.correlation_id)
             if running is not None:
@@ -639,7 +648,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         # then only builds the runtime.
         import mxgateway_sim._simconfig  # noqa: F401
     with contextlib.suppress(KeyboardInterrupt):
-        return asyncio.run(serve(args, nonce, in_fd, out_fd))
+        try:
+            return run_event_loop(serve(args, nonce, in_fd, out_fd), args.event_loop)
+        except EventLoopUnavailable as exc:
+            print(f"mxgw-worker: error: {exc}", file=sys.stderr)
+            return EXIT_USAGE
     return EXIT_OK
 
 

@@ -69,6 +69,8 @@ def test_benchmark_quick_run_prints_json(name: str) -> None:
     if name == "keepup":  # each loop measured (uvloop is a dependency off Windows)
         loops = {r["event_loop"] for r in doc["results"]["rounds"]}
         assert loops == ({"asyncio"} if sys.platform == "win32" else {"asyncio", "uvloop"})
+    if name == "worker_hop" and sys.platform != "win32":  # the serve default's pair too
+        assert "ping" in doc["results"]["commands_uvloop"]["added_us_median"]
     if name == "capacity":
         # Either the ladder ran or the reason it could not is reported.
         assert doc["results"] or doc["skipped"]

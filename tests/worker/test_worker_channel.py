@@ -92,12 +92,18 @@ def test_the_envelope_fast_paths_build_the_generated_bytes() -> None:
             for name, body in bodies.items():
                 fast = FrameDecoder().feed(head.frame(cid, now, **{name: body}))
                 assert fast == [head.envelope(cid, now, **{name: body})], (name, cid, now)
-            plain = head.envelope(cid, now, worker_command=wpb.WorkerCommand(command=command))
-            assert FrameDecoder().feed(head.command_frame(cid, command, now)) == [plain]
-            plain = head.envelope(
-                cid, now, worker_command_reply=wpb.WorkerCommandReply(reply=reply)
+            # The hot paths, with bodies whose lengths take one and two varint bytes.
+            large = simple_command(
+                pb.MX_COMMAND_KIND_READ_BULK, "read_bulk", tag_addresses=["T"] * 99
             )
-            assert FrameDecoder().feed(head.reply_frame(cid, reply, now)) == [plain]
+            for c in (command, large):
+                plain = head.envelope(cid, now, worker_command=wpb.WorkerCommand(command=c))
+                assert FrameDecoder().feed(head.command_frame(cid, c, now)) == [plain]
+            for r in (reply, pb.MxCommandReply(diagnostic_message="d" * 300)):
+                plain = head.envelope(
+                    cid, now, worker_command_reply=wpb.WorkerCommandReply(reply=r)
+                )
+                assert FrameDecoder().feed(head.reply_frame(cid, r, now)) == [plain]
     parsed = wpb.WorkerEnvelope.FromString(FrameDecoder().feed(head.command_frame("9", command))[0])
     assert parsed.sent_at.seconds > 1_700_000_000 and parsed.worker_command.command == command
 
@@ -145,15 +151,21 @@ async def test_run_eagerly_runs_to_the_first_wait_then_goes_on_as_a_task() -> No
 # -- a real worker -------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("io", ["loop", "threads"])
-async def test_a_waiting_command_can_be_cancelled_and_others_go_on(tmp_path: Path, io: str) -> None:
+IO_AND_LOOPS = [(io, loop) for io in ("loop", "threads") for loop in ("auto", "asyncio")]
+"""``mxgw-worker --io`` and ``--event-loop`` (auto: uvloop where it can be imported)."""
+
+
+@pytest.mark.parametrize(("io", "loop"), IO_AND_LOOPS)
+async def test_a_waiting_command_can_be_cancelled_and_others_go_on(
+    tmp_path: Path, io: str, loop: str
+) -> None:
     """A read of a tag not yet advised waits for its first value (here 1 s): it is run as a
     task that a cancel stops without a reply, while commands that do not wait answer at once;
     an uncancelled waiting read answers when its value comes."""
     config = tmp_path / "runtime.json"
     settings = SimSettings(scan_interval_ms=20, flaky_one_in=0, first_value_delay_s=1.0)
     write_config(config, builtin_catalog(), DEFAULT_USERS, settings)
-    worker = await RawWorker.start(config, extra=("--io", io))
+    worker = await RawWorker.start(config, extra=("--io", io, "--event-loop", loop))
     await worker.handshake()
     worker.send("r", worker_command=_command("register", client_name="t"))
     handle = (await worker.receive_body("worker_command_reply")).worker_command_reply.reply
@@ -177,9 +189,12 @@ async def test_a_waiting_command_can_be_cancelled_and_others_go_on(tmp_path: Pat
     assert code == 0
 
 
-@pytest.mark.parametrize("io", ["loop", "threads"])
-async def test_handshake_commands_events_heartbeat_and_shutdown(tmp_path: Path, io: str) -> None:
-    worker = await RawWorker.start(runtime_config(tmp_path), extra=("--io", io))
+@pytest.mark.parametrize(("io", "loop"), IO_AND_LOOPS)
+async def test_handshake_commands_events_heartbeat_and_shutdown(
+    tmp_path: Path, io: str, loop: str
+) -> None:
+    extra = ("--io", io, "--event-loop", loop)
+    worker = await RawWorker.start(runtime_config(tmp_path), extra=extra)
     hello = await worker.handshake()
     assert hello.worker_hello.nonce == worker.nonce
     assert hello.worker_hello.process_id == worker.proc.pid
@@ -344,6 +359,24 @@ async def test_a_command_before_the_hello_is_refused(tmp_path: Path) -> None:
     assert "before gateway_hello" in fault.worker_fault.message
     code, _ = await worker.finish()
     assert code == 1
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/PID/maps")
+@pytest.mark.parametrize(("flag", "on_uvloop"), [((), True), (("--event-loop", "asyncio"), False)])
+async def test_the_worker_runs_on_uvloop_unless_told(
+    tmp_path: Path, flag: tuple[str, ...], on_uvloop: bool
+) -> None:
+    """uvloop (a command's round trip costs the worker less CPU) where it can be imported;
+    ``--event-loop asyncio`` opts out and does not even load it."""
+    pytest.importorskip("uvloop")
+    worker = await RawWorker.start(runtime_config(tmp_path), extra=flag)
+    await worker.handshake()
+    worker.send("p", worker_command=_command("ping"))
+    await worker.receive_body("worker_command_reply")
+    maps = Path(f"/proc/{worker.proc.pid}/maps").read_text()  # noqa: ASYNC240 - procfs
+    assert ("uvloop" in maps) == on_uvloop
+    code, _ = await worker.finish()
+    assert code == 0
 
 
 async def test_another_protocol_version_at_launch_is_refused(tmp_path: Path) -> None:
