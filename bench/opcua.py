@@ -2,7 +2,9 @@
 
 The nearest peer a user would pick instead of the gateway is OPC UA with ``asyncua``. Both
 servers run in their own subprocesses on 127.0.0.1 in the same run: the simulator
-(``bench/sim_server.py``, 1 ms scan) and an asyncua server (``bench/opcua_server.py``,
+(``bench/sim_server.py``; a busy one at a 1 ms scan on asyncio for the events and bulk
+reads, one as ``mxgw-sim serve`` starts by default for the single calls) and an asyncua
+server (``bench/opcua_server.py``,
 Double variables changed every ``scan`` by its own fast write path). The two clients run in
 this process, one after the other, in interleaved rounds (the order alternates between
 rounds), and every row is the median of the per-round ratios mxgateway / asyncua with their
@@ -26,10 +28,9 @@ Also: the simulator keeping up (one subscriber of 2,000 tags at a 1 ms scan for 
 changes/s, the lag of the last change received, the plant's late scans). The machine's
 load average is recorded before and after the run (``load_before``/``load_after``).
 And the library's own CPU per single call on the command stream with gRPC left out
-(``library_cpu_per_call_without_grpc``: the stream's call answers canned replies); and,
-when uvloop is installed, the single calls on the stream against a third simulator run
-with ``--event-loop uvloop`` (``single_calls_simulator_on_uvloop``, same ratios; the rows
-above stay on the default asyncio loop).
+(``library_cpu_per_call_without_grpc``: the stream's call answers canned replies); and the
+single calls on the stream against the busy simulator (``single_calls_busy_simulator``,
+same ratios; see :data:`BUSY_SUFFIX`).
 """
 
 from __future__ import annotations
@@ -98,9 +99,12 @@ LABELS: dict[str, str] = {
 ``_unary`` rows are the same calls through one ``Invoke`` each
 (``ClientOptions(command_stream=False)``)."""
 
-UVLOOP_SUFFIX = "_uvloop"
-"""Raw and row names of the single calls measured against the simulator on uvloop
-(``--event-loop uvloop``; ``single_calls_simulator_on_uvloop`` in the results)."""
+BUSY_SUFFIX = "_busy_sim"
+"""Raw and row names of the single calls measured against the busy simulator the event rows
+use (asyncio loop, 1 ms scan: ``single_calls_busy_simulator`` in the results). The main
+single-call rows run against a simulator as ``mxgw-sim serve`` starts it by default
+(``--event-loop auto``: uvloop where installed; 200 ms scan), like the asyncua server, which
+changes nothing while single calls are measured."""
 
 FULL = {
     "rounds": 5,
@@ -376,7 +380,7 @@ def ratio_table(rows: dict[str, list[tuple[float, float]]]) -> dict[str, Any]:
     for name, pairs in rows.items():
         ratios = [m / u for m, u in pairs if u and m == m and u == u]
         r = median(ratios) if ratios else float("nan")
-        base = name.removesuffix(UVLOOP_SUFFIX)
+        base = name.removesuffix(BUSY_SUFFIX)
         goal = GOALS[base]
         table[name] = {
             "label": LABELS[base],
@@ -401,12 +405,12 @@ def summarise(report: Report, rows: dict[str, list[tuple[float, float]]]) -> Non
 
 
 async def unary_round(
-    mx: Mx, mx_unary: Mx, ua: Ua, calls: int, flip: bool, mx_uvloop: Mx | None = None
+    mx: Mx, mx_unary: Mx, ua: Ua, calls: int, flip: bool, mx_busy: Mx | None = None
 ) -> dict[str, dict[str, float]]:
     """One interleaved round of single calls: read, ping, write on both sides (mxgateway
-    on the command stream and through unary ``Invoke``; and, with ``mx_uvloop``, on the
-    stream to a simulator running on uvloop)."""
-    sides = [mx, mx_unary] if mx_uvloop is None else [mx, mx_unary, mx_uvloop]
+    on the command stream and through unary ``Invoke``; and, with ``mx_busy``, on the
+    stream to the busy simulator, see :data:`BUSY_SUFFIX`)."""
+    sides = [mx, mx_unary] if mx_busy is None else [mx, mx_unary, mx_busy]
     for side in sides:
         await side.begin_writes()
     try:
@@ -421,10 +425,10 @@ async def unary_round(
             ("ua_write", ua.write_one),
             ("mx_write_unary", mx_unary.write_one),
         ]
-        if mx_uvloop is not None:
-            order[3:3] = [("mx_read" + UVLOOP_SUFFIX, mx_uvloop.read_one)]
-            order[6:6] = [("mx_ping" + UVLOOP_SUFFIX, mx_uvloop.ping)]
-            order.append(("mx_write" + UVLOOP_SUFFIX, mx_uvloop.write_one))
+        if mx_busy is not None:
+            order[3:3] = [("mx_read" + BUSY_SUFFIX, mx_busy.read_one)]
+            order[6:6] = [("mx_ping" + BUSY_SUFFIX, mx_busy.ping)]
+            order.append(("mx_write" + BUSY_SUFFIX, mx_busy.write_one))
         if flip:
             order.reverse()
         out: dict[str, dict[str, float]] = {}
@@ -635,13 +639,16 @@ async def run_async(quick: bool) -> dict[str, Any]:
         # a 1 ms scan would be a plant of 10 million changes a second).
         slow = sim_server(galaxy_objects=int(p["objects"]), scan_ms=1000)
         assert slow is not None
-        # Single calls also against a simulator on uvloop (mxgw-sim serve --event-loop
-        # uvloop), when it is installed: the same plant, far less CPU per message.
-        fast = None
-        if importlib.util.find_spec("uvloop") is not None:
-            fast = sim_server(galaxy_objects=int(p["objects"]), scan_ms=1, event_loop="uvloop")
-        report.results["single_calls_uvloop_simulator"] = fast is not None
-        async with sim, slow, opcua_server(n_bulk) as opc, contextlib.AsyncExitStack() as stack:
+        # Single calls against a simulator as `mxgw-sim serve` starts by default: its
+        # event loop (uvloop where installed) and scan; the asyncua server changes nothing
+        # meanwhile either. The busy simulator above is measured too (BUSY_SUFFIX).
+        plain = sim_server(galaxy_objects=int(p["objects"]), scan_ms=200, event_loop="auto")
+        assert plain is not None
+        report.results["single_calls_simulator"] = {
+            "event_loop": "uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
+            "scan_ms": 200,
+        }
+        async with sim, slow, plain, opcua_server(n_bulk) as opc:
             tags, values = load_tags(tags_file, max(n_bulk, 2000))
             # Doubles first: the single read/write and the changing tags are alike on both.
             report.results["simulator_tags"] = len(tags)
@@ -650,27 +657,26 @@ async def run_async(quick: bool) -> dict[str, Any]:
                 stream_session(sim.address) as stream_lib,
                 stream_session(slow.address) as slow_lib,
                 stream_session(slow.address) as slow_plain_lib,
+                stream_session(plain.address) as plain_lib,
+                _client.library_session(plain.address) as plain_unary_lib,
             ):
                 assert lib is not None
                 mx = Mx(stream_lib, tags, values)
                 await mx.setup()
-                mx_unary = Mx(lib, tags, values)
-                await mx_unary.setup()
+                assert plain_unary_lib is not None
+                single = Mx(plain_lib, tags, values)
+                await single.setup()
+                single_unary = Mx(plain_unary_lib, tags, values)
+                await single_unary.setup()
                 mx_advised = Mx(slow_lib, tags, values)
                 await mx_advised.setup()
                 await mx_advised.session.subscribe_bulk(mx_advised.hlmx, tags[:n_bulk])
                 mx_slow = Mx(slow_plain_lib, tags, values)  # its own session: nothing advised
                 await mx_slow.setup()
-                mx_uvloop = None
-                if fast is not None:
-                    await stack.enter_async_context(fast)
-                    fast_lib = await stack.enter_async_context(stream_session(fast.address))
-                    mx_uvloop = Mx(fast_lib, tags, values)
-                    await mx_uvloop.setup()
                 ua_side = Ua(opc.info["address"], int(opc.info["namespace"]), n_bulk)
                 try:
                     await run_rounds(
-                        report, mx, mx_unary, mx_advised, mx_slow, ua_side, p, mx_uvloop
+                        report, mx, single, single_unary, mx_advised, mx_slow, ua_side, p
                     )
                 finally:
                     await ua_side.close()
@@ -704,16 +710,17 @@ async def run_async(quick: bool) -> dict[str, Any]:
 async def run_rounds(
     report: Report,
     mx: Mx,
-    mx_unary: Mx,
+    single: Mx,
+    single_unary: Mx,
     mx_advised: Mx,
     mx_slow: Mx,
     ua_side: Ua,
     p: dict[str, float],
-    mx_uvloop: Mx | None = None,
 ) -> None:
-    """Interleaved rounds of every row."""
+    """Interleaved rounds of every row (``mx``: the busy simulator's session, ``single``
+    and ``single_unary``: the default simulator's, see :data:`BUSY_SUFFIX`)."""
     rows: dict[str, list[tuple[float, float]]] = {name: [] for name in GOALS}
-    uvloop_rows: dict[str, list[tuple[float, float]]] = {}
+    busy_rows: dict[str, list[tuple[float, float]]] = {}
     raw: dict[str, list[Any]] = {"unary": [], "bulk": [], "events": []}
     warm, window = float(p["warm_s"]), float(p["window_s"])
     n_bulk = int(p["bulk"])
@@ -723,7 +730,7 @@ async def run_rounds(
         await ua_side.connect()
         await ua_side.bulk_read(n_bulk)  # and the server's
         flip = r % 2 == 1
-        u = await unary_round(mx, mx_unary, ua_side, int(p["calls"]), flip, mx_uvloop)
+        u = await unary_round(single, single_unary, ua_side, int(p["calls"]), flip, mx)
         raw["unary"].append(u)
         rows["read_one_median"].append((u["mx_read"]["median_us"], u["ua_read"]["median_us"]))
         rows["read_one_p99"].append((u["mx_read"]["p99_us"], u["ua_read"]["p99_us"]))
@@ -736,15 +743,14 @@ async def run_rounds(
             ("write_one_median_unary", "mx_write_unary", "ua_write", "median_us"),
         ):
             rows[row].append((u[mine][stat], u[theirs][stat]))
-        if mx_uvloop is not None:
-            for row, mine, theirs, stat in (
-                ("read_one_median", "mx_read", "ua_read", "median_us"),
-                ("read_one_p99", "mx_read", "ua_read", "p99_us"),
-                ("ping_vs_read_median", "mx_ping", "ua_read", "median_us"),
-                ("write_one_median", "mx_write", "ua_write", "median_us"),
-            ):
-                mine_uv = u[mine + UVLOOP_SUFFIX][stat]
-                uvloop_rows.setdefault(row + UVLOOP_SUFFIX, []).append((mine_uv, u[theirs][stat]))
+        for row, mine, theirs, stat in (  # the same calls against the busy simulator
+            ("read_one_median", "mx_read", "ua_read", "median_us"),
+            ("read_one_p99", "mx_read", "ua_read", "p99_us"),
+            ("ping_vs_read_median", "mx_ping", "ua_read", "median_us"),
+            ("write_one_median", "mx_write", "ua_write", "median_us"),
+        ):
+            busy = u[mine + BUSY_SUFFIX][stat]
+            busy_rows.setdefault(row + BUSY_SUFFIX, []).append((busy, u[theirs][stat]))
 
         bulk: dict[str, float] = {}
         sides = {
@@ -789,8 +795,7 @@ async def run_rounds(
         raw["events"].append(ev)
         print(f"bench opcua: round {r + 1} done, load {load()}", file=sys.stderr, flush=True)
     report.results["rounds"] = raw
-    if uvloop_rows:
-        report.results["single_calls_simulator_on_uvloop"] = ratio_table(uvloop_rows)
+    report.results["single_calls_busy_simulator"] = ratio_table(busy_rows)
     floor = [u["grpc_health"]["median_us"] / u["ua_read"]["median_us"] for u in raw["unary"]]
     report.results["grpc_health_vs_asyncua_read_median"] = rnd(median(floor), 3)
     report.results["asyncua_reconnects"] = ua_side.reconnects
