@@ -72,6 +72,7 @@ class ReadRow:
         "key",
         "kind",
         "part",
+        "plain",
         "sample",
         "state",
         "text",
@@ -125,6 +126,9 @@ class ReadRow:
         )
         """How a read computes the attribute's value together with others of its kind
         (None: one at a time)."""
+        self.plain = state is not None and self.index is None and not state.flaky
+        """The reference reads a whole attribute that is never flaky: while nobody
+        advises it and no write pins it, a read computes its value from its model."""
 
     def make_head(self, tail_size: int) -> bytes:
         """:attr:`head` for tails of ``tail_size`` bytes (a row of a ``FIXED_`` kind has

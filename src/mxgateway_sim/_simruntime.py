@@ -762,7 +762,7 @@ class SimulatedRuntime:
         now = time.time()  # the time of the rows this call computes
         tick = plant.tick
         # Rows of attributes only their model drives, computed after the loop (_fresh_rows).
-        later: dict[BatchFunction | None, tuple[list[int], list[ReadRow]]] | None = None
+        later: dict[BatchFunction | None, tuple[list[int], list[ReadRow]]] = {}
         # Bytes of the rows encoded by this call: past the room left, the call stops and
         # the generic path refuses the reply (with its message) without copies of the rows.
         made = 0
@@ -793,29 +793,21 @@ class SimulatedRuntime:
                     cache.set_wire(row.text, row, self._failure_row(row.text, row.failed))
                 append(row.wire)
                 continue
-            if (
-                state.subs
-                or state.dirty
-                or state.override_ts is not None
-                or state.flaky
-                or row.index is not None
-            ):
+            if not row.plain or state.subs or state.dirty or state.override_ts is not None:
                 sample = current(state, now)
                 index = row.index
                 if index is not None:
                     sample = element_of(sample, index)
             else:
                 # Plant.current of an attribute that only its model drives (nobody advises
-                # it, no write pins it, never flaky): TagState.changed_since and compute
-                # for that case, inline.
+                # it, no write pins it, not flaky, read whole: ReadRow.plain):
+                # TagState.changed_since and compute for that case, inline.
                 m = state.computed_at
                 period = state.period
                 if 0 <= m <= tick and (m == tick or not period or tick // period == m // period):
                     sample = state.sample
                 else:
                     # Computed after the loop, with the other rows of its generator.
-                    if later is None:
-                        later = {}
                     batch = row.batch
                     group = later.get(batch)
                     if group is None:
@@ -841,7 +833,7 @@ class SimulatedRuntime:
                 if made > room:
                     return self._spoil(memo)
             append(row.wire)
-        if later is not None:
+        if later:
             made += self._fresh_rows(later, out, tick, now)
             if made > room:
                 return self._spoil(memo)

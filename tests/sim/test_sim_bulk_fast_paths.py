@@ -599,7 +599,9 @@ def test_spliced_rows_encode_like_the_generated_classes() -> None:
         for stamp in (1_700_000_000.25, 1_700_000_000.001, 1_700_000_000.0):
             for data_type, value in cases:
                 state = types.SimpleNamespace(
-                    info=types.SimpleNamespace(mx_data_type=data_type), gen_function=_constant
+                    info=types.SimpleNamespace(mx_data_type=data_type),
+                    gen_function=_constant,
+                    flaky=False,
                 )
                 row = ReadRow(reference, parse_reference("Obj001.Level"), field, state, b"")  # type: ignore[arg-type]
                 sample = TagSample(value, data_type, 192, stamp)  # type: ignore[arg-type]
