@@ -258,6 +258,24 @@ async def test_replacements_set_off_a_young_collection_while_tenuring() -> None:
         assert _young_collections(lambda: replaced(10 * limit, 10 * limit)) == 0
 
 
+async def test_a_process_that_froze_objects_itself_gets_no_forced_collections() -> None:
+    # The policy tenures only what it froze itself: in a process that had frozen objects
+    # before the simulator started, tenure's hook is not installed, and replacements must
+    # not set off young collections either (their survivors would not be frozen).
+    limit = YOUNG_REPLACEMENTS
+    ours = gc.get_freeze_count() == 0
+    if ours:
+        gc.freeze()
+    try:
+        async with GatewaySimulator(scan_interval_ms=60_000, gc_tenure=True):
+            assert not ServerGcPolicy.tenuring()
+            gc.collect(0)
+            assert _young_collections(lambda: replaced(10 * limit, 10 * limit)) == 0
+    finally:
+        if ours:
+            gc.unfreeze()
+
+
 def _ours_in_frozen_garbage() -> collections.Counter[str]:
     """Objects of this project among the cyclic garbage only a full collection frees (the
     valve's work), by type; the garbage is freed afterwards."""
