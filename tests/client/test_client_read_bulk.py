@@ -147,3 +147,42 @@ def test_rows_are_listed_with_the_collector_paused() -> None:
         assert not gc.isenabled()
     finally:
         gc.enable()
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_few_references_of_four_byte_characters_are_split_by_their_bytes(
+    stream: bool,
+) -> None:
+    """The bound that spares measuring a small read counts 4 bytes a character: four
+    references of 1,100 four-byte characters each (17.6 kB encoded, 13.2 kB at 3 bytes a
+    character) are over a 64 KiB client's request budget (a quarter of it), so the read
+    reaches the gateway as more than one command, rows in order."""
+    refs = [f"Tank{i:02d}." + "\U0001f600" * 1_100 for i in range(4)]
+    budget = 64 * 1024 // 4
+    assert sum(len(r.encode()) for r in refs) > budget >= 3 * sum(map(len, refs)) + 64
+    async with GatewaySimulator(
+        catalog=builtin_catalog(),
+        scan_interval_ms=3_600_000,
+        flaky_one_in=0,
+        metrics_listen=("127.0.0.1", 0),  # counts the commands it serves
+    ) as sim:
+        options = ClientOptions(
+            endpoint=sim.endpoint,
+            api_key=sim.api_key,
+            plaintext=True,
+            command_stream=stream,
+            max_message_bytes=64 * 1024,
+        )
+        async with (
+            await GatewayClient.connect(options=options) as client,
+            await client.open_session("split") as session,
+        ):
+            hlmx = await session.register("split")
+
+            def reads() -> int:
+                return sum(n for (kind, _), n in sim.stats.commands.items() if "bulk" in kind)
+
+            before = reads()
+            rows = await session.read_bulk(hlmx, refs)
+            assert [r.tag_address for r in rows] == refs
+            assert reads() - before >= 2
