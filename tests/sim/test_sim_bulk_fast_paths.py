@@ -531,6 +531,13 @@ def test_batched_generators_give_each_values() -> None:
     params: dict[object, list[object]] = {
         _float_walk: [(h, 10.0 + h % 90) for h in hashes],
         _int_walk: [(h,) for h in hashes],
+        # The model's ramps step by halves (their rounding never shows): steps and
+        # amplitudes of any fraction too, and sines of any phase.
+        _ramp: [(rng.uniform(0.001, 7.0), rng.uniform(1.0, 100.0)) for _ in range(300)],
+        _sine: [
+            (rng.uniform(1.0, 100.0), rng.randint(20, 200), rng.uniform(0.0, 6.28))
+            for _ in range(300)
+        ],
     }
     plant = Plant(_model_catalog(200), scan_interval_ms=1, flaky_one_in=0)
     for info in plant.catalog.all_tags():
