@@ -16,6 +16,7 @@ from mxgateway import MxAccessError
 from mxgateway._events import DataChange as ClientDataChange
 from mxgateway.generated import mxaccess_gateway_pb2 as pb
 from mxgateway_sim._domain import (
+    STATUS_OK,
     BufferedDataChange,
     DataChange,
     MxStatus,
@@ -98,6 +99,35 @@ def test_the_encoders_write_every_record_in_order() -> None:
         assert decoded == event_to_pb(event, sid, 5 + i, 1_700_000_001.0), event
         statuses = list(getattr(decoded, body).statuses)
         assert statuses == (wanted if i < 4 else [status_to_pb(status)]), event
+
+
+def test_the_encoders_caches_keep_events_with_other_records_apart() -> None:
+    # The encoder reuses a tick's shared tail (quality, timestamp, statuses) and a
+    # successful completion's body: an event with the same handles, time and lead status
+    # but other records must still go out with its own records, whichever comes first.
+    sid = "session-" + "ef" * 16
+    failing = (mx(OK), mx(SECURITY))
+    passing = (STATUS_OK, mx(PENDING))
+    status, kept = status_and_records(failing)
+    assert kept is not None and status_and_records(passing)[0] == STATUS_OK
+    when = 1_700_000_002.25
+    one = TagSample(7, 2, 192, when, status)
+    many = TagSample(8, 2, 192, when, status, kept)
+    for events in (
+        [DataChange(1, 2, one), DataChange(1, 3, many), DataChange(1, 4, one)],
+        [
+            WriteComplete(1, 2, STATUS_OK),
+            WriteComplete(1, 2, *status_and_records(passing)),
+            OperationComplete(1, 2, STATUS_OK),
+            OperationComplete(1, 2, *status_and_records(passing)),
+            WriteComplete(1, 2, STATUS_OK),
+        ],
+    ):
+        framed = EventEncoder(sid).encode(events, 5, 1_700_000_003.0)
+        for i, (event, data) in enumerate(zip(events, framed, strict=True)):
+            assert pb.MxEvent.FromString(unframe(data)) == event_to_pb(
+                event, sid, 5 + i, 1_700_000_003.0
+            ), event
 
 
 def test_rows_from_a_worker_keep_every_record() -> None:
