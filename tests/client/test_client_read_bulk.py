@@ -7,12 +7,13 @@ until a tick changes it), on the command stream and on unary ``Invoke``.
 
 from __future__ import annotations
 
+import contextlib
 import gc
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
-from mxgateway import ClientOptions, GatewayClient, MxGatewaySessionNotFoundError
+from mxgateway import ClientOptions, GatewayClient, MxGatewaySessionNotFoundError, Session
 from mxgateway.generated import mxaccess_gateway_pb2 as pb
 from mxgateway_sim import GatewaySimulator, builtin_catalog
 
@@ -89,15 +90,15 @@ async def test_read_bulk_answers_what_invoke_raw_answers(stream: bool) -> None:
             assert str(helper.value) == str(direct.value)
 
 
-@pytest.mark.parametrize("stream", [False, True])
-async def test_a_few_long_references_are_still_split_to_fit(stream: bool) -> None:
-    """A read of a few tags is sent without measuring its size when a bound on it fits
-    the request budget; ten 10,000-character references (100 kB, over the client's
-    64 KiB message limit) are still split into requests that fit, rows in order, each
-    what the reference alone answers."""
-    long_refs = [f"Tank{i:02d}." + "x" * 10_000 for i in range(10)]
+@contextlib.asynccontextmanager
+async def _split_reads(stream: bool) -> AsyncIterator[tuple[GatewaySimulator, Session, int]]:
+    """A simulator that counts the commands it serves, a session of a client whose
+    messages are at most 64 KiB (on the command stream or not) and its server handle."""
     async with GatewaySimulator(
-        catalog=builtin_catalog(), scan_interval_ms=3_600_000, flaky_one_in=0
+        catalog=builtin_catalog(),
+        scan_interval_ms=3_600_000,
+        flaky_one_in=0,
+        metrics_listen=("127.0.0.1", 0),  # counts the commands it serves
     ) as sim:
         options = ClientOptions(
             endpoint=sim.endpoint,
@@ -110,13 +111,23 @@ async def test_a_few_long_references_are_still_split_to_fit(stream: bool) -> Non
             await GatewayClient.connect(options=options) as client,
             await client.open_session("split") as session,
         ):
-            hlmx = await session.register("split")
-            rows = await session.read_bulk(hlmx, long_refs)
-            assert [r.tag_address for r in rows] == long_refs
-            alone = [(await session.read_bulk(hlmx, [ref]))[0] for ref in long_refs]
-            assert [r.SerializeToString() for r in rows] == [r.SerializeToString() for r in alone]
-            short = await session.read_bulk(hlmx, TAGS[:3])
-            assert [r.tag_address for r in short] == TAGS[:3]
+            yield sim, session, await session.register("split")
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_few_long_references_are_still_split_to_fit(stream: bool) -> None:
+    """A read of a few tags is sent without measuring its size when a bound on it fits
+    the request budget; ten 10,000-character references (100 kB, over the client's
+    64 KiB message limit) are still split into requests that fit, rows in order, each
+    what the reference alone answers."""
+    long_refs = [f"Tank{i:02d}." + "x" * 10_000 for i in range(10)]
+    async with _split_reads(stream) as (_sim, session, hlmx):
+        rows = await session.read_bulk(hlmx, long_refs)
+        assert [r.tag_address for r in rows] == long_refs
+        alone = [(await session.read_bulk(hlmx, [ref]))[0] for ref in long_refs]
+        assert [r.SerializeToString() for r in rows] == [r.SerializeToString() for r in alone]
+        short = await session.read_bulk(hlmx, TAGS[:3])
+        assert [r.tag_address for r in short] == TAGS[:3]
 
 
 def test_rows_are_listed_with_the_collector_paused() -> None:
@@ -160,29 +171,12 @@ async def test_a_few_references_of_four_byte_characters_are_split_by_their_bytes
     refs = [f"Tank{i:02d}." + "\U0001f600" * 1_100 for i in range(4)]
     budget = 64 * 1024 // 4
     assert sum(len(r.encode()) for r in refs) > budget >= 3 * sum(map(len, refs)) + 64
-    async with GatewaySimulator(
-        catalog=builtin_catalog(),
-        scan_interval_ms=3_600_000,
-        flaky_one_in=0,
-        metrics_listen=("127.0.0.1", 0),  # counts the commands it serves
-    ) as sim:
-        options = ClientOptions(
-            endpoint=sim.endpoint,
-            api_key=sim.api_key,
-            plaintext=True,
-            command_stream=stream,
-            max_message_bytes=64 * 1024,
-        )
-        async with (
-            await GatewayClient.connect(options=options) as client,
-            await client.open_session("split") as session,
-        ):
-            hlmx = await session.register("split")
+    async with _split_reads(stream) as (sim, session, hlmx):
 
-            def reads() -> int:
-                return sum(n for (kind, _), n in sim.stats.commands.items() if "bulk" in kind)
+        def reads() -> int:
+            return sum(n for (kind, _), n in sim.stats.commands.items() if "bulk" in kind)
 
-            before = reads()
-            rows = await session.read_bulk(hlmx, refs)
-            assert [r.tag_address for r in rows] == refs
-            assert reads() - before >= 2
+        before = reads()
+        rows = await session.read_bulk(hlmx, refs)
+        assert [r.tag_address for r in rows] == refs
+        assert reads() - before >= 2
