@@ -159,7 +159,10 @@ def _walk_value(h: int, lo: float, span: float, stride: int, n: int) -> float:
 
 
 _LANES: dict[int, tuple[int, int, int]] = {}
-"""(ones, mask, splitmix increment) of k 128-bit lanes, by k (see :func:`_units`)."""
+"""(ones, mask, splitmix increment) of k 128-bit lanes, by k (see :func:`_units`): kept
+for k up to :data:`_LANES_KEPT` (a read computes at most a chunk of rows at a time), so
+at most ~1.6 MB."""
+_LANES_KEPT = 256
 
 
 def _lane_constants(k: int) -> tuple[int, int, int]:
@@ -167,7 +170,7 @@ def _lane_constants(k: int) -> tuple[int, int, int]:
     if constants is None:
         ones = int.from_bytes((b"\x01" + bytes(15)) * k, "little")  # 1 in every lane
         constants = (ones, ones * _MASK64, ones * 0x9E3779B97F4A7C15)
-        if len(_LANES) < 1024:
+        if k <= _LANES_KEPT:
             _LANES[k] = constants
     return constants
 
