@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import pickle
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime, timezone
 
 import pytest
@@ -85,23 +85,24 @@ async def test_the_next_command_finds_each_single_writes_completion(
         h, (count, setpoint) = await _advised(session, "Line01.BatchCount", "Pump01.SpeedSetpoint")
         await session.drain_events()  # the advises' first values
         when = datetime(2025, 1, 2, tzinfo=timezone.utc)
-        writes = [
-            (count, session.write(h, count, 7), pb.MX_STATUS_CATEGORY_OK),
-            (count, session.write2(h, count, 8, when), pb.MX_STATUS_CATEGORY_OK),
+        # Each write made only when it is sent (none is left unawaited if one fails).
+        writes: list[tuple[int, Callable[[], Awaitable[object]], int]] = [
+            (count, lambda: session.write(h, count, 7), pb.MX_STATUS_CATEGORY_OK),
+            (count, lambda: session.write2(h, count, 8, when), pb.MX_STATUS_CATEGORY_OK),
             (
                 setpoint,
-                session.write_secured(h, setpoint, 5.0, current_user_id=0),
+                lambda: session.write_secured(h, setpoint, 5.0, current_user_id=0),
                 pb.MX_STATUS_CATEGORY_SECURITY_ERROR,
             ),
             (
                 setpoint,
-                session.write_secured2(h, setpoint, 5.0, when, current_user_id=0),
+                lambda: session.write_secured2(h, setpoint, 5.0, when, current_user_id=0),
                 pb.MX_STATUS_CATEGORY_SECURITY_ERROR,
             ),
         ]
         last_seq = 0
         for item, write, category in writes:
-            assert await write is None  # accepted; the outcome is in the event
+            assert await write() is None  # accepted; the outcome is in the event
             done = [
                 e
                 for e in await session.drain_events()
