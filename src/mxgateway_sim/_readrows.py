@@ -272,7 +272,8 @@ def fresh_rows(
     """Keep ``values`` (each of ``rows``' attribute at ``tick``, computed by the read at
     ``now``) as their attributes' samples, good and OK (``TagState.compute`` for an
     attribute only its model drives), and put each one's encoded row at its position in
-    ``out``; the bytes added.
+    ``out``; the bytes added. An attribute the read names more than once gets one sample
+    (the first row's), as from ``Plant.current``.
 
     Each row is exactly ``good_read_row(row.field, sample, False)``: the value's bytes
     spliced between the reference's constant part and the tail every row of the read
@@ -285,10 +286,19 @@ def fresh_rows(
     tail_size = len(tail)
     made = 0
     for row, value, position in zip(rows, values, positions, strict=True):
-        sample = TagSample(value, row.data_type, QUALITY_GOOD, now, STATUS_OK)
         state = row.state
-        state.sample = sample  # type: ignore[union-attr]
-        state.computed_at = tick  # type: ignore[union-attr]
+        if state.computed_at == tick:  # type: ignore[union-attr]
+            # A reference the read names again (or another spelling of it): the sample
+            # an earlier row of the read made, and the row if it is this one's.
+            sample = state.sample  # type: ignore[union-attr]
+            if row.sample is sample and not row.cached:
+                out[position] = row.wire
+                made += len(row.wire)
+                continue
+        else:
+            sample = TagSample(value, row.data_type, QUALITY_GOOD, now, STATUS_OK)
+            state.sample = sample  # type: ignore[union-attr]
+            state.computed_at = tick  # type: ignore[union-attr]
         kind = row.kind
         # value - value == 0.0: finite (NaN and infinities give NaN).
         if kind == FIXED_DOUBLE and type(value) is float and value - value == 0.0:

@@ -475,6 +475,21 @@ async def test_rows_a_read_computes_are_the_plain_paths_rows(flaky_one_in: int) 
                     assert _same_float(sample.value, st.gen(st.computed_at)), ref
                     assert (sample.quality, sample.status) == st.quality_at(st.computed_at)
             assert statuses == {True, False}
+            # A reference named again and again in one chunk (and spelled otherwise): one
+            # sample for all its rows, every row the same bytes as the generic path's.
+            again = ["Obj003.Level", "obj003.level", "Obj004.Flag"] * 90 + refs[:40]
+            plant.step()
+            fast = await session.read_bulk(hlmx, again)
+            runtime._read_rows = None
+            try:
+                plain = await session.read_bulk(hlmx, again)
+            finally:
+                runtime._read_rows = cache
+            assert [r.SerializeToString() for r in fast] == [r.SerializeToString() for r in plain]
+            for first in range(3):
+                same = fast[first:270:3]
+                assert len({(r.timestamp.SerializeToString(), str(r.value)) for r in same}) == 1
+            assert fast[0].value == fast[1].value and fast[0].timestamp == fast[1].timestamp
             (count,) = await session.read_bulk(hlmx, ["Obj002.Count"])
             assert count.value.int32_value == 42
 
@@ -609,17 +624,29 @@ def test_spliced_rows_encode_like_the_generated_classes() -> None:
                     info=types.SimpleNamespace(mx_data_type=data_type),
                     gen_function=_constant,
                     flaky=False,
+                    computed_at=-1,
                 )
                 row = ReadRow(reference, parse_reference("Obj001.Level"), field, state, b"")  # type: ignore[arg-type]
                 sample = TagSample(value, data_type, 192, stamp)  # type: ignore[arg-type]
                 expected = good_read_row(field, sample, False)
-                for _ in range(2):  # the second: kept row and cached pieces
-                    out = [b"", b""]
-                    made = fresh_rows([row], [value], [1], out, 7, stamp)  # type: ignore[list-item]
-                    assert out == [b"", expected] and made == len(expected)
+                row.wire = expected  # as if kept by an earlier read: kept again
+                # The second tick: kept row and cached pieces; the third: the row named
+                # twice in one read (one sample, the kept row).
+                for tick, times in ((7, 1), (8, 1), (9, 2)):
+                    out = [b""] * (times + 1)
+                    made = fresh_rows(
+                        [row] * times,
+                        [value] * times,  # type: ignore[list-item]
+                        list(range(1, times + 1)),
+                        out,
+                        tick,
+                        stamp,
+                    )
+                    assert out == [b"", *[expected] * times] and made == times * len(expected)
                     kept = state.sample
                     assert (kept.value, kept.data_type, kept.quality) == (value, data_type, 192)
-                    assert (kept.timestamp, kept.status, state.computed_at) == (stamp, STATUS_OK, 7)
+                    assert (kept.timestamp, kept.status) == (stamp, STATUS_OK)
+                    assert state.computed_at == tick
                 reply = _reference_read_reply(
                     [ReadResult(reference, sample, False, "", (STATUS_OK,))]
                 )
