@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import random
 import struct
+import time
 import types
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta, timezone
@@ -51,6 +52,7 @@ from mxgateway_sim._domain import (
 from mxgateway_sim._events import EventLog, OverflowPolicy
 from mxgateway_sim._plant import (
     BATCHED,
+    TICK_SLICE_DELIVERIES,
     Plant,
     _constant,
     _cycle,
@@ -492,6 +494,48 @@ async def test_rows_a_read_computes_are_the_plain_paths_rows(flaky_one_in: int) 
             assert fast[0].value == fast[1].value and fast[0].timestamp == fast[1].timestamp
             (count,) = await session.read_bulk(hlmx, ["Obj002.Count"])
             assert count.value.int32_value == 42
+
+
+async def test_a_read_between_a_ticks_slices_answers_advised_attributes_as_before() -> None:
+    """A scan tick over many advised attributes pauses between its slices, and reads run
+    in the pauses. An attribute another session advises is the scan's to compute: a read
+    that comes before the tick reaches it answers the value its subscribers last got (the
+    generic path), not one it computed itself ahead of them."""
+    async with GatewaySimulator(
+        catalog=_model_catalog(300), scan_interval_ms=3_600_000, flaky_one_in=0
+    ) as sim:
+        plant = sim.plant
+        assert plant is not None
+        refs = [f"Obj{i:03d}.{a}" for i in range(300) for a, _, array in _MODEL_ATTRIBUTES]
+        moving = [r for r in refs if (st := plant.state(r)) and st.period == 1]
+        assert len(moving) > 2 * TICK_SLICE_DELIVERIES
+        async with (
+            await GatewayClient.connect(
+                endpoint=sim.endpoint, api_key=sim.api_key, plaintext=True
+            ) as client,
+            await client.open_session(client_session_name="reader") as session,
+            await client.open_session(client_session_name="other") as other,
+        ):
+            await other.subscribe_bulk(await other.register("other"), moving)
+            hlmx = await session.register("reader")
+            found = sim.sessions.get(session.session_id)
+            assert found is not None and isinstance(found.runtime, SimulatedRuntime)
+            runtime = found.runtime
+            cache = runtime._read_rows
+            await session.read_bulk(hlmx, moving)  # the rows known to the fast path
+            tick = plant._tick(time.time())
+            next(tick)  # the first slice is delivered; the rest of the tick waits
+            try:
+                runtime._read_rows = None
+                try:
+                    plain = await session.read_bulk(hlmx, moving)
+                finally:
+                    runtime._read_rows = cache
+                fast = await session.read_bulk(hlmx, moving)
+            finally:
+                for _ in tick:
+                    pass
+            assert [r.SerializeToString() for r in fast] == [r.SerializeToString() for r in plain]
 
 
 async def test_rows_a_read_computes_are_refused_alike_over_the_message_limit() -> None:
