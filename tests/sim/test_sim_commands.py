@@ -550,12 +550,17 @@ async def test_answered_replies_are_the_whole_reply_serialized(gw: Gw) -> None:
     )
     stream = bidi(metadata=gw.md)
     answers: list[tuple[pb.MxCommand, bytes]] = []
-    for cmd in commands:
-        request = pb.MxCommandRequest(session_id=sid, command=cmd)
-        answers.append((cmd, await unary(request, metadata=gw.md)))
-        await stream.write(request)
-        answers.append((cmd, await stream.read()))
-    await stream.done_writing()
+    try:
+        for cmd in commands:
+            request = pb.MxCommandRequest(session_id=sid, command=cmd)
+            answers.append((cmd, await unary(request, metadata=gw.md)))
+            await stream.write(request)
+            answers.append((cmd, await stream.read()))
+        await stream.done_writing()
+        assert await stream.read() is grpc.aio.EOF  # the gateway ends the stream too
+        assert await stream.code() == grpc.StatusCode.OK
+    finally:
+        stream.cancel()  # a no-op once it ended; ends it when the test failed midway
     codes = []
     for cmd, data in answers:
         reply = pb.MxCommandReply.FromString(data)
