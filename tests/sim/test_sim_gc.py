@@ -276,6 +276,37 @@ async def test_a_process_that_froze_objects_itself_gets_no_forced_collections() 
             gc.unfreeze()
 
 
+async def test_replacements_are_bounded_by_the_advised_attributes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A tick's samples replace those of the advised attributes only: however many models
+    # reads created (one per attribute read), at most one sample per advised attribute
+    # is pending, so a few advised attributes never set off a young collection.
+    monkeypatch.setattr("mxgateway_sim._gcpolicy.YOUNG_REPLACEMENTS", 500)
+    refs = [f"Obj{i // 20:03d}.Attr{i:04d}" for i in range(ATTRIBUTES)]
+    async with (
+        GatewaySimulator(
+            catalog=_catalog(), scan_interval_ms=3_600_000, flaky_one_in=0, gc_tenure=True
+        ) as sim,
+        grpc.aio.insecure_channel(sim.endpoint) as channel,
+    ):
+        plant = sim.plant
+        assert plant is not None
+        gw = Gw(channel, sim.api_key)
+        sid = await gw.open()
+        sh = await gw.register(sid)
+        await gw.ok(sid, "read_bulk", server_handle=sh, tag_addresses=refs)  # 2,000 models
+        moving = [r for r in refs if (st := plant.state(r)) is not None and st.period == 1]
+        advised = moving[:10]
+        await gw.ok(sid, "subscribe_bulk", server_handle=sh, tag_addresses=advised)
+        pending = []
+        for _ in range(60):
+            plant.step()
+            pending.append(ServerGcPolicy.young_replacements)
+        assert max(pending) > 0  # the ticks reported their samples
+        assert max(pending) <= len(advised), pending
+
+
 def _ours_in_frozen_garbage() -> collections.Counter[str]:
     """Objects of this project among the cyclic garbage only a full collection frees (the
     valve's work), by type; the garbage is freed afterwards."""
