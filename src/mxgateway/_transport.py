@@ -313,8 +313,12 @@ class Transport:
         """Wait ``delay`` seconds, or less when the channel is down now and (re)connects.
 
         A reconnect loop's backoff: the next attempt goes out as soon as the gateway listens
-        again, not at the end of a delay that grew while it was away. The channel state is
-        read here only: the seam is the one reader of the channel.
+        again (within ``CONNECT_POLL_INTERVAL``), not at the end of a delay that grew while
+        it was away. The channel state is read here only: the seam is the one reader of the
+        channel. It is polled, not watched: a gRPC connectivity watch cut short stays
+        pending inside gRPC until the state changes, and when that change is the channel
+        closing, its completion reaches the closed event loop of the caller ("Event loop is
+        closed" logged by the next loop of the process, grpc/grpc#34139).
         """
         channel = self.channel
         state = channel.get_state(try_to_connect=True)
@@ -327,10 +331,7 @@ class Transport:
             remaining = deadline - loop.time()
             if remaining <= 0:
                 return
-            try:
-                await asyncio.wait_for(channel.wait_for_state_change(state), remaining)
-            except asyncio.TimeoutError:
-                return
+            await asyncio.sleep(min(CONNECT_POLL_INTERVAL, remaining))
             state = channel.get_state(try_to_connect=True)
 
     async def wait_ready(self, timeout: float) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import logging
 
 import grpc
 import pytest
@@ -250,3 +251,30 @@ async def test_aclose_from_another_task_ends_the_reader_cleanly(fake: FakeServer
         await stream.aclose()
         assert await asyncio.wait_for(reader, 5) == 1
         await asyncio.wait_for(fake.servicer.rec.cancel_event.wait(), 5)
+
+
+async def test_a_pause_cut_short_leaves_no_grpc_completion_for_its_closed_loop(
+    fake: FakeServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A reconnect pause on a channel that cannot connect ends at its delay. It used to
+    # watch the channel's state: the watch, cut short, stayed pending inside gRPC, the
+    # channel's close completed it after the loop had closed, and the loop running gRPC
+    # next (this test's, as the next test's in a suite) logged "Exception in callback
+    # PollerCompletionQueue._handle_events" with "Event loop is closed" (grpc/grpc#34139).
+    # Each pause runs on a loop of its own, in a thread.
+    endpoint = f"127.0.0.1:{unused_port()}"
+
+    async def pause_then_close() -> None:
+        transport = Transport(_opts(endpoint, connect_timeout=None))
+        try:
+            await transport.pause(0.1)
+        finally:
+            await transport.close()
+
+    async with grpc.aio.insecure_channel(fake.endpoint) as channel:
+        await channel.channel_ready()
+        with caplog.at_level(logging.ERROR, logger="asyncio"):
+            for _ in range(10):
+                await asyncio.to_thread(asyncio.run, pause_then_close())
+                await asyncio.sleep(0.01)  # a moment for a stray completion to arrive
+    assert [r.getMessage() for r in caplog.records if r.name == "asyncio"] == []
