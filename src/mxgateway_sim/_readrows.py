@@ -71,6 +71,8 @@ class ReadRow:
         "item",
         "key",
         "kind",
+        "other_head",
+        "other_head_for",
         "part",
         "plain",
         "sample",
@@ -115,12 +117,16 @@ class ReadRow:
         kind, part = (0, b"") if state is None else row_part(field, self.data_type)
         self.kind = kind
         """How a row this read computes is encoded (0: it is not, the reference does not
-        resolve): ``row_head(...) + part + value piece + tail`` (:func:`fresh_wire`)."""
+        resolve): ``row_head(...) + part + value piece + tail`` (:func:`fresh_rows`)."""
         self.part = part
         self.head = b""
         """``row_head`` of a row of a ``FIXED_`` kind and ``part``, for tails of
         ``head_for`` bytes (:meth:`make_head`)."""
         self.head_for = -1
+        self.other_head = b""
+        """The head for the other size of tail seen last (a read's tail has one of two
+        sizes, as its time's nanoseconds take 4 or 5 bytes)."""
+        self.other_head_for = -1
         self.batch: BatchFunction | None = (
             None if state is None or self.index is not None else BATCHED.get(state.gen_function)
         )
@@ -132,11 +138,16 @@ class ReadRow:
 
     def make_head(self, tail_size: int) -> bytes:
         """:attr:`head` for tails of ``tail_size`` bytes (a row of a ``FIXED_`` kind has
-        one size for each)."""
-        part = self.part
-        self.head = row_head(len(part) + FIXED_WIDTH[self.kind] + tail_size) + part
-        self.head_for = tail_size
-        return self.head
+        one size for each): the other head kept, or a new one (the current one kept as
+        the other)."""
+        if self.other_head_for == tail_size:
+            head = self.other_head
+        else:
+            part = self.part
+            head = row_head(len(part) + FIXED_WIDTH[self.kind] + tail_size) + part
+        self.other_head, self.other_head_for = self.head, self.head_for
+        self.head, self.head_for = head, tail_size
+        return head
 
     @classmethod
     def malformed(cls, text: str, wire: bytes, generation: int) -> ReadRow:
@@ -334,8 +345,8 @@ def _cost(text: str, row: ReadRow, ref: ParsedReference) -> int:
         + path
         + _chars(ref.key)
         + len(row.field)
-        + 2 * len(row.part)
-        + 5  # the part, and the head that repeats it
+        + 3 * len(row.part)
+        + 10  # the part, and the two heads that repeat it
         + len(row.wire)
         + ENTRY_OVERHEAD_BYTES
     )

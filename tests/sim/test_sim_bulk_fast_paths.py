@@ -660,23 +660,28 @@ def test_spliced_rows_encode_like_the_generated_classes() -> None:
         (MX_ELAPSED_TIME, timedelta(seconds=1.5)),
         (MX_DOUBLE, None),
     ]
+    # Tails of three sizes, in turn: a row keeps the heads of two (ReadRow.make_head).
+    stamps = [1_700_000_000.25, 1_700_000_000.001, 1_700_000_000.0] * 2
+    stamps += [1_700_000_000.25, 1_700_000_000.3, 1_700_000_000.25]
     for reference in ("Obj001.Level", "T" * 5000):
         field = reference_field(reference)
-        for stamp in (1_700_000_000.25, 1_700_000_000.001, 1_700_000_000.0):
-            for data_type, value in cases:
-                state = types.SimpleNamespace(
-                    info=types.SimpleNamespace(mx_data_type=data_type),
-                    gen_function=_constant,
-                    flaky=False,
-                    computed_at=-1,
-                )
-                row = ReadRow(reference, parse_reference("Obj001.Level"), field, state, b"")  # type: ignore[arg-type]
+        for data_type, value in cases:
+            state = types.SimpleNamespace(
+                info=types.SimpleNamespace(mx_data_type=data_type),
+                gen_function=_constant,
+                flaky=False,
+                computed_at=-1,
+            )
+            row = ReadRow(reference, parse_reference("Obj001.Level"), field, state, b"")  # type: ignore[arg-type]
+            tick = 0
+            for stamp in stamps:
                 sample = TagSample(value, data_type, 192, stamp)  # type: ignore[arg-type]
                 expected = good_read_row(field, sample, False)
                 row.wire = expected  # as if kept by an earlier read: kept again
                 # The second tick: kept row and cached pieces; the third: the row named
                 # twice in one read (one sample, the kept row).
-                for tick, times in ((7, 1), (8, 1), (9, 2)):
+                for times in (1, 1, 2):
+                    tick += 1
                     out = [b""] * (times + 1)
                     made = fresh_rows(
                         [row] * times,
