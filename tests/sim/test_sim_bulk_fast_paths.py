@@ -67,7 +67,7 @@ from mxgateway_sim._plant import (
     _units,
     round3,
 )
-from mxgateway_sim._readrows import ReadRow, fresh_rows
+from mxgateway_sim._readrows import ENTRY_OVERHEAD_BYTES, ReadRow, ReadRowCache, fresh_rows
 from mxgateway_sim._references import (
     ParsedReference,
     ReferenceCache,
@@ -632,6 +632,36 @@ def test_round3_is_round_to_three_places() -> None:
         assert struct.pack("<d", round3(x)) == struct.pack("<d", round(x, 3)), x
     nan = round3(float("nan"))
     assert nan != nan
+
+
+def test_a_kept_rows_cost_covers_the_bytes_it_holds() -> None:
+    """The read-row cache is bounded in bytes by each row's cost, counted when it is kept:
+    it must cover what the row holds once reads built its heads for both sizes of tail
+    (the reference, its key, the field, the constant part, two heads repeating the part,
+    the encoded row), for short references and for long ones."""
+    for reference in ("Obj001.Level", "Obj001." + ".".join(["L" * 32] * 9)):
+        ref = parse_reference(reference)
+        field = reference_field(reference)
+        state = types.SimpleNamespace(
+            info=types.SimpleNamespace(mx_data_type=MX_DOUBLE),
+            gen_function=_constant,
+            flaky=False,
+            computed_at=-1,
+        )
+        row = ReadRow(reference, ref, field, state, b"")  # type: ignore[arg-type]
+        cache = ReadRowCache(10**7)
+        for tick, stamp in enumerate((1_700_000_000.25, 1_700_000_000.001), start=1):
+            row.wire = good_read_row(field, TagSample(12.5, MX_DOUBLE, 192, stamp), False)
+            out = [b""]
+            fresh_rows([row], [12.5], [0], out, tick, stamp)
+            assert out == [row.wire]
+        assert row.head and row.other_head and row.head != row.other_head
+        cache.add(reference, row, ref)
+        assert cache.rows[reference] is row
+        chars = [reference, ref.key] + ([] if ref.path is reference else [ref.path])
+        held = sum(map(len, chars))  # ASCII: a byte a character
+        held += sum(map(len, (row.field, row.part, row.head, row.other_head, row.wire)))
+        assert row.cost - ENTRY_OVERHEAD_BYTES >= held, (reference[:20], row.cost, held)
 
 
 def test_spliced_rows_encode_like_the_generated_classes() -> None:
