@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import threading
 from concurrent import futures
 from typing import Any
 
@@ -448,6 +449,49 @@ async def test_a_closed_client_leaves_no_grpc_completion_for_its_closed_loop(
         server.stop(None).wait()
     assert [r.getMessage() for r in caplog.records if r.name == "asyncio"] == []
     assert gateway.ends == ["half-closed"] * clients
+
+
+class _LingeringGateway(_StreamingGateway):
+    """Keeps each command stream open after the client half-closed it, until the test
+    releases it; records that each stream's call ended (cancelled, or released)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = threading.Event()
+        self.ended = threading.Semaphore(0)
+
+    def InvokeStream(self, request_iterator: Any, context: Any) -> Any:
+        context.add_callback(self.ended.release)
+        yield from super().InvokeStream(request_iterator, context)
+        self.release.wait(60)  # the stream's end never comes, as from a stuck gateway
+
+
+async def test_closing_the_client_ends_a_stream_the_gateway_keeps_open() -> None:
+    # close() half-closes an idle command stream and waits for the gateway's end of it for
+    # a bounded time only: a gateway that never ends it must not hold the close (the stream
+    # is cancelled then); the gateway sees the call end.
+    gateway = _LingeringGateway()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    pbg.add_MxAccessGatewayServicer_to_server(gateway, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    options = ClientOptions(endpoint=f"127.0.0.1:{port}", plaintext=True, timeout=30)
+    ping = pb.MxCommand(kind=pb.MX_COMMAND_KIND_PING, ping=pb.PingCommand())
+    try:
+        client = await GatewayClient.connect(options=options)
+        try:
+            await client.invoke("session-1", ping)
+            assert client._commands is not None and client._commands._call is not None
+        finally:
+            # The test's own bound, far above the client's: a close that waits for the
+            # gateway (60 s) fails here.
+            await asyncio.wait_for(client.close(), 20)
+        # The handler still waits for its release: only the client's cancel ended the call.
+        assert await asyncio.to_thread(gateway.ended.acquire, True, 20)
+        assert gateway.ends == ["half-closed"]  # the half-close reached the gateway first
+    finally:
+        gateway.release.set()
+        server.stop(None).wait()
 
 
 def test_a_client_on_uvloop_runs_commands_and_events_as_on_asyncio() -> None:
