@@ -22,6 +22,7 @@ from mxgateway import (
     GatewayClient,
     MxAccessError,
     MxGatewayAuthenticationError,
+    MxGatewayError,
     MxGatewayPermissionError,
     MxGatewayTimeoutError,
     Session,
@@ -120,6 +121,29 @@ async def test_the_stream_answers_as_invoke(sim: GatewaySimulator) -> None:
             with pytest.raises(MxAccessError):
                 await s.advise(h, 424242)
     assert got[True] == got[False]
+
+
+async def test_a_failed_command_names_its_kind_on_either_path(sim: GatewaySimulator) -> None:
+    # An error names the call that failed, "Invoke <KIND>" (the name is made once a kind
+    # and kept): each kind its own, in any order, and a kind newer than the bindings by
+    # its number.
+    commands = [
+        (pb.MxCommand(kind=pb.MX_COMMAND_KIND_PING, ping=pb.PingCommand()), "Invoke PING"),
+        (
+            pb.MxCommand(
+                kind=pb.MX_COMMAND_KIND_GET_SESSION_STATE,
+                get_session_state=pb.GetSessionStateCommand(),
+            ),
+            "Invoke GET_SESSION_STATE",
+        ),
+        (pb.MxCommand(kind=977), "Invoke UNKNOWN(977)"),  # type: ignore[arg-type]
+    ]
+    for stream in (False, True):
+        async with await _connect(sim, stream=stream) as client:
+            for command, what in [*commands, *commands[::-1]]:
+                with pytest.raises(MxGatewayError) as caught:
+                    await client.invoke("session-nope", command)
+                assert str(caught.value).startswith(f"{what} failed with "), (stream, what)
 
 
 async def test_commands_in_flight_together_all_answer(sim: GatewaySimulator) -> None:
