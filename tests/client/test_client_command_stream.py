@@ -512,7 +512,6 @@ async def test_closing_the_client_ends_a_stream_the_gateway_keeps_open() -> None
             await asyncio.wait_for(client.close(), 20)
         # The handler still waits for its release: only the client's cancel ended the call.
         assert await asyncio.to_thread(gateway.ended.acquire, True, 20)
-        assert gateway.ends == ["half-closed"]  # the half-close reached the gateway first
     finally:
         gateway.release.set()
         server.stop(None).wait()
