@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import warnings
 from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -486,6 +487,17 @@ class GatewayClient:
     def __repr__(self) -> str:
         state = "closed" if self.closed else "open"
         return f"<GatewayClient {self.options.endpoint} {state}>"
+
+    def __del__(self, _warn: Callable[..., None] = warnings.warn) -> None:
+        # As httpx and aiohttp do: a client dropped unclosed leaves its channel and command
+        # stream to the garbage collector, which may end them after their loop has closed.
+        transport = self.__dict__.get("_transport")
+        if transport is not None and not transport.closed:
+            _warn(
+                f"unclosed {self!r}: use `async with` or `await client.close()`",
+                ResourceWarning,
+                source=self,
+            )
 
 
 def _stream_request(session_id: str, after: int | None) -> pb.StreamEventsRequest:

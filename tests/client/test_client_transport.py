@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import warnings
 
 import grpc
 import pytest
@@ -13,6 +14,7 @@ from client_fakes import SESSION_ID, FakeServer, StreamAbort, data_change
 from mxgateway import (
     ClientClosedError,
     ClientOptions,
+    GatewayClient,
     MxGatewayAuthenticationError,
     MxGatewaySessionNotFoundError,
     MxGatewayTimeoutError,
@@ -278,3 +280,20 @@ async def test_a_pause_cut_short_leaves_no_grpc_completion_for_its_closed_loop(
                 await asyncio.to_thread(asyncio.run, pause_then_close())
                 await asyncio.sleep(0.01)  # a moment for a stray completion to arrive
     assert [r.getMessage() for r in caplog.records if r.name == "asyncio"] == []
+
+
+async def test_a_client_dropped_without_closing_warns(fake: FakeServer) -> None:
+    client = await GatewayClient.connect(options=_opts(fake.endpoint))
+    transport = client.transport
+    try:
+        with pytest.warns(ResourceWarning, match=r"unclosed <GatewayClient 127\.0\.0\.1:\d+ open>"):
+            del client
+            gc.collect()
+    finally:
+        await transport.close()
+    async with await GatewayClient.connect(options=_opts(fake.endpoint)) as closed:
+        pass
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        del closed
+        gc.collect()
