@@ -328,3 +328,31 @@ def test_view_timestamps_match_the_generated_ones(pairs: list[tuple[int, int]]) 
     assert [dc.timestamp for dc in out] == [  # type: ignore[attr-defined]
         timestamp_to_datetime(ev.on_data_change.timestamp) for ev in batch.events
     ]
+
+
+def test_the_view_decodes_values_newer_than_the_bindings_alike() -> None:
+    # Session.events() reads through the view: an event with a family, a value type and
+    # a status category newer than the bindings, and a field they do not know, decodes as
+    # the generated classes decode it, and its raw message keeps the unknown field.
+    from mxgateway._eventwire import EventBatchView
+
+    newer = pb.MxEvent(worker_sequence=1, family=99)  # type: ignore[arg-type]
+    newer.on_data_change.item_handle = 5
+    newer.on_data_change.value.double_value = 2.5
+    newer.on_data_change.timestamp.seconds = 1_764_000_000
+    typed = pb.MxEvent(worker_sequence=2, family=pb.MX_EVENT_FAMILY_ON_DATA_CHANGE)
+    typed.on_data_change.item_handle = 6
+    typed.on_data_change.value.data_type = 77  # type: ignore[assignment]
+    typed.on_data_change.statuses.add(success=0, category=55)  # type: ignore[arg-type]
+    unknown = b"\xb8\x3e\x07"  # field 999, varint 7: a field newer than the bindings
+    first = newer.SerializeToString() + unknown
+    data = b"".join(b"\x0a" + bytes([len(m)]) + m for m in (first, typed.SerializeToString()))
+    full_out: list[object] = []
+    decode_events(pb.MxEventBatch.FromString(data).events, full_out, _Tracker(None))  # type: ignore[arg-type]
+    view_out: list[object] = []
+    decode_events(EventBatchView.FromString(data).events, view_out, _Tracker(None))
+    assert len(view_out) == 2
+    assert [_described(e) for e in view_out] == [_described(e) for e in full_out]
+    raw = view_out[0].raw  # type: ignore[attr-defined]
+    assert raw.family == 99 and raw.SerializeToString().endswith(unknown)
+    assert [s.category for s in view_out[1].statuses] == [55]  # type: ignore[attr-defined]
