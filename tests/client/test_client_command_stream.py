@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import threading
+from collections.abc import Callable, Iterator
 from concurrent import futures
 from typing import Any
 
@@ -55,6 +57,20 @@ def _connect(
         command_stream=stream,
     )
     return GatewayClient.connect(options=options)
+
+
+@contextlib.contextmanager
+def _threaded_gateway(register: Callable[[grpc.Server], None]) -> Iterator[ClientOptions]:
+    """A plain ``grpc.server`` on its own threads (its answers race the client as a remote
+    gateway's do), set up by ``register``; yields the options of a plaintext client."""
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    register(server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        yield ClientOptions(endpoint=f"127.0.0.1:{port}", plaintext=True, timeout=30)
+    finally:
+        server.stop(None).wait()
 
 
 def _comparable(reply: pb.MxCommandReply) -> pb.MxCommandReply:
@@ -349,18 +365,15 @@ async def test_without_the_stream_no_first_command_fails_and_none_is_sent_twice(
     # its answer races the client's write as a remote gateway's does: on the old code about
     # one first command in ten failed. Many new clients, each one's first command.
     gateway = _UpstreamLikeGateway()
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-    server.add_generic_rpc_handlers((gateway.handler(),))
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
     write = pb.MxCommand(
         kind=pb.MX_COMMAND_KIND_WRITE,
         write=pb.WriteCommand(server_handle=7, item_handle=1, value=pb.MxValue(int32_value=1)),
     )
     ping = pb.MxCommand(kind=pb.MX_COMMAND_KIND_PING, ping=pb.PingCommand())
-    options = ClientOptions(endpoint=f"127.0.0.1:{port}", plaintext=True, timeout=30)
     clients = 150
-    try:
+    with _threaded_gateway(
+        lambda server: server.add_generic_rpc_handlers((gateway.handler(),))
+    ) as options:
         for i in range(clients):
             async with await GatewayClient.connect(options=options) as client:
                 # A write is not idempotent: it must be neither lost nor sent twice.
@@ -370,8 +383,6 @@ async def test_without_the_stream_no_first_command_fails_and_none_is_sent_twice(
                 assert commands is not None
                 # Each refusal of a new stream is counted, up to the limit.
                 assert commands.unsupported or commands._refusals in (1, 2)
-    finally:
-        server.stop(None).wait()
     kinds = collections.Counter(gateway.invoked)
     assert kinds[pb.MX_COMMAND_KIND_WRITE] == clients // 2
     assert kinds[pb.MX_COMMAND_KIND_PING] == clients + clients - clients // 2
@@ -449,28 +460,23 @@ async def test_a_closed_client_leaves_no_grpc_completion_for_its_closed_loop(
     # loop is closed" (grpc/grpc#34139). Each client runs on a loop of its own, in a
     # thread, while this test's loop keeps a channel open.
     gateway = _StreamingGateway()
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-    pbg.add_MxAccessGatewayServicer_to_server(gateway, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    options = ClientOptions(endpoint=f"127.0.0.1:{port}", plaintext=True, timeout=30)
     ping = pb.MxCommand(kind=pb.MX_COMMAND_KIND_PING, ping=pb.PingCommand())
-
-    async def one_client() -> None:
-        async with await GatewayClient.connect(options=options) as client:
-            await client.invoke("session-1", ping)
-            assert client._commands is not None and client._commands._call is not None
-
     clients = 60
-    try:
+    with _threaded_gateway(
+        lambda server: pbg.add_MxAccessGatewayServicer_to_server(gateway, server)
+    ) as options:
+
+        async def one_client() -> None:
+            async with await GatewayClient.connect(options=options) as client:
+                await client.invoke("session-1", ping)
+                assert client._commands is not None and client._commands._call is not None
+
         async with grpc.aio.insecure_channel(options.endpoint) as channel:
             await channel.channel_ready()
             with caplog.at_level(logging.ERROR, logger="asyncio"):
                 for _ in range(clients):
                     await asyncio.to_thread(asyncio.run, one_client())
                     await asyncio.sleep(0.01)  # a moment for a stray completion to arrive
-    finally:
-        server.stop(None).wait()
     assert [r.getMessage() for r in caplog.records if r.name == "asyncio"] == []
     assert gateway.ends == ["half-closed"] * clients
 
@@ -495,26 +501,23 @@ async def test_closing_the_client_ends_a_stream_the_gateway_keeps_open() -> None
     # a bounded time only: a gateway that never ends it must not hold the close (the stream
     # is cancelled then); the gateway sees the call end.
     gateway = _LingeringGateway()
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-    pbg.add_MxAccessGatewayServicer_to_server(gateway, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    options = ClientOptions(endpoint=f"127.0.0.1:{port}", plaintext=True, timeout=30)
     ping = pb.MxCommand(kind=pb.MX_COMMAND_KIND_PING, ping=pb.PingCommand())
-    try:
-        client = await GatewayClient.connect(options=options)
+    with _threaded_gateway(
+        lambda server: pbg.add_MxAccessGatewayServicer_to_server(gateway, server)
+    ) as options:
         try:
-            await client.invoke("session-1", ping)
-            assert client._commands is not None and client._commands._call is not None
+            client = await GatewayClient.connect(options=options)
+            try:
+                await client.invoke("session-1", ping)
+                assert client._commands is not None and client._commands._call is not None
+            finally:
+                # The test's own bound, far above the client's: a close that waits for the
+                # gateway (60 s) fails here.
+                await asyncio.wait_for(client.close(), 20)
+            # The handler still waits for its release: only the client's cancel ended it.
+            assert await asyncio.to_thread(gateway.ended.acquire, True, 20)
         finally:
-            # The test's own bound, far above the client's: a close that waits for the
-            # gateway (60 s) fails here.
-            await asyncio.wait_for(client.close(), 20)
-        # The handler still waits for its release: only the client's cancel ended the call.
-        assert await asyncio.to_thread(gateway.ended.acquire, True, 20)
-    finally:
-        gateway.release.set()
-        server.stop(None).wait()
+            gateway.release.set()  # before the server stops: its handler thread ends
 
 
 def test_a_client_on_uvloop_runs_commands_and_events_as_on_asyncio() -> None:
