@@ -6,8 +6,8 @@ the bytes of its ``Timestamp`` instead of a message. The bytes on the wire are t
 (a message field and a ``bytes`` field are both length-delimited), so nothing is lost; what
 changes is the cost: reading a nested message makes a wrapper object per event and
 comparing two of them compares fields, while the changes of one scan share one timestamp
-whose bytes compare with one ``memcmp`` and convert once. That is about a fifth of the
-client's CPU per change (docs/benchmarks.md).
+whose bytes compare with one ``memcmp`` and convert once. Offline that took about a fifth
+off decoding a change and reading its value, quality and timestamp (docs/benchmarks.md).
 
 Everything else keeps the contract's shape (field numbers, names and oneofs come from the
 generated descriptors, so the view cannot drift from the bindings), and an event the
