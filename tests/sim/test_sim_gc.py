@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import gc
 import logging
 import weakref
@@ -62,6 +63,28 @@ def _catalog() -> InMemoryCatalog:
     )
 
 
+REFS = [f"Obj{i // 20:03d}.Attr{i:04d}" for i in range(ATTRIBUTES)]
+"""The references of :func:`_catalog`'s attributes."""
+
+
+@contextlib.asynccontextmanager
+async def _tenured(
+    monkeypatch: pytest.MonkeyPatch, scan_interval_ms: int
+) -> AsyncIterator[tuple[GatewaySimulator, Gw, str, int]]:
+    """A simulator of :func:`_catalog` with tenure on and a young collection every 500
+    replaced samples; yields it, a client, an open session and its registration."""
+    monkeypatch.setattr("mxgateway_sim._gcpolicy.YOUNG_REPLACEMENTS", 500)
+    async with (
+        GatewaySimulator(
+            catalog=_catalog(), scan_interval_ms=scan_interval_ms, flaky_one_in=0, gc_tenure=True
+        ) as sim,
+        grpc.aio.insecure_channel(sim.endpoint) as channel,
+    ):
+        gw = Gw(channel, sim.api_key)
+        sid = await gw.open()
+        yield sim, gw, sid, await gw.register(sid)
+
+
 @pytest.fixture
 async def gateway() -> AsyncIterator[Gw]:
     async with (
@@ -80,9 +103,8 @@ def _tracked() -> int:
 async def test_items_leave_few_objects_for_the_collector(gateway: Gw) -> None:
     sid = await gateway.open()
     sh = await gateway.register(sid)
-    refs = [f"Obj{i // 20:03d}.Attr{i:04d}" for i in range(ATTRIBUTES)]
     before = _tracked()
-    reply = await gateway.ok(sid, "add_item_bulk", server_handle=sh, tag_addresses=refs)
+    reply = await gateway.ok(sid, "add_item_bulk", server_handle=sh, tag_addresses=REFS)
     handles = [r.item_handle for r in reply.bulk_subscribe.results]
     assert len(handles) == ATTRIBUTES and all(handles)
     added = _tracked() - before
@@ -282,21 +304,11 @@ async def test_replacements_are_bounded_by_the_advised_attributes(
     # A tick's samples replace those of the advised attributes only: however many models
     # reads created (one per attribute read), at most one sample per advised attribute
     # is pending, so a few advised attributes never set off a young collection.
-    monkeypatch.setattr("mxgateway_sim._gcpolicy.YOUNG_REPLACEMENTS", 500)
-    refs = [f"Obj{i // 20:03d}.Attr{i:04d}" for i in range(ATTRIBUTES)]
-    async with (
-        GatewaySimulator(
-            catalog=_catalog(), scan_interval_ms=3_600_000, flaky_one_in=0, gc_tenure=True
-        ) as sim,
-        grpc.aio.insecure_channel(sim.endpoint) as channel,
-    ):
+    async with _tenured(monkeypatch, 3_600_000) as (sim, gw, sid, sh):
         plant = sim.plant
         assert plant is not None
-        gw = Gw(channel, sim.api_key)
-        sid = await gw.open()
-        sh = await gw.register(sid)
-        await gw.ok(sid, "read_bulk", server_handle=sh, tag_addresses=refs)  # 2,000 models
-        moving = [r for r in refs if (st := plant.state(r)) is not None and st.period == 1]
+        await gw.ok(sid, "read_bulk", server_handle=sh, tag_addresses=REFS)  # 2,000 models
+        moving = [r for r in REFS if (st := plant.state(r)) is not None and st.period == 1]
         advised = moving[:10]
         await gw.ok(sid, "subscribe_bulk", server_handle=sh, tag_addresses=advised)
         pending = []
@@ -331,7 +343,6 @@ async def test_steady_state_leaves_no_garbage_for_the_valve() -> None:
     # A session streaming the changes of its advised items, reading and writing, and a
     # second session that lives long enough to be tenured and is then closed: nothing of
     # ours becomes cyclic garbage, so no full collection is needed for it.
-    refs = [f"Obj{i // 20:03d}.Attr{i:04d}" for i in range(ATTRIBUTES)]
     async with (
         GatewaySimulator(
             catalog=_catalog(), scan_interval_ms=SCAN_MS, flaky_one_in=0, gc_tenure=True
@@ -342,7 +353,7 @@ async def test_steady_state_leaves_no_garbage_for_the_valve() -> None:
         _ours_in_frozen_garbage()  # what earlier tests' simulators left (not this one's)
         sid = await gw.open()
         sh = await gw.register(sid)
-        reply = await gw.ok(sid, "subscribe_bulk", server_handle=sh, tag_addresses=refs)
+        reply = await gw.ok(sid, "subscribe_bulk", server_handle=sh, tag_addresses=REFS)
         handles = [r.item_handle for r in reply.bulk_subscribe.results]
         stream = gw.stub.StreamEventBatches(pb.StreamEventsRequest(session_id=sid), metadata=gw.md)
         got = 0
@@ -353,10 +364,10 @@ async def test_steady_state_leaves_no_garbage_for_the_valve() -> None:
         stream.cancel()
         other = await gw.open()
         other_sh = await gw.register(other)
-        await gw.ok(other, "subscribe_bulk", server_handle=other_sh, tag_addresses=refs[:50])
+        await gw.ok(other, "subscribe_bulk", server_handle=other_sh, tag_addresses=REFS[:50])
         gc.collect(0)  # the second session is tenured (frozen) from here on
         for i in range(20):
-            await gw.ok(sid, "read_bulk", server_handle=sh, tag_addresses=refs[i::20])
+            await gw.ok(sid, "read_bulk", server_handle=sh, tag_addresses=REFS[i::20])
             write = command("write_bulk", server_handle=sh)
             for h in handles[i : i + 20]:
                 write.write_bulk.entries.add(item_handle=h).value.int32_value = i
@@ -419,17 +430,7 @@ async def test_ticks_interrupted_by_young_collections_deliver_each_change_once_i
     # With a threshold of 500 replaced samples, ticks over the 2,000 advised attributes
     # set off young collections between their slices (and tenure freezes what survives):
     # the events are still every change once, in sequence, each item's in tick order.
-    monkeypatch.setattr("mxgateway_sim._gcpolicy.YOUNG_REPLACEMENTS", 500)
-    refs = [f"Obj{i // 20:03d}.Attr{i:04d}" for i in range(ATTRIBUTES)]
-    async with (
-        GatewaySimulator(
-            catalog=_catalog(), scan_interval_ms=SCAN_MS, flaky_one_in=0, gc_tenure=True
-        ) as sim,
-        grpc.aio.insecure_channel(sim.endpoint) as channel,
-    ):
-        gw = Gw(channel, sim.api_key)
-        sid = await gw.open()
-        sh = await gw.register(sid)
+    async with _tenured(monkeypatch, SCAN_MS) as (sim, gw, sid, sh):
         stream = gw.stub.StreamEventBatches(pb.StreamEventsRequest(session_id=sid), metadata=gw.md)
         events: list[pb.MxEvent] = []
         young = 0
@@ -451,7 +452,7 @@ async def test_ticks_interrupted_by_young_collections_deliver_each_change_once_i
             session = sim.sessions.get(sid) if sim.sessions else None
             assert session is not None
             await wait_for(lambda: session.events.subscribers)  # attached: sees it all
-            reply = await gw.ok(sid, "subscribe_bulk", server_handle=sh, tag_addresses=refs)
+            reply = await gw.ok(sid, "subscribe_bulk", server_handle=sh, tag_addresses=REFS)
             handles = [r.item_handle for r in reply.bulk_subscribe.results]
             await reader
         finally:
