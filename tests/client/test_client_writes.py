@@ -274,6 +274,10 @@ async def test_missing_completion_is_a_typed_timeout() -> None:
         session = client.attach_session("session-" + "1" * 32)
         with pytest.raises(MxGatewayWriteTimeoutError) as info:
             await session.write(1, 2, 3, wait=True, wait_timeout=0.3)
+        # The waiter closed its stream itself, while the client stays open: the gateway
+        # sees the cancel shortly after (it was asserted after the client had closed,
+        # which raced the server's stop in one clean CI run).
+        await asyncio.wait_for(fake.rec.cancel_event.wait(), 5)
     err = info.value
     assert isinstance(err, MxGatewayTimeoutError)
     assert (err.server_handle, err.item_handle) == (1, 2)
