@@ -20,6 +20,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from mxgateway._enums import enum_name
 from mxgateway._errors import (
@@ -30,7 +31,7 @@ from mxgateway._errors import (
     MxGatewaySessionStateError,
     MxGatewayUnimplementedError,
 )
-from mxgateway._eventwire import full_event, is_view, timestamp_from_bytes
+from mxgateway._eventwire import full_event, is_view
 from mxgateway._logsafe import get_logger
 from mxgateway._retry import RESUMABLE_STREAM_ERRORS, resume_policy
 from mxgateway._status import failed_statuses
@@ -74,9 +75,12 @@ _last_ts: list[Any] = [None, None, None]
 their timestamp, and a ``datetime`` is immutable, so the next one is usually free."""
 
 
+_timestamp_from_bytes = Timestamp.FromString
+
+
 def _ts_of_bytes(data: bytes) -> datetime:
     """:func:`_ts` of a serialized ``Timestamp`` (the stream's view of a data change)."""
-    return timestamp_from_bytes(data, _ts)
+    return _ts(_timestamp_from_bytes(data))
 
 
 def _ts(ts: Any) -> datetime:

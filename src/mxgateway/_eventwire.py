@@ -16,16 +16,14 @@ caller asks to see whole (``DataChange.raw``) is re-parsed as the generated ``Mx
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.descriptor import FileDescriptor
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from mxgateway.generated import mxaccess_gateway_pb2 as pb
 
-__all__ = ["EventBatchView", "EventView", "full_event", "is_view", "timestamp_from_bytes"]
+__all__ = ["EventBatchView", "EventView", "full_event", "is_view"]
 
 
 def _build_pool() -> descriptor_pool.DescriptorPool:
@@ -86,12 +84,3 @@ def full_event(event: Any) -> pb.MxEvent:
         return _full_from(event.SerializeToString())
     full: pb.MxEvent = event
     return full
-
-
-_from_string = Timestamp.FromString
-
-
-def timestamp_from_bytes(data: bytes, convert: Any) -> datetime:
-    """``convert(Timestamp)`` of a serialized ``Timestamp`` (empty bytes: the epoch)."""
-    result: datetime = convert(_from_string(data))
-    return result
