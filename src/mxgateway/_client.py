@@ -5,7 +5,6 @@ from __future__ import annotations
 import itertools
 import logging
 import os
-import warnings
 from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -22,6 +21,7 @@ from mxgateway._errors import (
 from mxgateway._eventwire import EventBatchView, EventView
 from mxgateway._logsafe import get_logger
 from mxgateway._options import ClientOptions
+from mxgateway._owner import TransportOwner
 from mxgateway._retry import RetryPolicy
 from mxgateway._transport import DEFAULT, Stream, Transport, UseDefault
 from mxgateway.generated import mxaccess_gateway_pb2 as pb
@@ -56,7 +56,7 @@ _MXACCESS_FAILURE = pb.PROTOCOL_STATUS_CODE_MXACCESS_FAILURE
 _SESSION_CLOSE_TIMEOUT = 5.0
 
 
-class GatewayClient:
+class GatewayClient(TransportOwner):
     """An async connection to an MXAccess Gateway.
 
     Create with :meth:`connect` and use as an async context manager::
@@ -483,21 +483,6 @@ class GatewayClient:
         tb: TracebackType | None,
     ) -> None:
         await self.close()
-
-    def __repr__(self) -> str:
-        state = "closed" if self.closed else "open"
-        return f"<GatewayClient {self.options.endpoint} {state}>"
-
-    def __del__(self, _warn: Callable[..., None] = warnings.warn) -> None:
-        # As httpx and aiohttp do: a client dropped unclosed leaves its channel and command
-        # stream to the garbage collector, which may end them after their loop has closed.
-        transport = self.__dict__.get("_transport")
-        if transport is not None and not transport.closed:
-            _warn(
-                f"unclosed {self!r}: use `async with` or `await client.close()`",
-                ResourceWarning,
-                source=self,
-            )
 
 
 def _stream_request(session_id: str, after: int | None) -> pb.StreamEventsRequest:

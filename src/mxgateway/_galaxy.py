@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, TypedDict
 from mxgateway._errors import MxGatewayInvalidRequestError
 from mxgateway._logsafe import get_logger
 from mxgateway._options import ClientOptions
+from mxgateway._owner import TransportOwner
 from mxgateway._transport import DEFAULT, Stream, Transport, UseDefault
 
 if TYPE_CHECKING:
@@ -204,7 +205,7 @@ class DeployEventWatch:
         await self.aclose()
 
 
-class GalaxyRepositoryClient:
+class GalaxyRepositoryClient(TransportOwner):
     """Client of the gateway's read-only ``GalaxyRepository`` service (``metadata:read``).
 
     Create with ``await GalaxyRepositoryClient.connect(...)`` and use as an async context
@@ -274,10 +275,6 @@ class GalaxyRepositoryClient:
         tb: TracebackType | None,
     ) -> None:
         await self.close()
-
-    def __repr__(self) -> str:
-        state = "closed" if self.closed else "open"
-        return f"<GalaxyRepositoryClient {self._transport.options.endpoint} {state}>"
 
     # ----- unary ------------------------------------------------------------------------
     async def test_connection(self, *, timeout: float | UseDefault | None = DEFAULT) -> bool:

@@ -11,6 +11,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import warnings
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -511,6 +512,28 @@ async def test_connect_options_and_repr(env: Env) -> None:
         assert FULL_KEY not in repr(galaxy) and FULL_KEY not in repr(galaxy.options)
     with pytest.raises(ValueError):
         await GalaxyRepositoryClient.connect()
+
+
+async def test_a_client_dropped_without_closing_warns(env: Env) -> None:
+    # The same mechanism as GatewayClient's (mxgateway._owner): a client collected open
+    # warns, naming itself; one closed first does not.
+    galaxy = await env.client()
+    transport = galaxy.transport
+    try:
+        with pytest.warns(
+            ResourceWarning, match=r"unclosed <GalaxyRepositoryClient 127\.0\.0\.1:\d+ open>"
+        ):
+            del galaxy
+            gc.collect()
+    finally:
+        await transport.close()
+    async with await env.client() as closed:
+        assert await closed.test_connection()
+    assert repr(closed) == f"<GalaxyRepositoryClient {env.endpoint} closed>"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        del closed
+        gc.collect()
 
 
 async def test_root_only_walk_through_the_interceptor(tmp_path: Path) -> None:
