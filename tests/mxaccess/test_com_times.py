@@ -10,26 +10,36 @@ subprocess.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
 import subprocess
 import sys
 from datetime import datetime, timedelta, timezone, tzinfo
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
 from comhelpers import com_gateway, data_changes
 from fake_lmx import FakePlatform, PyWinDateTime, Variant, vt_date
 
+import mxgateway_mxaccess
 from mxgateway._events import DataChange as ClientDataChange
+from mxgateway._version import WORKER_PROTOCOL_VERSION
+from mxgateway.generated import mxaccess_worker_pb2 as wpb
 from mxgateway_mxaccess import MxAccessComRuntime
 from mxgateway_mxaccess._variant import as_utc, from_variant, time_from_variant, time_to_variant
 from mxgateway_sim._domain import MxRuntimeEvent, WriteRequest
+from mxgateway_sim._framing import FrameDecoder
+from mxgateway_sim._workerwire import EnvelopeHead
 from mxgateway_sim.cli import _runtime_options, build_parser
 from mxgateway_sim.worker import _parser as worker_parser
+from mxgateway_sim.worker import serve
 from support import wait_for
 
 UTC = timezone.utc
+SESSION = "session-" + "cd" * 16
 NEW_YORK = ZoneInfo("America/New_York")  # UTC-5 in winter, UTC-4 in summer
 KOLKATA = ZoneInfo("Asia/Kolkata")  # UTC+5:30, no daylight saving time
 WINTER = datetime(2026, 1, 15, 12, 0, tzinfo=UTC)
@@ -167,3 +177,61 @@ def test_the_zone_is_a_gateway_flag_passed_to_the_workers() -> None:
     worker = worker_parser().parse_args([*command[3:], "--protocol-version", "1"])
     assert worker.vt_date_zone == "utc"
     assert build_parser().parse_args(["serve"]).vt_date_zone == "local"
+
+
+ZONE_FLAGS = [((), None), (("--vt-date-zone", "local"), None), (("--vt-date-zone", "utc"), UTC)]
+
+
+@pytest.mark.parametrize(("flag", "zone"), ZONE_FLAGS)
+async def test_the_worker_builds_its_runtime_in_the_zone_it_is_given(
+    monkeypatch: pytest.MonkeyPatch, flag: tuple[str, ...], zone: tzinfo | None
+) -> None:
+    """``mxgw-worker``'s own path from its arguments to the COM runtime it hosts: its parsed
+    arguments go to ``serve`` (in this process, on pipes), whose worker builds the runtime
+    at the gateway's hello. COM cannot run here, so the runtime is the real one on the fake
+    platform, and only what it is built with is checked (the zone's effect is above)."""
+    built: list[dict[str, object]] = []
+
+    def runtime_on_the_fake(**keywords: Any) -> MxAccessComRuntime:
+        built.append(keywords)
+        return MxAccessComRuntime(FakePlatform(), idle_s=0.02, **keywords)
+
+    monkeypatch.setattr(mxgateway_mxaccess, "start_problem", lambda: None)
+    monkeypatch.setattr(mxgateway_mxaccess, "MxAccessComRuntime", runtime_on_the_fake)
+    version = str(WORKER_PROTOCOL_VERSION)
+    args = worker_parser().parse_args(
+        ["--session-id", SESSION, "--protocol-version", version, "--runtime", "mxaccess", *flag]
+    )
+    worker_in, to_worker = os.pipe()
+    from_worker, worker_out = os.pipe()
+    head = EnvelopeHead(SESSION)
+    reader = asyncio.StreamReader()
+    loop = asyncio.get_running_loop()
+    pipe, _ = await loop.connect_read_pipe(
+        lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(from_worker, "rb", 0)
+    )
+    served = asyncio.ensure_future(serve(args, "n0nce", worker_in, worker_out))
+    decoder = FrameDecoder()
+
+    async def receive(body: str) -> wpb.WorkerEnvelope:
+        while True:
+            chunk = await asyncio.wait_for(reader.read(1 << 16), 30)
+            assert chunk, f"the worker ended its output before {body}"
+            for data in decoder.feed(chunk):
+                envelope = wpb.WorkerEnvelope.FromString(data)
+                assert envelope.WhichOneof("body") != "worker_fault", envelope
+                if envelope.WhichOneof("body") == body:
+                    return envelope
+
+    try:
+        os.write(to_worker, head.frame(gateway_hello=wpb.GatewayHello(nonce="n0nce")))
+        await receive("worker_ready")
+        assert built == [{"date_zone": zone}]
+        os.write(to_worker, head.frame("bye", worker_shutdown=wpb.WorkerShutdown(reason="t")))
+        assert await asyncio.wait_for(served, 30) == 0
+    finally:
+        served.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await served
+        os.close(to_worker)
+        pipe.close()
