@@ -30,16 +30,22 @@ object on a 2-core machine, more under load). The policy keeps those walks short
   young generation a young collection runs: its walks stay about that size (each object
   is walked once however often that is, so a lower bound costs little more CPU).
 - **Valve** (with tenure): cyclic garbage among frozen objects is only freed by a full
-  collection (unfreeze, collect, freeze again), which walks everything. Every
-  :data:`VALVE_CHECK_S` the policy counts the frozen objects (:meth:`ServerGcPolicy.valve`)
-  and runs the full collection only when they grew by :data:`VALVE_GROWTH` (at least
-  :data:`VALVE_MIN_GROWTH` objects) over the fewest seen since the last one: garbage
-  stays bounded in proportion to what the server holds, and a server whose sessions
-  and items stay put (no new frozen objects) never pays the full walk. In steady state
-  (a session of 100k advised items streaming events, reads, writes, sessions opening
-  and closing) nothing cyclic is frozen (``tests/sim/test_sim_gc.py``): the per-call
-  cycles of grpc.aio die young and young collections free them; what can be frozen is
-  the cycles of calls in progress during a collection.
+  collection (unfreeze, collect, freeze again), which walks everything: 270-330 ms of loop
+  CPU with a session of 100k items. Every :data:`VALVE_CHECK_S` the policy counts the
+  tracked objects (:meth:`ServerGcPolicy.valve`) less those the server knows it holds
+  alive (its **held** objects: each item, attribute model and current sample, reported by
+  the simulators through ``acquire(held=...)``), and runs the full collection only when
+  the rest grew by :data:`VALVE_GROWTH` of what the server holds (at least
+  :data:`VALVE_MIN_GROWTH` objects) over the fewest seen since the last one. Garbage stays
+  bounded in proportion to what the server holds (CPython's own rule for its oldest
+  generation), and items being added, held or removed are no reason for a full walk:
+  only objects nobody accounts for are. Items and models die by reference counting (a
+  removed item, a closed session's cycle is broken at close), never as cyclic garbage.
+  In steady state (a session of 100k advised items streaming events, reads, writes,
+  sessions opening and closing) nothing cyclic of ours is frozen
+  (``tests/sim/test_sim_gc.py``): the per-call cycles of grpc.aio die young and young
+  collections free them; what can be frozen is the cycles of calls in progress during a
+  collection.
 
 Only servers apply it: a :class:`~mxgateway_sim.GatewaySimulator` while it runs
 (``tune_gc=True``, the default; reference-counted, everything restored when the last one
@@ -50,7 +56,8 @@ touches the collector: a library must not tune its host's.
 from __future__ import annotations
 
 import gc
-from typing import Any, NamedTuple
+from collections.abc import Callable
+from typing import Any, ClassVar, NamedTuple
 
 THRESHOLDS = (20_000, 1, 10)
 """``gc.set_threshold`` of a server process (generations 0, 1 and 2)."""
@@ -62,8 +69,9 @@ runs (see :func:`replaced`): its walk is a few ms."""
 VALVE_CHECK_S = 600.0
 """Seconds between two checks of the valve of a tenuring server (see the module docstring)."""
 VALVE_GROWTH = 0.25
-"""Growth of the frozen objects, over the fewest since the last full collection, that runs
-the next one (CPython's own rule for its oldest generation)."""
+"""Growth of the tracked objects nobody accounts for (over the fewest since the last full
+collection), as a share of the rest, that runs the next one (CPython's own rule for its
+oldest generation)."""
 VALVE_MIN_GROWTH = 10_000
 """... and at least this many objects (a small server does not collect for a few dozen)."""
 
@@ -85,7 +93,10 @@ class ServerGcPolicy:
     saved: tuple[int, int, int] = (700, 10, 10)
     froze = False
     low = 0
-    """The fewest frozen objects counted since the last full collection (the valve's base)."""
+    """The fewest tracked objects not held (see :meth:`held`) counted since the last full
+    collection (the valve's base)."""
+    holders: ClassVar[list[Callable[[], int]]] = []
+    """What each simulator reports it holds alive (:meth:`acquire`'s ``held``)."""
     tenured = False
     """True while :func:`_tenure` freezes the survivors of collections."""
     young_replacements = 0
@@ -93,8 +104,13 @@ class ServerGcPolicy:
     can be alive)."""
 
     @classmethod
-    def acquire(cls, *, tenure: bool = False) -> None:
-        """Apply the policy (call once the server is up, so start-up's objects are frozen)."""
+    def acquire(cls, *, tenure: bool = False, held: Callable[[], int] | None = None) -> None:
+        """Apply the policy (call once the server is up, so start-up's objects are frozen).
+        ``held``: how many tracked objects the caller holds alive on purpose (its items and
+        attribute models: they grow with what clients ask for, and are no garbage), which
+        the valve does not count as growth; pass the same callable to :meth:`release`."""
+        if held is not None:
+            cls.holders.append(held)
         if cls.users == 0:
             cls.saved = gc.get_threshold()
             gc.set_threshold(*server_thresholds(cls.saved))
@@ -105,15 +121,17 @@ class ServerGcPolicy:
         cls.users += 1
         if tenure:
             if cls.tenants == 0 and cls.froze:
-                cls.low = gc.get_freeze_count()
+                cls.low = gc.get_freeze_count() - cls.held()
                 cls.young_replacements = 0
                 cls.tenured = True
                 gc.callbacks.append(_tenure)
             cls.tenants += 1
 
     @classmethod
-    def release(cls, *, tenure: bool = False) -> None:
+    def release(cls, *, tenure: bool = False, held: Callable[[], int] | None = None) -> None:
         """Undo :meth:`acquire`; the last release restores the process as it was."""
+        if held is not None and held in cls.holders:
+            cls.holders.remove(held)
         if tenure:
             cls.tenants -= 1
             if cls.tenants == 0 and _tenure in gc.callbacks:
@@ -132,6 +150,11 @@ class ServerGcPolicy:
         return cls.tenured
 
     @classmethod
+    def held(cls) -> int:
+        """Tracked objects the simulators hold alive on purpose (their reports summed)."""
+        return sum(count() for count in cls.holders)
+
+    @classmethod
     def full_collection(cls) -> int:
         """Collect everything once (unfreeze, collect, freeze again) and return how many
         unreachable objects were found. Holds the loop for a full walk."""
@@ -140,34 +163,42 @@ class ServerGcPolicy:
         gc.unfreeze()
         found = gc.collect()
         gc.freeze()
-        cls.low = gc.get_freeze_count()
+        cls.low = gc.get_freeze_count() - cls.held()
         return found
 
     @classmethod
     def valve(cls) -> ValveCheck:
-        """Tenure's valve, every :data:`VALVE_CHECK_S`: count the frozen objects and run the
-        full collection if they grew enough since the last one (see the module docstring).
-        Counting walks the frozen objects' list once (a few ms for 500k), nothing more."""
-        frozen = gc.get_freeze_count()
-        low = min(cls.low, frozen)
-        if frozen - low <= max(low * VALVE_GROWTH, VALVE_MIN_GROWTH):
+        """Tenure's valve, every :data:`VALVE_CHECK_S`: count the tracked objects and run the
+        full collection if those nobody holds grew enough since the last one (see the module
+        docstring). Counting walks the frozen objects' list once (a few ms for 500k) and
+        asks the holders (a few len() calls), nothing more."""
+        # Frozen, and the young ones (few under tenure): held objects not yet tenured must
+        # not count as shrinkage now and growth later.
+        tracked = gc.get_freeze_count() + len(gc.get_objects())
+        held = cls.held()
+        loose = tracked - held
+        low = min(cls.low, loose)
+        grown = loose - low
+        if grown <= max((tracked - grown) * VALVE_GROWTH, VALVE_MIN_GROWTH):
             cls.low = low
-            return ValveCheck(frozen, low, None, 0)
+            return ValveCheck(tracked, low, None, 0, held)
         found = cls.full_collection()
-        return ValveCheck(frozen, low, found, cls.low)
+        return ValveCheck(tracked, low, found, gc.get_freeze_count(), held)
 
 
 class ValveCheck(NamedTuple):
     """What one check of the valve saw and did."""
 
     frozen: int
-    """Frozen objects counted."""
+    """Tracked objects counted (frozen and young)."""
     low: int
-    """The fewest counted since the last full collection."""
+    """The fewest not held (see ``held``) counted since the last full collection."""
     found: int | None
     """Unreachable objects the full collection found (None: it did not run)."""
     frozen_after: int
     """Frozen objects after the full collection (0 if it did not run)."""
+    held: int = 0
+    """Tracked objects the simulators hold alive on purpose (:meth:`ServerGcPolicy.held`)."""
 
 
 def replaced(count: int, live: int) -> None:

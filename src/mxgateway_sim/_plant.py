@@ -609,6 +609,8 @@ class Plant:
         """The longest a tick started after its due time, in seconds."""
         self._late_reported = (0, 0, 0)  # (scans, late, skipped) at the last warning
         self._late_report_at = 0.0
+        self._objects_per_state = 2
+        """Tracked objects each attribute model holds alive (see :meth:`tracked_objects`)."""
 
     # -- catalog -------------------------------------------------------------------------
 
@@ -622,8 +624,18 @@ class Plant:
                 return None
             st = TagState(info, self.seed, self.scan_s, self.flaky_one_in)
             st.compute(self.tick, time.time())
+            if not self._states:
+                # A catalog that makes its records per lookup (the Galaxy's) leaves each
+                # model the only holder of its record: one more object per model.
+                self._objects_per_state = 2 + (self.catalog.lookup(reference) is not info)
             self._states[key] = st
         return st
+
+    def tracked_objects(self) -> int:
+        """Tracked objects the attribute models hold alive (each model, its current sample,
+        and its catalog record when nothing else holds it): live, not garbage, for the GC
+        policy's valve (``mxgateway_sim._gcpolicy``)."""
+        return len(self._states) * self._objects_per_state
 
     def resolve_epoch(self) -> tuple[int, int]:
         """Changes whenever what :meth:`state` and :meth:`object_exists` answer may change

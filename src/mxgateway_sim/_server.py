@@ -48,7 +48,7 @@ from mxgateway_sim._runtime import MxAccessRuntime
 from mxgateway_sim._servicer import GatewayServicer, add_gateway_servicer
 from mxgateway_sim._sessions import SessionManager, SessionOptions
 from mxgateway_sim._simconfig import SimSettings
-from mxgateway_sim._simruntime import DEFAULT_USERS, SimUser
+from mxgateway_sim._simruntime import DEFAULT_USERS, SimulatedRuntime, SimUser
 from mxgateway_sim._stats import GatewayStats, TimedGalaxy
 from mxgateway_sim._tls import TlsFiles, ensure_self_signed
 from mxgateway_sim._workerclient import WorkerSettings
@@ -524,7 +524,7 @@ class GatewaySimulator:
         plant.start()
         self.sessions.start()
         if self._tune_gc:
-            ServerGcPolicy.acquire(tenure=self._gc_tenure)
+            ServerGcPolicy.acquire(tenure=self._gc_tenure, held=self._gc_held)
             self._gc_tuned = True
             if self._gc_tenure and ServerGcPolicy.tenuring():
                 self._schedule_gc_valve()
@@ -533,6 +533,17 @@ class GatewaySimulator:
     def _schedule_gc_valve(self) -> None:
         self._gc_valve = asyncio.get_running_loop().call_later(VALVE_CHECK_S, self._run_gc_valve)
 
+    def _gc_held(self) -> int:
+        """Tracked objects this simulator holds alive on purpose (the GC policy's valve does
+        not count them as growth): the plant's attribute models and samples, and each
+        in-process session's items and parsed references."""
+        held = 0 if self.plant is None else self.plant.tracked_objects()
+        if self.sessions is not None:
+            for session in self.sessions.sessions():
+                if isinstance(session.runtime, SimulatedRuntime):
+                    held += session.runtime.tracked_objects()
+        return held
+
     def _run_gc_valve(self) -> None:
         """Tenure's valve: a full collection when the frozen objects grew (the garbage
         tenured objects may hold), logged either way."""
@@ -540,18 +551,22 @@ class GatewaySimulator:
         check = ServerGcPolicy.valve()
         if check.found is None:
             log.info(
-                "garbage collection check: %d frozen objects (fewest since the last full "
-                "collection %d): no full collection",
+                "garbage collection check: %d tracked objects, %d of them held by items and "
+                "attribute models (of the others, fewest since the last full collection %d): "
+                "no full collection",
                 check.frozen,
+                check.held,
                 check.low,
             )
         else:
             log.info(
-                "full garbage collection: %d unreachable objects, %.0f ms (frozen objects "
-                "%d, fewest since the last full collection %d, %d after)",
+                "full garbage collection: %d unreachable objects, %.0f ms (tracked objects "
+                "%d, %d of them held by items and attribute models, of the others fewest "
+                "since the last full collection %d; %d frozen after)",
                 check.found,
                 (time.perf_counter() - t0) * 1000,
                 check.frozen,
+                check.held,
                 check.low,
                 check.frozen_after,
             )
@@ -624,7 +639,7 @@ class GatewaySimulator:
             self._gc_valve = None
         if self._gc_tuned:
             self._gc_tuned = False
-            ServerGcPolicy.release(tenure=self._gc_tenure)
+            ServerGcPolicy.release(tenure=self._gc_tenure, held=self._gc_held)
         if self._galaxy is not None:
             galaxy, self._galaxy = self._galaxy, None
             await galaxy.close()

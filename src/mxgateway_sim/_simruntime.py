@@ -244,6 +244,12 @@ class SimulatedRuntime:
         """Items the session holds (the status page shows it)."""
         return len(self._items)
 
+    def tracked_objects(self) -> int:
+        """Tracked objects the session holds alive for its items (each item and each
+        remembered parsed reference): live, not garbage, for the GC policy's valve
+        (``mxgateway_sim._gcpolicy``)."""
+        return len(self._items) + len(self._references)
+
     # -- life cycle ----------------------------------------------------------------------
 
     async def start(self, sink: EventSink) -> None:
