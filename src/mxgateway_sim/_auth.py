@@ -459,6 +459,17 @@ def _key_id() -> str | None:
 _NO_MESSAGE = "the call carried no request message"
 
 
+async def _one_request(gate: BodyGate, context: aio.ServicerContext[Any, Any]) -> Any:
+    """The request of a call that carries one, read through ``gate``; a call that carries
+    none, or one that does not parse, ends INVALID_ARGUMENT."""
+    request = await gate.first(context, _key_id())
+    if request is EOF:
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, _NO_MESSAGE)
+    if type(request) is _Malformed:
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, _malformed_message(request))
+    return request
+
+
 def _guarded(
     handler: grpc.RpcMethodHandler[Any, Any], gate: BodyGate
 ) -> grpc.RpcMethodHandler[Any, Any]:
@@ -478,26 +489,29 @@ def _guarded(
         # Served request-streaming: gRPC would wait for the message before calling it.
 
         async def guarded_unary(requests: object, context: aio.ServicerContext[Any, Any]) -> Any:
-            request = await gate.first(context, _key_id())
-            if request is EOF:
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, _NO_MESSAGE)
-            if type(request) is _Malformed:
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, _malformed_message(request))
+            request = await _one_request(gate, context)
             return await unary(request, context)
 
         return grpc.stream_unary_rpc_method_handler(
             guarded_unary, request_deserializer=deserializer, response_serializer=serializer
+        )
+    if stream is not None and not inspect.isasyncgenfunction(stream):
+        # A coroutine that writes its replies itself (context.write), as the health
+        # service's Watch: gRPC awaits it instead of iterating it.
+
+        async def guarded_writer(requests: object, context: aio.ServicerContext[Any, Any]) -> None:
+            request = await _one_request(gate, context)
+            await stream(request, context)
+
+        return grpc.stream_stream_rpc_method_handler(
+            guarded_writer, request_deserializer=deserializer, response_serializer=serializer
         )
     if stream is not None:
 
         async def guarded_stream(
             requests: object, context: aio.ServicerContext[Any, Any]
         ) -> AsyncIterator[Any]:
-            request = await gate.first(context, _key_id())
-            if request is EOF:
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, _NO_MESSAGE)
-            if type(request) is _Malformed:
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, _malformed_message(request))
+            request = await _one_request(gate, context)
             async for message in stream(request, context):
                 yield message
 

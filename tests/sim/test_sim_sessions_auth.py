@@ -344,6 +344,10 @@ async def test_health_and_reflection_without_a_key(sim: GatewaySimulator, gw: Gw
         health_pb2.HealthCheckRequest(service="mxaccess_gateway.v1.MxAccessGateway")
     )
     assert reply.status == health_pb2.HealthCheckResponse.SERVING
+    # Watch writes its replies itself (a coroutine, not an async generator).
+    watch = health.Watch(health_pb2.HealthCheckRequest(service=""), timeout=10)
+    assert (await watch.read()).status == health_pb2.HealthCheckResponse.SERVING
+    watch.cancel()
     from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
     stub = reflection_pb2_grpc.ServerReflectionStub(gw.channel)
