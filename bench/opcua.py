@@ -27,6 +27,10 @@ Rows (the table of issue 15):
 Also: the simulator keeping up (one subscriber of 2,000 tags at a 1 ms scan for 20 s:
 changes/s, the lag of the last change received, the plant's late scans). The machine's
 load average is recorded before and after the run (``load_before``/``load_after``).
+The floor of a unary call is reported next to the rows (``references``, no goal): the
+bare generated stub's ``Invoke`` (a request built once, a plain ``grpc.aio`` channel, no
+library) reading one tag and pinging, against the same simulator as the ``_unary`` rows,
+over asyncua's read; and a bare health check (``grpc_health_vs_asyncua_read_median``).
 And the library's own CPU per single call on the command stream with gRPC left out
 (``library_cpu_per_call_without_grpc``: the stream's call answers canned replies); and the
 single calls on the stream against the busy simulator (``single_calls_busy_simulator``,
@@ -105,6 +109,18 @@ use (asyncio loop, 1 ms scan: ``single_calls_busy_simulator`` in the results). T
 single-call rows run against a simulator as ``mxgw-sim serve`` starts it by default
 (``--event-loop auto``: uvloop where installed; 200 ms scan), like the asyncua server, which
 changes nothing while single calls are measured."""
+
+REFERENCES: dict[str, tuple[str, str, str]] = {
+    "bare_stub_read_median": (
+        "bare generated stub Invoke, one-tag ReadBulk (request built once, plain grpc.aio "
+        "channel) vs asyncua read, median",
+        "bare_read",
+        "ua_read",
+    ),
+    "bare_stub_ping_median": ("same, Ping vs asyncua read, median", "bare_ping", "ua_read"),
+}
+"""Reference rows (no goal): name -> (label, mxgateway figure, asyncua figure). The floor
+of the ``_unary`` rows: what ``Invoke`` costs with nothing of the library around it."""
 
 FULL = {
     "rounds": 5,
@@ -239,6 +255,42 @@ class Mx:
             await sub.aclose()
 
         return stop
+
+
+class BareStub:
+    """The generated stub's ``Invoke`` on a plain ``grpc.aio`` channel of its own (no
+    options, no library), with requests built once: one-tag ReadBulk and Ping in ``mx``'s
+    session (same key, so the gateway lets it act there)."""
+
+    def __init__(self, address: str, mx: Mx) -> None:
+        import grpc
+
+        from bench._common import METADATA
+        from mxgateway.generated import mxaccess_gateway_pb2 as pb
+        from mxgateway.generated import mxaccess_gateway_pb2_grpc as pb_grpc
+
+        self.channel = grpc.aio.insecure_channel(address)
+        invoke = pb_grpc.MxAccessGatewayStub(self.channel).Invoke
+        sid = str(mx.session.session_id)
+        read = pb.MxCommandRequest(session_id=sid, client_correlation_id="bench-bare-read")
+        read.command.kind = pb.MX_COMMAND_KIND_READ_BULK
+        read.command.read_bulk.server_handle = mx.hlmx
+        read.command.read_bulk.tag_addresses.append(mx.tags[0])
+        ping = pb.MxCommandRequest(session_id=sid, client_correlation_id="bench-bare-ping")
+        ping.command.kind = pb.MX_COMMAND_KIND_PING
+        ping.command.ping.SetInParent()
+        ok = pb.PROTOCOL_STATUS_CODE_OK
+
+        async def call(request: Any) -> None:
+            reply = await invoke(request, metadata=METADATA, timeout=30)
+            if reply.protocol_status.code != ok:
+                raise RuntimeError(f"bare Invoke failed: {reply.protocol_status}")
+
+        self.read_one = lambda: call(read)
+        self.ping = lambda: call(ping)
+
+    async def close(self) -> None:
+        await self.channel.close(None)
 
 
 @contextlib.asynccontextmanager
@@ -396,6 +448,25 @@ def ratio_table(rows: dict[str, list[tuple[float, float]]]) -> dict[str, Any]:
     return table
 
 
+def reference_table(rounds: list[dict[str, dict[str, float]]]) -> dict[str, Any]:
+    """The :data:`REFERENCES` rows from the rounds' medians: both sides, the median ratio
+    of the rounds and its spread (no goal)."""
+    table: dict[str, Any] = {}
+    for name, (label, mine, theirs) in REFERENCES.items():
+        pairs = [(u[mine]["median_us"], u[theirs]["median_us"]) for u in rounds]
+        ratios = [m / t for m, t in pairs if t]
+        table[name] = {
+            "label": label,
+            "mxgateway": rnd(median([m for m, _ in pairs]), 2),
+            "asyncua": rnd(median([t for _, t in pairs]), 2),
+            "ratio": rnd(median(ratios), 3) if ratios else None,
+            "ratio_min": rnd(min(ratios), 3) if ratios else None,
+            "ratio_max": rnd(max(ratios), 3) if ratios else None,
+            "rounds": len(ratios),
+        }
+    return table
+
+
 def summarise(report: Report, rows: dict[str, list[tuple[float, float]]]) -> None:
     """The rows of :data:`GOALS`, each a target with its goal and met/missed."""
     table = ratio_table(rows)
@@ -405,11 +476,18 @@ def summarise(report: Report, rows: dict[str, list[tuple[float, float]]]) -> Non
 
 
 async def unary_round(
-    mx: Mx, mx_unary: Mx, ua: Ua, calls: int, flip: bool, mx_busy: Mx | None = None
+    mx: Mx,
+    mx_unary: Mx,
+    ua: Ua,
+    calls: int,
+    flip: bool,
+    mx_busy: Mx | None = None,
+    bare: BareStub | None = None,
 ) -> dict[str, dict[str, float]]:
     """One interleaved round of single calls: read, ping, write on both sides (mxgateway
-    on the command stream and through unary ``Invoke``; and, with ``mx_busy``, on the
-    stream to the busy simulator, see :data:`BUSY_SUFFIX`)."""
+    on the command stream and through unary ``Invoke``; with ``mx_busy``, on the stream to
+    the busy simulator, see :data:`BUSY_SUFFIX`; with ``bare``, the bare stub's read and
+    ping, see :data:`REFERENCES`)."""
     sides = [mx, mx_unary] if mx_busy is None else [mx, mx_unary, mx_busy]
     for side in sides:
         await side.begin_writes()
@@ -425,6 +503,9 @@ async def unary_round(
             ("ua_write", ua.write_one),
             ("mx_write_unary", mx_unary.write_one),
         ]
+        if bare is not None:
+            order[3:3] = [("bare_read", bare.read_one)]
+            order[6:6] = [("bare_ping", bare.ping)]
         if mx_busy is not None:
             order[3:3] = [("mx_read" + BUSY_SUFFIX, mx_busy.read_one)]
             order[6:6] = [("mx_ping" + BUSY_SUFFIX, mx_busy.ping)]
@@ -674,12 +755,14 @@ async def run_async(quick: bool) -> dict[str, Any]:
                 mx_slow = Mx(slow_plain_lib, tags, values)  # its own session: nothing advised
                 await mx_slow.setup()
                 ua_side = Ua(opc.info["address"], int(opc.info["namespace"]), n_bulk)
+                bare = BareStub(plain.address, single_unary)
                 try:
                     await run_rounds(
-                        report, mx, single, single_unary, mx_advised, mx_slow, ua_side, p
+                        report, mx, single, single_unary, mx_advised, mx_slow, ua_side, p, bare
                     )
                 finally:
                     await ua_side.close()
+                    await bare.close()
                 await mx.begin_writes()  # after the rounds: nothing measured there follows it
                 try:
                     report.results["library_cpu_per_call_without_grpc"] = await library_cpu(
@@ -716,9 +799,11 @@ async def run_rounds(
     mx_slow: Mx,
     ua_side: Ua,
     p: dict[str, float],
+    bare: BareStub | None = None,
 ) -> None:
     """Interleaved rounds of every row (``mx``: the busy simulator's session, ``single``
-    and ``single_unary``: the default simulator's, see :data:`BUSY_SUFFIX`)."""
+    and ``single_unary``: the default simulator's, see :data:`BUSY_SUFFIX`; ``bare``:
+    the reference rows, see :data:`REFERENCES`)."""
     rows: dict[str, list[tuple[float, float]]] = {name: [] for name in GOALS}
     busy_rows: dict[str, list[tuple[float, float]]] = {}
     raw: dict[str, list[Any]] = {"unary": [], "bulk": [], "events": []}
@@ -730,7 +815,7 @@ async def run_rounds(
         await ua_side.connect()
         await ua_side.bulk_read(n_bulk)  # and the server's
         flip = r % 2 == 1
-        u = await unary_round(single, single_unary, ua_side, int(p["calls"]), flip, mx)
+        u = await unary_round(single, single_unary, ua_side, int(p["calls"]), flip, mx, bare)
         raw["unary"].append(u)
         rows["read_one_median"].append((u["mx_read"]["median_us"], u["ua_read"]["median_us"]))
         rows["read_one_p99"].append((u["mx_read"]["p99_us"], u["ua_read"]["p99_us"]))
@@ -798,6 +883,8 @@ async def run_rounds(
     report.results["single_calls_busy_simulator"] = ratio_table(busy_rows)
     floor = [u["grpc_health"]["median_us"] / u["ua_read"]["median_us"] for u in raw["unary"]]
     report.results["grpc_health_vs_asyncua_read_median"] = rnd(median(floor), 3)
+    if bare is not None:
+        report.results["references"] = reference_table(raw["unary"])
     report.results["asyncua_reconnects"] = ua_side.reconnects
     summarise(report, rows)
 

@@ -160,6 +160,12 @@ def _check_opcua(doc: dict[str, object]) -> None:
         if row["ratio"] is not None:
             assert row["ratio_min"] <= row["ratio"] <= row["ratio_max"]
             assert isinstance(row["met"], bool)
+    # The floor of the unary rows: the bare stub's Invoke against the same simulator.
+    references = results["references"]
+    assert set(references) == {"bare_stub_read_median", "bare_stub_ping_median"}
+    for name, row in references.items():
+        assert "goal" not in row and row["rounds"] >= 1, name
+        assert all(isinstance(row[k], float) for k in ("mxgateway", "asyncua", "ratio")), row
     keep_up = results["keep_up"]
     for key in ("changes_per_s", "lag_end_s", "late_scans"):
         assert key in keep_up, key
