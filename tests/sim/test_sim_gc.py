@@ -14,8 +14,9 @@ import contextlib
 import dataclasses
 import gc
 import logging
+import types
 import weakref
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, cast
 
 import grpc
@@ -23,7 +24,7 @@ import pytest
 from simhelpers import SCAN_MS, Gw, changes, command, wait_for
 
 from mxgateway.generated import mxaccess_gateway_pb2 as pb
-from mxgateway_sim import GatewaySimulator, InMemoryCatalog
+from mxgateway_sim import GatewaySimulator, InMemoryCatalog, SessionOptions, SimulatedRuntime
 from mxgateway_sim._builtin import tag
 from mxgateway_sim._domain import (
     CAT_SECURITY_ERROR,
@@ -51,6 +52,7 @@ from mxgateway_sim._gcpolicy import (
     server_thresholds,
 )
 from mxgateway_sim._plant import Plant
+from mxgateway_sim._slicing import CHUNK_ROWS
 from mxgateway_sim._wire import EventEncoder, event_to_pb, unframe
 
 ATTRIBUTES = 2_000
@@ -360,24 +362,50 @@ async def test_replacements_are_bounded_by_the_advised_attributes(
         assert max(pending) <= len(advised), pending
 
 
+def _ours(o: object) -> str | None:
+    """What ``o`` is when it is this project's (its type; a frame of its code or a contract
+    message, by name), else None."""
+    if isinstance(o, types.FrameType):
+        ours = str(o.f_globals.get("__name__", "")).startswith(("mxgateway", "bench"))
+        return f"frame {o.f_code.co_name}" if ours else None
+    kind = type(o)
+    if kind.__module__.startswith(("mxgateway", "bench")) or kind.__module__.endswith("_pb2"):
+        return kind.__qualname__
+    if getattr(getattr(o, "__func__", None), "__module__", "").startswith("mxgateway"):
+        return kind.__qualname__
+    return None
+
+
 def _ours_in_frozen_garbage() -> collections.Counter[str]:
-    """Objects of this project among the cyclic garbage only a full collection frees (the
-    valve's work), by type; the garbage is freed afterwards."""
+    """Objects of this project (:func:`_ours`) among the cyclic garbage only a full
+    collection frees (the valve's work), by type; the garbage is freed afterwards."""
     gc.collect(1)  # young garbage goes the usual way (survivors are tenured)
     gc.set_debug(gc.DEBUG_SAVEALL)
     try:
         ServerGcPolicy.full_collection()
-        found = collections.Counter(
-            type(o).__qualname__
-            for o in gc.garbage
-            if type(o).__module__.startswith(("mxgateway", "bench"))
-            or getattr(getattr(o, "__func__", None), "__module__", "").startswith("mxgateway")
-        )
+        found = collections.Counter(filter(None, map(_ours, gc.garbage)))
     finally:
         gc.set_debug(0)
         gc.garbage.clear()
     ServerGcPolicy.full_collection()  # the saved garbage, freed for good
     return found
+
+
+@contextlib.contextmanager
+def _cyclic_garbage() -> Iterator[collections.Counter[str]]:
+    """Objects of this project (:func:`_ours`) that became cyclic garbage in the block, by
+    type, counted at its end: every collection in it, automatic or not, keeps its garbage
+    for the count (``DEBUG_SAVEALL``) instead of freeing it."""
+    found: collections.Counter[str] = collections.Counter()
+    gc.collect()  # what came before the block
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        yield found
+        gc.collect()
+        found.update(filter(None, map(_ours, gc.garbage)))
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
 
 
 async def test_steady_state_leaves_no_garbage_for_the_valve() -> None:
@@ -438,6 +466,69 @@ def test_the_plant_counts_what_its_models_hold() -> None:
         plant.state(REFS[0])  # the same model again
     assert shared.tracked_objects() == 20
     assert own.tracked_objects() == 30
+
+
+class _StuckPing(SimulatedRuntime):
+    """A runtime whose Ping never returns (a stuck worker): the command's timeout ends it."""
+
+    async def ping(self) -> None:
+        await asyncio.Event().wait()
+
+
+async def test_refused_commands_become_no_cyclic_garbage() -> None:
+    # A command its handler refuses (a value over the limit found in a later slice, the
+    # timeout, an MXAccess failure, a bad field) is freed by reference counting, request
+    # and all, on Invoke and on InvokeStream. Under asyncio.wait_for the exception's
+    # traceback tied the request to a cycle (the handler's task keeps the exception, whose
+    # frames keep the task) until a collection walked it, with tenure only the valve; the
+    # command path drops that traceback (_svc_common: _without_cycle, _within). On 3.11+
+    # the handler runs in the calling task and nothing cycles even with the traceback; on
+    # 3.10 (wait_for) the drop is what frees the request, and a bare `raise` undid it.
+    options = SessionOptions(command_timeout_s=0.05, max_value_bytes=1024)
+    async with (
+        GatewaySimulator(
+            catalog=_catalog(),
+            scan_interval_ms=60_000,
+            flaky_one_in=0,
+            session_options=options,
+            runtime_factory=_StuckPing,
+        ) as sim,
+        grpc.aio.insecure_channel(sim.endpoint) as channel,
+    ):
+        gw = Gw(channel, sim.api_key)
+        sid = await gw.open()
+        sh = await gw.register(sid)
+        handle = await gw.subscribe(sid, sh, REFS[2])
+        small, large = pb.MxValue(double_value=1.5), pb.MxValue(string_value="x" * 2048)
+        entries = [pb.WriteBulkEntry(item_handle=handle, value=small)] * (CHUNK_ROWS * 3)
+        refused = {
+            "write_bulk": (  # the limit, found after the first slices
+                dict(server_handle=sh, entries=[*entries, pb.WriteBulkEntry(value=large)]),
+                pb.PROTOCOL_STATUS_CODE_INVALID_REQUEST,
+            ),
+            "ping": ({}, pb.PROTOCOL_STATUS_CODE_TIMEOUT),
+            "write": (  # an unknown item handle
+                dict(server_handle=sh, item_handle=10**6, value=small),
+                pb.PROTOCOL_STATUS_CODE_MXACCESS_FAILURE,
+            ),
+            "read_bulk": (
+                dict(server_handle=sh, tag_addresses=REFS[:3], timeout_ms=-1),
+                pb.PROTOCOL_STATUS_CODE_INVALID_REQUEST,
+            ),
+        }
+        requests = [
+            pb.MxCommandRequest(session_id=sid, command=command(payload, **fields))
+            for payload, (fields, _) in refused.items()
+        ]
+        expected = [code for _, code in refused.values()]
+        with _cyclic_garbage() as cyclic:
+            for _ in range(3):
+                replies = [await gw.stub.Invoke(r, metadata=gw.md) for r in requests]
+                assert [r.protocol_status.code for r in replies] == expected, replies
+                stream = gw.stub.InvokeStream(iter(requests), metadata=gw.md)
+                replies = [reply async for reply in stream]
+                assert [r.protocol_status.code for r in replies] == expected, replies
+        assert cyclic == collections.Counter()
 
 
 def test_a_write_delivers_the_sample_it_made() -> None:
