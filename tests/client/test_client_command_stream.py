@@ -451,7 +451,7 @@ class _StreamingGateway(pbg.MxAccessGatewayServicer):
 
 
 async def test_a_closed_client_leaves_no_grpc_completion_for_its_closed_loop(
-    caplog: pytest.LogCaptureFixture,
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Closing the client ends its idle command stream and waits for the gateway's end of
     # it. Only cancelling it left gRPC's completion of the call for after the client's loop
@@ -459,6 +459,10 @@ async def test_a_closed_client_leaves_no_grpc_completion_for_its_closed_loop(
     # then logged "Exception in callback PollerCompletionQueue._handle_events" with "Event
     # loop is closed" (grpc/grpc#34139). Each client runs on a loop of its own, in a
     # thread, while this test's loop keeps a channel open.
+    # The wait's bound (1 s, then the stream is cancelled: the test below) is raised here:
+    # a gateway thread held up for over a second on a loaded machine must not turn the
+    # half-close checked here into that cancel.
+    monkeypatch.setattr("mxgateway._cmdstream._CLOSE_WAIT", 30.0)
     gateway = _StreamingGateway()
     ping = pb.MxCommand(kind=pb.MX_COMMAND_KIND_PING, ping=pb.PingCommand())
     clients = 60
