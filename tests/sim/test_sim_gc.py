@@ -71,30 +71,36 @@ REFS = [f"Obj{i // 20:03d}.Attr{i:04d}" for i in range(ATTRIBUTES)]
 
 
 @contextlib.asynccontextmanager
-async def _tenured(
-    monkeypatch: pytest.MonkeyPatch, scan_interval_ms: int
-) -> AsyncIterator[tuple[GatewaySimulator, Gw, str, int]]:
-    """A simulator of :func:`_catalog` with tenure on and a young collection every 500
-    replaced samples; yields it, a client, an open session and its registration."""
-    monkeypatch.setattr("mxgateway_sim._gcpolicy.YOUNG_REPLACEMENTS", 500)
+async def _simulator(
+    scan_interval_ms: int, **options: Any
+) -> AsyncIterator[tuple[GatewaySimulator, Gw]]:
+    """A simulator of :func:`_catalog` (no flaky reads) with these ``GatewaySimulator``
+    options, and a client of it."""
     async with (
         GatewaySimulator(
-            catalog=_catalog(), scan_interval_ms=scan_interval_ms, flaky_one_in=0, gc_tenure=True
+            catalog=_catalog(), scan_interval_ms=scan_interval_ms, flaky_one_in=0, **options
         ) as sim,
         grpc.aio.insecure_channel(sim.endpoint) as channel,
     ):
-        gw = Gw(channel, sim.api_key)
+        yield sim, Gw(channel, sim.api_key)
+
+
+@contextlib.asynccontextmanager
+async def _tenured(
+    monkeypatch: pytest.MonkeyPatch, scan_interval_ms: int
+) -> AsyncIterator[tuple[GatewaySimulator, Gw, str, int]]:
+    """A :func:`_simulator` with tenure on and a young collection every 500 replaced
+    samples; yields it, a client, an open session and its registration."""
+    monkeypatch.setattr("mxgateway_sim._gcpolicy.YOUNG_REPLACEMENTS", 500)
+    async with _simulator(scan_interval_ms, gc_tenure=True) as (sim, gw):
         sid = await gw.open()
         yield sim, gw, sid, await gw.register(sid)
 
 
 @pytest.fixture
 async def gateway() -> AsyncIterator[Gw]:
-    async with (
-        GatewaySimulator(catalog=_catalog(), scan_interval_ms=60_000, flaky_one_in=0) as sim,
-        grpc.aio.insecure_channel(sim.endpoint) as channel,
-    ):
-        yield Gw(channel, sim.api_key)
+    async with _simulator(60_000) as (_, gw):
+        yield gw
 
 
 def _tracked() -> int:
@@ -188,11 +194,7 @@ async def test_items_sharing_an_attribute_each_get_its_changes() -> None:
     # One advised item of an attribute is kept without a container; a second makes an
     # ordered set; unadvising goes back down to none. Every step through the public API.
     ref = "Obj000.Attr0002"  # a Double: changes every scan
-    async with (
-        GatewaySimulator(catalog=_catalog(), scan_interval_ms=SCAN_MS, flaky_one_in=0) as sim,
-        grpc.aio.insecure_channel(sim.endpoint) as channel,
-    ):
-        gw = Gw(channel, sim.api_key)
+    async with _simulator(SCAN_MS) as (_, gw):
         sid, other = await gw.open(), await gw.open()
         sh, other_sh = await gw.register(sid), await gw.register(other)
         a, b, c = [await gw.subscribe(sid, sh, ref) for _ in range(3)]
@@ -412,13 +414,7 @@ async def test_steady_state_leaves_no_garbage_for_the_valve() -> None:
     # A session streaming the changes of its advised items, reading and writing, and a
     # second session that lives long enough to be tenured and is then closed: nothing of
     # ours becomes cyclic garbage, so no full collection is needed for it.
-    async with (
-        GatewaySimulator(
-            catalog=_catalog(), scan_interval_ms=SCAN_MS, flaky_one_in=0, gc_tenure=True
-        ) as sim,
-        grpc.aio.insecure_channel(sim.endpoint) as channel,
-    ):
-        gw = Gw(channel, sim.api_key)
+    async with _simulator(SCAN_MS, gc_tenure=True) as (_, gw):
         _ours_in_frozen_garbage()  # what earlier tests' simulators left (not this one's)
         sid = await gw.open()
         sh = await gw.register(sid)
@@ -485,17 +481,8 @@ async def test_refused_commands_become_no_cyclic_garbage() -> None:
     # the handler runs in the calling task and nothing cycles even with the traceback; on
     # 3.10 (wait_for) the drop is what frees the request, and a bare `raise` undid it.
     options = SessionOptions(command_timeout_s=0.05, max_value_bytes=1024)
-    async with (
-        GatewaySimulator(
-            catalog=_catalog(),
-            scan_interval_ms=60_000,
-            flaky_one_in=0,
-            session_options=options,
-            runtime_factory=_StuckPing,
-        ) as sim,
-        grpc.aio.insecure_channel(sim.endpoint) as channel,
-    ):
-        gw = Gw(channel, sim.api_key)
+    stuck = _simulator(60_000, session_options=options, runtime_factory=_StuckPing)
+    async with stuck as (_, gw):
         sid = await gw.open()
         sh = await gw.register(sid)
         handle = await gw.subscribe(sid, sh, REFS[2])
