@@ -10,6 +10,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from mxgateway._cmdstream import CommandStream
+from mxgateway._encoded import EncodedRequest, as_message
 from mxgateway._enums import enum_name
 from mxgateway._errors import (
     ClientClosedError,
@@ -93,9 +94,7 @@ class GatewayClient(TransportOwner):
             request_serializer=pb.StreamEventsRequest.SerializeToString,
             response_deserializer=EventBatchView.FromString,
         )
-        self._commands = (
-            CommandStream(transport, self._stub) if transport.options.command_stream else None
-        )
+        self._commands = CommandStream(transport) if transport.options.command_stream else None
 
     @classmethod
     async def connect(
@@ -237,14 +236,21 @@ class GatewayClient(TransportOwner):
         return await self._invoke_request(request, timeout)
 
     async def _invoke_request(
-        self, request: pb.MxCommandRequest, timeout: float | UseDefault | None = DEFAULT
+        self,
+        request: pb.MxCommandRequest | EncodedRequest,
+        timeout: float | UseDefault | None = DEFAULT,
     ) -> pb.MxCommandReply:
         """:meth:`invoke_raw` of a request already built (``Session`` builds a large bulk
-        command inside its request: setting it as a field would copy every row)."""
-        if not request.client_correlation_id:
-            request.client_correlation_id = self._next_correlation_id()
-        session_id = request.session_id
-        number = request.command.kind
+        command inside its request: setting it as a field would copy every row), or
+        encoded ahead (``mxgateway._encoded``: its correlation id already set)."""
+        if isinstance(request, EncodedRequest):
+            session_id = request.session_id
+            number = request.kind
+        else:
+            if not request.client_correlation_id:
+                request.client_correlation_id = self._next_correlation_id()
+            session_id = request.session_id
+            number = request.command.kind
         what = _INVOKE_WHAT.get(number)
         if what is None:
             what = _invoke_what(number)
@@ -261,7 +267,7 @@ class GatewayClient(TransportOwner):
         if reply is None:
             reply = await self._transport.unary(
                 self._stub.Invoke,
-                request,
+                as_message(request),
                 timeout=timeout,
                 session_id=session_id,
                 what=what,

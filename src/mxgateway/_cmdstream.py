@@ -23,10 +23,10 @@ from typing import Any
 
 import grpc
 
+from mxgateway._encoded import EncodedRequest, as_message, serialize
 from mxgateway._retry import is_idempotent
 from mxgateway._transport import Transport
 from mxgateway.generated import mxaccess_gateway_pb2 as pb
-from mxgateway.generated import mxaccess_gateway_pb2_grpc as pbg
 
 __all__ = ["CommandStream"]
 
@@ -46,9 +46,19 @@ _EOF: Any = grpc.aio.EOF  # type: ignore[attr-defined]  # what read() returns at
 class CommandStream:
     """The client's end of ``InvokeStream``: opened on first use, again after a failure."""
 
-    def __init__(self, transport: Transport, stub: pbg.MxAccessGatewayStub) -> None:
+    def __init__(self, transport: Transport, open_stream: Any = None) -> None:
+        """``open_stream(metadata=...)`` opens the stream (default: ``InvokeStream`` on
+        the transport's channel, as the generated stub's, but writing a request encoded
+        ahead, ``mxgateway._encoded``, as it is)."""
         self._transport = transport
-        self._stub = stub
+        if open_stream is None:
+            service = pb.DESCRIPTOR.services_by_name["MxAccessGateway"].full_name
+            open_stream = transport.channel.stream_stream(
+                f"/{service}/InvokeStream",
+                request_serializer=serialize,
+                response_deserializer=pb.MxCommandReply.FromString,
+            )
+        self._open_stream = open_stream
         self._call: Any = None
         self._busy = False
         self._deadline = 0.0  # loop time the command in flight must be answered by
@@ -65,7 +75,11 @@ class CommandStream:
         return not self.unsupported and not self._busy
 
     async def invoke(
-        self, request: pb.MxCommandRequest, timeout: float | None, session_id: str, what: str
+        self,
+        request: pb.MxCommandRequest | EncodedRequest,
+        timeout: float | None,
+        session_id: str,
+        what: str,
     ) -> pb.MxCommandReply | None:
         """Run ``request`` on the stream; None means "use ``Invoke``" (no stream on this
         gateway, the stream refused the command's write so nothing was sent, or it broke
@@ -78,8 +92,7 @@ class CommandStream:
             call = self._call
             new = call is None or call.done()
             if new:
-                open_stream: Any = self._stub.InvokeStream  # a bidi call, written to below
-                call = self._call = open_stream(metadata=self._transport.metadata)
+                call = self._call = self._open_stream(metadata=self._transport.metadata)
             if timeout is None:
                 self._deadline = math.inf
             else:
@@ -103,12 +116,12 @@ class CommandStream:
                 return None
             if (
                 code is grpc.StatusCode.INTERNAL
-                and request.ByteSize() > self._transport.options.max_message_bytes
+                and as_message(request).ByteSize() > self._transport.options.max_message_bytes
             ):
                 # gRPC core refused to send it (a bare INTERNAL on a stream): nothing was
                 # sent, and Invoke names the message limit as for any call.
                 return None
-            if code is grpc.StatusCode.UNAVAILABLE and is_idempotent(request):
+            if code is grpc.StatusCode.UNAVAILABLE and is_idempotent(as_message(request)):
                 return None  # Invoke retries it under the retry policy
             raise self._transport.map_error(exc, session_id=session_id, what=what) from exc
         except asyncio.CancelledError:
@@ -125,7 +138,7 @@ class CommandStream:
             self._drop()
         if reply is _EOF:  # the gateway ended the stream without a status
             self._call = None
-            if is_idempotent(request):
+            if is_idempotent(as_message(request)):
                 return None
             raise self._transport.map_error(
                 _rpc_error(grpc.StatusCode.UNAVAILABLE, "the command stream ended"),
@@ -136,7 +149,9 @@ class CommandStream:
         self._refusals = 0
         return reply
 
-    def _refused(self, exc: grpc.aio.AioRpcError, request: pb.MxCommandRequest, new: bool) -> None:
+    def _refused(
+        self, exc: grpc.aio.AioRpcError, request: pb.MxCommandRequest | EncodedRequest, new: bool
+    ) -> None:
         """Note a write the stream refused. Nothing was sent (the stream had ended), so the
         caller sends the command through ``Invoke``, which reports any error as a unary
         call does."""
@@ -146,7 +161,7 @@ class CommandStream:
         elif (
             code is grpc.StatusCode.INTERNAL
             and new
-            and request.ByteSize() <= self._transport.options.max_message_bytes
+            and as_message(request).ByteSize() <= self._transport.options.max_message_bytes
         ):
             # The status of a new stream's end was lost (grpc/grpc#36066): most likely a
             # gateway without the stream. Try a new one next time, a few times at most.

@@ -18,7 +18,8 @@ from datetime import datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from mxgateway._chunking import split_bulk_command
+from mxgateway._chunking import MAX_BULK_ENTRIES, split_bulk_command
+from mxgateway._encoded import ReadMemo
 from mxgateway._enums import enum_name
 from mxgateway._errors import (
     ClientClosedError,
@@ -130,6 +131,11 @@ def _handles(values: Iterable[int], name: str = "item_handles") -> list[int]:
 
 
 def _strings(values: Iterable[str], name: str = "tag_addresses") -> list[str]:
+    return _checked_strings(values, name)[0]
+
+
+def _checked_strings(values: Iterable[str], name: str) -> tuple[list[str], bool]:
+    """:func:`_strings` and whether every entry is ``str`` itself (no subclass)."""
     if isinstance(values, (str, bytes)):
         raise ValueError(f"{name} must be a sequence of strings, not a single string")
     out = list(values)
@@ -137,7 +143,8 @@ def _strings(values: Iterable[str], name: str = "tag_addresses") -> list[str]:
         for i, v in enumerate(out):
             if not isinstance(v, str):
                 raise ValueError(f"{name}[{i}] must be a string, not {type(v).__name__}")
-    return out
+        return out, False
+    return out, True
 
 
 def _extend_rows(results: list[Any], rows: Iterable[Any]) -> None:
@@ -194,6 +201,8 @@ class Session:
         self._writes = WriteWaiters()
         self._private: EventStream | None = None
         self._private_users = 0
+        # The last large read_bulk, encoded: the next read of the same tags sends it again.
+        self._read_memo: ReadMemo | None = None
 
     @property
     def session_id(self) -> str:
@@ -1002,13 +1011,15 @@ class Session:
         worker's default). Already advised tags answer from the cache (``was_cached``).
         The call deadline defaults to the client timeout plus ``timeout_ms`` per tag.
         """
-        tags = _strings(tag_addresses)
+        tags, plain = _checked_strings(tag_addresses, "tag_addresses")
         _int32(timeout_ms, "timeout_ms")
         if timeout_ms < 0:
             raise ValueError("timeout_ms must be >= 0")
         if timeout is DEFAULT:
             base = self._client.options.timeout
             timeout = None if base is None else base + len(tags) * timeout_ms / 1000
+        if len(tags) > _SMALL_BULK:
+            return await self._read_many(server_handle, tags, plain, timeout_ms, timeout)
         request, cmd = self._request()
         cmd.kind = pb.MX_COMMAND_KIND_READ_BULK
         read = cmd.read_bulk
@@ -1018,10 +1029,44 @@ class Session:
         # A few tags (a single read, most calls): each is at most 4 bytes a character
         # plus its tag and length; the handle, timeout, kind and the payload's own tag
         # and length take less than 32.
-        bound = 4 * (sum(map(len, tags)) + len(tags)) + 32 if len(tags) <= _SMALL_BULK else None
+        bound = 4 * (sum(map(len, tags)) + len(tags)) + 32
         return await self._bulk(
             cmd, "bulk_read", pb.BulkReadReply, timeout=timeout, request=request, size_bound=bound
         )
+
+    async def _read_many(
+        self,
+        server_handle: int,
+        tags: list[str],
+        plain: bool,
+        timeout_ms: int,
+        timeout: float | UseDefault | None,
+    ) -> list[pb.BulkReadResult]:
+        """:meth:`read_bulk` of more than :data:`_SMALL_BULK` tags: sent as bytes encoded
+        ahead (``mxgateway._encoded``), those of the session's previous large read when it
+        asked for the same tags (``plain``: every tag is ``str`` itself, so equal lists are
+        the same references), else encoded now and remembered for the next read. A command
+        too large for one request is split as every bulk command is, and not remembered."""
+        self._check_open()
+        memo = self._read_memo
+        if memo is None or not (plain and memo.matches(server_handle, tags, timeout_ms)):
+            cmd = pb.MxCommand(kind=pb.MX_COMMAND_KIND_READ_BULK)
+            read = cmd.read_bulk
+            read.server_handle = server_handle
+            read.tag_addresses.extend(tags)
+            read.timeout_ms = timeout_ms
+            encoded = cmd.SerializeToString()
+            budget = self._client.options.max_message_bytes // _BULK_REQUEST_SHARE
+            if len(encoded) > budget or len(tags) > MAX_BULK_ENTRIES:
+                return await self._bulk(cmd, "bulk_read", pb.BulkReadReply, timeout=timeout)
+            memo = ReadMemo(server_handle, tags, timeout_ms, encoded)
+            if plain:
+                self._read_memo = memo
+        request = memo.request(self._session_id, self._client._next_correlation_id())
+        reply = check_mxaccess(await self._client._invoke_request(request, timeout))
+        results: list[pb.BulkReadResult] = []
+        _extend_rows(results, self._result(reply, "bulk_read", pb.BulkReadReply).results)
+        return results
 
     # -- events -----------------------------------------------------------------------
     def events(
@@ -1088,6 +1133,7 @@ class Session:
         if self._closed:
             return None
         self._closed = True
+        self._read_memo = None
         try:
             return await self._client.close_session(self._session_id, timeout=timeout)
         except MxGatewaySessionNotFoundError:

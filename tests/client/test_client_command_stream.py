@@ -419,7 +419,7 @@ async def test_after_three_refused_new_streams_in_a_row_the_client_stays_on_invo
 
     transport = Transport(ClientOptions(endpoint="127.0.0.1:1", plaintext=True))
     try:
-        commands = CommandStream(transport, Stub())  # type: ignore[arg-type]
+        commands = CommandStream(transport, Stub().InvokeStream)
         request = pb.MxCommandRequest(
             session_id="s", command=pb.MxCommand(kind=pb.MX_COMMAND_KIND_PING)
         )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import gc
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import pytest
 
@@ -39,61 +40,53 @@ def _read(handle: int, tags: list[str], timeout_ms: int = 0) -> pb.MxCommand:
 
 @pytest.mark.parametrize("stream", [False, True])
 async def test_read_bulk_answers_what_invoke_raw_answers(stream: bool) -> None:
-    async with GatewaySimulator(
-        catalog=builtin_catalog(), scan_interval_ms=3_600_000, flaky_one_in=0
-    ) as sim:
-        options = ClientOptions(
-            endpoint=sim.endpoint, api_key=sim.api_key, plaintext=True, command_stream=stream
-        )
-        async with (
-            await GatewayClient.connect(options=options) as client,
-            await client.open_session("rb") as session,
-        ):
-            hlmx = await session.register("rb")
-            await session.subscribe_bulk(hlmx, TAGS[:1])  # one row from the advise
-            for timeout_ms in (0, 250):
-                rows = await session.read_bulk(hlmx, TAGS, timeout_ms=timeout_ms)
-                reply = await session.invoke_raw(_read(hlmx, TAGS, timeout_ms))
-                raw = list(reply.bulk_read.results)
-                assert [r.tag_address for r in rows] == TAGS
-                assert [r.SerializeToString() for r in rows] == [r.SerializeToString() for r in raw]
-                assert [r.was_successful for r in rows] == [True] * 4 + [False] * 2 + [True]
-                assert rows[0].was_cached and not rows[1].was_cached
-            # Listing the rows pauses the garbage collector (no collection in the middle of
-            # the burst of row objects) and leaves it as the caller had it.
-            assert gc.isenabled()
-            again = await session.read_bulk(hlmx, TAGS)
-            assert gc.isenabled()
-            gc.disable()
-            try:
-                disabled = await session.read_bulk(hlmx, TAGS)
-                assert not gc.isenabled()
-            finally:
-                gc.enable()
-            assert [r.SerializeToString() for r in again] == [
-                r.SerializeToString() for r in disabled
-            ]
-            assert [r.SerializeToString() for r in again] == [r.SerializeToString() for r in rows]
-            # An unknown server handle: every row fails, alike on both paths.
-            rows = await session.read_bulk(hlmx + 99, TAGS[:2])
-            reply = await session.invoke_raw(_read(hlmx + 99, TAGS[:2]))
-            assert [r.SerializeToString() for r in rows] == [
-                r.SerializeToString() for r in reply.bulk_read.results
-            ]
-            assert not any(r.was_successful for r in rows)
-            # A gateway-level refusal raises the same typed error on both paths.
-            await client.close_session(session.session_id)
-            with pytest.raises(MxGatewaySessionNotFoundError) as direct:
-                await client.invoke_raw(session.session_id, _read(hlmx, TAGS))
-            with pytest.raises(MxGatewaySessionNotFoundError) as helper:
-                await session.read_bulk(hlmx, TAGS)
-            assert str(helper.value) == str(direct.value)
+    async with _frozen_session(stream) as (_sim, session, hlmx):
+        client = session.client
+        await session.subscribe_bulk(hlmx, TAGS[:1])  # one row from the advise
+        for timeout_ms in (0, 250):
+            rows = await session.read_bulk(hlmx, TAGS, timeout_ms=timeout_ms)
+            reply = await session.invoke_raw(_read(hlmx, TAGS, timeout_ms))
+            raw = list(reply.bulk_read.results)
+            assert [r.tag_address for r in rows] == TAGS
+            assert [r.SerializeToString() for r in rows] == [r.SerializeToString() for r in raw]
+            assert [r.was_successful for r in rows] == [True] * 4 + [False] * 2 + [True]
+            assert rows[0].was_cached and not rows[1].was_cached
+        # Listing the rows pauses the garbage collector (no collection in the middle of
+        # the burst of row objects) and leaves it as the caller had it.
+        assert gc.isenabled()
+        again = await session.read_bulk(hlmx, TAGS)
+        assert gc.isenabled()
+        gc.disable()
+        try:
+            disabled = await session.read_bulk(hlmx, TAGS)
+            assert not gc.isenabled()
+        finally:
+            gc.enable()
+        assert [r.SerializeToString() for r in again] == [r.SerializeToString() for r in disabled]
+        assert [r.SerializeToString() for r in again] == [r.SerializeToString() for r in rows]
+        # An unknown server handle: every row fails, alike on both paths.
+        rows = await session.read_bulk(hlmx + 99, TAGS[:2])
+        reply = await session.invoke_raw(_read(hlmx + 99, TAGS[:2]))
+        assert [r.SerializeToString() for r in rows] == [
+            r.SerializeToString() for r in reply.bulk_read.results
+        ]
+        assert not any(r.was_successful for r in rows)
+        # A gateway-level refusal raises the same typed error on both paths.
+        await client.close_session(session.session_id)
+        with pytest.raises(MxGatewaySessionNotFoundError) as direct:
+            await client.invoke_raw(session.session_id, _read(hlmx, TAGS))
+        with pytest.raises(MxGatewaySessionNotFoundError) as helper:
+            await session.read_bulk(hlmx, TAGS)
+        assert str(helper.value) == str(direct.value)
 
 
 @contextlib.asynccontextmanager
-async def _split_reads(stream: bool) -> AsyncIterator[tuple[GatewaySimulator, Session, int]]:
-    """A simulator that counts the commands it serves, a session of a client whose
-    messages are at most 64 KiB (on the command stream or not) and its server handle."""
+async def _frozen_session(
+    stream: bool, **client_options: Any
+) -> AsyncIterator[tuple[GatewaySimulator, Session, int]]:
+    """A simulator that counts the commands it serves, its plant frozen between ticks, a
+    session of a client on it (on the command stream or not; more ``ClientOptions`` in
+    ``client_options``) and its server handle."""
     async with GatewaySimulator(
         catalog=builtin_catalog(),
         scan_interval_ms=3_600_000,
@@ -105,13 +98,18 @@ async def _split_reads(stream: bool) -> AsyncIterator[tuple[GatewaySimulator, Se
             api_key=sim.api_key,
             plaintext=True,
             command_stream=stream,
-            max_message_bytes=64 * 1024,
+            **client_options,
         )
         async with (
             await GatewayClient.connect(options=options) as client,
-            await client.open_session("split") as session,
+            await client.open_session("rb") as session,
         ):
-            yield sim, session, await session.register("split")
+            yield sim, session, await session.register("rb")
+
+
+def _split_reads(stream: bool) -> contextlib.AbstractAsyncContextManager[Any]:
+    """:func:`_frozen_session` of a client whose messages are at most 64 KiB."""
+    return _frozen_session(stream, max_message_bytes=64 * 1024)
 
 
 @pytest.mark.parametrize("stream", [False, True])
@@ -180,3 +178,23 @@ async def test_a_few_references_of_four_byte_characters_are_split_by_their_bytes
         rows = await session.read_bulk(hlmx, refs)
         assert [r.tag_address for r in rows] == refs
         assert reads() - before >= 2
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_repeated_large_reads_answer_what_invoke_raw_answers(stream: bool) -> None:
+    """A read of more than 256 tags, sent as bytes encoded ahead (``mxgateway._encoded``):
+    the first read of a list and the repeats of it give exactly the rows ``invoke_raw`` of
+    the same ``ReadBulk`` gives, generated ``BulkReadResult`` messages, and so does a read
+    of other tags in between."""
+    tags = TAGS * 60  # 420 rows, failures included
+    other = list(reversed(tags))
+    async with _frozen_session(stream) as (_sim, session, hlmx):
+        for read in (tags, tags, other, tags):
+            rows = await session.read_bulk(hlmx, read)
+            reply = await session.invoke_raw(_read(hlmx, read))
+            assert [r.SerializeToString() for r in rows] == [
+                r.SerializeToString() for r in reply.bulk_read.results
+            ]
+            assert all(type(r) is pb.BulkReadResult for r in rows)
+            assert [r.tag_address for r in rows] == read
+            assert sum(r.was_successful for r in rows) == 5 * 60
