@@ -67,6 +67,26 @@ async def test_a_call_whose_message_never_arrives_ends_in_time() -> None:
         assert await healthy(channel) and await serves(sim, key)
 
 
+async def test_each_stalled_call_gets_its_own_time() -> None:
+    """The gate sweeps its waiting calls when the oldest is due: one started later is not
+    ended with it, and a normal call in between leaves nothing behind."""
+    async with gateway(body_timeout_s=0.5) as (sim, channel):
+        key = sim.api_key
+        assert key is not None
+        loop = asyncio.get_running_loop()
+        first = asyncio.ensure_future(outcome(stalled(channel, GATEWAY + "Invoke", key)))
+        await asyncio.sleep(0.3)
+        assert await serves(sim, key)
+        started = loop.time()
+        second = await outcome(stalled(channel, GATEWAY + "OpenSession", key))
+        ended = loop.time()
+        for code, details in (await first, second):
+            assert code == grpc.StatusCode.DEADLINE_EXCEEDED and "0.5 s" in details, details
+        assert ended - started >= 0.5  # not ended by the sweep that ended the first call
+        assert sim.stats.stalled_calls == {"body_timeout": 2}
+        assert sim.body_gate.waiting(split_key(key)[0]) == 0
+
+
 async def test_keyless_health_checks_are_bounded_too() -> None:
     async with gateway(body_timeout_s=0.5) as (_sim, channel):
         code, details = await outcome(stalled(channel, HEALTH + "Check", None))
