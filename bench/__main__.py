@@ -1,5 +1,5 @@
 """``python -m bench [all|parse|unary|events|bulk|galaxy|capacity|profile|stall|opcua|startup|
-worker_hop|metrics|keepup|readcpu] [--quick] [--out F]``.
+worker_hop|metrics|keepup|readcpu|wakeups] [--quick] [--out F]``.
 
 Prints one JSON document. ``all`` runs every benchmark in turn (under 10 minutes on a
 2-core machine) and wraps their documents with the machine info; ``stall`` (the loop stall
@@ -22,7 +22,16 @@ from typing import Any
 from bench._common import machine_info, rnd
 
 BENCHMARKS = ("parse", "unary", "events", "bulk", "galaxy", "capacity", "profile")
-ONLY_WHEN_NAMED = ("stall", "opcua", "startup", "worker_hop", "metrics", "keepup", "readcpu")
+ONLY_WHEN_NAMED = (
+    "stall",
+    "opcua",
+    "startup",
+    "worker_hop",
+    "metrics",
+    "keepup",
+    "readcpu",
+    "wakeups",
+)
 # Benchmark name -> module (galaxy_memory.py belongs to the Galaxy helpers).
 MODULES = {
     "galaxy": "galaxy_memory",

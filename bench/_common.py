@@ -16,7 +16,7 @@ import shutil
 import statistics
 import sys
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -126,9 +126,17 @@ class ServerProcess:
     exit from the ``async with`` block, whatever happened inside it.
     """
 
-    def __init__(self, argv: Sequence[str], *, ready_timeout: float = 60.0) -> None:
+    def __init__(
+        self,
+        argv: Sequence[str],
+        *,
+        ready_timeout: float = 60.0,
+        env: Mapping[str, str | None] | None = None,
+    ) -> None:
         self.argv = list(argv)
         self.ready_timeout = ready_timeout
+        self.env = dict(env or {})
+        """Changes to this process's environment for the server (None: removed)."""
         self.proc: asyncio.subprocess.Process | None = None
         self.info: JSON = {}
         self.address = ""
@@ -146,6 +154,11 @@ class ServerProcess:
 
     async def __aenter__(self) -> ServerProcess:
         env = dict(os.environ)
+        for name, value in self.env.items():
+            if value is None:
+                env.pop(name, None)
+            else:
+                env[name] = value
         env["PYTHONPATH"] = os.pathsep.join(
             p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p
         )
@@ -247,8 +260,10 @@ def sim_server(
     extra: Sequence[str] = (),
     session_isolation: str = "inline",
     event_loop: str = "asyncio",
+    env: Mapping[str, str | None] | None = None,
 ) -> ServerProcess | None:
-    """The simulator in a subprocess via ``bench/sim_server.py``, or None if it is missing."""
+    """The simulator in a subprocess via ``bench/sim_server.py``, or None if it is missing
+    (``env``: changes to its environment, see :class:`ServerProcess`)."""
     try:
         from mxgateway_sim import GatewaySimulator  # noqa: F401
     except ImportError:
@@ -273,7 +288,7 @@ def sim_server(
     if tags_out:
         argv += ["--tags-out", tags_out]
     argv += extra
-    return ServerProcess(argv, ready_timeout=180.0)
+    return ServerProcess(argv, ready_timeout=180.0, env=env)
 
 
 def load_tags(path: str, n: int) -> tuple[list[str], list[object]]:

@@ -35,9 +35,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench._common import API_KEY
-from mxgateway_sim._eventloop import EVENT_LOOPS, EventLoopUnavailable
-from mxgateway_sim._eventloop import run as run_event_loop
+from mxgateway_sim._grpcenv import apply_server_experiments
+
+apply_server_experiments()  # as mxgw-sim serve does: before anything below loads gRPC
+
+from bench._common import API_KEY  # noqa: E402
+from mxgateway_sim._eventloop import EVENT_LOOPS, EventLoopUnavailable  # noqa: E402
+from mxgateway_sim._eventloop import run as run_event_loop  # noqa: E402
 
 DEFAULT_WORKER_POOL = 2
 """``--worker-pool`` unless told (the gateway's default; kept here so that parsing the

@@ -57,9 +57,18 @@ def test_import_mxgateway_values_is_enough_for_values() -> None:
 
 
 def test_import_mxgateway_sim_loads_neither_cli_nor_rich() -> None:
-    loaded = _loaded_by("mxgateway_sim")
-    assert "mxgateway_sim._server" in loaded
+    # The package's names load on first use (PEP 562): its server module is the probe.
+    loaded = _loaded_by("mxgateway_sim._server")
+    assert "mxgateway_sim._sessions" in loaded
     assert not _under(loaded, "mxgateway_cli", "mxgateway_mxaccess", "rich")
+
+
+def test_simulator_entry_points_load_no_grpc() -> None:
+    # mxgw-sim and mxgw-gateway set gRPC's settings before it loads (mxgateway_sim._grpcenv):
+    # their entry module and the package's __init__ must not load it themselves.
+    loaded = _loaded_by("mxgateway_sim._launch")
+    assert "mxgateway_sim._grpcenv" in loaded
+    assert not _under(loaded, "grpc", "mxgateway", "google.protobuf"), loaded
 
 
 def test_cli_entry_module_loads_no_simulator() -> None:
