@@ -13,7 +13,8 @@ gRPC reads ``GRPC_EXPERIMENTS`` once, when it loads (``import grpc``), and the s
 process-wide, so only the simulator's own programs apply it (``mxgw-sim``,
 ``mxgw-gateway``: :mod:`mxgateway_sim._launch`), never an embedded
 :class:`~mxgateway_sim.GatewaySimulator` (its host's gRPC is the host's) nor the client
-library. An operator's own ``GRPC_EXPERIMENTS`` (even empty) wins.
+library. An operator's own ``GRPC_EXPERIMENTS`` (even empty) wins. Linux only: that is
+where it was measured (elsewhere gRPC's defaults stay).
 """
 
 from __future__ import annotations
@@ -32,12 +33,14 @@ SERVER_EXPERIMENTS = "-event_engine_listener"
 """The experiments a simulator server process runs with (see the module docstring)."""
 
 
-def apply_server_experiments(environ: MutableMapping[str, str] | None = None) -> bool:
-    """Set :data:`SERVER_EXPERIMENTS` in ``environ`` (the process's by default) unless the
-    variable is set already or gRPC is loaded (too late to matter). True when set; child
-    processes (workers) inherit it."""
+def apply_server_experiments(
+    environ: MutableMapping[str, str] | None = None, platform: str = sys.platform
+) -> bool:
+    """Set :data:`SERVER_EXPERIMENTS` in ``environ`` (the process's by default) on Linux,
+    unless the variable is set already or gRPC is loaded (too late to matter). True when
+    set; child processes (workers) inherit it."""
     env = os.environ if environ is None else environ
-    if GRPC_EXPERIMENTS in env or "grpc" in sys.modules:
+    if platform != "linux" or GRPC_EXPERIMENTS in env or "grpc" in sys.modules:
         return False
     env[GRPC_EXPERIMENTS] = SERVER_EXPERIMENTS
     return True

@@ -42,6 +42,10 @@ def _entry_sees(entry: str, **env: str) -> list[object]:
     return seen
 
 
+linux_only = pytest.mark.skipif(sys.platform != "linux", reason="applied on Linux only")
+
+
+@linux_only
 @pytest.mark.parametrize("entry", ["run", "run_gateway"])
 def test_programs_turn_the_event_engine_listener_off_before_grpc_loads(entry: str) -> None:
     assert _entry_sees(entry) == [SERVER_EXPERIMENTS, False]
@@ -50,6 +54,13 @@ def test_programs_turn_the_event_engine_listener_off_before_grpc_loads(entry: st
 @pytest.mark.parametrize("value", ["", "-event_engine_client"])
 def test_the_operators_own_setting_wins(value: str) -> None:
     assert _entry_sees("run", GRPC_EXPERIMENTS=value) == [value, False]
+
+
+def test_other_platforms_keep_grpcs_defaults() -> None:
+    for platform in ("win32", "darwin"):
+        env: dict[str, str] = {}
+        assert apply_server_experiments(env, platform=platform) is False
+        assert env == {}
 
 
 def test_nothing_is_set_once_grpc_is_loaded() -> None:
