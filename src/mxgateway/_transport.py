@@ -31,6 +31,7 @@ import ipaddress
 import logging
 import os
 import socket
+import time
 from collections.abc import AsyncIterator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Generic, TypedDict, TypeVar
@@ -486,39 +487,77 @@ class Transport:
 
         Cancelling the awaiting task cancels the gRPC call (and any pending retry).
         """
-        self.check_open()
+        if self._closed:
+            self.check_open()
         if timeout is DEFAULT:
             timeout = self._options.timeout
-        label = what or type(request).__name__.removesuffix("Request")
+        # The first attempt awaits the call here (no frame of its own: most calls succeed at
+        # once); a retry decides and waits in _retry.
+        start = time.monotonic()
+        try:
+            return await method(request, timeout=timeout, metadata=self._metadata)
+        except grpc.aio.AioRpcError as exc:
+            label = what or type(request).__name__.removesuffix("Request")
+            error = self.map_error(exc, session_id=session_id, what=label)
+            error.__cause__ = exc  # as `raise error from exc`
+            policy = self._options.retry
+            if (
+                exc.code() is not grpc.StatusCode.UNAVAILABLE
+                or not isinstance(error, MxGatewayUnavailableError)
+                or policy is None
+                or not policy.enabled
+                or not (is_idempotent(request) if idempotent is None else idempotent)
+            ):
+                raise error from exc
+        except asyncio.CancelledError:
+            self._cancelled_under_call(what or type(request).__name__.removesuffix("Request"))
+            raise
+        return await self._retry(method, request, timeout, start, session_id, label, error)
+
+    async def _retry(
+        self,
+        method: grpc.aio.UnaryUnaryMultiCallable[ReqT, RespT],
+        request: ReqT,
+        timeout: float | None,
+        start: float,
+        session_id: str | None,
+        label: str,
+        error: MxGatewayUnavailableError,
+    ) -> RespT:
+        """Retry a call whose attempt (started at ``start``, ``time.monotonic()``) failed
+        UNAVAILABLE with ``error``, as ``options.retry`` says, within ``timeout`` of
+        ``start``; the last failure is raised."""
         policy = self._options.retry
-        if (
-            policy is None
-            or not policy.enabled
-            or not (is_idempotent(request) if idempotent is None else idempotent)
-        ):
-            return await self._unary_once(method, request, timeout, session_id, label)
-        loop = asyncio.get_running_loop()
-        start = loop.time()
+        assert policy is not None
         deadline = None if timeout is None else start + timeout
         attempt = 1
         while True:
-            remaining = None if deadline is None else max(deadline - loop.time(), 0.001)
+            now = time.monotonic()
+            if not policy.allows(attempt, now - start):
+                raise error
+            delay = policy.backoff(attempt)
+            if deadline is not None and now + delay >= deadline:
+                raise error
+            _log.info("%s failed with UNAVAILABLE; retry %d in %.3f s", label, attempt, delay)
+            self.retry_count += 1
+            await asyncio.sleep(delay)
+            self.check_open()
+            attempt += 1
+            remaining = None if deadline is None else max(deadline - time.monotonic(), 0.001)
             try:
                 return await self._unary_once(method, request, remaining, session_id, label)
             except MxGatewayUnavailableError as exc:
                 if exc.grpc_code is not grpc.StatusCode.UNAVAILABLE:
                     raise
-                now = loop.time()
-                if not policy.allows(attempt, now - start):
-                    raise
-                delay = policy.backoff(attempt)
-                if deadline is not None and now + delay >= deadline:
-                    raise
-                _log.info("%s failed with UNAVAILABLE; retry %d in %.3f s", label, attempt, delay)
-                self.retry_count += 1
-                await asyncio.sleep(delay)
-                self.check_open()
-                attempt += 1
+                error = exc
+
+    def _cancelled_under_call(self, label: str) -> None:
+        """grpc.aio raises CancelledError in the awaiting task when the channel was closed
+        under the call; that is not a cancellation of this task: ClientClosedError."""
+        if self._closed and not _task_cancelling():
+            raise ClientClosedError(
+                f"{label} was cancelled because the client was closed"
+            ) from None
 
     async def _unary_once(
         self,
@@ -533,12 +572,7 @@ class Transport:
         except grpc.aio.AioRpcError as exc:
             raise self.map_error(exc, session_id=session_id, what=label) from exc
         except asyncio.CancelledError:
-            # grpc.aio raises CancelledError in the awaiting task when the channel was
-            # closed under the call; that is not a cancellation of this task.
-            if self._closed and not _task_cancelling():
-                raise ClientClosedError(
-                    f"{label} was cancelled because the client was closed"
-                ) from None
+            self._cancelled_under_call(label)
             raise
 
     def stream(

@@ -144,6 +144,24 @@ async def test_raw_raises_protocol_failures_with_the_reply(
             await session.ping()
 
 
+async def test_a_reply_without_a_protocol_status_is_ok(fake: FakeServer) -> None:
+    """No gateway-level verdict (upstream's register.ok fixture has none): the MXAccess
+    members decide; a present UNSPECIFIED status is a protocol error (above)."""
+
+    def handler(req: pb.MxCommandRequest) -> pb.MxCommandReply:
+        reply = _reply(req)
+        reply.ClearField("protocol_status")
+        return reply
+
+    fake.servicer.invoke_handler = handler
+    async with await _connect(fake) as client:
+        session = client.attach_session(SESSION_ID)
+        cmd = pb.MxCommand(kind=pb.MX_COMMAND_KIND_PING, ping=pb.PingCommand())
+        reply = await session.invoke_raw(cmd)
+        assert not reply.HasField("protocol_status")
+        await session.ping()
+
+
 async def test_ok_reply_with_failed_status_raises_in_helpers_only(fake: FakeServer) -> None:
     def handler(req: pb.MxCommandRequest) -> pb.MxCommandReply:
         reply = _reply(req)
