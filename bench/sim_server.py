@@ -15,13 +15,17 @@ On SIGWINCH the server runs the GC policy's valve check (``mxgateway_sim._gcpoli
 10 minutes in ``mxgw-sim serve``; a full collection only if the frozen objects grew), on
 SIGHUP the full collection itself, so their holds can be measured.
 ``--stats-file FILE``: on SIGUSR2 the plant's scan counters (``Plant.scan_stats()``: scans,
-late and skipped scans) are written to FILE.
+late and skipped scans) are written to FILE; with ``--gc-stats`` also what the GC policy's
+valve counts (``gc``: frozen and young tracked objects, those the simulator holds, the
+valve's base, the last full collection's findings and loop-thread CPU), and SIGHUP runs
+the full collection.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
 import gc
 import json
@@ -219,16 +223,65 @@ async def serve(args: argparse.Namespace) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        last_full: dict[str, Any] = {}
+
+        def full_collection() -> None:
+            """The GC policy's full collection, now (SIGHUP), timed on the loop thread; with
+            ``--gc-stats`` after a young one (so what it finds is frozen garbage only), with
+            a census by type of what it walks, and the garbage it found is counted by type
+            (kept for the count, then freed by a second one)."""
+            walked: collections.Counter[str] = collections.Counter()
+            if args.gc_stats:
+                gc.collect(1)  # young garbage goes the usual way: count only the frozen
+                # What the full collection walks, by type (it unfreezes everything).
+                gc.unfreeze()
+                walked.update(type(o).__qualname__ for o in gc.get_objects())
+                gc.freeze()
+                gc.set_debug(gc.DEBUG_SAVEALL)
+            t0 = time.thread_time()
+            try:
+                found = ServerGcPolicy.full_collection()
+            finally:
+                gc.set_debug(0)
+            cpu_ms = round((time.thread_time() - t0) * 1000, 1)
+            kinds = collections.Counter(
+                f"{type(o).__module__}.{type(o).__qualname__}" for o in gc.garbage
+            )
+            if gc.garbage:
+                gc.garbage.clear()
+                ServerGcPolicy.full_collection()
+            last_full.update(
+                found=found,
+                cpu_ms=cpu_ms,
+                frozen_after=gc.get_freeze_count(),
+                found_by_type=dict(kinds.most_common(12)),
+                walked=sum(walked.values()),
+                walked_by_type=dict(walked.most_common(12)),
+            )
+
         if args.stats_file:
             stats_path = Path(args.stats_file)
 
             def dump_stats() -> None:
                 assert sim.plant is not None
+                # What the policy's valve counts (mxgateway_sim._gcpolicy): frozen and young
+                # tracked objects, those the simulator holds alive, the valve's base.
+                doc: dict[str, Any] = sim.plant.scan_stats()
+                if args.gc_stats:  # a walk of the frozen objects: not in others' windows
+                    doc["gc"] = {
+                        "frozen": gc.get_freeze_count(),
+                        "young": len(gc.get_objects()),
+                        "held": ServerGcPolicy.held(),
+                        "low": ServerGcPolicy.low,
+                        "last_full_collection": dict(last_full) or None,
+                    }
                 tmp = stats_path.with_suffix(".tmp")
-                tmp.write_text(json.dumps(sim.plant.scan_stats()), encoding="utf-8")
+                tmp.write_text(json.dumps(doc), encoding="utf-8")
                 os.replace(tmp, stats_path)
 
             loop.add_signal_handler(signal.SIGUSR2, dump_stats)
+            if args.gc_stats:
+                loop.add_signal_handler(signal.SIGHUP, full_collection)
         probe_task = None
         if args.loop_probe:
             probe = LoopProbe(Path(args.loop_probe))
@@ -237,7 +290,7 @@ async def serve(args: argparse.Namespace) -> None:
             # The policy's valve check and its full collection, now (bench/loop_stall.py
             # measures them).
             loop.add_signal_handler(signal.SIGWINCH, ServerGcPolicy.valve)
-            loop.add_signal_handler(signal.SIGHUP, ServerGcPolicy.full_collection)
+            loop.add_signal_handler(signal.SIGHUP, full_collection)
         await stop.wait()
         if probe_task is not None:
             probe_task.cancel()
@@ -265,6 +318,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--command-timeout-s", type=float, default=30.0)
     parser.add_argument(
         "--stats-file", default="", help="file the plant's scan counters go to on SIGUSR2"
+    )
+    parser.add_argument(
+        "--gc-stats",
+        action="store_true",
+        help="--stats-file also gets what the GC policy's valve counts; SIGHUP collects",
     )
     parser.add_argument("--loop-probe", default="", help="file the loop probe writes on SIGUSR1")
     parser.add_argument("--session-isolation", choices=("inline", "process"), default="inline")

@@ -35,6 +35,7 @@ EXPECTED: dict[str, tuple[str, ...]] = {
     "keepup": ("asyncio_min_changes_per_s",),
     "readcpu": ("read", "client_cpu_ms"),
     "wakeups": ("sides", "gateway", "server_sleeps"),
+    "gc_valve": ("full_collection", "cpu_ms"),
 }
 
 
