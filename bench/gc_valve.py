@@ -27,6 +27,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import grpc
+
 from bench._common import (
     JSON,
     METADATA,
@@ -48,11 +50,13 @@ VALVE_GROWTH = 0.25  # mxgateway_sim._gcpolicy.VALVE_GROWTH (not imported: no si
 
 
 async def _ask(server: ServerProcess, path: Path) -> JSON:
-    """The server's stats document (SIGUSR2; ``bench.opcua.scan_stats``)."""
-    doc = await scan_stats(server, str(path))
-    if not doc:
-        raise RuntimeError("the server did not write its stats")
-    return doc
+    """The server's stats document (SIGUSR2; ``bench.opcua.scan_stats``, which waits 2 s:
+    asked again for up to a minute, the loop may be in a full collection)."""
+    for _ in range(30):
+        doc = await scan_stats(server, str(path))
+        if doc:
+            return doc
+    raise RuntimeError("the server did not write its stats within a minute")
 
 
 def _valve(doc: JSON) -> JSON:
@@ -98,14 +102,18 @@ async def _run(sizes: dict[str, Any], tmp: Path, report: Report) -> None:
             )
         )
         events = 0
+        stream_end: list[str] = []
 
         async def consume() -> None:
             nonlocal events
             stream = a.stub.StreamEventBatches(
                 pb.StreamEventsRequest(session_id=a.session_id), metadata=METADATA
             )
-            async for batch in stream:
-                events += len(batch.events)
+            try:
+                async for batch in stream:
+                    events += len(batch.events)
+            except grpc.aio.AioRpcError as exc:  # e.g. fell behind under load: reported
+                stream_end.append(f"{exc.code().name}: {(exc.details() or '')[:120]}")
 
         consumer = asyncio.create_task(consume())
         await asyncio.sleep(3.0)
@@ -173,6 +181,7 @@ async def _run(sizes: dict[str, Any], tmp: Path, report: Report) -> None:
             "calls": calls,
             "sessions_opened_and_closed": sessions,
             "events_streamed": events,
+            "event_stream_ended": stream_end[0] if stream_end else None,
             "start": start,
             "samples": samples,
             "end": end,
