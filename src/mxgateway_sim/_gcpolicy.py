@@ -33,8 +33,9 @@ object on a 2-core machine, more under load). The policy keeps those walks short
   collection (unfreeze, collect, freeze again), which walks everything: 270-330 ms of loop
   CPU with a session of 100k items. Every :data:`VALVE_CHECK_S` the policy counts the
   tracked objects (:meth:`ServerGcPolicy.valve`) less those the server knows it holds
-  alive (its **held** objects: each item, attribute model and current sample, reported by
-  the simulators through ``acquire(held=...)``), and runs the full collection only when
+  alive (its **held** objects: each item, parsed reference, cached read row, attribute
+  model and current sample, reported by the simulators through ``acquire(held=...)``),
+  and runs the full collection only when
   the rest grew by :data:`VALVE_GROWTH` of what the server holds (at least
   :data:`VALVE_MIN_GROWTH` objects) over the fewest seen since the last one. Garbage stays
   bounded in proportion to what the server holds (CPython's own rule for its oldest

@@ -579,7 +579,7 @@ class GatewaySimulator:
     def _gc_held(self) -> int:
         """Tracked objects this simulator holds alive on purpose (the GC policy's valve does
         not count them as growth): the plant's attribute models and samples, and each
-        in-process session's items and parsed references."""
+        in-process session's items, parsed references and cached read rows."""
         held = 0 if self.plant is None else self.plant.tracked_objects()
         if self.sessions is not None:
             for session in self.sessions.sessions():

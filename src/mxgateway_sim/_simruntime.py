@@ -245,10 +245,11 @@ class SimulatedRuntime:
         return len(self._items)
 
     def tracked_objects(self) -> int:
-        """Tracked objects the session holds alive for its items (each item and each
-        remembered parsed reference): live, not garbage, for the GC policy's valve
-        (``mxgateway_sim._gcpolicy``)."""
-        return len(self._items) + len(self._references)
+        """Tracked objects the session holds alive for its items and reads (each item,
+        remembered parsed reference and cached read row; the caches are bounded in bytes):
+        live, not garbage, for the GC policy's valve (``mxgateway_sim._gcpolicy``)."""
+        rows = 0 if self._read_rows is None else len(self._read_rows)
+        return len(self._items) + len(self._references) + rows
 
     # -- life cycle ----------------------------------------------------------------------
 

@@ -270,6 +270,11 @@ async def test_items_held_are_no_reason_for_a_full_collection(
         check = ServerGcPolicy.valve()
         assert check.found is None, check  # the items are no garbage: no full walk
         assert check.held == ServerGcPolicy.held()
+        # A read's cached rows are held too (a session's cache of 16 MiB is ~50k rows).
+        await gw.ok(sid, "read_bulk", server_handle=sh, tag_addresses=REFS)
+        gc.collect(0)
+        assert ServerGcPolicy.held() - before == held + ATTRIBUTES
+        assert ServerGcPolicy.valve().found is None
         # The same count of frozen cyclic garbage is found and freed.
         node = _Node()
         ref = weakref.ref(node)
