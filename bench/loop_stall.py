@@ -17,9 +17,11 @@ default per-session item cap); a session of 100k advised items left to the scan 
 CloseSession of 100k items; four 200k ReadBulks at once; a ReadBulk of 900k tags against a
 1 s command timeout; DiscoverHierarchy with eleven ``*`` and with a plain filter over the
 synthetic galaxy. Not attacks, also measured with the 100k items advised: the GC policy's
-valve check every 10 minutes (counting the frozen objects; SIGWINCH to the bench server),
-once right after the items were added (they grew: it runs the full collection) and once
-more (it only counts), and the full collection itself (``mxgateway_sim._gcpolicy``; SIGHUP).
+valve check every 10 minutes (counting the tracked objects the items and models do not
+account for; SIGWINCH to the bench server), once right after the items were added (held
+items are no growth: it only counts; before stop 21 it ran the full collection) and once
+more, and the full collection itself (``mxgateway_sim._gcpolicy``; SIGHUP: what it costs
+when garbage does set it off).
 The machine's load average before and after is recorded. Prints one JSON document
 (nothing is asserted: see docs/benchmarks.md).
 """
@@ -62,8 +64,8 @@ VALVE = "gc_policy_full_collection_100k_items"
 """The window of the GC policy's full collection (not an attack)."""
 GROWN = "gc_policy_valve_check_after_growth_100k_items"
 """The window of the GC policy's first valve check after the 100k items were added: the
-frozen objects grew past the valve's growth, so it runs the full collection (not an
-attack)."""
+frozen objects grew, but by what the items hold, so it only counts (it ran the full
+collection before stop 21; not an attack)."""
 CHECK = "gc_policy_valve_check_100k_items"
 """The window of the next valve check, nothing grown since: it only counts (not an
 attack)."""
@@ -344,10 +346,10 @@ async def _attacks(sizes: dict[str, int], tmp: Path, report: Report) -> None:
 
             return send
 
-        # Not attacks: the policy's valve check (every 10 minutes in mxgw-sim serve): the
-        # first after the items were added runs the full collection (the frozen objects
-        # grew), the next only counts; then the full collection on its own, the one hold
-        # that grows with the items held.
+        # Not attacks: the policy's valve check (every 10 minutes in mxgw-sim serve), the
+        # first after the items were added (what they hold is no growth) and the next; then
+        # the full collection on its own, the one hold that grows with the items held
+        # (when cyclic garbage sets it off).
         await _measure(probed, GROWN, signal_server(signal.SIGWINCH), results)
         await _measure(probed, CHECK, signal_server(signal.SIGWINCH), results)
         await _measure(probed, VALVE, signal_server(signal.SIGHUP), results)
@@ -444,16 +446,21 @@ def run(quick: bool = False) -> JSON:
             worst[0],
             None if worst[0] is None else worst[0] < 100,
         )
-    check = attacks.get(CHECK, {}).get("loop", {})
-    report.target(
-        "loop CPU of the GC policy's valve check, nothing grown (every 10 minutes, 100k items)",
-        "a few tens of ms (< 100 ms)",
-        check.get("max_loop_cpu_ms"),
-        None if check.get("max_loop_cpu_ms") is None else check["max_loop_cpu_ms"] < 100,
-    )
+    for window, what in (
+        (GROWN, "first after 100k items were added"),
+        (CHECK, "nothing grown (every 10 minutes, 100k items)"),
+    ):
+        check = attacks.get(window, {}).get("loop", {})
+        report.target(
+            f"loop CPU of the GC policy's valve check, {what}",
+            "a few tens of ms (< 100 ms)",
+            check.get("max_loop_cpu_ms"),
+            None if check.get("max_loop_cpu_ms") is None else check["max_loop_cpu_ms"] < 100,
+        )
     valve = attacks.get(VALVE, {}).get("loop", {})
     report.target(
-        "loop CPU of the GC policy's full collection (when frozen objects grew 25%, 100k items)",
+        "loop CPU of the GC policy's full collection (when unaccounted objects grew 25%, 100k "
+        "items)",
         "reported (the one hold that grows with the items held)",
         valve.get("max_gc_cpu_ms"),
         None,
