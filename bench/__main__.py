@@ -1,5 +1,5 @@
 """``python -m bench [all|parse|unary|events|bulk|galaxy|capacity|profile|stall|opcua|startup|
-worker_hop|metrics|keepup|readcpu|wakeups|gc_valve] [--quick] [--out F]``.
+worker_hop|metrics|keepup|readcpu|wakeups|gc_valve|unary_floor] [--quick] [--out F]``.
 
 Prints one JSON document. ``all`` runs every benchmark in turn (under 10 minutes on a
 2-core machine) and wraps their documents with the machine info; ``stall`` (the loop stall
@@ -32,6 +32,7 @@ ONLY_WHEN_NAMED = (
     "readcpu",
     "wakeups",
     "gc_valve",
+    "unary_floor",
 )
 # Benchmark name -> module (galaxy_memory.py belongs to the Galaxy helpers).
 MODULES = {

@@ -36,6 +36,7 @@ EXPECTED: dict[str, tuple[str, ...]] = {
     "readcpu": ("read", "client_cpu_ms"),
     "wakeups": ("sides", "gateway", "server_sleeps"),
     "gc_valve": ("full_collection", "cpu_ms"),
+    "unary_floor": ("modes", "bare_read", "ratio_to_ua_read"),
 }
 
 
