@@ -611,6 +611,10 @@ class Plant:
         self._late_report_at = 0.0
         self._objects_per_state = 2
         """Tracked objects each attribute model holds alive (see :meth:`tracked_objects`)."""
+        self.pins = 0
+        """Changes whenever an attribute may stop (or start) being driven by its model
+        alone: subscribed, unsubscribed, written, redeployed. What a read planned for such
+        attributes (:mod:`mxgateway_sim._readplan`) holds while it stays the same."""
 
     # -- catalog -------------------------------------------------------------------------
 
@@ -657,6 +661,7 @@ class Plant:
     def _redeploy(self, now: float) -> None:
         """The deployed namespace changed: undeployed attributes go Bad, the rest re-resolve."""
         self._version = self.catalog.version
+        self.pins += 1
         for key, state in list(self._states.items()):
             info = self.catalog.lookup(state.info.full_tag_reference)
             if info == state.info:
@@ -684,6 +689,7 @@ class Plant:
         """Deliver the attribute's changes to ``item``."""
         subs = state.subs
         if subs is None:
+            self.pins += 1
             state.subs = item
         elif isinstance(subs, dict):
             subs[item] = None
@@ -700,11 +706,14 @@ class Plant:
             subs.pop(item, None)
             if not subs:
                 state.subs = None
-        if state.subs is None and self._active.get(state.key) is state:
-            del self._active[state.key]
+        if state.subs is None:
+            self.pins += 1
+            if self._active.get(state.key) is state:
+                del self._active[state.key]
 
     def write(self, state: TagState, value: MxPythonValue, timestamp: float | None) -> None:
         """Pin the attribute to a written value; subscribers see it on the next tick."""
+        self.pins += 1
         state.override = value
         state.override_ts = timestamp if timestamp is not None else time.time()
         state.dirty = True

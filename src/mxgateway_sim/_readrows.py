@@ -47,11 +47,22 @@ from mxgateway_sim._wire import (
     value_piece,
 )
 
-__all__ = ["ENTRY_OVERHEAD_BYTES", "ReadMemo", "ReadRow", "ReadRowCache", "fresh_rows"]
+__all__ = [
+    "ENTRY_OVERHEAD_BYTES",
+    "MEMO_CHUNK_ROWS",
+    "ReadMemo",
+    "ReadRow",
+    "ReadRowCache",
+    "fresh_rows",
+]
 
 ENTRY_OVERHEAD_BYTES = 480
 """Estimated bytes of one entry beyond its strings and encoded bytes (the entry and the
 parsed reference objects, their string headers, the dictionary slot)."""
+MEMO_CHUNK_ROWS = 1024
+"""Rows of a remembered call read together (between two turns of the loop): a repeat costs
+little per row (see :mod:`mxgateway_sim._readplan`), so larger chunks than a first read's
+spread the cost of a chunk over more rows."""
 
 
 class ReadRow:
@@ -160,7 +171,17 @@ class ReadRow:
 class ReadRowCache:
     """The rows of one session, oldest first out, bounded in bytes."""
 
-    __slots__ = ("bytes", "epoch", "max_bytes", "memo", "memo_cost", "memo_key", "rows", "version")
+    __slots__ = (
+        "bytes",
+        "epoch",
+        "max_bytes",
+        "memo",
+        "memo_cost",
+        "memo_key",
+        "plans",
+        "rows",
+        "version",
+    )
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
@@ -174,6 +195,9 @@ class ReadRowCache:
         self.memo: list[list[ReadRow]] | None = None
         """The rows of the last ReadBulk (``memo_key``), a chunk at a time."""
         self.memo_cost = 0
+        self.plans: dict[int, tuple[object, Any]] = {}
+        """The :class:`~mxgateway_sim._readplan.ReadPlan` of each chunk of the memo (or
+        None: the chunk cannot be planned), with what it was made for."""
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -221,6 +245,7 @@ class ReadRowCache:
         self.rows.clear()
         self.bytes = 0
         self.memo, self.memo_key, self.memo_cost = None, b"", 0
+        self.plans.clear()
         self.version += 1
 
     def recall(self, key: bytes) -> list[list[ReadRow]] | None:
@@ -233,15 +258,42 @@ class ReadRowCache:
         if version != self.version:
             return
         self.forget()
-        cost = len(key) + 8 * sum(map(len, rows)) + 64 * len(rows) + ENTRY_OVERHEAD_BYTES
+        flat = [row for chunk in rows for row in chunk]
+        rows = [flat[i : i + MEMO_CHUNK_ROWS] for i in range(0, len(flat), MEMO_CHUNK_ROWS)]
+        cost = len(key) + 8 * len(flat) + 64 * len(rows) + ENTRY_OVERHEAD_BYTES
         if self.bytes + cost <= self.max_bytes:
             self.memo, self.memo_key, self.memo_cost = rows, key, cost
             self.bytes += cost
 
+    def plan(self, part: int, key: object) -> tuple[bool, Any]:
+        """(known, plan): the plan of the memo's chunk ``part`` made for ``key``; known is
+        False when none was made for it (make one: :meth:`keep_plan`)."""
+        kept = self.plans.get(part)
+        if kept is None or kept[0] != key:
+            return False, None
+        return True, kept[1]
+
+    def keep_plan(self, part: int, key: object, plan: Any, cost: int) -> None:
+        """Keep ``plan`` (of ``cost`` bytes, None: the chunk cannot be planned) for the
+        memo's chunk ``part`` and ``key``; not kept past the bound (no row is pushed out
+        for it)."""
+        old = self.plans.pop(part, None)
+        if old is not None and old[1] is not None:
+            self.bytes -= old[1].cost
+        if plan is not None and self.bytes + cost > self.max_bytes:
+            plan = None
+        self.plans[part] = (key, plan)
+        if plan is not None:
+            self.bytes += cost
+
     def forget(self) -> None:
-        """Drop the remembered call."""
+        """Drop the remembered call (and its plans)."""
         self.bytes -= self.memo_cost
         self.memo, self.memo_key, self.memo_cost = None, b"", 0
+        for _, plan in self.plans.values():
+            if plan is not None:
+                self.bytes -= plan.cost
+        self.plans.clear()
 
 
 class ReadMemo:

@@ -34,6 +34,7 @@ from mxgateway_sim._domain import (
     DETAIL_VERIFIER_NOT_HAVING_VERIFY_RIGHTS,
     MX_NO_DATA,
     QUALITY_BAD_CONFIG_ERROR,
+    QUALITY_GOOD,
     SRC_REQUESTING_LMX,
     SRC_RESPONDING_AUTOMATION_OBJECT,
     STATUS_OK,
@@ -58,6 +59,7 @@ from mxgateway_sim._limits import (
     LimitError,
 )
 from mxgateway_sim._plant import BatchFunction, Plant, TagState
+from mxgateway_sim._readplan import plan_rows
 from mxgateway_sim._readrows import ReadMemo, ReadRow, ReadRowCache, fresh_rows
 from mxgateway_sim._references import (
     ParsedReference,
@@ -70,6 +72,7 @@ from mxgateway_sim._slicing import Slicer, chunks
 from mxgateway_sim._wire import (
     check_read_reply,
     good_read_row,
+    good_row_tail,
     read_reply_bytes,
     reference_field,
 )
@@ -726,6 +729,7 @@ class SimulatedRuntime:
         *,
         memo: ReadMemo | None = None,
         rows: list[ReadRow] | None = None,
+        part: int | None = None,
     ) -> bytes | None:
         """ReadBulk rows already encoded (``results`` entries of ``BulkReadReply``), through
         the session's :class:`~mxgateway_sim._readrows.ReadRowCache`; None when the call
@@ -747,7 +751,9 @@ class SimulatedRuntime:
         rows encoded for this call alone pass it the call returns None (the generic path
         then refuses the reply, sharing each sample's encoded value instead of copying it).
         ``memo``: the call's :meth:`read_memo`; ``rows``: a chunk of its remembered rows,
-        read instead of ``references`` (looked up again if one was dropped since).
+        read instead of ``references`` (looked up again if one was dropped since);
+        ``part``: which chunk of them (its rows are then read by the chunk's
+        :class:`~mxgateway_sim._readplan.ReadPlan` where they can be).
 
         Raises:
             LimitError: the reply would be larger than ``max_bytes``.
@@ -764,16 +770,46 @@ class SimulatedRuntime:
             texts = references if rows is None else [row.text for row in rows]
             assert texts is not None
             rows = self._read_rows_of(cache, texts, generation, memo)
-        first_advised = self._first_advised
-        current = plant.current
+            part = None
         now = time.time()  # the time of the rows this call computes
         tick = plant.tick
+        room = max_bytes - already
+        out: list[bytes] | None = None
+        if part is not None:
+            # A chunk of the remembered call: by its plan, where it has one.
+            planned, out = self._planned(cache, part, rows, generation, tick, now, room, memo)
+            if planned and out is None:
+                return None  # spoiled
+        if out is None:
+            out = self._row_wires(cache, rows, generation, tick, now, room, memo)
+            if out is None:
+                return None  # spoiled
+        made = sum(map(len, out))
+        if made > room:
+            return self._spoil(memo)
+        check_read_reply(already + made, max_bytes)
+        return b"".join(out)
+
+    def _row_wires(
+        self,
+        cache: ReadRowCache,
+        rows: Sequence[ReadRow],
+        generation: int,
+        tick: int,
+        now: float,
+        room: int,
+        memo: ReadMemo | None,
+    ) -> list[bytes] | None:
+        """:meth:`read_wire`'s rows, row by row (those computed at ``tick``, ``now``); None
+        once the rows encoded for the call pass ``room`` (``memo`` spoiled: the generic
+        path refuses the reply)."""
+        first_advised = self._first_advised
+        current = self._plant.current
         # Rows of attributes only their model drives, computed after the loop (_fresh_rows).
         later: dict[BatchFunction | None, tuple[list[int], list[ReadRow]]] = {}
         # Bytes of the rows encoded by this call: past the room left, the call stops and
         # the generic path refuses the reply (with its message) without copies of the rows.
         made = 0
-        room = max_bytes - already
         out: list[bytes] = []
         append = out.append
         for row in rows:
@@ -844,8 +880,42 @@ class SimulatedRuntime:
             made += self._fresh_rows(later, out, tick, now)
             if made > room:
                 return self._spoil(memo)
-        check_read_reply(already + sum(map(len, out)), max_bytes)
-        return b"".join(out)
+        return out
+
+    def _planned(
+        self,
+        cache: ReadRowCache,
+        part: int,
+        rows: list[ReadRow],
+        generation: int,
+        tick: int,
+        now: float,
+        room: int,
+        memo: ReadMemo | None,
+    ) -> tuple[bool, list[bytes] | None]:
+        """(planned, rows): the rows of the memo's chunk ``part`` by its plan (made when
+        missing or out of date); planned False: the chunk is read row by row; rows None:
+        they passed ``room`` (``memo`` spoiled)."""
+        key = (self._plant.pins, generation)
+        known, plan = cache.plan(part, key)
+        if not known:
+            first_advised = self._first_advised
+            for row in rows:
+                if row.generation != generation:
+                    row.item = first_advised(row.key)
+                    row.generation = generation
+            plan = plan_rows(rows, key)
+            cache.keep_plan(part, key, plan, plan.cost)
+            plan = cache.plans[part][1]
+        if plan is None:
+            return False, None
+
+        def loose(some: Sequence[ReadRow]) -> list[bytes] | None:
+            return self._row_wires(cache, some, generation, tick, now, room, memo)
+
+        out: list[bytes] | None
+        planned, out = plan.read(tick, now, good_row_tail(QUALITY_GOOD, now), loose)
+        return planned, out
 
     @staticmethod
     def _fresh_rows(

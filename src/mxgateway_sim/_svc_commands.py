@@ -342,12 +342,15 @@ class CommandHandlers(ServicerCore):
             if slicer is not None
             else (tags,)
         )
+        done = 0  # rows read so far
         for i, chunk in enumerate(pieces):
             if kept is not None:
                 assert ready is not None  # the runtime that remembers rows encodes them
-                data = ready(sh, None, room, size, memo=memo, rows=chunk)
+                count = len(chunk)
+                data = ready(sh, None, room, size, memo=memo, rows=chunk, part=i)
                 if data is None:  # the generic path, with the references
-                    chunk = tags[i * READ_CHUNK_ROWS : (i + 1) * READ_CHUNK_ROWS]
+                    chunk = tags[done : done + count]
+                done += count
             elif ready is not None:
                 data = ready(sh, chunk, room, size, memo=memo)
             else:

@@ -18,7 +18,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from mxgateway import GatewayClient, MxGatewayInvalidRequestError
+from mxgateway import GatewayClient, MxGatewayInvalidRequestError, Session
 from mxgateway.generated import mxaccess_gateway_pb2 as pb
 from mxgateway_sim import (
     GatewaySimulator,
@@ -54,6 +54,7 @@ from mxgateway_sim._plant import (
     BATCHED,
     TICK_SLICE_DELIVERIES,
     Plant,
+    TagState,
     _constant,
     _cycle,
     _float_walk,
@@ -67,7 +68,14 @@ from mxgateway_sim._plant import (
     _units,
     round3,
 )
-from mxgateway_sim._readrows import ENTRY_OVERHEAD_BYTES, ReadRow, ReadRowCache, fresh_rows
+from mxgateway_sim._readplan import _COMPUTE, _ENCODE, _KEEP, _Group
+from mxgateway_sim._readrows import (
+    ENTRY_OVERHEAD_BYTES,
+    MEMO_CHUNK_ROWS,
+    ReadRow,
+    ReadRowCache,
+    fresh_rows,
+)
 from mxgateway_sim._references import (
     ParsedReference,
     ReferenceCache,
@@ -417,6 +425,36 @@ def _same_float(a: object, b: object) -> bool:
     return a == b
 
 
+async def _fast_and_plain(
+    session: Session,
+    runtime: SimulatedRuntime,
+    hlmx: int,
+    refs: list[str],
+    states: dict[str, TagState | None],
+) -> list[pb.BulkReadResult]:
+    """Read ``refs`` (the fast paths), then again through the generic path at the same tick
+    (the same samples): the rows must be byte for byte the same, and every sample of an
+    attribute only its model drives its model's value at the tick it was computed, with the
+    quality and status of that tick. The fast path's rows."""
+    cache = runtime._read_rows
+    fast = await session.read_bulk(hlmx, refs)
+    runtime._read_rows = None
+    try:
+        plain = await session.read_bulk(hlmx, refs)
+    finally:
+        runtime._read_rows = cache
+    assert [r.tag_address for r in fast] == refs
+    for a, b in zip(fast, plain, strict=True):
+        assert a.SerializeToString() == b.SerializeToString(), (a, b)
+    for ref, st in states.items():
+        if st is None or st.subs or st.override_ts is not None:
+            continue
+        sample = st.sample
+        assert _same_float(sample.value, st.gen(st.computed_at)), ref
+        assert (sample.quality, sample.status) == st.quality_at(st.computed_at)
+    return fast
+
+
 @pytest.mark.parametrize("flaky_one_in", [0, 3])
 async def test_rows_a_read_computes_are_the_plain_paths_rows(flaky_one_in: int) -> None:
     """Attributes nobody advises, read after ticks changed them: the read computes their
@@ -459,23 +497,11 @@ async def test_rows_a_read_computes_are_the_plain_paths_rows(flaky_one_in: int) 
             for ticks in (1, 1, 0, 3, 7, 50, 1, 200):
                 for _ in range(ticks):
                     plant.step()
-                fast = await session.read_bulk(hlmx, refs)
-                runtime._read_rows = None  # the generic path, same tick: same samples
-                try:
-                    plain = await session.read_bulk(hlmx, refs)
-                finally:
-                    runtime._read_rows = cache
-                assert [r.tag_address for r in fast] == refs
-                for a, b in zip(fast, plain, strict=True):
-                    assert a.SerializeToString() == b.SerializeToString(), (a, b)
+                fast = await _fast_and_plain(session, runtime, hlmx, refs, states)
                 statuses.update(r.was_successful for r in fast)
-                for ref, st in states.items():
-                    if st is None or st.subs or st.override_ts is not None:
-                        continue
-                    sample = st.sample
-                    assert st.computed_at == plant.tick or st.period != 1, ref
-                    assert _same_float(sample.value, st.gen(st.computed_at)), ref
-                    assert (sample.quality, sample.status) == st.quality_at(st.computed_at)
+                for st in states.values():
+                    if st is not None and not st.subs and st.override_ts is None:
+                        assert st.computed_at == plant.tick or st.period != 1
             assert statuses == {True, False}
             # A reference named again and again in one chunk (and spelled otherwise): one
             # sample for all its rows, every row the same bytes as the generic path's.
@@ -730,3 +756,68 @@ def test_spliced_rows_encode_like_the_generated_classes() -> None:
                     [ReadResult(reference, sample, False, "", (STATUS_OK,))]
                 )
                 assert pb.BulkReadReply.FromString(expected) == reply
+
+
+@pytest.mark.parametrize("flaky_one_in", [0, 3])
+async def test_a_remembered_reads_planned_rows_are_the_plain_paths_rows(
+    flaky_one_in: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A poller's repeated ReadBulk is answered by its chunks' plans (the rows of
+    attributes only their models drive decided a generator's group at a time, the others
+    row by row). Through the client, every reply is byte for byte what the generic path
+    answers at the same tick, however each group is decided: its kept rows (no tick changed
+    it), rows of samples another read computed, values computed anew, or row by row when a
+    group's attributes are partly changed (another session read some of them in a new
+    period). Between reads another session also advises one of the attributes and pins
+    another by a write; every sample stays its model's value at the tick it was computed."""
+    decisions: list[int | None] = []
+    decide = _Group.decide
+
+    def spy(group: _Group, tick: int) -> int | None:
+        decisions.append(decide(group, tick))
+        return decisions[-1]
+
+    monkeypatch.setattr(_Group, "decide", spy)
+    async with GatewaySimulator(
+        catalog=_model_catalog(120), scan_interval_ms=3_600_000, flaky_one_in=flaky_one_in
+    ) as sim:
+        plant = sim.plant
+        assert plant is not None
+        refs = [r for r in _references(120) if ".." not in r]  # some twice
+        assert len(refs) > MEMO_CHUNK_ROWS  # two chunks
+        states = {r: plant.state(r) for r in refs}
+        async with (
+            await GatewayClient.connect(
+                endpoint=sim.endpoint, api_key=sim.api_key, plaintext=True
+            ) as client,
+            await client.open_session(client_session_name="reader") as session,
+            await client.open_session(client_session_name="other") as other,
+        ):
+            other_h = await other.register("other")
+            hlmx = await session.register("reader")
+            found = sim.sessions.get(session.session_id)
+            assert found is not None and isinstance(found.runtime, SimulatedRuntime)
+            runtime = found.runtime
+            cache = runtime._read_rows
+            assert cache is not None
+            steps: list[int | str] = [1, 1, 0, 3, 30, "other", 1, 7, "advise", 50, 1, 200]
+            steps += [0, "write", 25, "other", 2]
+            for step in steps:
+                if step == "other":  # a new period, then half the attributes read there
+                    for _ in range(26):
+                        plant.step()
+                    await other.read_bulk(other_h, refs[::2])
+                elif step == "advise":
+                    await other.subscribe_bulk(other_h, ["Obj005.Level", "Obj006.Flag"])
+                elif step == "write":
+                    (row,) = await other.subscribe_bulk(other_h, ["Obj007.Count"])
+                    await other.write(other_h, row.item_handle, 7, wait=True)
+                else:
+                    for _ in range(int(step)):
+                        plant.step()
+                await _fast_and_plain(session, runtime, hlmx, refs, states)
+            assert cache.memo is not None and len(cache.memo) == 2
+            plans = [plan for _, plan in cache.plans.values()]
+            assert len(plans) == 2 and all(plan is not None and plan.groups for plan in plans)
+            assert all(plan is not None and plan.loose for plan in plans)  # repeats at least
+    assert set(decisions) == {_KEEP, _ENCODE, _COMPUTE, None}

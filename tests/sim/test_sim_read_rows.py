@@ -20,6 +20,7 @@ import pytest
 from mxgateway import GatewayClient, MxGatewayInvalidRequestError, Session
 from mxgateway.generated import mxaccess_gateway_pb2 as pb
 from mxgateway_sim import GatewaySimulator, InMemoryCatalog, SessionOptions, builtin_catalog
+from mxgateway_sim._readrows import MEMO_CHUNK_ROWS
 from mxgateway_sim._simruntime import SimulatedRuntime
 from mxgateway_sim._svc_common import READ_CHUNK_ROWS
 from mxgateway_sim._wire import read_reply_bytes
@@ -297,8 +298,8 @@ async def test_a_call_of_many_chunks_answers_what_its_single_reads_answer(
             assert cache is not None
             wellformed = [t for t in ALL if t not in MALFORMED]
             for base in (ALL, wellformed):  # the second is remembered whole
-                batch = base * (2 * READ_CHUNK_ROWS // len(base) + 1)
-                assert len(batch) > 2 * READ_CHUNK_ROWS  # three chunks
+                batch = base * (2 * MEMO_CHUNK_ROWS // len(base) + 1)
+                assert len(batch) > 2 * MEMO_CHUNK_ROWS > 2 * READ_CHUNK_ROWS  # three chunks
                 await _compare(sim, session, hlmx, batch)
                 for _ in range(2):
                     rows = await session.read_bulk(hlmx, batch)
@@ -306,3 +307,4 @@ async def test_a_call_of_many_chunks_answers_what_its_single_reads_answer(
                         single[t].SerializeToString() for t in batch
                     ]
             assert cache.memo is not None and len(cache.memo) == 3  # the last batch
+            assert sum(map(len, cache.memo)) == len(batch)

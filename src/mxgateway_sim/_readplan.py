@@ -1,0 +1,299 @@
+"""A remembered ReadBulk's rows, a generator's group at a time: a poller's repeat costs little
+per row.
+
+A poller repeats the same ReadBulk (:class:`~mxgateway_sim._readrows.ReadMemo` remembers its
+rows). Most of its tags are attributes only their models drive (nobody advises them, no write
+pins them, not flaky, read whole): a read computes their values as ``Plant.current`` would.
+Row by row that is a dozen checks and an object per row. A :class:`ReadPlan` of a chunk of
+the remembered rows groups those rows by generator (function and period) and encoding. Per
+read it decides for each group at once whether its attributes changed since the samples they
+hold (their ``computed_at`` ticks, all in the current period or all before it), computes a
+changed group's values together (``Plant.BATCHED``), keeps them as the attributes' samples
+(``TagState.compute`` for that case) and splices its rows in one comprehension. A group it
+cannot decide at once (another read or session computed some of its attributes in the
+current period) sends the chunk to the row-by-row path (``SimulatedRuntime.read_wire``),
+which answers the same bytes. The chunk's other rows (advised, pinned, flaky, array
+elements, a second name of an attribute) are read row by row, after the groups.
+
+A plan is valid while the attributes stay driven by their models alone
+(:attr:`Plant.pins <mxgateway_sim._plant.Plant.pins>`) and the session's advised items stay
+as they were (``SimulatedRuntime._advised_generation``); it is built again otherwise. It
+holds the rows it last encoded; its bytes count in the read cache's bound.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from operator import is_
+from typing import Any
+
+from mxgateway.values import MxPythonValue
+from mxgateway_sim._domain import QUALITY_GOOD, STATUS_OK, TagSample
+from mxgateway_sim._plant import BATCHED, GenFunction, TagState
+from mxgateway_sim._readrows import ReadRow
+from mxgateway_sim._wire import (
+    FIXED_BOOL,
+    FIXED_DOUBLE,
+    FIXED_FLOAT,
+    FIXED_WIDTH,
+    FLOAT32_MAX,
+    ROW_HEADS,
+    good_read_row,
+    good_read_row_with_tail,
+    pack_d,
+    pack_f,
+    row_head,
+    value_piece,
+)
+
+__all__ = ["PLAN_ROW_BYTES", "ReadPlan", "plan_rows"]
+
+PLAN_ROW_BYTES = 448
+"""Estimated bytes a plan holds per grouped row beyond twice the reference's constant part:
+its places in the plan's lists, the row it last encoded with its sample, and the heads it
+keeps for two sizes of tail (each repeating the constant part)."""
+
+_FLOAT = frozenset({float})
+_BOOL = frozenset({bool})
+_TRUE, _FALSE = b"\x01", b"\x00"
+_KEEP, _ENCODE, _COMPUTE = 0, 1, 2
+
+
+class _Group:
+    """Rows of one chunk whose attributes share a generator (function and period) and how
+    their rows are encoded."""
+
+    __slots__ = (
+        "args",
+        "batch",
+        "data_type",
+        "fields",
+        "heads",
+        "kind",
+        "parts",
+        "period",
+        "positions",
+        "samples",
+        "states",
+        "wires",
+    )
+
+    def __init__(self, function: GenFunction, period: int, kind: int, data_type: int) -> None:
+        batch = BATCHED.get(function)
+        self.batch: Callable[[Sequence[Any], int], list[MxPythonValue]] = (
+            batch
+            if batch is not None
+            else lambda params, n: [function(p, n) for p in params]  # one at a time
+        )
+        self.period = period
+        self.kind = kind
+        self.data_type = data_type
+        self.positions: list[int] = []
+        self.states: list[TagState] = []
+        self.args: list[Any] = []
+        self.fields: list[bytes] = []
+        self.parts: list[bytes] = []
+        self.heads: dict[int, list[bytes]] = {}
+        """The rows' heads for a tail of each size (two sizes kept: a read's time takes 4
+        or 5 bytes of nanoseconds)."""
+        self.samples: list[TagSample] = []
+        self.wires: list[bytes] = []
+        """The rows the plan encoded last, of :attr:`samples`."""
+
+    def decide(self, tick: int) -> int | None:
+        """How the group's rows are answered at ``tick``: :data:`_KEEP` (no attribute
+        changed since the samples this plan encoded), :data:`_ENCODE` (none changed, but
+        some sample is not one the plan encoded: another read computed it), :data:`_COMPUTE`
+        (every attribute changed), or None (some did: decide row by row).
+        ``TagState.changed_since`` for attributes only their model drives, a group at a
+        time."""
+        states = self.states
+        computed = [state.computed_at for state in states]
+        period = self.period
+        # Unchanged: computed in the current period (tick itself for a period of 1), or
+        # ever for a static attribute; changed otherwise (never computed, or after
+        # ``tick``: a clock that went back).
+        start = tick - tick % period if period else 0
+        low, high = min(computed), max(computed)
+        if low >= start and high <= tick:
+            samples = [state.sample for state in states]
+            if len(samples) == len(self.samples) and all(map(is_, samples, self.samples)):
+                return _KEEP
+            return _ENCODE
+        if high < start or low > tick:
+            return _COMPUTE
+        return None
+
+    def answer(self, decision: int, tick: int, now: float, tail: bytes) -> list[bytes]:
+        """The group's rows by ``decision`` (:meth:`decide`): the kept rows, the rows of the
+        attributes' samples, or the values at ``tick``, kept as their samples (good, OK,
+        at ``now``, as ``TagState.compute``) and their rows spliced with ``tail``."""
+        if decision == _KEEP:
+            return self.wires
+        states = self.states
+        if decision == _ENCODE:
+            samples = [state.sample for state in states]
+            wires = [
+                good_read_row(field, sample, False)
+                for field, sample in zip(self.fields, samples, strict=True)
+            ]
+        else:
+            values = self.batch(self.args, tick)
+            data_type = self.data_type
+            samples = [TagSample(v, data_type, QUALITY_GOOD, now, STATUS_OK) for v in values]
+            for state, sample in zip(states, samples, strict=True):
+                state.sample = sample
+                state.computed_at = tick
+            spliced = self._splice(values, tail)
+            wires = (
+                spliced
+                if spliced is not None  # else a value the splice does not fit (NaN, ...)
+                else [
+                    good_read_row_with_tail(field, sample, tail)
+                    for field, sample in zip(self.fields, samples, strict=True)
+                ]
+            )
+        self.samples, self.wires = samples, wires
+        return wires
+
+    def _splice(self, values: list[MxPythonValue], tail: bytes) -> list[bytes] | None:
+        """The rows of ``values``: the reference's constant part, the value's bytes and
+        ``tail`` (exactly ``good_read_row``'s bytes), or None when a value does not fit
+        the group's kind."""
+        kind = self.kind
+        if not values:
+            return []
+        if kind in (FIXED_DOUBLE, FIXED_FLOAT):
+            if {*map(type, values)} != _FLOAT:
+                return None
+            total = sum(values)  # type: ignore[arg-type]
+            if total - total != 0.0:  # a NaN or an infinity (or a sum past the range)
+                return None
+            floats: list[float] = values  # type: ignore[assignment]
+            heads = self._heads(len(tail))
+            if kind == FIXED_DOUBLE:
+                return [h + pack_d(v) + tail for h, v in zip(heads, floats, strict=True)]
+            if max(map(abs, floats)) > FLOAT32_MAX:
+                return None
+            return [h + pack_f(v) + tail for h, v in zip(heads, floats, strict=True)]
+        if kind == FIXED_BOOL:
+            if {*map(type, values)} != _BOOL:
+                return None
+            heads = self._heads(len(tail))
+            return [h + (_TRUE if v else _FALSE) + tail for h, v in zip(heads, values, strict=True)]
+        # VARIABLE: the value's whole length-prefixed MxValue between part and tail.
+        data_type = self.data_type
+        pieces = [value_piece(v, data_type) for v in values]
+        parts = self.parts
+        extra = len(tail)
+        sizes = [len(part) + len(piece) + extra for part, piece in zip(parts, pieces, strict=True)]
+        if max(sizes) >= len(ROW_HEADS):
+            return [
+                row_head(size) + part + piece + tail
+                for size, part, piece in zip(sizes, parts, pieces, strict=True)
+            ]
+        return [
+            ROW_HEADS[size] + part + piece + tail
+            for size, part, piece in zip(sizes, parts, pieces, strict=True)
+        ]
+
+    def _heads(self, tail_size: int) -> list[bytes]:
+        heads = self.heads.get(tail_size)
+        if heads is None:
+            width = FIXED_WIDTH[self.kind] + tail_size
+            heads = [row_head(len(part) + width) + part for part in self.parts]
+            if len(self.heads) >= 2:
+                self.heads.pop(next(iter(self.heads)))
+            self.heads[tail_size] = heads
+        return heads
+
+
+class ReadPlan:
+    """One remembered chunk's rows, grouped (see the module); valid for ``key``."""
+
+    __slots__ = ("cost", "groups", "key", "loose", "loose_positions", "template")
+
+    def __init__(self, key: object) -> None:
+        self.key = key
+        """What the plan was built for (the plant's pins, the session's advised items)."""
+        self.template: list[bytes] = []
+        """The chunk's rows with the failure rows (those of references that did not
+        resolve) in place; every other place is filled by a group or a loose row."""
+        self.groups: list[_Group] = []
+        self.loose: list[ReadRow] = []
+        """Rows read row by row (``SimulatedRuntime.read_wire``'s way): advised ones, those
+        of attributes advised elsewhere, pinned by a write or flaky, array elements, an
+        attribute a row before names too."""
+        self.loose_positions: list[int] = []
+        self.cost = 0
+        """Bytes the plan holds, estimated (charged to the read cache)."""
+
+    def read(
+        self,
+        tick: int,
+        now: float,
+        tail: bytes,
+        loose: Callable[[Sequence[ReadRow]], list[bytes] | None],
+    ) -> tuple[bool, list[bytes] | None]:
+        """(planned, rows): the chunk's rows at ``tick`` (those computed stamped ``now``,
+        ending in ``tail``; the loose rows by ``loose``, None: they passed the reply's
+        room); planned False when some group must be decided row by row (nothing was
+        computed then)."""
+        groups = self.groups
+        decisions = [group.decide(tick) for group in groups]
+        if None in decisions:
+            return False, None
+        out = self.template.copy()
+        for group, decision in zip(groups, decisions, strict=True):
+            wires = group.answer(decision, tick, now, tail)  # type: ignore[arg-type]
+            for position, wire in zip(group.positions, wires, strict=True):
+                out[position] = wire
+        if self.loose:  # after the groups: a repeat of a group's attribute finds its sample
+            rows = loose(self.loose)
+            if rows is None:
+                return True, None
+            for position, wire in zip(self.loose_positions, rows, strict=True):
+                out[position] = wire
+        return True, out
+
+
+def plan_rows(rows: Sequence[ReadRow], key: object) -> ReadPlan:
+    """The plan of ``rows`` (their ``item`` up to date) for ``key``: the rows of
+    attributes only their models drive in groups, the others loose (see
+    :attr:`ReadPlan.loose`)."""
+    plan = ReadPlan(key)
+    template = plan.template
+    groups: dict[tuple[Any, ...], _Group] = {}
+    seen: set[int] = set()
+    cost = 64 * len(rows)
+    for position, row in enumerate(rows):
+        state = row.state
+        template.append(row.wire if state is None else b"")
+        if row.item is None and state is None and row.sample is None:
+            continue  # did not resolve: its failure row
+        if (
+            row.item is not None
+            or state is None
+            or not row.plain
+            or state.subs
+            or state.dirty
+            or state.override_ts is not None
+            or id(state) in seen
+        ):
+            plan.loose.append(row)
+            plan.loose_positions.append(position)
+            continue
+        seen.add(id(state))
+        group_key = (state.gen_function, state.period, row.kind, row.data_type)
+        group = groups.get(group_key)
+        if group is None:
+            groups[group_key] = group = _Group(*group_key)
+        group.positions.append(position)
+        group.states.append(state)
+        group.args.append(state.gen_args)
+        group.fields.append(row.field)
+        group.parts.append(row.part)
+        cost += PLAN_ROW_BYTES + 2 * len(row.part)
+    plan.groups = list(groups.values())
+    plan.cost = cost
+    return plan
