@@ -1,5 +1,6 @@
 """``python -m bench [all|parse|unary|events|bulk|galaxy|capacity|profile|stall|opcua|startup|
-worker_hop|metrics|keepup|readcpu|wakeups|gc_valve|unary_floor] [--quick] [--out F]``.
+worker_hop|metrics|keepup|readcpu|wakeups|gc_valve|unary_floor|
+readclient] [--quick] [--out F]``.
 
 Prints one JSON document. ``all`` runs every benchmark in turn (under 10 minutes on a
 2-core machine) and wraps their documents with the machine info; ``stall`` (the loop stall
@@ -33,6 +34,7 @@ ONLY_WHEN_NAMED = (
     "wakeups",
     "gc_valve",
     "unary_floor",
+    "readclient",
 )
 # Benchmark name -> module (galaxy_memory.py belongs to the Galaxy helpers).
 MODULES = {
@@ -40,6 +42,7 @@ MODULES = {
     "stall": "loop_stall",
     "metrics": "metrics_cost",
     "readcpu": "read_cpu",
+    "readclient": "read_client",
 }
 
 

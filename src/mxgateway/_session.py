@@ -13,7 +13,7 @@ import asyncio
 import gc
 import logging
 import weakref
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -147,25 +147,24 @@ def _checked_strings(values: Iterable[str], name: str) -> tuple[list[str], bool]
     return out, True
 
 
-def _extend_rows(results: list[Any], rows: Iterable[Any]) -> None:
-    """``results.extend(rows)`` of a reply's repeated rows, with no garbage collection in
-    the middle.
+def _list_rows(rows: Sequence[_T]) -> list[_T]:
+    """``list(rows)`` of a reply's repeated rows, with no garbage collection in the middle.
 
     Listing 10,000 rows creates 10,000 message objects the caller keeps: collections run
     during that burst (by default one every 700 allocations) find nothing to free, but hand the rows
     on to older generations, which then cost every later full collection; a read of 10,000
     rows spent about as much CPU in the collector as in decoding the reply. Paused here,
     the next collection sees the rows once, usually after the caller dropped the previous
-    ones. The pause is one C call (``extend`` over the C iterator of the rows, the GIL held
+    ones. The pause is one C call (a slice of the repeated field: the container fills a
+    list of the right size in one loop, without an iterator over it; the GIL held
     throughout): no Python code, no other thread, runs while it lasts. A caller that
     disabled the collector keeps it disabled.
     """
     if not gc.isenabled():
-        results.extend(rows)
-        return
+        return rows[:]  # type: ignore[return-value]  # a repeated field slices to a list
     gc.disable()
     try:
-        results.extend(rows)
+        return rows[:]  # type: ignore[return-value]
     finally:
         gc.enable()
 
@@ -756,7 +755,11 @@ class Session:
                 reply = check_mxaccess(await self._client._invoke_request(request, timeout))
             else:
                 reply = await self._client.invoke(self._session_id, part, timeout=timeout)
-            _extend_rows(results, self._result(reply, field, cls).results)
+            rows = _list_rows(self._result(reply, field, cls).results)
+            if results:
+                results.extend(rows)
+            else:
+                results = rows
         return results
 
     def _request(self) -> tuple[pb.MxCommandRequest, pb.MxCommand]:
@@ -1064,9 +1067,7 @@ class Session:
                 self._read_memo = memo
         request = memo.request(self._session_id, self._client._next_correlation_id())
         reply = check_mxaccess(await self._client._invoke_request(request, timeout))
-        results: list[pb.BulkReadResult] = []
-        _extend_rows(results, self._result(reply, "bulk_read", pb.BulkReadReply).results)
-        return results
+        return _list_rows(self._result(reply, "bulk_read", pb.BulkReadReply).results)
 
     # -- events -----------------------------------------------------------------------
     def events(

@@ -37,6 +37,7 @@ EXPECTED: dict[str, tuple[str, ...]] = {
     "wakeups": ("sides", "gateway", "server_sleeps"),
     "gc_valve": ("full_collection", "cpu_ms"),
     "unary_floor": ("modes", "bare_read", "ratio_to_ua_read"),
+    "readclient": ("read", "library_vs_bare_stub"),
 }
 
 

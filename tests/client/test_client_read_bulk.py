@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import pytest
@@ -132,30 +132,41 @@ def test_rows_are_listed_with_the_collector_paused() -> None:
     """What ``Session`` lists a reply's rows with: no collection runs in the middle (the
     collector is off while the rows are taken), and it is on again afterwards, or still
     off for a caller that had switched it off."""
-    from mxgateway._session import _extend_rows
+    from mxgateway._session import _list_rows
 
-    def rows() -> Iterator[bool]:
-        for _ in range(3):
-            yield gc.isenabled()
+    class Rows(Sequence[bool]):
+        """Rows whose slice records whether the collector was on while it was taken."""
 
-    results: list[bool] = [True]
-    _extend_rows(results, rows())
-    assert results == [True, False, False, False]
+        def __init__(self, fail: bool = False) -> None:
+            self.fail = fail
+
+        def __len__(self) -> int:
+            return 3
+
+        def __getitem__(self, index: Any) -> Any:
+            if self.fail:
+                raise RuntimeError("a row that does not list")
+            assert index == slice(None)
+            return [gc.isenabled()] * 3
+
+    assert _list_rows(Rows()) == [False, False, False]
     assert gc.isenabled()
-
-    def failing() -> Iterator[bool]:
-        yield gc.isenabled()
-        raise RuntimeError("a row that does not list")
-
     with pytest.raises(RuntimeError):
-        _extend_rows(results, failing())
+        _list_rows(Rows(fail=True))
     assert gc.isenabled()
     gc.disable()
     try:
-        _extend_rows(results, rows())
+        assert _list_rows(Rows()) == [False, False, False]
         assert not gc.isenabled()
     finally:
         gc.enable()
+    # A repeated field of the generated classes slices to a list of its messages.
+    reply = pb.BulkReadReply()
+    reply.results.add(tag_address="a")
+    reply.results.add(tag_address="b")
+    listed = _list_rows(reply.results)
+    assert type(listed) is list
+    assert listed == list(reply.results)
 
 
 @pytest.mark.parametrize("stream", [False, True])
