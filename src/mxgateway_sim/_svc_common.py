@@ -23,6 +23,7 @@ from mxgateway_sim._auth import Principal, current_principal
 from mxgateway_sim._commands import BulkRow
 from mxgateway_sim._domain import (
     AlarmTransition,
+    MxAccessError,
     MxStatus,
     WriteRequest,
 )
@@ -31,6 +32,7 @@ from mxgateway_sim._faults import FaultInjector
 from mxgateway_sim._limits import (
     MAX_ACK_COMMENT_CHARS,
     MAX_SESSION_NAME_CHARS,
+    LimitError,
     reply_too_large,
     too_large,
 )
@@ -40,6 +42,7 @@ from mxgateway_sim._wire import (
     status_to_pb,
     varint,
 )
+from mxgateway_sim._workerwire import WorkerLost
 
 log = get_logger("mxgateway_sim.gateway")
 _T = TypeVar("_T")
@@ -76,7 +79,9 @@ async def _without_cycle(call: Awaitable[_T]) -> _T:
     ``wait_for`` runs the handler in a task that keeps the exception, whose traceback keeps
     the frames that keep the task: a cycle holding the whole request (megabytes for a large
     one) until a full garbage collection, which the tuned GC makes rare. Dropping the
-    traceback breaks it, so a refused request is freed at once.
+    traceback breaks it, so a refused request is freed at once. Only refusals
+    (:data:`_REFUSALS`) lose it: an unexpected error is a bug, and its log keeps the frames
+    that show where it happened (the request waits for a collection instead).
 
     ``raise exc.with_traceback(None)``, not a bare ``raise``: before Python 3.11 a bare
     ``raise`` re-raised the traceback the interpreter kept for the handled exception,
@@ -84,7 +89,7 @@ async def _without_cycle(call: Awaitable[_T]) -> _T:
     """
     try:
         return await call
-    except BaseException as exc:
+    except _REFUSALS as exc:
         raise exc.with_traceback(None)  # noqa: B904 - the same exception, without its frames
 
 
@@ -103,7 +108,7 @@ if sys.version_info >= (3, 11):
         that does wait gets the timeout at its first wait, with the deadline counted from
         the start.
 
-        An exception leaves without its traceback, as from :func:`_without_cycle` (one
+        A refusal leaves without its traceback, as from :func:`_without_cycle` (one
         coroutine for both: each is a frame every command would pass through).
         """
         try:
@@ -116,7 +121,7 @@ if sys.version_info >= (3, 11):
             deadline = loop.time() + timeout_s - (time.monotonic() - start)
             async with asyncio.timeout_at(deadline):
                 return await _Resumed(call, first)
-        except BaseException as exc:
+        except _REFUSALS as exc:
             exc.__traceback__ = None
             raise
 
@@ -269,6 +274,19 @@ def _reply_bytes(reply: pb.MxCommandReply | bytes) -> bytes:
 
 class _BadRequest(Exception):
     """A command argument the gateway rejects before MXAccess sees it (INVALID_REQUEST)."""
+
+
+_REFUSALS: tuple[type[BaseException], ...] = (
+    asyncio.TimeoutError,
+    asyncio.CancelledError,
+    MxAccessError,
+    LimitError,
+    WorkerLost,
+    _BadRequest,
+)
+"""What ends a command with a status of ours (or its call's cancel) rather than a bug:
+these leave :func:`_within` without their traceback, so the request they held is freed at
+once; anything else keeps its frames for the log."""
 
 
 def _status(code: int, message: str) -> pb.ProtocolStatus:

@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import gc
 import logging
+import traceback
 import types
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -521,6 +522,41 @@ async def test_refused_commands_become_no_cyclic_garbage() -> None:
                 replies = [reply async for reply in stream]
                 assert [r.protocol_status.code for r in replies] == expected, replies
         assert cyclic == collections.Counter()
+
+
+class _BrokenPing(SimulatedRuntime):
+    """A runtime whose Ping fails with an error no status of ours answers (a bug)."""
+
+    async def ping(self) -> None:
+        raise RuntimeError("the runtime broke")
+
+
+async def test_an_unexpected_error_keeps_its_frames_for_the_log(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Only refusals lose their traceback on the command path (the test above): a bug's
+    # log must still show the frame it happened in, on Invoke and on InvokeStream.
+    caplog.set_level(logging.ERROR)
+    async with (
+        GatewaySimulator(
+            catalog=_catalog(), scan_interval_ms=60_000, runtime_factory=_BrokenPing
+        ) as sim,
+        grpc.aio.insecure_channel(sim.endpoint) as channel,
+    ):
+        gw = Gw(channel, sim.api_key)
+        sid = await gw.open()
+        request = pb.MxCommandRequest(session_id=sid, command=command("ping"))
+        with pytest.raises(grpc.aio.AioRpcError):
+            await gw.stub.Invoke(request, metadata=gw.md)
+        with pytest.raises(grpc.aio.AioRpcError):
+            async for _ in gw.stub.InvokeStream(iter([request]), metadata=gw.md):
+                pass
+    logged = [r.exc_info[1] for r in caplog.records if r.exc_info and r.exc_info[1]]
+    broke = [e for e in logged if str(e) == "the runtime broke"]
+    assert len(broke) == 2, caplog.records
+    for exc in broke:
+        frames = [f.name for f in traceback.extract_tb(exc.__traceback__)]
+        assert frames[-1] == "ping", frames
 
 
 def test_a_write_delivers_the_sample_it_made() -> None:
