@@ -9,6 +9,9 @@ interleaved rounds (the order alternating), sequential calls of:
 * ``lib_read`` / ``lib_ping``: ``Session.read_bulk`` of one tag and ``Session.ping`` through
   unary ``Invoke`` (``ClientOptions(command_stream=False)``);
 * ``health``: a bare health check on the plain channel (no key, the smallest messages);
+* ``grpc_floor``: the bare stub's Ping to ``bench/floor_server.py``, a grpc.aio server that
+  answers every ``Invoke`` with canned bytes (no key check, no body gate, no work): the
+  floor of a unary call with grpc.aio on both ends;
 * ``ua_read``: asyncua's ``Node.read_value`` of one Double.
 
 Per mode: latency median and p99, the client's CPU per call (``time.process_time()`` of
@@ -22,19 +25,20 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from bench import _client
-from bench._common import Report, load_tags, median, pct, rnd, sim_server
+from bench._common import Report, ServerProcess, load_tags, median, pct, rnd, sim_server
 from bench.opcua import BareStub, Mx, Ua, load, opcua_server
 
 FULL = {"rounds": 5, "calls": 400}
 QUICK = {"rounds": 1, "calls": 20}
 
-MODES = ("bare_read", "lib_read", "bare_ping", "lib_ping", "health", "ua_read")
+MODES = ("bare_read", "lib_read", "bare_ping", "lib_ping", "health", "grpc_floor", "ua_read")
 
 
 async def measure(
@@ -99,13 +103,15 @@ async def run_async(quick: bool) -> dict[str, Any]:
         if sim is None:
             report.skip("everything", "mxgateway_sim is missing")
             return report.to_json()
-        async with sim, opcua_server(10) as opc:
+        floor = ServerProcess([sys.executable, "-m", "bench.floor_server"])
+        async with sim, opcua_server(10) as opc, floor:
             tags, values = load_tags(tags_file, 10)
             async with _client.library_session(sim.address) as lib:
                 assert lib is not None
                 mx = Mx(lib, tags, values)
                 await mx.setup()
                 bare = BareStub(sim.address, mx)
+                floor_stub = BareStub(floor.address, mx)  # the same Ping, canned answer
                 health_request = health_pb2.HealthCheckRequest()
                 check = health_pb2_grpc.HealthStub(bare.channel).Check
                 ua = Ua(opc.info["address"], int(opc.info["namespace"]), 10)
@@ -120,6 +126,7 @@ async def run_async(quick: bool) -> dict[str, Any]:
                     "bare_ping": bare.ping,
                     "lib_ping": mx.ping,
                     "health": health,
+                    "grpc_floor": floor_stub.ping,
                     "ua_read": ua.read_one,
                 }
                 rounds: list[dict[str, dict[str, Any]]] = []
@@ -131,7 +138,9 @@ async def run_async(quick: bool) -> dict[str, Any]:
                                 mode: await measure(
                                     calls[mode],
                                     int(p["calls"]),
-                                    opc.cpu_seconds if mode == "ua_read" else sim.cpu_seconds,
+                                    {"ua_read": opc, "grpc_floor": floor}.get(
+                                        mode, sim
+                                    ).cpu_seconds,
                                 )
                                 for mode in order
                             }
@@ -139,6 +148,7 @@ async def run_async(quick: bool) -> dict[str, Any]:
                 finally:
                     await ua.close()
                     await bare.close()
+                    await floor_stub.close()
     report.results["modes"] = summary(rounds)
     report.results["load_after"] = load()
     report.notes.append(
