@@ -135,6 +135,10 @@ class AlarmMonitor:
             for listener in list(self._listeners):
                 listener(batch)
 
+    def needs_ticks(self) -> bool:
+        """Plant hook: transitions wait for a tick's flush."""
+        return bool(self._pending)
+
     def hand_over(self) -> None:
         """Plant hook between two slices of a long tick: hand on the transitions so far."""
         self.flush(time.time())

@@ -70,6 +70,10 @@ TICK_SLICE_DELIVERIES = 256
 few ms of work: the slice runs to its end before the clock is checked)."""
 TICK_SLICE_UNCHANGED = 2048
 """... or attributes found unchanged by the tick (a check each), whichever comes first."""
+PARK_BELOW_S = 0.05
+"""A scan shorter than this parks while nothing needs its ticks (see :meth:`Plant.parked`):
+waking the loop every millisecond costs about as much CPU as the ticks themselves, ~50 us
+each, for ticks that change nothing anyone watches."""
 
 
 class SampleSink(Protocol):
@@ -105,6 +109,11 @@ class TickListener(Protocol):
 
     def hand_over(self) -> None:
         """Pass on what the tick delivered so far (a long tick does this between slices)."""
+        ...
+
+    def needs_ticks(self) -> bool:
+        """True while the listener has something a tick's flush must pass on even when no
+        attribute is advised (buffered samples due later)."""
         ...
 
 
@@ -587,7 +596,10 @@ class Plant:
         self.seed = seed
         self.scan_s = scan_interval_ms / 1000.0
         self.flaky_one_in = flaky_one_in
-        self.tick = 0
+        self._tick_n = 0
+        self._parked_at: float | None = None
+        """When the scan clock parked (``time.monotonic``), None while it runs."""
+        self._wake: asyncio.Future[None] | None = None
         self._states: dict[str, TagState] = {}
         self._active: dict[str, TagState] = {}
         self._runtimes: list[TickListener] = []
@@ -595,8 +607,7 @@ class Plant:
         self._objects: set[str] | None = None
         self._objects_version = -1
         self._version = catalog.version
-        self.scans = 0
-        """Scan ticks run by the scan clock."""
+        self._scans = 0
         self.late_scans = 0
         """Ticks that started after their due time: the plant could not keep its scan (too
         many advised attributes for the interval, or a busy machine). Each is followed by
@@ -616,10 +627,39 @@ class Plant:
         alone: subscribed, unsubscribed, written, redeployed. What a read planned for such
         attributes (:mod:`mxgateway_sim._readplan`) holds while it stays the same."""
 
+    @property
+    def tick(self) -> int:
+        """The scan tick number: values are functions of it. While the scan clock is parked
+        (:meth:`parked`) it still counts a tick per scan interval, as the clock would."""
+        parked = self._parked_at
+        if parked is None:
+            return self._tick_n
+        return self._tick_n + int((time.monotonic() - parked) / self.scan_s)
+
+    @tick.setter
+    def tick(self, n: int) -> None:
+        self._tick_n = n
+        if self._parked_at is not None:  # counted from here on
+            self._parked_at = time.monotonic()
+
+    @property
+    def scans(self) -> int:
+        """Scan ticks run by the scan clock (those it skipped while parked included)."""
+        return self._scans + self.tick - self._tick_n
+
+    def parked(self) -> bool:
+        """True when the scan clock may stop waking up: nothing is advised (no tick would
+        compute or deliver anything) and no listener needs a tick's flush. Reads still see
+        the tick advance with the clock (:attr:`tick`), a redeploy is taken when a read
+        looks (:meth:`resolve_epoch`), and an advise wakes the clock."""
+        return not self._active and not any(r.needs_ticks() for r in self._runtimes)
+
     # -- catalog -------------------------------------------------------------------------
 
     def state(self, reference: str) -> TagState | None:
         """The model of a deployed attribute (created on first use), or None if unknown."""
+        if self._parked_at is not None and self.catalog.version != self._version:
+            self._redeploy(time.time())  # what a tick would have done
         key = reference.lower()
         st = self._states.get(key)
         if st is None:
@@ -645,6 +685,8 @@ class Plant:
         """Changes whenever what :meth:`state` and :meth:`object_exists` answer may change
         (the catalog's version, and the plant's own view of it, which follows at the next
         tick): a cache of resolved references is valid while this stays the same."""
+        if self._parked_at is not None and self.catalog.version != self._version:
+            self._redeploy(time.time())  # what a tick would have done
         return self.catalog.version, self._version
 
     def object_exists(self, tag_name: str) -> bool:
@@ -696,6 +738,9 @@ class Plant:
         elif subs is not item:
             state.subs = {subs: None, item: None}
         self._active[state.key] = state
+        wake = self._wake
+        if wake is not None and not wake.done():  # the scan clock parked: it has work now
+            wake.set_result(None)
 
     def unsubscribe(self, state: TagState, item: SampleSink) -> None:
         """Stop delivering to ``item``."""
@@ -845,10 +890,27 @@ class Plant:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
+    async def _park(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Sleep until an advise (:meth:`subscribe`) wakes the clock; the ticks the clock
+        would have run meanwhile are counted (:attr:`tick`, :attr:`scans`)."""
+        self._parked_at = time.monotonic()
+        self._wake = wake = loop.create_future()
+        try:
+            await wake
+        finally:
+            self._wake = None
+            n = self.tick
+            self._scans += n - self._tick_n
+            self._tick_n = n
+            self._parked_at = None
+
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time()
         while True:
+            if self.scan_s < PARK_BELOW_S and self.parked():
+                await self._park(loop)
+                deadline = loop.time()
             deadline += self.scan_s
             now = loop.time()
             delay = deadline - now
@@ -857,7 +919,7 @@ class Plant:
                 deadline = now
                 delay = 0
             await asyncio.sleep(delay)
-            self.scans += 1
+            self._scans += 1
             try:
                 slicer = Slicer()
                 for _ in self._tick(time.time()):

@@ -273,6 +273,10 @@ class SimulatedRuntime:
             self._collect_buffered(now)
         self.hand_over()
 
+    def needs_ticks(self) -> bool:
+        """True while buffered items may hold samples a later tick's flush sends."""
+        return bool(self._buffered)
+
     def hand_over(self) -> None:
         """Hand the events queued so far to the sink (a plant tick between two slices);
         buffered batches wait for the tick's :meth:`flush`."""

@@ -7,6 +7,7 @@ that and a rate-limited warning tells the operator, instead of falling behind si
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Iterator
@@ -15,6 +16,7 @@ import pytest
 from simhelpers import wait_for
 
 from mxgateway_sim import builtin_catalog
+from mxgateway_sim._domain import TagSample
 from mxgateway_sim._plant import Plant
 
 
@@ -22,6 +24,7 @@ async def test_a_plant_that_cannot_keep_its_scan_counts_it_and_warns_once(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     plant = Plant(builtin_catalog(), scan_interval_ms=1, flaky_one_in=0)
+    _advise_one(plant)  # else the idle clock parks: no tick, nothing late
     real_tick = plant._tick
 
     def slow_tick(now: float) -> Iterator[None]:
@@ -44,6 +47,71 @@ async def test_a_plant_that_cannot_keep_its_scan_counts_it_and_warns_once(
     lines = [r.getMessage() for r in caplog.records if "cannot keep its" in r.getMessage()]
     assert len(lines) == 1, lines  # rate-limited: one line per LATE_SCAN_LOG_INTERVAL_S
     assert "cannot keep its 1 ms scan" in lines[0]
+
+
+class _Sink:
+    """An advised item's stand-in: counts what the ticks deliver."""
+
+    def __init__(self) -> None:
+        self.samples: list[TagSample] = []
+
+    def deliver(self, sample: TagSample) -> None:
+        self.samples.append(sample)
+
+
+def _advise_one(plant: Plant, reference: str = "Tank01.Level") -> _Sink:
+    state = plant.state(reference)
+    assert state is not None
+    sink = _Sink()
+    plant.subscribe(state, sink)
+    return sink
+
+
+async def test_an_idle_clock_parks_and_an_advise_wakes_it() -> None:
+    """A 1 ms scan with nothing advised stops waking the loop (each wake-up costs about
+    what a tick does) and runs no tick, yet its tick number goes on with the clock as the
+    scans would have counted it: a read computes the values of the tick it is in. An
+    advise wakes it, and its ticks go on from that number; a redeploy while parked is
+    taken when a read looks."""
+    catalog = builtin_catalog()
+    plant = Plant(catalog, scan_interval_ms=1, flaky_one_in=0)
+    real_tick = plant._tick
+    ticks: list[int] = []
+
+    def counted_tick(now: float) -> Iterator[None]:
+        ticks.append(plant.tick + 1)
+        yield from real_tick(now)
+
+    plant._tick = counted_tick  # type: ignore[method-assign]
+    plant.start()
+    try:
+        await wait_for(lambda: plant._parked_at is not None)
+        ran, start = len(ticks), plant.tick
+        await asyncio.sleep(0.15)
+        assert len(ticks) == ran  # parked: no tick ran
+        assert plant.tick >= start + 100  # ~150 scans of 1 ms went by all the same
+        assert plant.scans >= plant.tick - 1
+        state = plant.state("Tank01.Level")
+        assert state is not None and state.period == 1
+        sample = plant.current(state)
+        assert state.computed_at == plant.tick or state.computed_at == plant.tick - 1
+        assert sample.value == state.gen(state.computed_at)
+        sink = _advise_one(plant)
+        await wait_for(lambda: len(sink.samples) >= 3)
+        assert plant._parked_at is None
+        assert ticks[ran] >= start + 100  # the ticks go on from the parked count
+        assert ticks[ran:] == list(range(ticks[ran], ticks[ran] + len(ticks) - ran))
+        plant.unsubscribe(plant.state("Tank01.Level"), sink)  # type: ignore[arg-type]
+        await wait_for(lambda: plant._parked_at is not None)
+        version = plant.resolve_epoch()
+        kept = [t for t in catalog.all_tags() if t.tag_name != "Tank01"]
+        catalog.__init__(kept, catalog.version + 1)  # type: ignore[misc]  # a redeploy
+        parked = len(ticks)
+        assert plant.resolve_epoch() == (catalog.version, catalog.version) != version  # taken
+        assert plant.state("Tank01.Level") is None
+        assert len(ticks) == parked and plant._parked_at is not None
+    finally:
+        await plant.stop()
 
 
 def test_scan_stats_start_at_zero() -> None:
