@@ -209,3 +209,24 @@ async def test_repeated_large_reads_answer_what_invoke_raw_answers(stream: bool)
             assert all(type(r) is pb.BulkReadResult for r in rows)
             assert [r.tag_address for r in rows] == read
             assert sum(r.was_successful for r in rows) == 5 * 60
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_large_read_over_the_request_budget_is_split(stream: bool) -> None:
+    """A read of more than 256 tags whose command is over the request budget (a quarter
+    of a 64 KiB client's message limit) is not sent as one encoded request: it reaches the
+    gateway as several commands, rows in order, each row what the command of that
+    reference alone answers; and so does the same read again."""
+    tags = (TAGS * 100)[:600]  # ~9 kB of references a read, 18 kB for two lists
+    refs = tags + [t + " " for t in tags]  # twice the rows, the second half unknown
+    async with _split_reads(stream) as (sim, session, hlmx):
+
+        def reads() -> int:
+            return sum(n for (kind, _), n in sim.stats.commands.items() if "bulk" in kind)
+
+        alone = {t: (await session.read_bulk(hlmx, [t]))[0].SerializeToString() for t in refs}
+        for _ in range(2):
+            before = reads()
+            rows = await session.read_bulk(hlmx, refs)
+            assert reads() - before >= 2
+            assert [r.SerializeToString() for r in rows] == [alone[t] for t in refs]
