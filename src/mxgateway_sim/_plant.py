@@ -480,6 +480,7 @@ class TagState:
     """The live value model of one deployed attribute."""
 
     __slots__ = (
+        "_sample",
         "computed_at",
         "dirty",
         "flaky",
@@ -492,7 +493,8 @@ class TagState:
         "override",
         "override_ts",
         "period",
-        "sample",
+        "read_at",
+        "read_value",
         "subs",
     )
 
@@ -510,9 +512,31 @@ class TagState:
         self.override_ts: float | None = None
         self.dirty = False
         self.subs: Subscribers = None
-        self.sample = TagSample(None, info.mx_data_type, QUALITY_GOOD, 0.0)
+        self._sample: TagSample | None = TagSample(None, info.mx_data_type, QUALITY_GOOD, 0.0)
+        self.read_value: MxPythonValue = None
+        self.read_at: float | None = None
+        """With :attr:`read_value`: the value a read computed at this time, good and OK,
+        for :attr:`sample` to be made of when first asked for (a read of 10,000 attributes
+        makes no object per row: :mod:`mxgateway_sim._readplan`). Any other sample
+        replaces it."""
         self.computed_at = -1
         """The tick ``sample`` was computed for (-1: not yet)."""
+
+    @property
+    def sample(self) -> TagSample:
+        """The attribute's current sample (as of :attr:`computed_at`)."""
+        sample = self._sample
+        if sample is None:  # a read's value (read_value, read_at): made now
+            at = self.read_at
+            assert at is not None
+            sample = TagSample(self.read_value, self.info.mx_data_type, QUALITY_GOOD, at)
+            self._sample = sample
+        return sample
+
+    @sample.setter
+    def sample(self, sample: TagSample) -> None:
+        self._sample = sample
+        self.read_at = None
 
     def gen(self, n: int) -> MxPythonValue:
         """The model's value at tick ``n`` (what a tick computes, before any write)."""
@@ -574,7 +598,8 @@ class TagState:
             value, ts = self.gen_function(self.gen_args, n), now
         self.dirty = False
         sample = TagSample(value, self.info.mx_data_type, quality, ts, status)
-        self.sample = sample
+        self._sample = sample
+        self.read_at = None
         self.computed_at = n
         return sample
 

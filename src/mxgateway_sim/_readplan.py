@@ -24,11 +24,12 @@ holds the rows it last encoded; its bytes count in the read cache's bound.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from itertools import repeat
 from operator import is_
 from typing import Any
 
 from mxgateway.values import MxPythonValue
-from mxgateway_sim._domain import QUALITY_GOOD, STATUS_OK, TagSample
+from mxgateway_sim._domain import TagSample
 from mxgateway_sim._plant import BATCHED, GenFunction, TagState
 from mxgateway_sim._readrows import ReadRow
 from mxgateway_sim._wire import (
@@ -65,6 +66,7 @@ class _Group:
 
     __slots__ = (
         "args",
+        "at",
         "batch",
         "data_type",
         "fields",
@@ -96,9 +98,11 @@ class _Group:
         self.heads: dict[int, list[bytes]] = {}
         """The rows' heads for a tail of each size (two sizes kept: a read's time takes 4
         or 5 bytes of nanoseconds)."""
-        self.samples: list[TagSample] = []
         self.wires: list[bytes] = []
-        """The rows the plan encoded last, of :attr:`samples`."""
+        """The rows the plan encoded last: of the values it computed at :attr:`at`, or of
+        :attr:`samples`."""
+        self.at: float | None = None
+        self.samples: list[TagSample] = []
 
     def decide(self, tick: int) -> int | None:
         """How the group's rows are answered at ``tick``: :data:`_KEEP` (no attribute
@@ -116,8 +120,11 @@ class _Group:
         start = tick - tick % period if period else 0
         low, high = min(computed), max(computed)
         if low >= start and high <= tick:
-            samples = [state.sample for state in states]
-            if len(samples) == len(self.samples) and all(map(is_, samples, self.samples)):
+            at = self.at
+            if at is not None:  # the rows of values this plan computed at ``at``
+                if all(map(is_, [state.read_at for state in states], repeat(at))):
+                    return _KEEP
+            elif self.samples and all(map(is_, [state._sample for state in states], self.samples)):
                 return _KEEP
             return _ENCODE
         if high < start or low > tick:
@@ -133,28 +140,28 @@ class _Group:
         states = self.states
         if decision == _ENCODE:
             samples = [state.sample for state in states]
-            wires = [
+            self.wires = [
                 good_read_row(field, sample, False)
                 for field, sample in zip(self.fields, samples, strict=True)
             ]
-        else:
-            values = self.batch(self.args, tick)
-            data_type = self.data_type
-            samples = [TagSample(v, data_type, QUALITY_GOOD, now, STATUS_OK) for v in values]
-            for state, sample in zip(states, samples, strict=True):
-                state.sample = sample
-                state.computed_at = tick
-            spliced = self._splice(values, tail)
-            wires = (
-                spliced
-                if spliced is not None  # else a value the splice does not fit (NaN, ...)
-                else [
-                    good_read_row_with_tail(field, sample, tail)
-                    for field, sample in zip(self.fields, samples, strict=True)
-                ]
-            )
-        self.samples, self.wires = samples, wires
-        return wires
+            self.samples, self.at = samples, None
+            return self.wires
+        values = self.batch(self.args, tick)
+        for state, value in zip(states, values, strict=True):
+            # TagState.compute of a good, OK value at ``now``, its sample made when first
+            # asked for (TagState.sample): no object per row.
+            state._sample = None
+            state.read_value = value
+            state.read_at = now
+            state.computed_at = tick
+        spliced = self._splice(values, tail)
+        if spliced is None:  # a value the splice does not fit (NaN, another type)
+            spliced = [
+                good_read_row_with_tail(field, state.sample, tail)
+                for field, state in zip(self.fields, states, strict=True)
+            ]
+        self.wires, self.samples, self.at = spliced, [], now
+        return spliced
 
     def _splice(self, values: list[MxPythonValue], tail: bytes) -> list[bytes] | None:
         """The rows of ``values``: the reference's constant part, the value's bytes and

@@ -766,10 +766,11 @@ async def test_a_remembered_reads_planned_rows_are_the_plain_paths_rows(
     attributes only their models drive decided a generator's group at a time, the others
     row by row). Through the client, every reply is byte for byte what the generic path
     answers at the same tick, however each group is decided: its kept rows (no tick changed
-    it), rows of samples another read computed, values computed anew, or row by row when a
-    group's attributes are partly changed (another session read some of them in a new
-    period). Between reads another session also advises one of the attributes and pins
-    another by a write; every sample stays its model's value at the tick it was computed."""
+    it), rows of samples another read computed (row by row, or planned too), values
+    computed anew, or row by row when a group's attributes are partly changed (another
+    session read some of them in a new period). Between reads another session also advises
+    one of the attributes and pins another by a write; every sample stays its model's value
+    at the tick it was computed."""
     decisions: list[int | None] = []
     decide = _Group.decide
 
@@ -801,12 +802,26 @@ async def test_a_remembered_reads_planned_rows_are_the_plain_paths_rows(
             cache = runtime._read_rows
             assert cache is not None
             steps: list[int | str] = [1, 1, 0, 3, 30, "other", 1, 7, "advise", 50, 1, 200]
-            steps += [0, "write", 25, "other", 2]
+            steps += [0, "write", 25, "other", 2, "all", 1, "generic", 3]
             for step in steps:
                 if step == "other":  # a new period, then half the attributes read there
                     for _ in range(26):
                         plant.step()
                     await other.read_bulk(other_h, refs[::2])
+                elif step == "generic":  # ... all of them, through Plant.current
+                    for _ in range(26):
+                        plant.step()
+                    other_rt = sim.sessions.get(other.session_id).runtime  # type: ignore[union-attr]
+                    other_cache, other_rt._read_rows = other_rt._read_rows, None
+                    try:
+                        await other.read_bulk(other_h, refs)
+                    finally:
+                        other_rt._read_rows = other_cache
+                elif step == "all":  # ... all of them, twice (the repeat planned too)
+                    for _ in range(2):
+                        for _ in range(26):
+                            plant.step()
+                        await other.read_bulk(other_h, refs)
                 elif step == "advise":
                     await other.subscribe_bulk(other_h, ["Obj005.Level", "Obj006.Flag"])
                 elif step == "write":
