@@ -486,7 +486,9 @@ async def test_refused_commands_become_no_cyclic_garbage() -> None:
     # command path drops that traceback (_svc_common: _without_cycle, _within). On 3.11+
     # the handler runs in the calling task and nothing cycles even with the traceback; on
     # 3.10 (wait_for) the drop is what frees the request, and a bare `raise` undid it.
-    options = SessionOptions(command_timeout_s=0.05, max_value_bytes=1024)
+    # The timeout ends the stuck ping; it is long enough that the other refusals (a bulk
+    # write refused after three slices, on a loaded machine) finish before it.
+    options = SessionOptions(command_timeout_s=0.3, max_value_bytes=1024)
     stuck = _simulator(60_000, session_options=options, runtime_factory=_StuckPing)
     async with stuck as (_, gw):
         sid = await gw.open()
