@@ -2,9 +2,10 @@
 read when it asked for the same tags (``mxgateway._encoded``).
 
 What must hold: the bytes on the wire are exactly those of the request the plain path
-builds (``MxCommandRequest.SerializeToString()``), on the command stream and on unary
-``Invoke``; a read of other tags, another handle or timeout, a list changed after the last
-read, or references that only claim to equal the remembered ones, sends its own references.
+builds (``MxCommandRequest.SerializeToString()``), on the command stream, on unary
+``Invoke`` and on ``Invoke`` after a gateway without the stream refused it; a read of other
+tags, another handle or timeout, a list changed after the last read, or references that
+only claim to equal the remembered ones, sends its own references.
 test_client_read_bulk.py compares the rows with those of ``invoke_raw``.
 """
 
@@ -59,15 +60,20 @@ class _RawGateway:
     """A gateway that records the bytes of every command request and answers a ReadBulk
     with one row per reference it carries (the reference echoed)."""
 
-    def __init__(self) -> None:
+    def __init__(self, with_stream: bool = True) -> None:
+        """``with_stream=False``: no ``InvokeStream`` (upstream's gateway: UNIMPLEMENTED)."""
         self.wires: list[bytes] = []
         self.server = grpc.aio.server()
-        self.server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, {
+        handlers = {
             "OpenSession": grpc.unary_unary_rpc_method_handler(self._open),
             "CloseSession": grpc.unary_unary_rpc_method_handler(self._close),
             "Invoke": grpc.unary_unary_rpc_method_handler(self._invoke),
-            "InvokeStream": grpc.stream_stream_rpc_method_handler(self._invoke_stream),
-        }),))  # fmt: skip
+        }
+        if with_stream:
+            handlers["InvokeStream"] = grpc.stream_stream_rpc_method_handler(self._invoke_stream)
+        self.server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler(SERVICE, handlers),)
+        )
         self.endpoint = f"127.0.0.1:{self.server.add_insecure_port('127.0.0.1:0')}"
 
     async def _open(self, _wire: bytes, _context: Any) -> bytes:
@@ -98,8 +104,11 @@ class _RawGateway:
 
 
 @contextlib.asynccontextmanager
-async def _raw_session(stream: bool) -> AsyncIterator[tuple[_RawGateway, Session]]:
-    gateway = _RawGateway()
+async def _raw_session(path: str) -> AsyncIterator[tuple[_RawGateway, Session]]:
+    """A session on a :class:`_RawGateway`; ``path``: "invoke" (``command_stream`` off),
+    "stream", or "fallback" (the client on the stream, the gateway without it)."""
+    gateway = _RawGateway(with_stream=path != "fallback")
+    stream = path != "invoke"
     await gateway.server.start()
     try:
         options = ClientOptions(
@@ -134,8 +143,8 @@ class _Claims(str):
     __hash__ = str.__hash__
 
 
-@pytest.mark.parametrize("stream", [False, True])
-async def test_every_read_sends_the_plain_paths_bytes(stream: bool) -> None:
+@pytest.mark.parametrize("path", ["invoke", "stream", "fallback"])
+async def test_every_read_sends_the_plain_paths_bytes(path: str) -> None:
     """Reads that repeat, change and vary a large tag list: each request's bytes are those
     of the plain path's request for exactly the arguments of that call, and each answer
     echoes those references."""
@@ -155,7 +164,7 @@ async def test_every_read_sends_the_plain_paths_bytes(stream: bool) -> None:
         (3, claims, 0),  # not plain strings: never taken for the remembered ones
         (3, REFS * 2, 0),
     ]
-    async with _raw_session(stream) as (gateway, session):
+    async with _raw_session(path) as (gateway, session):
         mutable = list(REFS)
         await session.read_bulk(3, mutable)
         mutable[5] = "Mutated.After"  # a list changed after its read sends the change
