@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from google.protobuf.message import DecodeError
+
 from mxgateway._logsafe import get_logger
 from mxgateway._version import WORKER_PROTOCOL_VERSION
 from mxgateway.generated import mxaccess_gateway_pb2 as pb
@@ -43,6 +45,9 @@ from mxgateway_sim._spawn import WorkerProcess, start_worker_process
 from mxgateway_sim._wire import check_read_reply, varint
 from mxgateway_sim._workerwire import (
     NONCE_ENV,
+    PING_COMMAND,
+    PING_REPLY,
+    WRITE_REPLY,
     CreatedItems,
     EnvelopeHead,
     ProtocolViolation,
@@ -52,6 +57,7 @@ from mxgateway_sim._workerwire import (
     created_items,
     decode_envelope,
     raise_for_reply,
+    read_reply_rows,
     read_rows,
     read_varint,
     simple_command,
@@ -138,7 +144,8 @@ class WorkerRuntime:
         self._decoder = FrameDecoder(settings.frame_limit)
         self._proc: WorkerProcess | None = None
         self._nonce = ""
-        self._pending: dict[str, asyncio.Future[pb.MxCommandReply]] = {}
+        self._pending: dict[str, asyncio.Future[bytes]] = {}
+        """Calls waiting for their reply (its serialized ``MxCommandReply``)."""
         self._ids = itertools.count(1)
         self._hello: wpb.WorkerHello | None = None
         self._ready: asyncio.Future[wpb.WorkerReady] | None = None
@@ -345,16 +352,23 @@ class WorkerRuntime:
         try:
             envelopes = self._decoder.feed(data)
             batch: list[bytes] = []
-            event_body = self._head.event_body if self._head is not None else None
+            head = self._head
+            greeted = self._hello is not None
             for envelope in envelopes:
-                body = event_body(envelope) if event_body is not None else None
+                body = head.event_body(envelope) if head is not None else None
                 if body is not None:
                     batch.append(body)
                     continue
                 if batch:
                     self._events(batch)
                     batch = []
-                self._envelope(envelope)
+                # A reply in the layout the worker writes skips the generated classes.
+                wrapped = head.reply_body(envelope) if greeted and head is not None else None
+                if wrapped is not None:
+                    self._reply(*wrapped)
+                else:
+                    self._envelope(envelope)
+                    greeted = self._hello is not None
             if batch:
                 self._events(batch)
         except (FrameError, ProtocolViolation) as exc:
@@ -403,9 +417,7 @@ class WorkerRuntime:
             self._hello = env.worker_hello
             return
         if body == "worker_command_reply":
-            fut = self._pending.pop(env.correlation_id, None)
-            if fut is not None and not fut.done():  # else cancelled meanwhile: dropped
-                fut.set_result(env.worker_command_reply.reply)
+            self._reply(env.correlation_id, env.worker_command_reply.reply.SerializeToString())
         elif body == "worker_event":
             event = env.worker_event.event.SerializeToString()
             self._events([b"\x0a" + varint(len(event)) + event])
@@ -422,9 +434,30 @@ class WorkerRuntime:
         else:
             raise ProtocolViolation(f"{body} is not sent by a worker")
 
+    def _reply(self, correlation_id: str, reply: bytes) -> None:
+        fut = self._pending.pop(correlation_id, None)
+        if fut is not None and not fut.done():  # else cancelled meanwhile: dropped
+            fut.set_result(reply)
+
     # -- calls ---------------------------------------------------------------------------
 
     async def _call(self, command: pb.MxCommand, *, check: bool = True) -> pb.MxCommandReply:
+        reply = self._parse(await self._call_wire(command))
+        if check:
+            raise_for_reply(reply)
+        return reply
+
+    def _parse(self, data: bytes) -> pb.MxCommandReply:
+        """A reply's bytes as a message; bytes that are not one break the protocol."""
+        try:
+            return pb.MxCommandReply.FromString(data)
+        except DecodeError:
+            why = "protocol violation: a worker_command_reply that is not an MxCommandReply"
+            self._lose(why)
+            raise WorkerLost(why) from None
+
+    async def _call_wire(self, command: pb.MxCommand | bytes) -> bytes:
+        """Send a command (or its bytes) and wait for its reply's bytes."""
         if self._lost is not None:
             raise WorkerLost(self._lost)
         if self._closing:
@@ -432,7 +465,7 @@ class WorkerRuntime:
         head = self._head
         assert head is not None
         cid = str(next(self._ids))
-        fut: asyncio.Future[pb.MxCommandReply] = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         self._pending[cid] = fut
         self._write(head.command_frame(cid, command))
         try:
@@ -441,8 +474,6 @@ class WorkerRuntime:
             if self._pending.pop(cid, None) is not None and self._lost is None:
                 self._write(head.frame(cid, worker_cancel=wpb.WorkerCancel(reason="cancelled")))
             raise
-        if check:
-            raise_for_reply(reply)
         return reply
 
     async def register(self, client_name: str) -> int:
@@ -547,7 +578,9 @@ class WorkerRuntime:
 
     async def write(self, server_handle: int, item_handle: int, request: WriteRequest) -> None:
         """The Write family; the outcome is the worker's OnWriteComplete event."""
-        await self._call(write_command(server_handle, item_handle, request))
+        data = await self._call_wire(write_command(server_handle, item_handle, request))
+        if data != WRITE_REPLY:  # another member of the family, or a failure
+            raise_for_reply(self._parse(data))
 
     async def authenticate_user(self, server_handle: int, user: str, password: str) -> int:
         """AuthenticateUser -> user id."""
@@ -625,14 +658,20 @@ class WorkerRuntime:
         Raises:
             LimitError: the rows, after ``already`` bytes of the reply, exceed ``max_bytes``.
         """
-        reply = await self._call(_read_command(server_handle, references, timeout_s))
-        data = reply.bulk_read.SerializeToString()
-        check_read_reply(already + len(data), max_bytes)
-        return data
+        data = await self._call_wire(_read_command(server_handle, references, timeout_s))
+        rows = read_reply_rows(data)
+        if rows is None:  # a failure (or a layout of another writer)
+            reply = self._parse(data)
+            raise_for_reply(reply)
+            rows = reply.bulk_read.SerializeToString()
+        check_read_reply(already + len(rows), max_bytes)
+        return rows
 
     async def ping(self) -> None:
         """A round trip through the worker."""
-        await self._call(simple_command(pb.MX_COMMAND_KIND_PING, "ping"))
+        data = await self._call_wire(PING_COMMAND)
+        if data != PING_REPLY:
+            raise_for_reply(self._parse(data))
 
     def worker_info(self) -> WorkerInfo:
         """Backend, versions and the worker's process id (from its hello and ready)."""

@@ -88,6 +88,18 @@ def decode_envelope(data: bytes) -> wpb.WorkerEnvelope:
         raise ProtocolViolation("a frame that is not a WorkerEnvelope") from None
 
 
+def decode_command(data: bytes) -> pb.MxCommand:
+    """Parse a command's bytes (from :meth:`EnvelopeHead.command_body`).
+
+    Raises:
+        ProtocolViolation: the bytes are not an ``MxCommand``.
+    """
+    try:
+        return pb.MxCommand.FromString(data)
+    except DecodeError:
+        raise ProtocolViolation("a worker_command that is not an MxCommand") from None
+
+
 def check_envelope(env: wpb.WorkerEnvelope, session_id: str) -> str:
     """The body's name, once the version, the session and the body are checked.
 
@@ -157,16 +169,63 @@ class EnvelopeHead:
         return self.body_frame(BODY_TAGS[name], correlation_id, message.SerializeToString(), now)
 
     def command_frame(
-        self, correlation_id: str, command: pb.MxCommand, now: float | None = None
+        self, correlation_id: str, command: pb.MxCommand | bytes, now: float | None = None
     ) -> bytes:
-        """The frame of a ``worker_command`` carrying ``command`` (the hot path of a call)."""
-        return self._wrapped_frame(_COMMAND_TAG, correlation_id, command.SerializeToString(), now)
+        """The frame of a ``worker_command`` carrying ``command`` (or its serialized bytes:
+        the hot path of a call)."""
+        data = command if isinstance(command, bytes) else command.SerializeToString()
+        return self._wrapped_frame(_COMMAND_TAG, correlation_id, data, now)
 
     def reply_frame(
-        self, correlation_id: str, reply: pb.MxCommandReply, now: float | None = None
+        self, correlation_id: str, reply: pb.MxCommandReply | bytes, now: float | None = None
     ) -> bytes:
-        """The frame of a ``worker_command_reply`` carrying ``reply``."""
-        return self._wrapped_frame(_REPLY_TAG, correlation_id, reply.SerializeToString(), now)
+        """The frame of a ``worker_command_reply`` carrying ``reply`` (or its bytes)."""
+        data = reply if isinstance(reply, bytes) else reply.SerializeToString()
+        return self._wrapped_frame(_REPLY_TAG, correlation_id, data, now)
+
+    def command_body(self, envelope: bytes) -> tuple[str, bytes] | None:
+        """The correlation id and the ``MxCommand`` bytes of a ``worker_command`` envelope
+        in the layout :meth:`command_frame` writes, or None for anything else (parse it
+        with the generated classes)."""
+        return self._wrapped_body(envelope, _COMMAND_TAG)
+
+    def reply_body(self, envelope: bytes) -> tuple[str, bytes] | None:
+        """The correlation id and the ``MxCommandReply`` bytes of a ``worker_command_reply``
+        envelope in the layout :meth:`reply_frame` writes, or None for anything else."""
+        return self._wrapped_body(envelope, _REPLY_TAG)
+
+    def _wrapped_body(self, envelope: bytes, tag: bytes) -> tuple[str, bytes] | None:
+        """What :meth:`_wrapped_frame` put in ``envelope``: exactly this session's head (so
+        this protocol version), ``sent_at`` (skipped: neither end reads it), the correlation
+        id, and the body ``tag`` holding only its field 1; else None (the slow path judges
+        the envelope: a frame that breaks the protocol is refused there).
+
+        This skips parsing the envelope into messages on both ends of a call: on a 2-core
+        machine the code a woken process runs is cold, and the generated classes' parse
+        and field accesses cost more there than these few byte comparisons."""
+        stamped = self._stamped
+        if not envelope.startswith(stamped):
+            return None
+        end = len(envelope)
+        try:
+            size, pos = read_varint(envelope, len(stamped))
+            pos += size
+            cid = ""
+            if envelope.startswith(b"\x22", pos):
+                size, pos = read_varint(envelope, pos + 1)
+                cid = envelope[pos : pos + size].decode()
+                pos += size
+            if not envelope.startswith(tag, pos):
+                return None
+            size, pos = read_varint(envelope, pos + len(tag))
+            if pos + size != end or not envelope.startswith(b"\x0a", pos):
+                return None
+            size, pos = read_varint(envelope, pos + 1)
+        except (ProtocolViolation, UnicodeDecodeError):
+            return None
+        if pos + size != end:
+            return None
+        return cid, envelope[pos:]
 
     def _wrapped_frame(
         self, tag: bytes, correlation_id: str, data: bytes, now: float | None
@@ -411,19 +470,24 @@ def _write_request(p: Any, *, secured: bool, stamped: bool) -> WriteRequest:
     return WriteRequest(from_mx_value(p.value), when, p.user_id)
 
 
+async def _read_wire(rt: MxAccessRuntime, p: pb.ReadBulkCommand) -> bytes:
+    """A ReadBulk's rows, serialized (a ``BulkReadReply``)."""
+    references = list(p.tag_addresses)
+    # The simulated runtime's encoded-row cache when it can answer (the same bytes).
+    ready = getattr(rt, "read_wire", None)
+    data = ready(p.server_handle, references, NO_READ_LIMIT) if ready is not None else None
+    if data is None:
+        rows = await rt.read(p.server_handle, references, p.timeout_ms / 1000.0)
+        data = read_reply_bytes(rows)
+    return bytes(data)
+
+
 async def _dispatch(rt: MxAccessRuntime, payload: str, p: Any, r: pb.MxCommandReply) -> None:
     """Run one MXAccess call; fills the reply's result member (the commonest first)."""
     if payload == "ping":
         await rt.ping()
     elif payload == "read_bulk":
-        references = list(p.tag_addresses)
-        # The simulated runtime's encoded-row cache when it can answer (the same bytes).
-        ready = getattr(rt, "read_wire", None)
-        data = ready(p.server_handle, references, NO_READ_LIMIT) if ready is not None else None
-        if data is None:
-            rows = await rt.read(p.server_handle, references, p.timeout_ms / 1000.0)
-            data = read_reply_bytes(rows)
-        r.bulk_read.MergeFromString(data)
+        r.bulk_read.MergeFromString(await _read_wire(rt, p))
         r.bulk_read.SetInParent()
     elif payload == "write":
         await rt.write(
@@ -536,6 +600,35 @@ def _protocol_status(code: int, message: str) -> pb.ProtocolStatus:
     return pb.ProtocolStatus(code=code, message=message)  # type: ignore[arg-type]
 
 
+_FAILURES: Final = (MxAccessError, LimitError, ValueError, OverflowError)
+"""What a runtime call raises that its reply reports (anything else is a worker bug)."""
+
+
+def _fail(reply: pb.MxCommandReply, exc: BaseException) -> None:
+    """Put a failed call's outcome (one of :data:`_FAILURES`) in its reply: an MXAccess
+    failure is ``MXACCESS_FAILURE`` with its HRESULT and statuses."""
+    if isinstance(exc, MxAccessError):
+        reply.protocol_status.CopyFrom(
+            _protocol_status(
+                pb.PROTOCOL_STATUS_CODE_MXACCESS_FAILURE, "MXAccess reported a failure"
+            )
+        )
+        reply.hresult = exc.hresult
+        reply.diagnostic_message = exc.message
+        reply.statuses.extend(status_to_pb(s) for s in exc.statuses)
+    elif isinstance(exc, LimitError):
+        code = (
+            pb.PROTOCOL_STATUS_CODE_OVERLOADED
+            if exc.overloaded
+            else pb.PROTOCOL_STATUS_CODE_INVALID_REQUEST
+        )
+        reply.protocol_status.CopyFrom(_protocol_status(code, str(exc)))
+    else:
+        reply.protocol_status.CopyFrom(
+            _protocol_status(pb.PROTOCOL_STATUS_CODE_INVALID_REQUEST, str(exc))
+        )
+
+
 async def run_command(rt: MxAccessRuntime, command: pb.MxCommand) -> pb.MxCommandReply:
     """Run a worker command against ``rt``; every outcome is a reply, never an exception
     (an MXAccess failure is ``MXACCESS_FAILURE`` with its HRESULT and statuses)."""
@@ -545,28 +638,8 @@ async def run_command(rt: MxAccessRuntime, command: pb.MxCommand) -> pb.MxComman
         if payload is None:
             raise ValueError("the command has no payload")
         await _dispatch(rt, payload, getattr(command, payload), reply)
-    except MxAccessError as exc:
-        reply.protocol_status.CopyFrom(
-            _protocol_status(
-                pb.PROTOCOL_STATUS_CODE_MXACCESS_FAILURE, "MXAccess reported a failure"
-            )
-        )
-        reply.hresult = exc.hresult
-        reply.diagnostic_message = exc.message
-        reply.statuses.extend(status_to_pb(s) for s in exc.statuses)
-        return reply
-    except LimitError as exc:
-        code = (
-            pb.PROTOCOL_STATUS_CODE_OVERLOADED
-            if exc.overloaded
-            else pb.PROTOCOL_STATUS_CODE_INVALID_REQUEST
-        )
-        reply.protocol_status.CopyFrom(_protocol_status(code, str(exc)))
-        return reply
-    except (ValueError, OverflowError) as exc:
-        reply.protocol_status.CopyFrom(
-            _protocol_status(pb.PROTOCOL_STATUS_CODE_INVALID_REQUEST, str(exc))
-        )
+    except _FAILURES as exc:
+        _fail(reply, exc)
         return reply
     if not reply.HasField("protocol_status"):  # a bulk chunk stopped by a limit has its own
         status = reply.protocol_status
@@ -575,10 +648,82 @@ async def run_command(rt: MxAccessRuntime, command: pb.MxCommand) -> pb.MxComman
     return reply
 
 
+def ok_reply(kind: int) -> bytes:
+    """The serialized reply of a ``kind`` command that succeeded with no result."""
+    reply = pb.MxCommandReply(kind=kind)  # type: ignore[arg-type]
+    reply.protocol_status.code = pb.PROTOCOL_STATUS_CODE_OK
+    reply.protocol_status.message = "OK"
+    return reply.SerializeToString()
+
+
+PING_REPLY: Final = ok_reply(pb.MX_COMMAND_KIND_PING)
+"""A ping's reply, as :func:`run_command` serializes it."""
+WRITE_REPLY: Final = ok_reply(pb.MX_COMMAND_KIND_WRITE)
+"""A Write's reply (its outcome is the OnWriteComplete event)."""
+READ_REPLY_HEAD: Final = ok_reply(pb.MX_COMMAND_KIND_READ_BULK) + varint(
+    pb.MxCommandReply.DESCRIPTOR.fields_by_name["bulk_read"].number << 3 | 2
+)
+"""A ReadBulk's reply up to its rows' length and rows (fields in number order)."""
+PING_COMMAND: Final = pb.MxCommand(
+    kind=pb.MX_COMMAND_KIND_PING, ping=pb.PingCommand()
+).SerializeToString()
+"""A ping command, serialized (the gateway sends it as it is)."""
+
+
+def read_reply_rows(reply: bytes) -> bytes | None:
+    """The rows (a serialized ``BulkReadReply``) of a successful ReadBulk's reply in the
+    layout :func:`run_command_wire` writes, or None for anything else (parse it)."""
+    head = READ_REPLY_HEAD
+    if not reply.startswith(head):
+        return None
+    try:
+        size, pos = read_varint(reply, len(head))
+    except ProtocolViolation:
+        return None
+    return reply[pos:] if pos + size == len(reply) else None
+
+
+_WIRE_KINDS: Final = {
+    "ping": pb.MX_COMMAND_KIND_PING,
+    "write": pb.MX_COMMAND_KIND_WRITE,
+    "read_bulk": pb.MX_COMMAND_KIND_READ_BULK,
+}
+
+
+async def run_command_wire(rt: MxAccessRuntime, command: pb.MxCommand) -> bytes:
+    """:func:`run_command`'s reply, serialized. A ping, a Write or a ReadBulk that succeeds
+    is answered from pre-encoded bytes around the rows (the same bytes: tests compare),
+    without a reply message to build and serialize; anything else takes :func:`run_command`.
+    """
+    payload = command.WhichOneof("payload")
+    if payload is None or _WIRE_KINDS.get(payload) != command.kind:
+        return (await run_command(rt, command)).SerializeToString()
+    try:
+        if payload == "ping":
+            await rt.ping()
+            return PING_REPLY
+        if payload == "write":
+            p = command.write
+            await rt.write(
+                p.server_handle, p.item_handle, _write_request(p, secured=False, stamped=False)
+            )
+            return WRITE_REPLY
+        data = await _read_wire(rt, command.read_bulk)
+    except _FAILURES as exc:
+        reply = pb.MxCommandReply(kind=command.kind)
+        _fail(reply, exc)
+        return reply.SerializeToString()
+    return READ_REPLY_HEAD + varint(len(data)) + data
+
+
 __all__ = [
     "BODY_TAGS",
     "NONCE_ENV",
+    "PING_COMMAND",
+    "PING_REPLY",
+    "READ_REPLY_HEAD",
     "SESSION_ENV",
+    "WRITE_REPLY",
     "CreatedItems",
     "EnvelopeHead",
     "ProtocolViolation",
@@ -586,11 +731,15 @@ __all__ = [
     "add_item_command",
     "check_envelope",
     "created_items",
+    "decode_command",
     "decode_envelope",
+    "ok_reply",
     "raise_for_reply",
+    "read_reply_rows",
     "read_rows",
     "read_varint",
     "run_command",
+    "run_command_wire",
     "simple_command",
     "status_from_pb",
     "write_command",

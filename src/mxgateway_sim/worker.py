@@ -59,8 +59,9 @@ from mxgateway_sim._workerwire import (
     EnvelopeHead,
     ProtocolViolation,
     check_envelope,
+    decode_command,
     decode_envelope,
-    run_command,
+    run_command_wire,
 )
 
 log = get_logger("mxgateway_sim.worker")
@@ -353,20 +354,20 @@ class Worker(asyncio.Protocol):
         self._spawn(self._start_runtime())
 
     def _handle(self, data: bytes) -> None:
+        if self._ready:  # the hot path: a command in the layout the gateway writes
+            wrapped = self._head.command_body(data)
+            if wrapped is not None:
+                self._run(*wrapped)
+                return
         env = decode_envelope(data)
         if not self._hello:
             self._greet(env)
             return
         body = check_envelope(env, self.session_id)
-        if body == "worker_command":  # first: the hot path
+        if body == "worker_command":
             if not self._ready:
                 raise ProtocolViolation("a command before worker_ready")
-            cid = env.correlation_id
-            if not cid or cid in self._tasks:
-                raise ProtocolViolation("a command without a fresh correlation_id")
-            task = run_eagerly(self._command(cid, env.worker_command.command))
-            if task is not None:  # it waits for something: cancellable until it replies
-                self._tasks[cid] = task
+            self._run(env.correlation_id, env.worker_command.command)
         elif body == "worker_heartbeat":
             self._reply(
                 env.correlation_id,
@@ -402,10 +403,21 @@ class Worker(asyncio.Protocol):
             )
         )
 
+    def _run(self, correlation_id: str, command: pb.MxCommand | bytes) -> None:
+        """Run a command (or its serialized bytes) now, up to its first wait."""
+        if not correlation_id or correlation_id in self._tasks:
+            raise ProtocolViolation("a command without a fresh correlation_id")
+        if isinstance(command, bytes):
+            command = decode_command(command)
+        task = run_eagerly(self._command(correlation_id, command))
+        if task is not None:  # it waits for something: cancellable until it replies
+            self._tasks[correlation_id] = task
+
     async def _command(self, correlation_id: str, command: pb.MxCommand) -> None:
         assert self._runtime is not None
+        reply: pb.MxCommandReply | bytes
         try:
-            reply = await run_command(self._runtime, command)
+            reply = await run_command_wire(self._runtime, command)
         except asyncio.CancelledError:
             return  # the gateway gave up on it and expects no reply
         except Exception as exc:  # a runtime bug: report it, keep serving

@@ -9,7 +9,9 @@ answers the gateway's hello like ``mxgw-worker`` (with the nonce from
 * ``sequence-gap``: after WorkerReady and a heartbeat it sends events 1, 2 and then 4;
 * ``zero-frame``: after WorkerReady and a heartbeat it sends a zero-length frame;
 * ``break-at-ready``: a zero-length frame right behind WorkerReady;
-* ``silent``: after WorkerReady it answers nothing (not even heartbeats).
+* ``silent``: after WorkerReady it answers nothing (not even heartbeats);
+* ``garbage-reply``: answers each command with a well-formed envelope (in the layout
+  ``mxgw-worker`` writes, ``sent_at`` and all) whose reply is not an ``MxCommandReply``.
 """
 
 from __future__ import annotations
@@ -68,7 +70,15 @@ def main() -> None:
     while True:  # then read and ignore everything until the gateway closes the channel
         if mode == "silent":
             time.sleep(0.05)
-        _read_frame()
+        data = _read_frame()
+        if mode == "garbage-reply":
+            request = wpb.WorkerEnvelope.FromString(data)
+            if request.WhichOneof("body") == "worker_command":
+                reply = env(correlation_id=request.correlation_id)
+                reply.sent_at.seconds = 1_700_000_000
+                body = b"\x0a\x02\xff\xff"  # WorkerCommandReply.reply: two bytes of nothing
+                raw = reply.SerializeToString() + b"\x72" + bytes([len(body)]) + body
+                os.write(1, struct.pack("<I", len(raw)) + raw)
 
 
 if __name__ == "__main__":

@@ -501,6 +501,7 @@ async def test_the_gateway_refuses_a_worker_that_fails_the_handshake(mode: str, 
         ("sequence-gap", "worker_sequence 4 where 3 was due"),
         ("zero-frame", "zero-length frame"),
         ("silent", "stopped answering heartbeats"),
+        ("garbage-reply", "protocol violation: a worker_command_reply that is not an Mx"),
     ],
 )
 async def test_a_worker_that_breaks_the_protocol_faults_its_session(mode: str, why: str) -> None:
@@ -523,6 +524,9 @@ async def test_a_worker_that_breaks_the_protocol_faults_its_session(mode: str, w
         gateway_session = sim.sessions.get(session.session_id)
         assert gateway_session is not None
         pid = gateway_session.runtime.pid  # type: ignore[attr-defined]  # a WorkerRuntime
+        if mode == "garbage-reply":  # it breaks only when a command is answered
+            with pytest.raises(MxGatewaySessionFaultedError, match=why):
+                await session.ping()
         for _ in range(int(DEADLINE / 0.05)):
             if gateway_session.fault_message:
                 break

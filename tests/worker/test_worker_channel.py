@@ -16,9 +16,19 @@ from mxgateway.generated import mxaccess_gateway_pb2 as pb
 from mxgateway.generated import mxaccess_worker_pb2 as wpb
 from mxgateway_sim import builtin_catalog
 from mxgateway_sim._framing import FrameDecoder, FrameError, frame
-from mxgateway_sim._simconfig import SimSettings, write_config
+from mxgateway_sim._simconfig import SimSettings, build_runtime, write_config
 from mxgateway_sim._simruntime import DEFAULT_USERS
-from mxgateway_sim._workerwire import BODIES, EnvelopeHead, simple_command
+from mxgateway_sim._workerwire import (
+    BODIES,
+    PING_COMMAND,
+    PING_REPLY,
+    WRITE_REPLY,
+    EnvelopeHead,
+    read_reply_rows,
+    run_command,
+    run_command_wire,
+    simple_command,
+)
 from mxgateway_sim.worker import Worker, run_eagerly
 from support import wait_for
 
@@ -455,3 +465,93 @@ async def test_what_one_read_produces_goes_out_in_one_write(tmp_path: Path) -> N
     assert len(out.writes) == start + 4
     worker.data_received(head.frame("bye", worker_shutdown=wpb.WorkerShutdown(reason="t")))
     await asyncio.wait_for(worker.done.wait(), 30)
+
+
+# -- the hot paths of a call: command and reply bodies, pre-encoded replies -------------------
+
+
+def test_command_and_reply_bodies_are_read_without_the_generated_classes() -> None:
+    """command_body()/reply_body() find the correlation id and the inner message of exactly
+    the envelopes command_frame()/reply_frame() write (whatever sent_at says) and leave
+    every other envelope (None) to the generated classes, which judge it."""
+    head = EnvelopeHead(SESSION)
+    command = simple_command(pb.MX_COMMAND_KIND_READ_BULK, "read_bulk", tag_addresses=["T"] * 99)
+    reply = pb.MxCommandReply(kind=pb.MX_COMMAND_KIND_PING, diagnostic_message="d" * 300)
+    for cid in ("", "7", "c" * 200, "é"):
+        for now in (1.5, 4_102_444_800.999999):
+            (envelope,) = FrameDecoder().feed(head.command_frame(cid, command, now))
+            assert head.command_body(envelope) == (cid, command.SerializeToString())
+            assert head.reply_body(envelope) is None
+            (envelope,) = FrameDecoder().feed(head.reply_frame(cid, reply, now))
+            assert head.reply_body(envelope) == (cid, reply.SerializeToString())
+            assert head.command_body(envelope) is None
+    envelope = head.envelope("9", worker_command=wpb.WorkerCommand(command=command))
+    assert head.command_body(envelope) == ("9", command.SerializeToString())
+    others = [
+        # Another session, another protocol version, no sent_at, a second field in the body,
+        # a body cut short or running on, a correlation id that is not UTF-8, another body.
+        EnvelopeHead("session-other").envelope("9", worker_command=wpb.WorkerCommand()),
+        wpb.WorkerEnvelope(
+            protocol_version=2, session_id=SESSION, correlation_id="9", worker_command={}
+        ).SerializeToString(),
+        wpb.WorkerEnvelope(
+            protocol_version=1, session_id=SESSION, correlation_id="9", worker_command={}
+        ).SerializeToString(),
+        head.envelope("9", worker_command=wpb.WorkerCommand(command=command, timeout_ms=5)),
+        envelope[:-1],
+        envelope + b"\x00",
+        envelope.replace(b"\x22\x019", b"\x22\x01\xff"),
+        head.envelope("9", worker_cancel=wpb.WorkerCancel(reason="x")),
+    ]
+    for other in others:
+        assert head.command_body(other) is None, other
+        assert head.reply_body(other) is None, other
+
+
+async def test_pre_encoded_replies_are_the_generated_replies(tmp_path: Path) -> None:
+    """run_command_wire() answers a ping, a Write and a ReadBulk from pre-encoded bytes; they
+    are exactly run_command()'s serialized replies, failures included, and the gateway's
+    read_reply_rows() finds the same rows in them that the generated classes do."""
+    runtime, plant = build_runtime(runtime_config(tmp_path, 3_600_000))
+    plant.start()
+    try:
+        await runtime.start(lambda events: None)
+        h = await runtime.register("t")
+        item = await runtime.add_item(h, "Tank01.Level")
+        await runtime.advise(h, item, supervisory=False)
+        value = pb.MxValue(data_type=pb.MX_DATA_TYPE_DOUBLE, double_value=2.5)
+        commands = [
+            pb.MxCommand(kind=pb.MX_COMMAND_KIND_PING, ping=pb.PingCommand()),
+            pb.MxCommand(
+                kind=pb.MX_COMMAND_KIND_WRITE,
+                write=pb.WriteCommand(server_handle=h, item_handle=item, value=value),
+            ),
+            pb.MxCommand(  # an MXAccess failure: no such item
+                kind=pb.MX_COMMAND_KIND_WRITE,
+                write=pb.WriteCommand(server_handle=h, item_handle=9999, value=value),
+            ),
+            pb.MxCommand(kind=pb.MX_COMMAND_KIND_WRITE, ping=pb.PingCommand()),  # kind != payload
+        ]
+        for refs, handle in (
+            (["Tank01.Level"], h),  # advised: the encoded-row cache
+            (["Pump01.Speed", "No.Such", "bad ref!"], h),  # read in the runtime
+            (["Tank01.Level"], 999),  # an unknown server handle
+            ([], h),  # no rows at all
+        ):
+            read = pb.ReadBulkCommand(server_handle=handle, tag_addresses=refs, timeout_ms=500)
+            commands.append(pb.MxCommand(kind=pb.MX_COMMAND_KIND_READ_BULK, read_bulk=read))
+        for command in commands:
+            wire = await run_command_wire(runtime, command)
+            plain = await run_command(runtime, command)
+            assert wire == plain.SerializeToString(), command
+            rows = read_reply_rows(wire)
+            if command.HasField("read_bulk") and plain.protocol_status.code == 1:
+                assert rows == plain.bulk_read.SerializeToString()
+            else:
+                assert rows is None
+        assert await run_command_wire(runtime, commands[0]) == PING_REPLY
+        assert await run_command_wire(runtime, commands[1]) == WRITE_REPLY
+        assert pb.MxCommand.FromString(PING_COMMAND) == commands[0]
+    finally:
+        await runtime.close()
+        await plant.stop()
