@@ -16,7 +16,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from datetime import timezone
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from google.protobuf.message import DecodeError
 
@@ -76,16 +76,23 @@ class WorkerLost(Exception):
     """The session's worker died, stopped answering or broke the protocol: the session faulted."""
 
 
+_Message = TypeVar("_Message", wpb.WorkerEnvelope, pb.MxCommand)
+
+
+def _decode(cls: type[_Message], data: bytes, what: str) -> _Message:
+    try:
+        return cls.FromString(data)
+    except DecodeError:
+        raise ProtocolViolation(what) from None
+
+
 def decode_envelope(data: bytes) -> wpb.WorkerEnvelope:
     """Parse one envelope.
 
     Raises:
         ProtocolViolation: the bytes are not a ``WorkerEnvelope``.
     """
-    try:
-        return wpb.WorkerEnvelope.FromString(data)
-    except DecodeError:
-        raise ProtocolViolation("a frame that is not a WorkerEnvelope") from None
+    return _decode(wpb.WorkerEnvelope, data, "a frame that is not a WorkerEnvelope")
 
 
 def decode_command(data: bytes) -> pb.MxCommand:
@@ -94,10 +101,7 @@ def decode_command(data: bytes) -> pb.MxCommand:
     Raises:
         ProtocolViolation: the bytes are not an ``MxCommand``.
     """
-    try:
-        return pb.MxCommand.FromString(data)
-    except DecodeError:
-        raise ProtocolViolation("a worker_command that is not an MxCommand") from None
+    return _decode(pb.MxCommand, data, "a worker_command that is not an MxCommand")
 
 
 def check_envelope(env: wpb.WorkerEnvelope, session_id: str) -> str:
