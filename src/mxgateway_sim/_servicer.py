@@ -42,6 +42,7 @@ from mxgateway_sim._svc_alarms import AlarmService
 from mxgateway_sim._svc_commands import CommandHandlers
 from mxgateway_sim._svc_common import (
     _KIND_PREFIX,
+    _VALUE_PAYLOADS,
     BACKEND_NAME,
     NO_SUCH_SESSION,
     PAYLOAD_OF_KIND,
@@ -294,7 +295,8 @@ class GatewayServicer(CommandHandlers, EventStreams, AlarmService):
             )
             return _answer(reply, request, number, pb.PROTOCOL_STATUS_CODE_INVALID_REQUEST, why)
         assert principal is not None
-        session = self._find(request.session_id, principal)
+        sid = request.session_id  # (each read of a message field makes a new str)
+        session = self._find(sid, principal)
         if session is None or session.state is not SessionState.READY:
             problem = self._session_problem(session)
             assert problem is not None
@@ -314,7 +316,8 @@ class GatewayServicer(CommandHandlers, EventStreams, AlarmService):
         handler = self._handlers[payload]
         body = getattr(command, payload)
         try:
-            _check_value_sizes(payload, body, options.max_value_bytes)
+            if payload in _VALUE_PAYLOADS:  # a single Write* (the check's own test)
+                _check_value_sizes(payload, body, options.max_value_bytes)
             # Handlers give the loop back between slices of their work, which is also where
             # the timeout stops them (see _commands for the state a stopped bulk leaves).
             encoded = await _within(handler(session, body, reply), options.command_timeout_s)
@@ -374,10 +377,18 @@ class GatewayServicer(CommandHandlers, EventStreams, AlarmService):
         # (fields 5 and up) and its encoded payload: exactly what serializing the whole
         # reply gives (fields in number order), without building the header fields.
         prefix, tail = _OK_HEAD[kind]
-        sid = request.session_id.encode()
+        sid_bytes = sid.encode()
         correlation = b"%s%d" % (prefix, number)
         head = b"".join(
-            (b"\x0a", varint(len(sid)), sid, b"\x12", varint(len(correlation)), correlation, tail)
+            (
+                b"\x0a",
+                varint(len(sid_bytes)),
+                sid_bytes,
+                b"\x12",
+                varint(len(correlation)),
+                correlation,
+                tail,
+            )
         )
         if encoded is not None:
             return head + reply.SerializeToString() + encoded
