@@ -28,6 +28,7 @@ ONLY_WHEN_NAMED = (
     "opcua",
     "startup",
     "worker_hop",
+    "worker_floor",
     "metrics",
     "keepup",
     "readcpu",
@@ -43,6 +44,7 @@ MODULES = {
     "metrics": "metrics_cost",
     "readcpu": "read_cpu",
     "readclient": "read_client",
+    "worker_floor": "worker_floor",
 }
 
 

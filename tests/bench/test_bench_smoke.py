@@ -31,6 +31,7 @@ EXPECTED: dict[str, tuple[str, ...]] = {
     "opcua": ("rows", "read_one_median", "ratio"),
     "startup": ("mxgw_py_version", "median_ms"),
     "worker_hop": ("grpc", "process", "commands_us_median", "ping"),
+    "worker_floor": ("round_trip", "worker", "cross_cpu_gap", "median_us"),
     "metrics": ("in_process", "scrape_cpu_ms"),
     "keepup": ("asyncio_min_changes_per_s",),
     "readcpu": ("read", "client_cpu_ms"),
