@@ -49,10 +49,11 @@ from mxgateway_sim._wire import (
 
 __all__ = ["PLAN_ROW_BYTES", "ReadPlan", "plan_rows"]
 
-PLAN_ROW_BYTES = 448
-"""Estimated bytes a plan holds per grouped row beyond twice the reference's constant part:
-its places in the plan's lists, the row it last encoded with its sample, and the heads it
-keeps for two sizes of tail (each repeating the constant part)."""
+PLAN_ROW_BYTES = 512
+"""Estimated bytes a plan holds per grouped row beyond four times the reference's constant
+part: its places in the plan's lists, the row it last encoded with its sample, and the heads
+it keeps for two sizes of tail (each repeating the constant part; a Boolean's two per size,
+one per value)."""
 
 _FLOAT = frozenset({float})
 _BOOL = frozenset({bool})
@@ -72,10 +73,12 @@ class _Group:
         "fields",
         "heads",
         "kind",
+        "longest",
         "parts",
         "period",
         "positions",
         "samples",
+        "sizes",
         "states",
         "wires",
     )
@@ -95,6 +98,10 @@ class _Group:
         self.args: list[Any] = []
         self.fields: list[bytes] = []
         self.parts: list[bytes] = []
+        self.sizes: dict[int, list[int]] = {}
+        """The length of each row's constant part and a tail of each size (two kept)."""
+        self.longest = 0
+        """The longest constant part of the group's rows."""
         self.heads: dict[int, list[bytes]] = {}
         """The rows' heads for a tail of each size (two sizes kept: a read's time takes 4
         or 5 bytes of nanoseconds)."""
@@ -186,29 +193,42 @@ class _Group:
         if kind == FIXED_BOOL:
             if {*map(type, values)} != _BOOL:
                 return None
-            heads = self._heads(len(tail))
-            return [h + (_TRUE if v else _FALSE) + tail for h, v in zip(heads, values, strict=True)]
+            heads = self._heads(len(tail))  # each head with its value: true, then false
+            return [
+                (true if v else false) + tail
+                for true, false, v in zip(heads[0::2], heads[1::2], values, strict=True)
+            ]
         # VARIABLE: the value's whole length-prefixed MxValue between part and tail.
-        data_type = self.data_type
-        pieces = [value_piece(v, data_type) for v in values]
+        pieces = list(map(value_piece, values, repeat(self.data_type)))
         parts = self.parts
         extra = len(tail)
-        sizes = [len(part) + len(piece) + extra for part, piece in zip(parts, pieces, strict=True)]
-        if max(sizes) >= len(ROW_HEADS):
+        sizes = self.sizes.get(extra)  # each row's constant part and tail's length
+        if sizes is None:
+            sizes = [len(part) + extra for part in parts]
+            if len(self.sizes) >= 2:
+                self.sizes.pop(next(iter(self.sizes)))
+            self.sizes[extra] = sizes
+        if self.longest + max(map(len, pieces)) + extra >= len(ROW_HEADS):
             return [
-                row_head(size) + part + piece + tail
+                row_head(size + len(piece)) + part + piece + tail
                 for size, part, piece in zip(sizes, parts, pieces, strict=True)
             ]
+        heads = ROW_HEADS
         return [
-            ROW_HEADS[size] + part + piece + tail
+            heads[size + len(piece)] + part + piece + tail
             for size, part, piece in zip(sizes, parts, pieces, strict=True)
         ]
 
     def _heads(self, tail_size: int) -> list[bytes]:
+        """The rows' heads and constant parts for tails of ``tail_size`` bytes (a ``FIXED_``
+        kind; for a Boolean, each with each value byte, true then false)."""
         heads = self.heads.get(tail_size)
         if heads is None:
-            width = FIXED_WIDTH[self.kind] + tail_size
+            kind = self.kind
+            width = FIXED_WIDTH[kind] + tail_size
             heads = [row_head(len(part) + width) + part for part in self.parts]
+            if kind == FIXED_BOOL:
+                heads = [h + value for h in heads for value in (_TRUE, _FALSE)]
             if len(self.heads) >= 2:
                 self.heads.pop(next(iter(self.heads)))
             self.heads[tail_size] = heads
@@ -300,7 +320,8 @@ def plan_rows(rows: Sequence[ReadRow], key: object) -> ReadPlan:
         group.args.append(state.gen_args)
         group.fields.append(row.field)
         group.parts.append(row.part)
-        cost += PLAN_ROW_BYTES + 2 * len(row.part)
+        group.longest = max(group.longest, len(row.part))
+        cost += PLAN_ROW_BYTES + 4 * len(row.part)
     plan.groups = list(groups.values())
     plan.cost = cost
     return plan

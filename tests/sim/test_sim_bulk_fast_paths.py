@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import random
 import struct
+import sys
 import time
 import types
 from collections.abc import Callable, Sequence
@@ -27,6 +28,7 @@ from mxgateway_sim import (
     TagInfo,
     builtin_catalog,
 )
+from mxgateway_sim import _simruntime as simruntime
 from mxgateway_sim._commands import BulkRow, write_items
 from mxgateway_sim._domain import (
     CAT_SECURITY_ERROR,
@@ -83,8 +85,11 @@ from mxgateway_sim._references import (
     parse_reference,
 )
 from mxgateway_sim._simruntime import SimulatedRuntime
+from mxgateway_sim._slicing import chunks
 from mxgateway_sim._svc_common import READ_CHUNK_ROWS
 from mxgateway_sim._wire import (
+    FIXED_BOOL,
+    FIXED_DOUBLE,
     EventEncoder,
     _encode_varint,
     event_to_pb,
@@ -836,3 +841,48 @@ async def test_a_remembered_reads_planned_rows_are_the_plain_paths_rows(
             assert len(plans) == 2 and all(plan is not None and plan.groups for plan in plans)
             assert all(plan is not None and plan.loose for plan in plans)  # repeats at least
     assert set(decisions) == {_KEEP, _ENCODE, _COMPUTE, None}
+
+
+async def test_a_plans_cost_covers_the_bytes_it_holds(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A remembered chunk's plan counts in the read cache's bound by its cost: it must cover
+    what the plan holds once reads built heads for two sizes of tail (its lists, the rows it
+    encoded last, the heads and each Boolean's heads with their values)."""
+    plant = Plant(_model_catalog(120), scan_interval_ms=1, flaky_one_in=0)
+    runtime = SimulatedRuntime(plant)
+    await runtime.start(lambda events: None)
+    hlmx = await runtime.register("cost")
+    refs = [r for r in _references(120) if ".." not in r]
+    cache = runtime._read_rows
+    assert cache is not None
+    now = [1_764_000_000.5]
+    monkeypatch.setattr(simruntime, "time", types.SimpleNamespace(time=lambda: now[0]))
+    for tick, fraction in enumerate((0.5, 0.000_5, 0.5, 0.000_5, 0.25)):  # 5 and 4 bytes
+        plant.tick += 41 + tick
+        now[0] = 1_764_000_000 + tick + fraction
+        memo = runtime.read_memo(b"call")
+        assert memo is not None
+        parts = memo.rows or list(chunks(refs, READ_CHUNK_ROWS))
+        for part, chunk in enumerate(parts):
+            if memo.rows is None:
+                runtime.read_wire(hlmx, chunk, 1 << 24, memo=memo)
+            else:
+                runtime.read_wire(hlmx, None, 1 << 24, memo=memo, rows=chunk, part=part)
+        memo.done()
+    plans = [plan for _, plan in cache.plans.values() if plan is not None]
+    groups = [group for plan in plans for group in plan.groups]
+    assert any(len(group.heads) == 2 and group.kind == FIXED_BOOL for group in groups)
+    assert any(len(group.heads) == 2 and group.kind == FIXED_DOUBLE for group in groups)
+    assert any(len(group.sizes) == 2 for group in groups)
+    for plan in plans:
+        held = sys.getsizeof(plan.template) + sys.getsizeof(plan.loose) * 2
+        for group in plan.groups:
+            lists = (group.positions, group.states, group.args, group.fields, group.parts)
+            held += sum(map(sys.getsizeof, lists)) + sys.getsizeof(group.wires)
+            held += sum(map(sys.getsizeof, group.wires))
+            held += sum(map(sys.getsizeof, group.samples))
+            for heads in group.heads.values():
+                held += sys.getsizeof(heads) + sum(map(sys.getsizeof, heads))
+            for sizes in group.sizes.values():
+                held += sys.getsizeof(sizes) + sum(map(sys.getsizeof, sizes))
+        assert held <= plan.cost, (held, plan.cost)
+    await runtime.close()
