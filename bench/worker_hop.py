@@ -19,6 +19,11 @@ Three figures, each measured with the session's runtime inline and in an ``mxgw-
   with as many advised tags as one stream carries; events/s and the server's CPU
   (gateway and workers) per event.
 
+With ``MXGW_BENCH_BASE_SRC`` naming another checkout's ``src`` folder (``git worktree add
+/tmp/base <commit>``, then ``MXGW_BENCH_BASE_SRC=/tmp/base/src``), both paired timings run a
+third server, ``process_base``: process isolation with that checkout's gateway and workers,
+in the same rounds (before and after a change under the same load).
+
 The client is this process; on a 2-core machine the client, the gateways and the workers
 share the cores. Targets: the hop adds under 200 µs median to a command; one subscriber
 through a worker gets 100,000+ events/s.
@@ -27,11 +32,13 @@ through a worker gets 100,000+ events/s.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.util
 import os
 import statistics
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 from bench._common import (
@@ -55,6 +62,61 @@ ROUND = 50
 """Commands of each kind per server in one round of the paired command timing."""
 STARTUP_GAP_S = 1.0
 EVENTS_TARGET = 100_000.0
+BASE_ENV = "MXGW_BENCH_BASE_SRC"
+"""Another checkout's ``src``: its process isolation runs as a third server (``process_base``)."""
+
+
+@contextlib.asynccontextmanager
+async def _base_server(event_loop: str) -> AsyncIterator[Any]:
+    """The ``process_base`` server (None without :data:`BASE_ENV`): its gateway and workers
+    import that checkout (first on their ``PYTHONPATH``, which the workers inherit)."""
+    src = os.environ.get(BASE_ENV)
+    if not src:
+        yield None
+        return
+    server = sim_server(scan_ms=200, session_isolation="process", event_loop=event_loop)
+    assert server is not None
+    saved = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (src, saved) if p)
+    try:
+        await server.__aenter__()
+    finally:
+        if saved is None:
+            del os.environ["PYTHONPATH"]
+        else:
+            os.environ["PYTHONPATH"] = saved
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+@contextlib.asynccontextmanager
+async def _with_base(
+    event_loop: str, servers: dict[str, Any], stubs: dict[str, Any]
+) -> AsyncIterator[None]:
+    """Adds ``process_base`` (when asked for) to ``servers`` and ``stubs`` for the block."""
+    async with _base_server(event_loop) as base:
+        if base is None:
+            yield
+            return
+        async with aio_channel(base.address) as channel:
+            servers["process_base"] = base
+            stubs["process_base"] = pb_grpc.MxAccessGatewayStub(channel)
+            yield
+
+
+def _base_figures(times: dict[str, dict[str, list[float]]]) -> dict[str, Any]:
+    """``process_base``'s latencies and what its hop added (empty without it)."""
+    if "process_base" not in times:
+        return {}
+    base = _latencies(times["process_base"])
+    inline = _latencies(times["inline"])["commands_us_median"]
+    return {
+        "src": os.environ.get(BASE_ENV),
+        **base,
+        "added_us_median": {k: rnd(v - inline[k]) for k, v in base["commands_us_median"].items()},
+    }
 
 
 def _cmd(payload: str, **fields: Any) -> pb.MxCommand:
@@ -210,8 +272,12 @@ async def _commands_on_uvloop(tags_file: str, n: int) -> dict[str, Any]:
             "process": pb_grpc.MxAccessGatewayStub(c_process),
         }
         tags, _ = load_tags(tags_file, 1)
-        measured = await _commands({"inline": inline, "process": process}, stubs, tags[0], n)
+        servers = {"inline": inline, "process": process}
+        async with _with_base("uvloop", servers, stubs):
+            measured = await _commands(servers, stubs, tags[0], n)
     out: dict[str, Any] = {mode: _latencies(measured["times"][mode]) for mode in MODES}
+    if base := _base_figures(measured["times"]):
+        out["process_base"] = base
     out["server_cpu_us_per_command"] = measured["cpu_us_per_command"]
     medians = [out[mode]["commands_us_median"] for mode in MODES]
     out["added_us_median"] = {k: rnd(medians[1][k] - medians[0][k]) for k in medians[0]}
@@ -342,9 +408,11 @@ async def run_async(quick: bool) -> dict[str, Any]:
             tags, _ = load_tags(tags_file, 1)
             starts = await _startup(stubs, n_startup)
             del stubs["process_no_pool"]
-            measured = await _commands(
-                {"inline": inline, "process": pooled}, stubs, tags[0], n_commands
-            )
+            servers = {"inline": inline, "process": pooled}
+            async with _with_base("asyncio", servers, stubs):
+                measured = await _commands(servers, stubs, tags[0], n_commands)
+            if base := _base_figures(measured["times"]):
+                report.results["process_base"] = base
         report.results["startup"] = {
             name: {
                 "open_session_ms_median": rnd(median([s[0] for s in runs]) * 1e3, 2),
