@@ -150,7 +150,7 @@ async def test_every_read_sends_the_plain_paths_bytes(path: str) -> None:
     echoes those references."""
     changed = list(REFS)
     changed[300] = "Other.Tag"
-    claims = [_Claims(f"Claim{i}") for i in range(len(REFS))]
+    claims: list[str] = [_Claims(f"Claim{i}") for i in range(len(REFS))]
     calls: list[tuple[int, list[str], int]] = [
         (3, REFS, 0),  # encoded and remembered
         (3, REFS, 0),  # the remembered bytes
