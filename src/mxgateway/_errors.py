@@ -20,8 +20,10 @@
     ├── MxGatewayOverloadedError            RESOURCE_EXHAUSTED (but a message over a size
     │                                       limit: InvalidRequest); OVERLOADED
     ├── MxGatewayAbortedError               ABORTED
-    ├── MxGatewayProtocolError              UNKNOWN, INTERNAL, DATA_LOSS; PROTOCOL_VIOLATION,
+    ├── MxGatewayProtocolError              UNKNOWN, DATA_LOSS; PROTOCOL_VIOLATION,
     │   │                                   UNSPECIFIED, and replies that break the contract
+    │   ├── MxGatewayInternalError          INTERNAL; .incident_id: the gateway's log has
+    │   │                                   the failure under that id
     │   └── MxGatewayUnimplementedError     UNIMPLEMENTED
     ├── MxAccessError                       MXACCESS_FAILURE: MXAccess ran and failed;
     │                                       .reply, .hresult, .statuses (and .completion:
@@ -46,6 +48,7 @@ import grpc
 from google.protobuf import descriptor_pool, message_factory
 
 from mxgateway._enums import enum_name
+from mxgateway._incident import incident_of
 from mxgateway._logsafe import get_logger
 from mxgateway._status import describe_status, failed_statuses
 from mxgateway.generated import mxaccess_gateway_pb2 as pb
@@ -62,6 +65,7 @@ __all__ = [
     "MxGatewayAuthenticationError",
     "MxGatewayCancelledError",
     "MxGatewayError",
+    "MxGatewayInternalError",
     "MxGatewayInvalidRequestError",
     "MxGatewayNotFoundError",
     "MxGatewayOverloadedError",
@@ -238,6 +242,17 @@ class MxGatewayProtocolError(MxGatewayError):
     """The gateway failed internally or answered outside the contract."""
 
 
+class MxGatewayInternalError(MxGatewayProtocolError):
+    """The gateway failed unexpectedly (``INTERNAL``): a fault of the gateway, not of the call.
+
+    Attributes:
+        incident_id: The id under which the gateway logged the failure (its traceback),
+            when the gateway gave one; the message says so, never the failure itself.
+    """
+
+    incident_id: str | None = None
+
+
 class MxGatewayUnimplementedError(MxGatewayProtocolError):
     """The gateway does not implement the called RPC."""
 
@@ -312,7 +327,7 @@ GRPC_STATUS_ERRORS: dict[grpc.StatusCode, type[MxGatewayError] | None] = {
     grpc.StatusCode.ABORTED: MxGatewayAbortedError,
     grpc.StatusCode.OUT_OF_RANGE: MxGatewayInvalidRequestError,
     grpc.StatusCode.UNIMPLEMENTED: MxGatewayUnimplementedError,
-    grpc.StatusCode.INTERNAL: MxGatewayProtocolError,
+    grpc.StatusCode.INTERNAL: MxGatewayInternalError,
     grpc.StatusCode.UNAVAILABLE: MxGatewayUnavailableError,
     grpc.StatusCode.DATA_LOSS: MxGatewayProtocolError,
     grpc.StatusCode.UNAUTHENTICATED: MxGatewayAuthenticationError,
@@ -382,11 +397,17 @@ def error_from_rpc_error(
         cls = MxGatewayInvalidRequestError
         message += f": {too_large}"
     elif details:
-        message += f": {details}"
+        incident = incident_of(details) if cls is MxGatewayInternalError else None
+        if incident is not None:
+            message += f": the gateway failed unexpectedly; look in its log for incident {incident}"
+        else:
+            message += f": {details}"
     if session_id is not None:
         message += f" (session {session_id})"
     err = cls(redact(message, secrets), grpc_code=code, session_id=session_id)
     err.details = redact(details, secrets)
+    if isinstance(err, MxGatewayInternalError):
+        err.incident_id = incident_of(details)
     try:
         trailers: Any = exc.trailing_metadata() or ()
         err.trailing_metadata = tuple((str(k), v) for k, v in trailers)

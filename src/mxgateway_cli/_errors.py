@@ -71,6 +71,8 @@ EXIT_CODES: dict[type[BaseException], ExitCode] = {
     mxgateway.MxGatewayInvalidRequestError: ExitCode.PROTOCOL,
     mxgateway.MxGatewaySessionStateError: ExitCode.PROTOCOL,
     mxgateway.MxGatewayAbortedError: ExitCode.PROTOCOL,
+    # The gateway failed (a bug of the gateway's, INTERNAL): not a refusal of the command.
+    mxgateway.MxGatewayInternalError: ExitCode.ERROR,
     mxgateway.MxGatewayProtocolError: ExitCode.PROTOCOL,
     mxgateway.MxGatewayCancelledError: ExitCode.ERROR,
     mxgateway.ClientClosedError: ExitCode.ERROR,
@@ -198,6 +200,12 @@ HINTS: tuple[tuple[type[BaseException], tuple[str, ...], str], ...] = (
         (),
         "the API key is valid but lacks a scope this command needs (the gateway names it "
         "in the message); ask its administrator for a key with that scope",
+    ),
+    (
+        mxgateway.MxGatewayInternalError,
+        ("look in its log for incident",),
+        "a fault of the gateway, not of this command: give its operator the incident id, "
+        "which finds the failure in the gateway log",
     ),
 )
 """(exception class, texts that must all appear in the message, what to do about it); the

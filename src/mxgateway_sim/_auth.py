@@ -31,6 +31,7 @@ from mxgateway.commands import COMMANDS
 from mxgateway.commands import scope_for_command as scope_for_command
 from mxgateway.generated import mxaccess_gateway_pb2 as pb
 from mxgateway_sim._bodygate import EOF, BodyGate
+from mxgateway_sim._incidents import GRPC_OWN_ERRORS, answer_unexpected
 
 SCOPES: tuple[str, ...] = (
     "session:open",
@@ -385,10 +386,10 @@ class AuthInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
             return handler
         if hooked:
             assert hook is not None
-            return _guarded(hook.wrap_rpc(method, handler), self.gate)
+            return _guarded(hook.wrap_rpc(method, handler), self.gate, method)
         if len(self._guarded) >= _MAX_GUARDED:
             self._guarded.clear()
-        guarded = self._guarded[method] = _guarded(handler, self.gate)
+        guarded = self._guarded[method] = _guarded(handler, self.gate, method)
         return guarded
 
 
@@ -471,13 +472,14 @@ async def _one_request(gate: BodyGate, context: aio.ServicerContext[Any, Any]) -
 
 
 def _guarded(
-    handler: grpc.RpcMethodHandler[Any, Any], gate: BodyGate
+    handler: grpc.RpcMethodHandler[Any, Any], gate: BodyGate, method: str
 ) -> grpc.RpcMethodHandler[Any, Any]:
     """``handler`` with a non-raising deserializer: a malformed body is INVALID_ARGUMENT,
     for the services served without a key (health, reflection) too, so no caller can fill
-    the log with tracebacks; and the first request message read through ``gate``, so one
-    that never arrives ends the call in time. (:data:`current_principal` is set by the
-    interceptor.)
+    the log with tracebacks; the first request message read through ``gate``, so one
+    that never arrives ends the call in time; and an unexpected error answered INTERNAL
+    with an incident id (:func:`~mxgateway_sim._incidents.answer_unexpected`), never its
+    text. (:data:`current_principal` is set by the interceptor.)
     """
     deserializer = _tolerant(handler.request_deserializer)
     serializer = handler.response_serializer
@@ -489,8 +491,13 @@ def _guarded(
         # Served request-streaming: gRPC would wait for the message before calling it.
 
         async def guarded_unary(requests: object, context: aio.ServicerContext[Any, Any]) -> Any:
-            request = await _one_request(gate, context)
-            return await unary(request, context)
+            try:
+                request = await _one_request(gate, context)
+                return await unary(request, context)
+            except GRPC_OWN_ERRORS:
+                raise
+            except Exception as exc:
+                await answer_unexpected(exc, context, method)
 
         return grpc.stream_unary_rpc_method_handler(
             guarded_unary, request_deserializer=deserializer, response_serializer=serializer
@@ -500,8 +507,13 @@ def _guarded(
         # service's Watch: gRPC awaits it instead of iterating it.
 
         async def guarded_writer(requests: object, context: aio.ServicerContext[Any, Any]) -> None:
-            request = await _one_request(gate, context)
-            await stream(request, context)
+            try:
+                request = await _one_request(gate, context)
+                await stream(request, context)
+            except GRPC_OWN_ERRORS:
+                raise
+            except Exception as exc:
+                await answer_unexpected(exc, context, method)
 
         return grpc.stream_stream_rpc_method_handler(
             guarded_writer, request_deserializer=deserializer, response_serializer=serializer
@@ -511,17 +523,22 @@ def _guarded(
         async def guarded_stream(
             requests: object, context: aio.ServicerContext[Any, Any]
         ) -> AsyncIterator[Any]:
-            request = await _one_request(gate, context)
-            async for message in stream(request, context):
-                yield message
+            try:
+                request = await _one_request(gate, context)
+                async for message in stream(request, context):
+                    yield message
+            except GRPC_OWN_ERRORS:
+                raise
+            except Exception as exc:
+                await answer_unexpected(exc, context, method)
 
         return grpc.stream_stream_rpc_method_handler(
             guarded_stream, request_deserializer=deserializer, response_serializer=serializer
         )
     if bidi is not None and getattr(bidi, "checks_own_requests", False):  # InvokeStream
-        # It reads the tolerant parser's results and refuses a malformed one itself, and
-        # reads its first request through the gate it holds; the interceptor set
-        # current_principal in this call's task.
+        # It reads the tolerant parser's results and refuses a malformed one itself,
+        # reads its first request through the gate it holds and answers its own unexpected
+        # errors; the interceptor set current_principal in this call's task.
         return grpc.stream_stream_rpc_method_handler(
             bidi, request_deserializer=deserializer, response_serializer=serializer
         )
@@ -540,8 +557,13 @@ def _guarded(
                     yield request
                     request = await context.read()
 
-            async for message in bidi(checked(), context):
-                yield message
+            try:
+                async for message in bidi(checked(), context):
+                    yield message
+            except GRPC_OWN_ERRORS:
+                raise
+            except Exception as exc:
+                await answer_unexpected(exc, context, method)
 
         return grpc.stream_stream_rpc_method_handler(
             guarded_bidi, request_deserializer=deserializer, response_serializer=serializer

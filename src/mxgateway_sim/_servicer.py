@@ -31,6 +31,7 @@ from mxgateway_sim._domain import (
     MxAccessError,
 )
 from mxgateway_sim._faults import STREAM_OFF, FaultInjector
+from mxgateway_sim._incidents import GRPC_OWN_ERRORS, answer_unexpected
 from mxgateway_sim._limits import (
     MAX_SESSION_NAME_CHARS,
     LimitError,
@@ -64,6 +65,9 @@ from mxgateway_sim._workerclient import WorkerStartError
 from mxgateway_sim._workerwire import WorkerLost
 
 __all__ = ["GatewayServicer", "add_gateway_servicer"]
+
+
+_INVOKE_STREAM = "/mxaccess_gateway.v1.MxAccessGateway/InvokeStream"
 
 
 def _kind_name(kind: int) -> str:
@@ -243,16 +247,24 @@ class GatewayServicer(CommandHandlers, EventStreams, AlarmService):
 
         A fault plan injected while the stream is open ends it ``UNIMPLEMENTED`` before the
         next command runs (as a stream opened under a plan is refused): the client sends
-        that command, not yet run, through ``Invoke``, where the plan applies."""
-        gate = self.body_gate
-        if gate is not None:
-            principal = current_principal.get()
-            first = await gate.first(context, principal.key_id if principal else None)
-            if first is EOF:
-                return
-            yield await self._stream_command(first, context)
-        async for request in requests:
-            yield await self._stream_command(request, context)
+        that command, not yet run, through ``Invoke``, where the plan applies.
+
+        Served without the interceptor's wrapper, it answers an unexpected error itself
+        (INTERNAL with an incident id, :func:`answer_unexpected`)."""
+        try:
+            gate = self.body_gate
+            if gate is not None:
+                principal = current_principal.get()
+                first = await gate.first(context, principal.key_id if principal else None)
+                if first is EOF:
+                    return
+                yield await self._stream_command(first, context)
+            async for request in requests:
+                yield await self._stream_command(request, context)
+        except GRPC_OWN_ERRORS:
+            raise
+        except Exception as exc:
+            await answer_unexpected(exc, context, _INVOKE_STREAM)
 
     async def _stream_command(self, request: object, context: Context) -> pb.MxCommandReply | bytes:
         """One request of :meth:`InvokeStream`: refused if it did not parse or a fault plan

@@ -73,7 +73,7 @@ def test_every_library_error_class_is_mapped_deliberately() -> None:
         (grpc.StatusCode.DEADLINE_EXCEEDED, ExitCode.TIMEOUT),
         (grpc.StatusCode.INVALID_ARGUMENT, ExitCode.PROTOCOL),
         (grpc.StatusCode.RESOURCE_EXHAUSTED, ExitCode.UNAVAILABLE),
-        (grpc.StatusCode.INTERNAL, ExitCode.PROTOCOL),
+        (grpc.StatusCode.INTERNAL, ExitCode.ERROR),  # the gateway failed: not a refusal
     ],
 )
 def test_library_grpc_errors_map_to_exit_codes(

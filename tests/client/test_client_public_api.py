@@ -42,6 +42,7 @@ EXPECTED = {
     "MxGatewayAuthenticationError",
     "MxGatewayCancelledError",
     "MxGatewayError",
+    "MxGatewayInternalError",
     "MxGatewayInvalidRequestError",
     "MxGatewayNotFoundError",
     "MxGatewayOverloadedError",

@@ -1,0 +1,38 @@
+"""An unexpected error in a servicer method: ``INTERNAL`` with an incident id to the caller,
+the traceback under that id to the log.
+
+grpc.aio would answer ``UNKNOWN "Unexpected <class ...>: <the exception's text>"``, which
+can carry paths, SQL or host names to anyone on the network. Every method the gateway
+serves (gateway, Galaxy, health, reflection) runs inside the ``try`` of the interceptor's
+wrapper (``_auth._guarded``; ``InvokeStream`` in its own body), which calls
+:func:`answer_unexpected`: no wrapper of its own, so the call path gains no allocation.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NoReturn
+
+import grpc
+from grpc import aio
+
+from mxgateway._incident import incident_details, new_incident_id
+from mxgateway._logsafe import get_logger
+
+__all__ = ["GRPC_OWN_ERRORS", "answer_unexpected"]
+
+log = get_logger("mxgateway_sim.gateway")
+
+GRPC_OWN_ERRORS = aio.BaseError
+"""gRPC's own exceptions in a handler (``context.abort``'s, a write after the end): they
+carry the status gRPC answers and are not the handler's failure, so they pass through."""
+
+
+async def answer_unexpected(
+    exc: Exception, context: aio.ServicerContext[Any, Any], method: str
+) -> NoReturn:
+    """Log ``exc`` with its traceback under a new incident id, then end the call
+    ``INTERNAL`` with that id and nothing of the exception's text."""
+    incident = new_incident_id()
+    log.error("%s failed unexpectedly (incident %s)", method, incident, exc_info=exc)
+    await context.abort(grpc.StatusCode.INTERNAL, incident_details(incident))
+    raise AssertionError("context.abort returned")  # pragma: no cover - it always raises
