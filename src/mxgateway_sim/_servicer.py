@@ -37,6 +37,7 @@ from mxgateway_sim._limits import (
     LimitError,
 )
 from mxgateway_sim._oplog import bind_session
+from mxgateway_sim._requestbytes import parse_command
 from mxgateway_sim._sessions import Session, SessionLimitError, SessionManager, SessionState
 from mxgateway_sim._stats import GatewayStats, timed_invoke
 from mxgateway_sim._svc_alarms import AlarmService
@@ -438,12 +439,12 @@ def add_gateway_servicer(servicer: GatewayServicer, server: aio.Server) -> None:
         ),
         "Invoke": grpc.unary_unary_rpc_method_handler(
             servicer.invoke,
-            request_deserializer=pb.MxCommandRequest.FromString,
+            request_deserializer=parse_command,
             response_serializer=_reply_bytes,
         ),
         "InvokeStream": grpc.stream_stream_rpc_method_handler(
             servicer.InvokeStream,
-            request_deserializer=pb.MxCommandRequest.FromString,
+            request_deserializer=parse_command,
             response_serializer=_reply_bytes,
         ),
         "StreamEvents": grpc.unary_stream_rpc_method_handler(

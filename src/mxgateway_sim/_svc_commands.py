@@ -17,6 +17,7 @@ from mxgateway_sim._limits import (
     REPLY_OVERHEAD_BYTES,
     too_large,
 )
+from mxgateway_sim._requestbytes import read_bulk_bytes
 from mxgateway_sim._sessions import Session
 from mxgateway_sim._slicing import CHUNK_ROWS, Slicer, chunks
 from mxgateway_sim._svc_common import (
@@ -331,7 +332,8 @@ class CommandHandlers(ServicerCore):
         # A repeat of the session's last ReadBulk answers the rows it remembers, in order,
         # without decoding or looking up the references (SimulatedRuntime.read_memo).
         recall = getattr(runtime, "read_memo", None)
-        memo = recall(p.SerializeToString()) if recall is not None else None
+        # Known by the bytes it came in (a large one), else serialised again.
+        memo = recall(read_bulk_bytes(p) or p.SerializeToString()) if recall is not None else None
         kept = memo.rows if memo is not None else None
         # A worker's runtime hands over the rows its worker encoded (WorkerRuntime.read_bytes).
         remote = getattr(runtime, "read_bytes", None)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
+import grpc
 import pytest
 
 from mxgateway import GatewayClient, MxGatewayInvalidRequestError, Session
@@ -23,7 +24,7 @@ from mxgateway_sim import GatewaySimulator, InMemoryCatalog, SessionOptions, bui
 from mxgateway_sim._readrows import MEMO_CHUNK_ROWS
 from mxgateway_sim._simruntime import SimulatedRuntime
 from mxgateway_sim._svc_common import READ_CHUNK_ROWS
-from mxgateway_sim._wire import read_reply_bytes
+from mxgateway_sim._wire import read_reply_bytes, varint
 
 KEPT = ["Tank01.Level", "Pump01.Running", "Pump01.StartCount", "Line01.State"]
 """Advised in the session that reads them (answered from the advise: ``was_cached``)."""
@@ -308,3 +309,56 @@ async def test_a_call_of_many_chunks_answers_what_its_single_reads_answer(
                     ]
             assert cache.memo is not None and len(cache.memo) == 3  # the last batch
             assert sum(map(len, cache.memo)) == len(batch)
+
+
+def _ld(number: int, payload: bytes) -> bytes:
+    return varint(number << 3 | 2) + varint(len(payload)) + payload
+
+
+async def test_a_large_read_bulk_is_remembered_by_the_bytes_it_came_in(catalog: Catalog) -> None:
+    """A ReadBulk of 16 KiB or more is known by its payload's own bytes, not serialised again:
+    one whose fields come in another order than the generated classes write them is
+    remembered by those bytes, its repeat finds the remembered rows, and both answer what
+    the client's read answers. A payload sent in two parts (the parser merges them) is not
+    one slice of the request: remembered by its serialisation, and answered alike."""
+    async with GatewaySimulator(catalog=catalog, scan_interval_ms=3_600_000, flaky_one_in=0) as sim:
+        async for _, session in _open(sim):
+            hlmx = await session.register("rows")
+            tags = [t for t in ALL if t not in MALFORMED] * 80
+            assert len(pb.ReadBulkCommand(tag_addresses=tags).SerializeToString()) > 16 * 1024
+            expected = [r.SerializeToString() for r in await session.read_bulk(hlmx, tags)]
+            cache = _runtime(sim, session)._read_rows
+            assert cache is not None
+            names = b"".join(_ld(2, t.encode()) for t in tags)
+            handle = varint(1 << 3) + varint(hlmx)
+            reordered = names + handle  # server_handle last: not how the classes write it
+            halves = _ld(30, handle + names[: len(names) // 2]) + _ld(30, names[len(names) // 2 :])
+            kind = varint(1 << 3) + varint(pb.MX_COMMAND_KIND_READ_BULK)
+            sid = _ld(1, session.session_id.encode())
+            channel = grpc.aio.insecure_channel(sim.endpoint)
+            invoke = channel.unary_unary(
+                "/mxaccess_gateway.v1.MxAccessGateway/Invoke",
+                response_deserializer=pb.MxCommandReply.FromString,
+            )
+            metadata = (("authorization", f"Bearer {sim.api_key}"),)
+            try:
+                for payload, key in (
+                    (_ld(30, reordered), reordered),
+                    (halves, pb.ReadBulkCommand(server_handle=hlmx, tag_addresses=tags)),
+                ):
+                    remembered = None
+                    for _ in range(2):
+                        reply = await invoke(sid + _ld(3, kind + payload), metadata=metadata)
+                        assert reply.protocol_status.code == pb.PROTOCOL_STATUS_CODE_OK
+                        rows = [r.SerializeToString() for r in reply.bulk_read.results]
+                        assert rows == expected
+                        if isinstance(key, bytes):
+                            assert cache.memo_key == key
+                        else:
+                            assert cache.memo_key == key.SerializeToString()
+                        assert cache.memo is not None
+                        assert remembered is None or cache.memo is remembered  # found again
+                        remembered = cache.memo
+            finally:
+                await channel.close()
+            assert reordered != pb.ReadBulkCommand.FromString(reordered).SerializeToString()

@@ -1,0 +1,94 @@
+"""A large ReadBulk's own request bytes, kept for its handler: a poller's repeat is known by
+the bytes it came in, without serialising the parsed command again.
+
+gRPC hands the servicer parsed messages (the method's deserializer). ``Invoke`` and
+``InvokeStream`` parse with :data:`parse_command`: as ``MxCommandRequest.FromString`` does,
+and for a ReadBulk request of :data:`KEEP_FROM_BYTES` or more it also keeps (request,
+bytes) in a context variable of the call's task, where the handler reads its messages.
+:func:`read_bulk_bytes` gives the ReadBulk payload's own wire bytes when the payload is that
+request's and appears in it once (a payload sent in parts, which the parser merges, is not
+one slice: None, and the caller serialises it). Equal bytes always parse to equal commands,
+so the bytes can stand for the command (``SimulatedRuntime.read_memo``).
+"""
+
+from __future__ import annotations
+
+from contextvars import ContextVar
+
+from mxgateway.generated import mxaccess_gateway_pb2 as pb
+from mxgateway_sim._workerwire import ProtocolViolation, read_varint
+
+__all__ = ["KEEP_FROM_BYTES", "parse_command", "read_bulk_bytes"]
+
+KEEP_FROM_BYTES = 16 * 1024
+"""Requests smaller than this are not kept (serialising their payload costs little)."""
+
+_COMMAND = pb.MxCommandRequest.DESCRIPTOR.fields_by_name["command"].number
+_READ_BULK = pb.MxCommand.DESCRIPTOR.fields_by_name["read_bulk"].number
+_KEPT: ContextVar[tuple[pb.MxCommandRequest, bytes] | None] = ContextVar(
+    "mxgw_read_bulk_bytes", default=None
+)
+
+
+class _CommandParser:
+    """``Invoke``'s deserializer (see the module)."""
+
+    __name__ = "MxCommandRequest"  # the tolerant deserializer names the type in its errors
+
+    def parse(self, data: bytes) -> pb.MxCommandRequest:
+        request = pb.MxCommandRequest.FromString(data)
+        if len(data) >= KEEP_FROM_BYTES and request.command.WhichOneof("payload") == "read_bulk":
+            _KEPT.set((request, data))
+        return request
+
+
+parse_command = _CommandParser().parse
+"""``MxCommandRequest.FromString``, keeping a large ReadBulk request's bytes (see the
+module)."""
+
+
+def read_bulk_bytes(payload: pb.ReadBulkCommand) -> bytes | None:
+    """The wire bytes ``payload`` came in, if its request was kept (and forgotten now), else
+    None."""
+    kept = _KEPT.get()
+    if kept is None:
+        return None
+    _KEPT.set(None)
+    request, data = kept
+    if request.command.read_bulk is not payload:
+        return None
+    try:
+        command = _only_field(data, 0, len(data), _COMMAND)
+        if command is None:
+            return None
+        found = _only_field(data, command[0], command[1], _READ_BULK)
+    except ProtocolViolation:
+        return None
+    return None if found is None else data[found[0] : found[1]]
+
+
+def _only_field(data: bytes, pos: int, end: int, number: int) -> tuple[int, int] | None:
+    """(start, end) of the length-delimited field ``number`` in ``data[pos:end]`` when it is
+    there exactly once; None otherwise, or when a field is of a kind not walked here."""
+    found: tuple[int, int] | None = None
+    while pos < end:
+        key, pos = read_varint(data, pos)
+        kind = key & 7
+        if kind == 0:
+            _, pos = read_varint(data, pos)
+        elif kind == 1:
+            pos += 8
+        elif kind == 5:
+            pos += 4
+        elif kind == 2:
+            size, pos = read_varint(data, pos)
+            if key >> 3 == number:
+                if found is not None:  # twice: the parser merged them
+                    return None
+                found = (pos, pos + size)
+            pos += size
+        else:  # groups: not walked
+            return None
+    if pos != end:
+        return None
+    return found
