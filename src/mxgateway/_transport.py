@@ -508,7 +508,12 @@ class Transport:
                 or not policy.enabled
                 or not (is_idempotent(request) if idempotent is None else idempotent)
             ):
-                raise error from exc
+                try:
+                    raise error from exc
+                finally:
+                    # A local naming the error would tie this frame to the error's own
+                    # traceback (a cycle: the request and error then wait for the GC).
+                    del error
         except asyncio.CancelledError:
             self._cancelled_under_call(what or type(request).__name__.removesuffix("Request"))
             raise
