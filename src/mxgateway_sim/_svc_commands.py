@@ -368,8 +368,9 @@ class CommandHandlers(ServicerCore):
                 await slicer.checkpoint()
         if memo is not None:
             memo.done()
-        body = parts[0] if len(parts) == 1 else b"".join(parts)
-        return _BULK_READ_FIELD + varint(size) + body
+        if len(parts) == 1:
+            return _BULK_READ_FIELD + varint(size) + parts[0]
+        return b"".join((_BULK_READ_FIELD, varint(size), *parts))  # one copy of the rows
 
     async def _ping(self, s: Session, p: pb.PingCommand, r: pb.MxCommandReply) -> None:
         await s.runtime.ping()
