@@ -35,6 +35,7 @@ async def test_a_written_attribute_stays_written_when_its_chunk_is_planned_again
             for _ in range(2):  # remembered, then planned
                 rows = await session.read_bulk(reader, refs)
             before = from_mx_value(rows[at].value)
+            assert isinstance(before, int)
             (added,) = await other.subscribe_bulk(writer, [WRITTEN])  # a write needs advise
             written = before + 4242
             await other.write(writer, added.item_handle, written, wait=True)
