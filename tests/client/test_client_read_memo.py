@@ -162,6 +162,7 @@ async def test_every_read_sends_the_plain_paths_bytes(path: str) -> None:
         (3, REFS[:-1], 0),  # one fewer
         (3, REFS, 0),
         (3, claims, 0),  # not plain strings: never taken for the remembered ones
+        (3, REFS, 0),  # ... nor remembered (each claims to equal any string)
         (3, REFS * 2, 0),
     ]
     async with _raw_session(path) as (gateway, session):
