@@ -17,7 +17,7 @@ from mxgateway._errors import (
     MxGatewayError,
     MxGatewayProtocolError,
     check_mxaccess,
-    error_from_protocol_status,
+    raise_for_protocol_status,
 )
 from mxgateway._eventwire import EventBatchView, EventView
 from mxgateway._logsafe import get_logger
@@ -156,9 +156,7 @@ class GatewayClient(TransportOwner):
             what="OpenSession",
         )
         if reply.HasField("protocol_status"):
-            err = error_from_protocol_status(reply, reply.protocol_status, what="OpenSession")
-            if err is not None:
-                raise err
+            raise_for_protocol_status(reply, reply.protocol_status, what="OpenSession")
         if not reply.session_id:
             raise MxGatewayProtocolError("OpenSession reply carries no session id", reply=reply)
         return reply
@@ -202,11 +200,9 @@ class GatewayClient(TransportOwner):
         )
         self._sessions.pop(session_id, None)
         if reply.HasField("protocol_status"):
-            err = error_from_protocol_status(
+            raise_for_protocol_status(
                 reply, reply.protocol_status, session_id=session_id, what="CloseSession"
             )
-            if err is not None:
-                raise err
         return reply
 
     def _forget(self, session_id: str) -> None:
@@ -282,11 +278,9 @@ class GatewayClient(TransportOwner):
             and code != _MXACCESS_FAILURE
             and (code or reply.HasField("protocol_status"))
         ):
-            err = error_from_protocol_status(
+            raise_for_protocol_status(
                 reply, reply.protocol_status, session_id=session_id, what=what
             )
-            if err is not None:
-                raise err
         return reply
 
     async def invoke(
@@ -380,9 +374,7 @@ class GatewayClient(TransportOwner):
         )
         code = reply.protocol_status.code if reply.HasField("protocol_status") else _OK
         if code != _OK and code != _MXACCESS_FAILURE:
-            err = error_from_protocol_status(reply, reply.protocol_status, what="AcknowledgeAlarm")
-            if err is not None:
-                raise err
+            raise_for_protocol_status(reply, reply.protocol_status, what="AcknowledgeAlarm")
         return reply
 
     # -- recovering subscriptions -------------------------------------------------------

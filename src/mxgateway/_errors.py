@@ -82,6 +82,7 @@ __all__ = [
     "check_mxaccess",
     "error_from_protocol_status",
     "error_from_rpc_error",
+    "raise_for_protocol_status",
     "redact",
 ]
 
@@ -448,6 +449,27 @@ def error_from_protocol_status(
     if session_id is not None:
         message += f" (session {session_id})"
     return cls(message, protocol_code=code, reply=reply, session_id=session_id)
+
+
+def raise_for_protocol_status(
+    reply: Message,
+    status: pb.ProtocolStatus,
+    *,
+    session_id: str | None = None,
+    what: str = "call",
+) -> None:
+    """Raise what :func:`error_from_protocol_status` returns (nothing for OK).
+
+    The error is not left in a local: ``err = ...; raise err`` keeps it in the frame that
+    its own traceback keeps, a cycle holding the reply (and the caller's request) until a
+    collection walks it, for every refused command.
+    """
+    err = error_from_protocol_status(reply, status, session_id=session_id, what=what)
+    if err is not None:
+        try:
+            raise err
+        finally:
+            del err
 
 
 def check_mxaccess(reply: pb.MxCommandReply) -> pb.MxCommandReply:

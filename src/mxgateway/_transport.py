@@ -517,7 +517,9 @@ class Transport:
         except asyncio.CancelledError:
             self._cancelled_under_call(what or type(request).__name__.removesuffix("Request"))
             raise
-        return await self._retry(method, request, timeout, start, session_id, label, error)
+        retry = self._retry(method, request, timeout, start, session_id, label, error)
+        del error  # _retry holds it now (and raises it without a cycle, see there)
+        return await retry
 
     async def _retry(
         self,
@@ -539,10 +541,10 @@ class Transport:
         while True:
             now = time.monotonic()
             if not policy.allows(attempt, now - start):
-                raise error
+                break
             delay = policy.backoff(attempt)
             if deadline is not None and now + delay >= deadline:
-                raise error
+                break
             _log.info("%s failed with UNAVAILABLE; retry %d in %.3f s", label, attempt, delay)
             self.retry_count += 1
             await asyncio.sleep(delay)
@@ -555,6 +557,10 @@ class Transport:
                 if exc.grpc_code is not grpc.StatusCode.UNAVAILABLE:
                     raise
                 error = exc
+        try:
+            raise error
+        finally:
+            del error  # as in unary: no cycle through this frame
 
     def _cancelled_under_call(self, label: str) -> None:
         """grpc.aio raises CancelledError in the awaiting task when the channel was closed

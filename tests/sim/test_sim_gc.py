@@ -24,6 +24,13 @@ import grpc
 import pytest
 from simhelpers import SCAN_MS, Gw, changes, command, wait_for
 
+from mxgateway import (
+    ClientOptions,
+    GatewayClient,
+    MxGatewayError,
+    MxGatewayUnavailableError,
+    RetryPolicy,
+)
 from mxgateway.generated import mxaccess_gateway_pb2 as pb
 from mxgateway_sim import GatewaySimulator, InMemoryCatalog, SessionOptions, SimulatedRuntime
 from mxgateway_sim._builtin import tag
@@ -524,6 +531,72 @@ async def test_refused_commands_become_no_cyclic_garbage() -> None:
                 replies = [reply async for reply in stream]
                 assert [r.protocol_status.code for r in replies] == expected, replies
         assert cyclic == collections.Counter()
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["invoke", "command-stream"])
+async def test_a_refused_command_leaves_no_cyclic_garbage_on_the_client(stream: bool) -> None:
+    # The client raises a refused command's error (SESSION_NOT_FOUND, INVALID_REQUEST,
+    # MXACCESS_FAILURE, TIMEOUT) without keeping it in a cycle with its request and reply:
+    # `err = ...; raise err` left the error in the raising frame's locals, which its own
+    # traceback keeps (frame -> err -> traceback -> frame), so each refusal waited for a
+    # collection, request and all.
+    options = SessionOptions(command_timeout_s=0.3)
+    stuck = _simulator(60_000, session_options=options, runtime_factory=_StuckPing)
+    async with stuck as (sim, _):
+        client_options = ClientOptions(
+            endpoint=sim.endpoint, api_key=sim.api_key, plaintext=True, command_stream=stream
+        )
+        async with (
+            await GatewayClient.connect(options=client_options) as client,
+            await client.open_session() as session,
+        ):
+            handle = await session.register("refusals")
+            mismatched = command("ping")
+            mismatched.kind = pb.MX_COMMAND_KIND_REGISTER  # a kind without its payload
+            calls = [
+                lambda: client.invoke("session-" + "0" * 32, command("ping")),
+                lambda: client.invoke(session.session_id, mismatched),
+                lambda: session.write(handle, 10**6, 1.5),  # an unknown item handle
+                lambda: session.ping(),  # the stuck ping: TIMEOUT
+            ]
+            with _cyclic_garbage() as cyclic:
+                refused = []
+                for _ in range(3):
+                    for call in calls:
+                        try:
+                            await call()
+                        except MxGatewayError as exc:
+                            refused.append(type(exc).__name__)
+            expected = [
+                "MxGatewaySessionNotFoundError",
+                "MxGatewayInvalidRequestError",
+                "MxAccessError",
+                "MxGatewayTimeoutError",
+            ]
+            assert handle and refused == expected * 3
+            assert cyclic == collections.Counter()
+
+
+async def test_a_retried_call_that_fails_leaves_no_cyclic_garbage_on_the_client() -> None:
+    # A call retried after UNAVAILABLE (the gateway stopped) that fails for good is raised
+    # without a cycle: Transport.unary kept the first error in a local while _retry ran,
+    # and _retry the last one while raising it, each in the frame the traceback keeps. (The
+    # first attempt alone: tests/client/test_client_unary_garbage.py. A stopped gateway:
+    # a refusal from a live one would count the server's own frames.)
+    retry = RetryPolicy(max_attempts=2, initial_backoff=0.01, max_backoff=0.01)
+    async with GatewaySimulator(catalog=_catalog(), scan_interval_ms=60_000) as sim:
+        options = ClientOptions(
+            endpoint=sim.endpoint, api_key=sim.api_key, plaintext=True, retry=retry, timeout=5
+        )
+        client = await GatewayClient.connect(options=options)
+    try:
+        with _cyclic_garbage() as cyclic:
+            for _ in range(3):
+                with contextlib.suppress(MxGatewayUnavailableError):
+                    await client.close_session("session-" + "0" * 32)
+        assert cyclic == collections.Counter()
+    finally:
+        await client.close()
 
 
 class _BrokenPing(SimulatedRuntime):
