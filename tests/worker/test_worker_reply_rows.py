@@ -4,8 +4,8 @@ layout the worker writes; anything more (a newer worker's field) goes to the gen
 from __future__ import annotations
 
 from mxgateway.generated import mxaccess_gateway_pb2 as pb
-from mxgateway_sim._workerwire import READ_REPLY_HEAD, read_reply_rows
 from mxgateway_sim._wire import varint
+from mxgateway_sim._workerwire import READ_REPLY_HEAD, read_reply_rows
 
 
 def test_a_read_reply_with_a_field_after_its_rows_is_not_taken_for_rows() -> None:
