@@ -1,0 +1,62 @@
+"""On one InvokeStream, a large ReadBulk's kept request bytes never stand for a later one."""
+
+from __future__ import annotations
+
+import grpc
+
+from mxgateway import GatewayClient
+from mxgateway.generated import mxaccess_gateway_pb2 as pb
+from mxgateway_sim import GatewaySimulator, builtin_catalog
+
+
+async def test_a_refused_large_read_leaves_nothing_for_the_next_read_on_its_stream() -> None:
+    # The servicer's deserializer keeps a large ReadBulk request's bytes for its handler
+    # (mxgateway_sim._requestbytes), which looks them up in the session's memo. A large
+    # read refused before its handler (an unknown session) leaves them behind on the
+    # stream; a small read after it must be answered for its own tags, not by the rows
+    # remembered for the large one.
+    catalog = builtin_catalog()
+    tags = [t.full_tag_reference for t in catalog.all_tags() if not t.is_array]
+    tags = (tags * (1 + 20_000 // len(tags)))[:2_000]
+    assert len(pb.ReadBulkCommand(tag_addresses=tags).SerializeToString()) > 16 * 1024
+    small = tags[:2]
+    async with (
+        GatewaySimulator(catalog=catalog, scan_interval_ms=3_600_000, flaky_one_in=0) as sim,
+        await GatewayClient.connect(
+            endpoint=sim.endpoint, api_key=sim.api_key, plaintext=True
+        ) as client,
+        await client.open_session(client_session_name="reader") as session,
+    ):
+        handle = await session.register("reader")
+        channel = grpc.aio.insecure_channel(sim.endpoint)
+        stream = channel.stream_stream(
+            "/mxaccess_gateway.v1.MxAccessGateway/InvokeStream",
+            request_serializer=pb.MxCommandRequest.SerializeToString,
+            response_deserializer=pb.MxCommandReply.FromString,
+        )(metadata=(("authorization", f"Bearer {sim.api_key}"),))
+
+        def read(session_id: str, refs: list[str]) -> pb.MxCommandRequest:
+            command = pb.MxCommand(kind=pb.MX_COMMAND_KIND_READ_BULK)
+            command.read_bulk.server_handle = handle
+            command.read_bulk.tag_addresses.extend(refs)
+            return pb.MxCommandRequest(session_id=session_id, command=command)
+
+        try:
+            for _ in range(2):  # remembered, then found again by its bytes
+                await stream.write(read(session.session_id, tags))
+                reply = await stream.read()
+                assert reply.protocol_status.code == pb.PROTOCOL_STATUS_CODE_OK, reply
+                assert [r.tag_address for r in reply.bulk_read.results] == tags
+            await stream.write(read("no-such-session", tags))
+            refused = await stream.read()
+            assert refused.protocol_status.code != pb.PROTOCOL_STATUS_CODE_OK
+            for refs in (small, tags[:3]):
+                await stream.write(read(session.session_id, refs))
+                reply = await stream.read()
+                assert reply.protocol_status.code == pb.PROTOCOL_STATUS_CODE_OK, reply
+                assert [r.tag_address for r in reply.bulk_read.results] == refs
+            await stream.done_writing()
+            assert await stream.read() is grpc.aio.EOF  # type: ignore[attr-defined]
+        finally:
+            stream.cancel()
+            await channel.close()
