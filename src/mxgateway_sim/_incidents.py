@@ -6,6 +6,8 @@ can carry paths, SQL or host names to anyone on the network. Every method the ga
 serves (gateway, Galaxy, health, reflection) runs inside the ``try`` of the interceptor's
 wrapper (``_auth._guarded``; ``InvokeStream`` in its own body), which calls
 :func:`answer_unexpected`: no wrapper of its own, so the call path gains no allocation.
+The operations listener (``/metrics``, the status page) answers HTTP 500 with the same
+details (:func:`log_unexpected`).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from grpc import aio
 from mxgateway._incident import incident_details, new_incident_id
 from mxgateway._logsafe import get_logger
 
-__all__ = ["GRPC_OWN_ERRORS", "answer_unexpected"]
+__all__ = ["GRPC_OWN_ERRORS", "answer_unexpected", "log_unexpected"]
 
 log = get_logger("mxgateway_sim.gateway")
 
@@ -27,12 +29,19 @@ GRPC_OWN_ERRORS = aio.BaseError
 carry the status gRPC answers and are not the handler's failure, so they pass through."""
 
 
+def log_unexpected(exc: BaseException, what: str) -> str:
+    """Log ``exc`` with its traceback under a new incident id (returned): the one line an
+    operator finds from the id a caller was given."""
+    incident = new_incident_id()
+    log.error("%s failed unexpectedly (incident %s)", what, incident, exc_info=exc)
+    return incident
+
+
 async def answer_unexpected(
     exc: Exception, context: aio.ServicerContext[Any, Any], method: str
 ) -> NoReturn:
     """Log ``exc`` with its traceback under a new incident id, then end the call
     ``INTERNAL`` with that id and nothing of the exception's text."""
-    incident = new_incident_id()
-    log.error("%s failed unexpectedly (incident %s)", method, incident, exc_info=exc)
+    incident = log_unexpected(exc, method)
     await context.abort(grpc.StatusCode.INTERNAL, incident_details(incident))
     raise AssertionError("context.abort returned")  # pragma: no cover - it always raises

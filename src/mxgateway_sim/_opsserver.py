@@ -15,7 +15,9 @@ import asyncio
 import contextlib
 from collections.abc import Callable
 
+from mxgateway._incident import incident_details
 from mxgateway._logsafe import get_logger
+from mxgateway_sim._incidents import log_unexpected
 from mxgateway_sim._metrics import MetricsExporter
 from mxgateway_sim._opstatus import EventRates, GatewayStatus
 from mxgateway_sim._statuspage import CONTENT_SECURITY_POLICY, render_status_page
@@ -102,13 +104,19 @@ class OpsServer:
             name, sep, value = line.partition(":")
             if sep:
                 headers[name.strip().lower()] = value.strip()
-        if path == "/metrics":
-            body, content_type = self._exporter.render(headers.get("accept", ""))
-        elif path == "/":
-            body = render_status_page(self._status(self._rates)).encode()
-            content_type = "text/html; charset=utf-8"
-        else:
-            await self._send(writer, 404, "text/plain", b"not found: try / or /metrics\n")
+        try:
+            if path == "/metrics":
+                body, content_type = self._exporter.render(headers.get("accept", ""))
+            elif path == "/":
+                body = render_status_page(self._status(self._rates)).encode()
+                content_type = "text/html; charset=utf-8"
+            else:
+                await self._send(writer, 404, "text/plain", b"not found: try / or /metrics\n")
+                return
+        except Exception as exc:  # a bug: the id to the scraper, the traceback to the log
+            incident = log_unexpected(exc, f"{method} {path}")
+            text = incident_details(incident) + "\n"
+            await self._send(writer, 500, "text/plain", text.encode(), head_only=method == "HEAD")
             return
         await self._send(writer, 200, content_type, body, head_only=method == "HEAD")
 
@@ -128,6 +136,7 @@ class OpsServer:
             404: "Not Found",
             405: "Method Not Allowed",
             431: "Request Header Fields Too Large",
+            500: "Internal Server Error",
         }[code]
         head = (
             f"HTTP/1.1 {code} {reason}\r\n"

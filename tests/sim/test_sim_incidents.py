@@ -15,6 +15,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
+from ophelpers import http_get, scrape
 from simhelpers import Gw, command
 
 from mxgateway import (
@@ -188,3 +189,23 @@ async def test_the_client_raises_a_typed_error_that_names_the_incident(
     assert re.search(rf"look in its log for incident {err.incident_id}\b", str(err)), str(err)
     assert SECRET not in str(err) and SECRET not in err.details
     _logged(caplog, err.incident_id)
+
+
+async def test_the_status_page_answers_an_unexpected_error_with_an_incident(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The operations listener: HTTP 500 with the same details, the traceback in the log,
+    # and it goes on serving (before: the connection was closed without an answer).
+    caplog.set_level(logging.ERROR)
+    monkeypatch.setattr("mxgateway_sim._opsserver.render_status_page", _fail)
+    async with GatewaySimulator(metrics_listen=("127.0.0.1", 0)) as sim:
+        endpoint = sim.metrics_endpoint
+        assert endpoint is not None
+        status, headers, body = await http_get(endpoint, "/")
+        assert await scrape(endpoint)  # still serving
+    assert status == 500 and headers["content-type"] == "text/plain"
+    text = body.decode()
+    assert SECRET not in text and "_Broken" not in text
+    incident = incident_of(text)
+    assert incident is not None and text == incident_details(incident) + "\n"
+    assert _last_frame(_logged(caplog, incident)) == "_fail"
