@@ -185,26 +185,38 @@ def _lane_constants(k: int) -> tuple[int, int, int]:
 
 
 def _units(hs: Sequence[int], i: int) -> list[float]:
-    """``[_unit(h, i) for h in hs]``, computed together: each ``h`` is a 128-bit lane of one
-    big integer and :func:`_mix`'s dozen operations run once over all the lanes (in C),
-    not once per ``h`` (a Python operation on a 64-bit integer costs about as much as one
-    on a thousand lanes). A lane holds a 64-bit value and room for its 128-bit products,
-    and each product is masked back to 64 bits before the next step, so no lane spills
-    into another: every lane's result is exactly :func:`_mix`'s."""
+    """``[_unit(h, i) for h in hs]``, computed together (:func:`_lattice`)."""
+    return _lattice(hs, (i,))[0]
+
+
+def _lattice(hs: Sequence[int], points: Sequence[int]) -> list[list[float]]:
+    """``[_unit(h, i) for h in hs]`` for each ``i`` of ``points``, computed together: each
+    ``h`` is a 128-bit lane of one big integer (made once for all the points) and
+    :func:`_mix`'s dozen operations run once over all the lanes (in C), not once per ``h``
+    (a Python operation on a 64-bit integer costs about as much as one on a thousand
+    lanes). A lane holds a 64-bit value and room for its 128-bit products, and each product
+    is masked back to 64 bits before the next step, so no lane spills into another: every
+    lane's result is exactly :func:`_mix`'s."""
     k = len(hs)
     if not k:
-        return []
+        return [[] for _ in points]
     ones, mask, increment = _lane_constants(k)
     words = [0] * (2 * k)
     words[0::2] = hs
     layout = f"<{2 * k}Q"
-    x = int.from_bytes(struct.pack(layout, *words), "little") ^ ones * (i & _MASK64)
-    x = (x + increment) & mask
-    x = ((x ^ (x >> 30)) & mask) * 0xBF58476D1CE4E5B9 & mask
-    x = ((x ^ (x >> 27)) & mask) * 0x94D049BB133111EB & mask
-    x = (x ^ (x >> 31)) & mask
+    lanes = int.from_bytes(struct.pack(layout, *words), "little")
     scale = 2.0**64
-    return [lane / scale for lane in struct.unpack(layout, x.to_bytes(16 * k, "little"))[0::2]]
+    out = []
+    for i in points:
+        x = lanes ^ ones * (i & _MASK64)
+        x = (x + increment) & mask
+        x = ((x ^ (x >> 30)) & mask) * 0xBF58476D1CE4E5B9 & mask
+        x = ((x ^ (x >> 27)) & mask) * 0x94D049BB133111EB & mask
+        x = (x ^ (x >> 31)) & mask
+        out.append(
+            [lane / scale for lane in struct.unpack(layout, x.to_bytes(16 * k, "little"))[0::2]]
+        )
+    return out
 
 
 def round3(x: float) -> float:
@@ -281,7 +293,7 @@ def _int_walks(params: Sequence[Any], n: int) -> list[MxPythonValue]:
     """``[_int_walk(p, n) for p in params]``, the lattice of all of them computed together."""
     hs = [p[0] for p in params]
     i, t = _walk_weight(10, n)
-    pairs = zip(_units(hs, i), _units(hs, i + 1), strict=True)
+    pairs = zip(*_lattice(hs, (i, i + 1)), strict=True)
     return [int(round3(0 + 1000 * (a + (b - a) * t))) for a, b in pairs]
 
 
@@ -290,7 +302,7 @@ def _float_walks(params: Sequence[Any], n: int) -> list[MxPythonValue]:
     together."""
     hs = [p[0] for p in params]
     i, t = _walk_weight(8, n)
-    triples = zip(params, _units(hs, i), _units(hs, i + 1), strict=True)
+    triples = zip(params, *_lattice(hs, (i, i + 1)), strict=True)
     return [round3(0.0 + p[1] * (a + (b - a) * t)) for p, a, b in triples]
 
 
