@@ -569,12 +569,18 @@ async def test_a_buffered_batch_goes_out_before_it_outgrows_a_message() -> None:
         assert sim.plant is not None
         for i in range(8):  # 8 x 60 KB, one per scan: about four times what fits at once
             value = pb.MxValue(string_value=f"{i:02d}" + "b" * 60_000)
-            tick = sim.plant.tick
             await gw.ok(sid, "write", server_handle=sh, item_handle=writer, value=value)
-            for _ in range(1000):  # until two scans went by: this value was sampled
+            # The write is applied now: a tick that starts from here on samples it. The tick
+            # is read after the reply, not before the call: a call late by two scans (a loaded
+            # machine) let the next write replace this value before any tick saw it. The
+            # clock cannot park meanwhile (the writer is advised), so ticks are real scans.
+            tick = sim.plant.tick
+            for _ in range(1000):  # until a whole tick ran after the write: it was sampled
                 if sim.plant.tick >= tick + 2:
                     break
                 await asyncio.sleep(0.01)
+            else:
+                raise AssertionError(f"no scan ran within 10 s of writing value {i:02d}")
         events: list[pb.MxEvent] = []
         while drained := await gw.drain(sid):  # several replies: each holds what fits
             events.extend(drained)
