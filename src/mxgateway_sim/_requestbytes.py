@@ -18,7 +18,7 @@ from contextvars import ContextVar
 from mxgateway.generated import mxaccess_gateway_pb2 as pb
 from mxgateway_sim._workerwire import ProtocolViolation, read_varint
 
-__all__ = ["KEEP_FROM_BYTES", "parse_command", "read_bulk_bytes"]
+__all__ = ["KEEP_FROM_BYTES", "forget_request_bytes", "parse_command", "read_bulk_bytes"]
 
 KEEP_FROM_BYTES = 16 * 1024
 """Requests smaller than this are not kept (serialising their payload costs little)."""
@@ -65,6 +65,14 @@ def read_bulk_bytes(payload: pb.ReadBulkCommand) -> bytes | None:
     except ProtocolViolation:
         return None
     return None if found is None else data[found[0] : found[1]]
+
+
+def forget_request_bytes() -> None:
+    """Drop a kept request its handler did not take (a command refused before it, a runtime
+    that does not remember reads): ``InvokeStream``'s task would otherwise hold the request
+    and its bytes until its next large ReadBulk. A look and no allocation when none is kept."""
+    if _KEPT.get() is not None:
+        _KEPT.set(None)
 
 
 def _only_field(data: bytes, pos: int, end: int, number: int) -> tuple[int, int] | None:

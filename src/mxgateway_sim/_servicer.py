@@ -37,7 +37,7 @@ from mxgateway_sim._limits import (
     LimitError,
 )
 from mxgateway_sim._oplog import bind_session
-from mxgateway_sim._requestbytes import parse_command
+from mxgateway_sim._requestbytes import forget_request_bytes, parse_command
 from mxgateway_sim._sessions import Session, SessionLimitError, SessionManager, SessionState
 from mxgateway_sim._stats import GatewayStats, timed_invoke
 from mxgateway_sim._svc_alarms import AlarmService
@@ -276,7 +276,10 @@ class GatewayServicer(CommandHandlers, EventStreams, AlarmService):
         faults = self.faults
         if faults is not None and faults.active:
             await context.abort(grpc.StatusCode.UNIMPLEMENTED, STREAM_OFF)
-        return await self.invoke(request, context)
+        try:
+            return await self.invoke(request, context)
+        finally:
+            forget_request_bytes()  # one its handler did not take stays with the stream
 
     async def Invoke(
         self, request: pb.MxCommandRequest, context: Context

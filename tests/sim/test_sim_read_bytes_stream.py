@@ -1,12 +1,16 @@
-"""On one InvokeStream, a large ReadBulk's kept request bytes never stand for a later one."""
+"""On an InvokeStream, a large ReadBulk's kept request bytes never stand for a later one, nor
+outlive the command they came with."""
 
 from __future__ import annotations
+
+import gc
 
 import grpc
 
 from mxgateway import GatewayClient
 from mxgateway.generated import mxaccess_gateway_pb2 as pb
 from mxgateway_sim import GatewaySimulator, builtin_catalog
+from mxgateway_sim._requestbytes import KEEP_FROM_BYTES
 
 
 async def test_a_refused_large_read_leaves_nothing_for_the_next_read_on_its_stream() -> None:
@@ -59,4 +63,51 @@ async def test_a_refused_large_read_leaves_nothing_for_the_next_read_on_its_stre
             assert await stream.read() is grpc.aio.EOF  # type: ignore[attr-defined]
         finally:
             stream.cancel()
+            await channel.close()
+
+
+def _kept_requests() -> int:
+    """Large ReadBulk requests kept with their bytes for a handler (``_requestbytes``)."""
+    gc.collect()
+    return sum(
+        1
+        for o in gc.get_objects()
+        if type(o) is tuple
+        and len(o) == 2
+        and type(o[0]) is pb.MxCommandRequest
+        and type(o[1]) is bytes
+        and len(o[1]) >= KEEP_FROM_BYTES
+    )
+
+
+async def test_an_open_stream_holds_no_large_read_its_handler_did_not_take() -> None:
+    # A large ReadBulk's request and bytes are kept for its handler; one refused before
+    # the handler took them (an unknown session) is not held by the open stream afterwards
+    # (it was, until the stream's next large read: twice the request's size per stream).
+    catalog = builtin_catalog()
+    tags = [t.full_tag_reference for t in catalog.all_tags() if not t.is_array]
+    tags = (tags * (1 + 20_000 // len(tags)))[:2_000]
+    async with GatewaySimulator(catalog=catalog, scan_interval_ms=3_600_000) as sim:
+        channel = grpc.aio.insecure_channel(sim.endpoint)
+        command = pb.MxCommand(kind=pb.MX_COMMAND_KIND_READ_BULK)
+        command.read_bulk.server_handle = 1
+        command.read_bulk.tag_addresses.extend(tags)
+        request = pb.MxCommandRequest(session_id="no-such-session", command=command)
+        streams = []
+        try:
+            before = _kept_requests()
+            for _ in range(3):
+                stream = channel.stream_stream(
+                    "/mxaccess_gateway.v1.MxAccessGateway/InvokeStream",
+                    request_serializer=pb.MxCommandRequest.SerializeToString,
+                    response_deserializer=pb.MxCommandReply.FromString,
+                )(metadata=(("authorization", f"Bearer {sim.api_key}"),))
+                streams.append(stream)
+                await stream.write(request)
+                refused = await stream.read()
+                assert refused.protocol_status.code != pb.PROTOCOL_STATUS_CODE_OK
+            assert _kept_requests() == before
+        finally:
+            for stream in streams:
+                stream.cancel()
             await channel.close()
