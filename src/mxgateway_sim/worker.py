@@ -41,6 +41,7 @@ try:
 except ImportError:  # Windows
     fcntl = None  # type: ignore[assignment]
 
+from mxgateway._incident import incident_details, new_incident_id
 from mxgateway._logsafe import get_logger
 from mxgateway._version import WORKER_PROTOCOL_VERSION, __version__
 from mxgateway.generated import mxaccess_gateway_pb2 as pb
@@ -391,8 +392,10 @@ class Worker(asyncio.Protocol):
         except RuntimeUnavailable as exc:
             self._fail(str(exc))
             return
-        except Exception as exc:  # a runtime that cannot start faults the session
-            self._fail(f"the runtime did not start: {type(exc).__name__}: {exc}")
+        except Exception:  # a bug: the session faults, its caller gets an incident id only
+            incident = new_incident_id()
+            log.exception("the runtime did not start (incident %s)", incident)
+            self._fail(f"the runtime did not start: {incident_details(incident)}")
             return
         self._runtime = runtime
         self._ready = True
@@ -420,11 +423,12 @@ class Worker(asyncio.Protocol):
             reply = await run_command_wire(self._runtime, command)
         except asyncio.CancelledError:
             return  # the gateway gave up on it and expects no reply
-        except Exception as exc:  # a runtime bug: report it, keep serving
-            log.exception("command failed")
+        except Exception:  # a runtime bug: report it under an incident id, keep serving
+            incident = new_incident_id()
+            log.exception("a %s command failed (incident %s)", command.kind, incident)
             reply = pb.MxCommandReply(kind=command.kind)
             reply.protocol_status.code = pb.PROTOCOL_STATUS_CODE_WORKER_UNAVAILABLE
-            reply.protocol_status.message = f"{type(exc).__name__} in the worker"
+            reply.protocol_status.message = incident_details(incident)
         finally:
             self._tasks.pop(correlation_id, None)
         self._send(self._head.reply_frame(correlation_id, reply))

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from workerhelpers import SESSION, RawWorker, frame_of, runtime_config
 
+from mxgateway._incident import incident_of
 from mxgateway.generated import mxaccess_gateway_pb2 as pb
 from mxgateway.generated import mxaccess_worker_pb2 as wpb
 from mxgateway_sim import builtin_catalog
@@ -555,3 +556,68 @@ async def test_pre_encoded_replies_are_the_generated_replies(tmp_path: Path) -> 
     finally:
         await runtime.close()
         await plant.stop()
+
+
+def _incident(message: str) -> str:
+    """The incident id a worker's message carries (fails the test if it has none)."""
+    found = incident_of(message)
+    assert found is not None, message
+    return found
+
+
+async def test_a_runtime_that_fails_to_start_faults_with_an_incident_id(tmp_path: Path) -> None:
+    # A runtime that raises an unexpected error while it starts (here: a scan interval the
+    # plant refuses, which only a gateway bug writes) faults the session. The gateway's
+    # caller sees the fault's message: an incident id, never the error's own text, which
+    # the worker's log keeps under that id.
+    path = tmp_path / "runtime.json"
+    write_config(path, builtin_catalog(), DEFAULT_USERS, SimSettings(scan_interval_ms=-5))
+    worker = await RawWorker.start(path)
+    worker.send(gateway_hello=wpb.GatewayHello(nonce=worker.nonce))
+    fault = await worker.receive_body("worker_fault")
+    message = fault.worker_fault.message
+    incident = _incident(message)
+    assert "must be positive" not in message and "ValueError" not in message
+    code, err = await worker.finish()
+    assert code == 1
+    assert f"incident {incident}" in err and "must be positive" in err
+
+
+async def test_a_runtime_bug_in_a_command_is_answered_with_an_incident_id(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A command whose runtime call raises an unexpected error is answered
+    # WORKER_UNAVAILABLE with an incident id, and the worker keeps serving; the error's
+    # type and text stay in the worker's log, under that id.
+    worker = Worker(SESSION, "n0nce", "simulated", runtime_config(tmp_path, 60_000))
+    out = _Recorder()
+    worker.attach_output(out)
+    head = EnvelopeHead(SESSION)
+    worker.data_received(head.frame(gateway_hello=wpb.GatewayHello(nonce="n0nce")))
+    await wait_for(lambda: worker._runtime is not None)
+    healthy = worker._runtime.ping
+
+    async def broken() -> None:
+        raise RuntimeError("cannot open /srv/plant/secret.mdf")
+
+    worker._runtime.ping = broken  # type: ignore[method-assign]
+
+    replies: list[pb.MxCommandReply] = []
+    for cid in ("p1", "p2"):
+        before = len(out.writes)
+        worker.data_received(head.frame(cid, worker_command=_command("ping")))
+        await wait_for(lambda: len(out.writes) > before)  # noqa: B023
+        (env,) = out.bodies(before)
+        assert env.correlation_id == cid
+        replies.append(env.worker_command_reply.reply)
+        worker._runtime.ping = healthy  # type: ignore[method-assign]
+    status = replies[0].protocol_status
+    assert status.code == pb.PROTOCOL_STATUS_CODE_WORKER_UNAVAILABLE
+    incident = _incident(status.message)
+    assert "secret" not in status.message and "RuntimeError" not in status.message
+    assert replies[1].protocol_status.code == pb.PROTOCOL_STATUS_CODE_OK  # still serving
+    logged = [r for r in caplog.records if f"incident {incident}" in r.getMessage()]
+    assert len(logged) == 1 and logged[0].exc_info is not None
+    assert "secret.mdf" in str(logged[0].exc_info[1])
+    worker.data_received(head.frame("bye", worker_shutdown=wpb.WorkerShutdown(reason="t")))
+    await asyncio.wait_for(worker.done.wait(), 30)
