@@ -778,7 +778,7 @@ class SimulatedRuntime:
         now = time.time()  # the time of the rows this call computes
         tick = plant.tick
         room = max_bytes - already
-        out: list[bytes] | None = None
+        out: Sequence[bytes] | None = None
         if part is not None:
             # A chunk of the remembered call: by its plan, where it has one.
             planned, out = self._planned(cache, part, rows, generation, tick, now, room, memo)
@@ -896,7 +896,7 @@ class SimulatedRuntime:
         now: float,
         room: int,
         memo: ReadMemo | None,
-    ) -> tuple[bool, list[bytes] | None]:
+    ) -> tuple[bool, Sequence[bytes] | None]:
         """(planned, rows): the rows of the memo's chunk ``part`` by its plan (made when
         missing or out of date); planned False: the chunk is read row by row; rows None:
         they passed ``room`` (``memo`` spoiled)."""
@@ -917,7 +917,7 @@ class SimulatedRuntime:
         def loose(some: Sequence[ReadRow]) -> list[bytes] | None:
             return self._row_wires(cache, some, generation, tick, now, room, memo)
 
-        out: list[bytes] | None
+        out: Sequence[bytes] | None
         planned, out = plan.read(tick, now, good_row_tail(QUALITY_GOOD, now), loose)
         return planned, out
 

@@ -875,6 +875,7 @@ async def test_a_plans_cost_covers_the_bytes_it_holds(monkeypatch: pytest.Monkey
     assert any(len(group.sizes) == 2 for group in groups)
     for plan in plans:
         held = sys.getsizeof(plan.template) + sys.getsizeof(plan.loose) * 2
+        held += sys.getsizeof(plan.order) + sum(map(sys.getsizeof, plan.order))
         for group in plan.groups:
             lists = (group.positions, group.states, group.args, group.fields, group.parts)
             held += sum(map(sys.getsizeof, lists)) + sys.getsizeof(group.wires)
