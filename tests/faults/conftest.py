@@ -10,6 +10,7 @@ from faulthelpers import SCAN_MS, Raw
 
 from mxgateway_sim import SCOPES, ApiKeyStore, GatewaySimulator, builtin_catalog, new_key
 from mxgateway_sim._workers import SessionIsolation
+from support.logs import root_logging_kept  # noqa: F401  # autouse: see there
 
 
 @pytest.fixture

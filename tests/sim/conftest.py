@@ -9,6 +9,7 @@ import pytest
 from simhelpers import SCAN_MS, Gw
 
 from mxgateway_sim import GatewaySimulator, builtin_catalog
+from support.logs import root_logging_kept  # noqa: F401  # autouse: see there
 
 
 @pytest.fixture
