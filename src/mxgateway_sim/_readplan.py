@@ -238,7 +238,17 @@ class _Group:
 class ReadPlan:
     """One remembered chunk's rows, grouped (see the module); valid for ``key``."""
 
-    __slots__ = ("cost", "groups", "key", "loose", "loose_positions", "order", "pick", "template")
+    __slots__ = (
+        "cost",
+        "groups",
+        "key",
+        "length",
+        "loose",
+        "loose_positions",
+        "order",
+        "pick",
+        "template",
+    )
 
     def __init__(self, key: object) -> None:
         self.key = key
@@ -256,6 +266,8 @@ class ReadPlan:
         """Where each row of the chunk is in a read's run of rows (:attr:`template`, then
         each group's rows, then the loose rows)."""
         self.pick: Callable[[list[bytes]], Sequence[bytes]] = tuple
+        self.length = 0
+        """How many rows a read's run holds (:attr:`order` points into it)."""
         """The chunk's rows, in order, of a read's run (:attr:`order`): one call, in C."""
         self.cost = 0
         """Bytes the plan holds, estimated (charged to the read cache)."""
@@ -285,6 +297,9 @@ class ReadPlan:
             if rows is None:
                 return True, None
             run += rows
+        if len(run) != self.length:
+            # A miscount would put rows under other tags' names: fail the read instead.
+            raise RuntimeError(f"a read plan's run holds {len(run)} rows, not {self.length}")
         return True, self.pick(run)
 
 
@@ -334,6 +349,7 @@ def plan_rows(rows: Sequence[ReadRow], key: object) -> ReadPlan:
             order[position] = i
         at += len(places)
     plan.order = tuple(order)
+    plan.length = at
     if len(order) > 1:  # itemgetter of one index gives the row, not a tuple of it
         plan.pick = itemgetter(*order)
     else:

@@ -1,11 +1,16 @@
-"""A remembered ReadBulk whose chunk holds a single row is planned and answered as any."""
+"""A remembered ReadBulk whose chunk holds a single row is planned and answered as any; a
+plan whose rows miscount fails the read."""
 
 from __future__ import annotations
 
+from typing import Any
+
+import pytest
 from test_sim_bulk_fast_paths import _fast_and_plain, _model_catalog
 
-from mxgateway import GatewayClient
+from mxgateway import GatewayClient, MxGatewayInternalError
 from mxgateway_sim import GatewaySimulator, SimulatedRuntime
+from mxgateway_sim._readplan import _Group
 from mxgateway_sim._readrows import MEMO_CHUNK_ROWS
 
 
@@ -40,3 +45,38 @@ async def test_a_chunk_of_one_row_is_planned_and_answered_as_the_plain_path() ->
                 plans = [plan for _, plan in cache.plans.values()]
                 assert plans and all(plan is not None for plan in plans)
                 assert len(plans[-1].order) == 1  # type: ignore[union-attr]
+
+
+async def test_a_plan_whose_rows_miscount_fails_the_read_instead_of_misplacing_rows(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A plan puts its groups' rows in order by position in one run: a group that answered
+    # one row too many would shift every row after it under another tag's name (one too
+    # few fails anyway: the last position is past the run). The read fails (INTERNAL, an
+    # incident id) instead of answering wrong rows.
+    async with GatewaySimulator(
+        catalog=_model_catalog(120), scan_interval_ms=3_600_000, flaky_one_in=0
+    ) as sim:
+        plant = sim.plant
+        assert plant is not None
+        refs = [f"Obj{i:03d}.{n}" for i in range(120) for n in ("Level", "Count", "Flag")]
+        async with (
+            await GatewayClient.connect(
+                endpoint=sim.endpoint, api_key=sim.api_key, plaintext=True
+            ) as client,
+            await client.open_session(client_session_name="reader") as session,
+        ):
+            hlmx = await session.register("reader")
+            first = await session.read_bulk(hlmx, refs)  # remembered
+            again = await session.read_bulk(hlmx, refs)  # planned
+            assert [r.tag_address for r in again] == [r.tag_address for r in first]
+            answer = _Group.answer
+
+            def one_more(self: _Group, *args: Any) -> list[bytes]:
+                rows = answer(self, *args)
+                return [rows[0], *rows]
+
+            monkeypatch.setattr(_Group, "answer", one_more)
+            plant.step()
+            with pytest.raises(MxGatewayInternalError):
+                await session.read_bulk(hlmx, refs)
