@@ -3,48 +3,59 @@ plan whose rows miscount fails the read."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 from test_sim_bulk_fast_paths import _fast_and_plain, _model_catalog
 
-from mxgateway import GatewayClient, MxGatewayInternalError
-from mxgateway_sim import GatewaySimulator, SimulatedRuntime
+from mxgateway import GatewayClient, MxGatewayInternalError, Session
+from mxgateway_sim import GatewaySimulator, Plant, SimulatedRuntime
 from mxgateway_sim._readplan import _Group
 from mxgateway_sim._readrows import MEMO_CHUNK_ROWS
 
+SCALARS = [f"Obj{i:03d}.{n}" for i in range(120) for n in ("Level", "Count", "Flag")]
+"""360 scalar attributes only their models drive (so a remembered read of them is planned)."""
 
-async def test_a_chunk_of_one_row_is_planned_and_answered_as_the_plain_path() -> None:
-    # A plan puts a chunk's rows in order with one call; a chunk of one row (a poller of
-    # one tag, or the last row of a list one longer than whole chunks) takes its own way
-    # there, and must answer the row, in a list, as the plain path does.
+
+@contextlib.asynccontextmanager
+async def _reader() -> AsyncIterator[tuple[GatewaySimulator, Plant, Session, int]]:
+    """A simulator whose scan never ticks on its own (the test steps the plant), and a
+    session of the library with a registration: (simulator, plant, session, hLMX)."""
     async with GatewaySimulator(
         catalog=_model_catalog(120), scan_interval_ms=3_600_000, flaky_one_in=0
     ) as sim:
         plant = sim.plant
         assert plant is not None
-        scalars = [f"Obj{i:03d}.{n}" for i in range(120) for n in ("Level", "Count", "Flag")]
         async with (
             await GatewayClient.connect(
                 endpoint=sim.endpoint, api_key=sim.api_key, plaintext=True
             ) as client,
             await client.open_session(client_session_name="reader") as session,
         ):
-            hlmx = await session.register("reader")
-            found = sim.sessions.get(session.session_id)
-            assert found is not None and isinstance(found.runtime, SimulatedRuntime)
-            runtime = found.runtime
-            cache = runtime._read_rows
-            assert cache is not None
-            for refs in (scalars[:1], (scalars * 3)[: MEMO_CHUNK_ROWS + 1]):
-                states = {r: plant.state(r) for r in refs}
-                for steps in (0, 0, 1, 0, 30):  # remembered, planned, kept, computed anew
-                    for _ in range(steps):
-                        plant.step()
-                    await _fast_and_plain(session, runtime, hlmx, refs, states)
-                plans = [plan for _, plan in cache.plans.values()]
-                assert plans and all(plan is not None for plan in plans)
-                assert len(plans[-1].order) == 1  # type: ignore[union-attr]
+            yield sim, plant, session, await session.register("reader")
+
+
+async def test_a_chunk_of_one_row_is_planned_and_answered_as_the_plain_path() -> None:
+    # A plan puts a chunk's rows in order with one call; a chunk of one row (a poller of
+    # one tag, or the last row of a list one longer than whole chunks) takes its own way
+    # there, and must answer the row, in a list, as the plain path does.
+    async with _reader() as (sim, plant, session, hlmx):
+        found = sim.sessions.get(session.session_id)
+        assert found is not None and isinstance(found.runtime, SimulatedRuntime)
+        runtime = found.runtime
+        cache = runtime._read_rows
+        assert cache is not None
+        for refs in (SCALARS[:1], (SCALARS * 3)[: MEMO_CHUNK_ROWS + 1]):
+            states = {r: plant.state(r) for r in refs}
+            for steps in (0, 0, 1, 0, 30):  # remembered, planned, kept, computed anew
+                for _ in range(steps):
+                    plant.step()
+                await _fast_and_plain(session, runtime, hlmx, refs, states)
+            plans = [plan for _, plan in cache.plans.values()]
+            assert plans and all(plan is not None for plan in plans)
+            assert len(plans[-1].order) == 1  # type: ignore[union-attr]
 
 
 async def test_a_plan_whose_rows_miscount_fails_the_read_instead_of_misplacing_rows(
@@ -54,29 +65,17 @@ async def test_a_plan_whose_rows_miscount_fails_the_read_instead_of_misplacing_r
     # one row too many would shift every row after it under another tag's name (one too
     # few fails anyway: the last position is past the run). The read fails (INTERNAL, an
     # incident id) instead of answering wrong rows.
-    async with GatewaySimulator(
-        catalog=_model_catalog(120), scan_interval_ms=3_600_000, flaky_one_in=0
-    ) as sim:
-        plant = sim.plant
-        assert plant is not None
-        refs = [f"Obj{i:03d}.{n}" for i in range(120) for n in ("Level", "Count", "Flag")]
-        async with (
-            await GatewayClient.connect(
-                endpoint=sim.endpoint, api_key=sim.api_key, plaintext=True
-            ) as client,
-            await client.open_session(client_session_name="reader") as session,
-        ):
-            hlmx = await session.register("reader")
-            first = await session.read_bulk(hlmx, refs)  # remembered
-            again = await session.read_bulk(hlmx, refs)  # planned
-            assert [r.tag_address for r in again] == [r.tag_address for r in first]
-            answer = _Group.answer
+    async with _reader() as (_, plant, session, hlmx):
+        first = await session.read_bulk(hlmx, SCALARS)  # remembered
+        again = await session.read_bulk(hlmx, SCALARS)  # planned
+        assert [r.tag_address for r in again] == [r.tag_address for r in first]
+        answer = _Group.answer
 
-            def one_more(self: _Group, *args: Any) -> list[bytes]:
-                rows = answer(self, *args)
-                return [rows[0], *rows]
+        def one_more(self: _Group, *args: Any) -> list[bytes]:
+            rows = answer(self, *args)
+            return [rows[0], *rows]
 
-            monkeypatch.setattr(_Group, "answer", one_more)
-            plant.step()
-            with pytest.raises(MxGatewayInternalError):
-                await session.read_bulk(hlmx, refs)
+        monkeypatch.setattr(_Group, "answer", one_more)
+        plant.step()
+        with pytest.raises(MxGatewayInternalError):
+            await session.read_bulk(hlmx, SCALARS)
