@@ -7,7 +7,8 @@ serves (gateway, Galaxy, health, reflection) runs inside the ``try`` of the inte
 wrapper (``_auth._guarded``; ``InvokeStream`` in its own body), which calls
 :func:`answer_unexpected`: no wrapper of its own, so the call path gains no allocation.
 The operations listener (``/metrics``, the status page) answers HTTP 500 with the same
-details (:func:`log_unexpected`).
+details, and a session worker names a runtime's failure by the same kind of id
+(:func:`log_unexpected` both).
 """
 
 from __future__ import annotations

@@ -41,7 +41,7 @@ try:
 except ImportError:  # Windows
     fcntl = None  # type: ignore[assignment]
 
-from mxgateway._incident import incident_details, new_incident_id
+from mxgateway._incident import incident_details
 from mxgateway._logsafe import get_logger
 from mxgateway._version import WORKER_PROTOCOL_VERSION, __version__
 from mxgateway.generated import mxaccess_gateway_pb2 as pb
@@ -51,6 +51,7 @@ from mxgateway_sim._eventloop import EVENT_LOOPS, EventLoopUnavailable
 from mxgateway_sim._eventloop import run as run_event_loop
 from mxgateway_sim._framing import MAX_FRAME_BYTES, FrameDecoder, FrameError
 from mxgateway_sim._gcpolicy import apply_to_worker_process
+from mxgateway_sim._incidents import log_unexpected
 from mxgateway_sim._runtime import MxAccessRuntime
 from mxgateway_sim._threadpipes import ThreadWriter, start_reader
 from mxgateway_sim._wire import EventEncoder
@@ -392,9 +393,8 @@ class Worker(asyncio.Protocol):
         except RuntimeUnavailable as exc:
             self._fail(str(exc))
             return
-        except Exception:  # a bug: the session faults, its caller gets an incident id only
-            incident = new_incident_id()
-            log.exception("the runtime did not start (incident %s)", incident)
+        except Exception as exc:  # a bug: the session faults, its caller gets an incident id
+            incident = log_unexpected(exc, "the runtime's start")
             self._fail(f"the runtime did not start: {incident_details(incident)}")
             return
         self._runtime = runtime
@@ -423,9 +423,8 @@ class Worker(asyncio.Protocol):
             reply = await run_command_wire(self._runtime, command)
         except asyncio.CancelledError:
             return  # the gateway gave up on it and expects no reply
-        except Exception:  # a runtime bug: report it under an incident id, keep serving
-            incident = new_incident_id()
-            log.exception("a %s command failed (incident %s)", command.kind, incident)
+        except Exception as exc:  # a runtime bug: report it under an incident id, keep serving
+            incident = log_unexpected(exc, f"a command of kind {command.kind}")
             reply = pb.MxCommandReply(kind=command.kind)
             reply.protocol_status.code = pb.PROTOCOL_STATUS_CODE_WORKER_UNAVAILABLE
             reply.protocol_status.message = incident_details(incident)
