@@ -42,7 +42,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from types import MappingProxyType, TracebackType
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING
 
 from mxgateway._boundedqueue import BoundedQueue
 from mxgateway._errors import (
@@ -114,6 +114,31 @@ class _End:
 
 _END = _End()
 _NOTHING = object()  # what polling an empty queue answers
+
+
+def _unlinked(error: BaseException) -> BaseException:
+    """``error``, to keep: its traceback no longer holds what it passed through.
+
+    The subscription keeps the error it failed with (``error``, the ``CLOSED`` state) and
+    the frames the error passed through keep the subscription (``self``): a cycle, freed
+    only by a collection. The finished frames lose their locals (what a traceback prints
+    stays); the one still running (the supervisor's, where the error was caught) leaves
+    the traceback.
+    """
+    kept: list[TracebackType] = []
+    tb = error.__traceback__
+    while tb is not None:
+        try:
+            tb.tb_frame.clear()
+        except RuntimeError:  # the running frame
+            pass
+        else:
+            kept.append(tb)
+        tb = tb.tb_next
+    first = None
+    for entry in reversed(kept):
+        entry.tb_next, first = first, entry
+    return error.with_traceback(first)
 
 
 def _dedupe(items: Iterable[str]) -> tuple[str, ...]:
@@ -245,7 +270,10 @@ class Subscription:
 
     @property
     def error(self) -> BaseException | None:
-        """The error the subscription failed with, once ``CLOSED`` by a failure."""
+        """The error the subscription failed with, once ``CLOSED`` by a failure.
+
+        Its traceback shows where it was raised; the library's frames in it keep no locals
+        (they would keep the subscription, which keeps the error: a reference cycle)."""
         return self._error
 
     @property
@@ -320,19 +348,29 @@ class Subscription:
         item = queue.poll(_NOTHING)
         if item is _NOTHING:
             if self._finished:
-                self._raise_end()
-            self.start()
-            item = await queue.get()
+                item = _END
+            else:
+                self.start()
+                item = await queue.get()
         if item is _END:
-            self._raise_end()
+            end = self._end()
+            # The raised error's traceback keeps this frame and the subscription keeps the
+            # error (``error``): with either in a local, a cycle freed only by a collection.
+            del self
+            try:
+                raise end
+            finally:
+                del end
         return item  # type: ignore[return-value]
 
-    def _raise_end(self) -> NoReturn:
+    def _end(self) -> BaseException:
+        """What the iteration ends with: the error it failed with, once, then
+        ``StopAsyncIteration``."""
         error = self._error
         if error is not None and not self._end_reported:
             self._end_reported = True
-            raise error
-        raise StopAsyncIteration
+            return error
+        return StopAsyncIteration()
 
     def __repr__(self) -> str:
         return (
@@ -355,7 +393,7 @@ class Subscription:
             return
         self._finished = True
         if error is not None:
-            self._error = error
+            self._error = _unlinked(error)
         self._set_state(SubscriptionState.CLOSED, error=error)
         if not self._queue.full():
             self._queue.put_nowait(_END)  # wakes a consumer waiting on an empty queue

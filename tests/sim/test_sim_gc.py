@@ -599,6 +599,37 @@ async def test_a_retried_call_that_fails_leaves_no_cyclic_garbage_on_the_client(
         await client.close()
 
 
+async def test_a_failed_subscription_leaves_no_cyclic_garbage() -> None:
+    # A subscription that failed for good raises its error (kept as `error` and in the
+    # CLOSED state) from __anext__; closed and dropped, it is freed by reference counting.
+    # The frames the error passed through kept the subscription (`self`: the supervisor's,
+    # __anext__'s, _raise_end's, which also kept the error), and the subscription keeps the
+    # error: a cycle, subscription, queue and states, freed only by a collection. A
+    # stopped gateway: a refusal from a live one would count the server's own frames.
+    async with GatewaySimulator(catalog=_catalog(), scan_interval_ms=60_000) as sim:
+        options = ClientOptions(
+            endpoint=sim.endpoint, api_key=sim.api_key, plaintext=True, connect_timeout=None
+        )
+        client = await GatewayClient.connect(options=options)
+    try:
+        with _cyclic_garbage() as cyclic:
+            for _ in range(3):
+                subscriptions = [client.subscribe(REFS[:2], reconnect=None)]
+                with pytest.raises(MxGatewayUnavailableError):
+                    await subscriptions[0].__anext__()
+                with pytest.raises(StopAsyncIteration):  # the error is raised once
+                    await subscriptions[0].__anext__()
+                error = subscriptions[0].error
+                assert isinstance(error, MxGatewayUnavailableError)
+                # Where it was raised is still shown (the frames lost their locals only).
+                assert "unary" in {f.name for f in traceback.extract_tb(error.__traceback__)}
+                del error
+                await subscriptions.pop().aclose()
+        assert cyclic == collections.Counter()
+    finally:
+        await client.close()
+
+
 class _BrokenPing(SimulatedRuntime):
     """A runtime whose Ping fails with an error no status of ours answers (a bug)."""
 
