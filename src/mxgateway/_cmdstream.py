@@ -8,6 +8,14 @@ for it; a second command issued meanwhile goes through ``Invoke``. A gateway wit
 stream answers ``UNIMPLEMENTED`` before it reads a request, and the client then uses
 ``Invoke`` for good.
 
+Once a stream has answered a command, each later command that is safe to send again (a
+read, a ping) is sent and its reply received in one gRPC batch (``_exchange``): one
+completion a command instead of one for the write and one for the read, each of which
+wakes grpc.aio's poller thread and then the event loop (``docs/benchmarks.md``, "Thread
+wake-ups per command"). When such a batch fails, the command may not have gone out (as a
+refused write) or its reply may be lost; either way ``Invoke`` sends it again. Other
+commands are written, then read, so a refused write is known as one.
+
 A write the stream refuses sent nothing, so that command goes through ``Invoke`` whatever
 it is. grpc.aio may report such a refusal as ``INTERNAL`` "Internal error from Core" in
 place of the status the gateway sent (grpc/grpc#36066: the stream ended, with
@@ -24,7 +32,7 @@ from typing import Any
 import grpc
 
 from mxgateway._encoded import EncodedRequest, as_message, serialize
-from mxgateway._retry import is_idempotent
+from mxgateway._retry import IDEMPOTENT_COMMAND_KINDS, is_idempotent
 from mxgateway._transport import Transport
 from mxgateway.generated import mxaccess_gateway_pb2 as pb
 
@@ -42,6 +50,16 @@ _CLOSE_WAIT = 1.0
 
 _EOF: Any = grpc.aio.EOF  # type: ignore[attr-defined]  # what read() returns at the end
 
+try:  # grpc.aio's own batch primitives (grpcio's Cython layer; no public equivalent)
+    from grpc._cython import cygrpc as _cygrpc  # type: ignore[attr-defined]
+
+    _execute_batch: Any = _cygrpc.execute_batch
+    _SendMessage: Any = _cygrpc.SendMessageOperation
+    _ReceiveMessage: Any = _cygrpc.ReceiveMessageOperation
+    _BatchError: Any = _cygrpc.ExecuteBatchError
+except (ImportError, AttributeError):  # pragma: no cover - a grpcio without them
+    _execute_batch = None
+
 
 class CommandStream:
     """The client's end of ``InvokeStream``: opened on first use, again after a failure."""
@@ -51,6 +69,7 @@ class CommandStream:
         the transport's channel, as the generated stub's, but writing a request encoded
         ahead, ``mxgateway._encoded``, as it is)."""
         self._transport = transport
+        default = open_stream is None
         if open_stream is None:
             service = pb.DESCRIPTOR.services_by_name["MxAccessGateway"].full_name
             open_stream = transport.channel.stream_stream(
@@ -60,6 +79,11 @@ class CommandStream:
             )
         self._open_stream = open_stream
         self._call: Any = None
+        # Whether commands may go in one batch (_exchange): on the stream this class opens
+        # (its own deserializer) once it answered a command (its metadata sent, its reads
+        # begun through grpc.aio).
+        self._batch = _execute_batch is not None and default
+        self._answered = False
         self._busy = False
         self._deadline = 0.0  # loop time the command in flight must be answered by
         self._timed_out = False
@@ -93,19 +117,27 @@ class CommandStream:
             new = call is None or call.done()
             if new:
                 call = self._call = self._open_stream(metadata=self._transport.metadata)
+                self._answered = False
             if timeout is None:
                 self._deadline = math.inf
             else:
                 self._arm(timeout)
-            try:
-                await call.write(request)
-            except grpc.aio.AioRpcError as exc:
-                if self._timed_out:
-                    raise
-                self._call = None
-                self._refused(exc, request, new)
-                return None
-            reply = await call.read()
+            data = serialize(request) if self._answered and _idempotent(request) else None
+            if data is not None and len(data) <= self._transport.options.max_message_bytes:
+                reply = await _exchange(call, data)
+                if reply is None:  # the batch failed: Invoke sends it (again)
+                    self._drop()
+                    return None
+            else:
+                try:
+                    await call.write(request)
+                except grpc.aio.AioRpcError as exc:
+                    if self._timed_out:
+                        raise
+                    self._call = None
+                    self._refused(exc, request, new)
+                    return None
+                reply = await call.read()
         except grpc.aio.AioRpcError as exc:
             self._call = None
             if self._timed_out:
@@ -147,6 +179,7 @@ class CommandStream:
             )
         assert isinstance(reply, pb.MxCommandReply)
         self._refusals = 0
+        self._answered = self._batch
         return reply
 
     def _refused(
@@ -243,10 +276,55 @@ class CommandStream:
             call.cancel()  # a no-op once it ended
 
 
+async def _exchange(call: Any, data: bytes) -> pb.MxCommandReply | Any:
+    """Send ``data`` on the stream ``call`` and receive its reply in one gRPC batch.
+
+    ``call.write()`` then ``call.read()`` is two batches: the write's completion wakes
+    grpc.aio's poller thread, which wakes the event loop, only for the loop to start the
+    read and sleep again. One batch completes once, when the reply is in. The stream must
+    have answered a command already (its metadata is sent, its reads begun).
+
+    Returns the reply; ``_EOF`` when the stream ended OK after the command went out;
+    None when the batch failed, so the command may not have gone out (as a refused
+    write), or it may have and its reply was lost: only a command that is safe to send
+    again comes here. Raises ``AioRpcError`` with the stream's status when it ended
+    otherwise, ``CancelledError`` when it was cancelled here (the deadline, ``aclose``).
+    """
+    cython_call = call._cython_call
+    received = _ReceiveMessage(0)
+    try:
+        await _execute_batch(
+            cython_call, (_SendMessage(data, 0), received), asyncio.get_running_loop()
+        )
+    except _BatchError:
+        if cython_call.is_locally_cancelled():
+            raise asyncio.CancelledError from None
+        return None
+    raw = received.message()
+    if raw is not None:
+        return pb.MxCommandReply.FromString(raw)
+    code = await call.code()
+    if code is grpc.StatusCode.OK:
+        return _EOF
+    raise grpc.aio.AioRpcError(
+        code,
+        await call.initial_metadata(),
+        await call.trailing_metadata(),
+        await call.details(),
+        await call.debug_error_string(),
+    )
+
+
 async def _finish(call: Any) -> None:
     """Half-close ``call`` and wait for the gateway to end it."""
     await call.done_writing()
     await call.code()
+
+
+def _idempotent(request: pb.MxCommandRequest | EncodedRequest) -> bool:
+    """True when ``request`` is safe to send again (``mxgateway._retry.is_idempotent``)."""
+    kind = request.kind if isinstance(request, EncodedRequest) else request.command.kind
+    return kind in IDEMPOTENT_COMMAND_KINDS
 
 
 def _rpc_error(code: grpc.StatusCode, details: str) -> grpc.aio.AioRpcError:

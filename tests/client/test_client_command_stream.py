@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import logging
 import threading
 from collections.abc import Callable, Iterator
@@ -28,6 +29,7 @@ from mxgateway import (
     MxGatewayPermissionError,
     MxGatewayTimeoutError,
     Session,
+    _cmdstream,
 )
 from mxgateway._cmdstream import CommandStream
 from mxgateway._transport import Transport
@@ -267,6 +269,91 @@ async def test_each_command_keeps_its_own_deadline_on_the_stream() -> None:
         rows = await s.read_bulk(h, ["Tank01.Level"], timeout=None)  # about 1 s
         assert rows[0].was_successful
         assert client._commands is not None and not client._commands.unsupported
+
+
+async def test_after_its_first_command_a_stream_sends_a_read_with_its_reply_in_one_batch(
+    sim: GatewaySimulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A command that is safe to send again (a read, a ping) goes out and its reply comes
+    # back in one gRPC batch once the stream has answered a command: one completion, one
+    # wake-up of grpc.aio's poller thread and of the loop, instead of two. The others are
+    # written, then read, as is a stream's first command. Every answer is as before.
+    batches: list[tuple[str, ...]] = []
+    execute = _cmdstream._execute_batch
+
+    async def counted(call: Any, operations: tuple[Any, ...], loop: Any) -> None:
+        batches.append(tuple(type(op).__name__ for op in operations))
+        await execute(call, operations, loop)
+
+    monkeypatch.setattr(_cmdstream, "_execute_batch", counted)
+    async with await _connect(sim, stream=True) as client, await client.open_session() as s:
+        h = await s.register("one-batch")  # the stream's first command
+        assert batches == []
+        rows = await s.read_bulk(h, [TAG, "Tank01.Level"])
+        assert [r.tag_address for r in rows] == [TAG, "Tank01.Level"]
+        await s.ping()
+        assert await s.get_session_state() == pb.SESSION_STATE_READY
+        assert batches == [("SendMessageOperation", "ReceiveMessageOperation")] * 3
+        item = await s.add_item(h, TAG)  # not safe to send again: written, then read
+        await s.advise(h, item)
+        assert len(batches) == 3
+        assert client._commands is not None and client._commands._call is not None
+
+
+class _OversizedStreamReply(pbg.MxAccessGatewayServicer):
+    """A gateway whose command stream answers its second command with a reply larger than
+    the client accepts (the client's read of it fails); ``Invoke`` answers as usual.
+    Records the kinds each carriage was sent."""
+
+    def __init__(self) -> None:
+        self.streamed: list[int] = []
+        self.invoked: list[int] = []
+
+    @staticmethod
+    def _reply(request: pb.MxCommandRequest, size: int = 0) -> pb.MxCommandReply:
+        return pb.MxCommandReply(
+            session_id=request.session_id,
+            kind=request.command.kind,
+            diagnostic_message="x" * size,
+            protocol_status=pb.ProtocolStatus(code=pb.PROTOCOL_STATUS_CODE_OK),
+        )
+
+    def Invoke(self, request: pb.MxCommandRequest, context: Any) -> pb.MxCommandReply:
+        self.invoked.append(request.command.kind)
+        return self._reply(request)
+
+    def InvokeStream(self, request_iterator: Any, context: Any) -> Any:
+        for i, request in enumerate(request_iterator):
+            self.streamed.append(request.command.kind)
+            yield self._reply(request, 200_000 if i == 1 else 0)
+
+
+async def test_a_read_whose_stream_reply_is_lost_is_answered_through_invoke_once() -> None:
+    # The gateway ran a ping on the stream but its reply cannot be received (over the
+    # client's message limit: the batch fails, as when a stream breaks under a command).
+    # A ping is safe to send again: Invoke answers it, once, and the next command opens a
+    # new stream. A write in the same place is reported, never sent again.
+    ping = pb.MxCommand(kind=pb.MX_COMMAND_KIND_PING, ping=pb.PingCommand())
+    write = pb.MxCommand(
+        kind=pb.MX_COMMAND_KIND_WRITE,
+        write=pb.WriteCommand(server_handle=7, item_handle=1, value=pb.MxValue(int32_value=1)),
+    )
+    gateway = _OversizedStreamReply()
+    with _threaded_gateway(
+        lambda server: pbg.add_MxAccessGatewayServicer_to_server(gateway, server)
+    ) as options:
+        options = dataclasses.replace(options, max_message_bytes=100_000)
+        async with await GatewayClient.connect(options=options) as client:
+            for _ in range(3):
+                reply = await client.invoke("session-1", ping)
+                assert reply.kind == pb.MX_COMMAND_KIND_PING
+            assert gateway.streamed == [pb.MX_COMMAND_KIND_PING] * 3
+            assert gateway.invoked == [pb.MX_COMMAND_KIND_PING]
+            # The third ping was the new stream's first command: the write is its second.
+            with pytest.raises(MxGatewayError, match="RESOURCE_EXHAUSTED"):
+                await client.invoke("session-1", write)
+            assert gateway.streamed[3:] == [pb.MX_COMMAND_KIND_WRITE]
+            assert gateway.invoked == [pb.MX_COMMAND_KIND_PING]
 
 
 class _UpstreamLikeGateway:
