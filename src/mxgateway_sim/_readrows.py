@@ -49,16 +49,22 @@ from mxgateway_sim._wire import (
 
 __all__ = [
     "ENTRY_OVERHEAD_BYTES",
+    "MEMO_CALLS",
     "MEMO_CHUNK_ROWS",
     "ReadMemo",
     "ReadRow",
     "ReadRowCache",
+    "RememberedCall",
     "fresh_rows",
 ]
 
 ENTRY_OVERHEAD_BYTES = 480
 """Estimated bytes of one entry beyond its strings and encoded bytes (the entry and the
 parsed reference objects, their string headers, the dictionary slot)."""
+MEMO_CALLS = 16
+"""ReadBulk calls a session's cache remembers at most (their rows, bytes and plans are
+counted in its bound too): a client reading a long list in several requests repeats
+several calls."""
 MEMO_CHUNK_ROWS = 1024
 """Rows of a remembered call read together (between two turns of the loop): a repeat costs
 little per row (see :mod:`mxgateway_sim._readplan`), so larger chunks than a first read's
@@ -168,20 +174,24 @@ class ReadRow:
         return row
 
 
+class RememberedCall:
+    """One ReadBulk call a cache remembers: its rows in order, a chunk at a time, and the
+    :class:`~mxgateway_sim._readplan.ReadPlan` of each chunk (or None: the chunk cannot be
+    planned) with what it was made for. A call's plans belong to it: a read of another
+    remembered call never finds them."""
+
+    __slots__ = ("cost", "plans", "rows")
+
+    def __init__(self, rows: list[list[ReadRow]], cost: int) -> None:
+        self.rows = rows
+        self.cost = cost
+        self.plans: dict[int, tuple[object, Any]] = {}
+
+
 class ReadRowCache:
     """The rows of one session, oldest first out, bounded in bytes."""
 
-    __slots__ = (
-        "bytes",
-        "epoch",
-        "max_bytes",
-        "memo",
-        "memo_cost",
-        "memo_key",
-        "plans",
-        "rows",
-        "version",
-    )
+    __slots__ = ("bytes", "calls", "epoch", "max_bytes", "rows", "version")
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
@@ -191,13 +201,27 @@ class ReadRowCache:
         self.version = 0
         """Counts every drop of a row (and a row not kept): remembered rows are valid only
         while it stays what it was when they were remembered."""
-        self.memo_key = b""
-        self.memo: list[list[ReadRow]] | None = None
-        """The rows of the last ReadBulk (``memo_key``), a chunk at a time."""
-        self.memo_cost = 0
-        self.plans: dict[int, tuple[object, Any]] = {}
-        """The :class:`~mxgateway_sim._readplan.ReadPlan` of each chunk of the memo (or
-        None: the chunk cannot be planned), with what it was made for."""
+        self.calls: dict[bytes, RememberedCall] = {}
+        """The remembered ReadBulk calls by their payload's bytes, the one used last at
+        the end (at most :data:`MEMO_CALLS`): a client that reads a long list in several
+        requests (``mxgateway``'s pipelined ``read_bulk``) repeats each of them."""
+
+    @property
+    def memo_key(self) -> bytes:
+        """The key of the call remembered or recalled last (b"": none)."""
+        return next(reversed(self.calls), b"")
+
+    @property
+    def memo(self) -> list[list[ReadRow]] | None:
+        """The rows of the call remembered or recalled last, a chunk at a time."""
+        call = self.calls.get(self.memo_key)
+        return None if call is None else call.rows
+
+    @property
+    def plans(self) -> dict[int, tuple[object, Any]]:
+        """The plans of the call remembered or recalled last."""
+        call = self.calls.get(self.memo_key)
+        return {} if call is None else call.plans
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -244,69 +268,88 @@ class ReadRowCache:
         """Forget everything."""
         self.rows.clear()
         self.bytes = 0
-        self.memo, self.memo_key, self.memo_cost = None, b"", 0
-        self.plans.clear()
+        self.calls.clear()
         self.version += 1
 
-    def recall(self, key: bytes) -> list[list[ReadRow]] | None:
-        """The rows remembered for the call ``key``, if it was the last one remembered."""
-        return self.memo if key == self.memo_key else None
+    def recall(self, key: bytes) -> RememberedCall | None:
+        """The call ``key``, if it is remembered (then the one used last)."""
+        calls = self.calls
+        call = calls.get(key)
+        if call is not None and next(reversed(calls)) != key:
+            del calls[key]
+            calls[key] = call
+        return call
 
     def remember(self, key: bytes, rows: list[list[ReadRow]], version: int) -> None:
         """Remember ``rows`` for the call ``key`` if no row was dropped since ``version``
-        (not if that would pass the bound: a memo never pushes rows out)."""
+        (not if that would pass the bound: a memo never pushes rows out; the call used
+        longest ago goes first when :data:`MEMO_CALLS` are remembered, or to make room)."""
         if version != self.version:
             return
-        self.forget()
+        self._drop(key)
         flat = [row for chunk in rows for row in chunk]
         rows = [flat[i : i + MEMO_CHUNK_ROWS] for i in range(0, len(flat), MEMO_CHUNK_ROWS)]
         cost = len(key) + 8 * len(flat) + 64 * len(rows) + ENTRY_OVERHEAD_BYTES
+        calls = self.calls
+        while calls and (len(calls) >= MEMO_CALLS or self.bytes + cost > self.max_bytes):
+            self._drop(next(iter(calls)))
         if self.bytes + cost <= self.max_bytes:
-            self.memo, self.memo_key, self.memo_cost = rows, key, cost
+            calls[key] = RememberedCall(rows, cost)
             self.bytes += cost
 
-    def plan(self, part: int, key: object) -> tuple[bool, Any]:
-        """(known, plan): the plan of the memo's chunk ``part`` made for ``key``; known is
+    def plan(self, call: RememberedCall, part: int, key: object) -> tuple[bool, Any]:
+        """(known, plan): the plan of ``call``'s chunk ``part`` made for ``key``; known is
         False when none was made for it (make one: :meth:`keep_plan`)."""
-        kept = self.plans.get(part)
+        kept = call.plans.get(part)
         if kept is None or kept[0] != key:
             return False, None
         return True, kept[1]
 
-    def keep_plan(self, part: int, key: object, plan: Any, cost: int) -> None:
-        """Keep ``plan`` (of ``cost`` bytes, None: the chunk cannot be planned) for the
-        memo's chunk ``part`` and ``key``; not kept past the bound (no row is pushed out
-        for it)."""
-        old = self.plans.pop(part, None)
-        if old is not None and old[1] is not None:
+    def keep_plan(self, call: RememberedCall, part: int, key: object, plan: Any, cost: int) -> Any:
+        """Keep ``plan`` (of ``cost`` bytes, None: the chunk cannot be planned) for
+        ``call``'s chunk ``part`` and ``key``; not kept past the bound (no row is pushed
+        out for it), nor counted once the cache forgot ``call``. Returns the plan kept."""
+        plans = call.plans
+        held = any(c is call for c in self.calls.values())
+        old = plans.pop(part, None)
+        if held and old is not None and old[1] is not None:
             self.bytes -= old[1].cost
-        if plan is not None and self.bytes + cost > self.max_bytes:
+        if plan is not None and (not held or self.bytes + cost > self.max_bytes):
             plan = None
-        self.plans[part] = (key, plan)
+        plans[part] = (key, plan)
         if plan is not None:
             self.bytes += cost
+        return plan
 
     def forget(self) -> None:
-        """Drop the remembered call (and its plans)."""
-        self.bytes -= self.memo_cost
-        self.memo, self.memo_key, self.memo_cost = None, b"", 0
-        for _, plan in self.plans.values():
+        """Drop every remembered call (and its plans)."""
+        for key in list(self.calls):
+            self._drop(key)
+
+    def _drop(self, key: bytes) -> None:
+        call = self.calls.pop(key, None)
+        if call is None:
+            return
+        self.bytes -= call.cost
+        for _, plan in call.plans.values():
             if plan is not None:
                 self.bytes -= plan.cost
-        self.plans.clear()
+        call.plans.clear()
 
 
 class ReadMemo:
-    """One ReadBulk call against the cache's remembered call: the rows to answer with
-    (``rows``, a chunk at a time) when the call is that one, else what this call collects
-    to be remembered (:meth:`done`)."""
+    """One ReadBulk call against the cache's remembered calls: the rows to answer with
+    (``rows``, a chunk at a time) when the call is one of them, else what this call
+    collects to be remembered (:meth:`done`)."""
 
-    __slots__ = ("cache", "collected", "key", "rows", "spoiled", "version")
+    __slots__ = ("cache", "call", "collected", "key", "rows", "spoiled", "version")
 
     def __init__(self, cache: ReadRowCache, key: bytes) -> None:
         self.cache = cache
         self.key = key
-        self.rows = cache.recall(key)
+        self.call = cache.recall(key)
+        """The remembered call (its rows and plans), None: not remembered."""
+        self.rows = None if self.call is None else self.call.rows
         self.version = cache.version
         self.collected: list[list[ReadRow]] = []
         self.spoiled = False

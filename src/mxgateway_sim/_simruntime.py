@@ -900,8 +900,11 @@ class SimulatedRuntime:
         """(planned, rows): the rows of the memo's chunk ``part`` by its plan (made when
         missing or out of date); planned False: the chunk is read row by row; rows None:
         they passed ``room`` (``memo`` spoiled)."""
+        call = None if memo is None else memo.call
+        if call is None:
+            return False, None
         key = (self._plant.pins, generation)
-        known, plan = cache.plan(part, key)
+        known, plan = cache.plan(call, part, key)
         if not known:
             first_advised = self._first_advised
             for row in rows:
@@ -909,8 +912,7 @@ class SimulatedRuntime:
                     row.item = first_advised(row.key)
                     row.generation = generation
             plan = plan_rows(rows, key)
-            cache.keep_plan(part, key, plan, plan.cost)
-            plan = cache.plans[part][1]
+            plan = cache.keep_plan(call, part, key, plan, plan.cost)
         if plan is None:
             return False, None
 
