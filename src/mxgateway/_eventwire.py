@@ -1,13 +1,17 @@
 """A decoding view of the event messages for the typed event stream.
 
 ``Session.events()`` reads ``StreamEventBatches`` through classes built at import from the
-contract's own descriptors, with one difference: ``OnDataChangeEvent.timestamp`` is read as
-the bytes of its ``Timestamp`` instead of a message. The bytes on the wire are the same
-(a message field and a ``bytes`` field are both length-delimited), so nothing is lost; what
-changes is the cost: reading a nested message makes a wrapper object per event and
-comparing two of them compares fields, while the changes of one scan share one timestamp
-whose bytes compare with one ``memcmp`` and convert once. Offline that took about a fifth
-off decoding a change and reading its value, quality and timestamp (docs/benchmarks.md).
+contract's own descriptors, with one difference: a few message fields are read as the
+bytes of their message (:data:`_AS_BYTES`), a data change's ``timestamp`` among them. The
+bytes on the wire are the same (a message field and a ``bytes`` field are both
+length-delimited), so nothing is lost; what changes is the cost: reading a nested message
+makes a wrapper object per event and comparing two of them compares fields, while the
+changes of one scan share one timestamp whose bytes compare with one ``memcmp`` and
+convert once; and the fields the typed stream never reads from the view (the event's
+gateway and worker timestamps, a change's statuses) are parsed as bytes instead of nested
+messages. Offline the timestamp took about a fifth off decoding a change and reading its
+value, quality and timestamp, the other three about 6% of the instructions left
+(docs/benchmarks.md).
 
 Everything else keeps the contract's shape (field numbers, names and oneofs come from the
 generated descriptors, so the view cannot drift from the bindings), and an event the
@@ -38,7 +42,7 @@ def _build_pool() -> descriptor_pool.DescriptorPool:
         proto = descriptor_pb2.FileDescriptorProto()
         fd.CopyToProto(proto)
         if fd.name == pb.DESCRIPTOR.name:
-            _timestamp_as_bytes(proto)
+            _fields_as_bytes(proto)
         pool.Add(proto)
         added.add(fd.name)
 
@@ -46,17 +50,34 @@ def _build_pool() -> descriptor_pool.DescriptorPool:
     return pool
 
 
-def _timestamp_as_bytes(proto: descriptor_pb2.FileDescriptorProto) -> None:
-    name = pb.OnDataChangeEvent.DESCRIPTOR.name
-    number = pb.OnDataChangeEvent.DESCRIPTOR.fields_by_name["timestamp"].number
-    for message in proto.message_type:
-        if message.name == name:
-            for field in message.field:
-                if field.number == number:
-                    field.type = descriptor_pb2.FieldDescriptorProto.TYPE_BYTES
-                    field.ClearField("type_name")
-                    return
-    raise RuntimeError("OnDataChangeEvent.timestamp is missing from the contract")
+_AS_BYTES = (
+    (pb.OnDataChangeEvent, "timestamp"),
+    (pb.OnDataChangeEvent, "statuses"),
+    (pb.MxEvent, "gateway_timestamp"),
+    (pb.MxEvent, "worker_timestamp"),
+)
+"""Message fields the view reads as the bytes of their message (``statuses``: one
+``bytes`` per record). The typed stream compares and converts a data change's timestamp
+as bytes and never reads the others from the view (``raw`` and the rarer events parse the
+generated ``MxEvent``), so parsing them as bytes spares a nested message each."""
+
+
+def _fields_as_bytes(proto: descriptor_pb2.FileDescriptorProto) -> None:
+    for cls, field_name in _AS_BYTES:
+        name = cls.DESCRIPTOR.name
+        number = cls.DESCRIPTOR.fields_by_name[field_name].number
+        for message in proto.message_type:
+            if message.name == name:
+                for field in message.field:
+                    if field.number == number:
+                        field.type = descriptor_pb2.FieldDescriptorProto.TYPE_BYTES
+                        field.ClearField("type_name")
+                        break
+                else:
+                    raise RuntimeError(f"{name}.{field_name} is missing from the contract")
+                break
+        else:
+            raise RuntimeError(f"{name} is missing from the contract")
 
 
 _POOL = _build_pool()

@@ -217,6 +217,7 @@ def _every_kind_of_event() -> list[pb.MxEvent]:
             session_id="s-1", worker_sequence=i, family=pb.MX_EVENT_FAMILY_ON_DATA_CHANGE
         )
         ev.gateway_timestamp.seconds = 1_764_000_002
+        ev.worker_timestamp.seconds, ev.worker_timestamp.nanos = 1_764_000_002, 7_000 + i
         d = ev.on_data_change
         d.server_handle, d.item_handle, d.quality = 3, 100 + i, 192 if i % 3 else 24
         d.value.CopyFrom(to_mx_value(value))
