@@ -31,7 +31,7 @@ from mxgateway.commands import COMMANDS
 from mxgateway.commands import scope_for_command as scope_for_command
 from mxgateway.generated import mxaccess_gateway_pb2 as pb
 from mxgateway_sim._bodygate import EOF, BodyGate
-from mxgateway_sim._incidents import GRPC_OWN_ERRORS, answer_unexpected
+from mxgateway_sim._incidents import GRPC_OWN_ERRORS, aborted, answer_unexpected
 
 SCOPES: tuple[str, ...] = (
     "session:open",
@@ -363,12 +363,12 @@ class AuthInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
                 if self._stats is not None:
                     reason = "missing_key" if not header else "invalid_key"
                     self._stats.authentication_failed(reason)
-                return _refusal(grpc.StatusCode.UNAUTHENTICATED, "missing or invalid API key")
+                return refusal(grpc.StatusCode.UNAUTHENTICATED, "missing or invalid API key")
             scope = scope_for_method(method)
             if scope is not None and not principal.allows(scope):
                 if self._stats is not None:
                     self._stats.authorization_failed("method_scope")
-                return _refusal(
+                return refusal(
                     grpc.StatusCode.PERMISSION_DENIED,
                     f"the API key lacks the {scope} scope needed by {method.rsplit('/', 1)[-1]}",
                 )
@@ -393,7 +393,7 @@ class AuthInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
         return guarded
 
 
-def _refusal(code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler[Any, Any]:
+def refusal(code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler[Any, Any]:
     """A handler that answers ``code`` at once, without waiting for (or parsing) the body.
 
     Request streaming on the server side is invisible on the wire, so a unary or
@@ -401,7 +401,9 @@ def _refusal(code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler[Any, 
     """
 
     async def refuse(requests: object, context: aio.ServicerContext[Any, Any]) -> None:
-        await context.abort(code, message)
+        # Not context.abort: its error would keep this frame, and so the call, in a cycle.
+        context.set_code(code)
+        context.set_details(message)
 
     return grpc.stream_stream_rpc_method_handler(refuse)
 
@@ -494,6 +496,8 @@ def _guarded(
             try:
                 request = await _one_request(gate, context)
                 return await unary(request, context)
+            except aio.AbortError as exc:
+                aborted(exc)
             except GRPC_OWN_ERRORS:
                 raise
             except Exception as exc:
@@ -510,6 +514,8 @@ def _guarded(
             try:
                 request = await _one_request(gate, context)
                 await stream(request, context)
+            except aio.AbortError as exc:
+                aborted(exc)
             except GRPC_OWN_ERRORS:
                 raise
             except Exception as exc:
@@ -527,6 +533,8 @@ def _guarded(
                 request = await _one_request(gate, context)
                 async for message in stream(request, context):
                     yield message
+            except aio.AbortError as exc:
+                aborted(exc)
             except GRPC_OWN_ERRORS:
                 raise
             except Exception as exc:
@@ -560,6 +568,8 @@ def _guarded(
             try:
                 async for message in bidi(checked(), context):
                     yield message
+            except aio.AbortError as exc:
+                aborted(exc)
             except GRPC_OWN_ERRORS:
                 raise
             except Exception as exc:

@@ -27,7 +27,7 @@ from grpc import aio
 
 from mxgateway.generated import galaxy_repository_pb2 as gr
 from mxgateway.generated import mxaccess_gateway_pb2 as pb
-from mxgateway_sim._auth import current_principal
+from mxgateway_sim._auth import current_principal, refusal
 from mxgateway_sim._sessions import SessionState
 
 if TYPE_CHECKING:
@@ -381,10 +381,7 @@ STREAM_OFF = "InvokeStream is off while faults are injected"
 
 
 def _unimplemented() -> grpc.RpcMethodHandler[Any, Any]:
-    async def refuse(requests: object, context: aio.ServicerContext[Any, Any]) -> None:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, STREAM_OFF)
-
-    return grpc.stream_stream_rpc_method_handler(refuse)
+    return refusal(grpc.StatusCode.UNIMPLEMENTED, STREAM_OFF)
 
 
 def _wrap(

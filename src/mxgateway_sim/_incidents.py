@@ -9,11 +9,20 @@ wrapper (``_auth._guarded``; ``InvokeStream`` in its own body), which calls
 The operations listener (``/metrics``, the status page) answers HTTP 500 with the same
 details, and a session worker names a runtime's failure by the same kind of id
 (:func:`log_unexpected` both).
+
+A handler that ends its call with ``context.abort`` leaves no cycle behind: gRPC keeps the
+``AbortError`` for the call (its ``RPCState``), and the error's traceback keeps every frame
+it passed through, each holding the context that holds that state: a cycle of the call,
+request and all, freed only by a collection, for every refused call. So the outermost
+frame of each handler (the interceptor's wrappers, ``InvokeStream``) catches it, drops
+its traceback and returns (:func:`aborted`): gRPC, finding the call aborted, raises the
+same error again from its own frames, which hold nothing, and ends the call as before
+(the status went out with the abort).
 """
 
 from __future__ import annotations
 
-from typing import Any, NoReturn
+from typing import Any
 
 import grpc
 from grpc import aio
@@ -21,7 +30,7 @@ from grpc import aio
 from mxgateway._incident import incident_details, new_incident_id
 from mxgateway._logsafe import get_logger
 
-__all__ = ["GRPC_OWN_ERRORS", "answer_unexpected", "log_unexpected"]
+__all__ = ["GRPC_OWN_ERRORS", "aborted", "answer_unexpected", "log_unexpected"]
 
 log = get_logger("mxgateway_sim.gateway")
 
@@ -38,11 +47,23 @@ def log_unexpected(exc: BaseException, what: str) -> str:
     return incident
 
 
+def aborted(exc: aio.AbortError) -> None:
+    """Drop the traceback of a handler's ``AbortError`` (``context.abort``'s), caught by
+    its outermost frame, which then returns: gRPC raises the error again itself. Kept,
+    the traceback would tie the call to a cycle (see the module docstring), and so would
+    the error being handled when it was raised (:func:`answer_unexpected`'s)."""
+    exc.__traceback__ = None
+    exc.__context__ = None
+
+
 async def answer_unexpected(
     exc: Exception, context: aio.ServicerContext[Any, Any], method: str
-) -> NoReturn:
+) -> None:
     """Log ``exc`` with its traceback under a new incident id, then end the call
-    ``INTERNAL`` with that id and nothing of the exception's text."""
+    ``INTERNAL`` with that id and nothing of the exception's text; the handler returns
+    next (the call is over, and gRPC says so if it goes on)."""
     incident = log_unexpected(exc, method)
-    await context.abort(grpc.StatusCode.INTERNAL, incident_details(incident))
-    raise AssertionError("context.abort returned")  # pragma: no cover - it always raises
+    try:
+        await context.abort(grpc.StatusCode.INTERNAL, incident_details(incident))
+    except aio.AbortError as ended:
+        aborted(ended)

@@ -31,7 +31,7 @@ from mxgateway_sim._domain import (
     MxAccessError,
 )
 from mxgateway_sim._faults import STREAM_OFF, FaultInjector
-from mxgateway_sim._incidents import GRPC_OWN_ERRORS, answer_unexpected
+from mxgateway_sim._incidents import GRPC_OWN_ERRORS, aborted, answer_unexpected
 from mxgateway_sim._limits import (
     MAX_SESSION_NAME_CHARS,
     LimitError,
@@ -262,6 +262,8 @@ class GatewayServicer(CommandHandlers, EventStreams, AlarmService):
                 yield await self._stream_command(first, context)
             async for request in requests:
                 yield await self._stream_command(request, context)
+        except aio.AbortError as exc:
+            aborted(exc)
         except GRPC_OWN_ERRORS:
             raise
         except Exception as exc:
