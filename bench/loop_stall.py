@@ -21,7 +21,8 @@ valve check every 10 minutes (counting the tracked objects the items and models 
 account for; SIGWINCH to the bench server), once right after the items were added (held
 items are no growth: it only counts; before stop 21 it ran the full collection) and once
 more, and the full collection itself (``mxgateway_sim._gcpolicy``; SIGHUP: what it costs
-when garbage does set it off).
+when garbage does set it off; since stop 22 it takes turns of the loop, and the window is
+read once it is done).
 The machine's load average before and after is recorded. Prints one JSON document
 (nothing is asserted: see docs/benchmarks.md).
 """
@@ -460,10 +461,10 @@ def run(quick: bool = False) -> JSON:
     valve = attacks.get(VALVE, {}).get("loop", {})
     report.target(
         "loop CPU of the GC policy's full collection (when unaccounted objects grew 25%, 100k "
-        "items)",
-        "reported (the one hold that grows with the items held)",
-        valve.get("max_gc_cpu_ms"),
-        None,
+        "items; the loop's longest run in its window: it takes turns since stop 22)",
+        "about 50 ms",
+        valve.get("max_loop_cpu_ms"),
+        None if valve.get("max_loop_cpu_ms") is None else valve["max_loop_cpu_ms"] < 50,
     )
     report.notes.append(
         "max_stall_ms is wall time the server's event loop was held; "

@@ -13,7 +13,8 @@ overran, which is how long the loop was held by something else. On SIGUSR1 the s
 writes what it recorded since the previous SIGUSR1 to FILE (atomically) and starts afresh.
 On SIGWINCH the server runs the GC policy's valve check (``mxgateway_sim._gcpolicy``: every
 10 minutes in ``mxgw-sim serve``; a full collection only if the frozen objects grew), on
-SIGHUP the full collection itself, so their holds can be measured.
+SIGHUP the full collection itself (the valve's, a slice at a time), so their holds can be
+measured; a SIGUSR1 meanwhile is answered once it is done.
 ``--stats-file FILE``: on SIGUSR2 the plant's scan counters (``Plant.scan_stats()``: scans,
 late and skipped scans) are written to FILE; with ``--gc-stats`` also what the GC policy's
 valve counts (``gc``: frozen and young tracked objects, those the simulator holds, the
@@ -36,6 +37,7 @@ import signal
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -224,35 +226,68 @@ async def serve(args: argparse.Namespace) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         last_full: dict[str, Any] = {}
+        gc_tasks: set[asyncio.Task[Any]] = set()
 
-        def full_collection() -> None:
-            """The GC policy's full collection, now (SIGHUP), timed on the loop thread; with
-            ``--gc-stats`` after a young one (so what it finds is frozen garbage only), with
-            a census by type of what it walks, and the garbage it found is counted by type
-            (kept for the count, then freed by a second one)."""
+        def gc_task(run: Callable[[], Coroutine[Any, Any, Any]]) -> None:
+            """Run the policy's valve or full collection (they take turns of the loop)."""
+            task: asyncio.Task[Any] = loop.create_task(run())
+            gc_tasks.add(task)
+            task.add_done_callback(gc_tasks.discard)
+
+        def after_gc(then: Callable[[], None]) -> Callable[[], None]:
+            """``then``, once no valve or full collection of :func:`gc_task` is running."""
+
+            def run() -> None:
+                if gc_tasks:
+                    asyncio.gather(*gc_tasks, return_exceptions=True).add_done_callback(
+                        lambda _: then()
+                    )
+                else:
+                    then()
+
+            return run
+
+        async def full_collection() -> None:
+            """The GC policy's full collection (the valve's, a slice at a time), now
+            (SIGHUP), its loop-thread CPU summed over its slices; with ``--gc-stats`` after a
+            young one (so what it finds is frozen garbage only), with a census by type of
+            what its walk visits, and the garbage it found is counted by type (kept for the
+            count, then freed by a second one)."""
             walked: collections.Counter[str] = collections.Counter()
+
+            def census(phase: str, info: dict[str, Any]) -> None:
+                if phase == "start" and info["generation"] == 2 and not walked:
+                    walked.update(type(o).__qualname__ for o in gc.get_objects())
+
             if args.gc_stats:
                 gc.collect(1)  # young garbage goes the usual way: count only the frozen
-                # What the full collection walks, by type (it unfreezes everything).
-                gc.unfreeze()
-                walked.update(type(o).__qualname__ for o in gc.get_objects())
-                gc.freeze()
+                gc.callbacks.append(census)
                 gc.set_debug(gc.DEBUG_SAVEALL)
-            t0 = time.thread_time()
             try:
-                found = ServerGcPolicy.full_collection()
+                found = await ServerGcPolicy.full_collection_sliced()
             finally:
                 gc.set_debug(0)
-            cpu_ms = round((time.thread_time() - t0) * 1000, 1)
+                if census in gc.callbacks:
+                    gc.callbacks.remove(census)
+            steps = ServerGcPolicy.last_sliced
             kinds = collections.Counter(
                 f"{type(o).__module__}.{type(o).__qualname__}" for o in gc.garbage
             )
             if gc.garbage:
                 gc.garbage.clear()
-                ServerGcPolicy.full_collection()
+                await ServerGcPolicy.full_collection_sliced()
+            ms: dict[str, Any] = {}
+            if steps is not None:  # None: it fell back to one piece (see _gcpolicy)
+                ms = {
+                    "cpu_ms": round(steps.cpu_s * 1000, 1),
+                    "longest_step_ms": round(steps.longest_s * 1000, 1),
+                    "walk_ms": round(steps.walk_s * 1000, 1),
+                    "steps": steps.steps,
+                    "hidden": steps.hidden,
+                }
             last_full.update(
                 found=found,
-                cpu_ms=cpu_ms,
+                **ms,
                 frozen_after=gc.get_freeze_count(),
                 found_by_type=dict(kinds.most_common(12)),
                 walked=sum(walked.values()),
@@ -279,18 +314,19 @@ async def serve(args: argparse.Namespace) -> None:
                 tmp.write_text(json.dumps(doc), encoding="utf-8")
                 os.replace(tmp, stats_path)
 
-            loop.add_signal_handler(signal.SIGUSR2, dump_stats)
+            loop.add_signal_handler(signal.SIGUSR2, after_gc(dump_stats))
             if args.gc_stats:
-                loop.add_signal_handler(signal.SIGHUP, full_collection)
+                loop.add_signal_handler(signal.SIGHUP, gc_task, full_collection)
         probe_task = None
         if args.loop_probe:
             probe = LoopProbe(Path(args.loop_probe))
             probe_task = loop.create_task(probe.run())
-            loop.add_signal_handler(signal.SIGUSR1, probe.dump)
+            # A window is read once the valve or full collection running is done.
+            loop.add_signal_handler(signal.SIGUSR1, after_gc(probe.dump))
             # The policy's valve check and its full collection, now (bench/loop_stall.py
             # measures them).
-            loop.add_signal_handler(signal.SIGWINCH, ServerGcPolicy.valve)
-            loop.add_signal_handler(signal.SIGHUP, full_collection)
+            loop.add_signal_handler(signal.SIGWINCH, gc_task, ServerGcPolicy.valve_sliced)
+            loop.add_signal_handler(signal.SIGHUP, gc_task, full_collection)
         await stop.wait()
         if probe_task is not None:
             probe_task.cancel()

@@ -30,8 +30,8 @@ object on a 2-core machine, more under load). The policy keeps those walks short
   young generation a young collection runs: its walks stay about that size (each object
   is walked once however often that is, so a lower bound costs little more CPU).
 - **Valve** (with tenure): cyclic garbage among frozen objects is only freed by a full
-  collection (unfreeze, collect, freeze again), which walks everything: 270-330 ms of loop
-  CPU with a session of 100k items. Every :data:`VALVE_CHECK_S` the policy counts the
+  collection (unfreeze, collect, freeze again), which walks everything: 200-330 ms of loop
+  CPU with a session of 100k items in one piece. Every :data:`VALVE_CHECK_S` the policy counts the
   tracked objects (:meth:`ServerGcPolicy.valve`) less those the server knows it holds
   alive (its **held** objects: each item, parsed reference, cached read row, attribute
   model and current sample, reported by the simulators through ``acquire(held=...)``),
@@ -47,6 +47,20 @@ object on a 2-core machine, more under load). The policy keeps those walks short
   (``tests/sim/test_sim_gc.py``): the per-call cycles of grpc.aio die young and young
   collections free them; what can be frozen is the cycles of calls in progress during a
   collection.
+- **Sliced full collection** (the valve's, :meth:`ServerGcPolicy.full_collection_sliced`):
+  the objects the simulators hold alive on purpose cannot be garbage, so the full
+  collection need not walk them. The simulators name them (``acquire(hide=...)``: their
+  items, attribute models, samples, catalog records and the containers that hold them);
+  they are taken out of the collector's lists a slice of :data:`SLICE_OBJECTS` at a time
+  (``PyObject_GC_UnTrack``, CPython's C API), the full collection walks the rest (~55k
+  objects of start-up, caches and calls instead of ~445k with 100k items), and they are
+  given back a slice at a time (``PyObject_GC_Track``, a young collection, frozen again),
+  each slice a turn of the event loop. The collector treats a reference from an object
+  it does not track as a reference from outside, so hiding an object only keeps what it
+  refers to alive for that collection: nothing live is ever freed, and garbage that does
+  not pass through a hidden object is found as before (a hidden object is held, so no
+  garbage passes through it). Where the C API cannot be called (not CPython) the full
+  collection walks everything in one piece.
 
 Only servers apply it: a :class:`~mxgateway_sim.GatewaySimulator` while it runs
 (``tune_gc=True``, the default; reference-counted, everything restored when the last one
@@ -56,9 +70,13 @@ touches the collector: a library must not tune its host's.
 
 from __future__ import annotations
 
+import asyncio
 import gc
-from collections.abc import Callable
-from typing import Any, ClassVar, NamedTuple
+import sys
+import sysconfig
+import time
+from collections.abc import Callable, Iterable
+from typing import Any, ClassVar, NamedTuple, cast
 
 THRESHOLDS = (20_000, 1, 10)
 """``gc.set_threshold`` of a server process (generations 0, 1 and 2)."""
@@ -75,6 +93,19 @@ collection), as a share of the rest, that runs the next one (CPython's own rule 
 oldest generation)."""
 VALVE_MIN_GROWTH = 10_000
 """... and at least this many objects (a small server does not collect for a few dozen)."""
+SLICE_OBJECTS = 10_000
+"""Objects taken out of (or given back to) the collector's lists per turn of the event loop
+in a sliced full collection (a few ms each)."""
+
+
+acyclic: Callable[[object], None] | None = None
+"""While tenuring (and where the C API can be called, see :func:`_tracking_api`):
+``PyObject_GC_UnTrack``, for objects the simulator makes all the time that can never be
+part of a reference cycle (an attribute's sample: a value of scalars, bytes and statuses;
+a catalog record): the collector has nothing to find in them, so none of its walks should
+visit them (a scan tick over 100k advised attributes makes up to 100k samples, a full
+collection would walk every current one). They are freed by reference counting as any
+object. None otherwise (the caller does nothing)."""
 
 
 def server_thresholds(current: tuple[int, int, int]) -> tuple[int, int, int]:
@@ -98,6 +129,12 @@ class ServerGcPolicy:
     collection (the valve's base)."""
     holders: ClassVar[list[Callable[[], int]]] = []
     """What each simulator reports it holds alive (:meth:`acquire`'s ``held``)."""
+    hiders: ClassVar[list[Callable[[], Iterable[object]]]] = []
+    """The objects each simulator holds alive (:meth:`acquire`'s ``hide``)."""
+    collecting = False
+    """True while a sliced full collection runs (:meth:`full_collection_sliced`)."""
+    last_sliced: SlicedCollection | None = None
+    """How the last sliced full collection went."""
     tenured = False
     """True while :func:`_tenure` freezes the survivors of collections."""
     young_replacements = 0
@@ -105,13 +142,23 @@ class ServerGcPolicy:
     can be alive)."""
 
     @classmethod
-    def acquire(cls, *, tenure: bool = False, held: Callable[[], int] | None = None) -> None:
+    def acquire(
+        cls,
+        *,
+        tenure: bool = False,
+        held: Callable[[], int] | None = None,
+        hide: Callable[[], Iterable[object]] | None = None,
+    ) -> None:
         """Apply the policy (call once the server is up, so start-up's objects are frozen).
         ``held``: how many tracked objects the caller holds alive on purpose (its items and
         attribute models: they grow with what clients ask for, and are no garbage), which
-        the valve does not count as growth; pass the same callable to :meth:`release`."""
+        the valve does not count as growth; ``hide``: those objects themselves (and the
+        containers that hold them), which a sliced full collection does not walk (see the
+        module docstring); pass the same callables to :meth:`release`."""
         if held is not None:
             cls.holders.append(held)
+        if hide is not None:
+            cls.hiders.append(hide)
         if cls.users == 0:
             cls.saved = gc.get_threshold()
             gc.set_threshold(*server_thresholds(cls.saved))
@@ -122,6 +169,8 @@ class ServerGcPolicy:
         cls.users += 1
         if tenure:
             if cls.tenants == 0 and cls.froze:
+                global acyclic
+                acyclic = None if _TRACKING is None else _TRACKING[0]
                 cls.low = gc.get_freeze_count() - cls.held()
                 cls.young_replacements = 0
                 cls.tenured = True
@@ -129,13 +178,23 @@ class ServerGcPolicy:
             cls.tenants += 1
 
     @classmethod
-    def release(cls, *, tenure: bool = False, held: Callable[[], int] | None = None) -> None:
+    def release(
+        cls,
+        *,
+        tenure: bool = False,
+        held: Callable[[], int] | None = None,
+        hide: Callable[[], Iterable[object]] | None = None,
+    ) -> None:
         """Undo :meth:`acquire`; the last release restores the process as it was."""
         if held is not None and held in cls.holders:
             cls.holders.remove(held)
+        if hide is not None and hide in cls.hiders:
+            cls.hiders.remove(hide)
         if tenure:
             cls.tenants -= 1
             if cls.tenants == 0 and _tenure in gc.callbacks:
+                global acyclic
+                acyclic = None
                 cls.tenured = False
                 gc.callbacks.remove(_tenure)
         cls.users -= 1
@@ -168,11 +227,56 @@ class ServerGcPolicy:
         return found
 
     @classmethod
-    def valve(cls) -> ValveCheck:
-        """Tenure's valve, every :data:`VALVE_CHECK_S`: count the tracked objects and run the
-        full collection if those nobody holds grew enough since the last one (see the module
-        docstring). Counting walks the frozen objects' list once (a few ms for 500k) and
-        asks the holders (a few len() calls), nothing more."""
+    async def full_collection_sliced(cls) -> int:
+        """:meth:`full_collection` without walking what the simulators hold (see the module
+        docstring): the loop is held a slice at a time, and the walk itself is of the
+        objects they do not hold (:attr:`last_sliced` says how it went). Falls back to
+        :meth:`full_collection` (one piece) where objects cannot be hidden, outside tenure,
+        or while another one runs. Cancelled, it gives back whatever it hid before it
+        ends."""
+        if _TRACKING is None or not cls.tenured or not cls.hiders or cls.collecting:
+            return cls.full_collection()
+        untrack, _track = _TRACKING
+        cls.collecting = True
+        steps = _Steps()
+        hidden: list[object] = []
+        # Our own lists would be walked too, each of their entries a cache miss: hidden
+        # (they die by reference counting, with nothing but held objects in them).
+        untrack(hidden)
+        given = 0
+        try:
+            held = [obj for hide in list(cls.hiders) for obj in hide()]
+            untrack(held)
+            is_tracked = gc.is_tracked
+            for start in range(0, len(held), SLICE_OBJECTS):
+                for obj in held[start : start + SLICE_OBJECTS]:
+                    # Only what the collector tracks now (and so has its header): given
+                    # back below, and only if still untracked (a dict that took a tracked
+                    # value meanwhile was tracked again by CPython itself).
+                    if is_tracked(obj):
+                        untrack(obj)
+                        hidden.append(obj)
+                await steps.turn()
+            del held
+            gc.unfreeze()
+            found = gc.collect()
+            gc.freeze()
+            steps.walked()
+            while given < len(hidden):
+                given = _give_back(hidden, given, SLICE_OBJECTS)
+                await steps.turn()
+        finally:
+            _give_back(hidden, given, len(hidden))  # cancelled: the rest at once
+            cls.collecting = False
+        cls.low = gc.get_freeze_count() + len(gc.get_objects()) - cls.held()
+        cls.last_sliced = steps.done(found, len(hidden))
+        return found
+
+    @classmethod
+    def _check(cls) -> tuple[int, int, int, bool]:
+        """The valve's count: (tracked, held, low, whether the full collection is due).
+        Counting walks the frozen objects' list once (a few ms for 500k) and asks the
+        holders (a few len() calls), nothing more."""
         # Frozen, and the young ones (few under tenure): held objects not yet tenured must
         # not count as shrinkage now and growth later.
         tracked = gc.get_freeze_count() + len(gc.get_objects())
@@ -180,10 +284,30 @@ class ServerGcPolicy:
         loose = tracked - held
         low = min(cls.low, loose)
         grown = loose - low
-        if grown <= max((tracked - grown) * VALVE_GROWTH, VALVE_MIN_GROWTH):
+        due = grown > max((tracked - grown) * VALVE_GROWTH, VALVE_MIN_GROWTH)
+        if not due:
             cls.low = low
+        return tracked, held, low, due
+
+    @classmethod
+    def valve(cls) -> ValveCheck:
+        """Tenure's valve: count the tracked objects and run the full collection (in one
+        piece) if those nobody holds grew enough since the last one (see the module
+        docstring). A server runs :meth:`valve_sliced`."""
+        tracked, held, low, due = cls._check()
+        if not due:
             return ValveCheck(tracked, low, None, 0, held)
         found = cls.full_collection()
+        return ValveCheck(tracked, low, found, gc.get_freeze_count(), held)
+
+    @classmethod
+    async def valve_sliced(cls) -> ValveCheck:
+        """:meth:`valve` with :meth:`full_collection_sliced`: what a server runs every
+        :data:`VALVE_CHECK_S`."""
+        tracked, held, low, due = cls._check()
+        if not due:
+            return ValveCheck(tracked, low, None, 0, held)
+        found = await cls.full_collection_sliced()
         return ValveCheck(tracked, low, found, gc.get_freeze_count(), held)
 
 
@@ -200,6 +324,93 @@ class ValveCheck(NamedTuple):
     """Frozen objects after the full collection (0 if it did not run)."""
     held: int = 0
     """Tracked objects the simulators hold alive on purpose (:meth:`ServerGcPolicy.held`)."""
+
+
+class SlicedCollection(NamedTuple):
+    """How one :meth:`ServerGcPolicy.full_collection_sliced` went (loop-thread CPU)."""
+
+    found: int
+    """Unreachable objects found."""
+    hidden: int
+    """Objects hidden from its walk (and given back)."""
+    steps: int
+    """Turns of the event loop it took (each one slice)."""
+    cpu_s: float
+    """Its steps' CPU together (what ran between them not counted)."""
+    longest_s: float
+    """The longest step's: how long it held the loop at most."""
+    walk_s: float
+    """The step with the collection itself (unfreeze, walk, freeze)."""
+
+
+class _Steps:
+    """The loop-thread CPU of each step of a sliced collection (between two awaits)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.total = self.longest = self.walk = 0.0
+        self.since = time.thread_time()
+
+    def _end(self) -> float:
+        cpu = time.thread_time() - self.since
+        self.count += 1
+        self.total += cpu
+        self.longest = max(self.longest, cpu)
+        return cpu
+
+    async def turn(self) -> None:
+        """End a step: give the loop a turn."""
+        self._end()
+        await asyncio.sleep(0)
+        self.since = time.thread_time()
+
+    def walked(self) -> None:
+        """The step that ends here held the collection's walk."""
+        self.walk = time.thread_time() - self.since
+
+    def done(self, found: int, hidden: int) -> SlicedCollection:
+        self._end()
+        return SlicedCollection(found, hidden, self.count, self.total, self.longest, self.walk)
+
+
+def _give_back(hidden: list[object], start: int, count: int) -> int:
+    """Track ``hidden[start:start + count]`` again (those still untracked), let a young
+    collection tenure them (they would wait in the young generation for one, ~445k at
+    once), and drop them from ``hidden``'s slots; returns where the next slice starts."""
+    assert _TRACKING is not None
+    _untrack, track = _TRACKING
+    is_tracked = gc.is_tracked
+    end = min(start + count, len(hidden))
+    if start >= end:
+        return end
+    for i in range(start, end):
+        obj = hidden[i]
+        # None: given back already. PyObject_GC_Track aborts on a tracked object.
+        if obj is not None and not is_tracked(obj):
+            track(obj)
+        hidden[i] = None
+    gc.collect(0)  # _tenure freezes them
+    return end
+
+
+def _tracking_api() -> tuple[Callable[[object], None], Callable[[object], None]] | None:
+    """CPython's ``PyObject_GC_UnTrack`` and ``PyObject_GC_Track`` (public C API, called
+    with the GIL held), or None where they cannot be used: another implementation, a
+    build without the GIL, or no ctypes."""
+    if sys.implementation.name != "cpython" or sysconfig.get_config_var("Py_GIL_DISABLED"):
+        return None
+    try:
+        import ctypes
+
+        proto = ctypes.PYFUNCTYPE(None, ctypes.py_object)
+        untrack = proto(("PyObject_GC_UnTrack", ctypes.pythonapi))
+        track = proto(("PyObject_GC_Track", ctypes.pythonapi))
+    except (ImportError, AttributeError, OSError):
+        return None
+    return cast(Callable[[object], None], untrack), cast(Callable[[object], None], track)
+
+
+_TRACKING = _tracking_api()
 
 
 def replaced(count: int, live: int) -> None:

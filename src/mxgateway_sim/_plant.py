@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import hashlib
 import math
 import struct
@@ -27,6 +28,7 @@ from typing import Any, Protocol
 
 from mxgateway._logsafe import get_logger
 from mxgateway.values import MxPythonValue
+from mxgateway_sim import _gcpolicy
 from mxgateway_sim._catalog import TagCatalog, TagInfo
 from mxgateway_sim._domain import (
     CAT_COMMUNICATION_ERROR,
@@ -488,6 +490,14 @@ def _array_generator(info: TagInfo, h: int) -> GenSpec:
     return "static", _zero_array, (size,), 0
 
 
+def _acyclic(obj: Any) -> None:
+    """Out of the collector's walks while the GC policy tenures (``_gcpolicy.acyclic``):
+    a sample or catalog record, which no reference cycle can pass through."""
+    forget = _gcpolicy.acyclic
+    if forget is not None and gc.is_tracked(obj):
+        forget(obj)
+
+
 class TagState:
     """The live value model of one deployed attribute."""
 
@@ -525,6 +535,8 @@ class TagState:
         self.dirty = False
         self.subs: Subscribers = None
         self._sample: TagSample | None = TagSample(None, info.mx_data_type, QUALITY_GOOD, 0.0)
+        _acyclic(self._sample)
+        _acyclic(info)
         self.read_value: MxPythonValue = None
         self.read_at: float | None = None
         """With :attr:`read_value`: the value a read computed at this time, good and OK,
@@ -542,6 +554,7 @@ class TagState:
             at = self.read_at
             assert at is not None
             sample = TagSample(self.read_value, self.info.mx_data_type, QUALITY_GOOD, at)
+            _acyclic(sample)
             self._sample = sample
         return sample
 
@@ -610,6 +623,9 @@ class TagState:
             value, ts = self.gen_function(self.gen_args, n), now
         self.dirty = False
         sample = TagSample(value, self.info.mx_data_type, quality, ts, status)
+        forget = _gcpolicy.acyclic  # _acyclic, inline: once per changed attribute a tick
+        if forget is not None:
+            forget(sample)
         self._sample = sample
         self.read_at = None
         self.computed_at = n
@@ -714,9 +730,17 @@ class Plant:
 
     def tracked_objects(self) -> int:
         """Tracked objects the attribute models hold alive (each model, its current sample,
-        and its catalog record when nothing else holds it): live, not garbage, for the GC
-        policy's valve (``mxgateway_sim._gcpolicy``)."""
-        return len(self._states) * self._objects_per_state
+        and its catalog record when nothing else holds it; while the GC policy tenures the
+        samples and records are not tracked, ``_gcpolicy.acyclic``): live, not garbage,
+        for the GC policy's valve (``mxgateway_sim._gcpolicy``)."""
+        per_state = 1 if _gcpolicy.acyclic is not None else self._objects_per_state
+        return len(self._states) * per_state
+
+    def held_objects(self) -> list[object]:
+        """What :meth:`tracked_objects` counts, the objects themselves, and the containers
+        that hold them (a snapshot, Nones included): a sliced full collection does not walk
+        them (``mxgateway_sim._gcpolicy``)."""
+        return [self._states, self._active, *self._states.values()]
 
     def resolve_epoch(self) -> tuple[int, int]:
         """Changes whenever what :meth:`state` and :meth:`object_exists` answer may change
@@ -804,6 +828,7 @@ class Plant:
         state.sample = TagSample(
             value, state.info.mx_data_type, last.quality, state.override_ts, last.status
         )
+        _acyclic(state.sample)
         replaced(1, len(self._states))
 
     def current(self, state: TagState, now: float | None = None) -> TagSample:

@@ -226,6 +226,11 @@ class ReadRowCache:
     def __len__(self) -> int:
         return len(self.rows)
 
+    def held_objects(self) -> list[object]:
+        """The kept rows and their container (a snapshot; see
+        ``SimulatedRuntime.held_objects``)."""
+        return [self.rows, *self.rows.values()]
+
     def check_epoch(self, epoch: object) -> None:
         """Forget every row when ``epoch`` (what resolutions depend on) changed."""
         if epoch != self.epoch:

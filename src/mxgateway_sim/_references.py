@@ -106,6 +106,11 @@ class ReferenceCache:
         self._entries.clear()
         self.bytes = 0
 
+    def held_objects(self) -> list[object]:
+        """The remembered references and their container (a snapshot; see
+        ``SimulatedRuntime.held_objects``)."""
+        return [self._entries, *self._entries.values()]
+
 
 def _cost(text: str, context: str, ref: ParsedReference) -> int:
     return len(text) + len(context) + len(ref.path) + len(ref.key) + ENTRY_OVERHEAD_BYTES

@@ -8,6 +8,7 @@ exposes what a client needs: ``endpoint``, ``api_key`` and ``ca_file``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import errno
 import importlib
@@ -266,6 +267,7 @@ class GatewaySimulator:
         the frozen objects grew) every ``VALVE_CHECK_S`` (``mxgw-sim serve``;
         ``mxgateway_sim._gcpolicy``)."""
         self._gc_valve: asyncio.TimerHandle | None = None
+        self._gc_valve_task: asyncio.Task[None] | None = None
         self._idle_timeout_ms = max(1, int(idle_timeout_s * 1000))
         self._header_timeout_ms = max(1, int(header_timeout_s * 1000))
         self.body_gate = BodyGate(body_timeout_s, max_waiting_calls_per_key, self.stats)
@@ -567,7 +569,9 @@ class GatewaySimulator:
         plant.start()
         self.sessions.start()
         if self._tune_gc:
-            ServerGcPolicy.acquire(tenure=self._gc_tenure, held=self._gc_held)
+            ServerGcPolicy.acquire(
+                tenure=self._gc_tenure, held=self._gc_held, hide=self._gc_held_objects
+            )
             self._gc_tuned = True
             if self._gc_tenure and ServerGcPolicy.tenuring():
                 self._schedule_gc_valve()
@@ -587,11 +591,26 @@ class GatewaySimulator:
                     held += session.runtime.tracked_objects()
         return held
 
+    def _gc_held_objects(self) -> list[object]:
+        """The objects :meth:`_gc_held` counts (and their containers): the valve's full
+        collection does not walk them."""
+        objects = [] if self.plant is None else self.plant.held_objects()
+        if self.sessions is not None:
+            for session in self.sessions.sessions():
+                if isinstance(session.runtime, SimulatedRuntime):
+                    objects += session.runtime.held_objects()
+        return objects
+
     def _run_gc_valve(self) -> None:
+        """The valve's timer: its check runs as a task (a full collection takes turns)."""
+        self._gc_valve = None
+        self._gc_valve_task = asyncio.get_running_loop().create_task(self._gc_valve_check())
+
+    async def _gc_valve_check(self) -> None:
         """Tenure's valve: a full collection when the frozen objects grew (the garbage
-        tenured objects may hold), logged either way."""
+        tenured objects may hold; the loop held a slice at a time), logged either way."""
         t0 = time.perf_counter()
-        check = ServerGcPolicy.valve()
+        check = await ServerGcPolicy.valve_sliced()
         if check.found is None:
             log.info(
                 "garbage collection check: %d tracked objects, %d of them held by items and "
@@ -603,7 +622,7 @@ class GatewaySimulator:
             )
         else:
             log.info(
-                "full garbage collection: %d unreachable objects, %.0f ms (tracked objects "
+                "full garbage collection: %d unreachable objects, over %.0f ms (tracked objects "
                 "%d, %d of them held by items and attribute models, of the others fewest "
                 "since the last full collection %d; %d frozen after)",
                 check.found,
@@ -680,9 +699,16 @@ class GatewaySimulator:
         if self._gc_valve is not None:
             self._gc_valve.cancel()
             self._gc_valve = None
+        task, self._gc_valve_task = self._gc_valve_task, None
+        if task is not None and not task.done():
+            task.cancel()  # a sliced full collection gives back what it hid
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         if self._gc_tuned:
             self._gc_tuned = False
-            ServerGcPolicy.release(tenure=self._gc_tenure, held=self._gc_held)
+            ServerGcPolicy.release(
+                tenure=self._gc_tenure, held=self._gc_held, hide=self._gc_held_objects
+            )
         if self._galaxy is not None:
             galaxy, self._galaxy = self._galaxy, None
             await galaxy.close()

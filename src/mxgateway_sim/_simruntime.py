@@ -254,6 +254,16 @@ class SimulatedRuntime:
         rows = 0 if self._read_rows is None else len(self._read_rows)
         return len(self._items) + len(self._references) + rows
 
+    def held_objects(self) -> list[object]:
+        """What :meth:`tracked_objects` counts, the objects themselves, and the containers
+        that hold them (a snapshot): a sliced full collection does not walk them
+        (``mxgateway_sim._gcpolicy``)."""
+        objects: list[object] = [self._items, self._advised_by_key, *self._items.values()]
+        objects += self._references.held_objects()
+        if self._read_rows is not None:
+            objects += self._read_rows.held_objects()
+        return objects
+
     # -- life cycle ----------------------------------------------------------------------
 
     async def start(self, sink: EventSink) -> None:

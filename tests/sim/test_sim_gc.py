@@ -273,8 +273,9 @@ async def test_items_held_are_no_reason_for_a_full_collection(
         await gw.drain(sid)
         gc.collect(0)  # tenured
         held = ServerGcPolicy.held() - before
-        # 2,000 items, their parsed references, 2,000 models and their samples.
-        assert held == 4 * ATTRIBUTES
+        # 2,000 items, their parsed references and 2,000 models (their samples are not
+        # tracked while tenuring: _gcpolicy.acyclic).
+        assert held == 3 * ATTRIBUTES
         check = ServerGcPolicy.valve()
         assert check.found is None, check  # the items are no garbage: no full walk
         assert check.held == ServerGcPolicy.held()
@@ -297,6 +298,135 @@ async def test_items_held_are_no_reason_for_a_full_collection(
         await gw.ok(sid, "unsubscribe_bulk", server_handle=sh, item_handles=handles)
         gc.collect(0)
         assert ServerGcPolicy.valve().found is None
+
+
+def _models(sim: GatewaySimulator) -> list[Any]:
+    """The attribute models of :data:`REFS` (the plant makes one on first use)."""
+    plant = sim.plant
+    assert plant is not None
+    return [plant.state(ref) for ref in REFS]
+
+
+class _Holder:
+    """A cycle of one that also refers to a held attribute model: garbage once dropped."""
+
+    def __init__(self, model: object) -> None:
+        self.me = self
+        self.model = model
+
+
+async def test_the_valves_full_collection_walks_none_of_what_the_simulator_holds(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The full collection the valve sets off hides the items, models and their containers
+    # from the collector (they are held: no garbage), a slice at a time with the loop
+    # turning in between, walks the rest, and gives them back: tracked and frozen again.
+    # Garbage that refers to them is freed as before; what they refer to is not.
+    monkeypatch.setattr("mxgateway_sim._gcpolicy.SLICE_OBJECTS", 500)
+    monkeypatch.setattr("mxgateway_sim._gcpolicy.VALVE_GROWTH", 0.0)
+    monkeypatch.setattr("mxgateway_sim._gcpolicy.VALVE_MIN_GROWTH", 4_000)
+    monkeypatch.setattr("mxgateway_sim._server.VALVE_CHECK_S", 0.05)
+    caplog.set_level(logging.INFO, logger="mxgateway_sim")
+    async with _tenured(monkeypatch, 60_000) as (sim, gw, sid, sh):
+        reply = await gw.ok(sid, "add_item_bulk", server_handle=sh, tag_addresses=REFS)
+        handles = [r.item_handle for r in reply.bulk_subscribe.results]
+        await gw.ok(sid, "advise_item_bulk", server_handle=sh, item_handles=handles)
+        await gw.drain(sid)
+        models = _models(sim)
+        items = [o for o in gc.get_referents(*models) if type(o).__name__ == "Item"]
+        assert len(items) == ATTRIBUTES
+        ours = {id(o) for o in [*models, *items]}
+        gc.collect(0)  # tenured
+        assert not any(map(_walked, models[:10]))
+        garbage = [_Holder(model) for model in models] + [_Node() for _ in range(6_000)]
+        ref = weakref.ref(garbage[0])
+        gc.collect(0)  # tenured
+        del garbage
+        turns = 0
+        walked: list[int] = []
+
+        def census(phase: str, info: dict[str, Any]) -> None:
+            if phase == "start" and info["generation"] == 2:
+                # What the full collection is about to walk: models and items are hidden.
+                found = sum(id(o) in ours for o in gc.get_objects())
+                walked.append(found)
+                walked.append(turns)
+
+        async def ticker() -> None:
+            nonlocal turns
+            while True:
+                turns += 1
+                await asyncio.sleep(0)
+
+        task = asyncio.create_task(ticker())
+        caplog.clear()
+        gc.callbacks.append(census)
+        try:
+            await wait_for(lambda: "full garbage collection:" in caplog.text)
+        finally:
+            gc.callbacks.remove(census)
+            task.cancel()
+        assert walked[0] == 0, walked  # none of this session's items and models walked
+        assert walked[1] > 2 * ATTRIBUTES // 500  # the loop turned while they were hidden
+        assert ref() is None  # the garbage that refers to the models is freed
+        assert all(map(gc.is_tracked, [*models, *items]))  # given back...
+        assert not any(map(_walked, models))  # ...and frozen again
+        assert all(m is sim.plant.state(r) for m, r in zip(models, REFS, strict=True))
+        # The session still works: its items deliver changes.
+        sim.plant.step()
+        assert await gw.drain(sid)
+
+
+async def test_a_cancelled_full_collection_gives_back_what_it_hid(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A server stopping while the valve's full collection runs cancels it: whatever it
+    # hid is tracked again (and nothing hidden is left behind for a later one to miss).
+    monkeypatch.setattr("mxgateway_sim._gcpolicy.SLICE_OBJECTS", 100)
+    async with _tenured(monkeypatch, 60_000) as (sim, gw, sid, sh):
+        await gw.ok(sid, "add_item_bulk", server_handle=sh, tag_addresses=REFS)
+        models = _models(sim)
+        task = asyncio.create_task(ServerGcPolicy.full_collection_sliced())
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert ServerGcPolicy.collecting
+        assert not all(gc.is_tracked(m) for m in models)  # some hidden by now
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert not ServerGcPolicy.collecting
+        assert all(gc.is_tracked(m) for m in models)
+        assert await ServerGcPolicy.full_collection_sliced() >= 0  # and runs again
+        assert all(gc.is_tracked(m) for m in models)
+
+
+async def test_samples_are_not_tracked_while_tenuring(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A sample can be in no reference cycle (a value, a status, bytes): while the policy
+    # tenures, the plant takes each one it makes out of the collector's walks (a tick
+    # over 100k advised attributes makes up to 100k of them); they are the same samples.
+    async with _tenured(monkeypatch, 60_000) as (sim, gw, sid, sh):
+        reply = await gw.ok(sid, "subscribe_bulk", server_handle=sh, tag_addresses=REFS)
+        handles = [r.item_handle for r in reply.bulk_subscribe.results]
+        models = _models(sim)
+        assert sim.plant is not None
+        for _ in range(3):
+            sim.plant.step()
+        assert not any(gc.is_tracked(m.sample) for m in models)
+        assert not any(gc.is_tracked(m.info) for m in models)
+        events = await gw.drain(sid)
+        assert changes(events, handles[2])  # delivered as before
+        await gw.ok(
+            sid, "write", server_handle=sh, item_handle=handles[1], value=pb.MxValue(int32_value=7)
+        )
+        assert not gc.is_tracked(models[1].sample)
+        assert models[1].sample.value == 7
+    async with _simulator(60_000) as (sim, gw):  # no tenure: the host's collector decides
+        sid = await gw.open()
+        sh = await gw.register(sid)
+        await gw.ok(sid, "subscribe_bulk", server_handle=sh, tag_addresses=REFS[:10])
+        assert sim.plant is not None
+        sim.plant.step()
+        assert all(gc.is_tracked(m.sample) for m in _models(sim)[:10])
 
 
 async def test_a_young_collection_tenures_its_survivors() -> None:
