@@ -31,6 +31,7 @@ from typing import Any
 
 import grpc
 
+from mxgateway._callend import cancel_and_settle
 from mxgateway._encoded import EncodedRequest, as_message, serialize
 from mxgateway._retry import IDEMPOTENT_COMMAND_KINDS, is_idempotent
 from mxgateway._transport import Transport
@@ -256,7 +257,9 @@ class CommandStream:
         application that runs ``asyncio.run`` again, every test), asyncio logs "Exception in
         callback PollerCompletionQueue._handle_events ... Event loop is closed" in whichever
         loop runs next (grpc/grpc#34139). Awaiting the stream's status, the last completion
-        of an idle stream, keeps that completion in this loop.
+        of an idle stream, keeps that completion in this loop; one the gateway does not end
+        in time is cancelled and waited for until gRPC hands this loop the cancel's
+        completion (``mxgateway._callend``).
         """
         watchdog, self._watchdog = self._watchdog, None
         if watchdog is not None:
@@ -266,14 +269,18 @@ class CommandStream:
         if call is None or call.done():
             return
         if in_flight:
-            call.cancel()
+            call.cancel()  # the command's own task receives what gRPC hands back
             return
         try:
             await asyncio.wait_for(_finish(call), _CLOSE_WAIT)
         except (asyncio.TimeoutError, grpc.aio.AioRpcError):
-            pass  # ended anyway below: the gateway is slow or gone
-        finally:
-            call.cancel()  # a no-op once it ended
+            pass  # the gateway is slow or gone: cancelled below
+        except BaseException:
+            call.cancel()
+            raise
+        else:
+            return
+        await cancel_and_settle(call, _CLOSE_WAIT)
 
 
 async def _exchange(call: Any, data: bytes) -> pb.MxCommandReply | Any:

@@ -13,7 +13,7 @@ import contextlib
 import dataclasses
 import logging
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from concurrent import futures
 from typing import Any
 
@@ -537,6 +537,32 @@ class _StreamingGateway(pbg.MxAccessGatewayServicer):
         self.ends.append("half-closed" if context.is_active() else "cancelled")
 
 
+async def _clients_on_loops_of_their_own(
+    options: ClientOptions,
+    clients: int,
+    run: Callable[[Coroutine[Any, Any, None]], object],
+    caplog: pytest.LogCaptureFixture,
+) -> list[str]:
+    """Connect ``clients`` clients one after the other, each on a loop of its own in a
+    thread (``run`` makes and closes it), send a command on its stream and close it, while
+    this loop keeps a channel to the gateway open (it goes on serving gRPC's completions);
+    returns what asyncio logged at ERROR meanwhile."""
+    ping = pb.MxCommand(kind=pb.MX_COMMAND_KIND_PING, ping=pb.PingCommand())
+
+    async def one_client() -> None:
+        async with await GatewayClient.connect(options=options) as client:
+            await client.invoke("session-1", ping)
+            assert client._commands is not None and client._commands._call is not None
+
+    async with grpc.aio.insecure_channel(options.endpoint) as channel:
+        await channel.channel_ready()
+        with caplog.at_level(logging.ERROR, logger="asyncio"):
+            for _ in range(clients):
+                await asyncio.to_thread(run, one_client())
+                await asyncio.sleep(0.01)  # a moment for a stray completion to arrive
+    return [r.getMessage() for r in caplog.records if r.name == "asyncio"]
+
+
 async def test_a_closed_client_leaves_no_grpc_completion_for_its_closed_loop(
     caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -551,24 +577,12 @@ async def test_a_closed_client_leaves_no_grpc_completion_for_its_closed_loop(
     # half-close checked here into that cancel.
     monkeypatch.setattr("mxgateway._cmdstream._CLOSE_WAIT", 30.0)
     gateway = _StreamingGateway()
-    ping = pb.MxCommand(kind=pb.MX_COMMAND_KIND_PING, ping=pb.PingCommand())
     clients = 60
     with _threaded_gateway(
         lambda server: pbg.add_MxAccessGatewayServicer_to_server(gateway, server)
     ) as options:
-
-        async def one_client() -> None:
-            async with await GatewayClient.connect(options=options) as client:
-                await client.invoke("session-1", ping)
-                assert client._commands is not None and client._commands._call is not None
-
-        async with grpc.aio.insecure_channel(options.endpoint) as channel:
-            await channel.channel_ready()
-            with caplog.at_level(logging.ERROR, logger="asyncio"):
-                for _ in range(clients):
-                    await asyncio.to_thread(asyncio.run, one_client())
-                    await asyncio.sleep(0.01)  # a moment for a stray completion to arrive
-    assert [r.getMessage() for r in caplog.records if r.name == "asyncio"] == []
+        logged = await _clients_on_loops_of_their_own(options, clients, asyncio.run, caplog)
+    assert logged == []
     assert gateway.ends == ["half-closed"] * clients
 
 
@@ -609,6 +623,55 @@ async def test_closing_the_client_ends_a_stream_the_gateway_keeps_open() -> None
             assert await asyncio.to_thread(gateway.ended.acquire, True, 20)
         finally:
             gateway.release.set()  # before the server stops: its handler thread ends
+
+
+class _SlowGateway(_StreamingGateway):
+    """Ends each command stream only when the client cancels it: slower than the client's
+    wait for the end of a half-closed stream, whatever that wait."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cancelled = threading.Semaphore(0)
+
+    def InvokeStream(self, request_iterator: Any, context: Any) -> Any:
+        ended = threading.Event()
+        context.add_callback(ended.set)
+        yield from super().InvokeStream(request_iterator, context)
+        if ended.wait(60):
+            self.cancelled.release()
+
+
+async def test_a_client_closed_against_a_slow_gateway_leaves_no_grpc_completion_behind(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A gateway slower than the client's wait for the end of its idle command stream (1 s,
+    # shortened here) gets the stream cancelled; gRPC finishes a cancelled call on its
+    # poller thread and hands that completion to the client's loop. The close returned
+    # first, so the completion came after that loop had closed, and the loop running gRPC
+    # next (this test's) logged "Exception in callback PollerCompletionQueue._handle_events"
+    # with "Event loop is closed" (grpc/grpc#34139), or asyncio "Task was destroyed but it
+    # is pending!" for grpc.aio's task waiting for it. Each client's loop is closed as soon
+    # as the client is (asyncio.run gives it a few more turns, in which it may come).
+    monkeypatch.setattr("mxgateway._cmdstream._CLOSE_WAIT", 0.01)
+    gateway = _SlowGateway()
+    clients = 20
+    with _threaded_gateway(
+        lambda server: pbg.add_MxAccessGatewayServicer_to_server(gateway, server)
+    ) as options:
+        logged = await _clients_on_loops_of_their_own(options, clients, _run_then_close, caplog)
+        # Every stream was ended by the client's cancel (the half-close was not enough).
+        for _ in range(clients):
+            assert await asyncio.to_thread(gateway.cancelled.acquire, True, 20)
+    assert logged == []
+
+
+def _run_then_close(main: Coroutine[Any, Any, None]) -> None:
+    """``asyncio.run(main)`` without the turns it gives the loop after ``main``."""
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(main)
+    finally:
+        loop.close()
 
 
 def test_a_client_on_uvloop_runs_commands_and_events_as_on_asyncio() -> None:
