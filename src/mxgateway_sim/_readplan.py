@@ -9,7 +9,8 @@ the remembered rows groups those rows by generator (function and period) and enc
 read it decides for each group at once whether its attributes changed since the samples they
 hold (their ``computed_at`` ticks, all in the current period or all before it), computes a
 changed group's values together (``Plant.BATCHED``), keeps them as the attributes' samples
-(``TagState.compute`` for that case) and splices its rows in one comprehension. A group it
+(``TagState.compute`` for that case) and splices its rows, a Double's, Float's or
+Boolean's each by one ``struct`` call in C (:func:`_layout`). A group it
 cannot decide at once (another read or session computed some of its attributes in the
 current period) sends the chunk to the row-by-row path (``SimulatedRuntime.read_wire``),
 which answers the same bytes. The chunk's other rows (advised, pinned, flaky, array
@@ -26,6 +27,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from itertools import repeat
 from operator import is_, itemgetter
+from struct import Struct
 from typing import Any
 
 from mxgateway.values import MxPythonValue
@@ -41,8 +43,6 @@ from mxgateway_sim._wire import (
     ROW_HEADS,
     good_read_row,
     good_read_row_with_tail,
-    pack_d,
-    pack_f,
     row_head,
     value_piece,
 )
@@ -52,13 +52,34 @@ __all__ = ["PLAN_ROW_BYTES", "ReadPlan", "plan_rows"]
 PLAN_ROW_BYTES = 512
 """Estimated bytes a plan holds per grouped row beyond four times the reference's constant
 part: its places in the plan's lists, the row it last encoded with its sample, and the heads
-it keeps for two sizes of tail (each repeating the constant part; a Boolean's two per size,
-one per value)."""
+and row layouts it keeps for two sizes of tail (each head repeating the constant part)."""
 
 _FLOAT = frozenset({float})
 _BOOL = frozenset({bool})
-_TRUE, _FALSE = b"\x01", b"\x00"
 _KEEP, _ENCODE, _COMPUTE = 0, 1, 2
+
+_CODE = {FIXED_DOUBLE: "d", FIXED_FLOAT: "f", FIXED_BOOL: "?"}
+"""The ``struct`` code of a ``FIXED_`` kind's payload (little-endian, as ``pack_d``,
+``pack_f`` and a Boolean's one byte)."""
+_PACK = Struct.pack
+"""``_PACK(layout, head, value, tail)``: one row of a ``FIXED_`` kind (:func:`_layout`)."""
+_LAYOUTS: dict[tuple[int, str, int], Struct] = {}
+"""Row layouts by (head bytes, payload code, tail bytes): shared by every plan; a few
+hundred at most (heads are up to a few hundred bytes, tails of two sizes), bounded anyway."""
+_LAYOUTS_KEPT = 4096
+
+
+def _layout(head: int, code: str, tail: int) -> Struct:
+    """A row of a ``FIXED_`` kind in one ``struct`` call: its head and constant part
+    (``head`` bytes), the value's payload (``code``) and the read's tail (``tail`` bytes),
+    one new object a row instead of three (``head + pack_d(value) + tail``)."""
+    key = (head, code, tail)
+    layout = _LAYOUTS.get(key)
+    if layout is None:
+        layout = Struct(f"<{head}s{code}{tail}s")
+        if len(_LAYOUTS) < _LAYOUTS_KEPT:
+            _LAYOUTS[key] = layout
+    return layout
 
 
 class _Group:
@@ -73,6 +94,7 @@ class _Group:
         "fields",
         "heads",
         "kind",
+        "layouts",
         "longest",
         "parts",
         "period",
@@ -105,6 +127,8 @@ class _Group:
         self.heads: dict[int, list[bytes]] = {}
         """The rows' heads for a tail of each size (two sizes kept: a read's time takes 4
         or 5 bytes of nanoseconds)."""
+        self.layouts: dict[int, list[Struct]] = {}
+        """Each row's :func:`_layout` for a tail of each size (with :attr:`heads`)."""
         self.wires: list[bytes] = []
         """The rows the plan encoded last: of the values it computed at :attr:`at`, or of
         :attr:`samples`."""
@@ -184,20 +208,15 @@ class _Group:
             if total - total != 0.0:  # a NaN or an infinity (or a sum past the range)
                 return None
             floats: list[float] = values  # type: ignore[assignment]
-            heads = self._heads(len(tail))
-            if kind == FIXED_DOUBLE:
-                return [h + pack_d(v) + tail for h, v in zip(heads, floats, strict=True)]
-            if max(map(abs, floats)) > FLOAT32_MAX:
+            if kind == FIXED_FLOAT and max(map(abs, floats)) > FLOAT32_MAX:
                 return None
-            return [h + pack_f(v) + tail for h, v in zip(heads, floats, strict=True)]
+            heads, layouts = self._heads(len(tail))
+            return list(map(_PACK, layouts, heads, floats, repeat(tail)))
         if kind == FIXED_BOOL:
             if {*map(type, values)} != _BOOL:
                 return None
-            heads = self._heads(len(tail))  # each head with its value: true, then false
-            return [
-                (true if v else false) + tail
-                for true, false, v in zip(heads[0::2], heads[1::2], values, strict=True)
-            ]
+            heads, layouts = self._heads(len(tail))
+            return list(map(_PACK, layouts, heads, values, repeat(tail)))
         # VARIABLE: the value's whole length-prefixed MxValue between part and tail.
         pieces = list(map(value_piece, values, repeat(self.data_type)))
         parts = self.parts
@@ -219,20 +238,22 @@ class _Group:
             for size, part, piece in zip(sizes, parts, pieces, strict=True)
         ]
 
-    def _heads(self, tail_size: int) -> list[bytes]:
+    def _heads(self, tail_size: int) -> tuple[list[bytes], list[Struct]]:
         """The rows' heads and constant parts for tails of ``tail_size`` bytes (a ``FIXED_``
-        kind; for a Boolean, each with each value byte, true then false)."""
+        kind), with each row's :func:`_layout`."""
         heads = self.heads.get(tail_size)
         if heads is None:
             kind = self.kind
             width = FIXED_WIDTH[kind] + tail_size
             heads = [row_head(len(part) + width) + part for part in self.parts]
-            if kind == FIXED_BOOL:
-                heads = [h + value for h in heads for value in (_TRUE, _FALSE)]
+            code = _CODE[kind]
+            layouts = [_layout(len(head), code, tail_size) for head in heads]
             if len(self.heads) >= 2:
                 self.heads.pop(next(iter(self.heads)))
+                self.layouts.pop(next(iter(self.layouts)))
             self.heads[tail_size] = heads
-        return heads
+            self.layouts[tail_size] = layouts
+        return heads, self.layouts[tail_size]
 
 
 class ReadPlan:

@@ -845,8 +845,8 @@ async def test_a_remembered_reads_planned_rows_are_the_plain_paths_rows(
 
 async def test_a_plans_cost_covers_the_bytes_it_holds(monkeypatch: pytest.MonkeyPatch) -> None:
     """A remembered chunk's plan counts in the read cache's bound by its cost: it must cover
-    what the plan holds once reads built heads for two sizes of tail (its lists, the rows it
-    encoded last, the heads and each Boolean's heads with their values)."""
+    what the plan holds once reads built heads for two sizes of tail, a third having come
+    and gone (its lists, the rows it encoded last, the heads and their rows' layouts)."""
     plant = Plant(_model_catalog(120), scan_interval_ms=1, flaky_one_in=0)
     runtime = SimulatedRuntime(plant)
     await runtime.start(lambda events: None)
@@ -883,6 +883,10 @@ async def test_a_plans_cost_covers_the_bytes_it_holds(monkeypatch: pytest.Monkey
             held += sum(map(sys.getsizeof, group.samples))
             for heads in group.heads.values():
                 held += sys.getsizeof(heads) + sum(map(sys.getsizeof, heads))
+            # Each row's layout for the sizes of tail whose heads are kept, and no others
+            # (the layouts themselves are shared by every plan).
+            assert group.layouts.keys() == group.heads.keys()
+            held += sum(map(sys.getsizeof, group.layouts.values()))
             for sizes in group.sizes.values():
                 held += sys.getsizeof(sizes) + sum(map(sys.getsizeof, sizes))
         assert held <= plan.cost, (held, plan.cost)
