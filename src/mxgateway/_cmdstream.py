@@ -31,6 +31,7 @@ from typing import Any
 
 import grpc
 
+from mxgateway import _grpcbatch as grpcbatch
 from mxgateway._callend import cancel_and_settle
 from mxgateway._encoded import EncodedRequest, as_message, serialize
 from mxgateway._retry import IDEMPOTENT_COMMAND_KINDS, is_idempotent
@@ -50,16 +51,6 @@ _CLOSE_WAIT = 1.0
 """Seconds a closing client waits for the gateway to end an idle command stream."""
 
 _EOF: Any = grpc.aio.EOF  # type: ignore[attr-defined]  # what read() returns at the end
-
-try:  # grpc.aio's own batch primitives (grpcio's Cython layer; no public equivalent)
-    from grpc._cython import cygrpc as _cygrpc  # type: ignore[attr-defined]
-
-    _execute_batch: Any = _cygrpc.execute_batch
-    _SendMessage: Any = _cygrpc.SendMessageOperation
-    _ReceiveMessage: Any = _cygrpc.ReceiveMessageOperation
-    _BatchError: Any = _cygrpc.ExecuteBatchError
-except (ImportError, AttributeError):  # pragma: no cover - a grpcio without them
-    _execute_batch = None
 
 
 class CommandStream:
@@ -83,7 +74,7 @@ class CommandStream:
         # Whether commands may go in one batch (_exchange): on the stream this class opens
         # (its own deserializer) once it answered a command (its metadata sent, its reads
         # begun through grpc.aio).
-        self._batch = _execute_batch is not None and default
+        self._batch = grpcbatch.AVAILABLE and default
         self._answered = False
         self._busy = False
         self._deadline = 0.0  # loop time the command in flight must be answered by
@@ -286,10 +277,8 @@ class CommandStream:
 async def _exchange(call: Any, data: bytes) -> pb.MxCommandReply | Any:
     """Send ``data`` on the stream ``call`` and receive its reply in one gRPC batch.
 
-    ``call.write()`` then ``call.read()`` is two batches: the write's completion wakes
-    grpc.aio's poller thread, which wakes the event loop, only for the loop to start the
-    read and sleep again. One batch completes once, when the reply is in. The stream must
-    have answered a command already (its metadata is sent, its reads begun).
+    One completion instead of two (:mod:`mxgateway._grpcbatch`). The stream must have
+    answered a command already (its metadata is sent, its reads begun).
 
     Returns the reply; ``_EOF`` when the stream ended OK after the command went out;
     None when the batch failed, so the command may not have gone out (as a refused
@@ -298,16 +287,12 @@ async def _exchange(call: Any, data: bytes) -> pb.MxCommandReply | Any:
     otherwise, ``CancelledError`` when it was cancelled here (the deadline, ``aclose``).
     """
     cython_call = call._cython_call
-    received = _ReceiveMessage(0)
     try:
-        await _execute_batch(
-            cython_call, (_SendMessage(data, 0), received), asyncio.get_running_loop()
-        )
-    except _BatchError:
+        raw = await grpcbatch.exchange(cython_call, data)
+    except grpcbatch.BatchFailed:
         if cython_call.is_locally_cancelled():
             raise asyncio.CancelledError from None
         return None
-    raw = received.message()
     if raw is not None:
         return pb.MxCommandReply.FromString(raw)
     code = await call.code()

@@ -433,6 +433,15 @@ def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], 
     return parse
 
 
+def tolerant(deserializer: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+    """``deserializer`` as the interceptor runs it for a handler: a body that does not
+    parse gives a value :func:`malformed_reason` explains, never an exception (for a
+    handler that receives its requests as bytes: ``GatewayServicer._batched``)."""
+    parse = _tolerant(deserializer)
+    assert parse is not None
+    return parse
+
+
 def _malformed_message(request: _Malformed) -> str:
     return f"the request body is not a valid {request.type_name} message"
 

@@ -20,11 +20,17 @@ import grpc
 from google.protobuf.duration_pb2 import Duration
 from grpc import aio
 
+from mxgateway._grpcbatch import BatchFailed, exchange, server_call
 from mxgateway._version import GATEWAY_PROTOCOL_VERSION, WORKER_PROTOCOL_VERSION
 from mxgateway.commands import scope_for_command
 from mxgateway.generated import mxaccess_gateway_pb2 as pb
 from mxgateway_sim._alarms import AlarmMonitor
-from mxgateway_sim._auth import checks_own_requests, current_principal, malformed_reason
+from mxgateway_sim._auth import (
+    checks_own_requests,
+    current_principal,
+    malformed_reason,
+    tolerant,
+)
 from mxgateway_sim._bodygate import EOF, BodyGate
 from mxgateway_sim._domain import (
     AlarmTransition,
@@ -69,6 +75,11 @@ __all__ = ["GatewayServicer", "add_gateway_servicer"]
 
 
 _INVOKE_STREAM = "/mxaccess_gateway.v1.MxAccessGateway/InvokeStream"
+
+_parse_request = tolerant(parse_command)
+"""What the interceptor makes of ``InvokeStream``'s deserializer (a malformed body is a
+``_Malformed``, refused by :meth:`GatewayServicer._stream_command`), for the requests
+:meth:`GatewayServicer._batched` receives as bytes."""
 
 
 def _kind_name(kind: int) -> str:
@@ -259,7 +270,11 @@ class GatewayServicer(CommandHandlers, EventStreams, AlarmService):
                 first = await gate.first(context, principal.key_id if principal else None)
                 if first is EOF:
                     return
-                yield await self._stream_command(first, context)
+                yield await self._stream_command(first, context)  # with the headers
+                call = server_call(context)
+                if call is not None:
+                    await self._batched(call, context)
+                    return
             async for request in requests:
                 yield await self._stream_command(request, context)
         except aio.AbortError as exc:
@@ -268,6 +283,21 @@ class GatewayServicer(CommandHandlers, EventStreams, AlarmService):
             raise
         except Exception as exc:
             await answer_unexpected(exc, context, _INVOKE_STREAM)
+
+    async def _batched(self, call: object, context: Context) -> None:
+        """The rest of :meth:`InvokeStream` after its first reply: each reply is sent and
+        the next request received in one gRPC batch (:mod:`mxgateway._grpcbatch`), one
+        completion a command instead of one for the reply and one for the request. Ends
+        when the client half-closes (after the last reply went out) or the call ends."""
+        reply: bytes | None = None
+        while True:
+            try:
+                data = await exchange(call, reply)
+            except BatchFailed:
+                return  # the call ended (the client went away): nobody to answer
+            if data is None:
+                return  # the client half-closed
+            reply = _reply_bytes(await self._stream_command(_parse_request(data), context))
 
     async def _stream_command(self, request: object, context: Context) -> pb.MxCommandReply | bytes:
         """One request of :meth:`InvokeStream`: refused if it did not parse or a fault plan
