@@ -14,6 +14,14 @@ hardly disturbs, with each process's CPU and the latencies next to them:
   (gRPC's defaults: the code before the setting);
 - ``asyncua``: ``Node.read_value`` on the bench's OPC UA server.
 
+With ``MXGW_BENCH_BASE_SRC`` naming another checkout's ``src`` folder (``git worktree add
+/tmp/base <commit>``, then ``MXGW_BENCH_BASE_SRC=/tmp/base/src``), two more sides compare
+this checkout with that one, simulator and library both, each in a client process of its
+own (``python -m bench.wakeups --client``) against a simulator of its own:
+
+- ``library``: this checkout's library and simulator, as ``gateway`` but out of process;
+- ``base``: the other checkout's.
+
 Per call: ``server_sleeps``/``client_sleeps`` are the voluntary context switches of all
 the process's threads (``/proc``, Linux only; ``*_by_thread`` per thread name),
 ``server_cpu_us`` the server's CPU (``/proc/<pid>/task/*/schedstat``), ``client_cpu_us``
@@ -30,15 +38,18 @@ import bisect
 import contextlib
 import gc
 import glob
+import json
 import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from bench._common import Report, ServerProcess, load_tags, pct, rnd, sim_server
+from bench._common import REPO_ROOT, Report, ServerProcess, load_tags, pct, rnd, sim_server
 from bench.opcua import Mx, Ua, load, opcua_server, stream_session
 
 FULL = {"rounds": 6, "calls": 2000, "objects": 2_600}
@@ -47,6 +58,9 @@ WARM = 50
 """Calls before each measured run."""
 
 SIDES = ("gateway", "grpc_defaults", "asyncua")
+AB_SIDES = ("library", "base")
+"""The sides of the A/B run (``MXGW_BENCH_BASE_SRC``)."""
+BASE_ENV = "MXGW_BENCH_BASE_SRC"
 
 
 def thread_sleeps(pid: int) -> Counter[str]:
@@ -172,20 +186,114 @@ def summarise(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     return out
 
 
-async def measure(p: dict[str, Any]) -> dict[str, Any]:
-    """Start the three servers, run the interleaved rounds."""
+class ChildClient:
+    """A client process (``python -m bench.wakeups --client``) with the library of ``src``
+    (None: this checkout's) on one simulator; :meth:`run` is :func:`one_run` there."""
+
+    def __init__(self, src: str | None, address: str, tags_file: str, server_pid: int) -> None:
+        self.src = src
+        self.argv = [sys.executable, "-m", "bench.wakeups", "--client", address, tags_file]
+        self.argv.append(str(server_pid))
+        self.proc: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> None:
+        env = dict(os.environ)
+        paths = [str(REPO_ROOT)] if self.src is None else [self.src, str(REPO_ROOT)]
+        env["PYTHONPATH"] = os.pathsep.join([*paths, env.get("PYTHONPATH", "")])
+        self.proc = await asyncio.create_subprocess_exec(
+            *self.argv,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            cwd=str(REPO_ROOT),
+            env=env,
+        )
+
+    async def run(self, n: int) -> dict[str, Any]:
+        assert self.proc is not None and self.proc.stdin is not None
+        assert self.proc.stdout is not None
+        self.proc.stdin.write(f"{n}\n".encode())
+        await self.proc.stdin.drain()
+        line = await self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the client process of {self.src or 'this checkout'} ended")
+        out: dict[str, Any] = json.loads(line)
+        return out
+
+    async def close(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return
+        if proc.stdin is not None:
+            proc.stdin.close()
+        try:
+            await asyncio.wait_for(proc.wait(), 30)
+        except asyncio.TimeoutError:
+            proc.kill()
+            await proc.wait()
+
+
+async def _client_process(address: str, tags_file: str, server_pid: int) -> None:
+    """``python -m bench.wakeups --client``: for each number N read from stdin, print the
+    :func:`one_run` of N one-tag reads (one JSON line) and the library it ran."""
+    tags, values = load_tags(tags_file, 10)
+    loop = asyncio.get_running_loop()
+    async with stream_session(address) as lib:
+        mx = Mx(lib, tags, values)
+        await mx.setup()
+        while line := (await loop.run_in_executor(None, sys.stdin.readline)).strip():
+            result = await one_run(mx.read_one, server_pid, int(line))
+            result["library"] = _library()
+            print(json.dumps(result), flush=True)
+
+
+def _library() -> str:
+    """The folder of the ``mxgateway`` package this process runs."""
+    import mxgateway
+
+    return os.path.dirname(os.path.abspath(mxgateway.__file__))
+
+
+def _commit(folder: str) -> str | None:
+    """The checkout's commit, with ``+changes`` when its files differ from it (a base
+    made by reverting commits without committing)."""
+    from bench.read_client import _commit as commit
+
+    head = commit(folder)
+    try:
+        changed = subprocess.run(
+            ["git", "-C", folder, "diff", "--quiet", "HEAD"], timeout=30, check=False
+        ).returncode
+    except OSError:
+        return head
+    return f"{head}+changes" if head and changed == 1 else head
+
+
+async def measure(p: dict[str, Any], base: str | None = None) -> dict[str, Any]:
+    """Start the servers, run the interleaved rounds (the A/B sides too with ``base``)."""
     objects = int(p["objects"])
     with tempfile.TemporaryDirectory(prefix="mxgw-bench-") as tmp:
         tags_file = os.path.join(tmp, "tags.txt")
         servers: dict[str, ServerProcess] = {}
         # None: unset, so the server sets its own (as mxgw-sim serve); "": gRPC's defaults.
-        for side, value in (("gateway", None), ("grpc_defaults", "")):
+        plain: dict[str, str | None] = {"GRPC_EXPERIMENTS": None}
+        starts: list[tuple[str, dict[str, str | None]]] = [
+            ("gateway", plain),
+            ("grpc_defaults", {"GRPC_EXPERIMENTS": ""}),
+        ]
+        if base is not None:
+            here = os.pathsep.join([str(REPO_ROOT / "src"), os.environ.get("PYTHONPATH", "")])
+            there = os.pathsep.join([base, os.environ.get("PYTHONPATH", "")])
+            starts += [
+                ("library", {**plain, "PYTHONPATH": here}),
+                ("base", {**plain, "PYTHONPATH": there}),
+            ]
+        for side, env in starts:
             sim = sim_server(
                 galaxy_objects=objects,
                 scan_ms=200,
                 event_loop="auto",
                 tags_out=tags_file,
-                env={"GRPC_EXPERIMENTS": value},
+                env=env,
             )
             assert sim is not None
             servers[side] = sim
@@ -207,13 +315,29 @@ async def measure(p: dict[str, Any]) -> dict[str, Any]:
             stack.push_async_callback(ua.close)
             assert opc.proc is not None
             calls["asyncua"] = (ua.read_one, opc.proc.pid)
-            runs: dict[str, list[dict[str, Any]]] = {side: [] for side in SIDES}
+            children: dict[str, ChildClient] = {}
+            for side, src in (("library", None), ("base", base)) if base is not None else ():
+                proc = servers[side].proc
+                assert proc is not None
+                child = ChildClient(src, servers[side].address, tags_file, proc.pid)
+                await child.start()
+                stack.push_async_callback(child.close)
+                children[side] = child
+            sides = SIDES + tuple(children)
+            runs: dict[str, list[dict[str, Any]]] = {side: [] for side in sides}
             for r in range(int(p["rounds"])):
-                order = SIDES if r % 2 == 0 else SIDES[::-1]
+                order = sides if r % 2 == 0 else sides[::-1]
                 for side in order:
+                    if side in children:
+                        runs[side].append(await children[side].run(int(p["calls"])))
+                        continue
                     call, pid = calls[side]
                     runs[side].append(await one_run(call, pid, int(p["calls"])))
-    return summarise(runs)
+            libraries = {side: runs[side][-1].get("library") for side in children}
+    out = summarise(runs)
+    for side, library in libraries.items():
+        out[side]["library"] = library
+    return out
 
 
 def run(quick: bool = False) -> dict[str, Any]:
@@ -234,7 +358,12 @@ def run(quick: bool = False) -> dict[str, Any]:
     if sim_server() is None:
         report.skip("everything", "mxgateway_sim is missing")
         return report.to_json()
-    results = asyncio.run(measure(p))
+    base = os.environ.get(BASE_ENV) or None
+    if base is not None:
+        report.results["base_src"] = base
+        report.results["base_commit"] = _commit(base)
+        report.results["commit"] = _commit(str(REPO_ROOT))
+    results = asyncio.run(measure(p, base))
     report.results["sides"] = results
     report.results["load_after"] = load()
     gw, base = results["gateway"], results["grpc_defaults"]
@@ -250,3 +379,8 @@ def run(quick: bool = False) -> dict[str, Any]:
         "with the machine's load; the counts hardly do."
     )
     return report.to_json()
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["--client"]:
+        asyncio.run(_client_process(sys.argv[2], sys.argv[3], int(sys.argv[4])))

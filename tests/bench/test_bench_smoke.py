@@ -85,6 +85,31 @@ def test_benchmark_quick_run_prints_json(name: str) -> None:
         assert set(target) == {"name", "goal", "measured", "met"}
 
 
+def test_wakeups_compares_the_library_of_another_checkout() -> None:
+    # MXGW_BENCH_BASE_SRC: two more sides, each a client process with its checkout's
+    # library against its checkout's simulator (here the same checkout twice).
+    if not Path("/proc/self/task").is_dir():
+        pytest.skip("wakeups counts context switches in Linux's /proc")
+    env = dict(os.environ, MXGW_BENCH_BASE_SRC=str(REPO / "src"))
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "wakeups", "--quick"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=100,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads(proc.stdout)["results"]
+    assert results["base_src"] == str(REPO / "src")
+    for side in ("library", "base"):
+        row = results["sides"][side]
+        assert row["library"] == str(REPO / "src" / "mxgateway"), side
+        assert row["server_sleeps"] > 0 and row["client_sleeps"] > 0, side
+
+
 def test_all_quick_renders_as_markdown(tmp_path: Path) -> None:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
