@@ -31,7 +31,7 @@ from mxgateway.commands import COMMANDS
 from mxgateway.commands import scope_for_command as scope_for_command
 from mxgateway.generated import mxaccess_gateway_pb2 as pb
 from mxgateway_sim._bodygate import EOF, BodyGate
-from mxgateway_sim._incidents import GRPC_OWN_ERRORS, aborted, answer_unexpected
+from mxgateway_sim._incidents import answered
 
 SCOPES: tuple[str, ...] = (
     "session:open",
@@ -482,6 +482,17 @@ async def _one_request(gate: BodyGate, context: aio.ServicerContext[Any, Any]) -
     return request
 
 
+async def _checked(gate: BodyGate, context: aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+    """The requests of a bidirectional call, the first read through ``gate``; one that
+    does not parse ends the call INVALID_ARGUMENT."""
+    request = await gate.first(context, _key_id())
+    while request is not EOF:
+        if type(request) is _Malformed:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, _malformed_message(request))
+        yield request
+        request = await context.read()
+
+
 def _guarded(
     handler: grpc.RpcMethodHandler[Any, Any], gate: BodyGate, method: str
 ) -> grpc.RpcMethodHandler[Any, Any]:
@@ -498,59 +509,29 @@ def _guarded(
     unary: Any = handler.unary_unary
     stream: Any = handler.unary_stream
     bidi: Any = handler.stream_stream
-    if unary is not None:
-        # Served request-streaming: gRPC would wait for the message before calling it.
+    writer = stream is not None and not inspect.isasyncgenfunction(stream)
+    if unary is not None or writer:
+        # A unary method is served request-streaming: gRPC would wait for the message
+        # before calling it. A writer is a coroutine that writes its replies itself
+        # (context.write), as the health service's Watch: gRPC awaits it instead of
+        # iterating it.
+        call = unary if unary is not None else stream
 
-        async def guarded_unary(requests: object, context: aio.ServicerContext[Any, Any]) -> Any:
+        async def guarded_call(requests: object, context: aio.ServicerContext[Any, Any]) -> Any:
             try:
                 request = await _one_request(gate, context)
-                return await unary(request, context)
-            except aio.AbortError as exc:
-                aborted(exc)
-            except GRPC_OWN_ERRORS:
-                raise
+                return await call(request, context)
             except Exception as exc:
-                await answer_unexpected(exc, context, method)
+                if not await answered(exc, context, method):
+                    raise
 
-        return grpc.stream_unary_rpc_method_handler(
-            guarded_unary, request_deserializer=deserializer, response_serializer=serializer
+        serve = (
+            grpc.stream_stream_rpc_method_handler
+            if writer
+            else grpc.stream_unary_rpc_method_handler
         )
-    if stream is not None and not inspect.isasyncgenfunction(stream):
-        # A coroutine that writes its replies itself (context.write), as the health
-        # service's Watch: gRPC awaits it instead of iterating it.
-
-        async def guarded_writer(requests: object, context: aio.ServicerContext[Any, Any]) -> None:
-            try:
-                request = await _one_request(gate, context)
-                await stream(request, context)
-            except aio.AbortError as exc:
-                aborted(exc)
-            except GRPC_OWN_ERRORS:
-                raise
-            except Exception as exc:
-                await answer_unexpected(exc, context, method)
-
-        return grpc.stream_stream_rpc_method_handler(
-            guarded_writer, request_deserializer=deserializer, response_serializer=serializer
-        )
-    if stream is not None:
-
-        async def guarded_stream(
-            requests: object, context: aio.ServicerContext[Any, Any]
-        ) -> AsyncIterator[Any]:
-            try:
-                request = await _one_request(gate, context)
-                async for message in stream(request, context):
-                    yield message
-            except aio.AbortError as exc:
-                aborted(exc)
-            except GRPC_OWN_ERRORS:
-                raise
-            except Exception as exc:
-                await answer_unexpected(exc, context, method)
-
-        return grpc.stream_stream_rpc_method_handler(
-            guarded_stream, request_deserializer=deserializer, response_serializer=serializer
+        return serve(
+            guarded_call, request_deserializer=deserializer, response_serializer=serializer
         )
     if bidi is not None and getattr(bidi, "checks_own_requests", False):  # InvokeStream
         # It reads the tolerant parser's results and refuses a malformed one itself,
@@ -559,33 +540,26 @@ def _guarded(
         return grpc.stream_stream_rpc_method_handler(
             bidi, request_deserializer=deserializer, response_serializer=serializer
         )
-    if bidi is not None and inspect.isasyncgenfunction(bidi):  # server reflection
+    if stream is not None or (bidi is not None and inspect.isasyncgenfunction(bidi)):
+        # A server-streaming method (its one request read through the gate) or server
+        # reflection (every request checked as it is read).
 
-        async def guarded_bidi(
-            requests: AsyncIterator[Any], context: aio.ServicerContext[Any, Any]
+        async def guarded_stream(
+            requests: object, context: aio.ServicerContext[Any, Any]
         ) -> AsyncIterator[Any]:
-            async def checked() -> AsyncIterator[Any]:
-                request = await gate.first(context, _key_id())
-                while request is not EOF:
-                    if type(request) is _Malformed:
-                        await context.abort(
-                            grpc.StatusCode.INVALID_ARGUMENT, _malformed_message(request)
-                        )
-                    yield request
-                    request = await context.read()
-
             try:
-                async for message in bidi(checked(), context):
+                if stream is not None:
+                    replies = stream(await _one_request(gate, context), context)
+                else:
+                    replies = bidi(_checked(gate, context), context)
+                async for message in replies:
                     yield message
-            except aio.AbortError as exc:
-                aborted(exc)
-            except GRPC_OWN_ERRORS:
-                raise
             except Exception as exc:
-                await answer_unexpected(exc, context, method)
+                if not await answered(exc, context, method):
+                    raise
 
         return grpc.stream_stream_rpc_method_handler(
-            guarded_bidi, request_deserializer=deserializer, response_serializer=serializer
+            guarded_stream, request_deserializer=deserializer, response_serializer=serializer
         )
     return handler  # client-streaming methods: none is served today
 

@@ -4,8 +4,9 @@ the traceback under that id to the log.
 grpc.aio would answer ``UNKNOWN "Unexpected <class ...>: <the exception's text>"``, which
 can carry paths, SQL or host names to anyone on the network. Every method the gateway
 serves (gateway, Galaxy, health, reflection) runs inside the ``try`` of the interceptor's
-wrapper (``_auth._guarded``; ``InvokeStream`` in its own body), which calls
-:func:`answer_unexpected`: no wrapper of its own, so the call path gains no allocation.
+wrapper (``_auth._guarded``; ``InvokeStream`` in its own body), whose one ``except`` hands
+what it caught to :func:`answered`: no wrapper of its own, so the call path gains no
+allocation.
 The operations listener (``/metrics``, the status page) answers HTTP 500 with the same
 details, and a session worker names a runtime's failure by the same kind of id
 (:func:`log_unexpected` both).
@@ -15,7 +16,7 @@ A handler that ends its call with ``context.abort`` leaves no cycle behind: gRPC
 it passed through, each holding the context that holds that state: a cycle of the call,
 request and all, freed only by a collection, for every refused call. So the outermost
 frame of each handler (the interceptor's wrappers, ``InvokeStream``) catches it, drops
-its traceback and returns (:func:`aborted`): gRPC, finding the call aborted, raises the
+its traceback and returns (:func:`answered`): gRPC, finding the call aborted, raises the
 same error again from its own frames, which hold nothing, and ends the call as before
 (the status went out with the abort).
 """
@@ -30,7 +31,7 @@ from grpc import aio
 from mxgateway._incident import incident_details, new_incident_id
 from mxgateway._logsafe import get_logger
 
-__all__ = ["GRPC_OWN_ERRORS", "aborted", "answer_unexpected", "log_unexpected"]
+__all__ = ["GRPC_OWN_ERRORS", "answer_unexpected", "answered", "log_unexpected"]
 
 log = get_logger("mxgateway_sim.gateway")
 
@@ -47,11 +48,27 @@ def log_unexpected(exc: BaseException, what: str) -> str:
     return incident
 
 
-def aborted(exc: aio.AbortError) -> None:
-    """Drop the traceback of a handler's ``AbortError`` (``context.abort``'s), caught by
-    its outermost frame, which then returns: gRPC raises the error again itself. Kept,
-    the traceback would tie the call to a cycle (see the module docstring), and so would
-    the error being handled when it was raised (:func:`answer_unexpected`'s)."""
+async def answered(exc: Exception, context: aio.ServicerContext[Any, Any], method: str) -> bool:
+    """Answer ``exc``, caught by the outermost frame of the handler of ``method``; False
+    when it is not to be answered there (the caller raises it again).
+
+    - ``context.abort``'s error: the status went out with it. Its traceback (and the
+      error being handled when it was raised, :func:`answer_unexpected`'s) would tie the
+      call to a cycle (see the module docstring): both are dropped, the handler returns,
+      and gRPC raises it again itself.
+    - gRPC's other errors (:data:`GRPC_OWN_ERRORS`) pass through (False).
+    - Anything else is unexpected: :func:`answer_unexpected`.
+    """
+    if isinstance(exc, aio.AbortError):
+        _aborted(exc)
+    elif isinstance(exc, GRPC_OWN_ERRORS):
+        return False
+    else:
+        await answer_unexpected(exc, context, method)
+    return True
+
+
+def _aborted(exc: aio.AbortError) -> None:
     exc.__traceback__ = None
     exc.__context__ = None
 
@@ -66,4 +83,4 @@ async def answer_unexpected(
     try:
         await context.abort(grpc.StatusCode.INTERNAL, incident_details(incident))
     except aio.AbortError as ended:
-        aborted(ended)
+        _aborted(ended)

@@ -37,7 +37,7 @@ from mxgateway_sim._domain import (
     MxAccessError,
 )
 from mxgateway_sim._faults import STREAM_OFF, FaultInjector
-from mxgateway_sim._incidents import GRPC_OWN_ERRORS, aborted, answer_unexpected
+from mxgateway_sim._incidents import answered
 from mxgateway_sim._limits import (
     MAX_SESSION_NAME_CHARS,
     LimitError,
@@ -262,7 +262,7 @@ class GatewayServicer(CommandHandlers, EventStreams, AlarmService):
         that command, not yet run, through ``Invoke``, where the plan applies.
 
         Served without the interceptor's wrapper, it answers an unexpected error itself
-        (INTERNAL with an incident id, :func:`answer_unexpected`)."""
+        (INTERNAL with an incident id, :func:`~mxgateway_sim._incidents.answered`)."""
         try:
             gate = self.body_gate
             if gate is not None:
@@ -277,12 +277,9 @@ class GatewayServicer(CommandHandlers, EventStreams, AlarmService):
                     return
             async for request in requests:
                 yield await self._stream_command(request, context)
-        except aio.AbortError as exc:
-            aborted(exc)
-        except GRPC_OWN_ERRORS:
-            raise
         except Exception as exc:
-            await answer_unexpected(exc, context, _INVOKE_STREAM)
+            if not await answered(exc, context, _INVOKE_STREAM):
+                raise
 
     async def _batched(self, call: object, context: Context) -> None:
         """The rest of :meth:`InvokeStream` after its first reply: each reply is sent and
