@@ -556,3 +556,37 @@ async def test_a_batch_larger_than_a_decode_chunk_arrives_whole_and_resumes_afte
         list(e.statuses) == list(ev.on_data_change.statuses)
         for e, ev in zip(changes, log, strict=True)
     )
+
+
+async def test_async_for_hands_out_what_anext_would_and_stops_at_aclose(
+    fake: FakeServer,
+) -> None:
+    # `async for` runs a generator over the same buffer as __anext__ (cheaper per event):
+    # the two mixed hand out every event once, in order, with the resume point following
+    # the caller; aclose() inside the loop ends it at once, though events of the received
+    # batch are still buffered.
+    async def plan(req: pb.StreamEventsRequest, attempt: int):  # type: ignore[no-untyped-def]
+        yield batch(*(data_change(i, i) for i in range(1, 7)))
+        yield batch(*(data_change(i, i) for i in range(7, 13)))
+        await asyncio.Event().wait()
+
+    fake.servicer.batches_plan = plan
+    async with await _client(fake) as client:
+        events = client.attach_session(SESSION_ID).events(after_worker_sequence=0)
+        got: list[tuple[int, int]] = []
+        first = await asyncio.wait_for(events.__anext__(), 5)
+        assert isinstance(first, DataChange)
+        got.append((first.worker_sequence, events.last_worker_sequence))
+        async for ev in events:
+            assert isinstance(ev, DataChange)
+            got.append((ev.worker_sequence, events.last_worker_sequence))
+            if ev.worker_sequence == 3:
+                nxt = await asyncio.wait_for(events.__anext__(), 5)
+                assert isinstance(nxt, DataChange)
+                got.append((nxt.worker_sequence, events.last_worker_sequence))
+            if ev.worker_sequence == 8:
+                await events.aclose()
+        assert events.closed
+        with pytest.raises(StopAsyncIteration):
+            await events.__anext__()
+    assert got == [(i, i) for i in range(1, 9)]
