@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as _dt
+import importlib.util
 import json
 import os
 import platform
@@ -19,7 +20,7 @@ import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 from google.protobuf import __version__ as protobuf_version
@@ -117,6 +118,38 @@ class Report:
             "skipped": self.skipped,
             "notes": self.notes,
         }
+
+
+def load() -> list[float]:
+    """The machine's 1/5/15-minute load averages."""
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+_Parameters = TypeVar("_Parameters", bound=Mapping[str, Any])
+
+
+def begin(
+    name: str, quick: bool, quick_parameters: _Parameters, full_parameters: _Parameters
+) -> tuple[Report, _Parameters]:
+    """The report of a run of ``name`` and the parameters it runs with (the quick or the
+    full set), both recorded in the report with the machine's load before the run."""
+    report = Report(name, quick)
+    parameters = quick_parameters if quick else full_parameters
+    report.results["load_before"] = load()
+    report.results["parameters"] = dict(parameters)
+    return report, parameters
+
+
+def cannot_run(report: Report, *, asyncua: bool = False, simulator: bool = False) -> bool:
+    """True when what the run needs is missing here (``asyncua``: the OPC UA side;
+    ``simulator``: ``mxgateway_sim``), with everything recorded as skipped and why."""
+    if asyncua and importlib.util.find_spec("asyncua") is None:
+        report.skip("everything", "asyncua is not installed (pip install -e '.[bench]')")
+        return True
+    if simulator and sim_server() is None:
+        report.skip("everything", "mxgateway_sim is missing")
+        return True
+    return False
 
 
 class ServerProcess:

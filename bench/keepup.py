@@ -19,8 +19,8 @@ import tempfile
 from typing import Any
 
 from bench import _client
-from bench._common import Report, load_tags, rnd, sim_server
-from bench.opcua import add_keep_up_target, keep_up, keep_up_server, load, scan_stats
+from bench._common import Report, begin, cannot_run, load, load_tags, rnd
+from bench.opcua import add_keep_up_target, keep_up, keep_up_server, scan_stats
 
 FULL = {"rounds": 2, "keepup_s": 20.0, "objects": 2_600, "tags": 2_000}
 QUICK = {"rounds": 1, "keepup_s": 1.0, "objects": 300, "tags": 2_000}
@@ -47,12 +47,8 @@ async def one_round(event_loop: str, p: dict[str, Any], tmp: str) -> dict[str, A
 
 async def run_async(quick: bool) -> dict[str, Any]:
     """Alternate the loops over the rounds; one keep-up target per round."""
-    report = Report("keepup", quick)
-    p = QUICK if quick else FULL
-    report.results["load_before"] = load()
-    report.results["parameters"] = dict(p)
-    if sim_server() is None:
-        report.skip("everything", "mxgateway_sim is missing")
+    report, p = begin("keepup", quick, QUICK, FULL)
+    if cannot_run(report, simulator=True):
         return report.to_json()
     loops = ["asyncio"]
     if importlib.util.find_spec("uvloop") is not None:

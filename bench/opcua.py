@@ -55,6 +55,9 @@ from bench._common import (
     CpuClock,
     Report,
     ServerProcess,
+    begin,
+    cannot_run,
+    load,
     load_tags,
     median,
     pct,
@@ -146,11 +149,6 @@ def opcua_server(tags: int, scan_ms: float = 1.0) -> ServerProcess:
     """``bench/opcua_server.py`` in a subprocess."""
     argv = [sys.executable, "-m", "bench.opcua_server", "--tags", str(tags)]
     return ServerProcess([*argv, "--scan-ms", f"{scan_ms:g}"], ready_timeout=300.0)
-
-
-def load() -> list[float]:
-    """The machine's 1/5/15-minute load averages."""
-    return [round(x, 2) for x in os.getloadavg()]
 
 
 # -- the two sides --------------------------------------------------------------------------
@@ -695,16 +693,12 @@ def add_keep_up_target(report: Report, keep: dict[str, Any]) -> None:
 
 async def run_async(quick: bool) -> dict[str, Any]:
     """Start both servers, run the interleaved rounds, return the JSON document."""
-    report = Report("opcua", quick)
-    p = QUICK if quick else FULL
-    report.results["load_before"] = load()
-    report.results["parameters"] = dict(p)
-    try:
-        import asyncua
-    except ImportError:
-        report.skip("everything", "asyncua is not installed (pip install -e '.[bench]')")
+    report, p = begin("opcua", quick, QUICK, FULL)
+    if cannot_run(report, asyncua=True):
         return report.to_json()
     import logging
+
+    import asyncua
 
     logging.getLogger("asyncua").setLevel(int(os.environ.get("UA_LOG", logging.ERROR)))
     report.results["asyncua"] = asyncua.__version__ if hasattr(asyncua, "__version__") else "?"

@@ -225,16 +225,11 @@ async def _measure(p: dict[str, Any], base: str | None) -> dict[str, Any]:
 
 def run(quick: bool = False) -> dict[str, Any]:
     """Entry point used by ``python -m bench readclient``."""
-    from bench._common import Report, sim_server
-    from bench.opcua import load
+    from bench._common import begin, cannot_run, load
 
-    report = Report("readclient", quick)
-    p = QUICK if quick else FULL
+    report, p = begin("readclient", quick, QUICK, FULL)
     base = os.environ.get(BASE_ENV) or None
-    report.results["load_before"] = load()
-    report.results["parameters"] = dict(p)
-    if sim_server() is None:
-        report.skip("everything", "mxgateway_sim is missing")
+    if cannot_run(report, simulator=True):
         return report.to_json()
     report.results["read"] = asyncio.run(_measure(p, base))
     report.results["load_after"] = load()

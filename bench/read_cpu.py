@@ -30,8 +30,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench._common import Report, load_tags, rnd, sim_server
-from bench.opcua import keep_up_server, load, stream_session
+from bench._common import Report, begin, cannot_run, load, load_tags, rnd
+from bench.opcua import keep_up_server, stream_session
 
 FULL = {"reads": 60, "tags": 10_000, "objects": 2_600}
 QUICK = {"reads": 5, "tags": 1_000, "objects": 300}
@@ -121,13 +121,9 @@ def source() -> dict[str, Any]:
 
 def run(quick: bool = False) -> dict[str, Any]:
     """Entry point used by ``python -m bench readcpu``."""
-    report = Report("readcpu", quick)
-    p = QUICK if quick else FULL
-    report.results["load_before"] = load()
-    report.results["parameters"] = dict(p)
+    report, p = begin("readcpu", quick, QUICK, FULL)
     report.results["source"] = source()
-    if sim_server() is None:
-        report.skip("everything", "mxgateway_sim is missing")
+    if cannot_run(report, simulator=True):
         return report.to_json()
     report.results["read"] = asyncio.run(measure(p, report))
     report.results["load_after"] = load()

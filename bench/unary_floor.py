@@ -32,8 +32,18 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from bench import _client
-from bench._common import Report, ServerProcess, load_tags, median, pct, rnd, sim_server
-from bench.opcua import BareStub, Mx, Ua, load, opcua_server
+from bench._common import (
+    ServerProcess,
+    begin,
+    cannot_run,
+    load,
+    load_tags,
+    median,
+    pct,
+    rnd,
+    sim_server,
+)
+from bench.opcua import BareStub, Mx, Ua, opcua_server
 
 FULL = {"rounds": 5, "calls": 400}
 QUICK = {"rounds": 1, "calls": 20}
@@ -84,17 +94,12 @@ def summary(rounds: list[dict[str, dict[str, Any]]]) -> dict[str, Any]:
 
 async def run_async(quick: bool) -> dict[str, Any]:
     """Start both servers, run the interleaved rounds, return the JSON document."""
-    report = Report("unary_floor", quick)
-    p = QUICK if quick else FULL
-    report.results["load_before"] = load()
-    report.results["parameters"] = dict(p)
-    try:
-        import asyncua  # noqa: F401
-        from grpc_health.v1 import health_pb2, health_pb2_grpc
-    except ImportError:
-        report.skip("everything", "asyncua is not installed (pip install -e '.[bench]')")
+    report, p = begin("unary_floor", quick, QUICK, FULL)
+    if cannot_run(report, asyncua=True):
         return report.to_json()
     import logging
+
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     logging.getLogger("asyncua").setLevel(logging.ERROR)
     with tempfile.TemporaryDirectory(prefix="mxgw-bench-") as tmp:

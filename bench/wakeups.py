@@ -49,8 +49,18 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from bench._common import REPO_ROOT, Report, ServerProcess, load_tags, pct, rnd, sim_server
-from bench.opcua import Mx, Ua, load, opcua_server, stream_session
+from bench._common import (
+    REPO_ROOT,
+    ServerProcess,
+    begin,
+    cannot_run,
+    load,
+    load_tags,
+    pct,
+    rnd,
+    sim_server,
+)
+from bench.opcua import Mx, Ua, opcua_server, stream_session
 
 FULL = {"rounds": 6, "calls": 2000, "objects": 2_600}
 QUICK = {"rounds": 1, "calls": 100, "objects": 300}
@@ -342,21 +352,12 @@ async def measure(p: dict[str, Any], base: str | None = None) -> dict[str, Any]:
 
 def run(quick: bool = False) -> dict[str, Any]:
     """Entry point used by ``python -m bench wakeups``."""
-    report = Report("wakeups", quick)
-    p = QUICK if quick else FULL
-    report.results["load_before"] = load()
-    report.results["parameters"] = dict(p)
+    report, p = begin("wakeups", quick, QUICK, FULL)
     report.results["client_grpc_experiments"] = os.environ.get("GRPC_EXPERIMENTS")
     if not os.path.isdir("/proc/self/task"):
         report.skip("everything", "needs Linux /proc (per-thread context switches)")
         return report.to_json()
-    try:
-        import asyncua  # noqa: F401
-    except ImportError:
-        report.skip("everything", "asyncua is not installed (pip install -e '.[bench]')")
-        return report.to_json()
-    if sim_server() is None:
-        report.skip("everything", "mxgateway_sim is missing")
+    if cannot_run(report, asyncua=True, simulator=True):
         return report.to_json()
     base = os.environ.get(BASE_ENV) or None
     if base is not None:
