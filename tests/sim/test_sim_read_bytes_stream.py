@@ -10,7 +10,7 @@ import grpc
 from mxgateway import GatewayClient
 from mxgateway.generated import mxaccess_gateway_pb2 as pb
 from mxgateway_sim import GatewaySimulator, builtin_catalog
-from mxgateway_sim._requestbytes import KEEP_FROM_BYTES
+from mxgateway_sim._requestbytes import KEEP_FROM_BYTES, parse_command, read_bulk_bytes
 
 
 async def test_a_refused_large_read_leaves_nothing_for_the_next_read_on_its_stream() -> None:
@@ -111,3 +111,33 @@ async def test_an_open_stream_holds_no_large_read_its_handler_did_not_take() -> 
             for stream in streams:
                 stream.cancel()
             await channel.close()
+
+
+def test_a_repeated_large_read_gives_the_same_payload_bytes_object() -> None:
+    # A poller sends the same large ReadBulk again and again, each request with its own
+    # correlation id: its payload's bytes are the last one's very object (Python keeps
+    # its hash: the session's memo finds the call without hashing ~400 kB again); a
+    # payload of other bytes, even of the same length or beginning with the last one's,
+    # gets its own, equal to its serialisation.
+    tags = [f"Tank{i:05}.Level" for i in range(2_000)]
+
+    def payload_bytes(correlation_id: str, refs: list[str]) -> bytes | None:
+        command = pb.MxCommand(kind=pb.MX_COMMAND_KIND_READ_BULK)
+        command.read_bulk.server_handle = 7
+        command.read_bulk.tag_addresses.extend(refs)
+        request = pb.MxCommandRequest(
+            session_id="s1", client_correlation_id=correlation_id, command=command
+        )
+        parsed = parse_command(request.SerializeToString())
+        found = read_bulk_bytes(parsed.command.read_bulk)
+        assert found == command.read_bulk.SerializeToString()
+        return found
+
+    first = payload_bytes("c-1", tags)
+    assert payload_bytes("c-2", tags) is first
+    other = [*tags[:-1], "Tank99999.Level"]  # as long, one tag else
+    assert len(other) == len(tags)
+    assert payload_bytes("c-3", other) is not first
+    assert payload_bytes("c-4", tags) is not first  # the last one given was the other
+    assert payload_bytes("c-5", tags[:-1]) is not None
+    assert payload_bytes("c-6", tags) is not None  # the last one's bytes, and a tag more
