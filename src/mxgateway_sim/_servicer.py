@@ -104,6 +104,13 @@ _OK_HEAD: dict[int, tuple[bytes, bytes]] = {
 """Kind -> (its correlation prefix, its ``kind`` field and the OK status) as bytes."""
 
 
+def _joined(head: bytes, encoded: bytes | list[bytes]) -> bytes:
+    """``head`` followed by a handler's encoded payload field (bytes, or its pieces)."""
+    if type(encoded) is list:
+        return b"".join([head, *encoded])  # one copy of a large read's rows
+    return head + encoded  # type: ignore[operator]
+
+
 def _answer(
     reply: pb.MxCommandReply,
     request: pb.MxCommandRequest,
@@ -416,7 +423,7 @@ class GatewayServicer(CommandHandlers, EventStreams, AlarmService):
         if reply.HasField("protocol_status"):  # the handler gave its own verdict
             _answer(reply, request, number, None, "")
             if encoded is not None:
-                return reply.SerializeToString() + encoded
+                return _joined(reply.SerializeToString(), encoded)
             return reply
         # Answered: the header and the OK status as bytes, then what the handler filled
         # (fields 5 and up) and its encoded payload: exactly what serializing the whole
@@ -436,7 +443,7 @@ class GatewayServicer(CommandHandlers, EventStreams, AlarmService):
             )
         )
         if encoded is not None:
-            return head + reply.SerializeToString() + encoded
+            return _joined(head + reply.SerializeToString(), encoded)
         return head + reply.SerializeToString()
 
     @staticmethod

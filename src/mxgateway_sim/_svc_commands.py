@@ -310,7 +310,9 @@ class CommandHandlers(ServicerCore):
             ),
         )
 
-    async def _read_bulk(self, s: Session, p: pb.ReadBulkCommand, r: pb.MxCommandReply) -> bytes:
+    async def _read_bulk(
+        self, s: Session, p: pb.ReadBulkCommand, r: pb.MxCommandReply
+    ) -> bytes | list[bytes]:
         timeout_ms = p.timeout_ms  # each field read of a message costs a lookup
         if timeout_ms < 0:
             raise _BadRequest("timeout_ms cannot be negative")
@@ -370,7 +372,7 @@ class CommandHandlers(ServicerCore):
             memo.done()
         if len(parts) == 1:
             return _BULK_READ_FIELD + varint(size) + parts[0]
-        return b"".join((_BULK_READ_FIELD, varint(size), *parts))  # one copy of the rows
+        return [_BULK_READ_FIELD, varint(size), *parts]  # joined once, with the reply's head
 
     async def _ping(self, s: Session, p: pb.PingCommand, r: pb.MxCommandReply) -> None:
         await s.runtime.ping()

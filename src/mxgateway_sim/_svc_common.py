@@ -179,8 +179,12 @@ NO_SUCH_SESSION = "no session with that id"
 """The one answer for an unknown id and for another key's session (ownership is not revealed)."""
 
 
-Handler = Callable[[Session, Any, pb.MxCommandReply], Coroutine[Any, Any, bytes | None]]
-"""A command handler: fills the reply, or returns the bulk payload field already encoded."""
+Handler = Callable[
+    [Session, Any, pb.MxCommandReply], Coroutine[Any, Any, bytes | list[bytes] | None]
+]
+"""A command handler: fills the reply, or returns the bulk payload field already encoded
+(bytes, or a list of its pieces, joined once with the reply's head: a large read's rows are
+not copied into one field first)."""
 
 READ_CHUNK_ROWS = 256
 """Tags a ReadBulk reads (and encodes) per slice."""
