@@ -14,7 +14,7 @@ import struct
 import sys
 import time
 import types
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -408,6 +408,29 @@ def _model_catalog(objects: int = 60) -> InMemoryCatalog:
     return InMemoryCatalog(tags)
 
 
+@contextlib.asynccontextmanager
+async def _library_sessions(sim: GatewaySimulator, *names: str) -> AsyncIterator[list[Session]]:
+    """A client of the library on ``sim`` with a session for each of ``names`` (its client
+    session name), all closed at the end."""
+    async with (
+        await GatewayClient.connect(
+            endpoint=sim.endpoint, api_key=sim.api_key, plaintext=True
+        ) as client,
+        contextlib.AsyncExitStack() as sessions,
+    ):
+        yield [
+            await sessions.enter_async_context(await client.open_session(client_session_name=n))
+            for n in names
+        ]
+
+
+def _runtime_of(sim: GatewaySimulator, session: Session) -> SimulatedRuntime:
+    """The simulated runtime that serves ``session`` (its read cache is what tests switch)."""
+    found = sim.sessions.get(session.session_id)
+    assert found is not None and isinstance(found.runtime, SimulatedRuntime)
+    return found.runtime
+
+
 def _references(objects: int = 60) -> list[str]:
     """Every scalar of the model catalog, array elements, unknown objects and attributes,
     malformed references, in a mixed order over more than two ReadBulk chunks."""
@@ -480,22 +503,14 @@ async def test_rows_a_read_computes_are_the_plain_paths_rows(flaky_one_in: int) 
         kinds = {st.gen_function for st in states.values() if st is not None}
         assert set(BATCHED) <= kinds
         assert {_sine, _ramp, _toggle, _cycle, _int_counter, _int_ramp, _constant} <= kinds
-        async with (
-            await GatewayClient.connect(
-                endpoint=sim.endpoint, api_key=sim.api_key, plaintext=True
-            ) as client,
-            await client.open_session(client_session_name="reader") as session,
-            await client.open_session(client_session_name="other") as other,
-        ):
+        async with _library_sessions(sim, "reader", "other") as (session, other):
             other_h = await other.register("other")
             advised = await other.subscribe_bulk(other_h, ["Obj001.Level", "Obj002.Count"])
             pinned = advised[1].item_handle
             await other.write(other_h, pinned, 42, wait=True)  # pinned to 42 from now on
             await other.unsubscribe_bulk(other_h, [pinned])
             hlmx = await session.register("reader")
-            found = sim.sessions.get(session.session_id)
-            assert found is not None and isinstance(found.runtime, SimulatedRuntime)
-            runtime = found.runtime
+            runtime = _runtime_of(sim, session)
             cache = runtime._read_rows
             assert cache is not None
             statuses = set()
@@ -540,18 +555,10 @@ async def test_a_read_between_a_ticks_slices_answers_advised_attributes_as_befor
         refs = [f"Obj{i:03d}.{a}" for i in range(300) for a, _, array in _MODEL_ATTRIBUTES]
         moving = [r for r in refs if (st := plant.state(r)) and st.period == 1]
         assert len(moving) > 2 * TICK_SLICE_DELIVERIES
-        async with (
-            await GatewayClient.connect(
-                endpoint=sim.endpoint, api_key=sim.api_key, plaintext=True
-            ) as client,
-            await client.open_session(client_session_name="reader") as session,
-            await client.open_session(client_session_name="other") as other,
-        ):
+        async with _library_sessions(sim, "reader", "other") as (session, other):
             await other.subscribe_bulk(await other.register("other"), moving)
             hlmx = await session.register("reader")
-            found = sim.sessions.get(session.session_id)
-            assert found is not None and isinstance(found.runtime, SimulatedRuntime)
-            runtime = found.runtime
+            runtime = _runtime_of(sim, session)
             cache = runtime._read_rows
             await session.read_bulk(hlmx, moving)  # the rows known to the fast path
             tick = plant._tick(time.time())
@@ -582,16 +589,9 @@ async def test_rows_a_read_computes_are_refused_alike_over_the_message_limit() -
         plant = sim.plant
         assert plant is not None
         refs = [r for r in _references() if "Nope" not in r and ".." not in r] * 2
-        async with (
-            await GatewayClient.connect(
-                endpoint=sim.endpoint, api_key=sim.api_key, plaintext=True
-            ) as client,
-            await client.open_session(client_session_name="reader") as session,
-        ):
+        async with _library_sessions(sim, "reader") as (session,):
             hlmx = await session.register("reader")
-            found = sim.sessions.get(session.session_id)
-            assert found is not None and isinstance(found.runtime, SimulatedRuntime)
-            runtime = found.runtime
+            runtime = _runtime_of(sim, session)
             cache = runtime._read_rows
             messages = []
             plant.step()  # the first read computes every row (the others read its samples)
@@ -792,18 +792,10 @@ async def test_a_remembered_reads_planned_rows_are_the_plain_paths_rows(
         refs = [r for r in _references(120) if ".." not in r]  # some twice
         assert len(refs) > MEMO_CHUNK_ROWS  # two chunks
         states = {r: plant.state(r) for r in refs}
-        async with (
-            await GatewayClient.connect(
-                endpoint=sim.endpoint, api_key=sim.api_key, plaintext=True
-            ) as client,
-            await client.open_session(client_session_name="reader") as session,
-            await client.open_session(client_session_name="other") as other,
-        ):
+        async with _library_sessions(sim, "reader", "other") as (session, other):
             other_h = await other.register("other")
             hlmx = await session.register("reader")
-            found = sim.sessions.get(session.session_id)
-            assert found is not None and isinstance(found.runtime, SimulatedRuntime)
-            runtime = found.runtime
+            runtime = _runtime_of(sim, session)
             cache = runtime._read_rows
             assert cache is not None
             steps: list[int | str] = [1, 1, 0, 3, 30, "other", 1, 7, "advise", 50, 1, 200]

@@ -8,10 +8,10 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from test_sim_bulk_fast_paths import _fast_and_plain, _model_catalog
+from test_sim_bulk_fast_paths import _fast_and_plain, _library_sessions, _model_catalog, _runtime_of
 
-from mxgateway import GatewayClient, MxGatewayInternalError, Session
-from mxgateway_sim import GatewaySimulator, Plant, SimulatedRuntime
+from mxgateway import MxGatewayInternalError, Session
+from mxgateway_sim import GatewaySimulator, Plant
 from mxgateway_sim._readplan import _Group
 from mxgateway_sim._readrows import MEMO_CHUNK_ROWS
 
@@ -28,12 +28,7 @@ async def _reader() -> AsyncIterator[tuple[GatewaySimulator, Plant, Session, int
     ) as sim:
         plant = sim.plant
         assert plant is not None
-        async with (
-            await GatewayClient.connect(
-                endpoint=sim.endpoint, api_key=sim.api_key, plaintext=True
-            ) as client,
-            await client.open_session(client_session_name="reader") as session,
-        ):
+        async with _library_sessions(sim, "reader") as (session,):
             yield sim, plant, session, await session.register("reader")
 
 
@@ -42,9 +37,7 @@ async def test_a_chunk_of_one_row_is_planned_and_answered_as_the_plain_path() ->
     # one tag, or the last row of a list one longer than whole chunks) takes its own way
     # there, and must answer the row, in a list, as the plain path does.
     async with _reader() as (sim, plant, session, hlmx):
-        found = sim.sessions.get(session.session_id)
-        assert found is not None and isinstance(found.runtime, SimulatedRuntime)
-        runtime = found.runtime
+        runtime = _runtime_of(sim, session)
         cache = runtime._read_rows
         assert cache is not None
         for refs in (SCALARS[:1], (SCALARS * 3)[: MEMO_CHUNK_ROWS + 1]):

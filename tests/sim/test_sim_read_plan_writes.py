@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from test_sim_bulk_fast_paths import _model_catalog
+from test_sim_bulk_fast_paths import _library_sessions, _model_catalog
 
-from mxgateway import GatewayClient, from_mx_value
+from mxgateway import from_mx_value
 from mxgateway_sim import GatewaySimulator
 
 WRITTEN = "Obj007.Count"
@@ -23,13 +23,7 @@ async def test_a_written_attribute_stays_written_when_its_chunk_is_planned_again
         assert plant is not None
         refs = [f"Obj{i:03d}.{name}" for i in range(120) for name in ("Count", "Level", "Flag")]
         at = refs.index(WRITTEN)
-        async with (
-            await GatewayClient.connect(
-                endpoint=sim.endpoint, api_key=sim.api_key, plaintext=True
-            ) as client,
-            await client.open_session(client_session_name="reader") as session,
-            await client.open_session(client_session_name="other") as other,
-        ):
+        async with _library_sessions(sim, "reader", "other") as (session, other):
             reader = await session.register("reader")
             writer = await other.register("other")
             for _ in range(2):  # remembered, then planned
