@@ -245,23 +245,25 @@ class ServerGcPolicy:
         untrack(hidden)
         given = 0
         try:
-            held = [obj for hide in list(cls.hiders) for obj in hide()]
-            untrack(held)
             is_tracked = gc.is_tracked
-            for start in range(0, len(held), SLICE_OBJECTS):
-                for obj in held[start : start + SLICE_OBJECTS]:
-                    # Only what the collector tracks now (and so has its header): given
-                    # back below, and only if still untracked (a dict that took a tracked
-                    # value meanwhile was tracked again by CPython itself).
-                    if is_tracked(obj):
-                        untrack(obj)
-                        hidden.append(obj)
-                await steps.turn()
-            del held
+            for hide in list(cls.hiders):
+                held = list(hide())  # a snapshot, whatever changes while the loop turns
+                untrack(held)
+                for start in range(0, len(held), SLICE_OBJECTS):
+                    for obj in held[start : start + SLICE_OBJECTS]:
+                        # Only what the collector tracks now (and so has its header): given
+                        # back below, and only if still untracked (a dict that took a
+                        # tracked value meanwhile was tracked again by CPython itself).
+                        if is_tracked(obj):
+                            untrack(obj)
+                            hidden.append(obj)
+                    await steps.turn()
+                del held
             gc.unfreeze()
             found = gc.collect()
             gc.freeze()
             steps.walked()
+            await steps.turn()
             while given < len(hidden):
                 given = _give_back(hidden, given, SLICE_OBJECTS)
                 await steps.turn()
@@ -365,7 +367,7 @@ class _Steps:
         self.since = time.thread_time()
 
     def walked(self) -> None:
-        """The step that ends here held the collection's walk."""
+        """The step ending now held the collection's walk."""
         self.walk = time.thread_time() - self.since
 
     def done(self, found: int, hidden: int) -> SlicedCollection:
