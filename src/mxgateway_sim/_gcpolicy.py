@@ -262,8 +262,7 @@ class ServerGcPolicy:
             gc.unfreeze()
             found = gc.collect()
             gc.freeze()
-            steps.walked()
-            await steps.turn()
+            await steps.turn(walk=True)
             while given < len(hidden):
                 given = _give_back(hidden, given, SLICE_OBJECTS)
                 await steps.turn()
@@ -283,6 +282,8 @@ class ServerGcPolicy:
         # not count as shrinkage now and growth later.
         tracked = gc.get_freeze_count() + len(gc.get_objects())
         held = cls.held()
+        if cls.collecting:  # what it hid is not counted now: its end sets the base anew
+            return tracked, held, cls.low, False
         loose = tracked - held
         low = min(cls.low, loose)
         grown = loose - low
@@ -343,6 +344,8 @@ class SlicedCollection(NamedTuple):
     """The longest step's: how long it held the loop at most."""
     walk_s: float
     """The step with the collection itself (unfreeze, walk, freeze)."""
+    others_s: float
+    """The longest of the other steps (hiding or giving back a slice)."""
 
 
 class _Steps:
@@ -350,29 +353,30 @@ class _Steps:
 
     def __init__(self) -> None:
         self.count = 0
-        self.total = self.longest = self.walk = 0.0
+        self.total = self.longest = self.walk = self.others = 0.0
         self.since = time.thread_time()
 
-    def _end(self) -> float:
+    def _end(self, walk: bool) -> None:
         cpu = time.thread_time() - self.since
         self.count += 1
         self.total += cpu
         self.longest = max(self.longest, cpu)
-        return cpu
+        if walk:
+            self.walk = cpu
+        else:
+            self.others = max(self.others, cpu)
 
-    async def turn(self) -> None:
-        """End a step: give the loop a turn."""
-        self._end()
+    async def turn(self, *, walk: bool = False) -> None:
+        """End a step (``walk``: the one with the collection's walk): give the loop a turn."""
+        self._end(walk)
         await asyncio.sleep(0)
         self.since = time.thread_time()
 
-    def walked(self) -> None:
-        """The step ending now held the collection's walk."""
-        self.walk = time.thread_time() - self.since
-
     def done(self, found: int, hidden: int) -> SlicedCollection:
-        self._end()
-        return SlicedCollection(found, hidden, self.count, self.total, self.longest, self.walk)
+        self._end(False)
+        return SlicedCollection(
+            found, hidden, self.count, self.total, self.longest, self.walk, self.others
+        )
 
 
 def _give_back(hidden: list[object], start: int, count: int) -> int:

@@ -386,11 +386,16 @@ async def test_a_cancelled_full_collection_gives_back_what_it_hid(
     async with _tenured(monkeypatch, 60_000) as (sim, gw, sid, sh):
         await gw.ok(sid, "add_item_bulk", server_handle=sh, tag_addresses=REFS)
         models = _models(sim)
+        ServerGcPolicy.full_collection()  # the valve's base: what is not held now
         task = asyncio.create_task(ServerGcPolicy.full_collection_sliced())
         for _ in range(5):
             await asyncio.sleep(0)
         assert ServerGcPolicy.collecting
         assert not all(gc.is_tracked(m) for m in models)  # some hidden by now
+        # A check meanwhile neither collects nor takes the hidden objects for shrinkage.
+        low = ServerGcPolicy.low
+        assert ServerGcPolicy.valve().found is None
+        assert ServerGcPolicy.low == low
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
