@@ -8,8 +8,9 @@ and advises 100k items in one session, streams their changes, and for a while (1
 and is closed. Every 15 s it asks the server (SIGUSR2) what the valve counts
 (``mxgateway_sim._gcpolicy``): tracked objects, those the simulator holds alive (items,
 parsed references, read rows, attribute models and samples), and the rest (``loose``). At
-the end the full collection runs (SIGHUP) and reports the cyclic garbage it found and its
-loop-thread CPU. The valve runs the full collection only once ``loose`` grew by a quarter
+the end the full collection runs (SIGHUP; the valve's, a slice at a time) and reports the
+cyclic garbage it found, what it walked, and its loop-thread CPU: all its steps, the walk's
+and the longest other one. The valve runs the full collection only once ``loose`` grew by a quarter
 of what the server holds over the fewest since the last one, so the garbage found per hour
 says how rarely that is. Prints one JSON document (nothing is asserted: see docs/benchmarks.md).
 """

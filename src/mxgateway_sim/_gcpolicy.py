@@ -30,14 +30,15 @@ object on a 2-core machine, more under load). The policy keeps those walks short
   young generation a young collection runs: its walks stay about that size (each object
   is walked once however often that is, so a lower bound costs little more CPU).
 - **Valve** (with tenure): cyclic garbage among frozen objects is only freed by a full
-  collection (unfreeze, collect, freeze again), which walks everything: 200-330 ms of loop
-  CPU with a session of 100k items in one piece. Every :data:`VALVE_CHECK_S` the policy counts the
-  tracked objects (:meth:`ServerGcPolicy.valve`) less those the server knows it holds
-  alive (its **held** objects: each item, parsed reference, cached read row, attribute
-  model and current sample, reported by the simulators through ``acquire(held=...)``),
-  and runs the full collection only when
-  the rest grew by :data:`VALVE_GROWTH` of what the server holds (at least
-  :data:`VALVE_MIN_GROWTH` objects) over the fewest seen since the last one. Garbage stays
+  collection (unfreeze, collect, freeze again), which walks everything: 150-330 ms of loop
+  CPU with a session of 100k items in one piece (the valve's is sliced, below). Every
+  :data:`VALVE_CHECK_S` the policy counts the tracked objects
+  (:meth:`ServerGcPolicy.valve`) less those the server knows it holds alive (its **held**
+  objects: each item, parsed reference, cached read row and attribute model, and the
+  model's sample where it is tracked, reported by the simulators through
+  ``acquire(held=...)``), and runs the full collection only when the rest grew by
+  :data:`VALVE_GROWTH` of what the server holds (at least :data:`VALVE_MIN_GROWTH`
+  objects) over the fewest seen since the last one. Garbage stays
   bounded in proportion to what the server holds (CPython's own rule for its oldest
   generation), and items being added, held or removed are no reason for a full walk:
   only objects nobody accounts for are. Items and models die by reference counting (a
@@ -50,10 +51,10 @@ object on a 2-core machine, more under load). The policy keeps those walks short
 - **Sliced full collection** (the valve's, :meth:`ServerGcPolicy.full_collection_sliced`):
   the objects the simulators hold alive on purpose cannot be garbage, so the full
   collection need not walk them. The simulators name them (``acquire(hide=...)``: their
-  items, attribute models, samples, catalog records and the containers that hold them);
+  items, attribute models, parsed references, read rows and the dicts that hold them);
   they are taken out of the collector's lists a slice of :data:`SLICE_OBJECTS` at a time
-  (``PyObject_GC_UnTrack``, CPython's C API), the full collection walks the rest (~55k
-  objects of start-up, caches and calls instead of ~445k with 100k items), and they are
+  (``PyObject_GC_UnTrack``, CPython's C API), the full collection walks the rest (~46k
+  objects of start-up, caches and calls instead of ~273k with 100k items), and they are
   given back a slice at a time (``PyObject_GC_Track``, a young collection, frozen again),
   each slice a turn of the event loop. The collector treats a reference from an object
   it does not track as a reference from outside, so hiding an object only keeps what it
