@@ -805,11 +805,14 @@ async def test_an_aborted_call_leaves_no_cyclic_garbage(
         unknown = "session-" + "0" * 32
         ping = pb.MxCommandRequest(session_id=sid, command=command("ping"))
         garbled = b"\xff\xff\xff"  # no message parses it
+        register = pb.MxCommandRequest(
+            session_id=sid, command=command("register", client_name="gc")
+        ).SerializeToString()
         service = "/mxaccess_gateway.v1.MxAccessGateway/"
         reflection = "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"
 
-        async def streamed(method: str, request: object) -> None:
-            async for _ in channel.stream_stream(method)(iter([request]), metadata=gw.md):
+        async def streamed(method: str, *requests: object) -> None:
+            async for _ in channel.stream_stream(method)(iter(requests), metadata=gw.md):
                 pass
 
         async def events() -> None:
@@ -832,6 +835,10 @@ async def test_an_aborted_call_leaves_no_cyclic_garbage(
             ),
             "a malformed command on the stream": (
                 lambda: streamed(service + "InvokeStream", garbled),
+                grpc.StatusCode.INVALID_ARGUMENT,
+            ),
+            "a malformed command after the stream's first": (  # the batched replies' loop
+                lambda: streamed(service + "InvokeStream", register, garbled),
                 grpc.StatusCode.INVALID_ARGUMENT,
             ),
             "the events of an unknown session": (events, grpc.StatusCode.NOT_FOUND),
