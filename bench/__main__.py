@@ -1,6 +1,6 @@
 """``python -m bench [all|parse|unary|events|bulk|galaxy|capacity|profile|stall|opcua|startup|
 worker_hop|metrics|keepup|readcpu|wakeups|gc_valve|unary_floor|
-readclient] [--quick] [--out F]``.
+readclient|eventsclient] [--quick] [--out F]``.
 
 Prints one JSON document. ``all`` runs every benchmark in turn (under 10 minutes on a
 2-core machine) and wraps their documents with the machine info; ``stall`` (the loop stall
@@ -36,6 +36,7 @@ ONLY_WHEN_NAMED = (
     "gc_valve",
     "unary_floor",
     "readclient",
+    "eventsclient",
 )
 # Benchmark name -> module (galaxy_memory.py belongs to the Galaxy helpers).
 MODULES = {
@@ -44,6 +45,7 @@ MODULES = {
     "metrics": "metrics_cost",
     "readcpu": "read_cpu",
     "readclient": "read_client",
+    "eventsclient": "events_client",
     "worker_floor": "worker_floor",
 }
 

@@ -39,6 +39,7 @@ EXPECTED: dict[str, tuple[str, ...]] = {
     "gc_valve": ("full_collection", "cpu_ms"),
     "unary_floor": ("modes", "bare_read", "ratio_to_ua_read"),
     "readclient": ("read", "library_vs_bare_stub"),
+    "eventsclient": ("tags_50", "library", "replay_cpu_us_per_change"),
 }
 
 
