@@ -52,6 +52,9 @@ _CLOSE_WAIT = 1.0
 
 _EOF: Any = grpc.aio.EOF  # type: ignore[attr-defined]  # what read() returns at the end
 
+_UNSENT: Any = object()
+"""What :func:`_exchange` returns when it sent nothing: the command is written and read."""
+
 
 class CommandStream:
     """The client's end of ``InvokeStream``: opened on first use, again after a failure."""
@@ -115,12 +118,15 @@ class CommandStream:
             else:
                 self._arm(timeout)
             data = serialize(request) if self._answered and _idempotent(request) else None
+            reply = _UNSENT
             if data is not None and len(data) <= self._transport.options.max_message_bytes:
                 reply = await _exchange(call, data)
                 if reply is None:  # the batch failed: Invoke sends it (again)
                     self._drop()
+                    if self._timed_out:
+                        raise self._deadline_error(session_id, what)
                     return None
-            else:
+            if reply is _UNSENT:
                 try:
                     await call.write(request)
                 except grpc.aio.AioRpcError as exc:
@@ -171,7 +177,7 @@ class CommandStream:
             )
         assert isinstance(reply, pb.MxCommandReply)
         self._refusals = 0
-        self._answered = self._batch
+        self._answered = self._batch and grpcbatch.AVAILABLE
         return reply
 
     def _refused(
@@ -283,16 +289,26 @@ async def _exchange(call: Any, data: bytes) -> pb.MxCommandReply | Any:
     Returns the reply; ``_EOF`` when the stream ended OK after the command went out;
     None when the batch failed, so the command may not have gone out (as a refused
     write), or it may have and its reply was lost: only a command that is safe to send
-    again comes here. Raises ``AioRpcError`` with the stream's status when it ended
-    otherwise, ``CancelledError`` when it was cancelled here (the deadline, ``aclose``).
+    again comes here; ``_UNSENT`` when this grpcio's internals differ from what
+    :mod:`mxgateway._grpcbatch` expects before anything happened on the stream (batches
+    are off for good: the caller writes and reads). Raises ``AioRpcError`` with the
+    stream's status when it ended otherwise, ``CancelledError`` when it was cancelled here
+    (the deadline, ``aclose``).
     """
-    cython_call = call._cython_call
+    try:
+        cython_call = call._cython_call
+    except AttributeError as exc:
+        grpcbatch.unusable(False, exc)
+        return _UNSENT
     try:
         raw = await grpcbatch.exchange(cython_call, data)
     except grpcbatch.BatchFailed:
-        if cython_call.is_locally_cancelled():
+        cancelled = getattr(cython_call, "is_locally_cancelled", None)  # private too
+        if cancelled is not None and cancelled():
             raise asyncio.CancelledError from None
         return None
+    except grpcbatch.Unusable as exc:
+        return None if exc.sent else _UNSENT
     if raw is not None:
         return pb.MxCommandReply.FromString(raw)
     code = await call.code()

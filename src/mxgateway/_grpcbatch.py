@@ -12,7 +12,10 @@ per command").
 grpc.aio has no public call for it: this uses the primitives its own calls are built of
 (``grpc._cython.cygrpc``: ``execute_batch`` and the operation classes), exactly as its
 ``unary_unary`` does with its six operations. :data:`AVAILABLE` is False where a grpcio
-lacks them; callers then use ``write()``/``read()``.
+lacks them; callers then use ``write()``/``read()``. grpcio has no upper version pin, so
+these internals may differ at run time (renamed, another signature): the first such
+failure raises :class:`Unusable` and sets :data:`AVAILABLE` False for good, and callers
+go on with ``write()``/``read()`` instead of failing every call.
 """
 
 from __future__ import annotations
@@ -21,7 +24,11 @@ import asyncio
 import gc
 from typing import Any
 
-__all__ = ["AVAILABLE", "BatchFailed", "exchange", "server_call"]
+from mxgateway._logsafe import get_logger
+
+__all__ = ["AVAILABLE", "BatchFailed", "Unusable", "exchange", "server_call"]
+
+_log = get_logger(__name__)
 
 try:
     from grpc._cython import cygrpc as _cygrpc  # type: ignore[attr-defined]
@@ -39,18 +46,50 @@ except (ImportError, AttributeError):  # pragma: no cover - a grpcio without the
     AVAILABLE = False
 
 
+class Unusable(Exception):
+    """This grpcio's internals are not what this module expects; batches are off for good
+    (:data:`AVAILABLE` is False from now on)."""
+
+    def __init__(self, sent: bool) -> None:
+        super().__init__("gRPC batches are unusable with this grpcio")
+        self.sent = sent
+        """Whether the batch may have run: the message sent, one received and lost. When
+        False nothing happened on the call, which goes on through ``write()``/``read()``."""
+
+
+def unusable(sent: bool, exc: BaseException) -> Unusable:
+    """Turn batches off for good (``exc``: what failed) and return the error to raise."""
+    global AVAILABLE
+    if AVAILABLE:
+        AVAILABLE = False
+        _log.warning("gRPC batches turned off, this grpcio differs: %r", exc)
+    return Unusable(sent)
+
+
 async def exchange(call: Any, data: bytes | None) -> bytes | None:
     """Send ``data`` (None: nothing) on ``call`` and receive the next message, in one batch.
 
     ``call``: gRPC's own object of the call (a client call's ``_cython_call``, a server
     call's :func:`server_call`), whose metadata was sent and whose reads were begun
     through grpc.aio. Returns the message received, or None when the peer ended its side
-    (the call's status tells how). Raises :data:`BatchFailed`.
+    (the call's status tells how). Raises :data:`BatchFailed`, or :class:`Unusable` (the
+    first time grpcio's internals are found to differ from what this module expects).
     """
-    received = _ReceiveMessage(0)
-    operations = (received,) if data is None else (_SendMessage(data, 0), received)
-    await _execute_batch(call, operations, asyncio.get_running_loop())
-    message: bytes | None = received.message()
+    try:
+        received = _ReceiveMessage(0)
+        operations = (received,) if data is None else (_SendMessage(data, 0), received)
+        # A call checks the arguments; the batch starts when awaited: nothing has
+        # happened on the call when this raises.
+        batch = _execute_batch(call, operations, asyncio.get_running_loop())
+    except Exception as exc:
+        raise unusable(False, exc) from exc
+    try:
+        await batch
+        message: bytes | None = received.message()
+    except BatchFailed:
+        raise
+    except Exception as exc:
+        raise unusable(True, exc) from exc
     return message
 
 

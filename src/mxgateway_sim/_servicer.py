@@ -20,7 +20,7 @@ import grpc
 from google.protobuf.duration_pb2 import Duration
 from grpc import aio
 
-from mxgateway._grpcbatch import BatchFailed, exchange, server_call
+from mxgateway._grpcbatch import BatchFailed, Unusable, exchange, server_call
 from mxgateway._version import GATEWAY_PROTOCOL_VERSION, WORKER_PROTOCOL_VERSION
 from mxgateway.commands import scope_for_command
 from mxgateway.generated import mxaccess_gateway_pb2 as pb
@@ -80,6 +80,12 @@ _parse_request = tolerant(parse_command)
 """What the interceptor makes of ``InvokeStream``'s deserializer (a malformed body is a
 ``_Malformed``, refused by :meth:`GatewayServicer._stream_command`), for the requests
 :meth:`GatewayServicer._batched` receives as bytes."""
+
+
+_ENDED = object()
+"""What :meth:`GatewayServicer._batched` returns when the stream has ended."""
+
+_STREAM_LOST = "the command stream lost a request; send it again"
 
 
 def _kind_name(kind: int) -> str:
@@ -280,27 +286,38 @@ class GatewayServicer(CommandHandlers, EventStreams, AlarmService):
                 yield await self._stream_command(first, context)  # with the headers
                 call = server_call(context)
                 if call is not None:
-                    await self._batched(call, context)
-                    return
+                    unsent = await self._batched(call, context)
+                    if unsent is _ENDED:
+                        return
+                    if isinstance(unsent, bytes):
+                        yield unsent
             async for request in requests:
                 yield await self._stream_command(request, context)
         except Exception as exc:
             if not await answered(exc, context, _INVOKE_STREAM):
                 raise
 
-    async def _batched(self, call: object, context: Context) -> None:
+    async def _batched(self, call: object, context: Context) -> object:
         """The rest of :meth:`InvokeStream` after its first reply: each reply is sent and
         the next request received in one gRPC batch (:mod:`mxgateway._grpcbatch`), one
-        completion a command instead of one for the reply and one for the request. Ends
-        when the client half-closes (after the last reply went out) or the call ends."""
+        completion a command instead of one for the reply and one for the request.
+        Returns :data:`_ENDED` when the client half-closed (after the last reply went out)
+        or the call ended. Where this grpcio's internals differ from what batches need,
+        returns the reply not yet sent (None: none) for :meth:`InvokeStream` to send and
+        go on without batches; when a request may have been received and lost meanwhile,
+        ends the stream ``UNAVAILABLE`` (the command did not run: a client sends it again)."""
         reply: bytes | None = None
         while True:
             try:
                 data = await exchange(call, reply)
             except BatchFailed:
-                return  # the call ended (the client went away): nobody to answer
+                return _ENDED  # the call ended (the client went away): nobody to answer
+            except Unusable as exc:
+                if exc.sent:
+                    await context.abort(grpc.StatusCode.UNAVAILABLE, _STREAM_LOST)
+                return reply
             if data is None:
-                return  # the client half-closed
+                return _ENDED  # the client half-closed
             reply = _reply_bytes(await self._stream_command(_parse_request(data), context))
 
     async def _stream_command(self, request: object, context: Context) -> pb.MxCommandReply | bytes:
