@@ -119,9 +119,10 @@ class DataChange:
     from) are looked up on each access: iterating events costs nothing for them.
     """
 
-    # The event is kept as (container, index) rather than as its ``MxEvent`` wrapper: one
-    # object fewer for the garbage collector to track per event (the container is shared
-    # by the whole batch and keeps the parsed batch alive, as the wrapper did).
+    # The event is kept as ((container, base), index) rather than as its ``MxEvent``
+    # wrapper: one object fewer for the garbage collector to track per event (the pair is
+    # shared by a decoded chunk and keeps the parsed batch alive, as the wrapper did), and
+    # the index within a chunk (below DECODE_CHUNK) is one of Python's cached small ints.
     __slots__ = (
         "_i",
         "_src",
@@ -152,20 +153,24 @@ class DataChange:
         self.value = value
         self.quality = quality
         if _index < 0:  # a lone event (not one of a decoded batch)
-            self._src: Sequence[pb.MxEvent] = (raw,)
+            self._src: tuple[Sequence[pb.MxEvent], int] = ((raw,), 0)
             self._i = 0
         else:
-            self._src = raw  # type: ignore[assignment]
+            self._src = (raw, 0)  # type: ignore[assignment]
             self._i = _index
         if timestamp is None:
-            timestamp = _ts(self._src[self._i].on_data_change.timestamp)
+            timestamp = _ts(self._event().on_data_change.timestamp)
         self.timestamp: datetime = timestamp
+
+    def _event(self) -> pb.MxEvent:
+        events, base = self._src
+        return events[base + self._i]
 
     @property
     def raw(self) -> pb.MxEvent:
         """The ``MxEvent`` this was decoded from (parsed again from the stream's view of
         it on each access, see :mod:`mxgateway._eventwire`)."""
-        return full_event(self._src[self._i])
+        return full_event(self._event())
 
     @property
     def statuses(self) -> Sequence[pb.MxStatusProxy]:
@@ -418,7 +423,8 @@ def decode_events(
     it: Iterator[pb.MxEvent] | None = None,
 ) -> None:
     """Decode ``events[start:stop]`` into ``out``, dropping duplicates and inserting gap
-    notices. A :class:`DataChange` keeps ``events`` and its index (see ``raw``).
+    notices. A :class:`DataChange` keeps ``(events, start)`` and its index after ``start``
+    (see ``raw``).
 
     ``events`` are generated ``MxEvent`` messages or the stream's view of them
     (:mod:`mxgateway._eventwire`, whose data-change timestamps are bytes): both decode to
@@ -445,7 +451,8 @@ def decode_events(
         _ts_of_bytes if stop > start and is_view(events[start]) else _ts
     )
     new, change = object.__new__, DataChange
-    for i, ev in zip(range(start, stop), it, strict=False):
+    chunk = (events, start)  # a DataChange's _src: its index is then below DECODE_CHUNK
+    for i, ev in zip(range(stop - start), it, strict=False):
         seq = ev.worker_sequence
         if seq == expect:
             expect = seq + 1
@@ -483,7 +490,7 @@ def decode_events(
             dc.value = value
             dc.quality = d.quality
             dc.timestamp = stamp  # type: ignore[assignment]
-            dc._src = events
+            dc._src = chunk
             dc._i = i
             append(dc)
         else:
