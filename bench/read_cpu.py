@@ -12,7 +12,9 @@ less than wall time:
 - ``server_cpu_ms``: the simulator process's CPU per read (its ``/proc`` counters, Linux
   only): the handler, gRPC, and the plant's 1 ms scan ticks meanwhile;
   ``server_idle_cpu_ms`` is the simulator's CPU over an idle window as long as one read
-  and its pause (the scan ticks alone), ``server_cpu_ms_net`` the difference.
+  and its pause (the scan ticks alone), ``server_cpu_ms_net`` the difference;
+  ``server_loop_thread_cpu_ms`` is its event loop's thread (the handler, grpc.aio's Python
+  side, the scan), ``server_other_threads_cpu_ms`` gRPC core's own threads.
 
 The simulator is the one ``python -m bench opcua`` reads (``bench.opcua.keep_up_server``:
 2,600 objects, 1 ms scan, asyncio), the client the library on its command stream. Each
@@ -49,6 +51,25 @@ def process_cpu_s(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def thread_cpu_s(pid: int) -> dict[int, float]:
+    """User + system CPU seconds of each thread of process ``pid`` so far, by thread id
+    (empty where /proc is missing; a thread that ended meanwhile is left out)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[int, float] = {}
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat", encoding="ascii") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        out[int(tid)] = (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
 async def measure(p: dict[str, Any], report: Report) -> dict[str, Any]:
     """Start the simulator, read ``p["reads"]`` times, split the CPU."""
     with tempfile.TemporaryDirectory(prefix="mxgw-bench-") as tmp:
@@ -66,6 +87,7 @@ async def measure(p: dict[str, Any], report: Report) -> dict[str, Any]:
                 await session.read_bulk(hlmx, tags)
             walls: list[float] = []
             client: list[float] = []
+            threads0 = thread_cpu_s(pid)
             server0, t0 = process_cpu_s(pid), time.perf_counter()
             for _ in range(int(p["reads"])):
                 w0, c0 = time.perf_counter(), time.process_time()
@@ -74,6 +96,7 @@ async def measure(p: dict[str, Any], report: Report) -> dict[str, Any]:
                 walls.append(time.perf_counter() - w0)
                 await asyncio.sleep(PAUSE_S)
             server1, span = process_cpu_s(pid), time.perf_counter() - t0
+            threads1 = thread_cpu_s(pid)
             if not all(r.was_successful for r in rows) or len(rows) != len(tags):
                 raise RuntimeError("a read did not answer every tag")
             idle0 = process_cpu_s(pid)
@@ -95,6 +118,13 @@ async def measure(p: dict[str, Any], report: Report) -> dict[str, Any]:
     server = (server1 - server0) / reads
     idle = (idle1 - idle0) / reads
     out["server_cpu_ms"] = rnd(server * 1e3, 2)
+    if pid in threads0 and pid in threads1:
+        # The event loop's thread (the handler, grpc.aio's Python side, the scan) against
+        # gRPC core's own threads (the poller, the event engine's).
+        main = threads1[pid] - threads0[pid]
+        others = sum(threads1.values()) - sum(threads0.get(t, 0.0) for t in threads1) - main
+        out["server_loop_thread_cpu_ms"] = rnd(main / reads * 1e3, 2)
+        out["server_other_threads_cpu_ms"] = rnd(others / reads * 1e3, 2)
     out["server_idle_cpu_ms"] = rnd(idle * 1e3, 2)
     out["server_cpu_ms_net"] = rnd((server - idle) * 1e3, 2)
     return out
