@@ -15,6 +15,7 @@ from mxgateway import _grpcbatch
 from mxgateway.generated import mxaccess_gateway_pb2 as pb
 from mxgateway_sim import FaultPlan, GatewaySimulator, RpcFault
 from mxgateway_sim._faults import STREAM_OFF
+from mxgateway_sim._limits import DEFAULT_MAX_MESSAGE_BYTES
 
 SEND_AND_READ = ("SendMessageOperation", "ReceiveMessageOperation")
 
@@ -99,3 +100,27 @@ async def test_a_client_that_cancels_a_batched_stream_leaves_no_server_task(
     stream.cancel()
     await wait_for(lambda: len(asyncio.all_tasks()) <= before, timeout=10)
     assert await gw.stub.Invoke(ping, metadata=gw.md)  # the gateway serves on
+
+
+async def test_a_request_over_the_message_limit_on_a_batched_stream_ends_it_so(
+    gw: Gw, server_batches: list[tuple[str, ...]]
+) -> None:
+    # gRPC core refuses a message over the server's limit in the batch that reads it: the
+    # stream ends RESOURCE_EXHAUSTED, as when grpc.aio read it, and the gateway serves on.
+    sid = await gw.open()
+    ping = pb.MxCommandRequest(session_id=sid, command=command("ping"))
+    huge = pb.MxCommandRequest(session_id=sid, command=command("ping"))
+    huge.client_correlation_id = "x" * (DEFAULT_MAX_MESSAGE_BYTES + 1024)
+    stream = gw.stub.InvokeStream(metadata=gw.md)
+    try:
+        for _ in range(2):
+            await stream.write(ping)
+            assert (await stream.read()).kind == pb.MX_COMMAND_KIND_PING
+        await stream.write(huge)
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stream.read()
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    finally:
+        stream.cancel()
+    assert server_batches[-1] == SEND_AND_READ  # the huge request's read was a batch
+    assert await gw.stub.Invoke(ping, metadata=gw.md)
