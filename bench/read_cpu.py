@@ -124,7 +124,7 @@ async def measure(p: dict[str, Any], report: Report) -> dict[str, Any]:
         main = threads1[pid] - threads0[pid]
         others = sum(threads1.values()) - sum(threads0.get(t, 0.0) for t in threads1) - main
         out["server_loop_thread_cpu_ms"] = rnd(main / reads * 1e3, 2)
-        out["server_other_threads_cpu_ms"] = rnd(others / reads * 1e3, 2)
+        out["server_other_threads_cpu_ms"] = rnd(max(others, 0.0) / reads * 1e3, 2)
     out["server_idle_cpu_ms"] = rnd(idle * 1e3, 2)
     out["server_cpu_ms_net"] = rnd((server - idle) * 1e3, 2)
     return out
