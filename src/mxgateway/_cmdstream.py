@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import grpc
@@ -49,6 +50,10 @@ client stops opening them (a gateway without the stream, whose ``UNIMPLEMENTED``
 
 _CLOSE_WAIT = 1.0
 """Seconds a closing client waits for the gateway to end an idle command stream."""
+
+AHEAD = 2
+"""Requests of :meth:`CommandStream.invoke_many` written before their replies are read:
+one computed by the gateway while the next waits in its queue."""
 
 _EOF: Any = grpc.aio.EOF  # type: ignore[attr-defined]  # what read() returns at the end
 
@@ -179,6 +184,96 @@ class CommandStream:
         self._refusals = 0
         self._answered = self._batch and grpcbatch.AVAILABLE
         return reply
+
+    async def invoke_many(
+        self,
+        requests: Sequence[EncodedRequest],
+        timeout: float | None,
+        session_id: str,
+        what: str,
+        take: Callable[[pb.MxCommandReply], None],
+    ) -> int:
+        """Run idempotent ``requests`` (the chunks of one large read) on the stream as a
+        pipeline: up to :data:`AHEAD` written before their replies are read, so the
+        gateway computes the next while ``take`` decodes a reply. Replies come in request
+        order (the stream's guarantee); ``take`` gets each in turn. One deadline,
+        ``timeout``, covers them all.
+
+        Returns how many replies ``take`` got; fewer than ``len(requests)`` means "send
+        the rest through ``Invoke``" (as :meth:`invoke`'s None: no stream, a refused
+        write, a stream that broke where a command is safe to send again). A gRPC failure
+        raises as :meth:`invoke`'s; an error of ``take`` (a chunk that failed) fails the
+        whole call. Any error, or the deadline, with replies still due ends the stream,
+        so the next command never gets a reply that is not its own.
+        """
+        self._busy = True
+        self._timed_out = False
+        timed = timeout is not None
+        total = len(requests)
+        taken = sent = 0
+        failed = False  # take() raised: the stream itself is sound
+        try:
+            call = self._call
+            new = call is None or call.done()
+            if new:
+                call = self._call = self._open_stream(metadata=self._transport.metadata)
+                self._answered = False
+            if timeout is None:
+                self._deadline = math.inf
+            else:
+                self._arm(timeout)
+            while taken < total:
+                while sent < total and sent - taken < AHEAD:
+                    try:
+                        await call.write(requests[sent])
+                    except grpc.aio.AioRpcError as exc:
+                        if self._timed_out:
+                            raise
+                        if sent == taken:  # nothing due: like invoke()'s refused write
+                            self._call = None
+                            self._refused(exc, requests[sent], new and sent == 0)
+                            return taken
+                        self._drop()  # the stream ended: the rest go through Invoke
+                        return taken
+                    sent += 1
+                reply = await call.read()
+                if reply is _EOF:  # the gateway ended the stream without a status
+                    self._call = None
+                    return taken
+                assert isinstance(reply, pb.MxCommandReply)
+                try:
+                    take(reply)
+                except BaseException:
+                    failed = True
+                    raise
+                taken += 1
+        except grpc.aio.AioRpcError as exc:
+            self._call = None
+            if self._timed_out:
+                raise self._deadline_error(session_id, what) from None
+            code = exc.code()
+            if code is grpc.StatusCode.UNIMPLEMENTED:
+                self.unsupported = True
+                return taken
+            if code is grpc.StatusCode.UNAVAILABLE:
+                return taken  # Invoke retries them under the retry policy
+            raise self._transport.map_error(exc, session_id=session_id, what=what) from exc
+        except asyncio.CancelledError:
+            self._drop()
+            if self._timed_out:
+                raise self._deadline_error(session_id, what) from None
+            raise
+        except BaseException:
+            if not failed or sent > taken + 1:
+                self._drop()  # replies may be due that nobody will read: start afresh
+            raise
+        finally:
+            self._busy = False
+        if timed and self._timed_out:  # the last reply won the race against the cancel
+            self._drop()
+        self._refusals = 0
+        self._answered = self._batch
+        return taken
 
     def _refused(
         self, exc: grpc.aio.AioRpcError, request: pb.MxCommandRequest | EncodedRequest, new: bool

@@ -16,6 +16,8 @@ encoded by protobuf itself. The tests compare the two.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 from mxgateway.generated import mxaccess_gateway_pb2 as pb
 
 __all__ = ["EncodedRequest", "ReadMemo", "as_message", "serialize"]
@@ -66,20 +68,25 @@ def serialize(request: pb.MxCommandRequest | EncodedRequest) -> bytes:
 
 
 class ReadMemo:
-    """One ``ReadBulk`` command, encoded, and what it was built from.
+    """One large ``ReadBulk``, encoded as the commands it is sent in, and what it was
+    built from.
 
     ``tags`` is the caller's list as it was (a copy) and holds only ``str`` itself: equal
     lists of plain strings are the same references, so a read that :meth:`matches` sends
-    exactly the command it would have built.
+    exactly the commands it would have built. ``commands``: the encoded ``MxCommand`` of
+    each request the read is sent in (the tags in order, a slice each: several when the
+    read is pipelined, see ``Session.read_bulk``).
     """
 
-    __slots__ = ("_field", "server_handle", "tags", "timeout_ms")
+    __slots__ = ("_fields", "server_handle", "tags", "timeout_ms")
 
-    def __init__(self, server_handle: int, tags: list[str], timeout_ms: int, command: bytes):
+    def __init__(
+        self, server_handle: int, tags: list[str], timeout_ms: int, commands: Sequence[bytes]
+    ) -> None:
         self.server_handle = server_handle
         self.tags = tags
         self.timeout_ms = timeout_ms
-        self._field = _COMMAND_TAG + _varint(len(command)) + command
+        self._fields = [_COMMAND_TAG + _varint(len(c)) + c for c in commands]
 
     def matches(self, server_handle: int, tags: list[str], timeout_ms: int) -> bool:
         """True when a read of these arguments is this command (``tags``: plain strings)."""
@@ -89,9 +96,18 @@ class ReadMemo:
             and tags == self.tags
         )
 
-    def request(self, session_id: str, correlation_id: str) -> EncodedRequest:
-        """The request of session ``session_id`` that carries this command."""
-        head = pb.MxCommandRequest(session_id=session_id, client_correlation_id=correlation_id)
-        return EncodedRequest(
-            session_id, pb.MX_COMMAND_KIND_READ_BULK, head.SerializeToString() + self._field
-        )
+    def requests(self, session_id: str, correlation_id: Callable[[], str]) -> list[EncodedRequest]:
+        """The requests of session ``session_id`` that carry these commands, in order, each
+        with the next id of ``correlation_id()``."""
+        kind = pb.MX_COMMAND_KIND_READ_BULK
+        return [
+            EncodedRequest(
+                session_id,
+                kind,
+                pb.MxCommandRequest(
+                    session_id=session_id, client_correlation_id=correlation_id()
+                ).SerializeToString()
+                + field,
+            )
+            for field in self._fields
+        ]

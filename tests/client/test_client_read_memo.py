@@ -46,8 +46,8 @@ def test_encoded_request_is_the_serialized_message(
 ) -> None:
     for tags in (REFS, ["", "a"], ["\U0001f600" * 70_000]):  # lengths of 1 to 3 varint bytes
         plain = _command(handle, tags, timeout_ms)
-        memo = ReadMemo(handle, list(tags), timeout_ms, plain.SerializeToString())
-        encoded = memo.request(session_id, correlation_id)
+        memo = ReadMemo(handle, list(tags), timeout_ms, [plain.SerializeToString()])
+        (encoded,) = memo.requests(session_id, lambda: correlation_id)
         expected = pb.MxCommandRequest(
             session_id=session_id, client_correlation_id=correlation_id, command=plain
         )
