@@ -16,7 +16,8 @@ Per side and path: wall time per read (min and median over all reads), the clien
 process's CPU per read (``time.process_time``) and the simulator's (every thread's
 ``/proc/<pid>/task/*/schedstat``, nanoseconds), and per round the ratio this/base of the
 median walls (their median is the figure). Without ``MXGW_BENCH_BASE_SRC`` only ``this``
-runs.
+runs. ``MXGW_BENCH_PIPE_CHUNKS=N`` has ``this`` pipeline a read in up to N requests instead
+of the library's choice (``mxgateway._session._PIPE_CHUNKS``), to compare choices.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from typing import Any
 from bench._common import REPO_ROOT, Report, rnd
 
 BASE_ENV = "MXGW_BENCH_BASE_SRC"
+CHUNKS_ENV = "MXGW_BENCH_PIPE_CHUNKS"
 FULL = {"rounds": 12, "reads": 8, "tags": 10_000, "objects": 2_600}
 QUICK = {"rounds": 2, "reads": 2, "tags": 1_000, "objects": 300}
 PAUSE_S = 0.005
@@ -59,6 +61,11 @@ async def _worker(p: dict[str, Any]) -> None:
     from bench._common import load_tags
     from bench.opcua import keep_up_server
 
+    chunks = p.get("chunks")
+    if chunks is not None:
+        from mxgateway import _session
+
+        _session._PIPE_CHUNKS = int(chunks)
     with tempfile.TemporaryDirectory(prefix="mxgw-bench-") as tmp:
         sim = keep_up_server(
             int(p["objects"]), os.path.join(tmp, "tags.txt"), os.path.join(tmp, "stats.json")
@@ -151,6 +158,21 @@ class _Side:
             self.proc.wait()
 
 
+def _commit(folder: str) -> str | None:
+    """The commit checked out in ``folder`` (None outside a git checkout)."""
+    try:
+        out = subprocess.run(
+            ["git", "-C", folder, "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        ).stdout.strip()
+    except OSError:
+        return None
+    return out or None
+
+
 def _summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
     walls = [w for r in runs for w in r["walls"]]
     return {
@@ -166,7 +188,8 @@ def _summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
 def measure(p: dict[str, Any], report: Report) -> None:
     """Start the sides, run the interleaved rounds, summarise."""
     base = os.environ.get(BASE_ENV)
-    sides = [_Side("this", None, p)]
+    chunks = os.environ.get(CHUNKS_ENV)
+    sides = [_Side("this", None, p if chunks is None else {**p, "chunks": int(chunks)})]
     if base:
         sides.insert(0, _Side("base", base, p))
     else:
@@ -175,6 +198,9 @@ def measure(p: dict[str, Any], report: Report) -> None:
         for side in sides:
             side.ready()
         report.results["library"] = {side.name: side.library for side in sides}
+        report.results["commit"] = {
+            side.name: _commit(os.path.dirname(side.library)) for side in sides
+        }
         runs: dict[str, dict[str, list[dict[str, Any]]]] = {
             s.name: {path: [] for path in PATHS} for s in sides
         }
@@ -208,6 +234,7 @@ def run(quick: bool = False) -> dict[str, Any]:
     report.results["load_before"] = [round(x, 2) for x in os.getloadavg()]
     report.results["parameters"] = dict(p)
     report.results["base_src"] = os.environ.get(BASE_ENV)
+    report.results["pipe_chunks"] = os.environ.get(CHUNKS_ENV)
     measure(p, report)
     report.results["load_after"] = [round(x, 2) for x in os.getloadavg()]
     report.notes.append(
