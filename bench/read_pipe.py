@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import glob
 import json
 import os
 import statistics
@@ -35,6 +34,8 @@ import time
 from typing import Any
 
 from bench._common import REPO_ROOT, Report, rnd
+from bench.read_client import _commit
+from bench.wakeups import schedstat_cpu_s
 
 BASE_ENV = "MXGW_BENCH_BASE_SRC"
 CHUNKS_ENV = "MXGW_BENCH_PIPE_CHUNKS"
@@ -42,15 +43,6 @@ FULL = {"rounds": 12, "reads": 8, "tags": 10_000, "objects": 2_600}
 QUICK = {"rounds": 2, "reads": 2, "tags": 1_000, "objects": 300}
 PAUSE_S = 0.005
 PATHS = ("stream", "invoke")
-
-
-def server_cpu_s(pid: int) -> float:
-    """CPU seconds of every thread of process ``pid`` so far (0 where /proc is missing)."""
-    total = 0
-    for name in glob.glob(f"/proc/{pid}/task/*/schedstat"):
-        with contextlib.suppress(OSError, ValueError, IndexError), open(name) as fh:
-            total += int(fh.read().split()[0])
-    return total / 1e9
 
 
 async def _worker(p: dict[str, Any]) -> None:
@@ -97,12 +89,12 @@ async def _worker(p: dict[str, Any]) -> None:
                 server: list[float] = []
                 bad = 0
                 for _ in range(int(count)):
-                    s0 = server_cpu_s(pid)
+                    s0 = schedstat_cpu_s(pid)
                     w0, c0 = time.perf_counter(), time.process_time()
                     rows = await session.read_bulk(hlmx, tags)
                     walls.append(time.perf_counter() - w0)
                     cpu.append(time.process_time() - c0)
-                    server.append(server_cpu_s(pid) - s0)
+                    server.append(schedstat_cpu_s(pid) - s0)
                     if len(rows) != len(tags) or [r.tag_address for r in rows] != tags:
                         bad += 1
                     await asyncio.sleep(PAUSE_S)
@@ -156,21 +148,6 @@ class _Side:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
-
-
-def _commit(folder: str) -> str | None:
-    """The commit checked out in ``folder`` (None outside a git checkout)."""
-    try:
-        out = subprocess.run(
-            ["git", "-C", folder, "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=False,
-        ).stdout.strip()
-    except OSError:
-        return None
-    return out or None
 
 
 def _summary(runs: list[dict[str, Any]]) -> dict[str, Any]:

@@ -113,15 +113,7 @@ class CommandStream:
         self._timed_out = False
         timed = timeout is not None
         try:
-            call = self._call
-            new = call is None or call.done()
-            if new:
-                call = self._call = self._open_stream(metadata=self._transport.metadata)
-                self._answered = False
-            if timeout is None:
-                self._deadline = math.inf
-            else:
-                self._arm(timeout)
+            call, new = self._start(timeout)
             data = serialize(request) if self._answered and _idempotent(request) else None
             reply = _UNSENT
             if data is not None and len(data) <= self._transport.options.max_message_bytes:
@@ -213,15 +205,7 @@ class CommandStream:
         taken = sent = 0
         failed = False  # take() raised: the stream itself is sound
         try:
-            call = self._call
-            new = call is None or call.done()
-            if new:
-                call = self._call = self._open_stream(metadata=self._transport.metadata)
-                self._answered = False
-            if timeout is None:
-                self._deadline = math.inf
-            else:
-                self._arm(timeout)
+            call, new = self._start(timeout)
             while taken < total:
                 while sent < total and sent - taken < AHEAD:
                     try:
@@ -274,6 +258,20 @@ class CommandStream:
         self._refusals = 0
         self._answered = self._batch
         return taken
+
+    def _start(self, timeout: float | None) -> tuple[Any, bool]:
+        """The stream to send on (opened anew if there is none or it ended: then True)
+        with the deadline of what is about to be sent set."""
+        call = self._call
+        new = call is None or call.done()
+        if new:
+            call = self._call = self._open_stream(metadata=self._transport.metadata)
+            self._answered = False
+        if timeout is None:
+            self._deadline = math.inf
+        else:
+            self._arm(timeout)
+        return call, new
 
     def _refused(
         self, exc: grpc.aio.AioRpcError, request: pb.MxCommandRequest | EncodedRequest, new: bool

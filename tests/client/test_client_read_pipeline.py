@@ -17,10 +17,9 @@ import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-import grpc
-import grpc.aio
 import pytest
 from test_client_read_bulk import _frozen_session, _read
+from test_client_read_memo import _RawGateway
 
 from mxgateway import (
     ClientOptions,
@@ -32,7 +31,6 @@ from mxgateway import (
 from mxgateway import _session as session_module
 from mxgateway.generated import mxaccess_gateway_pb2 as pb
 
-SID = "session-0123456789abcdef0123456789abcdef"
 SERVICE = pb.DESCRIPTOR.services_by_name["MxAccessGateway"].full_name
 ROWS = session_module._PIPE_ROWS
 CHUNKS = session_module._PIPE_CHUNKS
@@ -84,54 +82,36 @@ def _first(wire: bytes) -> str:
     return pb.MxCommandRequest.FromString(wire).command.read_bulk.tag_addresses[0]
 
 
-class _Gateway:
-    """A gateway that records every command request (its bytes and the RPC it came on) and
-    answers a ReadBulk with one row per reference; ``before(wire)`` runs before a request is
-    answered (to hold it), ``refuse`` names first tags answered INVALID_REQUEST."""
+class _Gateway(_RawGateway):
+    """:class:`_RawGateway` that records the RPC each request came on and reads a
+    stream's requests as they come; ``before(wire)`` runs before a request is answered (to
+    hold it), ``refuse`` names first tags answered INVALID_REQUEST."""
 
     def __init__(self) -> None:
-        self.wires: list[tuple[str, bytes]] = []
+        super().__init__()
+        self.requests: list[tuple[str, bytes]] = []
         self.streams = 0
         self.arrived = asyncio.Condition()
         self.before: Callable[[bytes], Awaitable[None]] | None = None
         self.refuse: set[str] = set()
-        self.server = grpc.aio.server()
-        handlers = {
-            "OpenSession": grpc.unary_unary_rpc_method_handler(self._open),
-            "CloseSession": grpc.unary_unary_rpc_method_handler(self._close),
-            "Invoke": grpc.unary_unary_rpc_method_handler(self._invoke),
-            "InvokeStream": grpc.stream_stream_rpc_method_handler(self._invoke_stream),
-        }
-        self.server.add_generic_rpc_handlers(
-            (grpc.method_handlers_generic_handler(SERVICE, handlers),)
-        )
-        self.endpoint = f"127.0.0.1:{self.server.add_insecure_port('127.0.0.1:0')}"
-
-    async def _open(self, _wire: bytes, _context: Any) -> bytes:
-        reply = pb.OpenSessionReply(session_id=SID, gateway_protocol_version=3)
-        reply.protocol_status.code = pb.PROTOCOL_STATUS_CODE_OK
-        return reply.SerializeToString()
-
-    async def _close(self, _wire: bytes, _context: Any) -> bytes:
-        reply = pb.CloseSessionReply(session_id=SID, final_state=pb.SESSION_STATE_CLOSED)
-        reply.protocol_status.code = pb.PROTOCOL_STATUS_CODE_OK
-        return reply.SerializeToString()
 
     async def _arrive(self, how: str, wire: bytes) -> None:
         async with self.arrived:
-            self.wires.append((how, wire))
+            self.requests.append((how, wire))
             self.arrived.notify_all()
 
     async def wait_for(self, count: int) -> bool:
         """True once ``count`` requests arrived (False after 10 s)."""
         async with self.arrived:
             try:
-                await asyncio.wait_for(self.arrived.wait_for(lambda: len(self.wires) >= count), 10)
+                await asyncio.wait_for(
+                    self.arrived.wait_for(lambda: len(self.requests) >= count), 10
+                )
             except asyncio.TimeoutError:
                 return False
         return True
 
-    async def _answer(self, wire: bytes) -> bytes:
+    async def _answer_held(self, wire: bytes) -> bytes:
         if self.before is not None:
             await self.before(wire)
         request = pb.MxCommandRequest.FromString(wire)
@@ -148,7 +128,7 @@ class _Gateway:
 
     async def _invoke(self, wire: bytes, _context: Any) -> bytes:
         await self._arrive("invoke", wire)
-        return await self._answer(wire)
+        return await self._answer_held(wire)
 
     async def _invoke_stream(self, wires: AsyncIterator[bytes], _context: Any) -> Any:
         # Requests are read as they come (a reader task), answered one at a time in order.
@@ -167,7 +147,7 @@ class _Gateway:
         reader = asyncio.ensure_future(read())
         try:
             while (wire := await queue.get()) is not None:
-                yield await self._answer(wire)
+                yield await self._answer_held(wire)
         finally:
             reader.cancel()
 
@@ -210,10 +190,10 @@ async def test_a_large_read_goes_in_requests_of_its_slices_each_the_plain_paths(
 ) -> None:
     async with _session(path) as (gateway, session):
         for _ in range(2):  # encoded, then the remembered bytes
-            before = len(gateway.wires)
+            before = len(gateway.requests)
             rows = await session.read_bulk(3, REFS)
             assert [r.tag_address for r in rows] == REFS
-            sent = gateway.wires[before:]
+            sent = gateway.requests[before:]
             assert len(sent) >= 2
             tags = [
                 list(pb.MxCommandRequest.FromString(w).command.read_bulk.tag_addresses)
@@ -235,7 +215,7 @@ async def test_the_next_request_is_sent_before_the_first_is_answered(path: str) 
     # waits for each reply before sending the next request never gets an answer.
     async with _session(path, timeout=20) as (gateway, session):
         await session.read_bulk(3, REFS)  # the stream opened and answering
-        start = len(gateway.wires)
+        start = len(gateway.requests)
 
         async def hold(wire: bytes) -> None:
             if _first(wire) == REFS[0]:
@@ -256,12 +236,12 @@ async def test_a_failing_chunk_fails_the_read_and_leaves_nothing_behind(
     tag = REFS[0] if failing == "first" else LAST
     async with _session(path) as (gateway, session):
         await session.read_bulk(3, REFS)
-        before, streams = len(gateway.wires), gateway.streams
+        before, streams = len(gateway.requests), gateway.streams
         gateway.refuse = {tag}
         with pytest.raises(MxGatewayInvalidRequestError, match=f"refused at {tag}"):
             await session.read_bulk(3, REFS)
         assert not await _settled(session)  # no call left behind
-        assert len(gateway.wires) - before >= 2  # the next chunk was sent meanwhile
+        assert len(gateway.requests) - before >= 2  # the next chunk was sent meanwhile
         gateway.refuse = set()
         # The next commands get their own replies (none meant for the failed read).
         for tags in (["One.Tag"], REFS, ["Two.Tag"]):
