@@ -405,6 +405,35 @@ async def test_a_cancelled_full_collection_gives_back_what_it_hid(
         assert all(gc.is_tracked(m) for m in models)
 
 
+async def test_without_the_c_api_the_full_collection_is_one_piece(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Where PyObject_GC_UnTrack cannot be called (another interpreter, no GIL) nothing is
+    # hidden or untracked: the valve's full collection walks everything, as before.
+    monkeypatch.setattr("mxgateway_sim._gcpolicy._TRACKING", None)
+    async with _tenured(monkeypatch, 60_000) as (sim, gw, sid, sh):
+        await gw.ok(sid, "subscribe_bulk", server_handle=sh, tag_addresses=REFS[:10])
+        models = _models(sim)[:10]
+        assert all(gc.is_tracked(m.sample) for m in models)
+        node = _Node()
+        ref = weakref.ref(node)
+        gc.collect(0)  # tenured
+        del node
+        walked: list[int] = []
+
+        def census(phase: str, info: dict[str, Any]) -> None:
+            if phase == "start" and info["generation"] == 2:
+                walked.append(sum(any(o is m for m in models) for o in gc.get_objects()))
+
+        gc.callbacks.append(census)
+        try:
+            assert await ServerGcPolicy.full_collection_sliced() >= 1
+        finally:
+            gc.callbacks.remove(census)
+        assert ref() is None
+        assert walked == [len(models)]
+
+
 async def test_samples_are_not_tracked_while_tenuring(monkeypatch: pytest.MonkeyPatch) -> None:
     # A sample can be in no reference cycle (a value, a status, bytes): while the policy
     # tenures, the plant takes each one it makes out of the collector's walks (a tick
