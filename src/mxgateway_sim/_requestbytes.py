@@ -14,6 +14,12 @@ A poller sends the same payload again and again (each request with its own corre
 id): a payload equal to the last one given is answered with that very bytes object, found
 by comparing it in place (no copy), so the session's memo finds the call by a hash Python
 kept with it, not by hashing ~400 kB again (one payload is kept for the process).
+
+Nor is its request parsed again (a 10,000-tag request's parse checks 10,000 strings): the
+parser keeps the last large ReadBulk request it parsed, and a request of the same session
+and command bytes (fields 1 and 3, compared in place; no other field but the correlation
+id) is answered with that parse, its correlation id set to the new one's. Calls share it:
+the servicer only reads the commands it is given, and never their correlation id.
 """
 
 from __future__ import annotations
@@ -28,7 +34,10 @@ __all__ = ["KEEP_FROM_BYTES", "forget_request_bytes", "parse_command", "read_bul
 KEEP_FROM_BYTES = 16 * 1024
 """Requests smaller than this are not kept (serialising their payload costs little)."""
 
+_SESSION = pb.MxCommandRequest.DESCRIPTOR.fields_by_name["session_id"].number
+_CORRELATION = pb.MxCommandRequest.DESCRIPTOR.fields_by_name["client_correlation_id"].number
 _COMMAND = pb.MxCommandRequest.DESCRIPTOR.fields_by_name["command"].number
+_REQUEST_FIELDS = frozenset({_SESSION, _CORRELATION, _COMMAND})
 _READ_BULK = pb.MxCommand.DESCRIPTOR.fields_by_name["read_bulk"].number
 _KEPT: ContextVar[tuple[pb.MxCommandRequest, bytes] | None] = ContextVar(
     "mxgw_read_bulk_bytes", default=None
@@ -41,16 +50,94 @@ class _LastPayload:
     data = b""
 
 
+class _Parsed:
+    """A large ReadBulk request parsed: the message, its session's and command's bytes."""
+
+    __slots__ = ("command", "request", "session")
+
+    def __init__(self, request: pb.MxCommandRequest, session: bytes, command: bytes) -> None:
+        self.request = request
+        self.session = session
+        self.command = command
+
+
 class _CommandParser:
     """``Invoke``'s deserializer (see the module)."""
 
     __name__ = "MxCommandRequest"  # the tolerant deserializer names the type in its errors
 
+    def __init__(self) -> None:
+        self.last: _Parsed | None = None
+        """The last large ReadBulk request parsed (see the module)."""
+
     def parse(self, data: bytes) -> pb.MxCommandRequest:
+        if len(data) < KEEP_FROM_BYTES:
+            return pb.MxCommandRequest.FromString(data)
+        spans = _request_spans(data)
+        last = self.last
+        if spans is not None and last is not None:
+            request = _repeat(last, data, *spans)
+            if request is not None:
+                _KEPT.set((request, data))
+                return request
         request = pb.MxCommandRequest.FromString(data)
-        if len(data) >= KEEP_FROM_BYTES and request.command.WhichOneof("payload") == "read_bulk":
+        if request.command.WhichOneof("payload") == "read_bulk":
             _KEPT.set((request, data))
+            if spans is not None:
+                (s0, s1), _, (c0, c1) = spans
+                self.last = _Parsed(request, data[s0:s1], data[c0:c1])
         return request
+
+
+def _repeat(
+    last: _Parsed,
+    data: bytes,
+    session: tuple[int, int],
+    correlation: tuple[int, int] | None,
+    command: tuple[int, int],
+) -> pb.MxCommandRequest | None:
+    """``last``'s request, with the correlation id of ``data`` (whose fields are at these
+    places), when ``data`` has its session and command; None otherwise (or when the new
+    correlation id is not UTF-8: the parse reports that)."""
+    (c0, c1), (s0, s1) = command, session
+    if not (
+        c1 - c0 == len(last.command)
+        and s1 - s0 == len(last.session)
+        and data.startswith(last.command, c0)
+        and data.startswith(last.session, s0)
+    ):
+        return None
+    try:
+        text = "" if correlation is None else data[correlation[0] : correlation[1]].decode()
+    except UnicodeDecodeError:
+        return None
+    request = last.request
+    request.client_correlation_id = text
+    return request
+
+
+def _request_spans(
+    data: bytes,
+) -> tuple[tuple[int, int], tuple[int, int] | None, tuple[int, int]] | None:
+    """Where the session id, the correlation id (None: absent) and the command of request
+    ``data`` are, when it holds the session id and the command once each, the correlation
+    id at most once and no other field; None otherwise."""
+    found: dict[int, tuple[int, int]] = {}
+    pos, end = 0, len(data)
+    try:
+        while pos < end:
+            key, pos = read_varint(data, pos)
+            number = key >> 3
+            if key & 7 != 2 or number in found or number not in _REQUEST_FIELDS:
+                return None
+            size, pos = read_varint(data, pos)
+            found[number] = (pos, pos + size)
+            pos += size
+    except ProtocolViolation:
+        return None
+    if pos != end or _SESSION not in found or _COMMAND not in found:
+        return None
+    return found[_SESSION], found.get(_CORRELATION), found[_COMMAND]
 
 
 parse_command = _CommandParser().parse

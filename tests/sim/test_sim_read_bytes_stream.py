@@ -6,11 +6,14 @@ from __future__ import annotations
 import gc
 
 import grpc
+import pytest
+from google.protobuf.message import DecodeError
 
 from mxgateway import GatewayClient
 from mxgateway.generated import mxaccess_gateway_pb2 as pb
 from mxgateway_sim import GatewaySimulator, builtin_catalog
 from mxgateway_sim._requestbytes import KEEP_FROM_BYTES, parse_command, read_bulk_bytes
+from mxgateway_sim._wire import varint
 
 
 async def test_a_refused_large_read_leaves_nothing_for_the_next_read_on_its_stream() -> None:
@@ -141,3 +144,50 @@ def test_a_repeated_large_read_gives_the_same_payload_bytes_object() -> None:
     assert payload_bytes("c-4", tags) is not first  # the last one given was the other
     assert payload_bytes("c-5", tags[:-1]) is not None
     assert payload_bytes("c-6", tags) is not None  # the last one's bytes, and a tag more
+
+
+def test_a_repeated_large_read_is_parsed_once_with_its_own_correlation_id() -> None:
+    # A request of the same session and command bytes as the last large ReadBulk parsed is
+    # answered with that parse (a 10,000-tag request's parse checks 10,000 strings), its
+    # correlation id the new one's; any other difference (session, command, another
+    # field), or a correlation id that is not UTF-8, is parsed as FromString parses it.
+    tags = [f"Tank{i:05}.Level" for i in range(2_000)]
+
+    def request(session_id: str = "s1", correlation: str = "c", refs: list[str] = tags) -> bytes:
+        command = pb.MxCommand(kind=pb.MX_COMMAND_KIND_READ_BULK)
+        command.read_bulk.server_handle = 7
+        command.read_bulk.tag_addresses.extend(refs)
+        return pb.MxCommandRequest(
+            session_id=session_id, client_correlation_id=correlation, command=command
+        ).SerializeToString()
+
+    def parse(data: bytes) -> pb.MxCommandRequest:
+        parsed = parse_command(data)
+        assert parsed == pb.MxCommandRequest.FromString(data)  # what the plain parse gives
+        read_bulk_bytes(parsed.command.read_bulk)  # what the handler takes
+        return parsed
+
+    first = parse(request(correlation="c-1"))
+    again = parse(request(correlation="c-2"))
+    assert again is first and again.client_correlation_id == "c-2"
+    assert parse(request(correlation="")) is first  # no correlation id at all
+    assert parse(request(session_id="s2")) is not first
+    other = parse(request(correlation="c-3"))  # the last one parsed is s2's: parsed anew
+    assert other is not first
+    assert parse(request(correlation="c-4")) is other
+    assert parse(request(refs=[*tags[:-1], "Tank99999.Level"])) is not other  # as long
+    last = parse(request())
+    # A command that begins with the last one's bytes and goes on (its kind again): parsed.
+    command = pb.MxCommandRequest.FromString(request()).command.SerializeToString()
+    number = pb.MxCommand.DESCRIPTOR.fields_by_name["kind"].number
+    command += bytes([number << 3, pb.MX_COMMAND_KIND_PING])
+    longer = b"\x0a\x02s1\x1a" + varint(len(command)) + command
+    assert parse(longer).command.kind == pb.MX_COMMAND_KIND_PING
+    last = parse(request())
+    extra = request() + b"\x22\x01x"  # a field 4 (newer than these bindings): parsed
+    assert parse(extra) is not last
+    assert parse(request()) is last  # one with another field is not kept either
+    bad = bytearray(request(correlation="c-5"))
+    bad[bad.index(b"c-5")] = 0xFF  # not UTF-8
+    with pytest.raises(DecodeError):
+        parse_command(bytes(bad))
