@@ -11,20 +11,25 @@ one slice: None, and the caller serialises it). Equal bytes always parse to equa
 so the bytes can stand for the command (``SimulatedRuntime.read_memo``).
 
 A poller sends the same payload again and again (each request with its own correlation
-id): a payload equal to the last one given is answered with that very bytes object, found
-by comparing it in place (no copy), so the session's memo finds the call by a hash Python
-kept with it, not by hashing ~400 kB again (one payload is kept for the process).
+id): a payload equal to one of the last :data:`RECENT` given is answered with that very
+bytes object, found by comparing it in place (no copy), so the session's memo finds the
+call by a hash Python kept with it, not by hashing ~400 kB again (the process keeps those
+payloads, at most :data:`RECENT_BYTES` of them beyond the newest).
 
 Nor is its request parsed again (a 10,000-tag request's parse checks 10,000 strings): the
-parser keeps the last large ReadBulk request it parsed, and a request of the same session
-and command bytes (fields 1 and 3, compared in place; no other field but the correlation
-id) is answered with that parse, its correlation id set to the new one's. Calls share it:
-the servicer only reads the commands it is given, and never their correlation id.
+parser keeps the last :data:`RECENT` large ReadBulk requests it parsed (as bounded), and a
+request of the same session and command bytes as one of them (fields 1 and 3, compared in
+place; no other field but the correlation id) is answered with that parse, its correlation
+id set to the new one's. Calls share it: the servicer only reads the commands it is given,
+and never their correlation id. Several are kept because a client may read a long list in
+several requests that come in turn (``mxgateway`` pipelines a large read in two halves).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextvars import ContextVar
+from typing import TypeVar
 
 from mxgateway.generated import mxaccess_gateway_pb2 as pb
 from mxgateway_sim._workerwire import ProtocolViolation, read_varint
@@ -39,15 +44,35 @@ _CORRELATION = pb.MxCommandRequest.DESCRIPTOR.fields_by_name["client_correlation
 _COMMAND = pb.MxCommandRequest.DESCRIPTOR.fields_by_name["command"].number
 _REQUEST_FIELDS = frozenset({_SESSION, _CORRELATION, _COMMAND})
 _READ_BULK = pb.MxCommand.DESCRIPTOR.fields_by_name["read_bulk"].number
+_T = TypeVar("_T")
 _KEPT: ContextVar[tuple[pb.MxCommandRequest, bytes] | None] = ContextVar(
     "mxgw_read_bulk_bytes", default=None
 )
 
 
-class _LastPayload:
-    """The payload :func:`read_bulk_bytes` gave last (see the module)."""
+RECENT = 4
+"""Large ReadBulk requests (and payloads) kept for their repeats (see the module)."""
+RECENT_BYTES = 8 << 20
+"""Bytes of the kept requests (and of the kept payloads) beyond the newest, at most."""
 
-    data = b""
+
+class _RecentPayloads:
+    """The payloads :func:`read_bulk_bytes` gave last, the newest first (see the module)."""
+
+    items: list[bytes] = []
+
+
+def _keep(items: list[_T], item: _T, size: Callable[[_T], int]) -> None:
+    """Put ``item`` first in ``items`` and drop the oldest past :data:`RECENT` entries or
+    :data:`RECENT_BYTES` beyond the newest."""
+    items.insert(0, item)
+    del items[RECENT:]
+    total = 0
+    for i, kept in enumerate(items[1:], 1):
+        total += size(kept)
+        if total > RECENT_BYTES:
+            del items[i:]
+            break
 
 
 class _Parsed:
@@ -60,6 +85,10 @@ class _Parsed:
         self.session = session
         self.command = command
 
+    def size(self) -> int:
+        """The bytes it keeps (its command's twice: as bytes and as the parse)."""
+        return len(self.session) + 2 * len(self.command)
+
 
 class _CommandParser:
     """``Invoke``'s deserializer (see the module)."""
@@ -67,25 +96,26 @@ class _CommandParser:
     __name__ = "MxCommandRequest"  # the tolerant deserializer names the type in its errors
 
     def __init__(self) -> None:
-        self.last: _Parsed | None = None
-        """The last large ReadBulk request parsed (see the module)."""
+        self.recent: list[_Parsed] = []
+        """The last large ReadBulk requests parsed, the newest first (see the module)."""
 
     def parse(self, data: bytes) -> pb.MxCommandRequest:
         if len(data) < KEEP_FROM_BYTES:
             return pb.MxCommandRequest.FromString(data)
         spans = _request_spans(data)
-        last = self.last
-        if spans is not None and last is not None:
-            request = _repeat(last, data, *spans)
-            if request is not None:
-                _KEPT.set((request, data))
-                return request
+        if spans is not None:
+            for last in self.recent:
+                request = _repeat(last, data, *spans)
+                if request is not None:
+                    _KEPT.set((request, data))
+                    return request
         request = pb.MxCommandRequest.FromString(data)
         if request.command.WhichOneof("payload") == "read_bulk":
             _KEPT.set((request, data))
             if spans is not None:
                 (s0, s1), _, (c0, c1) = spans
-                self.last = _Parsed(request, data[s0:s1], data[c0:c1])
+                parsed = _Parsed(request, data[s0:s1], data[c0:c1])
+                _keep(self.recent, parsed, _Parsed.size)
         return request
 
 
@@ -165,10 +195,12 @@ def read_bulk_bytes(payload: pb.ReadBulkCommand) -> bytes | None:
     if found is None:
         return None
     start, end = found
-    last = _LastPayload.data
-    if end - start == len(last) and data.startswith(last, start):
-        return last  # the same bytes: their hash is kept with them
-    piece = _LastPayload.data = data[start:end]
+    recent = _RecentPayloads.items
+    for last in recent:
+        if end - start == len(last) and data.startswith(last, start):
+            return last  # the same bytes: their hash is kept with them
+    piece = data[start:end]
+    _keep(recent, piece, len)
     return piece
 
 

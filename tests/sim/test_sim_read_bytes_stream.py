@@ -12,7 +12,12 @@ from google.protobuf.message import DecodeError
 from mxgateway import GatewayClient
 from mxgateway.generated import mxaccess_gateway_pb2 as pb
 from mxgateway_sim import GatewaySimulator, builtin_catalog
-from mxgateway_sim._requestbytes import KEEP_FROM_BYTES, parse_command, read_bulk_bytes
+from mxgateway_sim._requestbytes import (
+    KEEP_FROM_BYTES,
+    RECENT,
+    parse_command,
+    read_bulk_bytes,
+)
 from mxgateway_sim._wire import varint
 
 
@@ -140,10 +145,16 @@ def test_a_repeated_large_read_gives_the_same_payload_bytes_object() -> None:
     assert payload_bytes("c-2", tags) is first
     other = [*tags[:-1], "Tank99999.Level"]  # as long, one tag else
     assert len(other) == len(tags)
-    assert payload_bytes("c-3", other) is not first
-    assert payload_bytes("c-4", tags) is not first  # the last one given was the other
-    assert payload_bytes("c-5", tags[:-1]) is not None
-    assert payload_bytes("c-6", tags) is not None  # the last one's bytes, and a tag more
+    second = payload_bytes("c-3", other)
+    assert second is not first
+    # Two payloads in turn (a long list read in two requests): each keeps its object.
+    assert payload_bytes("c-4", tags) is first
+    assert payload_bytes("c-5", other) is second
+    assert payload_bytes("c-6", tags[:-1]) is not None
+    assert payload_bytes("c-7", tags) is first  # not taken for the one a tag shorter
+    for i in range(RECENT):  # RECENT others given since: forgotten
+        payload_bytes(f"d-{i}", [*tags[:-1], f"Other{i}.Level"])
+    assert payload_bytes("c-8", tags) is not first
 
 
 def test_a_repeated_large_read_is_parsed_once_with_its_own_correlation_id() -> None:
@@ -171,10 +182,16 @@ def test_a_repeated_large_read_is_parsed_once_with_its_own_correlation_id() -> N
     again = parse(request(correlation="c-2"))
     assert again is first and again.client_correlation_id == "c-2"
     assert parse(request(correlation="")) is first  # no correlation id at all
-    assert parse(request(session_id="s2")) is not first
-    other = parse(request(correlation="c-3"))  # the last one parsed is s2's: parsed anew
+    second = parse(request(session_id="s2"))
+    assert second is not first
+    # Two requests in turn (a long list read in two): each one's parse is kept.
+    assert parse(request(correlation="c-3")) is first
+    assert parse(request(session_id="s2", correlation="c-4")) is second
+    for i in range(RECENT):  # RECENT others parsed since: forgotten
+        parse(request(session_id=f"t{i}"))
+    other = parse(request(correlation="c-5"))
     assert other is not first
-    assert parse(request(correlation="c-4")) is other
+    assert parse(request(correlation="c-6")) is other
     assert parse(request(refs=[*tags[:-1], "Tank99999.Level"])) is not other  # as long
     last = parse(request())
     # A command that begins with the last one's bytes and goes on (its kind again): parsed.
@@ -191,3 +208,21 @@ def test_a_repeated_large_read_is_parsed_once_with_its_own_correlation_id() -> N
     bad[bad.index(b"c-5")] = 0xFF  # not UTF-8
     with pytest.raises(DecodeError):
         parse_command(bytes(bad))
+
+
+def test_the_kept_requests_are_bounded_in_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
+    # At most RECENT kept, and at most RECENT_BYTES of them beyond the newest (which is
+    # kept whatever its size).
+    from mxgateway_sim import _requestbytes
+
+    monkeypatch.setattr(_requestbytes, "RECENT_BYTES", 10)
+    items: list[bytes] = []
+    for piece in (b"a" * 4, b"b" * 4, b"c" * 4, b"d" * 40):
+        _requestbytes._keep(items, piece, len)
+    assert items == [b"d" * 40, b"c" * 4, b"b" * 4]  # 8 bytes beyond the newest
+    _requestbytes._keep(items, b"e" * 9, len)
+    assert items == [b"e" * 9]  # the 40 bytes before it are over the bound
+    monkeypatch.setattr(_requestbytes, "RECENT_BYTES", 1 << 20)
+    for i in range(2 * RECENT):
+        _requestbytes._keep(items, bytes([i]), len)
+    assert len(items) == RECENT
