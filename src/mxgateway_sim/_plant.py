@@ -221,15 +221,22 @@ def _lattice(hs: Sequence[int], points: Sequence[int]) -> list[list[float]]:
     return out
 
 
+_TO_INTEGER = 6_755_399_441_055_744.0
+"""1.5 * 2**52: ``(y + _TO_INTEGER) - _TO_INTEGER`` is ``y`` rounded to an integer, half to
+even, as ``round(y)`` (IEEE 754 doubles, |y| < 2**51: the sum's last bit is worth 1), but a
+float: no integer object to make and turn back into a float."""
+
+
 def round3(x: float) -> float:
     """``round(x, 3)``, to the same bits, for a fraction of its cost (it goes through a
     decimal string): ``k = round(1000 * x)`` is the integer round(x, 3) rounds to unless
     ``1000 * x`` lies too close to a half (the product's rounding error is under 1.2e-5
     below 1e11) or k is 0 (round keeps the sign of a zero); then round itself. ``k / 1000``
-    is the double nearest to k/1000, as round's decimal string read back is."""
+    is the double nearest to k/1000, as round's decimal string read back is (k is computed
+    as a float, :data:`_TO_INTEGER`: the same value, exactly)."""
     y = x * 1000.0
     if -1e11 < y < 1e11:  # also False for NaN
-        k = round(y)
+        k = (y + _TO_INTEGER) - _TO_INTEGER
         if k and -0.4999 < y - k < 0.4999:
             return k / 1000.0
     return round(x, 3)
