@@ -60,7 +60,9 @@ def _client_call(call: Any) -> bool:
     return type(call).__name__ == "_AioCall"
 
 
-async def _run(gateway: _RecordingGateway, commands: list[pb.MxCommand]) -> list[int]:
+async def _run(
+    gateway: _RecordingGateway, commands: list[pb.MxCommand]
+) -> list[pb.MxCommandKind.ValueType]:
     with _threaded_gateway(
         lambda server: pbg.add_MxAccessGatewayServicer_to_server(gateway, server)
     ) as options:
