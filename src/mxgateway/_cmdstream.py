@@ -114,7 +114,10 @@ class CommandStream:
         timed = timeout is not None
         try:
             call, new = self._start(timeout)
-            data = serialize(request) if self._answered and _idempotent(request) else None
+            # grpcbatch.AVAILABLE: batches turned off for good (another grpcio) since the
+            # stream answered.
+            batch = self._answered and grpcbatch.AVAILABLE and _idempotent(request)
+            data = serialize(request) if batch else None
             reply = _UNSENT
             if data is not None and len(data) <= self._transport.options.max_message_bytes:
                 reply = await _exchange(call, data)
@@ -174,7 +177,7 @@ class CommandStream:
             )
         assert isinstance(reply, pb.MxCommandReply)
         self._refusals = 0
-        self._answered = self._batch and grpcbatch.AVAILABLE
+        self._answered = self._batch
         return reply
 
     async def invoke_many(

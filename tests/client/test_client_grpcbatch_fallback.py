@@ -206,3 +206,35 @@ async def test_a_stream_call_without_grpcs_own_object_is_written_and_read() -> N
             assert stand_in.kinds == [pb.MX_COMMAND_KIND_PING] * 2
     assert (gateway.streamed, gateway.invoked) == ([pb.MX_COMMAND_KIND_PING], [])
     assert not _grpcbatch.AVAILABLE
+
+
+@pytest.mark.usefixtures("batches_on")
+async def test_batches_turned_off_after_a_stream_answered_are_not_tried_on_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Another client of the process (or a pipelined read) found this grpcio's batches
+    # unusable after this stream answered a command: the stream's next read is written
+    # and read, no batch tried.
+    tries: list[object] = []
+    execute = _grpcbatch._execute_batch
+
+    def execute_batch(call: Any, operations: Any, loop: Any) -> Any:
+        if _client_call(call):
+            tries.append(call)
+        return execute(call, operations, loop)
+
+    monkeypatch.setattr(_grpcbatch, "_execute_batch", execute_batch)
+    gateway = _RecordingGateway()
+    with _threaded_gateway(
+        lambda server: pbg.add_MxAccessGatewayServicer_to_server(gateway, server)
+    ) as options:
+        async with await GatewayClient.connect(options=options) as client:
+            await client.invoke("session-1", PING)
+            await client.invoke("session-1", PING)
+            assert len(tries) == 1  # batches work here
+            assert client._commands is not None and client._commands._answered
+            _grpcbatch.AVAILABLE = False
+            await client.invoke("session-1", PING)
+            assert len(tries) == 1
+    assert gateway.streamed == [pb.MX_COMMAND_KIND_PING] * 3
+    assert (gateway.invoked, gateway.streams) == ([], 1)
