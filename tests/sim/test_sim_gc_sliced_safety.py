@@ -72,3 +72,31 @@ async def test_without_the_c_api_the_valves_full_collection_runs_in_one_piece(
         assert ref() is None
         assert ServerGcPolicy.last_sliced is None  # the one-piece collection
         assert all(map(gc.is_tracked, [plant._states, *models]))
+
+
+async def test_a_holder_that_fails_midway_gets_everything_given_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A snapshot that raises (a holder in a state it did not expect) after another's
+    # objects were hidden: the error reaches the valve, and everything hidden is tracked
+    # again; the next collection runs.
+    monkeypatch.setattr("mxgateway_sim._gcpolicy.SLICE_OBJECTS", 100)
+    async with _tenured(monkeypatch, 60_000) as (sim, _gw, _sid, _sh):
+        plant = sim.plant
+        assert plant is not None
+        models = [plant.state(ref) for ref in REFS]
+
+        def broken() -> list[object]:
+            assert not all(map(gc.is_tracked, models))  # the plant's are hidden by now
+            raise RuntimeError("a holder failed")
+
+        ServerGcPolicy.hiders.append(broken)
+        try:
+            with pytest.raises(RuntimeError, match="a holder failed"):
+                await ServerGcPolicy.full_collection_sliced()
+        finally:
+            ServerGcPolicy.hiders.remove(broken)
+        assert not ServerGcPolicy.collecting
+        assert all(map(gc.is_tracked, [plant._states, *models]))
+        assert await ServerGcPolicy.full_collection_sliced() >= 0
+        assert all(map(gc.is_tracked, [plant._states, *models]))

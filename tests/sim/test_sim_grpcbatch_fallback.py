@@ -30,7 +30,7 @@ def _server_call(call: Any) -> bool:
 
 async def _stream(gw: Gw, sid: str, commands: list[pb.MxCommand]) -> list[pb.MxCommandReply]:
     """Run ``commands`` on one new stream, one at a time; half-close and expect OK."""
-    stream = gw.stub.InvokeStream(metadata=gw.md)
+    stream = gw.stub.InvokeStream(metadata=gw.md, timeout=30)
     try:
         replies = []
         for cmd in commands:
@@ -110,6 +110,34 @@ async def test_a_server_call_not_found_behind_its_context_serves_one_operation_a
     assert tries == []
 
 
+async def test_a_reply_whose_batch_is_refused_goes_out_and_the_stream_answers_on(
+    gw: Gw, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The refusal comes at a reply's batch (send and receive), not the first receive: that
+    # reply, not sent, goes out the plain way, then the rest of the stream.
+    tries: list[tuple[str, ...]] = []
+    execute = _grpcbatch._execute_batch
+
+    def execute_batch(call: Any, operations: tuple[Any, ...], loop: Any) -> Any:
+        if _server_call(call):
+            tries.append(tuple(type(op).__name__ for op in operations))
+            if len(tries) == 2:
+                raise TypeError("SendMessageOperation() takes exactly 3 positional arguments")
+        return execute(call, operations, loop)
+
+    monkeypatch.setattr(_grpcbatch, "_execute_batch", execute_batch)
+    sid = await gw.open()
+    sh = await gw.register(sid)
+    replies = await _stream(gw, sid, _commands(sh))
+    assert [(r.kind, r.protocol_status.code) for r in replies] == [
+        (c.kind, pb.PROTOCOL_STATUS_CODE_OK) for c in _commands(sh)
+    ]
+    assert tries == [
+        ("ReceiveMessageOperation",),
+        ("SendMessageOperation", "ReceiveMessageOperation"),
+    ]
+
+
 class _MessageRenamed:
     """A ReceiveMessageOperation whose result is no longer read by ``message()``."""
 
@@ -143,7 +171,7 @@ async def test_a_request_received_but_not_readable_ends_the_stream_unavailable_o
     sid = await gw.open()
     sh = await gw.register(sid)
     ping = pb.MxCommandRequest(session_id=sid, command=command("ping"))
-    stream = gw.stub.InvokeStream(metadata=gw.md)
+    stream = gw.stub.InvokeStream(metadata=gw.md, timeout=30)
     try:
         await stream.write(ping)
         assert (await stream.read()).kind == pb.MX_COMMAND_KIND_PING  # through the gate
