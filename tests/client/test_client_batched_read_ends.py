@@ -1,0 +1,103 @@
+"""A read in flight in one gRPC batch on the command stream (``_cmdstream._exchange``) that
+ends by its deadline, by a cancel or by ``close()``: it raises as a read on ``Invoke``
+would, is never sent again through ``Invoke`` (it ran, or may have), and leaves no task
+or stream behind. The gateway is a plain threaded ``grpc.server`` that holds the stream's
+second command until released."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import threading
+from typing import Any
+
+import pytest
+from test_client_command_stream import _threaded_gateway
+
+from mxgateway import ClientClosedError, GatewayClient, MxGatewayTimeoutError
+from mxgateway.generated import mxaccess_gateway_pb2 as pb
+from mxgateway.generated import mxaccess_gateway_pb2_grpc as pbg
+from support import wait_for
+
+PING = pb.MxCommand(kind=pb.MX_COMMAND_KIND_PING, ping=pb.PingCommand())
+
+
+class _HoldingGateway(pbg.MxAccessGatewayServicer):
+    """Answers every command OK; holds each stream's second command until ``release`` is
+    set (or the call ends). Records what each carriage carried and each stream's end."""
+
+    def __init__(self) -> None:
+        self.streamed: list[int] = []
+        self.invoked: list[int] = []
+        self.ended = threading.Semaphore(0)
+        self.release = threading.Event()
+
+    @staticmethod
+    def _reply(request: pb.MxCommandRequest) -> pb.MxCommandReply:
+        return pb.MxCommandReply(
+            session_id=request.session_id,
+            kind=request.command.kind,
+            protocol_status=pb.ProtocolStatus(code=pb.PROTOCOL_STATUS_CODE_OK),
+        )
+
+    def Invoke(self, request: pb.MxCommandRequest, context: Any) -> pb.MxCommandReply:
+        self.invoked.append(request.command.kind)
+        return self._reply(request)
+
+    def InvokeStream(self, request_iterator: Any, context: Any) -> Any:
+        ended = threading.Event()
+        context.add_callback(ended.set)
+        context.add_callback(self.ended.release)
+        for i, request in enumerate(request_iterator):
+            self.streamed.append(request.command.kind)
+            if i == 1:
+                while not (self.release.is_set() or ended.is_set()):
+                    self.release.wait(0.05)
+                if ended.is_set():
+                    return
+            yield self._reply(request)
+
+
+async def _ends(how: str) -> _HoldingGateway:
+    gateway = _HoldingGateway()
+    with _threaded_gateway(
+        lambda server: pbg.add_MxAccessGatewayServicer_to_server(gateway, server)
+    ) as options:
+        try:
+            options = dataclasses.replace(options, timeout=30)
+            client = await GatewayClient.connect(options=options)
+            try:
+                await client.invoke("s", PING)  # the stream answered: the next read batches
+                before = asyncio.all_tasks()
+                if how == "deadline":
+                    with pytest.raises(MxGatewayTimeoutError):
+                        await client.invoke("s", PING, timeout=0.3)
+                else:
+                    task = asyncio.create_task(client.invoke("s", PING))
+                    await wait_for(lambda: len(gateway.streamed) == 2)  # at the gateway
+                    if how == "cancel":
+                        task.cancel()
+                        with pytest.raises(asyncio.CancelledError):
+                            await task
+                    else:
+                        await client.close()
+                        with pytest.raises(ClientClosedError):
+                            await task
+                # The stream of the read ended at the gateway; no task of it is left.
+                assert await asyncio.to_thread(gateway.ended.acquire, True, 20)
+                assert asyncio.all_tasks() <= before
+                if how != "close":
+                    assert (await client.invoke("s", PING)).kind == pb.MX_COMMAND_KIND_PING
+            finally:
+                await client.close()
+        finally:
+            gateway.release.set()
+    return gateway
+
+
+@pytest.mark.parametrize("how", ["deadline", "cancel", "close"])
+async def test_a_batched_read_that_ends_in_flight_is_not_sent_again(how: str) -> None:
+    gateway = await _ends(how)
+    assert gateway.invoked == []  # never sent again through Invoke
+    ping = pb.MX_COMMAND_KIND_PING
+    assert gateway.streamed == ([ping] * 2 if how == "close" else [ping] * 3)
