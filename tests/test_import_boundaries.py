@@ -89,6 +89,7 @@ _SERVER_MAY_IMPORT = {
     "mxgateway._status",
     "mxgateway._secret",
     "mxgateway._incident",
+    "mxgateway._grpcbatch",
 }
 
 
