@@ -3,8 +3,10 @@
 A unary ``Invoke`` in grpc.aio costs a call object, an HTTP/2 stream, the key metadata and
 a server task per command; on the persistent stream a command is one message each way,
 about a third of that (``docs/benchmarks.md``). The stream carries one command at a time
-and replies come in request order, so a reply always belongs to the command that waits
-for it; a second command issued meanwhile goes through ``Invoke``. A gateway without the
+(or the requests of one pipelined read, :meth:`CommandStream.invoke_many`, whose replies
+are read in the order they were written) and replies come in request order, so a reply
+always belongs to the command that waits for it; a second command issued meanwhile goes
+through ``Invoke``. A gateway without the
 stream answers ``UNIMPLEMENTED`` before it reads a request, and the client then uses
 ``Invoke`` for good.
 

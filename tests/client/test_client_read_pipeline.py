@@ -282,6 +282,33 @@ async def test_one_deadline_covers_the_whole_read(path: str) -> None:
         assert [r.tag_address for r in rows] == ["One.Tag"]
 
 
+@pytest.mark.parametrize("path", PATHS)
+async def test_a_cancelled_read_leaves_nothing_behind(path: str) -> None:
+    # The caller cancels the read while its second half is held: CancelledError, no call
+    # left behind, and the next command answered with its own reply.
+    release = asyncio.Event()
+    async with _session(path) as (gateway, session):
+        await session.read_bulk(3, REFS)
+        start = len(gateway.requests)
+        later = set(REFS[1:])
+
+        async def hold(wire: bytes) -> None:
+            if _first(wire) in later:
+                await release.wait()
+
+        gateway.before = hold
+        read = asyncio.ensure_future(session.read_bulk(3, REFS))
+        assert await gateway.wait_for(start + 2)  # both halves sent, the second held
+        read.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await read
+        assert not await _settled(session)
+        release.set()
+        gateway.before = None
+        rows = await session.read_bulk(3, ["One.Tag"])
+        assert [r.tag_address for r in rows] == ["One.Tag"]
+
+
 @pytest.mark.parametrize("stream", [False, True])
 async def test_a_pipelined_read_answers_what_one_read_bulk_answers(stream: bool) -> None:
     # Against the simulator (a plant frozen between ticks): rows of successes, failures
