@@ -218,11 +218,10 @@ class CommandStream:
                     except grpc.aio.AioRpcError as exc:
                         if self._timed_out:
                             raise
-                        if sent == taken:  # nothing due: like invoke()'s refused write
-                            self._call = None
-                            self._refused(exc, requests[sent], new and sent == 0)
-                            return taken
-                        self._drop()  # the stream ended: the rest go through Invoke
+                        # The stream ended: this request was not sent; the rest go
+                        # through Invoke (as invoke()'s refused write).
+                        self._drop()
+                        self._refused(exc, requests[sent], new and taken == 0)
                         return taken
                     sent += 1
                 reply = await call.read()

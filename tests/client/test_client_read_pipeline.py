@@ -39,6 +39,8 @@ REFS = [f"Area{i % 7}.Obj{i:05d}.Attr" for i in range(CHUNKS * ROWS + 7)]
 LAST = REFS[(CHUNKS - 1) * -(-len(REFS) // CHUNKS)]
 """The first tag of the last request."""
 PATHS = ["invoke", "stream"]
+ALL_PATHS = [*PATHS, "fallback"]
+"""``fallback``: the client on the stream, the gateway without it (``Invoke`` then)."""
 
 
 def _client_tasks() -> list[asyncio.Task[Any]]:
@@ -87,8 +89,8 @@ class _Gateway(_RawGateway):
     stream's requests as they come; ``before(wire)`` runs before a request is answered (to
     hold it), ``refuse`` names first tags answered INVALID_REQUEST."""
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, with_stream: bool = True) -> None:
+        super().__init__(with_stream)
         self.requests: list[tuple[str, bytes]] = []
         self.streams = 0
         self.arrived = asyncio.Condition()
@@ -154,7 +156,7 @@ class _Gateway(_RawGateway):
 
 @contextlib.asynccontextmanager
 async def _session(path: str, **options: Any) -> AsyncIterator[tuple[_Gateway, Session]]:
-    gateway = _Gateway()
+    gateway = _Gateway(with_stream=path != "fallback")
     await gateway.server.start()
     try:
         async with (
@@ -163,7 +165,7 @@ async def _session(path: str, **options: Any) -> AsyncIterator[tuple[_Gateway, S
                     endpoint=gateway.endpoint,
                     api_key="k",
                     plaintext=True,
-                    command_stream=path == "stream",
+                    command_stream=path != "invoke",
                     **options,
                 )
             ) as client,
@@ -184,7 +186,7 @@ def _plain(wire: bytes, handle: int, tags: list[str]) -> bytes:
     ).SerializeToString()
 
 
-@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("path", ALL_PATHS)
 async def test_a_large_read_goes_in_requests_of_its_slices_each_the_plain_paths(
     path: str,
 ) -> None:
@@ -207,9 +209,11 @@ async def test_a_large_read_goes_in_requests_of_its_slices_each_the_plain_paths(
             assert len(ids) == len(sent)
             if path == "stream":  # all on the one stream
                 assert {how for how, _ in sent} == {"stream1"}
+            if path == "fallback":  # the gateway refused the stream: Invoke
+                assert {how for how, _ in sent} == {"invoke"}
 
 
-@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("path", ALL_PATHS)
 async def test_the_next_request_is_sent_before_the_first_is_answered(path: str) -> None:
     # The gateway answers the first request only once the second arrived: a client that
     # waits for each reply before sending the next request never gets an answer.
