@@ -78,8 +78,8 @@ def test_cli_entry_module_loads_no_simulator() -> None:
 
 
 # Private library modules the simulator and COM runtime may use: logging hygiene, versions,
-# the status rule, the secret helpers and the incident format are shared by design
-# (docs/architecture.md).
+# the status rule, the secret helpers, the incident format and grpc.aio's batch of a send
+# and a receive are shared by design (docs/architecture.md).
 _SERVER_MAY_IMPORT = {
     "mxgateway.values",
     "mxgateway.commands",
