@@ -16,19 +16,50 @@ lacks them; callers then use ``write()``/``read()``. grpcio has no upper version
 these internals may differ at run time (renamed, another signature): the first such
 failure raises :class:`Unusable` and sets :data:`AVAILABLE` False for good, and callers
 go on with ``write()``/``read()`` instead of failing every call.
+
+An operator turns batches off for the whole process, client and simulator alike, with
+``MXGATEWAY_GRPC_BATCH=0`` (:data:`ENV`; read once, at import): the day a grpcio upgrade
+misbehaves in a way this module cannot see, every call goes through ``write()``/``read()``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import gc
+import os
+from collections.abc import Mapping
 from typing import Any
 
 from mxgateway._logsafe import get_logger
 
-__all__ = ["AVAILABLE", "BatchFailed", "Unusable", "exchange", "server_call"]
+__all__ = [
+    "AVAILABLE",
+    "ENV",
+    "SWITCHED_OFF",
+    "BatchFailed",
+    "Unusable",
+    "exchange",
+    "server_call",
+    "switched_off",
+]
 
 _log = get_logger(__name__)
+
+ENV = "MXGATEWAY_GRPC_BATCH"
+"""The environment variable that turns batches off for the process (``0``, ``off``,
+``false`` or ``no``, any case); unset or any other value leaves them on where grpcio
+has what they need."""
+
+_OFF_VALUES = frozenset({"0", "off", "false", "no"})
+
+
+def switched_off(environ: Mapping[str, str]) -> bool:
+    """Whether ``environ`` turns batches off (:data:`ENV`)."""
+    return environ.get(ENV, "").strip().lower() in _OFF_VALUES
+
+
+SWITCHED_OFF = switched_off(os.environ)
+"""Batches turned off by the operator (:data:`ENV`, read at import)."""
 
 try:
     from grpc._cython import cygrpc as _cygrpc  # type: ignore[attr-defined]
@@ -40,10 +71,14 @@ try:
     BatchFailed: Any = _cygrpc.ExecuteBatchError
     """The batch failed in gRPC core: the call ended (cancelled, broken, or ended by the
     peer before the send); what it sent, if anything, is unknown."""
-    AVAILABLE = True
+    AVAILABLE = not SWITCHED_OFF
 except (ImportError, AttributeError):  # pragma: no cover - a grpcio without them
     BatchFailed = RuntimeError
     AVAILABLE = False
+
+
+if SWITCHED_OFF:
+    _log.info("gRPC batches turned off by %s", ENV)
 
 
 class Unusable(Exception):
