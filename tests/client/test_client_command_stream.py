@@ -666,6 +666,44 @@ async def test_a_client_closed_against_a_slow_gateway_leaves_no_grpc_completion_
     assert logged == []
 
 
+@pytest.mark.parametrize("found", [True, False])
+async def test_a_close_that_finds_no_status_task_only_cancels(
+    monkeypatch: pytest.MonkeyPatch, found: bool
+) -> None:
+    # mxgateway._callend finds grpc.aio's status task by its coroutine's name, a grpc.aio
+    # internal. On a grpcio where it is not found the close only cancels the stream, as
+    # before: it returns, and the gateway sees the call end. found=True: the task is found
+    # on this grpcio (the path the other close tests take), so the other case is the
+    # fallback and not the only path there is.
+    from mxgateway import _callend
+
+    monkeypatch.setattr("mxgateway._cmdstream._CLOSE_WAIT", 0.01)
+    if not found:
+        monkeypatch.setattr(_callend, "_STATUS_TASK", "_no_such_coroutine_of_grpc_aio")
+    seen: list[object] = []
+    real = _callend._status_task
+
+    def spy(call: Any) -> Any:
+        task = real(call)
+        seen.append(task)
+        return task
+
+    monkeypatch.setattr(_callend, "_status_task", spy)
+    gateway = _SlowGateway()
+    ping = pb.MxCommand(kind=pb.MX_COMMAND_KIND_PING, ping=pb.PingCommand())
+    with _threaded_gateway(
+        lambda server: pbg.add_MxAccessGatewayServicer_to_server(gateway, server)
+    ) as options:
+        client = await GatewayClient.connect(options=options)
+        try:
+            await client.invoke("session-1", ping)
+        finally:
+            await asyncio.wait_for(client.close(), 20)
+        assert await asyncio.to_thread(gateway.cancelled.acquire, True, 20)
+    assert len(seen) == 1
+    assert isinstance(seen[0], asyncio.Task) is found
+
+
 def _run_then_close(main: Coroutine[Any, Any, None]) -> None:
     """``asyncio.run(main)`` without the turns it gives the loop after ``main``."""
     loop = asyncio.new_event_loop()
