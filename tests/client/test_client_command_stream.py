@@ -271,6 +271,7 @@ async def test_each_command_keeps_its_own_deadline_on_the_stream() -> None:
         assert client._commands is not None and not client._commands.unsupported
 
 
+@pytest.mark.skipif(not _grpcbatch.AVAILABLE, reason="batches are off in this process")
 async def test_after_its_first_command_a_stream_sends_a_read_with_its_reply_in_one_batch(
     sim: GatewaySimulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -329,6 +330,7 @@ class _OversizedStreamReply(pbg.MxAccessGatewayServicer):
             yield self._reply(request, 200_000 if i == 1 else 0)
 
 
+@pytest.mark.skipif(not _grpcbatch.AVAILABLE, reason="batches are off in this process")
 async def test_a_read_whose_stream_reply_is_lost_is_answered_through_invoke_once() -> None:
     # The gateway ran a ping on the stream but its reply cannot be received (over the
     # client's message limit: the batch fails, as when a stream breaks under a command).

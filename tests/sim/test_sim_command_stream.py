@@ -19,6 +19,10 @@ from mxgateway_sim._limits import DEFAULT_MAX_MESSAGE_BYTES
 
 SEND_AND_READ = ("SendMessageOperation", "ReceiveMessageOperation")
 
+# Each test here is of the batched path: none runs where batches are off
+# (MXGATEWAY_GRPC_BATCH=0, docs/operations.md; or a grpcio without them).
+pytestmark = pytest.mark.skipif(not _grpcbatch.AVAILABLE, reason="batches are off in this process")
+
 
 @pytest.fixture
 def server_batches(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, ...]]:
