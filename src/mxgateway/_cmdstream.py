@@ -37,8 +37,9 @@ import grpc
 from mxgateway import _grpcbatch as grpcbatch
 from mxgateway._callend import cancel_and_settle
 from mxgateway._encoded import EncodedRequest, as_message, serialize
+from mxgateway._errors import ClientClosedError
 from mxgateway._retry import IDEMPOTENT_COMMAND_KINDS, is_idempotent
-from mxgateway._transport import Transport
+from mxgateway._transport import Transport, _task_cancelling
 from mxgateway.generated import mxaccess_gateway_pb2 as pb
 
 __all__ = ["CommandStream"]
@@ -92,6 +93,7 @@ class CommandStream:
         self._watchdog: asyncio.TimerHandle | None = None
         self._watchdog_at = 0.0
         self._refusals = 0  # new streams in a row whose first write was refused (INTERNAL)
+        self._closed = False  # aclose() ran
         self.unsupported = False
         """The gateway answered ``UNIMPLEMENTED``: every command goes through ``Invoke``."""
 
@@ -158,8 +160,7 @@ class CommandStream:
             raise self._transport.map_error(exc, session_id=session_id, what=what) from exc
         except asyncio.CancelledError:
             self._drop()
-            if self._timed_out:
-                raise self._deadline_error(session_id, what) from None
+            self._cancelled_under(session_id, what)
             raise
         except BaseException:
             self._drop()  # the stream may hold a reply nobody will read: start afresh
@@ -248,8 +249,7 @@ class CommandStream:
             raise self._transport.map_error(exc, session_id=session_id, what=what) from exc
         except asyncio.CancelledError:
             self._drop()
-            if self._timed_out:
-                raise self._deadline_error(session_id, what) from None
+            self._cancelled_under(session_id, what)
             raise
         except BaseException:
             if not failed or sent > taken + 1:
@@ -337,6 +337,16 @@ class CommandStream:
             what=what,
         )
 
+    def _cancelled_under(self, session_id: str, what: str) -> None:
+        """Raise what a command whose stream was cancelled under it gets instead of
+        ``CancelledError``, as on ``Invoke``: its deadline's error, or ``ClientClosedError``
+        when :meth:`aclose` cancelled it (grpc.aio raises ``CancelledError`` in the task
+        awaiting a call cancelled from elsewhere; that task was not cancelled)."""
+        if self._timed_out:
+            raise self._deadline_error(session_id, what) from None
+        if self._closed and not _task_cancelling():
+            raise ClientClosedError(f"{what} was cancelled because the client was closed")
+
     def _drop(self) -> None:
         call, self._call = self._call, None
         if call is not None:
@@ -358,6 +368,7 @@ class CommandStream:
         watchdog, self._watchdog = self._watchdog, None
         if watchdog is not None:
             watchdog.cancel()
+        self._closed = True
         call, self._call = self._call, None
         in_flight, self._busy = self._busy, True  # from now on commands use Invoke
         if call is None or call.done():

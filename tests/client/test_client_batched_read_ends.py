@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from test_client_command_stream import _threaded_gateway
+from test_client_grpcbatch_fallback import WRITE
 
 from mxgateway import ClientClosedError, GatewayClient, MxGatewayTimeoutError
 from mxgateway.generated import mxaccess_gateway_pb2 as pb
@@ -101,3 +102,30 @@ async def test_a_batched_read_that_ends_in_flight_is_not_sent_again(how: str) ->
     assert gateway.invoked == []  # never sent again through Invoke
     ping = pb.MX_COMMAND_KIND_PING
     assert gateway.streamed == ([ping] * 2 if how == "close" else [ping] * 3)
+
+
+async def test_a_write_in_flight_on_the_stream_at_close_is_client_closed_as_on_invoke() -> None:
+    # A write goes out, then its reply is read (no batch, whatever the grpcio): close()
+    # cancels the stream under it, and grpc.aio raises CancelledError in the writer's task,
+    # which nobody cancelled. As on Invoke it is ClientClosedError (with batches off,
+    # MXGATEWAY_GRPC_BATCH=0, every command takes this path).
+    gateway = _HoldingGateway()
+    with _threaded_gateway(
+        lambda server: pbg.add_MxAccessGatewayServicer_to_server(gateway, server)
+    ) as options:
+        try:
+            client = await GatewayClient.connect(options=dataclasses.replace(options, timeout=30))
+            try:
+                await client.invoke("s", PING)
+                task = asyncio.create_task(client.invoke("s", WRITE))
+                await wait_for(lambda: len(gateway.streamed) == 2)  # at the gateway
+                await client.close()
+                with pytest.raises(ClientClosedError):
+                    await task
+                assert await asyncio.to_thread(gateway.ended.acquire, True, 20)
+            finally:
+                await client.close()
+        finally:
+            gateway.release.set()
+    assert gateway.invoked == []
+    assert gateway.streamed == [pb.MX_COMMAND_KIND_PING, pb.MX_COMMAND_KIND_WRITE]
