@@ -17,7 +17,9 @@ process's CPU per read (``time.process_time``) and the simulator's (every thread
 ``/proc/<pid>/task/*/schedstat``, nanoseconds), and per round the ratio this/base of the
 median walls (their median is the figure). Without ``MXGW_BENCH_BASE_SRC`` only ``this``
 runs. ``MXGW_BENCH_PIPE_CHUNKS=N`` has ``this`` pipeline a read in up to N requests instead
-of the library's choice (``mxgateway._session._PIPE_CHUNKS``), to compare choices.
+of the library's choice (``mxgateway._session._PIPE_CHUNKS``), to compare choices, and
+``MXGW_BENCH_BASE_PIPE_CHUNKS=N`` has ``base`` do so (``1``: one request, as before
+pipelining, so that a checkout of the same code measures what the pipelining alone does).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from bench.wakeups import schedstat_cpu_s
 
 BASE_ENV = "MXGW_BENCH_BASE_SRC"
 CHUNKS_ENV = "MXGW_BENCH_PIPE_CHUNKS"
+BASE_CHUNKS_ENV = "MXGW_BENCH_BASE_PIPE_CHUNKS"
 FULL = {"rounds": 12, "reads": 8, "tags": 10_000, "objects": 2_600}
 QUICK = {"rounds": 2, "reads": 2, "tags": 1_000, "objects": 300}
 PAUSE_S = 0.005
@@ -168,7 +171,10 @@ def measure(p: dict[str, Any], report: Report) -> None:
     chunks = os.environ.get(CHUNKS_ENV)
     sides = [_Side("this", None, p if chunks is None else {**p, "chunks": int(chunks)})]
     if base:
-        sides.insert(0, _Side("base", base, p))
+        base_chunks = os.environ.get(BASE_CHUNKS_ENV)
+        sides.insert(
+            0, _Side("base", base, p if base_chunks is None else {**p, "chunks": int(base_chunks)})
+        )
     else:
         report.skip("base", f"{BASE_ENV} is not set: only this checkout is measured")
     try:
@@ -212,6 +218,7 @@ def run(quick: bool = False) -> dict[str, Any]:
     report.results["parameters"] = dict(p)
     report.results["base_src"] = os.environ.get(BASE_ENV)
     report.results["pipe_chunks"] = os.environ.get(CHUNKS_ENV)
+    report.results["base_pipe_chunks"] = os.environ.get(BASE_CHUNKS_ENV)
     measure(p, report)
     report.results["load_after"] = [round(x, 2) for x in os.getloadavg()]
     report.notes.append(
