@@ -18,6 +18,9 @@ the part of it the library's decoding owns:
   each parsed as ``Session.events()``'s deserializer parses it, then decoded and handed out
   by ``EventStream`` to an ``async for`` reading the same three fields; best of 5 passes.
   gRPC's own cost per message (about 0.3 ms here, most of it wake-ups) is not in it.
+- ``grpc_bytes_only``: gRPC's own cost per message, the same subscription's messages
+  received as bytes and dropped unparsed (CPU and voluntary context switches per message,
+  median of ``rounds`` runs of the library's side);
 - ``instructions`` (``MXGW_BENCH_CALLGRIND=1``, valgrind installed): the replay's
   instructions per change under callgrind, from the difference of two runs (``first`` and
   ``all`` messages), so start-up cancels out; repeatable under load, unlike CPU time.
@@ -125,6 +128,54 @@ async def _live(address: str, tags_file: str, n: int, warm: float, window: float
     }
 
 
+async def _bytes(address: str, tags_file: str, n: int, warm: float, window: float) -> Any:
+    """gRPC's share: the same subscription's ``StreamEventBatches`` messages received as
+    bytes and dropped (no parse): CPU and voluntary context switches per message."""
+    import resource
+
+    import mxgateway
+    from mxgateway.generated import mxaccess_gateway_pb2 as pb
+
+    client, session = await _session(address)
+    try:
+        hlmx = await session.register("bench-events-client")
+        await session.subscribe_bulk(hlmx, _tags(tags_file, n))
+        path = f"/{pb.DESCRIPTOR.services_by_name['MxAccessGateway'].full_name}"
+        open_call: Any = client.transport.channel.unary_stream
+        call = open_call(
+            f"{path}/StreamEventBatches",
+            request_serializer=pb.StreamEventsRequest.SerializeToString,
+        )(pb.StreamEventsRequest(session_id=session.session_id), metadata=client.transport.metadata)
+        seen = [0, 0]
+
+        async def consume() -> None:
+            async for message in call:
+                seen[0] += 1
+                seen[1] += len(message)
+
+        task = asyncio.ensure_future(consume())
+        await asyncio.sleep(warm)
+        c0, b0, t0 = seen[0], seen[1], time.process_time()
+        s0 = resource.getrusage(resource.RUSAGE_SELF).ru_nvcsw
+        await asyncio.sleep(window)
+        c1, b1, t1 = seen[0], seen[1], time.process_time()
+        s1 = resource.getrusage(resource.RUSAGE_SELF).ru_nvcsw
+        call.cancel()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    finally:
+        await session.close()
+        await client.close()
+    messages = c1 - c0
+    return {
+        "module": mxgateway.__file__,
+        "messages": messages,
+        "bytes_per_message": (b1 - b0) / messages if messages else None,
+        "cpu_us_per_message": (t1 - t0) / messages * 1e6 if messages else None,
+        "context_switches_per_message": (s1 - s0) / messages if messages else None,
+    }
+
+
 async def _capture(address: str, tags_file: str, n: int, seconds: float) -> list[bytes]:
     client, session = await _session(address)
     try:
@@ -205,8 +256,11 @@ def _replay(capture: str, limit: int, passes: int) -> Any:
 def client_main(argv: list[str]) -> None:
     """``python -m bench.events_client live|capture|replay ...`` (one JSON line)."""
     mode = argv[0]
-    if mode == "live":
-        result = asyncio.run(_live(argv[1], argv[2], int(argv[3]), float(argv[4]), float(argv[5])))
+    if mode in ("live", "bytes"):
+        measure = _live if mode == "live" else _bytes
+        result = asyncio.run(
+            measure(argv[1], argv[2], int(argv[3]), float(argv[4]), float(argv[5]))
+        )
     elif mode == "capture":
         messages = asyncio.run(_capture(argv[1], argv[2], int(argv[3]), float(argv[4])))
         with open(argv[5], "wb") as fh:
@@ -285,6 +339,22 @@ async def run_async(quick: bool) -> dict[str, Any]:
                                 ["live", *args, str(p["window_s"])],
                             )
                         )
+                grpc_only = [
+                    await asyncio.to_thread(
+                        _run_client,
+                        sides["library"],
+                        API_KEY,
+                        [
+                            "bytes",
+                            sim.address,
+                            tags_file,
+                            str(n),
+                            str(p["warm_s"]),
+                            str(p["window_s"]),
+                        ],
+                    )
+                    for _ in range(rounds)
+                ]
                 capture = os.path.join(tmp, f"capture-{n}.pickle")
                 captured = await asyncio.to_thread(
                     _run_client,
@@ -301,6 +371,14 @@ async def run_async(quick: bool) -> dict[str, Any]:
                             _run_client(sides[side], API_KEY, ["replay", capture, limit, "5"])
                         )
                 entry: dict[str, Any] = {"captured": captured}
+                entry["grpc_bytes_only"] = {
+                    key: rnd(statistics.median(d[key] for d in grpc_only), 2)
+                    for key in (
+                        "cpu_us_per_message",
+                        "bytes_per_message",
+                        "context_switches_per_message",
+                    )
+                }
                 for side in sides:
                     cpu = [d["cpu_us_per_change"] for d in live[side]]
                     entry[side] = {
