@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -104,3 +105,30 @@ def test_which_values_turn_batches_off() -> None:
     assert all(_grpcbatch.switched_off({_grpcbatch.ENV: v}) for v in off)
     assert not any(_grpcbatch.switched_off({_grpcbatch.ENV: v}) for v in on)
     assert not _grpcbatch.switched_off({})
+
+
+_STREAM_TESTS = [
+    "tests/client/test_client_command_stream.py",
+    "tests/client/test_client_batched_read_ends.py",
+    "tests/sim/test_sim_command_stream.py",
+]
+"""The command stream's tests: with batches off each runs on the write-then-read path and
+checks that no batch started where it checks batches."""
+
+
+def test_the_command_stream_tests_pass_with_the_switch_set() -> None:
+    # The whole suite runs with the switch (docs/operations.md); this focused set of it
+    # runs so in every run of the suite.
+    env = {k: v for k, v in os.environ.items() if k != _grpcbatch.ENV}
+    env[_grpcbatch.ENV] = "0"
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:randomly", *_STREAM_TESTS],
+        env=env,
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+    assert "batches are off in this process" in done.stdout  # the switch took
