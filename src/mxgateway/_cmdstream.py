@@ -54,6 +54,12 @@ client stops opening them (a gateway without the stream, whose ``UNIMPLEMENTED``
 _CLOSE_WAIT = 1.0
 """Seconds a closing client waits for the gateway to end an idle command stream."""
 
+_SETTLE_WAIT = 1.0
+"""Seconds a closing client waits, after cancelling a stream the gateway did not end in
+:data:`_CLOSE_WAIT`, for gRPC to hand its loop the cancel's completion
+(``mxgateway._callend``): a local cancel completes at once, but a busy machine may delay
+gRPC's poller thread well past a short half-close wait."""
+
 AHEAD = 2
 """Requests of :meth:`CommandStream.invoke_many` written before their replies are read:
 one computed by the gateway while the next waits in its queue."""
@@ -385,7 +391,7 @@ class CommandStream:
             raise
         else:
             return
-        await cancel_and_settle(call, _CLOSE_WAIT)
+        await cancel_and_settle(call, _SETTLE_WAIT)
 
 
 async def _exchange(call: Any, data: bytes) -> pb.MxCommandReply | Any:
