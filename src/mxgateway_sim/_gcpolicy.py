@@ -391,12 +391,20 @@ def _give_back(hidden: list[object], start: int, count: int) -> int:
     end = min(start + count, len(hidden))
     if start >= end:
         return end
-    for i in range(start, end):
-        obj = hidden[i]
-        # None: given back already. PyObject_GC_Track aborts on a tracked object.
-        if obj is not None and not is_tracked(obj):
-            track(obj)
-        hidden[i] = None
+    # No collection between the check and the track: ctypes allocates for each call, and a
+    # collection's finalizers could make CPython track an object again in that gap.
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        for i in range(start, end):
+            obj = hidden[i]
+            # None: given back already. PyObject_GC_Track aborts on a tracked object.
+            if obj is not None and not is_tracked(obj):
+                track(obj)
+            hidden[i] = None
+    finally:
+        if enabled:
+            gc.enable()
     gc.collect(0)  # _tenure freezes them
     return end
 
