@@ -559,6 +559,11 @@ async def library_cpu(mx: Mx, quick: bool) -> dict[str, float]:
     commands = mx.lib.client._commands
     if commands is None:
         return {}
+    # The canned stream is no gRPC call, so no gRPC batch: this stream writes then reads
+    # (the library's work on either path is the same) without setting off the process-wide
+    # fallback for a grpcio whose batch primitives differ (mxgateway._grpcbatch).
+    batch, commands._batch = commands._batch, False
+    commands._answered = False  # what the next reply sets from _batch
     real, commands._call = (
         commands._call,
         _CannedStream(
@@ -582,6 +587,7 @@ async def library_cpu(mx: Mx, quick: bool) -> dict[str, float]:
             out[f"{name}_us"] = rnd(best, 2)
     finally:
         commands._call = real
+        commands._batch = commands._answered = batch
     return out
 
 
