@@ -631,7 +631,9 @@ async def test_closing_the_client_ends_a_stream_the_gateway_keeps_open() -> None
 
 class _SlowGateway(_StreamingGateway):
     """Ends each command stream only when the client cancels it: slower than the client's
-    wait for the end of a half-closed stream, whatever that wait."""
+    wait for the end of a half-closed stream, whatever that wait. ``cancelled`` is
+    released for each stream whose call ended while its handler still held it open (only
+    the client can end it then)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -639,10 +641,24 @@ class _SlowGateway(_StreamingGateway):
 
     def InvokeStream(self, request_iterator: Any, context: Any) -> Any:
         ended = threading.Event()
-        context.add_callback(ended.set)
-        yield from super().InvokeStream(request_iterator, context)
-        if ended.wait(60):
-            self.cancelled.release()
+        held = [True]  # the handler has not ended the stream itself
+
+        def on_end() -> None:
+            # gRPC calls this when the call ends, whatever the handler's thread is doing:
+            # when the cancel arrives before that thread (late on a busy machine) took the
+            # half-close, the request iterator raises RpcError in place of ending, or gRPC
+            # stops taking replies from this generator; counting there missed the stream.
+            if held[0]:
+                self.cancelled.release()
+            ended.set()
+
+        context.add_callback(on_end)
+        try:
+            yield from super().InvokeStream(request_iterator, context)
+        except grpc.RpcError:
+            return  # the stream was cancelled before this thread saw its half-close
+        ended.wait(60)
+        held[0] = False
 
 
 async def test_a_client_closed_against_a_slow_gateway_leaves_no_grpc_completion_behind(
