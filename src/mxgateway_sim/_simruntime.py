@@ -81,6 +81,10 @@ WRITEABLE_CATEGORIES = frozenset({-1, 4, 5, 6, 7, 8, 9, 10, 11, 14})
 """MxAttributeCategory values a client may write at run time (Writeable_*, SystemWriteable)."""
 DEFAULT_BUFFERED_INTERVAL_MS = 1000
 BACKEND_NAME = "mxgw-sim"
+PLAN_MIN_ROWS = 16
+"""Rows a chunk of a remembered ReadBulk needs before it is read by a plan: a plan's
+bookkeeping (its key, its groups' checks) costs more than it saves on a few rows, such as
+a one-tag read repeated by a poller, which is read row by row."""
 _NOT_IN_RANGE = "Value does not fall within the expected range"
 """The message of MXAccess's ArgumentException for a write it cannot take (upstream)."""
 
@@ -789,7 +793,7 @@ class SimulatedRuntime:
         tick = plant.tick
         room = max_bytes - already
         out: Sequence[bytes] | None = None
-        if part is not None:
+        if part is not None and len(rows) >= PLAN_MIN_ROWS:
             # A chunk of the remembered call: by its plan, where it has one.
             planned, out = self._planned(cache, part, rows, generation, tick, now, room, memo)
             if planned and out is None:

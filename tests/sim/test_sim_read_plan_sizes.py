@@ -1,5 +1,5 @@
 """A remembered ReadBulk whose chunk holds a single row is planned and answered as any; a
-plan whose rows miscount fails the read."""
+chunk of a few rows is read row by row; a plan whose rows miscount fails the read."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from test_sim_bulk_fast_paths import _fast_and_plain, _library_sessions, _model_
 
 from mxgateway import MxGatewayInternalError, Session
 from mxgateway_sim import GatewaySimulator, Plant
+from mxgateway_sim import _simruntime as simruntime
 from mxgateway_sim._readplan import _Group
 from mxgateway_sim._readrows import MEMO_CHUNK_ROWS
 
@@ -32,10 +33,15 @@ async def _reader() -> AsyncIterator[tuple[GatewaySimulator, Plant, Session, int
             yield sim, plant, session, await session.register("reader")
 
 
-async def test_a_chunk_of_one_row_is_planned_and_answered_as_the_plain_path() -> None:
+async def test_a_chunk_of_one_row_is_planned_and_answered_as_the_plain_path(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     # A plan puts a chunk's rows in order with one call; a chunk of one row (a poller of
     # one tag, or the last row of a list one longer than whole chunks) takes its own way
-    # there, and must answer the row, in a list, as the plain path does.
+    # there, and must answer the row, in a list, as the plain path does. (The simulator
+    # plans no chunk of fewer than PLAN_MIN_ROWS rows: lowered here so the plan's own
+    # handling of one row stays tested.)
+    monkeypatch.setattr(simruntime, "PLAN_MIN_ROWS", 1)
     async with _reader() as (sim, plant, session, hlmx):
         runtime = _runtime_of(sim, session)
         cache = runtime._read_rows
@@ -49,6 +55,30 @@ async def test_a_chunk_of_one_row_is_planned_and_answered_as_the_plain_path() ->
             plans = [plan for _, plan in cache.plans.values()]
             assert plans and all(plan is not None for plan in plans)
             assert len(plans[-1].order) == 1  # type: ignore[union-attr]
+
+
+async def test_a_chunk_of_a_few_rows_is_read_row_by_row_and_answered_as_the_plain_path() -> None:
+    # A poller of one tag (or a few) repeats its ReadBulk: a plan's bookkeeping would cost
+    # it more than it saves, so chunks of fewer than PLAN_MIN_ROWS rows have none; one of
+    # PLAN_MIN_ROWS rows has one. Both answer as the plain path does.
+    few = simruntime.PLAN_MIN_ROWS - 1
+    async with _reader() as (sim, plant, session, hlmx):
+        runtime = _runtime_of(sim, session)
+        cache = runtime._read_rows
+        assert cache is not None
+        for refs, planned in (
+            (SCALARS[:1], False),
+            (SCALARS[:few], False),
+            (SCALARS[: few + 1], True),
+        ):
+            cache.plans.clear()
+            states = {r: plant.state(r) for r in refs}
+            for steps in (0, 0, 1, 0, 30):  # remembered, (planned), kept, computed anew
+                for _ in range(steps):
+                    plant.step()
+                await _fast_and_plain(session, runtime, hlmx, refs, states)
+            plans = [plan for _, plan in cache.plans.values()]
+            assert bool(plans) is planned, (len(refs), plans)
 
 
 async def test_a_plan_whose_rows_miscount_fails_the_read_instead_of_misplacing_rows(
