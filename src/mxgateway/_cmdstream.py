@@ -147,23 +147,8 @@ class CommandStream:
                     return None
                 reply = await call.read()
         except grpc.aio.AioRpcError as exc:
-            self._call = None
-            if self._timed_out:
-                raise self._deadline_error(session_id, what) from None
-            code = exc.code()
-            if code is grpc.StatusCode.UNIMPLEMENTED:
-                self.unsupported = True
-                return None
-            if (
-                code is grpc.StatusCode.INTERNAL
-                and as_message(request).ByteSize() > self._transport.options.max_message_bytes
-            ):
-                # gRPC core refused to send it (a bare INTERNAL on a stream): nothing was
-                # sent, and Invoke names the message limit as for any call.
-                return None
-            if code is grpc.StatusCode.UNAVAILABLE and is_idempotent(as_message(request)):
-                return None  # Invoke retries it under the retry policy
-            raise self._transport.map_error(exc, session_id=session_id, what=what) from exc
+            self._failed(exc, request, session_id, what)
+            return None
         except asyncio.CancelledError:
             self._drop()
             self._cancelled_under(session_id, what)
@@ -243,16 +228,8 @@ class CommandStream:
                     raise
                 taken += 1
         except grpc.aio.AioRpcError as exc:
-            self._call = None
-            if self._timed_out:
-                raise self._deadline_error(session_id, what) from None
-            code = exc.code()
-            if code is grpc.StatusCode.UNIMPLEMENTED:
-                self.unsupported = True
-                return taken
-            if code is grpc.StatusCode.UNAVAILABLE:
-                return taken  # Invoke retries them under the retry policy
-            raise self._transport.map_error(exc, session_id=session_id, what=what) from exc
+            self._failed(exc, None, session_id, what)
+            return taken
         except asyncio.CancelledError:
             self._drop()
             self._cancelled_under(session_id, what)
@@ -282,6 +259,42 @@ class CommandStream:
         else:
             self._arm(timeout)
         return call, new
+
+    def _failed(
+        self,
+        exc: grpc.aio.AioRpcError,
+        request: pb.MxCommandRequest | EncodedRequest | None,
+        session_id: str,
+        what: str,
+    ) -> None:
+        """Handle the stream failing under :meth:`invoke`'s ``request`` or, with None,
+        :meth:`invoke_many`'s pipelined reads: returns when what is unanswered goes through
+        ``Invoke``; raises the error a command gets otherwise (its deadline's, or the mapped
+        status, as ``Invoke``'s)."""
+        self._call = None
+        if self._timed_out:
+            raise self._deadline_error(session_id, what) from None
+        code = exc.code()
+        if code is grpc.StatusCode.UNIMPLEMENTED:
+            self.unsupported = True
+            return
+        if request is None:
+            # invoke_many's requests are reads, safe to send again, and together under a
+            # share of the message limit (Session.read_bulk): an INTERNAL is no refused
+            # oversize message and is raised.
+            if code is grpc.StatusCode.UNAVAILABLE:
+                return  # Invoke retries them under the retry policy
+        else:
+            if (
+                code is grpc.StatusCode.INTERNAL
+                and as_message(request).ByteSize() > self._transport.options.max_message_bytes
+            ):
+                # gRPC core refused to send it (a bare INTERNAL on a stream): nothing was
+                # sent, and Invoke names the message limit as for any call.
+                return
+            if code is grpc.StatusCode.UNAVAILABLE and is_idempotent(as_message(request)):
+                return  # Invoke retries it under the retry policy
+        raise self._transport.map_error(exc, session_id=session_id, what=what) from exc
 
     def _refused(
         self, exc: grpc.aio.AioRpcError, request: pb.MxCommandRequest | EncodedRequest, new: bool

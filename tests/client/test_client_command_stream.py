@@ -32,6 +32,7 @@ from mxgateway import (
     _grpcbatch,
 )
 from mxgateway._cmdstream import CommandStream
+from mxgateway._encoded import EncodedRequest
 from mxgateway._transport import Transport
 from mxgateway.generated import mxaccess_gateway_pb2 as pb
 from mxgateway.generated import mxaccess_gateway_pb2_grpc as pbg
@@ -520,6 +521,90 @@ async def test_after_three_refused_new_streams_in_a_row_the_client_stays_on_invo
             assert len(opened) == refused
             assert commands.unsupported is (refused == 3)
         assert not commands.available
+    finally:
+        await transport.close()
+
+
+class _FailingReadCall:
+    """A stream call that takes every write and then fails its read with ``code``, as a
+    stream that broke under a command does (a real gateway cannot be made to answer a bare
+    ``INTERNAL`` after a write on demand)."""
+
+    def __init__(self, code: grpc.StatusCode) -> None:
+        self.code = code
+        self.written = 0
+
+    def done(self) -> bool:
+        return False
+
+    async def write(self, request: Any) -> None:
+        self.written += 1
+
+    async def read(self) -> Any:
+        raise grpc.aio.AioRpcError(
+            self.code, grpc.aio.Metadata(), grpc.aio.Metadata(), "broke", None
+        )
+
+    def cancel(self) -> bool:
+        return False
+
+
+@pytest.mark.parametrize("code", [grpc.StatusCode.INTERNAL, grpc.StatusCode.UNAVAILABLE])
+async def test_a_stream_failing_under_a_command_sends_on_invoke_only_what_is_safe(
+    code: grpc.StatusCode,
+) -> None:
+    # invoke() and invoke_many() share the failure rule (CommandStream._failed), with one
+    # difference kept on purpose: a bare INTERNAL under a command over the message limit
+    # is gRPC core refusing to send it (Invoke names the limit), while invoke_many's
+    # reads are under the limit together, so an INTERNAL under them is raised.
+    # UNAVAILABLE: what is safe to send again goes through Invoke, a write is raised.
+    transport = Transport(
+        ClientOptions(endpoint="127.0.0.1:1", plaintext=True, max_message_bytes=1000)
+    )
+    try:
+        commands = CommandStream(transport, lambda metadata: _FailingReadCall(code))
+
+        def request(command: pb.MxCommand) -> pb.MxCommandRequest:
+            return pb.MxCommandRequest(session_id="s", command=command)
+
+        ping = request(pb.MxCommand(kind=pb.MX_COMMAND_KIND_PING, ping=pb.PingCommand()))
+        big = request(
+            pb.MxCommand(
+                kind=pb.MX_COMMAND_KIND_REGISTER,
+                register=pb.RegisterCommand(client_name="x" * 2000),
+            )
+        )
+        write = request(
+            pb.MxCommand(
+                kind=pb.MX_COMMAND_KIND_WRITE,
+                write=pb.WriteCommand(
+                    server_handle=7, item_handle=1, value=pb.MxValue(int32_value=1)
+                ),
+            )
+        )
+        reads = [EncodedRequest("s", pb.MX_COMMAND_KIND_PING, ping.SerializeToString())] * 3
+        internal = code is grpc.StatusCode.INTERNAL
+        # Over the limit: Invoke sends it (INTERNAL) / a register is not safe to resend.
+        if internal:
+            assert await commands.invoke(big, 5.0, "s", "Invoke REGISTER") is None
+        else:
+            with pytest.raises(MxGatewayError, match=code.name):
+                await commands.invoke(big, 5.0, "s", "Invoke REGISTER")
+        # Under the limit: a ping goes through Invoke only when UNAVAILABLE.
+        if internal:
+            with pytest.raises(MxGatewayError, match=code.name):
+                await commands.invoke(ping, 5.0, "s", "Invoke PING")
+        else:
+            assert await commands.invoke(ping, 5.0, "s", "Invoke PING") is None
+        with pytest.raises(MxGatewayError, match=code.name):
+            await commands.invoke(write, 5.0, "s", "Invoke WRITE")
+        # A pipelined read: raised on INTERNAL, all of it through Invoke on UNAVAILABLE.
+        if internal:
+            with pytest.raises(MxGatewayError, match=code.name):
+                await commands.invoke_many(reads, 5.0, "s", "Invoke READ_BULK", print)
+        else:
+            assert await commands.invoke_many(reads, 5.0, "s", "Invoke READ_BULK", print) == 0
+        assert not commands.unsupported
     finally:
         await transport.close()
 
