@@ -11,8 +11,9 @@ import pytest
 from google.protobuf import json_format
 
 from fixtureio import FIXTURES, decode
-from mxgateway import from_mx_value, to_mx_value
+from mxgateway import _values, from_mx_value, to_mx_value
 from mxgateway.generated import mxaccess_gateway_pb2 as pb
+from mxgateway.values import VALUE_TYPES
 
 CASES: list[dict[str, Any]] = json.loads(
     (FIXTURES / "values" / "value-conversion-cases.json").read_text(encoding="utf-8")
@@ -65,3 +66,43 @@ def test_times_come_back_aware_utc() -> None:
 def test_error_names_offending_array_element() -> None:
     with pytest.raises(ValueError, match=r"element 2: str 'x'"):
         to_mx_value([1, 2, "x"])
+
+
+_SAMPLES: dict[str, Any] = {
+    "bool": True,
+    "int32": 5,
+    "int64": 5,
+    "float": 1.5,
+    "double": 1.5,
+    "string": "s",
+    "datetime": datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc),
+    "elapsed": timedelta(seconds=1.5),
+    "bytes": b"x",
+}
+
+
+def test_the_field_table_agrees_with_the_contract_and_the_type_tags() -> None:
+    # One table (_values._FIELDS) names the MxValue and MxArray field of each value type
+    # for the scalar and the array setter: it covers the type tags' value types, and a
+    # field set by copying is a message field.
+    assert set(_values._FIELDS) == set(VALUE_TYPES) == set(_values._TYPE_TAGS) == set(_SAMPLES)
+    scalars = pb.MxValue.DESCRIPTOR.fields_by_name
+    arrays = pb.MxArray.DESCRIPTOR.fields_by_name
+    for kind, (field, array_field) in _values._FIELDS.items():
+        assert (scalars[field].message_type is not None) == (kind in _values._MESSAGE_KINDS)
+        assert array_field is None or array_field in arrays
+
+
+@pytest.mark.parametrize("kind", VALUE_TYPES)
+def test_each_value_type_sets_its_own_field_as_scalar_and_array(kind: Any) -> None:
+    sample = _SAMPLES[kind]
+    mx = to_mx_value(sample, kind)
+    assert mx.WhichOneof("kind") == _values._FIELDS[kind][0]
+    assert from_mx_value(mx) == sample
+    if kind == "bytes":
+        with pytest.raises(ValueError, match="arrays of bytes are not supported"):
+            to_mx_value([sample], kind)
+        return
+    mx = to_mx_value([sample, sample], kind)
+    assert len(getattr(mx.array_value, str(_values._FIELDS[kind][1]))) == 2
+    assert from_mx_value(mx) == [sample, sample]

@@ -25,7 +25,7 @@ raise ``ValueError`` with a message naming the offending value or element.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
 from typing import Literal, cast
 
@@ -83,6 +83,22 @@ _TYPE_TAGS: dict[ValueType, tuple[int, int]] = {
     "elapsed": (pb.MX_DATA_TYPE_ELAPSED_TIME, pb.VT_R8),
     "bytes": (pb.MX_DATA_TYPE_UNKNOWN, pb.VT_RECORD),
 }
+
+# (MxValue field, MxArray field) per explicit value type; None: no arrays of it.
+_FIELDS: dict[ValueType, tuple[str, str | None]] = {
+    "bool": ("bool_value", "bool_values"),
+    "int32": ("int32_value", "int32_values"),
+    "int64": ("int64_value", "int64_values"),
+    "float": ("float_value", "float_values"),
+    "double": ("double_value", "double_values"),
+    "string": ("string_value", "string_values"),
+    "datetime": ("time_value", "time_values"),
+    "elapsed": ("elapsed_time_value", "elapsed_time_values"),
+    "bytes": ("raw_value", None),
+}
+
+# The value types whose MxValue field is a message (set by copying, not assigning).
+_MESSAGE_KINDS: frozenset[ValueType] = frozenset({"datetime", "elapsed"})
 
 # COM MxDataType value per proto enum value (proto = COM + 2 for these enums).
 _COM_OFFSET = 2
@@ -217,24 +233,10 @@ def _fill_array(arr: pb.MxArray, kind: ValueType, items: Sequence[object]) -> No
     data_type, variant = _TYPE_TAGS[kind]
     arr.element_data_type = data_type  # type: ignore[assignment]
     arr.element_variant_type = variant  # type: ignore[assignment]
-    if kind == "bool":
-        arr.bool_values.extend(values)  # type: ignore[arg-type]
-    elif kind == "int32":
-        arr.int32_values.extend(values)  # type: ignore[arg-type]
-    elif kind == "int64":
-        arr.int64_values.extend(values)  # type: ignore[arg-type]
-    elif kind == "float":
-        arr.float_values.extend(values)  # type: ignore[arg-type]
-    elif kind == "double":
-        arr.double_values.extend(values)  # type: ignore[arg-type]
-    elif kind == "string":
-        arr.string_values.extend(values)  # type: ignore[arg-type]
-    elif kind == "datetime":
-        arr.time_values.extend(values)  # type: ignore[arg-type]
-    elif kind == "elapsed":
-        arr.elapsed_time_values.extend(values)  # type: ignore[arg-type]
-    else:
+    field = _FIELDS[kind][1]
+    if field is None:
         raise ValueError("arrays of bytes are not supported; VT_RECORD values are scalars")
+    getattr(arr, field).extend(values)
 
 
 def to_mx_value(value: object, type: ValueType | None = None) -> pb.MxValue:
@@ -318,56 +320,11 @@ def fill_mx_value(mx: pb.MxValue, value: object, type: ValueType | None = None) 
     mx.data_type = data_type  # type: ignore[assignment]
     mx.variant_type = variant  # type: ignore[assignment]
     mx.raw_data_type = data_type - _COM_OFFSET
-    _SETTERS[kind](mx, coerced)
-
-
-def _set_bool(mx: pb.MxValue, v: object) -> None:
-    mx.bool_value = v  # type: ignore[assignment]
-
-
-def _set_int32(mx: pb.MxValue, v: object) -> None:
-    mx.int32_value = v  # type: ignore[assignment]
-
-
-def _set_int64(mx: pb.MxValue, v: object) -> None:
-    mx.int64_value = v  # type: ignore[assignment]
-
-
-def _set_float(mx: pb.MxValue, v: object) -> None:
-    mx.float_value = v  # type: ignore[assignment]
-
-
-def _set_double(mx: pb.MxValue, v: object) -> None:
-    mx.double_value = v  # type: ignore[assignment]
-
-
-def _set_string(mx: pb.MxValue, v: object) -> None:
-    mx.string_value = v  # type: ignore[assignment]
-
-
-def _set_time(mx: pb.MxValue, v: object) -> None:
-    mx.time_value.CopyFrom(v)  # type: ignore[arg-type]
-
-
-def _set_elapsed(mx: pb.MxValue, v: object) -> None:
-    mx.elapsed_time_value.CopyFrom(v)  # type: ignore[arg-type]
-
-
-def _set_raw(mx: pb.MxValue, v: object) -> None:
-    mx.raw_value = v  # type: ignore[assignment]
-
-
-_SETTERS: dict[ValueType, Callable[[pb.MxValue, object], None]] = {
-    "bool": _set_bool,
-    "int32": _set_int32,
-    "int64": _set_int64,
-    "float": _set_float,
-    "double": _set_double,
-    "string": _set_string,
-    "datetime": _set_time,
-    "elapsed": _set_elapsed,
-    "bytes": _set_raw,
-}
+    field = _FIELDS[kind][0]
+    if kind in _MESSAGE_KINDS:
+        getattr(mx, field).CopyFrom(coerced)
+    else:
+        setattr(mx, field, coerced)
 
 
 def _array_from(arr: pb.MxArray) -> list[_Scalar]:
