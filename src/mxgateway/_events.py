@@ -735,7 +735,8 @@ class EventStream:
         if stream is not None and self._read_lock.locked():
             # Someone is reading this open stream (the caller's `async for`, blocked until
             # an event comes): do not queue behind that read, only wait for the headers.
-            with contextlib.suppress(TimeoutError):
+            # (asyncio.TimeoutError: wait_for's; not the built-in TimeoutError on 3.10.)
+            with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(asyncio.shield(stream.call.initial_metadata()), timeout)
             return
         async with self._read_lock:
@@ -746,7 +747,7 @@ class EventStream:
                 stream = self._stream
                 if stream is None:
                     stream = self._stream = self._open()
-                with contextlib.suppress(TimeoutError):
+                with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(stream.call.initial_metadata(), timeout)
                 if not stream.call.done():
                     return

@@ -281,7 +281,7 @@ class MxAccessComRuntime:
             return
         try:
             await asyncio.wait_for(self.release_all(), self._close_timeout_s)
-        except TimeoutError:
+        except asyncio.TimeoutError:  # wait_for's: not the built-in TimeoutError on 3.10
             log.warning("MXAccess teardown did not finish: a COM call is still running")
         except Exception:  # the thread may already be gone; stopping is what matters
             log.debug("release before close failed", exc_info=True)
@@ -531,7 +531,7 @@ class MxAccessComRuntime:
         try:
             try:
                 sample = await asyncio.wait_for(asyncio.wrap_future(waiter), timeout)
-            except TimeoutError:
+            except asyncio.TimeoutError:
                 return ReadResult(
                     reference, None, False, f"no OnDataChange within {timeout:g} s of Advise"
                 )

@@ -73,26 +73,6 @@ def _check_value_sizes(payload: str, body: Any, limit: int) -> None:
     # (GatewayServicer._write_rows): a 16 MiB bulk has ~10^6 of them.
 
 
-async def _without_cycle(call: Awaitable[_T]) -> _T:
-    """Await ``call``; an exception leaves without the traceback that ties it to a cycle.
-
-    ``wait_for`` runs the handler in a task that keeps the exception, whose traceback keeps
-    the frames that keep the task: a cycle holding the whole request (megabytes for a large
-    one) until a full garbage collection, which the tuned GC makes rare. Dropping the
-    traceback breaks it, so a refused request is freed at once. Only refusals
-    (:data:`_REFUSALS`) lose it: an unexpected error is a bug, and its log keeps the frames
-    that show where it happened (the request waits for a collection instead).
-
-    ``raise exc.with_traceback(None)``, not a bare ``raise``: before Python 3.11 a bare
-    ``raise`` re-raised the traceback the interpreter kept for the handled exception,
-    whatever ``exc.__traceback__`` said (``tests/sim/test_sim_gc.py`` on 3.10).
-    """
-    try:
-        return await call
-    except _REFUSALS as exc:
-        raise exc.with_traceback(None)  # noqa: B904 - the same exception, without its frames
-
-
 if sys.version_info >= (3, 11):
 
     async def _within(call: Coroutine[Any, Any, _T], timeout_s: float) -> _T:
@@ -108,8 +88,9 @@ if sys.version_info >= (3, 11):
         that does wait gets the timeout at its first wait, with the deadline counted from
         the start.
 
-        A refusal leaves without its traceback, as from :func:`_without_cycle` (one
-        coroutine for both: each is a frame every command would pass through).
+        A refusal (:data:`_REFUSALS`) leaves without its traceback: a refused request is
+        freed at once, whatever holds the exception. An unexpected error is a bug, and its
+        log keeps the frames that show where it happened.
         """
         try:
             start = time.monotonic()
@@ -155,10 +136,49 @@ if sys.version_info >= (3, 11):
                 except StopIteration as done:
                     return done.value  # type: ignore[no-any-return]
 
-else:  # pragma: no cover - Python 3.10
+else:  # pragma: no cover - Python 3.10 (no asyncio.timeout_at)
 
-    def _within(call: Awaitable[_T], timeout_s: float) -> Awaitable[_T]:
-        return _without_cycle(asyncio.wait_for(call, timeout_s))
+    class _Raised:
+        """What a handler raised, as the result of ``wait_for``'s task (:func:`_within`)."""
+
+        __slots__ = ("exc",)
+
+        def __init__(self, exc: Exception) -> None:
+            self.exc = exc
+
+    async def _caught(call: Awaitable[_T]) -> _T | _Raised:
+        try:
+            return await call
+        except Exception as exc:  # CancelledError (the timeout) is no Exception
+            return _Raised(exc)
+
+    async def _within(call: Awaitable[_T], timeout_s: float) -> _T:
+        """Run ``call`` in a task of ``asyncio.wait_for``, cancelled after ``timeout_s``
+        (``asyncio.TimeoutError``).
+
+        The task keeps what it ended with, and an exception raised out of ``wait_for``
+        passes through its frame, which keeps the task: the exception, its frames and the
+        request they hold would be a cycle, freed only by a collection (with tenure only
+        the valve). So the handler's error ends the task as its result, and is raised here
+        once ``wait_for`` has returned. A refusal (:data:`_REFUSALS`, the timeout too)
+        leaves without its traceback, as on 3.11+; ``raise exc.with_traceback(None)``,
+        not a bare ``raise``: before 3.11 that re-raised the traceback the interpreter
+        kept for the handled exception, whatever ``exc.__traceback__`` said.
+        """
+        try:
+            outcome = await asyncio.wait_for(_caught(call), timeout_s)
+        except _REFUSALS as exc:
+            raise exc.with_traceback(None)  # noqa: B904 - the same exception, no frames
+        if not isinstance(outcome, _Raised):
+            return outcome
+        error = outcome.exc
+        del outcome
+        try:
+            if isinstance(error, _REFUSALS):
+                raise error.with_traceback(None)
+            raise error
+        finally:
+            del error  # this frame is in the traceback: it must not hold the exception
 
 
 _END_KIND = {

@@ -668,7 +668,7 @@ async def test_refused_commands_become_no_cyclic_garbage() -> None:
     # and all, on Invoke and on InvokeStream. Under asyncio.wait_for the exception's
     # traceback tied the request to a cycle (the handler's task keeps the exception, whose
     # frames keep the task) until a collection walked it, with tenure only the valve; the
-    # command path drops that traceback (_svc_common: _without_cycle, _within). On 3.11+
+    # command path drops that traceback (_svc_common: _within). On 3.11+
     # the handler runs in the calling task and nothing cycles even with the traceback; on
     # 3.10 (wait_for) the drop is what frees the request, and a bare `raise` undid it.
     # The timeout ends the stuck ping; it is long enough that the other refusals (a bulk
