@@ -9,16 +9,18 @@ by ``--session-id`` from any process.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
 from typing import Any
 
 from google.protobuf import json_format
 
 from mxgateway import describe_status, enum_name, failed_statuses
+from mxgateway.commands import command_spec
 from mxgateway.generated import mxaccess_gateway_pb2 as pb
 from mxgateway_cli import _human, _plant
 from mxgateway_cli._cmd_parity import bulk_entries, print_bulk_results, split_csv
+from mxgateway_cli._commands import Command
 from mxgateway_cli._context import Context
 from mxgateway_cli._errors import CliUsageError, CommandFailed
 from mxgateway_cli._exit_codes import ExitCode
@@ -172,56 +174,23 @@ async def cmd_add_item(ctx: Context) -> ExitCode:
     )
 
 
-async def cmd_remove_item(ctx: Context) -> ExitCode:
-    """``RemoveItem``."""
-    a = ctx.args
-    return await _invoke(
-        ctx,
-        pb.MxCommand(
-            kind=pb.MX_COMMAND_KIND_REMOVE_ITEM,
-            remove_item=pb.RemoveItemCommand(
-                server_handle=a.server_handle, item_handle=a.item_handle
-            ),
-        ),
-    )
+def _item_command(kind: pb.MxCommandKind.ValueType, payload: Callable[..., Any]) -> Command:
+    """The command of ``kind``, whose payload is ``--server-handle`` and ``--item-handle``
+    (``RemoveItem``, ``Advise``, ``AdviseSupervisory``, ``UnAdvise``): ``payload`` builds
+    it, the command table names its ``MxCommand`` member."""
+    spec = command_spec(kind)
+    assert spec is not None, kind
+    member = spec.payload
 
+    async def run(ctx: Context) -> ExitCode:
+        a = ctx.args
+        command = pb.MxCommand(kind=kind)
+        getattr(command, member).CopyFrom(
+            payload(server_handle=a.server_handle, item_handle=a.item_handle)
+        )
+        return await _invoke(ctx, command)
 
-async def cmd_advise(ctx: Context) -> ExitCode:
-    """``Advise``."""
-    a = ctx.args
-    return await _invoke(
-        ctx,
-        pb.MxCommand(
-            kind=pb.MX_COMMAND_KIND_ADVISE,
-            advise=pb.AdviseCommand(server_handle=a.server_handle, item_handle=a.item_handle),
-        ),
-    )
-
-
-async def cmd_advise_supervisory(ctx: Context) -> ExitCode:
-    """``AdviseSupervisory``."""
-    a = ctx.args
-    return await _invoke(
-        ctx,
-        pb.MxCommand(
-            kind=pb.MX_COMMAND_KIND_ADVISE_SUPERVISORY,
-            advise_supervisory=pb.AdviseSupervisoryCommand(
-                server_handle=a.server_handle, item_handle=a.item_handle
-            ),
-        ),
-    )
-
-
-async def cmd_unadvise(ctx: Context) -> ExitCode:
-    """``UnAdvise``."""
-    a = ctx.args
-    return await _invoke(
-        ctx,
-        pb.MxCommand(
-            kind=pb.MX_COMMAND_KIND_UN_ADVISE,
-            un_advise=pb.UnAdviseCommand(server_handle=a.server_handle, item_handle=a.item_handle),
-        ),
-    )
+    return run
 
 
 async def cmd_write(ctx: Context) -> ExitCode:
@@ -499,10 +468,12 @@ SESSION_COMMANDS = {
     "register": cmd_register,
     "unregister": cmd_unregister,
     "add-item": cmd_add_item,
-    "remove-item": cmd_remove_item,
-    "advise": cmd_advise,
-    "advise-supervisory": cmd_advise_supervisory,
-    "unadvise": cmd_unadvise,
+    "remove-item": _item_command(pb.MX_COMMAND_KIND_REMOVE_ITEM, pb.RemoveItemCommand),
+    "advise": _item_command(pb.MX_COMMAND_KIND_ADVISE, pb.AdviseCommand),
+    "advise-supervisory": _item_command(
+        pb.MX_COMMAND_KIND_ADVISE_SUPERVISORY, pb.AdviseSupervisoryCommand
+    ),
+    "unadvise": _item_command(pb.MX_COMMAND_KIND_UN_ADVISE, pb.UnAdviseCommand),
     "write": cmd_write,
     "write2": cmd_write2,
     "write-secured": cmd_write_secured,
