@@ -14,6 +14,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from google.protobuf import json_format
+from google.protobuf.message import Message
 
 from mxgateway import describe_status, enum_name, failed_statuses
 from mxgateway.commands import command_spec
@@ -73,10 +74,15 @@ async def _invoke(ctx: Context, command: pb.MxCommand) -> ExitCode:
     async with gateway_client(ctx) as client:
         session = client.attach_session(ctx.args.session_id)
         reply = await session.invoke(command)
+    return _print_reply(ctx, reply, reply_line(reply))
+
+
+def _print_reply(ctx: Context, reply: Message, line: str) -> ExitCode:
+    """Print ``reply`` as protobuf-JSON under ``--json``, else ``line`` for people."""
     if ctx.json:
         ctx.out.emit(message_json(reply))
     else:
-        ctx.out.write(reply_line(reply) + "\n")
+        ctx.out.write(line + "\n")
     return ExitCode.OK
 
 
@@ -117,80 +123,42 @@ async def cmd_open_session(ctx: Context) -> ExitCode:
     async with gateway_client(ctx) as client:
         # The raw form does not tie the session to this client, so it outlives the process.
         reply = await client.open_session_raw(ctx.args.client_name)
-    if ctx.json:
-        ctx.out.emit(message_json(reply))
-    else:
-        ctx.out.write(f"{reply.session_id}\n")
-    return ExitCode.OK
+    return _print_reply(ctx, reply, reply.session_id)
 
 
 async def cmd_close_session(ctx: Context) -> ExitCode:
     """``CloseSession``: prints the released counts and final state."""
     async with gateway_client(ctx) as client:
         reply = await client.close_session(ctx.args.session_id)
-    if ctx.json:
-        ctx.out.emit(message_json(reply))
-    else:
-        ctx.out.write(
-            f"closed {reply.session_id} ({enum_name(pb.SessionState, reply.final_state)}): "
-            f"released {reply.released_advise_count} advise(s), {reply.released_item_count} "
-            f"item(s), {reply.released_registration_count} registration(s)\n"
-        )
-    return ExitCode.OK
-
-
-async def cmd_register(ctx: Context) -> ExitCode:
-    """``Register``."""
-    return await _invoke(
+    return _print_reply(
         ctx,
-        pb.MxCommand(
-            kind=pb.MX_COMMAND_KIND_REGISTER,
-            register=pb.RegisterCommand(client_name=ctx.args.client_name),
-        ),
+        reply,
+        f"closed {reply.session_id} ({enum_name(pb.SessionState, reply.final_state)}): "
+        f"released {reply.released_advise_count} advise(s), {reply.released_item_count} "
+        f"item(s), {reply.released_registration_count} registration(s)",
     )
 
 
-async def cmd_unregister(ctx: Context) -> ExitCode:
-    """``Unregister``."""
-    return await _invoke(
-        ctx,
-        pb.MxCommand(
-            kind=pb.MX_COMMAND_KIND_UNREGISTER,
-            unregister=pb.UnregisterCommand(server_handle=ctx.args.server_handle),
-        ),
-    )
-
-
-async def cmd_add_item(ctx: Context) -> ExitCode:
-    """``AddItem``."""
-    return await _invoke(
-        ctx,
-        pb.MxCommand(
-            kind=pb.MX_COMMAND_KIND_ADD_ITEM,
-            add_item=pb.AddItemCommand(
-                server_handle=ctx.args.server_handle, item_definition=ctx.args.item
-            ),
-        ),
-    )
-
-
-def _item_command(kind: pb.MxCommandKind.ValueType, payload: Callable[..., Any]) -> Command:
-    """The command of ``kind``, whose payload is ``--server-handle`` and ``--item-handle``
-    (``RemoveItem``, ``Advise``, ``AdviseSupervisory``, ``UnAdvise``): ``payload`` builds
-    it, the command table names its ``MxCommand`` member."""
+def _args_command(
+    kind: pb.MxCommandKind.ValueType, payload: Callable[..., Any], **fields: str
+) -> Command:
+    """The command of ``kind`` whose payload is made of arguments alone (``Register``,
+    ``AddItem``, ``Advise``, ...): ``payload`` builds it from ``fields`` (payload field ->
+    ``ctx.args`` name); the command table names its ``MxCommand`` member."""
     spec = command_spec(kind)
     assert spec is not None, kind
     member = spec.payload
 
     async def run(ctx: Context) -> ExitCode:
         a = ctx.args
-        command = pb.MxCommand(kind=kind)
-        getattr(command, member).CopyFrom(
-            payload(server_handle=a.server_handle, item_handle=a.item_handle)
-        )
-        return await _invoke(ctx, command)
+        values = {field: getattr(a, arg) for field, arg in fields.items()}
+        return await _invoke(ctx, pb.MxCommand(kind=kind, **{member: payload(**values)}))
 
     return run
+
+
+_HANDLES = {"server_handle": "server_handle", "item_handle": "item_handle"}
+"""The payload fields of the item commands: ``--server-handle`` and ``--item-handle``."""
 
 
 async def cmd_write(ctx: Context) -> ExitCode:
@@ -465,15 +433,24 @@ def _check_first_value(item: str, events: list[dict[str, Any]]) -> None:
 SESSION_COMMANDS = {
     "open-session": cmd_open_session,
     "close-session": cmd_close_session,
-    "register": cmd_register,
-    "unregister": cmd_unregister,
-    "add-item": cmd_add_item,
-    "remove-item": _item_command(pb.MX_COMMAND_KIND_REMOVE_ITEM, pb.RemoveItemCommand),
-    "advise": _item_command(pb.MX_COMMAND_KIND_ADVISE, pb.AdviseCommand),
-    "advise-supervisory": _item_command(
-        pb.MX_COMMAND_KIND_ADVISE_SUPERVISORY, pb.AdviseSupervisoryCommand
+    "register": _args_command(
+        pb.MX_COMMAND_KIND_REGISTER, pb.RegisterCommand, client_name="client_name"
     ),
-    "unadvise": _item_command(pb.MX_COMMAND_KIND_UN_ADVISE, pb.UnAdviseCommand),
+    "unregister": _args_command(
+        pb.MX_COMMAND_KIND_UNREGISTER, pb.UnregisterCommand, server_handle="server_handle"
+    ),
+    "add-item": _args_command(
+        pb.MX_COMMAND_KIND_ADD_ITEM,
+        pb.AddItemCommand,
+        server_handle="server_handle",
+        item_definition="item",
+    ),
+    "remove-item": _args_command(pb.MX_COMMAND_KIND_REMOVE_ITEM, pb.RemoveItemCommand, **_HANDLES),
+    "advise": _args_command(pb.MX_COMMAND_KIND_ADVISE, pb.AdviseCommand, **_HANDLES),
+    "advise-supervisory": _args_command(
+        pb.MX_COMMAND_KIND_ADVISE_SUPERVISORY, pb.AdviseSupervisoryCommand, **_HANDLES
+    ),
+    "unadvise": _args_command(pb.MX_COMMAND_KIND_UN_ADVISE, pb.UnAdviseCommand, **_HANDLES),
     "write": cmd_write,
     "write2": cmd_write2,
     "write-secured": cmd_write_secured,
