@@ -1,6 +1,6 @@
 """``python -m bench [all|parse|unary|events|bulk|galaxy|capacity|profile|stall|opcua|startup|
 worker_hop|metrics|keepup|readcpu|wakeups|gc_valve|unary_floor|
-readclient|eventsclient|readpipe] [--quick] [--out F]``.
+readclient|eventsclient|readpipe|readtail] [--quick] [--out F]``.
 
 Prints one JSON document. ``all`` runs every benchmark in turn (under 10 minutes on a
 2-core machine) and wraps their documents with the machine info; ``stall`` (the loop stall
@@ -38,6 +38,7 @@ ONLY_WHEN_NAMED = (
     "readclient",
     "eventsclient",
     "readpipe",
+    "readtail",
 )
 # Benchmark name -> module (galaxy_memory.py belongs to the Galaxy helpers).
 MODULES = {
@@ -48,6 +49,7 @@ MODULES = {
     "readclient": "read_client",
     "eventsclient": "events_client",
     "readpipe": "read_pipe",
+    "readtail": "read_tail",
     "worker_floor": "worker_floor",
 }
 

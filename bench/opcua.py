@@ -164,6 +164,7 @@ class Mx:
         self.values = values
         self.hlmx = 0
         self.write_handle = 0
+        self.advised: list[int] = []
         self._health: Any = None
 
     async def setup(self) -> None:
@@ -199,6 +200,16 @@ class Mx:
     async def bulk_read(self, n: int) -> int:
         rows = await self.session.read_bulk(self.hlmx, self.tags[:n])
         return sum(1 for r in rows if r.was_successful)
+
+    async def advise(self, n: int) -> None:
+        """Advise the first ``n`` tags (:meth:`unadvise` ends it)."""
+        rows = await self.session.subscribe_bulk(self.hlmx, self.tags[:n])
+        self.advised = [r.item_handle for r in rows if r.was_successful]
+
+    async def unadvise(self) -> None:
+        handles, self.advised = self.advised, []
+        if handles:
+            await self.session.unsubscribe_bulk(self.hlmx, handles)
 
     async def typed_events(self, n: int, counter: list[int]) -> Callable[[], Awaitable[None]]:
         """Advise ``n`` tags and consume ``Session.events()``; returns the stop function."""

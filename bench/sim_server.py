@@ -167,6 +167,82 @@ class LoopProbe:
         os.replace(tmp, self.path)
 
 
+class TailTrace:
+    """What may hold the server's loop, each with its times (``time.perf_counter``: the
+    monotonic clock every process on the machine shares, so a client can line them up
+    with its calls): garbage collections (generation, objects walked), scan-tick slices,
+    and, on the asyncio loop with ``callbacks``, every loop callback that ran longer than
+    :data:`TRACE_SLOW_CALLBACK_S` (its name). ``bench/read_tail.py`` reads them."""
+
+    def __init__(self, path: Path, *, callbacks: bool) -> None:
+        self.path = path
+        self.spans: collections.deque[tuple[str, float, float, int]] = collections.deque(
+            maxlen=1_000_000
+        )
+        self._gc_start = 0.0
+        gc.callbacks.append(self._on_gc)
+        self._patch_tick()
+        if callbacks:
+            self._patch_callbacks()
+
+    def _on_gc(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._gc_start = time.perf_counter()
+        else:
+            gen = info["generation"]
+            self.spans.append((f"gc{gen}", self._gc_start, time.perf_counter(), info["collected"]))
+
+    def _patch_tick(self) -> None:
+        from mxgateway_sim._plant import Plant
+
+        spans = self.spans
+        tick = Plant._tick
+
+        def traced(plant: Any, now: float) -> Any:
+            t0 = time.perf_counter()
+            for _ in tick(plant, now):
+                spans.append(("tick", t0, time.perf_counter(), len(plant._active)))
+                yield
+                t0 = time.perf_counter()
+            spans.append(("tick", t0, time.perf_counter(), len(plant._active)))
+
+        Plant._tick = traced  # type: ignore[assignment]
+
+    def _patch_callbacks(self) -> None:
+        from asyncio import events
+
+        spans = self.spans
+        run = events.Handle._run
+        clock = time.perf_counter
+
+        def timed(handle: Any) -> None:
+            t0 = clock()
+            run(handle)
+            t1 = clock()
+            if t1 - t0 > TRACE_SLOW_CALLBACK_S:
+                cb = getattr(handle, "_callback", None)
+                name = getattr(cb, "__qualname__", None) or type(cb).__name__
+                owner = getattr(cb, "__self__", None)
+                if owner is not None and hasattr(owner, "get_coro"):
+                    coro = owner.get_coro()
+                    name = getattr(coro, "__qualname__", name)
+                spans.append((f"cb:{name}", t0, t1, 0))
+
+        events.Handle._run = timed  # type: ignore[assignment]
+
+    def dump(self) -> None:
+        """Write the spans since the last dump to ``path`` (atomically) and start afresh."""
+        spans = list(self.spans)
+        self.spans.clear()
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(spans), encoding="utf-8")
+        os.replace(tmp, self.path)
+
+
+TRACE_SLOW_CALLBACK_S = 0.0001
+"""A loop callback longer than this is traced (``--trace-callbacks``)."""
+
+
 async def serve(args: argparse.Namespace) -> None:
     """Start the simulator, report, serve until SIGTERM/SIGINT."""
     from mxgateway_sim import GatewaySimulator, SessionOptions
@@ -202,6 +278,7 @@ async def serve(args: argparse.Namespace) -> None:
         metrics_listen=("127.0.0.1", 0) if args.metrics else None,
         gc_tenure=True,  # as mxgw-sim serve
     )
+    trace = TailTrace(Path(args.trace), callbacks=args.trace_callbacks) if args.trace else None
     await sim.start()
     try:
         assert sim.plant is not None
@@ -326,7 +403,9 @@ async def serve(args: argparse.Namespace) -> None:
             if args.gc_stats:
                 loop.add_signal_handler(signal.SIGHUP, gc_task, full_collection)
         probe_task = None
-        if args.loop_probe:
+        if trace is not None:
+            loop.add_signal_handler(signal.SIGUSR1, trace.dump)
+        elif args.loop_probe:
             probe = LoopProbe(Path(args.loop_probe))
             probe_task = loop.create_task(probe.run())
             # A window is read once the valve or full collection running is done.
@@ -369,6 +448,12 @@ def main(argv: list[str] | None = None) -> int:
         help="--stats-file also gets what the GC policy's valve counts; SIGHUP collects",
     )
     parser.add_argument("--loop-probe", default="", help="file the loop probe writes on SIGUSR1")
+    parser.add_argument(
+        "--trace", default="", help="file the tail trace goes to on SIGUSR1 (not with --loop-probe)"
+    )
+    parser.add_argument(
+        "--trace-callbacks", action="store_true", help="--trace also loop callbacks (asyncio)"
+    )
     parser.add_argument("--session-isolation", choices=("inline", "process"), default="inline")
     parser.add_argument(
         "--worker-pool", type=int, default=DEFAULT_WORKER_POOL, help="workers started ahead"

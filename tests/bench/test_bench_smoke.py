@@ -40,6 +40,7 @@ EXPECTED: dict[str, tuple[str, ...]] = {
     "unary_floor": ("modes", "bare_read", "ratio_to_ua_read"),
     "readclient": ("read", "library_vs_bare_stub"),
     "eventsclient": ("tags_50", "library", "replay_cpu_us_per_change"),
+    "readtail": ("conditions", "quiet", "library", "slow_reads_by_tag"),
 }
 
 
