@@ -18,8 +18,8 @@ from mxgateway_cli._errors import CommandFailed
 from mxgateway_cli._exit_codes import ExitCode
 from mxgateway_cli._gateway import galaxy_client
 from mxgateway_cli._output import message_json
-from mxgateway_cli._parsing import parse_python_value
-from mxgateway_cli._streaming import JsonStream, consume
+from mxgateway_cli._parsing import parse_aware_datetime
+from mxgateway_cli._streaming import consume, stream_document
 
 __all__ = ["GALAXY_COMMANDS", "rfc3339"]
 
@@ -107,12 +107,11 @@ def _attribute_line(attr: gr.GalaxyAttribute) -> str:
 async def cmd_discover(ctx: Context) -> ExitCode:
     """``DiscoverHierarchy`` page by page; one JSON document, NDJSON, or lines."""
     a = ctx.args
-    writer = JsonStream(ctx.out, "objects")
     objects = attributes = 0
     # The spinner only when stdout goes elsewhere (a file, a pipe): on a shared terminal the
     # objects' lines are the progress, and a spinner would be glued to them.
     show_progress = ctx.out.stderr_is_tty and not ctx.out.stdout_is_tty and not ctx.out.ndjson
-    try:
+    with stream_document(ctx.out, "objects", enabled=ctx.json) as writer:
         async with galaxy_client(ctx) as galaxy:
             with _Spinner(ctx, show_progress) as progress:
                 async for obj in galaxy.iter_hierarchy(
@@ -137,13 +136,9 @@ async def cmd_discover(ctx: Context) -> ExitCode:
                         for attr in obj.attributes:
                             ctx.out.write(_attribute_line(attr) + "\n")
                     progress.advance()
-    except BaseException:
-        if ctx.json and writer.count:
-            writer.close()
-        raise
-    if ctx.json:
-        writer.close({"objectCount": objects, "attributeCount": attributes})
-    else:
+        if ctx.json:
+            writer.close({"objectCount": objects, "attributeCount": attributes})
+    if not ctx.json:
         ctx.out.write(f"{objects} objects, {attributes} attributes\n")
     return ExitCode.OK
 
@@ -151,45 +146,30 @@ async def cmd_discover(ctx: Context) -> ExitCode:
 async def cmd_watch(ctx: Context) -> ExitCode:
     """``WatchDeployEvents`` until ``--max-events`` or ``--timeout`` (exit 0)."""
     a = ctx.args
-    last_seen: datetime | None = None
-    if a.last_seen is not None:
-        parsed = parse_python_value("datetime", a.last_seen)
-        assert isinstance(parsed, datetime)
-        if parsed.tzinfo is None:
-            from mxgateway_cli._errors import CliUsageError
+    last_seen = None if a.last_seen is None else parse_aware_datetime(a.last_seen, "--last-seen")
+    with stream_document(ctx.out, "events", enabled=ctx.json) as writer:
 
-            raise CliUsageError(f"--last-seen {a.last_seen!r} has no time zone; add Z or +HH:MM")
-        last_seen = parsed
-    writer = JsonStream(ctx.out, "events")
+        def on_event(event: gr.DeployEvent) -> int:
+            if ctx.json:
+                writer.add(message_json(event))
+            else:
+                when = (
+                    event.time_of_last_deploy.ToJsonString()
+                    if event.time_of_last_deploy_present
+                    else "never"
+                )
+                ctx.out.write(
+                    f"#{event.sequence} deploy={when} objects={event.object_count} "
+                    f"attributes={event.attribute_count}\n"
+                )
+            return 1
 
-    def on_event(event: gr.DeployEvent) -> int:
-        if ctx.json:
-            writer.add(message_json(event))
-        else:
-            when = (
-                event.time_of_last_deploy.ToJsonString()
-                if event.time_of_last_deploy_present
-                else "never"
-            )
-            ctx.out.write(
-                f"#{event.sequence} deploy={when} objects={event.object_count} "
-                f"attributes={event.attribute_count}\n"
-            )
-        return 1
-
-    try:
         async with galaxy_client(ctx, window=True) as galaxy:
             watch = galaxy.watch_deploy_events(last_seen_deploy_time=last_seen)
             try:
                 await consume(watch, on_event, max_items=a.max_events, timeout=a.timeout)
             finally:
                 await watch.aclose()
-    except BaseException:
-        if ctx.json and writer.count:
-            writer.close()
-        raise
-    if ctx.json:
-        writer.close()
     return ExitCode.OK
 
 

@@ -25,7 +25,7 @@ from mxgateway_cli._errors import CliUsageError, classify
 from mxgateway_cli._exit_codes import ExitCode
 from mxgateway_cli._gateway import gateway_client
 from mxgateway_cli._output import Output, dumps, message_json
-from mxgateway_cli._parsing import parse_python_value, parse_value
+from mxgateway_cli._parsing import parse_aware_datetime, parse_value
 
 __all__ = ["BATCH_END_OF_RESULT", "PARITY_COMMANDS", "bulk_entries", "print_bulk_results"]
 
@@ -101,11 +101,7 @@ def print_bulk_results(ctx: Context, results: list[pb.BulkWriteResult], title: s
 def _when(a: Any) -> datetime:
     if a.timestamp is None:
         return datetime.now(timezone.utc)
-    value = parse_python_value("datetime", a.timestamp)
-    assert isinstance(value, datetime)
-    if value.tzinfo is None:
-        raise CliUsageError(f"--timestamp {a.timestamp!r} has no time zone; add Z or +HH:MM")
-    return value
+    return parse_aware_datetime(a.timestamp, "--timestamp")
 
 
 async def cmd_write2_bulk(ctx: Context) -> ExitCode:

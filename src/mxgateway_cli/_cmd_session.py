@@ -27,8 +27,8 @@ from mxgateway_cli._errors import CliUsageError, CommandFailed
 from mxgateway_cli._exit_codes import ExitCode
 from mxgateway_cli._gateway import gateway_client
 from mxgateway_cli._output import message_json
-from mxgateway_cli._parsing import parse_python_value, parse_value
-from mxgateway_cli._streaming import JsonStream, consume
+from mxgateway_cli._parsing import parse_aware_datetime, parse_value
+from mxgateway_cli._streaming import consume, stream_document
 
 __all__ = ["SESSION_COMMANDS", "event_line"]
 
@@ -104,14 +104,6 @@ async def _write(ctx: Context, command: pb.MxCommand) -> ExitCode:
     return ExitCode.OK
 
 
-def _timestamp(text: str, flag: str) -> datetime:
-    value = parse_python_value("datetime", text)
-    assert isinstance(value, datetime)
-    if value.tzinfo is None:
-        raise CliUsageError(f"{flag} {text!r} has no time zone; add Z or +HH:MM")
-    return value
-
-
 def _ts_message(value: datetime) -> Any:
     from mxgateway.values import datetime_to_timestamp
 
@@ -184,7 +176,7 @@ async def cmd_write2(ctx: Context) -> ExitCode:
     a = ctx.args
     value = parse_value(a.type, a.value)
     when = (
-        _timestamp(a.timestamp, "--timestamp")
+        parse_aware_datetime(a.timestamp, "--timestamp")
         if a.timestamp is not None
         else datetime.now(timezone.utc)
     )
@@ -327,16 +319,17 @@ async def cmd_stream_events(ctx: Context) -> ExitCode:
     a = ctx.args
     if a.max_events is None and a.timeout is None and ctx.json and not ctx.out.ndjson:
         ctx.out.info("mxgw-py: streaming until interrupted; the document ends on Ctrl+C")
-    writer = JsonStream(ctx.out, "events")
+    # The document is finished on a failure too (stdout stays valid JSON; the error goes
+    # to stderr).
+    with stream_document(ctx.out, "events", enabled=ctx.json) as writer:
 
-    def on_event(event: pb.MxEvent) -> int:
-        if ctx.json:
-            writer.add(message_json(event))
-        else:
-            ctx.out.write(event_line(event) + "\n")
-        return 1
+        def on_event(event: pb.MxEvent) -> int:
+            if ctx.json:
+                writer.add(message_json(event))
+            else:
+                ctx.out.write(event_line(event) + "\n")
+            return 1
 
-    try:
         async with gateway_client(ctx, window=True) as client:
             session = client.attach_session(a.session_id)
             # As Session.events(): from the oldest retained event unless told otherwise,
@@ -347,13 +340,6 @@ async def cmd_stream_events(ctx: Context) -> ExitCode:
                 await consume(stream, on_event, max_items=a.max_events, timeout=a.timeout)
             finally:
                 await stream.aclose()
-    except BaseException:
-        # Keep stdout valid JSON when events were already written; the error goes to stderr.
-        if ctx.json and writer.count:
-            writer.close()
-        raise
-    if ctx.json:
-        writer.close()
     return ExitCode.OK
 
 

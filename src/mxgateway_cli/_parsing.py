@@ -25,6 +25,7 @@ from mxgateway_cli._errors import CliUsageError
 __all__ = [
     "DEFAULT_ENDPOINT",
     "ConnectionSettings",
+    "parse_aware_datetime",
     "parse_endpoint",
     "parse_python_value",
     "parse_value",
@@ -42,6 +43,20 @@ ENV_API_KEY = "MXGATEWAY_API_KEY"
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 _HOST = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9\-_.]*[A-Za-z0-9])?\Z")
+
+
+def parse_aware_datetime(text: str, flag: str) -> datetime:
+    """Parse the value of ``flag`` (``--timestamp``, ``--last-seen``) as a datetime with a
+    time zone (a naive one would be read in whatever zone the gateway is in).
+
+    Raises:
+        CliUsageError: Not a datetime, or one without a time zone.
+    """
+    value = parse_python_value("datetime", text)
+    assert isinstance(value, datetime)
+    if value.tzinfo is None:
+        raise CliUsageError(f"{flag} {text!r} has no time zone; add Z or +HH:MM")
+    return value
 
 
 def parse_python_value(type_name: str, text: str) -> object:

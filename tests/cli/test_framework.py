@@ -494,3 +494,30 @@ def test_out_of_range_user_id_is_usage_error() -> None:
         ]
     )
     assert result.code == ExitCode.USAGE, result.err
+
+
+_OFFLINE = ["--endpoint", "127.0.0.1:1", "--plaintext", "--timeout", "2", "--json"]
+
+
+@pytest.mark.parametrize(
+    ("command", "flag"),
+    [
+        (
+            "write2 --session-id s --server-handle 1 --item-handle 2 --type int32 --value 1",
+            "--timestamp",
+        ),
+        (
+            "write2-bulk --session-id s --server-handle 1 --item-handles 2 --values 1 --type int32",
+            "--timestamp",
+        ),
+        ("galaxy-watch", "--last-seen"),
+    ],
+)
+def test_a_time_without_a_zone_is_a_usage_error_naming_its_flag(command: str, flag: str) -> None:
+    # One rule (mxgateway_cli._parsing.parse_aware_datetime) for every time flag, checked
+    # before anything is sent (the endpoint is never reached).
+    result = run([*command.split(), flag, "2026-01-02T03:04:05", *_OFFLINE])
+    assert result.code == ExitCode.USAGE, result.err
+    assert result.error()["message"] == (
+        f"{flag} '2026-01-02T03:04:05' has no time zone; add Z or +HH:MM"
+    )
