@@ -81,21 +81,23 @@ class _Parser(NoEchoArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
 
-def _positive(text: str) -> int:
+def _integer(text: str) -> int:
+    """``text`` as an integer (the first check of every integer flag)."""
     try:
-        value = int(text)
+        return int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+
+
+def _positive(text: str) -> int:
+    value = _integer(text)
     if value <= 0:
         raise argparse.ArgumentTypeError(f"{text} must be positive")
     return value
 
 
 def _non_negative(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    value = _integer(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"{text} cannot be negative")
     return value
@@ -159,28 +161,22 @@ def build_parser(prog: str = "mxgw-sim") -> argparse.ArgumentParser:
         metavar="PATH",
         help="interpreter that runs the workers (default: this one; MXAccess needs a 32-bit one)",
     )
-    runtime.add_argument(
-        "--worker-heartbeat-seconds",
-        type=_seconds,
-        default=_WORKER.heartbeat_s,
-        metavar="S",
-        help=f"heartbeat interval (default {_WORKER.heartbeat_s:g})",
-    )
-    runtime.add_argument(
-        "--worker-heartbeat-grace-seconds",
-        type=_seconds,
-        default=_WORKER.heartbeat_grace_s,
-        metavar="S",
-        help="a worker silent this long faults its session and is killed "
-        f"(default {_WORKER.heartbeat_grace_s:g})",
-    )
-    runtime.add_argument(
-        "--worker-startup-seconds",
-        type=_seconds,
-        default=_WORKER.startup_timeout_s,
-        metavar="S",
-        help=f"a worker must be ready in S seconds (default {_WORKER.startup_timeout_s:g})",
-    )
+    for flag, default, words in (
+        ("--worker-heartbeat-seconds", _WORKER.heartbeat_s, "heartbeat interval"),
+        (
+            "--worker-heartbeat-grace-seconds",
+            _WORKER.heartbeat_grace_s,
+            "a worker silent this long faults its session and is killed",
+        ),
+        (
+            "--worker-startup-seconds",
+            _WORKER.startup_timeout_s,
+            "a worker must be ready in S seconds",
+        ),
+    ):
+        runtime.add_argument(
+            flag, type=_seconds, default=default, metavar="S", help=f"{words} (default {default:g})"
+        )
     runtime.add_argument(
         "--worker-pool",
         type=_pool_size,

@@ -521,3 +521,26 @@ def test_a_time_without_a_zone_is_a_usage_error_naming_its_flag(command: str, fl
     assert result.error()["message"] == (
         f"{flag} '2026-01-02T03:04:05' has no time zone; add Z or +HH:MM"
     )
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["galaxy-discover", "--max-depth", "x"], "argument --max-depth: 'x' is not an integer"),
+        (
+            ["galaxy-discover", "--max-depth", "-1"],
+            "argument --max-depth: '-1' must not be negative",
+        ),
+        (["watch", "--max-events", "0"], "argument --max-events: '0' must be a positive integer"),
+        (
+            ["unregister", "--session-id", "s", "--server-handle", "99999999999"],
+            "argument --server-handle: '99999999999' is out of range for a 32-bit integer",
+        ),
+    ],
+)
+def test_an_integer_flag_out_of_its_range_is_a_usage_error_with_its_words(
+    argv: list[str], message: str
+) -> None:
+    result = run([*argv, "--json"])
+    assert result.code == ExitCode.USAGE, result.err
+    assert result.error()["message"] == f"{argv[0]}: {message}"

@@ -230,3 +230,23 @@ def test_event_loop_uvloop_without_the_package_is_one_line_and_exit_2(tmp_path: 
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
     assert "uvloop" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--scan-interval-ms", "x"], "argument --scan-interval-ms: 'x' is not an integer"),
+        (["--scan-interval-ms", "0"], "argument --scan-interval-ms: 0 must be positive"),
+        (["--worker-pool", "-1"], "argument --worker-pool: -1 cannot be negative"),
+        (["--worker-pool", "x"], "argument --worker-pool: 'x' is not an integer"),
+    ],
+)
+def test_an_integer_flag_out_of_its_range_is_one_line_and_exit_2(
+    flags: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from mxgateway_sim.cli import build_parser
+
+    with pytest.raises(SystemExit) as info:
+        build_parser().parse_args(["serve", "--plaintext", *flags])
+    assert info.value.code == 2
+    assert capsys.readouterr().err == f"mxgw-sim serve: error: {message}\n"
