@@ -10,7 +10,9 @@ read it decides for each group at once whether its attributes changed since the 
 hold (their ``computed_at`` ticks, all in the current period or all before it), computes a
 changed group's values together (``Plant.BATCHED``), keeps them as the attributes' samples
 (``TagState.compute`` for that case) and splices its rows, a Double's, Float's or
-Boolean's each by one ``struct`` call in C (:func:`_layout`). A group it
+Boolean's each by one ``struct`` call in C (:func:`_layout`); where numpy is installed a
+group's values are computed as arrays and a Double's, Float's or Boolean's rows spliced by
+array writes (:mod:`mxgateway_sim._readvec`, the same bytes). A group it
 cannot decide at once (another read or session computed some of its attributes in the
 current period) sends the chunk to the row-by-row path (``SimulatedRuntime.read_wire``),
 which answers the same bytes. The chunk's other rows (advised, pinned, flaky, array
@@ -34,6 +36,7 @@ from mxgateway.values import MxPythonValue
 from mxgateway_sim._domain import TagSample
 from mxgateway_sim._plant import BATCHED, GenFunction, TagState
 from mxgateway_sim._readrows import ReadRow
+from mxgateway_sim._readvec import FixedRows, Values, vector
 from mxgateway_sim._wire import (
     FIXED_BOOL,
     FIXED_DOUBLE,
@@ -47,12 +50,24 @@ from mxgateway_sim._wire import (
     value_piece,
 )
 
-__all__ = ["PLAN_ROW_BYTES", "ReadPlan", "plan_rows"]
+__all__ = ["PLAN_ROW_BYTES", "VECTOR_ROW_BYTES", "ReadPlan", "plan_rows"]
 
 PLAN_ROW_BYTES = 512
 """Estimated bytes a plan holds per grouped row beyond four times the reference's constant
 part: its places in the plan's lists, the row it last encoded with its sample, and the heads
 and row layouts it keeps for two sizes of tail (each head repeating the constant part)."""
+
+VECTOR_ROW_BYTES = 512
+""":data:`PLAN_ROW_BYTES` of a row whose group's rows are spliced by arrays
+(``_Group.fixed``): instead of its heads and layouts, its line in the templates of two
+sizes of tail (:data:`FIXED_SPREAD` of padding at most) and its two codes in their rows'
+layouts."""
+VECTOR_GROUP_BYTES = 2048
+"""Estimated bytes a group computed by arrays holds beyond 32 a row: its parameters'
+arrays (a few, each a header and a buffer) and the function that computes them."""
+FIXED_SPREAD = 64
+"""A group's rows are spliced by arrays when the lengths of their constant parts differ by
+at most this: its templates are as wide as the longest row (``_readvec.FixedRows``)."""
 
 _FLOAT = frozenset({float})
 _BOOL = frozenset({bool})
@@ -92,6 +107,8 @@ class _Group:
         "batch",
         "data_type",
         "fields",
+        "fixed",
+        "function",
         "heads",
         "kind",
         "layouts",
@@ -101,11 +118,14 @@ class _Group:
         "positions",
         "samples",
         "sizes",
+        "spread",
         "states",
+        "vector",
         "wires",
     )
 
     def __init__(self, function: GenFunction, period: int, kind: int, data_type: int) -> None:
+        self.function = function
         batch = BATCHED.get(function)
         self.batch: Callable[[Sequence[Any], int], list[MxPythonValue]] = (
             batch
@@ -129,9 +149,15 @@ class _Group:
         or 5 bytes of nanoseconds)."""
         self.layouts: dict[int, list[Struct]] = {}
         """Each row's :func:`_layout` for a tail of each size (with :attr:`heads`)."""
-        self.wires: list[bytes] = []
+        self.wires: Sequence[bytes] = []
         """The rows the plan encoded last: of the values it computed at :attr:`at`, or of
         :attr:`samples`."""
+        self.vector: Values | None = None
+        """The group's values as an array (:mod:`mxgateway_sim._readvec`; None: the
+        pure-Python path), set once its rows are in (:meth:`prepare`)."""
+        self.fixed: dict[int, FixedRows] | None = None
+        """A ``FIXED_`` kind's rows spliced by arrays, by tail size (two kept, as
+        :attr:`heads`); None: spliced by ``struct`` a row (:meth:`_splice`)."""
         self.at: float | None = None
         self.samples: list[TagSample] = []
 
@@ -162,7 +188,17 @@ class _Group:
             return _COMPUTE
         return None
 
-    def answer(self, decision: int, tick: int, now: float, tail: bytes) -> list[bytes]:
+    def prepare(self) -> None:
+        """Its rows are all in: take the numpy path if it computes the group's generator
+        (:attr:`fixed`: its rows too, for a ``FIXED_`` kind whose constant parts are of
+        about the same length: their template is as wide as the longest)."""
+        self.vector = vector(self.function, self.args)
+        if self.vector is not None and self.kind in _CODE:
+            lengths = [*map(len, self.parts)]
+            if max(lengths) - min(lengths) <= FIXED_SPREAD:
+                self.fixed = {}
+
+    def answer(self, decision: int, tick: int, now: float, tail: bytes) -> Sequence[bytes]:
         """The group's rows by ``decision`` (:meth:`decide`): the kept rows, the rows of the
         attributes' samples, or the values at ``tick``, kept as their samples (good, OK,
         at ``now``, as ``TagState.compute``) and their rows spliced with ``tail``."""
@@ -177,7 +213,8 @@ class _Group:
             ]
             self.samples, self.at = samples, None
             return self.wires
-        values = self.batch(self.args, tick)
+        array = None if self.vector is None else self.vector(tick)
+        values = self.batch(self.args, tick) if array is None else array.tolist()
         for state, value in zip(states, values, strict=True):
             # TagState.compute of a good, OK value at ``now``, its sample made when first
             # asked for (TagState.sample): no object per row.
@@ -185,7 +222,10 @@ class _Group:
             state.read_value = value
             state.read_at = now
             state.computed_at = tick
-        spliced = self._splice(values, tail)
+        if array is not None and self.fixed is not None:
+            spliced = self._splice_array(array, self.fixed, tail)
+        else:
+            spliced = self._splice(values, tail)
         if spliced is None:  # a value the splice does not fit (NaN, another type)
             spliced = [
                 good_read_row_with_tail(field, state.sample, tail)
@@ -237,6 +277,32 @@ class _Group:
             heads[size + len(piece)] + part + piece + tail
             for size, part, piece in zip(sizes, parts, pieces, strict=True)
         ]
+
+    def _splice_array(
+        self, values: Any, kept: dict[int, FixedRows], tail: bytes
+    ) -> Sequence[bytes] | None:
+        """:meth:`_splice` of a ``FIXED_`` kind's values as an array (``_readvec``), by the
+        rows' templates ``kept`` by tail size."""
+        kind = self.kind
+        if kind == FIXED_BOOL:
+            if values.dtype != bool:
+                return None
+        else:
+            total = float(values.sum())
+            if total - total != 0.0:  # a NaN or an infinity (or a sum past the range)
+                return None
+            if kind == FIXED_FLOAT and float(abs(values).max()) > FLOAT32_MAX:
+                return None
+        fixed = kept.get(len(tail))
+        if fixed is None:
+            width = FIXED_WIDTH[kind]
+            size = width + len(tail)
+            heads = [row_head(len(part) + size) + part for part in self.parts]
+            fixed = FixedRows(heads, _CODE[kind], width, len(tail))
+            if len(kept) >= 2:
+                kept.pop(next(iter(kept)))
+            kept[len(tail)] = fixed
+        return fixed.rows(values, tail)
 
     def _heads(self, tail_size: int) -> tuple[list[bytes], list[Struct]]:
         """The rows' heads and constant parts for tails of ``tail_size`` bytes (a ``FIXED_``
@@ -361,8 +427,13 @@ def plan_rows(rows: Sequence[ReadRow], key: object) -> ReadPlan:
         group.fields.append(row.field)
         group.parts.append(row.part)
         group.longest = max(group.longest, len(row.part))
-        cost += PLAN_ROW_BYTES + 4 * len(row.part)
     plan.groups = list(groups.values())
+    for group in plan.groups:
+        group.prepare()
+        each = PLAN_ROW_BYTES if group.fixed is None else VECTOR_ROW_BYTES
+        cost += sum(4 * len(part) + each for part in group.parts)
+        if group.vector is not None:  # its parameters' arrays
+            cost += VECTOR_GROUP_BYTES + 32 * len(group.parts)
     order = list(range(len(template)))  # a place no group or loose row fills: its template
     at = len(template)
     for places in [group.positions for group in plan.groups] + [plan.loose_positions]:

@@ -24,3 +24,17 @@ async def sim() -> AsyncIterator[GatewaySimulator]:
 async def gw(sim: GatewaySimulator) -> AsyncIterator[Gw]:
     async with grpc.aio.insecure_channel(sim.endpoint) as channel:
         yield Gw(channel, sim.api_key)
+
+
+@pytest.fixture(params=[True, False], ids=["numpy", "python"])
+def numpy_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool:
+    """Read plans take the numpy path (``mxgateway_sim._readvec``; skipped where numpy is
+    not installed), or the pure-Python path it stands in for: a test of plans runs on
+    both, each compared with the row-by-row path."""
+    from mxgateway_sim import _readvec
+
+    on: bool = request.param
+    if on and _readvec.np is None:
+        pytest.skip("numpy is not installed")
+    monkeypatch.setattr(_readvec, "ENABLED", on)
+    return on

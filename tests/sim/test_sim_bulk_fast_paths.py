@@ -90,6 +90,7 @@ from mxgateway_sim._svc_common import READ_CHUNK_ROWS
 from mxgateway_sim._wire import (
     FIXED_BOOL,
     FIXED_DOUBLE,
+    FIXED_FLOAT,
     EventEncoder,
     _encode_varint,
     event_to_pb,
@@ -484,7 +485,9 @@ async def _fast_and_plain(
 
 
 @pytest.mark.parametrize("flaky_one_in", [0, 3])
-async def test_rows_a_read_computes_are_the_plain_paths_rows(flaky_one_in: int) -> None:
+async def test_rows_a_read_computes_are_the_plain_paths_rows(
+    flaky_one_in: int, numpy_path: bool
+) -> None:
     """Attributes nobody advises, read after ticks changed them: the read computes their
     values (the generators of ``BATCHED`` many at a time) and encodes each row by splicing
     (``fresh_wire``). Its reply, through the public client, is byte for byte what the
@@ -765,7 +768,7 @@ def test_spliced_rows_encode_like_the_generated_classes() -> None:
 
 @pytest.mark.parametrize("flaky_one_in", [0, 3])
 async def test_a_remembered_reads_planned_rows_are_the_plain_paths_rows(
-    flaky_one_in: int, monkeypatch: pytest.MonkeyPatch
+    flaky_one_in: int, monkeypatch: pytest.MonkeyPatch, numpy_path: bool
 ) -> None:
     """A poller's repeated ReadBulk is answered by its chunks' plans (the rows of
     attributes only their models drive decided a generator's group at a time, the others
@@ -832,10 +835,19 @@ async def test_a_remembered_reads_planned_rows_are_the_plain_paths_rows(
             plans = [plan for _, plan in cache.plans.values()]
             assert len(plans) == 2 and all(plan is not None and plan.groups for plan in plans)
             assert all(plan is not None and plan.loose for plan in plans)  # repeats at least
+            groups = [group for plan in plans for group in plan.groups]  # type: ignore[union-attr]
+            # The path asked for: every generator of BATCHED but the constant's by arrays,
+            # a Double's, Float's and Boolean's rows spliced by them too (or none of it).
+            vectors = {g.function for g in groups if g.vector is not None}
+            assert vectors == (set(BATCHED) - {_constant} if numpy_path else set())
+            fixed = {g.kind for g in groups if g.fixed is not None}
+            assert fixed == ({FIXED_DOUBLE, FIXED_FLOAT, FIXED_BOOL} if numpy_path else set())
     assert set(decisions) == {_KEEP, _ENCODE, _COMPUTE, None}
 
 
-async def test_a_plans_cost_covers_the_bytes_it_holds(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_a_plans_cost_covers_the_bytes_it_holds(
+    monkeypatch: pytest.MonkeyPatch, numpy_path: bool
+) -> None:
     """A remembered chunk's plan counts in the read cache's bound by its cost: it must cover
     what the plan holds once reads built heads for two sizes of tail, a third having come
     and gone (its lists, the rows it encoded last, the heads and their rows' layouts)."""
@@ -862,8 +874,11 @@ async def test_a_plans_cost_covers_the_bytes_it_holds(monkeypatch: pytest.Monkey
         memo.done()
     plans = [plan for _, plan in cache.plans.values() if plan is not None]
     groups = [group for plan in plans for group in plan.groups]
-    assert any(len(group.heads) == 2 and group.kind == FIXED_BOOL for group in groups)
-    assert any(len(group.heads) == 2 and group.kind == FIXED_DOUBLE for group in groups)
+    # The heads of two sizes of tail: a Double's and a Boolean's rows' by struct, or their
+    # templates (the numpy path).
+    for kind in (FIXED_BOOL, FIXED_DOUBLE):
+        of_kind = [group for group in groups if group.kind == kind]
+        assert any(len((g.fixed or {}) if numpy_path else g.heads) == 2 for g in of_kind)
     assert any(len(group.sizes) == 2 for group in groups)
     for plan in plans:
         held = sys.getsizeof(plan.template) + sys.getsizeof(plan.loose) * 2
@@ -881,5 +896,13 @@ async def test_a_plans_cost_covers_the_bytes_it_holds(monkeypatch: pytest.Monkey
             held += sum(map(sys.getsizeof, group.layouts.values()))
             for sizes in group.sizes.values():
                 held += sys.getsizeof(sizes) + sum(map(sys.getsizeof, sizes))
+            for fixed in (group.fixed or {}).values():  # the numpy path's templates
+                held += sys.getsizeof(fixed) + sys.getsizeof(fixed.template)
+                held += sys.getsizeof(fixed.layout)
+            if group.vector is not None:  # the arrays of its parameters
+                cells = [cell.cell_contents for cell in group.vector.__closure__ or ()]
+                arrays = [cell for cell in cells if hasattr(cell, "nbytes")]
+                assert arrays
+                held += sum(sys.getsizeof(a) + a.nbytes for a in arrays)
         assert held <= plan.cost, (held, plan.cost)
     await runtime.close()

@@ -34,7 +34,7 @@ async def _reader() -> AsyncIterator[tuple[GatewaySimulator, Plant, Session, int
 
 
 async def test_a_chunk_of_one_row_is_planned_and_answered_as_the_plain_path(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, numpy_path: bool
 ) -> None:
     # A plan puts a chunk's rows in order with one call; a chunk of one row (a poller of
     # one tag, or the last row of a list one longer than whole chunks) takes its own way

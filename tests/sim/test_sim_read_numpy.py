@@ -1,0 +1,153 @@
+"""The numpy path of a read plan (``mxgateway_sim._readvec``): every value it computes is
+bit for bit what the generator gives, and the switch that turns it off.
+
+The plans' rows on both paths are compared with the row-by-row path by the plan tests
+(``test_sim_bulk_fast_paths``, ``test_sim_read_plan_sizes``: parametrised by ``numpy_path``).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import struct
+import subprocess
+import sys
+
+import pytest
+from test_sim_bulk_fast_paths import _model_catalog
+
+from mxgateway_sim import _readvec
+from mxgateway_sim._plant import (
+    BATCHED,
+    Plant,
+    _cycle,
+    _float_walk,
+    _int_counter,
+    _int_ramp,
+    _int_walk,
+    _ramp,
+    _sine,
+    _toggle,
+    round3,
+)
+
+np = pytest.importorskip("numpy")
+
+
+def _bits(values: list[object]) -> list[object]:
+    """Values with each float as its bits (``0.0`` and ``-0.0`` differ, NaN equals NaN)."""
+    return [struct.pack("<d", v) if type(v) is float else (type(v), v) for v in values]
+
+
+def _params(rng: random.Random, count: int) -> dict[object, list[object]]:
+    """Parameters of each generator the arrays compute: the model's and any others of the
+    kinds its parameters are (fractions of any size, hashes of all 64 bits)."""
+    hashes = [0, 1, (1 << 64) - 1, 1 << 63] + [rng.getrandbits(64) for _ in range(count)]
+    return {
+        _sine: [
+            (rng.uniform(0.001, 1e4), rng.randint(1, 5000), rng.uniform(-10.0, 10.0))
+            for _ in range(count)
+        ],
+        _ramp: [(rng.uniform(0.001, 1e3), rng.uniform(0.01, 1e5)) for _ in range(count)],
+        _float_walk: [(h, rng.uniform(0.001, 1e6)) for h in hashes],
+        _int_walk: [(h,) for h in hashes],
+        _toggle: [(rng.randint(1, 50), rng.randint(0, 1)) for _ in range(count)],
+        _int_counter: [(rng.randint(0, 2**31),) for _ in range(count)],
+        _int_ramp: [(rng.randint(0, 999),) for _ in range(count)],
+        _cycle: [(rng.randint(1, 50), rng.randint(0, 20)) for _ in range(count)],
+    }
+
+
+def test_arrays_give_each_generators_values_bit_for_bit() -> None:
+    """``vector(f, params)(n)`` is ``[f(p, n) for p in params]`` (and ``BATCHED[f]``),
+    type and bits, over ~2 million values: random parameters of each generator, the model
+    catalog's, at ticks near and far (a sine's angle of every size, a random walk's
+    lattice point of every 64-bit pattern). Nothing here depends on the CPU's vector
+    unit: a sine is ``math.sin``'s, the rest correctly rounded operations."""
+    rng = random.Random(2026)
+    params = _params(rng, 2_000)
+    plant = Plant(_model_catalog(200), scan_interval_ms=1, flaky_one_in=0)
+    for info in plant.catalog.all_tags():
+        state = plant.state(info.full_tag_reference)
+        assert state is not None
+        if state.gen_function in params:
+            params[state.gen_function].append(state.gen_args)
+    ticks = [0, 1, 7, 8, 9, 10, 11, 12_345, 10**9 + 7, 2**40 + 3, 2**53 - 1]
+    ticks += [rng.randrange(0, 2**53) for _ in range(40)]
+    for function, some in params.items():
+        values = _readvec.vector(function, some)  # type: ignore[arg-type]
+        assert values is not None, function
+        batch = BATCHED[function]  # type: ignore[index]
+        for n in ticks:
+            array = values(n)
+            assert array is not None
+            want = [function(p, n) for p in some]  # type: ignore[operator]
+            got = array.tolist()
+            assert _bits(got) == _bits(want), (function, n)
+            assert _bits(batch(some, n)) == _bits(want), (function, n)
+    # Ticks the arrays do not hold exactly: left to the Python batch.
+    sines = _readvec.vector(_sine, params[_sine])
+    assert sines is not None and sines(2**53) is None and sines(-1) is None
+
+
+def test_arrays_round_as_round3() -> None:
+    """``_round3`` of an array gives ``round(x, 3)``'s bits for each element: random
+    values of every magnitude, at and next to halves of a thousandth, zeros of both signs,
+    huge values, infinities and NaN (with no range known, and within a range known)."""
+    rng = random.Random(11)
+    values = [rng.uniform(-200.0, 200.0) for _ in range(50_000)]
+    values += [rng.uniform(-1.0, 1.0) * 10.0 ** rng.randint(-9, 14) for _ in range(50_000)]
+    for k in range(-1500, 1500):
+        for d in (0.0, 0.0005, -0.0005, 0.00049999999, 0.0005000001, 5e-13, -5e-13):
+            values.append(k / 1000 + d)
+    values += [0.0, -0.0, 0.0625, -0.0625, 2.675, 1e-300, -1e-300, 1e300, float("inf")]
+    values += [-float("inf"), 99_999_999.9995, -99_999_999.9995, 1e8 + 0.0005, float("nan")]
+    values += [4.5e12 + 0.5, 1e11 / 1000, 1e11 / 1000 - 0.0005, 2.0**52 / 1000]
+    want = _bits([round(x, 3) for x in values])
+    assert _bits([round3(x) for x in values]) == want
+    assert _bits(_readvec._round3(np.array(values), False).tolist()) == want
+    small = [x for x in values if abs(x) < _readvec._BOUND]
+    got = _readvec._round3(np.array(small), True).tolist()
+    assert _bits(got) == _bits([round(x, 3) for x in small])
+
+
+def test_templates_splice_rows_as_struct_does() -> None:
+    """``FixedRows`` (rows right-aligned in a template, cut out by one ``struct`` call)
+    gives each row's head, payload and tail as ``struct`` packs them one by one, for
+    Doubles, Floats and Booleans, heads of several lengths, tails of several sizes."""
+    rng = random.Random(5)
+    heads = [bytes(rng.getrandbits(8) for _ in range(rng.randint(3, 60))) for _ in range(300)]
+    cases = [
+        ("d", 8, np.array([rng.uniform(-1e6, 1e6) for _ in heads])),
+        ("f", 4, np.array([rng.uniform(-1e6, 1e6) for _ in heads])),
+        ("?", 1, np.array([rng.random() < 0.5 for _ in heads])),
+    ]
+    for code, width, values in cases:
+        for tail in (b"", b"\x22\x07abcdefg", bytes(range(19)), bytes(range(21))):
+            rows = _readvec.FixedRows(heads, code, width, len(tail))
+            for again in (values, values[::-1].copy()):
+                want = [
+                    head + struct.pack(f"<{code}", value) + tail
+                    for head, value in zip(heads, again.tolist(), strict=True)
+                ]
+                assert list(rows.rows(again, tail)) == want
+
+
+@pytest.mark.parametrize(("setting", "enabled"), [("0", False), ("1", True), (None, True)])
+def test_the_numpy_path_is_switched_off_by_the_environment(
+    setting: str | None, enabled: bool
+) -> None:
+    """``MXGW_SIM_NUMPY=0`` turns the numpy path off (the operator's switch); unset or
+    anything else leaves it on where numpy is installed."""
+    env = {k: v for k, v in os.environ.items() if k != "MXGW_SIM_NUMPY"}
+    if setting is not None:
+        env["MXGW_SIM_NUMPY"] = setting
+    out = subprocess.run(
+        [sys.executable, "-c", "from mxgateway_sim import _readvec; print(_readvec.ENABLED)"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    assert out.stdout.strip() == str(enabled)
