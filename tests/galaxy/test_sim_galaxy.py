@@ -136,15 +136,16 @@ async def test_roots_and_not_found(galaxy: GalaxyServer) -> None:
     assert [o.tag_name for o in by_id] == expected
     assert [o.tag_name for o in by_tag] == expected
     assert [o.tag_name for o in by_path] == expected
-    for req in (
-        gr.DiscoverHierarchyRequest(root_gobject_id=999_999),
-        gr.DiscoverHierarchyRequest(root_tag_name="NoSuchTag"),
-        gr.DiscoverHierarchyRequest(root_contained_path="Plant/Nowhere"),
-        gr.DiscoverHierarchyRequest(root_tag_name="SparePump"),
+    for req, named in (
+        (gr.DiscoverHierarchyRequest(root_gobject_id=999_999), "999999"),
+        (gr.DiscoverHierarchyRequest(root_tag_name="NoSuchTag"), "'NoSuchTag'"),
+        (gr.DiscoverHierarchyRequest(root_contained_path="Plant/Nowhere"), "'Plant/Nowhere'"),
+        (gr.DiscoverHierarchyRequest(root_tag_name="SparePump"), "'SparePump'"),
     ):
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await galaxy.stub.DiscoverHierarchy(req)
         assert err.value.code() == grpc.StatusCode.NOT_FOUND
+        assert err.value.details() == f"root {named} is not a deployed object"
 
 
 async def test_max_depth(galaxy: GalaxyServer) -> None:
@@ -301,6 +302,7 @@ async def test_browse_children(galaxy: GalaxyServer) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await galaxy.stub.BrowseChildren(gr.BrowseChildrenRequest(parent_gobject_id=424242))
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    assert err.value.details() == "parent 424242 is not a deployed object"
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await galaxy.stub.BrowseChildren(
             gr.BrowseChildrenRequest(

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from google.protobuf.message import Message
 
 from mxgateway._logsafe import get_logger
 from mxgateway.generated import galaxy_repository_pb2 as gr
@@ -356,19 +357,28 @@ async def _fill_page(
 
 
 async def _resolve(
-    snap: HierarchySnapshot, which: str | None, value: object, what: str, context: _Ctx
+    snap: HierarchySnapshot,
+    request: Message,
+    oneof: str,
+    context: _Ctx,
 ) -> GalaxyObjectRecord | None:
+    """The object the request's ``oneof`` (``root``, ``parent``) names by id, tag name or
+    contained path (None: not given); NOT_FOUND when it is not deployed."""
+    which = request.WhichOneof(oneof)
     if which is None:
         return None
+    value = getattr(request, which)
     rec: GalaxyObjectRecord | None
     if which.endswith("gobject_id"):
-        rec = snap.by_id.get(int(value))  # type: ignore[call-overload]
+        rec = snap.by_id.get(int(value))
     elif which.endswith("tag_name"):
         rec = snap.by_tag.get(str(value).casefold())
     else:
         rec = snap.resolve_path(str(value))
     if rec is None:
-        await context.abort(grpc.StatusCode.NOT_FOUND, f"{what} {value!r} is not a deployed object")
+        await context.abort(
+            grpc.StatusCode.NOT_FOUND, f"{oneof} {value!r} is not a deployed object"
+        )
     return rec
 
 
@@ -377,6 +387,24 @@ class GalaxyRepositoryServicer(gr_grpc.GalaxyRepositoryServicer):
 
     def __init__(self, service: GalaxyService) -> None:
         self._svc = service
+
+    async def _offset(
+        self, token: str, kind: str, snap: HierarchySnapshot, sig: str, context: _Ctx
+    ) -> int:
+        """Where the page of ``token`` starts in the listing of ``kind`` (``d``: discover,
+        ``b``: browse) and ``sig`` (0 without a token); a token of another listing or
+        snapshot is INVALID_ARGUMENT, with the snapshot's cache sequence."""
+        if not token:
+            return 0
+        try:
+            return self._svc.parse_token(token, kind, snap.version, sig)
+        except ValueError as exc:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                str(exc),
+                trailing_metadata=(("cache-sequence", str(snap.version)),),
+            )
+            raise  # abort raises; not reached
 
     async def TestConnection(
         self, request: gr.TestConnectionRequest, context: _Ctx
@@ -399,26 +427,14 @@ class GalaxyRepositoryServicer(gr_grpc.GalaxyRepositoryServicer):
     ) -> gr.DiscoverHierarchyReply:
         snap = self._svc.snapshot
         size = await _page_size(request.page_size, context)
-        which = request.WhichOneof("root")
-        root = await _resolve(
-            snap, which, getattr(request, which) if which else None, "root", context
-        )
+        root = await _resolve(snap, request, "root", context)
         max_depth = request.max_depth if request.HasField("max_depth") else None
         if max_depth is not None and max_depth < 0:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "max_depth must not be negative")
         include = request.include_attributes if request.HasField("include_attributes") else True
         f = _filters(request)
         sig = _signature(root.gobject_id if root else 0, max_depth, f, include)
-        offset = 0
-        if request.page_token:
-            try:
-                offset = self._svc.parse_token(request.page_token, "d", snap.version, sig)
-            except ValueError as exc:
-                await context.abort(
-                    grpc.StatusCode.INVALID_ARGUMENT,
-                    str(exc),
-                    trailing_metadata=(("cache-sequence", str(snap.version)),),
-                )
+        offset = await self._offset(request.page_token, "d", snap, sig, context)
         walk = await snap.walk_sliced(root, max_depth, f)
         reply = gr.DiscoverHierarchyReply(total_object_count=len(walk), cache_sequence=snap.version)
         end = offset + await _fill_page(
@@ -438,23 +454,11 @@ class GalaxyRepositoryServicer(gr_grpc.GalaxyRepositoryServicer):
     ) -> gr.BrowseChildrenReply:
         snap = self._svc.snapshot
         size = await _page_size(request.page_size, context)
-        which = request.WhichOneof("parent")
-        parent = await _resolve(
-            snap, which, getattr(request, which) if which else None, "parent", context
-        )
+        parent = await _resolve(snap, request, "parent", context)
         include = request.include_attributes if request.HasField("include_attributes") else True
         f = _filters(request)
         sig = _signature(parent.gobject_id if parent else 0, f, include)
-        offset = 0
-        if request.page_token:
-            try:
-                offset = self._svc.parse_token(request.page_token, "b", snap.version, sig)
-            except ValueError as exc:
-                await context.abort(
-                    grpc.StatusCode.INVALID_ARGUMENT,
-                    str(exc),
-                    trailing_metadata=(("cache-sequence", str(snap.version)),),
-                )
+        offset = await self._offset(request.page_token, "b", snap, sig, context)
         ids = await snap.children_of_sliced(parent, f)
         reply = gr.BrowseChildrenReply(total_child_count=len(ids))
         records = [snap.by_id[cid] for cid in ids[offset : offset + size]]
