@@ -12,38 +12,21 @@ import threading
 from typing import Any
 
 import pytest
-from test_client_command_stream import _threaded_gateway
-from test_client_grpcbatch_fallback import WRITE
+from stream_gateways import PING, WRITE, RecordingGateway, ok_reply, threaded_gateway
 
 from mxgateway import ClientClosedError, GatewayClient, MxGatewayTimeoutError
 from mxgateway.generated import mxaccess_gateway_pb2 as pb
-from mxgateway.generated import mxaccess_gateway_pb2_grpc as pbg
 from support import wait_for
 
-PING = pb.MxCommand(kind=pb.MX_COMMAND_KIND_PING, ping=pb.PingCommand())
 
-
-class _HoldingGateway(pbg.MxAccessGatewayServicer):
+class _HoldingGateway(RecordingGateway):
     """Answers every command OK; holds each stream's second command until ``release`` is
     set (or the call ends). Records what each carriage carried and each stream's end."""
 
     def __init__(self) -> None:
-        self.streamed: list[int] = []
-        self.invoked: list[int] = []
+        super().__init__()
         self.ended = threading.Semaphore(0)
         self.release = threading.Event()
-
-    @staticmethod
-    def _reply(request: pb.MxCommandRequest) -> pb.MxCommandReply:
-        return pb.MxCommandReply(
-            session_id=request.session_id,
-            kind=request.command.kind,
-            protocol_status=pb.ProtocolStatus(code=pb.PROTOCOL_STATUS_CODE_OK),
-        )
-
-    def Invoke(self, request: pb.MxCommandRequest, context: Any) -> pb.MxCommandReply:
-        self.invoked.append(request.command.kind)
-        return self._reply(request)
 
     def InvokeStream(self, request_iterator: Any, context: Any) -> Any:
         ended = threading.Event()
@@ -56,14 +39,12 @@ class _HoldingGateway(pbg.MxAccessGatewayServicer):
                     self.release.wait(0.05)
                 if ended.is_set():
                     return
-            yield self._reply(request)
+            yield ok_reply(request)
 
 
 async def _ends(how: str) -> _HoldingGateway:
     gateway = _HoldingGateway()
-    with _threaded_gateway(
-        lambda server: pbg.add_MxAccessGatewayServicer_to_server(gateway, server)
-    ) as options:
+    with threaded_gateway(gateway) as options:
         try:
             options = dataclasses.replace(options, timeout=30)
             client = await GatewayClient.connect(options=options)
@@ -110,9 +91,7 @@ async def test_a_write_in_flight_on_the_stream_at_close_is_client_closed_as_on_i
     # which nobody cancelled. As on Invoke it is ClientClosedError (with batches off,
     # MXGATEWAY_GRPC_BATCH=0, every command takes this path).
     gateway = _HoldingGateway()
-    with _threaded_gateway(
-        lambda server: pbg.add_MxAccessGatewayServicer_to_server(gateway, server)
-    ) as options:
+    with threaded_gateway(gateway) as options:
         try:
             client = await GatewayClient.connect(options=dataclasses.replace(options, timeout=30))
             try:

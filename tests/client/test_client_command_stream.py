@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import dataclasses
 import logging
 import threading
-from collections.abc import Callable, Coroutine, Iterator
-from concurrent import futures
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import grpc
 import pytest
+from stream_gateways import PING, WRITE, RecordingGateway, ok_reply, threaded_gateway
 
 from mxgateway import (
     ClientOptions,
@@ -60,20 +59,6 @@ def _connect(
         command_stream=stream,
     )
     return GatewayClient.connect(options=options)
-
-
-@contextlib.contextmanager
-def _threaded_gateway(register: Callable[[grpc.Server], None]) -> Iterator[ClientOptions]:
-    """A plain ``grpc.server`` on its own threads (its answers race the client as a remote
-    gateway's do), set up by ``register``; yields the options of a plaintext client."""
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-    register(server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    try:
-        yield ClientOptions(endpoint=f"127.0.0.1:{port}", plaintext=True, timeout=30)
-    finally:
-        server.stop(None).wait()
 
 
 def _comparable(reply: pb.MxCommandReply) -> pb.MxCommandReply:
@@ -265,8 +250,7 @@ async def test_each_command_keeps_its_own_deadline_on_the_stream() -> None:
         h = await s.register("deadlines")  # arms the timer 30 s ahead
         with pytest.raises(MxGatewayTimeoutError):
             await s.read_bulk(h, [TAG], timeout=0.2)  # waits 1 s for its first value
-        ping = pb.MxCommand(kind=pb.MX_COMMAND_KIND_PING, ping=pb.PingCommand())
-        await s.invoke_raw(ping, timeout=0.3)  # arms the timer 0.3 s ahead
+        await s.invoke_raw(PING, timeout=0.3)  # arms the timer 0.3 s ahead
         rows = await s.read_bulk(h, ["Tank01.Level"], timeout=None)  # about 1 s
         assert rows[0].was_successful
         assert client._commands is not None and not client._commands.unsupported
@@ -304,32 +288,12 @@ async def test_after_its_first_command_a_stream_sends_a_read_with_its_reply_in_o
         assert client._commands is not None and client._commands._call is not None
 
 
-class _OversizedStreamReply(pbg.MxAccessGatewayServicer):
+class _OversizedStreamReply(RecordingGateway):
     """A gateway whose command stream answers its second command with a reply larger than
-    the client accepts (the client's read of it fails); ``Invoke`` answers as usual.
-    Records the kinds each carriage was sent."""
+    the client accepts (the client's read of it fails); ``Invoke`` answers as usual."""
 
-    def __init__(self) -> None:
-        self.streamed: list[int] = []
-        self.invoked: list[int] = []
-
-    @staticmethod
-    def _reply(request: pb.MxCommandRequest, size: int = 0) -> pb.MxCommandReply:
-        return pb.MxCommandReply(
-            session_id=request.session_id,
-            kind=request.command.kind,
-            diagnostic_message="x" * size,
-            protocol_status=pb.ProtocolStatus(code=pb.PROTOCOL_STATUS_CODE_OK),
-        )
-
-    def Invoke(self, request: pb.MxCommandRequest, context: Any) -> pb.MxCommandReply:
-        self.invoked.append(request.command.kind)
-        return self._reply(request)
-
-    def InvokeStream(self, request_iterator: Any, context: Any) -> Any:
-        for i, request in enumerate(request_iterator):
-            self.streamed.append(request.command.kind)
-            yield self._reply(request, 200_000 if i == 1 else 0)
+    def stream_reply(self, index: int, request: pb.MxCommandRequest) -> pb.MxCommandReply:
+        return ok_reply(request, diagnostic_message="x" * (200_000 if index == 1 else 0))
 
 
 @pytest.mark.skipif(not _grpcbatch.AVAILABLE, reason="batches are off in this process")
@@ -338,25 +302,18 @@ async def test_a_read_whose_stream_reply_is_lost_is_answered_through_invoke_once
     # client's message limit: the batch fails, as when a stream breaks under a command).
     # A ping is safe to send again: Invoke answers it, once, and the next command opens a
     # new stream. A write in the same place is reported, never sent again.
-    ping = pb.MxCommand(kind=pb.MX_COMMAND_KIND_PING, ping=pb.PingCommand())
-    write = pb.MxCommand(
-        kind=pb.MX_COMMAND_KIND_WRITE,
-        write=pb.WriteCommand(server_handle=7, item_handle=1, value=pb.MxValue(int32_value=1)),
-    )
     gateway = _OversizedStreamReply()
-    with _threaded_gateway(
-        lambda server: pbg.add_MxAccessGatewayServicer_to_server(gateway, server)
-    ) as options:
+    with threaded_gateway(gateway) as options:
         options = dataclasses.replace(options, max_message_bytes=100_000)
         async with await GatewayClient.connect(options=options) as client:
             for _ in range(3):
-                reply = await client.invoke("session-1", ping)
+                reply = await client.invoke("session-1", PING)
                 assert reply.kind == pb.MX_COMMAND_KIND_PING
             assert gateway.streamed == [pb.MX_COMMAND_KIND_PING] * 3
             assert gateway.invoked == [pb.MX_COMMAND_KIND_PING]
             # The third ping was the new stream's first command: the write is its second.
             with pytest.raises(MxGatewayError, match="RESOURCE_EXHAUSTED"):
-                await client.invoke("session-1", write)
+                await client.invoke("session-1", WRITE)
             assert gateway.streamed[3:] == [pb.MX_COMMAND_KIND_WRITE]
             assert gateway.invoked == [pb.MX_COMMAND_KIND_PING]
 
@@ -457,20 +414,15 @@ async def test_without_the_stream_no_first_command_fails_and_none_is_sent_twice(
     # its answer races the client's write as a remote gateway's does: on the old code about
     # one first command in ten failed. Many new clients, each one's first command.
     gateway = _UpstreamLikeGateway()
-    write = pb.MxCommand(
-        kind=pb.MX_COMMAND_KIND_WRITE,
-        write=pb.WriteCommand(server_handle=7, item_handle=1, value=pb.MxValue(int32_value=1)),
-    )
-    ping = pb.MxCommand(kind=pb.MX_COMMAND_KIND_PING, ping=pb.PingCommand())
     clients = 150
-    with _threaded_gateway(
+    with threaded_gateway(
         lambda server: server.add_generic_rpc_handlers((gateway.handler(),))
     ) as options:
         for i in range(clients):
             async with await GatewayClient.connect(options=options) as client:
                 # A write is not idempotent: it must be neither lost nor sent twice.
-                await client.invoke("session-1", write if i % 2 else ping)
-                await client.invoke("session-1", ping)
+                await client.invoke("session-1", WRITE if i % 2 else PING)
+                await client.invoke("session-1", PING)
                 commands = client._commands
                 assert commands is not None
                 # Each refusal of a new stream is counted, up to the limit.
@@ -609,23 +561,6 @@ async def test_a_stream_failing_under_a_command_sends_on_invoke_only_what_is_saf
         await transport.close()
 
 
-class _StreamingGateway(pbg.MxAccessGatewayServicer):
-    """A plain ``grpc.server`` servicer with ``InvokeStream``: answers each command OK and
-    records how each stream ended (the client half-closed it, or it was cancelled)."""
-
-    def __init__(self) -> None:
-        self.ends: list[str] = []
-
-    def InvokeStream(self, request_iterator: Any, context: Any) -> Any:
-        for request in request_iterator:
-            yield pb.MxCommandReply(
-                session_id=request.session_id,
-                kind=request.command.kind,
-                protocol_status=pb.ProtocolStatus(code=pb.PROTOCOL_STATUS_CODE_OK),
-            )
-        self.ends.append("half-closed" if context.is_active() else "cancelled")
-
-
 async def _clients_on_loops_of_their_own(
     options: ClientOptions,
     clients: int,
@@ -636,11 +571,10 @@ async def _clients_on_loops_of_their_own(
     thread (``run`` makes and closes it), send a command on its stream and close it, while
     this loop keeps a channel to the gateway open (it goes on serving gRPC's completions);
     returns what asyncio logged at ERROR meanwhile."""
-    ping = pb.MxCommand(kind=pb.MX_COMMAND_KIND_PING, ping=pb.PingCommand())
 
     async def one_client() -> None:
         async with await GatewayClient.connect(options=options) as client:
-            await client.invoke("session-1", ping)
+            await client.invoke("session-1", PING)
             assert client._commands is not None and client._commands._call is not None
 
     async with grpc.aio.insecure_channel(options.endpoint) as channel:
@@ -665,17 +599,15 @@ async def test_a_closed_client_leaves_no_grpc_completion_for_its_closed_loop(
     # a gateway thread held up for over a second on a loaded machine must not turn the
     # half-close checked here into that cancel.
     monkeypatch.setattr("mxgateway._cmdstream._CLOSE_WAIT", 30.0)
-    gateway = _StreamingGateway()
+    gateway = RecordingGateway()
     clients = 60
-    with _threaded_gateway(
-        lambda server: pbg.add_MxAccessGatewayServicer_to_server(gateway, server)
-    ) as options:
+    with threaded_gateway(gateway) as options:
         logged = await _clients_on_loops_of_their_own(options, clients, asyncio.run, caplog)
     assert logged == []
     assert gateway.ends == ["half-closed"] * clients
 
 
-class _LingeringGateway(_StreamingGateway):
+class _LingeringGateway(RecordingGateway):
     """Keeps each command stream open after the client half-closed it, until the test
     releases it; records that each stream's call ended (cancelled, or released)."""
 
@@ -695,14 +627,11 @@ async def test_closing_the_client_ends_a_stream_the_gateway_keeps_open() -> None
     # a bounded time only: a gateway that never ends it must not hold the close (the stream
     # is cancelled then); the gateway sees the call end.
     gateway = _LingeringGateway()
-    ping = pb.MxCommand(kind=pb.MX_COMMAND_KIND_PING, ping=pb.PingCommand())
-    with _threaded_gateway(
-        lambda server: pbg.add_MxAccessGatewayServicer_to_server(gateway, server)
-    ) as options:
+    with threaded_gateway(gateway) as options:
         try:
             client = await GatewayClient.connect(options=options)
             try:
-                await client.invoke("session-1", ping)
+                await client.invoke("session-1", PING)
                 assert client._commands is not None and client._commands._call is not None
             finally:
                 # The test's own bound, far above the client's: a close that waits for the
@@ -714,7 +643,7 @@ async def test_closing_the_client_ends_a_stream_the_gateway_keeps_open() -> None
             gateway.release.set()  # before the server stops: its handler thread ends
 
 
-class _SlowGateway(_StreamingGateway):
+class _SlowGateway(RecordingGateway):
     """Ends each command stream only when the client cancels it: slower than the client's
     wait for the end of a half-closed stream, whatever that wait. ``cancelled`` is
     released for each stream whose call ended while its handler still held it open (only
@@ -760,9 +689,7 @@ async def test_a_client_closed_against_a_slow_gateway_leaves_no_grpc_completion_
     monkeypatch.setattr("mxgateway._cmdstream._CLOSE_WAIT", 0.01)
     gateway = _SlowGateway()
     clients = 20
-    with _threaded_gateway(
-        lambda server: pbg.add_MxAccessGatewayServicer_to_server(gateway, server)
-    ) as options:
+    with threaded_gateway(gateway) as options:
         logged = await _clients_on_loops_of_their_own(options, clients, _run_then_close, caplog)
         # Every stream was ended by the client's cancel (the half-close was not enough).
         for _ in range(clients):
@@ -794,13 +721,10 @@ async def test_a_close_that_finds_no_status_task_only_cancels(
 
     monkeypatch.setattr(_callend, "_status_task", spy)
     gateway = _SlowGateway()
-    ping = pb.MxCommand(kind=pb.MX_COMMAND_KIND_PING, ping=pb.PingCommand())
-    with _threaded_gateway(
-        lambda server: pbg.add_MxAccessGatewayServicer_to_server(gateway, server)
-    ) as options:
+    with threaded_gateway(gateway) as options:
         client = await GatewayClient.connect(options=options)
         try:
-            await client.invoke("session-1", ping)
+            await client.invoke("session-1", PING)
         finally:
             await asyncio.wait_for(client.close(), 20)
         assert await asyncio.to_thread(gateway.cancelled.acquire, True, 20)

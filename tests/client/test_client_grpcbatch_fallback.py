@@ -9,45 +9,10 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from test_client_command_stream import _threaded_gateway
+from stream_gateways import PING, WRITE, RecordingGateway, threaded_gateway
 
 from mxgateway import GatewayClient, _grpcbatch
 from mxgateway.generated import mxaccess_gateway_pb2 as pb
-from mxgateway.generated import mxaccess_gateway_pb2_grpc as pbg
-
-PING = pb.MxCommand(kind=pb.MX_COMMAND_KIND_PING, ping=pb.PingCommand())
-WRITE = pb.MxCommand(
-    kind=pb.MX_COMMAND_KIND_WRITE,
-    write=pb.WriteCommand(server_handle=7, item_handle=1, value=pb.MxValue(int32_value=1)),
-)
-
-
-class _RecordingGateway(pbg.MxAccessGatewayServicer):
-    """Answers every command OK on either carriage; records the kinds each carried and the
-    streams opened."""
-
-    def __init__(self) -> None:
-        self.streamed: list[int] = []
-        self.invoked: list[int] = []
-        self.streams = 0
-
-    @staticmethod
-    def _reply(request: pb.MxCommandRequest) -> pb.MxCommandReply:
-        return pb.MxCommandReply(
-            session_id=request.session_id,
-            kind=request.command.kind,
-            protocol_status=pb.ProtocolStatus(code=pb.PROTOCOL_STATUS_CODE_OK),
-        )
-
-    def Invoke(self, request: pb.MxCommandRequest, context: Any) -> pb.MxCommandReply:
-        self.invoked.append(request.command.kind)
-        return self._reply(request)
-
-    def InvokeStream(self, request_iterator: Any, context: Any) -> Any:
-        self.streams += 1
-        for request in request_iterator:
-            self.streamed.append(request.command.kind)
-            yield self._reply(request)
 
 
 @pytest.fixture
@@ -61,11 +26,9 @@ def _client_call(call: Any) -> bool:
 
 
 async def _run(
-    gateway: _RecordingGateway, commands: list[pb.MxCommand]
+    gateway: RecordingGateway, commands: list[pb.MxCommand]
 ) -> list[pb.MxCommandKind.ValueType]:
-    with _threaded_gateway(
-        lambda server: pbg.add_MxAccessGatewayServicer_to_server(gateway, server)
-    ) as options:
+    with threaded_gateway(gateway) as options:
         async with await GatewayClient.connect(options=options) as client:
             kinds = [(await client.invoke("session-1", c)).kind for c in commands]
             assert client._commands is not None and not client._commands.unsupported
@@ -97,7 +60,7 @@ async def test_a_batch_refused_before_it_ran_falls_back_to_write_and_read_on_the
         monkeypatch.setattr(_grpcbatch, "_execute_batch", execute_batch)
     else:
         monkeypatch.setattr(_grpcbatch, "_ReceiveMessage", changed)
-    gateway = _RecordingGateway()
+    gateway = RecordingGateway()
     kinds = await _run(gateway, [PING, PING, WRITE, PING, PING])
     assert (
         kinds
@@ -149,7 +112,7 @@ async def test_a_batch_that_ran_but_cannot_be_read_sends_a_read_again_once_throu
 
     monkeypatch.setattr(_grpcbatch, "_ReceiveMessage", receive)
     monkeypatch.setattr(_grpcbatch, "_execute_batch", execute_batch)
-    gateway = _RecordingGateway()
+    gateway = RecordingGateway()
     kinds = await _run(gateway, [PING, PING, WRITE, PING])
     assert kinds == [pb.MX_COMMAND_KIND_PING] * 2 + [
         pb.MX_COMMAND_KIND_WRITE,
@@ -188,10 +151,8 @@ class _StandIn:
 async def test_a_stream_call_without_grpcs_own_object_is_written_and_read() -> None:
     # A call whose _cython_call is missing (renamed in another grpcio; a stand-in): the
     # command is written and read on it, never lost to a traceback.
-    gateway = _RecordingGateway()
-    with _threaded_gateway(
-        lambda server: pbg.add_MxAccessGatewayServicer_to_server(gateway, server)
-    ) as options:
+    gateway = RecordingGateway()
+    with threaded_gateway(gateway) as options:
         async with await GatewayClient.connect(options=options) as client:
             await client.invoke("session-1", PING)  # the stream has answered a command
             commands = client._commands
@@ -224,10 +185,8 @@ async def test_batches_turned_off_after_a_stream_answered_are_not_tried_on_it(
         return execute(call, operations, loop)
 
     monkeypatch.setattr(_grpcbatch, "_execute_batch", execute_batch)
-    gateway = _RecordingGateway()
-    with _threaded_gateway(
-        lambda server: pbg.add_MxAccessGatewayServicer_to_server(gateway, server)
-    ) as options:
+    gateway = RecordingGateway()
+    with threaded_gateway(gateway) as options:
         async with await GatewayClient.connect(options=options) as client:
             await client.invoke("session-1", PING)
             await client.invoke("session-1", PING)
