@@ -44,6 +44,7 @@ from mxgateway_sim._wire import (
     FIXED_WIDTH,
     FLOAT32_MAX,
     ROW_HEADS,
+    VARIABLE,
     good_read_row,
     good_read_row_with_tail,
     row_head,
@@ -65,6 +66,12 @@ layouts."""
 VECTOR_GROUP_BYTES = 2048
 """Estimated bytes a group computed by arrays holds beyond 32 a row: its parameters'
 arrays (a few, each a header and a buffer) and the function that computes them."""
+PIECES_KEPT = 16
+"""Pieces of up to 64 bytes a group of a VARIABLE kind keeps by value (a cycle's words, a
+ramp's first values; ``_Group.pieces``, :data:`PIECES_GROUP_BYTES` in a plan's cost)."""
+PIECES_GROUP_BYTES = 4096
+"""Estimated bytes of a group's :data:`PIECES_KEPT` pieces: the dictionary, the pieces and
+their values."""
 FIXED_SPREAD = 64
 """A group's rows are spliced by arrays when the lengths of their constant parts differ by
 at most this: its templates are as wide as the longest row (``_readvec.FixedRows``)."""
@@ -115,6 +122,7 @@ class _Group:
         "longest",
         "parts",
         "period",
+        "pieces",
         "positions",
         "samples",
         "sizes",
@@ -144,6 +152,9 @@ class _Group:
         """The length of each row's constant part and a tail of each size (two kept)."""
         self.longest = 0
         """The longest constant part of the group's rows."""
+        self.pieces: dict[MxPythonValue, bytes] = {}
+        """A VARIABLE kind's values' pieces (``value_piece``), up to :data:`PIECES_KEPT`:
+        the group's values are of one type (its generator's), so the value is the key."""
         self.heads: dict[int, list[bytes]] = {}
         """The rows' heads for a tail of each size (two sizes kept: a read's time takes 4
         or 5 bytes of nanoseconds)."""
@@ -175,7 +186,10 @@ class _Group:
         # ever for a static attribute; changed otherwise (never computed, or after
         # ``tick``: a clock that went back).
         start = tick - tick % period if period else 0
-        low, high = min(computed), max(computed)
+        high = max(computed)
+        if high < start:  # the common case of a poller at a fast scan: no min() then
+            return _COMPUTE
+        low = min(computed)
         if low >= start and high <= tick:
             at = self.at
             if at is not None:  # the rows of values this plan computed at ``at``
@@ -184,7 +198,7 @@ class _Group:
             elif self.samples and all(map(is_, [state._sample for state in states], self.samples)):
                 return _KEEP
             return _ENCODE
-        if high < start or low > tick:
+        if low > tick:
             return _COMPUTE
         return None
 
@@ -258,7 +272,17 @@ class _Group:
             heads, layouts = self._heads(len(tail))
             return list(map(_PACK, layouts, heads, values, repeat(tail)))
         # VARIABLE: the value's whole length-prefixed MxValue between part and tail.
-        pieces = list(map(value_piece, values, repeat(self.data_type)))
+        kept = self.pieces
+        found = list(map(kept.get, values))
+        if None in found:
+            data_type = self.data_type
+            for i, piece in enumerate(found):
+                if piece is None:
+                    value = values[i]
+                    found[i] = piece = value_piece(value, data_type)
+                    if len(kept) < PIECES_KEPT and len(piece) <= 64:
+                        kept[value] = piece
+        pieces: list[bytes] = found  # type: ignore[assignment]  # no None left
         parts = self.parts
         extra = len(tail)
         sizes = self.sizes.get(extra)  # each row's constant part and tail's length
@@ -432,6 +456,8 @@ def plan_rows(rows: Sequence[ReadRow], key: object) -> ReadPlan:
         group.prepare()
         each = PLAN_ROW_BYTES if group.fixed is None else VECTOR_ROW_BYTES
         cost += sum(4 * len(part) + each for part in group.parts)
+        if group.kind == VARIABLE:
+            cost += PIECES_GROUP_BYTES
         if group.vector is not None:  # its parameters' arrays
             cost += VECTOR_GROUP_BYTES + 32 * len(group.parts)
     order = list(range(len(template)))  # a place no group or loose row fills: its template

@@ -896,6 +896,8 @@ async def test_a_plans_cost_covers_the_bytes_it_holds(
             held += sum(map(sys.getsizeof, group.layouts.values()))
             for sizes in group.sizes.values():
                 held += sys.getsizeof(sizes) + sum(map(sys.getsizeof, sizes))
+            held += sys.getsizeof(group.pieces)  # a VARIABLE kind's pieces by value
+            held += sum(sys.getsizeof(k) + sys.getsizeof(v) for k, v in group.pieces.items())
             for fixed in (group.fixed or {}).values():  # the numpy path's templates
                 held += sys.getsizeof(fixed) + sys.getsizeof(fixed.template)
                 held += sys.getsizeof(fixed.layout)
