@@ -4,50 +4,23 @@ from __future__ import annotations
 
 from typing import Any
 
-import grpc
-
 from mxgateway import ClientOptions, GatewayClient
-from mxgateway.generated import mxaccess_gateway_pb2 as pb
-from mxgateway.generated import mxaccess_gateway_pb2_grpc as rpc
 from mxgateway_sim import GatewaySimulator, InMemoryCatalog
 from mxgateway_sim._builtin import tag
 from mxgateway_sim._domain import MX_DOUBLE
 from support import wait_for as wait_for
+from support.rawstub import RawStub
+from support.rawstub import command as command
 
 SCAN_MS = 20
 DEADLINE = 20.0
 """Generous bound of every wait: a test fails instead of hanging."""
 
 
-def command(payload: str, **fields: Any) -> pb.MxCommand:
-    """An MxCommand whose kind matches ``payload`` (the oneof member name)."""
-    kind = pb.MxCommandKind.Value("MX_COMMAND_KIND_" + payload.upper())
-    message_type = pb.MxCommand.DESCRIPTOR.fields_by_name[payload].message_type
-    return pb.MxCommand(kind=kind, **{payload: getattr(pb, message_type.name)(**fields)})
-
-
-class Raw:
+class Raw(RawStub):
     """Raw generated stubs plus an authorization header, for one channel."""
 
-    def __init__(self, channel: grpc.aio.Channel, key: str | None) -> None:
-        self.channel = channel
-        self.stub = rpc.MxAccessGatewayStub(channel)
-        self.md: tuple[tuple[str, str], ...] = (("authorization", f"Bearer {key}"),) if key else ()
-
-    async def open(self, name: str = "faults") -> str:
-        reply = await self.stub.OpenSession(
-            pb.OpenSessionRequest(client_session_name=name), metadata=self.md
-        )
-        return reply.session_id
-
-    async def invoke(self, sid: str, payload: str, **fields: Any) -> pb.MxCommandReply:
-        request = pb.MxCommandRequest(session_id=sid, command=command(payload, **fields))
-        return await self.stub.Invoke(request, metadata=self.md)
-
-    async def ok(self, sid: str, payload: str, **fields: Any) -> pb.MxCommandReply:
-        reply = await self.invoke(sid, payload, **fields)
-        assert reply.protocol_status.code == pb.PROTOCOL_STATUS_CODE_OK, reply
-        return reply
+    session_name = "faults"
 
 
 def analog_catalog(n: int, prefix: str = "Dev") -> InMemoryCatalog:

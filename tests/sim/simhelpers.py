@@ -16,9 +16,10 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from mxgateway.generated import mxaccess_gateway_pb2 as pb
-from mxgateway.generated import mxaccess_gateway_pb2_grpc as rpc
 from mxgateway_sim import GatewaySimulator, builtin_catalog
 from support import wait_for as wait_for
+from support.rawstub import RawStub
+from support.rawstub import command as command
 
 SCAN_MS = 40
 
@@ -42,36 +43,8 @@ async def healthy(channel: grpc.aio.Channel) -> bool:
     return reply.status == health_pb2.HealthCheckResponse.SERVING
 
 
-def command(payload: str, **fields: Any) -> pb.MxCommand:
-    """An MxCommand whose kind matches ``payload`` (the oneof member name)."""
-    kind = pb.MxCommandKind.Value("MX_COMMAND_KIND_" + payload.upper())
-    message_type = pb.MxCommand.DESCRIPTOR.fields_by_name[payload].message_type
-    body = getattr(pb, message_type.name)(**fields)
-    return pb.MxCommand(kind=kind, **{payload: body})
-
-
-class Gw:
-    """Raw generated stubs plus the key, for one channel."""
-
-    def __init__(self, channel: grpc.aio.Channel, key: str | None) -> None:
-        self.channel = channel
-        self.stub = rpc.MxAccessGatewayStub(channel)
-        self.md: tuple[tuple[str, str], ...] = (("authorization", f"Bearer {key}"),) if key else ()
-
-    async def open(self, name: str = "test") -> str:
-        reply = await self.stub.OpenSession(
-            pb.OpenSessionRequest(client_session_name=name), metadata=self.md
-        )
-        return reply.session_id
-
-    async def invoke(self, sid: str, payload: str, **fields: Any) -> pb.MxCommandReply:
-        request = pb.MxCommandRequest(session_id=sid, command=command(payload, **fields))
-        return await self.stub.Invoke(request, metadata=self.md)
-
-    async def ok(self, sid: str, payload: str, **fields: Any) -> pb.MxCommandReply:
-        reply = await self.invoke(sid, payload, **fields)
-        assert reply.protocol_status.code == pb.PROTOCOL_STATUS_CODE_OK, reply
-        return reply
+class Gw(RawStub):
+    """Raw generated stubs plus the key, for one channel, with the simulator tests' steps."""
 
     async def register(self, sid: str) -> int:
         return (await self.ok(sid, "register", client_name="t")).register.server_handle
