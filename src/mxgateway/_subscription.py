@@ -41,7 +41,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
-from types import MappingProxyType, TracebackType
+from types import FrameType, MappingProxyType, TracebackType
 from typing import TYPE_CHECKING
 
 from mxgateway._boundedqueue import BoundedQueue
@@ -123,7 +123,8 @@ def _unlinked(error: BaseException) -> BaseException:
     the frames the error passed through keep the subscription (``self``): a cycle, freed
     only by a collection. The finished frames lose their locals (what a traceback prints
     stays); the one still running (the supervisor's, where the error was caught) leaves
-    the traceback.
+    the traceback. From Python 3.12 a finished frame also keeps its caller's frame
+    (``f_back``), the supervisor's: that one loses its locals once its task is done.
     """
     kept: list[TracebackType] = []
     tb = error.__traceback__
@@ -131,7 +132,7 @@ def _unlinked(error: BaseException) -> BaseException:
         try:
             tb.tb_frame.clear()
         except RuntimeError:  # the running frame
-            pass
+            _clear_when_done(tb.tb_frame)
         else:
             kept.append(tb)
         tb = tb.tb_next
@@ -139,6 +140,15 @@ def _unlinked(error: BaseException) -> BaseException:
     for entry in reversed(kept):
         entry.tb_next, first = first, entry
     return error.with_traceback(first)
+
+
+def _clear_when_done(frame: FrameType) -> None:
+    """Clear ``frame`` (drop its locals) once it has finished, if it is the frame of the
+    current task's coroutine (a frame is cleared only when finished: clearing a suspended
+    one would close its coroutine on 3.12)."""
+    task = asyncio.current_task()
+    if task is not None and getattr(task.get_coro(), "cr_frame", None) is frame:
+        task.add_done_callback(lambda _task: frame.clear())
 
 
 def _dedupe(items: Iterable[str]) -> tuple[str, ...]:

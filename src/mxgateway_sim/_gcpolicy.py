@@ -115,6 +115,23 @@ def server_thresholds(current: tuple[int, int, int]) -> tuple[int, int, int]:
     return (max(current[0], THRESHOLDS[0]), THRESHOLDS[1], THRESHOLDS[2])
 
 
+def host_froze() -> bool:
+    """Whether the process has frozen objects of its own (``gc.freeze()``), which the
+    policy must leave frozen: it then neither freezes nor tenures (:meth:`ServerGcPolicy.
+    acquire`).
+
+    Not simply a freeze count above 0: CPython 3.12 starts with a few hundred objects of
+    its own frozen (the immortal base and MRO tuples of its built-in types; 3.13 no
+    longer tracks them at all), which would have kept the policy off for good. A
+    process's ``gc.freeze()`` froze everything alive then, ``sys.modules`` too, which is
+    otherwise in a generation. (The policy's last release unfreezes CPython's own with
+    its own: immortal, they are walked, never freed, by a full collection.)"""
+    if gc.get_freeze_count() == 0:
+        return False
+    modules = sys.modules
+    return not any(obj is modules for obj in gc.get_objects())
+
+
 class ServerGcPolicy:
     """The policy shared by the simulators running in one process (reference-counted):
     the first :meth:`acquire` applies it, the last :meth:`release` restores the process's
@@ -164,7 +181,7 @@ class ServerGcPolicy:
             cls.saved = gc.get_threshold()
             gc.set_threshold(*server_thresholds(cls.saved))
             # A process that froze objects itself keeps them frozen when we stop.
-            cls.froze = gc.get_freeze_count() == 0
+            cls.froze = not host_froze()
             if cls.froze:
                 gc.freeze()
         cls.users += 1

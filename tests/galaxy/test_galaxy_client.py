@@ -13,6 +13,7 @@ import sys
 import textwrap
 import warnings
 from collections.abc import AsyncIterator
+from contextlib import closing
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -131,7 +132,7 @@ def db_objects(db: Path) -> dict[str, set[str]]:
     JOIN attribute_definition ad ON ad.primitive_definition_id = pi.primitive_definition_id
     """
     out: dict[str, set[str]] = {}
-    with sqlite3.connect(db) as conn:
+    with closing(sqlite3.connect(db)) as conn, conn:
         for tag, attr in conn.execute(query):
             names = out.setdefault(tag, set())
             if attr is not None:

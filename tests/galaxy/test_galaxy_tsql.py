@@ -14,6 +14,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -106,7 +107,7 @@ def test_tsql_reads_what_the_simulator_reads(galaxy_db: Path) -> None:
 def test_dynamic_attribute_wins_a_collision_with_a_builtin(tmp_path: Path) -> None:
     path = tmp_path / "galaxy.db"
     create_galaxy(path)
-    with sqlite3.connect(path) as conn:
+    with closing(sqlite3.connect(path)) as conn, conn:
         gid, pkg = conn.execute(
             "SELECT gobject_id, deployed_package_id FROM gobject WHERE tag_name = 'L1_Tank01'"
         ).fetchone()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import AsyncIterator
+from contextlib import closing
 from pathlib import Path
 
 import grpc
@@ -66,7 +67,7 @@ async def test_builtin_attributes_are_returned_and_never_flagged(galaxy: GalaxyS
 async def test_a_dynamic_attribute_wins_a_reference_collision(tmp_path: Path) -> None:
     db = tmp_path / "collide.db"
     create_galaxy(db)
-    with sqlite3.connect(db) as conn:
+    with closing(sqlite3.connect(db)) as conn, conn:
         gid, pkg = conn.execute(
             "SELECT gobject_id, deployed_package_id FROM gobject WHERE tag_name = 'L1_Pump01'"
         ).fetchone()
@@ -99,7 +100,7 @@ async def test_a_dynamic_attribute_wins_a_reference_collision(tmp_path: Path) ->
 def test_the_schema_has_zb_columns_and_one_marked_simulator_column(tmp_path: Path) -> None:
     db = tmp_path / "schema.db"
     create_galaxy(db)
-    with sqlite3.connect(db) as conn:
+    with closing(sqlite3.connect(db)) as conn, conn:
         columns = {r[1] for r in conn.execute("PRAGMA table_info(dynamic_attribute)")}
         builtin = {r[1] for r in conn.execute("PRAGMA table_info(attribute_definition)")}
         version = conn.execute("PRAGMA user_version").fetchone()[0]
@@ -112,7 +113,7 @@ def test_the_schema_has_zb_columns_and_one_marked_simulator_column(tmp_path: Pat
 async def test_an_older_schema_is_refused_with_a_clear_message(tmp_path: Path) -> None:
     db = tmp_path / "old.db"
     create_galaxy(db)
-    with sqlite3.connect(db) as conn:
+    with closing(sqlite3.connect(db)) as conn, conn:
         conn.execute("PRAGMA user_version = 1")
     with pytest.raises(ValueError, match="older mxgw-sim: delete the file"):
         await GalaxyService.open(db)

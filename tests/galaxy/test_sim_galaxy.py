@@ -7,6 +7,7 @@ import fnmatch
 import sqlite3
 import subprocess
 import sys
+from contextlib import closing
 from pathlib import Path
 
 import grpc
@@ -40,7 +41,7 @@ async def walk(
 
 def deployed_tags(db: Path) -> set[str]:
     """Q1 straight from the database: the deployed instances."""
-    with sqlite3.connect(db) as conn:
+    with closing(sqlite3.connect(db)) as conn, conn:
         rows = conn.execute(
             "SELECT tag_name FROM gobject WHERE is_template = 0 AND namespace_id = 1 "
             "AND deployed_package_id > 0"
@@ -343,7 +344,7 @@ async def test_test_connection_false_when_database_unreachable(
 async def test_last_deploy_time_and_deploy_from_another_process(galaxy: GalaxyServer) -> None:
     before = await galaxy.stub.GetLastDeployTime(gr.GetLastDeployTimeRequest())
     assert before.time_of_last_deploy_present
-    with sqlite3.connect(galaxy.db_path) as conn:
+    with closing(sqlite3.connect(galaxy.db_path)) as conn, conn:
         stored = conn.execute("SELECT time_of_last_deploy FROM galaxy").fetchone()[0]
     assert (
         timestamp_to_datetime(before.time_of_last_deploy).strftime("%Y-%m-%d %H:%M:%S.%f") == stored

@@ -56,6 +56,7 @@ from mxgateway_sim._gcpolicy import (
     YOUNG_REPLACEMENTS,
     ServerGcPolicy,
     _tenure,
+    host_froze,
     replaced,
     server_thresholds,
 )
@@ -143,19 +144,23 @@ async def test_items_leave_few_objects_for_the_collector(gateway: Gw) -> None:
 
 async def test_policy_applies_while_a_simulator_runs_and_is_undone_after() -> None:
     thresholds, frozen = gc.get_threshold(), gc.get_freeze_count()
+    # What stays frozen after: the process's own frozen objects (none here), not
+    # CPython 3.12's (immortal: frozen at its start-up, unfrozen with the policy's, see
+    # host_froze, and frozen again by 3.12's next full collection).
+    kept = frozen if host_froze() else 0
     async with (
         GatewaySimulator(scan_interval_ms=60_000) as _outer,
         GatewaySimulator(scan_interval_ms=60_000) as _inner,
     ):
         assert gc.get_threshold() == server_thresholds(thresholds)
         assert gc.get_threshold()[1:] == THRESHOLDS[1:]
-        if frozen == 0:  # start-up's objects are out of the collector's way
-            assert gc.get_freeze_count() > 0
+        if not kept:  # start-up's objects are out of the collector's way
+            assert gc.get_freeze_count() > frozen
     assert gc.get_threshold() == thresholds
-    assert gc.get_freeze_count() == frozen
+    assert gc.get_freeze_count() == kept
     async with GatewaySimulator(scan_interval_ms=60_000, tune_gc=False):
         assert gc.get_threshold() == thresholds
-        assert gc.get_freeze_count() == frozen
+        assert gc.get_freeze_count() <= frozen
 
 
 class _Node:
@@ -171,7 +176,7 @@ def _walked(obj: object) -> bool:
 
 
 async def test_tenure_freezes_survivors_and_its_valve_frees_their_garbage() -> None:
-    frozen = gc.get_freeze_count()
+    frozen = gc.get_freeze_count() if host_froze() else 0
     async with GatewaySimulator(scan_interval_ms=60_000, gc_tenure=True):
         node = _Node()
         ref = weakref.ref(node)
@@ -507,7 +512,7 @@ async def test_a_process_that_froze_objects_itself_gets_no_forced_collections() 
     # before the simulator started, tenure's hook is not installed, and replacements must
     # not set off young collections either (their survivors would not be frozen).
     limit = YOUNG_REPLACEMENTS
-    ours = gc.get_freeze_count() == 0
+    ours = not host_froze()
     if ours:
         gc.freeze()
     try:
@@ -518,6 +523,22 @@ async def test_a_process_that_froze_objects_itself_gets_no_forced_collections() 
     finally:
         if ours:
             gc.unfreeze()
+
+
+async def test_cpythons_own_frozen_objects_do_not_keep_the_policy_off() -> None:
+    # CPython 3.12 starts with objects of its own frozen (its built-in types' immortal
+    # base and MRO tuples) and freezes them again at every full collection: no process's
+    # gc.freeze(). Counting them as one kept tenure (and the sliced full collection) off
+    # for good on 3.12. Elsewhere nothing is frozen then, and the same must hold.
+    gc.collect()
+    assert not host_froze()
+    async with GatewaySimulator(scan_interval_ms=60_000, gc_tenure=True):
+        assert ServerGcPolicy.tenuring()
+    gc.freeze()  # a process's own freeze
+    try:
+        assert host_froze()
+    finally:
+        gc.unfreeze()
 
 
 async def test_replacements_are_bounded_by_the_advised_attributes(
@@ -553,6 +574,20 @@ def _ours(o: object) -> str | None:
     if getattr(getattr(o, "__func__", None), "__module__", "").startswith("mxgateway"):
         return kind.__qualname__
     return None
+
+
+def _the_clients(o: object) -> str | None:
+    """:func:`_ours`, of the client library only: the client tests below stop their
+    simulator first, and on Python 3.12+ a stopped embedded simulator's gRPC server (its
+    servicer and bound methods, a cycle) may be released, and so collected, only later."""
+    what = _ours(o)
+    if what is None:
+        return None
+    if isinstance(o, types.FrameType):
+        module = str(o.f_globals.get("__name__", ""))
+    else:
+        module = getattr(getattr(o, "__func__", None), "__module__", None) or type(o).__module__
+    return None if module.startswith("mxgateway_sim") else what
 
 
 def _ours_in_frozen_garbage() -> collections.Counter[str]:
@@ -768,7 +803,7 @@ async def test_a_retried_call_that_fails_leaves_no_cyclic_garbage_on_the_client(
         )
         client = await GatewayClient.connect(options=options)
     try:
-        with _cyclic_garbage() as cyclic:
+        with _cyclic_garbage(_the_clients) as cyclic:
             for _ in range(3):
                 with contextlib.suppress(MxGatewayUnavailableError):
                     await client.close_session("session-" + "0" * 32)
@@ -790,7 +825,7 @@ async def test_a_failed_subscription_leaves_no_cyclic_garbage() -> None:
         )
         client = await GatewayClient.connect(options=options)
     try:
-        with _cyclic_garbage() as cyclic:
+        with _cyclic_garbage(_the_clients) as cyclic:
             for _ in range(3):
                 subscriptions = [client.subscribe(REFS[:2], reconnect=None)]
                 with pytest.raises(MxGatewayUnavailableError):
