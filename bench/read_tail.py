@@ -142,11 +142,56 @@ def tag_reads(
     return combos, in_slow, in_all
 
 
-def summary(calls: Sequence[tuple[float, float]], spans: Sequence[Span]) -> dict[str, Any]:
-    """One run's figures (µs) and what overlapped its reads (:func:`tag_reads`)."""
+LEGS = ("request", "server", "reply")
+
+
+def legs(
+    calls: Sequence[tuple[float, float]], commands: Sequence[tuple[float, float]]
+) -> dict[str, Any]:
+    """Each read split at its command on the simulator's loop (the one inside it):
+    ``request`` (client's send to the servicer's start: the client's loop, the wire, the
+    simulator's poller thread and loop waking), ``server`` (the command on the loop),
+    ``reply`` (the reply handed back to the client's ``await`` returning: the simulator
+    sending, the client's event-engine threads, poller thread and loop waking). Medians
+    over all reads (µs), and for the slowest :data:`SLOW_SHARE`: the mean excess of each
+    leg over its median and how many of them had their largest excess in each."""
+    starts = [a for a, _ in commands]
+    split: list[tuple[float, float, float]] = []
+    for t0, t1 in calls:
+        i = bisect.bisect_left(starts, t0)
+        if i < len(commands) and commands[i][1] <= t1:
+            c0, c1 = commands[i]
+            split.append(((c0 - t0) * 1e6, (c1 - c0) * 1e6, (t1 - c1) * 1e6))
+    if not split:
+        return {}
+    medians = [median([s[k] for s in split]) for k in range(3)]
+    k = max(1, round(len(split) * SLOW_SHARE))
+    slowest = sorted(split, key=sum)[-k:]
+    worst: Counter[str] = Counter()
+    for s in slowest:
+        excess = [s[j] - medians[j] for j in range(3)]
+        worst[LEGS[excess.index(max(excess))]] += 1
+    return {
+        "split_reads": len(split),
+        "median_us": {LEGS[j]: rnd(medians[j], 1) for j in range(3)},
+        "slow_excess_us": {
+            LEGS[j]: rnd(sum(s[j] for s in slowest) / k - medians[j], 1) for j in range(3)
+        },
+        "slow_largest_excess": {leg: worst[leg] for leg in LEGS},
+    }
+
+
+def summary(
+    calls: Sequence[tuple[float, float]],
+    spans: Sequence[Span],
+    commands: Sequence[tuple[float, float]] = (),
+) -> dict[str, Any]:
+    """One run's figures (µs), what overlapped its reads (:func:`tag_reads`) and, with the
+    simulator's ``commands``, the reads' :func:`legs`."""
     lat = [(b - a) * 1e6 for a, b in calls]
     combos, in_slow, in_all = tag_reads(calls, spans)
     return {
+        "legs": legs(calls, sorted(commands)),
         "median_us": rnd(median(lat), 1),
         "p99_us": rnd(pct(lat, 99), 1),
         "max_us": rnd(max(lat), 1) if lat else None,
@@ -165,8 +210,8 @@ class Trace:
     def __init__(self, sim: ServerProcess, path: str, kinds: dict[str, str]) -> None:
         self.sim, self.path, self.kinds = sim, path, kinds
 
-    async def take(self) -> list[Span]:
-        """The spans since the last take."""
+    async def take(self) -> tuple[list[Span], list[tuple[float, float]]]:
+        """The spans since the last take, and the commands' (start, end)."""
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)
         assert self.sim.proc is not None
@@ -177,11 +222,12 @@ class Trace:
                 text = await asyncio.to_thread(Path(self.path).read_text, encoding="utf-8")
                 raw = json.loads(text)
                 kinds = self.kinds
-                return [
+                spans = [
                     (kinds.get(kind, kinds.get(kind[:2], "")), a, b)
                     for kind, a, b, _ in raw
                     if kinds.get(kind, kinds.get(kind[:2]))
                 ]
+                return spans, [(a, b) for kind, a, b, _ in raw if kind == "command"]
         raise RuntimeError(f"the simulator wrote no trace to {self.path}")
 
 
@@ -283,6 +329,24 @@ class Background:
             await self.slow.unadvise()
 
 
+def legs_over_rounds(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """:func:`legs` of the rounds: medians of the medians and excesses, the counts summed."""
+    runs = [r for r in runs if r]
+    if not runs:
+        return {}
+    return {
+        "legs_median_us": {
+            leg: rnd(median([r["median_us"][leg] for r in runs]), 1) for leg in LEGS
+        },
+        "legs_slow_excess_us": {
+            leg: rnd(median([r["slow_excess_us"][leg] for r in runs]), 1) for leg in LEGS
+        },
+        "legs_slow_largest_excess": {
+            leg: sum(r["slow_largest_excess"][leg] for r in runs) for leg in LEGS
+        },
+    }
+
+
 def summarise(
     runs: dict[str, dict[str, list[dict[str, Any]]]],
 ) -> dict[str, Any]:
@@ -307,6 +371,7 @@ def summarise(
                 "p99_us_by_round": [r["p99_us"] for r in rounds],
                 "client_gcs_total": sum(r["client_gcs"] for r in rounds),
                 "slow_reads_by_tag": dict(slow.most_common()),
+                **legs_over_rounds([r["legs"] for r in rounds]),
                 # Per kind: its share of the slowest reads / its share of all reads.
                 "overlap_share_slow_vs_all": {
                     kind: [rnd(in_slow[kind] / n_slow, 3), rnd(in_all[kind] / n_all, 3)]
@@ -413,6 +478,7 @@ async def measure(p: dict[str, Any], base: str | None) -> dict[str, Any]:
                 for side in order:
                     for t in trace.values():  # start afresh
                         await t.take()
+                    commands: list[tuple[float, float]] = []
                     before = {
                         name: (time.perf_counter(), schedstat_cpu_s(pid), thread_sleeps(pid))
                         for name, pid in pids.items()
@@ -435,10 +501,11 @@ async def measure(p: dict[str, Any], base: str | None) -> dict[str, Any]:
                         )
                     own = "library" if side == NO_EE_SIDE else side
                     if own in trace:
-                        spans += await trace[own].take()
+                        more, commands = await trace[own].take()
+                        spans += more
                     for name in ("busy", "slow"):
-                        spans += await trace[name].take()
-                    runs[condition][side].append(summary(got["calls"], spans))
+                        spans += (await trace[name].take())[0]
+                    runs[condition][side].append(summary(got["calls"], spans, commands))
                 if condition == "background":
                     await background.off()
     out = summarise(runs)

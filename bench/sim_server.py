@@ -171,8 +171,10 @@ class TailTrace:
     """What may hold the server's loop, each with its times (``time.perf_counter``: the
     monotonic clock every process on the machine shares, so a client can line them up
     with its calls): garbage collections (generation, objects walked), scan-tick slices,
-    and, on the asyncio loop with ``callbacks``, every loop callback that ran longer than
-    :data:`TRACE_SLOW_CALLBACK_S` (its name). ``bench/read_tail.py`` reads them."""
+    each command of a command stream (``command``: request handed to the servicer to
+    reply handed back) and, on the asyncio loop with ``callbacks``, every loop callback
+    that ran longer than :data:`TRACE_SLOW_CALLBACK_S` (its name). ``bench/read_tail.py``
+    reads them."""
 
     def __init__(self, path: Path, *, callbacks: bool) -> None:
         self.path = path
@@ -182,6 +184,7 @@ class TailTrace:
         self._gc_start = 0.0
         gc.callbacks.append(self._on_gc)
         self._patch_tick()
+        self._patch_commands()
         if callbacks:
             self._patch_callbacks()
 
@@ -207,6 +210,24 @@ class TailTrace:
             spans.append(("tick", t0, time.perf_counter(), len(plant._active)))
 
         Plant._tick = traced  # type: ignore[assignment]
+
+    def _patch_commands(self) -> None:
+        """``command`` spans: each command of a command stream on the loop, from its
+        request handed to the servicer to its reply handed back (the rest of a round trip
+        is the two processes' threads and the wire)."""
+        from mxgateway_sim._servicer import GatewayServicer
+
+        spans = self.spans
+        command = GatewayServicer._stream_command
+
+        async def traced(servicer: Any, request: object, context: Any) -> Any:
+            t0 = time.perf_counter()
+            try:
+                return await command(servicer, request, context)
+            finally:
+                spans.append(("command", t0, time.perf_counter(), 0))
+
+        GatewayServicer._stream_command = traced  # type: ignore[assignment]
 
     def _patch_callbacks(self) -> None:
         from asyncio import events
