@@ -7,7 +7,6 @@ import itertools
 import logging
 import os
 from collections.abc import Callable, Iterable, Sequence
-from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from mxgateway._cmdstream import CommandStream
@@ -22,7 +21,6 @@ from mxgateway._errors import (
 )
 from mxgateway._eventwire import EventBatchView, EventView
 from mxgateway._logsafe import get_logger
-from mxgateway._options import ClientOptions
 from mxgateway._owner import TransportOwner
 from mxgateway._retry import RetryPolicy
 from mxgateway._transport import DEFAULT, Stream, Transport, UseDefault
@@ -133,22 +131,6 @@ class GatewayClient(TransportOwner):
         transport = await Transport.connect(endpoint, **keywords)
         _log.debug("connected to %s", transport.options.endpoint)
         return cls(transport)
-
-    # -- properties -------------------------------------------------------------------
-    @property
-    def options(self) -> ClientOptions:
-        """The options of this connection."""
-        return self._transport.options
-
-    @property
-    def transport(self) -> Transport:
-        """The gRPC seam this client calls through."""
-        return self._transport
-
-    @property
-    def closed(self) -> bool:
-        """True once :meth:`close` was called."""
-        return self._transport.closed
 
     def _next_correlation_id(self) -> str:
         return f"{self._correlation_prefix}{next(self._correlation)}"
@@ -535,14 +517,6 @@ class GatewayClient(TransportOwner):
     async def __aenter__(self) -> GatewayClient:
         self._check_open()
         return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
 
 def _stream_request(session_id: str, after: int | None) -> pb.StreamEventsRequest:

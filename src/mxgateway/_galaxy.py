@@ -24,7 +24,6 @@ from typing import TYPE_CHECKING, Any, TypedDict
 
 from mxgateway._errors import MxGatewayInvalidRequestError
 from mxgateway._logsafe import get_logger
-from mxgateway._options import ClientOptions
 from mxgateway._owner import TransportOwner
 from mxgateway._transport import DEFAULT, Stream, Transport, UseDefault
 
@@ -242,21 +241,6 @@ class GalaxyRepositoryClient(TransportOwner):
         return cls(transport)
 
     @property
-    def transport(self) -> Transport:
-        """The gRPC seam this client calls through."""
-        return self._transport
-
-    @property
-    def options(self) -> ClientOptions:
-        """The connection options (the API key is redacted in their repr)."""
-        return self._transport.options
-
-    @property
-    def closed(self) -> bool:
-        """True once :meth:`close` was called."""
-        return self._transport.closed
-
-    @property
     def deploy_events_missed(self) -> int:
         """Deploy events the server dropped across all watches of this client."""
         return self._deploy_events_missed
@@ -267,14 +251,6 @@ class GalaxyRepositoryClient(TransportOwner):
 
     async def __aenter__(self) -> GalaxyRepositoryClient:
         return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     # ----- unary ------------------------------------------------------------------------
     async def test_connection(self, *, timeout: float | UseDefault | None = DEFAULT) -> bool:

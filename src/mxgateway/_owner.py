@@ -10,18 +10,48 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
+from types import TracebackType
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from mxgateway._options import ClientOptions
     from mxgateway._transport import Transport
 
 __all__ = ["TransportOwner"]
 
 
 class TransportOwner:
-    """Base of a client that owns ``self._transport``: its repr and its unclosed warning."""
+    """Base of a client that owns ``self._transport``: its connection's properties, its
+    ``async with`` exit (:meth:`close`), its repr and its unclosed warning."""
 
     _transport: Transport
+
+    @property
+    def transport(self) -> Transport:
+        """The gRPC seam this client calls through."""
+        return self._transport
+
+    @property
+    def options(self) -> ClientOptions:
+        """The connection options (the API key is redacted in their repr)."""
+        return self._transport.options
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` was called."""
+        return self._transport.closed
+
+    async def close(self) -> None:
+        """Close the channel (idempotent)."""
+        raise NotImplementedError
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
 
     def __repr__(self) -> str:
         state = "closed" if self._transport.closed else "open"
