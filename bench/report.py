@@ -321,6 +321,54 @@ def opcua(b: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+def readtail(b: dict[str, Any]) -> str:
+    """``bench readtail``: per condition and side, the read's median and p99, the p99 ratio
+    to asyncua, the legs of a read and what overlapped the slowest reads."""
+    r = b["results"]
+    rows = []
+    for condition, sides in r["conditions"].items():
+        for side, row in sides.items():
+            if side == "other_simulators":
+                continue
+            legs = row.get("legs_median_us") or {}
+            ratio = row.get("p99_us_ratio")
+            tags = ", ".join(f"{k} {v}" for k, v in list(row["slow_reads_by_tag"].items())[:3])
+            rows.append(
+                [
+                    condition,
+                    side,
+                    f"{_fmt(row['median_us'])} µs",
+                    f"{_fmt(row['p99_us'])} µs",
+                    f"{_fmt(ratio)} [{_fmt(row.get('p99_us_ratio_min'))}-"
+                    f"{_fmt(row.get('p99_us_ratio_max'))}]"
+                    if ratio is not None
+                    else "",
+                    " / ".join(_fmt(legs.get(leg)) for leg in ("request", "server", "reply"))
+                    if legs
+                    else "",
+                    tags,
+                ]
+            )
+    heads = [
+        "rounds",
+        "side",
+        "median",
+        "p99",
+        "p99 / asyncua's [min-max]",
+        "request / command / reply (µs)",
+        "slowest reads overlapped",
+    ]
+    others = {c: v.get("other_simulators") for c, v in r["conditions"].items()}
+    return "\n".join(
+        [
+            table(heads, rows),
+            "",
+            f"Load average (1/5/15 min) before: {r.get('load_before')}, after: "
+            f"{r.get('load_after')}; other simulators: {others}.",
+        ]
+    )
+
+
 def _target_values(doc: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, b in doc["benchmarks"].items():
@@ -377,6 +425,7 @@ def main(argv: list[str] | None = None) -> int:
         "profile": profile,
         "galaxy": galaxy,
         "opcua": opcua,
+        "readtail": readtail,
     }
     for name, b in doc["benchmarks"].items():
         print(f"### {name} ({b.get('elapsed_s', '?')} s)\n")
