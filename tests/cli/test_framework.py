@@ -164,23 +164,30 @@ def test_help_exits_zero() -> None:
         assert command in result.out
 
 
+_OFFLINE = ["--endpoint", "127.0.0.1:1", "--plaintext", "--timeout", "2", "--json"]
+"""Flags of a run that fails before it connects (nothing listens on port 1)."""
+
+
+def _write_argv(type_name: str, value: str, *more: str) -> list[str]:
+    """``write`` of ``value`` as ``type_name`` to item 2 of server handle 1 in session s."""
+    return [
+        "write",
+        "--session-id",
+        "s",
+        "--server-handle",
+        "1",
+        "--item-handle",
+        "2",
+        "--type",
+        type_name,
+        "--value",
+        value,
+        *more,
+    ]
+
+
 def test_unknown_type_is_usage_error() -> None:
-    result = run(
-        [
-            "write",
-            "--session-id",
-            "s",
-            "--server-handle",
-            "1",
-            "--item-handle",
-            "2",
-            "--type",
-            "quaternion",
-            "--value",
-            "1",
-            "--json",
-        ]
-    )
+    result = run(_write_argv("quaternion", "1", "--json"))
     assert result.code == ExitCode.USAGE
     assert "quaternion" in result.error()["message"]
 
@@ -251,63 +258,17 @@ def test_bad_values_are_usage_errors(type_name: str, text: str) -> None:
 
 
 def test_non_finite_write_via_cli_is_usage_error() -> None:
-    result = run(
-        [
-            "write",
-            "--session-id",
-            "s",
-            "--server-handle",
-            "1",
-            "--item-handle",
-            "2",
-            "--type",
-            "double",
-            "--value",
-            "nan",
-            "--endpoint",
-            "127.0.0.1:1",
-            "--plaintext",
-            "--json",
-        ]
-    )
+    result = run([*_write_argv("double", "nan"), *_OFFLINE])
     assert result.code == ExitCode.USAGE
     assert "not finite" in result.error()["message"]
 
 
 def test_every_library_value_type_is_a_type_choice() -> None:
     parser = build_parser()
-    args = parser.parse_args(
-        [
-            "write",
-            "--session-id",
-            "s",
-            "--server-handle",
-            "1",
-            "--item-handle",
-            "2",
-            "--type",
-            "elapsed",
-            "--value",
-            "1",
-        ]
-    )
+    args = parser.parse_args(_write_argv("elapsed", "1"))
     assert args.type == "elapsed"
     for type_name in mxgateway.VALUE_TYPES:
-        parser.parse_args(
-            [
-                "write",
-                "--session-id",
-                "s",
-                "--server-handle",
-                "1",
-                "--item-handle",
-                "2",
-                "--type",
-                type_name,
-                "--value",
-                "1",
-            ]
-        )
+        parser.parse_args(_write_argv(type_name, "1"))
 
 
 # --- endpoints and connection settings ----------------------------------------------------
@@ -470,33 +431,8 @@ def test_plaintext_ignores_tls_environment_defaults() -> None:
 
 
 def test_out_of_range_user_id_is_usage_error() -> None:
-    result = run(
-        [
-            "write",
-            "--session-id",
-            "s",
-            "--server-handle",
-            "1",
-            "--item-handle",
-            "2",
-            "--type",
-            "int32",
-            "--value",
-            "1",
-            "--user-id",
-            "99999999999",
-            "--endpoint",
-            "127.0.0.1:1",
-            "--plaintext",
-            "--timeout",
-            "2",
-            "--json",
-        ]
-    )
+    result = run([*_write_argv("int32", "1", "--user-id", "99999999999"), *_OFFLINE])
     assert result.code == ExitCode.USAGE, result.err
-
-
-_OFFLINE = ["--endpoint", "127.0.0.1:1", "--plaintext", "--timeout", "2", "--json"]
 
 
 @pytest.mark.parametrize(
