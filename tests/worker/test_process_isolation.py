@@ -190,12 +190,7 @@ async def test_subscription_recovers_on_a_new_session_after_sigkill(
 
 
 async def test_stopping_the_gateway_stops_every_worker() -> None:
-    async with (
-        GatewaySimulator(catalog=builtin_catalog(), session_isolation="process") as sim,
-        await GatewayClient.connect(
-            endpoint=sim.endpoint, api_key=sim.api_key, plaintext=True
-        ) as client,
-    ):
+    async with _gateway() as (sim, client):
         sessions = [await client.open_session(client_session_name=f"s{i}") for i in range(3)]
         pids = [await _pid(s) for s in sessions]
         await sim.stop()
@@ -252,16 +247,7 @@ async def test_a_redeploy_retires_the_pooled_workers_started_before_it() -> None
     session gets a worker with the new catalog, and the stale ones are stopped."""
     base = builtin_catalog().all_tags()
     catalog = _Redeployable(base)
-    async with (
-        GatewaySimulator(
-            catalog=catalog,
-            session_isolation="process",
-            worker_settings=WorkerSettings(pool_size=2),
-        ) as sim,
-        await GatewayClient.connect(
-            endpoint=sim.endpoint, api_key=sim.api_key, plaintext=True
-        ) as client,
-    ):
+    async with _gateway(WorkerSettings(pool_size=2), catalog=catalog) as (_sim, client):
         stale = await _until_workers(2)
         catalog.redeploy([*base, tag("Tank99", "Level", MX_DOUBLE)])
         async with await client.open_session(client_session_name="after") as session:
@@ -328,15 +314,7 @@ async def test_read_bulk_rows_pass_through_as_the_worker_encoded_them() -> None:
     (read() then read_reply_bytes), for cached, fresh, failed and unknown rows, and the
     reply's byte limit applies the same. (No scan runs meanwhile: the values hold still.)"""
     async with (
-        GatewaySimulator(
-            catalog=builtin_catalog(),
-            scan_interval_ms=3_600_000,
-            session_isolation="process",
-            worker_settings=WorkerSettings(pool_size=0),
-        ) as sim,
-        await GatewayClient.connect(
-            endpoint=sim.endpoint, api_key=sim.api_key, plaintext=True
-        ) as client,
+        _gateway(WorkerSettings(pool_size=0), scan_interval_ms=3_600_000) as (sim, client),
         await client.open_session(client_session_name="reads") as session,
     ):
         h = await session.register("t")
@@ -360,14 +338,7 @@ async def test_read_bulk_rows_pass_through_as_the_worker_encoded_them() -> None:
 async def test_bulk_adds_through_a_worker_keep_the_item_limit_and_create_nothing() -> None:
     options = SessionOptions(max_items_per_session=100)
     async with (
-        GatewaySimulator(
-            catalog=builtin_catalog(),
-            session_isolation="process",
-            session_options=options,
-        ) as sim,
-        await GatewayClient.connect(
-            endpoint=sim.endpoint, api_key=sim.api_key, plaintext=True
-        ) as client,
+        _gateway(session_options=options) as (_sim, client),
         await client.open_session(client_session_name="limits") as session,
     ):
         h = await session.register("t")
@@ -391,12 +362,7 @@ async def test_workers_do_not_inherit_the_gateways_secrets(
     monkeypatch.setenv("HARMLESS_SETTING", "kept")
     settings = WorkerSettings(private_env=("MY_GATEWAY_KEY",))
     async with (
-        GatewaySimulator(
-            catalog=builtin_catalog(), session_isolation="process", worker_settings=settings
-        ) as sim,
-        await GatewayClient.connect(
-            endpoint=sim.endpoint, api_key=sim.api_key, plaintext=True
-        ) as client,
+        _gateway(settings) as (_sim, client),
         await client.open_session(client_session_name="env") as session,
     ):
         environ = psutil.Process(await _pid(session)).environ()
@@ -427,14 +393,7 @@ async def test_a_worker_that_does_not_start_fails_the_open_cleanly(
     command: tuple[str, ...], why: str
 ) -> None:
     settings = WorkerSettings(command=command, startup_timeout_s=1.0, pool_size=0)
-    async with (
-        GatewaySimulator(
-            catalog=builtin_catalog(), session_isolation="process", worker_settings=settings
-        ) as sim,
-        await GatewayClient.connect(
-            endpoint=sim.endpoint, api_key=sim.api_key, plaintext=True
-        ) as client,
-    ):
+    async with _gateway(settings) as (sim, client):
         before = {p.pid for p in psutil.Process().children(recursive=True)}
         with pytest.raises(MxGatewayUnavailableError, match=why):
             await client.open_session(client_session_name="broken")
@@ -447,17 +406,9 @@ async def test_a_worker_that_does_not_start_fails_the_open_cleanly(
 async def test_a_worker_on_threaded_io_serves_a_session() -> None:
     """The Windows channel (blocking pipes in threads), run here on POSIX."""
     command = (sys.executable, "-m", "mxgateway_sim.worker", "--io", "threads")
-    async with (
-        GatewaySimulator(
-            catalog=builtin_catalog(),
-            scan_interval_ms=20,
-            flaky_one_in=0,
-            session_isolation="process",
-            worker_settings=WorkerSettings(command=command),
-        ) as sim,
-        await GatewayClient.connect(
-            endpoint=sim.endpoint, api_key=sim.api_key, plaintext=True
-        ) as client,
+    async with _gateway(WorkerSettings(command=command), scan_interval_ms=20, flaky_one_in=0) as (
+        _sim,
+        client,
     ):
         async with await client.open_session(client_session_name="threads") as session:
             pid = await _pid(session)
@@ -482,14 +433,7 @@ async def test_the_gateway_refuses_a_worker_that_fails_the_handshake(mode: str, 
     settings = WorkerSettings(
         command=(sys.executable, FAKE_WORKER, mode), startup_timeout_s=10, pool_size=0
     )
-    async with (
-        GatewaySimulator(
-            catalog=builtin_catalog(), session_isolation="process", worker_settings=settings
-        ) as sim,
-        await GatewayClient.connect(
-            endpoint=sim.endpoint, api_key=sim.api_key, plaintext=True
-        ) as client,
-    ):
+    async with _gateway(settings) as (sim, client):
         with pytest.raises(MxGatewayUnavailableError, match=why):
             await client.open_session(client_session_name="fake")
         assert sim.sessions is not None and len(sim.sessions) == 0
@@ -512,12 +456,7 @@ async def test_a_worker_that_breaks_the_protocol_faults_its_session(mode: str, w
         pool_size=0,
     )
     async with (
-        GatewaySimulator(
-            catalog=builtin_catalog(), session_isolation="process", worker_settings=settings
-        ) as sim,
-        await GatewayClient.connect(
-            endpoint=sim.endpoint, api_key=sim.api_key, plaintext=True
-        ) as client,
+        _gateway(settings) as (sim, client),
         await client.open_session(client_session_name="fake") as session,
     ):
         assert sim.sessions is not None
@@ -540,14 +479,7 @@ async def test_a_worker_that_breaks_right_after_ready_never_leaves_a_ready_sessi
     """Whether the break is seen before OpenSession returns (it fails) or after (the session
     faults), no session is left READY on a dead worker."""
     settings = WorkerSettings(command=(sys.executable, FAKE_WORKER, "break-at-ready"), pool_size=0)
-    async with (
-        GatewaySimulator(
-            catalog=builtin_catalog(), session_isolation="process", worker_settings=settings
-        ) as sim,
-        await GatewayClient.connect(
-            endpoint=sim.endpoint, api_key=sim.api_key, plaintext=True
-        ) as client,
-    ):
+    async with _gateway(settings) as (_sim, client):
         for _ in range(5):
             try:
                 session = await client.open_session(client_session_name="fake")

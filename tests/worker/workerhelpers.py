@@ -132,17 +132,14 @@ def frame_of(envelope: wpb.WorkerEnvelope) -> bytes:
 
 @contextlib.asynccontextmanager
 async def process_gateway(
-    settings: WorkerSettings, **options: Any
+    settings: WorkerSettings | None = None, **options: Any
 ) -> AsyncIterator[tuple[GatewaySimulator, GatewayClient]]:
-    """A process-isolation gateway over the built-in catalog with these worker settings
-    (and ``GatewaySimulator`` options), and a client of it."""
+    """A process-isolation gateway with these worker settings (None: the defaults) and
+    ``GatewaySimulator`` options (the catalog: the built-in one unless given), and a
+    client of it."""
+    options.setdefault("catalog", builtin_catalog())
     async with (
-        GatewaySimulator(
-            catalog=builtin_catalog(),
-            session_isolation="process",
-            worker_settings=settings,
-            **options,
-        ) as sim,
+        GatewaySimulator(session_isolation="process", worker_settings=settings, **options) as sim,
         await GatewayClient.connect(
             endpoint=sim.endpoint, api_key=sim.api_key, plaintext=True
         ) as client,
