@@ -21,6 +21,12 @@ def _no_secrets(result: Result) -> None:
         assert secret not in text
 
 
+def _unknown_session(sim: SimServer, command: str, *flags: str) -> Result:
+    """Run ``command`` with ``flags`` under ``--json`` on a session the gateway does not
+    know."""
+    return run([command, "--session-id", UNKNOWN_SESSION, *flags, "--json", *sim.flags])
+
+
 def _error(result: Result, exit_code: ExitCode, code: str) -> dict[str, object]:
     assert result.code == exit_code, result.err
     assert result.out == ""
@@ -33,22 +39,18 @@ def _error(result: Result, exit_code: ExitCode, code: str) -> dict[str, object]:
 
 
 def test_unknown_session_on_invoke_is_not_found(sim: SimServer) -> None:
-    result = run(
-        ["register", "--session-id", UNKNOWN_SESSION, "--client-name", "x", "--json", *sim.flags]
-    )
+    result = _unknown_session(sim, "register", "--client-name", "x")
     error = _error(result, ExitCode.NOT_FOUND, "SESSION_NOT_FOUND")
     assert error["type"] == "MxGatewaySessionNotFoundError"
 
 
 def test_unknown_session_on_close_is_not_found(sim: SimServer) -> None:
-    result = run(["close-session", "--session-id", UNKNOWN_SESSION, "--json", *sim.flags])
+    result = _unknown_session(sim, "close-session")
     _error(result, ExitCode.NOT_FOUND, "NOT_FOUND")
 
 
 def test_unknown_session_on_stream_is_not_found(sim: SimServer) -> None:
-    result = run(
-        ["stream-events", "--session-id", UNKNOWN_SESSION, "--timeout", "30", "--json", *sim.flags]
-    )
+    result = _unknown_session(sim, "stream-events", "--timeout", "30")
     _error(result, ExitCode.NOT_FOUND, "NOT_FOUND")
 
 
@@ -205,62 +207,23 @@ def test_human_error_is_one_line_without_key(sim: SimServer) -> None:
     ],
 )
 def test_bad_values_never_reach_the_gateway(sim: SimServer, argv: list[str]) -> None:
-    result = run(
-        [
-            *argv[:1],
-            "--session-id",
-            UNKNOWN_SESSION,
-            "--server-handle",
-            "1",
-            "--item-handle",
-            "1",
-            *argv[1:],
-            "--json",
-            *sim.flags,
-        ]
-    )
+    command, *flags = argv
+    result = _unknown_session(sim, command, "--server-handle", "1", "--item-handle", "1", *flags)
     # A usage error, not SESSION_NOT_FOUND: nothing was sent.
     _error(result, ExitCode.USAGE, "USAGE")
 
 
 def test_write_bulk_needs_pairs(sim: SimServer) -> None:
-    result = run(
-        [
-            "write-bulk",
-            "--session-id",
-            UNKNOWN_SESSION,
-            "--server-handle",
-            "1",
-            "--item-handle",
-            "1",
-            "--item-handle",
-            "2",
-            "--value",
-            "1",
-            "--type",
-            "int32",
-            "--json",
-            *sim.flags,
-        ]
-    )
+    handles = ["--server-handle", "1", "--item-handle", "1", "--item-handle", "2"]
+    result = _unknown_session(sim, "write-bulk", *handles, "--value", "1", "--type", "int32")
     _error(result, ExitCode.USAGE, "USAGE")
 
 
 def test_password_env_missing_is_usage_error(sim: SimServer) -> None:
-    result = run(
-        [
-            "authenticate-user",
-            "--session-id",
-            UNKNOWN_SESSION,
-            "--server-handle",
-            "1",
-            "--user",
-            "operator",
-            "--password-env",
-            "MXGW_NO_SUCH_VAR",
-            "--json",
-            *sim.flags,
-        ]
+    result = _unknown_session(
+        sim,
+        "authenticate-user",
+        *("--server-handle", "1", "--user", "operator", "--password-env", "MXGW_NO_SUCH_VAR"),
     )
     _error(result, ExitCode.USAGE, "USAGE")
 
