@@ -132,7 +132,8 @@ async def measure(p: dict[str, Any], report: Report) -> dict[str, Any]:
 
 def source() -> dict[str, Any]:
     """Which simulator and library were measured: the package's folder and, in a git
-    checkout, its commit (``PYTHONPATH=<another checkout>/src`` measures another one)."""
+    checkout, its commit (``PYTHONPATH=<another checkout>/src`` measures another one), and
+    whether the simulator's read plans take the numpy path (``MXGW_SIM_NUMPY=0``: not)."""
     import mxgateway_sim
 
     folder = Path(mxgateway_sim.__file__).resolve().parent
@@ -146,7 +147,13 @@ def source() -> dict[str, Any]:
         ).stdout.strip()
     except OSError:
         commit = ""
-    return {"package": str(folder), "commit": commit or None}
+    try:  # whether its read plans take the numpy path (MXGW_SIM_NUMPY; None: no such path)
+        from mxgateway_sim import _readvec
+
+        numpy_path: bool | None = _readvec.ENABLED
+    except ImportError:
+        numpy_path = None
+    return {"package": str(folder), "commit": commit or None, "numpy_path": numpy_path}
 
 
 def run(quick: bool = False) -> dict[str, Any]:

@@ -219,6 +219,8 @@ def run(quick: bool = False) -> dict[str, Any]:
     report.results["base_src"] = os.environ.get(BASE_ENV)
     report.results["pipe_chunks"] = os.environ.get(CHUNKS_ENV)
     report.results["base_pipe_chunks"] = os.environ.get(BASE_CHUNKS_ENV)
+    # Both sides' simulators inherit it: MXGW_SIM_NUMPY=0 keeps their read plans off numpy.
+    report.results["sim_numpy_env"] = os.environ.get("MXGW_SIM_NUMPY")
     measure(p, report)
     report.results["load_after"] = [round(x, 2) for x in os.getloadavg()]
     report.notes.append(
