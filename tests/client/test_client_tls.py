@@ -8,11 +8,11 @@ from pathlib import Path
 import grpc
 import pytest
 from client_fakes import FakeServer
-from client_tls import make_tls
 
 from mxgateway import ClientOptions, GatewayClient, MxGatewayUnavailableError
 from mxgateway._transport import Transport
 from support import unused_port
+from support.tls import make_tls
 
 pytestmark = pytest.mark.slow  # real processes or TLS handshakes: left out of the fast loop
 

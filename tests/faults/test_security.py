@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
-import ipaddress
 import json
 import logging
 import os
@@ -16,10 +14,6 @@ from typing import Any
 
 import grpc
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from mxgateway import (
     ClientOptions,
@@ -35,6 +29,7 @@ from mxgateway.generated import mxaccess_gateway_pb2 as pb
 from mxgateway.generated import mxaccess_gateway_pb2_grpc as rpc
 from mxgateway_sim import SCOPES, ApiKeyStore, GatewaySimulator, builtin_catalog, new_key
 from mxgateway_sim.cli import main as sim_main
+from support.tls import make_tls
 
 MXGW_SIM = (sys.executable, "-c", "from mxgateway_sim.cli import run; run()")
 MXGW_PY = (sys.executable, "-c", "from mxgateway_cli.main import run; run()")
@@ -367,48 +362,11 @@ def test_keys_never_in_cli_output(tmp_path: Path) -> None:
 
 def _cert_for(directory: Path, name: str) -> tuple[Path, Path, Path]:
     """A CA and a server certificate for ``name`` only (not localhost, not 127.0.0.1)."""
-    now = dt.datetime.now(dt.timezone.utc)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fault tests CA")])
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
-        .issuer_name(ca_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    ca_file, cert_file, key_file = (
-        directory / "ca.pem",
-        directory / "srv.pem",
-        directory / "srv.key",
-    )
-    ca_file.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    _ = ipaddress  # (IP SANs deliberately absent)
-    return ca_file, cert_file, key_file
+    tls = make_tls(directory, dns_names=(name,), ips=())  # (IP SANs deliberately absent)
+    cert_file, key_file = directory / "srv.pem", directory / "srv.key"
+    cert_file.write_bytes(tls.cert_pem)
+    key_file.write_bytes(tls.key_pem)
+    return tls.ca_file, cert_file, key_file
 
 
 async def _works(**kwargs: Any) -> None:

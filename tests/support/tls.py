@@ -1,4 +1,4 @@
-"""Throw-away TLS material for the client tests: a CA and a server certificate it signs."""
+"""Throw-away TLS material for the tests: a CA and a server certificate it signs."""
 
 from __future__ import annotations
 
