@@ -24,6 +24,17 @@ DISCONNECT = OverflowPolicy.DISCONNECT_SUBSCRIBER  # the selectable policy these
 RING = 500
 
 
+def _overloading_gateway() -> GatewaySimulator:
+    """400 analog items changing every 10 ms, each subscriber's queue bounded at
+    ``QUEUE_LIMIT`` and disconnected when it overflows (the ring keeps ``RING`` events)."""
+    options = SessionOptions(
+        event_queue_limit=QUEUE_LIMIT, replay_ring_size=RING, overflow_policy=DISCONNECT
+    )
+    return GatewaySimulator(
+        catalog=analog_catalog(400), scan_interval_ms=10, flaky_one_in=0, session_options=options
+    )
+
+
 def _queues_within_limit(sim: GatewaySimulator) -> bool:
     assert sim.sessions is not None
     for session in sim.sessions.sessions():
@@ -37,16 +48,8 @@ def _queues_within_limit(sim: GatewaySimulator) -> bool:
 
 async def test_slow_consumer_is_disconnected_and_others_are_unaffected() -> None:
     """Raw stream that stops reading: EVENT_QUEUE_OVERFLOW then RESOURCE_EXHAUSTED."""
-    options = SessionOptions(
-        event_queue_limit=QUEUE_LIMIT, replay_ring_size=RING, overflow_policy=DISCONNECT
-    )
     async with (
-        GatewaySimulator(
-            catalog=analog_catalog(400),
-            scan_interval_ms=10,
-            flaky_one_in=0,
-            session_options=options,
-        ) as sim,
+        _overloading_gateway() as sim,
         grpc.aio.insecure_channel(sim.endpoint) as channel,
         await connect(sim) as client,
     ):
@@ -116,16 +119,8 @@ async def test_slow_consumer_is_disconnected_and_others_are_unaffected() -> None
 
 async def test_slow_public_consumer_sees_overflow_and_a_typed_gap() -> None:
     """Session.events() read too slowly: overflow notice, resume, EventGap; never silent."""
-    options = SessionOptions(
-        event_queue_limit=QUEUE_LIMIT, replay_ring_size=RING, overflow_policy=DISCONNECT
-    )
     async with (
-        GatewaySimulator(
-            catalog=analog_catalog(400),
-            scan_interval_ms=10,
-            flaky_one_in=0,
-            session_options=options,
-        ) as sim,
+        _overloading_gateway() as sim,
         await connect(sim) as client,
         await client.open_session(client_session_name="slow") as session,
     ):
