@@ -106,6 +106,54 @@ def stop_sim(process: subprocess.Popen[str]) -> None:
         process.stdout.close()
 
 
+def with_default_sigint(argv: list[str]) -> list[str]:
+    """``argv`` run with SIGINT at its default action, as a shell runs a foreground job.
+
+    A suite started in the background by a non-interactive shell (``pytest &`` in a script)
+    inherits SIGINT as ignored, and an ignored signal stays ignored across exec: Ctrl+C
+    would never reach the CLI. Reset it, then exec the command.
+    """
+    reset = (
+        "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+        "os.execv(sys.argv[1], sys.argv[1:])"
+    )
+    return [sys.executable, "-c", reset, *argv]
+
+
+def ctrl_c_after(
+    argv: list[str], env: dict[str, str], marker: str, timeout: float
+) -> tuple[int, str, str]:
+    """Run ``argv`` (SIGINT at its default action), wait until its stdout shows ``marker``,
+    press Ctrl+C (SIGINT) and return its exit code, its whole stdout and its stderr."""
+    process = subprocess.Popen(
+        with_default_sigint(argv),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    out = ""
+    try:
+        assert process.stdout is not None
+        selector = selectors.DefaultSelector()
+        selector.register(process.stdout, selectors.EVENT_READ)
+        deadline = time.monotonic() + timeout
+        while marker not in out and time.monotonic() < deadline:
+            if selector.select(deadline - time.monotonic()):
+                out += process.stdout.readline()
+        selector.close()
+        assert marker in out, out
+        process.send_signal(signal.SIGINT)
+        # Read on through the same buffered reader (communicate() would skip what it holds).
+        out += process.stdout.read()
+        _, err = process.communicate(timeout=timeout)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    return process.returncode, out, err
+
+
 @pytest.fixture(scope="session")
 def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimServer]:
     """The shared plaintext simulator (private Galaxy DB, Good quality only)."""

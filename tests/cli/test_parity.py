@@ -262,11 +262,10 @@ def test_batch_ctrl_c_ends_at_once_while_waiting_for_a_line(sim: SimServer) -> N
     import subprocess
     import time
 
-    from .conftest import CLI
-    from .test_processes import _with_default_sigint
+    from .conftest import CLI, with_default_sigint
 
     process = subprocess.Popen(
-        _with_default_sigint([*CLI, "batch"]),
+        with_default_sigint([*CLI, "batch"]),
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -9,18 +9,15 @@ Ctrl+C (exit 130) and ``mxgw-py demo`` with no flags.
 from __future__ import annotations
 
 import json
-import selectors
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from mxgateway_cli._exit_codes import ExitCode
 
-from .conftest import CLI, KEY, SimServer, start_sim, stop_sim
+from .conftest import CLI, KEY, SimServer, ctrl_c_after, start_sim, stop_sim
 
 pytestmark = pytest.mark.slow  # real processes or TLS handshakes: left out of the fast loop
 
@@ -174,20 +171,6 @@ def test_tls_smoke_line(tmp_path: Path, sim: SimServer) -> None:
         stop_sim(tls_sim.process)
 
 
-def _with_default_sigint(argv: list[str]) -> list[str]:
-    """``argv`` run with SIGINT at its default action, as a shell runs a foreground job.
-
-    A suite started in the background by a non-interactive shell (``pytest &`` in a script)
-    inherits SIGINT as ignored, and an ignored signal stays ignored across exec: Ctrl+C
-    would never reach the CLI. Reset it, then exec the command.
-    """
-    reset = (
-        "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
-        "os.execv(sys.argv[1], sys.argv[1:])"
-    )
-    return [sys.executable, "-c", reset, *argv]
-
-
 def test_ctrl_c_exits_130(sim: SimServer) -> None:
     session_id = str(
         mxgw_py(sim, "open-session", "--endpoint", sim.endpoint, "--plaintext", "--json")[
@@ -199,40 +182,20 @@ def test_ctrl_c_exits_130(sim: SimServer) -> None:
     added = mxgw_py(sim, "add-item", *base, "--server-handle", hlmx, "--item", "L1_Mixer.Current")
     item = str(added["addItem"]["itemHandle"])  # type: ignore[index]
     mxgw_py(sim, "advise", *base, "--server-handle", hlmx, "--item-handle", item)
-    process = subprocess.Popen(
-        _with_default_sigint(
-            [*CLI, "stream-events", "--session-id", session_id, "--after-sequence", "0", "--json"]
-        ),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=sim.env(),
-    )
-    out = ""
     try:
-        assert process.stdout is not None
-        # Wait until it streams (the document has begun on stdout); under --json nothing
-        # but the final error document may go to stderr.
-        selector = selectors.DefaultSelector()
-        selector.register(process.stdout, selectors.EVENT_READ)
-        deadline = time.monotonic() + PROCESS_TIMEOUT
-        while '"events"' not in out and time.monotonic() < deadline:
-            if selector.select(deadline - time.monotonic()):
-                out += process.stdout.readline()
-        selector.close()
-        assert '"events"' in out
-        process.send_signal(signal.SIGINT)
-        # Read on through the same buffered reader (communicate() would skip what it holds).
-        rest = process.stdout.read()
-        _, err = process.communicate(timeout=PROCESS_TIMEOUT)
+        # It streams once the document has begun on stdout; under --json nothing but the
+        # final error document may go to stderr.
+        code, out, err = ctrl_c_after(
+            [*CLI, "stream-events", "--session-id", session_id, "--after-sequence", "0", "--json"],
+            sim.env(),
+            '"events"',
+            PROCESS_TIMEOUT,
+        )
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
         mxgw_py(sim, "close-session", "--session-id", session_id, "--json")
-    assert process.returncode == ExitCode.INTERRUPTED, err
+    assert code == ExitCode.INTERRUPTED, err
     assert json.loads(err)["error"]["code"] == "INTERRUPTED"  # stderr: exactly one document
-    assert json.loads(out + rest)["events"], out + rest  # stdout: closed, still valid JSON
+    assert json.loads(out)["events"], out  # stdout: closed, still valid JSON
 
 
 def _console_script() -> list[str]:

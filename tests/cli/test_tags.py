@@ -175,39 +175,10 @@ def test_smoke_fails_on_a_bad_first_value_naming_the_status(sim: SimServer) -> N
 
 
 def test_watch_ctrl_c_exits_130_with_a_valid_document(sim: SimServer) -> None:
-    import selectors
-    import signal
-    import subprocess
-    import time
+    from .conftest import CLI, ctrl_c_after
 
-    from .conftest import CLI
-    from .test_processes import _with_default_sigint
-
-    process = subprocess.Popen(
-        _with_default_sigint([*CLI, "watch", LIVE, "--json"]),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=sim.env(),
-    )
-    out = ""
-    try:
-        assert process.stdout is not None
-        selector = selectors.DefaultSelector()
-        selector.register(process.stdout, selectors.EVENT_READ)
-        deadline = time.monotonic() + 60
-        while '"tag"' not in out and time.monotonic() < deadline:
-            if selector.select(deadline - time.monotonic()):
-                out += process.stdout.readline()
-        selector.close()
-        process.send_signal(signal.SIGINT)
-        out += process.stdout.read()
-        _, err = process.communicate(timeout=60)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
-    assert process.returncode == 130, err
+    code, out, err = ctrl_c_after([*CLI, "watch", LIVE, "--json"], sim.env(), '"tag"', 60)
+    assert code == 130, err
     assert json.loads(err)["error"]["code"] == "INTERRUPTED"
     events = json.loads(out)["events"]
     assert events and all(e["tag"] == LIVE for e in events)
