@@ -9,10 +9,11 @@ from typing import Any
 
 import grpc
 import pytest
-from simhelpers import SCAN_MS, Gw, wait_for
+from simhelpers import Gw, wait_for
+from simhelpers import gateway as raw_gateway
 
 from mxgateway.generated import mxaccess_gateway_pb2 as pb
-from mxgateway_sim import GatewaySimulator, OverflowPolicy, SessionOptions, builtin_catalog
+from mxgateway_sim import GatewaySimulator, OverflowPolicy, SessionOptions
 from mxgateway_sim._domain import STATUS_OK, WriteComplete
 
 MOVING = [
@@ -27,15 +28,7 @@ MOVING = [
 @asynccontextmanager
 async def gateway(**options: Any) -> AsyncIterator[tuple[GatewaySimulator, Gw]]:
     """A simulator with custom session options and a client for it."""
-    async with (
-        GatewaySimulator(
-            catalog=builtin_catalog(),
-            scan_interval_ms=SCAN_MS,
-            flaky_one_in=0,
-            session_options=SessionOptions(**options),
-        ) as sim,
-        grpc.aio.insecure_channel(sim.endpoint) as channel,
-    ):
+    async with raw_gateway(session_options=SessionOptions(**options)) as (sim, channel):
         yield sim, Gw(channel, sim.api_key)
 
 

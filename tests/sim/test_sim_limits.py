@@ -24,7 +24,8 @@ import grpc
 import psutil
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from simhelpers import SCAN_MS, Gw
+from simhelpers import Gw
+from simhelpers import gateway as raw_gateway
 
 from mxgateway import ClientOptions, GatewayClient, MxGatewayInvalidRequestError
 from mxgateway.generated import mxaccess_gateway_pb2 as pb
@@ -165,13 +166,7 @@ async def gateway(**options: int) -> AsyncIterator[tuple[GatewaySimulator, Gw]]:
     """An in-process simulator with ``SessionOptions(**options)`` and a caller with its key,
     the health service asked throughout (see ``Health``)."""
     async with (
-        GatewaySimulator(
-            catalog=builtin_catalog(),
-            scan_interval_ms=SCAN_MS,
-            flaky_one_in=0,
-            session_options=SessionOptions(**options),
-        ) as sim,
-        grpc.aio.insecure_channel(sim.endpoint) as channel,
+        raw_gateway(session_options=SessionOptions(**options)) as (sim, channel),
         Health(sim.endpoint),
     ):
         yield sim, Gw(channel, sim.api_key)
