@@ -28,25 +28,27 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from itertools import repeat
-from operator import is_, itemgetter
+from operator import add, is_, itemgetter
 from struct import Struct
 from typing import Any
 
 from mxgateway.values import MxPythonValue
-from mxgateway_sim._domain import TagSample
+from mxgateway_sim._domain import MX_INTEGER, TagSample
 from mxgateway_sim._plant import BATCHED, GenFunction, TagState
 from mxgateway_sim._readrows import ReadRow
-from mxgateway_sim._readvec import FixedRows, Values, vector
+from mxgateway_sim._readvec import FixedRows, Values, varint_width, varints, vector
 from mxgateway_sim._wire import (
     FIXED_BOOL,
     FIXED_DOUBLE,
     FIXED_FLOAT,
     FIXED_WIDTH,
     FLOAT32_MAX,
+    INT_PIECES,
     ROW_HEADS,
     VARIABLE,
     good_read_row,
     good_read_row_with_tail,
+    int_prelude,
     row_head,
     value_piece,
 )
@@ -63,7 +65,10 @@ VECTOR_ROW_BYTES = 512
 (``_Group.fixed``): instead of its heads and layouts, its line in the templates of two
 sizes of tail (:data:`FIXED_SPREAD` of padding at most) and its two codes in their rows'
 layouts."""
-VECTOR_GROUP_BYTES = 2048
+INT_ROW_BYTES = 160
+"""What a row of Integers spliced by arrays holds besides :data:`VECTOR_ROW_BYTES`: its
+sizes for two lengths of tail, for a read whose varints are not all as long."""
+VECTOR_GROUP_BYTES = 1024
 """Estimated bytes a group computed by arrays holds beyond 32 a row: its parameters'
 arrays (a few, each a header and a buffer) and the function that computes them."""
 PIECES_KEPT = 16
@@ -77,6 +82,9 @@ FIXED_SPREAD = 64
 at most this: its templates are as wide as the longest row (``_readvec.FixedRows``)."""
 
 _FLOAT = frozenset({float})
+_INT = frozenset({int})
+_NO_PIECES: dict[MxPythonValue, bytes] = {}
+"""``_Group.pieces`` of a group whose values are too many to keep (never filled)."""
 _BOOL = frozenset({bool})
 _KEEP, _ENCODE, _COMPUTE = 0, 1, 2
 
@@ -168,7 +176,8 @@ class _Group:
         pure-Python path), set once its rows are in (:meth:`prepare`)."""
         self.fixed: dict[int, FixedRows] | None = None
         """A ``FIXED_`` kind's rows spliced by arrays, by tail size (two kept, as
-        :attr:`heads`); None: spliced by ``struct`` a row (:meth:`_splice`)."""
+        :attr:`heads`), or Integers' by varint length and tail size (two kept); None:
+        spliced a row at a time (:meth:`_splice`)."""
         self.at: float | None = None
         self.samples: list[TagSample] = []
 
@@ -204,10 +213,10 @@ class _Group:
 
     def prepare(self) -> None:
         """Its rows are all in: take the numpy path if it computes the group's generator
-        (:attr:`fixed`: its rows too, for a ``FIXED_`` kind whose constant parts are of
-        about the same length: their template is as wide as the longest)."""
+        (:attr:`fixed`: its rows too, for a ``FIXED_`` kind or Integers whose constant
+        parts are of about the same length: their template is as wide as the longest)."""
         self.vector = vector(self.function, self.args)
-        if self.vector is not None and self.kind in _CODE:
+        if self.vector is not None and (self.kind in _CODE or self.data_type == MX_INTEGER):
             lengths = [*map(len, self.parts)]
             if max(lengths) - min(lengths) <= FIXED_SPREAD:
                 self.fixed = {}
@@ -236,8 +245,14 @@ class _Group:
             state.read_value = value
             state.read_at = now
             state.computed_at = tick
+        spliced: Sequence[bytes] | None = None
         if array is not None and self.fixed is not None:
-            spliced = self._splice_array(array, self.fixed, tail)
+            if self.kind == VARIABLE:  # Integers, whose varints may all be as long
+                spliced = self._splice_ints(array, self.fixed, tail)
+                if spliced is None:
+                    spliced = self._splice(values, tail)
+            else:
+                spliced = self._splice_array(array, self.fixed, tail)
         else:
             spliced = self._splice(values, tail)
         if spliced is None:  # a value the splice does not fit (NaN, another type)
@@ -271,18 +286,33 @@ class _Group:
                 return None
             heads, layouts = self._heads(len(tail))
             return list(map(_PACK, layouts, heads, values, repeat(tail)))
-        # VARIABLE: the value's whole length-prefixed MxValue between part and tail.
-        kept = self.pieces
-        found = list(map(kept.get, values))
-        if None in found:
-            data_type = self.data_type
-            for i, piece in enumerate(found):
-                if piece is None:
-                    value = values[i]
-                    found[i] = piece = value_piece(value, data_type)
-                    if len(kept) < PIECES_KEPT and len(piece) <= 64:
-                        kept[value] = piece
-        pieces: list[bytes] = found  # type: ignore[assignment]  # no None left
+        # VARIABLE: the value's whole length-prefixed MxValue between part and tail, each
+        # step a map in C (no Python step a row).
+        data_type = self.data_type
+        widest = 64  # the longest piece, when known without looking (what is kept)
+        ints: list[int] = values  # type: ignore[assignment]  # if so (checked next)
+        if (
+            data_type == MX_INTEGER
+            and {*map(type, values)} == _INT
+            and min(ints) >= 0
+            and max(ints) < len(INT_PIECES)
+        ):
+            pieces = list(map(INT_PIECES.__getitem__, ints))
+        else:
+            kept = self.pieces
+            found = list(map(kept.get, values))
+            if None not in found:
+                pieces = found  # type: ignore[assignment]
+            else:
+                pieces = list(map(value_piece, values, repeat(data_type)))
+                widest = max(map(len, pieces))
+                if kept is not _NO_PIECES and widest <= 64:
+                    # A cycle's few words are kept; values too many to keep never are.
+                    new = dict(zip(values, pieces, strict=True))
+                    if len(kept) + len(new) <= PIECES_KEPT:
+                        kept.update(new)
+                    else:
+                        self.pieces = _NO_PIECES
         parts = self.parts
         extra = len(tail)
         sizes = self.sizes.get(extra)  # each row's constant part and tail's length
@@ -291,16 +321,37 @@ class _Group:
             if len(self.sizes) >= 2:
                 self.sizes.pop(next(iter(self.sizes)))
             self.sizes[extra] = sizes
-        if self.longest + max(map(len, pieces)) + extra >= len(ROW_HEADS):
-            return [
-                row_head(size + len(piece)) + part + piece + tail
-                for size, part, piece in zip(sizes, parts, pieces, strict=True)
-            ]
-        heads = ROW_HEADS
-        return [
-            heads[size + len(piece)] + part + piece + tail
-            for size, part, piece in zip(sizes, parts, pieces, strict=True)
-        ]
+        lengths = list(map(len, pieces))
+        if self.longest + widest + extra >= len(ROW_HEADS):
+            heads = list(map(row_head, map(add, sizes, lengths)))
+        else:
+            heads = list(map(ROW_HEADS.__getitem__, map(add, sizes, lengths)))
+        return list(map(b"".join, zip(heads, parts, pieces, repeat(tail))))
+
+    def _splice_ints(
+        self, values: Any, kept: dict[int, FixedRows], tail: bytes
+    ) -> Sequence[bytes] | None:
+        """:meth:`_splice` of Integers as an array whose varints are all as long (values
+        of a few thousand apart seldom straddle a length), by the rows' templates ``kept``
+        by tail size and varint length; None: some value is not such (then the rows are
+        spliced a piece each)."""
+        if values.dtype.kind != "i" or not len(values):
+            return None
+        low, high = int(values.min()), int(values.max())
+        width = varint_width(high)
+        if low < 0 or high >= 1 << 35 or varint_width(low) != width:
+            return None
+        key = (width << 8) | len(tail)
+        fixed = kept.get(key)
+        if fixed is None:
+            prelude = int_prelude(width)  # the piece up to the varint
+            size = len(prelude) + width + len(tail)
+            heads = [row_head(len(part) + size) + part + prelude for part in self.parts]
+            fixed = FixedRows(heads, "", width, len(tail))
+            if len(kept) >= 2:
+                kept.pop(next(iter(kept)))
+            kept[key] = fixed
+        return fixed.rows(varints(values, width), tail)
 
     def _splice_array(
         self, values: Any, kept: dict[int, FixedRows], tail: bytes
@@ -456,6 +507,9 @@ def plan_rows(rows: Sequence[ReadRow], key: object) -> ReadPlan:
         group.prepare()
         each = PLAN_ROW_BYTES if group.fixed is None else VECTOR_ROW_BYTES
         cost += sum(4 * len(part) + each for part in group.parts)
+        if group.fixed is not None and group.kind == VARIABLE:
+            # Integers: their rows' sizes besides the templates, for rows by piece.
+            cost += INT_ROW_BYTES * len(group.parts)
         if group.kind == VARIABLE:
             cost += PIECES_GROUP_BYTES
         if group.vector is not None:  # its parameters' arrays

@@ -46,7 +46,7 @@ try:
 except ImportError:  # the pure-Python path
     np = None  # type: ignore[assignment]
 
-__all__ = ["ENABLED", "FixedRows", "Values", "vector"]
+__all__ = ["ENABLED", "FixedRows", "Values", "varint_width", "varints", "vector"]
 
 ENABLED = np is not None and os.environ.get("MXGW_SIM_NUMPY", "1").strip() != "0"
 """Whether read plans take the numpy path (numpy importable, ``MXGW_SIM_NUMPY`` not 0)."""
@@ -253,16 +253,34 @@ def vector(function: GenFunction, params: Sequence[Any]) -> Values | None:
         return None
 
 
-_DTYPE = {"d": "<f8", "f": "<f4", "?": "u1"}
+_DTYPE = {"d": "<f8", "f": "<f4", "?": "u1", "": "u1"}
+"""The payload's type by ``struct`` code ("": bytes made by the caller, :func:`varints`)."""
+
+
+def varint_width(n: int) -> int:
+    """How many bytes the protobuf varint of ``0 <= n`` takes."""
+    return max(1, -(-n.bit_length() // 7))
+
+
+def varints(values: NDArray[Any], width: int) -> NDArray[np.uint8]:
+    """The protobuf varints of ``values`` (each ``0 <= v``, each taking ``width`` bytes),
+    a row of bytes each: seven bits a byte, low bits first, the high bit set on all but
+    the last."""
+    out = np.empty((len(values), width), dtype=np.uint8)
+    for j in range(width):
+        byte = (values >> (7 * j)) & 0x7F
+        out[:, j] = byte | 0x80 if j < width - 1 else byte
+    return out
 
 
 class FixedRows:
-    """A group's Double, Float or Boolean rows for tails of one size, spliced by array
-    writes. The rows are kept right-aligned in a template of one line a row, as long as
-    the longest: each line is padding, the row's head and constant part, its payload and
-    the tail, so every payload and every tail is in the same columns and two slice writes
-    put a read's in place; one ``struct`` call (padding skipped) cuts out the rows, a
-    ``bytes`` a row, as the pure-Python splice makes."""
+    """A group's Double, Float or Boolean rows (or Integer rows whose varints are all as
+    long, ``code`` "") for tails of one size, spliced by array writes. The rows are kept
+    right-aligned in a template of one line a row, as long as the longest: each line is
+    padding, the row's head and constant part, its payload and the tail, so every payload
+    and every tail is in the same columns and two slice writes put a read's in place; one
+    ``struct`` call (padding skipped) cuts out the rows, a ``bytes`` a row, as the
+    pure-Python splice makes."""
 
     __slots__ = ("dtype", "layout", "template", "width")
 
@@ -289,7 +307,10 @@ class FixedRows:
         ``tail``: byte for byte the pure-Python splice's."""
         template = self.template
         span = self.width + len(tail)
-        payloads = values.astype(self.dtype).view(np.uint8).reshape(len(values), self.width)
+        if values.dtype == np.uint8 and values.ndim == 2:  # payloads made by the caller
+            payloads = values
+        else:
+            payloads = values.astype(self.dtype).view(np.uint8).reshape(len(values), self.width)
         template[:, -span : len(template[0]) - len(tail)] = payloads
         template[:, len(template[0]) - len(tail) :] = np.frombuffer(tail, dtype=np.uint8)
         rows: tuple[bytes, ...] = self.layout.unpack(memoryview(template))  # type: ignore[arg-type]

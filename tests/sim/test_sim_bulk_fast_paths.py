@@ -90,7 +90,6 @@ from mxgateway_sim._svc_common import READ_CHUNK_ROWS
 from mxgateway_sim._wire import (
     FIXED_BOOL,
     FIXED_DOUBLE,
-    FIXED_FLOAT,
     EventEncoder,
     _encode_varint,
     event_to_pb,
@@ -837,11 +836,13 @@ async def test_a_remembered_reads_planned_rows_are_the_plain_paths_rows(
             assert all(plan is not None and plan.loose for plan in plans)  # repeats at least
             groups = [group for plan in plans for group in plan.groups]  # type: ignore[union-attr]
             # The path asked for: every generator of BATCHED but the constant's by arrays,
-            # a Double's, Float's and Boolean's rows spliced by them too (or none of it).
+            # a Double's, Float's, Boolean's and Integer's rows spliced by them too (the
+            # Integers' where their varints were as long: some were), or none of it.
             vectors = {g.function for g in groups if g.vector is not None}
             assert vectors == (set(BATCHED) - {_constant} if numpy_path else set())
-            fixed = {g.kind for g in groups if g.fixed is not None}
-            assert fixed == ({FIXED_DOUBLE, FIXED_FLOAT, FIXED_BOOL} if numpy_path else set())
+            fixed = {g.data_type for g in groups if g.fixed is not None}
+            assert fixed == ({MX_DOUBLE, MX_FLOAT, MX_BOOLEAN, MX_INTEGER} if numpy_path else set())
+            assert any(g.fixed for g in groups if g.data_type == MX_INTEGER) == numpy_path
     assert set(decisions) == {_KEEP, _ENCODE, _COMPUTE, None}
 
 

@@ -30,6 +30,7 @@ from mxgateway_sim._plant import (
     _toggle,
     round3,
 )
+from mxgateway_sim._wire import varint
 
 np = pytest.importorskip("numpy")
 
@@ -151,3 +152,20 @@ def test_the_numpy_path_is_switched_off_by_the_environment(
         timeout=60,
     )
     assert out.stdout.strip() == str(enabled)
+
+
+def test_varints_encode_as_the_wire_does() -> None:
+    """``varints`` (an Integer's varint, a row of bytes each, all as long) gives
+    ``varint``'s bytes for values of every length up to 35 bits, at the edges of each
+    length, and ``varint_width`` their length."""
+    rng = random.Random(3)
+    values = [0, 1, 127, 128, 16_383, 16_384, 2**21 - 1, 2**21, 2**28 - 1, 2**28, 2**31 - 1]
+    values += [2**35 - 1] + [rng.randrange(0, 2 ** rng.randint(1, 35)) for _ in range(20_000)]
+    by_width: dict[int, list[int]] = {}
+    for v in values:
+        assert _readvec.varint_width(v) == len(varint(v)), v
+        by_width.setdefault(len(varint(v)), []).append(v)
+    assert sorted(by_width) == [1, 2, 3, 4, 5]
+    for width, some in by_width.items():
+        got = _readvec.varints(np.array(some, dtype=np.int64), width)
+        assert [bytes(row) for row in got] == [varint(v) for v in some]
