@@ -956,8 +956,12 @@ class Plant:
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            # Waited for, not awaited: its CancelledError raised here would keep this frame
+            # and, from Python 3.12 (a finished frame keeps its caller's), the stopping
+            # server's frames with it, for as long as something holds the error.
+            await asyncio.wait({task})
+            if not task.cancelled():
+                task.result()  # an error of the clock's own is raised, as before
 
     async def _park(self, loop: asyncio.AbstractEventLoop) -> None:
         """Sleep until an advise (:meth:`subscribe`) wakes the clock; the ticks the clock
