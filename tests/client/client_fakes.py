@@ -8,6 +8,7 @@ when the client cancelled a call.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 import grpc
 import grpc.aio
 
+from mxgateway import GatewayClient, Session
 from mxgateway.generated import mxaccess_gateway_pb2 as pb
 from mxgateway.generated import mxaccess_gateway_pb2_grpc as pbg
 
@@ -203,3 +205,14 @@ class FakeServer:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.server.stop(None)
+
+
+@contextlib.asynccontextmanager
+async def attached(servicer: FakeGateway, session_id: str = SESSION_ID) -> AsyncIterator[Session]:
+    """``session_id`` attached through a plaintext client of a :class:`FakeServer` running
+    ``servicer`` (both closed after)."""
+    async with (
+        FakeServer(servicer) as server,
+        await GatewayClient.connect(endpoint=server.endpoint, plaintext=True) as client,
+    ):
+        yield client.attach_session(session_id)

@@ -6,11 +6,10 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
-from client_fakes import SESSION_ID, FakeGateway, FakeServer
+from client_fakes import SESSION_ID, FakeGateway, attached
 
 from mxgateway import (
     DataChange,
-    GatewayClient,
     StreamFault,
     WriteComplete,
     describe_status,
@@ -43,13 +42,8 @@ async def test_typed_events_tolerate_newer_numbers() -> None:
         await asyncio.Event().wait()
 
     fake.batches_plan = batches
-    async with (
-        FakeServer(fake) as server,
-        await GatewayClient.connect(endpoint=server.endpoint, plaintext=True) as client,
-    ):
-        session = client.attach_session(SESSION_ID)
-        async with session.events() as events:
-            got = [await asyncio.wait_for(events.__anext__(), 10) for _ in range(3)]
+    async with attached(fake) as session, session.events() as events:
+        got = [await asyncio.wait_for(events.__anext__(), 10) for _ in range(3)]
     change, done, notice = got
     assert isinstance(change, DataChange) and change.value == 5
     assert isinstance(done, WriteComplete) and not done.succeeded  # unknown = failure

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime, timezone
 
 import pytest
-from client_fakes import FakeGateway, FakeServer, ok_status
+from client_fakes import FakeGateway, attached, ok_status
 
 from mxgateway import (
     ClientOptions,
@@ -267,11 +267,7 @@ def _gateway_signalling_writes() -> tuple[FakeGateway, asyncio.Event]:
 async def test_missing_completion_is_a_typed_timeout() -> None:
     fake = FakeGateway()
     fake.invoke_handler = _write_ok  # never raises an OnWriteComplete
-    async with (
-        FakeServer(fake) as server,
-        await GatewayClient.connect(endpoint=server.endpoint, plaintext=True) as client,
-    ):
-        session = client.attach_session("session-" + "1" * 32)
+    async with attached(fake, "session-" + "1" * 32) as session:
         with pytest.raises(MxGatewayWriteTimeoutError) as info:
             await session.write(1, 2, 3, wait=True, wait_timeout=0.3)
         # The waiter closed its stream itself, while the client stays open: the gateway
@@ -301,11 +297,7 @@ async def test_completion_with_newer_enum_numbers_is_decoded() -> None:
         await asyncio.Event().wait()
 
     fake.batches_plan = batches
-    async with (
-        FakeServer(fake) as server,
-        await GatewayClient.connect(endpoint=server.endpoint, plaintext=True) as client,
-    ):
-        session = client.attach_session(sid)
+    async with attached(fake, sid) as session:
         with pytest.raises(MxAccessError) as info:
             await session.write(1, 2, 3, wait=True, wait_timeout=10)
     assert info.value.status_descriptions == (
@@ -341,15 +333,10 @@ async def test_a_completion_behind_more_than_a_decode_chunk_is_found() -> None:
         await asyncio.Event().wait()
 
     fake.batches_plan = batches
-    async with (
-        FakeServer(fake) as server,
-        await GatewayClient.connect(endpoint=server.endpoint, plaintext=True) as client,
-    ):
-        session = client.attach_session(sid)
-        async with session.events() as stream:
-            outcome = await session.write(1, 2, 3, wait=True, wait_timeout=10)
-            assert isinstance(outcome, WriteComplete) and outcome.worker_sequence == n + 1
-            got = [await asyncio.wait_for(stream.__anext__(), 5) for _ in range(n + 1)]
+    async with attached(fake, sid) as session, session.events() as stream:
+        outcome = await session.write(1, 2, 3, wait=True, wait_timeout=10)
+        assert isinstance(outcome, WriteComplete) and outcome.worker_sequence == n + 1
+        got = [await asyncio.wait_for(stream.__anext__(), 5) for _ in range(n + 1)]
     assert [e.value for e in got[:n] if isinstance(e, DataChange)] == [
         seq / 2 for seq in range(1, n + 1)
     ]
@@ -417,11 +404,7 @@ async def test_waiter_falls_back_to_stream_events_on_an_older_gateway() -> None:
         await asyncio.Event().wait()
 
     fake.events_plan = events
-    async with (
-        FakeServer(fake) as server,
-        await GatewayClient.connect(endpoint=server.endpoint, plaintext=True) as client,
-    ):
-        session = client.attach_session("session-" + "3" * 32)
+    async with attached(fake, "session-" + "3" * 32) as session:
         done = await session.write(1, 2, 3, wait=True, wait_timeout=10)
     assert done is not None and done.worker_sequence == 6 and done.succeeded
     assert [r.HasField("after_worker_sequence") for r in fake.rec.stream_requests] == [False]
