@@ -22,6 +22,7 @@ from mxgateway import (
     TagValue,
 )
 from mxgateway_sim import GatewaySimulator, OverflowPolicy, SessionOptions
+from support.tasks import client_tasks as _client_tasks
 
 DEADLINE = 20.0
 ITEMS = 50
@@ -63,16 +64,6 @@ async def _until_every_item(sub: Subscription, tags: set[str], *, resync: bool) 
                     return
 
     await asyncio.wait_for(run(), DEADLINE)
-
-
-def _client_tasks() -> set[asyncio.Task[object]]:
-    """Running tasks of the client library (the simulator's own tasks excluded)."""
-    out = set()
-    for task in asyncio.all_tasks():
-        code = getattr(task.get_coro(), "cr_code", None)
-        if code is not None and "/mxgateway/" in code.co_filename.replace("\\", "/"):
-            out.add(task)
-    return out
 
 
 def test_items_are_validated() -> None:

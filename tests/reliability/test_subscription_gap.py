@@ -31,6 +31,7 @@ from mxgateway_sim import GatewaySimulator, InMemoryCatalog, SessionOptions
 from mxgateway_sim._builtin import tag
 from mxgateway_sim._domain import MX_DOUBLE
 from mxgateway_sim._events import EndReason, StreamEnd
+from support.tasks import client_tasks as _client_tasks
 
 DEADLINE = 20.0
 TAGS = ["Area.A", "Area.B", "Area.C"]
@@ -261,16 +262,6 @@ async def test_closing_during_the_read_leaves_no_task() -> None:
         release.set()
         await asyncio.wait_for(consumer, DEADLINE)  # the iteration ended
         assert _client_tasks() == set()
-
-
-def _client_tasks() -> set[asyncio.Task[object]]:
-    """Running tasks of the client library."""
-    out = set()
-    for task in asyncio.all_tasks():
-        code = getattr(task.get_coro(), "cr_code", None)
-        if code is not None and "/mxgateway/" in code.co_filename.replace("\\", "/"):
-            out.add(task)
-    return out
 
 
 # -- the simulator: a real change lost in a replay gap ---------------------------------------
