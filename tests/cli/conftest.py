@@ -6,6 +6,7 @@ Two API keys with recognisable secrets: an all-scopes key and a read-only key (n
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import selectors
@@ -154,10 +155,11 @@ def ctrl_c_after(
     return process.returncode, out, err
 
 
-@pytest.fixture(scope="session")
-def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimServer]:
-    """The shared plaintext simulator (private Galaxy DB, Good quality only)."""
-    root = tmp_path_factory.mktemp("cli-sim")
+@contextlib.contextmanager
+def cli_sim(root: Path, *args: str) -> Iterator[SimServer]:
+    """A plaintext simulator for the CLI tests in ``root`` (its key file, private Galaxy
+    DB and log; Good quality only) with ``args`` added, stopped after. Keys: :data:`KEY`
+    (every scope) and :data:`READ_ONLY_KEY` (reads only)."""
     keys = root / "keys.json"
     reader_scopes = ["session:open", "session:close", "invoke:read", "events:read", "metadata:read"]
     keys.write_text(
@@ -178,6 +180,7 @@ def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimServer]:
             "--galaxy-db",
             str(root / "galaxy.db"),
             "--no-quality-faults",
+            *args,
         ],
         root / "sim.log",
     )
@@ -185,3 +188,10 @@ def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimServer]:
         yield server
     finally:
         stop_sim(server.process)
+
+
+@pytest.fixture(scope="session")
+def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimServer]:
+    """The shared plaintext simulator (private Galaxy DB, Good quality only)."""
+    with cli_sim(tmp_path_factory.mktemp("cli-sim")) as server:
+        yield server

@@ -4,7 +4,6 @@ byte-identical JSON and the spec's CLI section runs, with every session in its o
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -12,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from .conftest import CLI, KEY, SimServer, start_sim, stop_sim
+from .conftest import CLI, KEY, SimServer, cli_sim, stop_sim
 from .test_golden import GOLDEN_COMMANDS, check
 from .test_golden import scenario as scenario  # re-run here against this module's server
 from .test_processes import test_spec_cli_section_in_separate_processes as _spec_section
@@ -25,26 +24,10 @@ GATEWAY = [sys.executable, "-c", "from mxgateway_sim.cli import run_gateway; run
 @pytest.fixture(scope="module")
 def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimServer]:
     """The CLI tests' simulator, with one worker process per session."""
-    root = tmp_path_factory.mktemp("cli-process")
-    keys = root / "keys.json"
-    keys.write_text(json.dumps({"keys": [{"key": KEY, "name": "cli-tests"}]}))
-    server = start_sim(
-        [
-            "--plaintext",
-            "--api-keys-file",
-            str(keys),
-            "--galaxy-db",
-            str(root / "galaxy.db"),
-            "--no-quality-faults",
-            "--session-isolation",
-            "process",
-        ],
-        root / "sim.log",
-    )
-    try:
+    with cli_sim(
+        tmp_path_factory.mktemp("cli-process"), "--session-isolation", "process"
+    ) as server:
         yield server
-    finally:
-        stop_sim(server.process)
 
 
 @pytest.mark.parametrize("command", GOLDEN_COMMANDS)
