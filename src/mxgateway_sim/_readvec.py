@@ -190,6 +190,23 @@ def _nonzero(divisors: NDArray[Any]) -> NDArray[Any]:
     return divisors
 
 
+def _by_turn(periods: NDArray[np.int64], count: int, at_turn: Values) -> Values | None:
+    """When every period is the same (a plan's group has one period): the values at each
+    turn (``n // period``) modulo ``count``, made once by ``at_turn`` (``count`` arrays
+    of the group's rows, never written to), one picked by tick; else None."""
+    if len(set(periods.tolist())) != 1:
+        return None
+    period = int(periods[0])
+    made = [at_turn(turn) for turn in range(count)]
+
+    def at(n: int) -> NDArray[Any] | None:
+        if not 0 <= n < _TICKS:
+            return None
+        return made[(n // period) % count]
+
+    return at
+
+
 def _toggles(params: Sequence[Any]) -> Values:
     periods, phases = _nonzero(_integers(params, 0)), _integers(params, 1)
 
@@ -198,7 +215,10 @@ def _toggles(params: Sequence[Any]) -> Values:
             return None
         return np.asarray((n // periods + phases) % 2 == 1)
 
-    return at
+    def at_turn(turn: int) -> NDArray[Any] | None:
+        return np.asarray((turn + phases) % 2 == 1)
+
+    return _by_turn(periods, 2, at_turn) or at
 
 
 def _modulo(modulus: int) -> Callable[[Sequence[Any]], Values]:
@@ -310,7 +330,11 @@ class FixedRows:
         if values.dtype == np.uint8 and values.ndim == 2:  # payloads made by the caller
             payloads = values
         else:
-            payloads = values.astype(self.dtype).view(np.uint8).reshape(len(values), self.width)
+            if values.dtype == np.bool_:  # a byte of 0 or 1 each, as struct's "?"
+                values = values.view(np.uint8)
+            elif values.dtype != self.dtype:  # a Float's doubles, as struct's "f" rounds them
+                values = values.astype(self.dtype)
+            payloads = values.view(np.uint8).reshape(len(values), self.width)
         template[:, -span : len(template[0]) - len(tail)] = payloads
         template[:, len(template[0]) - len(tail) :] = np.frombuffer(tail, dtype=np.uint8)
         rows: tuple[bytes, ...] = self.layout.unpack(memoryview(template))  # type: ignore[arg-type]

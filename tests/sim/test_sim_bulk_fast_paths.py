@@ -904,6 +904,7 @@ async def test_a_plans_cost_covers_the_bytes_it_holds(
                 held += sys.getsizeof(fixed.layout)
             if group.vector is not None:  # the arrays of its parameters
                 cells = [cell.cell_contents for cell in group.vector.__closure__ or ()]
+                cells += [a for c in cells if isinstance(c, list) for a in c]  # made ahead
                 arrays = [cell for cell in cells if hasattr(cell, "nbytes")]
                 assert arrays
                 held += sum(sys.getsizeof(a) + a.nbytes for a in arrays)

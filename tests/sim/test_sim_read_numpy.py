@@ -73,9 +73,12 @@ def test_arrays_give_each_generators_values_bit_for_bit() -> None:
         assert state is not None
         if state.gen_function in params:
             params[state.gen_function].append(state.gen_args)
+    # A plan's group has one period: toggles of one period are made ahead, by turn.
+    uniform: list[object] = [(7, p[1]) for p in params[_toggle]]  # type: ignore[index]
     ticks = [0, 1, 7, 8, 9, 10, 11, 12_345, 10**9 + 7, 2**40 + 3, 2**53 - 1]
     ticks += [rng.randrange(0, 2**53) for _ in range(40)]
-    for function, some in params.items():
+    cases: list[tuple[object, list[object]]] = [*params.items(), (_toggle, uniform)]
+    for function, some in cases:
         values = _readvec.vector(function, some)  # type: ignore[arg-type]
         assert values is not None, function
         batch = BATCHED[function]  # type: ignore[index]
