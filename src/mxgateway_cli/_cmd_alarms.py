@@ -13,7 +13,7 @@ from mxgateway_cli._errors import CommandFailed
 from mxgateway_cli._exit_codes import ExitCode
 from mxgateway_cli._gateway import gateway_client
 from mxgateway_cli._output import message_json
-from mxgateway_cli._streaming import consume, stream_document
+from mxgateway_cli._streaming import print_stream, stream_document
 
 __all__ = ["ALARM_COMMANDS", "alarm_line"]
 
@@ -54,20 +54,15 @@ async def cmd_stream_alarms(ctx: Context) -> ExitCode:
     ``--timeout`` (exit 0) or Ctrl+C."""
     a = ctx.args
     with stream_document(ctx.out, "messages", enabled=ctx.json) as writer:
-
-        def on_message(message: pb.AlarmFeedMessage) -> int:
-            if ctx.json:
-                writer.add(message_json(message))
-            else:
-                ctx.out.write(alarm_line(message) + "\n")
-            return 1
-
         async with gateway_client(ctx, window=True) as client:
-            stream = client.stream_alarms_raw(a.filter_prefix or "")
-            try:
-                await consume(stream, on_message, max_items=a.max_messages, timeout=a.timeout)
-            finally:
-                await stream.aclose()
+            await print_stream(
+                ctx.out,
+                writer if ctx.json else None,
+                client.stream_alarms_raw(a.filter_prefix or ""),
+                alarm_line,
+                max_items=a.max_messages,
+                timeout=a.timeout,
+            )
     return ExitCode.OK
 
 

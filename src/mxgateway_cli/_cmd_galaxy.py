@@ -19,7 +19,7 @@ from mxgateway_cli._exit_codes import ExitCode
 from mxgateway_cli._gateway import galaxy_client
 from mxgateway_cli._output import message_json
 from mxgateway_cli._parsing import parse_aware_datetime
-from mxgateway_cli._streaming import consume, stream_document
+from mxgateway_cli._streaming import print_stream, stream_document
 
 __all__ = ["GALAXY_COMMANDS", "rfc3339"]
 
@@ -143,33 +143,31 @@ async def cmd_discover(ctx: Context) -> ExitCode:
     return ExitCode.OK
 
 
+def _deploy_line(event: gr.DeployEvent) -> str:
+    """A deploy event for people: its sequence, deploy time and counts."""
+    when = (
+        event.time_of_last_deploy.ToJsonString() if event.time_of_last_deploy_present else "never"
+    )
+    return (
+        f"#{event.sequence} deploy={when} objects={event.object_count} "
+        f"attributes={event.attribute_count}"
+    )
+
+
 async def cmd_watch(ctx: Context) -> ExitCode:
     """``WatchDeployEvents`` until ``--max-events`` or ``--timeout`` (exit 0)."""
     a = ctx.args
     last_seen = None if a.last_seen is None else parse_aware_datetime(a.last_seen, "--last-seen")
     with stream_document(ctx.out, "events", enabled=ctx.json) as writer:
-
-        def on_event(event: gr.DeployEvent) -> int:
-            if ctx.json:
-                writer.add(message_json(event))
-            else:
-                when = (
-                    event.time_of_last_deploy.ToJsonString()
-                    if event.time_of_last_deploy_present
-                    else "never"
-                )
-                ctx.out.write(
-                    f"#{event.sequence} deploy={when} objects={event.object_count} "
-                    f"attributes={event.attribute_count}\n"
-                )
-            return 1
-
         async with galaxy_client(ctx, window=True) as galaxy:
-            watch = galaxy.watch_deploy_events(last_seen_deploy_time=last_seen)
-            try:
-                await consume(watch, on_event, max_items=a.max_events, timeout=a.timeout)
-            finally:
-                await watch.aclose()
+            await print_stream(
+                ctx.out,
+                writer if ctx.json else None,
+                galaxy.watch_deploy_events(last_seen_deploy_time=last_seen),
+                _deploy_line,
+                max_items=a.max_events,
+                timeout=a.timeout,
+            )
     return ExitCode.OK
 
 

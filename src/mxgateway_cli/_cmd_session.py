@@ -28,7 +28,7 @@ from mxgateway_cli._exit_codes import ExitCode
 from mxgateway_cli._gateway import gateway_client
 from mxgateway_cli._output import message_json
 from mxgateway_cli._parsing import parse_aware_datetime, parse_value
-from mxgateway_cli._streaming import consume, stream_document
+from mxgateway_cli._streaming import consume, print_stream, stream_document
 
 __all__ = ["SESSION_COMMANDS", "event_line"]
 
@@ -322,24 +322,19 @@ async def cmd_stream_events(ctx: Context) -> ExitCode:
     # The document is finished on a failure too (stdout stays valid JSON; the error goes
     # to stderr).
     with stream_document(ctx.out, "events", enabled=ctx.json) as writer:
-
-        def on_event(event: pb.MxEvent) -> int:
-            if ctx.json:
-                writer.add(message_json(event))
-            else:
-                ctx.out.write(event_line(event) + "\n")
-            return 1
-
         async with gateway_client(ctx, window=True) as client:
             session = client.attach_session(a.session_id)
             # As Session.events(): from the oldest retained event unless told otherwise,
             # so the value an earlier `advise` raised is not missed.
             after = a.after_sequence if a.after_sequence is not None else 0
-            stream = session.events_raw(None if a.new_only else after)
-            try:
-                await consume(stream, on_event, max_items=a.max_events, timeout=a.timeout)
-            finally:
-                await stream.aclose()
+            await print_stream(
+                ctx.out,
+                writer if ctx.json else None,
+                session.events_raw(None if a.new_only else after),
+                event_line,
+                max_items=a.max_events,
+                timeout=a.timeout,
+            )
     return ExitCode.OK
 
 

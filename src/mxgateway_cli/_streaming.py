@@ -11,14 +11,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
-from typing import Any, TypeVar
+from collections.abc import AsyncIterable, Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from mxgateway_cli._output import Output
+from mxgateway_cli._output import Output, message_json
 
-__all__ = ["JsonStream", "consume", "stream_document"]
+if TYPE_CHECKING:
+    from google.protobuf.message import Message
+
+__all__ = ["JsonStream", "consume", "print_stream", "stream_document"]
 
 T = TypeVar("T")
+T_co = TypeVar("T_co", covariant=True)
+M = TypeVar("M", bound="Message")
 
 
 def _indented(document: object, prefix: str) -> str:
@@ -87,7 +92,7 @@ def stream_document(out: Output, key: str, *, enabled: bool) -> Iterator[JsonStr
 
 
 async def consume(
-    stream: AsyncIterator[T],
+    stream: AsyncIterable[T],
     on_item: Callable[[T], int],
     *,
     max_items: int | None,
@@ -117,3 +122,35 @@ async def consume(
     except asyncio.TimeoutError:
         return True
     return False
+
+
+class _Closable(AsyncIterable[T_co], Protocol[T_co]):
+    """A stream of messages that ends by ``aclose()``."""
+
+    async def aclose(self) -> None: ...
+
+
+async def print_stream(
+    out: Output,
+    writer: JsonStream | None,
+    stream: _Closable[M],
+    line: Callable[[M], str],
+    *,
+    max_items: int | None,
+    timeout: float | None,
+) -> None:
+    """Print the messages of ``stream`` as they arrive: into ``writer`` as protobuf-JSON
+    (``--json``), else one ``line`` each for people; until ``max_items`` or ``timeout``
+    (:func:`consume`). ``stream`` is closed at the end, whatever happens."""
+
+    def on_message(message: M) -> int:
+        if writer is not None:
+            writer.add(message_json(message))
+        else:
+            out.write(line(message) + "\n")
+        return 1
+
+    try:
+        await consume(stream, on_message, max_items=max_items, timeout=timeout)
+    finally:
+        await stream.aclose()

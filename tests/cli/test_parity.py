@@ -289,3 +289,17 @@ def test_batch_ctrl_c_ends_at_once_while_waiting_for_a_line(sim: SimServer) -> N
             process.communicate()
     assert process.returncode == 130, err
     assert json.loads("\n".join(lines[:-1])) == {"ok": True}
+
+
+def test_galaxy_watch_prints_one_line_per_deploy_event_for_people(sim: SimServer) -> None:
+    # The bootstrap event (the Galaxy's current deploy), as a line: sequence, deploy time
+    # (protobuf-JSON text) and counts; --json has every field.
+    doc = run(["galaxy-watch", "--max-events", "1", "--timeout", "30", "--json", *sim.flags])
+    assert doc.code == 0, doc.err
+    (event,) = doc.json()["events"]
+    human = run(["galaxy-watch", "--max-events", "1", "--timeout", "30", *sim.flags])
+    assert human.code == 0, human.err
+    assert human.out == (
+        f"#1 deploy={event['timeOfLastDeploy']} objects={event['objectCount']} "
+        f"attributes={event['attributeCount']}\n"
+    )
