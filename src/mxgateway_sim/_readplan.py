@@ -60,11 +60,12 @@ PLAN_ROW_BYTES = 512
 part: its places in the plan's lists, the row it last encoded with its sample, and the heads
 and row layouts it keeps for two sizes of tail (each head repeating the constant part)."""
 
-VECTOR_ROW_BYTES = 512
+VECTOR_ROW_BYTES = 448
 """:data:`PLAN_ROW_BYTES` of a row whose group's rows are spliced by arrays
 (``_Group.fixed``): instead of its heads and layouts, its line in the templates of two
-sizes of tail (:data:`FIXED_SPREAD` of padding at most) and its two codes in their rows'
-layouts."""
+sizes of tail (head, payload, tail and :data:`FIXED_SPREAD` of padding at most: ~190) and
+its code in each of their rows' layouts (~64; padding takes none), besides what every
+grouped row holds (its places in the plan's lists, the row it encoded last: ~170)."""
 INT_ROW_BYTES = 160
 """What a row of Integers spliced by arrays holds besides :data:`VECTOR_ROW_BYTES`: its
 sizes for two lengths of tail, for a read whose varints are not all as long."""
