@@ -18,23 +18,10 @@ from faulthelpers import DEADLINE, SCAN_MS, Raw, connect
 from mxgateway import DataChange, MxGatewayUnavailableError, StreamFault
 from mxgateway.generated import mxaccess_gateway_pb2 as pb
 from mxgateway_sim import GatewaySimulator, builtin_catalog, new_key
+from support.rawstub import read_to_end
 
 MXGW_SIM = (sys.executable, "-c", "from mxgateway_sim.cli import run; run()")
 """The CLI(s) as this interpreter runs them (no console script needed)."""
-
-
-async def _raw_until_end(
-    call: grpc.aio.UnaryStreamCall, batched: bool
-) -> tuple[list[int], grpc.StatusCode]:  # type: ignore[type-arg]
-    """Stream fault kinds seen, and the final status code."""
-    kinds: list[int] = []
-    try:
-        while (message := await call.read()) is not grpc.aio.EOF:
-            events = message.events if batched else [message]
-            kinds += [e.stream_fault.kind for e in events if e.HasField("stream_fault")]
-    except grpc.aio.AioRpcError as exc:
-        return kinds, exc.code()
-    return kinds, grpc.StatusCode.OK
 
 
 async def _open_streams(raw: Raw) -> tuple[str, list[grpc.aio.UnaryStreamCall]]:  # type: ignore[type-arg]
@@ -73,8 +60,8 @@ async def test_in_process_stop_with_open_streams(caplog: pytest.LogCaptureFixtur
             events = session.events(after_worker_sequence=0, max_resume_attempts=1)
             assert isinstance(await asyncio.wait_for(events.__anext__(), DEADLINE), DataChange)
             ends = [
-                asyncio.ensure_future(_raw_until_end(single, False)),
-                asyncio.ensure_future(_raw_until_end(batches, True)),
+                asyncio.ensure_future(read_to_end(single, batched=False)),
+                asyncio.ensure_future(read_to_end(batches, batched=True)),
             ]
             await sim.stop()
             for end in ends:
@@ -140,8 +127,8 @@ async def test_sigterm_with_open_streams_and_a_fault_plan(tmp_path: Path) -> Non
             assert time.monotonic() - begun >= 0.2  # the plan file is in force
             _, (single, batches, alarms) = await _open_streams(raw)
             ends = [
-                asyncio.ensure_future(_raw_until_end(single, False)),
-                asyncio.ensure_future(_raw_until_end(batches, True)),
+                asyncio.ensure_future(read_to_end(single, batched=False)),
+                asyncio.ensure_future(read_to_end(batches, batched=True)),
             ]
             server.send_signal(signal.SIGTERM)
             for end in ends:

@@ -15,6 +15,7 @@ from simhelpers import gateway as raw_gateway
 from mxgateway.generated import mxaccess_gateway_pb2 as pb
 from mxgateway_sim import GatewaySimulator, OverflowPolicy, SessionOptions
 from mxgateway_sim._domain import STATUS_OK, WriteComplete
+from support.rawstub import read_to_end
 
 MOVING = [
     "Line01.Counter",
@@ -192,12 +193,8 @@ async def test_fail_fast_overflow_faults_the_session_by_default() -> None:
         call = gw.stub.StreamEventBatches(request(sid), metadata=gw.md)
         await wait_for(lambda: bool(sim.sessions and sim.sessions.get(sid).events.subscribers))  # type: ignore[union-attr]
         await subscribe_moving(gw, sid)
-        kinds = []
-        with pytest.raises(grpc.aio.AioRpcError) as err:
-            while True:
-                batch = await asyncio.wait_for(call.read(), 10)
-                kinds += [e.stream_fault.kind for e in batch.events if e.HasField("stream_fault")]
-        assert err.value.code() == grpc.StatusCode.ABORTED
+        kinds, code = await read_to_end(call, batched=True)
+        assert code == grpc.StatusCode.ABORTED
         assert kinds == [pb.STREAM_FAULT_KIND_SESSION_FAULTED]
         reply = await gw.invoke(sid, "ping")
         assert reply.protocol_status.code == pb.PROTOCOL_STATUS_CODE_SESSION_FAULTED
@@ -279,12 +276,8 @@ async def test_graceful_shutdown_ends_streams_with_server_shutdown(
     call = gw.stub.StreamEventBatches(request(sid), metadata=gw.md)
     await read(call)
     stopping = asyncio.ensure_future(sim.stop(grace=5))
-    kinds = []
-    with pytest.raises(grpc.aio.AioRpcError) as err:
-        while True:
-            batch = await asyncio.wait_for(call.read(), 10)
-            kinds += [e.stream_fault.kind for e in batch.events if e.HasField("stream_fault")]
-    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    kinds, code = await read_to_end(call, batched=True)
+    assert code == grpc.StatusCode.UNAVAILABLE
     assert kinds == [pb.STREAM_FAULT_KIND_SERVER_SHUTDOWN]
     await stopping
     assert sim.sessions is not None and len(sim.sessions) == 0

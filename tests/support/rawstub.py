@@ -4,6 +4,7 @@ the stubs of one channel with a key's authorization header."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import grpc
@@ -11,7 +12,7 @@ import grpc
 from mxgateway.generated import mxaccess_gateway_pb2 as pb
 from mxgateway.generated import mxaccess_gateway_pb2_grpc as rpc
 
-__all__ = ["RawStub", "command"]
+__all__ = ["RawStub", "command", "read_to_end"]
 
 
 def command(payload: str, **fields: Any) -> pb.MxCommand:
@@ -47,3 +48,19 @@ class RawStub:
         reply = await self.invoke(sid, payload, **fields)
         assert reply.protocol_status.code == pb.PROTOCOL_STATUS_CODE_OK, reply
         return reply
+
+
+async def read_to_end(
+    call: grpc.aio.UnaryStreamCall[Any, Any], *, batched: bool, timeout: float = 30.0
+) -> tuple[list[int], grpc.StatusCode]:
+    """Read a raw event stream (``StreamEventBatches`` when ``batched``, else
+    ``StreamEvents``) to its end: the stream-fault kinds it carried and its final status
+    (OK when it ended cleanly). Each read waits at most ``timeout`` seconds."""
+    kinds: list[int] = []
+    try:
+        while (message := await asyncio.wait_for(call.read(), timeout)) is not grpc.aio.EOF:
+            events = message.events if batched else [message]
+            kinds += [e.stream_fault.kind for e in events if e.HasField("stream_fault")]
+    except grpc.aio.AioRpcError as exc:
+        return kinds, exc.code()
+    return kinds, grpc.StatusCode.OK
