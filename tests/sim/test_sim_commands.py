@@ -252,31 +252,20 @@ async def test_type_mismatches_fail_with_conversion_details(gw: Gw) -> None:
 async def test_authenticate_user_and_archestra_user_to_id(gw: Gw) -> None:
     sid = await gw.open()
     sh = await gw.register(sid)
-    ok = await gw.ok(
-        sid,
-        "authenticate_user",
-        server_handle=sh,
-        verify_user="operator",
-        verify_user_password="operator",
-    )
-    assert ok.authenticate_user.user_id == 101
-    domain = await gw.ok(
-        sid,
-        "authenticate_user",
-        server_handle=sh,
-        verify_user="PLANT\\verifier",
-        verify_user_password="verifier",
-    )
-    assert domain.authenticate_user.user_id == 102
-    wrong = await gw.ok(
-        sid,
-        "authenticate_user",
-        server_handle=sh,
-        verify_user="operator",
-        verify_user_password="guess",
-    )
-    assert wrong.authenticate_user.user_id == 0
-    assert "guess" not in str(wrong)
+    for user, password, user_id in (
+        ("operator", "operator", 101),
+        ("PLANT\\verifier", "verifier", 102),
+        ("operator", "guess", 0),  # a wrong password: user id 0
+    ):
+        reply = await gw.ok(
+            sid,
+            "authenticate_user",
+            server_handle=sh,
+            verify_user=user,
+            verify_user_password=password,
+        )
+        assert reply.authenticate_user.user_id == user_id, user
+        assert password not in str(reply)
     by_guid = await gw.ok(
         sid,
         "archestra_user_to_id",
