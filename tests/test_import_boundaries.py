@@ -10,12 +10,11 @@ Checked in a fresh interpreter per case: the test process has everything importe
 from __future__ import annotations
 
 import ast
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from support.probe import fresh_python
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 PACKAGES = ("mxgateway", "mxgateway_cli", "mxgateway_sim", "mxgateway_mxaccess")
@@ -28,14 +27,7 @@ print(json.dumps(sorted(sys.modules)))
 
 
 def _loaded_by(module: str) -> set[str]:
-    result = subprocess.run(
-        [sys.executable, "-c", _PROBE.format(module=module)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    return set(json.loads(result.stdout.splitlines()[-1]))
+    return set(fresh_python(_PROBE.format(module=module)))
 
 
 def _under(loaded: set[str], *roots: str) -> list[str]:

@@ -7,14 +7,12 @@ The start-up time itself is measured in ``bench/`` (``python -m bench startup``)
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
-import sys
 
 import pytest
 
 from mxgateway_cli._commands import COMMAND_MODULES, command
 from mxgateway_cli._parser import build_parser
+from support.probe import fresh_python
 
 _PROBE = """
 import io, json, sys
@@ -25,14 +23,7 @@ print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in ('mxgateway
 
 
 def _loaded(argv: list[str]) -> list[str]:
-    result = subprocess.run(
-        [sys.executable, "-c", _PROBE.format(argv=argv)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    return list(json.loads(result.stdout.splitlines()[-1]))
+    return list(fresh_python(_PROBE.format(argv=argv)))
 
 
 @pytest.mark.parametrize(

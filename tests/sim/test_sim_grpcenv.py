@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
 import sys
 
 import pytest
 
 import mxgateway_sim
 from mxgateway_sim._grpcenv import GRPC_EXPERIMENTS, SERVER_EXPERIMENTS, apply_server_experiments
+from support.probe import fresh_python
 
 # Runs an entry point of mxgateway_sim._launch with the CLI replaced by a probe that
 # reports the variable and whether gRPC was loaded when the CLI started.
@@ -30,15 +29,7 @@ _launch.{entry}()
 def _entry_sees(entry: str, **env: str) -> list[object]:
     environ = {k: v for k, v in os.environ.items() if k != GRPC_EXPERIMENTS}
     environ.update(env)
-    result = subprocess.run(
-        [sys.executable, "-c", _ENTRY.format(entry=entry)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-        env=environ,
-    )
-    seen: list[object] = json.loads(result.stdout.splitlines()[-1])
+    seen: list[object] = fresh_python(_ENTRY.format(entry=entry), environ)
     return seen
 
 
