@@ -13,7 +13,7 @@ import grpc
 import pytest
 
 from mxgateway import GatewayClient, _grpcbatch
-from mxgateway_sim import GatewaySimulator, builtin_catalog
+from mxgateway_sim import GatewaySimulator, _servicer, builtin_catalog
 
 pytestmark = pytest.mark.skipif(
     _grpcbatch.SWITCHED_OFF, reason=f"{_grpcbatch.ENV} turned gRPC batches off"
@@ -34,6 +34,16 @@ async def test_this_grpcio_keeps_the_batch_fast_path(
 
     if real is not None:
         monkeypatch.setattr(_grpcbatch, "_execute_batch", counting)
+    # The simulator's side: gRPC's own call found behind the servicer context (through
+    # gc.get_referents), or its stream is served one operation at a time, silently.
+    found: list[object] = []
+
+    def finding(context: Any) -> Any:
+        call = _grpcbatch.server_call(context)
+        found.append(call)
+        return call
+
+    monkeypatch.setattr(_servicer, "server_call", finding)
     with caplog.at_level(logging.WARNING, logger="mxgateway"):
         async with (
             GatewaySimulator(catalog=builtin_catalog(), scan_interval_ms=20) as sim,
@@ -55,3 +65,7 @@ async def test_this_grpcio_keeps_the_batch_fast_path(
     )
     assert _grpcbatch.AVAILABLE, message
     assert started > 0, message
+    assert found, "the simulator served no command stream"
+    assert all(call is not None for call in found), (
+        f"{message} (the simulator's side: no server call found behind its context)"
+    )
