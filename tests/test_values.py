@@ -106,3 +106,31 @@ def test_each_value_type_sets_its_own_field_as_scalar_and_array(kind: Any) -> No
     mx = to_mx_value([sample, sample], kind)
     assert len(getattr(mx.array_value, str(_values._FIELDS[kind][1]))) == 2
     assert from_mx_value(mx) == [sample, sample]
+
+
+_CONTRACT_FIELDS: dict[str, tuple[str, str | None]] = {
+    "bool": ("bool_value", "bool_values"),
+    "int32": ("int32_value", "int32_values"),
+    "int64": ("int64_value", "int64_values"),
+    "float": ("float_value", "float_values"),
+    "double": ("double_value", "double_values"),
+    "string": ("string_value", "string_values"),
+    "datetime": ("time_value", "time_values"),
+    "elapsed": ("elapsed_time_value", "elapsed_time_values"),
+    "bytes": ("raw_value", None),
+}
+"""The MxValue and MxArray field each explicit value type travels in, written out here (not
+read from ``_values._FIELDS``): a gateway reads an Integer from ``int32_value``, a Float
+from ``float_value``; a value in a neighbouring field of its kind would decode to the same
+Python value, so only the field names tell them apart."""
+
+
+@pytest.mark.parametrize("kind", VALUE_TYPES)
+def test_each_value_type_travels_in_the_contracts_field(kind: Any) -> None:
+    field, array_field = _CONTRACT_FIELDS[kind]
+    sample = _SAMPLES[kind]
+    assert to_mx_value(sample, kind).WhichOneof("kind") == field
+    if array_field is not None:
+        array = to_mx_value([sample, sample], kind).array_value
+        filled = [f.name for f, _ in array.ListFields() if f.name.endswith("_values")]
+        assert filled == [array_field]

@@ -327,3 +327,31 @@ def test_discover_unknown_root_is_not_found(sim: SimServer) -> None:
     assert result.code == 3, result.err
     assert result.out == ""
     assert result.error()["code"] == "NOT_FOUND"
+
+
+def test_discover_failing_midway_still_ends_its_json_document(
+    sim: SimServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The gateway goes away after the first objects were written: the error goes to stderr
+    # as one document, and stdout is a finished JSON document of the objects written.
+    import grpc
+
+    from mxgateway import GalaxyRepositoryClient, MxGatewayUnavailableError
+
+    pages = GalaxyRepositoryClient.iter_hierarchy
+
+    async def failing_midway(self: GalaxyRepositoryClient, **kwargs: Any) -> Any:
+        count = 0
+        async for obj in pages(self, **kwargs):
+            yield obj
+            count += 1
+            if count == 2:
+                raise MxGatewayUnavailableError(
+                    "gateway went away", grpc_code=grpc.StatusCode.UNAVAILABLE
+                )
+
+    monkeypatch.setattr(GalaxyRepositoryClient, "iter_hierarchy", failing_midway)
+    result = run(["galaxy-discover", "--root-tag-name", "Line1", "--json", *sim.flags])
+    assert result.code != 0
+    assert result.error()["code"] == "UNAVAILABLE", result.err
+    assert len(result.json()["objects"]) == 2, result.out
