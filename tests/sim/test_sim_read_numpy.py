@@ -12,11 +12,13 @@ import random
 import struct
 import subprocess
 import sys
+import types
+from typing import Any
 
 import pytest
 from test_sim_bulk_fast_paths import _model_catalog
 
-from mxgateway_sim import _readvec
+from mxgateway_sim import _readplan, _readvec
 from mxgateway_sim._plant import (
     BATCHED,
     Plant,
@@ -193,3 +195,80 @@ def test_a_sine_is_the_one_python_takes_whatever_numpys_gives(
         array = values(n)
         assert array is not None
         assert _bits(array.tolist()) == _bits([_sine(p, n) for p in params]), n
+
+
+_STEPS = [(0, 0.5), (0, 0.5), (1, 0.25), (17, 0.0005), (17, 0.5), (3, 0.5), (250, 0.75)]
+_STEPS += [(10_000, 0.125), (1, 0.5), (0, 0.5), (5, 0.0625), (40, 0.5)]
+"""Ticks between reads and the fraction of a second of each read's time (its timestamp's
+nanoseconds take 4 or 5 bytes)."""
+
+
+async def test_planned_reads_answer_the_same_wire_bytes_on_both_paths(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two simulators of one catalog, one reading with the numpy path and one without,
+    answer a poller's planned reads with the same bytes on the wire (not only the same
+    decoded messages: a varint written longer than it must decodes the same), read after
+    read at the same ticks and times, and a later read of single attributes (another
+    call, row by row) then finds the same values in both. The ticks step by 1 to 10,000,
+    so Integers cross varint lengths within a group and a read recomputes, re-encodes or
+    keeps its groups."""
+    from mxgateway_sim import Plant, SimulatedRuntime
+    from mxgateway_sim import _plant as plant_module
+    from mxgateway_sim import _simruntime as simruntime
+    from mxgateway_sim._slicing import chunks
+    from mxgateway_sim._svc_common import READ_CHUNK_ROWS
+
+    names = ("Flag", "Count", "Gauge", "Level", "State", "Setpoint", "Mode", "Stamp")
+    tags = [f"Obj{i:03d}.{name}" for i in range(300) for name in names]
+    singles = tags[::7]
+    now = [1_764_000_000.5]
+    clock = types.SimpleNamespace(time=lambda: now[0])
+    monkeypatch.setattr(simruntime, "time", clock)
+    monkeypatch.setattr(plant_module, "time", clock)  # the row-by-row path's samples
+
+    async def runtime() -> tuple[SimulatedRuntime, Plant, int]:
+        plant = Plant(_model_catalog(300), scan_interval_ms=1, flaky_one_in=0)
+        sim = SimulatedRuntime(plant)
+        await sim.start(lambda events: None)
+        return sim, plant, await sim.register("paths")
+
+    def read(sim: SimulatedRuntime, hlmx: int, key: bytes, refs: list[str]) -> bytes:
+        memo = sim.read_memo(key)
+        assert memo is not None
+        wires: list[bytes | None] = []
+        if memo.rows is None:
+            for chunk in chunks(refs, READ_CHUNK_ROWS):
+                wires.append(sim.read_wire(hlmx, chunk, 1 << 24, memo=memo))
+        else:
+            for part, rows in enumerate(memo.rows):
+                wires.append(sim.read_wire(hlmx, None, 1 << 24, memo=memo, rows=rows, part=part))
+        memo.done()
+        assert None not in wires
+        return b"".join(w for w in wires if w is not None)
+
+    sides = {True: await runtime(), False: await runtime()}
+    templated: list[bool] = []  # an Integer group's rows spliced by templates, or not
+    splice_ints = _readplan._Group._splice_ints
+
+    def counted(group: _readplan._Group, *args: Any) -> Any:
+        rows = splice_ints(group, *args)
+        templated.append(rows is not None)
+        return rows
+
+    monkeypatch.setattr(_readplan._Group, "_splice_ints", counted)
+    try:
+        for step, (ticks, fraction) in enumerate(_STEPS):
+            now[0] = 1_764_000_000 + step + fraction
+            wires = {}
+            for on, (sim, plant, hlmx) in sides.items():
+                monkeypatch.setattr(_readvec, "ENABLED", on)
+                plant.tick += ticks
+                wires[on] = (read(sim, hlmx, b"poll", tags), read(sim, hlmx, b"one", singles))
+            assert wires[True] == wires[False], step
+        # Both ways of an Integer group's rows on the numpy path were taken: by templates
+        # (varints all as long) and by pieces (a group's values straddling a length).
+        assert set(templated) == {True, False}
+    finally:
+        for sim, _, _ in sides.values():
+            await sim.close()
