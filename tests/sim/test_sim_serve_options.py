@@ -250,3 +250,23 @@ def test_an_integer_flag_out_of_its_range_is_one_line_and_exit_2(
         build_parser().parse_args(["serve", "--plaintext", *flags])
     assert info.value.code == 2
     assert capsys.readouterr().err == f"mxgw-sim serve: error: {message}\n"
+
+
+def test_worker_timing_flags_default_to_the_worker_settings_and_set_their_own() -> None:
+    # The three --worker-*-seconds flags are declared in one loop: each defaults to its own
+    # WorkerSettings field (not a neighbour's) and sets that field alone.
+    from mxgateway_sim.cli import _WORKER, build_parser
+
+    parser = build_parser()
+    fields = {
+        "worker_heartbeat_seconds": _WORKER.heartbeat_s,
+        "worker_heartbeat_grace_seconds": _WORKER.heartbeat_grace_s,
+        "worker_startup_seconds": _WORKER.startup_timeout_s,
+    }
+    assert len(set(fields.values())) == 3  # distinct defaults: a swap would show
+    args = parser.parse_args(["serve", "--plaintext"])
+    assert {name: getattr(args, name) for name in fields} == fields
+    for name in fields:
+        flag = "--" + name.replace("_", "-")
+        args = parser.parse_args(["serve", "--plaintext", flag, "123.5"])
+        assert {n: getattr(args, n) for n in fields} == {**fields, name: 123.5}, flag
