@@ -89,7 +89,14 @@ def _round3(x: NDArray[np.float64], bounded: bool) -> NDArray[np.float64]:
     return out
 
 
-_SPLITMIX = (0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB, 30, 27, 31)
+_SPLITMIX: tuple[Any, ...] = (
+    0x9E3779B97F4A7C15,
+    0xBF58476D1CE4E5B9,
+    0x94D049BB133111EB,
+    30,
+    27,
+    31,
+)
 """``_mix``'s constants (as ``np.uint64`` where numpy is installed)."""
 if np is not None:
     _SPLITMIX = tuple(map(np.uint64, _SPLITMIX))
@@ -337,5 +344,8 @@ class FixedRows:
             payloads = values.view(np.uint8).reshape(len(values), self.width)
         template[:, -span : len(template[0]) - len(tail)] = payloads
         template[:, len(template[0]) - len(tail) :] = np.frombuffer(tail, dtype=np.uint8)
-        rows: tuple[bytes, ...] = self.layout.unpack(memoryview(template))  # type: ignore[arg-type]
+        # (a numpy array is a buffer to the type checker from Python 3.12 only: PEP 688)
+        rows: tuple[bytes, ...] = self.layout.unpack(
+            memoryview(template)  # type: ignore[arg-type, unused-ignore]
+        )
         return rows
