@@ -262,7 +262,8 @@ async def test_planned_reads_answer_the_same_wire_bytes_on_both_paths(
         # of the pieces kept for 0 to 1,023 (INT_PIECES) and the first one past them.
         first = sides[True][1]
         counters = [first.state(ref) for ref in tags]
-        top = max(st.gen_args[0] for st in counters if st and st.gen_function is _int_counter)
+        bases = [st.gen_args[0] for st in counters if st and st.gen_function is _int_counter]
+        top = max(base for base in bases if isinstance(base, int))
         steps = [*_STEPS[:3], (1023 - top - 1, 0.5), (1, 0.25), *_STEPS[3:]]
         for step, (ticks, fraction) in enumerate(steps):
             now[0] = 1_764_000_000 + step + fraction
