@@ -1,5 +1,5 @@
 """``python -m bench [all|parse|unary|events|bulk|galaxy|capacity|profile|stall|opcua|startup|
-worker_hop|metrics|keepup|readcpu|wakeups|gc_valve|unary_floor|
+worker_hop|worker_floor|worker_instr|metrics|keepup|readcpu|wakeups|gc_valve|unary_floor|
 readclient|eventsclient|readpipe|readtail] [--quick] [--out F]``.
 
 Prints one JSON document. ``all`` runs every benchmark in turn (under 10 minutes on a
@@ -29,6 +29,7 @@ ONLY_WHEN_NAMED = (
     "startup",
     "worker_hop",
     "worker_floor",
+    "worker_instr",
     "metrics",
     "keepup",
     "readcpu",

@@ -15,7 +15,7 @@ from workerhelpers import SESSION, RawWorker, frame_of, runtime_config
 from mxgateway._incident import incident_of
 from mxgateway.generated import mxaccess_gateway_pb2 as pb
 from mxgateway.generated import mxaccess_worker_pb2 as wpb
-from mxgateway_sim import builtin_catalog
+from mxgateway_sim import _workerwire, builtin_catalog
 from mxgateway_sim._framing import FrameDecoder, FrameError, frame
 from mxgateway_sim._simconfig import SimSettings, build_runtime, write_config
 from mxgateway_sim._simruntime import DEFAULT_USERS
@@ -117,6 +117,44 @@ def test_the_envelope_fast_paths_build_the_generated_bytes() -> None:
                 assert FrameDecoder().feed(head.reply_frame(cid, r, now)) == [plain]
     parsed = wpb.WorkerEnvelope.FromString(FrameDecoder().feed(head.command_frame("9", command))[0])
     assert parsed.sent_at.seconds > 1_700_000_000 and parsed.worker_command.command == command
+
+
+def test_frames_are_stamped_now_to_the_millisecond(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A frame made without ``now`` carries the current time (time.time_ns) as sent_at, to
+    the millisecond, exactly as the generated classes write that millisecond: frames of
+    the same millisecond share it, a new millisecond or second gets its own."""
+    head = EnvelopeHead(SESSION)
+    clock = [0]
+    monkeypatch.setattr(_workerwire.time, "time_ns", lambda: clock[0])
+    reply = pb.MxCommandReply(kind=pb.MX_COMMAND_KIND_PING)
+    for ns, ms in (
+        (1_700_000_000_123_456_789, 1_700_000_000_123),
+        (1_700_000_000_123_999_999, 1_700_000_000_123),
+        (1_700_000_000_124_000_001, 1_700_000_000_124),
+        (1_700_000_001_000_000_000, 1_700_000_001_000),  # nanos 0: no field, as generated
+        (1_700_000_002_999_000_000, 1_700_000_002_999),
+    ):
+        clock[0] = ns
+        now = ms / 1000
+        for cid in ("", "7"):
+            made = {
+                "frame": head.frame(cid, worker_heartbeat=wpb.WorkerHeartbeat(counter=1)),
+                "command": head.command_frame(cid, PING_COMMAND),
+                "reply": head.reply_frame(cid, reply),
+            }
+            wanted = {
+                "frame": head.envelope(cid, now, worker_heartbeat=wpb.WorkerHeartbeat(counter=1)),
+                "command": head.envelope(
+                    cid,
+                    now,
+                    worker_command=wpb.WorkerCommand(command=pb.MxCommand.FromString(PING_COMMAND)),
+                ),
+                "reply": head.envelope(
+                    cid, now, worker_command_reply=wpb.WorkerCommandReply(reply=reply)
+                ),
+            }
+            for name, data in made.items():
+                assert FrameDecoder().feed(data) == [wanted[name]], (name, ns, cid)
 
 
 async def test_run_eagerly_runs_to_the_first_wait_then_goes_on_as_a_task() -> None:
