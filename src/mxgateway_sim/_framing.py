@@ -56,6 +56,11 @@ class FrameDecoder:
         """
         if not data:
             return []
+        if not self._parts and len(data) > HEADER_BYTES:
+            # The common case, a command or a reply read whole: exactly one frame.
+            (size,) = _LENGTH.unpack_from(data)
+            if size == len(data) - HEADER_BYTES and size <= self.limit:
+                return [data[HEADER_BYTES:]]
         if self._parts:
             self._parts.append(data)
             self._have += len(data)

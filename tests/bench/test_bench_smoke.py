@@ -205,3 +205,24 @@ def _check_opcua(doc: dict[str, object]) -> None:
         assert key in keep_up, key
     targets = {t["name"] for t in doc["targets"]}  # type: ignore[union-attr, attr-defined]
     assert len(targets) == len(OPCUA_GOALS) + 1  # + the simulator keeping up
+
+
+def test_worker_instr_without_valgrind_says_so(tmp_path: Path) -> None:
+    """``bench worker_instr`` (callgrind, minutes even when quick, so not run here) reports
+    that it skipped everything, and why, where valgrind cannot be found."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
+    env["PATH"] = str(tmp_path)  # no valgrind there
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "worker_instr", "--quick"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=100,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc = json.loads(proc.stdout)
+    assert doc["benchmark"] == "worker_instr"
+    assert doc["skipped"] == [{"what": "everything", "why": "valgrind is not installed"}]

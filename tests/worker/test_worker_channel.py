@@ -60,6 +60,8 @@ def test_zero_length_and_over_limit_frames_are_refused_before_their_body() -> No
     with pytest.raises(FrameError, match="over the 1,024-byte limit"):
         FrameDecoder(1024).feed(struct.pack("<I", 1025))  # no body sent at all
     assert FrameDecoder(1024).feed(frame(b"x" * 1024)) == [b"x" * 1024]
+    with pytest.raises(FrameError, match="over the 1,024-byte limit"):
+        FrameDecoder(1024).feed(frame(b"x" * 1025))  # one whole frame in one read
 
 
 def test_the_event_fast_path_is_the_generated_envelope() -> None:
