@@ -279,3 +279,53 @@ async def test_planned_reads_answer_the_same_wire_bytes_on_both_paths(
     finally:
         for sim, _, _ in sides.values():
             await sim.close()
+
+
+async def test_array_values_a_row_cannot_hold_go_row_by_row() -> None:
+    """A Float's value beyond float32, or a Double's or Float's NaN or infinity, does not
+    fit a group's templates (``numpy`` would write an infinity or a NaN's bits where the
+    row-by-row path encodes what the generated classes do): the group's array splice says
+    so (None) and the rows go row by row, as the pure-Python splice does for such values.
+    No catalog's generator makes such values today; a new one could."""
+    from mxgateway_sim import Plant, SimulatedRuntime
+    from mxgateway_sim._slicing import chunks
+    from mxgateway_sim._svc_common import READ_CHUNK_ROWS
+    from mxgateway_sim._wire import FIXED_DOUBLE, FIXED_FLOAT
+
+    plant = Plant(_model_catalog(100), scan_interval_ms=1, flaky_one_in=0)
+    runtime = SimulatedRuntime(plant)
+    await runtime.start(lambda events: None)
+    try:
+        hlmx = await runtime.register("fit")
+        tags = [f"Obj{i:03d}.{name}" for i in range(100) for name in ("Gauge", "Level")]
+        for _ in range(3):  # remembered, then planned, then computed by the plans
+            plant.tick += 5
+            memo = runtime.read_memo(b"poll")
+            assert memo is not None
+            if memo.rows is None:
+                for chunk in chunks(tags, READ_CHUNK_ROWS):
+                    runtime.read_wire(hlmx, chunk, 1 << 24, memo=memo)
+            else:
+                for part, rows in enumerate(memo.rows):
+                    runtime.read_wire(hlmx, None, 1 << 24, memo=memo, rows=rows, part=part)
+            memo.done()
+        cache = runtime._read_rows
+        assert cache is not None
+        groups = [g for _, p in cache.plans.values() if p is not None for g in p.groups]
+        groups = [g for g in groups if g.fixed and g.kind in (FIXED_DOUBLE, FIXED_FLOAT)]
+        assert {g.kind for g in groups} == {FIXED_DOUBLE, FIXED_FLOAT}
+        for group in groups:
+            assert group.fixed is not None
+            tail = bytes(19)
+            misfits = [float("nan"), float("inf"), -float("inf")]
+            if group.kind == FIXED_FLOAT:
+                misfits += [1e39, -3.5e38]
+            for misfit in misfits:
+                values = [1.5] * len(group.parts)
+                values[-1] = misfit
+                assert group._splice_array(np.array(values), group.fixed, tail) is None
+                assert group._splice(values, tail) is None  # the pure-Python splice
+            fits = np.array([1.5] * len(group.parts))
+            assert group._splice_array(fits, group.fixed, tail) is not None
+    finally:
+        await runtime.close()
