@@ -62,7 +62,7 @@ from mxgateway_sim._workerwire import (
     read_varint,
     simple_command,
     status_from_pb,
-    write_command,
+    write_command_bytes,
 )
 
 if TYPE_CHECKING:
@@ -578,7 +578,7 @@ class WorkerRuntime:
 
     async def write(self, server_handle: int, item_handle: int, request: WriteRequest) -> None:
         """The Write family; the outcome is the worker's OnWriteComplete event."""
-        data = await self._call_wire(write_command(server_handle, item_handle, request))
+        data = await self._call_wire(write_command_bytes(server_handle, item_handle, request))
         if data != WRITE_REPLY:  # another member of the family, or a failure
             raise_for_reply(self._parse(data))
 

@@ -26,6 +26,10 @@ from mxgateway.generated import mxaccess_worker_pb2 as wpb
 from mxgateway.values import from_mx_value, timestamp_to_datetime, to_mx_value
 from mxgateway_sim._domain import (
     COM_TO_PROTO,
+    MX_BOOLEAN,
+    MX_DOUBLE,
+    MX_INTEGER,
+    MX_STRING,
     MxAccessError,
     MxStatus,
     ReadResult,
@@ -42,6 +46,7 @@ from mxgateway_sim._wire import (
     status_to_pb,
     timestamp_bytes,
     to_timestamp,
+    value_bytes,
     varint,
 )
 
@@ -436,6 +441,44 @@ def write_command(server_handle: int, item_handle: int, request: WriteRequest) -
     )
 
 
+_WRITE_HEAD: Final = (
+    varint(pb.MxCommand.DESCRIPTOR.fields_by_name["kind"].number << 3)
+    + varint(pb.MX_COMMAND_KIND_WRITE)
+    + varint(pb.MxCommand.DESCRIPTOR.fields_by_name["write"].number << 3 | 2)
+)
+"""A Write command up to its ``write`` member's length (fields in number order)."""
+_SCALAR_TYPES: Final = {float: MX_DOUBLE, int: MX_INTEGER, bool: MX_BOOLEAN, str: MX_STRING}
+"""The data type :func:`~mxgateway.values.to_mx_value` gives a Python scalar."""
+
+
+def write_command_bytes(server_handle: int, item_handle: int, request: WriteRequest) -> bytes:
+    """:func:`write_command`, serialized. A plain Write of a finite float, an int32, a bool
+    or a string (a client's commonest write) is encoded directly, the value by the
+    simulator's own encoder, without four messages to build and serialize (tests compare
+    the bytes); anything else takes :func:`write_command`."""
+    value = request.value
+    data_type = _SCALAR_TYPES.get(type(value))
+    if (
+        data_type is None
+        or request.secured
+        or request.timestamp is not None
+        or (data_type == MX_DOUBLE and value - value != 0.0)  # type: ignore[operator]
+        or (data_type == MX_INTEGER and not -(2**31) <= value < 2**31)  # type: ignore[operator]
+    ):
+        return write_command(server_handle, item_handle, request).SerializeToString()
+    mx = value_bytes(value, data_type)
+    body = b"".join(
+        (
+            b"\x08" + varint(server_handle) if server_handle else b"",
+            b"\x10" + varint(item_handle) if item_handle else b"",
+            b"\x1a" + varint(len(mx)),
+            mx,
+            b"\x20" + varint(request.user_id) if request.user_id else b"",
+        )
+    )
+    return _WRITE_HEAD + varint(len(body)) + body
+
+
 def simple_command(kind: int, member: str, **fields: Any) -> pb.MxCommand:
     """Any other command: its kind, its payload member and the payload's fields."""
     command = pb.MxCommand(kind=kind)  # type: ignore[arg-type]
@@ -794,4 +837,5 @@ __all__ = [
     "simple_command",
     "status_from_pb",
     "write_command",
+    "write_command_bytes",
 ]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import struct
 import sys
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from mxgateway._incident import incident_of
 from mxgateway.generated import mxaccess_gateway_pb2 as pb
 from mxgateway.generated import mxaccess_worker_pb2 as wpb
 from mxgateway_sim import _workerwire, builtin_catalog
+from mxgateway_sim._domain import WriteRequest
 from mxgateway_sim._framing import FrameDecoder, FrameError, frame
 from mxgateway_sim._simconfig import SimSettings, build_runtime, write_config
 from mxgateway_sim._simruntime import DEFAULT_USERS
@@ -29,6 +31,8 @@ from mxgateway_sim._workerwire import (
     run_command,
     run_command_wire,
     simple_command,
+    write_command,
+    write_command_bytes,
 )
 from mxgateway_sim.worker import Worker, run_eagerly
 from support import wait_for
@@ -547,6 +551,58 @@ def test_command_and_reply_bodies_are_read_without_the_generated_classes() -> No
     for other in others:
         assert head.command_body(other) is None, other
         assert head.reply_body(other) is None, other
+
+
+def test_a_writes_command_bytes_are_the_generated_command() -> None:
+    """write_command_bytes() encodes a plain Write of a common scalar itself; its bytes are
+    exactly write_command()'s serialized, for edge values, handles and user ids, and every
+    other Write (other values, a timestamp, secured) goes through write_command()."""
+    values: list[object] = [
+        1.5,
+        0.0,
+        -0.0,
+        -2.5e-300,
+        1e308,
+        float("nan"),
+        float("inf"),
+        float("-inf"),
+        0,
+        1,
+        -1,
+        2**31 - 1,
+        -(2**31),
+        2**31,
+        -(2**31) - 1,
+        2**40,
+        True,
+        False,
+        "",
+        "abc",
+        "é" * 200,
+        None,
+        b"\x00",
+        [1, 2],
+        [1.5],
+        datetime(2026, 1, 2, tzinfo=timezone.utc),
+        timedelta(seconds=3),
+    ]
+    stamp = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
+    for value in values:
+        requests = [
+            WriteRequest(value),
+            WriteRequest(value, user_id=7),
+            WriteRequest(value, stamp, 3),
+            WriteRequest(value, None, 3, 4, secured=True),
+        ]
+        for request in requests:
+            for sh, ih in ((0, 0), (5, 7), (-1, 2**31 - 1)):
+                try:
+                    wanted = write_command(sh, ih, request).SerializeToString()
+                except ValueError:
+                    with pytest.raises(ValueError):
+                        write_command_bytes(sh, ih, request)
+                    continue
+                assert write_command_bytes(sh, ih, request) == wanted, (value, request, sh)
 
 
 async def test_pre_encoded_replies_are_the_generated_replies(tmp_path: Path) -> None:
