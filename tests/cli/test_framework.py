@@ -8,6 +8,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from google.protobuf.wrappers_pb2 import StringValue
 
 import mxgateway
 from mxgateway.generated import mxaccess_gateway_pb2 as pb
@@ -480,3 +481,47 @@ def test_an_integer_flag_out_of_its_range_is_a_usage_error_with_its_words(
     result = run([*argv, "--json"])
     assert result.code == ExitCode.USAGE, result.err
     assert result.error()["message"] == f"{argv[0]}: {message}"
+
+
+class _Stream:
+    """An endless stream of lines that records its ``aclose`` (and can fail on an item)."""
+
+    def __init__(self, fail_at: int | None = None) -> None:
+        self.sent = 0
+        self.closed = False
+        self.fail_at = fail_at
+
+    def __aiter__(self) -> _Stream:
+        return self
+
+    async def __anext__(self) -> StringValue:
+        self.sent += 1
+        if self.sent == self.fail_at:
+            raise RuntimeError("the stream broke")
+        return StringValue(value=f"line {self.sent}")
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
+def _value(message: StringValue) -> str:
+    return message.value
+
+
+async def test_print_stream_closes_its_stream_whatever_ends_it() -> None:
+    # stream-events, stream-alarms and galaxy-watch print through print_stream: it closes
+    # the stream (the server's call) when the count is reached and when the stream fails.
+    import io
+
+    from mxgateway_cli._output import Output
+    from mxgateway_cli._streaming import print_stream
+
+    out = Output(io.StringIO(), io.StringIO())
+    done = _Stream()
+    await print_stream(out, None, done, _value, max_items=2, timeout=None)
+    assert done.closed and done.sent == 2
+    broken = _Stream(fail_at=2)
+    with pytest.raises(RuntimeError, match="the stream broke"):
+        await print_stream(out, None, broken, _value, max_items=5, timeout=None)
+    assert broken.closed
+    assert out.stdout.getvalue() == "line 1\nline 2\nline 1\n"  # type: ignore[attr-defined]
