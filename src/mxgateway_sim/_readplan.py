@@ -33,10 +33,18 @@ from struct import Struct
 from typing import Any
 
 from mxgateway.values import MxPythonValue
+from mxgateway_sim import _readvec
 from mxgateway_sim._domain import MX_INTEGER, TagSample
 from mxgateway_sim._plant import BATCHED, GenFunction, TagState
 from mxgateway_sim._readrows import ReadRow
-from mxgateway_sim._readvec import FixedRows, Values, varint_width, varints, vector
+from mxgateway_sim._readvec import (
+    FixedRows,
+    SharedValues,
+    Values,
+    varint_width,
+    varints,
+    vector,
+)
 from mxgateway_sim._wire import (
     FIXED_BOOL,
     FIXED_DOUBLE,
@@ -212,11 +220,16 @@ class _Group:
             return _COMPUTE
         return None
 
-    def prepare(self) -> None:
+    def prepare(self, shared: SharedValues | None = None, part: int = 0) -> None:
         """Its rows are all in: take the numpy path if it computes the group's generator
         (:attr:`fixed`: its rows too, for a ``FIXED_`` kind or Integers whose constant
-        parts are of about the same length: their template is as wide as the longest)."""
-        self.vector = vector(self.function, self.args)
+        parts are of about the same length: their template is as wide as the longest);
+        ``shared``: its values computed with those of the same generator in the call's
+        other chunks (this is chunk ``part``)."""
+        if shared is None:
+            self.vector = vector(self.function, self.args)
+        else:
+            self.vector = shared.join(part, self.args)
         if self.vector is not None and (self.kind in _CODE or self.data_type == MX_INTEGER):
             lengths = [*map(len, self.parts)]
             if max(lengths) - min(lengths) <= FIXED_SPREAD:
@@ -466,10 +479,18 @@ class ReadPlan:
         return True, self.pick(run)
 
 
-def plan_rows(rows: Sequence[ReadRow], key: object) -> ReadPlan:
+def plan_rows(
+    rows: Sequence[ReadRow],
+    key: object,
+    shared: dict[object, Any] | None = None,
+    part: int = 0,
+) -> ReadPlan:
     """The plan of ``rows`` (their ``item`` up to date) for ``key``: the rows of
     attributes only their models drive in groups, the others loose (see
-    :attr:`ReadPlan.loose`)."""
+    :attr:`ReadPlan.loose`). ``shared``: where the groups of a remembered call's chunks
+    (this one is ``part``) find the :class:`~mxgateway_sim._readvec.SharedValues` of their
+    generator, by group (the call's ``RememberedCall.shared``); None: each group's
+    values are its own."""
     plan = ReadPlan(key)
     template = plan.template
     groups: dict[tuple[Any, ...], _Group] = {}
@@ -504,10 +525,15 @@ def plan_rows(rows: Sequence[ReadRow], key: object) -> ReadPlan:
         group.parts.append(row.part)
         group.longest = max(group.longest, len(row.part))
     plan.groups = list(groups.values())
-    for group in plan.groups:
-        group.prepare()
+    for group_key, group in groups.items():
+        together = None
+        if shared is not None and _readvec.ENABLED:
+            together = shared.get(group_key)
+            if together is None:
+                shared[group_key] = together = SharedValues(group.function)
+        group.prepare(together, part)
         each = PLAN_ROW_BYTES if group.fixed is None else VECTOR_ROW_BYTES
-        cost += sum(4 * len(part) + each for part in group.parts)
+        cost += sum(4 * len(piece) + each for piece in group.parts)
         if group.fixed is not None and group.kind == VARIABLE:
             # Integers: their rows' sizes besides the templates, for rows by piece.
             cost += INT_ROW_BYTES * len(group.parts)

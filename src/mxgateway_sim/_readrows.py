@@ -180,12 +180,15 @@ class RememberedCall:
     planned) with what it was made for. A call's plans belong to it: a read of another
     remembered call never finds them."""
 
-    __slots__ = ("cost", "plans", "rows")
+    __slots__ = ("cost", "plans", "rows", "shared")
 
     def __init__(self, rows: list[list[ReadRow]], cost: int) -> None:
         self.rows = rows
         self.cost = cost
         self.plans: dict[int, tuple[object, Any]] = {}
+        self.shared: dict[object, Any] = {}
+        """The plans' groups' values computed across chunks, by group
+        (``_readvec.SharedValues``; counted in the plans' costs)."""
 
 
 class ReadRowCache:
@@ -340,6 +343,7 @@ class ReadRowCache:
             if plan is not None:
                 self.bytes -= plan.cost
         call.plans.clear()
+        call.shared.clear()
 
 
 class ReadMemo:

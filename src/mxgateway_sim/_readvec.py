@@ -46,7 +46,7 @@ try:
 except ImportError:  # the pure-Python path
     np = None  # type: ignore[assignment]
 
-__all__ = ["ENABLED", "FixedRows", "Values", "varint_width", "varints", "vector"]
+__all__ = ["ENABLED", "FixedRows", "SharedValues", "Values", "varint_width", "varints", "vector"]
 
 ENABLED = np is not None and os.environ.get("MXGW_SIM_NUMPY", "1").strip() != "0"
 """Whether read plans take the numpy path (numpy importable, ``MXGW_SIM_NUMPY`` not 0)."""
@@ -278,6 +278,69 @@ def vector(function: GenFunction, params: Sequence[Any]) -> Values | None:
         return prepare(params)
     except (OverflowError, ValueError, TypeError):  # parameters the arrays cannot hold
         return None
+
+
+class SharedValues:
+    """The values of one generator's groups (function, period, encoding) across the chunks
+    of a remembered call, computed by one array call a read instead of one a chunk: a
+    chunk's group holds ~70 rows, too few for arrays to pay their fixed cost per call.
+
+    Each chunk's group joins (:meth:`join`) with its parameters and gets its own :data:`Values`:
+    its slice of the whole array, computed at most once per tick. A chunk planned again
+    replaces its own parameters (no growth); the values of the generators are elementwise,
+    so a slice is bit for bit what the group's own parameters give.
+    """
+
+    __slots__ = ("array", "function", "offsets", "params", "tick", "values")
+
+    def __init__(self, function: GenFunction) -> None:
+        self.function = function
+        self.params: dict[int, Sequence[Any]] = {}
+        """Each chunk's group's parameters, by the chunk's number."""
+        self.offsets: dict[int, tuple[int, int]] = {}
+        """Where each chunk's rows are in :attr:`array`: (start, end)."""
+        self.values: Values | None = None
+        self.tick: int | None = None
+        self.array: NDArray[Any] | None = None
+        """The values at :attr:`tick` (None: out of the arrays' range)."""
+
+    def join(self, part: int, params: Sequence[Any]) -> Values | None:
+        """The values of chunk ``part``'s group of ``params``; None when the arrays do not
+        compute them (as :func:`vector`)."""
+        if vector(self.function, params) is None:  # this group's own parameters
+            self.leave(part)
+            return None
+        self.params[part] = params
+        self._rebuild()
+        offsets = self.offsets
+
+        def at(n: int) -> NDArray[Any] | None:
+            if self.tick != n:
+                values = self.values
+                self.array = None if values is None else values(n)
+                self.tick = n
+            array = self.array
+            if array is None:
+                return None
+            start, end = offsets[part]
+            return array[start:end]
+
+        return at
+
+    def leave(self, part: int) -> None:
+        """Chunk ``part``'s group is gone (its plan made again, or not kept)."""
+        if self.params.pop(part, None) is not None:
+            self._rebuild()
+
+    def _rebuild(self) -> None:
+        whole: list[Any] = []
+        self.offsets.clear()
+        for key in sorted(self.params):
+            start = len(whole)
+            whole += self.params[key]
+            self.offsets[key] = (start, len(whole))
+        self.values = vector(self.function, whole) if whole else None
+        self.tick = self.array = None
 
 
 _DTYPE = {"d": "<f8", "f": "<f4", "?": "u1", "": "u1"}

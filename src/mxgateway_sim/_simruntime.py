@@ -925,8 +925,13 @@ class SimulatedRuntime:
                 if row.generation != generation:
                     row.item = first_advised(row.key)
                     row.generation = generation
-            plan = plan_rows(rows, key)
+            for shared in call.shared.values():  # the chunk's groups of its last plan
+                shared.leave(part)
+            plan = plan_rows(rows, key, call.shared, part)
             plan = cache.keep_plan(call, part, key, plan, plan.cost)
+            if plan is None:  # not kept: its groups compute nothing
+                for shared in call.shared.values():
+                    shared.leave(part)
         if plan is None:
             return False, None
 

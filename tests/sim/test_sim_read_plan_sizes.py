@@ -102,3 +102,36 @@ async def test_a_plan_whose_rows_miscount_fails_the_read_instead_of_misplacing_r
         plant.step()
         with pytest.raises(MxGatewayInternalError):
             await session.read_bulk(hlmx, SCALARS)
+
+
+async def test_a_generator_s_groups_across_chunks_are_computed_together_as_the_plain_path(
+    numpy_path: bool,
+) -> None:
+    # The numpy path computes the values of one generator's groups of every chunk of a
+    # remembered call by one array call a read (_readvec.SharedValues), each chunk's group
+    # taking its slice: the rows must be those of the row-by-row path, byte for byte, on
+    # every chunk (a slice one row off puts a neighbour's value in a row).
+    refs = [f"Obj{i:03d}.{n}" for i in range(900) for n in ("Level", "Count", "Flag", "Gauge")]
+    async with GatewaySimulator(
+        catalog=_model_catalog(900), scan_interval_ms=3_600_000, flaky_one_in=0
+    ) as sim:
+        plant = sim.plant
+        assert plant is not None
+        async with _library_sessions(sim, "reader") as (session,):
+            hlmx = await session.register("reader")
+            runtime = _runtime_of(sim, session)
+            cache = runtime._read_rows
+            assert cache is not None
+            states = {r: plant.state(r) for r in refs}
+            for steps in (0, 0, 1, 0, 30, 7):  # remembered, planned, kept, computed anew
+                for _ in range(steps):
+                    plant.step()
+                await _fast_and_plain(session, runtime, hlmx, refs, states)
+            plans = [plan for _, plan in cache.plans.values()]
+            assert len(plans) == -(-len(refs) // MEMO_CHUNK_ROWS) >= 3
+            call = cache.calls[cache.memo_key]
+            chunks = [len(shared.params) for shared in call.shared.values()]
+            if numpy_path:  # most generators show up in every chunk
+                assert chunks and max(chunks) == len(plans), chunks
+            else:
+                assert chunks == []
