@@ -186,8 +186,17 @@ def _ramps(params: Sequence[Any]) -> Values:
     return at
 
 
+_INT_BOUND = 2**62
+"""Integer parameters the arrays hold: below this in magnitude, a base or phase plus a tick
+(below :data:`_TICKS`) stays inside 64 bits (past them the sum would wrap around, and its
+remainder by 100 or the words' count differ from Python's)."""
+
+
 def _integers(params: Sequence[Any], column: int) -> NDArray[np.int64]:
-    return np.array([int(p[column]) for p in params], dtype=np.int64)
+    integers = [int(p[column]) for p in params]
+    if max(map(abs, integers)) >= _INT_BOUND:
+        raise OverflowError("an integer parameter the arrays cannot add a tick to")
+    return np.array(integers, dtype=np.int64)
 
 
 def _nonzero(divisors: NDArray[Any]) -> NDArray[Any]:
