@@ -57,6 +57,7 @@ from mxgateway_sim._workerwire import (
     created_items,
     decode_envelope,
     raise_for_reply,
+    read_command_bytes,
     read_reply_rows,
     read_rows,
     read_varint,
@@ -121,14 +122,8 @@ def worker_environment(settings: WorkerSettings, nonce: str) -> dict[str, str]:
     return env
 
 
-def _read_command(server_handle: int, references: Sequence[str], timeout_s: float) -> pb.MxCommand:
-    return simple_command(
-        pb.MX_COMMAND_KIND_READ_BULK,
-        "read_bulk",
-        server_handle=server_handle,
-        tag_addresses=list(references),
-        timeout_ms=max(1, int(timeout_s * 1000)),
-    )
+def _read_command(server_handle: int, references: Sequence[str], timeout_s: float) -> bytes:
+    return read_command_bytes(server_handle, references, max(1, int(timeout_s * 1000)))
 
 
 class WorkerRuntime:
@@ -441,7 +436,9 @@ class WorkerRuntime:
 
     # -- calls ---------------------------------------------------------------------------
 
-    async def _call(self, command: pb.MxCommand, *, check: bool = True) -> pb.MxCommandReply:
+    async def _call(
+        self, command: pb.MxCommand | bytes, *, check: bool = True
+    ) -> pb.MxCommandReply:
         reply = self._parse(await self._call_wire(command))
         if check:
             raise_for_reply(reply)

@@ -27,6 +27,7 @@ from mxgateway_sim._workerwire import (
     PING_REPLY,
     WRITE_REPLY,
     EnvelopeHead,
+    read_command_bytes,
     read_reply_rows,
     run_command,
     run_command_wire,
@@ -603,6 +604,34 @@ def test_a_writes_command_bytes_are_the_generated_command() -> None:
                         write_command_bytes(sh, ih, request)
                     continue
                 assert write_command_bytes(sh, ih, request) == wanted, (value, request, sh)
+
+
+def test_a_reads_command_bytes_are_the_generated_command() -> None:
+    """read_command_bytes() encodes a ReadBulk command itself; its bytes are exactly the
+    generated command's serialized (no, one, many, long and non-ASCII references; edge
+    handles and timeouts), and a reference that is not UTF-8 is refused as the generated
+    classes refuse it."""
+    reference_lists: list[list[str]] = [
+        [],
+        ["Tank01.Level"],
+        ["é" * 100, "T" * 200, ""],
+        [f"Obj{i}.Attr" for i in range(300)],
+    ]
+    for references in reference_lists:
+        for sh in (0, 5, -1, 2**31 - 1):
+            for timeout_ms in (0, 1, 5_000, 2**31 - 1):
+                wanted = simple_command(
+                    pb.MX_COMMAND_KIND_READ_BULK,
+                    "read_bulk",
+                    server_handle=sh,
+                    tag_addresses=references,
+                    timeout_ms=timeout_ms,
+                ).SerializeToString()
+                assert read_command_bytes(sh, references, timeout_ms) == wanted
+    with pytest.raises(ValueError):
+        simple_command(pb.MX_COMMAND_KIND_READ_BULK, "read_bulk", tag_addresses=["\ud800"])
+    with pytest.raises(ValueError):
+        read_command_bytes(1, ["\ud800"], 5)
 
 
 async def test_pre_encoded_replies_are_the_generated_replies(tmp_path: Path) -> None:
