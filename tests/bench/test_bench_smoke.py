@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -44,11 +45,10 @@ EXPECTED: dict[str, tuple[str, ...]] = {
 }
 
 
-@pytest.mark.parametrize("name", sorted(EXPECTED))
-def test_benchmark_quick_run_prints_json(name: str) -> None:
-    if name == "wakeups" and not Path("/proc/self/task").is_dir():
-        pytest.skip("wakeups counts context switches in Linux's /proc")
-    env = dict(os.environ)
+def _quick_run(name: str, **env_changes: str) -> dict[str, Any]:
+    """``python -m bench <name> --quick`` from the checkout (with ``env_changes``): its
+    JSON document, once the run exited 0."""
+    env = dict(os.environ, **env_changes)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
     proc = subprocess.run(
         [sys.executable, "-m", "bench", name, "--quick"],
@@ -60,7 +60,15 @@ def test_benchmark_quick_run_prints_json(name: str) -> None:
         check=False,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    doc = json.loads(proc.stdout)
+    doc: dict[str, Any] = json.loads(proc.stdout)
+    return doc
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_benchmark_quick_run_prints_json(name: str) -> None:
+    if name == "wakeups" and not Path("/proc/self/task").is_dir():
+        pytest.skip("wakeups counts context switches in Linux's /proc")
+    doc = _quick_run(name)
     assert "error" not in doc, doc.get("error")
     assert doc["benchmark"] == name
     assert doc["quick"] is True
@@ -92,19 +100,7 @@ def test_wakeups_compares_the_library_of_another_checkout() -> None:
     # library against its checkout's simulator (here the same checkout twice).
     if not Path("/proc/self/task").is_dir():
         pytest.skip("wakeups counts context switches in Linux's /proc")
-    env = dict(os.environ, MXGW_BENCH_BASE_SRC=str(REPO / "src"))
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench", "wakeups", "--quick"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=100,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    results = json.loads(proc.stdout)["results"]
+    results = _quick_run("wakeups", MXGW_BENCH_BASE_SRC=str(REPO / "src"))["results"]
     assert results["base_src"] == str(REPO / "src")
     for side in ("library", "base"):
         row = results["sides"][side]
@@ -210,19 +206,6 @@ def _check_opcua(doc: dict[str, object]) -> None:
 def test_worker_instr_without_valgrind_says_so(tmp_path: Path) -> None:
     """``bench worker_instr`` (callgrind, minutes even when quick, so not run here) reports
     that it skipped everything, and why, where valgrind cannot be found."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
-    env["PATH"] = str(tmp_path)  # no valgrind there
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench", "worker_instr", "--quick"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=100,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    doc = json.loads(proc.stdout)
+    doc = _quick_run("worker_instr", PATH=str(tmp_path))  # no valgrind there
     assert doc["benchmark"] == "worker_instr"
     assert doc["skipped"] == [{"what": "everything", "why": "valgrind is not installed"}]
